@@ -1,0 +1,7 @@
+"""``python -m body4d_core``: the headless runner."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

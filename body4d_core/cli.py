@@ -1,0 +1,137 @@
+"""Headless command line: ``python -m body4d_core <command>`` (the seed's offline script, growing).
+
+Commands: ``load`` (decode a video to frames + clip.npz), ``setup`` (download weights),
+``models`` (which weights are present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import Body4DError
+
+log = logging.getLogger("body4d_core")
+
+
+class TextProgress:
+    """Hooks printing a one-line progress bar to stderr."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def progress(self, done: int, total: int) -> None:
+        width = 30
+        fill = int(width * done / max(1, total))
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+    def check_interrupt(self) -> None:
+        return None
+
+
+def _add_video_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input_video", "-i", required=True, help="video file to read")
+    p.add_argument("--frame_load_cap", type=int, default=0, help="load at most N frames (0 = all)")
+    p.add_argument("--skip_first_frames", type=int, default=0)
+    p.add_argument("--select_every_nth", type=int, default=1)
+    p.add_argument("--force_rate", type=float, default=0.0, help="resample to this fps first (0 = source)")
+    p.add_argument("--max_side", type=int, default=0, help="downscale the longer side to this (0 = keep)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "opencv"])
+    p.add_argument("--memory_budget_gb", type=float, default=0.0, help="0 = half the available RAM")
+
+
+def _video_options(args: argparse.Namespace):
+    from .video import LoadOptions
+
+    budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb > 0 else None
+    return LoadOptions(skip_first_frames=args.skip_first_frames, frame_load_cap=args.frame_load_cap,
+                       select_every_nth=args.select_every_nth, force_rate=args.force_rate,
+                       max_side=args.max_side, backend=args.decoder, memory_budget_bytes=budget)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Decode a video, write frames as images and the clip descriptor as clip.npz."""
+    from PIL import Image
+
+    from .video import load_video
+
+    out = Path(args.out)
+    frames, clip = load_video(args.input_video, _video_options(args), TextProgress("decode"))
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ext = args.image_format
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(img_dir / f"{i:08d}.{ext}")
+    clip.save_npz(out / "clip.npz")
+    print(f"wrote {len(frames)} frames ({clip.image_size[1]}x{clip.image_size[0]}, {clip.fps:g} fps) to {img_dir}")
+    print(f"wrote clip descriptor to {out / 'clip.npz'}")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Download model weights from Hugging Face (HF_TOKEN for the gated ones)."""
+    from .config import models_root
+    from .weights import MODEL_SPECS, download
+
+    names = list(MODEL_SPECS) if "all" in args.models else args.models
+    root = Path(args.root) if args.root else models_root()
+    for name in names:
+        path = download(name, root)
+        print(f"{name}: ok ({path})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Report which model weights are present and where they are expected."""
+    from .config import models_root
+    from .errors import MissingWeightsError
+    from .weights import MODEL_SPECS, resolve_model_dir
+
+    root = Path(args.root) if args.root else models_root()
+    missing = 0
+    for name in MODEL_SPECS:
+        try:
+            print(f"{name:26s} ok       {resolve_model_dir(name, [root])}")
+        except MissingWeightsError as err:
+            missing += 1
+            print(f"{name:26s} missing  {err}")
+    return 1 if missing else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .weights import MODEL_SPECS
+
+    parser = argparse.ArgumentParser(prog="python -m body4d_core",
+                                     description="SAM-Body4D without ComfyUI: 4D human mesh recovery from video.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("load", help="decode a video into frames + clip.npz")
+    _add_video_args(p)
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--image_format", default="jpg", choices=["jpg", "png"])
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)")
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
+    p.add_argument("--root", help="models root (default: configs/body4d.yaml paths.ckpt_root, $BODY4D_MODELS, ./models)")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("models", help="show which weights are present")
+    p.add_argument("--root")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except Body4DError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

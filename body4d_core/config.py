@@ -1,0 +1,27 @@
+"""The pack's configuration: configs/body4d.yaml loaded with OmegaConf, plus overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PACK_ROOT / "configs" / "body4d.yaml"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DictConfig:
+    """Load the YAML config (default: configs/body4d.yaml) and merge dotted overrides."""
+    cfg = OmegaConf.load(Path(path) if path else DEFAULT_CONFIG)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg
+
+
+def models_root(cfg: DictConfig | None = None) -> Path:
+    """Where model folders live outside ComfyUI: config, then $BODY4D_MODELS, then <pack>/models."""
+    root = None if cfg is None else cfg.get("paths", {}).get("ckpt_root")
+    root = root or os.environ.get("BODY4D_MODELS") or PACK_ROOT / "models"
+    return Path(root).expanduser()

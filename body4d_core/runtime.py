@@ -1,0 +1,114 @@
+"""Run-time helpers shared by every stage: progress/interrupt hooks, device/dtype, OOM retry."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Hooks(Protocol):
+    """What long loops report to: progress and a cancellation check."""
+
+    def progress(self, done: int, total: int) -> None: ...
+
+    def check_interrupt(self) -> None: ...
+
+
+@dataclass
+class CallbackHooks:
+    """Hooks built from two optional callables (used by the CLI, tests and ComfyUI glue)."""
+
+    on_progress: Callable[[int, int], None] | None = None
+    on_check: Callable[[], None] | None = None
+
+    def progress(self, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+
+    def check_interrupt(self) -> None:
+        if self.on_check is not None:
+            self.on_check()
+
+
+NULL_HOOKS: Hooks = CallbackHooks()
+
+
+def pick_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the requested one, else CUDA if present, else CPU."""
+    if requested not in (None, "", "auto"):
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (or what was asked)."""
+    if isinstance(requested, torch.dtype):
+        return requested
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if requested not in (None, "", "auto"):
+        if requested not in names:
+            raise ValueError(f"unknown dtype {requested!r}; use one of auto, {', '.join(names)}")
+        return names[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """A scoped autocast: active only for reduced precision on CUDA, never global."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            yield
+    else:
+        yield
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for CUDA (or other accelerator) out-of-memory errors."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def run_with_oom_retry(
+    fn: Callable[[int, int], T],
+    n_items: int,
+    batch_size: int,
+    hooks: Hooks = NULL_HOOKS,
+    min_batch: int = 1,
+) -> list[T]:
+    """Call fn(start, stop) over [0, n_items) in batches, halving the batch on CUDA OOM.
+
+    Returns the list of per-batch results in order. Progress is reported per batch and
+    the interrupt flag is checked before each batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results: list[T] = []
+    start = 0
+    bs = batch_size
+    while start < n_items:
+        hooks.check_interrupt()
+        stop = min(start + bs, n_items)
+        try:
+            results.append(fn(start, stop))
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(err) or bs <= min_batch:
+                raise
+            bs = max(min_batch, bs // 2)
+            log.warning("out of memory at batch size %d; retrying with %d", stop - start, bs)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+        hooks.progress(start, n_items)
+    return results

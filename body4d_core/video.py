@@ -1,0 +1,438 @@
+"""Video decoding with frame selection, resizing and a memory budget checked before decoding.
+
+decord is the fastest decoder here (and resizes while decoding); PyAV is the fallback and
+OpenCV a third option. Frames are decoded in chunks straight into one preallocated output
+(uint8 numpy, or a float torch tensor for ComfyUI's IMAGE) so peak memory is the output
+plus one chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .data import Clip
+from .errors import MemoryBudgetError, VideoError
+from .runtime import NULL_HOOKS, Hooks
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "decord", "pyav", "opencv")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".flv")
+CHUNK = 32
+NOT_VIDEO_FORMATS = {"tty", "txt", "srt", "ass", "webvtt", "json", "lrc"}
+
+
+class NotAVideoError(VideoError):
+    """The file is readable but is not a video (e.g. text that FFmpeg renders as ANSI art)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds before any selection."""
+
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which source frames to decode and at what size."""
+
+    indices: np.ndarray  # int64 source frame indices, increasing
+    fps: float  # fps of the selected sequence
+    height: int
+    width: int
+
+
+def check_video_path(path: str | os.PathLike) -> Path:
+    """The path as a Path, or one clear VideoError when it is missing or not a file."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"video not found: {p}")
+    if not p.is_file():
+        raise VideoError(f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise VideoError(f"the video file is empty (0 bytes): {p}")
+    return p
+
+
+def resolve_inside(base: str | os.PathLike, name: str) -> Path:
+    """Join a user-given relative name to base, refusing anything that escapes base."""
+    base_p = Path(base).resolve()
+    p = (base_p / name).resolve()
+    if p != base_p and base_p not in p.parents:
+        raise VideoError(f"{name!r} points outside the allowed folder {base_p}; pick a file inside it")
+    return p
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _probe_decord(path: str) -> VideoInfo:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    h, w = vr[0].shape[:2] if n else (0, 0)
+    return VideoInfo(path, n, float(vr.get_avg_fps()), int(h), int(w))
+
+
+def _probe_pyav(path: str) -> VideoInfo:
+    import av
+
+    with av.open(path) as container:
+        if container.format.name in NOT_VIDEO_FORMATS:
+            raise NotAVideoError(f"{Path(path).name} is not a video (FFmpeg reads it as {container.format.name!r})")
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        n = stream.frames
+        if not n:  # some containers do not store a count: count by decoding
+            n = sum(1 for _ in container.decode(stream))
+        return VideoInfo(path, int(n), fps, int(stream.codec_context.height), int(stream.codec_context.width))
+
+
+def _probe_pyav_format_only(path: str) -> None:
+    """Refuse files FFmpeg only reads as text art, whatever decoder was chosen."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if container.format.name in NOT_VIDEO_FORMATS:
+                raise NotAVideoError(f"{Path(path).name} is not a video (FFmpeg reads it as {container.format.name!r})")
+    except av.FFmpegError:
+        return
+
+
+def _probe_opencv(path: str) -> VideoInfo:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoError(f"OpenCV cannot open {path}")
+        return VideoInfo(path, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS)) or 25.0,
+                         int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    finally:
+        cap.release()
+
+
+_PROBES = {"decord": _probe_decord, "pyav": _probe_pyav, "opencv": _probe_opencv}
+
+
+def available_backends() -> list[str]:
+    """Decoders importable here, fastest first."""
+    out = []
+    for name, mod in (("decord", "decord"), ("pyav", "av"), ("opencv", "cv2")):
+        try:
+            __import__(mod)
+            out.append(name)
+        except ImportError:
+            continue
+    return out
+
+
+def _backend_order(backend: str) -> list[str]:
+    if backend not in BACKENDS:
+        raise VideoError(f"unknown decoder {backend!r}; use one of {', '.join(BACKENDS)}")
+    avail = available_backends()
+    if backend != "auto":
+        if backend not in avail:
+            raise VideoError(f"decoder {backend!r} is not installed (available: {', '.join(avail) or 'none'})")
+        return [backend]
+    if not avail:
+        raise VideoError("no video decoder installed: pip install decord av")
+    return avail
+
+
+def probe(path: str | os.PathLike, backend: str = "auto") -> tuple[VideoInfo, str]:
+    """Frame count, fps and size of a video, and the backend that could read it."""
+    p = str(check_video_path(path))
+    errors = []
+    order = _backend_order(backend)
+    if "pyav" in available_backends() and "pyav" not in order:
+        _probe_pyav_format_only(p)
+    for name in order:
+        try:
+            info = _PROBES[name](p)
+        except NotAVideoError:
+            raise
+        except VideoError as err:
+            errors.append(f"{name}: {err}")
+            continue
+        except Exception as err:  # noqa: BLE001 - decoders raise many types on bad files
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        if info.num_frames > 0 and info.height > 0 and info.width > 0:
+            return info, name
+        errors.append(f"{name}: no frames")
+    kind = "not a video" if Path(p).suffix.lower() not in VIDEO_EXTENSIONS else "unreadable, corrupt or empty"
+    raise VideoError(f"cannot read {Path(p).name}: {kind} ({'; '.join(errors)})")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """Size with the longer side at most max_side (0 = unchanged), aspect kept, even sides."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    s = max_side / max(height, width)
+    h = max(2, int(round(height * s / 2)) * 2)
+    w = max(2, int(round(width * s / 2)) * 2)
+    return h, w
+
+
+def select_frames(info: VideoInfo, *, skip_first_frames: int = 0, frame_load_cap: int = 0,
+                  select_every_nth: int = 1, force_rate: float = 0.0, max_side: int = 0) -> Selection:
+    """Source frame indices after force_rate, skip, stride and cap (in that order)."""
+    if skip_first_frames < 0 or frame_load_cap < 0 or force_rate < 0 or max_side < 0:
+        raise VideoError("skip_first_frames, frame_load_cap, force_rate and max_side must be >= 0")
+    if select_every_nth < 1:
+        raise VideoError(f"select_every_nth must be >= 1, got {select_every_nth}")
+    fps = info.fps
+    if force_rate and abs(force_rate - fps) > 1e-6:
+        duration = info.num_frames / fps
+        n_out = max(1, int(math.floor(duration * force_rate + 1e-9)))
+        idx = np.floor(np.arange(n_out) * fps / force_rate + 1e-9).astype(np.int64)
+        idx = idx[idx < info.num_frames]
+        fps = float(force_rate)
+    else:
+        idx = np.arange(info.num_frames, dtype=np.int64)
+    idx = idx[skip_first_frames:][::select_every_nth]
+    if frame_load_cap:
+        idx = idx[:frame_load_cap]
+    if idx.size == 0:
+        raise VideoError(
+            f"the selection keeps no frame: the video has {info.num_frames} frames; skip_first_frames="
+            f"{skip_first_frames}, select_every_nth={select_every_nth}, force_rate={force_rate:g}. "
+            "Lower skip_first_frames or the stride."
+        )
+    h, w = scaled_size(info.height, info.width, max_side)
+    return Selection(idx, fps / select_every_nth, h, w)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def available_ram() -> int:
+    """Bytes of RAM available now."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_budget(sel: Selection, bytes_per_value: int, budget_bytes: int | None = None) -> int:
+    """Bytes the frames will take; raises MemoryBudgetError (with a suggestion) over budget.
+
+    budget_bytes None or 0 means half the RAM available now.
+    """
+    need = int(sel.indices.size) * sel.height * sel.width * 3 * bytes_per_value
+    budget = budget_bytes or available_ram() // 2
+    if need <= budget:
+        return need
+    per_frame = sel.height * sel.width * 3 * bytes_per_value
+    fit = max(0, budget // per_frame)
+    side = int(max(sel.height, sel.width) * math.sqrt(budget / need))
+    raise MemoryBudgetError(
+        f"loading {sel.indices.size} frames of {sel.width}x{sel.height} needs {need / 2**30:.1f} GiB but the "
+        f"budget is {budget / 2**30:.1f} GiB. Set frame_load_cap to {fit} or less, raise select_every_nth, "
+        f"or set max_side to about {side // 2 * 2}."
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _chunks(indices: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:
+    for s in range(0, indices.size, size):
+        yield indices[s:s + size]
+
+
+def _decode_decord(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.ndarray]:
+    import decord
+
+    kw = {}
+    if (sel.height, sel.width) != (info.height, info.width):
+        kw = {"width": sel.width, "height": sel.height}
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), **kw)
+    for chunk in _chunks(sel.indices):
+        yield vr.get_batch(chunk.tolist()).asnumpy()
+
+
+def _resize(frame: np.ndarray, sel: Selection) -> np.ndarray:
+    if frame.shape[:2] == (sel.height, sel.width):
+        return frame
+    import cv2
+
+    return cv2.resize(frame, (sel.width, sel.height), interpolation=cv2.INTER_AREA)
+
+
+def _decode_pyav(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.ndarray]:
+    import av
+
+    wanted = sel.indices
+    buf: list[np.ndarray] = []
+    pos = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if pos >= wanted.size:
+                break
+            while pos < wanted.size and wanted[pos] == i:  # force_rate may repeat a frame
+                buf.append(frame.to_ndarray(format="rgb24", width=sel.width, height=sel.height))
+                pos += 1
+            if len(buf) >= CHUNK:
+                yield np.stack(buf)
+                buf = []
+    if buf:
+        yield np.stack(buf)
+    if pos < wanted.size:
+        raise VideoError(f"{Path(path).name} ended after fewer frames than its header said ({pos} of {wanted.size} read)")
+
+
+def _decode_opencv(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    wanted = sel.indices
+    buf: list[np.ndarray] = []
+    pos = 0
+    i = 0
+    try:
+        while pos < wanted.size:
+            ok, bgr = cap.read()
+            if not ok:
+                raise VideoError(f"{Path(path).name} ended early ({pos} of {wanted.size} frames read)")
+            while pos < wanted.size and wanted[pos] == i:
+                buf.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sel))
+                pos += 1
+            if len(buf) >= CHUNK:
+                yield np.stack(buf)
+                buf = []
+            i += 1
+    finally:
+        cap.release()
+    if buf:
+        yield np.stack(buf)
+
+
+_DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav, "opencv": _decode_opencv}
+
+
+def iter_chunks(path: str | os.PathLike, sel: Selection, info: VideoInfo, backend: str) -> Iterator[np.ndarray]:
+    """uint8 [t, H, W, 3] chunks of the selected frames, in order."""
+    for chunk in _DECODERS[backend](str(path), sel, info):
+        yield _resize_batch(chunk, sel)
+
+
+def _resize_batch(chunk: np.ndarray, sel: Selection) -> np.ndarray:
+    if chunk.shape[1:3] == (sel.height, sel.width):
+        return chunk
+    return np.stack([_resize(f, sel) for f in chunk])
+
+
+def decode_into(path: str | os.PathLike, sel: Selection, info: VideoInfo, backend: str,
+                write: Callable[[int, np.ndarray], None], hooks: Hooks = NULL_HOOKS) -> None:
+    """Decode the selection chunk by chunk, handing each chunk to write(start, chunk)."""
+    done = 0
+    total = int(sel.indices.size)
+    for chunk in iter_chunks(path, sel, info, backend):
+        hooks.check_interrupt()
+        write(done, chunk)
+        done += chunk.shape[0]
+        hooks.progress(done, total)
+    if done != total:
+        raise VideoError(f"decoded {done} frames but expected {total}")
+
+
+@dataclass
+class LoadOptions:
+    """User choices for loading a video (VideoHelperSuite's names)."""
+
+    skip_first_frames: int = 0
+    frame_load_cap: int = 0
+    select_every_nth: int = 1
+    force_rate: float = 0.0
+    max_side: int = 0
+    backend: str = "auto"
+    memory_budget_bytes: int | None = None
+
+
+def plan(path: str | os.PathLike, opts: LoadOptions) -> tuple[VideoInfo, Selection, str]:
+    """Probe the file and select frames; no frame is decoded yet."""
+    info, backend = probe(path, opts.backend)
+    sel = select_frames(info, skip_first_frames=opts.skip_first_frames, frame_load_cap=opts.frame_load_cap,
+                        select_every_nth=opts.select_every_nth, force_rate=opts.force_rate,
+                        max_side=opts.max_side)
+    return info, sel, backend
+
+
+def make_clip(path: str | os.PathLike, info: VideoInfo, sel: Selection, frames: np.ndarray | None = None) -> Clip:
+    """The clip descriptor of a selection."""
+    return Clip(fps=sel.fps, num_frames=int(sel.indices.size), image_size=(sel.height, sel.width),
+                source=str(path), source_size=(info.height, info.width), frame_indices=sel.indices, frames=frames)
+
+
+def load_video(path: str | os.PathLike, opts: LoadOptions | None = None,
+               hooks: Hooks = NULL_HOOKS) -> tuple[np.ndarray, Clip]:
+    """Decode a video to uint8 frames [T, H, W, 3] plus its Clip descriptor."""
+    opts = opts or LoadOptions()
+    info, sel, backend = plan(path, opts)
+    check_budget(sel, 1, opts.memory_budget_bytes)
+    out = np.empty((sel.indices.size, sel.height, sel.width, 3), np.uint8)
+
+    def write(start: int, chunk: np.ndarray) -> None:
+        out[start:start + chunk.shape[0]] = chunk
+
+    decode_into(path, sel, info, backend, write, hooks)
+    return out, make_clip(path, info, sel)
+
+
+def load_video_tensor(path: str | os.PathLike, opts: LoadOptions | None = None, dtype=None,
+                      hooks: Hooks = NULL_HOOKS):
+    """Decode straight into a float torch tensor [T, H, W, 3] in 0..1 (ComfyUI IMAGE layout)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    opts = opts or LoadOptions()
+    info, sel, backend = plan(path, opts)
+    check_budget(sel, torch.empty((), dtype=dtype).element_size(), opts.memory_budget_bytes)
+    out = torch.empty((sel.indices.size, sel.height, sel.width, 3), dtype=dtype)
+    scale = 1.0 / 255.0
+
+    def write(start: int, chunk: np.ndarray) -> None:
+        dst = out[start:start + chunk.shape[0]]
+        dst.copy_(torch.from_numpy(chunk))
+        dst.mul_(scale)
+
+    decode_into(path, sel, info, backend, write, hooks)
+    return out, make_clip(path, info, sel)
+
+
+def select_from_frames(n_frames: int, fps: float, height: int, width: int, opts: LoadOptions) -> Selection:
+    """Apply the same selection rules to frames already in memory (an IMAGE batch / VIDEO)."""
+    info = VideoInfo("<frames>", n_frames, fps, height, width)
+    return select_frames(info, skip_first_frames=opts.skip_first_frames, frame_load_cap=opts.frame_load_cap,
+                         select_every_nth=opts.select_every_nth, force_rate=opts.force_rate,
+                         max_side=opts.max_side)
+
+
+def frames_to_uint8(frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Float 0..1 or uint8 frames [T, H, W, 3] -> uint8."""
+    arr = np.asarray(frames)
+    if arr.dtype == np.uint8:
+        return arr
+    return np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,161 @@
+"""What every node shares: model folders, model management, progress/interrupt, tensor conversion.
+
+Nodes stay thin: they convert ComfyUI types with these helpers, call ``body4d_core`` and
+wrap models so ComfyUI's model management loads and frees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from ..body4d_core import weights
+from ..body4d_core.errors import InputError, VideoError
+from ..body4d_core.runtime import CallbackHooks
+
+log = logging.getLogger(__name__)
+CATEGORY = "SAM-Body4D"
+
+
+# --------------------------------------------------------------------------- model folders
+
+
+def register_model_folders() -> None:
+    """Register models/<folder> for every model family (sam3, sam3d_body, ...) with ComfyUI."""
+    for folder in weights.MODEL_FOLDERS:
+        folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+
+
+def model_dirs(folder: str) -> list[str]:
+    """ComfyUI's directories for a model family (empty if unregistered)."""
+    try:
+        return folder_paths.get_folder_paths(folder)
+    except KeyError:
+        return []
+
+
+def checkpoint_choices(name: str) -> list[str]:
+    """Checkpoint directory names offered in a loader's combo (the default first)."""
+    spec = weights.get_spec(name)
+    found = []
+    for d in model_dirs(spec.folder):
+        if os.path.isdir(d):
+            found += sorted(e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e)))
+    return list(dict.fromkeys([spec.subdir, *found]))
+
+
+def resolve_checkpoint(name: str, choice: str) -> str:
+    """The directory of a checkpoint chosen in a combo, only inside ComfyUI's model folders."""
+    spec = weights.get_spec(name)
+    if os.path.isabs(choice) or ".." in choice.replace("\\", "/").split("/"):
+        raise InputError(f"{choice!r} is not a checkpoint folder name inside models/{spec.folder}")
+    dirs = model_dirs(spec.folder)
+    for d in dirs:
+        cand = os.path.join(d, choice)
+        if os.path.isdir(cand):
+            return str(weights.resolve_model_dir(name, explicit=cand))
+    return str(weights.resolve_model_dir(name, search_dirs=dirs or None))
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model plus its ComfyUI patcher; ``ready()`` moves it to the GPU when needed."""
+
+    model: Any
+    patcher: Any
+    dtype: torch.dtype
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patcher.load_device
+
+    def ready(self) -> Any:
+        """Load onto the compute device through ComfyUI's model management; returns the model."""
+        mm.load_models_gpu([self.patcher])
+        return self.model
+
+
+def choose_dtype(requested: str, device: torch.device | None = None) -> torch.dtype:
+    """bf16/fp16 where the device supports it, else fp32 (or what the user asked)."""
+    device = device or mm.get_torch_device()
+    if requested == "fp32" or device.type == "cpu":
+        return torch.float32
+    if requested == "bf16" or (requested == "auto" and mm.should_use_bf16(device)):
+        return torch.bfloat16
+    if requested in ("fp16", "auto") and mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+def wrap_model(module: torch.nn.Module, dtype: torch.dtype, **info: Any) -> ModelHandle:
+    """Wrap an nn.Module built on the offload device for ComfyUI's model management."""
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    module.eval()
+    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=load_device, offload_device=offload_device,
+                                                   size=mm.module_size(module))
+    return ModelHandle(module, patcher, dtype, dict(info))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def hooks(total: int) -> CallbackHooks:
+    """Hooks that drive a ComfyUI progress bar and honour the cancel button."""
+    bar = comfy.utils.ProgressBar(max(1, total))
+
+    def progress(done: int, total_now: int) -> None:
+        bar.update_absolute(done, max(1, total_now))
+
+    return CallbackHooks(progress, mm.throw_exception_if_processing_interrupted)
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """ComfyUI IMAGE [B, H, W, C] (any float dtype, 0..1) -> uint8 numpy [B, H, W, 3]."""
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise InputError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(image.shape)}")
+    out = np.empty((*image.shape[:3], 3), np.uint8)
+    for s in range(0, image.shape[0], 64):  # chunked: no full-size float copy
+        chunk = image[s:s + 64, ..., :3].float().mul(255.0).round_().clamp_(0, 255)
+        out[s:s + 64] = chunk.to(torch.uint8).cpu().numpy()
+    return out
+
+
+def uint8_to_image(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> IMAGE in ComfyUI's intermediate dtype on its intermediate device."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).to(mm.intermediate_device())
+    return t.to(mm.intermediate_dtype()).div_(255.0)
+
+
+def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:
+    """bool/float [B, H, W] -> MASK in the intermediate dtype."""
+    t = torch.from_numpy(np.ascontiguousarray(masks)).to(mm.intermediate_device())
+    return t.to(mm.intermediate_dtype())
+
+
+def input_path(name: str) -> str:
+    """Path of a file picked from ComfyUI's input folder; refuses anything outside it."""
+    if not name:
+        raise VideoError("no file selected: upload a video or pick one from the input folder")
+    path = os.path.realpath(folder_paths.get_annotated_filepath(name))
+    roots = [folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()]
+    if not any(path == os.path.realpath(r) or path.startswith(os.path.realpath(r) + os.sep) for r in roots):
+        raise VideoError(f"{name!r} resolves outside ComfyUI's input folder; pick a file inside it")
+    return path

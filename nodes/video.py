@@ -1,0 +1,157 @@
+"""Load Video: a file from the input folder, a core VIDEO or an IMAGE batch -> frames + clip."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management as mm
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..body4d_core import video as v
+from ..body4d_core.data import Clip
+from ..body4d_core.errors import VideoError
+from . import comfy_glue as glue
+from . import types as t
+
+NONE_FILE = "(none - use the video or images input)"
+
+
+def _video_files() -> list[str]:
+    try:
+        root = folder_paths.get_input_directory()
+        files = [f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f))]
+        return sorted(folder_paths.filter_files_content_types(files, ["video"]))
+    except OSError:
+        return []
+
+
+def _options(frame_load_cap, skip_first_frames, select_every_nth, force_rate, max_side,
+             memory_budget_gb, decoder) -> v.LoadOptions:
+    budget = int(memory_budget_gb * 2**30) if memory_budget_gb > 0 else None
+    return v.LoadOptions(skip_first_frames=skip_first_frames, frame_load_cap=frame_load_cap,
+                         select_every_nth=select_every_nth, force_rate=force_rate, max_side=max_side,
+                         backend=decoder, memory_budget_bytes=budget)
+
+
+def _select_tensor(frames: torch.Tensor, fps: float, opts: v.LoadOptions, source: str) -> tuple[torch.Tensor, Clip]:
+    """Apply the selection to frames already in memory, resizing in chunks."""
+    n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    if n == 0:
+        raise VideoError("the input holds zero frames")
+    sel = v.select_from_frames(n, fps, h, w, opts)
+    idx = torch.from_numpy(sel.indices)
+    if (sel.height, sel.width) == (h, w):
+        out = frames[idx, ..., :3]
+    else:
+        v.check_budget(sel, frames.element_size(), opts.memory_budget_bytes)
+        out = torch.empty((idx.numel(), sel.height, sel.width, 3), dtype=frames.dtype)
+        for s in range(0, idx.numel(), v.CHUNK):
+            chunk = frames[idx[s:s + v.CHUNK], ..., :3].movedim(-1, 1).float()
+            out[s:s + v.CHUNK] = F.interpolate(chunk, size=(sel.height, sel.width), mode="area").movedim(1, -1)
+    clip = Clip(fps=sel.fps, num_frames=int(idx.numel()), image_size=(sel.height, sel.width), source=source,
+                source_size=(h, w), frame_indices=sel.indices)
+    return out, clip
+
+
+def _preview_indices(n: int) -> list[int]:
+    return sorted({0, n // 2, n - 1})
+
+
+class LoadVideo(io.ComfyNode):
+    """Decode a video with frame cap / stride / rate / resize and a memory check before decoding."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_LoadVideo",
+            display_name="Load Video (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["load video", "video frames", "body4d video"],
+            description="Load a video as frames for the SAM-Body4D pipeline. The memory the frames will take is "
+                        "checked before decoding; use the cap, stride or max side to load long videos.",
+            inputs=[
+                io.Combo.Input("file", options=[NONE_FILE, *_video_files()], upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder (upload with the button)."),
+                io.Int.Input("frame_load_cap", default=0, min=0, max=100000,
+                             tooltip="Load at most this many frames (0 = all)."),
+                io.Int.Input("skip_first_frames", default=0, min=0, max=1000000,
+                             tooltip="Skip this many frames at the start (after force_rate)."),
+                io.Int.Input("select_every_nth", default=1, min=1, max=1000,
+                             tooltip="Keep one frame in every n (1 = every frame)."),
+                io.Float.Input("force_rate", default=0.0, min=0.0, max=240.0, step=0.5,
+                               tooltip="Resample to this frame rate before the other options (0 = source rate)."),
+                io.Int.Input("max_side", default=0, min=0, max=8192, step=2,
+                             tooltip="Downscale so the longer side is at most this many pixels, keeping the "
+                                     "aspect ratio (0 = original size)."),
+                io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
+                               tooltip="Refuse to load frames needing more RAM than this (0 = half the RAM "
+                                       "available when loading starts)."),
+                io.Combo.Input("decoder", options=list(v.BACKENDS), default="auto", advanced=True,
+                               tooltip="Video decoder: decord is fastest; PyAV and OpenCV are fallbacks."),
+                io.Video.Input("video", optional=True,
+                               tooltip="A core VIDEO (e.g. from Load Video); used instead of the file."),
+                io.Image.Input("images", optional=True,
+                               tooltip="An IMAGE batch used as the frames instead of the file."),
+                io.Float.Input("images_fps", default=24.0, min=0.1, max=240.0, advanced=True,
+                               tooltip="Frame rate of the images input."),
+            ],
+            outputs=[
+                io.Image.Output("frames"),
+                io.Float.Output("fps"),
+                io.Int.Output("frame_count"),
+                t.Clip.Output("clip"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, file, frame_load_cap, skip_first_frames, select_every_nth, force_rate, max_side,
+                memory_budget_gb, decoder, video=None, images=None, images_fps=24.0) -> io.NodeOutput:
+        opts = _options(frame_load_cap, skip_first_frames, select_every_nth, force_rate, max_side,
+                        memory_budget_gb, decoder)
+        if images is not None:
+            frames, clip = _select_tensor(images, images_fps, opts, "<images>")
+        elif video is not None:
+            frames, clip = cls._from_video(video, opts)
+        else:
+            if file == NONE_FILE:
+                raise VideoError("no video: pick a file, or connect a VIDEO or an IMAGE batch")
+            frames, clip = v.load_video_tensor(glue.input_path(file), opts, dtype=mm.intermediate_dtype(),
+                                               hooks=glue.hooks(1))
+        frames = frames.to(mm.intermediate_device())
+        preview = ui.PreviewImage(frames[_preview_indices(frames.shape[0])], cls=cls)
+        return io.NodeOutput(frames, float(clip.fps), int(clip.num_frames), clip, ui=preview)
+
+    @classmethod
+    def _from_video(cls, video, opts: v.LoadOptions) -> tuple[torch.Tensor, Clip]:
+        source = video.get_stream_source()
+        if isinstance(source, str) and os.path.isfile(source):
+            return v.load_video_tensor(source, opts, dtype=mm.intermediate_dtype(), hooks=glue.hooks(1))
+        comps = video.get_components()
+        fps = float(comps.frame_rate) if isinstance(comps.frame_rate, (Fraction, int, float)) else 24.0
+        return _select_tensor(comps.images, fps, opts, "<video>")
+
+    @classmethod
+    def fingerprint_inputs(cls, file, **kwargs):
+        """Re-run when the file changes: path + size + mtime, never a hash of the content."""
+        if not file or file == NONE_FILE:
+            return ""
+        try:
+            path = folder_paths.get_annotated_filepath(file)
+            st = os.stat(path)
+        except OSError:
+            return file
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+    @classmethod
+    def validate_inputs(cls, file, **kwargs):
+        if file and file != NONE_FILE and not folder_paths.exists_annotated_filepath(file):
+            return f"video file not found in the input folder: {file}"
+        return True
+
+
+NODES = [LoadVideo]
