@@ -1,0 +1,363 @@
+"""Camera intrinsics for the clip: MoGe-2 FOV estimation, manual FOV, core MOGE_GEOMETRY, fallback.
+
+Upstream SAM-Body4D estimates the intrinsics once per video from frame 0 with MoGe-2
+(``Ruicheng/moge-2-vitl-normal``). MoGe returns *normalised* intrinsics (fx_n = fx / W,
+fy_n = fy / H, principal point 0.5, 0.5); the pixel camera is fy = fy_n * H, then fx is
+set to fy (square pixels, the vertical focal wins) and the principal point is the image
+centre. Without a FOV model the focal is f = sqrt(H^2 + W^2).
+
+Here the estimate can come from frame 0 (``first``, upstream), every N-th frame or all
+frames; the per-frame focals are combined by their median (one camera for the clip, which
+keeps the body depth steady) or, with ``per_frame=True``, kept per frame (interpolated
+between sampled frames) for zooming cameras. Estimates that are not finite or give a
+vertical FOV outside [MIN_FOV, MAX_FOV] degrees are dropped with a warning; if none is left
+the fallback focal is used (``Camera.source == "default"``).
+
+MoGe-2 code comes from the PyPI package ``dlr-moge`` (import name ``moge``), installed with
+``pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline``; at run time it
+needs only torch, numpy, scipy, opencv (cv2), huggingface_hub and utils3d. It is imported
+only when a model is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import Camera
+from .errors import Body4DError, InputError, WeightsMismatchError
+from .runtime import NULL_HOOKS, Hooks, run_with_oom_retry
+from .weights import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+MODES = ("first", "every_n", "all")
+MIN_FOV, MAX_FOV = 5.0, 170.0  # plausible vertical FOV range (degrees) for an estimate
+MOGE_INSTALL = "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline"
+
+# A MoGe-2 of the official layout (DINOv2 encoder, conv neck, points/normal/mask heads,
+# metric-scale MLP) shrunk for CPU tests: ViT-S/14 instead of ViT-L/14, narrow convs, few tokens.
+_TINY_DIMS = [64, 32, 16, 8, 8]
+_RESAMPLERS = ["conv_transpose", "conv_transpose", "conv_transpose", "bilinear"]
+
+
+def _tiny_head(out_channels: int) -> dict[str, Any]:
+    return {"dim_in": list(_TINY_DIMS), "dim_out": [None, None, None, None, out_channels],
+            "dim_res_blocks": list(_TINY_DIMS), "num_res_blocks": [0, 1, 1, 1, 0],
+            "res_block_in_norm": "none", "res_block_hidden_norm": "none", "resamplers": list(_RESAMPLERS)}
+
+
+TINY_MOGE_CONFIG: dict[str, Any] = {
+    "encoder": {"backbone": "dinov2_vits14", "intermediate_layers": [2, 5, 8, 11], "dim_out": _TINY_DIMS[0]},
+    "neck": {"dim_in": [_TINY_DIMS[0] + 2, 2, 2, 2, 2], "dim_out": None, "dim_res_blocks": list(_TINY_DIMS),
+             "num_res_blocks": [0, 1, 1, 1, 0], "res_block_in_norm": "none", "res_block_hidden_norm": "none",
+             "resamplers": list(_RESAMPLERS)},
+    "points_head": _tiny_head(3),
+    "normal_head": _tiny_head(3),
+    "mask_head": _tiny_head(1),
+    "scale_head": {"dims": [384, 64, 1]},
+    "remap_output": "exp",
+    "num_tokens_range": [64, 144],
+}
+
+
+# --------------------------------------------------------------------------- focal / FOV maths
+
+
+def fallback_focal(image_size: Sequence[int]) -> float:
+    """Upstream's focal without a FOV model: sqrt(H^2 + W^2) pixels."""
+    h, w = (int(v) for v in image_size)
+    return math.hypot(h, w)
+
+
+def focal_from_fov(fov_y_deg: float, height: int) -> float:
+    """Focal in pixels from a vertical FOV in degrees."""
+    if not 0.0 < fov_y_deg < 180.0:
+        raise InputError(f"vertical FOV must be in (0, 180) degrees, got {fov_y_deg}")
+    return height / 2.0 / math.tan(math.radians(fov_y_deg) / 2.0)
+
+
+def fov_from_focal(focal: float, height: int) -> float:
+    """Vertical FOV in degrees from a focal in pixels."""
+    if not (focal > 0 and math.isfinite(focal)):
+        raise InputError(f"focal length must be positive and finite, got {focal}")
+    return math.degrees(2.0 * math.atan(height / 2.0 / focal))
+
+
+def pixel_intrinsics(norm_k: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> np.ndarray:
+    """Normalised K [B,3,3] (MoGe) -> float64 rows (fx, fy, cx, cy) [B,4] the upstream way.
+
+    fy = fy_n * H; fx is set to fy (square pixels); principal point at the image centre.
+    """
+    k = norm_k.detach().float().cpu().numpy() if isinstance(norm_k, torch.Tensor) else np.asarray(norm_k, np.float64)
+    k = k.reshape(-1, 3, 3).astype(np.float64)
+    h, w = (int(v) for v in image_size)
+    fy = k[:, 1, 1] * h
+    return np.stack([fy, fy, np.full_like(fy, w / 2.0), np.full_like(fy, h / 2.0)], axis=1)
+
+
+def _valid_focals(focals: np.ndarray, height: int) -> np.ndarray:
+    """bool mask of focals that are finite and give a plausible vertical FOV."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fov = np.degrees(2.0 * np.arctan(height / 2.0 / focals))
+    return np.isfinite(focals) & (focals > 0) & (fov >= MIN_FOV) & (fov <= MAX_FOV)
+
+
+def camera_from_focals(frames_idx: Sequence[int], focals: np.ndarray, image_size: Sequence[int],
+                       num_frames: int, per_frame: bool = False, source: str = "estimated") -> Camera:
+    """A Camera for num_frames from focals measured on some frames (median, or interpolated per frame)."""
+    h, w = (int(v) for v in image_size)
+    idx = np.asarray(frames_idx, np.int64)
+    focals = np.asarray(focals, np.float64)
+    ok = _valid_focals(focals, h)
+    if not ok.all():
+        bad = idx[~ok].tolist()
+        log.warning("FOV estimate unusable on frame(s) %s (focal %s); ignoring them", bad, focals[~ok].tolist())
+    if not ok.any():
+        log.warning("no usable FOV estimate; falling back to f = sqrt(H^2 + W^2) = %.1f px", fallback_focal((h, w)))
+        return Camera.default((h, w), num_frames)
+    idx, focals = idx[ok], focals[ok]
+    if per_frame and idx.size > 1:
+        per = np.interp(np.arange(num_frames), idx, focals)
+    else:
+        per = np.full(num_frames, float(np.median(focals)))
+    rows = np.stack([per, per, np.full(num_frames, w / 2.0), np.full(num_frames, h / 2.0)], axis=1)
+    return Camera(rows.astype(np.float32), (h, w), source)
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+def camera_from_fov(fov_y_deg: float, image_size: Sequence[int], num_frames: int) -> Camera:
+    """A manual camera from a vertical FOV in degrees (same for every frame)."""
+    return Camera.from_fov(float(fov_y_deg), tuple(int(v) for v in image_size), num_frames, "manual")
+
+
+def camera_from_moge_geometry(geometry: Mapping[str, Any], image_size: Sequence[int], num_frames: int,
+                              per_frame: bool = False) -> Camera:
+    """ComfyUI core ``MOGE_GEOMETRY`` (normalised ``intrinsics`` [B,3,3]) -> Camera for the clip.
+
+    B == 1 is broadcast to every frame; B == num_frames keeps one estimate per frame
+    (combined by median unless ``per_frame``); any other B is a frame-count mismatch.
+    """
+    if not isinstance(geometry, Mapping) or geometry.get("intrinsics") is None:
+        raise InputError("the MoGe geometry has no intrinsics (a panorama geometry has none); "
+                         "run MoGe Inference on a perspective frame")
+    k = geometry["intrinsics"]
+    k = k.detach().float().cpu().numpy() if isinstance(k, torch.Tensor) else np.asarray(k, np.float64)
+    if k.ndim == 2:
+        k = k[None]
+    if k.ndim != 3 or k.shape[1:] != (3, 3):
+        raise InputError(f"MoGe geometry intrinsics must have shape (B, 3, 3), got {tuple(k.shape)}")
+    h, w = (int(v) for v in image_size)
+    _check_geometry_aspect(geometry, (h, w))
+    b = k.shape[0]
+    if b not in (1, num_frames):
+        raise InputError(f"the MoGe geometry holds {b} frames but the clip has {num_frames}; "
+                         f"run MoGe on one frame or on every frame of the same clip")
+    rows = pixel_intrinsics(k, (h, w))
+    idx = [0] if b == 1 else list(range(b))
+    return camera_from_focals(idx, rows[:, 1], (h, w), num_frames, per_frame, "moge_geometry")
+
+
+def _check_geometry_aspect(geometry: Mapping[str, Any], image_size: tuple[int, int]) -> None:
+    """Normalised intrinsics transfer across sizes only when the aspect ratio is the same."""
+    src = next((geometry[k] for k in ("image", "points", "depth") if geometry.get(k) is not None), None)
+    if src is None or getattr(src, "ndim", 0) < 3:
+        return
+    gh, gw = int(src.shape[1]), int(src.shape[2])
+    h, w = image_size
+    if abs((gw / gh) / (w / h) - 1.0) > 0.01:
+        raise InputError(f"the MoGe geometry was computed on {gw}x{gh} images but the frames are {w}x{h} "
+                         f"(another aspect ratio); run MoGe on these frames")
+
+
+def check_camera_frames(camera: Camera, num_frames: int, image_size: Sequence[int] | None = None) -> Camera:
+    """The camera for a clip of num_frames (1-frame cameras broadcast) and, if given, the same size."""
+    if image_size is not None and tuple(int(v) for v in image_size) != camera.image_size:
+        h, w = camera.image_size
+        raise InputError(f"the camera is for {w}x{h} frames but the frames are {int(image_size[1])}x"
+                         f"{int(image_size[0])}; estimate the camera on the same frames")
+    return camera.check_frames(num_frames)
+
+
+# --------------------------------------------------------------------------- MoGe-2 model
+
+
+def _moge_class() -> type:
+    try:
+        from moge.model.v2 import MoGeModel
+    except ImportError as err:
+        raise Body4DError(f"MoGe-2 needs the 'moge' package ({err}); install it with: {MOGE_INSTALL} "
+                          f"(plus opencv-python-headless), or give a manual FOV instead") from err
+    return MoGeModel
+
+
+def build_moge(config: Mapping[str, Any], seed: int | None = None) -> torch.nn.Module:
+    """A MoGe-2 model from a config dict (the checkpoint's ``model_config``), random weights, eval mode."""
+    cls = _moge_class()
+    if seed is not None:
+        torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = cls(**dict(config))
+    return model.eval()
+
+
+def build_tiny_moge(seed: int = 0) -> torch.nn.Module:
+    """The tiny random MoGe-2 used by tests (official architecture, ViT-S backbone, ~22M params)."""
+    return build_moge(TINY_MOGE_CONFIG, seed)
+
+
+def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build MoGe-2 from an official ``model.pt`` ({'model_config', 'model'}) loaded with weights_only=True."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a wrong or corrupt file
+        raise WeightsMismatchError(f"{path} could not be read as a MoGe-2 checkpoint ({err}); "
+                                   f"delete it and download it again") from err
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise WeightsMismatchError(f"{path} is not an official MoGe-2 model.pt (expected keys 'model_config' "
+                                   f"and 'model', found {keys})")
+    return _model_from_state(ckpt["model_config"], ckpt["model"], path).to(device)
+
+
+def _model_from_state(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """Build the architecture and load the checkpoint tensors (fp32).
+
+    Missing parameters are an error; missing buffers keep their constructor values and
+    extra keys are ignored, both with a warning (upstream loads with strict=False too).
+    """
+    model = build_moge(config)
+    params = {name for name, _ in model.named_parameters()}
+    missing_params = sorted(k for k in params if k not in state)
+    if missing_params:
+        raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture: {len(missing_params)} "
+                                   f"weights missing (e.g. {missing_params[:3]})")
+    try:
+        result = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture ({str(err)[:300]})") from err
+    if result.missing_keys or result.unexpected_keys:
+        log.warning("MoGe-2 %s: %d buffers missing, %d unexpected keys ignored", path.name,
+                    len(result.missing_keys), len(result.unexpected_keys))
+    return model.float().eval()
+
+
+def load_moge(search_dirs: Iterable[str | Path] | None = None, explicit: str | Path | None = None,
+              device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load ``Ruicheng/moge-2-vitl-normal`` from the registered ``moge`` folder (MissingWeightsError if absent)."""
+    model_dir = resolve_model_dir("moge", search_dirs, explicit)
+    return load_moge_checkpoint(model_dir / "model.pt", device)
+
+
+# --------------------------------------------------------------------------- estimation
+
+
+def sample_frames(num_frames: int, mode: str, every_n: int = 30) -> list[int]:
+    """Frames MoGe runs on: [0] (first), 0, N, 2N, ... (every_n) or all of them."""
+    if num_frames < 1:
+        raise InputError("the clip has no frames")
+    if mode == "first":
+        return [0]
+    if mode == "every_n":
+        if every_n < 1:
+            raise InputError(f"every_n must be >= 1, got {every_n}")
+        return list(range(0, num_frames, every_n))
+    if mode == "all":
+        return list(range(num_frames))
+    raise InputError(f"unknown FOV mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def _frames_to_batch(frames: np.ndarray | torch.Tensor, idx: Sequence[int], device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """Frames [T,H,W,C] (uint8 0..255 or float 0..1, numpy or torch) -> float [B,3,H,W] 0..1 on device."""
+    sel = frames[list(idx)]
+    t = torch.from_numpy(np.ascontiguousarray(sel)) if isinstance(sel, np.ndarray) else sel
+    t = t[..., :3].to(device)
+    t = t.to(dtype) / 255.0 if t.dtype == torch.uint8 else t.to(dtype)
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+def estimate_normalized_intrinsics(model: torch.nn.Module, images: torch.Tensor, resolution_level: int = 9,
+                                   use_fp16: bool = False) -> torch.Tensor:
+    """MoGe-2 ``infer`` on images [B,3,H,W] in 0..1 -> normalised intrinsics [B,3,3] (float32, CPU).
+
+    ``use_fp16`` enables MoGe's own scoped fp16 autocast; only meaningful on CUDA.
+    """
+    use_fp16 = bool(use_fp16 and images.device.type == "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MoGe warns about its CPU fp32 autocast block
+        out = model.infer(images, resolution_level=resolution_level, force_projection=False,
+                          apply_mask=True, use_fp16=use_fp16)
+    if "intrinsics" not in out:
+        raise WeightsMismatchError("the MoGe model returned no intrinsics (it has no points head)")
+    return out["intrinsics"].float().cpu().reshape(-1, 3, 3)
+
+
+def estimate_camera(
+    model: torch.nn.Module,
+    frames: np.ndarray | torch.Tensor,
+    mode: str = "first",
+    every_n: int = 30,
+    per_frame: bool = False,
+    batch_size: int = 4,
+    resolution_level: int = 9,
+    use_fp16: bool | None = None,
+    hooks: Hooks = NULL_HOOKS,
+) -> Camera:
+    """Run MoGe-2 on the sampled frames of a clip and build its Camera (see module docstring).
+
+    ``frames`` is [T,H,W,C] (ComfyUI IMAGE or uint8 numpy); the model stays where it is
+    (its device is used). ``use_fp16`` defaults to True on CUDA (MoGe's scoped autocast).
+    """
+    if frames.ndim != 4 or frames.shape[0] < 1:
+        raise InputError(f"frames must be [T, H, W, C] with at least one frame, got shape {tuple(frames.shape)}")
+    num_frames, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    idx = sample_frames(num_frames, mode, every_n)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    fp16 = (device.type == "cuda") if use_fp16 is None else use_fp16
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        batch = _frames_to_batch(frames, idx[start:stop], device, dtype)
+        return estimate_normalized_intrinsics(model, batch, resolution_level, fp16)
+
+    norm_k = torch.cat(run_with_oom_retry(run, len(idx), batch_size, hooks), dim=0)
+    focals = pixel_intrinsics(norm_k, (h, w))[:, 1]
+    log.info("MoGe-2 focal on %d frame(s): %s px", len(idx), np.round(focals[:8], 1).tolist())
+    return camera_from_focals(idx, focals, (h, w), num_frames, per_frame, "estimated")
+
+
+def resolve_camera(
+    image_size: Sequence[int],
+    num_frames: int,
+    manual_fov: float = 0.0,
+    fov: float | None = None,
+    moge_geometry: Mapping[str, Any] | None = None,
+    estimate: Any = None,
+    per_frame: bool = False,
+) -> Camera:
+    """Pick the camera source by priority: manual FOV > FOV input > MOGE_GEOMETRY > model > fallback.
+
+    ``estimate`` is a zero-argument callable running the model (or None when no model).
+    """
+    h, w = (int(v) for v in image_size)
+    if manual_fov and manual_fov > 0:
+        return camera_from_fov(manual_fov, (h, w), num_frames)
+    if fov is not None and fov > 0:
+        return camera_from_fov(fov, (h, w), num_frames)
+    if moge_geometry is not None:
+        return camera_from_moge_geometry(moge_geometry, (h, w), num_frames, per_frame)
+    if estimate is not None:
+        return estimate()
+    log.info("no FOV model or value given; using f = sqrt(H^2 + W^2) = %.1f px", fallback_focal((h, w)))
+    return Camera.default((h, w), num_frames)
