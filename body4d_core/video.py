@@ -349,13 +349,60 @@ def decode_into(path: str | os.PathLike, sel: Selection, info: VideoInfo, backen
     """Decode the selection chunk by chunk, handing each chunk to write(start, chunk)."""
     done = 0
     total = int(sel.indices.size)
-    for chunk in iter_chunks(path, sel, info, backend):
+    for chunk in _prefetch(iter_chunks(path, sel, info, backend)):
         hooks.check_interrupt()
         write(done, chunk)
         done += chunk.shape[0]
         hooks.progress(done, total)
     if done != total:
         raise VideoError(f"decoded {done} frames but expected {total}")
+
+
+def _prefetch(chunks: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+    """Decode the next chunks in a background thread while the caller converts this one.
+
+    The decoders release the GIL, so decoding overlaps the conversion to IMAGE. The
+    thread stops at the end, on an error (re-raised here) or when the consumer stops.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def worker() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=worker, name="body4d-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""Decode benchmark: raw decord / PyAV / OpenCV vs our Load Video path, at 720p and 1080p.
+
+Each measurement runs in a fresh subprocess so peak RAM (ru_maxrss) is its own. Raw decoders
+produce uint8 RGB frames in memory; our path produces ComfyUI's IMAGE (float32 0..1).
+
+    python bench/bench_decode.py [--frames 240] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_video(path: Path, width: int, height: int, frames: int, fps: int = 30) -> None:
+    """A synthetic H.264 clip: smooth gradients and texture panning across the frame."""
+    import av
+    import numpy as np
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
+    base = (base * 255).astype(np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        for i in range(frames):
+            img = np.roll(base, shift=(i * 7, i * 5), axis=(0, 1))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def _raw_decord(path: str) -> int:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0))
+    n = 0
+    for s in range(0, len(vr), 32):
+        n += vr.get_batch(list(range(s, min(s + 32, len(vr))))).asnumpy().shape[0]
+    return n
+
+
+def _raw_pyav(path: str) -> int:
+    import av
+
+    n = 0
+    with av.open(path) as c:
+        st = c.streams.video[0]
+        st.thread_type = "AUTO"
+        for f in c.decode(st):
+            f.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def _raw_opencv(path: str) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    n = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        n += 1
+    return n
+
+
+def _ours(path: str) -> int:
+    from body4d_core.video import LoadOptions, load_video_tensor
+
+    frames, _ = load_video_tensor(path, LoadOptions())
+    return int(frames.shape[0])
+
+
+def _ours_uint8(path: str) -> int:
+    from body4d_core.video import LoadOptions, load_video
+
+    frames, _ = load_video(path, LoadOptions())
+    return int(frames.shape[0])
+
+
+METHODS = {"decord (raw uint8)": _raw_decord, "pyav (raw uint8)": _raw_pyav, "opencv (raw uint8)": _raw_opencv,
+           "ours -> uint8": _ours_uint8, "ours -> IMAGE fp32": _ours}
+
+
+def child(method: str, path: str) -> None:
+    """Run one method once in this process and print JSON (seconds, frames, peak RSS)."""
+    import resource
+
+    t0 = time.perf_counter()
+    n = METHODS[method](path)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": dt, "frames": n, "peak_rss": peak}))
+
+
+def measure(method: str, path: str, repeat: int) -> dict:
+    best = None
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, __file__, "--child", method, path], capture_output=True, text=True,
+                             check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if best is None or res["seconds"] < best["seconds"]:
+            best = res
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child", nargs=2)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    print(f"# decode benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {args.frames} frames H.264, best of {args.repeat}")
+    print("| resolution | method | frames/s | peak RAM (GiB) | vs fastest raw |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for (w, h) in ((1280, 720), (1920, 1080)):
+            path = Path(tmp) / f"clip_{h}p.mp4"
+            make_video(path, w, h, args.frames)
+            rows = {m: measure(m, str(path), args.repeat) for m in METHODS}
+            fastest_raw = max(r["frames"] / r["seconds"] for m, r in rows.items() if "raw" in m)
+            for m, r in rows.items():
+                fps = r["frames"] / r["seconds"]
+                print(f"| {h}p | {m} | {fps:.1f} | {r['peak_rss'] / 2**30:.2f} | {100 * fps / fastest_raw:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
