@@ -1,7 +1,7 @@
 """Headless command line: ``python -m body4d_core <command>`` (the seed's offline script, growing).
 
 Commands: ``load`` (decode a video to frames + clip.npz), ``setup`` (download weights),
-``models`` (which weights are present).
+``models`` (which weights are present), ``api`` (run a workflow on a ComfyUI server).
 """
 
 from __future__ import annotations
@@ -102,6 +102,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run one of our workflows on a running ComfyUI: upload, queue, follow, download."""
+    from .api_client import ComfyClient, load_api_graph, parse_value, set_input, set_video
+
+    client = ComfyClient(args.server)
+    graph = load_api_graph(args.workflow)
+    if args.video:
+        name = client.upload(args.video)
+        set_video(graph, name)
+        print(f"uploaded {args.video} as {name}")
+    for item in args.set or []:
+        target, _, value = item.partition("=")
+        set_input(graph, target, parse_value(value))
+    bars: dict[str, TextProgress] = {}
+
+    def progress(node: str, value: int, total: int) -> None:
+        bars.setdefault(node, TextProgress(f"node {node}")).progress(value, total)
+
+    result = client.run_workflow(graph, args.out, args.timeout, progress)
+    print(f"run {result.prompt_id} finished; {len(result.files)} file(s) written to {args.out}")
+    for f in result.files:
+        print(f"  {f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights import MODEL_SPECS
 
@@ -120,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
     p.add_argument("--root", help="models root (default: configs/body4d.yaml paths.ckpt_root, $BODY4D_MODELS, ./models)")
     p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("api", help="run a workflow on a running ComfyUI server and download its outputs")
+    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p.add_argument("--workflow", "-w", required=True, help="API-format workflow (workflows/api/*.json)")
+    p.add_argument("--video", help="video to upload and feed to every Load Video (Body4D) node")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
+                   help="override an input; NODE is a node id, title or class type (repeatable)")
+    p.add_argument("--out", "-o", default="outputs/api", help="where to download the outputs")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("models", help="show which weights are present")
     p.add_argument("--root")
