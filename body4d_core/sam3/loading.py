@@ -1,0 +1,167 @@
+"""Loading SAM-3 (transformers format, ``facebook/sam3``) and building tiny random twins for tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import Body4DError, MissingWeightsError, WeightsMismatchError
+from ..runtime import pick_device, pick_dtype
+from ..weights import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+SAM3_MEAN = (0.5, 0.5, 0.5)  # facebook/sam3 normalises with mean = std = 0.5
+SAM3_STD = (0.5, 0.5, 0.5)
+
+
+class Sam3Bundle(torch.nn.Module):
+    """The tracker (points/boxes -> masklets), its processor, and optionally the text detector.
+
+    An ``nn.Module`` so ComfyUI's model management can move and free it as one model. When
+    both are loaded the detector shares the tracker's ViT backbone (one copy in memory).
+    """
+
+    def __init__(self, tracker: Any, processor: Any, detector: Any | None = None,
+                 detector_processor: Any | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.tracker = tracker  # transformers Sam3TrackerVideoModel
+        self.detector = detector  # transformers Sam3Model (text prompt "person"), optional
+        self.processor = processor  # transformers Sam3TrackerVideoProcessor
+        self.detector_processor = detector_processor  # transformers Sam3Processor
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.tracker.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.tracker.config.image_size)
+
+
+def _transformers():
+    """Import transformers lazily with one clear error if it is missing or too old."""
+    try:
+        import transformers
+        from transformers import Sam3TrackerVideoModel  # noqa: F401
+    except ImportError as err:
+        raise Body4DError("SAM-3 needs transformers >= 5 with torchvision: pip install 'transformers>=5'") from err
+    return transformers
+
+
+def build_processor(image_size: int, mean: tuple = SAM3_MEAN, std: tuple = SAM3_STD) -> Any:
+    """A Sam3TrackerVideoProcessor for ``image_size`` (used when the folder has no processor files)."""
+    tf = _transformers()
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    size = {"height": image_size, "width": image_size}
+    mask = {"height": image_size * 2 // 7, "width": image_size * 2 // 7}  # 288 at 1008
+    image_proc = tf.Sam3ImageProcessor(size=size, mask_size=mask, image_mean=list(mean), image_std=list(std))
+    video_proc = Sam2VideoVideoProcessor(size=size, image_mean=list(mean), image_std=list(std))
+    return tf.Sam3TrackerVideoProcessor(image_processor=image_proc, video_processor=video_proc)
+
+
+def _load_processor(model_dir: Path, image_size: int) -> Any:
+    tf = _transformers()
+    try:
+        return tf.Sam3TrackerVideoProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - fall back to the documented defaults
+        log.warning("no usable processor files in %s (%s); using SAM-3 defaults (%d px, mean=std=0.5)",
+                    model_dir, err, image_size)
+        return build_processor(image_size)
+
+
+def load_sam3(
+    model_dir: str | Path | None = None,
+    search_dirs: Iterable[str | Path] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    with_detector: bool = True,
+) -> Sam3Bundle:
+    """Load the official transformers-format ``facebook/sam3`` folder (safetensors only).
+
+    ``dtype`` auto picks bf16 on GPUs that support it, fp32 on CPU (reduced precision on
+    CPU is refused: it is slow and inaccurate). Raises MissingWeightsError naming the
+    missing files, the folder and the download command.
+    """
+    tf = _transformers()
+    directory = resolve_model_dir("sam3", search_dirs=search_dirs, explicit=model_dir)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    if dev.type == "cpu" and dt != torch.float32:
+        log.warning("SAM-3 runs in fp32 on the CPU (%s requested)", dt)
+        dt = torch.float32
+    kwargs = dict(dtype=dt, local_files_only=True, use_safetensors=True)
+    try:
+        tracker = tf.Sam3TrackerVideoModel.from_pretrained(str(directory), **kwargs)
+        detector = tf.Sam3Model.from_pretrained(str(directory), **kwargs) if with_detector else None
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise WeightsMismatchError(f"could not load SAM-3 from {directory}: {err}. The folder must hold the "
+                                   f"transformers-format facebook/sam3 files (config.json, model.safetensors).") from err
+    det_proc = None
+    if detector is not None:
+        share_backbone(tracker, detector)
+        det_proc = _load_detector_processor(directory)
+    bundle = Sam3Bundle(tracker.eval(), _load_processor(directory, int(tracker.config.image_size)),
+                        detector.eval() if detector is not None else None, det_proc, dt)
+    return bundle.to(dev)
+
+
+def _load_detector_processor(directory: Path) -> Any:
+    tf = _transformers()
+    try:
+        return tf.Sam3Processor.from_pretrained(str(directory), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - the tokenizer files are needed for the text prompt
+        raise MissingWeightsError(f"the SAM-3 text detector needs the tokenizer/processor files of facebook/sam3 "
+                                  f"in {directory} ({err}); download the whole repo again.") from err
+
+
+def share_backbone(tracker: Any, detector: Any) -> None:
+    """Let the detector use the tracker's ViT backbone (the checkpoint holds one copy for both)."""
+    detector.vision_encoder.backbone = tracker.vision_encoder.backbone
+
+
+def tiny_tracker_config(image_size: int = 112) -> Any:
+    """A small Sam3TrackerVideoConfig with the real architecture (for CPU tests)."""
+    tf = _transformers()
+    patch = 14
+    vit = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=2, image_size=image_size, patch_size=patch, window_size=4,
+               global_attn_indexes=[1], pretrain_image_size=56)
+    vision = dict(model_type="sam3_vision_model", backbone_config=vit, fpn_hidden_size=128)
+    return tf.Sam3TrackerVideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=128, image_size=image_size, patch_size=patch),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=128, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64, memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64,  # fixed by the memory attention's key/value width
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64,
+        image_size=image_size,
+    )
+
+
+def tiny_sam3(image_size: int = 112, seed: int = 0, with_detector: bool = False,
+              presence_bias: float | None = 4.0) -> Sam3Bundle:
+    """A randomly initialised small SAM-3 bundle on the CPU, exercising the real code path.
+
+    Random weights rarely call an object present (masks then come out empty); a positive
+    ``presence_bias`` on the tracker's object-score head makes tests see real masks.
+    """
+    tf = _transformers()
+    torch.manual_seed(seed)
+    tracker = tf.Sam3TrackerVideoModel(tiny_tracker_config(image_size)).eval()
+    if presence_bias is not None:
+        with torch.no_grad():
+            tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(presence_bias)
+    detector = det_proc = None
+    if with_detector:
+        from .detect import tiny_detector
+
+        detector, det_proc = tiny_detector(image_size, seed)
+        share_backbone(tracker, detector)
+    return Sam3Bundle(tracker, build_processor(image_size), detector, det_proc, torch.float32)

@@ -1,0 +1,245 @@
+"""SAM-3 mask propagation from point/box prompts on any frames, forward, backward or both.
+
+Frames stream one at a time from the CPU to the device, the tracker's memory bank is
+pruned to the frames it can still attend to, and masks leave the device bit-packed, so
+device memory stays flat however long the clip is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import ObjectPrompt, Prompts, Tracks, check_same_frames
+from ..errors import InputError
+from ..runtime import NULL_HOOKS, Hooks, autocast
+from .frames import FrameSource, as_frame_source
+from .loading import Sam3Bundle
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("both", "forward", "backward")
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # numpy.packbits order (big-endian bits)
+
+
+def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
+    """Bit-pack bool [..., H, W] along W on the masks' device; same layout as numpy.packbits."""
+    width = masks.shape[-1]
+    pad = (-width) % 8
+    m = masks.to(torch.uint8)
+    if pad:
+        m = F.pad(m, (0, pad))
+    m = m.reshape(*m.shape[:-1], -1, 8)
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=m.device)
+    return (m * weights).sum(-1, dtype=torch.uint8)
+
+
+@dataclass
+class _Plan:
+    """Which prompts sit on which frames, and each object's prompted frames."""
+
+    by_frame: dict[int, list[ObjectPrompt]]
+    obj_frames: dict[int, np.ndarray]
+    obj_ids: list[int]
+
+
+def _merge(items: list[ObjectPrompt]) -> ObjectPrompt:
+    """One prompt per (object, frame): points concatenated, at most one box."""
+    if len(items) == 1:
+        return items[0]
+    boxes = [it.box for it in items if it.box is not None]
+    if len(boxes) > 1:
+        raise InputError(f"object {items[0].obj_id} has {len(boxes)} boxes on frame {items[0].frame}; give one")
+    return ObjectPrompt(items[0].obj_id, items[0].frame, np.concatenate([it.points for it in items]),
+                        np.concatenate([it.labels for it in items]), boxes[0] if boxes else None)
+
+
+def check_prompts(prompts: Any, source: FrameSource) -> Prompts:
+    """Prompts valid for these frames (same size and length), re-checked against the frames."""
+    if not isinstance(prompts, Prompts):
+        raise InputError(f"prompts must be a Prompts object, got {type(prompts).__name__}")
+    if tuple(prompts.image_size) != tuple(source.image_size):
+        ph, pw = prompts.image_size
+        fh, fw = source.image_size
+        raise InputError(f"the prompts were placed on a {pw}x{ph} image but the frames are {fw}x{fh}; "
+                         f"prompt on the same frames you propagate")
+    check_same_frames(prompts=prompts.num_frames, frames=source.num_frames)
+    return Prompts(list(prompts.items), source.image_size, source.num_frames)
+
+
+def make_plan(prompts: Prompts) -> _Plan:
+    """Group prompts by frame (sorted) and list each object's prompted frames."""
+    grouped: dict[tuple[int, int], list[ObjectPrompt]] = defaultdict(list)
+    for it in prompts.items:
+        grouped[(it.frame, it.obj_id)].append(it)
+    by_frame: dict[int, list[ObjectPrompt]] = defaultdict(list)
+    obj_frames: dict[int, list[int]] = defaultdict(list)
+    for (frame, obj), items in sorted(grouped.items()):
+        by_frame[frame].append(_merge(items))
+        obj_frames[obj].append(frame)
+    return _Plan(dict(by_frame), {k: np.asarray(v) for k, v in obj_frames.items()}, sorted(obj_frames))
+
+
+class _Recorder:
+    """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt."""
+
+    def __init__(self, plan: _Plan, num_frames: int, size: tuple[int, int]):
+        self.plan = plan
+        self.size = size
+        self.row = {obj: i for i, obj in enumerate(plan.obj_ids)}
+        n = len(plan.obj_ids)
+        h, w = size
+        self.packed = np.zeros((n, num_frames, h, (w + 7) // 8), np.uint8)
+        self.scores = np.zeros((n, num_frames), np.float32)
+        self.dist = np.full((n, num_frames), np.iinfo(np.int64).max, np.int64)
+
+    def distance(self, obj: int, frame: int, reverse: bool) -> int | None:
+        """Frames from the nearest prompt behind ``frame`` in the direction of travel (None: none)."""
+        frames = self.plan.obj_frames[obj]
+        behind = frames[frames >= frame] if reverse else frames[frames <= frame]
+        if behind.size == 0:
+            return None
+        return int(abs(frame - (behind.min() if reverse else behind.max())))
+
+    def record(self, out: Any, frame: int, reverse: bool, only: set[int] | None = None,
+               threshold: float = 0.0) -> None:
+        """Store the masks of one tracker output where they beat what is already stored."""
+        rows, picks = [], []
+        for k, obj in enumerate(out.object_ids):
+            if only is not None and obj not in only:
+                continue
+            d = self.distance(obj, frame, reverse)
+            if d is None or d >= self.dist[self.row[obj], frame]:
+                continue
+            self.dist[self.row[obj], frame] = d
+            rows.append(self.row[obj])
+            picks.append(k)
+        if not picks:
+            return
+        logits = out.pred_masks[picks].float()  # [k, 1, h, w] low-res logits
+        full = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        self.packed[rows, frame] = pack_bits_torch(full).cpu().numpy()
+        self.scores[rows, frame] = torch.sigmoid(out.object_score_logits[picks].float().reshape(-1)).cpu().numpy()
+
+    def tracks(self) -> Tracks:
+        return Tracks(np.asarray(self.plan.obj_ids, np.int64), self.packed, self.size, self.scores)
+
+
+def _encode(bundle: Sam3Bundle, source: FrameSource, frame: int) -> torch.Tensor:
+    """One frame through the checkpoint's own video processor, on the model's device."""
+    chw = source.get(frame).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8, a one-frame video
+    out = bundle.processor.video_processor(videos=[chw], device=bundle.device, return_tensors="pt")
+    return out.pixel_values_videos[0, 0].to(bundle.dtype)
+
+
+def _add_prompt(bundle: Sam3Bundle, session: Any, item: ObjectPrompt, size: tuple[int, int]) -> None:
+    kwargs: dict[str, Any] = {}
+    if item.points.shape[0]:
+        kwargs["input_points"] = [[item.points.astype(float).tolist()]]
+        kwargs["input_labels"] = [[item.labels.astype(int).tolist()]]
+    if item.box is not None:
+        kwargs["input_boxes"] = [[item.box.astype(float).tolist()]]
+    bundle.processor.add_inputs_to_inference_session(session, frame_idx=item.frame, obj_ids=[item.obj_id],
+                                                     original_size=size, **kwargs)
+
+
+def _forget_tracking(session: Any) -> None:
+    """Drop tracked (non-prompt) memories so each pass starts from the prompts only."""
+    for per_obj in session.output_dict_per_obj.values():
+        per_obj["non_cond_frame_outputs"].clear()
+    for tracked in session.frames_tracked_per_obj.values():
+        tracked.clear()
+
+
+def _prune(session: Any, frame: int, reverse: bool, keep: int) -> None:
+    """Bound the session: free this frame's pixels and high-res masks, and memories out of reach."""
+    if session.processed_frames is not None:
+        session.processed_frames.pop(frame, None)
+    for per_obj in session.output_dict_per_obj.values():
+        for store in per_obj.values():
+            if frame in store:
+                store[frame].pop("high_res_masks", None)
+        non_cond = per_obj["non_cond_frame_outputs"]
+        for old in [t for t in non_cond if (t - frame if reverse else frame - t) >= keep]:
+            del non_cond[old]
+    for tracked in session.frames_tracked_per_obj.values():
+        for old in [t for t in tracked if (t - frame if reverse else frame - t) >= keep]:
+            del tracked[old]
+
+
+def _steps(plan: _Plan, num_frames: int, direction: str) -> list[tuple[int, bool]]:
+    """The (frame, reverse) steps of the propagation passes, in order."""
+    first, last = min(plan.by_frame), max(plan.by_frame)
+    steps: list[tuple[int, bool]] = []
+    if direction in ("both", "forward"):
+        steps += [(f, False) for f in range(first, num_frames)]
+    if direction in ("both", "backward"):
+        steps += [(f, True) for f in range(last, -1, -1)]
+    return steps
+
+
+def propagate(
+    bundle: Sam3Bundle,
+    frames: Any,
+    prompts: Prompts,
+    direction: str = "both",
+    hooks: Hooks = NULL_HOOKS,
+    mask_threshold: float = 0.0,
+) -> Tracks:
+    """Track every prompted object through the clip; returns Tracks keyed by the prompts' ids.
+
+    ``direction``: ``forward`` fills each object from its first prompted frame to the end,
+    ``backward`` from its last prompted frame to the start, ``both`` the whole clip (on frames
+    between prompts the result tracked from the nearer prompt wins). Frames an object is not
+    tracked on stay empty with score 0.
+    """
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    source = as_frame_source(frames)
+    prompts = check_prompts(prompts, source)
+    plan = make_plan(prompts)
+    steps = _steps(plan, source.num_frames, direction)
+    total = len(prompts.items) + len(steps)
+    recorder = _Recorder(plan, source.num_frames, source.image_size)
+    cfg = bundle.tracker.config
+    keep = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
+    dev = bundle.device
+    session = bundle.processor.init_video_session(inference_device=dev, inference_state_device=dev,
+                                                  video_storage_device=dev, dtype=bundle.dtype)
+    done = 0
+    try:
+        with torch.inference_mode(), autocast(dev, bundle.dtype):
+            for frame, items in plan.by_frame.items():
+                pixels = _encode(bundle, source, frame)
+                for item in items:
+                    hooks.check_interrupt()
+                    _add_prompt(bundle, session, item, source.image_size)
+                    out = bundle.tracker(inference_session=session, frame_idx=frame, frame=pixels)
+                    recorder.record(out, frame, False, only={item.obj_id}, threshold=mask_threshold)
+                    _forget_tracking(session)
+                    _prune(session, frame, False, keep)
+                    done += 1
+                    hooks.progress(done, total)
+            previous = None
+            for frame, reverse in steps:
+                hooks.check_interrupt()
+                if reverse != previous:
+                    _forget_tracking(session)
+                    previous = reverse
+                out = bundle.tracker(inference_session=session, frame_idx=frame,
+                                     frame=_encode(bundle, source, frame), reverse=reverse)
+                recorder.record(out, frame, reverse, threshold=mask_threshold)
+                _prune(session, frame, reverse, keep)
+                done += 1
+                hooks.progress(done, total)
+    finally:
+        session.reset_inference_session()
+        session.processed_frames = None
+    log.info("SAM-3 tracked %d object(s) over %d frames (%s)", len(plan.obj_ids), source.num_frames, direction)
+    return recorder.tracks()
