@@ -1,0 +1,93 @@
+"""Relative depth for occlusion detection: Depth Anything V2 through transformers.
+
+Computed once per clip at the network's own resolution (shorter side >= 518, multiple of
+14, aspect kept), normalised with the clip's global min/max to [-1, 1] and resized to each
+diffusion resolution on demand, so every person and both passes share one depth run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..runtime import NULL_HOOKS, Hooks, autocast
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_depth_model(directory: str | Path, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
+    """Load a transformers Depth Anything (V2) folder; returns (model, preprocessing settings)."""
+    from transformers import DepthAnythingForDepthEstimation
+
+    directory = Path(directory)
+    weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
+    model = DepthAnythingForDepthEstimation.from_pretrained(directory, dtype=weight_dtype).to(device).eval()
+    return model, read_preprocessing(directory)
+
+
+def read_preprocessing(directory: Path) -> dict:
+    """Input size / mean / std from preprocessor_config.json (DA-V2 defaults when absent)."""
+    prep = {"size": 518, "multiple": 14, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    path = Path(directory) / "preprocessor_config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text())
+        size = cfg.get("size", {})
+        prep["size"] = int(size.get("height", size.get("shortest_edge", 518)) if isinstance(size, dict) else size)
+        prep["multiple"] = int(cfg.get("ensure_multiple_of", 14))
+        prep["mean"] = tuple(cfg.get("image_mean", IMAGENET_MEAN))
+        prep["std"] = tuple(cfg.get("image_std", IMAGENET_STD))
+    return prep
+
+
+def network_size(image_size: tuple[int, int], size: int = 518, multiple: int = 14) -> tuple[int, int]:
+    """DA-V2's input size: scale so both sides reach ``size`` (aspect kept), round up to ``multiple``."""
+    h, w = image_size
+    scale = max(size / h, size / w)
+    return (int(math.ceil(h * scale / multiple) * multiple), int(math.ceil(w * scale / multiple) * multiple))
+
+
+@torch.no_grad()
+def estimate_depth(model: torch.nn.Module, frames: torch.Tensor, prep: dict | None = None, batch_size: int = 16,
+                   dtype: torch.dtype = torch.float32, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
+    """Raw relative depth (float32 [T, h', w'] on the CPU) of frames [T, H, W, 3] in [0, 1]."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise InputError(f"depth: frames must be [T, H, W, 3] with T >= 1, got {tuple(frames.shape)}")
+    prep = prep or {"size": 518, "multiple": 14, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    dev = next(model.parameters()).device
+    wdtype = next(model.parameters()).dtype
+    size = network_size(tuple(frames.shape[1:3]), prep["size"], prep["multiple"])
+    mean = torch.tensor(prep["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(prep["std"], device=dev).view(1, 3, 1, 1)
+    out = []
+    n = frames.shape[0]
+    for s in range(0, n, batch_size):
+        hooks.check_interrupt()
+        x = frames[s:s + batch_size].to(dev, torch.float32).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        x = ((x - mean) / std).to(wdtype)
+        with autocast(dev, dtype):
+            pred = model(pixel_values=x).predicted_depth
+        out.append(pred.float().cpu())
+        hooks.progress(min(n, s + batch_size), n)
+    return torch.cat(out)
+
+
+def normalize_depth(raw: torch.Tensor) -> torch.Tensor:
+    """Map depth to [-1, 1] with the clip's global min/max (a constant map gives zeros)."""
+    lo, hi = raw.min(), raw.max()
+    if float(hi - lo) <= 1e-12:
+        return torch.zeros_like(raw)
+    return (raw - lo) / (hi - lo) * 2 - 1
+
+
+def resize_depth(depth: torch.Tensor, size: tuple[int, int], frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Depth [T, h, w] (optionally only ``frames``) resized bilinearly to ``size`` -> [T', 1, H, W]."""
+    d = depth if frames is None else depth[frames]
+    return F.interpolate(d[:, None].float(), size=size, mode="bilinear", align_corners=True)

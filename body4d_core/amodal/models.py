@@ -1,0 +1,110 @@
+"""Loading the three amodal networks (two Diffusion-VAS pipelines + Depth Anything V2)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
+
+import torch
+
+from ..runtime import NULL_HOOKS, Hooks, pick_device, pick_dtype
+from ..weights import resolve_model_dir
+from .config import SamplerConfig
+from .depth import estimate_depth
+
+if TYPE_CHECKING:  # diffusers is imported only when a pipeline is built
+    from .job import VideoJob
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner(Protocol):
+    """Anything that denoises VideoJobs into frames [T, 3, h, w] in [0, 1] (VASPipeline, test fakes)."""
+
+    def run_jobs(self, jobs: Sequence["VideoJob"], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
+                 budget_px: int = 1 << 20) -> list[torch.Tensor]: ...
+
+
+class DepthFn(Protocol):
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor: ...
+
+
+@dataclass
+class DepthEstimator:
+    """Callable wrapper: frames [T, H, W, 3] in [0, 1] -> raw depth [T, h, w] (CPU float32)."""
+
+    model: torch.nn.Module
+    prep: dict
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 16
+
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
+        return estimate_depth(self.model, frames, self.prep, self.batch_size, self.dtype, hooks)
+
+    def to(self, device: torch.device | str) -> "DepthEstimator":
+        self.model.to(device)
+        return self
+
+
+@dataclass
+class AmodalModels:
+    """Amodal-segmentation and content-completion samplers plus the depth estimator."""
+
+    mask: JobRunner
+    content: JobRunner | None
+    depth: DepthFn
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every torch module held (for ComfyUI model management)."""
+        out: list[torch.nn.Module] = []
+        for part in (self.mask, self.content):
+            if hasattr(part, "models"):
+                out += part.models()
+        if isinstance(self.depth, DepthEstimator):
+            out.append(self.depth.model)
+        return out
+
+    def to(self, device: torch.device | str) -> "AmodalModels":
+        for part in (self.mask, self.content, self.depth):
+            if hasattr(part, "to"):
+                part.to(device)
+        self.device = torch.device(device)
+        return self
+
+
+def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: str | torch.device | None = None,
+                       dtype: str | torch.dtype | None = None, mask_dir: str | Path | None = None,
+                       content_dir: str | Path | None = None, depth_dir: str | Path | None = None,
+                       with_completion: bool = True) -> AmodalModels:
+    """Resolve and load the three models; MissingWeightsError names any missing files and the command."""
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    dirs = list(search_dirs) if search_dirs else None
+    mdir = resolve_model_dir("diffusion_vas_amodal", dirs, mask_dir)
+    cdir = resolve_model_dir("diffusion_vas_completion", dirs, content_dir) if with_completion else None
+    ddir = resolve_model_dir("depth_anything", dirs, depth_dir)
+    from .depth import load_depth_model
+    from .pipeline import VASPipeline
+
+    log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
+             f" + {cdir}" if cdir else "", ddir, dev, dt)
+    mask = VASPipeline.from_pretrained(mdir, dev, dt)
+    content = VASPipeline.from_pretrained(cdir, dev, dt) if cdir else None
+    model, prep = load_depth_model(ddir, dev, dt)
+    return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
+
+
+def describe(models: AmodalModels) -> dict[str, Any]:
+    """Parameter counts per network (for logs and the bench)."""
+    out = {}
+    for name, part in (("mask", models.mask), ("content", models.content)):
+        if hasattr(part, "unet"):
+            out[name] = {n: sum(p.numel() for p in m.parameters())
+                         for n, m in (("unet", part.unet), ("vae", part.vae), ("clip", part.image_encoder))}
+    if isinstance(models.depth, DepthEstimator):
+        out["depth"] = sum(p.numel() for p in models.depth.model.parameters())
+    return out

@@ -1,0 +1,186 @@
+"""Occlusion detection logic (pure numpy): binarise, IoU, exemptions, gap fill, windows.
+
+Mirrors SAM-Body4D's rules (DESIGN.md §6) with its two slips fixed: the degenerate-box test
+applies to every object (upstream's only fired for object id 1) and a zero-pixel border on
+tiny frames no longer blanks the whole mask.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+from scipy import ndimage
+
+from .config import OcclusionConfig
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+class Exempt(IntEnum):
+    """Why a frame may not count as occluded (0 = judged by IoU)."""
+
+    NONE = 0
+    BORDER = 1  # the visible object lies entirely in the image border
+    EMPTY = 2  # visible and amodal masks both empty
+    VISIBLE_LARGER = 3  # visible mask has more pixels than the amodal one
+    LONG_OR_WIDE = 4  # amodal box spans most of the image
+    SKINNY = 5  # amodal box far too thin
+
+
+def detection_size(image_size: tuple[int, int], res: tuple[int, int], swap_portrait: bool = True) -> tuple[int, int]:
+    """The (H, W) the diffusion runs at: ``res``, swapped when the clip is portrait."""
+    h, w = image_size
+    rh, rw = res
+    if swap_portrait and h > w and rw > rh:
+        return rw, rh
+    return rh, rw
+
+
+def binarize(pred: np.ndarray, threshold: float, keep_largest: bool = True) -> np.ndarray:
+    """Predicted mask images [T, H, W] (or [T, H, W, 3]) in [0, 1] -> bool masks."""
+    pred = np.asarray(pred, dtype=np.float32)
+    if pred.ndim == 4:
+        pred = pred.mean(axis=-1)
+    out = pred > threshold
+    if keep_largest:
+        out = np.stack([largest_component(m) for m in out]) if len(out) else out
+    return out
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected foreground component of a bool mask [H, W]."""
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n <= 1:
+        return labels > 0
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(counts.argmax())
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks; 1.0 when both are empty."""
+    union = np.logical_or(a, b).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(a, b).sum() / union)
+
+
+def in_border(mask: np.ndarray, fraction: float) -> bool:
+    """True if no pixel of ``mask`` lies inside the central region left by a border of ``fraction``."""
+    h, w = mask.shape
+    bh, bw = int(h * fraction), int(w * fraction)
+    return not mask[bh:h - bh, bw:w - bw].any()
+
+
+def _box_sides(mask: np.ndarray) -> tuple[int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def is_long_or_wide(mask: np.ndarray, ratio: float) -> bool:
+    """The mask's box spans >= ``ratio`` of the image height or width."""
+    sides = _box_sides(mask)
+    if sides is None:
+        return False
+    return sides[0] / mask.shape[0] >= ratio or sides[1] / mask.shape[1] >= ratio
+
+
+def is_skinny(mask: np.ndarray, ratio: float) -> bool:
+    """The mask's box has short side / long side < ``ratio``."""
+    sides = _box_sides(mask)
+    if sides is None:
+        return False
+    return min(sides) / max(sides) < ratio
+
+
+def frame_exemption(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig) -> Exempt:
+    """The first exemption rule that applies to one frame (upstream order)."""
+    if visible.any() and in_border(visible, cfg.border_fraction):
+        return Exempt.BORDER
+    n_vis, n_amo = int(visible.sum()), int(amodal.sum())
+    if n_vis == 0 and n_amo == 0:
+        return Exempt.EMPTY
+    if n_vis > n_amo:
+        return Exempt.VISIBLE_LARGER
+    if is_long_or_wide(amodal, cfg.long_wide_ratio):
+        return Exempt.LONG_OR_WIDE
+    if is_skinny(amodal, cfg.skinny_ratio):
+        return Exempt.SKINNY
+    return Exempt.NONE
+
+
+def score_frames(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """IoU (float32 [T]) and exemption codes (int8 [T]) of visible vs amodal masks [T, H, W]."""
+    if visible.shape != amodal.shape:
+        raise ValueError(f"visible {visible.shape} and amodal {amodal.shape} masks differ in shape")
+    ious = np.array([mask_iou(v, a) for v, a in zip(visible, amodal)], dtype=np.float32)
+    exempt = np.array([int(frame_exemption(v, a, cfg)) for v, a in zip(visible, amodal)], dtype=np.int8)
+    return ious, exempt
+
+
+def occluded_flags(ious: np.ndarray, exempt: np.ndarray, threshold: float) -> np.ndarray:
+    """bool [T]: IoU below ``threshold`` on frames without an exemption."""
+    return (np.asarray(ious) < threshold) & (np.asarray(exempt) == Exempt.NONE)
+
+
+def fill_single_gaps(occluded: np.ndarray) -> np.ndarray:
+    """Set a non-occluded frame whose two neighbours are occluded to occluded."""
+    occ = np.asarray(occluded, dtype=bool).copy()
+    if occ.size >= 3:
+        gap = ~occ[1:-1] & occ[:-2] & occ[2:]
+        occ[1:-1] |= gap
+    return occ
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of True as half-open (start, stop) pairs."""
+    f = np.concatenate([[False], np.asarray(flags, dtype=bool), [False]])
+    d = np.flatnonzero(np.diff(f.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(d[::2], d[1::2])]
+
+
+def padded_segments(occluded: np.ndarray, pad: int) -> list[tuple[int, int]]:
+    """Occluded runs widened by ``pad`` frames each side (clipped), overlapping ones merged."""
+    n = len(occluded)
+    out: list[tuple[int, int]] = []
+    for a, b in runs(occluded):
+        a, b = max(0, a - pad), min(n, b + pad)
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def plan_windows(start: int, stop: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Split [start, stop) into windows of at most ``window`` frames sharing ``overlap`` frames."""
+    if stop - start <= window:
+        return [(start, stop)]
+    step = window - overlap
+    out = []
+    s = start
+    while True:
+        e = min(s + window, stop)
+        if e == stop:
+            out.append((max(start, stop - window), stop))
+            break
+        out.append((s, e))
+        s += step
+    return out
+
+
+def blend_weights(windows: list[tuple[int, int]], start: int, stop: int) -> list[np.ndarray]:
+    """Per-window frame weights that sum to one over [start, stop), ramping across overlaps."""
+    raw = []
+    for a, b in windows:
+        n = b - a
+        ramp = np.minimum(np.arange(1, n + 1), np.arange(n, 0, -1)).astype(np.float64)
+        raw.append(ramp)
+    total = np.zeros(stop - start)
+    for (a, b), w in zip(windows, raw):
+        total[a - start:b - start] += w
+    return [(w / total[a - start:b - start]).astype(np.float32) for (a, b), w in zip(windows, raw)]

@@ -1,0 +1,279 @@
+"""Our Diffusion-VAS sampler on diffusers components (SVD-style video diffusion).
+
+Facts from the public Diffusion-VAS pipeline that this reproduces: two conditions, both
+VAE-encoded (``latent_dist.mode()``, unscaled, after noise augmentation) and concatenated
+to the noisy latents on the channel axis ([latents, first, second] = 12 channels); one CLIP
+image embedding per frame, taken from the clean first condition; classifier-free guidance
+with zero embeddings and zero condition latents as the unconditional branch, constant
+guidance (min = max); added time ids (fps - 1, motion bucket, noise aug); Euler scheduler;
+chunked temporal-VAE decoding. ``embed_order="upstream"`` keeps the released pipeline's
+CFG context layout, where per-frame [uncond, cond] embedding pairs are concatenated
+frame-major and so reach the UNet interleaved; ``"aligned"`` gives frame f its own embedding.
+Noise is drawn per video from a CPU generator in upstream's order (first-condition noise,
+second-condition noise, initial latents), so results do not depend on batching.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MissingWeightsError, WeightsMismatchError
+from ..runtime import NULL_HOOKS, Hooks, autocast, is_oom
+from .config import SamplerConfig
+from .job import VideoJob
+from .occlusion import blend_weights, plan_windows
+from .unet import VASUNet
+
+log = logging.getLogger(__name__)
+
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+UNET_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                     "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+
+
+def _rgb3(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, -1, 3, -1, -1) if x.shape[2] == 1 else x
+
+
+def _antialias_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """SVD's CLIP resize (gaussian blur, then bicubic with aligned corners)."""
+    try:
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+            _resize_with_antialiasing,
+        )
+    except ImportError:  # pragma: no cover - older/newer diffusers layouts
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=True, antialias=True)
+    return _resize_with_antialiasing(x, size)
+
+
+class VASPipeline:
+    """Diffusion-VAS video-to-video sampler: (first, second condition) -> frames in [0, 1]."""
+
+    def __init__(self, unet: VASUNet, vae, image_encoder, scheduler, clip_mean: Sequence[float] = CLIP_MEAN,
+                 clip_std: Sequence[float] = CLIP_STD, dtype: torch.dtype = torch.float32) -> None:
+        self.unet, self.vae, self.image_encoder, self.scheduler = unet, vae, image_encoder, scheduler
+        self.clip_mean = torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.clip_std = torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.dtype = dtype
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = int(vae.config.latent_channels)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "VASPipeline":
+        """Load a diffusers pipeline folder (unet/, vae/, image_encoder/, scheduler/, feature_extractor/)."""
+        from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+        from transformers import CLIPVisionModelWithProjection
+
+        directory = Path(directory)
+        weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
+        for sub in ("unet", "vae", "image_encoder", "scheduler"):
+            if not (directory / sub).is_dir():
+                raise MissingWeightsError(f"{directory} is not a Diffusion-VAS pipeline folder: no {sub}/ inside")
+        unet = load_vas_unet(directory / "unet", weight_dtype)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(directory / "vae", torch_dtype=weight_dtype)
+        enc = CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=weight_dtype)
+        sched = EulerDiscreteScheduler.from_pretrained(directory / "scheduler")
+        mean, std = CLIP_MEAN, CLIP_STD
+        fe = directory / "feature_extractor" / "preprocessor_config.json"
+        if fe.is_file():
+            cfg = json.loads(fe.read_text())
+            mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+        pipe = cls(unet, vae, enc, sched, mean, std, dtype)
+        return pipe.to(device)
+
+    def to(self, device: torch.device | str) -> "VASPipeline":
+        """Move every network to ``device`` (weights stay in their dtype)."""
+        for m in (self.unet, self.vae, self.image_encoder):
+            m.to(device).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def models(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, self.image_encoder]
+
+    # ------------------------------------------------------------------ pieces
+
+    def _clip_embeds(self, cond: torch.Tensor) -> torch.Tensor:
+        """[N, 3, h, w] in [-1, 1] -> CLIP image embeddings [N, D]."""
+        x = _antialias_resize(cond.float(), (CLIP_SIZE, CLIP_SIZE))
+        x = ((x + 1.0) / 2.0 - self.clip_mean.to(x.device)) / self.clip_std.to(x.device)
+        enc_dtype = next(self.image_encoder.parameters()).dtype
+        return self.image_encoder(pixel_values=x.to(enc_dtype)).image_embeds.float()
+
+    def _vae_context(self):
+        """fp16 VAEs flagged force_upcast run in fp32 (upstream does the same)."""
+        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            return torch.autocast(self.device.type, enabled=False)
+        return autocast(self.device, self.dtype)
+
+    def _encode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """[N, 3, h, w] in [-1, 1] -> unscaled latent modes [N, 4, h/8, w/8]."""
+        vdtype = next(self.vae.parameters()).dtype
+        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)
+            vdtype = torch.float32
+        with self._vae_context():
+            out = [self.vae.encode(x[i:i + chunk].to(vdtype)).latent_dist.mode().float()
+                   for i in range(0, x.shape[0], chunk)]
+        return torch.cat(out)
+
+    def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+        """[B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1]; chunks of frames decoded together."""
+        b, t = latents.shape[:2]
+        vdtype = next(self.vae.parameters()).dtype
+        z = latents / self.vae.config.scaling_factor
+        outs = []
+        with self._vae_context():
+            for s in range(0, t, chunk):
+                part = z[:, s:s + chunk]
+                n = part.shape[1]
+                dec = self.vae.decode(part.flatten(0, 1).to(vdtype), num_frames=n).sample
+                outs.append(dec.float().reshape(b, n, *dec.shape[1:]))
+        return (torch.cat(outs, dim=1) / 2 + 0.5).clamp(0, 1)
+
+    def _context(self, pos: torch.Tensor, order: str) -> torch.Tensor:
+        """Per-frame embeddings [B, T, D] -> CFG context [2B*T, 1, D] (uncond batch first)."""
+        b, t, d = pos.shape
+        zeros = torch.zeros_like(pos)
+        if order == "aligned":
+            ctx = torch.cat([zeros, pos], dim=0)
+        else:
+            pairs = torch.stack([zeros, pos], dim=2).reshape(b, 2 * t, d)
+            ctx = torch.cat([pairs[:, :t], pairs[:, t:]], dim=0)
+        return ctx.reshape(2 * b * t, 1, d)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def generate(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
+                 hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
+        """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1]."""
+        dev = self.device
+        cond_a, cond_b = _rgb3(cond_a.float()), _rgb3(cond_b.float())
+        b, t, _, h, w = cond_a.shape
+        if h % self.vae_scale or w % self.vae_scale:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale}, got {(h, w)}")
+        lat_shape = (t, self.latent_channels, h // self.vae_scale, w // self.vae_scale)
+        na, nb, lat0 = [], [], []
+        for seed in seeds:
+            g = torch.Generator("cpu").manual_seed(int(seed))
+            na.append(torch.randn(cond_a.shape[1:], generator=g))
+            nb.append(torch.randn(cond_b.shape[1:], generator=g))
+            lat0.append(torch.randn(lat_shape, generator=g))
+        aug = sampler.noise_aug_strength
+        a = cond_a.to(dev)
+        with autocast(dev, self.dtype):
+            pos = self._clip_embeds(a.flatten(0, 1)).reshape(b, t, -1)
+        lat_a = self._encode((a + aug * torch.stack(na).to(dev)).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
+        lat_b = self._encode((cond_b.to(dev) + aug * torch.stack(nb).to(dev)).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
+        cond_lat = torch.cat([torch.cat([torch.zeros_like(lat_a), lat_a]), torch.cat([torch.zeros_like(lat_b), lat_b])],
+                             dim=2)
+        ctx = self._context(pos, sampler.embed_order)
+        ids = torch.tensor([[sampler.fps - 1, sampler.motion_bucket_id, aug]], dtype=torch.float32, device=dev)
+        ids = ids.repeat(2 * b, 1)
+        self.scheduler.set_timesteps(sampler.steps, device=dev)
+        latents = torch.stack(lat0).to(dev) * self.scheduler.init_noise_sigma
+        g = sampler.guidance
+        udtype = next(self.unet.parameters()).dtype
+        for i, tstep in enumerate(self.scheduler.timesteps):
+            hooks.check_interrupt()
+            inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
+            inp = torch.cat([inp, cond_lat], dim=2)
+            with autocast(dev, self.dtype):
+                pred = self.unet(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype))[0].float()
+            unc, con = pred.chunk(2)
+            noise = unc + g * (con - unc) if g != 1.0 else con
+            latents = self.scheduler.step(noise, tstep, latents).prev_sample.float()
+        return self._decode(latents, sampler.decode_chunk_size)
+
+    def run_jobs(self, jobs: Sequence[VideoJob], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
+                 budget_px: int = 1 << 20) -> list[torch.Tensor]:
+        """Denoise many videos of any length: windows with cross-faded overlaps, videos batched.
+
+        ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
+        the batch. Returns frames [T, 3, h, w] in [0, 1] on the CPU, one per job.
+        """
+        pieces = []  # (job index, start, stop)
+        for j, job in enumerate(jobs):
+            for s, e in plan_windows(0, job.length, sampler.window, sampler.overlap):
+                pieces.append((j, s, e))
+        outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
+        weights = {j: dict(zip(plan_windows(0, job.length, sampler.window, sampler.overlap),
+                               blend_weights(plan_windows(0, job.length, sampler.window, sampler.overlap), 0,
+                                             job.length)))
+                   for j, job in enumerate(jobs)}
+        groups: dict[tuple, list[tuple[int, int, int]]] = {}
+        for p in pieces:
+            j, s, e = p
+            groups.setdefault((e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append(p)
+        total, done = len(pieces), 0
+        for (length, (h, w)), items in groups.items():
+            lat_px = (h // self.vae_scale) * (w // self.vae_scale)
+            per = max(1, min(sampler.people_batch, budget_px // max(1, 2 * length * lat_px)))
+            k = 0
+            while k < len(items):
+                hooks.check_interrupt()
+                batch = items[k:k + per]
+                try:
+                    res = self._run_batch(jobs, batch, sampler, hooks)
+                except Exception as err:  # noqa: BLE001 - only OOM is retried
+                    if not is_oom(err) or per == 1:
+                        raise
+                    per = max(1, per // 2)
+                    log.warning("amodal: out of memory; retrying with %d videos per batch", per)
+                    torch.cuda.empty_cache()
+                    continue
+                for (j, s, e), frames in zip(batch, res):
+                    outs[j][s:e] += frames * weights[j][(s, e)].view(-1, 1, 1, 1)
+                k += len(batch)
+                done += len(batch)
+                hooks.progress(done, total)
+        return outs
+
+    def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
+                   hooks: Hooks) -> torch.Tensor:
+        ca = torch.stack([jobs[j].cond_a[s:e] for j, s, e in batch])
+        cb = torch.stack([jobs[j].cond_b[s:e] for j, s, e in batch])
+        seeds = [sampler.seed + 1_000_003 * jobs[j].seed_key + s for j, s, _ in batch]
+        return self.generate(ca, cb, seeds, sampler, hooks).cpu()
+
+
+def load_vas_unet(directory: Path, dtype: torch.dtype = torch.float32) -> VASUNet:
+    """Build the VAS UNet from ``config.json`` and load its weights (safetensors or weights-only torch)."""
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise MissingWeightsError(f"no config.json in {directory}")
+    config = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+    weights = next((directory / n for n in UNET_WEIGHT_NAMES if (directory / n).is_file()), None)
+    if weights is None:
+        raise MissingWeightsError(f"no UNet weights in {directory} (expected one of {', '.join(UNET_WEIGHT_NAMES)})")
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    if "conv_in2.weight" not in state:
+        raise WeightsMismatchError(f"{weights} has no conv_in2: this is not a Diffusion-VAS UNet")
+    with torch.device("meta"):
+        unet = VASUNet(**config)
+    try:
+        unet.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise WeightsMismatchError(f"{weights} does not match its config.json: {err}") from err
+    return unet.to(dtype)

@@ -1,0 +1,223 @@
+"""The Amodal Complete stage: depth once, occlusion detection, refinement, completion.
+
+1. depth for the whole clip, shared by all people (normalised over the clip);
+2. amodal masks for every person and frame at the detection resolution; IoU with the
+   visible mask, exemptions, single-frame gap fill -> occluded runs, padded -> segments;
+3. only inside segments: amodal masks again at the completion resolution, final cut;
+4. only segments with a finally occluded frame: content completion.
+Frames without occlusion never reach steps 3-4 (fast path).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Amodal, Tracks, pack_masks
+from ..errors import InputError
+from ..runtime import NULL_HOOKS, Hooks
+from .config import OcclusionConfig, SamplerConfig
+from .depth import normalize_depth, resize_depth
+from .models import AmodalModels
+from .occlusion import (binarize, detection_size, fill_single_gaps, occluded_flags, padded_segments,
+                        score_frames)
+from .job import VideoJob
+
+log = logging.getLogger(__name__)
+_CHUNK = 16
+
+
+@dataclass
+class AmodalStats:
+    """What the stage did and how long each part took (seconds)."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    detected: dict[int, np.ndarray] = field(default_factory=dict)  # bool [T] after the detection pass
+    detection_iou: dict[int, np.ndarray] = field(default_factory=dict)
+    exempt: dict[int, np.ndarray] = field(default_factory=dict)  # int8 [T] Exempt codes (detection pass)
+    completed_frames: int = 0
+
+
+class _SubHooks:
+    """Maps one sub-stage's progress onto a slice of the overall bar."""
+
+    def __init__(self, hooks: Hooks, lo: float, hi: float, scale: int = 1000) -> None:
+        self.hooks, self.lo, self.hi, self.scale = hooks, lo, hi, scale
+
+    def progress(self, done: int, total: int) -> None:
+        frac = self.lo + (self.hi - self.lo) * (done / max(total, 1))
+        self.hooks.progress(int(round(frac * self.scale)), self.scale)
+
+    def check_interrupt(self) -> None:
+        self.hooks.check_interrupt()
+
+
+def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """IMAGE-like [T, H, W, 3] (float 0..1 or uint8) -> torch tensor, validated."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise InputError(f"amodal: frames must be [T, H, W, 3], got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise InputError("amodal: no frames")
+    return t
+
+
+def _frames_float(frames: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    x = frames[torch.as_tensor(idx, dtype=torch.long)]
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def _resize_frames(frames: torch.Tensor, idx: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """Selected frames -> [n, 3, h, w] in [0, 1] (antialiased bilinear)."""
+    out = []
+    for s in range(0, len(idx), _CHUNK):
+        x = _frames_float(frames, idx[s:s + _CHUNK]).permute(0, 3, 1, 2)
+        out.append(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
+    return torch.cat(out)
+
+
+def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """bool [n, H, W] -> soft masks [n, 1, h, w] in [0, 1] (antialiased bilinear, like upstream)."""
+    x = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _gray_to(pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Predicted frames [n, 3, h, w] -> channel mean resized (bicubic) to ``size``: float32 [n, H, W]."""
+    g = pred.float().mean(dim=1, keepdim=True)
+    if tuple(g.shape[-2:]) != tuple(size):
+        g = torch.cat([F.interpolate(g[s:s + _CHUNK], size=size, mode="bicubic", align_corners=False)
+                       for s in range(0, g.shape[0], _CHUNK)])
+    return g[:, 0].clamp(0, 1).numpy()
+
+
+def _nearest(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return masks.astype(bool)
+    return F.interpolate(x, size=size, mode="nearest")[:, 0].numpy() > 0.5
+
+
+def _seed_key(obj_id: int, stage: int, start: int) -> int:
+    return (int(obj_id) * 3 + stage) * 100_000 + int(start)
+
+
+def check_inputs(frames: torch.Tensor, tracks: Tracks) -> None:
+    """Frames and tracks must describe the same clip; at least one person."""
+    if tracks.num_objects == 0:
+        raise InputError("amodal: the tracks hold no person; run Propagate with at least one object first")
+    if tracks.num_frames != frames.shape[0]:
+        raise InputError(f"amodal: frame counts do not match (frames: {frames.shape[0]}, tracks: "
+                         f"{tracks.num_frames}); feed both from the same clip")
+    if tuple(tracks.image_size) != tuple(frames.shape[1:3]):
+        raise InputError(f"amodal: frame size {tuple(frames.shape[1:3])} differs from the tracks' "
+                         f"{tuple(tracks.image_size)}; feed both from the same clip")
+
+
+def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: AmodalModels,
+               occ: OcclusionConfig | None = None, sampler: SamplerConfig | None = None,
+               hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20) -> tuple[Amodal, AmodalStats]:
+    """Occlusion flags, amodal masks and completed RGB for every tracked person (see module doc)."""
+    occ, sampler = occ or OcclusionConfig(), sampler or SamplerConfig()
+    frames = _as_frames(frames)
+    check_inputs(frames, tracks)
+    n_t, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
+    det = detection_size((h, w), occ.detection_resolution, occ.swap_portrait)
+    comp = detection_size((h, w), occ.completion_resolution, occ.swap_portrait)
+    stats = AmodalStats()
+    ids = [int(i) for i in tracks.obj_ids]
+
+    t0 = time.perf_counter()
+    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1)))
+    stats.timings["depth"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    all_idx = np.arange(n_t)
+    depth_det = resize_depth(depth, det) * 1.0
+    jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
+            for o in ids]
+    preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5), budget_px)
+    del jobs, depth_det
+    occluded = np.zeros((len(ids), n_t), bool)
+    iou = np.full((len(ids), n_t), np.nan, np.float32)
+    amodal = np.zeros((len(ids), n_t, h, (w + 7) // 8), np.uint8)
+    for k, (o, pred) in enumerate(zip(ids, preds)):
+        vis = tracks.masks_of(o)
+        am = binarize(_gray_to(pred, (h, w)), occ.mask_threshold, occ.keep_largest)
+        ious, exempt = score_frames(vis, am, occ)
+        flags = occluded_flags(ious, exempt, occ.iou_occluded)
+        if occ.fill_single_gaps:
+            flags = fill_single_gaps(flags)
+        iou[k] = ious
+        stats.detected[o], stats.detection_iou[o], stats.exempt[o] = flags, ious, exempt
+        stats.segments[o] = padded_segments(flags, occ.pad_frames)
+        amodal[k] = tracks.packed[k]
+    del preds
+    stats.timings["detect"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    segs = [(k, o, a, b) for k, o in enumerate(ids) for a, b in stats.segments[o]]
+    hi_masks: dict[tuple[int, int], np.ndarray] = {}
+    if segs:
+        depth_comp = {}
+        jobs = []
+        for k, o, a, b in segs:
+            idx = np.arange(a, b)
+            jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp) * 2 - 1,
+                                 resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
+        preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7), budget_px)
+        del jobs, depth_comp
+        for (k, o, a, b), pred in zip(segs, preds):
+            hi = binarize(_gray_to(pred, comp), occ.mask_threshold, occ.keep_largest)
+            hi_masks[(k, a)] = hi
+            vis = tracks.masks_of(o, slice(a, b))
+            full = _nearest(hi, (h, w))
+            ious, exempt = score_frames(vis, full, occ)
+            flags = occluded_flags(ious, exempt, occ.iou_final)
+            if occ.fill_single_gaps:
+                flags = fill_single_gaps(flags)
+            occluded[k, a:b] = flags
+            iou[k, a:b] = ious
+            am = np.where(flags[:, None, None], full | vis, vis)
+            amodal[k, a:b] = pack_masks(am)
+    stats.timings["refine"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    done = [(k, o, a, b) for k, o, a, b in segs if occluded[k, a:b].any()] if models.content is not None else []
+    rows, rgbs = [], []
+    if segs and models.content is None:
+        log.warning("amodal: no content-completion model loaded; occluded frames get masks but no completed RGB")
+    if done:
+        jobs = []
+        for k, o, a, b in done:
+            idx = np.arange(a, b)
+            rgb = _resize_frames(frames, idx, comp)
+            vis_c = _resize_masks(tracks.masks_of(o, slice(a, b)), comp) > 0.5
+            modal_rgb = torch.where(vis_c, rgb, torch.ones_like(rgb)) * 2 - 1
+            union = torch.from_numpy(hi_masks[(k, a)])[:, None] | vis_c
+            jobs.append(VideoJob(modal_rgb, union.float() * 2 - 1, _seed_key(o, 2, a), idx, o))
+        preds = models.content.run_jobs(jobs, sampler, _SubHooks(hooks, 0.7, 1.0), budget_px)
+        del jobs
+        for (k, o, a, b), pred in zip(done, preds):
+            keep = np.flatnonzero(occluded[k, a:b])
+            for s in range(0, keep.size, _CHUNK):
+                sel = keep[s:s + _CHUNK]
+                up = F.interpolate(pred[torch.as_tensor(sel)].float(), size=(h, w), mode="bilinear",
+                                   align_corners=False)
+                rgbs.append((up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+                rows += [(k, a + int(j)) for j in sel]
+    stats.timings["complete"] = time.perf_counter() - t0
+    stats.completed_frames = len(rows)
+    hooks.progress(1000, 1000)
+    completed_rgb = np.concatenate(rgbs) if rgbs else np.zeros((0, h, w, 3), np.uint8)
+    completed_index = np.array(rows, np.int64).reshape(-1, 2)
+    out = Amodal(np.array(ids, np.int64), occluded, amodal, (h, w), iou, completed_index, completed_rgb)
+    return out, stats
