@@ -1,0 +1,283 @@
+"""Batched SAM-3D-Body inference over many people and frames, and conversion to ``Bodies``.
+
+Every (frame, object) item is cropped on the device, items are run in batches (default 64,
+halved on CUDA OOM), the backbone runs in bf16 under a scoped autocast on GPU and everything
+after it in float32. Results are keyed by object id, never by list position.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data import BodyFlag, Bodies, Camera
+from ..errors import InputError
+from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry
+from . import crop as C
+from . import fusion
+from . import rotations as rot
+from .heads import project
+from .model import CropBatch, Sam3dBody
+
+log = logging.getLogger(__name__)
+MODES = ("body", "full")
+PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
+              "scale": "scale", "expr": "face", "cam_t": "cam_t"}
+
+
+@dataclass
+class BodyItem:
+    """One person in one frame: its box (xyxy pixels), optional mask, optional replacement image."""
+
+    frame: int
+    obj_id: int
+    box: Sequence[float]
+    mask: np.ndarray | None = None  # bool/uint8 [H, W]
+    image: np.ndarray | None = None  # uint8 [H, W, 3], e.g. the completed frame of an occluded person
+    occluded: bool = False
+
+
+# ------------------------------------------------------------------ input checks
+
+
+def _frames_tensor(frames: Any) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] != 3:
+        shape = tuple(getattr(t, "shape", ()))
+        raise InputError(f"frames must be an RGB array [T, H, W, 3], got shape {shape}")
+    if t.shape[0] == 0 or t.shape[1] < 2 or t.shape[2] < 2:
+        raise InputError(f"frames are empty (shape {tuple(t.shape)})")
+    return t
+
+
+def _intrinsics(intrinsics: Any, t: int, h: int, w: int) -> torch.Tensor:
+    """[T, 3, 3] float32 from None (f = sqrt(H^2+W^2)), a Camera, [T,4] (fx,fy,cx,cy) or [T,3,3]."""
+    if intrinsics is None:
+        intrinsics = Camera.default((h, w), t)
+    if isinstance(intrinsics, Camera):
+        intrinsics = intrinsics.check_frames(t).intrinsics
+    k = torch.as_tensor(np.asarray(intrinsics, dtype=np.float32))
+    if k.shape[-2:] == (3, 3):
+        k = k.reshape(-1, 3, 3)
+    elif k.shape[-1] == 4:
+        fx, fy, cx, cy = k.reshape(-1, 4).unbind(-1)
+        z, o = torch.zeros_like(fx), torch.ones_like(fx)
+        k = torch.stack([fx, z, cx, z, fy, cy, z, z, o], -1).reshape(-1, 3, 3)
+    else:
+        raise InputError(f"intrinsics must be [T, 4] (fx, fy, cx, cy) or [T, 3, 3], got {tuple(k.shape)}")
+    if k.shape[0] == 1 and t > 1:
+        k = k.expand(t, 3, 3)
+    if k.shape[0] != t:
+        raise InputError(f"intrinsics cover {k.shape[0]} frames but there are {t} frames")
+    if not (torch.isfinite(k).all() and (k[:, 0, 0] > 0).all() and (k[:, 1, 1] > 0).all()):
+        raise InputError("intrinsics must have finite, positive focal lengths")
+    return k
+
+
+def check_items(items: Sequence[BodyItem], t: int, h: int, w: int) -> None:
+    """One clear error per bad item: frame range, empty/invalid box, mask or image size, duplicates."""
+    seen: set[tuple[int, int]] = set()
+    for i, it in enumerate(items):
+        if not 0 <= int(it.frame) < t:
+            raise InputError(f"item {i} (object {it.obj_id}) refers to frame {it.frame} but there are {t} frames")
+        key = (int(it.obj_id), int(it.frame))
+        if key in seen:
+            raise InputError(f"object {it.obj_id} appears twice on frame {it.frame}")
+        seen.add(key)
+        box = np.asarray(it.box, dtype=np.float64).reshape(-1)
+        if box.size != 4 or not np.isfinite(box).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            raise InputError(f"object {it.obj_id} on frame {it.frame} has an empty or invalid box {box.tolist()} "
+                             "(xyxy pixels, at least 1 px wide and high)")
+        if it.mask is not None and tuple(np.shape(it.mask)) != (h, w):
+            raise InputError(f"mask of object {it.obj_id} on frame {it.frame} is {tuple(np.shape(it.mask))}, "
+                             f"the frames are {(h, w)}")
+        if it.image is not None and tuple(np.shape(it.image)) != (h, w, 3):
+            raise InputError(f"replacement image of object {it.obj_id} on frame {it.frame} is "
+                             f"{tuple(np.shape(it.image))}, expected {(h, w, 3)}")
+
+
+# ------------------------------------------------------------------ crops
+
+
+def _to_float_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(x).to(device)
+    t = t.float() / 255.0 if not t.is_floating_point() else t.float()
+    return t.permute(2, 0, 1)[None]
+
+
+def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
+                boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True) -> CropBatch:
+    """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch."""
+    dev = boxes.device
+    s = model.cfg.image_size
+    h, w = int(frames.shape[1]), int(frames.shape[2])
+    centre, side = C.crop_boxes(boxes, padding)
+    affine = C.affine_matrices(centre, side, s)
+    grid = C.sample_grid(affine, s, (h, w), flip=flip)
+    n = len(items)
+    img = torch.zeros(n, 3, s, s, device=dev)
+    mask = torch.zeros(n, 1, s, s, device=dev)
+    score = torch.zeros(n, device=dev)
+    groups: dict[Any, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(("img", i) if it.image is not None else int(it.frame), []).append(i)
+    for key, idx in groups.items():
+        src = items[idx[0]].image if isinstance(key, tuple) else frames[key]
+        img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
+    if use_masks:
+        for i, it in enumerate(items):
+            if it.mask is not None:
+                m = torch.as_tensor(np.asarray(it.mask, dtype=np.float32), device=dev)[None, None]
+                mask[i] = C.warp(m, grid[i:i + 1])[0]
+                score[i] = 1.0
+    k = K[[int(it.frame) for it in items]].to(dev)
+    wh = torch.tensor([w, h], dtype=torch.float32, device=dev).expand(n, 2)
+    return CropBatch(img, mask, score, centre.float(), side.float(), affine.float(), k, wh)
+
+
+def _dummy_prompt(n: int, device: torch.device) -> torch.Tensor:
+    p = torch.zeros(n, 1, 3, device=device)
+    p[..., 2] = -2
+    return p
+
+
+def _split(p: dict[str, torch.Tensor], n: int) -> tuple[dict, dict]:
+    a = {k: v[:n] for k, v in p.items() if isinstance(v, torch.Tensor)}
+    b = {k: v[n:] for k, v in p.items() if isinstance(v, torch.Tensor)}
+    return a, b
+
+
+def _cat_batches(a: CropBatch, b: CropBatch) -> CropBatch:
+    return CropBatch(*[torch.cat([getattr(a, f), getattr(b, f)]) for f in CropBatch.__dataclass_fields__])
+
+
+# ------------------------------------------------------------------ one batch
+
+
+def _run_full(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, batch: CropBatch,
+              feats: torch.Tensor, body: dict, dtype: torch.dtype) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Hand refinement on top of a body pass; returns the merged params and the two hand boxes."""
+    n, dev = batch.n, batch.img.device
+    width = batch.img_wh[:, 0]
+    lbox, rbox = fusion.hand_boxes(body, batch, model.cfg.image_size)
+    lb = build_crops(model, frames, items, K, fusion.mirror_boxes(lbox, width), C.HAND_PADDING, True, False)
+    rb = build_crops(model, frames, items, K, rbox, C.HAND_PADDING, False, False)
+    hb = _cat_batches(lb, rb)
+    ph = model.decode("hand", model.encode(hb, dtype), hb, _dummy_prompt(2 * n, dev), with_verts=False)
+    pl, pr = _split(ph, n)
+    fusion.unmirror_left(model, pl)
+    ori = rot.euler_XZY_to_rotmat(body["body_pose"][:, fusion.WRIST_BODY_PARAMS].unflatten(1, (2, 3)))
+    valid = fusion.hand_validity(model, body, pl, pr, lb.size, rb.size, width, ori)
+    prompts = fusion.wrist_prompts(model, body, pl, pr, batch, width, valid)
+    body2 = model.decode("body", feats, batch, prompts, prev=model.prev_estimate(body), with_verts=False)
+    merged = fusion.merge_hands(model, body2, pl, pr, valid, ori)
+    return merged, lbox, rbox
+
+
+def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> dict[str, torch.Tensor]:
+    """Final rig evaluation of (possibly merged) parameters, camera-axes flip and projection."""
+    rig = model.head_pose.run_rig(model.mhr, p)
+    flip = torch.tensor([1.0, -1.0, -1.0], device=batch.img.device)
+    out = dict(p)
+    out["kp3d"] = rig.keypoints[:, : model.cfg.num_keypoints] * flip
+    out["joints"] = rig.joints * flip
+    out["model_params"] = rig.model_params
+    if with_verts:
+        out["verts"] = rig.verts * flip
+    out["kp2d"], _ = project(out["kp3d"], out["cam_t"], batch.K)
+    return out
+
+
+@torch.inference_mode()
+def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
+               dtype: torch.dtype, with_verts: bool) -> list[dict[str, np.ndarray]]:
+    dev = next(model.parameters()).device
+    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64, device=dev)
+    batch = build_crops(model, frames, items, K, boxes, C.BODY_PADDING)
+    feats = model.encode(batch, dtype)
+    body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False)
+    lbox = rbox = None
+    if mode == "full":
+        body, lbox, rbox = _run_full(model, frames, items, K, batch, feats, body, dtype)
+    out = _finish(model, body, batch, with_verts)
+    res = {name: out[key] for name, key in PARAM_KEYS.items()}
+    res.update(keypoints_3d=out["kp3d"], keypoints_2d=out["kp2d"], model_params=out["model_params"],
+               joints=out["joints"], focal=out["focal"][:, None])
+    if with_verts:
+        res["vertices"] = out["verts"]
+    if lbox is not None:
+        res["lhand_box"], res["rhand_box"] = lbox, rbox
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in res.items()}
+    return [{k: v[i] for k, v in arrays.items()} for i in range(len(items))]
+
+
+# ------------------------------------------------------------------ public API
+
+
+def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], intrinsics: Any = None,
+                    mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
+                    dtype: torch.dtype | None = None, return_vertices: bool = False) -> list[dict[str, np.ndarray]]:
+    """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
+
+    frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
+    (body decoder only) or 'full' (hand refinement). dtype is the backbone's autocast dtype on GPU
+    (default bf16 where supported); CPU always runs float32.
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if model.mhr is None:
+        raise InputError("the SAM-3D-Body model has no MHR rig attached; load it with load_sam3d_body")
+    frames_t = _frames_tensor(frames)
+    t, h, w = (int(x) for x in frames_t.shape[:3])
+    K = _intrinsics(intrinsics, t, h, w)
+    check_items(items, t, h, w)
+    if not items:
+        return []
+    dev = next(model.parameters()).device
+    if dtype is None:
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" \
+            else torch.float32
+    order = sorted(range(len(items)), key=lambda i: (int(items[i].frame), int(items[i].obj_id)))
+    ordered = [items[i] for i in order]
+
+    def run(start: int, stop: int) -> list[dict[str, np.ndarray]]:
+        return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices)
+
+    chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
+    flat = [r for chunk in chunks for r in chunk]
+    out: list[dict[str, np.ndarray]] = [{} for _ in items]
+    for pos, i in enumerate(order):
+        out[i] = flat[pos]
+    return out
+
+
+def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, np.ndarray]], num_frames: int,
+                        image_size: tuple[int, int], faces: np.ndarray | None = None,
+                        obj_ids: Sequence[int] | None = None) -> Bodies:
+    """Fill a ``Bodies`` (keyed by object id) from per-item results; frames without an item stay MISSING."""
+    ids = sorted({int(it.obj_id) for it in items} | {int(i) for i in (obj_ids or [])})
+    bodies = Bodies.empty(ids, num_frames, image_size)
+    row = {oid: i for i, oid in enumerate(ids)}
+    n = len(ids)
+    kp3 = np.zeros((n, num_frames, 70, 3), np.float32)
+    kp2 = np.zeros((n, num_frames, 70, 2), np.float32)
+    mp = np.zeros((n, num_frames, 204), np.float32)
+    verts = None
+    for it, res in zip(items, results):
+        r, f = row[int(it.obj_id)], int(it.frame)
+        for name in bodies.params:
+            bodies.params[name][r, f] = res[name]
+        kp3[r, f], kp2[r, f], mp[r, f] = res["keypoints_3d"], res["keypoints_2d"], res["model_params"]
+        if "vertices" in res:
+            if verts is None:
+                verts = np.zeros((n, num_frames) + res["vertices"].shape, np.float32)
+            verts[r, f] = res["vertices"]
+        bodies.flags[r, f] = BodyFlag.OCCLUDED if it.occluded else BodyFlag.VISIBLE
+    return bodies.replace(keypoints_3d=kp3, keypoints_2d=kp2, vertices=verts,
+                          faces=None if faces is None else np.asarray(faces, np.int32), extras={"model_params": mp})

@@ -1,0 +1,235 @@
+"""SAM-3D-Body building blocks: FFNs, the promptable cross-attention decoder, prompt and ray encoders.
+
+Module and parameter names match the official checkpoint layout (e.g. ``ffn.layers.0.0``,
+``self_attn.q_proj``, ``ln2_1``, ``mask_downscaling.N``, ``pe_layer.positional_encoding_gaussian_matrix``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class LayerNorm2d(nn.Module):
+    """Channel LayerNorm for [B, C, H, W] maps."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class FFN(nn.Module):
+    """Linear stack ``layers = [Seq(Linear, act, Dropout)] * (n-1) + [Linear, Dropout]``, optional residual."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None, num_fcs: int = 2,
+                 act: Callable[[], nn.Module] = nn.ReLU, residual: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = dim
+        for _ in range(num_fcs - 1):
+            layers.append(nn.Sequential(nn.Linear(cin, hidden), act(), nn.Dropout(0.0)))
+            cin = hidden
+        layers += [nn.Linear(cin, out or dim), nn.Dropout(0.0)]
+        self.layers = nn.Sequential(*layers)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        return x + y if self.residual else y
+
+
+class MLP(nn.Module):
+    """Plain ReLU MLP with ``layers.N`` linears (DETR-style box head)."""
+
+    def __init__(self, dim: int, hidden: int, out: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [dim] + [hidden] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [out]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (inner width heads*head_dim)."""
+
+    def __init__(self, heads: int, head_dim: int, q_dim: int, kv_dim: int) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.q_proj = nn.Linear(q_dim, inner)
+        self.k_proj = nn.Linear(kv_dim, inner)
+        self.v_proj = nn.Linear(kv_dim, inner)
+        self.proj = nn.Linear(inner, q_dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(self.k_proj(k)),
+                                             self._split(self.v_proj(v)))
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class DecoderLayer(nn.Module):
+    """Token self-attention, token->image cross-attention, FFN; positional terms re-added each layer."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int, head_dim: int, mlp: int, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.ln_pe_1 = LayerNorm32(dim, eps=1e-6)
+        self.ln_pe_2 = LayerNorm32(ctx_dim, eps=1e-6)
+        self.ln1 = LayerNorm32(dim, eps=1e-6)
+        self.self_attn = CrossAttention(heads, head_dim, dim, dim)
+        self.ln2_1 = LayerNorm32(dim, eps=1e-6)
+        self.ln2_2 = LayerNorm32(ctx_dim, eps=1e-6)
+        self.cross_attn = CrossAttention(heads, head_dim, dim, ctx_dim)
+        self.ln3 = LayerNorm32(dim, eps=1e-6)
+        self.ffn = FFN(dim, mlp, dim, 2, nn.GELU, residual=False)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, x_pe: torch.Tensor, ctx_pe: torch.Tensor) -> torch.Tensor:
+        x_pe = self.ln_pe_1(x_pe)
+        ctx_pe = self.ln_pe_2(ctx_pe)
+        h = self.ln1(x)
+        qk = h if self.first else h + x_pe
+        x = x + self.self_attn(qk, qk, h)
+        c = self.ln2_2(ctx)
+        x = x + self.cross_attn(self.ln2_1(x) + x_pe, c + ctx_pe, c)
+        return x + self.ffn(self.ln3(x))
+
+
+class PromptableDecoder(nn.Module):
+    """Stack of DecoderLayers; calls ``between(layer_idx, normed_tokens, tokens, pe)`` after each but the last."""
+
+    def __init__(self, dim: int, ctx_dim: int, depth: int, heads: int, head_dim: int, mlp: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(dim, ctx_dim, heads, head_dim, mlp, i == 0) for i in range(depth))
+        self.norm_final = LayerNorm32(dim, eps=1e-6)
+
+    def forward(self, tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor,
+                between: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                ) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            tokens = layer(tokens, ctx, tok_pe, ctx_pe)
+            if i < len(self.layers) - 1:
+                tokens, tok_pe = between(i, self.norm_final(tokens), tokens, tok_pe)
+        return self.norm_final(tokens)
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features of 2-D points in [0, 1] (SAM style)."""
+
+    def __init__(self, num_feats: int) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_feats))
+
+    def encode(self, coords: torch.Tensor) -> torch.Tensor:
+        c = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix.to(coords.dtype)
+        c = 2 * math.pi * c
+        return torch.cat([c.sin(), c.cos()], -1)
+
+    def forward(self, h: int, w: int) -> torch.Tensor:
+        """Dense [1, C, h, w] encoding of pixel-centre positions."""
+        dev = self.positional_encoding_gaussian_matrix.device
+        ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w
+        grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1)
+        return self.encode(grid).permute(2, 0, 1).unsqueeze(0)
+
+
+def _mask_downscaling(kind: str, dim: int) -> nn.Sequential:
+    """Mask -> feature-map encoder (v1: two 4x convs; v2: four 2x convs), output zero-initialised."""
+    if kind == "v1":
+        chans, k = [1, 4, 16], 4
+    elif kind == "v2":
+        chans, k = [1, 4, 16, 64, 256], 2
+    else:
+        raise ValueError(f"unknown mask embedding type {kind!r}")
+    mods: list[nn.Module] = []
+    for a, b in zip(chans, chans[1:]):
+        mods += [nn.Conv2d(a, b, kernel_size=k, stride=k), LayerNorm2d(b), nn.GELU()]
+    mods.append(nn.Conv2d(chans[-1], dim, kernel_size=1))
+    return nn.Sequential(*mods)
+
+
+class PromptEncoder(nn.Module):
+    """Embeds keypoint prompts (x, y in [0, 1], label) and the person mask."""
+
+    def __init__(self, dim: int, num_joints: int, mask_type: str) -> None:
+        super().__init__()
+        self.dim = dim
+        self.pe_layer = PositionEmbeddingRandom(dim // 2)
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(num_joints))
+        self.not_a_point_embed = nn.Embedding(1, dim)
+        self.invalid_point_embed = nn.Embedding(1, dim)
+        self.has_mask = mask_type != "none"
+        if self.has_mask:
+            self.mask_downscaling = _mask_downscaling(mask_type, dim)
+            self.no_mask_embed = nn.Embedding(1, dim)
+
+    def embed_points(self, points: torch.Tensor) -> torch.Tensor:
+        """[B, N, 3] -> [B, N, dim]; label -2 = no point, -1 = negative, k = joint k."""
+        labels = points[..., 2].round().long()
+        emb = self.pe_layer.encode(points[..., :2].float())
+        emb = torch.where((labels < 0).unsqueeze(-1), torch.zeros_like(emb), emb)
+        table = torch.cat([self.invalid_point_embed.weight, self.not_a_point_embed.weight]
+                          + [e.weight for e in self.point_embeddings], 0)
+        return emb + table[(labels + 2).clamp(min=0)]
+
+    def embed_mask(self, masks: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mask features scaled by score where score > 0, else the learnt no-mask embedding."""
+        if not self.has_mask:
+            raise RuntimeError("this checkpoint has no mask encoder")
+        emb = self.mask_downscaling(masks)
+        none = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(masks.shape[0], -1, *size).to(emb.dtype)
+        s = scores.view(-1, 1, 1, 1).to(emb.dtype)
+        return torch.where(s > 0, s * emb, none)
+
+
+def fourier_rays(rays: torch.Tensor, bands: int = 16, max_res: int = 64) -> torch.Tensor:
+    """[B, N, 3] -> [B, N, 3 + 2*3*bands]: the rays, then sin and cos of pi*ray*freq (freq 1..max_res/2)."""
+    freq = torch.linspace(1.0, max_res / 2, bands, device=rays.device, dtype=rays.dtype)
+    f = (rays[..., None] * freq).flatten(-2)
+    return torch.cat([rays, torch.sin(math.pi * f), torch.cos(math.pi * f)], -1)
+
+
+class CameraEncoder(nn.Module):
+    """Conditions image features on per-pixel camera rays ((x-cx)/fx, (y-cy)/fy, 1)."""
+
+    def __init__(self, dim: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.conv = nn.Conv2d(dim + 99, dim, kernel_size=1, bias=False)
+        self.norm = LayerNorm2d(dim)
+
+    def forward(self, feats: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feats.shape
+        with torch.no_grad():
+            r = F.interpolate(rays, scale_factor=1 / self.patch, mode="bilinear", align_corners=False, antialias=True)
+            r = r.permute(0, 2, 3, 1)
+            r = torch.cat([r, torch.ones_like(r[..., :1])], -1).reshape(b, h * w, 3)
+            emb = fourier_rays(r).transpose(1, 2).reshape(b, -1, h, w)
+        return self.norm(self.conv(torch.cat([feats, emb.to(feats.dtype)], 1)))

@@ -1,0 +1,211 @@
+"""Safe loading of the official SAM-3D-Body checkpoint folder.
+
+Layout (``models/sam3d_body/sam-3d-body-dinov3/``): ``model.ckpt`` (a PyTorch-Lightning
+checkpoint whose ``state_dict`` holds the network), ``model_config.yaml`` and
+``assets/mhr_model.pt`` (the TorchScript MHR rig). The checkpoint is read with
+``torch.load(weights_only=True)``. Lightning checkpoints may also pickle non-tensor objects (the
+yacs config in ``hyper_parameters``, numpy scalars in loop state) that the weights-only unpickler
+rejects; such files are then read by an allow-list unpickler that calls only torch's tensor
+rebuild helpers and turns every other global into an inert placeholder (no code from the file is
+ever run). Keys are checked strictly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import WeightsMismatchError
+from ..weights import resolve_model_dir
+from .config import Sam3dBodyConfig, config_from_yaml
+from .model import Sam3dBody
+
+log = logging.getLogger(__name__)
+
+CKPT, CONFIG, RIG = "model.ckpt", "model_config.yaml", "assets/mhr_model.pt"
+# Rig state the training code saved inside the heads; the rig itself comes from assets/mhr_model.pt.
+IGNORED_PREFIXES = ("head_pose.mhr.", "head_pose_hand.mhr.", "mhr.")
+# Buffers whose values we can derive when a checkpoint lacks them.
+OPTIONAL_SUFFIXES = ("rope_embed.periods", "attn.qkv.bias_mask")
+RESHAPEABLE = ("backbone.encoder.mask_token", "backbone.encoder.cls_token")
+
+
+class _Inert(dict):
+    """Placeholder for any non-tensor object pickled in a checkpoint: stores its state, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+
+_DTYPES = {f"{n}Storage": d for n, d in (
+    ("Float", torch.float32), ("Double", torch.float64), ("Half", torch.float16), ("BFloat16", torch.bfloat16),
+    ("Long", torch.int64), ("Int", torch.int32), ("Short", torch.int16), ("Char", torch.int8),
+    ("Byte", torch.uint8), ("Bool", torch.bool))}
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+    ("torch", "Size"): torch.Size,
+}
+
+
+class _StorageType:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Unpickles a torch zip checkpoint calling only tensor-rebuild helpers; every other global is inert."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _DTYPES:
+            return _StorageType(_DTYPES[name])
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+        raw = self.archive.read(f"{self.prefix}/data/{pid[2]}")
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=pid[1].dtype, _internal=True)
+
+
+def _load_allow_list(path: Path) -> Any:
+    """Fallback for checkpoints the weights-only unpickler refuses (e.g. pickled dict subclasses)."""
+    with zipfile.ZipFile(path) as zf:
+        pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+        return _AllowListUnpickler(zf.read(pkl), zf, pkl[: -len("/data.pkl")]).load()
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
+        if "mmap" not in str(err):
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict of a (Lightning) checkpoint, loaded without running pickled code."""
+    path = Path(path)
+    try:
+        try:
+            obj = _load(path)
+        except pickle.UnpicklingError:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            log.info("checkpoint %s pickles non-tensor objects (%s); reading it with an allow-list unpickler "
+                     "that turns them into inert placeholders", path.name, ", ".join(names[:5]))
+            obj = _load_allow_list(path)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt or foreign files
+        raise WeightsMismatchError(f"cannot read {path}: {err}. Delete it and download again.") from err
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsMismatchError(f"{path} holds no tensor state dict; is it SAM-3D-Body's model.ckpt?")
+    return dict(sd)
+
+
+def _default_buffer(model: Sam3dBody, key: str, like: torch.Tensor) -> torch.Tensor:
+    """Value of an optional buffer a checkpoint may omit (RoPE periods, the qkv key-bias mask)."""
+    cfg = model.cfg
+    if key.endswith("rope_embed.periods"):
+        hd = cfg.vit_dim // cfg.vit_heads
+        return cfg.rope_base ** (2 * torch.arange(hd // 4, dtype=torch.float32) / (hd // 2))
+    d = cfg.vit_dim
+    return torch.cat([torch.ones(d), torch.zeros(d), torch.ones(d)]).to(like.dtype)
+
+
+def _fix_optional(model: Sam3dBody, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in sd and k.endswith(OPTIONAL_SUFFIXES):
+            sd[k] = _default_buffer(model, k, v)
+        elif k in RESHAPEABLE and k in sd and sd[k].shape != v.shape and sd[k].numel() == v.numel():
+            sd[k] = sd[k].reshape(v.shape)
+    return sd
+
+
+def check_state_dict(model: Sam3dBody, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Raise WeightsMismatchError naming missing, unexpected and mis-shaped keys; return the usable dict."""
+    sd = _fix_optional(model, sd)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("mhr.")}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def head(xs: list[str]) -> str:
+            return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+        parts = [f"{source} does not match the SAM-3D-Body architecture of its model_config.yaml"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
+        parts.append("Use the files of facebook/sam-3d-body-dinov3 unchanged (model.ckpt, model_config.yaml, "
+                     "assets/mhr_model.pt) in one folder.")
+        raise WeightsMismatchError(". ".join(parts))
+    return sd
+
+
+def _rig_sizes(cfg: Sam3dBodyConfig, sd: dict[str, torch.Tensor]) -> Sam3dBodyConfig:
+    """Take the MHR mesh sizes from the checkpoint's head buffers (so LODs other than 1 load too)."""
+    try:
+        j = int(sd["head_pose.joint_rotation"].shape[0])
+        f = int(sd["head_pose.faces"].shape[0])
+        v = int(sd["head_pose.keypoint_mapping"].shape[1]) - j
+    except KeyError:
+        return cfg
+    return cfg.replace(num_joints=j, num_faces=f, num_verts=v)
+
+
+def load_rig(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The TorchScript MHR rig: verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], params[B,204], expr[B,72])."""
+    try:
+        rig = torch.jit.load(str(path), map_location=str(device))
+    except Exception as err:  # noqa: BLE001 - corrupt or non-TorchScript files
+        raise WeightsMismatchError(f"cannot load the MHR rig {path}: {err}. Download assets/mhr_model.pt again.") from err
+    rig.eval()
+    for p in rig.parameters():
+        p.requires_grad_(False)
+    return rig
+
+
+def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
+                    device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None) -> Sam3dBody:
+    """Build SAM-3D-Body from an official folder; MissingWeightsError names files, folder and command."""
+    folder = resolve_model_dir("sam3d_body", search_dirs, explicit=model_dir)
+    cfg = config or config_from_yaml(folder / CONFIG)
+    sd = read_checkpoint(folder / CKPT)
+    cfg = _rig_sizes(cfg, sd)
+    with torch.device("meta"):
+        model = Sam3dBody(cfg)
+    model = model.to_empty(device="cpu")
+    model.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+    model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+    sd = check_state_dict(model, sd, source=str(folder / CKPT))
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.attach_rig(load_rig(folder / RIG, "cpu"))
+    log.info("loaded SAM-3D-Body (%s, %.0fM parameters) from %s", cfg.backbone,
+             sum(p.numel() for p in model.parameters()) / 1e6, folder)
+    return model.eval().requires_grad_(False).to(device)

@@ -1,0 +1,224 @@
+"""The SAM-3D-Body network: DINOv3 backbone, body/hand promptable decoders, MHR and camera heads.
+
+State-dict keys match the official ``model.ckpt`` (``backbone.encoder.*``, ``decoder.*``,
+``head_pose.*`` ...). The MHR rig (TorchScript ``assets/mhr_model.pt``) is attached as ``mhr``
+and is not part of the checked state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Sam3dBodyConfig
+from .heads import NPOSE, CameraHead, MHRHead, project
+from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder
+from .vit import DinoV3ViT
+
+PELVIS = (9, 10)  # MHR70 left/right hip
+
+
+@dataclass
+class CropBatch:
+    """Crops ready for the network (all tensors on the model device, float32)."""
+
+    img: torch.Tensor  # [B, 3, S, S] in [0, 1]
+    mask: torch.Tensor  # [B, 1, S, S] in [0, 1]
+    mask_score: torch.Tensor  # [B] (0 = no mask)
+    center: torch.Tensor  # [B, 2] crop box centre, full-image pixels
+    size: torch.Tensor  # [B] crop box side, full-image pixels
+    affine: torch.Tensor  # [B, 2, 3] full image -> crop
+    K: torch.Tensor  # [B, 3, 3]
+    img_wh: torch.Tensor  # [B, 2] full-image width, height
+
+    @property
+    def n(self) -> int:
+        return int(self.img.shape[0])
+
+
+class Backbone(nn.Module):
+    """Holds the ViT under the official ``backbone.encoder`` prefix."""
+
+    def __init__(self, cfg: Sam3dBodyConfig) -> None:
+        super().__init__()
+        self.encoder = DinoV3ViT(cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_ffn, cfg.vit_swiglu,
+                                 cfg.patch_size, cfg.vit_registers, cfg.rope_base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def _branch_modules(m: "Sam3dBody", suffix: str) -> dict[str, nn.Module]:
+    names = ("init_pose", "init_camera", "init_to_token_mhr", "prev_to_token_mhr", "ray_cond_emb",
+             "head_pose", "head_camera", "keypoint_embedding", "keypoint3d_embedding", "decoder",
+             "keypoint_posemb_linear", "keypoint_feat_linear", "keypoint3d_posemb_linear")
+    return {n: getattr(m, n + suffix) for n in names}
+
+
+class Sam3dBody(nn.Module):
+    """SAM-3D-Body. ``decode`` runs one branch ('body' or 'hand') on encoded crops."""
+
+    def __init__(self, cfg: Sam3dBodyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, c, k = cfg.dec_dim, cfg.vit_dim, cfg.num_keypoints
+        self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = Backbone(cfg)
+        heads = dict(dim=d, mlp_depth=cfg.mhr_mlp_depth, mlp_div=cfg.mhr_mlp_div, num_verts=cfg.num_verts,
+                     num_faces=cfg.num_faces, num_joints=cfg.num_joints)
+        self.head_pose = MHRHead(**heads)
+        self.head_pose_hand = MHRHead(**heads, hand_model=True)
+        self.init_pose = nn.Embedding(1, NPOSE)
+        self.init_pose_hand = nn.Embedding(1, NPOSE)
+        self.head_camera = CameraHead(d, cfg.cam_mlp_depth, cfg.cam_mlp_div)
+        self.head_camera_hand = CameraHead(d, cfg.cam_mlp_depth, cfg.cam_mlp_div, cfg.hand_cam_scale)
+        self.init_camera = nn.Embedding(1, 3)
+        self.init_camera_hand = nn.Embedding(1, 3)
+        for suffix in ("", "_hand"):
+            setattr(self, "init_to_token_mhr" + suffix, nn.Linear(NPOSE + 6, d))
+            setattr(self, "prev_to_token_mhr" + suffix, nn.Linear(NPOSE + 3, d))
+        self.prompt_encoder = PromptEncoder(c, k, cfg.mask_embed_type)
+        self.prompt_to_token = nn.Linear(c, d)
+        dec = dict(dim=d, ctx_dim=c, depth=cfg.dec_depth, heads=cfg.dec_heads, head_dim=cfg.dec_head_dim,
+                   mlp=cfg.dec_mlp)
+        self.decoder = PromptableDecoder(**dec)
+        self.decoder_hand = PromptableDecoder(**dec)
+        self.hand_pe_layer = PositionEmbeddingRandom(c // 2)
+        self.ray_cond_emb = CameraEncoder(c, cfg.patch_size)
+        self.ray_cond_emb_hand = CameraEncoder(c, cfg.patch_size)
+        self.hand_box_embedding = nn.Embedding(2, d)
+        self.hand_cls_embed = nn.Linear(d, 2)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        for suffix in ("", "_hand"):
+            setattr(self, "keypoint_embedding" + suffix, nn.Embedding(k, d))
+            setattr(self, "keypoint3d_embedding" + suffix, nn.Embedding(k, d))
+            setattr(self, "keypoint_posemb_linear" + suffix, FFN(2, d, d, 2))
+            setattr(self, "keypoint3d_posemb_linear" + suffix, FFN(3, d, d, 2))
+            setattr(self, "keypoint_feat_linear" + suffix, nn.Linear(c, d))
+        self.mhr: nn.Module | None = None
+
+    # ------------------------------------------------------------------ encoding
+
+    def attach_rig(self, rig: nn.Module) -> None:
+        """Attach the MHR rig (a module called as rig(shape[B,45], params[B,204], expr[B,72]))."""
+        self.mhr = rig
+
+    def encode(self, batch: CropBatch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Backbone features (+ mask prompt) as float32 [B, C, g, g]; backbone runs under autocast(dtype)."""
+        x = (batch.img - self.image_mean) / self.image_std
+        dev = x.device.type
+        with torch.autocast(dev, dtype=dtype, enabled=dev == "cuda" and dtype != torch.float32):
+            feats = self.backbone(x).float()
+        if self.prompt_encoder.has_mask:
+            feats = feats + self.prompt_encoder.embed_mask(batch.mask, batch.mask_score, feats.shape[-2:]).float()
+        return feats
+
+    def condition(self, batch: CropBatch) -> torch.Tensor:
+        """CLIFF condition ((cx - px)/f, (cy - py)/f, size/f)."""
+        f = batch.K[:, 0, 0]
+        centre = batch.K[:, :2, 2] if self.cfg.use_intrin_center else batch.img_wh / 2
+        xy = (batch.center - centre) / f[:, None]
+        return torch.cat([xy, (batch.size / f)[:, None]], 1)
+
+    def rays(self, batch: CropBatch) -> torch.Tensor:
+        """Per crop pixel normalised camera ray (x, y) [B, 2, S, S]."""
+        s = self.cfg.image_size
+        ar = torch.arange(s, device=batch.img.device, dtype=torch.float32)
+        a = batch.affine
+        x = (ar[None, None, :] - a[:, 0, 2, None, None]) / a[:, 0, 0, None, None]
+        y = (ar[None, :, None] - a[:, 1, 2, None, None]) / a[:, 1, 1, None, None]
+        x = (x - batch.K[:, 0, 2, None, None]) / batch.K[:, 0, 0, None, None]
+        y = (y - batch.K[:, 1, 2, None, None]) / batch.K[:, 1, 1, None, None]
+        return torch.stack([x.expand(-1, s, s), y.expand(-1, s, s)], 1)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _pose_from_token(self, br: dict[str, nn.Module], token: torch.Tensor, batch: CropBatch,
+                         with_verts: bool) -> dict[str, torch.Tensor]:
+        n = token.shape[0]
+        init_pose = br["init_pose"].weight.float().expand(n, -1)
+        init_cam = br["init_camera"].weight.float().expand(n, -1)
+        p = br["head_pose"].decode(token, init_pose)
+        p["cam"] = br["head_camera"](token, init_cam)
+        if self.mhr is None:
+            raise RuntimeError("the MHR rig is not attached (attach_rig)")
+        rig = br["head_pose"].run_rig(self.mhr, p)
+        flip = torch.tensor([1.0, -1.0, -1.0], device=token.device)
+        p["kp3d"] = rig.keypoints[:, : self.cfg.num_keypoints] * flip
+        p["joints"] = rig.joints * flip
+        p["joint_rots"] = rig.joint_rots
+        p["model_params"] = rig.model_params
+        if with_verts:
+            p["verts"] = rig.verts * flip
+        p["cam_t"] = br["head_camera"].cam_t(p["cam"], batch.center, batch.size, batch.K, batch.img_wh,
+                                              self.cfg.use_intrin_center)
+        p["kp2d"], p["kp_depth"] = project(p["kp3d"], p["cam_t"], batch.K)
+        p["kp2d_crop"] = self.full_to_crop(p["kp2d"], batch)
+        p["focal"] = batch.K[:, 0, 0]
+        return p
+
+    def full_to_crop(self, pts: torch.Tensor, batch: CropBatch) -> torch.Tensor:
+        """Full-image pixels -> crop coordinates normalised to [-0.5, 0.5]."""
+        a = batch.affine.to(pts.dtype)
+        return (pts @ a[:, :, :2].transpose(1, 2) + a[:, None, :, 2]) / self.cfg.image_size - 0.5
+
+    def _update_tokens(self, br: dict[str, nn.Module], p: dict[str, torch.Tensor], feats: torch.Tensor,
+                       tokens: torch.Tensor, pe: torch.Tensor, k2: int, k3: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nk = self.cfg.num_keypoints
+        kp = p["kp2d_crop"]
+        kp01 = kp + 0.5
+        invalid = (kp01 < 0).any(-1) | (kp01 > 1).any(-1) | (p["kp_depth"] < 1e-5)
+        valid = (~invalid)[..., None].to(tokens.dtype)
+        pe = pe.clone()
+        tokens = tokens.clone()
+        pe[:, k2:k2 + nk] = br["keypoint_posemb_linear"](kp.to(tokens.dtype)) * valid
+        sampled = F.grid_sample(feats, (kp * 2)[:, :, None, :].to(feats.dtype), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)[..., 0].transpose(1, 2)
+        tokens[:, k2:k2 + nk] += br["keypoint_feat_linear"](sampled * valid)
+        kp3 = p["kp3d"]
+        kp3 = kp3 - (kp3[:, PELVIS[0]] + kp3[:, PELVIS[1]])[:, None] / 2
+        pe[:, k3:k3 + nk] = br["keypoint3d_posemb_linear"](kp3.to(tokens.dtype))
+        return tokens, pe
+
+    def decode(self, branch: str, feats: torch.Tensor, batch: CropBatch, prompts: torch.Tensor,
+               prev: torch.Tensor | None = None, with_verts: bool = True) -> dict[str, torch.Tensor]:
+        """One promptable-decoder pass. prompts [B, N, 3] (x, y in [0,1], label); prev [B, NPOSE+3] or None."""
+        br = _branch_modules(self, "" if branch == "body" else "_hand")
+        n = feats.shape[0]
+        init = torch.cat([br["init_pose"].weight, br["init_camera"].weight], 1).float().expand(n, -1)
+        cond = self.condition(batch)
+        tok0 = br["init_to_token_mhr"](torch.cat([cond, init], 1))[:, None]
+        prev_tok = br["prev_to_token_mhr"](init if prev is None else prev.float())[:, None]
+        prompt_tok = self.prompt_to_token(self.prompt_encoder.embed_points(prompts))
+        extra = [self.hand_box_embedding.weight, br["keypoint_embedding"].weight, br["keypoint3d_embedding"].weight]
+        extra = torch.cat(extra, 0)[None].expand(n, -1, -1)
+        tokens = torch.cat([tok0, prev_tok, prompt_tok, extra], 1)
+        pe = torch.cat([torch.zeros_like(tok0), prev_tok, prompt_tok, torch.zeros_like(extra)], 1)
+        hand_start = 2 + prompts.shape[1]
+        k2 = hand_start + 2
+        k3 = k2 + self.cfg.num_keypoints
+        g = feats.shape[-2:]
+        pe_layer = self.prompt_encoder.pe_layer if branch == "body" else self.hand_pe_layer
+        ctx_pe = pe_layer(*g).flatten(2).transpose(1, 2).expand(n, -1, -1)
+        feats = br["ray_cond_emb"](feats, self.rays(batch))
+        ctx = feats.flatten(2).transpose(1, 2)
+
+        def between(i: int, normed: torch.Tensor, toks: torch.Tensor, tpe: torch.Tensor):
+            p = self._pose_from_token(br, normed[:, 0], batch, with_verts=False)
+            return self._update_tokens(br, p, feats, toks, tpe, k2, k3)
+
+        out = br["decoder"](tokens, ctx, pe, ctx_pe, between)
+        p = self._pose_from_token(br, out[:, 0], batch, with_verts=with_verts)
+        hand_tok = out[:, hand_start:hand_start + 2]
+        p["hand_box"] = self.bbox_embed(hand_tok).sigmoid()  # [B, 2, 4] (cx, cy, w, h) in crop units
+        p["hand_logits"] = self.hand_cls_embed(hand_tok)
+        return p
+
+    @staticmethod
+    def prev_estimate(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The previous-estimate vector fed back as a prompt token (raw pose, shape, scale, hands, face, cam)."""
+        return torch.cat([p["pose_raw"], p["shape"], p["scale"], p["hand"], p["face"], p["cam"]], 1)
