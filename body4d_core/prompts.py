@@ -363,3 +363,24 @@ def draw_prompts(frames: np.ndarray, prompts: Prompts, frame_indices: Iterable[i
         for (x, y), lab in zip(it.points.tolist(), it.labels.tolist()):
             _draw_point(out[k], x, y, color, bool(lab), r)
     return out
+
+
+# --------------------------------------------------------------------------- editor frames
+
+
+def editor_frame_indices(num_frames: int, max_frames: int) -> list[int]:
+    """Frames the points editor can show: all, or ``max_frames`` spread evenly (first and last kept)."""
+    if num_frames < 1:
+        raise InputError("the clip has no frames")
+    if max_frames < 1 or num_frames <= max_frames:
+        return list(range(num_frames))
+    if max_frames == 1:
+        return [0]
+    return sorted({int(round(i * (num_frames - 1) / (max_frames - 1))) for i in range(max_frames)})
+
+
+def editor_size(image_size: Sequence[int], max_side: int) -> tuple[int, int]:
+    """(height, width) of an editor thumbnail: the frame scaled so its longer side is <= max_side."""
+    h, w = (int(v) for v in image_size)
+    scale = min(1.0, max_side / max(h, w)) if max_side > 0 else 1.0
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))

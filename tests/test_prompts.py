@@ -159,3 +159,18 @@ def test_draw_prompts_marks_points_in_object_colours():
     # explicit frame list: a frame without prompts stays black
     blank = draw_prompts(frames, p, [7])
     assert blank.shape == (1, *SIZE, 3) and blank.sum() == 0
+
+
+def test_editor_frame_indices_and_size():
+    from body4d_core.prompts import editor_frame_indices, editor_size
+
+    assert editor_frame_indices(5, 200) == [0, 1, 2, 3, 4]
+    idx = editor_frame_indices(1000, 11)
+    assert idx[0] == 0 and idx[-1] == 999 and len(idx) == 11 and idx == sorted(set(idx))
+    assert editor_frame_indices(9, 1) == [0]
+    assert editor_frame_indices(9, 0) == list(range(9))
+    with pytest.raises(InputError, match="no frames"):
+        editor_frame_indices(0, 5)
+    assert editor_size((1080, 1920), 512) == (288, 512)
+    assert editor_size((350, 350), 512) == (350, 350)
+    assert editor_size((100, 50), 0) == (100, 50)

@@ -1,0 +1,113 @@
+"""FOV: the clip's camera intrinsics from MoGe-2, a manual FOV, core MOGE_GEOMETRY or a FOV value."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from comfy_api.latest import io
+
+from ..body4d_core import fov as bf
+from ..body4d_core.errors import InputError
+from . import comfy_glue as glue
+from . import types as t
+
+log = logging.getLogger(__name__)
+
+
+class LoadMoGe(io.ComfyNode):
+    """Load MoGe-2 (Ruicheng/moge-2-vitl-normal) for FOV estimation."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_LoadMoGe",
+            display_name="Load MoGe-2 (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["moge", "fov model", "camera intrinsics model"],
+            description="Load MoGe-2 from models/moge/<folder>/model.pt (download: python -m body4d_core setup "
+                        "--models moge). Needs the moge package: pip install --no-deps dlr-moge==2.0.0 "
+                        "dlr-utils3d==1.3 dlr-pipeline.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=glue.checkpoint_choices("moge"),
+                               tooltip="Folder inside models/moge holding model.pt."),
+                io.Combo.Input("precision", options=["auto", "fp16", "fp32"], default="auto", advanced=True,
+                               tooltip="auto/fp16: MoGe's own fp16 autocast on the GPU (weights stay fp32); "
+                                       "fp32: full precision. The CPU always runs fp32."),
+            ],
+            outputs=[t.MoGeModel.Output("moge_model")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint, precision="auto") -> io.NodeOutput:
+        model_dir = glue.resolve_checkpoint("moge", checkpoint)
+        model = bf.load_moge_checkpoint(f"{model_dir}/model.pt", device="cpu")
+        dtype = torch.float32 if precision == "fp32" else torch.float16
+        return io.NodeOutput(glue.wrap_model(model, dtype, name="moge", path=model_dir))
+
+
+class FOV(io.ComfyNode):
+    """Camera intrinsics for every frame (the vertical focal, principal point at the centre)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_FOV",
+            display_name="FOV (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["fov", "camera intrinsics", "focal length", "moge fov"],
+            description="Camera intrinsics for the clip. Priority: manual FOV > FOV input > MoGe geometry > MoGe-2 "
+                        "model > fallback f = sqrt(H^2 + W^2). MoGe-2 runs on the first frame (as upstream), every "
+                        "n-th frame or all frames; the estimates are combined by their median.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The clip's frames."),
+                t.MoGeModel.Input("moge_model", optional=True, tooltip="MoGe-2 from Load MoGe-2 (Body4D)."),
+                io.Combo.Input("mode", options=list(bf.MODES), default="first",
+                               tooltip="Frames MoGe-2 runs on: first (upstream), every_n or all."),
+                io.Int.Input("every_n", default=30, min=1, max=10000,
+                             tooltip="Stride for mode every_n."),
+                io.Float.Input("manual_fov", default=0.0, min=0.0, max=179.0, step=0.1,
+                               tooltip="Vertical field of view in degrees; overrides everything else (0 = off)."),
+                t.MoGeGeometry.Input("moge_geometry", optional=True,
+                                     tooltip="Core MoGe Inference output; its normalised intrinsics are used "
+                                             "(one geometry for all frames, or one per frame)."),
+                io.Float.Input("fov", optional=True, force_input=True,
+                               tooltip="A vertical FOV in degrees from another node (e.g. core Get FoV from "
+                                       "MoGe Geometry)."),
+                io.Boolean.Input("per_frame", default=False, advanced=True,
+                                 tooltip="Keep one focal per frame (interpolated between sampled frames) for "
+                                         "zooming cameras, instead of one median focal for the clip."),
+                io.Int.Input("resolution_level", default=9, min=0, max=9, advanced=True,
+                             tooltip="MoGe detail level (0 = fastest, 9 = most tokens, upstream default)."),
+                io.Int.Input("batch_size", default=4, min=1, max=64, advanced=True,
+                             tooltip="Frames per MoGe call; halved automatically on GPU out-of-memory."),
+            ],
+            outputs=[
+                t.Camera.Output("camera"),
+                io.Float.Output("fov_degrees", tooltip="Vertical field of view in degrees (median over frames)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames, mode="first", every_n=30, manual_fov=0.0, moge_model=None, moge_geometry=None,
+                fov=None, per_frame=False, resolution_level=9, batch_size=4) -> io.NodeOutput:
+        if frames.ndim != 4 or frames.shape[0] < 1:
+            raise InputError(f"frames must be an IMAGE batch [T, H, W, 3], got shape {tuple(frames.shape)}")
+        num_frames, size = int(frames.shape[0]), (int(frames.shape[1]), int(frames.shape[2]))
+
+        def estimate():
+            model = moge_model.ready()
+            n = len(bf.sample_frames(num_frames, mode, every_n))
+            fp16 = moge_model.dtype in (torch.float16, torch.bfloat16)
+            return bf.estimate_camera(model, frames, mode, every_n, per_frame, batch_size, resolution_level,
+                                      use_fp16=fp16, hooks=glue.hooks(n))
+
+        camera = bf.resolve_camera(size, num_frames, manual_fov, fov, moge_geometry,
+                                   estimate if moge_model is not None else None, per_frame)
+        fovs = [camera.fov_y_deg(i) for i in range(camera.num_frames)]
+        return io.NodeOutput(camera, float(np.median(fovs)))
+
+
+NODES = [LoadMoGe, FOV]
