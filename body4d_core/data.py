@@ -319,7 +319,8 @@ class Tracks(_NpzMixin):
     @property
     def present(self) -> np.ndarray:
         """bool [N, T]: the object has at least one mask pixel on that frame."""
-        return self.packed.reshape(*self.packed.shape[:2], -1).any(axis=-1)
+        n, t, h, wb = self.packed.shape
+        return self.packed.reshape(n, t, h * wb).any(axis=-1)
 
     def index_of(self, obj_id: int) -> int:
         hits = np.flatnonzero(self.obj_ids == int(obj_id))
