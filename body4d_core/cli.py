@@ -1,6 +1,6 @@
 """Headless command line: ``python -m body4d_core <command>`` (the seed's offline script, growing).
 
-Commands: ``load`` (decode a video to frames + clip.npz), ``setup`` (download weights),
+Commands: ``run`` (the whole pipeline), ``load`` (decode a video to frames + clip.npz), ``setup`` (download weights),
 ``models`` (which weights are present), ``api`` (run a workflow on a ComfyUI server).
 """
 
@@ -102,6 +102,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on one video (points JSON or automatic people detection)."""
+    from .pipeline import PipelineOptions, options_from_points, run_pipeline
+
+    opts = PipelineOptions(
+        video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
+        detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
+        amodal=not args.no_amodal, fov_mode=args.fov, manual_fov=args.manual_fov, body_mode=args.body_mode,
+        batch_size=args.batch_size, smooth=not args.no_smooth, smooth_mode=args.smooth_mode,
+        render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
+        models_root=Path(args.models_root) if args.models_root else None, device=args.device, dtype=args.dtype)
+    summary = run_pipeline(args.input_video, args.out, opts, lambda name: TextProgress(name))
+    print(summary.describe())
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     """Run one of our workflows on a running ComfyUI: upload, queue, follow, download."""
     from .api_client import ComfyClient, load_api_graph, parse_value, set_input, set_video
@@ -140,6 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--image_format", default="jpg", choices=["jpg", "png"])
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render")
+    _add_video_args(p)
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--points", help="SAM3 Points JSON (file or string); default: detect people automatically")
+    p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
+    p.add_argument("--detect_threshold", type=float, default=0.5)
+    p.add_argument("--max_people", type=int, default=5)
+    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
+    p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
+    p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"])
+    p.add_argument("--manual_fov", type=float, default=0.0, help="vertical FOV in degrees (overrides MoGe-2)")
+    p.add_argument("--body_mode", default="full", choices=["full", "body"])
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--no_smooth", action="store_true")
+    p.add_argument("--smooth_mode", default="offline", choices=["offline", "causal"])
+    p.add_argument("--render_mode", default="overlay")
+    p.add_argument("--no_meshes", action="store_true")
+    p.add_argument("--no_glb", action="store_true")
+    p.add_argument("--models_root", help="models root (default: config / $BODY4D_MODELS / ./models)")
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)")
     p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])

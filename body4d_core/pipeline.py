@@ -1,0 +1,266 @@
+"""The whole SAM-Body4D pipeline without ComfyUI (the original project's offline script).
+
+    video -> frames -> prompts (points JSON or auto "person") -> SAM-3 tracks
+      -> amodal completion (optional) -> camera (MoGe-2 / manual / default)
+      -> SAM-3D-Body bodies -> Kalman/RTS smoothing -> render + exports
+
+Each stage writes its typed output as .npz into the output folder (so a run can be
+inspected or resumed), and each model is loaded for its stage only and released after it,
+so peak GPU memory is that of the largest stage, not their sum.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
+from .errors import InputError
+from .runtime import NULL_HOOKS, Hooks, pick_device
+from .video import LoadOptions, load_video
+
+log = logging.getLogger(__name__)
+HooksFactory = Callable[[str], Hooks]
+
+
+@dataclass
+class PipelineOptions:
+    """Everything the headless run can be told (defaults as upstream where it had one)."""
+
+    video: LoadOptions = field(default_factory=LoadOptions)
+    points_json: str | None = None  # SAM3 Points editor JSON; None -> detect people
+    detect_frame: int = -1  # -1: scan from the start for the first frame with people
+    detect_threshold: float = 0.5
+    max_people: int = 5
+    direction: str = "both"
+    amodal: bool = True
+    fov_mode: str = "first"  # first | every_n | all | none (f = sqrt(H^2 + W^2))
+    manual_fov: float = 0.0  # vertical degrees; > 0 overrides the model
+    body_mode: str = "full"
+    batch_size: int = 64
+    smooth: bool = True
+    smooth_mode: str = "offline"
+    render_mode: str = "overlay"
+    write_meshes: bool = True
+    write_glb: bool = True
+    models_root: Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run produced, for the CLI summary and tests."""
+
+    out_dir: Path
+    num_frames: int = 0
+    obj_ids: list[int] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"{self.num_frames} frames, people {self.obj_ids} -> {self.out_dir}"]
+        lines += [f"  {k:14s} {v}" for k, v in self.files.items()]
+        lines += [f"  time {k:9s} {v:7.1f} s" for k, v in self.timings.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _free(*objs: object) -> None:
+    """Drop stage models and release cached GPU memory before the next stage."""
+    del objs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Timer:
+    def __init__(self, summary: RunSummary, name: str) -> None:
+        self.summary, self.name = summary, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+        log.info("stage %s ...", self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        self.summary.timings[self.name] = time.perf_counter() - self.t0
+
+
+def _search(opts: PipelineOptions) -> list[Path] | None:
+    return [opts.models_root] if opts.models_root else None
+
+
+def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks) -> tuple[Prompts, object]:
+    """Prompts from the editor JSON, or SAM-3 "person" detection; returns the loaded SAM-3 too."""
+    from .sam3 import load_sam3
+
+    bundle = load_sam3(search_dirs=_search(opts), device=opts.device, dtype=opts.dtype,
+                       with_detector=opts.points_json is None)
+    if opts.points_json is not None:
+        from .prompts import parse_prompts
+
+        return parse_prompts(opts.points_json, clip.image_size, clip.num_frames), bundle
+    from .sam3.detect import detect_people
+
+    prompts = detect_people(bundle, frames, frame_index=opts.detect_frame, score_threshold=opts.detect_threshold,
+                            max_people=opts.max_people, hooks=hooks)
+    return prompts, bundle
+
+
+def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: PipelineOptions, hooks: Hooks) -> Tracks:
+    from .sam3 import propagate
+
+    return propagate(bundle, frames, prompts, direction=opts.direction, hooks=hooks)
+
+
+def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks) -> Amodal:
+    from .amodal.models import load_amodal_models
+    from .amodal.stage import run_amodal
+
+    models = load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype)
+    try:
+        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, hooks=hooks)
+        log.info("amodal: %s", stats)
+        return amodal
+    finally:
+        _free(models)
+
+
+def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks) -> Camera:
+    from .fov import estimate_camera, load_moge, resolve_camera
+
+    estimate = None
+    if opts.fov_mode != "none" and not opts.manual_fov:
+        def estimate() -> Camera:
+            model = load_moge(_search(opts), device=pick_device(opts.device))
+            try:
+                return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
+            finally:
+                _free(model)
+    return resolve_camera(clip.image_size, clip.num_frames, manual_fov=opts.manual_fov, estimate=estimate)
+
+
+def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,
+                 hooks: Hooks) -> Bodies:
+    from .body_inputs import body_items
+    from .sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+
+    model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
+    try:
+        items = body_items(tracks, amodal)
+        results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
+                                  batch_size=opts.batch_size, hooks=hooks, return_vertices=True)
+        faces = getattr(model, "faces", None)
+        faces = None if faces is None else np.asarray(faces.detach().cpu() if torch.is_tensor(faces) else faces)
+        return bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
+                                   obj_ids=tracks.obj_ids.tolist())
+    finally:
+        _free(model)
+
+
+def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,
+                 hooks_for: HooksFactory | None = None) -> RunSummary:
+    """Run every stage on one video and write the results into out_dir."""
+    opts = opts or PipelineOptions()
+    hooks_for = hooks_for or (lambda name: NULL_HOOKS)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(out)
+
+    with _Timer(summary, "decode"):
+        frames, clip = load_video(video, opts.video, hooks_for("decode"))
+    summary.num_frames = clip.num_frames
+    summary.files["clip"] = clip.save_npz(out / "clip.npz")
+
+    with _Timer(summary, "sam3"):
+        prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"))
+        summary.files["prompts"] = prompts.save_npz(out / "prompts.npz")
+        tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
+        _free(bundle)
+        del bundle
+    summary.obj_ids = tracks.obj_ids.tolist()
+    summary.files["tracks"] = tracks.save_npz(out / "tracks.npz")
+    _write_mask_overlay(frames, tracks, clip, out, summary)
+
+    amodal = None
+    if opts.amodal:
+        with _Timer(summary, "amodal"):
+            amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"))
+        summary.files["amodal"] = amodal.save_npz(out / "amodal.npz")
+
+    with _Timer(summary, "camera"):
+        camera = stage_camera(frames, clip, opts, hooks_for("fov"))
+    summary.files["camera"] = camera.save_npz(out / "camera.npz")
+
+    with _Timer(summary, "bodies"):
+        bodies = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
+    summary.files["bodies_raw"] = bodies.save_npz(out / "bodies_raw.npz")
+
+    if opts.smooth:
+        with _Timer(summary, "smooth"):
+            bodies = _smooth(bodies, opts)
+        summary.files["bodies"] = bodies.save_npz(out / "bodies.npz")
+
+    with _Timer(summary, "render"):
+        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"))
+    return summary
+
+
+def _smooth(bodies: Bodies, opts: PipelineOptions) -> Bodies:
+    from .smoothing import SmoothSettings, smooth_bodies
+
+    return smooth_bodies(bodies, SmoothSettings(mode=opts.smooth_mode))
+
+
+def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, out: Path, summary: RunSummary) -> None:
+    """The mask overlay video (per-id colours), as upstream's video_mask_*.mp4."""
+    from .export import write_mp4
+    from .overlay import overlay_masks
+
+    path = out / "mask_overlay.mp4"
+    write_mp4(path, (overlay_masks(frames[t], tracks.frame_masks(t), tracks.obj_ids) for t in range(len(frames))),
+              clip.fps, clip.image_size)
+    summary.files["mask_overlay"] = path
+
+
+def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
+                       out: Path, summary: RunSummary, hooks: Hooks) -> None:
+    from . import export, render
+
+    rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=hooks)
+    images = rendered[0] if isinstance(rendered, tuple) else rendered
+    path = out / "render_4d.mp4"
+    export.write_mp4(path, images, clip.fps, clip.image_size)
+    summary.files["render"] = path
+    summary.files["params"] = export.save_params(bodies, out / "params.npz")
+    if opts.write_meshes:
+        summary.files["meshes"] = export.write_meshes(bodies, out / "meshes")
+    if opts.write_glb:
+        summary.files["glb"] = export.write_glb(bodies, out / "glb", fps=clip.fps)
+
+
+def options_from_points(points: str | Path | None) -> str | None:
+    """The points JSON from a file path or a literal string (None: detect people)."""
+    if points is None:
+        return None
+    p = Path(points)
+    if p.suffix == ".json" and p.is_file():
+        return p.read_text()
+    if str(points).lstrip().startswith(("{", "[")):
+        return str(points)
+    raise InputError(f"--points must be a JSON file or a JSON string, got {points!r}")
+
+
+def ensure_ids(obj_ids: Iterable[int]) -> list[int]:
+    ids = [int(i) for i in obj_ids]
+    if not ids:
+        raise InputError("no person to process")
+    return ids
