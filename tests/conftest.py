@@ -1,0 +1,35 @@
+"""Shared pytest fixtures. Append new fixtures below; keep each one documented."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .comfy_server import ComfyServer, ComfyServerError
+
+
+def comfyui_dir() -> Path | None:
+    """The ComfyUI checkout named by $COMFYUI_DIR, or None when the variable is unset."""
+    value = os.environ.get("COMFYUI_DIR", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """A real ComfyUI (``--cpu``, private temp folders, our pack linked in) for the whole session.
+
+    Skips when COMFYUI_DIR is unset; fails loudly when it is set but the server cannot start.
+    The interpreter is $COMFYUI_PYTHON, else $COMFYUI_DIR/.venv/bin/python, else python3.
+    """
+    root = comfyui_dir()
+    if root is None:
+        pytest.skip("COMFYUI_DIR is not set: these tests start a real ComfyUI server "
+                    "(set COMFYUI_DIR to a ComfyUI checkout, optionally COMFYUI_PYTHON to its python)")
+    try:
+        server = ComfyServer(root).start(timeout=float(os.environ.get("COMFYUI_START_TIMEOUT", "300")))
+    except ComfyServerError as err:
+        pytest.fail(f"ComfyUI at {root} did not start: {err}", pytrace=False)
+    yield server
+    server.stop()
