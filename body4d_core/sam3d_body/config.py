@@ -95,9 +95,14 @@ def config_from_yaml(path: str | Path) -> Sam3dBodyConfig:
         raise WeightsMismatchError(f"{path} has no MODEL section; is it SAM-3D-Body's model_config.yaml?")
     base = Sam3dBodyConfig()
     name = str(_get(model, "BACKBONE.TYPE", base.backbone))
-    if name not in BACKBONES:
+    if name == "custom":  # our extension, used by tests: explicit DINOv3-style sizes
+        bb = model["BACKBONE"]
+        dim, depth, heads, ffn, swiglu = (int(bb["EMBED_DIM"]), int(bb["DEPTH"]), int(bb["NUM_HEADS"]),
+                                          int(bb["FFN_DIM"]), bool(bb.get("SWIGLU", True)))
+    elif name in BACKBONES:
+        dim, depth, heads, ffn, swiglu = BACKBONES[name]
+    else:
         raise WeightsMismatchError(f"{path}: backbone {name!r} is not supported (supported: {', '.join(BACKBONES)})")
-    dim, depth, heads, ffn, swiglu = BACKBONES[name]
     size = _get(model, "IMAGE_SIZE", [base.image_size])
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     if _get(model, "DECODER.ENABLE_TWOWAY", False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,9 +36,21 @@ class BodyItem:
     frame: int
     obj_id: int
     box: Sequence[float]
-    mask: np.ndarray | None = None  # bool/uint8 [H, W]
-    image: np.ndarray | None = None  # uint8 [H, W, 3], e.g. the completed frame of an occluded person
+    mask: np.ndarray | Callable[[], np.ndarray] | None = None  # bool [H, W], or a loader called when cropping
+    image: np.ndarray | Callable[[], np.ndarray] | None = None  # uint8 [H, W, 3] replacing the frame (completed RGB)
     occluded: bool = False
+
+    def get_mask(self) -> np.ndarray | None:
+        return self.mask() if callable(self.mask) else self.mask
+
+    def get_image(self) -> np.ndarray | None:
+        return self.image() if callable(self.image) else self.image
+
+
+def _check_size(it: BodyItem, what: str, arr: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    if arr is not None and tuple(np.shape(arr)) != shape:
+        raise InputError(f"{what} of object {it.obj_id} on frame {it.frame} is {tuple(np.shape(arr))}, "
+                         f"expected {shape} (the frames' size)")
 
 
 # ------------------------------------------------------------------ input checks
@@ -46,7 +58,7 @@ class BodyItem:
 
 def _frames_tensor(frames: Any) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] != 3:
+    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] not in (3, 4):
         shape = tuple(getattr(t, "shape", ()))
         raise InputError(f"frames must be an RGB array [T, H, W, 3], got shape {shape}")
     if t.shape[0] == 0 or t.shape[1] < 2 or t.shape[2] < 2:
@@ -58,7 +70,7 @@ def _intrinsics(intrinsics: Any, t: int, h: int, w: int) -> torch.Tensor:
     """[T, 3, 3] float32 from None (f = sqrt(H^2+W^2)), a Camera, [T,4] (fx,fy,cx,cy) or [T,3,3]."""
     if intrinsics is None:
         intrinsics = Camera.default((h, w), t)
-    if isinstance(intrinsics, Camera):
+    if hasattr(intrinsics, "check_frames"):  # a Camera (duck-typed: the pack may be imported twice in tests)
         intrinsics = intrinsics.check_frames(t).intrinsics
     k = torch.as_tensor(np.asarray(intrinsics, dtype=np.float32))
     if k.shape[-2:] == (3, 3):
@@ -92,12 +104,10 @@ def check_items(items: Sequence[BodyItem], t: int, h: int, w: int) -> None:
         if box.size != 4 or not np.isfinite(box).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1:
             raise InputError(f"object {it.obj_id} on frame {it.frame} has an empty or invalid box {box.tolist()} "
                              "(xyxy pixels, at least 1 px wide and high)")
-        if it.mask is not None and tuple(np.shape(it.mask)) != (h, w):
-            raise InputError(f"mask of object {it.obj_id} on frame {it.frame} is {tuple(np.shape(it.mask))}, "
-                             f"the frames are {(h, w)}")
-        if it.image is not None and tuple(np.shape(it.image)) != (h, w, 3):
-            raise InputError(f"replacement image of object {it.obj_id} on frame {it.frame} is "
-                             f"{tuple(np.shape(it.image))}, expected {(h, w, 3)}")
+        if not callable(it.mask):
+            _check_size(it, "mask", it.mask, (h, w))
+        if not callable(it.image):
+            _check_size(it, "replacement image", it.image, (h, w, 3))
 
 
 # ------------------------------------------------------------------ crops
@@ -126,13 +136,19 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     for i, it in enumerate(items):
         groups.setdefault(("img", i) if it.image is not None else int(it.frame), []).append(i)
     for key, idx in groups.items():
-        src = items[idx[0]].image if isinstance(key, tuple) else frames[key]
+        if isinstance(key, tuple):
+            src = items[idx[0]].get_image()
+            _check_size(items[idx[0]], "replacement image", src, (h, w, 3))
+        else:
+            src = frames[key, ..., :3]
         img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
     if use_masks:
         for i, it in enumerate(items):
-            if it.mask is not None:
-                m = torch.as_tensor(np.asarray(it.mask, dtype=np.float32), device=dev)[None, None]
-                mask[i] = C.warp(m, grid[i:i + 1])[0]
+            m = it.get_mask()
+            if m is not None:
+                _check_size(it, "mask", m, (h, w))
+                mt = torch.as_tensor(np.asarray(m, dtype=np.float32), device=dev)[None, None]
+                mask[i] = C.warp(mt, grid[i:i + 1])[0]
                 score[i] = 1.0
     k = K[[int(it.frame) for it in items]].to(dev)
     wh = torch.tensor([w, h], dtype=torch.float32, device=dev).expand(n, 2)

@@ -35,6 +35,21 @@ TRAIN: {USE_FP16: true, FP16_TYPE: bfloat16}
 """
 
 
+def yaml_for(cfg: Sam3dBodyConfig) -> str:
+    """A model_config.yaml describing ``cfg`` (custom backbone sizes), e.g. for the tiny test model."""
+    return f"""MODEL:
+  IMAGE_SIZE: [{cfg.image_size}, {cfg.image_size}]
+  BACKBONE: {{TYPE: custom, EMBED_DIM: {cfg.vit_dim}, DEPTH: {cfg.vit_depth}, NUM_HEADS: {cfg.vit_heads},
+             FFN_DIM: {cfg.vit_ffn}, SWIGLU: {str(cfg.vit_swiglu).lower()}}}
+  DECODER: {{DIM: {cfg.dec_dim}, DEPTH: {cfg.dec_depth}, HEADS: {cfg.dec_heads}, DIM_HEAD: {cfg.dec_head_dim},
+            MLP_DIM: {cfg.dec_mlp}, USE_INTRIN_CENTER: {str(cfg.use_intrin_center).lower()}}}
+  PROMPT_ENCODER: {{MASK_EMBED_TYPE: {cfg.mask_embed_type}}}
+  MHR_HEAD: {{MLP_DEPTH: {cfg.mhr_mlp_depth}, MLP_CHANNEL_DIV_FACTOR: {cfg.mhr_mlp_div}}}
+  CAMERA_HEAD: {{MLP_DEPTH: {cfg.cam_mlp_depth}, MLP_CHANNEL_DIV_FACTOR: {cfg.cam_mlp_div},
+                DEFAULT_SCALE_FACTOR_HAND: {cfg.hand_cam_scale}}}
+"""
+
+
 class SyntheticRig(nn.Module):
     """Linear-blend-skinning toy rig: params -> per-joint Euler + offset, pose correctives, rigid skinning."""
 
@@ -131,9 +146,11 @@ def random_model(cfg: Sam3dBodyConfig, seed: int = 0, rig_hidden: int = 16) -> S
     return model.eval().requires_grad_(False)
 
 
-def save_official_layout(model: Sam3dBody, folder: str | Path, yaml_text: str = OFFICIAL_YAML) -> Path:
-    """Write model.ckpt (Lightning-style dict), model_config.yaml and assets/mhr_model.pt into folder."""
+def save_official_layout(model: Sam3dBody, folder: str | Path, yaml_text: str | None = None) -> Path:
+    """Write model.ckpt (Lightning-style dict), model_config.yaml (default: describing the model) and
+    assets/mhr_model.pt into folder."""
     folder = Path(folder)
+    yaml_text = yaml_for(model.cfg) if yaml_text is None else yaml_text
     (folder / "assets").mkdir(parents=True, exist_ok=True)
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("mhr.")}
     torch.save({"state_dict": sd, "epoch": 0, "global_step": 0}, folder / "model.ckpt")

@@ -1,0 +1,149 @@
+"""SAM-3D-Body nodes: load the model, estimate MHR bodies for every tracked person in every frame."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from comfy_api.latest import io
+
+from ..body4d_core.data import Camera, Tracks, check_same_frames, pack_masks
+from ..body4d_core.errors import InputError
+from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+from ..body4d_core.sam3d_body.items import items_from_tracks
+from . import comfy_glue as glue
+from . import types as t
+
+log = logging.getLogger(__name__)
+
+
+def tracks_from_core(track_data: dict, image_size: tuple[int, int]) -> Tracks:
+    """Core SAM3_TRACK_DATA (bit-packed [T, K, h, w/8] little-endian, tracker resolution) -> Tracks.
+
+    Core object index k becomes object id k + 1; masks are resized (nearest) to the frames' size.
+    """
+    packed = track_data.get("packed_masks") if isinstance(track_data, dict) else None
+    h, w = image_size
+    if packed is None:
+        n_frames = int(track_data.get("n_frames", 0)) if isinstance(track_data, dict) else 0
+        raise InputError(f"the SAM3 track data holds no objects ({n_frames} frames): nothing to estimate")
+    packed = torch.as_tensor(packed)
+    n_frames, n_obj = int(packed.shape[0]), int(packed.shape[1])
+    out = np.zeros((n_obj, n_frames, h, (w + 7) // 8), np.uint8)
+    shifts = torch.arange(8, device=packed.device)
+    for f in range(n_frames):
+        bits = ((packed[f].unsqueeze(-1) >> shifts) & 1).flatten(-2).float()  # [K, h', w']
+        masks = F.interpolate(bits[None], size=(h, w), mode="nearest")[0] > 0.5
+        out[:, f] = pack_masks(masks.cpu().numpy())
+    scores = track_data.get("scores")
+    sc = None
+    if scores is not None and len(scores) == n_obj:
+        sc = np.repeat(np.asarray([float(s) for s in scores], np.float32)[:, None], n_frames, 1)
+    return Tracks(np.arange(1, n_obj + 1), out, (h, w), sc)
+
+
+class LoadSAM3DBody(io.ComfyNode):
+    """Load SAM-3D-Body (facebook/sam-3d-body-dinov3) from models/sam3d_body/<folder>."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_LoadSAM3DBody",
+            display_name="Load SAM 3D Body (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["sam3d body", "sam 3d body", "mhr", "human mesh model"],
+            description="Load SAM-3D-Body from models/sam3d_body/<folder>/ holding model.ckpt, model_config.yaml and "
+                        "assets/mhr_model.pt (download: python -m body4d_core setup --models sam3d_body; the "
+                        "Hugging Face repo is gated). Loaded safely (no pickled code runs).",
+            inputs=[
+                io.Combo.Input("checkpoint", options=glue.checkpoint_choices("sam3d_body"),
+                               tooltip="Folder inside models/sam3d_body with the official files."),
+                io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto", advanced=True,
+                               tooltip="Backbone precision on the GPU (scoped autocast; weights stay fp32). "
+                                       "Heads and the MHR rig always run fp32; the CPU always runs fp32."),
+            ],
+            outputs=[t.BodyModel.Output("sam3d_body_model")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint, precision="auto") -> io.NodeOutput:
+        model_dir = glue.resolve_checkpoint("sam3d_body", checkpoint)
+        model = load_sam3d_body(model_dir, device="cpu")
+        dtype = glue.choose_dtype(precision)
+        return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir))
+
+
+def _tracks_input(tracks: Any, sam3_track_data: Any, size: tuple[int, int]) -> Tracks:
+    if tracks is not None:
+        if tuple(tracks.image_size) != size:
+            raise InputError(f"tracks are {tracks.image_size} (H, W) but the frames are {size}; use the same frames "
+                             "for propagation and body estimation")
+        return tracks
+    if sam3_track_data is not None:
+        return tracks_from_core(sam3_track_data, size)
+    raise InputError("connect tracks (SAM-Body4D Propagate) or sam3_track_data (core SAM3 Video Track)")
+
+
+class BodyBatch(io.ComfyNode):
+    """SAM-3D-Body for every tracked person on every frame, batched across people and frames."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_BodyBatch",
+            display_name="SAM 3D Body Batch (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["sam3d body", "hmr", "human mesh", "mhr", "body estimation", "4d humans"],
+            description="Estimates MHR bodies (pose, hands, shape, camera translation, keypoints, mesh) for every "
+                        "object id on every frame where it has a mask. Occluded frames (from Amodal Complete) use "
+                        "the completed frame, the amodal mask and its box. Results are keyed by object id.",
+            inputs=[
+                t.BodyModel.Input("sam3d_body_model", tooltip="From Load SAM 3D Body (Body4D)."),
+                io.Image.Input("frames", tooltip="The clip's frames (the ones the tracks were computed on)."),
+                t.Tracks.Input("tracks", optional=True, tooltip="Per-object masks from Propagate (Body4D)."),
+                t.Sam3TrackData.Input("sam3_track_data", optional=True,
+                                      tooltip="Or core SAM3 Video Track output (object k becomes id k + 1)."),
+                t.Amodal.Input("amodal", optional=True,
+                               tooltip="Amodal Complete output: occluded frames use completed frames + amodal masks."),
+                t.Camera.Input("camera", optional=True,
+                               tooltip="Intrinsics from FOV (Body4D); default f = sqrt(H^2 + W^2), centred."),
+                io.Combo.Input("mode", options=["full", "body"], default="full",
+                               tooltip="full: body decoder + hand decoder refinement (upstream default); "
+                                       "body: body decoder only (about 3x faster)."),
+                io.Int.Input("batch_size", default=64, min=1, max=1024, advanced=True,
+                             tooltip="People crops per forward pass; halved automatically on GPU out-of-memory."),
+                io.Boolean.Input("vertices", default=True, advanced=True,
+                                 tooltip="Keep per-frame mesh vertices (needed by mesh rendering; ~0.2 MB per "
+                                         "person-frame). Off keeps parameters and keypoints only."),
+                io.Int.Input("min_mask_pixels", default=16, min=1, max=1000000, advanced=True,
+                             tooltip="Frames where a mask is smaller than this are left missing."),
+            ],
+            outputs=[t.Bodies.Output("bodies")],
+        )
+
+    @classmethod
+    def execute(cls, sam3d_body_model, frames, tracks=None, sam3_track_data=None, amodal=None, camera=None,
+                mode="full", batch_size=64, vertices=True, min_mask_pixels=16) -> io.NodeOutput:
+        if frames.ndim != 4 or frames.shape[0] < 1:
+            raise InputError(f"frames must be an IMAGE batch [T, H, W, 3], got shape {tuple(frames.shape)}")
+        n, size = int(frames.shape[0]), (int(frames.shape[1]), int(frames.shape[2]))
+        trk = _tracks_input(tracks, sam3_track_data, size)
+        check_same_frames(frames=n, tracks=trk.num_frames, **({"amodal": amodal.num_frames} if amodal else {}))
+        cam = (camera if camera is not None else Camera.default(size, n)).check_frames(n)
+        items = items_from_tracks(trk, amodal, min_mask_pixels)
+        if not items:
+            log.warning("no object has a mask on any frame; returning empty bodies")
+        model = sam3d_body_model.ready()
+        results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
+                                  hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
+                                  return_vertices=vertices)
+        faces = model.head_pose.faces.detach().cpu().numpy()
+        bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
+        return io.NodeOutput(bodies)
+
+
+NODES = [LoadSAM3DBody, BodyBatch]

@@ -1,0 +1,112 @@
+"""SAM-3D-Body nodes over the ComfyUI stand-in: loading from the models folder, batch estimation, core tracks."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from body4d_core.data import BodyFlag
+from body4d_core.sam3d_body import tiny_config
+from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+
+from .nodes_env import pack  # noqa: F401 - fixture
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def core(pack):
+    """The pack's own body4d_core modules (the node code sees these classes)."""
+    data = importlib.import_module(f"{pack.__name__}.body4d_core.data")
+    errors = importlib.import_module(f"{pack.__name__}.body4d_core.errors")
+    return data, errors
+
+
+@pytest.fixture()
+def body(pack):
+    import folder_paths
+
+    importlib.import_module(f"{pack.__name__}.nodes.comfy_glue").register_model_folders()
+    mod = importlib.import_module(f"{pack.__name__}.nodes.body")
+    root = folder_paths.get_folder_paths("sam3d_body")[0]
+    save_official_layout(random_model(tiny_config(), seed=5), f"{root}/tiny-test")
+    return mod
+
+
+def _clip(data, t: int = 3, h: int = 60, w: int = 80):
+    frames = torch.rand(t, h, w, 3)
+    masks = np.zeros((2, t, h, w), bool)
+    masks[0, :, 10:50, 20:40] = True
+    masks[1, 1:, 5:30, 50:75] = True  # object 2 absent on frame 0
+    return frames, data.Tracks.from_masks([4, 9], masks)
+
+
+def test_load_and_batch(body, core):
+    handle = body.LoadSAM3DBody.execute(checkpoint="tiny-test", precision="auto").args[0]
+    assert handle.dtype == torch.float32 and handle.info["name"] == "sam3d_body"
+    frames, tracks = _clip(core[0])
+    out = body.BodyBatch.execute(handle, frames, tracks=tracks, mode="body", batch_size=2)
+    bodies = out.args[0]
+    assert bodies.obj_ids.tolist() == [4, 9]
+    assert bodies.flags[0].tolist() == [BodyFlag.VISIBLE] * 3
+    assert bodies.flags[1].tolist() == [BodyFlag.MISSING, BodyFlag.VISIBLE, BodyFlag.VISIBLE]
+    assert bodies.vertices.shape == (2, 3, 40, 3) and bodies.faces.shape == (24, 3)
+    assert np.isfinite(bodies.params["cam_t"][bodies.present]).all()
+
+
+def test_amodal_frames_use_completion(body, core):
+    handle = body.LoadSAM3DBody.execute(checkpoint="tiny-test").args[0]
+    frames, tracks = _clip(core[0])
+    occ = np.zeros((2, 3), bool)
+    occ[0, 2] = True
+    amodal_masks = np.zeros((2, 3, 60, 80), bool)
+    amodal_masks[0, 2, 5:58, 15:45] = True
+    completed = np.full((1, 60, 80, 3), 200, np.uint8)
+    am = core[0].Amodal(np.array([4, 9]), occ, core[0].pack_masks(amodal_masks), (60, 80),
+                completed_index=np.array([[0, 2]]), completed_rgb=completed)
+    plain = body.BodyBatch.execute(handle, frames, tracks=tracks, mode="body").args[0]
+    withc = body.BodyBatch.execute(handle, frames, tracks=tracks, amodal=am, mode="body").args[0]
+    assert withc.flags[0, 2] == BodyFlag.OCCLUDED and withc.flags[0, 1] == BodyFlag.VISIBLE
+    np.testing.assert_allclose(withc.params["body_pose"][0, 1], plain.params["body_pose"][0, 1], atol=1e-5)
+    assert not np.allclose(withc.params["cam_t"][0, 2], plain.params["cam_t"][0, 2])
+
+
+def test_core_track_data_and_camera(body, core):
+    handle = body.LoadSAM3DBody.execute(checkpoint="tiny-test").args[0]
+    frames, tracks = _clip(core[0], t=2, h=64, w=64)
+    # core layout: [T, K, h, w/8] little-endian bits at the tracker's resolution (32 x 32 here)
+    small = np.zeros((2, 1, 32, 32), bool)
+    small[:, 0, 5:25, 10:20] = True
+    bits = torch.from_numpy(small).view(2, 1, 32, 4, 8).to(torch.uint8)
+    packed = (bits << torch.arange(8)).sum(-1).to(torch.uint8)
+    track_data = {"packed_masks": packed, "orig_size": (64, 64), "n_frames": 2, "scores": [0.9]}
+    cam = core[0].Camera.from_focal(90.0, (64, 64), 1, "manual")
+    bodies = body.BodyBatch.execute(handle, frames, sam3_track_data=track_data, camera=cam, mode="full",
+                                    vertices=False).args[0]
+    assert bodies.obj_ids.tolist() == [1] and bodies.present.all() and bodies.vertices is None
+    trk = body.tracks_from_core(track_data, (64, 64))
+    m = trk.masks_of(1)[0]
+    assert m[10:50, 20:40].all() and m.sum() == 40 * 20
+
+
+def test_node_errors(body, core):
+    InputError = core[1].InputError
+    handle = body.LoadSAM3DBody.execute(checkpoint="tiny-test").args[0]
+    frames, tracks = _clip(core[0])
+    with pytest.raises(InputError, match="connect tracks"):
+        body.BodyBatch.execute(handle, frames)
+    with pytest.raises(InputError, match="frame counts do not match"):
+        body.BodyBatch.execute(handle, frames[:2], tracks=tracks)
+    with pytest.raises(InputError, match="tracks are"):
+        body.BodyBatch.execute(handle, frames[:, :50], tracks=tracks)
+    with pytest.raises(InputError, match="not a checkpoint folder name"):
+        body.LoadSAM3DBody.execute(checkpoint="../escape")
