@@ -259,3 +259,71 @@ def test_moge_missing_package_message(monkeypatch):
 def test_estimate_camera_rejects_bad_frames():
     with pytest.raises(InputError, match=r"\[T, H, W, C\]"):
         fov.estimate_camera(torch.nn.Linear(1, 1), np.zeros((4, 4, 3), np.uint8))
+
+
+# --------------------------------------------------------------------------- nodes (over the ComfyUI stand-in)
+
+from .nodes_env import pack  # noqa: E402,F401 - fixture
+
+
+@pytest.fixture()
+def fov_node(pack):
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.nodes.fov")
+
+
+def test_fov_node_sources(fov_node):
+    frames = torch.rand(4, 30, 40, 3)
+    cam, deg = fov_node.FOV.execute(frames, manual_fov=60.0).args
+    assert cam.source == "manual" and cam.num_frames == 4 and abs(deg - 60.0) < 1e-3
+    cam, deg = fov_node.FOV.execute(frames, fov=40.0).args
+    assert cam.source == "manual" and abs(deg - 40.0) < 1e-3
+    cam, deg = fov_node.FOV.execute(frames, moge_geometry=_geometry(1, 60, 80, fy_n=1.0)).args
+    assert cam.source == "moge_geometry" and abs(deg - 2 * math.degrees(math.atan(0.5))) < 1e-4
+    cam, deg = fov_node.FOV.execute(frames).args
+    assert cam.source == "default" and cam.intrinsics[0, 1] == np.float32(50.0)
+
+
+def test_fov_node_errors(fov_node):
+    with pytest.raises(Exception, match="holds 2 frames but the clip has 4"):
+        fov_node.FOV.execute(torch.rand(4, 60, 80, 3), moge_geometry=_geometry(2, 60, 80))
+    with pytest.raises(Exception, match=r"IMAGE batch \[T, H, W, 3\]"):
+        fov_node.FOV.execute(torch.rand(60, 80, 3))
+
+
+def test_load_moge_node_missing_weights(fov_node, pack):
+    import folder_paths
+
+    asyncio_run_on_load(pack)
+    with pytest.raises(Exception, match="python -m body4d_core setup --models moge") as err:
+        fov_node.LoadMoGe.execute(checkpoint="moge-2-vitl-normal")
+    assert type(err.value).__name__ == "MissingWeightsError"
+    assert "moge" in folder_paths.folder_names_and_paths
+
+
+def asyncio_run_on_load(pack):
+    import asyncio
+
+    ext = asyncio.run(pack.comfy_entrypoint())
+    asyncio.run(ext.on_load())
+
+
+@needs_moge
+def test_load_moge_node_and_fov_estimate(fov_node, pack, tiny_moge):
+    import os
+
+    import folder_paths
+
+    asyncio_run_on_load(pack)
+    target = os.path.join(folder_paths.get_folder_paths("moge")[0], "moge-2-vitl-normal")
+    os.makedirs(target, exist_ok=True)
+    torch.save({"model_config": fov.TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, os.path.join(target, "model.pt"))
+    assert "moge-2-vitl-normal" in fov_node.LoadMoGe.GET_SCHEMA().inputs[0].kwargs["options"]
+    (handle,) = fov_node.LoadMoGe.execute(checkpoint="moge-2-vitl-normal").args
+    frames = torch.rand(3, 42, 56, 3, generator=torch.Generator().manual_seed(1))
+    cam, deg = fov_node.FOV.execute(frames, moge_model=handle, mode="first").args
+    expect = fov.estimate_camera(tiny_moge, frames, mode="first")
+    assert cam.num_frames == 3 and cam.source == expect.source
+    np.testing.assert_allclose(cam.intrinsics, expect.intrinsics, rtol=1e-4)
+    assert abs(deg - expect.fov_y_deg()) < 1e-3

@@ -174,3 +174,84 @@ def test_editor_frame_indices_and_size():
     assert editor_size((1080, 1920), 512) == (288, 512)
     assert editor_size((350, 350), 512) == (350, 350)
     assert editor_size((100, 50), 0) == (100, 50)
+
+
+# --------------------------------------------------------------------------- node (over the ComfyUI stand-in)
+
+from .nodes_env import pack  # noqa: E402,F401 - fixture
+
+
+@pytest.fixture()
+def points_node(pack):
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.nodes.points")
+
+
+def _files(info):
+    import os
+
+    import folder_paths
+
+    return [os.path.join(folder_paths.get_temp_directory(), info["subfolder"], f) for f in info["files"]]
+
+
+def test_points_node_outputs_prompts_preview_and_editor_frames(points_node):
+    import os
+
+    import torch
+    from PIL import Image
+
+    frames = torch.rand(6, 40, 64, 3)
+    text = _doc([{"id": 1, "points": [{"frame": 4, "x": 10, "y": 20, "label": 1}]},
+                 {"id": 2, "points": [{"frame": 1, "x": 50, "y": 30, "label": 0}]}])
+    out = points_node.SAM3Points.execute(frames, text)
+    prompts, preview = out.args
+    assert type(prompts).__name__ == "Prompts" and prompts.obj_ids == [1, 2] and prompts.frames == [1, 4]
+    assert preview.shape == (2, 40, 64, 3) and preview.dtype == torch.float32
+    # frame 4 (second preview) carries object 1's colour at its positive point; frame 1's negative is crossed
+    np.testing.assert_allclose(preview[1, 20, 10].numpy() * 255, object_color(1), atol=1)
+    np.testing.assert_allclose(preview[0, 30, 50].numpy() * 255, (255, 255, 255), atol=1)
+    info = out.ui[points_node.EDITOR_UI_KEY][0]
+    assert info["frame_indices"] == list(range(6)) and (info["width"], info["height"]) == (64, 40)
+    paths = _files(info)
+    assert len(paths) == 6 and all(os.path.isfile(p) for p in paths)
+    assert Image.open(paths[0]).size == (64, 40)
+
+
+def test_points_node_api_coordinates_and_frame_cap(points_node):
+    import torch
+
+    frames = torch.rand(50, 30, 40, 3)
+    out = points_node.SAM3Points.execute(frames, "", positive_coords='[{"x": 5, "y": 6}]',
+                                         negative_coords='[{"x": 30, "y": 20}]', coords_frame=49,
+                                         coords_object_id=3, editor_max_frames=5)
+    (item,) = out.args[0].items
+    assert (item.obj_id, item.frame, item.labels.tolist()) == (3, 49, [1, 0])
+    info = out.ui[points_node.EDITOR_UI_KEY][0]
+    assert info["frame_indices"] == [0, 12, 24, 37, 49] and len(info["files"]) == 5
+
+
+def test_points_node_errors_still_deliver_editor_frames(points_node):
+    import os
+
+    import folder_paths
+    import torch
+
+    temp = os.path.join(folder_paths.get_temp_directory(), points_node.EDITOR_SUBFOLDER)
+    before = set(os.listdir(temp)) if os.path.isdir(temp) else set()
+    with pytest.raises(Exception, match="no prompts given") as err:
+        points_node.SAM3Points.execute(torch.rand(3, 20, 20, 3), '{"version": 1, "objects": []}')
+    assert type(err.value).__name__ == "InputError"
+    assert len(set(os.listdir(temp)) - before) == 3  # thumbnails written before the check
+    with pytest.raises(Exception, match="frame 5 is past the clip"):
+        points_node.SAM3Points.execute(torch.rand(3, 20, 20, 3), _doc([{"id": 1, "points": [{"frame": 5, "x": 1, "y": 1}]}]))
+    with pytest.raises(Exception, match=r"IMAGE batch \[T, H, W, 3\]"):
+        points_node.SAM3Points.execute(torch.rand(20, 20, 3), "")
+
+
+def test_points_node_schema(points_node):
+    schema = points_node.SAM3Points.GET_SCHEMA()
+    assert schema.node_id == "SAMBody4D_SAM3Points"
+    assert [s.io_type for s in schema.outputs] == ["BODY4D_PROMPTS", "IMAGE"]
+    assert [s.id for s in schema.inputs][:2] == ["frames", "prompts"]
