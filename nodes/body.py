@@ -5,45 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from comfy_api.latest import io
 
-from ..body4d_core.data import Camera, Tracks, check_same_frames, pack_masks
+from ..body4d_core.data import Camera, Tracks, check_same_frames
 from ..body4d_core.errors import InputError
 from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+from ..body4d_core.sam3.core_interop import tracks_from_core
 from ..body4d_core.sam3d_body.items import items_from_tracks
 from . import comfy_glue as glue
 from . import types as t
 
 log = logging.getLogger(__name__)
-
-
-def tracks_from_core(track_data: dict, image_size: tuple[int, int]) -> Tracks:
-    """Core SAM3_TRACK_DATA (bit-packed [T, K, h, w/8] little-endian, tracker resolution) -> Tracks.
-
-    Core object index k becomes object id k + 1; masks are resized (nearest) to the frames' size.
-    """
-    packed = track_data.get("packed_masks") if isinstance(track_data, dict) else None
-    h, w = image_size
-    if packed is None:
-        n_frames = int(track_data.get("n_frames", 0)) if isinstance(track_data, dict) else 0
-        raise InputError(f"the SAM3 track data holds no objects ({n_frames} frames): nothing to estimate")
-    packed = torch.as_tensor(packed)
-    n_frames, n_obj = int(packed.shape[0]), int(packed.shape[1])
-    out = np.zeros((n_obj, n_frames, h, (w + 7) // 8), np.uint8)
-    shifts = torch.arange(8, device=packed.device)
-    for f in range(n_frames):
-        bits = ((packed[f].unsqueeze(-1) >> shifts) & 1).flatten(-2).float()  # [K, h', w']
-        masks = F.interpolate(bits[None], size=(h, w), mode="nearest")[0] > 0.5
-        out[:, f] = pack_masks(masks.cpu().numpy())
-    scores = track_data.get("scores")
-    sc = None
-    if scores is not None and len(scores) == n_obj:
-        sc = np.repeat(np.asarray([float(s) for s in scores], np.float32)[:, None], n_frames, 1)
-    return Tracks(np.arange(1, n_obj + 1), out, (h, w), sc)
 
 
 class LoadSAM3DBody(io.ComfyNode):
@@ -84,7 +56,10 @@ def _tracks_input(tracks: Any, sam3_track_data: Any, size: tuple[int, int]) -> T
                              "for propagation and body estimation")
         return tracks
     if sam3_track_data is not None:
-        return tracks_from_core(sam3_track_data, size)
+        trk = tracks_from_core(sam3_track_data)
+        if tuple(trk.image_size) != size:
+            raise InputError(f"the SAM3 track data is for {trk.image_size} (H, W) frames but the frames are {size}")
+        return trk
     raise InputError("connect tracks (SAM-Body4D Propagate) or sam3_track_data (core SAM3 Video Track)")
 
 

@@ -93,9 +93,9 @@ def test_core_track_data_and_camera(body, core):
     bodies = body.BodyBatch.execute(handle, frames, sam3_track_data=track_data, camera=cam, mode="full",
                                     vertices=False).args[0]
     assert bodies.obj_ids.tolist() == [1] and bodies.present.all() and bodies.vertices is None
-    trk = body.tracks_from_core(track_data, (64, 64))
-    m = trk.masks_of(1)[0]
-    assert m[10:50, 20:40].all() and m.sum() == 40 * 20
+    box = bodies.extras["model_params"].shape
+    assert box == (1, 2, 204)
+    np.testing.assert_allclose(bodies.params["cam_t"][0, 0], bodies.params["cam_t"][0, 1], rtol=2e-2)  # same box both frames
 
 
 def test_node_errors(body, core):
