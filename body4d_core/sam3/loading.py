@@ -81,12 +81,15 @@ def load_sam3(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     with_detector: bool = True,
+    move: bool = True,
 ) -> Sam3Bundle:
     """Load the official transformers-format ``facebook/sam3`` folder (safetensors only).
 
-    ``dtype`` auto picks bf16 on GPUs that support it, fp32 on CPU (reduced precision on
-    CPU is refused: it is slow and inaccurate). Raises MissingWeightsError naming the
-    missing files, the folder and the download command.
+    ``device`` is where SAM-3 will run; ``dtype`` auto picks bf16 on GPUs that support it
+    and fp32 on the CPU (reduced precision on the CPU is refused: slow and inaccurate).
+    Weights load on the CPU and move to ``device`` unless ``move`` is False (ComfyUI's model
+    management moves them). Raises MissingWeightsError naming the missing files, the folder
+    and the download command.
     """
     tf = _transformers()
     directory = resolve_model_dir("sam3", search_dirs=search_dirs, explicit=model_dir)
@@ -108,7 +111,7 @@ def load_sam3(
         det_proc = _load_detector_processor(directory)
     bundle = Sam3Bundle(tracker.eval(), _load_processor(directory, int(tracker.config.image_size)),
                         detector.eval() if detector is not None else None, det_proc, dt)
-    return bundle.to(dev)
+    return bundle.to(dev) if move else bundle
 
 
 def _load_detector_processor(directory: Path) -> Any:
@@ -165,3 +168,25 @@ def tiny_sam3(image_size: int = 112, seed: int = 0, with_detector: bool = False,
         detector, det_proc = tiny_detector(image_size, seed)
         share_backbone(tracker, detector)
     return Sam3Bundle(tracker, build_processor(image_size), detector, det_proc, torch.float32)
+
+
+def save_tiny_checkpoint(directory: str | Path, image_size: int = 112, seed: int = 0) -> Path:
+    """Write a tiny random SAM-3 in the official ``facebook/sam3`` on-disk layout (tests, demos).
+
+    A ``Sam3VideoModel`` (detector + tracker, keys ``detector_model.*``, ``tracker_model.*``,
+    ``tracker_neck.*``) plus the detector processor files, loadable by ``load_sam3``.
+    """
+    tf = _transformers()
+    from .detect import tiny_detector
+
+    detector, det_proc = tiny_detector(image_size, seed)
+    cfg = tf.Sam3VideoConfig(detector_config=detector.config.to_dict(),
+                             tracker_config=tiny_tracker_config(image_size).to_dict())
+    torch.manual_seed(seed)
+    model = tf.Sam3VideoModel(cfg).eval()
+    with torch.no_grad():  # objects present, so masks are not empty (see tiny_sam3)
+        model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    directory = Path(directory)
+    model.save_pretrained(str(directory))
+    det_proc.save_pretrained(str(directory))
+    return directory
