@@ -11,7 +11,8 @@ Rules (mirroring the frontend, ComfyUI 0.33 / frontend 1.49):
   ``seed``/``noise_seed`` without that option) is followed by its control value; an image or
   video upload combo by one upload value, an audio upload combo by two; a dynamic combo
   (``COMFY_DYNAMICCOMBO_V3``) is followed by the widgets of its selected option, named
-  ``<combo>.<child>``. Inputs marked ``forceInput`` or ``hidden`` have no widget.
+  ``<combo>.<child>``. Inputs marked ``forceInput`` have no widget; ``hidden`` ones do (not drawn).
+  Missing trailing values (a node that gained widgets since the save) take their defaults.
 - Links replace widget values. Reroutes are followed, bypassed nodes (mode 4) pass their
   first input of the matching type through, muted nodes (mode 2) and frontend-only nodes
   (Note, MarkdownNote, Reroute, PrimitiveNode) are dropped; a PrimitiveNode's value is
@@ -42,6 +43,7 @@ WIDGET_TYPES = frozenset({
     "COLOR", "COLORS", "BOUNDING_BOX", "CURVE", "COMPOSITOR", "LOAD_3D", "LOAD_3D_ANIMATION",
     "WEBCAM", "AUDIO_RECORD",
 })
+UNSTORED_WIDGETS = {"IMAGECOMPARE": {}, "HISTOGRAM": {}}  # drawn, never saved; the server gets a placeholder
 UPLOAD_SLOTS = {"image_upload": 1, "video_upload": 1, "audio_upload": 2}
 SEED_NAMES = ("seed", "noise_seed")
 SUBGRAPH_INPUT_ID = -10
@@ -95,7 +97,7 @@ def combo_options(spec: list) -> list | None:
 def is_widget(spec: list) -> bool:
     """Whether the frontend draws a widget (and stores a ``widgets_values`` slot) for the input."""
     opts = _opts(spec)
-    if opts.get("forceInput") or opts.get("hidden"):
+    if opts.get("forceInput"):
         return False
     return _type(spec) in WIDGET_TYPES or bool(opts.get("widgetType"))
 
@@ -103,7 +105,7 @@ def is_widget(spec: list) -> bool:
 def extra_slots(name: str, spec: list) -> int:
     """Values the frontend stores after a widget's own value (control mode, upload buttons)."""
     opts, kind = _opts(spec), _type(spec)
-    n = sum(count for flag, count in UPLOAD_SLOTS.items() if opts.get(flag))
+    n = sum(count for flag, count in UPLOAD_SLOTS.items() if opts.get(flag)) if kind == "COMBO" else 0
     control = opts.get("control_after_generate")
     if kind in ("INT", "COMBO") and (control if control is not None else (kind == "INT" and name in SEED_NAMES)):
         n += 1
@@ -180,7 +182,7 @@ def check_value(name: str, value: Any, spec: list) -> str | None:
     """Why a literal widget value does not fit its spec (combo choice, number range), else None."""
     opts, kind = _opts(spec), _type(spec)
     choices = combo_options(spec)
-    if choices is not None and choices and value not in choices and not opts.get("multiselect"):
+    if choices is not None and value not in choices and not opts.get("multiselect") and not opts.get("remote"):
         return f"'{name}' = {value!r} is not one of {choices[:8]}{'...' if len(choices) > 8 else ''}"
     if kind in ("INT", "FLOAT"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -202,6 +204,7 @@ class _Graph:
     links: dict[int, tuple[int, int, int, int, str]]
     prefix: str = ""
     inputs_from: dict[int, Any] = field(default_factory=dict)  # subgraph input slot -> outer source
+    overrides: dict[tuple[str, str], Any] = field(default_factory=dict)  # (inner id, widget) -> value
 
 
 def _links(raw: list) -> dict[int, tuple[int, int, int, int, str]]:
@@ -251,15 +254,41 @@ class _Converter:
         sg = self.subgraphs[node["type"]]
         inner = _Graph({int(n["id"]): n for n in sg.get("nodes", [])}, _links(sg.get("links")),
                        prefix=f"{g.prefix}{node['id']}:")
-        for slot, inp in enumerate(node.get("inputs", [])):
-            inner.inputs_from[slot] = self._source(g, inp.get("link")) if inp.get("link") is not None else None
+        outer = {inp.get("name"): inp for inp in node.get("inputs", [])}
         widgets = node.get("widgets_values")
-        if isinstance(widgets, list) and widgets:  # promoted widgets: values for unlinked subgraph inputs
-            widget_slots = [s for s, inp in enumerate(node.get("inputs", [])) if inp.get("widget")]
-            for k, slot in enumerate(widget_slots[:len(widgets)]):
-                if inner.inputs_from.get(slot) is None:
-                    inner.inputs_from[slot] = ("literal", widgets[k])
+        proxy = (node.get("properties") or {}).get("proxyWidgets")
+        promoted = {}
+        if isinstance(widgets, list) and widgets and proxy:  # values of promoted inner widgets
+            entries = [e for e in proxy if isinstance(e, list) and len(e) == 2 and not str(e[1]).startswith("$$")]
+            for (inner_id, wname), value in zip(entries, widgets):
+                inner.overrides[(str(inner_id), str(wname))] = value
+        elif isinstance(widgets, list) and widgets:  # older saves: one value per widget-typed input
+            names = [i.get("name") for i in sg.get("inputs", []) if i.get("type") in WIDGET_TYPES]
+            promoted = dict(zip(names, widgets))
+        for slot, sg_input in enumerate(sg.get("inputs", [])):
+            inp = outer.get(sg_input.get("name"), {})
+            if inp.get("link") is not None:
+                inner.inputs_from[slot] = self._source(g, inp["link"])
+            elif sg_input.get("name") in promoted:
+                inner.inputs_from[slot] = ("literal", promoted[sg_input["name"]])
+            else:
+                inner.inputs_from[slot] = self._promoted_value(inner, slot)
         return inner
+
+    def _promoted_value(self, inner: _Graph, slot: int) -> tuple | None:
+        """An unlinked subgraph input takes the value of an inner widget it feeds (as the frontend does)."""
+        for origin_id, origin_slot, target_id, target_slot, _ in inner.links.values():
+            if int(origin_id) != SUBGRAPH_INPUT_ID or int(origin_slot) != slot:
+                continue
+            target = inner.nodes.get(int(target_id)) or {}
+            ins = target.get("inputs") or []
+            widget = (ins[int(target_slot)].get("widget") or {}).get("name") if int(target_slot) < len(ins) else None
+            if widget and target.get("type") in self.info:
+                values = assign_widgets(target.get("widgets_values"), self.info[target["type"]], "", Report())
+                value = inner.overrides.get((str(target_id), widget), values.get(widget))
+                if value is not None:
+                    return ("literal", value)
+        return None
 
     def _convert_node(self, g: _Graph, node: dict) -> dict:
         kind, nid = node["type"], node["id"]
@@ -267,6 +296,12 @@ class _Converter:
         where = f"node {g.prefix}{nid} ({kind})"
         specs = dict(ordered_inputs(info))
         inputs = assign_widgets(node.get("widgets_values"), info, where, self.report)
+        for (inner_id, wname), value in g.overrides.items():
+            if inner_id == str(nid) and wname in inputs:
+                inputs[wname] = value
+        for name, spec in specs.items():  # widgets the frontend computes instead of storing
+            if name not in inputs and _type(spec) in UNSTORED_WIDGETS and name in info["input"].get("required", {}):
+                inputs[name] = UNSTORED_WIDGETS[_type(spec)]
         dynamic = any(_type(s).startswith("COMFY_") for s in specs.values())
         for inp in node.get("inputs", []):
             name = inp.get("name")

@@ -129,10 +129,10 @@ class ComfyServer:
         self.stop()
         raise ComfyServerError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server (SIGINT, then SIGKILL) and remove its temporary folder."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its temporary folder."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
