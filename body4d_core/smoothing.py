@@ -45,7 +45,7 @@ class SmoothSettings:
 
     mode: str = "offline"  # offline (forward + RTS) | causal (forward only)
     motion: str = "velocity"  # velocity | acceleration
-    window: float = 4.0  # effective smoothing span in frames (bigger = smoother)
+    window: float = 2.5  # smoothing span parameter in frames (bigger = smoother, more lag)
     occluded_noise: float = 4.0  # observation variance factor on OCCLUDED frames
     outlier_threshold: float = 4.0  # robust z-score above which a frame is down-weighted
     max_gap: int = 60  # longest run of missing frames bridged (0 = never bridge)
