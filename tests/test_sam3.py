@@ -14,6 +14,7 @@ from body4d_core.video import LoadOptions, load_video
 from tests.media import DANCER, need
 
 T, SIDE, MID = 18, 96, 9
+T_LONG = 30  # longer than the tracker's reach (16 frames), so memory pruning is exercised
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,11 +32,16 @@ def bundle():
 
 
 @pytest.fixture(scope="module")
-def frames() -> np.ndarray:
-    """18 real frames of the dancer clip, downscaled to 96x96 (uint8 [T, H, W, 3])."""
-    out, clip = load_video(need(DANCER), LoadOptions(frame_load_cap=T, max_side=SIDE))
-    assert out.shape == (T, SIDE, SIDE, 3) and clip.num_frames == T
+def long_frames() -> np.ndarray:
+    """30 real frames of the dancer clip, downscaled to 96x96 (uint8 [T, H, W, 3])."""
+    out, clip = load_video(need(DANCER), LoadOptions(frame_load_cap=T_LONG, max_side=SIDE))
+    assert out.shape == (T_LONG, SIDE, SIDE, 3) and clip.num_frames == T_LONG
     return out
+
+
+@pytest.fixture(scope="module")
+def frames(long_frames) -> np.ndarray:
+    return long_frames[:T]
 
 
 def two_objects(frame: int = MID, order: int = 1) -> Prompts:
@@ -94,13 +100,15 @@ def _reference(bundle, frames: np.ndarray, prompt: ObjectPrompt, reverse: bool) 
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_streamed_pruned_tracking_matches_transformers_reference(bundle, frames, reverse):
-    prompt = ObjectPrompt(2, MID, [[48, 40]], [1])
-    ours = propagate(bundle, frames, Prompts([prompt], (SIDE, SIDE), T), "backward" if reverse else "forward")
-    ref = _reference(bundle, frames, prompt, reverse)
-    assert sorted(ref) == (list(range(0, MID + 1)) if reverse else list(range(MID, T)))
+def test_streamed_pruned_tracking_matches_transformers_reference(bundle, long_frames, reverse):
+    start = T_LONG - 2 if reverse else 1  # 29 tracked frames: older memories get pruned on the way
+    prompt = ObjectPrompt(2, start, [[48, 40]], [1])
+    ours = propagate(bundle, long_frames, Prompts([prompt], (SIDE, SIDE), T_LONG), "backward" if reverse else "forward")
+    ref = _reference(bundle, long_frames, prompt, reverse)
+    assert sorted(ref) == (list(range(0, start + 1)) if reverse else list(range(start, T_LONG)))
     for t, mask in ref.items():
         np.testing.assert_array_equal(ours.masks_of(2, slice(t, t + 1))[0], mask, err_msg=f"frame {t}")
+    assert ours.present.sum() == len(ref)
 
 
 @pytest.mark.parametrize("width", [1, 7, 8, 13, 96])

@@ -36,8 +36,8 @@ def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
     if pad:
         m = F.pad(m, (0, pad))
     m = m.reshape(*m.shape[:-1], -1, 8)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=m.device)
-    return (m * weights).sum(-1, dtype=torch.uint8)
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int32, device=m.device)
+    return (m.to(torch.int32) * weights).sum(-1).to(torch.uint8)
 
 
 @dataclass
