@@ -239,7 +239,7 @@ class VASPipeline:
                     torch.cuda.empty_cache()
                     continue
                 for (j, s, e), frames in zip(batch, res):
-                    outs[j][s:e] += frames * weights[j][(s, e)].view(-1, 1, 1, 1)
+                    outs[j][s:e] += frames * torch.from_numpy(weights[j][(s, e)]).view(-1, 1, 1, 1)
                 k += len(batch)
                 done += len(batch)
                 hooks.progress(done, total)
