@@ -1,0 +1,250 @@
+"""Write results to disk: MP4, per-person per-frame PLY/OBJ, one params .npz, animated GLB.
+
+Folders and files are keyed by object id (``person_<id>``), never by list position.
+Meshes are written in an OpenGL-style camera frame (x right, y up, z towards the viewer:
+the OpenCV camera frame rotated 180 degrees about x), in metres, with ``cam_t`` applied,
+so people keep their place and motion in the shot. The animated GLB holds one node per
+frame, shown only on its frame by a STEP scale animation: any glTF viewer plays it
+(ComfyUI's Load 3D & Animation / Preview 3D, Blender, three.js).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .data import BodyFlag, Bodies, Camera
+from .errors import Body4DError, InputError
+from .palette import object_color_float
+from .runtime import NULL_HOOKS, Hooks
+
+log = logging.getLogger(__name__)
+
+CV_TO_GL = np.array([1.0, -1.0, -1.0], np.float32)  # 180 degrees about x
+
+
+class ExportError(Body4DError):
+    """An output could not be written (path not writable, disk full)."""
+
+
+def _writable_dir(path: str | Path) -> Path:
+    """Create the folder (and parents) or raise one clear error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create output folder {path}: {err.strerror or err}") from err
+    if not os.access(path, os.W_OK):
+        raise ExportError(f"output folder {path} is not writable")
+    return path
+
+
+def _check_bodies(bodies: Bodies, what: str) -> None:
+    if not bodies.present.any():
+        raise InputError(f"{what}: the bodies hold no frame with a person; nothing to export")
+
+
+# --------------------------------------------------------------------------- video
+
+
+def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: float,
+              image_size: tuple[int, int] | None = None, crf: int = 18) -> Path:
+    """Encode uint8 RGB frames [H, W, 3] to H.264 MP4 (yuv420p; odd sizes padded by one pixel)."""
+    import av
+
+    if not fps > 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    path = Path(path)
+    _writable_dir(path.parent)
+    count = 0
+    try:
+        container = av.open(str(path), mode="w")
+    except (OSError, av.error.FFmpegError) as err:  # type: ignore[attr-defined]
+        raise ExportError(f"cannot write video {path}: {err}") from err
+    stream = None
+    try:
+        for frame in images:
+            frame = np.asarray(frame)
+            if frame.dtype != np.uint8:
+                frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise InputError(f"video frames must be [H, W, 3], got shape {frame.shape}")
+            if image_size is not None and tuple(frame.shape[:2]) != tuple(image_size):
+                raise InputError(f"frame {count} is {frame.shape[0]}x{frame.shape[1]}, expected "
+                                 f"{image_size[0]}x{image_size[1]}")
+            h, w = frame.shape[:2]
+            if stream is None:
+                from fractions import Fraction
+
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height = w + (w % 2), h + (h % 2)
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf)}
+            if (h % 2) or (w % 2):
+                frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    finally:
+        container.close()
+    if count == 0:
+        path.unlink(missing_ok=True)
+        raise InputError("no frames to write to the video")
+    return path
+
+
+# --------------------------------------------------------------------------- params
+
+
+def save_params(bodies: Bodies, path: str | Path, camera: Camera | None = None) -> Path:
+    """All bodies (params, flags, keypoints, optional vertices) in one .npz; the camera beside it."""
+    _check_bodies(bodies, "Save params")
+    path = Path(path)
+    _writable_dir(path.parent)
+    try:
+        out = bodies.save_npz(path)
+        if camera is not None:
+            camera.save_npz(out.with_name(out.stem + "_camera.npz"))
+    except OSError as err:
+        raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+    return out
+
+
+# --------------------------------------------------------------------------- meshes
+
+
+def world_vertices(bodies: Bodies, i: int, t: int, verts: np.ndarray | None = None) -> np.ndarray:
+    """Vertices of person index i on frame t with cam_t, in the OpenGL camera frame [V, 3]."""
+    v = bodies.vertices[i, t] if verts is None else verts
+    return ((v + bodies.params["cam_t"][i, t]) * CV_TO_GL).astype(np.float32)
+
+
+def _need_mesh(bodies: Bodies, what: str) -> np.ndarray:
+    if bodies.vertices is None or bodies.faces is None:
+        raise InputError(f"{what}: the bodies carry no vertices/faces; run SAM3D Body with vertices on")
+    _check_bodies(bodies, what)
+    # faces in the OpenGL frame keep their winding: a 180-degree rotation is proper
+    return bodies.faces
+
+
+def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: Hooks = NULL_HOOKS) -> Path:
+    """One mesh per person per present frame: <out_dir>/person_<id>/<frame:08d>.<fmt>."""
+    import trimesh
+
+    if fmt not in ("ply", "obj"):
+        raise InputError(f"mesh format must be 'ply' or 'obj', got {fmt!r}")
+    faces = _need_mesh(bodies, "Export meshes")
+    root = _writable_dir(out_dir)
+    total = int(bodies.present.sum())
+    done = 0
+    for i, oid in enumerate(bodies.obj_ids.tolist()):
+        folder = _writable_dir(root / f"person_{oid}")
+        color = (np.append(object_color_float(oid), 1.0) * 255).astype(np.uint8)
+        for t in np.flatnonzero(bodies.present[i]):
+            hooks.check_interrupt()
+            mesh = trimesh.Trimesh(world_vertices(bodies, i, int(t)), faces, process=False,
+                                   vertex_colors=np.tile(color, (bodies.vertices.shape[2], 1)))
+            try:
+                mesh.export(folder / f"{int(t):08d}.{fmt}")
+            except OSError as err:
+                raise ExportError(f"cannot write {folder}: {err.strerror or err}") from err
+            done += 1
+            hooks.progress(done, total)
+    return root
+
+
+# --------------------------------------------------------------------------- GLB
+
+
+def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    vn = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(vn, f[:, k], fn)
+    n = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.where(n > 0, n, 1.0)).astype(np.float32)
+
+
+def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> bytes:
+    """Animated GLB of person index i: a node per present frame, visible on its frame only."""
+    import pygltflib as g
+
+    faces = np.ascontiguousarray(_need_mesh(bodies, "Save GLB"), dtype=np.uint32)
+    frames = np.flatnonzero(bodies.present[i])
+    if frames.size == 0:
+        raise InputError(f"Save GLB: person {int(bodies.obj_ids[i])} is on no frame")
+    blob = bytearray()
+    views: list[g.BufferView] = []
+    accessors: list[g.Accessor] = []
+
+    def add(arr: np.ndarray, ctype: int, atype: str, target: int | None = None, minmax: bool = False) -> int:
+        while len(blob) % 4:
+            blob.append(0)
+        views.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=arr.nbytes, target=target))
+        blob.extend(arr.tobytes())
+        acc = g.Accessor(bufferView=len(views) - 1, componentType=ctype, count=int(arr.shape[0]), type=atype)
+        if minmax:
+            acc.min = arr.min(0).reshape(-1).tolist()
+            acc.max = arr.max(0).reshape(-1).tolist()
+        accessors.append(acc)
+        return len(accessors) - 1
+
+    idx_acc = add(faces.reshape(-1), g.UNSIGNED_INT, g.SCALAR, g.ELEMENT_ARRAY_BUFFER)
+    oid = int(bodies.obj_ids[i])
+    mat = g.Material(name=f"person_{oid}", doubleSided=True, pbrMetallicRoughness=g.PbrMetallicRoughness(
+        baseColorFactor=[*object_color_float(oid).tolist(), 1.0], metallicFactor=0.0, roughnessFactor=0.7))
+    meshes, nodes, channels, samplers = [], [], [], []
+    for t in frames.tolist():
+        v = world_vertices(bodies, i, t)
+        attrs = g.Attributes(POSITION=add(v, g.FLOAT, g.VEC3, g.ARRAY_BUFFER, minmax=True))
+        if with_normals:
+            attrs.NORMAL = add(_normals(v, faces.astype(np.int64)), g.FLOAT, g.VEC3, g.ARRAY_BUFFER)
+        meshes.append(g.Mesh(name=f"frame_{t:06d}", primitives=[g.Primitive(attributes=attrs, indices=idx_acc,
+                                                                                 material=0)]))
+        shown = 1.0 if t == frames[0] else 0.0  # a still viewer shows the first frame
+        nodes.append(g.Node(name=f"frame_{t:06d}", mesh=len(meshes) - 1, scale=[shown] * 3))
+        # STEP keys: visible on [t, t+1) / fps only
+        keys = ([(0.0, 0.0)] if t > 0 else []) + [(t / fps, 1.0)]
+        if t + 1 < bodies.num_frames:
+            keys.append(((t + 1) / fps, 0.0))
+        times, vals = zip(*keys)
+        tin = add(np.asarray(times, np.float32), g.FLOAT, g.SCALAR, minmax=True)
+        tout = add(np.repeat(np.asarray(vals, np.float32)[:, None], 3, 1), g.FLOAT, g.VEC3)
+        samplers.append(g.AnimationSampler(input=tin, output=tout, interpolation="STEP"))
+        channels.append(g.AnimationChannel(sampler=len(samplers) - 1,
+                                           target=g.AnimationChannelTarget(node=len(nodes) - 1, path="scale")))
+    root = g.Node(name=f"person_{oid}", children=list(range(len(nodes))))
+    nodes.append(root)
+    gltf = g.GLTF2(
+        asset=g.Asset(generator="ComfyUI SAM-Body4D", version="2.0"),
+        scene=0, scenes=[g.Scene(nodes=[len(nodes) - 1])], nodes=nodes, meshes=meshes, materials=[mat],
+        accessors=accessors, bufferViews=views, buffers=[g.Buffer(byteLength=len(blob))],
+        animations=[g.Animation(name="body4d", channels=channels, samplers=samplers)],
+    )
+    gltf.set_binary_blob(bytes(blob))
+    return b"".join(gltf.save_to_bytes())
+
+
+def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: str = "body4d",
+              hooks: Hooks = NULL_HOOKS) -> Path:
+    """One animated GLB per person: <out_dir>/<prefix>_person_<id>.glb; returns the folder."""
+    if not fps > 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    _need_mesh(bodies, "Save GLB")
+    root = _writable_dir(out_dir)
+    for k, i in enumerate(np.flatnonzero(bodies.present.any(1))):
+        hooks.check_interrupt()
+        path = root / f"{prefix}_person_{int(bodies.obj_ids[i])}.glb"
+        try:
+            path.write_bytes(glb_bytes(bodies, int(i), fps))
+        except OSError as err:
+            raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+        hooks.progress(k + 1, bodies.num_objects)
+    return root
