@@ -21,11 +21,13 @@ only when a model is built.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +66,29 @@ TINY_MOGE_CONFIG: dict[str, Any] = {
     "scale_head": {"dims": [384, 64, 1]},
     "remap_output": "exp",
     "num_tokens_range": [64, 144],
+}
+
+
+def _vitl_head(out_channels: int) -> dict[str, Any]:
+    dims = [1024, 256, 128, 64, 32]
+    return {"dim_in": list(dims), "dim_out": [None, None, None, None, out_channels], "dim_res_blocks": list(dims),
+            "num_res_blocks": [0, 1, 1, 1, 0], "res_block_in_norm": "none", "res_block_hidden_norm": "none",
+            "resamplers": list(_RESAMPLERS)}
+
+
+# The published MoGe-2 ViT-L layout (microsoft/MoGe configs/train/v2.json), for benchmarks with random
+# weights at the real size; the official model.pt carries its own copy in 'model_config'.
+MOGE2_VITL_CONFIG: dict[str, Any] = {
+    "encoder": {"backbone": "dinov2_vitl14", "intermediate_layers": [5, 11, 17, 23], "dim_out": 1024},
+    "neck": {"dim_in": [1026, 2, 2, 2, 2], "dim_out": None, "dim_res_blocks": [1024, 256, 128, 64, 32],
+             "num_res_blocks": [0, 2, 2, 2, 0], "res_block_in_norm": "none", "res_block_hidden_norm": "none",
+             "resamplers": list(_RESAMPLERS)},
+    "points_head": _vitl_head(3),
+    "normal_head": _vitl_head(3),
+    "mask_head": _vitl_head(1),
+    "scale_head": {"dims": [1024, 1024, 1024, 1]},
+    "remap_output": "exp",
+    "num_tokens_range": [1200, 3600],
 }
 
 
@@ -230,13 +255,50 @@ def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
     return _model_from_state(ckpt["model_config"], ckpt["model"], path).to(device)
 
 
+_INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+               "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Skip random init while building a model whose parameters are all loaded right after.
+
+    MoGe-2 ViT-L spends ~30 s of CPU filling 331M random weights that the checkpoint then
+    overwrites. The torch.nn.init functions (and DINOv2's imported trunc_normal_) become
+    no-ops only inside this block and are restored after it; every parameter is then
+    required in the checkpoint (``_model_from_state`` checks), so none stays uninitialised.
+    """
+    import torch.nn.init as init
+
+    _moge_class()  # the clear "install moge" error comes first
+
+    def noop(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    saved = {name: getattr(init, name) for name in _INIT_FUNCS}
+    vit = importlib.import_module("moge.model.dinov2.models.vision_transformer")
+    saved_vit = getattr(vit, "trunc_normal_", None)
+    try:
+        for name in _INIT_FUNCS:
+            setattr(init, name, noop)
+        if saved_vit is not None:
+            vit.trunc_normal_ = noop
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+        if saved_vit is not None:
+            vit.trunc_normal_ = saved_vit
+
+
 def _model_from_state(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> torch.nn.Module:
     """Build the architecture and load the checkpoint tensors (fp32).
 
     Missing parameters are an error; missing buffers keep their constructor values and
     extra keys are ignored, both with a warning (upstream loads with strict=False too).
     """
-    model = build_moge(config)
+    with _no_weight_init():
+        model = build_moge(config)
     params = {name for name, _ in model.named_parameters()}
     missing_params = sorted(k for k in params if k not in state)
     if missing_params:

@@ -224,7 +224,11 @@ def test_official_checkpoint_layout_loads(tiny_moge, tmp_path):
     path = tmp_path / "moge-2-vitl-normal" / "model.pt"
     path.parent.mkdir()
     torch.save({"model_config": fov.TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, path)
+    import torch.nn.init as init
+
+    uniform = init.uniform_
     loaded = fov.load_moge(search_dirs=[tmp_path])
+    assert init.uniform_ is uniform  # the no-init shortcut used while loading is undone
     ref = tiny_moge.state_dict()
     got = loaded.state_dict()
     assert set(got) == set(ref)
