@@ -173,3 +173,37 @@ def test_widget_order_of_load_video_matches_workflow(comfy_server):
     graph = _load_video_preview_graph(comfy_server)
     load = next(n for n in graph.values() if n["class_type"] == "SAMBody4D_LoadVideo")["inputs"]
     assert list(load)[:len(names)] == names
+
+
+def _frontend_validator(comfy_python: str) -> tuple[Path, str]:
+    """The frontend chunk exporting validateComfyWorkflow and its export alias, or skip."""
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: cannot run the frontend's workflow validator")
+    proc = subprocess.run([comfy_python, "-c", "import comfyui_frontend_package as p, os; "
+                           "print(os.path.join(os.path.dirname(p.__file__), 'static', 'assets'))"],
+                          capture_output=True, text=True, timeout=120)
+    assets = Path(proc.stdout.strip() or "/nonexistent")
+    for chunk in sorted(assets.glob("*.js")):
+        text = chunk.read_text(errors="replace")
+        match = re.search(r"validateComfyWorkflow as (\w+)", text)
+        if match and "export{" in text:
+            return chunk, match.group(1)
+    pytest.skip(f"no frontend chunk exporting validateComfyWorkflow under {assets}")
+
+
+def test_workflows_pass_the_frontend_schema(comfy_server):
+    """Every UI workflow loads in the installed frontend: its own zod schema accepts it."""
+    import subprocess
+
+    chunk, name = _frontend_validator(comfy_server.python)
+    proc = subprocess.run([shutil.which("node"), str(Path(__file__).parent / "frontend_validate.mjs"),
+                           chunk.as_uri(), name, *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=300)
+    results = [json.loads(ln[len("@@FRONTEND@@"):]) for ln in proc.stdout.splitlines() if ln.startswith("@@FRONTEND@@")]
+    if not results:
+        pytest.skip(f"the frontend bundle could not be loaded in node: {(proc.stdout + proc.stderr)[-800:]}")
+    assert len(results) == len(WORKFLOWS)
+    bad = [f"{Path(r['file']).name}: {' '.join(r['errors'])[:1500]}" for r in results if not r["valid"]]
+    assert not bad, "\n".join(bad)
