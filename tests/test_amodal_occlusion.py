@@ -315,3 +315,26 @@ def test_missing_weights_names_files_folder_and_command(tmp_path):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("{}")
         load_amodal_models([tmp_path], device="cpu")
+
+
+def test_preview_composite_and_union():
+    from body4d_core.amodal.preview import amodal_union, composite_completed
+
+    truth, vis = sliding_clip()
+    out, _, _, _, frames = run({1: truth}, {1: vis})
+    u8 = (frames.numpy() * 255).astype(np.uint8)
+    comp = composite_completed(u8, out)
+    for t in range(16):
+        if out.occluded[0, t]:
+            assert np.all(comp[t][truth[t]] == round(0.1 * 255))  # the fake completion inside the amodal mask
+            np.testing.assert_array_equal(comp[t][~truth[t]], u8[t][~truth[t]])
+        else:
+            np.testing.assert_array_equal(comp[t], u8[t])
+    part = composite_completed(u8[4:6], out, start=4)
+    np.testing.assert_array_equal(part, comp[4:6])
+    union = amodal_union(out)
+    assert union.shape == (16, H, W)
+    np.testing.assert_array_equal(union[5], truth[5])
+    np.testing.assert_array_equal(union[0], vis[0])
+    with pytest.raises(InputError, match="do not match"):
+        composite_completed(u8[:, :10], out)

@@ -22,12 +22,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_depth_model(directory: str | Path, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
+                     dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None
+                     ) -> tuple[torch.nn.Module, dict]:
     """Load a transformers Depth Anything (V2) folder; returns (model, preprocessing settings)."""
     from transformers import DepthAnythingForDepthEstimation
 
     directory = Path(directory)
-    weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
+    if weight_dtype is None:
+        weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
     model = DepthAnythingForDepthEstimation.from_pretrained(directory, dtype=weight_dtype).to(device).eval()
     return model, read_preprocessing(directory)
 

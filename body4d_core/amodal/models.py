@@ -68,6 +68,17 @@ class AmodalModels:
             out.append(self.depth.model)
         return out
 
+    def module_dict(self) -> torch.nn.ModuleDict:
+        """All networks in one module (what ComfyUI's model patcher moves and frees)."""
+        names = ("mask_unet", "mask_vae", "mask_clip", "content_unet", "content_vae", "content_clip")
+        mods = {}
+        for prefix, part in (("mask", self.mask), ("content", self.content)):
+            if hasattr(part, "models"):
+                mods.update({f"{prefix}_{n}": m for n, m in zip(("unet", "vae", "clip"), part.models())})
+        if isinstance(self.depth, DepthEstimator):
+            mods["depth"] = self.depth.model
+        return torch.nn.ModuleDict({k: mods[k] for k in (*names, "depth") if k in mods})
+
     def to(self, device: torch.device | str) -> "AmodalModels":
         for part in (self.mask, self.content, self.depth):
             if hasattr(part, "to"):
@@ -79,10 +90,16 @@ class AmodalModels:
 def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: str | torch.device | None = None,
                        dtype: str | torch.dtype | None = None, mask_dir: str | Path | None = None,
                        content_dir: str | Path | None = None, depth_dir: str | Path | None = None,
-                       with_completion: bool = True) -> AmodalModels:
-    """Resolve and load the three models; MissingWeightsError names any missing files and the command."""
+                       with_completion: bool = True, place: str | torch.device | None = None) -> AmodalModels:
+    """Resolve and load the three models; MissingWeightsError names any missing files and the command.
+
+    ``device``/``dtype`` say where and in which precision they will compute; ``place`` puts
+    the weights elsewhere first (e.g. the CPU, for ComfyUI's model management to move).
+    """
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    wdt = dt if dev.type == "cuda" else torch.float32
+    where = torch.device(place) if place is not None else dev
     dirs = list(search_dirs) if search_dirs else None
     mdir = resolve_model_dir("diffusion_vas_amodal", dirs, mask_dir)
     cdir = resolve_model_dir("diffusion_vas_completion", dirs, content_dir) if with_completion else None
@@ -92,9 +109,9 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
 
     log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
              f" + {cdir}" if cdir else "", ddir, dev, dt)
-    mask = VASPipeline.from_pretrained(mdir, dev, dt)
-    content = VASPipeline.from_pretrained(cdir, dev, dt) if cdir else None
-    model, prep = load_depth_model(ddir, dev, dt)
+    mask = VASPipeline.from_pretrained(mdir, where, dt, wdt)
+    content = VASPipeline.from_pretrained(cdir, where, dt, wdt) if cdir else None
+    model, prep = load_depth_model(ddir, where, dt, wdt)
     return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
 
 

@@ -71,13 +71,19 @@ class VASPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "VASPipeline":
-        """Load a diffusers pipeline folder (unet/, vae/, image_encoder/, scheduler/, feature_extractor/)."""
+                        dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None
+                        ) -> "VASPipeline":
+        """Load a diffusers pipeline folder (unet/, vae/, image_encoder/, scheduler/, feature_extractor/).
+
+        ``dtype`` is the compute precision; weights are stored in ``weight_dtype`` (default:
+        ``dtype`` on CUDA, fp32 on the CPU) and placed on ``device``.
+        """
         from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
         from transformers import CLIPVisionModelWithProjection
 
         directory = Path(directory)
-        weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
+        if weight_dtype is None:
+            weight_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
         for sub in ("unet", "vae", "image_encoder", "scheduler"):
             if not (directory / sub).is_dir():
                 raise MissingWeightsError(f"{directory} is not a Diffusion-VAS pipeline folder: no {sub}/ inside")
