@@ -21,7 +21,7 @@ def _bodies(t: int = 4) -> Bodies:
     b = Bodies.empty([3, 8], t, (64, 48))
     p = {k: v.copy() for k, v in b.params.items()}
     p["cam_t"][:] = [0.1, 0.2, 2.0]
-    p["cam_t"][1, :, 0] = np.arange(t)
+    p["cam_t"][1, :, 0] = 0.1 * np.arange(t)
     p["body_pose"][:] = np.random.default_rng(0).normal(size=p["body_pose"].shape)
     flags = np.full((2, t), BodyFlag.VISIBLE, np.uint8)
     flags[0, 2] = BodyFlag.MISSING
@@ -83,7 +83,7 @@ def test_meshes_keyed_by_obj_id(tmp_path: Path) -> None:
     m = trimesh.load(root / "person_8" / "00000002.ply", process=False)
     assert m.vertices.shape == (4, 3) and m.faces.shape == (2, 3)
     # cam_t applied, OpenCV -> OpenGL (y, z flipped)
-    np.testing.assert_allclose(m.vertices[0], [-0.5 + 2.0, -(-0.5 + 0.2), -2.0], atol=1e-6)
+    np.testing.assert_allclose(m.vertices[0], [-0.5 + 0.2, -(-0.5 + 0.2), -2.0], atol=1e-6)
     export.write_meshes(_bodies(), tmp_path / "obj", fmt="obj")
     assert len(list((tmp_path / "obj" / "person_3").glob("*.obj"))) == 3
 
@@ -153,3 +153,69 @@ def test_from_core_predict_output_by_slot() -> None:
         from_mhr_pose({"frames": [], "image_size": (2, 2)})
     with pytest.raises(InputError, match="dict"):
         from_mhr_pose([1, 2])
+
+
+# --------------------------------------------------------------------------- nodes (over the ComfyUI stand-in)
+
+from .nodes_env import pack  # noqa: E402,F401 - fixture
+
+
+def _nodes(pack, name):  # noqa: F811
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.nodes.{name}")
+
+
+def _pack_error(pack):  # noqa: F811
+    """The pack's own InputError class (the pack is imported under another package name)."""
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.body4d_core.errors").InputError
+
+
+def test_smooth_node_bodies_and_core_input(pack) -> None:  # noqa: F811
+    node = _nodes(pack, "smooth").KalmanSmooth
+    ids = [n.GET_SCHEMA().node_id for n in _nodes(pack, "smooth").NODES]
+    assert ids == ["SAMBody4D_KalmanSmooth"]
+    b = _bodies()
+    out = node.execute(bodies=b, mode="offline").result
+    assert out[0].flags[0, 2] == BodyFlag.FILLED  # the one-frame gap is bridged
+    assert len(out[1]["frames"]) == 4 and out[1]["frames"][2][0]["obj_id"] == 3
+    again = node.execute(mhr_pose_data=out[1], mode="causal").result  # core MHR_POSE_DATA in
+    assert again[0].obj_ids.tolist() == [3, 8]
+    with pytest.raises(_pack_error(pack), match="connect bodies"):
+        node.execute()
+
+
+def test_render_node_outputs_image_and_mask(pack) -> None:  # noqa: F811
+    import torch
+
+    node = _nodes(pack, "render").RenderMesh
+    b = _bodies()
+    cam = Camera.from_focal(40.0, (64, 48), 4, "manual")
+    frames = torch.full((4, 64, 48, 3), 0.5)
+    img, mask = node.execute(b, cam, frames=frames, mode="overlay").result
+    assert img.shape == (4, 64, 48, 3) and mask.shape == (4, 64, 48)
+    assert float(mask[0].sum()) > 0 and float(mask[2].sum()) > 0
+    _, m8 = node.execute(b, cam, mode="silhouette", mask_obj_id=8).result
+    _, m3 = node.execute(b, cam, mode="silhouette", mask_obj_id=3).result
+    assert float(m3[2].sum()) == 0 and float(m8[2].sum()) > 0  # person 3 is missing on frame 2
+    with pytest.raises(_pack_error(pack), match="not among"):
+        node.execute(b, cam, mask_obj_id=5)
+
+
+def test_export_nodes_write_into_output(pack) -> None:  # noqa: F811
+    import folder_paths
+    import pygltflib
+
+    mod = _nodes(pack, "export")
+    rel = mod.ExportMeshes.execute(_bodies(), filename_prefix="t/meshes").result[0]
+    root = Path(folder_paths.get_output_directory()) / rel
+    assert (root / "params.npz").is_file() and len(list((root / "person_8").glob("*.ply"))) == 4
+    out = mod.SaveGLB.execute(_bodies(), fps=25.0, filename_prefix="t/glb", obj_id=8)
+    rel = out.result[0]
+    assert out.ui["3d"] == [{"filename": "body4d_person_8.glb", "subfolder": rel, "type": "output"}]
+    g = pygltflib.GLTF2.load(str(Path(folder_paths.get_output_directory()) / rel / "body4d_person_8.glb"))
+    assert len(g.meshes) == 4
+    with pytest.raises(_pack_error(pack), match="inside ComfyUI's output"):
+        mod.SaveGLB.execute(_bodies(), filename_prefix="../escape")

@@ -1,0 +1,111 @@
+"""Exports into ComfyUI's output folder: per-person meshes + params, animated GLB with a 3D preview."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..body4d_core import export as ex
+from ..body4d_core.errors import InputError
+from . import comfy_glue as glue
+from . import types as t
+
+
+def _output_folder(prefix: str) -> tuple[Path, str]:
+    """A new folder <output>/<prefix>_<nnnnn>/ (prefix may hold sub-folders, never leave output)."""
+    out_root = os.path.realpath(folder_paths.get_output_directory())
+    prefix = (prefix or "body4d").strip().replace("\\", "/")
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
+    base = os.path.realpath(os.path.join(out_root, prefix))
+    if not base.startswith(out_root + os.sep):
+        raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
+    n = 1
+    while os.path.exists(f"{base}_{n:05d}"):
+        n += 1
+    folder = Path(f"{base}_{n:05d}")
+    return folder, os.path.relpath(folder, out_root).replace(os.sep, "/")
+
+
+class ExportMeshes(io.ComfyNode):
+    """Per-person per-frame meshes (folders keyed by object id) and one params .npz."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_ExportMeshes",
+            display_name="Export Meshes (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["export ply", "export obj", "save meshes", "save params", "npz"],
+            description="Writes <output>/<prefix>_NNNNN/person_<id>/<frame>.ply|obj (metres, OpenGL camera frame, "
+                        "camera translation applied) and params.npz with every body parameter and flag.",
+            is_output_node=True,
+            inputs=[
+                t.Bodies.Input("bodies"),
+                t.Camera.Input("camera", optional=True, tooltip="Saved beside the params as params_camera.npz."),
+                io.String.Input("filename_prefix", default="body4d/meshes",
+                                tooltip="Folder prefix inside ComfyUI's output folder."),
+                io.Combo.Input("format", options=["ply", "obj", "none"], default="ply",
+                               tooltip="Mesh file format; none = params only."),
+            ],
+            outputs=[io.String.Output("folder", tooltip="The folder written, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, bodies, camera=None, filename_prefix="body4d/meshes", format="ply") -> io.NodeOutput:  # noqa: A002
+        folder, rel = _output_folder(filename_prefix)
+        ex.save_params(bodies, folder / "params.npz", camera)
+        if format != "none":
+            ex.write_meshes(bodies, folder, fmt=format, hooks=glue.hooks(int(bodies.present.sum())))
+        return io.NodeOutput(rel, ui=ui.PreviewText(f"wrote {rel}"))
+
+
+class SaveGLB(io.ComfyNode):
+    """One animated GLB per person (plays in Load 3D & Animation / Preview 3D, Blender, three.js)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAMBody4D_SaveGLB",
+            display_name="Save Animated GLB (Body4D)",
+            category=glue.CATEGORY,
+            search_aliases=["glb", "gltf", "animated mesh", "export 3d", "blender"],
+            description="Writes <output>/<prefix>_NNNNN/<name>_person_<id>.glb: one mesh per frame, shown on its "
+                        "frame by a step animation, in metres in an OpenGL camera frame. Previews the first person.",
+            is_output_node=True,
+            inputs=[
+                t.Bodies.Input("bodies"),
+                io.Float.Input("fps", default=30.0, min=0.1, max=240.0, step=0.1,
+                               tooltip="Playback rate (use the clip's fps from Load Video)."),
+                io.String.Input("filename_prefix", default="body4d/glb",
+                                tooltip="Folder prefix inside ComfyUI's output folder."),
+                io.Int.Input("obj_id", default=0, min=0, max=10000,
+                             tooltip="0 = every person (one file each), else only this object id."),
+            ],
+            outputs=[io.String.Output("folder", tooltip="The folder written, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, bodies, fps=30.0, filename_prefix="body4d/glb", obj_id=0) -> io.NodeOutput:
+        if obj_id:
+            keep = bodies.obj_ids == int(obj_id)
+            if not keep.any():
+                raise InputError(f"obj_id {obj_id} is not among the bodies' ids {bodies.obj_ids.tolist()}")
+            bodies = bodies.replace(obj_ids=bodies.obj_ids[keep], flags=bodies.flags[keep],
+                                    params={k: v[keep] for k, v in bodies.params.items()},
+                                    keypoints_3d=None if bodies.keypoints_3d is None else bodies.keypoints_3d[keep],
+                                    keypoints_2d=None if bodies.keypoints_2d is None else bodies.keypoints_2d[keep],
+                                    vertices=None if bodies.vertices is None else bodies.vertices[keep],
+                                    confidence=None if bodies.confidence is None else bodies.confidence[keep],
+                                    extras={k: v[keep] for k, v in bodies.extras.items()})
+        folder, rel = _output_folder(filename_prefix)
+        ex.write_glb(bodies, folder, fps=float(fps), hooks=glue.hooks(bodies.num_objects))
+        files = sorted(folder.glob("*.glb"))
+        results = [{"filename": f.name, "subfolder": rel, "type": "output"} for f in files]
+        return io.NodeOutput(rel, ui={"3d": results})
+
+
+NODES = [ExportMeshes, SaveGLB]
