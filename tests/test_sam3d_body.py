@@ -122,6 +122,19 @@ def test_warp_samples_the_right_pixels() -> None:
     assert torch.allclose(flipped, crop, atol=1e-5)
 
 
+def test_windowed_mask_warp_equals_full_warp() -> None:
+    rng = np.random.default_rng(1)
+    mask = rng.random((70, 90)) > 0.5
+    boxes = torch.tensor([[20.0, 10.0, 50.0, 60.0], [-30.0, -5.0, 10.0, 40.0], [80.0, 60.0, 95.0, 75.0]],
+                         dtype=torch.float64)
+    centre, side = C.crop_boxes(boxes, 1.25)
+    grid = C.sample_grid(C.affine_matrices(centre, side, 32), 32, (70, 90))
+    full = C.warp(torch.from_numpy(mask).float()[None, None], grid)
+    for i in range(3):
+        win = C.warp_window(mask, grid[i], torch.device("cpu"))
+        assert torch.allclose(win, full[i], atol=1e-5), i
+
+
 # ------------------------------------------------------------------ backbone vs transformers
 
 

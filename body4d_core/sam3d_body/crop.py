@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,3 +51,23 @@ def warp(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     if src.shape[0] == 1 and grid.shape[0] > 1:
         src = src.expand(grid.shape[0], -1, -1, -1)
     return F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def warp_window(src: np.ndarray, grid: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Warp one full-frame [H, W] array (a mask) uploading only the window the grid samples.
+
+    Same result as ``warp`` on the whole frame (bilinear neighbours all lie inside the window),
+    but a 1080p mask costs a few KB of transfer instead of 8 MB.
+    """
+    h, w = src.shape[:2]
+    px = (grid[..., 0] + 1) * (w - 1) / 2
+    py = (grid[..., 1] + 1) * (h - 1) / 2
+    x0 = int(np.clip(np.floor(float(px.min())) - 1, 0, w - 1))
+    x1 = int(np.clip(np.ceil(float(px.max())) + 1, 0, w - 1))
+    y0 = int(np.clip(np.floor(float(py.min())) - 1, 0, h - 1))
+    y1 = int(np.clip(np.ceil(float(py.max())) + 1, 0, h - 1))
+    if x1 - x0 < 1 or y1 - y0 < 1:  # the crop lies (almost) outside the frame: nothing to sample
+        x0, x1, y0, y1 = 0, w - 1, 0, h - 1
+    sub = torch.from_numpy(np.ascontiguousarray(src[y0:y1 + 1, x0:x1 + 1])).to(device).float()
+    g = torch.stack([2 * (px - x0) / (x1 - x0) - 1, 2 * (py - y0) / (y1 - y0) - 1], -1)
+    return warp(sub[None, None], g[None])[0]

@@ -147,8 +147,7 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
             m = it.get_mask()
             if m is not None:
                 _check_size(it, "mask", m, (h, w))
-                mt = torch.as_tensor(np.asarray(m, dtype=np.float32), device=dev)[None, None]
-                mask[i] = C.warp(mt, grid[i:i + 1])[0]
+                mask[i] = C.warp_window(np.asarray(m), grid[i], dev)
                 score[i] = 1.0
     k = K[[int(it.frame) for it in items]].to(dev)
     wh = torch.tensor([w, h], dtype=torch.float32, device=dev).expand(n, 2)
