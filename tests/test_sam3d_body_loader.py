@@ -155,3 +155,20 @@ def test_missing_files_name_folder_and_command(tmp_path, saved) -> None:
     assert "python -m body4d_core setup --models sam3d_body" in msg
     with pytest.raises(MissingWeightsError):
         load_sam3d_body(search_dirs=[tmp_path / "nowhere"])
+
+
+def test_half_precision_backbone_in_checkpoint_loads_as_fp32(tmp_path, saved) -> None:
+    model, folder = saved
+    sd = {k: (v.to(torch.bfloat16) if k.startswith("backbone.") and v.is_floating_point() else v)
+          for k, v in model.state_dict().items() if not k.startswith("mhr.")}
+    target = tmp_path / "bf16"
+    (target / "assets").mkdir(parents=True)
+    torch.save({"state_dict": sd}, target / "model.ckpt")
+    for rel in ("model_config.yaml", "assets/mhr_model.pt"):
+        (target / rel).write_bytes((folder / rel).read_bytes())
+    loaded = load_sam3d_body(target)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters() if p.is_floating_point())
+    frames, items = _frames()
+    a = estimate_bodies(model, frames, items[:1])[0]
+    b = estimate_bodies(loaded, frames, items[:1])[0]
+    np.testing.assert_allclose(a["cam_t"], b["cam_t"], rtol=2e-2)

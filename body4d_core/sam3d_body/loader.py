@@ -205,6 +205,7 @@ def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[s
     model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
     sd = check_state_dict(model, sd, source=str(folder / CKPT))
     model.load_state_dict(sd, strict=False, assign=True)
+    model = model.float()  # checkpoints trained with USE_FP16 may store the backbone in bf16; autocast handles speed
     model.attach_rig(load_rig(folder / RIG, "cpu"))
     log.info("loaded SAM-3D-Body (%s, %.0fM parameters) from %s", cfg.backbone,
              sum(p.numel() for p in model.parameters()) / 1e6, folder)
