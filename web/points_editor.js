@@ -61,7 +61,7 @@ class PointsEditor {
   // ------------------------------------------------------------------ DOM
 
   build() {
-    this.canvas = el("canvas", { style: { width: "100%", flex: "1 1 auto", minHeight: "120px", cursor: "crosshair",
+    this.canvas = el("canvas", { style: { width: "100%", flex: "1 1 auto", minHeight: "200px", cursor: "crosshair",
       background: "#111", borderRadius: "4px" } });
     this.chips = el("div", { style: { display: "flex", gap: "4px", flexWrap: "wrap", alignItems: "center" } });
     this.slider = el("input", { type: "range", min: "0", max: "0", value: "0", style: { flex: "1 1 auto" } });
@@ -330,7 +330,7 @@ app.registerExtension({
         hideOnZoom: false,
         getValue: () => "",
         setValue: () => {},
-        getMinHeight: () => 320,
+        getMinHeight: () => 420,
       });
       const onFrames = (e) => { if (matches(this, e.detail)) editor.setFrames(e.detail); };
       const onExecuted = (e) => {
@@ -355,7 +355,7 @@ app.registerExtension({
         };
       }
       const [w, h] = this.size;
-      this.setSize([Math.max(w, 420), Math.max(h, 520)]);
+      this.setSize([Math.max(w, 480), Math.max(h, 720)]);
       return r;
     };
 
