@@ -14,9 +14,10 @@ vertical FOV outside [MIN_FOV, MAX_FOV] degrees are dropped with a warning; if n
 the fallback focal is used (``Camera.source == "default"``).
 
 MoGe-2 code comes from the PyPI package ``dlr-moge`` (import name ``moge``), installed with
-``pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline``; at run time it
-needs only torch, numpy, scipy, opencv (cv2), huggingface_hub and utils3d. It is imported
-only when a model is built.
+``pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3`` (their declared dependencies pull
+in gradio and GUI OpenCV). Inference imports only torch, numpy, scipy, opencv (cv2),
+huggingface_hub and ``utils3d`` (dlr-utils3d); ``dlr-pipeline`` is used by MoGe's training
+data loaders only. The package is imported only when a model is built.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("first", "every_n", "all")
 MIN_FOV, MAX_FOV = 5.0, 170.0  # plausible vertical FOV range (degrees) for an estimate
-MOGE_INSTALL = "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline"
+MOGE_INSTALL = "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3"
 
 # A MoGe-2 of the official layout (DINOv2 encoder, conv neck, points/normal/mask heads,
 # metric-scale MLP) shrunk for CPU tests: ViT-S/14 instead of ViT-L/14, narrow convs, few tokens.

@@ -29,7 +29,7 @@ class LoadMoGe(io.ComfyNode):
             search_aliases=["moge", "fov model", "camera intrinsics model"],
             description="Load MoGe-2 from models/moge/<folder>/model.pt (download: python -m body4d_core setup "
                         "--models moge). Needs the moge package: pip install --no-deps dlr-moge==2.0.0 "
-                        "dlr-utils3d==1.3 dlr-pipeline.",
+                        "dlr-utils3d==1.3.",
             inputs=[
                 io.Combo.Input("checkpoint", options=glue.checkpoint_choices("moge"),
                                tooltip="Folder inside models/moge holding model.pt."),

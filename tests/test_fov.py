@@ -26,7 +26,7 @@ def _has_moge() -> bool:
 
 
 needs_moge = pytest.mark.skipif(not _has_moge(), reason="moge package not installed (pip install --no-deps "
-                                                           "dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline)")
+                                                           "dlr-moge==2.0.0 dlr-utils3d==1.3)")
 
 
 # --------------------------------------------------------------------------- maths

@@ -310,8 +310,7 @@ class PointsEditor {
 }
 
 function matches(node, detail) {
-  const id = String(node.id);
-  return detail && (String(detail.display_node ?? "") === id || String(detail.node ?? "") === id);
+  return !!detail && (S.sameNode(node.id, detail.display_node) || S.sameNode(node.id, detail.node));
 }
 
 app.registerExtension({

@@ -179,6 +179,14 @@ export function fitRect(cw, ch, width, height) {
   return { x: (cw - w) / 2, y: (ch - h) / 2, w, h, scale: s };
 }
 
+// Does an execution id (the node id, or an "outer:inner" path inside subgraphs) name this node?
+export function sameNode(nodeId, execId) {
+  if (execId == null) return false;
+  const id = String(nodeId);
+  const exec = String(execId);
+  return exec === id || exec.endsWith(`:${id}`);
+}
+
 // Bounded undo history of serialized states.
 export class History {
   constructor(limit = 100) {

@@ -96,3 +96,11 @@ test("history is bounded", () => {
   assert.equal(h.pop(), "b");
   assert.equal(h.pop(), null);
 });
+
+test("execution ids match the node, also inside subgraphs", () => {
+  assert.equal(S.sameNode(7, "7"), true);
+  assert.equal(S.sameNode(7, "12:7"), true);
+  assert.equal(S.sameNode(7, "17"), false);
+  assert.equal(S.sameNode(7, "7:1"), false);
+  assert.equal(S.sameNode(7, undefined), false);
+});
