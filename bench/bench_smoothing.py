@@ -153,7 +153,12 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=SmoothSettings().window)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(args.seed)
     truth = make_truth(rng, args.people, args.frames)

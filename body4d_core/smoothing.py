@@ -301,40 +301,38 @@ def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- robust weights
 
 
-def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None,
-                   half: int = 3) -> np.ndarray:
-    """Per-frame outlier scores [N, T]: max over blocks of the median over a block's signals
-    of |y - local median| / MAD (a frame is an outlier when any block jumps as a whole).
+def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None) -> np.ndarray:
+    """Per-frame outlier scores [N, T]: max over blocks of the median over a block's signals of
+    |residual| / scale (a frame is an outlier when a block jumps as a whole).
 
-    The local median uses a centred window offline and a trailing window (past frames
-    only) in causal mode. Unobserved frames get 0.
+    The residual is against the mean of the neighbouring observed frames (offline) or the
+    linear extrapolation of the two previous ones (causal); the scale is the median absolute
+    residual over the clip (offline) or its running mean over past frames (causal).
+    Unobserved frames, and tracks too short to judge, get 0.
     """
-    n, t, d = y.shape
-    scores = np.zeros((n, t))
+    from scipy.signal import lfilter
+
+    n = y.shape[0]
+    scores = np.zeros(observed.shape)
     for i in range(n):
         idx = np.flatnonzero(observed[i])
-        if idx.size < 2 * half + 2:
+        if idx.size < 8:
             continue
-        obs = y[i, idx].astype(np.float64)  # [M, D]
-        m = obs.shape[0]
+        obs = y[i, idx].astype(np.float32)  # [M, D]
+        res = np.zeros_like(obs)
         if causal:
-            padded = np.concatenate([np.repeat(obs[:1], 2 * half, 0), obs], 0)
-            win = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0)[:, :, :-1]
+            res[2:] = np.abs(obs[2:] - (2.0 * obs[1:-1] - obs[:-2]))
+            ema = lfilter([0.05], [1.0, -0.95], res, axis=0)
+            scale = np.empty_like(res)
+            scale[:8] = np.inf  # warm-up: never flag the first frames
+            scale[8:] = ema[7:-1] / 0.95 * 1.2533  # mean |r| -> sigma for a normal law
         else:
-            padded = np.concatenate([np.repeat(obs[:1], half, 0), obs, np.repeat(obs[-1:], half, 0)], 0)
-            win = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0)
-            win = np.concatenate([win[..., :half], win[..., half + 1:]], -1)  # leave the frame out
-        ref = np.median(win, axis=-1)  # [M, D]
-        res = np.abs(obs - ref)
-        if causal:
-            # scale from past residuals only: running median over a trailing window
-            pad = np.concatenate([np.repeat(res[:1], 15, 0), res], 0)
-            scale = np.median(np.lib.stride_tricks.sliding_window_view(pad, 16, axis=0)[:, :, :-1], axis=-1)
-        else:
-            scale = np.broadcast_to(np.median(res, axis=0, keepdims=True), res.shape)
-        z = res / np.maximum(1.4826 * scale, 1e-6)
+            res[1:-1] = np.abs(obs[1:-1] - 0.5 * (obs[:-2] + obs[2:]))
+            res[0], res[-1] = np.abs(obs[0] - obs[1]), np.abs(obs[-1] - obs[-2])
+            scale = 1.4826 * np.median(res, axis=0, keepdims=True)
+        z = res / np.maximum(scale, 1e-6)
         per_block = [np.median(z[:, sl], axis=-1) for sl in (blocks or [slice(None)])]
-        scores[i, idx[:m]] = np.max(np.stack(per_block, -1), axis=-1)
+        scores[i, idx] = np.max(np.stack(per_block, -1), axis=-1)
     return scores
 
 
