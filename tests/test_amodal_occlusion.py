@@ -271,7 +271,12 @@ def test_rules_unit():
 
 def test_windows_cover_and_blend_to_one():
     wins = plan_windows(0, 150, 64, 8)
-    assert wins[0] == (0, 64) and wins[-1][1] == 150 and all(b - a <= 64 for a, b in wins)
+    assert wins == [(0, 56), (47, 103), (94, 150)]  # fewest equal windows, overlaps >= 8
+    assert plan_windows(0, 90, 64, 8) == [(0, 49), (41, 90)]
+    for n in range(65, 400, 7):
+        w = plan_windows(5, 5 + n, 64, 8)
+        assert w[0][0] == 5 and w[-1][1] == 5 + n and len({b - a for a, b in w}) == 1
+        assert all(b - a <= 64 for a, b in w) and all(w[i][1] - w[i + 1][0] >= 8 for i in range(len(w) - 1))
     cover = np.zeros(150)
     for (a, b), wt in zip(wins, blend_weights(wins, 0, 150)):
         cover[a:b] += wt
@@ -338,3 +343,32 @@ def test_preview_composite_and_union():
     np.testing.assert_array_equal(union[0], vis[0])
     with pytest.raises(InputError, match="do not match"):
         composite_completed(u8[:, :10], out)
+
+
+def test_vectorised_scores_match_per_frame_rules():
+    from body4d_core.amodal.occlusion import frame_exemption, mask_iou
+
+    rng = np.random.default_rng(3)
+    cfg = OcclusionConfig()
+    gt = person_mask()
+    vis, amo = [], []
+    for k in range(40):
+        a = np.roll(gt, rng.integers(-20, 20), axis=1) if k % 5 else np.zeros((H, W), bool)
+        if k % 7 == 0:
+            a = np.zeros((H, W), bool)
+            a[30:34, 2:92] = True  # long/wide and skinny
+        v = a & (rng.random((H, W)) < rng.uniform(0.2, 1.0))
+        if k % 6 == 0:
+            v = np.zeros((H, W), bool)
+            v[0:2, 10:20] = True  # border only
+        if k % 9 == 0:
+            v = gt.copy()  # visible larger than a shifted / empty amodal
+        vis.append(v)
+        amo.append(a)
+    vis, amo = np.stack(vis), np.stack(amo)
+    ious, codes = score_frames(vis, amo, cfg)
+    want_iou = [mask_iou(v, a) for v, a in zip(vis, amo)]
+    want_code = [int(frame_exemption(v, a, cfg)) for v, a in zip(vis, amo)]
+    np.testing.assert_allclose(ious, want_iou, rtol=1e-6)
+    assert codes.tolist() == want_code
+    assert len(set(want_code)) >= 4  # the sample exercises several rules

@@ -7,9 +7,11 @@ tiny frames no longer blanks the whole mask.
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from .config import OcclusionConfig
@@ -113,13 +115,42 @@ def frame_exemption(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfi
     return Exempt.NONE
 
 
-def score_frames(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """IoU (float32 [T]) and exemption codes (int8 [T]) of visible vs amodal masks [T, H, W]."""
+def score_frames(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig,
+                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """IoU (float32 [T]) and exemption codes (int8 [T]) of visible vs amodal masks [T, H, W].
+
+    Vectorised over frames (on ``device``); same rules and order as ``frame_exemption``.
+    """
     if visible.shape != amodal.shape:
         raise ValueError(f"visible {visible.shape} and amodal {amodal.shape} masks differ in shape")
-    ious = np.array([mask_iou(v, a) for v, a in zip(visible, amodal)], dtype=np.float32)
-    exempt = np.array([int(frame_exemption(v, a, cfg)) for v, a in zip(visible, amodal)], dtype=np.int8)
-    return ious, exempt
+    if len(visible) == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int8)
+    v = torch.as_tensor(np.ascontiguousarray(visible), device=device).bool()
+    a = torch.as_tensor(np.ascontiguousarray(amodal), device=device).bool()
+    _, h, w = v.shape
+    n_vis, n_amo = v.sum((1, 2)), a.sum((1, 2))
+    inter, union = (v & a).sum((1, 2)), (v | a).sum((1, 2))
+    iou = torch.where(union > 0, inter.double() / union.clamp(min=1).double(), torch.ones_like(inter.double()))
+    bh, bw = int(h * cfg.border_fraction), int(w * cfg.border_fraction)
+    border = (n_vis > 0) & ~v[:, bh:h - bh, bw:w - bw].any(2).any(1)
+    side_h, side_w = _box_extent(a.any(2)), _box_extent(a.any(1))
+    present = n_amo > 0
+    long_wide = present & ((side_h / h >= cfg.long_wide_ratio) | (side_w / w >= cfg.long_wide_ratio))
+    skinny = present & (torch.minimum(side_h, side_w) / torch.maximum(side_h, side_w).clamp(min=1) < cfg.skinny_ratio)
+    code = torch.zeros_like(n_vis, dtype=torch.int8)
+    for cond, val in ((skinny, Exempt.SKINNY), (long_wide, Exempt.LONG_OR_WIDE), (n_vis > n_amo, Exempt.VISIBLE_LARGER),
+                      ((n_vis == 0) & (n_amo == 0), Exempt.EMPTY), (border, Exempt.BORDER)):
+        code = torch.where(cond, torch.full_like(code, int(val)), code)  # earlier rules win: applied last
+    return iou.float().cpu().numpy(), code.cpu().numpy()
+
+
+def _box_extent(proj: torch.Tensor) -> torch.Tensor:
+    """Length of the occupied span of each row of a bool projection [T, N] (0 when empty)."""
+    n = proj.shape[1]
+    idx = torch.arange(n, device=proj.device)
+    first = torch.where(proj, idx, n).min(1).values
+    last = torch.where(proj, idx, -1).max(1).values
+    return (last - first + 1).clamp(min=0).double()
 
 
 def occluded_flags(ious: np.ndarray, exempt: np.ndarray, threshold: float) -> np.ndarray:
@@ -157,20 +188,15 @@ def padded_segments(occluded: np.ndarray, pad: int) -> list[tuple[int, int]]:
 
 
 def plan_windows(start: int, stop: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """Split [start, stop) into windows of at most ``window`` frames sharing ``overlap`` frames."""
-    if stop - start <= window:
+    """Split [start, stop) into the fewest equal windows of at most ``window`` frames that share
+    at least ``overlap`` frames with their neighbours (equal lengths batch together)."""
+    n = stop - start
+    if n <= window:
         return [(start, stop)]
-    step = window - overlap
-    out = []
-    s = start
-    while True:
-        e = min(s + window, stop)
-        if e == stop:
-            out.append((max(start, stop - window), stop))
-            break
-        out.append((s, e))
-        s += step
-    return out
+    k = math.ceil((n - overlap) / (window - overlap))
+    size = math.ceil((n + (k - 1) * overlap) / k)
+    starts = [start + round(i * (n - size) / (k - 1)) for i in range(k)]
+    return [(s, s + size) for s in starts]
 
 
 def blend_weights(windows: list[tuple[int, int]], start: int, stop: int) -> list[np.ndarray]:

@@ -127,7 +127,7 @@ class VASPipeline:
             return torch.autocast(self.device.type, enabled=False)
         return autocast(self.device, self.dtype)
 
-    def _encode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         """[N, 3, h, w] in [-1, 1] -> unscaled latent modes [N, 4, h/8, w/8]."""
         vdtype = next(self.vae.parameters()).dtype
         if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
@@ -139,18 +139,16 @@ class VASPipeline:
         return torch.cat(out)
 
     def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-        """[B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1]; chunks of frames decoded together."""
-        b, t = latents.shape[:2]
+        """[B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1]; each video in chunks of ``chunk`` frames."""
         vdtype = next(self.vae.parameters()).dtype
         z = latents / self.vae.config.scaling_factor
-        outs = []
+        videos = []
         with self._vae_context():
-            for s in range(0, t, chunk):
-                part = z[:, s:s + chunk]
-                n = part.shape[1]
-                dec = self.vae.decode(part.flatten(0, 1).to(vdtype), num_frames=n).sample
-                outs.append(dec.float().reshape(b, n, *dec.shape[1:]))
-        return (torch.cat(outs, dim=1) / 2 + 0.5).clamp(0, 1)
+            for b in range(z.shape[0]):
+                parts = [self.vae.decode(z[b, s:s + chunk].to(vdtype), num_frames=z[b, s:s + chunk].shape[0])
+                         .sample.float() for s in range(0, z.shape[1], chunk)]
+                videos.append(torch.cat(parts))
+        return (torch.stack(videos) / 2 + 0.5).clamp(0, 1)
 
     def _context(self, pos: torch.Tensor, order: str) -> torch.Tensor:
         """Per-frame embeddings [B, T, D] -> CFG context [2B*T, 1, D] (uncond batch first)."""

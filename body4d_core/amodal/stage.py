@@ -73,37 +73,44 @@ def _frames_float(frames: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def _resize_frames(frames: torch.Tensor, idx: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """Selected frames -> [n, 3, h, w] in [0, 1] (antialiased bilinear)."""
+def _resize_frames(frames: torch.Tensor, idx: np.ndarray, size: tuple[int, int], dev: torch.device) -> torch.Tensor:
+    """Selected frames -> [n, 3, h, w] in [0, 1] (antialiased bilinear; computed on ``dev``, returned on the CPU)."""
     out = []
     for s in range(0, len(idx), _CHUNK):
-        x = _frames_float(frames, idx[s:s + _CHUNK]).permute(0, 3, 1, 2)
-        out.append(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
+        x = _frames_float(frames, idx[s:s + _CHUNK]).to(dev).permute(0, 3, 1, 2)
+        out.append(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).cpu())
     return torch.cat(out)
 
 
-def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """bool [n, H, W] -> soft masks [n, 1, h, w] in [0, 1] (antialiased bilinear, like upstream)."""
-    x = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
+def _resize_masks(masks: np.ndarray, size: tuple[int, int], dev: torch.device) -> torch.Tensor:
+    """bool [n, H, W] -> soft masks [n, 1, h, w] in [0, 1] on the CPU (antialiased bilinear, like upstream)."""
+    x = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
     if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        return x.float()
+    out = [F.interpolate(x[s:s + _CHUNK].to(dev).float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).clamp(0, 1).cpu() for s in range(0, x.shape[0], _CHUNK)]
+    return torch.cat(out)
 
 
-def _gray_to(pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Predicted frames [n, 3, h, w] -> channel mean resized (bicubic) to ``size``: float32 [n, H, W]."""
+def _gray_mask(pred: torch.Tensor, size: tuple[int, int], occ: OcclusionConfig, dev: torch.device) -> np.ndarray:
+    """Predicted frames [n, 3, h, w] -> channel mean, resized (bicubic) to ``size``, binarised: bool [n, H, W]."""
     g = pred.float().mean(dim=1, keepdim=True)
-    if tuple(g.shape[-2:]) != tuple(size):
-        g = torch.cat([F.interpolate(g[s:s + _CHUNK], size=size, mode="bicubic", align_corners=False)
-                       for s in range(0, g.shape[0], _CHUNK)])
-    return g[:, 0].clamp(0, 1).numpy()
+    out = []
+    for s in range(0, g.shape[0], _CHUNK):
+        x = g[s:s + _CHUNK].to(dev)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        out.append((x[:, 0] > occ.mask_threshold).cpu().numpy())
+    return binarize(np.concatenate(out), 0.5, occ.keep_largest)
 
 
-def _nearest(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
+def _nearest(masks: np.ndarray, size: tuple[int, int], dev: torch.device) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
     if tuple(x.shape[-2:]) == tuple(size):
         return masks.astype(bool)
-    return F.interpolate(x, size=size, mode="nearest")[:, 0].numpy() > 0.5
+    out = [F.interpolate(x[s:s + _CHUNK].to(dev).float(), size=size, mode="nearest")[:, 0].cpu().numpy() > 0.5
+           for s in range(0, x.shape[0], _CHUNK)]
+    return np.concatenate(out)
 
 
 def _seed_key(obj_id: int, stage: int, start: int) -> int:
@@ -134,6 +141,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     comp = detection_size((h, w), occ.completion_resolution, occ.swap_portrait)
     stats = AmodalStats()
     ids = [int(i) for i in tracks.obj_ids]
+    dev = torch.device(getattr(models, "device", "cpu"))
 
     t0 = time.perf_counter()
     depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1)))
@@ -142,7 +150,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     t0 = time.perf_counter()
     all_idx = np.arange(n_t)
     depth_det = resize_depth(depth, det) * 1.0
-    jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
+    jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det, dev) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
             for o in ids]
     preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5), budget_px)
     del jobs, depth_det
@@ -151,8 +159,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     amodal = np.zeros((len(ids), n_t, h, (w + 7) // 8), np.uint8)
     for k, (o, pred) in enumerate(zip(ids, preds)):
         vis = tracks.masks_of(o)
-        am = binarize(_gray_to(pred, (h, w)), occ.mask_threshold, occ.keep_largest)
-        ious, exempt = score_frames(vis, am, occ)
+        am = _gray_mask(pred, (h, w), occ, dev)
+        ious, exempt = score_frames(vis, am, occ, dev)
         flags = occluded_flags(ious, exempt, occ.iou_occluded)
         if occ.fill_single_gaps:
             flags = fill_single_gaps(flags)
@@ -171,16 +179,16 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
         jobs = []
         for k, o, a, b in segs:
             idx = np.arange(a, b)
-            jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp) * 2 - 1,
+            jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) * 2 - 1,
                                  resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
         preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7), budget_px)
         del jobs, depth_comp
         for (k, o, a, b), pred in zip(segs, preds):
-            hi = binarize(_gray_to(pred, comp), occ.mask_threshold, occ.keep_largest)
+            hi = _gray_mask(pred, comp, occ, dev)
             hi_masks[(k, a)] = hi
             vis = tracks.masks_of(o, slice(a, b))
-            full = _nearest(hi, (h, w))
-            ious, exempt = score_frames(vis, full, occ)
+            full = _nearest(hi, (h, w), dev)
+            ious, exempt = score_frames(vis, full, occ, dev)
             flags = occluded_flags(ious, exempt, occ.iou_final)
             if occ.fill_single_gaps:
                 flags = fill_single_gaps(flags)
@@ -199,8 +207,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
         jobs = []
         for k, o, a, b in done:
             idx = np.arange(a, b)
-            rgb = _resize_frames(frames, idx, comp)
-            vis_c = _resize_masks(tracks.masks_of(o, slice(a, b)), comp) > 0.5
+            rgb = _resize_frames(frames, idx, comp, dev)
+            vis_c = _resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) > 0.5
             modal_rgb = torch.where(vis_c, rgb, torch.ones_like(rgb)) * 2 - 1
             union = torch.from_numpy(hi_masks[(k, a)])[:, None] | vis_c
             jobs.append(VideoJob(modal_rgb, union.float() * 2 - 1, _seed_key(o, 2, a), idx, o))
@@ -210,8 +218,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
             keep = np.flatnonzero(occluded[k, a:b])
             for s in range(0, keep.size, _CHUNK):
                 sel = keep[s:s + _CHUNK]
-                up = F.interpolate(pred[torch.as_tensor(sel)].float(), size=(h, w), mode="bilinear",
-                                   align_corners=False)
+                up = F.interpolate(pred[torch.as_tensor(sel)].float().to(dev), size=(h, w), mode="bilinear",
+                                   align_corners=False).cpu()
                 rgbs.append((up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
                 rows += [(k, a + int(j)) for j in sel]
     stats.timings["complete"] = time.perf_counter() - t0
