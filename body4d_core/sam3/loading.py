@@ -98,13 +98,8 @@ def load_sam3(
     if dev.type == "cpu" and dt != torch.float32:
         log.warning("SAM-3 runs in fp32 on the CPU (%s requested)", dt)
         dt = torch.float32
-    kwargs = dict(dtype=dt, local_files_only=True, use_safetensors=True)
-    try:
-        tracker = tf.Sam3TrackerVideoModel.from_pretrained(str(directory), **kwargs)
-        detector = tf.Sam3Model.from_pretrained(str(directory), **kwargs) if with_detector else None
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise WeightsMismatchError(f"could not load SAM-3 from {directory}: {err}. The folder must hold the "
-                                   f"transformers-format facebook/sam3 files (config.json, model.safetensors).") from err
+    tracker = _from_pretrained(tf.Sam3TrackerVideoModel, directory, dt)
+    detector = _from_pretrained(tf.Sam3Model, directory, dt) if with_detector else None
     det_proc = None
     if detector is not None:
         share_backbone(tracker, detector)
@@ -112,6 +107,22 @@ def load_sam3(
     bundle = Sam3Bundle(tracker.eval(), _load_processor(directory, int(tracker.config.image_size)),
                         detector.eval() if detector is not None else None, det_proc, dt)
     return bundle.to(dev) if move else bundle
+
+
+def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype) -> Any:
+    """from_pretrained (safetensors, local only) that refuses checkpoints leaving weights uninitialised."""
+    try:
+        model, info = cls.from_pretrained(str(directory), dtype=dtype, local_files_only=True, use_safetensors=True,
+                                          output_loading_info=True)
+    except Exception as err:  # noqa: BLE001 - any parse/shape failure means a wrong or corrupt checkpoint
+        raise WeightsMismatchError(f"could not load SAM-3 from {directory}: {err}. The folder must hold the "
+                                   f"transformers-format facebook/sam3 files (config.json, model.safetensors).") from err
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise WeightsMismatchError(f"{directory} is not a complete facebook/sam3 checkpoint: {len(missing)} "
+                                   f"{cls.__name__} weights are missing (e.g. {', '.join(sorted(missing)[:3])}); "
+                                   f"download it again with python -m body4d_core setup --models sam3")
+    return model
 
 
 def _load_detector_processor(directory: Path) -> Any:
@@ -187,6 +198,12 @@ def save_tiny_checkpoint(directory: str | Path, image_size: int = 112, seed: int
     with torch.no_grad():  # objects present, so masks are not empty (see tiny_sam3)
         model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
     directory = Path(directory)
-    model.save_pretrained(str(directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(str(directory))
+    # the plain module keys, as in the official checkpoint (save_pretrained would re-prefix tracker keys)
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})
     det_proc.save_pretrained(str(directory))
     return directory
