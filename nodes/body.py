@@ -11,7 +11,8 @@ from ..body4d_core.data import Camera, Tracks, check_same_frames
 from ..body4d_core.errors import InputError
 from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
 from ..body4d_core.sam3.core_interop import tracks_from_core
-from ..body4d_core.sam3d_body.items import items_from_tracks
+from ..body4d_core.body_inputs import body_items
+from ..body4d_core.mhr_pose import to_mhr_pose
 from . import comfy_glue as glue
 from . import types as t
 
@@ -94,31 +95,34 @@ class BodyBatch(io.ComfyNode):
                 io.Boolean.Input("vertices", default=True, advanced=True,
                                  tooltip="Keep per-frame mesh vertices (needed by mesh rendering; ~0.2 MB per "
                                          "person-frame). Off keeps parameters and keypoints only."),
-                io.Int.Input("min_mask_pixels", default=16, min=1, max=1000000, advanced=True,
-                             tooltip="Frames where a mask is smaller than this are left missing."),
+                io.Float.Input("min_box", default=2.0, min=1.0, max=10000.0, advanced=True,
+                               tooltip="Frames where a mask's box is narrower or lower than this (pixels) are "
+                                       "left missing."),
             ],
-            outputs=[t.Bodies.Output("bodies")],
+            outputs=[t.Bodies.Output("bodies"),
+                     t.MhrPoseData.Output("mhr_pose_data", tooltip="The same bodies as core MHR_POSE_DATA (for "
+                                                                   "core SAM3D Body render / GLB / BVH nodes).")],
         )
 
     @classmethod
     def execute(cls, sam3d_body_model, frames, tracks=None, sam3_track_data=None, amodal=None, camera=None,
-                mode="full", batch_size=64, vertices=True, min_mask_pixels=16) -> io.NodeOutput:
+                mode="full", batch_size=64, vertices=True, min_box=2.0) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] < 1:
             raise InputError(f"frames must be an IMAGE batch [T, H, W, 3], got shape {tuple(frames.shape)}")
         n, size = int(frames.shape[0]), (int(frames.shape[1]), int(frames.shape[2]))
         trk = _tracks_input(tracks, sam3_track_data, size)
         check_same_frames(frames=n, tracks=trk.num_frames, **({"amodal": amodal.num_frames} if amodal else {}))
         cam = (camera if camera is not None else Camera.default(size, n)).check_frames(n)
-        items = items_from_tracks(trk, amodal, min_mask_pixels)
+        items = body_items(trk, amodal, min_box)
         if not items:
             log.warning("no object has a mask on any frame; returning empty bodies")
         model = sam3d_body_model.ready()
         results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
                                   hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
                                   return_vertices=vertices)
-        faces = model.head_pose.faces.detach().cpu().numpy()
+        faces = model.faces.detach().cpu().numpy()
         bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
-        return io.NodeOutput(bodies)
+        return io.NodeOutput(bodies, to_mhr_pose(bodies, cam))
 
 
 NODES = [LoadSAM3DBody, BodyBatch]

@@ -250,6 +250,8 @@ def test_bodies_keyed_by_object_id(model, photo) -> None:
     np.testing.assert_array_equal(bodies.params["cam_t"][i7, 1], res[1]["cam_t"])
     assert bodies.keypoints_2d.shape == (3, 5, 70, 2)
     assert bodies.extras["model_params"].shape == (3, 5, 204)
+    assert bodies.extras["joint_coords"].shape == (3, 5, 127, 3)
+    assert bodies.extras["joint_global_rots"].shape == (3, 5, 127, 3, 3)
 
 
 def test_intrinsics_forms_agree(model, photo) -> None:

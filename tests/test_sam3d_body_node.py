@@ -61,6 +61,10 @@ def test_load_and_batch(body, core):
     assert bodies.flags[1].tolist() == [BodyFlag.MISSING, BodyFlag.VISIBLE, BodyFlag.VISIBLE]
     assert bodies.vertices.shape == (2, 3, 40, 3) and bodies.faces.shape == (24, 3)
     assert np.isfinite(bodies.params["cam_t"][bodies.present]).all()
+    pose = out.args[1]  # core MHR_POSE_DATA: slots in object-id order on every frame
+    assert len(pose["frames"]) == 3 and pose["image_size"] == (60, 80)
+    assert [p["obj_id"] for p in pose["frames"][1]] == [4, 9]
+    np.testing.assert_array_equal(pose["frames"][2][1]["pred_cam_t"], bodies.params["cam_t"][1, 2])
 
 
 def test_amodal_frames_use_completion(body, core):

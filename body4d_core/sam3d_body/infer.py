@@ -25,6 +25,8 @@ from .model import CropBatch, Sam3dBody
 
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
+# Bodies.extras name -> per-item result key (names follow body4d_core.mhr_pose)
+EXTRA_KEYS = {"model_params": "model_params", "joint_coords": "joints", "joint_global_rots": "joint_rots"}
 PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
               "scale": "scale", "expr": "face", "cam_t": "cam_t"}
 
@@ -200,6 +202,7 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
     out = dict(p)
     out["kp3d"] = rig.keypoints[:, : model.cfg.num_keypoints] * flip
     out["joints"] = rig.joints * flip
+    out["joint_rots"] = rig.joint_rots
     out["model_params"] = rig.model_params
     if with_verts:
         out["verts"] = rig.verts * flip
@@ -221,7 +224,7 @@ def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem]
     out = _finish(model, body, batch, with_verts)
     res = {name: out[key] for name, key in PARAM_KEYS.items()}
     res.update(keypoints_3d=out["kp3d"], keypoints_2d=out["kp2d"], model_params=out["model_params"],
-               joints=out["joints"], focal=out["focal"][:, None])
+               joints=out["joints"], joint_rots=out["joint_rots"], focal=out["focal"][:, None])
     if with_verts:
         res["vertices"] = out["verts"]
     if lbox is not None:
@@ -282,17 +285,22 @@ def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, n
     n = len(ids)
     kp3 = np.zeros((n, num_frames, 70, 3), np.float32)
     kp2 = np.zeros((n, num_frames, 70, 2), np.float32)
-    mp = np.zeros((n, num_frames, 204), np.float32)
+    extras: dict[str, np.ndarray] = {}
     verts = None
     for it, res in zip(items, results):
         r, f = row[int(it.obj_id)], int(it.frame)
         for name in bodies.params:
             bodies.params[name][r, f] = res[name]
-        kp3[r, f], kp2[r, f], mp[r, f] = res["keypoints_3d"], res["keypoints_2d"], res["model_params"]
+        kp3[r, f], kp2[r, f] = res["keypoints_3d"], res["keypoints_2d"]
+        for name, key in EXTRA_KEYS.items():
+            if key in res:
+                if name not in extras:
+                    extras[name] = np.zeros((n, num_frames) + res[key].shape, np.float32)
+                extras[name][r, f] = res[key]
         if "vertices" in res:
             if verts is None:
                 verts = np.zeros((n, num_frames) + res["vertices"].shape, np.float32)
             verts[r, f] = res["vertices"]
         bodies.flags[r, f] = BodyFlag.OCCLUDED if it.occluded else BodyFlag.VISIBLE
     return bodies.replace(keypoints_3d=kp3, keypoints_2d=kp2, vertices=verts,
-                          faces=None if faces is None else np.asarray(faces, np.int32), extras={"model_params": mp})
+                          faces=None if faces is None else np.asarray(faces, np.int32), extras=extras)

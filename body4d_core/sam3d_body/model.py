@@ -101,6 +101,11 @@ class Sam3dBody(nn.Module):
             setattr(self, "keypoint_feat_linear" + suffix, nn.Linear(c, d))
         self.mhr: nn.Module | None = None
 
+    @property
+    def faces(self) -> torch.Tensor:
+        """MHR mesh triangles [F, 3] (from the checkpoint)."""
+        return self.head_pose.faces
+
     # ------------------------------------------------------------------ encoding
 
     def attach_rig(self, rig: nn.Module) -> None:

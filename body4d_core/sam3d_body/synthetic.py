@@ -96,9 +96,11 @@ def scripted_rig(cfg: Sam3dBodyConfig, hidden: int = 16, seed: int = 0) -> torch
 def randomize(model: Sam3dBody, seed: int = 0) -> Sam3dBody:
     """Random network weights (small head outputs, zero-pose init) and plausible MHR constants."""
     g = torch.Generator().manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
     for name, p in model.named_parameters():
         if p.dtype.is_floating_point and not name.startswith("mhr."):
-            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.ndim > 1 else 0.01))
+            dg = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+            p.normal_(0.0, 0.02 if p.ndim > 1 else 0.01, generator=dg)  # on the model's device (fast on GPU)
     for m in model.modules():
         if isinstance(m, nn.LayerNorm) or type(m).__name__ == "LayerNorm2d":
             m.weight.fill_(1.0)
