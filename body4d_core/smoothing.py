@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -219,7 +220,7 @@ def kalman_smooth(
     ``obs_var`` = inf marks frames without an observation: the filter predicts through them.
     Returns float32 [N, T, D]. Causal mode uses the forward filter only (no future frame).
     """
-    y = np.asarray(y, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)  # no copy when already float32
     if y.ndim != 3:
         raise InputError(f"kalman_smooth needs signals [N, T, D], got shape {y.shape}")
     n, t, d = y.shape
@@ -243,10 +244,11 @@ def kalman_smooth(
         G_b = np.concatenate([np.broadcast_to(eye, (n, 1, S, S)), (eye - C @ F)[:, ::-1]], 1)
         bwd = _prepare_recurrence(M_b, G_b, block)
     out = np.empty((n, t, d), np.float32)
-    y = np.where(np.isfinite(y), y, np.float32(0.0))
     step = max(1, chunk_elems // (n * t))
     for c0 in range(0, d, step):
-        xf = _apply_recurrence(*fwd, np.ascontiguousarray(y[:, :, None, c0:c0 + step]))  # [N, T, S, Dc]
+        yc = y[:, :, c0:c0 + step]
+        yc = np.ascontiguousarray(np.where(np.isfinite(yc), yc, np.float32(0.0))[:, :, None])
+        xf = _apply_recurrence(*fwd, yc)  # [N, T, S, Dc]
         if not smooth:
             out[:, :, c0:c0 + step] = xf[:, :, 0]
             continue
@@ -409,18 +411,22 @@ def _signals(bodies: Bodies, observed: np.ndarray) -> tuple[np.ndarray, list[tup
                 if idx.size > 1:
                     arr[i, idx] = np.unwrap(arr[i, idx], axis=0)
         add(name, arr)
-    for name in ("keypoints_3d", "keypoints_2d", "vertices"):
+    for name in ("keypoints_3d", "keypoints_2d"):
         arr = getattr(bodies, name)
         if arr is not None:
             add(name, arr)
     return np.concatenate(parts, axis=-1), layout
 
 
-def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None) -> Bodies:
+def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
+                  refresh: Callable[[Bodies], Bodies] | None = None) -> Bodies:
     """Kalman/RTS-smooth every identity of ``bodies``; returns a new Bodies.
 
     Observed frames keep their flags; bridged gap frames get FILLED. Shape and scale are
     locked per identity. Frames that stay missing are zeros (as the contract says).
+    ``refresh`` (e.g. the MHR rig) regenerates vertices, keypoints and extras such as
+    ``model_params`` from the smoothed parameters; without it, keypoints and vertices are
+    smoothed with the same filter (consistent to first order) and extras pass through.
     """
     settings = settings or SmoothSettings()
     causal = settings.mode == "causal"
@@ -468,7 +474,13 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None) -> Bod
         confidence = np.where(observed, bodies.confidence, 0.0).astype(np.float32)
     extras = {k: np.where(keep.reshape(n, t, *([1] * (v.ndim - 2))), v, np.zeros_like(v))
               for k, v in bodies.extras.items()}
-    return bodies.replace(flags=new_flags, params=params, confidence=confidence, extras=extras, **geometry)
+    if bodies.vertices is not None and refresh is None:
+        nv = bodies.vertices.shape[2]
+        verts = kalman_smooth(bodies.vertices.reshape(n, t, nv * 3), obs_var, settings.window, settings.motion, causal)
+        verts[~keep] = 0.0
+        geometry["vertices"] = verts.reshape(n, t, nv, 3)
+    out_bodies = bodies.replace(flags=new_flags, params=params, confidence=confidence, extras=extras, **geometry)
+    return refresh(out_bodies) if refresh is not None else out_bodies
 
 
 def _locked(values: np.ndarray, flags: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -197,3 +197,25 @@ def test_bad_input_errors() -> None:
 def test_single_frame_and_short_tracks() -> None:
     out = smooth_bodies(_bodies(n=2, t=1))
     np.testing.assert_allclose(out.params["cam_t"][:, 0], [[0, 0, 3]] * 2, atol=1e-5)
+
+
+def test_vertices_smoothed_or_refreshed() -> None:
+    b = _bodies(n=1, t=30)
+    v = np.zeros((1, 30, 5, 3), np.float32)
+    v[..., 0] = (0.01 * np.arange(30))[None, :, None]  # constant velocity
+    noisy = v.copy()
+    noisy[0, 15, :, 0] += 0.05
+    flags = b.flags.copy()
+    flags[0, 10] = BodyFlag.MISSING
+    out = smooth_bodies(b.replace(vertices=noisy, flags=flags))
+    assert np.abs(out.vertices[0, 15] - v[0, 15]).max() < 0.02
+    np.testing.assert_allclose(out.vertices[0, 10], v[0, 10], atol=5e-3)  # bridged, not held
+    assert np.abs(out.vertices[0, 10, :, 0] - out.vertices[0, 9, :, 0]).min() > 0.005
+    seen = []
+
+    def refresh(bodies: Bodies) -> Bodies:
+        seen.append(bodies.flags[0, 10])
+        return bodies.replace(vertices=np.ones_like(bodies.vertices))
+
+    out = smooth_bodies(b.replace(vertices=noisy, flags=flags), refresh=refresh)
+    assert seen == [BodyFlag.FILLED] and (out.vertices == 1).all()
