@@ -122,12 +122,19 @@ def test_editor_in_browser_clicks_run_and_reload(comfy_server, renderer):
             page.evaluate("() => window._pts.sambody4dEditor.setPos(40)")
             page.get_by_text("New person").click()
             page.mouse.click(x + w / 2 - 20, y + h * 0.5)
+            page.mouse.move(x + w * 0.3, y + h * 0.1)  # left drag = a box for person 2 on frame 40
+            page.mouse.down()
+            page.mouse.move(x + w * 0.5, y + h * 0.5, steps=5)
+            page.mouse.move(x + w * 0.7, y + h * 0.9, steps=5)
+            page.mouse.up()
             text = page.evaluate("() => window._pts.widgets.find(w => w.name === 'prompts').value")
             doc = json.loads(text)
             assert doc["image_size"] == [350, 350]
             pts = {o["id"]: o["points"] for o in doc["objects"]}
             assert [p["label"] for p in pts[1]] == [1, 0] and {p["frame"] for p in pts[1]} == {0}
             assert [(p["frame"], p["label"]) for p in pts[2]] == [(40, 1)]
+            (box,) = [o["boxes"] for o in doc["objects"] if o["id"] == 2][0]
+            assert box["frame"] == 40 and box["x0"] < box["x1"] and box["y0"] < box["y1"]
             assert all(0 <= p[k] <= 350 for ps in pts.values() for p in ps for k in ("x", "y"))
 
             page.evaluate("() => window.app.queuePrompt(0)")

@@ -5,7 +5,7 @@
 // message sent before the prompts are checked (so a first run with no clicks still loads the frames).
 // What it writes: the prompt JSON (body4d_core/prompts.py) into the node's `prompts` widget, so workflows save
 // and reload the clicks. Left click = positive point, right click (or shift+click) = negative point,
-// alt/ctrl+click = delete the nearest point. "New person" starts the next object id.
+// left drag = box, alt/ctrl+click = delete the nearest point. "New person" starts the next object id.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -87,7 +87,9 @@ class PointsEditor {
 
     this.slider.addEventListener("input", () => { this.pos = Number(this.slider.value); this.draw(); });
     this.canvas.addEventListener("contextmenu", (e) => { e.preventDefault(); e.stopPropagation(); });
-    this.canvas.addEventListener("pointerdown", (e) => this.onPointer(e));
+    this.canvas.addEventListener("pointerdown", (e) => this.onDown(e));
+    this.canvas.addEventListener("pointermove", (e) => this.onMove(e));
+    this.canvas.addEventListener("pointerup", (e) => this.onUp(e));
     this.canvas.addEventListener("wheel", (e) => {
       if (!this.frames) return;
       e.preventDefault();
@@ -206,27 +208,69 @@ class PointsEditor {
     return this.state.image_size ?? null;
   }
 
-  onPointer(e) {
-    e.preventDefault();
-    e.stopPropagation();
+  // Where a pointer event falls: canvas rect, frame pixels (null outside the picture).
+  locate(e) {
     const size = this.frameSize();
-    if (!size) {
-      this.status.textContent = "Run the node once to load the frames, then click on people.";
-      return;
-    }
+    if (!size) return null;
     const [h, w] = size;
     const r = this.canvas.getBoundingClientRect();
     const rect = S.fitRect(r.width, r.height, w, h);
-    const p = S.canvasToFrame(e.clientX - r.left, e.clientY - r.top, rect, w, h);
-    if (!p) return;
-    if (e.altKey || e.ctrlKey || e.metaKey) {
+    const cx = e.clientX - r.left;
+    const cy = e.clientY - r.top;
+    return { rect, cx, cy, p: S.canvasToFrame(cx, cy, rect, w, h), w, h };
+  }
+
+  onDown(e) {
+    e.preventDefault();
+    e.stopPropagation();
+    const at = this.locate(e);
+    if (!at) {
+      this.status.textContent = "Run the node once to load the frames, then click on people.";
+      return;
+    }
+    if (!at.p) return;
+    this.drag = { button: e.button, shift: e.shiftKey, alt: e.altKey || e.ctrlKey || e.metaKey, start: at, now: at };
+    this.canvas.setPointerCapture?.(e.pointerId);
+  }
+
+  onMove(e) {
+    if (!this.drag) return;
+    e.stopPropagation();
+    this.drag.now = this.locate(e);
+    if (this.isBoxDrag()) this.draw();
+  }
+
+  isBoxDrag() {
+    return !!this.drag && this.isBoxDragOf(this.drag);
+  }
+
+  onUp(e) {
+    const d = this.drag;
+    if (!d) return;
+    e.preventDefault();
+    e.stopPropagation();
+    d.now = this.locate(e) ?? d.now;
+    this.drag = null;
+    const { p, rect, w, h } = d.start;
+    if (this.isBoxDragOf(d)) {
+      // Left drag = a box for the selected person on this frame (clamped to the picture).
+      const q = S.canvasToFrame(Math.min(Math.max(d.now.cx, rect.x), rect.x + rect.w),
+        Math.min(Math.max(d.now.cy, rect.y), rect.y + rect.h), rect, w, h);
+      this.change(S.setBox(this.state, this.active, this.frame, p.x, p.y, q.x, q.y));
+      return;
+    }
+    if (d.alt) {
       const { state, removed } = S.removeNearestPoint(this.state, this.frame, p.x, p.y, HIT_RADIUS_PX / rect.scale);
       if (removed) this.change(state);
       return;
     }
-    const negative = e.button === 2 || e.shiftKey;
-    if (e.button !== 0 && e.button !== 2) return;
+    if (d.button !== 0 && d.button !== 2) return;
+    const negative = d.button === 2 || d.shift;
     this.change(S.addPoint(this.state, this.active, this.frame, p.x, p.y, negative ? 0 : 1));
+  }
+
+  isBoxDragOf(d) {
+    return d.button === 0 && !d.alt && !!d.now && Math.hypot(d.now.cx - d.start.cx, d.now.cy - d.start.cy) > 6;
   }
 
   // ------------------------------------------------------------------ drawing
@@ -271,7 +315,7 @@ class PointsEditor {
       this.label.textContent = "no frames";
     }
     const msg = this.error ?? (this.frames ? `Person ${this.active}: left click = positive, right click = negative, ` +
-      `alt+click = delete. ${total} point(s) on ${S.framesWithPrompts(this.state).length} frame(s).`
+      `drag = box, alt+click = delete. ${total} point(s) on ${S.framesWithPrompts(this.state).length} frame(s).`
       : "Run the node once to load the frames (it reports 'no prompts' until you click).");
     this.status.textContent = msg;
     if (!size) return;
@@ -285,6 +329,14 @@ class PointsEditor {
       ctx.lineWidth = 2;
       ctx.strokeRect(rect.x + Math.min(b.x0, b.x1) * rect.scale, rect.y + Math.min(b.y0, b.y1) * rect.scale,
         Math.abs(b.x1 - b.x0) * rect.scale, Math.abs(b.y1 - b.y0) * rect.scale);
+    }
+    if (this.isBoxDrag()) {
+      const { start, now } = this.drag;
+      ctx.setLineDash([5, 3]);
+      ctx.strokeStyle = S.objectColor(this.active);
+      ctx.lineWidth = 2;
+      ctx.strokeRect(start.cx, start.cy, now.cx - start.cx, now.cy - start.cy);
+      ctx.setLineDash([]);
     }
     for (const p of S.pointsOnFrame(this.state, this.frame)) {
       const x = rect.x + p.x * rect.scale;

@@ -87,6 +87,18 @@ function round2(v) {
   return Math.round(v * 100) / 100;
 }
 
+// Set (replace) the box of an object on a frame; corners are sorted and rounded.
+export function setBox(state, id, frame, x0, y0, x1, y1) {
+  if (!Number.isInteger(id) || id < 1) throw new Error(`object ids start at 1, got ${id}`);
+  const next = addPoint(state, id, frame, 0, 0, 1); // ensures the object exists
+  const obj = next.objects.find((o) => o.id === id);
+  obj.points.pop();
+  obj.boxes = (obj.boxes ?? []).filter((b) => (b.frame ?? 0) !== Math.trunc(frame));
+  obj.boxes.push({ frame: Math.trunc(frame), x0: round2(Math.min(x0, x1)), y0: round2(Math.min(y0, y1)),
+    x1: round2(Math.max(x0, x1)), y1: round2(Math.max(y0, y1)) });
+  return next;
+}
+
 // Remove the point nearest to (x, y) on a frame, if within maxDist pixels; returns {state, removed}.
 export function removeNearestPoint(state, frame, x, y, maxDist) {
   let best = null;

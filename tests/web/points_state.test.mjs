@@ -104,3 +104,17 @@ test("execution ids match the node, also inside subgraphs", () => {
   assert.equal(S.sameNode(7, "7:1"), false);
   assert.equal(S.sameNode(7, undefined), false);
 });
+
+test("boxes: one per object and frame, corners sorted", () => {
+  let s = S.addPoint(S.emptyState(), 1, 3, 5, 5, 1);
+  s = S.setBox(s, 1, 3, 50, 40, 10, 20.123);
+  s = S.setBox(s, 1, 3, 60, 40, 10, 20);
+  s = S.setBox(s, 2, 0, 1, 2, 3, 4);
+  assert.deepEqual(S.boxesOnFrame(s, 3), [{ id: 1, frame: 3, x0: 10, y0: 20, x1: 60, y1: 40 }]);
+  assert.deepEqual(S.pointsOnFrame(s, 3).length, 1);
+  assert.deepEqual(S.objectIds(s), [1, 2]);
+  assert.deepEqual(S.pointsOnFrame(s, 0), []);
+  assert.deepEqual(S.framesWithPrompts(s), [0, 3]);
+  assert.deepEqual(S.framesWithPrompts(S.clearFrame(s, 3)), [0]);
+  assert.throws(() => S.setBox(s, 0, 0, 1, 2, 3, 4), /start at 1/);
+});
