@@ -85,7 +85,9 @@ class SaveGLB(io.ComfyNode):
                 io.Int.Input("obj_id", default=0, min=0, max=10000,
                              tooltip="0 = every person (one file each), else only this object id."),
             ],
-            outputs=[io.String.Output("folder", tooltip="The folder written, relative to the output folder.")],
+            outputs=[io.String.Output("folder", tooltip="The folder written, relative to the output folder."),
+                     io.File3DGLB.Output("model_3d", tooltip="The first person's GLB, for core Preview 3D / "
+                                                             "Save 3D Model.")],
         )
 
     @classmethod
@@ -105,7 +107,17 @@ class SaveGLB(io.ComfyNode):
         ex.write_glb(bodies, folder, fps=float(fps), hooks=glue.hooks(bodies.num_objects))
         files = sorted(folder.glob("*.glb"))
         results = [{"filename": f.name, "subfolder": rel, "type": "output"} for f in files]
-        return io.NodeOutput(rel, ui={"3d": results})
+        return io.NodeOutput(rel, _file3d(files[0]) if files else None, ui={"3d": results})
+
+
+def _file3d(path: Path):
+    """Core's File3D for a GLB on disk (None where comfy_api has no Types, e.g. older ComfyUI)."""
+    try:
+        from comfy_api.latest import Types
+
+        return Types.File3D(str(path), "glb")
+    except (ImportError, AttributeError):
+        return None
 
 
 NODES = [ExportMeshes, SaveGLB]
