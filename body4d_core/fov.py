@@ -241,9 +241,21 @@ def build_tiny_moge(seed: int = 0) -> torch.nn.Module:
     return build_moge(TINY_MOGE_CONFIG, seed)
 
 
-def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build MoGe-2 from an official ``model.pt`` ({'model_config', 'model'}) loaded with weights_only=True."""
+def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                         config: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Build MoGe-2 from an official ``model.pt`` ({'model_config', 'model'}, loaded with weights_only=True)
+    or from a ``.safetensors`` state dict such as ComfyUI core's ``moge_2_vitl_normal_fp16.safetensors``.
+
+    A safetensors file carries no config: ``config`` (default: the ViT-L layout) is used, without
+    the normal head when the file has none. Weights are loaded as fp32.
+    """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+        cfg = dict(config or MOGE2_VITL_CONFIG)
+        if not any(k.startswith("normal_head.") for k in state):
+            cfg.pop("normal_head", None)
+        return _model_from_state(cfg, state, path).to(device)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a wrong or corrupt file
@@ -253,7 +265,70 @@ def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu") -
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise WeightsMismatchError(f"{path} is not an official MoGe-2 model.pt (expected keys 'model_config' "
                                    f"and 'model', found {keys})")
-    return _model_from_state(ckpt["model_config"], ckpt["model"], path).to(device)
+    return _model_from_state(config or ckpt["model_config"], ckpt["model"], path).to(device)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A MoGe-2 state dict from safetensors, with ComfyUI-style DINOv2 key names turned back into MoGe's."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - any parse failure means a wrong or corrupt file
+        raise WeightsMismatchError(f"{path} could not be read as safetensors ({err}); download it again") from err
+    return meta_backbone_keys(state)
+
+
+# ComfyUI's DINOv2 port names (right) for the DINOv2 keys MoGe itself uses (left).
+_BACKBONE_NAMES = {
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "register_tokens": "embeddings.register_tokens",
+    "mask_token": "embeddings.mask_token",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_BLOCK_NAMES = (("ls1.gamma", "layer_scale1.lambda1"), ("ls2.gamma", "layer_scale2.lambda1"),
+                ("attn.proj.", "attention.output.dense."), ("mlp.w12.", "mlp.weights_in."),
+                ("mlp.w3.", "mlp.weights_out."))
+
+
+def meta_backbone_keys(state: Mapping[str, torch.Tensor], prefix: str = "encoder.backbone.") -> dict[str, torch.Tensor]:
+    """Rename ComfyUI-style backbone keys (``encoder.layer.N.attention.attention.query`` ...) to MoGe's.
+
+    Separate query/key/value tensors are concatenated into MoGe's fused ``attn.qkv``; keys that
+    already use MoGe's names pass through unchanged.
+    """
+    inverse = {v: k for k, v in _BACKBONE_NAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    layer = prefix + "encoder.layer."
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            out[key] = value
+            continue
+        rel = key[len(prefix):]
+        if rel in inverse:
+            out[prefix + inverse[rel]] = value
+            continue
+        if not key.startswith(layer):
+            out[key] = value
+            continue
+        idx, sub = key[len(layer):].split(".", 1)
+        if sub.startswith("attention.attention."):
+            part, tail = sub[len("attention.attention."):].split(".", 1)
+            qkv.setdefault((idx, tail), {})[part] = value
+            continue
+        for moge_name, comfy_name in _BLOCK_NAMES:
+            sub = sub.replace(comfy_name, moge_name)
+        out[f"{prefix}blocks.{idx}.{sub}"] = value
+    for (idx, tail), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise WeightsMismatchError(f"block {idx}: attention {tail} is missing one of query/key/value")
+        out[f"{prefix}blocks.{idx}.attn.qkv.{tail}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+    return out
 
 
 _INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
 
+import folder_paths
 from comfy_api.latest import io
 
 from ..body4d_core import fov as bf
@@ -15,6 +17,28 @@ from . import comfy_glue as glue
 from . import types as t
 
 log = logging.getLogger(__name__)
+
+
+CORE_FOLDER = "geometry_estimation"  # where ComfyUI core keeps its MoGe safetensors
+
+
+def _core_moge_files() -> list[str]:
+    """MoGe-2 safetensors in core's geometry_estimation folder, offered as 'geometry_estimation/<file>'."""
+    try:
+        names = folder_paths.get_filename_list(CORE_FOLDER)
+    except (KeyError, OSError):
+        return []
+    return [f"{CORE_FOLDER}/{n}" for n in names if n.endswith(".safetensors") and "moge" in n.lower()]
+
+
+def _checkpoint_path(choice: str) -> str:
+    """model.pt inside models/moge/<choice>, or a core safetensors file; never outside the model folders."""
+    if choice.startswith(CORE_FOLDER + "/"):
+        name = choice[len(CORE_FOLDER) + 1:]
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise InputError(f"{choice!r} is not a file inside models/{CORE_FOLDER}")
+        return folder_paths.get_full_path_or_raise(CORE_FOLDER, name)
+    return os.path.join(glue.resolve_checkpoint("moge", choice), "model.pt")
 
 
 class LoadMoGe(io.ComfyNode):
@@ -31,8 +55,9 @@ class LoadMoGe(io.ComfyNode):
                         "--models moge). Needs the moge package: pip install --no-deps dlr-moge==2.0.0 "
                         "dlr-utils3d==1.3.",
             inputs=[
-                io.Combo.Input("checkpoint", options=glue.checkpoint_choices("moge"),
-                               tooltip="Folder inside models/moge holding model.pt."),
+                io.Combo.Input("checkpoint", options=[*glue.checkpoint_choices("moge"), *_core_moge_files()],
+                               tooltip="A folder inside models/moge holding the official model.pt, or ComfyUI "
+                                       "core's MoGe-2 file in models/geometry_estimation (ViT-L)."),
                 io.Combo.Input("precision", options=["auto", "fp16", "fp32"], default="auto", advanced=True,
                                tooltip="auto/fp16: MoGe's own fp16 autocast on the GPU (weights stay fp32); "
                                        "fp32: full precision. The CPU always runs fp32."),
@@ -42,10 +67,10 @@ class LoadMoGe(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint, precision="auto") -> io.NodeOutput:
-        model_dir = glue.resolve_checkpoint("moge", checkpoint)
-        model = bf.load_moge_checkpoint(f"{model_dir}/model.pt", device="cpu")
+        path = _checkpoint_path(checkpoint)
+        model = bf.load_moge_checkpoint(path, device="cpu")
         dtype = torch.float32 if precision == "fp32" else torch.float16
-        return io.NodeOutput(glue.wrap_model(model, dtype, name="moge", path=model_dir))
+        return io.NodeOutput(glue.wrap_model(model, dtype, name="moge", path=path))
 
 
 class FOV(io.ComfyNode):
