@@ -85,6 +85,17 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiny(args: argparse.Namespace) -> int:
+    """Write tiny random-weight checkpoints in the official layouts (runs the pipeline without real weights)."""
+    from .tiny import write_tiny_checkpoints
+
+    names = None if "all" in args.models else args.models
+    for name, folder in write_tiny_checkpoints(args.root, names, args.seed).items():
+        print(f"{name:26s} {folder}")
+    print(f"tiny checkpoints written; run with --models_root {args.root} (outputs are random: for testing only)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Report which model weights are present and where they are expected."""
     from .config import models_root
@@ -102,6 +113,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def _amodal_settings(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    if args.amodal_steps:
+        out["steps"] = args.amodal_steps
+    if args.amodal_resolution:
+        h, w = args.amodal_resolution
+        out["detection_resolution"] = (h, w)
+        out["completion_resolution"] = (2 * h, 2 * w)
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on one video (points JSON or automatic people detection)."""
     from .pipeline import PipelineOptions, options_from_points, run_pipeline
@@ -109,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = PipelineOptions(
         video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
-        amodal=not args.no_amodal, fov_mode=args.fov, manual_fov=args.manual_fov, body_mode=args.body_mode,
+        amodal=not args.no_amodal, amodal_settings=_amodal_settings(args), fov_mode=args.fov, manual_fov=args.manual_fov, body_mode=args.body_mode,
         batch_size=args.batch_size, smooth=not args.no_smooth, smooth_mode=args.smooth_mode,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         models_root=Path(args.models_root) if args.models_root else None, device=args.device, dtype=args.dtype)
@@ -166,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_people", type=int, default=5)
     p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
     p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
+    p.add_argument("--amodal_steps", type=int, default=0, help="diffusion steps (0 = upstream's 25)")
+    p.add_argument("--amodal_resolution", type=int, nargs=2, metavar=("H", "W"),
+                   help="amodal detection resolution (completion runs at twice it; default 256 512)")
     p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"])
     p.add_argument("--manual_fov", type=float, default=0.0, help="vertical FOV in degrees (overrides MoGe-2)")
     p.add_argument("--body_mode", default="full", choices=["full", "body"])
@@ -194,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="outputs/api", help="where to download the outputs")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("tiny-checkpoints", help="write tiny random-weight checkpoints in the official layouts")
+    p.add_argument("--root", required=True, help="models root to write into")
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny)
 
     p = sub.add_parser("models", help="show which weights are present")
     p.add_argument("--root")

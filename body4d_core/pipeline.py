@@ -41,6 +41,7 @@ class PipelineOptions:
     max_people: int = 5
     direction: str = "both"
     amodal: bool = True
+    amodal_settings: dict = field(default_factory=dict)  # OcclusionConfig / SamplerConfig fields
     fov_mode: str = "first"  # first | every_n | all | none (f = sqrt(H^2 + W^2))
     manual_fov: float = 0.0  # vertical degrees; > 0 overrides the model
     body_mode: str = "full"
@@ -122,12 +123,14 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks) -> Amodal:
+    from .amodal.config import configs_from_mapping
     from .amodal.models import load_amodal_models
     from .amodal.stage import run_amodal
 
+    occ, sampler = configs_from_mapping(opts.amodal_settings)
     models = load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype)
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, hooks=hooks)
+        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, occ, sampler, hooks=hooks)
         log.info("amodal: %s", stats)
         return amodal
     finally:
@@ -240,7 +243,7 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
     path = out / "render_4d.mp4"
     export.write_mp4(path, images, clip.fps, clip.image_size)
     summary.files["render"] = path
-    summary.files["params"] = export.save_params(bodies, out / "params.npz")
+    summary.files["params"] = export.save_params(bodies, out / "params.npz", camera)
     if opts.write_meshes:
         summary.files["meshes"] = export.write_meshes(bodies, out / "meshes")
     if opts.write_glb:

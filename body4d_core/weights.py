@@ -86,21 +86,23 @@ def setup_command(name: str, root: Path | None = None) -> str:
     return f"python -m body4d_core setup --models {name}{where}"
 
 
-def _candidates(spec: ModelSpec, search_dirs: Sequence[Path]) -> list[Path]:
+def _candidates(spec: ModelSpec, search_dirs: Sequence[Path], family_dirs: bool) -> list[Path]:
+    """Where to look, the canonical place first: root/<folder>/<subdir> (or <family>/<subdir>)."""
     out = []
     for d in search_dirs:
         d = Path(d)
-        out += [d / spec.subdir, d / spec.folder / spec.subdir, d]
+        out += [d / spec.subdir, d] if family_dirs else [d / spec.folder / spec.subdir, d / spec.subdir, d]
     return out
 
 
 def resolve_model_dir(name: str, search_dirs: Iterable[str | Path] | None = None,
-                      explicit: str | Path | None = None) -> Path:
+                      explicit: str | Path | None = None, family_dirs: bool = False) -> Path:
     """The directory holding every required file of model ``name``.
 
-    ``explicit`` is a directory chosen by the user; otherwise ``search_dirs`` (ComfyUI's
-    model folders, or the config's ckpt_root) are searched. Raises MissingWeightsError
-    naming the missing files, the folder to put them in and the command that downloads them.
+    ``explicit`` is a directory chosen by the user; otherwise ``search_dirs`` are searched:
+    models roots (the config's ckpt_root), or with ``family_dirs`` the family folders
+    themselves (ComfyUI's models/<folder> paths). Raises MissingWeightsError naming the
+    missing files, the folder to put them in and the command that downloads them.
     """
     from .config import models_root
 
@@ -109,7 +111,7 @@ def resolve_model_dir(name: str, search_dirs: Iterable[str | Path] | None = None
         cands = [Path(explicit)]
     else:
         dirs = [Path(d) for d in (search_dirs or [])] or [models_root()]
-        cands = _candidates(spec, dirs)
+        cands = _candidates(spec, dirs, family_dirs and bool(search_dirs))
     best: tuple[Path, list[str]] | None = None
     for cand in cands:
         if not cand.is_dir():
@@ -119,7 +121,7 @@ def resolve_model_dir(name: str, search_dirs: Iterable[str | Path] | None = None
             return cand
         if len(miss) < len(spec.required) and (best is None or len(miss) < len(best[1])):
             best = (cand, miss)  # holds some of the files: a partial download
-    target = best[0] if best else (cands[0] if explicit else cands[1])
+    target = best[0] if best else cands[0]
     miss = best[1] if best else list(spec.required)
     raise MissingWeightsError(_missing_message(spec, target, miss, partial=best is not None))
 

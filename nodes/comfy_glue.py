@@ -64,7 +64,7 @@ def resolve_checkpoint(name: str, choice: str) -> str:
         cand = os.path.join(d, choice)
         if os.path.isdir(cand):
             return str(weights.resolve_model_dir(name, explicit=cand))
-    return str(weights.resolve_model_dir(name, search_dirs=dirs or None))
+    return str(weights.resolve_model_dir(name, search_dirs=dirs or None, family_dirs=True))
 
 
 # --------------------------------------------------------------------------- models
