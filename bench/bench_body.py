@@ -159,6 +159,25 @@ def time_official(est, frame: np.ndarray, items: list[BodyItem], mode: str, reps
     return reps * len(items) / (time.perf_counter() - t0), torch.cuda.max_memory_allocated() / 2**30
 
 
+def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyItem], dtype: torch.dtype) -> list[str]:
+    """Max |ours - official| per output on the same people (one image), body and full mode."""
+    keys = {"global_rot": "global_rot", "body_pose": "body_pose_params", "hand_pose": "hand_pose_params",
+            "shape": "shape_params", "cam_t": "pred_cam_t", "keypoints_3d": "pred_keypoints_3d",
+            "keypoints_2d": "pred_keypoints_2d"}
+    boxes = np.array([it.box for it in items], np.float32)
+    masks = np.stack([it.mask for it in items]).astype(np.uint8)
+    lines = []
+    for mode in ("body", "full"):
+        with torch.no_grad():
+            ref = est.process_one_image(frame, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
+        ours = estimate_bodies(model, frame[None], [BodyItem(0, i + 1, it.box, it.mask) for i, it in enumerate(items)],
+                               mode=mode, dtype=dtype)
+        diffs = {k: max(float(np.abs(o[k] - np.asarray(r[rk])).max()) for o, r in zip(ours, ref))
+                 for k, rk in keys.items()}
+        lines.append(f"# max |ours - official| ({mode}): " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
@@ -193,12 +212,14 @@ def main() -> None:
     rows = [("ours", "backbone only", time_backbone(model, args.batch, dtype, args.reps), float("nan"))]
     for mode in ("body", "full"):
         rows.append(("ours", mode, *time_ours(model, frames, items, mode, args.batch, dtype, args.reps)))
+    notes: list[str] = []
     if args.official and args.dinov3 and dev.type == "cuda":
         try:
             rig_path = "/tmp/bench_body_rig.pt"
             torch.jit.save(model.mhr, rig_path)
             est = _official(args.official, args.dinov3, cfg, model, rig_path)
             per = items[: args.people]
+            notes = compare_official(est, model, frames[0], per, dtype)
             for mode in ("body", "full"):
                 rows.append(("official", f"{mode} ({args.people} people/image)",
                              *time_official(est, frames[0], per, mode, max(2, args.reps * 4))))
@@ -211,6 +232,8 @@ def main() -> None:
     print(f"|{'-' * 11}|{'-' * 46}|{'-' * 11}|{'-' * 15}|")
     for impl, what, rate, peak in rows:
         print(f"| {impl:9s} | {what:44s} | {rate:9.1f} | {peak:13.2f} |")
+    for line in notes:
+        print(line)
 
 
 if __name__ == "__main__":

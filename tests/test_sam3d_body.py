@@ -291,3 +291,17 @@ def test_bad_inputs_have_clear_errors(model, photo) -> None:
     with pytest.raises(InputError, match="batch_size"):
         estimate_bodies(model, frames, [BodyItem(0, 1, box, None)], batch_size=0)
     assert estimate_bodies(model, frames, []) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_bf16_is_close(model, photo) -> None:
+    img, mask, box = photo
+    items = [BodyItem(0, 1, box, mask)]
+    cpu = estimate_bodies(model, img[None], items, mode="full")[0]
+    gpu_model = random_model(tiny_config(), seed=0).cuda()
+    fp32 = estimate_bodies(gpu_model, img[None], items, mode="full", dtype=torch.float32)[0]
+    bf16 = estimate_bodies(gpu_model, img[None], items, mode="full", dtype=torch.bfloat16)[0]
+    for k in ("body_pose", "cam_t", "keypoints_3d"):
+        np.testing.assert_allclose(fp32[k], cpu[k], atol=1e-3, err_msg=k)
+        np.testing.assert_allclose(bf16[k], fp32[k], atol=5e-2, err_msg=k)
