@@ -35,14 +35,35 @@ THUMB_MAX_SIDE = 768
 DEFAULT_PROMPTS = '{"version": 1, "objects": []}'
 
 
-def write_editor_frames(frames, max_frames: int, max_side: int = THUMB_MAX_SIDE) -> dict:
+def _node_prefix(node_id: str | None) -> str:
+    """File-name prefix of one node's thumbnails (only safe characters)."""
+    if node_id is None:
+        return "x_"
+    return "n" + "".join(c if c.isalnum() else "-" for c in str(node_id)) + "_"
+
+
+def _remove_old_thumbnails(out_dir: str, prefix: str) -> None:
+    """Delete this node's thumbnails from earlier runs so the temp folder does not fill up."""
+    if prefix == "x_":
+        return
+    for name in os.listdir(out_dir):
+        if name.startswith(prefix) and name.endswith(".jpg"):
+            try:
+                os.remove(os.path.join(out_dir, name))
+            except OSError:
+                pass
+
+
+def write_editor_frames(frames, max_frames: int, max_side: int = THUMB_MAX_SIDE, node_id: str | None = None) -> dict:
     """Save thumbnails of the editor's frames to the temp folder; returns what the browser needs."""
     num_frames, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
     idx = bp.editor_frame_indices(num_frames, max_frames)
     th, tw = bp.editor_size((h, w), max_side)
     out_dir = os.path.join(folder_paths.get_temp_directory(), EDITOR_SUBFOLDER)
     os.makedirs(out_dir, exist_ok=True)
-    run = uuid.uuid4().hex[:12]
+    prefix = _node_prefix(node_id)
+    _remove_old_thumbnails(out_dir, prefix)
+    run = prefix + uuid.uuid4().hex[:12]
     files = []
     for s in range(0, len(idx), 32):
         chunk = glue.image_to_uint8(frames[idx[s:s + 32]])
@@ -112,8 +133,9 @@ class SAM3Points(io.ComfyNode):
                 coords_object_id=1, editor_max_frames=300) -> io.NodeOutput:
         if frames.ndim != 4 or frames.shape[0] < 1:
             raise InputError(f"frames must be an IMAGE batch [T, H, W, 3], got shape {tuple(frames.shape)}")
-        editor = write_editor_frames(frames, editor_max_frames)
-        _notify_editor(cls.hidden.unique_id if cls.hidden else None, editor)
+        node_id = getattr(cls.hidden, "unique_id", None) if cls.hidden else None
+        editor = write_editor_frames(frames, editor_max_frames, node_id=node_id)
+        _notify_editor(node_id, editor)
         size = (int(frames.shape[1]), int(frames.shape[2]))
         result = bp.parse_prompts(prompts, size, int(frames.shape[0]), positive_coords, negative_coords,
                                   coords_frame, coords_object_id)

@@ -255,3 +255,20 @@ def test_points_node_schema(points_node):
     assert schema.node_id == "SAMBody4D_SAM3Points"
     assert [s.io_type for s in schema.outputs] == ["BODY4D_PROMPTS", "IMAGE"]
     assert [s.id for s in schema.inputs][:2] == ["frames", "prompts"]
+
+
+def test_points_node_replaces_its_old_thumbnails(points_node):
+    import os
+
+    import folder_paths
+    import torch
+
+    frames = torch.rand(4, 16, 16, 3)
+    first = points_node.write_editor_frames(frames, 10, node_id="12:3")
+    other = points_node.write_editor_frames(frames, 10, node_id="5")
+    second = points_node.write_editor_frames(frames, 10, node_id="12:3")
+    folder = os.path.join(folder_paths.get_temp_directory(), points_node.EDITOR_SUBFOLDER)
+    present = set(os.listdir(folder))
+    assert all(f.startswith("n12-3_") for f in second["files"])
+    assert set(second["files"]) <= present and set(other["files"]) <= present
+    assert not set(first["files"]) & present  # the same node's earlier run was cleaned up
