@@ -114,6 +114,24 @@ def test_mismatched_checkpoint_names_the_keys(saved) -> None:
     assert "facebook/sam-3d-body-dinov3" in msg
 
 
+def test_wrapped_key_prefixes_are_undone(saved) -> None:
+    model, _ = saved
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("mhr.")}
+    wrapped = {"model." + k.replace("backbone.encoder.", "backbone._orig_mod.encoder."): v for k, v in sd.items()}
+    clean = check_state_dict(model, wrapped)
+    assert set(clean) == set(sd)
+
+
+def test_unreadable_yaml_values_are_reported(tmp_path) -> None:
+    p = tmp_path / "model_config.yaml"
+    p.write_text("MODEL:\n  BACKBONE: {TYPE: dinov3_vith16plus}\n  DECODER: {DIM: '${oops}'}\n")
+    with pytest.raises(WeightsMismatchError, match="unreadable SAM-3D-Body setting"):
+        config_from_yaml(p)
+    p.write_text("MODEL:\n  BACKBONE: {TYPE: resnet50}\n")
+    with pytest.raises(WeightsMismatchError, match="backbone 'resnet50' is not supported"):
+        config_from_yaml(p)
+
+
 def test_optional_buffers_may_be_absent(saved) -> None:
     model, _ = saved
     sd = {k: v for k, v in model.state_dict().items()

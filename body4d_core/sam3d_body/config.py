@@ -87,13 +87,24 @@ def config_from_yaml(path: str | Path) -> Sam3dBodyConfig:
     from omegaconf import OmegaConf
 
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=False)
+        conf = OmegaConf.load(str(path))
     except Exception as err:  # noqa: BLE001 - any YAML failure means an unusable file
         raise WeightsMismatchError(f"cannot read SAM-3D-Body config {path}: {err}") from err
+    try:  # resolve ${...} interpolations where possible (the official loader does the same)
+        raw = OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # noqa: BLE001 - unresolvable interpolations elsewhere in the file
+        raw = OmegaConf.to_container(conf, resolve=False)
     model = (raw or {}).get("MODEL")
     if not isinstance(model, dict):
         raise WeightsMismatchError(f"{path} has no MODEL section; is it SAM-3D-Body's model_config.yaml?")
     base = Sam3dBodyConfig()
+    try:
+        return _from_model_section(model, base)
+    except (KeyError, TypeError, ValueError) as err:
+        raise WeightsMismatchError(f"{path}: unreadable SAM-3D-Body setting ({type(err).__name__}: {err})") from err
+
+
+def _from_model_section(model: dict, base: Sam3dBodyConfig) -> Sam3dBodyConfig:
     name = str(_get(model, "BACKBONE.TYPE", base.backbone))
     if name == "custom":  # our extension, used by tests: explicit DINOv3-style sizes
         bb = model["BACKBONE"]
@@ -102,11 +113,11 @@ def config_from_yaml(path: str | Path) -> Sam3dBodyConfig:
     elif name in BACKBONES:
         dim, depth, heads, ffn, swiglu = BACKBONES[name]
     else:
-        raise WeightsMismatchError(f"{path}: backbone {name!r} is not supported (supported: {', '.join(BACKBONES)})")
+        raise ValueError(f"backbone {name!r} is not supported (supported: {', '.join(BACKBONES)})")
     size = _get(model, "IMAGE_SIZE", [base.image_size])
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     if _get(model, "DECODER.ENABLE_TWOWAY", False):
-        raise WeightsMismatchError(f"{path}: two-way decoders are not supported")
+        raise ValueError("two-way decoders are not supported")
     return Sam3dBodyConfig(
         image_size=size,
         image_mean=tuple(_get(model, "IMAGE_MEAN", base.image_mean)),

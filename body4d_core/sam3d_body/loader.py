@@ -133,8 +133,16 @@ def _default_buffer(model: Sam3dBody, key: str, like: torch.Tensor) -> torch.Ten
     return torch.cat([torch.ones(d), torch.zeros(d), torch.ones(d)]).to(like.dtype)
 
 
+def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo wrappers a training run may add: torch.compile's ``_orig_mod.`` and a ``model.`` prefix."""
+    sd = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
+    if not any(k.startswith("backbone.") for k in sd) and any(k.startswith("model.backbone.") for k in sd):
+        sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}
+    return sd
+
+
 def _fix_optional(model: Sam3dBody, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    sd = {k: v for k, v in _normalise_keys(sd).items() if not k.startswith(IGNORED_PREFIXES)}
     own = model.state_dict()
     for k, v in own.items():
         if k not in sd and k.endswith(OPTIONAL_SUFFIXES):
