@@ -313,11 +313,6 @@ def prompts_to_json(prompts: Prompts) -> str:
     return json.dumps(doc)
 
 
-def prompt_frames(prompts: Prompts) -> list[int]:
-    """Frames that carry at least one prompt, ascending."""
-    return prompts.frames
-
-
 # --------------------------------------------------------------------------- preview drawing
 
 
