@@ -377,7 +377,7 @@ def _gap_fill_mask(observed: np.ndarray, max_gap: int, causal: bool) -> np.ndarr
         else:
             nxt = np.where(observed[i], frames, t)
             nxt = np.minimum.accumulate(nxt[::-1])[::-1]
-            gap_len = np.where(after & (nxt < t), nxt - last - 1, t + 1)
+            gap_len = np.where(after & (nxt < t), nxt - last - 1, np.iinfo(np.int64).max)
             fill[i] = ~observed[i] & (gap_len <= max_gap)
     return fill
 

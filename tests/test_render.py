@@ -12,6 +12,8 @@ from body4d_core.palette import object_color
 from body4d_core.render import rasterize, render_bodies
 from body4d_core.skeleton import MHR70_FOR_OPENPOSE18, draw_openpose, mhr70_to_openpose18
 
+from .nodes_env import pack  # noqa: F401 - fixture
+
 SQUARE = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
 FACES = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
 
@@ -119,3 +121,48 @@ def test_openpose_mode_needs_only_keypoints() -> None:
     kp[0, :, 69] = (50, 50)
     img, mask = render_bodies(None, b.replace(vertices=None, faces=None, keypoints_2d=kp), cam, mode="openpose")
     assert tuple(img[0, 50, 50]) == (255, 85, 0) and mask[0, 50, 50] == 1.0 and mask[0, 0, 0] == 0.0
+
+
+def test_tiny_body_model_through_smooth_render_and_glb(pack) -> None:  # noqa: F811
+    """Real SAM-3D-Body code path (tiny random weights) -> Kalman Smooth -> Render Mesh -> Save GLB nodes."""
+    import importlib
+
+    import folder_paths
+    import pygltflib
+
+    from body4d_core.sam3d_body import tiny_config
+    from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        importlib.import_module(f"{pack.__name__}.nodes.comfy_glue").register_model_folders()
+        body = importlib.import_module(f"{pack.__name__}.nodes.body")
+        data = importlib.import_module(f"{pack.__name__}.body4d_core.data")
+        root = folder_paths.get_folder_paths("sam3d_body")[0]
+        save_official_layout(random_model(tiny_config(), seed=5), f"{root}/tiny-render")
+        handle = body.LoadSAM3DBody.execute(checkpoint="tiny-render", precision="auto").args[0]
+        t, h, w = 4, 60, 80
+        frames = torch.rand(t, h, w, 3)
+        masks = np.zeros((2, t, h, w), bool)
+        masks[0, :, 10:50, 20:40] = True
+        masks[1, 1:, 5:30, 50:75] = True
+        bodies = body.BodyBatch.execute(handle, frames, tracks=data.Tracks.from_masks([4, 9], masks), mode="body",
+                                        batch_size=2).args[0]
+        assert bodies.vertices is not None and bodies.faces is not None
+
+        smooth = importlib.import_module(f"{pack.__name__}.nodes.smooth").KalmanSmooth
+        sb, pose = smooth.execute(bodies=bodies).args
+        assert sb.vertices.shape == bodies.vertices.shape and len(pose["frames"]) == t
+        assert sb.flags[1, 0] == data.BodyFlag.MISSING  # never invented before a person appears
+        cam = data.Camera.from_focal(80.0, (h, w), t, "manual")
+        rnd = importlib.import_module(f"{pack.__name__}.nodes.render").RenderMesh
+        img, mask = rnd.execute(sb, cam, frames=frames, mode="overlay").args
+        assert img.shape == (t, h, w, 3) and mask.shape == (t, h, w) and torch.isfinite(img).all()
+        glb = importlib.import_module(f"{pack.__name__}.nodes.export").SaveGLB
+        rel = glb.execute(sb, fps=10.0, filename_prefix="tiny/glb").args[0]
+        g = pygltflib.GLTF2.load(f"{folder_paths.get_output_directory()}/{rel}/body4d_person_9.glb")
+        assert len(g.meshes) == 3  # person 9 is absent on frame 0
+        assert g.accessors[g.meshes[0].primitives[0].attributes.POSITION].count == bodies.vertices.shape[2]
+    finally:
+        torch.set_num_threads(threads)

@@ -178,6 +178,8 @@ def test_long_gap_and_track_edges_stay_missing() -> None:
     assert (out.flags[0, :10] == BodyFlag.MISSING).all() and (out.flags[0, 95:] == BodyFlag.MISSING).all()
     assert (out.flags[0, 30:80] == BodyFlag.MISSING).all()
     assert (out.params["cam_t"][0, 30:80] == 0).all()
+    short = smooth_bodies(_bodies(n=1, t=6).replace(flags=np.array([[0, 0, 1, 1, 1, 0]], np.uint8)))
+    assert short.flags.tolist() == [[0, 0, 1, 1, 1, 0]]  # track edges are never invented (default max_gap)
     causal = smooth_bodies(b.replace(flags=flags), SmoothSettings(mode="causal", max_gap=5))
     assert (causal.flags[0, 30:35] == BodyFlag.FILLED).all() and (causal.flags[0, 35:80] == BodyFlag.MISSING).all()
 
