@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--people-batch", type=int, default=4)
     ap.add_argument("--budget-px", type=int, default=1 << 20, help="latent pixels x frames x 2 per UNet call")
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--no-refine", action="store_true", help="reuse detection masks instead of the 512x1024 pass")
     ap.add_argument("--tiny", action="store_true", help="tiny networks on the CPU (smoke test)")
     a = ap.parse_args()
 
@@ -90,11 +91,11 @@ def main() -> None:
         else torch.float32
     preset = "tiny" if a.tiny else "real"
     h, w = (int(v) for v in a.size.split("x"))
-    occ = OcclusionConfig()
+    occ = OcclusionConfig(refine=not a.no_refine)
     smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
     if a.tiny:
         h, w, a.frames, a.people = 64, 96, min(a.frames, 20), min(a.people, 2)
-        occ = OcclusionConfig(detection_resolution=(32, 48), completion_resolution=(64, 96))
+        occ = OcclusionConfig(detection_resolution=(32, 48), completion_resolution=(64, 96), refine=not a.no_refine)
         smp = SamplerConfig(steps=2, people_batch=a.people_batch, window=a.window)
 
     t0 = time.perf_counter()

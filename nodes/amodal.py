@@ -112,6 +112,9 @@ class AmodalComplete(io.ComfyNode):
                              tooltip="Frames added each side of an occluded stretch."),
                 io.Float.Input("border_fraction", default=0.05, min=0.0, max=0.5, step=0.01, advanced=True,
                                tooltip="People lying entirely in this image border are never occluded."),
+                io.Boolean.Input("refine", default=True, advanced=True,
+                                 tooltip="Re-run amodal masks at the completion resolution on occluded stretches "
+                                         "(upstream). Off: reuse the detection masks, roughly a third faster."),
                 io.Boolean.Input("fill_single_gaps", default=True, advanced=True,
                                  tooltip="A visible frame between two occluded ones counts as occluded."),
                 io.Float.Input("guidance", default=1.5, min=1.0, max=10.0, step=0.1, advanced=True,
@@ -141,7 +144,8 @@ class AmodalComplete(io.ComfyNode):
     @classmethod
     def execute(cls, frames, amodal_model, tracks=None, sam3_track_data=None, steps=25, iou_occluded=0.55,
                 iou_final=0.65, seed=23, detection_resolution="256x512", completion_resolution="512x1024",
-                pad_frames=2, border_fraction=0.05, fill_single_gaps=True, guidance=1.5, motion_bucket_id=127,
+                pad_frames=2, border_fraction=0.05, refine=True, fill_single_gaps=True, guidance=1.5,
+                motion_bucket_id=127,
                 fps=8, noise_aug_strength=0.02, decode_chunk_size=8, window=64, overlap=8, people_batch=4,
                 embed_order="upstream") -> io.NodeOutput:
         if tracks is None:
@@ -155,7 +159,7 @@ class AmodalComplete(io.ComfyNode):
             detection_resolution=parse_resolution(detection_resolution, "detection_resolution"),
             completion_resolution=parse_resolution(completion_resolution, "completion_resolution"),
             iou_occluded=iou_occluded, iou_final=iou_final, border_fraction=border_fraction,
-            fill_single_gaps=fill_single_gaps, pad_frames=pad_frames)
+            fill_single_gaps=fill_single_gaps, pad_frames=pad_frames, refine=refine)
         smp = SamplerConfig(steps=steps, guidance=guidance, motion_bucket_id=motion_bucket_id, fps=fps,
                             noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size, seed=seed,
                             window=window, overlap=min(overlap, window - 1), people_batch=people_batch,

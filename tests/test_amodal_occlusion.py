@@ -372,3 +372,22 @@ def test_vectorised_scores_match_per_frame_rules():
     np.testing.assert_allclose(ious, want_iou, rtol=1e-6)
     assert codes.tolist() == want_code
     assert len(set(want_code)) >= 4  # the sample exercises several rules
+
+
+def test_without_refinement_reuses_detection_masks():
+    truth, vis = sliding_clip()
+    cfg = OcclusionConfig(detection_resolution=(H, W), completion_resolution=(H, W), refine=False)
+    out, stats, mask, content, _ = run({1: truth}, {1: vis}, cfg)
+    assert len(mask.calls) == 1  # detection only
+    assert np.flatnonzero(out.occluded[0]).tolist() == [3, 4, 5, 6]
+    assert content.calls == [[(1, list(range(1, 9)))]]
+    assert torch.equal(content.inputs[0][1][4, 0] > 0, torch.from_numpy(truth[5]))
+    np.testing.assert_array_equal(out.amodal_mask(1, 5), truth[5])
+
+
+def test_yaml_amodal_section_builds_configs():
+    from body4d_core.config import load_config
+    from omegaconf import OmegaConf
+
+    occ, smp = configs_from_mapping(OmegaConf.to_container(load_config().amodal))
+    assert occ == OcclusionConfig() and smp == SamplerConfig()

@@ -24,6 +24,7 @@ class OcclusionConfig:
     skinny_ratio: float = 0.20  # amodal box short/long side < this -> degenerate
     fill_single_gaps: bool = True
     pad_frames: int = 2
+    refine: bool = True  # re-run amodal masks at the completion resolution (upstream); off: reuse detection masks
 
     def __post_init__(self) -> None:
         for name in ("detection_resolution", "completion_resolution"):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Amodal, Tracks, pack_masks
+from ..data import Amodal, Tracks, pack_masks, unpack_masks
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks
 from .config import OcclusionConfig, SamplerConfig
@@ -149,7 +149,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
 
     t0 = time.perf_counter()
     all_idx = np.arange(n_t)
-    depth_det = resize_depth(depth, det) * 1.0
+    depth_det = resize_depth(depth, det)
     jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det, dev) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
             for o in ids]
     preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5), budget_px)
@@ -157,6 +157,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     occluded = np.zeros((len(ids), n_t), bool)
     iou = np.full((len(ids), n_t), np.nan, np.float32)
     amodal = np.zeros((len(ids), n_t, h, (w + 7) // 8), np.uint8)
+    det_packed: dict[int, np.ndarray] = {}  # detection-pass amodal masks, kept only without refinement
     for k, (o, pred) in enumerate(zip(ids, preds)):
         vis = tracks.masks_of(o)
         am = _gray_mask(pred, (h, w), occ, dev)
@@ -168,6 +169,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
         stats.detected[o], stats.detection_iou[o], stats.exempt[o] = flags, ious, exempt
         stats.segments[o] = padded_segments(flags, occ.pad_frames)
         amodal[k] = tracks.packed[k]
+        if not occ.refine and stats.segments[o]:
+            det_packed[k] = pack_masks(am)
     del preds
     stats.timings["detect"] = time.perf_counter() - t0
 
@@ -175,19 +178,23 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     segs = [(k, o, a, b) for k, o in enumerate(ids) for a, b in stats.segments[o]]
     hi_masks: dict[tuple[int, int], np.ndarray] = {}
     if segs:
-        depth_comp = {}
-        jobs = []
-        for k, o, a, b in segs:
-            idx = np.arange(a, b)
-            jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) * 2 - 1,
-                                 resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
-        preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7), budget_px)
-        del jobs, depth_comp
-        for (k, o, a, b), pred in zip(segs, preds):
-            hi = _gray_mask(pred, comp, occ, dev)
+        if occ.refine:
+            jobs = []
+            for k, o, a, b in segs:
+                idx = np.arange(a, b)
+                jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) * 2 - 1,
+                                     resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
+            preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7), budget_px)
+            del jobs
+        for n_seg, (k, o, a, b) in enumerate(segs):
+            if occ.refine:
+                hi = _gray_mask(preds[n_seg], comp, occ, dev)
+                full = _nearest(hi, (h, w), dev)
+            else:  # reuse the detection pass's masks, resized to the completion resolution
+                full = unpack_masks(det_packed[k][a:b], w)
+                hi = _resize_masks(full, comp, dev)[:, 0].numpy() > 0.5
             hi_masks[(k, a)] = hi
             vis = tracks.masks_of(o, slice(a, b))
-            full = _nearest(hi, (h, w), dev)
             ious, exempt = score_frames(vis, full, occ, dev)
             flags = occluded_flags(ious, exempt, occ.iou_final)
             if occ.fill_single_gaps:
