@@ -46,21 +46,14 @@ import numpy as np
 
 from .data import ObjectPrompt, Prompts
 from .errors import InputError
+from .palette import OBJECT_COLORS, object_color  # the editor (web/points_state.js) holds the same list
 
 log = logging.getLogger(__name__)
 
 PROMPT_FORMAT_VERSION = 1
 
-# Per-object colours (RGB), indexed by (obj_id - 1) % len. web/points_editor.js holds the same list.
-OBJECT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-)
-
-
-def object_color(obj_id: int) -> tuple[int, int, int]:
-    """The RGB colour of an object id (same palette as the editor)."""
-    return OBJECT_COLORS[(int(obj_id) - 1) % len(OBJECT_COLORS)]
+__all__ = ["OBJECT_COLORS", "object_color", "parse_prompts", "parse_coordinate_string", "prompts_to_json",
+           "draw_prompts", "editor_frame_indices", "editor_size"]
 
 
 # --------------------------------------------------------------------------- small readers

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from body4d_core.prompts import OBJECT_COLORS
+from body4d_core.palette import OBJECT_COLORS
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"

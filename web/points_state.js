@@ -5,7 +5,7 @@
 
 export const FORMAT_VERSION = 1;
 
-// Same palette as body4d_core/prompts.py OBJECT_COLORS (RGB), indexed by (id - 1) % length.
+// Same palette as body4d_core/palette.py OBJECT_COLORS (RGB), indexed by (id - 1) % length.
 export const OBJECT_COLORS = [
   [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180],
   [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
