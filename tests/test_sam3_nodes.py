@@ -110,3 +110,15 @@ def test_every_sam3_node_is_prefixed(env):
     ids = [n.GET_SCHEMA().node_id for n in mod.NODES]
     assert ids == ["SAMBody4D_LoadSAM3", "SAMBody4D_DetectPeople", "SAMBody4D_Propagate", "SAMBody4D_TracksToMask",
                    "SAMBody4D_TracksToCoreTrack", "SAMBody4D_CoreTrackToTracks"]
+
+
+def test_cancel_stops_propagation_and_a_rerun_works(env):
+    mod, data, _, frames, handle, _ = env
+    import comfy.model_management as mm
+
+    prompts = data.Prompts([data.ObjectPrompt(1, 2, [[30, 30]], [1])], (SIDE, SIDE), T)
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        mod.Propagate.execute(frames, handle, prompts, "both")
+    tracks = mod.Propagate.execute(frames, handle, prompts, "forward", image_outputs=False).args[0]
+    assert tracks.present[0, 2:].all() and not tracks.present[0, :2].any()
