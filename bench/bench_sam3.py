@@ -13,6 +13,7 @@ for the shorter clips, which keeps every preprocessed frame and every output on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -116,7 +117,8 @@ def run_reference(bundle: Sam3Bundle, clip: SyntheticClip, n_obj: int, device: t
     video = [clip[i] for i in range(clip.n)]
     session = proc.init_video_session(video=video, inference_device=device, dtype=bundle.dtype)
     del video
-    with torch.inference_mode():
+    amp = torch.autocast("cuda", dtype=bundle.dtype) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
         for it in prompts.items:
             proc.add_inputs_to_inference_session(session, frame_idx=0, obj_ids=[it.obj_id],
                                                  input_boxes=[[it.box.tolist()]])
@@ -161,13 +163,20 @@ def main() -> None:
     for n_obj in args.objects:
         r = run_ours(bundle, SyntheticClip(args.fps_frames, side, side), n_obj, device)
         rows.append({"case": f"{side}x{side}, {n_obj} obj", "path": "ours (streamed)", "frames": args.fps_frames, **r})
+        print(rows[-1], flush=True)
     for n in args.lengths:
         clip = SyntheticClip(n, *hd)
         r = run_ours(bundle, clip, 1, device)
         rows.append({"case": f"{hd[1]}x{hd[0]}, 1 obj", "path": "ours (streamed)", "frames": n, **r})
+        print(rows[-1], flush=True)
         if n <= args.reference_max:
-            r = run_reference(bundle, clip, 1, device)
+            try:
+                r = run_reference(bundle, clip, 1, device)
+            except Exception as err:  # noqa: BLE001 - report the reference's failure, keep our rows
+                print(f"reference path failed at {n} frames: {type(err).__name__}: {err}", flush=True)
+                continue
             rows.append({"case": f"{hd[1]}x{hd[0]}, 1 obj", "path": "transformers whole-video", "frames": n, **r})
+            print(rows[-1], flush=True)
 
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\nSAM-3 tracker benchmark: {gpu}, torch {torch.__version__}, dtype {dtype}, "
