@@ -8,8 +8,9 @@ centre. Without a FOV model the focal is f = sqrt(H^2 + W^2).
 
 Here the estimate can come from frame 0 (``first``, upstream), every N-th frame or all
 frames; the per-frame focals are combined by their median (one camera for the clip, which
-keeps the body depth steady) or, with ``per_frame=True``, kept per frame (interpolated
-between sampled frames) for zooming cameras. Estimates that are not finite or give a
+keeps the body depth steady) or, with ``per_frame=True``, kept per frame for zooming cameras
+(a running median over PER_FRAME_MEDIAN sampled estimates against single-frame jitter, then
+linear interpolation between sampled frames). Estimates that are not finite or give a
 vertical FOV outside [MIN_FOV, MAX_FOV] degrees are dropped with a warning; if none is left
 the fallback focal is used (``Camera.source == "default"``).
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("first", "every_n", "all")
 MIN_FOV, MAX_FOV = 5.0, 170.0  # plausible vertical FOV range (degrees) for an estimate
+PER_FRAME_MEDIAN = 5  # per-frame focals: running median over this many sampled estimates (when there are as many)
 MOGE_INSTALL = "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3"
 
 # A MoGe-2 of the official layout (DINOv2 encoder, conv neck, points/normal/mask heads,
@@ -135,6 +137,18 @@ def _valid_focals(focals: np.ndarray, height: int) -> np.ndarray:
     return np.isfinite(focals) & (focals > 0) & (fov >= MIN_FOV) & (fov <= MAX_FOV)
 
 
+def running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median, symmetric windows shrinking at the ends: removes single-frame FOV
+    outliers and keeps a steady zoom (a linear ramp) exactly."""
+    values = np.asarray(values, np.float64)
+    half, n = window // 2, values.size
+    out = np.empty(n)
+    for i in range(n):
+        r = min(half, i, n - 1 - i)
+        out[i] = np.median(values[i - r:i + r + 1])
+    return out
+
+
 def camera_from_focals(frames_idx: Sequence[int], focals: np.ndarray, image_size: Sequence[int],
                        num_frames: int, per_frame: bool = False, source: str = "estimated") -> Camera:
     """A Camera for num_frames from focals measured on some frames (median, or interpolated per frame)."""
@@ -150,6 +164,8 @@ def camera_from_focals(frames_idx: Sequence[int], focals: np.ndarray, image_size
         return Camera.default((h, w), num_frames)
     idx, focals = idx[ok], focals[ok]
     if per_frame and idx.size > 1:
+        if idx.size >= PER_FRAME_MEDIAN:
+            focals = running_median(focals, PER_FRAME_MEDIAN)
         per = np.interp(np.arange(num_frames), idx, focals)
     else:
         per = np.full(num_frames, float(np.median(focals)))

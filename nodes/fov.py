@@ -102,7 +102,7 @@ class FOV(io.ComfyNode):
                                tooltip="A vertical FOV in degrees from another node (e.g. core Get FoV from "
                                        "MoGe Geometry)."),
                 io.Boolean.Input("per_frame", default=False, advanced=True,
-                                 tooltip="Keep one focal per frame (interpolated between sampled frames) for "
+                                 tooltip="Keep one focal per frame (running median of 5 estimates, interpolated between sampled frames) for "
                                          "zooming cameras, instead of one median focal for the clip."),
                 io.Int.Input("resolution_level", default=9, min=0, max=9, advanced=True,
                              tooltip="MoGe detail level (0 = fastest, 9 = most tokens, upstream default)."),

@@ -399,3 +399,14 @@ def test_load_moge_node_offers_core_safetensors(fov_node, pack, tiny_moge):
     assert type(err.value).__name__ == "WeightsMismatchError"
     with pytest.raises(Exception, match="not a file inside models/geometry_estimation"):
         fov_node.LoadMoGe.execute(checkpoint="geometry_estimation/../moge/x.safetensors")
+
+
+def test_per_frame_focals_drop_single_frame_outliers_but_follow_a_zoom():
+    zoom = np.linspace(400.0, 600.0, 9)
+    jitter = zoom.copy()
+    jitter[4] = 900.0  # one bad estimate
+    cam = fov.camera_from_focals(range(9), jitter, (480, 640), 9, per_frame=True)
+    # the 400 px outlier is gone: every frame is within one zoom step of the truth, the ends exact
+    assert np.abs(cam.intrinsics[:, 1] - zoom).max() <= 25.0 + 1e-3
+    np.testing.assert_allclose(cam.intrinsics[[0, 1, 7, 8], 1], zoom[[0, 1, 7, 8]], rtol=1e-6)
+    np.testing.assert_allclose(fov.running_median(np.array([1.0, 9.0, 2.0, 3.0]), 5), [1.0, 2.0, 3.0, 3.0])
