@@ -51,6 +51,7 @@ class SmoothSettings:
     outlier_threshold: float = 4.0  # robust z-score above which a frame is down-weighted
     max_gap: int = 60  # longest run of missing frames bridged (0 = never bridge)
     lock_shape: bool = True  # shape and scale: per-identity median over visible frames
+    gap_damping: float = 0.7  # causal mode: per-frame decay of the velocity extrapolated into a gap
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "causal"):
@@ -63,6 +64,8 @@ class SmoothSettings:
             raise InputError(f"occluded_noise must be >= 1, got {self.occluded_noise}")
         if self.max_gap < 0:
             raise InputError(f"max_gap must be >= 0, got {self.max_gap}")
+        if not 0.0 < self.gap_damping <= 1.0:
+            raise InputError(f"gap_damping must be in (0, 1], got {self.gap_damping}")
 
 
 # --------------------------------------------------------------------------- the filter
@@ -353,6 +356,30 @@ def _observation_variances(bodies: Bodies, settings: SmoothSettings) -> np.ndarr
     return var
 
 
+def _damp_gaps(out: np.ndarray, observed: np.ndarray, rho: float) -> np.ndarray:
+    """Causal gap frames: decay the extrapolated velocity by rho per frame (in place, returns out).
+
+    With no observation the forward filter moves on at the last velocity v, so k frames into
+    a gap it sits at p + k v. Here it goes to p + v (rho + ... + rho^k) instead: it keeps
+    moving (never frozen) but does not run away on long gaps. Uses only past frames.
+    """
+    if rho >= 1.0:
+        return out
+    n, t = observed.shape
+    frames = np.arange(t)
+    for i in range(n):
+        last = np.where(observed[i], frames, -1)
+        np.maximum.accumulate(last, out=last)
+        gap = ~observed[i] & (last >= 0)
+        if not gap.any():
+            continue
+        k = (frames - last)[gap].astype(np.float64)
+        factor = (rho * (1.0 - rho ** k) / (1.0 - rho) / k).astype(np.float32)
+        anchor = out[i, last[gap]]
+        out[i, gap] = anchor + (out[i, gap] - anchor) * factor.reshape(-1, *([1] * (out.ndim - 2)))
+    return out
+
+
 def _gap_fill_mask(observed: np.ndarray, max_gap: int, causal: bool) -> np.ndarray:
     """bool [N, T]: unobserved frames the smoother should fill.
 
@@ -443,6 +470,8 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)
     out = kalman_smooth(y, obs_var, settings.window, settings.motion, causal)
+    if causal:
+        _damp_gaps(out, observed, settings.gap_damping)
 
     fill = _gap_fill_mask(observed, settings.max_gap, causal)
     keep = observed | fill
@@ -477,6 +506,8 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     if bodies.vertices is not None and refresh is None:
         nv = bodies.vertices.shape[2]
         verts = kalman_smooth(bodies.vertices.reshape(n, t, nv * 3), obs_var, settings.window, settings.motion, causal)
+        if causal:
+            _damp_gaps(verts, observed, settings.gap_damping)
         verts[~keep] = 0.0
         geometry["vertices"] = verts.reshape(n, t, nv, 3)
     out_bodies = bodies.replace(flags=new_flags, params=params, confidence=confidence, extras=extras, **geometry)

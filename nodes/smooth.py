@@ -55,6 +55,9 @@ class KalmanSmooth(io.ComfyNode):
                              tooltip="Longest run of missing frames to bridge by prediction; longer gaps stay "
                                      "empty (0 = never bridge). Causal mode predicts up to this many frames "
                                      "after the last observation."),
+                io.Float.Input("gap_damping", default=0.7, min=0.05, max=1.0, step=0.05, advanced=True,
+                               tooltip="Causal mode only: per-frame decay of the velocity carried into a gap "
+                                       "(1 = keep moving at constant velocity; lower = ease to a stop)."),
                 io.Boolean.Input("lock_shape", default=True, advanced=True,
                                  tooltip="Lock shape and scale per person to the median over their visible frames."),
             ],
@@ -64,7 +67,7 @@ class KalmanSmooth(io.ComfyNode):
     @classmethod
     def execute(cls, bodies=None, mhr_pose_data=None, camera=None, mode="offline", strength=2.5,
                 motion_model="velocity", occluded_noise=4.0, outlier_threshold=4.0, max_gap=60,
-                lock_shape=True) -> io.NodeOutput:
+                gap_damping=0.7, lock_shape=True) -> io.NodeOutput:
         if bodies is None:
             if mhr_pose_data is None:
                 raise InputError("Kalman Smooth: connect bodies (Body4D) or mhr_pose_data (core SAM3D Body)")
@@ -72,7 +75,7 @@ class KalmanSmooth(io.ComfyNode):
             camera = camera or core_camera
         settings = SmoothSettings(mode=mode, motion=motion_model, window=float(strength),
                                   occluded_noise=float(occluded_noise), outlier_threshold=float(outlier_threshold),
-                                  max_gap=int(max_gap), lock_shape=bool(lock_shape))
+                                  max_gap=int(max_gap), lock_shape=bool(lock_shape), gap_damping=float(gap_damping))
         out = smooth_bodies(bodies, settings)
         camera = camera or Camera.default(bodies.image_size, bodies.num_frames)
         return io.NodeOutput(out, to_mhr_pose(out, camera))

@@ -221,3 +221,17 @@ def test_vertices_smoothed_or_refreshed() -> None:
 
     out = smooth_bodies(b.replace(vertices=noisy, flags=flags), refresh=refresh)
     assert seen == [BodyFlag.FILLED] and (out.vertices == 1).all()
+
+
+def test_causal_gap_keeps_moving_but_decelerates() -> None:
+    b = _bodies(n=1, t=60)
+    flags = b.flags.copy()
+    flags[0, 30:50] = BodyFlag.MISSING
+    out = smooth_bodies(b.replace(flags=flags), SmoothSettings(mode="causal", max_gap=30, gap_damping=0.7))
+    x = out.params["cam_t"][0, 29:50, 0]
+    step = np.diff(x)
+    assert (step > 0).all()  # never frozen
+    np.testing.assert_allclose(step[:4], 0.01 * 0.7 ** np.arange(1, 5), rtol=1e-3)  # velocity decays by 0.7
+    assert x[-1] - x[0] < 0.01 * 0.7 / 0.3 + 1e-6  # bounded drift
+    undamped = smooth_bodies(b.replace(flags=flags), SmoothSettings(mode="causal", max_gap=30, gap_damping=1.0))
+    np.testing.assert_allclose(undamped.params["cam_t"][0, 30:50], b.params["cam_t"][0, 30:50], atol=1e-4)
