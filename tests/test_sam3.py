@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from body4d_core.data import ObjectPrompt, Prompts, Tracks, unpack_masks
-from body4d_core.errors import InputError
+from body4d_core.errors import InputError, MemoryBudgetError
 from body4d_core.runtime import CallbackHooks
 from body4d_core.sam3 import pack_bits_torch, propagate, tiny_sam3
 from body4d_core.video import LoadOptions, load_video
@@ -176,3 +176,11 @@ def test_bad_propagate_inputs(bundle, frames):
     two_boxes = _p([ObjectPrompt(1, 2, box=[1, 1, 9, 9]), ObjectPrompt(1, 2, box=[2, 2, 8, 8])])
     with pytest.raises(InputError, match="2 boxes on frame 2"):
         propagate(bundle, frames, two_boxes)
+
+
+def test_refuses_tracks_that_would_not_fit_in_ram(bundle, frames, monkeypatch):
+    import body4d_core.video as video
+
+    monkeypatch.setattr(video, "available_ram", lambda: 1_000)
+    with pytest.raises(MemoryBudgetError, match=r"2 object\(s\) x 18 frames at 96x96 need .* GiB RAM is free"):
+        propagate(bundle, frames, two_objects(), "both")

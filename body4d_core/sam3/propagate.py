@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ObjectPrompt, Prompts, Tracks, check_same_frames
-from ..errors import InputError
+from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
 from .frames import FrameSource, as_frame_source
 from .loading import Sam3Bundle
@@ -86,6 +86,18 @@ def make_plan(prompts: Prompts) -> _Plan:
     return _Plan(dict(by_frame), {k: np.asarray(v) for k, v in obj_frames.items()}, sorted(obj_frames))
 
 
+def check_tracks_memory(num_objects: int, num_frames: int, size: tuple[int, int]) -> None:
+    """Refuse before tracking when the packed masks alone would not fit in RAM."""
+    from ..video import available_ram
+
+    need = num_objects * num_frames * size[0] * ((size[1] + 7) // 8)
+    free = available_ram()
+    if need > 0.8 * free:
+        raise MemoryBudgetError(f"{num_objects} object(s) x {num_frames} frames at {size[1]}x{size[0]} need "
+                                f"{need / 2**30:.1f} GiB of packed masks but {free / 2**30:.1f} GiB RAM is free; "
+                                f"load fewer frames, a smaller size, or track fewer objects")
+
+
 class _Recorder:
     """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt."""
 
@@ -95,6 +107,7 @@ class _Recorder:
         self.row = {obj: i for i, obj in enumerate(plan.obj_ids)}
         n = len(plan.obj_ids)
         h, w = size
+        check_tracks_memory(n, num_frames, size)
         self.packed = np.zeros((n, num_frames, h, (w + 7) // 8), np.uint8)
         self.scores = np.zeros((n, num_frames), np.float32)
         self.dist = np.full((n, num_frames), np.iinfo(np.int64).max, np.int64)
