@@ -102,8 +102,9 @@ class FOV(io.ComfyNode):
                                tooltip="A vertical FOV in degrees from another node (e.g. core Get FoV from "
                                        "MoGe Geometry)."),
                 io.Boolean.Input("per_frame", default=False, advanced=True,
-                                 tooltip="Keep one focal per frame (running median of 5 estimates, interpolated between sampled frames) for "
-                                         "zooming cameras, instead of one median focal for the clip."),
+                                 tooltip="Keep one focal per frame for zooming cameras (running median of 5 "
+                                         "estimates, interpolated between sampled frames) instead of one median "
+                                         "focal for the clip."),
                 io.Int.Input("resolution_level", default=9, min=0, max=9, advanced=True,
                              tooltip="MoGe detail level (0 = fastest, 9 = most tokens, upstream default)."),
                 io.Int.Input("batch_size", default=4, min=1, max=64, advanced=True,
