@@ -63,7 +63,9 @@ def build_vas_parts(preset: str = "tiny", seed: int = 0, device: str | torch.dev
         unet = VASUNet(**UNET[preset])
         vae = AutoencoderKLTemporalDecoder(**VAE[preset])
         enc = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP[preset]))
-    return {"unet": unet.eval(), "vae": vae.eval(), "image_encoder": enc.eval(),
+    # .to(device) again: tensors made with the legacy torch.Tensor([...]) constructor (diffusers'
+    # AlphaBlender.mix_factor) ignore the device context above and would stay on the CPU.
+    return {"unet": unet.to(device).eval(), "vae": vae.to(device).eval(), "image_encoder": enc.to(device).eval(),
             "scheduler": EulerDiscreteScheduler(**SVD_SCHEDULER)}
 
 
