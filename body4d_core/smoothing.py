@@ -306,13 +306,15 @@ def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- robust weights
 
 
-def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None) -> np.ndarray:
+def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None,
+                   threshold: float = 4.0) -> np.ndarray:
     """Per-frame outlier scores [N, T]: max over blocks of the median over a block's signals of
     |residual| / scale (a frame is an outlier when a block jumps as a whole).
 
     The residual is against the mean of the neighbouring observed frames (offline) or the
     linear extrapolation of the two previous ones (causal); the scale is the median absolute
     residual over the clip (offline) or its running mean over past frames (causal).
+    Only scores above ``threshold`` are computed exactly; the rest are reported as 0.
     Unobserved frames, and tracks too short to judge, get 0.
     """
     from scipy.signal import lfilter
@@ -336,8 +338,15 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
             res[0], res[-1] = np.abs(obs[0] - obs[1]), np.abs(obs[-1] - obs[-2])
             scale = 1.4826 * np.median(res, axis=0, keepdims=True)
         z = res / np.maximum(scale, 1e-6)
-        per_block = [np.median(z[:, sl], axis=-1) for sl in (blocks or [slice(None)])]
-        scores[i, idx] = np.max(np.stack(per_block, -1), axis=-1)
+        best = np.zeros(z.shape[0], np.float32)
+        for sl in blocks or [slice(None)]:
+            zb = z[:, sl]
+            # the block median exceeds `threshold` iff more than half its signals do: find those
+            # frames cheaply, then take exact medians only there
+            hot = np.flatnonzero((zb > threshold).mean(axis=-1) > 0.5)
+            if hot.size:
+                best[hot] = np.maximum(best[hot], np.median(zb[hot], axis=-1))
+        scores[i, idx] = best
     return scores
 
 
@@ -466,7 +475,7 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     obs_var = _observation_variances(bodies, settings)
     y, layout = _signals(bodies, observed)
     if settings.outlier_threshold > 0:
-        score = _robust_scores(y, observed, causal, [sl for _, sl in layout])
+        score = _robust_scores(y, observed, causal, [sl for _, sl in layout], settings.outlier_threshold)
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)
     out = kalman_smooth(y, obs_var, settings.window, settings.motion, causal)
