@@ -14,7 +14,7 @@ from body4d_core.video import LoadOptions, load_video
 from tests.media import DANCER, need
 
 T, SIDE, MID = 18, 96, 9
-T_LONG = 30  # longer than the tracker's reach (16 frames), so memory pruning is exercised
+T_LONG = 24  # longer than the tracker's reach (17 frames kept), so memory pruning is exercised
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,7 +33,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def long_frames() -> np.ndarray:
-    """30 real frames of the dancer clip, downscaled to 96x96 (uint8 [T, H, W, 3])."""
+    """24 real frames of the dancer clip, downscaled to 96x96 (uint8 [T, H, W, 3])."""
     out, clip = load_video(need(DANCER), LoadOptions(frame_load_cap=T_LONG, max_side=SIDE))
     assert out.shape == (T_LONG, SIDE, SIDE, 3) and clip.num_frames == T_LONG
     return out
@@ -101,7 +101,7 @@ def _reference(bundle, frames: np.ndarray, prompt: ObjectPrompt, reverse: bool) 
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_streamed_pruned_tracking_matches_transformers_reference(bundle, long_frames, reverse):
-    start = T_LONG - 2 if reverse else 1  # 29 tracked frames: older memories get pruned on the way
+    start = T_LONG - 2 if reverse else 1  # 23 tracked frames: older memories get pruned on the way
     prompt = ObjectPrompt(2, start, [[48, 40]], [1])
     ours = propagate(bundle, long_frames, Prompts([prompt], (SIDE, SIDE), T_LONG), "backward" if reverse else "forward")
     ref = _reference(bundle, long_frames, prompt, reverse)
