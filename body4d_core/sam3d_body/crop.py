@@ -18,7 +18,7 @@ def crop_boxes(boxes: torch.Tensor, padding: float) -> tuple[torch.Tensor, torch
     h = (boxes[:, 3] - boxes[:, 1]) * padding
     wide = w > h * ASPECT
     w, h = torch.where(wide, w, h * ASPECT), torch.where(wide, w / ASPECT, h)
-    side = torch.where(w > h, w, h)
+    side = torch.where(w > h, w, h).clamp(min=1.0)  # a degenerate (e.g. predicted hand) box still crops 1 px
     return centre, side
 
 
