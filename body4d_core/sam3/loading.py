@@ -47,8 +47,9 @@ def _transformers():
     """Import transformers lazily with one clear error if it is missing or too old."""
     try:
         import transformers
-        from transformers import Sam3TrackerVideoModel  # noqa: F401
-    except ImportError as err:
+
+        transformers.Sam3TrackerVideoModel  # noqa: B018 - raises on transformers < 5
+    except (ImportError, AttributeError) as err:
         raise Body4DError("SAM-3 needs transformers >= 5 with torchvision: pip install 'transformers>=5'") from err
     return transformers
 
