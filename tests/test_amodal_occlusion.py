@@ -267,6 +267,9 @@ def test_rules_unit():
     assert b.sum() == 9 and b[0, 6, 6]
     ious, ex = score_frames(np.zeros((1, 8, 8), bool), np.zeros((1, 8, 8), bool), OcclusionConfig())
     assert ious[0] == 1.0 and ex[0] == Exempt.EMPTY
+    # a person with no visible pixel is never 'occluded' (upstream: no completion from nothing)
+    ious, ex = score_frames(np.zeros((1, 8, 8), bool), pred[..., 0] > 0.8, OcclusionConfig())
+    assert ious[0] == 0.0 and ex[0] == Exempt.NOT_VISIBLE
 
 
 def test_windows_cover_and_blend_to_one():
@@ -361,6 +364,8 @@ def test_vectorised_scores_match_per_frame_rules():
         if k % 6 == 0:
             v = np.zeros((H, W), bool)
             v[0:2, 10:20] = True  # border only
+        if k % 11 == 3:
+            v = np.zeros((H, W), bool)  # not visible at all
         if k % 9 == 0:
             v = gt.copy()  # visible larger than a shifted / empty amodal
         vis.append(v)

@@ -28,6 +28,7 @@ class Exempt(IntEnum):
     VISIBLE_LARGER = 3  # visible mask has more pixels than the amodal one
     LONG_OR_WIDE = 4  # amodal box spans most of the image
     SKINNY = 5  # amodal box far too thin
+    NOT_VISIBLE = 6  # no visible pixel at all (upstream's border test catches it: no completion from nothing)
 
 
 def detection_size(image_size: tuple[int, int], res: tuple[int, int], swap_portrait: bool = True) -> tuple[int, int]:
@@ -101,11 +102,11 @@ def is_skinny(mask: np.ndarray, ratio: float) -> bool:
 
 def frame_exemption(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig) -> Exempt:
     """The first exemption rule that applies to one frame (upstream order)."""
-    if visible.any() and in_border(visible, cfg.border_fraction):
-        return Exempt.BORDER
     n_vis, n_amo = int(visible.sum()), int(amodal.sum())
-    if n_vis == 0 and n_amo == 0:
-        return Exempt.EMPTY
+    if n_vis == 0:
+        return Exempt.EMPTY if n_amo == 0 else Exempt.NOT_VISIBLE
+    if in_border(visible, cfg.border_fraction):
+        return Exempt.BORDER
     if n_vis > n_amo:
         return Exempt.VISIBLE_LARGER
     if is_long_or_wide(amodal, cfg.long_wide_ratio):
@@ -138,8 +139,10 @@ def score_frames(visible: np.ndarray, amodal: np.ndarray, cfg: OcclusionConfig,
     long_wide = present & ((side_h / h >= cfg.long_wide_ratio) | (side_w / w >= cfg.long_wide_ratio))
     skinny = present & (torch.minimum(side_h, side_w) / torch.maximum(side_h, side_w).clamp(min=1) < cfg.skinny_ratio)
     code = torch.zeros_like(n_vis, dtype=torch.int8)
-    for cond, val in ((skinny, Exempt.SKINNY), (long_wide, Exempt.LONG_OR_WIDE), (n_vis > n_amo, Exempt.VISIBLE_LARGER),
-                      ((n_vis == 0) & (n_amo == 0), Exempt.EMPTY), (border, Exempt.BORDER)):
+    rules = ((skinny, Exempt.SKINNY), (long_wide, Exempt.LONG_OR_WIDE), (n_vis > n_amo, Exempt.VISIBLE_LARGER),
+             (border, Exempt.BORDER), ((n_vis == 0) & (n_amo > 0), Exempt.NOT_VISIBLE),
+             ((n_vis == 0) & (n_amo == 0), Exempt.EMPTY))
+    for cond, val in rules:
         code = torch.where(cond, torch.full_like(code, int(val)), code)  # earlier rules win: applied last
     return iou.float().cpu().numpy(), code.cpu().numpy()
 
