@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
-from .data import BodyFlag, Bodies, Camera
+from .data import Bodies, Camera
 from .errors import Body4DError, InputError
 from .palette import object_color_float
 from .runtime import NULL_HOOKS, Hooks
