@@ -106,7 +106,9 @@ def wrap_model(module: torch.nn.Module, dtype: torch.dtype, **info: Any) -> Mode
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     module.eval()
-    patcher = comfy.model_patcher.CoreModelPatcher(module, load_device=load_device, offload_device=offload_device,
+    # ComfyUI's patcher assigns ``model.device``; a module with a read-only ``device`` property (MoGe) is held in a list
+    held = torch.nn.ModuleList([module]) if isinstance(getattr(type(module), "device", None), property) else module
+    patcher = comfy.model_patcher.CoreModelPatcher(held, load_device=load_device, offload_device=offload_device,
                                                    size=mm.module_size(module))
     return ModelHandle(module, patcher, dtype, dict(info))
 

@@ -1,0 +1,216 @@
+"""Shipped workflows end to end in a real ComfyUI (COMFYUI_DIR) with tiny random checkpoints.
+
+The full pipeline (point prompts) and the auto-detect workflow run through ``POST /prompt``
+on CPU to success on the dancer clip (6 frames, 128 px, amodal at 64 px / 2 steps via API
+overrides; the shipped files keep the upstream defaults). The mixing workflow is queued
+without its SD/ControlNet files: the server names exactly those files and our own branch
+(skeleton video, person masks) still runs. Without COMFYUI_DIR only the file checks run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from body4d_core.weights import MODEL_SPECS
+from body4d_core.workflow_convert import convert_with_report
+
+from .comfy_server import ComfyServer, ComfyServerError
+from .conftest import comfyui_dir
+from .media import DANCER, need
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+SHIPPED = ("body4d_full_pipeline", "body4d_auto_detect", "body4d_fast_preview", "body4d_mix_controlnet")
+LOADERS = {"SAMBody4D_LoadSAM3": {"sam3"}, "SAMBody4D_LoadMoGe": {"moge"}, "SAMBody4D_LoadSAM3DBody": {"sam3d_body"},
+           "SAMBody4D_LoadAmodal": {"diffusion_vas_amodal", "diffusion_vas_completion", "depth_anything"}}
+CAP, SIDE = 6, 128
+
+
+def _ui(stem: str) -> dict:
+    return json.loads((WORKFLOWS / f"{stem}.json").read_text())
+
+
+def _api(stem: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+
+
+# --- file checks (no server) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("stem", SHIPPED)
+def test_workflow_files_exist_with_twin_and_small_thumbnail(stem):
+    ui = _ui(stem)
+    assert ui["version"] == 0.4 and ui["nodes"] and ui["links"]
+    assert _api(stem), f"{stem}: empty API twin"
+    thumb = WORKFLOWS / f"{stem}.png"
+    assert thumb.is_file() and 1000 < thumb.stat().st_size < 150_000
+    from PIL import Image
+
+    with Image.open(thumb) as img:
+        assert img.size == (640, 360)
+
+
+@pytest.mark.parametrize("stem", SHIPPED)
+def test_loaders_carry_download_hints_from_the_weights_registry(stem):
+    loaders = [n for n in _ui(stem)["nodes"] if n["type"] in LOADERS]
+    assert loaders, f"{stem} has no loader node"
+    for node in loaders:
+        hints = node["properties"].get("models")
+        assert hints, f"{stem}: {node['type']} has no properties.models"
+        specs = [MODEL_SPECS[name] for name in sorted(LOADERS[node["type"]])]
+        assert len(hints) == len(specs)
+        for hint in hints:
+            assert set(hint) == {"name", "url", "directory"}
+            spec = next(s for s in specs if hint["url"].startswith(f"https://huggingface.co/{s.repo_id}/resolve/main/"))
+            assert hint["directory"] == spec.folder
+            assert hint["name"] == f"{spec.subdir}/{hint['url'].rsplit('/', 1)[1]}"
+            assert hint["url"].rsplit("/resolve/main/", 1)[1] in spec.required
+
+
+def test_mixing_workflow_hints_its_core_models():
+    nodes = {n["type"]: n for n in _ui("body4d_mix_controlnet")["nodes"]}
+    for kind, directory in (("CheckpointLoaderSimple", "checkpoints"), ("ControlNetLoader", "controlnet")):
+        hint = nodes[kind]["properties"]["models"][0]
+        assert hint["directory"] == directory and hint["url"].startswith("https://huggingface.co/")
+        assert hint["url"].endswith("/" + hint["name"]) and hint["name"] in nodes[kind]["widgets_values"]
+
+
+def test_shipped_defaults_are_upstream_and_prompts_are_on_the_dancer():
+    amodal = next(n for n in _api("body4d_full_pipeline").values() if n["class_type"] == "SAMBody4D_AmodalComplete")
+    assert amodal["inputs"]["steps"] == 25 and amodal["inputs"]["seed"] == 23
+    assert amodal["inputs"]["detection_resolution"] == "256x512"
+    points = next(n for n in _api("body4d_full_pipeline").values() if n["class_type"] == "SAMBody4D_SAM3Points")
+    prompts = json.loads(points["inputs"]["prompts"])
+    assert prompts["image_size"] == [350, 350] and len(prompts["objects"]) == 1
+    labels = [p["label"] for p in prompts["objects"][0]["points"]]
+    assert labels.count(1) >= 2 and labels.count(0) == 1
+    fast = {n["class_type"] for n in _api("body4d_fast_preview").values()}
+    assert "SAMBody4D_AmodalComplete" not in fast and "SAMBody4D_LoadAmodal" not in fast
+    auto = {n["class_type"] for n in _api("body4d_auto_detect").values()}
+    assert "SAMBody4D_DetectPeople" in auto and "SAMBody4D_SAM3Points" not in auto
+
+
+# --- end to end in ComfyUI -------------------------------------------------------------------
+
+def _server_has_moge(server: ComfyServer) -> bool:
+    proc = subprocess.run([server.python, "-c", "import moge, utils3d"], capture_output=True, timeout=120)
+    return proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def e2e_server():
+    """A private ComfyUI whose models folder holds tiny checkpoints of every model (never the session server)."""
+    root = comfyui_dir()
+    if root is None:
+        pytest.skip("COMFYUI_DIR is not set: the end-to-end workflow runs need a ComfyUI checkout "
+                    "(set COMFYUI_DIR, optionally COMFYUI_PYTHON)")
+    from body4d_core.tiny import write_tiny_checkpoints
+
+    try:
+        server = ComfyServer(root).start(timeout=300)
+    except ComfyServerError as err:
+        pytest.fail(f"ComfyUI at {root} did not start: {err}", pytrace=False)
+    try:
+        if not _server_has_moge(server):
+            pytest.skip(f"{server.python} lacks MoGe: pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3")
+        write_tiny_checkpoints(server.root / "models")
+        shutil.copy(need(DANCER), server.input_dir / DANCER.name)
+        yield server
+    finally:
+        server.stop()
+
+
+def _small(graph: dict, tag: str) -> dict:
+    """API overrides for a fast CPU run: 6 frames at 128 px, tiny amodal, detector threshold 0, own outputs."""
+    for node in graph.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "SAMBody4D_LoadVideo":
+            inputs.update(file=DANCER.name, frame_load_cap=CAP, max_side=SIDE)
+        elif kind == "SAMBody4D_AmodalComplete":
+            inputs.update(steps=2, detection_resolution="64x64", completion_resolution="64x64")
+        elif kind == "SAMBody4D_DetectPeople":
+            inputs.update(score_threshold=0.0, max_people=2)  # random weights: every score is low
+        elif kind == "SAMBody4D_FOV":
+            inputs.update(resolution_level=0)
+        if "filename_prefix" in inputs and isinstance(inputs["filename_prefix"], str):
+            inputs["filename_prefix"] = f"e2e_{tag}/" + inputs["filename_prefix"].split("/")[-1]
+    return graph
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+
+
+def _check_pipeline_outputs(server: ComfyServer, graph: dict, entry: dict, tag: str) -> int:
+    """Rendered video, per-frame PLY meshes, params and a GLB exist and are sane; returns the people count."""
+    assert entry["status"]["status_str"] == "success"
+    kinds = {graph[nid]["class_type"]: out for nid, out in entry["outputs"].items()}
+    assert len(kinds["PreviewImage"]["images"]) == CAP  # tracks / amodal previews: one image per frame
+    videos = [p for p in server.output_files(entry) if p.suffix == ".mp4"]
+    assert len(videos) == 1 and videos[0].is_file()
+    frames = _frames(videos[0])
+    assert len(frames) == CAP and frames[0].shape == (SIDE, SIDE, 3)
+    assert float(np.mean([f.std() for f in frames])) > 5.0  # the overlay keeps the picture
+    out = server.output_dir / f"e2e_{tag}"
+    plys = sorted(out.glob("meshes_*/person_*/*.ply"))
+    people = len({p.parent.name for p in plys})
+    assert people >= 1 and len(plys) <= CAP * people
+    assert plys[0].read_bytes().startswith(b"ply")
+    params = np.load(next(out.glob("meshes_*/params.npz")))
+    assert len(params.files) > 0
+    glbs = sorted(out.glob("glb_*/*.glb"))
+    assert len(glbs) == people and glbs[0].read_bytes()[:4] == b"glTF"
+    assert "SAMBody4D_SaveGLB" in kinds and kinds["SAMBody4D_SaveGLB"]["3d"][0]["filename"].endswith(".glb")
+    return people
+
+
+@pytest.mark.comfyui
+def test_full_pipeline_with_points_runs_in_comfyui(e2e_server):
+    graph = _small(_api("body4d_full_pipeline"), "full")
+    t0 = time.monotonic()
+    entry = e2e_server.run(graph, timeout=900)
+    people = _check_pipeline_outputs(e2e_server, graph, entry, "full")
+    assert people == 1  # one clicked person
+    print(f"full pipeline: {time.monotonic() - t0:.1f} s")
+
+
+@pytest.mark.comfyui
+def test_auto_detect_runs_in_comfyui(e2e_server):
+    graph = _small(_api("body4d_auto_detect"), "auto")
+    t0 = time.monotonic()
+    entry = e2e_server.run(graph, timeout=900)
+    assert 1 <= _check_pipeline_outputs(e2e_server, graph, entry, "auto") <= 2
+    print(f"auto detect: {time.monotonic() - t0:.1f} s")
+
+
+@pytest.mark.comfyui
+def test_mixing_workflow_names_absent_core_models_and_runs_our_branch(e2e_server):
+    info = e2e_server.object_info(refresh=True)
+    _, report = convert_with_report(_ui("body4d_mix_controlnet"), info)
+    assert not report.problems, report.problems
+    graph = _small(_api("body4d_mix_controlnet"), "mix")
+    status, body = e2e_server.post_json("/prompt", {"prompt": graph, "client_id": "e2e-mix"})
+    assert status == 200 and "prompt_id" in body, body
+    errors = body["node_errors"]  # the server refuses only the outputs that need the absent SD/ControlNet files
+    assert {e["class_type"] for e in errors.values()} == {"CheckpointLoaderSimple", "ControlNetLoader"}
+    names = {err["extra_info"]["input_name"] for e in errors.values() for err in e["errors"]}
+    assert names == {"ckpt_name", "control_net_name"}
+    assert all(err["type"] == "value_not_in_list" for e in errors.values() for err in e["errors"])
+    entry = e2e_server.wait(body["prompt_id"], timeout=900)
+    assert entry["status"]["status_str"] == "success"
+    files = e2e_server.output_files(entry)
+    videos = [p for p in files if p.suffix == ".mp4"]
+    assert len(videos) == 1 and "skeleton" in videos[0].name  # our skeleton render, ready for a ControlNet
+    frames = _frames(videos[0])
+    assert len(frames) == CAP and frames[0].shape == (SIDE, SIDE, 3)
+    masks = [p for p in files if p.suffix == ".png" and "person_masks" in p.name]
+    assert len(masks) == CAP and all(p.is_file() for p in masks)
