@@ -221,3 +221,22 @@ def test_mixing_workflow_names_absent_core_models_and_runs_our_branch(e2e_server
     assert len(frames) == CAP and frames[0].shape == (SIDE, SIDE, 3)
     masks = [p for p in files if p.suffix == ".png" and "person_masks" in p.name]
     assert len(masks) == CAP and all(p.is_file() for p in masks)
+
+
+@pytest.mark.comfyui
+def test_shipped_workflows_are_what_the_generator_writes(e2e_server):
+    """Drift guard: after a node's inputs change, rerun workflows/make_workflows.py (this names the files)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("body4d_make_workflows", WORKFLOWS / "make_workflows.py")
+    gen = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gen  # its dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(gen)
+    finally:
+        sys.modules.pop(spec.name, None)
+    info = e2e_server.object_info(refresh=True)
+    stale = [make().stem for make in gen.SPECS if gen.build_ui(make(), info) != _ui(make().stem)]
+    assert not stale, (f"{stale} differ from the generator's output for this server; regenerate with: "
+                       f"python workflows/make_workflows.py --object-info {e2e_server.url}")

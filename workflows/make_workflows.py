@@ -94,7 +94,7 @@ class Spec:
     stem: str
     note: str
     nodes: list[N]
-    groups: list[tuple[str, tuple[int, int, int, int], str]] = field(default_factory=list)
+    groups: list[tuple[str, tuple[int, ...], str]] = field(default_factory=list)  # title, node ids, colour
 
 
 # --- graph specs --------------------------------------------------------------------------------
@@ -104,7 +104,10 @@ def _front(prompt_node: N) -> list[N]:
     return [N(1, "SAMBody4D_LoadVideo", (40, 160), (320, 420), {"file": DANCER}), prompt_node]
 
 
-def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = True, x: int = 1900,
+AMODAL_WIDTH = 760  # the amodal column; workflows without it shift the later columns left by this much
+
+
+def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = True, x: int = 2680,
           smooth_id: int = 30) -> list[N]:
     """Kalman Smooth -> Render Mesh -> video (+ mesh/GLB exports)."""
     nodes = [
@@ -122,7 +125,7 @@ def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = T
               links={"bodies": (smooth_id, "bodies"), "camera": (camera_src, "camera")}),
             N(35, "SAMBody4D_SaveGLB", (x + 360, 600), (320, 150),
               links={"bodies": (smooth_id, "bodies"), "fps": (1, "fps")}),
-            N(36, "Preview3D", (x + 720, 600), (400, 420), links={"model_file": (35, "model_3d")}),
+            N(36, "Preview3D", (x + 720, 640), (400, 420), links={"model_file": (35, "model_3d")}),
         ]
     return nodes
 
@@ -136,25 +139,25 @@ def _tracking(prompt_src: int) -> list[N]:
     ]
 
 
-def _fov_body(amodal: bool, body_mode: str = "full") -> list[N]:
+def _fov_body(amodal: bool, body_mode: str = "full", x: int = 1920) -> list[N]:
     body_links = {"sam3d_body_model": (22, "sam3d_body_model"), "frames": (1, "frames"),
                   "tracks": (11, "tracks"), "camera": (21, "camera")}
     if amodal:
         body_links["amodal"] = (16, "amodal")
     return [
-        N(20, "SAMBody4D_LoadMoGe", (780, 780), (320, 90)),
-        N(21, "SAMBody4D_FOV", (1140, 780), (320, 200), links={"frames": (1, "frames"), "moge_model": (20, "moge_model")}),
-        N(22, "SAMBody4D_LoadSAM3DBody", (1140, 1020), (320, 90)),
-        N(23, "SAMBody4D_BodyBatch", (1520, 160), (320, 220), {"mode": body_mode}, links=body_links),
+        N(20, "SAMBody4D_LoadMoGe", (x, 160), (320, 90)),
+        N(21, "SAMBody4D_FOV", (x, 300), (320, 200), links={"frames": (1, "frames"), "moge_model": (20, "moge_model")}),
+        N(22, "SAMBody4D_LoadSAM3DBody", (x, 560), (320, 90)),
+        N(23, "SAMBody4D_BodyBatch", (x + 360, 160), (320, 220), {"mode": body_mode}, links=body_links),
     ]
 
 
 def _amodal() -> list[N]:
     return [
-        N(15, "SAMBody4D_LoadAmodal", (780, 1020), (320, 160)),
-        N(16, "SAMBody4D_AmodalComplete", (1140, 160), (320, 420),
+        N(15, "SAMBody4D_LoadAmodal", (1160, 160), (320, 160)),
+        N(16, "SAMBody4D_AmodalComplete", (1520, 160), (320, 420),
           links={"frames": (1, "frames"), "tracks": (11, "tracks"), "amodal_model": (15, "amodal_model")}),
-        N(17, "PreviewImage", (1520, 440), (320, 300), links={"images": (16, "preview")}, title="Amodal completion"),
+        N(17, "PreviewImage", (1160, 380), (320, 300), links={"images": (16, "preview")}, title="Amodal completion"),
     ]
 
 
@@ -187,63 +190,82 @@ MIX_NOTE = ("**SAM-Body4D renders driving a generative model.** Our nodes find t
             "the run names the missing files.")
 
 
+GREEN, BLUE, PURPLE, BROWN = "#8A8", "#88A", "#a1309b", "#b58b2a"
+
+
+def _groups(prompt_id: int, amodal: bool, exports: bool) -> list[tuple[str, tuple[int, ...], str]]:
+    """Stage groups drawn around the nodes (frontend groups)."""
+    groups = [("1. Video and people", (1, prompt_id, 10, 11, 12), GREEN)]
+    if amodal:
+        groups.append(("2. Amodal completion (occluded people)", (15, 16), BLUE))
+    groups.append(("3. Camera and bodies", (20, 21, 22, 23), PURPLE))
+    groups.append(("4. Smoothing and outputs", (30, 31, 32, 33, *((34, 35, 36) if exports else ())), BROWN))
+    return groups
+
+
 def full_spec() -> Spec:
     nodes = [*_front(POINTS), *_tracking(2), *_amodal(), *_fov_body(True), *_tail(23, 21)]
-    return Spec("body4d_full_pipeline", FULL_NOTE, nodes)
+    return Spec("body4d_full_pipeline", FULL_NOTE, nodes, _groups(2, True, True))
 
 
 def auto_spec() -> Spec:
     nodes = [*_front(DETECT), *_tracking(3), *_amodal(), *_fov_body(True), *_tail(23, 21)]
-    return Spec("body4d_auto_detect", AUTO_NOTE, nodes)
+    return Spec("body4d_auto_detect", AUTO_NOTE, nodes, _groups(3, True, True))
 
 
 def fast_spec() -> Spec:
-    nodes = [*_front(POINTS), *_tracking(2), *_fov_body(False, body_mode="body"), *_tail(23, 21, exports=False)]
-    return Spec("body4d_fast_preview", FAST_NOTE, nodes)
+    dx = AMODAL_WIDTH
+    nodes = [*_front(POINTS), *_tracking(2), *_fov_body(False, body_mode="body", x=1920 - dx),
+             *_tail(23, 21, exports=False, x=2680 - dx)]
+    return Spec("body4d_fast_preview", FAST_NOTE, nodes, _groups(2, False, False))
 
 
 def mix_spec() -> Spec:
-    x, y = 1900, 700
-    nodes = [*_front(DETECT), *_tracking(3), *_fov_body(False), *_tail(23, 21, exports=False)]
+    dx = AMODAL_WIDTH
+    x, y = 1920 - dx, 1060
+    t = 2680 - dx
+    nodes = [*_front(DETECT), *_tracking(3), *_fov_body(False, x=x), *_tail(23, 21, exports=False, x=t)]
     render = next(n for n in nodes if n.id == 31)
     render.values = {"mode": "openpose"}
     render.title = "Render skeleton (OpenPose)"
     nodes[-1].values = {"filename_prefix": "body4d/skeleton"}
     nodes += [
-        N(40, "SAMBody4D_RenderMesh", (x, y), (320, 200), {"mode": "normals"},
+        N(40, "SAMBody4D_RenderMesh", (t + 360, 420), (320, 200), {"mode": "normals"},
           links={"bodies": (30, "bodies"), "camera": (21, "camera")}, title="Render normals"),
-        N(41, "MaskToImage", (x, y + 260), (240, 60), links={"mask": (11, "union_mask")}),
-        N(42, "SaveImage", (x, y + 360), (320, 300), {"filename_prefix": "body4d/person_masks"},
+        N(41, "MaskToImage", (t, 480), (240, 60), links={"mask": (11, "union_mask")}),
+        N(42, "SaveImage", (t, 600), (320, 300), {"filename_prefix": "body4d/person_masks"},
           links={"images": (41, "IMAGE")}, title="Person masks"),
-        N(50, "CheckpointLoaderSimple", (x + 360, y), (320, 100), {"ckpt_name": SD15["name"]}, models=[SD15]),
-        N(51, "CLIPTextEncode", (x + 720, y), (400, 160),
+        N(50, "CheckpointLoaderSimple", (x, y), (320, 100), {"ckpt_name": SD15["name"]}, models=[SD15]),
+        N(51, "CLIPTextEncode", (x + 360, y), (400, 160),
           {"text": "a dancer in a colourful costume on a sunny square, best quality"},
           links={"clip": (50, "CLIP")}, title="Positive prompt"),
-        N(52, "CLIPTextEncode", (x + 720, y + 210), (400, 160), {"text": "blurry, lowres, deformed"},
+        N(52, "CLIPTextEncode", (x + 360, y + 210), (400, 160), {"text": "blurry, lowres, deformed"},
           links={"clip": (50, "CLIP")}, title="Negative prompt"),
-        N(53, "ControlNetLoader", (x + 360, y + 160), (320, 60), {"control_net_name": CN_OPENPOSE["name"]},
+        N(53, "ControlNetLoader", (x, y + 160), (320, 60), {"control_net_name": CN_OPENPOSE["name"]},
           models=[CN_OPENPOSE]),
-        N(54, "ControlNetLoader", (x + 360, y + 260), (320, 60), {"control_net_name": CN_NORMAL["name"]},
+        N(54, "ControlNetLoader", (x, y + 260), (320, 60), {"control_net_name": CN_NORMAL["name"]},
           models=[CN_NORMAL]),
-        N(55, "ControlNetApplyAdvanced", (x + 1160, y), (320, 190), {"strength": 1.0},
+        N(55, "ControlNetApplyAdvanced", (x + 800, y), (320, 190), {"strength": 1.0},
           links={"positive": (51, "CONDITIONING"), "negative": (52, "CONDITIONING"), "control_net": (53, "CONTROL_NET"),
                  "image": (31, "image"), "vae": (50, "VAE")}, title="Apply ControlNet (pose)"),
-        N(56, "ControlNetApplyAdvanced", (x + 1160, y + 240), (320, 190), {"strength": 0.6},
+        N(56, "ControlNetApplyAdvanced", (x + 800, y + 240), (320, 190), {"strength": 0.6},
           links={"positive": (55, "positive"), "negative": (55, "negative"), "control_net": (54, "CONTROL_NET"),
                  "image": (40, "image"), "vae": (50, "VAE")}, title="Apply ControlNet (normals)"),
-        N(57, "EmptyLatentImage", (x + 720, y + 420), (320, 110), {"width": 512, "height": 512},
+        N(57, "EmptyLatentImage", (x + 360, y + 420), (320, 110), {"width": 512, "height": 512},
           links={"batch_size": (1, "frame_count")}),
-        N(58, "KSampler", (x + 1520, y), (320, 270), {"seed": 42, "steps": 20, "cfg": 7.0},
+        N(58, "KSampler", (x + 1160, y), (320, 270), {"seed": 42, "steps": 20, "cfg": 7.0},
           links={"model": (50, "MODEL"), "positive": (56, "positive"), "negative": (56, "negative"),
                  "latent_image": (57, "LATENT")}),
-        N(59, "VAEDecode", (x + 1880, y), (220, 50), links={"samples": (58, "LATENT"), "vae": (50, "VAE")}),
-        N(60, "CreateVideo", (x + 1880, y + 100), (270, 110), links={"images": (59, "IMAGE"), "fps": (1, "fps")}),
-        N(61, "SaveVideo", (x + 2180, y), (360, 420), {"filename_prefix": "body4d/controlnet"},
+        N(59, "VAEDecode", (x + 1520, y), (220, 50), links={"samples": (58, "LATENT"), "vae": (50, "VAE")}),
+        N(60, "CreateVideo", (x + 1520, y + 100), (270, 110), links={"images": (59, "IMAGE"), "fps": (1, "fps")}),
+        N(61, "SaveVideo", (x + 1820, y), (360, 420), {"filename_prefix": "body4d/controlnet"},
           links={"video": (60, "VIDEO")}),
     ]
     # the LoadVideo defaults load every frame: one SD image per frame, so cap it for a first try
     nodes[0].values = {"file": DANCER, "frame_load_cap": 16, "max_side": 512}
-    return Spec("body4d_mix_controlnet", MIX_NOTE, nodes)
+    groups = [*_groups(3, False, False), ("5. Generative model (SD 1.5 + ControlNets)", tuple(range(50, 62)), BLUE)]
+    groups[-2] = ("4. Smoothing, renders, masks", (30, 31, 32, 33, 40, 41, 42), BROWN)
+    return Spec("body4d_mix_controlnet", MIX_NOTE, nodes, groups)
 
 
 SPECS = (full_spec, auto_spec, fast_spec, mix_spec)
@@ -325,14 +347,25 @@ def build_ui(spec: Spec, object_info: dict) -> dict:
             dst["inputs"][in_slot]["link"] = link_id
             links.append([link_id, src_id, out_slot, n.id, in_slot, typ])
     _set_order(nodes, links)
+    groups = [_group(i + 1, title, [by_id[n] for n in ids], colour) for i, (title, ids, colour) in enumerate(spec.groups)]
     note_id = max(by_id) + 1
-    nodes.insert(0, {"id": note_id, "type": "MarkdownNote", "pos": [40, -160], "size": [700, 260], "flags": {},
+    nodes.insert(0, {"id": note_id, "type": "MarkdownNote", "pos": [40, -200], "size": [700, 260], "flags": {},
                      "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": "About this workflow",
                      "properties": {}, "widgets_values": [spec.note], "color": "#432", "bgcolor": "#653"})
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sam-body4d/{spec.stem}")), "revision": 0,
-            "last_node_id": note_id, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
+            "last_node_id": note_id, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": groups,
             "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [0, 200]}, "frontendVersion": FRONTEND_VERSION},
             "version": 0.4}
+
+
+def _group(gid: int, title: str, members: list[dict], colour: str, pad: int = 20, head: int = 50) -> dict:
+    """A frontend group box around its member nodes (title bar above them)."""
+    x0 = min(n["pos"][0] for n in members) - pad
+    y0 = min(n["pos"][1] for n in members) - head - pad
+    x1 = max(n["pos"][0] + n["size"][0] for n in members) + pad
+    y1 = max(n["pos"][1] + n["size"][1] for n in members) + pad
+    return {"id": gid, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": colour, "font_size": 24,
+            "flags": {}}
 
 
 def _set_order(nodes: list[dict], links: list[list]) -> None:
@@ -359,14 +392,20 @@ def thumbnail(ui: dict, path: Path, title: str, size: tuple[int, int] = (640, 36
     draw = ImageDraw.Draw(img)
     boxes = {n["id"]: (n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
              for n in ui["nodes"] if n["type"] != "MarkdownNote"}
-    x0 = min(b[0] for b in boxes.values()); y0 = min(b[1] for b in boxes.values())
-    x1 = max(b[2] for b in boxes.values()); y1 = max(b[3] for b in boxes.values())
+    frames = list(boxes.values()) + [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                                      g["bounding"][1] + g["bounding"][3]) for g in ui["groups"]]
+    x0, y0 = min(b[0] for b in frames), min(b[1] for b in frames)
+    x1, y1 = max(b[2] for b in frames), max(b[3] for b in frames)
     top, pad = 40, 14
     scale = min((size[0] - 2 * pad) / (x1 - x0), (size[1] - top - pad) / (y1 - y0))
 
     def tr(x: float, y: float) -> tuple[float, float]:
         return pad + (x - x0) * scale, top + (y - y0) * scale
 
+    for group in ui["groups"]:
+        gx, gy, gw, gh = group["bounding"]
+        draw.rectangle([tr(gx, gy), tr(gx + gw, gy + gh)], outline=group["color"], width=2)
+        draw.text(tr(gx + 8, gy + 6), group["title"][:40], fill=group["color"])
     for link in ui["links"]:
         a, b = boxes[link[1]], boxes[link[3]]
         draw.line([tr(a[2], a[1] + 15), tr(b[0], b[1] + 15)], fill=(200, 180, 90), width=1)
@@ -378,7 +417,8 @@ def thumbnail(ui: dict, path: Path, title: str, size: tuple[int, int] = (640, 36
         draw.rectangle([tr(b[0], b[1]), tr(b[2], b[3])], fill=CATEGORY_COLOURS[kind], outline=(230, 230, 230))
         label = n.get("title") or n["type"].replace("SAMBody4D_", "")
         lx, ly = tr(b[0], b[1])
-        draw.text((lx + 2, ly + 1), label[:18], fill=(255, 255, 255))
+        width = int((b[2] - b[0]) * scale / 6)  # ~6 px per character of the default font
+        draw.text((lx + 2, ly + 1), label[:max(3, width)], fill=(255, 255, 255))
     draw.text((pad, 12), title, fill=(255, 255, 255))
     img.save(path, optimize=True)
 
