@@ -5,8 +5,9 @@
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+WHEELS=${WHEELS:-.whl}
+if ls $WHEELS/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
