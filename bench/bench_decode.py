@@ -1,7 +1,9 @@
 """Decode benchmark: raw decord / PyAV / OpenCV vs our Load Video path, at 720p and 1080p.
 
-Each measurement runs in a fresh subprocess so peak RAM (ru_maxrss) is its own. Raw decoders
-produce uint8 RGB frames in memory; our path produces ComfyUI's IMAGE (float32 0..1).
+Each measurement runs in a fresh subprocess so peak RAM (ru_maxrss) is its own. Every row ends
+with all frames in memory: the raw rows decode with the library's plain loop, stack the frames
+and convert to ComfyUI's IMAGE (float32 0..1), as a simple loader would; ours decodes in chunks
+straight into a preallocated IMAGE (or uint8) with decoding overlapped with conversion.
 
     python bench/bench_decode.py [--frames 240] [--repeat 2]
 """
@@ -43,59 +45,63 @@ def make_video(path: Path, width: int, height: int, frames: int, fps: int = 30) 
             out.mux(packet)
 
 
+def _to_image(frames: list) -> "torch.Tensor":
+    """The naive way to an IMAGE: stack every decoded frame, then convert to float 0..1."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack(frames)).float().div_(255.0)
+
+
 def _raw_decord(path: str) -> int:
     import decord
 
     vr = decord.VideoReader(path, ctx=decord.cpu(0))
-    n = 0
+    frames = []
     for s in range(0, len(vr), 32):
-        n += vr.get_batch(list(range(s, min(s + 32, len(vr))))).asnumpy().shape[0]
-    return n
+        frames.extend(vr.get_batch(list(range(s, min(s + 32, len(vr))))).asnumpy())
+    return int(_to_image(frames).shape[0])
 
 
 def _raw_pyav(path: str) -> int:
     import av
 
-    n = 0
+    frames = []
     with av.open(path) as c:
         st = c.streams.video[0]
         st.thread_type = "AUTO"
         for f in c.decode(st):
-            f.to_ndarray(format="rgb24")
-            n += 1
-    return n
+            frames.append(f.to_ndarray(format="rgb24"))
+    return int(_to_image(frames).shape[0])
 
 
 def _raw_opencv(path: str) -> int:
     import cv2
 
     cap = cv2.VideoCapture(path)
-    n = 0
+    frames = []
     while True:
         ok, bgr = cap.read()
         if not ok:
             break
-        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        n += 1
-    return n
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return int(_to_image(frames).shape[0])
 
 
-def _ours(path: str) -> int:
-    from body4d_core.video import LoadOptions, load_video_tensor
+def _ours(backend: str, image: bool):
+    def run(path: str) -> int:
+        from body4d_core.video import LoadOptions, load_video, load_video_tensor
 
-    frames, _ = load_video_tensor(path, LoadOptions())
-    return int(frames.shape[0])
-
-
-def _ours_uint8(path: str) -> int:
-    from body4d_core.video import LoadOptions, load_video
-
-    frames, _ = load_video(path, LoadOptions())
-    return int(frames.shape[0])
+        fn = load_video_tensor if image else load_video
+        frames, _ = fn(path, LoadOptions(backend=backend))
+        return int(frames.shape[0])
+    return run
 
 
-METHODS = {"decord (raw uint8)": _raw_decord, "pyav (raw uint8)": _raw_pyav, "opencv (raw uint8)": _raw_opencv,
-           "ours -> uint8": _ours_uint8, "ours -> IMAGE fp32": _ours}
+METHODS = {"decord (raw -> IMAGE)": _raw_decord, "pyav (raw -> IMAGE)": _raw_pyav,
+           "opencv (raw -> IMAGE)": _raw_opencv, "ours auto -> IMAGE": _ours("auto", True),
+           "ours decord -> IMAGE": _ours("decord", True), "ours pyav -> IMAGE": _ours("pyav", True),
+           "ours opencv -> IMAGE": _ours("opencv", True), "ours auto -> uint8": _ours("auto", False)}
 
 
 def child(method: str, path: str) -> None:

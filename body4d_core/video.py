@@ -1,7 +1,7 @@
 """Video decoding with frame selection, resizing and a memory budget checked before decoding.
 
-decord is the fastest decoder here (and resizes while decoding); PyAV is the fallback and
-OpenCV a third option. Frames are decoded in chunks straight into one preallocated output
+PyAV (threaded FFmpeg decoding) is the default, decord and OpenCV the alternatives; all
+three resize while or right after decoding. Frames are decoded in chunks straight into one preallocated output
 (uint8 numpy, or a float torch tensor for ComfyUI's IMAGE) so peak memory is the output
 plus one chunk.
 """
@@ -132,9 +132,9 @@ _PROBES = {"decord": _probe_decord, "pyav": _probe_pyav, "opencv": _probe_opencv
 
 
 def available_backends() -> list[str]:
-    """Decoders importable here, fastest first."""
+    """Decoders importable here, fastest first (PyAV's threaded decoding led bench/bench_decode.py)."""
     out = []
-    for name, mod in (("decord", "decord"), ("pyav", "av"), ("opencv", "cv2")):
+    for name, mod in (("pyav", "av"), ("decord", "decord"), ("opencv", "cv2")):
         try:
             __import__(mod)
             out.append(name)

@@ -92,7 +92,7 @@ class LoadVideo(io.ComfyNode):
                                tooltip="Refuse to load frames needing more RAM than this (0 = half the RAM "
                                        "available when loading starts)."),
                 io.Combo.Input("decoder", options=list(v.BACKENDS), default="auto", advanced=True,
-                               tooltip="Video decoder: decord is fastest; PyAV and OpenCV are fallbacks."),
+                               tooltip="Video decoder: auto picks PyAV (fastest in bench/bench_decode.py), then decord, then OpenCV."),
                 io.Video.Input("video", optional=True,
                                tooltip="A core VIDEO (e.g. from Load Video); used instead of the file."),
                 io.Image.Input("images", optional=True,
