@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -137,13 +137,23 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
         _free(models)
 
 
-def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks) -> Camera:
+def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,
+                 notes: list[str] | None = None) -> Camera:
+    """MoGe-2 intrinsics (or the manual FOV); without MoGe-2 weights, upstream's f = sqrt(H^2 + W^2)."""
+    from .errors import MissingWeightsError
     from .fov import estimate_camera, load_moge, resolve_camera
 
     estimate = None
     if opts.fov_mode != "none" and not opts.manual_fov:
         def estimate() -> Camera:
-            model = load_moge(_search(opts), device=pick_device(opts.device))
+            try:
+                model = load_moge(_search(opts), device=pick_device(opts.device))
+            except MissingWeightsError as err:
+                msg = f"no MoGe-2 weights, camera uses f = sqrt(H^2 + W^2) ({err})"
+                log.warning(msg)
+                if notes is not None:
+                    notes.append(msg)
+                return Camera.default(clip.image_size, clip.num_frames)
             try:
                 return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
             finally:
@@ -200,7 +210,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         summary.files["amodal"] = amodal.save_npz(out / "amodal.npz")
 
     with _Timer(summary, "camera"):
-        camera = stage_camera(frames, clip, opts, hooks_for("fov"))
+        camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes)
     summary.files["camera"] = camera.save_npz(out / "camera.npz")
 
     with _Timer(summary, "bodies"):
@@ -260,10 +270,3 @@ def options_from_points(points: str | Path | None) -> str | None:
     if str(points).lstrip().startswith(("{", "[")):
         return str(points)
     raise InputError(f"--points must be a JSON file or a JSON string, got {points!r}")
-
-
-def ensure_ids(obj_ids: Iterable[int]) -> list[int]:
-    ids = [int(i) for i in obj_ids]
-    if not ids:
-        raise InputError("no person to process")
-    return ids

@@ -90,3 +90,14 @@ def test_missing_weights_stop_with_the_setup_command(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     assert "sam3 weights were not found" in res.stderr and "python -m body4d_core setup --models sam3" in res.stderr
+
+
+def test_camera_falls_back_without_moge_weights(tmp_path):
+    from body4d_core.pipeline import stage_camera
+    from body4d_core.data import Clip
+
+    clip = Clip(fps=10.0, num_frames=3, image_size=(30, 40))
+    notes = []
+    cam = stage_camera(np.zeros((3, 30, 40, 3), np.uint8), clip, PipelineOptions(models_root=tmp_path), None, notes)
+    assert cam.source == "default" and cam.intrinsics[0, 0] == pytest.approx(50.0)
+    assert notes and "no MoGe-2 weights" in notes[0] and "python -m body4d_core setup --models moge" in notes[0]
