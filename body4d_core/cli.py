@@ -113,8 +113,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-def _amodal_settings(args: argparse.Namespace) -> dict:
-    out: dict = {}
+def _amodal_settings(args: argparse.Namespace, cfg) -> dict:
+    from .config import section
+
+    out = section(cfg, "amodal")
     if args.amodal_steps:
         out["steps"] = args.amodal_steps
     if args.amodal_resolution:
@@ -126,15 +128,22 @@ def _amodal_settings(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on one video (points JSON or automatic people detection)."""
+    from .config import load_config, models_root, section
     from .pipeline import PipelineOptions, options_from_points, run_pipeline
 
+    cfg = load_config(args.config)
+    smooth = section(cfg, "smooth")
+    if args.smooth_mode:
+        smooth["mode"] = args.smooth_mode
     opts = PipelineOptions(
         video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
-        amodal=not args.no_amodal, amodal_settings=_amodal_settings(args), fov_mode=args.fov, manual_fov=args.manual_fov, body_mode=args.body_mode,
-        batch_size=args.batch_size, smooth=not args.no_smooth, smooth_mode=args.smooth_mode,
+        amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
+        manual_fov=args.manual_fov, body_mode=args.body_mode,
+        batch_size=args.batch_size, smooth=not args.no_smooth, smooth_settings=smooth,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
-        models_root=Path(args.models_root) if args.models_root else None, device=args.device, dtype=args.dtype)
+        models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
+        dtype=args.dtype)
     summary = run_pipeline(args.input_video, args.out, opts, lambda name: TextProgress(name))
     print(summary.describe())
     return 0
@@ -196,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body_mode", default="full", choices=["full", "body"])
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--no_smooth", action="store_true")
-    p.add_argument("--smooth_mode", default="offline", choices=["offline", "causal"])
+    p.add_argument("--smooth_mode", choices=["offline", "causal"], help="default: the config's smooth.mode")
+    p.add_argument("--config", help="OmegaConf YAML (default: configs/body4d.yaml)")
     p.add_argument("--render_mode", default="overlay")
     p.add_argument("--no_meshes", action="store_true")
     p.add_argument("--no_glb", action="store_true")

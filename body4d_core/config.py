@@ -21,7 +21,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def models_root(cfg: DictConfig | None = None) -> Path:
-    """Where model folders live outside ComfyUI: config, then $BODY4D_MODELS, then <pack>/models."""
-    root = None if cfg is None else cfg.get("paths", {}).get("ckpt_root")
+    """Where model folders live outside ComfyUI: config (default file if none), $BODY4D_MODELS, <pack>/models."""
+    cfg = load_config() if cfg is None else cfg
+    root = cfg.get("paths", {}).get("ckpt_root")
     root = root or os.environ.get("BODY4D_MODELS") or PACK_ROOT / "models"
     return Path(root).expanduser()
+
+
+def section(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """One section of the config as a plain dict (lists as tuples), {} when absent."""
+    values = OmegaConf.to_container(cfg.get(name) or OmegaConf.create({}), resolve=True)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(values).items()}

@@ -47,7 +47,7 @@ class PipelineOptions:
     body_mode: str = "full"
     batch_size: int = 64
     smooth: bool = True
-    smooth_mode: str = "offline"
+    smooth_settings: dict = field(default_factory=dict)  # SmoothSettings fields
     render_mode: str = "overlay"
     write_meshes: bool = True
     write_glb: bool = True
@@ -230,7 +230,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
 def _smooth(bodies: Bodies, opts: PipelineOptions) -> Bodies:
     from .smoothing import SmoothSettings, smooth_bodies
 
-    return smooth_bodies(bodies, SmoothSettings(mode=opts.smooth_mode))
+    return smooth_bodies(bodies, SmoothSettings(**opts.smooth_settings))
 
 
 def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, out: Path, summary: RunSummary) -> None:
