@@ -33,8 +33,15 @@ class TextProgress:
         return None
 
 
-def _add_video_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input_video", "-i", required=True, help="video file to read")
+SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dancer_81f.mp4"
+
+
+def _add_video_args(p: argparse.ArgumentParser, sample_default: bool = False) -> None:
+    if sample_default:
+        p.add_argument("--input_video", "-i", default=str(SAMPLE_VIDEO),
+                       help="video file to read (default: the bundled sample, samples/cartoon_dancer_81f.mp4)")
+    else:
+        p.add_argument("--input_video", "-i", required=True, help="video file to read")
     p.add_argument("--frame_load_cap", type=int, default=0, help="load at most N frames (0 = all)")
     p.add_argument("--skip_first_frames", type=int, default=0)
     p.add_argument("--select_every_nth", type=int, default=1)
@@ -189,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render")
-    _add_video_args(p)
-    p.add_argument("--out", "-o", required=True, help="output folder")
+    _add_video_args(p, sample_default=True)
+    p.add_argument("--out", "-o", default="outputs/run", help="output folder (default: outputs/run)")
     p.add_argument("--points", help="SAM3 Points JSON (file or string); default: detect people automatically")
     p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
     p.add_argument("--detect_threshold", type=float, default=0.5)

@@ -143,22 +143,23 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
     from .errors import MissingWeightsError
     from .fov import estimate_camera, load_moge, resolve_camera
 
-    estimate = None
-    if opts.fov_mode != "none" and not opts.manual_fov:
-        def estimate() -> Camera:
-            try:
-                model = load_moge(_search(opts), device=pick_device(opts.device))
-            except MissingWeightsError as err:
-                msg = f"no MoGe-2 weights, camera uses f = sqrt(H^2 + W^2) ({err})"
-                log.warning(msg)
-                if notes is not None:
-                    notes.append(msg)
-                return Camera.default(clip.image_size, clip.num_frames)
-            try:
-                return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
-            finally:
-                _free(model)
-    return resolve_camera(clip.image_size, clip.num_frames, manual_fov=opts.manual_fov, estimate=estimate)
+    def estimate() -> Camera:
+        try:
+            model = load_moge(_search(opts), device=pick_device(opts.device))
+        except MissingWeightsError as err:
+            msg = f"no MoGe-2 weights, camera uses f = sqrt(H^2 + W^2) ({err})"
+            log.warning(msg)
+            if notes is not None:
+                notes.append(msg)
+            return Camera.default(clip.image_size, clip.num_frames)
+        try:
+            return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
+        finally:
+            _free(model)
+
+    use_model = opts.fov_mode != "none" and not opts.manual_fov
+    return resolve_camera(clip.image_size, clip.num_frames, manual_fov=opts.manual_fov,
+                          estimate=estimate if use_model else None)
 
 
 def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,

@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import numpy as np
-
 from body4d_core.data import Clip
 
 from .media import DANCER, REPO, need
@@ -43,3 +41,11 @@ def test_models_reports_missing(tmp_path):
     res = run("models", "--root", str(tmp_path))
     assert res.returncode == 1
     assert "sam3d_body" in res.stdout and "missing" in res.stdout
+
+
+def test_run_defaults_to_the_bundled_sample():
+    from body4d_core.cli import SAMPLE_VIDEO, build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert args.input_video == str(SAMPLE_VIDEO) and SAMPLE_VIDEO.is_file()
+    assert args.out == "outputs/run"
