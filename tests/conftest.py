@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .comfy_server import ComfyServer, ComfyServerError
+from .nodes_env import pack  # noqa: F401 - the node tests' fixture, shared by every test module
 
 
 def comfyui_dir() -> Path | None:
@@ -33,3 +34,14 @@ def comfy_server():
         pytest.fail(f"ComfyUI at {root} did not start: {err}", pytrace=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny-model tests run on one CPU thread: oversubscribed tiny ops on 2 shared cores ran ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from .nodes_env import pack  # noqa: F401 - fixture
 
 T, H, W = 5, 32, 48
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

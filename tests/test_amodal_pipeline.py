@@ -24,15 +24,6 @@ T, H, W = 4, 16, 24
 FAST = SamplerConfig(steps=2, decode_chunk_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a loaded 2-core machine, oversubscribed tiny ops run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def parts():
     return build_vas_parts("tiny", seed=1)

@@ -157,7 +157,6 @@ def test_from_core_predict_output_by_slot() -> None:
 
 # --------------------------------------------------------------------------- nodes (over the ComfyUI stand-in)
 
-from .nodes_env import pack  # noqa: E402,F401 - fixture
 
 
 def _nodes(pack, name):  # noqa: F811

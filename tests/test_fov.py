@@ -267,7 +267,6 @@ def test_estimate_camera_rejects_bad_frames():
 
 # --------------------------------------------------------------------------- nodes (over the ComfyUI stand-in)
 
-from .nodes_env import pack  # noqa: E402,F401 - fixture
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from .media import DANCER, need
-from .nodes_env import pack  # noqa: F401 - fixture
 
 
 @pytest.fixture()

@@ -178,7 +178,6 @@ def test_editor_frame_indices_and_size():
 
 # --------------------------------------------------------------------------- node (over the ComfyUI stand-in)
 
-from .nodes_env import pack  # noqa: E402,F401 - fixture
 
 
 @pytest.fixture()

@@ -12,7 +12,6 @@ from body4d_core.palette import object_color
 from body4d_core.render import rasterize, render_bodies
 from body4d_core.skeleton import MHR70_FOR_OPENPOSE18, draw_openpose, mhr70_to_openpose18
 
-from .nodes_env import pack  # noqa: F401 - fixture
 
 SQUARE = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
 FACES = np.array([[0, 1, 2], [0, 2, 3]], np.int32)

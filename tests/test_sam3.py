@@ -17,15 +17,6 @@ T, SIDE, MID = 18, 96, 9
 T_LONG = 24  # longer than the tracker's reach (17 frames kept), so memory pruning is exercised
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def bundle():
     return tiny_sam3(image_size=112, seed=0)

@@ -18,14 +18,6 @@ from tests.media import DANCER, need
 T, SIDE = 6, 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def bundle():
     return tiny_sam3(image_size=112, seed=0, with_detector=True)

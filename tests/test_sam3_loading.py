@@ -11,14 +11,6 @@ from body4d_core.sam3 import load_sam3
 from body4d_core.sam3.loading import save_tiny_checkpoint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "sam3")

@@ -9,17 +9,8 @@ import pytest
 import torch
 
 from .media import DANCER, need
-from .nodes_env import pack  # noqa: F401 - fixture
 
 T, SIDE = 6, 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

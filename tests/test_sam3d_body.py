@@ -23,15 +23,6 @@ if not (DATA / "dancing.jpg").exists():
     DATA = Path("/work/shared/data")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine are far faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def photo() -> tuple[np.ndarray, np.ndarray, list[float]]:
     """dancing.jpg downscaled 4x, its mask and the mask's box."""

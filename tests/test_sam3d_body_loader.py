@@ -17,14 +17,6 @@ from body4d_core.sam3d_body.loader import check_state_dict, read_checkpoint
 from body4d_core.sam3d_body.synthetic import OFFICIAL_YAML, random_model, save_official_layout
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[Sam3dBody, Path]:
     model = random_model(tiny_config(), seed=3)

@@ -12,15 +12,6 @@ from body4d_core.data import BodyFlag
 from body4d_core.sam3d_body import tiny_config
 from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
 
-from .nodes_env import pack  # noqa: F401 - fixture
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()
