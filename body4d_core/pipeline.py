@@ -163,21 +163,19 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
 
 
 def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,
-                 hooks: Hooks) -> Bodies:
+                 hooks: Hooks) -> tuple[Bodies, object]:
+    """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig)."""
     from .body_inputs import body_items
     from .sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
 
     model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
-    try:
-        items = body_items(tracks, amodal)
-        results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
-                                  batch_size=opts.batch_size, hooks=hooks, return_vertices=True)
-        faces = getattr(model, "faces", None)
-        faces = None if faces is None else np.asarray(faces.detach().cpu() if torch.is_tensor(faces) else faces)
-        return bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
-                                   obj_ids=tracks.obj_ids.tolist())
-    finally:
-        _free(model)
+    items = body_items(tracks, amodal)
+    results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
+                              batch_size=opts.batch_size, hooks=hooks, return_vertices=True)
+    faces = model.faces.detach().cpu().numpy()
+    bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
+                                 obj_ids=tracks.obj_ids.tolist())
+    return bodies, model
 
 
 def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,
@@ -215,23 +213,29 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     summary.files["camera"] = camera.save_npz(out / "camera.npz")
 
     with _Timer(summary, "bodies"):
-        bodies = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
+        bodies, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
     summary.files["bodies_raw"] = bodies.save_npz(out / "bodies_raw.npz")
 
-    if opts.smooth:
-        with _Timer(summary, "smooth"):
-            bodies = _smooth(bodies, opts)
-        summary.files["bodies"] = bodies.save_npz(out / "bodies.npz")
+    try:
+        if opts.smooth:
+            with _Timer(summary, "smooth"):
+                bodies = _smooth(bodies, opts, body_model, camera)
+            summary.files["bodies"] = bodies.save_npz(out / "bodies.npz")
+    finally:
+        _free(body_model)
+        del body_model
 
     with _Timer(summary, "render"):
         _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"))
     return summary
 
 
-def _smooth(bodies: Bodies, opts: PipelineOptions) -> Bodies:
+def _smooth(bodies: Bodies, opts: PipelineOptions, body_model: object, camera: Camera) -> Bodies:
+    """Kalman/RTS per identity, then the rig regenerates meshes and keypoints from the smoothed parameters."""
+    from .sam3d_body.refresh import refresher
     from .smoothing import SmoothSettings, smooth_bodies
 
-    return smooth_bodies(bodies, SmoothSettings(**opts.smooth_settings))
+    return smooth_bodies(bodies, SmoothSettings(**opts.smooth_settings), refresh=refresher(body_model, camera))
 
 
 def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, out: Path, summary: RunSummary) -> None:

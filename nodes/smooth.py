@@ -60,6 +60,10 @@ class KalmanSmooth(io.ComfyNode):
                                        "(1 = keep moving at constant velocity; lower = ease to a stop)."),
                 io.Boolean.Input("lock_shape", default=True, advanced=True,
                                  tooltip="Lock shape and scale per person to the median over their visible frames."),
+                t.BodyModel.Input("sam3d_body_model", optional=True,
+                                  tooltip="Optional: with the SAM 3D Body model, meshes and keypoints are rebuilt by "
+                                          "its MHR rig from the smoothed parameters (exact). Without it they are "
+                                          "smoothed with the same filter (close, not exact)."),
             ],
             outputs=[t.Bodies.Output("bodies"), t.MhrPoseData.Output("mhr_pose_data")],
         )
@@ -67,7 +71,7 @@ class KalmanSmooth(io.ComfyNode):
     @classmethod
     def execute(cls, bodies=None, mhr_pose_data=None, camera=None, mode="offline", strength=2.5,
                 motion_model="velocity", occluded_noise=4.0, outlier_threshold=4.0, max_gap=60,
-                gap_damping=0.7, lock_shape=True) -> io.NodeOutput:
+                gap_damping=0.7, lock_shape=True, sam3d_body_model=None) -> io.NodeOutput:
         if bodies is None:
             if mhr_pose_data is None:
                 raise InputError("Kalman Smooth: connect bodies (Body4D) or mhr_pose_data (core SAM3D Body)")
@@ -76,8 +80,13 @@ class KalmanSmooth(io.ComfyNode):
         settings = SmoothSettings(mode=mode, motion=motion_model, window=float(strength),
                                   occluded_noise=float(occluded_noise), outlier_threshold=float(outlier_threshold),
                                   max_gap=int(max_gap), lock_shape=bool(lock_shape), gap_damping=float(gap_damping))
-        out = smooth_bodies(bodies, settings)
         camera = camera or Camera.default(bodies.image_size, bodies.num_frames)
+        refresh = None
+        if sam3d_body_model is not None:
+            from ..body4d_core.sam3d_body.refresh import refresher
+
+            refresh = refresher(sam3d_body_model.ready(), camera)
+        out = smooth_bodies(bodies, settings, refresh=refresh)
         return io.NodeOutput(out, to_mhr_pose(out, camera))
 
 

@@ -154,6 +154,12 @@ def test_tiny_body_model_through_smooth_render_and_glb(pack) -> None:  # noqa: F
         sb, pose = smooth.execute(bodies=bodies).args
         assert sb.vertices.shape == bodies.vertices.shape and len(pose["frames"]) == t
         assert sb.flags[1, 0] == data.BodyFlag.MISSING  # never invented before a person appears
+        exact, _ = smooth.execute(bodies=bodies, sam3d_body_model=handle).args  # rig rebuilds the meshes
+        refresh = importlib.import_module(f"{pack.__name__}.body4d_core.sam3d_body.refresh")
+        default_cam = data.Camera.default((h, w), t)
+        again = refresh.refresh_geometry(handle.model, exact, default_cam)
+        assert np.allclose(exact.vertices, again.vertices, atol=1e-6)
+        assert not np.allclose(exact.vertices, sb.vertices, atol=1e-6)  # differs from filtering the vertices
         cam = data.Camera.from_focal(80.0, (h, w), t, "manual")
         rnd = importlib.import_module(f"{pack.__name__}.nodes.render").RenderMesh
         img, mask = rnd.execute(sb, cam, frames=frames, mode="overlay").args
