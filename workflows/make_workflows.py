@@ -112,7 +112,8 @@ def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = T
     """Kalman Smooth -> Render Mesh -> video (+ mesh/GLB exports)."""
     nodes = [
         N(smooth_id, "SAMBody4D_KalmanSmooth", (x, 160), (320, 260),
-          links={"bodies": (body_src, "bodies"), "camera": (camera_src, "camera")}),
+          links={"bodies": (body_src, "bodies"), "camera": (camera_src, "camera"),
+                 "sam3d_body_model": (22, "sam3d_body_model")}),
         N(31, "SAMBody4D_RenderMesh", (x + 360, 160), (320, 200),
           links={"bodies": (smooth_id, "bodies"), "camera": (camera_src, "camera"), "frames": (frames_src, "frames")}),
         N(32, "CreateVideo", (x + 720, 160), (270, 110), links={"images": (31, "image"), "fps": (1, "fps")}),
