@@ -128,6 +128,21 @@ class CameraHead(nn.Module):
         return torch.stack([tx + off[:, 0], ty + off[:, 1], 2 * f / bs], -1)
 
 
+CAMERA_FLIP = (1.0, -1.0, -1.0)  # MHR axes (y up, z to the viewer) -> camera axes (y down, z forward)
+
+
+def camera_geometry(head: MHRHead, rig: torch.nn.Module, p: dict[str, torch.Tensor], num_keypoints: int,
+                    with_verts: bool) -> dict[str, torch.Tensor]:
+    """Run the rig on parameter blocks p; keypoints, joints (and vertices) in camera axes, metres."""
+    out = head.run_rig(rig, p)
+    flip = torch.tensor(CAMERA_FLIP, device=out.verts.device)
+    geo = {"kp3d": out.keypoints[:, :num_keypoints] * flip, "joints": out.joints * flip,
+           "joint_rots": out.joint_rots, "model_params": out.model_params}
+    if with_verts:
+        geo["verts"] = out.verts * flip
+    return geo
+
+
 def project(points: torch.Tensor, cam_t: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pinhole projection of camera-frame points (+cam_t) -> (pixels [B,N,2], depth [B,N])."""
     p = points + cam_t[:, None]

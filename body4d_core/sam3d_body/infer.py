@@ -20,7 +20,7 @@ from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry
 from . import crop as C
 from . import fusion
 from . import rotations as rot
-from .heads import project
+from .heads import camera_geometry, project
 from .model import CropBatch, Sam3dBody
 
 log = logging.getLogger(__name__)
@@ -197,15 +197,8 @@ def _run_full(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem],
 
 def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> dict[str, torch.Tensor]:
     """Final rig evaluation of (possibly merged) parameters, camera-axes flip and projection."""
-    rig = model.head_pose.run_rig(model.mhr, p)
-    flip = torch.tensor([1.0, -1.0, -1.0], device=batch.img.device)
     out = dict(p)
-    out["kp3d"] = rig.keypoints[:, : model.cfg.num_keypoints] * flip
-    out["joints"] = rig.joints * flip
-    out["joint_rots"] = rig.joint_rots
-    out["model_params"] = rig.model_params
-    if with_verts:
-        out["verts"] = rig.verts * flip
+    out.update(camera_geometry(model.head_pose, model.mhr, p, model.cfg.num_keypoints, with_verts))
     out["kp2d"], _ = project(out["kp3d"], out["cam_t"], batch.K)
     return out
 

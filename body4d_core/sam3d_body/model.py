@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Sam3dBodyConfig
-from .heads import NPOSE, CameraHead, MHRHead, project
+from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
 from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder
 from .vit import DinoV3ViT
 
@@ -151,14 +151,7 @@ class Sam3dBody(nn.Module):
         p["cam"] = br["head_camera"](token, init_cam)
         if self.mhr is None:
             raise RuntimeError("the MHR rig is not attached (attach_rig)")
-        rig = br["head_pose"].run_rig(self.mhr, p)
-        flip = torch.tensor([1.0, -1.0, -1.0], device=token.device)
-        p["kp3d"] = rig.keypoints[:, : self.cfg.num_keypoints] * flip
-        p["joints"] = rig.joints * flip
-        p["joint_rots"] = rig.joint_rots
-        p["model_params"] = rig.model_params
-        if with_verts:
-            p["verts"] = rig.verts * flip
+        p.update(camera_geometry(br["head_pose"], self.mhr, p, self.cfg.num_keypoints, with_verts))
         p["cam_t"] = br["head_camera"].cam_t(p["cam"], batch.center, batch.size, batch.K, batch.img_wh,
                                               self.cfg.use_intrin_center)
         p["kp2d"], p["kp_depth"] = project(p["kp3d"], p["cam_t"], batch.K)

@@ -13,22 +13,16 @@ import numpy as np
 import torch
 
 from ..data import Bodies, Camera
-from .heads import project
+from .heads import camera_geometry, project
 from .infer import EXTRA_KEYS, PARAM_KEYS
 from .model import Sam3dBody
-
-FLIP = (1.0, -1.0, -1.0)  # MHR axes (y up, z to the viewer) -> camera axes, as in inference
 
 
 @torch.inference_mode()
 def _run(model: Sam3dBody, p: dict[str, torch.Tensor], K: torch.Tensor, with_verts: bool) -> dict[str, np.ndarray]:
-    rig = model.head_pose.run_rig(model.mhr, p)
-    flip = torch.tensor(FLIP, device=K.device)
-    kp3d = rig.keypoints[:, : model.cfg.num_keypoints] * flip
-    out = {"keypoints_3d": kp3d, "keypoints_2d": project(kp3d, p["cam_t"], K)[0],
-           "joints": rig.joints * flip, "joint_rots": rig.joint_rots, "model_params": rig.model_params}
-    if with_verts:
-        out["verts"] = rig.verts * flip
+    out = camera_geometry(model.head_pose, model.mhr, p, model.cfg.num_keypoints, with_verts)
+    out["keypoints_3d"] = out.pop("kp3d")
+    out["keypoints_2d"] = project(out["keypoints_3d"], p["cam_t"], K)[0]
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
