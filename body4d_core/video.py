@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -475,11 +475,3 @@ def select_from_frames(n_frames: int, fps: float, height: int, width: int, opts:
     return select_frames(info, skip_first_frames=opts.skip_first_frames, frame_load_cap=opts.frame_load_cap,
                          select_every_nth=opts.select_every_nth, force_rate=opts.force_rate,
                          max_side=opts.max_side)
-
-
-def frames_to_uint8(frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Float 0..1 or uint8 frames [T, H, W, 3] -> uint8."""
-    arr = np.asarray(frames)
-    if arr.dtype == np.uint8:
-        return arr
-    return np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)

@@ -151,13 +151,9 @@ class AmodalComplete(io.ComfyNode):
                 motion_bucket_id=127,
                 fps=8, noise_aug_strength=0.02, decode_chunk_size=8, window=64, overlap=8, people_batch=4,
                 embed_order="upstream") -> io.NodeOutput:
-        if tracks is None:
-            if sam3_track_data is None:
-                raise InputError("connect tracks (Propagate) or core SAM3 track data")
-            from ..body4d_core.sam3.core_interop import tracks_from_core
-            tracks = tracks_from_core(sam3_track_data)
         if frames is None or frames.ndim != 4 or frames.shape[0] < 1:
             raise InputError("frames must be an IMAGE batch [T, H, W, 3] with at least one frame")
+        tracks = glue.tracks_input(tracks, sam3_track_data, (int(frames.shape[1]), int(frames.shape[2])))
         occ = OcclusionConfig(
             detection_resolution=parse_resolution(detection_resolution, "detection_resolution"),
             completion_resolution=parse_resolution(completion_resolution, "completion_resolution"),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from comfy_api.latest import io
 
-from ..body4d_core.data import Camera, Tracks, check_same_frames
+from ..body4d_core.data import Camera, check_same_frames
 from ..body4d_core.errors import InputError
 from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
-from ..body4d_core.sam3.core_interop import tracks_from_core
 from ..body4d_core.body_inputs import body_items
 from ..body4d_core.mhr_pose import to_mhr_pose
 from . import comfy_glue as glue
@@ -48,20 +46,6 @@ class LoadSAM3DBody(io.ComfyNode):
         model = load_sam3d_body(model_dir, device="cpu")
         dtype = glue.choose_dtype(precision)
         return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir))
-
-
-def _tracks_input(tracks: Any, sam3_track_data: Any, size: tuple[int, int]) -> Tracks:
-    if tracks is not None:
-        if tuple(tracks.image_size) != size:
-            raise InputError(f"tracks are {tracks.image_size} (H, W) but the frames are {size}; use the same frames "
-                             "for propagation and body estimation")
-        return tracks
-    if sam3_track_data is not None:
-        trk = tracks_from_core(sam3_track_data)
-        if tuple(trk.image_size) != size:
-            raise InputError(f"the SAM3 track data is for {trk.image_size} (H, W) frames but the frames are {size}")
-        return trk
-    raise InputError("connect tracks (SAM-Body4D Propagate) or sam3_track_data (core SAM3 Video Track)")
 
 
 class BodyBatch(io.ComfyNode):
@@ -110,7 +94,7 @@ class BodyBatch(io.ComfyNode):
         if frames.ndim != 4 or frames.shape[0] < 1:
             raise InputError(f"frames must be an IMAGE batch [T, H, W, 3], got shape {tuple(frames.shape)}")
         n, size = int(frames.shape[0]), (int(frames.shape[1]), int(frames.shape[2]))
-        trk = _tracks_input(tracks, sam3_track_data, size)
+        trk = glue.tracks_input(tracks, sam3_track_data, size)
         check_same_frames(frames=n, tracks=trk.num_frames, **({"amodal": amodal.num_frames} if amodal else {}))
         cam = (camera if camera is not None else Camera.default(size, n)).check_frames(n)
         items = body_items(trk, amodal, min_box)

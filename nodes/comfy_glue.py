@@ -152,6 +152,20 @@ def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:
     return t.to(mm.intermediate_dtype())
 
 
+def tracks_input(tracks: Any, sam3_track_data: Any, size: tuple[int, int]) -> Any:
+    """Our tracks, or core SAM3_TRACK_DATA converted; either must match the frames' (H, W)."""
+    from ..body4d_core.sam3.core_interop import tracks_from_core
+
+    if tracks is None and sam3_track_data is None:
+        raise InputError("connect tracks (SAM-Body4D Propagate) or sam3_track_data (core SAM3 Video Track)")
+    what = "tracks" if tracks is not None else "the SAM3 track data"
+    trk = tracks if tracks is not None else tracks_from_core(sam3_track_data)
+    if tuple(trk.image_size) != tuple(size):
+        raise InputError(f"{what} are for {tuple(trk.image_size)} (H, W) frames but the frames are {tuple(size)}; "
+                         "use the same frames for every stage")
+    return trk
+
+
 def input_path(name: str) -> str:
     """Path of a file picked from ComfyUI's input folder; refuses anything outside it."""
     if not name:
