@@ -10,6 +10,7 @@ from body4d_core.data import ObjectPrompt, Prompts, Tracks, unpack_masks
 from body4d_core.errors import InputError, MemoryBudgetError
 from body4d_core.runtime import CallbackHooks
 from body4d_core.sam3 import pack_bits_torch, propagate, tiny_sam3
+from body4d_core.sam3.propagate import BASELINE, SpeedOptions
 from body4d_core.video import LoadOptions, load_video
 from tests.media import DANCER, need
 
@@ -100,6 +101,19 @@ def test_streamed_pruned_tracking_matches_transformers_reference(bundle, long_fr
     for t, mask in ref.items():
         np.testing.assert_array_equal(ours.masks_of(2, slice(t, t + 1))[0], mask, err_msg=f"frame {t}")
     assert ours.present.sum() == len(ref)
+
+
+def test_speed_options_give_identical_tracks(bundle, frames):
+    """Batched objects (in two memory-length groups), prefetch and deferred copies change nothing."""
+    items = [ObjectPrompt(1, 4, [[48, 40], [10, 10]], [1, 0]), ObjectPrompt(2, 4, box=[5, 5, 40, 50]),
+             ObjectPrompt(3, 9, box=[30, 20, 70, 90]), ObjectPrompt(2, 12, [[50, 50]], [1])]
+    prompts = Prompts(items, (SIDE, SIDE), T)
+    fast = propagate(bundle, frames, prompts, "both", speed=SpeedOptions())
+    plain = propagate(bundle, frames, prompts, "both", speed=BASELINE)
+    assert fast.obj_ids.tolist() == plain.obj_ids.tolist() == [1, 2, 3]
+    assert plain.present.all() and len({fast.masks_of(k).tobytes() for k in (1, 2, 3)}) == 3
+    np.testing.assert_array_equal(fast.packed, plain.packed)
+    np.testing.assert_array_equal(fast.scores, plain.scores)
 
 
 @pytest.mark.parametrize("width", [1, 7, 8, 13, 96])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
 from .frames import FrameSource, as_frame_source
 from .loading import Sam3Bundle
+from .tracker_step import can_batch, to_device, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,26 @@ def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
     m = m.reshape(*m.shape[:-1], -1, 8)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int32, device=m.device)
     return (m.to(torch.int32) * weights).sum(-1).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Propagation speed-ups (all on by default; all off is the plain per-object reference path).
+
+    ``batch_objects``: on tracked frames run memory attention + mask decoder for all objects
+    as one batch (the backbone runs once per frame either way). ``async_io``: frames go up
+    through pinned memory without a sync, masks stay on the device until a few frames later
+    and come down bit-packed in one non-blocking copy per frame. ``prefetch``: read and pin
+    the next frame on a worker thread while the device computes. Results are identical.
+    """
+
+    batch_objects: bool = True
+    async_io: bool = True
+    prefetch: bool = True
+
+
+BASELINE = SpeedOptions(False, False, False)
+_LAG = 4  # frames a packed mask may stay in flight before the host waits for it
 
 
 @dataclass
@@ -101,9 +123,11 @@ def check_tracks_memory(num_objects: int, num_frames: int, size: tuple[int, int]
 class _Recorder:
     """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt."""
 
-    def __init__(self, plan: _Plan, num_frames: int, size: tuple[int, int]):
+    def __init__(self, plan: _Plan, num_frames: int, size: tuple[int, int], deferred: bool = False):
         self.plan = plan
         self.size = size
+        self.deferred = deferred  # copy masks down non-blocking and land them a few frames later
+        self.pending: list[tuple[list[int], int, torch.Tensor, torch.Tensor, Any]] = []
         self.row = {obj: i for i, obj in enumerate(plan.obj_ids)}
         n = len(plan.obj_ids)
         h, w = size
@@ -135,20 +159,81 @@ class _Recorder:
             picks.append(k)
         if not picks:
             return
-        logits = out.pred_masks[picks].float()  # [k, 1, h, w] low-res logits
+        index = picks if len(picks) < len(out.object_ids) else slice(None)  # all objects: no gather
+        logits = out.pred_masks[index].float()  # [k, 1, h, w] low-res logits
         full = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)[:, 0] > threshold
-        self.packed[rows, frame] = pack_bits_torch(full).cpu().numpy()
-        self.scores[rows, frame] = torch.sigmoid(out.object_score_logits[picks].float().reshape(-1)).cpu().numpy()
+        packed = pack_bits_torch(full)
+        scores = torch.sigmoid(out.object_score_logits[index].float().reshape(-1))
+        if not (self.deferred and packed.is_cuda):
+            self.packed[rows, frame] = packed.cpu().numpy()
+            self.scores[rows, frame] = scores.cpu().numpy()
+            return
+        host_packed = torch.empty(packed.shape, dtype=torch.uint8, pin_memory=True)
+        host_scores = torch.empty(scores.shape, dtype=torch.float32, pin_memory=True)
+        host_packed.copy_(packed, non_blocking=True)
+        host_scores.copy_(scores, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending.append((rows, frame, host_packed, host_scores, done))
+        while len(self.pending) > _LAG:
+            self._land(self.pending.pop(0))
+
+    def _land(self, item: tuple) -> None:
+        rows, frame, host_packed, host_scores, done = item
+        done.synchronize()
+        self.packed[rows, frame] = host_packed.numpy()
+        self.scores[rows, frame] = host_scores.numpy()
+
+    def flush(self) -> None:
+        """Wait for masks still in flight and store them."""
+        while self.pending:
+            self._land(self.pending.pop(0))
 
     def tracks(self) -> Tracks:
+        self.flush()
         return Tracks(np.asarray(self.plan.obj_ids, np.int64), self.packed, self.size, self.scores)
 
 
-def _encode(bundle: Sam3Bundle, source: FrameSource, frame: int) -> torch.Tensor:
-    """One frame through the checkpoint's own video processor, on the model's device."""
-    chw = source.get(frame).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8, a one-frame video
-    out = bundle.processor.video_processor(videos=[chw], device=bundle.device, return_tensors="pt")
+def _encode(bundle: Sam3Bundle, source: FrameSource, frame: int, hwc: torch.Tensor | None = None,
+            upload: bool = False) -> torch.Tensor:
+    """One frame through the checkpoint's own video processor, on the model's device.
+
+    ``hwc``: the frame already read (uint8 [H, W, 3], maybe pinned); ``upload``: move it to
+    the device ourselves without a sync (the processor's own copy is from pageable memory).
+    """
+    hwc = source.get(frame) if hwc is None else hwc
+    dev = bundle.device
+    if upload and dev.type == "cuda":
+        hwc = to_device(hwc, dev)
+    chw = hwc.permute(2, 0, 1)[None]  # [1, 3, H, W] uint8, a one-frame video
+    out = bundle.processor.video_processor(videos=[chw], device=dev, return_tensors="pt")
     return out.pixel_values_videos[0, 0].to(bundle.dtype)
+
+
+class _Frames:
+    """Frames in step order; with ``prefetch`` the next one is read (and pinned) on a worker thread."""
+
+    def __init__(self, source: FrameSource, order: list[int], prefetch: bool, pin: bool):
+        self.source, self.order, self.pin = source, order, pin
+        self.pool = ThreadPoolExecutor(max_workers=1) if prefetch and order else None
+        self.ahead: dict[int, Future] = {}
+
+    def _read(self, frame: int) -> torch.Tensor:
+        hwc = self.source.get(frame)
+        return hwc.pin_memory() if self.pin else hwc
+
+    def get(self, step: int) -> torch.Tensor:
+        """The frame of step ``step``, and start reading the next one."""
+        if self.pool is None:
+            return self._read(self.order[step])
+        fut = self.ahead.pop(step, None) or self.pool.submit(self._read, self.order[step])
+        if step + 1 < len(self.order):
+            self.ahead[step + 1] = self.pool.submit(self._read, self.order[step + 1])
+        return fut.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _add_prompt(bundle: Sam3Bundle, session: Any, item: ObjectPrompt, size: tuple[int, int]) -> None:
@@ -204,13 +289,14 @@ def propagate(
     direction: str = "both",
     hooks: Hooks = NULL_HOOKS,
     mask_threshold: float = 0.0,
+    speed: SpeedOptions = SpeedOptions(),
 ) -> Tracks:
     """Track every prompted object through the clip; returns Tracks keyed by the prompts' ids.
 
     ``direction``: ``forward`` fills each object from its first prompted frame to the end,
     ``backward`` from its last prompted frame to the start, ``both`` the whole clip (on frames
     between prompts the result tracked from the nearer prompt wins). Frames an object is not
-    tracked on stay empty with score 0.
+    tracked on stay empty with score 0. ``speed`` picks the speed-ups (see SpeedOptions).
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -219,12 +305,13 @@ def propagate(
     plan = make_plan(prompts)
     steps = _steps(plan, source.num_frames, direction)
     total = len(prompts.items) + len(steps)
-    recorder = _Recorder(plan, source.num_frames, source.image_size)
+    recorder = _Recorder(plan, source.num_frames, source.image_size, deferred=speed.async_io)
     cfg = bundle.tracker.config
     keep = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
     dev = bundle.device
     session = bundle.processor.init_video_session(inference_device=dev, inference_state_device=dev,
                                                   video_storage_device=dev, dtype=bundle.dtype)
+    reader = _Frames(source, [f for f, _ in steps], speed.prefetch, pin=speed.async_io and dev.type == "cuda")
     done = 0
     try:
         with torch.inference_mode(), autocast(dev, bundle.dtype):
@@ -240,19 +327,24 @@ def propagate(
                     done += 1
                     hooks.progress(done, total)
             previous = None
-            for frame, reverse in steps:
+            for step, (frame, reverse) in enumerate(steps):
                 hooks.check_interrupt()
                 if reverse != previous:
                     _forget_tracking(session)
                     previous = reverse
-                out = bundle.tracker(inference_session=session, frame_idx=frame,
-                                     frame=_encode(bundle, source, frame), reverse=reverse)
+                pixels = _encode(bundle, source, frame, reader.get(step), upload=speed.async_io)
+                if speed.batch_objects and can_batch(bundle.tracker, session):
+                    out = tracked_step(bundle.tracker, session, frame, pixels, reverse)
+                else:
+                    out = bundle.tracker(inference_session=session, frame_idx=frame, frame=pixels, reverse=reverse)
                 recorder.record(out, frame, reverse, threshold=mask_threshold)
                 _prune(session, frame, reverse, keep)
                 done += 1
                 hooks.progress(done, total)
+        tracks = recorder.tracks()
     finally:
+        reader.close()
         session.reset_inference_session()
         session.processed_frames = None
     log.info("SAM-3 tracked %d object(s) over %d frames (%s)", len(plan.obj_ids), source.num_frames, direction)
-    return recorder.tracks()
+    return tracks
