@@ -76,24 +76,26 @@ def _setup_faces(verts: torch.Tensor, faces: torch.Tensor, intr: torch.Tensor, s
     safe_z = z.clamp_min(near)
     px = fx * verts[..., 0] / safe_z + cx - 0.5  # continuous coords of pixel centres: index space
     py = fy * verts[..., 1] / safe_z + cy - 0.5
-    fz = z[:, faces]  # [B, F, 3]
-    fxy = torch.stack([px[:, faces], py[:, faces]], -1)  # [B, F, 3, 2]
-    lo = fxy.amin(2).ceil().clamp(min=0)
-    hi = torch.minimum(fxy.amax(2).floor(), torch.tensor([w - 1.0, h - 1.0], device=verts.device))
-    span = (hi - lo + 1).clamp(min=0)
-    e1 = fxy[:, :, 1] - fxy[:, :, 0]
-    e2 = fxy[:, :, 2] - fxy[:, :, 0]
-    area = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
-    ok = (fz > near).all(-1) & (area.abs() > 1e-12)
+    corner = [faces[:, k] for k in range(3)]  # per-corner gathers: contiguous [B, F] planes
+    x0, x1, x2 = (px.index_select(1, c) for c in corner)
+    y0, y1, y2 = (py.index_select(1, c) for c in corner)
+    z0, z1, z2 = (z.index_select(1, c) for c in corner)
+    lo_x = torch.minimum(torch.minimum(x0, x1), x2).ceil_().clamp_(min=0)
+    lo_y = torch.minimum(torch.minimum(y0, y1), y2).ceil_().clamp_(min=0)
+    span_x = (torch.maximum(torch.maximum(x0, x1), x2).floor_().clamp_(max=w - 1) - lo_x + 1).clamp_(min=0)
+    span_y = (torch.maximum(torch.maximum(y0, y1), y2).floor_().clamp_(max=h - 1) - lo_y + 1).clamp_(min=0)
+    e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
+    area = e1x * e2y - e1y * e2x
+    ok = (torch.minimum(torch.minimum(z0, z1), z2) > near) & (area.abs() > 1e-12)
     if cull:  # projected signed area has the sign of v0 . n: < 0 faces the camera for outward normals
         ok &= cull * area < 0
     # an empty box (span 0) also drops faces wholly outside the frame
-    counts = (span[..., 0] * span[..., 1]).long() * ok.long()
+    counts = (span_x * span_y).long().mul_(ok)
     frame0 = (torch.arange(b, device=verts.device) * (h * w))[:, None]
-    base = frame0 + lo[..., 1].long() * w + lo[..., 0].long()
-    geo = torch.cat([lo - fxy[:, :, 0], e1, e2, (1.0 / torch.where(ok, area, 1.0))[..., None],
-                     1.0 / fz.clamp_min(near)], -1)
-    return _Faces(counts.flatten(), base.flatten(), span[..., 0].long().flatten(), geo.reshape(-1, 10), w)
+    base = frame0 + lo_y.long() * w + lo_x.long()
+    inv = [zk.clamp_min(near).reciprocal_() for zk in (z0, z1, z2)]
+    geo = torch.stack([lo_x - x0, lo_y - y0, e1x, e1y, e2x, e2y, torch.where(ok, area, 1.0).reciprocal_()] + inv, -1)
+    return _Faces(counts.flatten(), base.flatten(), span_x.long().flatten(), geo.reshape(-1, 10), w)
 
 
 def _bary(geo: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,20 +112,25 @@ def _zbuffer(fs: _Faces, num_pixels: int, chunk: int) -> torch.Tensor:
     key = torch.full((num_pixels,), EMPTY, dtype=torch.int64, device=dev)
     csum = torch.cumsum(fs.counts, 0)
     total = int(csum[-1]) if csum.numel() else 0  # the one host sync of the pass
+    start = csum - fs.counts
     for s0 in range(0, total, chunk):
         k = torch.arange(s0, min(total, s0 + chunk), device=dev)
         j = torch.searchsorted(csum, k, right=True)  # owning face; zero-count faces are skipped
-        off = k - (csum[j] - fs.counts[j])
+        off = k.sub_(start[j])
         sw = fs.span[j]
         qy = torch.div(off, sw, rounding_mode="floor")
-        qx = off - qy * sw
+        qx = off.sub_(qy * sw)
         geo = fs.geo[j]
-        bary, inv = _bary(geo, qx.float() + geo[:, 0], qy.float() + geo[:, 1])
-        depth = 1.0 / inv.sum(-1)
-        inside = bary.amin(-1) >= EDGE_EPS
-        packed = (depth.view(torch.int32).long() << 32) | j
-        pix = fs.base[j] + qy * fs.width + qx
-        key.scatter_reduce_(0, pix, torch.where(inside, packed, EMPTY), reduce="amin")
+        dx = qx.float().add_(geo[:, 0])
+        dy = qy.float().add_(geo[:, 1])
+        b1 = (dx * geo[:, 5]).sub_(dy * geo[:, 4]).mul_(geo[:, 6])
+        b2 = (dy * geo[:, 2]).sub_(dx * geo[:, 3]).mul_(geo[:, 6])
+        b0 = 1.0 - b1 - b2
+        inside = torch.minimum(torch.minimum(b0, b1), b2) >= EDGE_EPS
+        inv_z = (b0 * geo[:, 7]).add_(b1 * geo[:, 8]).add_(b2 * geo[:, 9])
+        packed = (inv_z.reciprocal_().view(torch.int32).long() << 32).bitwise_or_(j)
+        pix = fs.base[j].add_(qy.mul_(fs.width)).add_(qx)
+        key.scatter_reduce_(0, pix, packed.masked_fill_(~inside, EMPTY), reduce="amin")
     return key
 
 
@@ -175,9 +182,9 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, intr: tuple[float, float
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals [..., M, 3] of verts [..., M, 3]."""
     faces = faces.long()
-    v = verts[..., faces, :]  # [..., F, 3, 3]
-    fn = torch.cross(v[..., 1, :] - v[..., 0, :], v[..., 2, :] - v[..., 0, :], dim=-1)
     dim = verts.dim() - 2
+    v0, v1, v2 = (verts.index_select(dim, faces[:, k]) for k in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
     vn = torch.zeros_like(verts)
     for k in range(3):
         vn.index_add_(dim, faces[:, k], fn)
