@@ -32,7 +32,9 @@ CKPT, CONFIG, RIG = "model.ckpt", "model_config.yaml", "assets/mhr_model.pt"
 # Rig state the training code saved inside the heads; the rig itself comes from assets/mhr_model.pt.
 IGNORED_PREFIXES = ("head_pose.mhr.", "head_pose_hand.mhr.", "mhr.")
 # Buffers whose values we can derive when a checkpoint lacks them.
-OPTIONAL_SUFFIXES = ("rope_embed.periods", "attn.qkv.bias_mask")
+OPTIONAL_SUFFIXES = ("rope_embed.periods", "attn.qkv.bias_mask",
+                     # absent from the released model.ckpt by its published tensor count (1127); unused here
+                     "encoder.mask_token", "hand_pose_comps_ori")
 RESHAPEABLE = ("backbone.encoder.mask_token", "backbone.encoder.cls_token")
 
 
@@ -126,6 +128,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def _default_buffer(model: Sam3dBody, key: str, like: torch.Tensor) -> torch.Tensor:
     """Value of an optional buffer a checkpoint may omit (RoPE periods, the qkv key-bias mask)."""
     cfg = model.cfg
+    if key.endswith("encoder.mask_token"):
+        return torch.zeros_like(like, device="cpu")
+    if key.endswith("hand_pose_comps_ori"):
+        return torch.eye(like.shape[0])
     if key.endswith("rope_embed.periods"):
         hd = cfg.vit_dim // cfg.vit_heads
         return cfg.rope_base ** (2 * torch.arange(hd // 4, dtype=torch.float32) / (hd // 2))
@@ -201,7 +207,11 @@ def load_rig(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.M
 
 def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
                     device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None) -> Sam3dBody:
-    """Build SAM-3D-Body from an official folder; MissingWeightsError names files, folder and command."""
+    """Build SAM-3D-Body from an official folder (or ComfyUI core's .safetensors file); clear errors if missing."""
+    if model_dir is not None and str(model_dir).lower().endswith(".safetensors"):
+        from .core_format import load_core_safetensors
+
+        return load_core_safetensors(model_dir, device=device, config=config)
     folder = resolve_model_dir("sam3d_body", search_dirs, explicit=model_dir)
     cfg = config or config_from_yaml(folder / CONFIG)
     sd = read_checkpoint(folder / CKPT)

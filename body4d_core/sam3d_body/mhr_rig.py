@@ -1,0 +1,293 @@
+"""A native MHR body rig built from plain tensors (no TorchScript), as ComfyUI core's safetensors carry it.
+
+ComfyUI core's repack of SAM-3D-Body (``models/detection/sam_3d_body_dinov3_bf16.safetensors``)
+stores the MHR rig as 17 ``mhr.*`` tensors instead of the TorchScript ``assets/mhr_model.pt``.
+``MhrRig`` evaluates them with the same call signature as the TorchScript asset:
+``verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], model_params[B,204], expr[B,72])`` in
+centimetres, ``skel_state`` = joint position (3), quaternion xyzw (4), uniform scale (1).
+
+Model (from the published MHR/momentum formulation): joint parameters are a linear map of the
+model parameters (7 per joint: translation, XYZ Euler angles, log2 scale); local joint transforms
+compose down the skeleton (parent before child, float64 like the reference); the rest mesh is the
+identity blend shape plus expression blend shape plus pose correctives (a sparse linear layer, ReLU,
+a dense linear layer, fed with the 6D rotation features of every joint but the first two); vertices
+are linear-blend skinned with the joints' transforms times their inverse bind poses.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..errors import WeightsMismatchError
+
+# name inside the file (after the ``mhr.`` prefix) -> (rank, integer?)
+RIG_TENSORS: Dict[str, Tuple[int, bool]] = {
+    "base_shape": (2, False),
+    "identity_basis": (3, False),
+    "expr_basis": (3, False),
+    "param_transform": (2, False),
+    "skel_joint_translation_offsets": (2, False),
+    "skel_joint_prerotations": (2, False),
+    "skel_joint_parents": (1, True),
+    "skel_pmi": (2, True),
+    "skel_pmi_buffer_sizes": (1, True),
+    "lbs_inverse_bind_pose": (2, False),
+    "lbs_skin_weights": (1, False),
+    "lbs_skin_indices": (1, True),
+    "lbs_vert_indices": (1, True),
+    "pose_corr_sparse_indices": (2, True),
+    "pose_corr_sparse_weight": (1, False),
+    "pose_corr_sparse_shape": (1, True),
+    "pose_corr_weight": (2, False),
+}
+CORRECTIVE_SKIP = 2  # pose correctives read every joint's rotation except the first two
+
+
+def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product of xyzw quaternions."""
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack([aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw,
+                        aw * bw - ax * bx - ay * by - az * bz], -1)
+
+
+def _quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate v by the unit xyzw quaternion q."""
+    u, w = q[..., :3], q[..., 3:]
+    t = 2.0 * torch.cross(u, v, dim=-1)
+    return v + w * t + torch.cross(u, t, dim=-1)
+
+
+def _axis_quat(angle: torch.Tensor, axis: int) -> torch.Tensor:
+    """xyzw quaternion of a rotation by angle about coordinate axis 0, 1 or 2."""
+    half = angle * 0.5
+    zero = torch.zeros_like(half)
+    parts = [zero, zero, zero, half.cos()]
+    parts[axis] = half.sin()
+    return torch.stack(parts, -1)
+
+
+def euler_xyz_quat(e: torch.Tensor) -> torch.Tensor:
+    """XYZ Euler angles -> xyzw quaternion of Rz(e2) Ry(e1) Rx(e0)."""
+    return _quat_mul(_quat_mul(_axis_quat(e[..., 2], 2), _axis_quat(e[..., 1], 1)), _axis_quat(e[..., 0], 0))
+
+
+def compose(parent: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+    """Skeleton-state product parent * child of [..., 8] (t, q xyzw, s) transforms (quaternions renormalised)."""
+    qp = parent[..., 3:7] / parent[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
+    qc = child[..., 3:7] / child[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
+    sp = parent[..., 7:8]
+    t = parent[..., :3] + sp * _quat_rotate(qp, child[..., :3])
+    return torch.cat([t, _quat_mul(qp, qc), sp * child[..., 7:8]], -1)
+
+
+def rotation_6d_features(e: torch.Tensor) -> torch.Tensor:
+    """XYZ Euler angles -> first two columns of Rz Ry Rx (6 values), minus those of the identity."""
+    cx, cy, cz = e[..., 0].cos(), e[..., 1].cos(), e[..., 2].cos()
+    sx, sy, sz = e[..., 0].sin(), e[..., 1].sin(), e[..., 2].sin()
+    col0 = torch.stack([cy * cz - 1.0, cy * sz, -sy], -1)
+    col1 = torch.stack([sx * sy * cz - cx * sz, cx * cz + sx * sy * sz - 1.0, sx * cy], -1)
+    return torch.cat([col0, col1], -1)
+
+
+def fk_levels(parents: torch.Tensor) -> List[torch.Tensor]:
+    """Joints grouped by depth (roots excluded), each group's parents already resolved by earlier groups."""
+    par = [int(p) for p in parents.tolist()]
+    n = len(par)
+    depth = [-1] * n
+    for j in range(n):
+        chain, k = [], j
+        while depth[k] < 0 and 0 <= par[k] < n and par[k] != k:
+            chain.append(k)
+            k = par[k]
+            if len(chain) > n:
+                raise WeightsMismatchError("mhr.skel_joint_parents has a cycle; the rig tensors are corrupt")
+        base = depth[k] if depth[k] >= 0 else 0
+        depth[k] = base
+        for i, c in enumerate(reversed(chain)):
+            depth[c] = base + i + 1
+    return [torch.tensor([j for j in range(n) if depth[j] == d], dtype=torch.long)
+            for d in range(1, max(depth, default=0) + 1)]
+
+
+def _shape_errors(t: Dict[str, torch.Tensor]) -> List[str]:
+    """Consistency problems between the rig tensors' shapes (empty list when consistent)."""
+    v = t["base_shape"].shape[0]
+    j = t["skel_joint_parents"].shape[0]
+    n_trip = t["lbs_skin_weights"].shape[0]
+    want = {
+        "base_shape": (v, 3), "identity_basis": (t["identity_basis"].shape[0], v, 3),
+        "expr_basis": (t["expr_basis"].shape[0], v, 3),
+        "param_transform": (7 * j, t["param_transform"].shape[1]),
+        "skel_joint_translation_offsets": (j, 3), "skel_joint_prerotations": (j, 4),
+        "lbs_inverse_bind_pose": (j, 8), "lbs_skin_indices": (n_trip,), "lbs_vert_indices": (n_trip,),
+        "pose_corr_sparse_indices": (2, t["pose_corr_sparse_weight"].shape[0]), "pose_corr_sparse_shape": (2,),
+        "pose_corr_weight": (3 * v, t["pose_corr_weight"].shape[1]),
+    }
+    errs = [f"mhr.{k} {tuple(t[k].shape)} (expected {w})" for k, w in want.items() if tuple(t[k].shape) != w]
+    if not errs:
+        hidden, feats = (int(x) for x in t["pose_corr_sparse_shape"].tolist())
+        if feats != 6 * (j - CORRECTIVE_SKIP) or hidden != t["pose_corr_weight"].shape[1]:
+            errs.append(f"mhr.pose_corr_sparse_shape {(hidden, feats)} (expected ({t['pose_corr_weight'].shape[1]}, "
+                        f"{6 * (j - CORRECTIVE_SKIP)}))")
+    return errs
+
+
+class MhrRig(nn.Module):
+    """MHR rig from tensors; forward(shape, model_params, expr) -> (verts cm [B,V,3], skel_state [B,J,8])."""
+
+    def __init__(self, tensors: Dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        missing = [f"mhr.{k}" for k in RIG_TENSORS if k not in tensors]
+        if missing:
+            raise WeightsMismatchError(f"the MHR rig is incomplete: missing {', '.join(missing)}")
+        bad_rank = [f"mhr.{k} {tuple(tensors[k].shape)}" for k, (rank, _) in RIG_TENSORS.items()
+                    if tensors[k].ndim != rank]
+        errs = bad_rank or _shape_errors(tensors)
+        if errs:
+            raise WeightsMismatchError(f"the MHR rig tensors do not fit together: {'; '.join(errs)}")
+        f32 = {k: tensors[k].detach().float() for k, (_, integer) in RIG_TENSORS.items() if not integer}
+        for name in ("base_shape", "identity_basis", "expr_basis", "param_transform"):
+            self.register_buffer(name, f32[name])
+        self.register_buffer("joint_offsets", f32["skel_joint_translation_offsets"])
+        self.register_buffer("prerotations", f32["skel_joint_prerotations"])
+        self.register_buffer("inverse_bind_pose", f32["lbs_inverse_bind_pose"])
+        self.register_buffer("skin_weights", f32["lbs_skin_weights"])
+        self.register_buffer("skin_joints", tensors["lbs_skin_indices"].long())
+        self.register_buffer("skin_verts", tensors["lbs_vert_indices"].long())
+        self.register_buffer("corr_in", self._dense_correctives(tensors))
+        self.register_buffer("corr_out", f32["pose_corr_weight"])
+        levels = fk_levels(tensors["skel_joint_parents"].long())
+        parents = tensors["skel_joint_parents"].long()
+        order = torch.cat(levels) if levels else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("fk_joints", order)
+        self.register_buffer("fk_parents", parents[order])
+        self.level_sizes = [int(x.numel()) for x in levels] or [0]  # a list of ints (TorchScript-friendly)
+        self.num_joints = int(parents.numel())
+        self.num_verts = int(f32["base_shape"].shape[0])
+        self.corrective_skip = CORRECTIVE_SKIP
+
+    @staticmethod
+    def _dense_correctives(t: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sparse first corrective layer as a dense [hidden, features] matrix (duplicates summed)."""
+        hidden, feats = (int(x) for x in t["pose_corr_sparse_shape"].tolist())
+        idx = t["pose_corr_sparse_indices"].long()
+        if idx.numel() and (idx[0].min() < 0 or idx[0].max() >= hidden or idx[1].min() < 0 or idx[1].max() >= feats):
+            raise WeightsMismatchError("mhr.pose_corr_sparse_indices point outside mhr.pose_corr_sparse_shape")
+        dense = torch.zeros(hidden, feats)
+        dense.index_put_((idx[0], idx[1]), t["pose_corr_sparse_weight"].detach().float(), accumulate=True)
+        return dense
+
+    def joint_parameters(self, model_params: torch.Tensor) -> torch.Tensor:
+        """[B, P] model parameters -> [B, J, 7] joint parameters (identity columns of the transform see zeros)."""
+        pt = self.param_transform[:, : model_params.shape[1]]
+        return (model_params @ pt.t()).view(model_params.shape[0], self.num_joints, 7)
+
+    def skeleton(self, jp: torch.Tensor) -> torch.Tensor:
+        """Joint parameters -> global skeleton state [B, J, 8] (forward kinematics in float64)."""
+        t = jp[..., :3] + self.joint_offsets
+        q = _quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_quat(jp[..., 3:6]))
+        s = torch.exp2(jp[..., 6:7])
+        g = torch.cat([t, q, s], -1).double()
+        start = 0
+        for size in self.level_sizes:
+            joints = self.fk_joints[start:start + size]
+            parents = self.fk_parents[start:start + size]
+            g[:, joints] = compose(g[:, parents], g[:, joints])
+            start += size
+        return g.to(jp.dtype)
+
+    def correctives(self, jp: torch.Tensor) -> torch.Tensor:
+        """Pose-dependent vertex offsets [B, V, 3] from the joints' rotations."""
+        feats = rotation_6d_features(jp[:, self.corrective_skip:, 3:6]).flatten(1)
+        hidden = torch.relu(feats @ self.corr_in.t())
+        return (hidden @ self.corr_out.t()).view(jp.shape[0], self.num_verts, 3)
+
+    def skin(self, skel: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """Linear blend skinning of rest vertices [B, V, 3] by the skeleton state."""
+        xf = compose(skel, self.inverse_bind_pose.expand(skel.shape[0], -1, -1))
+        q = xf[..., 3:7] / xf[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
+        per = xf.index_select(1, self.skin_joints)
+        qv = q.index_select(1, self.skin_joints)
+        pts = rest.index_select(1, self.skin_verts)
+        moved = per[..., :3] + _quat_rotate(qv, per[..., 7:8] * pts)
+        out = torch.zeros_like(rest)
+        return out.index_add(1, self.skin_verts, moved * self.skin_weights[:, None])
+
+    def forward(self, shape: torch.Tensor, model_params: torch.Tensor,
+                expr: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        shape, model_params, expr = shape.float(), model_params.float(), expr.float()
+        jp = self.joint_parameters(model_params)
+        skel = self.skeleton(jp)
+        rest = (self.base_shape + torch.einsum("bn,nvc->bvc", shape, self.identity_basis)
+                + torch.einsum("bn,nvc->bvc", expr, self.expr_basis) + self.correctives(jp))
+        return self.skin(skel, rest), skel
+
+
+def rig_from_state_dict(sd: Dict[str, torch.Tensor], prefix: str = "mhr.") -> MhrRig:
+    """Build the rig from the ``mhr.*`` tensors of a state dict (eval mode, no gradients)."""
+    tensors = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    unknown = sorted(f"{prefix}{k}" for k in tensors if k not in RIG_TENSORS)
+    if unknown:
+        raise WeightsMismatchError(f"unknown MHR rig tensors: {', '.join(unknown)}")
+    return MhrRig(tensors).eval().requires_grad_(False)
+
+
+def invert(state: torch.Tensor) -> torch.Tensor:
+    """Inverse of unit-quaternion skeleton states [..., 8]."""
+    q = state[..., 3:7] / state[..., 3:7].norm(p=2, dim=-1, keepdim=True)
+    qi = torch.cat([-q[..., :3], q[..., 3:]], -1)
+    s = 1.0 / state[..., 7:8]
+    return torch.cat([-s * _quat_rotate(qi, state[..., :3]), qi, s], -1)
+
+
+def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, num_shape: int = 45,
+                       num_expr: int = 72, hidden: int = 16, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Plausible random MHR rig tensors in the file layout (for tests and benchmarks; no real data).
+
+    A random tree skeleton, unit prerotations, a small parameter transform, inverse bind poses that
+    make the zero pose reproduce the rest mesh, two skinning influences per vertex and sparse
+    correctives; ``skel_pmi`` lists (child, parent) pairs level by level, as the file does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    v, j = num_verts, num_joints
+    parents = torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, j)], dtype=torch.int32)
+    pre = torch.randn(j, 4, generator=g)
+    pre = pre / pre.norm(p=2, dim=-1, keepdim=True)
+    offsets = torch.randn(j, 3, generator=g) * 10
+    rest_local = torch.cat([offsets, pre, torch.ones(j, 1)], -1)
+    levels = fk_levels(parents.long())
+    rest_global = rest_local.clone().double()
+    for lv in levels:
+        rest_global[lv] = compose(rest_global[parents[lv].long()], rest_global[lv])
+    pmi = torch.cat([torch.stack([lv, parents[lv].long()]) for lv in levels], 1) if levels else torch.zeros(2, 0)
+    trip_v = torch.arange(v).repeat_interleave(2)
+    trip_j = torch.randint(0, j, (2 * v,), generator=g, dtype=torch.int32)
+    w = torch.rand(v, 2, generator=g) + 0.1
+    feats = 6 * (j - CORRECTIVE_SKIP)
+    nnz = max(1, feats * hidden // 4)
+    return {
+        "base_shape": torch.randn(v, 3, generator=g) * 30,
+        "identity_basis": torch.randn(num_shape, v, 3, generator=g),
+        "expr_basis": torch.randn(num_expr, v, 3, generator=g) * 0.1,
+        "param_transform": torch.randn(7 * j, num_params + num_shape, generator=g) * 0.05,
+        "skel_joint_translation_offsets": offsets,
+        "skel_joint_prerotations": pre,
+        "skel_joint_parents": parents,
+        "skel_pmi": pmi.long(),
+        "skel_pmi_buffer_sizes": torch.tensor([int(lv.numel()) for lv in levels], dtype=torch.int64),
+        "lbs_inverse_bind_pose": invert(rest_global).float(),
+        "lbs_skin_weights": (w / w.sum(1, keepdim=True)).flatten(),
+        "lbs_skin_indices": trip_j,
+        "lbs_vert_indices": trip_v,
+        "pose_corr_sparse_indices": torch.stack([torch.randint(0, hidden, (nnz,), generator=g),
+                                                 torch.randint(0, feats, (nnz,), generator=g)]),
+        "pose_corr_sparse_weight": torch.randn(nnz, generator=g) * 0.5,
+        "pose_corr_sparse_shape": torch.tensor([hidden, feats], dtype=torch.int64),
+        "pose_corr_weight": torch.randn(3 * v, hidden, generator=g) * 0.5,
+    }
