@@ -202,7 +202,8 @@ def test_core_file_loads_like_the_official_folder(source) -> None:
 
 
 def test_bf16_backbone_is_loaded_as_float32(source) -> None:
-    core = load_core_safetensors(source["bf16"], config=source["cfg"])
+    core = load_core_safetensors(source["bf16"])  # architecture from our writer's metadata note
+    assert core.cfg == source["cfg"]
     ref = source["model"].state_dict()
     w = "backbone.encoder.blocks.1.mlp.w1.weight"
     assert core.state_dict()[w].dtype == torch.float32
@@ -273,9 +274,10 @@ def test_wrong_or_absent_files_are_rejected(source, tmp_path) -> None:
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsMismatchError, match="cannot read .*broken.safetensors"):
         load_core_safetensors(tmp_path / "broken.safetensors")
-    full = Sam3dBodyConfig()  # the tiny file against the released architecture: shapes named
-    with pytest.raises(WeightsMismatchError, match="shape mismatches"):
-        load_core_safetensors(source["fp32"], config=full.replace(num_verts=40, num_faces=24))
+    plain = _write(_core_sd(source), tmp_path / "plain.safetensors")  # no metadata: the released architecture
+    with pytest.raises(WeightsMismatchError, match=r"shape mismatches: backbone\.embeddings\.cls_token: file "
+                                                   r"\(1, 1, 32\) vs model \(1, 1, 1280\)"):
+        load_core_safetensors(plain)
 
 
 def test_official_checkpoint_without_mask_token_and_comps_ori_loads(source) -> None:

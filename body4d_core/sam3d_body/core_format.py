@@ -20,6 +20,8 @@ never available here):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from .model import Sam3dBody
 log = logging.getLogger(__name__)
 
 LAYOUT_HF, LAYOUT_DINOV3 = "core-hf-backbone", "core-dinov3-backbone"
+CONFIG_METADATA = "body4d.sam3d_body.config"  # our writer's architecture note; absent from core's real file
 IGNORED_PREFIXES = ("face_landmarker.",)  # core extras: MediaPipe face landmarker port
 IGNORED_SUFFIXES = (".face_region_rgb",)  # core extra: per-vertex face tint for its renderer
 DERIVED_SUFFIXES = ("rope_embed.periods", "attn.qkv.bias_mask", "encoder.mask_token", "hand_pose_comps_ori")
@@ -224,6 +227,22 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsMismatchError(f"cannot read {path}: {err}. Delete it and download it again.") from err
 
 
+def _config_from_metadata(path: Path) -> Sam3dBodyConfig:
+    """The architecture our writer noted in the file's metadata; the released model's when absent."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        note = (f.metadata() or {}).get(CONFIG_METADATA)
+    if not note:
+        return Sam3dBodyConfig()
+    try:
+        raw = json.loads(note)
+        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return Sam3dBodyConfig(**raw)
+    except (ValueError, TypeError) as err:
+        raise WeightsMismatchError(f"{path.name}: unreadable {CONFIG_METADATA} metadata ({err})") from err
+
+
 def _rig_sizes(cfg: Sam3dBodyConfig, sd: dict[str, torch.Tensor]) -> Sam3dBodyConfig:
     """MHR mesh sizes from the head buffers, so the model is built to the file's LOD."""
     try:
@@ -261,14 +280,14 @@ def load_core_safetensors(path: str | Path, device: torch.device | str = "cpu", 
     if detect_layout(sd) is None:
         raise WeightsMismatchError(f"{path.name} is not ComfyUI core's SAM-3D-Body file (no head_pose.* tensors "
                                    f"beside a core backbone); use Comfy-Org/sam-3d-body's sam_3d_body_dinov3_bf16.safetensors.")
-    cfg = _rig_sizes(config or Sam3dBodyConfig(), sd)
+    cfg = _rig_sizes(config or _config_from_metadata(path), sd)
     with torch.device("meta"):
         model = Sam3dBody(cfg)
+    mapped = map_core_state_dict(sd, set(model.state_dict()))
+    net = check_mapped(model, mapped, str(path))  # on the meta model: shapes only, nothing allocated yet
     model = model.to_empty(device="cpu")
     model.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
     model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
-    mapped = map_core_state_dict(sd, set(model.state_dict()))
-    net = check_mapped(model, mapped, str(path))
     model.load_state_dict(net, strict=False, assign=True)
     model = model.float()
     if mapped.rig:
@@ -344,5 +363,7 @@ def save_core_layout(model: Sam3dBody, path: str | Path, rig_tensors: dict[str, 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(core_state_dict(model, rig_tensors, backbone_dtype), str(path), metadata={"format": "pt"})
+    note = json.dumps(dataclasses.asdict(model.cfg))
+    save_file(core_state_dict(model, rig_tensors, backbone_dtype), str(path),
+              metadata={"format": "pt", CONFIG_METADATA: note})
     return path
