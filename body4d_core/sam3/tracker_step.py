@@ -98,10 +98,11 @@ def _pick(x: torch.Tensor, i: int, batch: int) -> torch.Tensor:
     """Object ``i`` of a batched decoder output, shaped like a batch-of-one output.
 
     With multimask selection the decoder indexes [batch, object, best] with index tensors
-    that broadcast to [B, B]; entry (i, i) is object i's own pick (the rest is discarded).
+    that broadcast to [B, B]; entry (i, i) is object i's own pick (the rest is discarded; the
+    copy lets the [B, B] tensor go instead of living on in the memory bank).
     """
     if batch > 1 and x.dim() >= 2 and x.shape[0] == batch and x.shape[1] == batch:
-        return x[i:i + 1, i:i + 1]
+        return x[i:i + 1, i:i + 1].clone()
     return x[i:i + 1]
 
 
