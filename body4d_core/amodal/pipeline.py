@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import MissingWeightsError, WeightsMismatchError
 from ..runtime import NULL_HOOKS, Hooks, autocast, is_oom
+from .accel import AccelConfig, apply_accel
 from .config import SamplerConfig
 from .job import VideoJob
 from .occlusion import blend_weights, plan_windows
@@ -65,6 +67,23 @@ class VASPipeline:
         self.dtype = dtype
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
+        self._base_processors = dict(unet.attn_processors) if hasattr(unet, "attn_processors") else None
+        self.profile: dict[str, float] | None = None  # set to {} to count UNet work and time the parts
+
+    def accelerate(self, cfg: AccelConfig | None = None) -> "VASPipeline":
+        """Apply speed/memory options to the UNet (None or AccelConfig() = the reference path)."""
+        apply_accel(self.unet, cfg or AccelConfig(), self._base_processors)
+        return self
+
+    def _tick(self, key: str, since: float) -> float:
+        """Add the seconds since ``since`` to profile[key] (synchronising CUDA); no-op unless profiling."""
+        if self.profile is None:
+            return since
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.profile[key] = self.profile.get(key, 0.0) + now - since
+        return now
 
     # ------------------------------------------------------------------ loading
 
@@ -166,6 +185,7 @@ class VASPipeline:
     def generate(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
                  hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
         """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1]."""
+        t_start = time.perf_counter()
         dev = self.device
         cond_a, cond_b = _rgb3(cond_a.float()), _rgb3(cond_b.float())
         b, t, _, h, w = cond_a.shape
@@ -179,6 +199,7 @@ class VASPipeline:
             nb.append(torch.randn(cond_b.shape[1:], generator=g))
             lat0.append(torch.randn(lat_shape, generator=g))
         aug = sampler.noise_aug_strength
+        t0 = self._tick("noise", t_start)
         a = cond_a.to(dev)
         with autocast(dev, self.dtype):
             pos = self._clip_embeds(a.flatten(0, 1)).reshape(b, t, -1)
@@ -193,6 +214,7 @@ class VASPipeline:
         latents = torch.stack(lat0).to(dev) * self.scheduler.init_noise_sigma
         g = sampler.guidance
         udtype = next(self.unet.parameters()).dtype
+        t0 = self._tick("encode", t0)
         for i, tstep in enumerate(self.scheduler.timesteps):
             hooks.check_interrupt()
             inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
@@ -202,7 +224,13 @@ class VASPipeline:
             unc, con = pred.chunk(2)
             noise = unc + g * (con - unc) if g != 1.0 else con
             latents = self.scheduler.step(noise, tstep, latents).prev_sample.float()
-        return self._decode(latents, sampler.decode_chunk_size)
+        if self.profile is not None:
+            self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + len(self.scheduler.timesteps)
+            self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + 2 * b * t * len(self.scheduler.timesteps)
+        t0 = self._tick("denoise", t0)
+        out = self._decode(latents, sampler.decode_chunk_size)
+        self._tick("decode", t0)
+        return out
 
     def run_jobs(self, jobs: Sequence[VideoJob], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
                  budget_px: int = 1 << 20) -> list[torch.Tensor]:

@@ -1,0 +1,128 @@
+"""Speed and memory options of the Diffusion-VAS UNet; every default leaves results untouched.
+
+- ``cross_attn_shortcut`` (exact): Diffusion-VAS cross-attends to ONE context token (the
+  per-frame CLIP embedding), so softmax over a single key is 1 and the attention output is
+  ``to_out(to_v(context))`` for every query. Skipping ``to_q`` and the attention kernel and
+  projecting one row instead of all tokens gives the same numbers (up to GEMM rounding).
+- ``channels_last``: NHWC weights for the convolutions (cuDNN's fast layout).
+- ``compile_blocks``: regional ``torch.compile`` of the repeated blocks (spatio-temporal
+  resnets and transformers); the shapes of the three passes compile once each.
+- ``ff_rows``: feed-forward layers run over at most this many token rows at a time (exact;
+  bounds the GEGLU intermediate, which is the UNet's largest activation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+COMPILED_BLOCKS = ("SpatioTemporalResBlock", "TransformerSpatioTemporalModel")
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """How the UNet runs (not what it computes): all off = the reference path."""
+
+    cross_attn_shortcut: bool = False
+    channels_last: bool = False
+    compile_blocks: bool = False
+    compile_backend: str = "inductor"
+    ff_rows: int = 0  # 0 = feed-forward over all rows at once
+
+    def __post_init__(self) -> None:
+        if self.ff_rows < 0:
+            raise InputError(f"amodal ff_rows must be >= 0, got {self.ff_rows}")
+
+
+class SingleTokenCrossAttention:
+    """Attention processor: exact shortcut for cross-attention to a single context token."""
+
+    def __init__(self, fallback) -> None:
+        self.fallback = fallback
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs
+                 ) -> torch.Tensor:
+        if not _shortcut_applies(attn, hidden_states, encoder_hidden_states, attention_mask):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        out = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))  # [N, 1, C]
+        if attn.rescale_output_factor != 1.0:
+            out = out / attn.rescale_output_factor
+        return out.expand(-1, hidden_states.shape[1], -1)
+
+
+def _shortcut_applies(attn, hidden: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None) -> bool:
+    """Only plain cross-attention to exactly one token with nothing that reads the queries' inputs."""
+    return (context is not None and context.ndim == 3 and context.shape[1] == 1 and hidden.ndim == 3
+            and context.shape[0] == hidden.shape[0] and mask is None and attn.spatial_norm is None
+            and attn.group_norm is None and not attn.norm_cross and not attn.residual_connection)
+
+
+def _chunked_ff(module: nn.Module, rows: int, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """FeedForward over ``rows`` token rows at a time (rows are independent: exact)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if flat.shape[0] <= rows:
+        return type(module).forward(module, hidden, *args, **kwargs)
+    parts = [type(module).forward(module, flat[s:s + rows], *args, **kwargs) for s in range(0, flat.shape[0], rows)]
+    return torch.cat(parts).reshape(*hidden.shape[:-1], parts[0].shape[-1])
+
+
+def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None = None) -> None:
+    """Put ``unet`` in the state ``cfg`` describes, undoing earlier options first (idempotent)."""
+    _reset(unet, base_processors)
+    if cfg.cross_attn_shortcut:
+        procs = unet.attn_processors
+        unet.set_attn_processor({name: SingleTokenCrossAttention(p) if name.endswith("attn2.processor") else p
+                                 for name, p in procs.items()})
+    if cfg.ff_rows:
+        for m in unet.modules():
+            if type(m).__name__ == "FeedForward":
+                m.forward = partial(_chunked_ff, m, cfg.ff_rows)
+    if cfg.channels_last:
+        _conv_layout(unet, torch.channels_last)
+    if cfg.compile_blocks:
+        _raise_recompile_limit()
+        for m in unet.modules():
+            if type(m).__name__ in COMPILED_BLOCKS:
+                m.compile(backend=cfg.compile_backend)
+    unet._accel = cfg
+
+
+def _reset(unet: nn.Module, base_processors: dict | None) -> None:
+    """Back to the reference state: original processors, plain FF, NCHW, no compiled blocks."""
+    if base_processors is not None:
+        unet.set_attn_processor(dict(base_processors))
+    for m in unet.modules():
+        if "forward" in m.__dict__:
+            del m.forward
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    if getattr(unet, "_accel", AccelConfig()).channels_last:
+        _conv_layout(unet, torch.contiguous_format)
+    unet._accel = AccelConfig()
+
+
+def _conv_layout(unet: nn.Module, fmt: torch.memory_format) -> None:
+    """2-D convolution weights to ``fmt`` (the temporal 3-D convolutions keep theirs)."""
+    for m in unet.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Each block instance meets 3 passes x a few widths; dynamo's default limit (8) would fall back to eager."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    if getattr(cfg, name) < limit:
+        log.info("amodal: raising torch._dynamo.config.%s to %d for regional compilation", name, limit)
+        setattr(cfg, name, limit)

@@ -1,0 +1,122 @@
+"""Speed/memory options of the Diffusion-VAS UNet: defaults untouched, exact options agree with the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch.utils.flop_counter import FlopCounterMode
+
+from body4d_core.amodal.accel import AccelConfig, SingleTokenCrossAttention
+from body4d_core.amodal.config import SamplerConfig
+from body4d_core.amodal.job import VideoJob
+from body4d_core.amodal.pipeline import VASPipeline
+from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.errors import InputError
+
+T, H, W = 5, 16, 24
+FAST = SamplerConfig(steps=2, decode_chunk_size=4)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_vas_parts("tiny", seed=4)
+    return VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    """Output of the untouched pipeline (no accelerate call, no profiling)."""
+    a, b = conds()
+    return pipe.generate(a, b, [11, 12], FAST)
+
+
+def conds(b: int = 2, t: int = T, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 1, H, W, generator=g) * 2 - 1, torch.rand(b, t, 3, H, W, generator=g) * 2 - 1
+
+
+def run(pipe: VASPipeline, cfg: AccelConfig) -> torch.Tensor:
+    a, b = conds()
+    try:
+        pipe.accelerate(cfg)
+        return pipe.generate(a, b, [11, 12], FAST)
+    finally:
+        pipe.accelerate(None)
+
+
+def test_default_options_and_profiling_change_nothing(pipe, reference):
+    assert torch.equal(run(pipe, AccelConfig()), reference)
+    a, b = conds()
+    pipe.profile = {}
+    try:
+        out = pipe.generate(a, b, [11, 12], FAST)
+        prof = dict(pipe.profile)
+    finally:
+        pipe.profile = None
+    assert torch.equal(out, reference)
+    assert prof["unet_calls"] == FAST.steps and prof["unet_frames"] == 2 * 2 * T * FAST.steps
+    assert all(prof[k] >= 0 for k in ("noise", "encode", "denoise", "decode"))
+
+
+def test_single_token_shortcut_matches_attention_and_falls_back():
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8).eval()
+    x, ctx = torch.randn(3, 7, 16), torch.randn(3, 1, 12)
+    ref = AttnProcessor2_0()(attn, x, ctx)
+    short = SingleTokenCrossAttention(AttnProcessor2_0())
+    torch.testing.assert_close(short(attn, x, ctx), ref, atol=1e-6, rtol=1e-6)
+    ctx2 = torch.randn(3, 2, 12)  # two tokens: the shortcut must not apply
+    assert torch.equal(short(attn, x, ctx2), AttnProcessor2_0()(attn, x, ctx2))
+    self_attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    assert torch.equal(short(self_attn, x, None), AttnProcessor2_0()(self_attn, x, None))
+
+
+def test_shortcut_is_exact_in_the_pipeline_and_saves_flops(pipe, reference):
+    torch.testing.assert_close(run(pipe, AccelConfig(cross_attn_shortcut=True)), reference, atol=1e-4, rtol=0)
+    x = torch.randn(2, T, 12, 4, 4)
+    ctx, ids = torch.randn(2 * T, 1, 32), torch.randn(2, 3)
+    flops = []
+    for cfg in (AccelConfig(), AccelConfig(cross_attn_shortcut=True)):
+        pipe.accelerate(cfg)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            pipe.unet(x, 10.0, ctx, ids)
+        flops.append(counter.get_total_flops())
+    pipe.accelerate(None)
+    assert flops[1] < flops[0]
+    assert not any(isinstance(p, SingleTokenCrossAttention) for p in pipe.unet.attn_processors.values())
+
+
+def test_chunked_feed_forward_and_channels_last_are_exact(pipe, reference):
+    torch.testing.assert_close(run(pipe, AccelConfig(ff_rows=7)), reference, atol=1e-4, rtol=0)  # 7 divides nothing
+    assert not any("forward" in m.__dict__ for m in pipe.unet.modules())  # undone
+    torch.testing.assert_close(run(pipe, AccelConfig(channels_last=True)), reference, atol=1e-4, rtol=0)
+    assert pipe.unet.conv_in2.weight.is_contiguous()  # back to NCHW
+
+
+def test_compiled_blocks_are_wired_and_undone(pipe):
+    pipe.accelerate(AccelConfig(compile_blocks=True, compile_backend="eager"))
+    names = {type(m).__name__ for m in pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert names == {"SpatioTemporalResBlock", "TransformerSpatioTemporalModel"}
+    pipe.accelerate(None)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in pipe.unet.modules())
+
+
+def test_run_jobs_with_every_exact_option(pipe):
+    a, b = conds(1, t=9)
+    smp = SamplerConfig(steps=2, decode_chunk_size=4, window=6, overlap=2)
+    jobs = [VideoJob(a[0], b[0], 3), VideoJob(a[0, :4], b[0, :4], 5)]
+    ref = pipe.run_jobs(jobs, smp)
+    pipe.accelerate(AccelConfig(cross_attn_shortcut=True, channels_last=True, ff_rows=5))
+    try:
+        fast = pipe.run_jobs(jobs, smp)
+    finally:
+        pipe.accelerate(None)
+    for r, f in zip(ref, fast):
+        torch.testing.assert_close(f, r, atol=1e-4, rtol=0)
+
+
+def test_bad_accel_option():
+    with pytest.raises(InputError, match="ff_rows must be >= 0"):
+        AccelConfig(ff_rows=-1)
