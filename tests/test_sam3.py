@@ -105,11 +105,11 @@ def test_streamed_pruned_tracking_matches_transformers_reference(bundle, long_fr
 
 def test_speed_options_give_identical_tracks(bundle, frames):
     """Batched objects (in two memory-length groups), prefetch and deferred copies change nothing."""
-    items = [ObjectPrompt(1, 4, [[48, 40], [10, 10]], [1, 0]), ObjectPrompt(2, 4, box=[5, 5, 40, 50]),
-             ObjectPrompt(3, 9, box=[30, 20, 70, 90]), ObjectPrompt(2, 12, [[50, 50]], [1])]
-    prompts = Prompts(items, (SIDE, SIDE), T)
-    fast = propagate(bundle, frames, prompts, "both", speed=SpeedOptions())
-    plain = propagate(bundle, frames, prompts, "both", speed=BASELINE)
+    items = [ObjectPrompt(1, 3, [[48, 40], [10, 10]], [1, 0]), ObjectPrompt(2, 3, box=[5, 5, 40, 50]),
+             ObjectPrompt(3, 6, box=[30, 20, 70, 90]), ObjectPrompt(2, 9, [[50, 50]], [1])]
+    prompts = Prompts(items, (SIDE, SIDE), 12)
+    fast = propagate(bundle, frames[:12], prompts, "both", speed=SpeedOptions())
+    plain = propagate(bundle, frames[:12], prompts, "both", speed=BASELINE)
     assert fast.obj_ids.tolist() == plain.obj_ids.tolist() == [1, 2, 3]
     assert plain.present.all() and len({fast.masks_of(k).tobytes() for k in (1, 2, 3)}) == 3
     np.testing.assert_array_equal(fast.packed, plain.packed)
