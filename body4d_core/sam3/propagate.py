@@ -2,7 +2,10 @@
 
 Frames stream one at a time from the CPU to the device, the tracker's memory bank is
 pruned to the frames it can still attend to, and masks leave the device bit-packed, so
-device memory stays flat however long the clip is.
+device memory stays flat however long the clip is. The backbone runs once per frame for all
+objects; on tracked frames the objects also share one batched memory attention + mask decoder
+(tracker_step.py), the next frame is read and pinned while the device computes, and nothing
+waits for the device except masks landing a few frames late (see SpeedOptions).
 """
 
 from __future__ import annotations
