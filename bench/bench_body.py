@@ -1,18 +1,28 @@
 """SAM-3D-Body throughput: our implementation at real size (random weights), bf16 on CUDA.
 
-Prints one table: backbone-only, body mode and full mode crops/s at a batch size (default 64)
-and peak VRAM. If the official sam-3d-body code is importable (``--official DIR`` pointing at a
-checkout of facebookresearch/sam-3d-body and ``--dinov3 DIR`` at facebookresearch/dinov3, both
-local: the GPU machine has no internet), the official ``run_inference`` is timed on the same
-crops side by side; otherwise its rows say why they are missing.
+Prints one table: backbone-only, body mode and full mode crops/s at a batch size (default 64),
+peak VRAM, compile time and the numeric deviation of every speed variant from the eager
+baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
 
-    python bench/bench_body.py                 # H200: real size
-    python bench/bench_body.py --tiny          # CPU smoke test of the script
+    eager      backbone eager bf16 SDPA, decoders fp32 (the baseline)
+    dec16      + decoders' matmuls in bf16 (heads, norms and rig stay fp32)
+    cbb        + backbone blocks torch.compile'd (mode default; one graph for all 32 blocks)
+    cbb-mat    same with mode max-autotune-no-cudagraphs (slow to compile)
+    cdec       + decoder layers compiled too
+    fp8        cbb + E4M3 row-wise-scaled matmuls in the backbone blocks (opt-in)
+
+If the official sam-3d-body code is importable (``--official DIR`` pointing at a checkout of
+facebookresearch/sam-3d-body and ``--dinov3 DIR`` at facebookresearch/dinov3, both local), the
+official estimator is timed on the same weights and crops side by side.
+
+    python bench/bench_body.py --official .ref/sam-3d-body --dinov3 .ref/dinov3   # H200
+    python bench/bench_body.py --tiny --official .ref/sam-3d-body --dinov3 .ref/dinov3  # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import types
@@ -24,6 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config  # noqa: E402
+from body4d_core.sam3d_body import crop as C  # noqa: E402
+from body4d_core.sam3d_body.config import BACKBONES  # noqa: E402
+from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, build_crops  # noqa: E402
 from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
 from body4d_core.sam3d_body.synthetic import randomize, scripted_rig  # noqa: E402
 
@@ -56,34 +69,109 @@ def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> S
     return model.eval().requires_grad_(False)
 
 
+VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf16, fp8 backbone)
+    "eager": ("", "", False, False),
+    "dec16": ("", "", True, False),
+    "cbb": ("default", "", True, False),
+    "cbb-mat": ("max-autotune-no-cudagraphs", "", True, False),
+    "cdec": ("default", "default", True, False),
+    "fp8": ("default", "", True, True),
+}
+CHECK_KEYS = ("global_rot", "body_pose", "hand_pose", "shape", "cam_t", "keypoints_3d", "keypoints_2d")
+
+
+def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> torch.dtype:
+    """Set the model's compile / fp8 state for a variant; returns the decoder dtype to pass."""
+    cbb, cdec, dec16, fp8 = VARIANTS[name]
+    model.backbone.encoder.enable_fp8(False)
+    if fp8:
+        model.backbone.encoder.enable_fp8(True)
+    model.optimize(cbb, cdec, bucket=bucket, backend=backend)
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.bfloat16 if dec16 and cuda else torch.float32
+
+
+def _run(model, frames, items, mode, bs, dtype, dec_dtype):
+    return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype, decoder_dtype=dec_dtype)
+
+
 def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode: str, bs: int,
-              dtype: torch.dtype, reps: int) -> tuple[float, float]:
-    """(crops/s, peak GiB) of estimate_bodies after one warm-up call."""
-    estimate_bodies(model, frames, items[:bs], mode=mode, batch_size=bs, dtype=dtype)
+              dtype: torch.dtype, dec_dtype: torch.dtype, reps: int) -> tuple[float, float, float, list]:
+    """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
+    t0 = time.perf_counter()
+    _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype)
     _sync()
+    warm = time.perf_counter() - t0
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    res = None
     for _ in range(reps):
-        estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype)
+        out = _run(model, frames, items, mode, bs, dtype, dec_dtype)
+        res = res or out
     _sync()
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return reps * len(items) / dt, peak
+    return reps * len(items) / dt, peak, warm, res
 
 
 @torch.inference_mode()
-def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> float:
+def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> tuple[float, float]:
+    """(crops/s, warm-up seconds incl. compile) of the backbone alone on one batch."""
     dev = next(model.parameters()).device
     x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
     with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32):
+        t0 = time.perf_counter()
         model.backbone(x)
         _sync()
+        warm = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(reps):
             model.backbone(x)
         _sync()
-    return reps * bs / (time.perf_counter() - t0)
+    return reps * bs / (time.perf_counter() - t0), warm
+
+
+@torch.inference_mode()
+def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], dtype: torch.dtype,
+                    dec_dtype: torch.dtype, reps: int = 3) -> str:
+    """Milliseconds per batch of body mode: crops, backbone(+mask), body decode, final rig, results to host."""
+    dev = next(model.parameters()).device
+    ft = _frames_tensor(frames)
+    K = _intrinsics(None, *ft.shape[:3])
+    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64, device=dev)
+    t = {"crops": 0.0, "encode": 0.0, "decode": 0.0, "finish": 0.0, "to_host": 0.0}
+
+    def lap(key: str, t0: float) -> float:
+        _sync()
+        now = time.perf_counter()
+        t[key] += (now - t0) * 1000 / reps
+        return now
+
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        batch = build_crops(model, ft, items, K, boxes, C.BODY_PADDING)
+        t0 = lap("crops", t0)
+        feats = model.encode(batch, dtype)
+        t0 = lap("encode", t0)
+        body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
+        t0 = lap("decode", t0)
+        out = _finish(model, body, batch, False)
+        t0 = lap("finish", t0)
+        [v.float().cpu() for v in out.values()]
+        lap("to_host", t0)
+    return "# body-mode stages, ms per batch of %d: " % len(items) + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+
+
+def deviation(res: list, ref: list) -> str:
+    """max / mean |variant - baseline| over the checked outputs (baseline: eager, fp32 decoders)."""
+    if res is ref or not res:
+        return "reference"
+    parts = []
+    for k in ("body_pose", "global_rot", "keypoints_3d", "keypoints_2d"):
+        d = np.abs(np.stack([r[k] for r in res]) - np.stack([r[k] for r in ref]))
+        parts.append(f"{k} {d.max():.1e}/{d.mean():.1e}")
+    return " ".join(parts)
 
 
 # ------------------------------------------------------------------ official implementation (optional)
@@ -125,7 +213,7 @@ def _official(official: str, dinov3: str, cfg: Sam3dBodyConfig, ours: Sam3dBody,
     c = CN({"MODEL": {
         "IMAGE_SIZE": [cfg.image_size] * 2, "IMAGE_MEAN": list(cfg.image_mean), "IMAGE_STD": list(cfg.image_std),
         "BACKBONE": {"TYPE": cfg.backbone, "DROP_PATH_RATE": 0.0},
-        "DECODER": {"TYPE": "sam", "DIM": cfg.dec_dim, "DEPTH": cfg.dec_depth, "HEADS": cfg.dec_heads,
+        "DECODER": {"TYPE": "sam", "FROZEN": False, "DIM": cfg.dec_dim, "DEPTH": cfg.dec_depth, "HEADS": cfg.dec_heads,
                     "DIM_HEAD": cfg.dec_head_dim, "MLP_DIM": cfg.dec_mlp, "LAYER_SCALE_INIT": 0.0, "DROP_RATE": 0.0,
                     "ATTN_DROP_RATE": 0.0, "DROP_PATH_RATE": 0.0, "FFN_TYPE": "origin", "ENABLE_TWOWAY": False,
                     "REPEAT_PE": True, "CONDITION_TYPE": "cliff", "USE_INTRIN_CENTER": True, "DO_INTERM_PREDS": True,
@@ -144,19 +232,39 @@ def _official(official: str, dinov3: str, cfg: Sam3dBodyConfig, ours: Sam3dBody,
     return SAM3DBodyEstimator(model, c)
 
 
-def time_official(est, frame: np.ndarray, items: list[BodyItem], mode: str, reps: int) -> tuple[float, float]:
-    """Official estimator on one frame with len(items) people (its batching unit is one image)."""
-    boxes = np.array([it.box for it in items], np.float32)
-    masks = np.stack([it.mask for it in items]).astype(np.uint8)
+def _cpu_shims() -> None:
+    """CPU smoke runs only: the official code hard-codes .cuda() and recursive_to(..., 'cuda')."""
+    import sam_3d_body.models.meta_arch.sam3d_body as meta
+    import sam_3d_body.sam_3d_body_estimator as est_mod
+
+    orig = est_mod.recursive_to
+
+    def to_cpu(x, target):
+        return orig(x, "cpu")
+
+    est_mod.recursive_to = meta.recursive_to = to_cpu
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+
+
+def time_official(est, frames: np.ndarray, items: list[BodyItem], mode: str, reps: int) -> tuple[float, float]:
+    """Official estimator over the items' frames (its batching unit is one image with all its people)."""
+    by_frame: dict[int, list[BodyItem]] = {}
+    for it in items:
+        by_frame.setdefault(int(it.frame), []).append(it)
+    calls = [(frames[f], np.array([it.box for it in its], np.float32),
+              np.stack([it.mask for it in its]).astype(np.uint8)) for f, its in by_frame.items()]
     with torch.no_grad():
-        est.process_one_image(frame, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
+        est.process_one_image(calls[0][0], bboxes=calls[0][1], masks=calls[0][2], use_mask=True, inference_type=mode)
         _sync()
-        torch.cuda.reset_peak_memory_stats()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for _ in range(reps):
-            est.process_one_image(frame, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
+            for img, boxes, masks in calls:
+                est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
         _sync()
-    return reps * len(items) / (time.perf_counter() - t0), torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return reps * len(items) / (time.perf_counter() - t0), peak
 
 
 def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyItem], dtype: torch.dtype) -> list[str]:
@@ -178,6 +286,13 @@ def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyI
     return lines
 
 
+def official_compatible_tiny() -> Sam3dBodyConfig:
+    """CPU smoke config the official code can build too (its backbone must be a real DINOv3 name)."""
+    d, depth, h, f, sw = BACKBONES["dinov3_vits16"]
+    return tiny_config().replace(image_size=256, backbone="dinov3_vits16", vit_dim=d, vit_depth=depth, vit_heads=h,
+                                 vit_ffn=f, vit_swiglu=sw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
@@ -186,19 +301,31 @@ def main() -> None:
     ap.add_argument("--size", default="1080x1920", help="frame HxW")
     ap.add_argument("--people", type=int, default=4, help="people per frame")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--variants", default="eager,dec16,cbb,cdec,fp8", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--full-variants", default="eager,cbb", help="variants also timed in full mode")
+    ap.add_argument("--official-frames", type=int, default=4, help="frames (x --people crops) the official code runs")
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
+    ap.add_argument("--backend", default="", help="torch.compile backend (default inductor on CUDA, eager on CPU)")
     ap.add_argument("--official", default="", help="checkout of facebookresearch/sam-3d-body")
     ap.add_argument("--dinov3", default="", help="checkout of facebookresearch/dinov3")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch._dynamo.config as dcfg
+
+    for key in ("recompile_limit", "cache_size_limit"):  # several variants compile the same block function
+        if hasattr(dcfg, key):
+            setattr(dcfg, key, 64)
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if dev.type == "cpu":
         dtype = torch.float32
-    cfg = tiny_config() if args.tiny else Sam3dBodyConfig()
+    args.backend = args.backend or ("inductor" if dev.type == "cuda" else "eager")
+    want_official = bool(args.official and args.dinov3)
+    cfg = (official_compatible_tiny() if want_official else tiny_config()) if args.tiny else Sam3dBodyConfig()
     h, w = (int(v) for v in args.size.split("x"))
     if args.tiny:
-        h, w, args.items, args.batch = 240, 320, 8, 4
+        h, w, args.items, args.batch, args.official_frames = 240, 320, 6, 4, 1
     t0 = time.perf_counter()
     model = build_ours(cfg, dev, rig_hidden=16 if args.tiny else 3000)
     build_s = time.perf_counter() - t0
@@ -208,30 +335,59 @@ def main() -> None:
     print(f"# SAM-3D-Body bench: {name}, torch {torch.__version__}, {cfg.backbone} ({n_params:.0f}M params incl. "
           f"synthetic rig), crops {cfg.image_size}px, {args.dtype if dev.type == 'cuda' else 'fp32'}, "
           f"batch {args.batch}, {args.items} crops from {len(frames)} frames of {h}x{w} ({args.people}/frame), "
-          f"build {build_s:.1f}s")
-    rows = [("ours", "backbone only", time_backbone(model, args.batch, dtype, args.reps), float("nan"))]
-    for mode in ("body", "full"):
-        rows.append(("ours", mode, *time_ours(model, frames, items, mode, args.batch, dtype, args.reps)))
+          f"build {build_s:.1f}s, compile backend {args.backend}")
+    rows: list[tuple] = []  # (impl, variant, what, crops/s, peak, warm-up s, deviation)
     notes: list[str] = []
-    if args.official and args.dinov3 and dev.type == "cuda":
+    variants = [v for v in args.variants.split(",") if v]
+    full_variants = [v for v in args.full_variants.split(",") if v]
+    unknown = [v for v in variants + full_variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    ref: dict[str, list] = {}
+    for var in dict.fromkeys(["eager"] + variants + full_variants):
         try:
+            dec_dtype = apply_variant(model, var, args.batch, args.backend)
+            rate, warm = time_backbone(model, args.batch, dtype, args.reps)
+            rows.append(("ours", var, "backbone only", rate, float("nan"), warm, ""))
+            if var == "eager":
+                notes.append(stage_breakdown(model, frames, items[: args.batch], dtype, dec_dtype))
+            for mode in ("body", "full"):
+                if var not in (variants if mode == "body" else full_variants):
+                    continue
+                rate, peak, warm, res = time_ours(model, frames, items, mode, args.batch, dtype, dec_dtype, args.reps)
+                ref.setdefault(mode, res)
+                rows.append(("ours", var, mode, rate, peak, warm, deviation(res, ref[mode])))
+        except Exception as err:  # noqa: BLE001 - one failing variant must not lose the table
+            rows.append(("ours", var, f"failed: {type(err).__name__}: {err}"[:80], float("nan"), float("nan"),
+                         float("nan"), ""))
+    model.optimize()
+    model.backbone.encoder.enable_fp8(False)
+    if want_official:
+        try:
+            t0 = time.perf_counter()
             rig_path = "/tmp/bench_body_rig.pt"
             torch.jit.save(model.mhr, rig_path)
             est = _official(args.official, args.dinov3, cfg, model, rig_path)
-            per = items[: args.people]
-            notes = compare_official(est, model, frames[0], per, dtype)
+            if dev.type == "cpu":
+                _cpu_shims()
+            off_build = time.perf_counter() - t0
+            per = [it for it in items if it.frame < args.official_frames]
+            notes += compare_official(est, model, frames[0], [it for it in items if it.frame == 0], dtype)
             for mode in ("body", "full"):
-                rows.append(("official", f"{mode} ({args.people} people/image)",
-                             *time_official(est, frames[0], per, mode, max(2, args.reps * 4))))
+                rate, peak = time_official(est, frames, per, mode, max(1, args.reps))
+                rows.append(("official", "as released", f"{mode} ({args.people} people/image)", rate, peak,
+                             off_build, ""))
         except Exception as err:  # noqa: BLE001 - report, do not fail the bench
-            rows.append(("official", f"unavailable: {type(err).__name__}: {err}"[:90], float("nan"), float("nan")))
+            rows.append(("official", "", f"unavailable: {type(err).__name__}: {err}"[:80], float("nan"),
+                         float("nan"), float("nan"), ""))
     else:
-        why = "needs CUDA" if dev.type != "cuda" else "pass --official and --dinov3 (local checkouts)"
-        rows.append(("official", f"not run: {why}", float("nan"), float("nan")))
-    print(f"| {'impl':9s} | {'what':44s} | {'crops/s':>9s} | {'peak VRAM GiB':>13s} |")
-    print(f"|{'-' * 11}|{'-' * 46}|{'-' * 11}|{'-' * 15}|")
-    for impl, what, rate, peak in rows:
-        print(f"| {impl:9s} | {what:44s} | {rate:9.1f} | {peak:13.2f} |")
+        rows.append(("official", "", "not run: pass --official and --dinov3 (local checkouts)", float("nan"),
+                     float("nan"), float("nan"), ""))
+    print(f"| {'impl':8s} | {'variant':11s} | {'what':30s} | {'crops/s':>8s} | {'peak GiB':>8s} | {'warm-up s':>9s} "
+          f"| max/mean abs dev vs eager |")
+    print(f"|{'-' * 10}|{'-' * 13}|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 27}|")
+    for impl, var, what, rate, peak, warm, dev_s in rows:
+        print(f"| {impl:8s} | {var:11s} | {what:30s} | {rate:8.1f} | {peak:8.2f} | {warm:9.1f} | {dev_s} |")
     for line in notes:
         print(line)
 

@@ -121,6 +121,32 @@ def _to_float_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch
     return t.permute(2, 0, 1)[None]
 
 
+def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, mask: torch.Tensor, score: torch.Tensor,
+                hw: tuple[int, int]) -> None:
+    """Warp each item's mask into ``mask`` (in place), uploading only the window its crop samples.
+
+    All windows come from one device->host copy (not four syncs per item); bilinear neighbours all
+    lie inside the window, so this equals warping the whole frame.
+    """
+    h, w = hw
+    px = (grid[..., 0] + 1) * (w - 1) / 2
+    py = (grid[..., 1] + 1) * (h - 1) / 2
+    lim = torch.stack([px.amin((1, 2)), px.amax((1, 2)), py.amin((1, 2)), py.amax((1, 2))], 1).cpu().numpy()
+    for i, it in enumerate(items):
+        m = it.get_mask()
+        if m is None:
+            continue
+        _check_size(it, "mask", m, (h, w))
+        x0, x1 = (int(v) for v in np.clip([np.floor(lim[i, 0]) - 1, np.ceil(lim[i, 1]) + 1], 0, w - 1))
+        y0, y1 = (int(v) for v in np.clip([np.floor(lim[i, 2]) - 1, np.ceil(lim[i, 3]) + 1], 0, h - 1))
+        if x1 - x0 < 1 or y1 - y0 < 1:  # the crop lies (almost) outside the frame: nothing to sample
+            x0, x1, y0, y1 = 0, w - 1, 0, h - 1
+        sub = torch.from_numpy(np.ascontiguousarray(np.asarray(m)[y0:y1 + 1, x0:x1 + 1])).to(mask.device).float()
+        g = torch.stack([2 * (px[i] - x0) / (x1 - x0) - 1, 2 * (py[i] - y0) / (y1 - y0) - 1], -1)
+        mask[i] = C.warp(sub[None, None], g[None])[0]
+        score[i] = 1.0
+
+
 def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
                 boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True) -> CropBatch:
     """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch."""
@@ -145,12 +171,7 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
             src = frames[key, ..., :3]
         img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
     if use_masks:
-        for i, it in enumerate(items):
-            m = it.get_mask()
-            if m is not None:
-                _check_size(it, "mask", m, (h, w))
-                mask[i] = C.warp_window(np.asarray(m), grid[i], dev)
-                score[i] = 1.0
+        _warp_masks(items, grid, mask, score, (h, w))
     k = K[[int(it.frame) for it in items]].to(dev)
     wh = torch.tensor([w, h], dtype=torch.float32, device=dev).expand(n, 2)
     return CropBatch(img, mask, score, centre.float(), side.float(), affine.float(), k, wh)
@@ -176,7 +197,8 @@ def _cat_batches(a: CropBatch, b: CropBatch) -> CropBatch:
 
 
 def _run_full(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, batch: CropBatch,
-              feats: torch.Tensor, body: dict, dtype: torch.dtype) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              feats: torch.Tensor, body: dict, dtype: torch.dtype,
+              dec_dtype: torch.dtype = torch.float32) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Hand refinement on top of a body pass; returns the merged params and the two hand boxes."""
     n, dev = batch.n, batch.img.device
     width = batch.img_wh[:, 0]
@@ -184,13 +206,15 @@ def _run_full(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem],
     lb = build_crops(model, frames, items, K, fusion.mirror_boxes(lbox, width), C.HAND_PADDING, True, False)
     rb = build_crops(model, frames, items, K, rbox, C.HAND_PADDING, False, False)
     hb = _cat_batches(lb, rb)
-    ph = model.decode("hand", model.encode(hb, dtype), hb, _dummy_prompt(2 * n, dev), with_verts=False)
+    ph = model.decode("hand", model.encode(hb, dtype), hb, _dummy_prompt(2 * n, dev), with_verts=False,
+                      dtype=dec_dtype)
     pl, pr = _split(ph, n)
     fusion.unmirror_left(model, pl)
     ori = rot.euler_XZY_to_rotmat(body["body_pose"][:, fusion.WRIST_BODY_PARAMS].unflatten(1, (2, 3)))
     valid = fusion.hand_validity(model, body, pl, pr, lb.size, rb.size, width, ori)
     prompts = fusion.wrist_prompts(model, body, pl, pr, batch, width, valid)
-    body2 = model.decode("body", feats, batch, prompts, prev=model.prev_estimate(body), with_verts=False)
+    body2 = model.decode("body", feats, batch, prompts, prev=model.prev_estimate(body), with_verts=False,
+                         dtype=dec_dtype)
     merged = fusion.merge_hands(model, body2, pl, pr, valid, ori)
     return merged, lbox, rbox
 
@@ -205,15 +229,16 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
 
 @torch.inference_mode()
 def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
-               dtype: torch.dtype, with_verts: bool) -> list[dict[str, np.ndarray]]:
+               dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype = torch.float32
+               ) -> list[dict[str, np.ndarray]]:
     dev = next(model.parameters()).device
     boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64, device=dev)
     batch = build_crops(model, frames, items, K, boxes, C.BODY_PADDING)
     feats = model.encode(batch, dtype)
-    body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False)
+    body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
     lbox = rbox = None
     if mode == "full":
-        body, lbox, rbox = _run_full(model, frames, items, K, batch, feats, body, dtype)
+        body, lbox, rbox = _run_full(model, frames, items, K, batch, feats, body, dtype, dec_dtype)
     out = _finish(model, body, batch, with_verts)
     res = {name: out[key] for name, key in PARAM_KEYS.items()}
     res.update(keypoints_3d=out["kp3d"], keypoints_2d=out["kp2d"], model_params=out["model_params"],
@@ -231,12 +256,15 @@ def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem]
 
 def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], intrinsics: Any = None,
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
-                    dtype: torch.dtype | None = None, return_vertices: bool = False) -> list[dict[str, np.ndarray]]:
+                    dtype: torch.dtype | None = None, return_vertices: bool = False,
+                    decoder_dtype: torch.dtype | None = None) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
     (body decoder only) or 'full' (hand refinement). dtype is the backbone's autocast dtype on GPU
-    (default bf16 where supported); CPU always runs float32.
+    (default bf16 where supported); decoder_dtype the decoders' matmul autocast dtype on GPU (default
+    float32, as upstream; heads, norms and the rig always run float32); CPU always runs float32.
+    Compiled backbone/decoder: ``model.optimize(...)`` once before calling.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -258,7 +286,8 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     ordered = [items[i] for i in order]
 
     def run(start: int, stop: int) -> list[dict[str, np.ndarray]]:
-        return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices)
+        return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
+                          decoder_dtype or torch.float32)
 
     chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
     flat = [r for chunk in chunks for r in chunk]

@@ -121,6 +121,12 @@ class DecoderLayer(nn.Module):
         return x + self.ffn(self.ln3(x))
 
 
+def run_layer(layer: DecoderLayer, x: torch.Tensor, ctx: torch.Tensor, x_pe: torch.Tensor,
+              ctx_pe: torch.Tensor) -> torch.Tensor:
+    """One decoder-layer call as a free function (one compiled graph for all layers of a shape)."""
+    return layer(x, ctx, x_pe, ctx_pe)
+
+
 class PromptableDecoder(nn.Module):
     """Stack of DecoderLayers; calls ``between(layer_idx, normed_tokens, tokens, pe)`` after each but the last."""
 
@@ -128,12 +134,13 @@ class PromptableDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(dim, ctx_dim, heads, head_dim, mlp, i == 0) for i in range(depth))
         self.norm_final = LayerNorm32(dim, eps=1e-6)
+        self.layer_fn: Callable[..., torch.Tensor] = run_layer  # torch.compile'd by Sam3dBody.optimize
 
     def forward(self, tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor,
                 between: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            tokens = layer(tokens, ctx, tok_pe, ctx_pe)
+            tokens = self.layer_fn(layer, tokens, ctx, tok_pe, ctx_pe)
             if i < len(self.layers) - 1:
                 tokens, tok_pe = between(i, self.norm_final(tokens), tokens, tok_pe)
         return self.norm_final(tokens)
@@ -232,4 +239,4 @@ class CameraEncoder(nn.Module):
             r = r.permute(0, 2, 3, 1)
             r = torch.cat([r, torch.ones_like(r[..., :1])], -1).reshape(b, h * w, 3)
             emb = fourier_rays(r).transpose(1, 2).reshape(b, -1, h, w)
-        return self.norm(self.conv(torch.cat([feats, emb.to(feats.dtype)], 1)))
+        return self.norm(self.conv(torch.cat([feats, emb.to(feats.dtype)], 1)).float())  # norm in fp32 (autocast)

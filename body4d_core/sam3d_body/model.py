@@ -7,6 +7,7 @@ and is not part of the checked state dict.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +16,10 @@ import torch.nn.functional as F
 
 from .config import Sam3dBodyConfig
 from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
-from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder
-from .vit import DinoV3ViT
+from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder, run_layer
+from .vit import DinoV3ViT, compile_available
 
+log = logging.getLogger(__name__)
 PELVIS = (9, 10)  # MHR70 left/right hip
 
 
@@ -106,6 +108,33 @@ class Sam3dBody(nn.Module):
         """MHR mesh triangles [F, 3] (from the checkpoint)."""
         return self.head_pose.faces
 
+    # ------------------------------------------------------------------ speed options
+
+    def optimize(self, compile_backbone: str = "", compile_decoder: str = "", bucket: int = 0,
+                 backend: str = "inductor") -> dict[str, str]:
+        """torch.compile the ViT blocks and/or decoder layers (mode names, '' = eager); logs, never fails.
+
+        bucket: the backbone then runs fixed-size padded chunks (no recompiles for a partial batch).
+        Returns what is in effect: {'backbone': mode or '', 'decoder': mode or ''}.
+        """
+        enc = self.backbone.encoder
+        enc.uncompile()
+        if compile_backbone:
+            enc.compile_blocks(compile_backbone, backend, bucket)
+        dec_mode = ""
+        for d in (self.decoder, self.decoder_hand):
+            d.layer_fn = run_layer
+        if compile_decoder:
+            why = compile_available(self.init_pose.weight.device) if backend == "inductor" else ""
+            if why:
+                log.warning("decoder stays eager: %s", why)
+            else:
+                kw = {} if compile_decoder == "default" or backend != "inductor" else {"mode": compile_decoder}
+                fn = torch.compile(run_layer, dynamic=False, backend=backend, **kw)
+                self.decoder.layer_fn = self.decoder_hand.layer_fn = fn
+                dec_mode = compile_decoder
+        return {"backbone": enc.compiled.split(":")[-1] if enc.compiled else "", "decoder": dec_mode}
+
     # ------------------------------------------------------------------ encoding
 
     def attach_rig(self, rig: nn.Module) -> None:
@@ -144,6 +173,12 @@ class Sam3dBody(nn.Module):
 
     def _pose_from_token(self, br: dict[str, nn.Module], token: torch.Tensor, batch: CropBatch,
                          with_verts: bool) -> dict[str, torch.Tensor]:
+        """Heads + rig + camera in fp32 (autocast off): their outputs are the results."""
+        with torch.autocast(token.device.type, enabled=False):
+            return self._pose_from_token32(br, token.float(), batch, with_verts)
+
+    def _pose_from_token32(self, br: dict[str, nn.Module], token: torch.Tensor, batch: CropBatch,
+                           with_verts: bool) -> dict[str, torch.Tensor]:
         n = token.shape[0]
         init_pose = br["init_pose"].weight.float().expand(n, -1)
         init_cam = br["init_camera"].weight.float().expand(n, -1)
@@ -183,8 +218,19 @@ class Sam3dBody(nn.Module):
         return tokens, pe
 
     def decode(self, branch: str, feats: torch.Tensor, batch: CropBatch, prompts: torch.Tensor,
-               prev: torch.Tensor | None = None, with_verts: bool = True) -> dict[str, torch.Tensor]:
-        """One promptable-decoder pass. prompts [B, N, 3] (x, y in [0,1], label); prev [B, NPOSE+3] or None."""
+               prev: torch.Tensor | None = None, with_verts: bool = True,
+               dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """One promptable-decoder pass. prompts [B, N, 3] (x, y in [0,1], label); prev [B, NPOSE+3] or None.
+
+        dtype: autocast dtype of the decoder's matmuls on GPU (norms, heads' outputs and the rig stay fp32).
+        """
+        dev = feats.device.type
+        with torch.autocast(dev, dtype=dtype, enabled=dev == "cuda" and dtype != torch.float32):
+            p = self._decode(branch, feats, batch, prompts, prev, with_verts)
+        return p
+
+    def _decode(self, branch: str, feats: torch.Tensor, batch: CropBatch, prompts: torch.Tensor,
+                prev: torch.Tensor | None, with_verts: bool) -> dict[str, torch.Tensor]:
         br = _branch_modules(self, "" if branch == "body" else "_hand")
         n = feats.shape[0]
         init = torch.cat([br["init_pose"].weight, br["init_camera"].weight], 1).float().expand(n, -1)
@@ -212,8 +258,10 @@ class Sam3dBody(nn.Module):
         out = br["decoder"](tokens, ctx, pe, ctx_pe, between)
         p = self._pose_from_token(br, out[:, 0], batch, with_verts=with_verts)
         hand_tok = out[:, hand_start:hand_start + 2]
-        p["hand_box"] = self.bbox_embed(hand_tok).sigmoid()  # [B, 2, 4] (cx, cy, w, h) in crop units
-        p["hand_logits"] = self.hand_cls_embed(hand_tok)
+        hand_tok = hand_tok.float()
+        with torch.autocast(hand_tok.device.type, enabled=False):
+            p["hand_box"] = self.bbox_embed(hand_tok).sigmoid()  # [B, 2, 4] (cx, cy, w, h) in crop units
+            p["hand_logits"] = self.hand_cls_embed(hand_tok)
         return p
 
     @staticmethod

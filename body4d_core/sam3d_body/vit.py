@@ -7,11 +7,15 @@ Parameter names follow facebookresearch/dinov3 (``blocks.N.attn.qkv``, ``ls1.gam
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 class RopeEmbed(nn.Module):
@@ -29,6 +33,38 @@ class RopeEmbed(nn.Module):
         angles = 2 * math.pi * coords[:, :, None] / self.periods.float().to(device)[None, None, :]
         angles = angles.flatten(1, 2).tile(2)  # [HW, head_dim]
         return angles.sin(), angles.cos()
+
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise E4M3 quantisation: (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale."""
+    amax = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x W^T + b with both operands in E4M3 (per-token and per-output-channel scales), bf16 out."""
+    shape = x.shape
+    xq, xs = fp8_quantize_rows(x.reshape(-1, shape[-1]))
+    b = None if bias is None else bias.to(torch.bfloat16)
+    if xq.is_cuda:
+        y = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=w_scale.t(), bias=b, out_dtype=torch.bfloat16)
+    else:  # reference path (CPU tests): the same quantised operands, dequantised
+        y = ((xq.float() * xs) @ (w8.float() * w_scale).t()).to(torch.bfloat16)
+        y = y if b is None else y + b
+    return y.reshape(*shape[:-1], -1)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x)`` (optionally with a replacement bias), through FP8 weights when ``enable_fp8`` set them."""
+    b = layer.bias if bias is None else bias
+    w8 = getattr(layer, "w_fp8", None)
+    if w8 is not None:
+        return fp8_linear(x, w8, layer.w_scale, b)
+    return F.linear(x, layer.weight, b)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +85,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, n, d = x.shape
         bias = self.qkv.bias * self.qkv.bias_mask.to(self.qkv.bias.dtype)
-        qkv = F.linear(x, self.qkv.weight, bias).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = linear(self.qkv, x, bias).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         sin, cos = rope
         p = sin.shape[0]
@@ -57,7 +93,7 @@ class Attention(nn.Module):
         q = torch.cat([q[:, :, : n - p], q[:, :, n - p:] * cos + _rotate_half(q[:, :, n - p:]) * sin], 2)
         k = torch.cat([k[:, :, : n - p], k[:, :, n - p:] * cos + _rotate_half(k[:, :, n - p:]) * sin], 2)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return linear(self.proj, out.transpose(1, 2).reshape(b, n, d))
 
 
 class LayerScale(nn.Module):
@@ -81,7 +117,7 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+        return linear(self.w3, F.silu(linear(self.w1, x)) * linear(self.w2, x))
 
 
 class Mlp(nn.Module):
@@ -93,7 +129,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return linear(self.fc2, F.gelu(linear(self.fc1, x)))
 
 
 class Block(nn.Module):
@@ -111,6 +147,27 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), rope))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class _Retry(Exception):
+    """Internal: the compiled path failed before producing output; run eager."""
+
+
+def run_block(blk: Block, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """One block call as a free function, so one compiled graph serves every (identical) block."""
+    return blk(x, (sin, cos))
+
+
+def compile_available(device: torch.device) -> str:
+    """'' when torch.compile (inductor) can run on ``device``, else the reason it cannot."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - any import failure means no inductor on GPU
+            return f"triton is not importable ({type(err).__name__})"
+    return ""
 
 
 class PatchEmbed(nn.Module):
@@ -139,15 +196,82 @@ class DinoV3ViT(nn.Module):
         self.rope_embed = RopeEmbed(dim // heads, rope_base)
         self.blocks = nn.ModuleList(Block(dim, heads, hidden, swiglu) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.block_fn: Callable[..., torch.Tensor] = run_block
+        self.compiled = ""  # '' = eager, else the torch.compile mode in use
+        self.bucket = 0  # compiled: run batches in chunks of exactly this size (last one padded)
+
+    def compile_blocks(self, mode: str = "default", backend: str = "inductor", bucket: int = 0) -> bool:
+        """Compile the block call once (dynamic=False): the 32 identical blocks share one graph.
+
+        Returns False (and stays eager, with a log line) where compile is unavailable.
+        """
+        dev = self.cls_token.device
+        why = compile_available(dev) if backend == "inductor" else ""
+        if why:
+            log.warning("ViT blocks stay eager: %s", why)
+            return False
+        kw = {} if mode == "default" or backend != "inductor" else {"mode": mode}
+        self.block_fn = torch.compile(run_block, dynamic=False, backend=backend, **kw)
+        self.compiled = f"{backend}:{mode}"
+        self.bucket = int(bucket)
+        return True
+
+    @torch.no_grad()
+    def enable_fp8(self, on: bool = True) -> None:
+        """Opt-in: blocks' linear layers run E4M3 matmuls (row-wise scales); the fp32 weights are kept."""
+        for blk in self.blocks:
+            for mod in blk.modules():
+                if isinstance(mod, nn.Linear):
+                    if on:
+                        q, s = fp8_quantize_rows(mod.weight)
+                        mod.w_fp8, mod.w_scale = q, s  # scale [N, 1]: its transpose is the [1, N] row-wise scale_b
+                    elif hasattr(mod, "w_fp8"):
+                        del mod.w_fp8, mod.w_scale
+
+    def uncompile(self) -> None:
+        """Back to eager blocks."""
+        self.block_fn, self.compiled = run_block, ""
+
+    def _blocks(self, tokens: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        if not self.compiled:
+            for blk in self.blocks:
+                tokens = run_block(blk, tokens, sin, cos)
+            return tokens
+        try:
+            for blk in self.blocks:
+                tokens = self.block_fn(blk, tokens, sin, cos)
+            return tokens
+        except Exception as err:  # noqa: BLE001 - compile failures (no compiler, triton) fall back
+            if isinstance(err, torch.OutOfMemoryError):
+                raise
+            log.warning("compiled ViT blocks failed (%s: %s); falling back to eager", type(err).__name__, err)
+            self.uncompile()
+            raise _Retry from err
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, C, H/p, W/p]; compiled with a bucket, in fixed-size padded chunks."""
+        b, n = x.shape[0], self.bucket
+        if not self.compiled or n <= 0 or b == n:
+            return self._forward(x)
+        outs = []
+        for i in range(0, b, n):
+            chunk = x[i:i + n]
+            k = chunk.shape[0]
+            if k < n:  # pad so a partial batch reuses the compiled graph instead of recompiling
+                chunk = torch.cat([chunk, chunk.new_zeros((n - k,) + tuple(chunk.shape[1:]))])
+            outs.append(self._forward(chunk)[:k])
+        return torch.cat(outs)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         gh, gw = h // self.patch_size, w // self.patch_size
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         prefix = torch.cat([self.cls_token, self.storage_tokens], 1).to(tokens.dtype).expand(b, -1, -1)
         tokens = torch.cat([prefix, tokens], 1)
-        rope = self.rope_embed(gh, gw, x.device)
-        for blk in self.blocks:
-            tokens = blk(tokens, rope)
+        sin, cos = self.rope_embed(gh, gw, x.device)
+        try:
+            tokens = self._blocks(tokens, sin, cos)
+        except _Retry:
+            tokens = self._blocks(tokens, sin, cos)
         patches = self.norm(tokens)[:, prefix.shape[1]:]
         return patches.transpose(1, 2).reshape(b, -1, gh, gw)
