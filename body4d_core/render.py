@@ -43,7 +43,7 @@ EMPTY = torch.iinfo(torch.int64).max  # z-buffer key of a pixel no fragment reac
 LOW32 = 0xFFFFFFFF
 EDGE_EPS = -1e-6  # barycentric tolerance: pixels on a shared edge belong to both faces
 CUDA_CHUNK = 1 << 24  # fragments per pass (~1.5 GB of temporaries on the GPU)
-CPU_CHUNK = 1 << 20
+CPU_CHUNK = 1 << 18
 
 
 @dataclass
@@ -57,12 +57,13 @@ class Raster:
 
 @dataclass
 class _Faces:
-    """Screen-space set-up of every face of a batch, flattened over (frame, face)."""
+    """Screen-space set-up of the K faces of a batch that survive culling (flat index frame * F + face)."""
 
-    counts: torch.Tensor  # long [B*F] candidate pixels (bounding-box area; 0 = culled)
-    base: torch.Tensor  # long [B*F] global pixel index of the bounding box's top-left
-    span: torch.Tensor  # long [B*F] bounding-box width
-    geo: torch.Tensor  # float [B*F, 10]: lo - v0 (x, y), e1, e2, 1/area, 1/z0, 1/z1, 1/z2
+    fid: torch.Tensor  # long [K] flat (frame, face) index
+    counts: torch.Tensor  # long [K] candidate pixels (bounding-box area)
+    base: torch.Tensor  # long [K] global pixel index of the bounding box's top-left
+    span: torch.Tensor  # long [K] bounding-box width
+    geo: torch.Tensor  # float [K, 10]: lo - v0 (x, y), e1, e2, 1/area, 1/z0, 1/z1, 1/z2
     width: int
 
 
@@ -70,7 +71,6 @@ def _setup_faces(verts: torch.Tensor, faces: torch.Tensor, intr: torch.Tensor, s
                  near: float, cull: int) -> _Faces:
     """Project vertices [B, M, 3] and build per-face bounding boxes and edge equations."""
     h, w = size
-    b = verts.shape[0]
     fx, fy, cx, cy = (c[:, None] for c in intr.float().unbind(-1))
     z = verts[..., 2]
     safe_z = z.clamp_min(near)
@@ -90,12 +90,15 @@ def _setup_faces(verts: torch.Tensor, faces: torch.Tensor, intr: torch.Tensor, s
     if cull:  # projected signed area has the sign of v0 . n: < 0 faces the camera for outward normals
         ok &= cull * area < 0
     # an empty box (span 0) also drops faces wholly outside the frame
-    counts = (span_x * span_y).long().mul_(ok)
-    frame0 = (torch.arange(b, device=verts.device) * (h * w))[:, None]
-    base = frame0 + lo_y.long() * w + lo_x.long()
-    inv = [zk.clamp_min(near).reciprocal_() for zk in (z0, z1, z2)]
-    geo = torch.stack([lo_x - x0, lo_y - y0, e1x, e1y, e2x, e2y, torch.where(ok, area, 1.0).reciprocal_()] + inv, -1)
-    return _Faces(counts.flatten(), base.flatten(), span_x.long().flatten(), geo.reshape(-1, 10), w)
+    counts = (span_x * span_y).long().mul_(ok).flatten()
+    fid = torch.nonzero(counts).squeeze(1)  # compact: later work only on surviving faces
+    x0, y0, e1x, e1y, e2x, e2y, area, lo_x, lo_y, span_x = (
+        t.flatten()[fid] for t in (x0, y0, e1x, e1y, e2x, e2y, area, lo_x, lo_y, span_x))
+    frame = torch.div(fid, faces.shape[0], rounding_mode="floor")
+    base = frame * (h * w) + lo_y.long() * w + lo_x.long()
+    inv = [zk.flatten()[fid].reciprocal_() for zk in (z0, z1, z2)]
+    geo = torch.stack([lo_x - x0, lo_y - y0, e1x, e1y, e2x, e2y, area.reciprocal()] + inv, -1)
+    return _Faces(fid, counts[fid], base, span_x.long(), geo, w)
 
 
 def _bary(geo: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +138,7 @@ def _zbuffer(fs: _Faces, num_pixels: int, chunk: int) -> torch.Tensor:
 
 
 def _resolve(fs: _Faces, key: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Winning face (batch-global index), perspective-correct barycentrics and depth at pixels idx."""
+    """Winning face (flat frame * F + face index), perspective-correct barycentrics and depth at pixels idx."""
     kk = key[idx]
     j = kk & LOW32
     depth = (kk >> 32).int().view(torch.float32)
@@ -144,7 +147,7 @@ def _resolve(fs: _Faces, key: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Te
     qx = off - qy * fs.width
     geo = fs.geo[j]
     _, inv = _bary(geo, qx.float() + geo[:, 0], qy.float() + geo[:, 1])
-    return j, inv / inv.sum(-1, keepdim=True), depth
+    return fs.fid[j], inv / inv.sum(-1, keepdim=True), depth
 
 
 def default_chunk(device: torch.device) -> int:
@@ -356,17 +359,18 @@ def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, came
     job = None if mode == "openpose" else _job(bodies, mode, opacity, dev, chunk)
     for s0 in range(0, t, batch_size):
         hooks.check_interrupt()
-        idx = np.arange(s0, min(t, s0 + batch_size))
+        sl = slice(s0, min(t, s0 + batch_size))
+        idx = np.arange(sl.start, sl.stop)
         if job is None:
             _render_openpose(bodies, idx, images, masks)
         else:
             verts = _frame_vertices(bodies, idx, vertices_fn)
-            img, hit, own = _render_batch(job, bodies, camera, verts, idx, None if bg is None else bg[idx])
-            images[idx] = img.cpu().numpy()
-            masks[idx] = hit.cpu().numpy()
+            img, hit, own = _render_batch(job, bodies, camera, verts, idx, None if bg is None else bg[sl])
+            images[sl] = img.cpu().numpy()  # one uint8 transfer per batch
+            masks[sl] = hit.cpu().numpy()
             if ids is not None:
-                ids[idx] = own.cpu().numpy()
-        hooks.progress(int(idx[-1]) + 1, t)
+                ids[sl] = own.cpu().numpy()
+        hooks.progress(sl.stop, t)
     return (images, masks, ids) if return_ids else (images, masks)
 
 
