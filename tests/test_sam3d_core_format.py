@@ -109,7 +109,8 @@ def _reference_rig(t: dict, shape, params, expr):
 def test_native_rig_matches_an_independent_matrix_implementation() -> None:
     t = random_rig_tensors(30, 12, seed=2)
     g = torch.Generator().manual_seed(0)
-    shape, params, expr = torch.randn(3, 45, generator=g), torch.randn(3, 204, generator=g) * 0.5, torch.randn(3, 72, generator=g)
+    shape, expr = torch.randn(3, 45, generator=g), torch.randn(3, 72, generator=g)
+    params = torch.randn(3, 204, generator=g) * 0.5
     verts, skel = MhrRig(t)(shape, params, expr)
     ref_v, ref_t, ref_r, ref_s = _reference_rig(t, shape, params, expr)
     assert verts.shape == (3, 30, 3) and skel.shape == (3, 12, 8) and verts.dtype == torch.float32
@@ -143,6 +144,18 @@ def test_native_rig_scripts_like_the_official_asset_and_validates_tensors() -> N
         MhrRig(bad)
     with pytest.raises(WeightsMismatchError, match=r"missing mhr\.skel_pmi"):
         MhrRig({k: v for k, v in t.items() if k != "skel_pmi"})
+
+
+def test_fk_uses_the_files_prefix_schedule_and_falls_back_when_it_is_wrong(caplog) -> None:
+    t = random_rig_tensors(20, 40, seed=3)  # skel_pmi: a log-depth (pointer-jumping) schedule, as in the file
+    fast = MhrRig(t)
+    assert fast.level_sizes == t["skel_pmi_buffer_sizes"].tolist() and len(fast.level_sizes) <= 6
+    slow = MhrRig(dict(t, skel_pmi=t["skel_pmi"].flip(0)))  # child/target swapped: not FK any more
+    assert "does not reproduce the skeleton's forward kinematics" in caplog.text
+    assert len(slow.level_sizes) > len(fast.level_sizes)  # one level per skeleton depth
+    x = torch.randn(2, 45), torch.randn(2, 204) * 0.4, torch.randn(2, 72)
+    (va, sa), (vb, sb) = fast(*x), slow(*x)
+    assert torch.allclose(va, vb, atol=1e-4) and torch.allclose(sa, sb, atol=1e-5)
 
 
 # ------------------------------------------------------------------ key mapping
@@ -248,7 +261,7 @@ def test_unmapped_missing_and_misshaped_keys_are_named(source, tmp_path) -> None
     sd = _core_sd(source)
     cfg = source["cfg"]
     extra = dict(sd, **{"decoder.extra.weight": torch.zeros(1)})
-    with pytest.raises(WeightsMismatchError, match=r"1 keys with no counterpart in SAM-3D-Body: decoder\.extra\.weight"):
+    with pytest.raises(WeightsMismatchError, match=r"1 keys with no counterpart in SAM-3D-Body: decoder\.extra\."):
         load_core_safetensors(_write(extra, tmp_path / "e.safetensors"), config=cfg)
     lacking = {k: v for k, v in sd.items() if k != "decoder.layers.0.ln1.weight"}
     with pytest.raises(WeightsMismatchError, match=r"1 tensors missing \(our names\): decoder\.layers\.0\.ln1\.weight"):
@@ -258,7 +271,7 @@ def test_unmapped_missing_and_misshaped_keys_are_named(source, tmp_path) -> None
                        match=r"backbone\.layer\.0\.attention\.o_proj\.weight: file \(5, 5\) vs model \(32, 32\)"):
         load_core_safetensors(_write(bad, tmp_path / "s.safetensors"), config=cfg)
     no_v = {k: v for k, v in sd.items() if k != "backbone.layer.1.attention.v_proj.weight"}
-    with pytest.raises(WeightsMismatchError, match=r"incomplete q/k/v projections: backbone\.layer\.1\.attention\.v_proj"):
+    with pytest.raises(WeightsMismatchError, match=r"incomplete q/k/v projections: backbone\.layer\.1\.attention\.v_"):
         load_core_safetensors(_write(no_v, tmp_path / "v.safetensors"), config=cfg)
     half_rig = {k: v for k, v in sd.items() if k != "mhr.lbs_skin_weights"}
     with pytest.raises(WeightsMismatchError, match=r"MHR rig is incomplete, missing mhr\.lbs_skin_weights"):

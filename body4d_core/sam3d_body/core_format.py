@@ -279,7 +279,8 @@ def load_core_safetensors(path: str | Path, device: torch.device | str = "cpu", 
     sd = _read(path)
     if detect_layout(sd) is None:
         raise WeightsMismatchError(f"{path.name} is not ComfyUI core's SAM-3D-Body file (no head_pose.* tensors "
-                                   f"beside a core backbone); use Comfy-Org/sam-3d-body's sam_3d_body_dinov3_bf16.safetensors.")
+                                   f"beside a core backbone); use Comfy-Org/sam-3d-body's "
+                                   f"sam_3d_body_dinov3_bf16.safetensors.")
     cfg = _rig_sizes(config or _config_from_metadata(path), sd)
     with torch.device("meta"):
         model = Sam3dBody(cfg)
@@ -289,6 +290,8 @@ def load_core_safetensors(path: str | Path, device: torch.device | str = "cpu", 
     model.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
     model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
     model.load_state_dict(net, strict=False, assign=True)
+    for held in (sd, net, mapped.network):  # the bf16 originals go as soon as their float32 copies exist
+        held.clear()
     model = model.float()
     if mapped.rig:
         missing = [f"mhr.{k}" for k in RIG_TENSORS if f"mhr.{k}" not in mapped.rig]
@@ -297,8 +300,7 @@ def load_core_safetensors(path: str | Path, device: torch.device | str = "cpu", 
         model.attach_rig(rig_from_state_dict(mapped.rig))
     else:
         model.attach_rig(load_rig(_rig_beside(path, rig_path), "cpu"))
-    log.info("loaded SAM-3D-Body from ComfyUI core file %s (%d tensors mapped, %d core extras ignored)",
-             path.name, len(mapped.network), len(mapped.ignored))
+    log.info("loaded SAM-3D-Body from ComfyUI core file %s (%d core extras ignored)", path.name, len(mapped.ignored))
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -16,12 +16,15 @@ are linear-blend skinned with the joints' transforms times their inverse bind po
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..errors import WeightsMismatchError
+
+log = logging.getLogger(__name__)
 
 # name inside the file (after the ``mhr.`` prefix) -> (rank, integer?)
 RIG_TENSORS: Dict[str, Tuple[int, bool]] = {
@@ -115,6 +118,51 @@ def fk_levels(parents: torch.Tensor) -> List[torch.Tensor]:
             for d in range(1, max(depth, default=0) + 1)]
 
 
+def _depth_schedule(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(children, parents, level sizes): one level per skeleton depth."""
+    levels = fk_levels(parents)
+    order = torch.cat(levels) if levels else torch.zeros(0, dtype=torch.long)
+    return order, parents[order], [int(x.numel()) for x in levels]
+
+
+def _run_schedule(local: torch.Tensor, children: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Apply g[child] = g[target] * g[child] level by level (all reads of a level before its writes)."""
+    g = local.clone()
+    start = 0
+    for size in sizes:
+        c, t = children[start:start + size], targets[start:start + size]
+        g[:, c] = compose(g[:, t], g[:, c])
+        start += size
+    return g
+
+
+def fk_schedule(parents: torch.Tensor, pmi: torch.Tensor, pmi_sizes: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The file's prefix-multiplication schedule (few levels) if it reproduces parent-chain FK, else depth levels.
+
+    ``skel_pmi`` [2, N] holds (child, target) pairs split into levels by ``skel_pmi_buffer_sizes``; it is
+    checked here against forward kinematics along ``skel_joint_parents`` on random transforms.
+    """
+    depth = _depth_schedule(parents)
+    sizes = [int(x) for x in pmi_sizes.tolist()]
+    n = parents.numel()
+    pmi = pmi.long()
+    if (pmi.ndim != 2 or pmi.shape[0] != 2 or sum(sizes) != pmi.shape[1] or min(sizes, default=0) < 0
+            or (pmi.numel() and (pmi.min() < 0 or pmi.max() >= n))):
+        log.warning("mhr.skel_pmi is malformed; using per-depth forward kinematics")
+        return depth
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, n, 4, generator=g, dtype=torch.float64)
+    local = torch.cat([torch.randn(2, n, 3, generator=g, dtype=torch.float64), q / q.norm(p=2, dim=-1, keepdim=True),
+                       torch.rand(2, n, 1, generator=g, dtype=torch.float64) + 0.5], -1)
+    want = _run_schedule(local, *depth)
+    got = _run_schedule(local, pmi[0], pmi[1], sizes)
+    if not torch.allclose(got, want, rtol=1e-9, atol=1e-9):
+        log.warning("mhr.skel_pmi does not reproduce the skeleton's forward kinematics; using per-depth levels")
+        return depth
+    return pmi[0].contiguous(), pmi[1].contiguous(), sizes
+
+
 def _shape_errors(t: Dict[str, torch.Tensor]) -> List[str]:
     """Consistency problems between the rig tensors' shapes (empty list when consistent)."""
     v = t["base_shape"].shape[0]
@@ -162,12 +210,11 @@ class MhrRig(nn.Module):
         self.register_buffer("skin_verts", tensors["lbs_vert_indices"].long())
         self.register_buffer("corr_in", self._dense_correctives(tensors))
         self.register_buffer("corr_out", f32["pose_corr_weight"])
-        levels = fk_levels(tensors["skel_joint_parents"].long())
         parents = tensors["skel_joint_parents"].long()
-        order = torch.cat(levels) if levels else torch.zeros(0, dtype=torch.long)
-        self.register_buffer("fk_joints", order)
-        self.register_buffer("fk_parents", parents[order])
-        self.level_sizes = [int(x.numel()) for x in levels] or [0]  # a list of ints (TorchScript-friendly)
+        children, targets, sizes = fk_schedule(parents, tensors["skel_pmi"], tensors["skel_pmi_buffer_sizes"])
+        self.register_buffer("fk_joints", children)
+        self.register_buffer("fk_parents", targets)
+        self.level_sizes = sizes or [0]  # a list of ints (TorchScript-friendly)
         self.num_joints = int(parents.numel())
         self.num_verts = int(f32["base_shape"].shape[0])
         self.corrective_skip = CORRECTIVE_SKIP
@@ -195,10 +242,10 @@ class MhrRig(nn.Module):
         s = torch.exp2(jp[..., 6:7])
         g = torch.cat([t, q, s], -1).double()
         start = 0
-        for size in self.level_sizes:
+        for size in self.level_sizes:  # g[child] = g[target] * g[child], a level at a time
             joints = self.fk_joints[start:start + size]
-            parents = self.fk_parents[start:start + size]
-            g[:, joints] = compose(g[:, parents], g[:, joints])
+            targets = self.fk_parents[start:start + size]
+            g[:, joints] = compose(g[:, targets], g[:, joints])
             start += size
         return g.to(jp.dtype)
 
@@ -246,6 +293,21 @@ def invert(state: torch.Tensor) -> torch.Tensor:
     return torch.cat([-s * _quat_rotate(qi, state[..., :3]), qi, s], -1)
 
 
+def _jump_schedule(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A log-depth prefix schedule (pointer jumping): level k pairs each joint with its 2^k-th ancestor."""
+    par = [int(p) for p in parents.tolist()]
+    n = len(par)
+    anc = [p if 0 <= p < n and p != j else -1 for j, p in enumerate(par)]  # ancestor at distance 2^k
+    pairs, sizes = [], []
+    while any(a >= 0 for a in anc):
+        level = [(j, a) for j, a in enumerate(anc) if a >= 0]
+        pairs += level
+        sizes.append(len(level))
+        anc = [anc[a] if a >= 0 else -1 for a in anc]
+    pmi = torch.tensor(pairs, dtype=torch.int64).t() if pairs else torch.zeros(2, 0, dtype=torch.int64)
+    return pmi.contiguous(), torch.tensor(sizes, dtype=torch.int64)
+
+
 def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, num_shape: int = 45,
                        num_expr: int = 72, hidden: int = 16, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Plausible random MHR rig tensors in the file layout (for tests and benchmarks; no real data).
@@ -265,7 +327,7 @@ def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, n
     rest_global = rest_local.clone().double()
     for lv in levels:
         rest_global[lv] = compose(rest_global[parents[lv].long()], rest_global[lv])
-    pmi = torch.cat([torch.stack([lv, parents[lv].long()]) for lv in levels], 1) if levels else torch.zeros(2, 0)
+    pmi, pmi_sizes = _jump_schedule(parents.long())
     trip_v = torch.arange(v).repeat_interleave(2)
     trip_j = torch.randint(0, j, (2 * v,), generator=g, dtype=torch.int32)
     w = torch.rand(v, 2, generator=g) + 0.1
@@ -280,7 +342,7 @@ def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, n
         "skel_joint_prerotations": pre,
         "skel_joint_parents": parents,
         "skel_pmi": pmi.long(),
-        "skel_pmi_buffer_sizes": torch.tensor([int(lv.numel()) for lv in levels], dtype=torch.int64),
+        "skel_pmi_buffer_sizes": pmi_sizes,
         "lbs_inverse_bind_pose": invert(rest_global).float(),
         "lbs_skin_weights": (w / w.sum(1, keepdim=True)).flatten(),
         "lbs_skin_indices": trip_j,
