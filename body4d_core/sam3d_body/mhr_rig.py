@@ -21,6 +21,7 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import WeightsMismatchError
 
@@ -131,7 +132,7 @@ def _run_schedule(local: torch.Tensor, children: torch.Tensor, targets: torch.Te
     start = 0
     for size in sizes:
         c, t = children[start:start + size], targets[start:start + size]
-        g[:, c] = compose(g[:, t], g[:, c])
+        g = g.index_copy(1, c, compose(g.index_select(1, t), g.index_select(1, c)))
         start += size
     return g
 
@@ -245,15 +246,15 @@ class MhrRig(nn.Module):
         for size in self.level_sizes:  # g[child] = g[target] * g[child], a level at a time
             joints = self.fk_joints[start:start + size]
             targets = self.fk_parents[start:start + size]
-            g[:, joints] = compose(g[:, targets], g[:, joints])
+            g = g.index_copy(1, joints, compose(g.index_select(1, targets), g.index_select(1, joints)))
             start += size
         return g.to(jp.dtype)
 
     def correctives(self, jp: torch.Tensor) -> torch.Tensor:
         """Pose-dependent vertex offsets [B, V, 3] from the joints' rotations."""
         feats = rotation_6d_features(jp[:, self.corrective_skip:, 3:6]).flatten(1)
-        hidden = torch.relu(feats @ self.corr_in.t())
-        return (hidden @ self.corr_out.t()).view(jp.shape[0], self.num_verts, 3)
+        hidden = torch.relu(F.linear(feats, self.corr_in))
+        return F.linear(hidden, self.corr_out).view(jp.shape[0], self.num_verts, 3)
 
     def skin(self, skel: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         """Linear blend skinning of rest vertices [B, V, 3] by the skeleton state."""
