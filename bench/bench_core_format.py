@@ -1,0 +1,131 @@
+"""ComfyUI core's SAM-3D-Body file at real size (random weights): write, load, native MHR rig on the GPU.
+
+No real weights exist on the device either, so this writes a full-size synthetic file in core's
+layout (bf16 backbone, fp32 heads, 17 ``mhr.*`` rig tensors at MHR LOD1 sizes: 18439 vertices, 127
+joints, 3000 corrective units), loads it with ``load_core_safetensors`` (time, peak host RAM), then
+times the native rig eager vs TorchScript-scripted (the form of the official ``assets/mhr_model.pt``)
+at a batch of B bodies, and ``estimate_bodies`` (full mode, hand refinement) with each rig variant.
+Prints one table.
+
+    python3 bench/bench_core_format.py            # H200: about 1-2 minutes
+    python3 bench/bench_core_format.py --tiny     # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config  # noqa: E402
+from body4d_core.sam3d_body.core_format import load_core_safetensors, save_core_layout  # noqa: E402
+from body4d_core.sam3d_body.mhr_rig import random_rig_tensors  # noqa: E402
+from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
+from body4d_core.sam3d_body.synthetic import randomize  # noqa: E402
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, dev: torch.device, reps: int) -> float:
+    """Median seconds of fn() over reps calls after one warm-up."""
+    fn()
+    _sync(dev)
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        _sync(dev)
+        out.append(time.perf_counter() - t)
+    return float(np.median(out))
+
+
+def _write(cfg: Sam3dBodyConfig, rig_hidden: int, folder: Path, dev: torch.device) -> tuple[Path, float]:
+    t = time.perf_counter()
+    with torch.device(dev):
+        model = Sam3dBody(cfg)
+    randomize(model, seed=0)
+    rig = random_rig_tensors(cfg.num_verts, cfg.num_joints, hidden=rig_hidden, seed=0)
+    path = save_core_layout(model, folder / "sam_3d_body_dinov3_bf16.safetensors", rig)
+    del model
+    return path, time.perf_counter() - t
+
+
+def _items(n: int, h: int, w: int) -> list[BodyItem]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 3))
+        out.append(BodyItem(0, i + 1, [x0, y0, x0 + w // 3, y0 + h // 2], None))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny architecture and rig (CPU smoke test)")
+    ap.add_argument("--batch", type=int, default=64, help="bodies per rig call and crops per estimate")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    dev = torch.device(args.device)
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # tiny ops on shared cores: more threads only oversubscribe
+    cfg = tiny_config() if args.tiny else Sam3dBodyConfig()
+    hidden = 16 if args.tiny else 3000
+    batch = min(args.batch, 4) if args.tiny else args.batch
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path, t_write = _write(cfg, hidden, Path(tmp), dev)
+        rows.append(("write synthetic core file", f"{t_write:.1f} s, {path.stat().st_size / 1e9:.2f} GB"))
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        t = time.perf_counter()
+        model = load_core_safetensors(path, config=cfg)
+        rows.append(("load_core_safetensors (CPU)", f"{time.perf_counter() - t:.1f} s, peak RSS "
+                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB (before {rss0:.1f} GB)"))
+    model = model.to(dev)
+    native = model.mhr
+    scripted = torch.jit.script(native)
+    g = torch.Generator().manual_seed(0)
+    x = [a.to(dev) for a in (torch.randn(batch, 45, generator=g), torch.randn(batch, 204, generator=g) * 0.3,
+                             torch.randn(batch, 72, generator=g))]
+    with torch.no_grad():
+        va, sa = native(*x)
+        vb, sb = scripted(*x)
+        dev_v = float((va - vb).abs().max())
+        for name, rig in (("native eager", native), ("native scripted", scripted)):
+            rows.append((f"rig B={batch} {name}", f"{_time(lambda r=rig: r(*x), dev, args.reps) * 1e3:.2f} ms"))
+    rows.append(("rig eager vs scripted max |dv| (cm)", f"{dev_v:.2e}"))
+    h, w = (120, 160) if args.tiny else (720, 1280)
+    frames = np.random.default_rng(1).integers(0, 255, (1, h, w, 3), dtype=np.uint8)
+    items = _items(batch, h, w)
+    results = {}
+    for name, rig in (("native eager", native), ("native scripted", scripted)):
+        model.attach_rig(rig)
+        secs = _time(lambda: results.__setitem__(name, estimate_bodies(model, frames, items, mode="full",
+                                                                       batch_size=batch)), dev, max(1, args.reps // 5))
+        rows.append((f"estimate_bodies full, {batch} crops, {name}", f"{secs:.2f} s ({batch / secs:.1f} crops/s)"))
+    a, b = results["native eager"], results["native scripted"]
+    dk = max(float(np.abs(p["keypoints_2d"] - q["keypoints_2d"]).max()) for p, q in zip(a, b))
+    rows.append(("estimate eager vs scripted max |d kp2d| (px)", f"{dk:.2e}"))
+    if dev.type == "cuda":
+        rows.append(("peak VRAM", f"{torch.cuda.max_memory_allocated() / 1e9:.1f} GB"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\nComfyUI core file, {'tiny' if args.tiny else 'full-size'} random weights, device {dev}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
