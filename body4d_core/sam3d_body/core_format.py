@@ -144,8 +144,8 @@ def map_core_state_dict(sd: dict[str, torch.Tensor], own_keys: set[str]) -> Mapp
     for key, value in sd.items():
         if key.startswith(IGNORED_PREFIXES) or key.endswith(IGNORED_SUFFIXES):
             out.ignored.append(key)
-        elif key.startswith("mhr."):
-            (out.rig.__setitem__(key, value) if key[4:] in RIG_TENSORS else unknown.append(key))
+        elif key.startswith("mhr.") and key[len("mhr."):] in RIG_TENSORS:
+            out.rig[key] = value
         elif key.startswith("backbone.") and layout == LAYOUT_HF:
             ours = _backbone_key(key[len("backbone."):], mlp_names)
             if ours == "":
