@@ -29,10 +29,14 @@ class LoadSAM3DBody(io.ComfyNode):
             search_aliases=["sam3d body", "sam 3d body", "mhr", "human mesh model"],
             description="Load SAM-3D-Body from models/sam3d_body/<folder>/ holding model.ckpt, model_config.yaml and "
                         "assets/mhr_model.pt (download: python -m body4d_core setup --models sam3d_body; the "
-                        "Hugging Face repo is gated). Loaded safely (no pickled code runs).",
+                        "Hugging Face repo is gated), or from ComfyUI core's repackaged file "
+                        "models/detection/sam_3d_body_dinov3_bf16.safetensors (Comfy-Org/sam-3d-body, the MHR rig "
+                        "included). Loaded safely (no pickled code runs).",
             inputs=[
-                io.Combo.Input("checkpoint", options=glue.checkpoint_choices("sam3d_body"),
-                               tooltip="Folder inside models/sam3d_body with the official files."),
+                io.Combo.Input("checkpoint", options=glue.checkpoint_choices("sam3d_body")
+                               + glue.detection_choices(glue.SAM3D_BODY_FILE),
+                               tooltip="A folder inside models/sam3d_body with the official files, or detection/<file>: "
+                                       "the safetensors core's Load SAM3D Body Model uses (no second download)."),
                 io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto", advanced=True,
                                tooltip="Backbone precision on the GPU (scoped autocast; weights stay fp32). "
                                        "Heads and the MHR rig always run fp32; the CPU always runs fp32."),
@@ -42,7 +46,10 @@ class LoadSAM3DBody(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint, precision="auto") -> io.NodeOutput:
-        model_dir = glue.resolve_checkpoint("sam3d_body", checkpoint)
+        if glue.is_detection_choice(checkpoint):
+            model_dir = glue.resolve_detection_file(checkpoint)
+        else:
+            model_dir = glue.resolve_checkpoint("sam3d_body", checkpoint)
         model = load_sam3d_body(model_dir, device="cpu")
         dtype = glue.choose_dtype(precision)
         return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir))

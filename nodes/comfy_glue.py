@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import comfy.utils
 import folder_paths
 
 from ..body4d_core import weights
-from ..body4d_core.errors import InputError, VideoError
+from ..body4d_core.errors import InputError, MissingWeightsError, VideoError
 from ..body4d_core.runtime import CallbackHooks
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,37 @@ def register_model_folders() -> None:
     """Register models/<folder> for every model family (sam3, sam3d_body, ...) with ComfyUI."""
     for folder in weights.MODEL_FOLDERS:
         folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+    # core's detection folder (ComfyUI 0.3.7x+ registers it itself; older versions do not)
+    folder_paths.add_model_folder_path(DETECTION, os.path.join(folder_paths.models_dir, DETECTION))
+
+
+DETECTION = "detection"
+SAM3D_BODY_FILE = re.compile(r"sam[-_ ]?3d[-_ ]?body.*\.safetensors$", re.IGNORECASE)  # Comfy-Org/sam-3d-body
+
+
+def detection_choices(pattern: re.Pattern[str]) -> list[str]:
+    """Files of ComfyUI's models/detection whose name matches pattern, offered as 'detection/<name>'."""
+    try:
+        names = folder_paths.get_filename_list(DETECTION)
+    except KeyError:
+        return []
+    return [f"{DETECTION}/{n}" for n in names if pattern.search(n)]
+
+
+def is_detection_choice(choice: str) -> bool:
+    return choice.startswith(f"{DETECTION}/")
+
+
+def resolve_detection_file(choice: str) -> str:
+    """The path of a 'detection/<name>' combo choice, only inside ComfyUI's detection folders."""
+    name = choice[len(DETECTION) + 1:]
+    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise InputError(f"{choice!r} is not a file name inside models/{DETECTION}")
+    path = folder_paths.get_full_path(DETECTION, name)
+    if path is None:
+        raise MissingWeightsError(f"{name} was not found in models/{DETECTION}: download it from "
+                                  f"https://huggingface.co/Comfy-Org/sam-3d-body (detection/{name}) into models/{DETECTION}.")
+    return path
 
 
 def model_dirs(folder: str) -> list[str]:

@@ -105,3 +105,24 @@ def test_node_errors(body, core):
         body.BodyBatch.execute(handle, frames[:, :50], tracks=tracks)
     with pytest.raises(InputError, match="not a checkpoint folder name"):
         body.LoadSAM3DBody.execute(checkpoint="../escape")
+
+
+def test_load_core_detection_file(body, core):
+    import folder_paths
+    from body4d_core.sam3d_body.core_format import save_core_layout
+    from body4d_core.sam3d_body.mhr_rig import random_rig_tensors
+
+    cfg = tiny_config()
+    root = folder_paths.get_folder_paths("detection")[0]
+    save_core_layout(random_model(cfg, seed=2), f"{root}/sam_3d_body_tiny_bf16.safetensors",
+                     random_rig_tensors(cfg.num_verts, cfg.num_joints))
+    schema = body.LoadSAM3DBody.define_schema()
+    assert "detection/sam_3d_body_tiny_bf16.safetensors" in schema.inputs[0].kwargs["options"]
+    handle = body.LoadSAM3DBody.execute(checkpoint="detection/sam_3d_body_tiny_bf16.safetensors").args[0]
+    frames, tracks = _clip(core[0])
+    bodies = body.BodyBatch.execute(handle, frames, tracks=tracks, mode="full", batch_size=2).args[0]
+    assert bodies.vertices.shape == (2, 3, 40, 3) and np.isfinite(bodies.vertices[bodies.present]).all()
+    with pytest.raises(core[1].InputError, match="not a file name inside models/detection"):
+        body.LoadSAM3DBody.execute(checkpoint="detection/../x.safetensors")
+    with pytest.raises(core[1].MissingWeightsError, match="Comfy-Org/sam-3d-body"):
+        body.LoadSAM3DBody.execute(checkpoint="detection/sam_3d_body_missing.safetensors")
