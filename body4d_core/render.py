@@ -42,7 +42,7 @@ VerticesFn = Callable[[Bodies, np.ndarray], np.ndarray]  # (bodies, frame indice
 EMPTY = torch.iinfo(torch.int64).max  # z-buffer key of a pixel no fragment reached
 LOW32 = 0xFFFFFFFF
 EDGE_EPS = -1e-6  # barycentric tolerance: pixels on a shared edge belong to both faces
-CUDA_CHUNK = 1 << 24  # fragments per pass (~1.5 GB of temporaries on the GPU)
+CUDA_CHUNK = 1 << 23  # fragments per pass (about 1.3 GB of temporaries at peak)
 CPU_CHUNK = 1 << 18
 
 
