@@ -289,8 +289,9 @@ def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyI
 def official_compatible_tiny() -> Sam3dBodyConfig:
     """CPU smoke config the official code can build too (its backbone must be a real DINOv3 name)."""
     d, depth, h, f, sw = BACKBONES["dinov3_vits16"]
+    real = Sam3dBodyConfig()  # the official head hard-codes MHR's mesh sizes
     return tiny_config().replace(image_size=256, backbone="dinov3_vits16", vit_dim=d, vit_depth=depth, vit_heads=h,
-                                 vit_ffn=f, vit_swiglu=sw)
+                                 vit_ffn=f, vit_swiglu=sw, num_verts=real.num_verts, num_faces=real.num_faces)
 
 
 def main() -> None:

@@ -147,12 +147,13 @@ def test_fp8_backbone_is_close_and_switches_off_exactly() -> None:
 
 def test_optimized_model_matches_eager_end_to_end(model, scene) -> None:
     frames, items = scene
-    ref = estimate_bodies(model, frames, items, mode="full", batch_size=4)
+    items = items[:3]
+    ref = estimate_bodies(model, frames, items, mode="full", batch_size=2)
     torch._dynamo.reset()
-    state = model.optimize("default", "default", bucket=4, backend="aot_eager")
+    state = model.optimize("default", "default", bucket=2, backend="eager")
     try:
         assert state == {"backbone": "default", "decoder": "default"}
-        out = estimate_bodies(model, frames, items, mode="full", batch_size=4)
+        out = estimate_bodies(model, frames, items, mode="full", batch_size=2)
     finally:
         assert model.optimize() == {"backbone": "", "decoder": ""}
     for r, o in zip(ref, out):
