@@ -134,7 +134,7 @@ def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> t
 
 @torch.inference_mode()
 def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], dtype: torch.dtype,
-                    dec_dtype: torch.dtype, reps: int = 3) -> str:
+                    dec_dtype: torch.dtype, reps: int = 3, label: str = "eager") -> str:
     """Milliseconds per batch of body mode: crops, backbone(+mask), body decode, final rig, results to host."""
     dev = next(model.parameters()).device
     ft = _frames_tensor(frames)
@@ -160,7 +160,24 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
         t0 = lap("finish", t0)
         [v.float().cpu() for v in out.values()]
         lap("to_host", t0)
-    return "# body-mode stages, ms per batch of %d: " % len(items) + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+    return f"# body-mode stages ({label}), ms per batch of {len(items)}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+
+
+def sdpa_rows(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> list[tuple]:
+    """Eager backbone with SDPA forced to one backend each: shows which kernels the shapes can use."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = []
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                rate, _ = time_backbone(model, bs, dtype, reps)
+            rows.append(("ours", "eager", f"backbone only, SDPA {name.split('_')[0].lower()}", rate, float("nan"),
+                         float("nan"), ""))
+        except Exception as err:  # noqa: BLE001 - a backend that cannot run these shapes says so
+            rows.append(("ours", "eager", f"SDPA {name}: {type(err).__name__}"[:30], float("nan"), float("nan"),
+                         float("nan"), str(err).splitlines()[0][:60] if str(err) else ""))
+    return rows
 
 
 def deviation(res: list, ref: list) -> str:
@@ -350,8 +367,10 @@ def main() -> None:
             dec_dtype = apply_variant(model, var, args.batch, args.backend)
             rate, warm = time_backbone(model, args.batch, dtype, args.reps)
             rows.append(("ours", var, "backbone only", rate, float("nan"), warm, ""))
-            if var == "eager":
-                notes.append(stage_breakdown(model, frames, items[: args.batch], dtype, dec_dtype))
+            if var in ("eager", "dec16", "cbb"):
+                notes.append(stage_breakdown(model, frames, items[: args.batch], dtype, dec_dtype, label=var))
+                if dev.type == "cuda":
+                    rows += sdpa_rows(model, args.batch, dtype, args.reps)
             for mode in ("body", "full"):
                 if var not in (variants if mode == "body" else full_variants):
                     continue
