@@ -114,7 +114,7 @@ def main() -> None:
     for name, rig in (("native eager", native), ("native scripted", scripted)):
         model.attach_rig(rig)
         secs = _time(lambda: results.__setitem__(name, estimate_bodies(
-            model, frames, items, mode="full", batch_size=batch, return_vertices=True))), dev, max(1, args.reps // 5))
+            model, frames, items, mode="full", batch_size=batch, return_vertices=True)), dev, max(1, args.reps // 5))
         rows.append((f"estimate_bodies full, {batch} crops, {name}", f"{secs:.2f} s ({batch / secs:.1f} crops/s)"))
     a, b = results["native eager"], results["native scripted"]
     # 3D outputs: with random weights the camera translation can put points near z = 0, where 2D
