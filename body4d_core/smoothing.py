@@ -8,9 +8,13 @@ input, on low-confidence frames and on frames that look like outliers. The forwa
 pass is causal; the offline mode adds the Rauch-Tung-Striebel backward pass.
 
 Speed: the process and observation noises of one identity are the same up to a per-signal
-scale, so the Kalman gains depend only on (identity, frame), not on the signal. The 2x2
-(or 3x3) covariance recursion runs once per identity and the hundreds of signals are
-updated together with a few vector operations per frame.
+scale, so the Kalman and RTS gains depend only on (identity, frame), not on the signal. The
+2x2 (or 3x3) covariance recursion runs once per identity (once per distinct observation
+pattern), and the whole smoother, a linear map from observations to positions, is composed
+per block of L frames: a block's output is W y_block + V cf + U cb, where cf / cb are the
+filter state entering the block and the smoothed state after it. Hundreds of signals then
+go through one batched L x L matrix product per block plus two short recursions over
+blocks (exactly the sequential Kalman + RTS result, up to float32 rounding).
 
 Rotations: the global rotation (MHR Euler "xyz", extrinsic) is turned into a rotation
 vector unwrapped along time (axis sign and 2*pi jumps made continuous), smoothed in that
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 LINEAR_BLOCKS = ("body_pose", "hand_pose", "expr", "cam_t")
 LOCKED_BLOCKS = ("shape", "scale")
 ANGLE_BLOCKS = ("body_pose",)  # phase-unwrapped before filtering
-EULER_CONVENTION = "xyz"  # MHR global_rot: roma's extrinsic x-y-z Euler angles
+EULER_CONVENTION = "xyz"  # MHR global_rot: extrinsic x-y-z Euler angles (roma's "xyz"), R = Rz Ry Rx
 
 
 @dataclass
@@ -70,6 +74,9 @@ class SmoothSettings:
 
 # --------------------------------------------------------------------------- the filter
 
+PRIOR_VAR = 1e8  # flat prior on the state before a track's first observation
+_INF = float("inf")
+
 
 def _model(order: int, window: float) -> tuple[np.ndarray, np.ndarray]:
     """Transition F and process noise Q (unit observation noise) for a window in frames."""
@@ -86,127 +93,292 @@ def _model(order: int, window: float) -> tuple[np.ndarray, np.ndarray]:
     return F, Q
 
 
-def _covariances_one(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Kalman gains [T,S] and filtered / predicted covariances [T,S,S] of one identity.
+def _riccati(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kalman gains [T, S] and filtered / predicted covariances [T, S, S] of one identity.
 
-    Observation variance inf = no observation. The Riccati recursion runs on Python floats
-    (a few hundred ns a step) and skips the rest of a run of equal variances once it has
-    reached its fixed point. Frames before the first observation keep a flat prior.
+    Observation variance inf = no observation; H = [1, 0, ...]. The recursion runs on
+    Python floats over the packed upper triangle (closed-form F P F^T of the velocity and
+    acceleration models, ~1 us a frame) and, inside a run of equal variances, stops once
+    the covariance has reached its fixed point (the rest of the run repeats it). Frames
+    before the first observation keep the flat prior.
     """
-    t = obs_var.shape[0]
-    s = F.shape[0]
-    prior = 1e8
+    t, s = obs_var.shape[0], F.shape[0]
     observed = np.isfinite(obs_var)
     first = int(np.argmax(observed)) if observed.any() else t
-    run_end = np.append(np.flatnonzero(obs_var[1:] != obs_var[:-1]) + 1, t).tolist()
+    tri = [(a, b) for a in range(s) for b in range(a, s)]  # packed upper triangle
+    qv = tuple(float(Q[a, b]) for a, b in tri)
     rv = obs_var.tolist()
-    Fl, Ql = F.tolist(), Q.tolist()
-    rng = range(s)
-    P = [[prior if i == j else 0.0 for j in rng] for i in rng]
-    rows_k: list[list[float]] = []
-    rows_f: list[list[list[float]]] = []
-    rows_p: list[list[list[float]]] = []
-    frames: list[int] = []
-    repeat: list[int] = []
-    ri = 0
-    i = first
-    inf = float("inf")
-    zero_k = [0.0] * s
-    cv = s == 2
-    if cv:
-        q00, q01, q11 = Ql[0][0], Ql[0][1], Ql[1][1]
-    while i < t:
-        if i == first:
-            Pp = P
-        elif cv:  # closed form of F P F^T + Q for F = [[1, 1], [0, 1]]
-            a, b, c = P[0][0], P[0][1], P[1][1]
-            pa, pb = a + 2.0 * b + c + q00, b + c + q01
-            Pp = [[pa, pb], [pb, c + q11]]
-        else:
-            FP = [[sum(Fl[a][m] * P[m][b] for m in rng) for b in rng] for a in rng]
-            Pp = [[sum(FP[a][m] * Fl[b][m] for m in rng) + Ql[a][b] for b in rng] for a in rng]
-        r = rv[i]
-        if r != inf:
-            den = Pp[0][0] + r
-            k = [Pp[a][0] / den for a in rng]
-            Pn = [[Pp[a][b] - k[a] * Pp[0][b] for b in rng] for a in rng]
-        else:
-            k = zero_k
-            Pn = Pp
-        while run_end[ri] <= i:
-            ri += 1
-        converged = (i > first and r != inf and rv[i - 1] == r
-                     and abs(Pn[0][0] - P[0][0]) <= 1e-9 * P[0][0] and abs(Pn[-1][-1] - P[-1][-1]) <= 1e-9 * P[-1][-1])
-        stop = run_end[ri] if converged else i + 1
-        rows_k.append(k)
-        rows_f.append(Pn)
-        rows_p.append(Pp)
-        frames.append(i)
-        repeat.append(stop - i)
-        P = Pn
-        i = stop
+    if s == 2:
+        rows, rep = _recursion_cv(rv, qv, first)
+    else:
+        rows, rep = _recursion_generic(rv, qv, first, _step_ca, s)
     K = np.zeros((t, s))
-    P_f = np.broadcast_to(np.eye(s) * prior, (t, s, s)).copy()
+    P_f = np.broadcast_to(np.eye(s) * PRIOR_VAR, (t, s, s)).copy()
     P_p = P_f.copy()
-    if frames:
-        idx = np.repeat(np.arange(len(frames)), repeat)
-        sl = slice(first, first + idx.size)
-        K[sl] = np.asarray(rows_k)[idx]
-        P_f[sl] = np.asarray(rows_f)[idx]
-        P_p[sl] = np.asarray(rows_p)[idx]
+    if rep:
+        table = np.array(rows)[np.repeat(np.arange(len(rep)), rep)]
+        sl = slice(first, first + table.shape[0])
+        m = len(tri)
+        ia, ib = np.array(tri).T
+        K[sl] = table[:, :s]
+        for dst, packed in ((P_f, table[:, s:s + m]), (P_p, table[:, s + m:])):
+            dst[sl, ia, ib] = packed
+            dst[sl, ib, ia] = packed
     return K, P_f, P_p
 
 
-def _prepare_recurrence(M: np.ndarray, G: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Block operators of z_i = M_i z_(i-1) + G_i u_i (z_-1 = 0), for ``_apply_recurrence``.
+def _recursion_cv(rv: list[float], q: tuple, first: int) -> tuple[list[tuple], list[int]]:
+    """Constant-velocity covariance recursion from frame ``first``, inlined for speed.
 
-    Within a block of L steps, z = Big @ u + Pre @ z_in with Big[a, b] = M_a...M_(b+1) G_b
-    and Pre[a] = M_a...M_0. Building them once lets hundreds of signals be solved with one
-    batched matrix product per block instead of one Python step per frame.
+    Returns one row (k0, k1, filtered 00, 01, 11, predicted 00, 01, 11) per computed frame
+    and how many frames each row stands for (a converged run of equal variances repeats).
+    """
+    t = len(rv)
+    q0, q1, q2 = q
+    a, b, c = PRIOR_VAR, 0.0, PRIOR_VAR
+    rows: list[tuple] = []
+    rep: list[int] = []
+    i = first
+    prev_r = None
+    while i < t:
+        if i != first:
+            a, b, c = a + 2.0 * b + c + q0, b + c + q1, c + q2
+        r = rv[i]
+        if r == _INF:
+            rows.append((0.0, 0.0, a, b, c, a, b, c))
+            rep.append(1)
+            i += 1
+            prev_r = r
+            continue
+        den = a + r
+        k0, k1 = a / den, b / den
+        fa, fb, fc = a - k0 * a, b - k0 * b, c - k1 * b
+        rows.append((k0, k1, fa, fb, fc, a, b, c))
+        n = 1
+        if r == prev_r and abs(fa - rows[-2][2]) <= 1e-10 * fa and abs(fc - rows[-2][4]) <= 1e-10 * fc:
+            while i + n < t and rv[i + n] == r:  # converged: the rest of this run repeats the row
+                n += 1
+        rep.append(n)
+        i += n
+        prev_r = r
+        a, b, c = fa, fb, fc
+    return rows, rep
+
+
+def _recursion_generic(rv: list[float], q: tuple, first: int, step: Callable, s: int) -> tuple[list[tuple], list[int]]:
+    """Covariance recursion with a per-frame ``step`` function; rows as in ``_recursion_cv``."""
+    t = len(rv)
+    m = s + s * (s + 1) // 2
+    P = tuple(PRIOR_VAR if a == b else 0.0 for a in range(s) for b in range(a, s))
+    rows: list[tuple] = []
+    rep: list[int] = []
+    i = first
+    while i < t:
+        r = rv[i]
+        row = step(P, q, r, i == first)
+        Pn = row[s:m]
+        n = 1
+        if i > first and r != _INF and rv[i - 1] == r and abs(Pn[0] - P[0]) <= 1e-10 * P[0] \
+                and abs(Pn[-1] - P[-1]) <= 1e-10 * P[-1]:
+            while i + n < t and rv[i + n] == r:
+                n += 1
+        rows.append(row)
+        rep.append(n)
+        P = Pn
+        i += n
+    return rows, rep
+
+
+def _step_ca(P: tuple, q: tuple, r: float, first: bool) -> tuple:
+    """One constant-acceleration step on the packed upper triangle (00, 01, 02, 11, 12, 22)."""
+    p00, p01, p02, p11, p12, p22 = P
+    if not first:  # F P F^T + Q for F = [[1, 1, 1/2], [0, 1, 1], [0, 0, 1]]
+        g00, g01, g02 = p00 + p01 + 0.5 * p02, p01 + p11 + 0.5 * p12, p02 + p12 + 0.5 * p22
+        g11, g12 = p11 + p12, p12 + p22
+        p00, p01, p02 = g00 + g01 + 0.5 * g02 + q[0], g01 + g02 + q[1], g02 + q[2]
+        p11, p12, p22 = g11 + g12 + q[3], g12 + q[4], p22 + q[5]
+    pred = (p00, p01, p02, p11, p12, p22)
+    if r == _INF:
+        return (0.0, 0.0, 0.0) + pred + pred
+    den = p00 + r
+    k0, k1, k2 = p00 / den, p01 / den, p02 / den
+    return (k0, k1, k2, p00 - k0 * p00, p01 - k0 * p01, p02 - k0 * p02,
+            p11 - k1 * p01, p12 - k1 * p02, p22 - k2 * p02) + pred
+
+
+def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
+           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Kalman gains K [U, T, S], RTS gains C [U, T, S, S] (C_t couples frame t to t+1) of the
+    U distinct observation patterns, and each identity's pattern index [N].
+
+    Identities with the same observation variances share one Riccati recursion.
+    """
+    t = obs_var.shape[1]
+    s = F.shape[0]
+    first_of: dict[bytes, int] = {}
+    inverse = np.array([first_of.setdefault(row.tobytes(), len(first_of)) for row in obs_var])
+    uniq = obs_var[_first_rows(inverse)]
+    runs = [_riccati(row, F, Q) for row in uniq]
+    K = np.stack([r[0] for r in runs])
+    if not smooth:
+        return K, None, inverse
+    P_f = np.stack([r[1] for r in runs])
+    P_p = np.stack([r[2] for r in runs])
+    C = np.zeros((len(uniq), t, s, s))
+    if t > 1:
+        # C_t = P_f[t] F^T P_p[t+1]^-1, i.e. C_t^T = solve(P_p[t+1], F P_f[t]) (both symmetric)
+        C[:, :-1] = np.swapaxes(np.linalg.solve(P_p[:, 1:], F @ P_f[:, :-1]), -1, -2)
+    return K, C, inverse
+
+
+def _first_rows(inverse: np.ndarray) -> np.ndarray:
+    """Row index of each group's first member, groups numbered 0, 1, ... in order of appearance."""
+    _, first = np.unique(inverse, return_index=True)
+    return first
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched product of small matrices [..., i, j] @ [..., j, k] (elementwise: fast for tiny j)."""
+    return sum(a[..., :, j, None] * b[..., None, j, :] for j in range(a.shape[-1]))
+
+
+def _prepare_recurrence(M: np.ndarray, G: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block operators of z_i = M_i z_(i-1) + G_i u_i over blocks of L steps (T divisible by L).
+
+    Within a block, z_a = sum_b Big[a, b] u_b + Pre[a] z_in with Big[a, b] = M_a...M_(b+1) G_b
+    and Pre[a] = M_a...M_0. Returns Big [N, nb, L*S, L*P] (rows (a, s), columns (b, p)) and
+    Pre [N, nb, L*S, S].
     """
     n, t, s, _ = M.shape
     p = G.shape[-1]
-    L = max(1, min(block, t))
-    nb = -(-t // L)
-    pad = nb * L - t
-    if pad:
-        M = np.concatenate([M, np.broadcast_to(np.eye(s), (n, pad, s, s))], 1)
-        G = np.concatenate([G, np.zeros((n, pad, s, p))], 1)
+    nb = t // L
     Mb = M.reshape(n, nb, L, s, s)
     Gb = G.reshape(n, nb, L, s, p)
     big = np.zeros((n, nb, L, L, s, p))
     ar = np.arange(L)
     big[:, :, ar, ar] = Gb
-    diag = np.broadcast_to(np.eye(s), (n, nb, L, s, s))
+    prod = np.broadcast_to(np.eye(s), (n, nb, L, s, s))
     for k in range(1, L):
-        diag = Mb[:, :, k:] @ diag[:, :, :-1]
-        big[:, :, ar[k:], ar[:L - k]] = diag @ Gb[:, :, :L - k]
+        prod = _mm(Mb[:, :, k:], prod[:, :, :-1])
+        big[:, :, ar[k:], ar[:L - k]] = _mm(prod, Gb[:, :, :L - k])
     pre = np.empty((n, nb, L, s, s))
     pre[:, :, 0] = Mb[:, :, 0]
     for a in range(1, L):
-        pre[:, :, a] = Mb[:, :, a] @ pre[:, :, a - 1]
-    big = np.ascontiguousarray(big.transpose(0, 1, 2, 4, 3, 5).reshape(n, nb, L * s, L * p), dtype=np.float32)
-    return big, pre.astype(np.float32), t
+        pre[:, :, a] = _mm(Mb[:, :, a], pre[:, :, a - 1])
+    return big.transpose(0, 1, 2, 4, 3, 5).reshape(n, nb, L * s, L * p), pre.reshape(n, nb, L * s, s)
 
 
-def _apply_recurrence(big: np.ndarray, pre: np.ndarray, t: int, u: np.ndarray) -> np.ndarray:
-    """Solve the prepared recurrence for inputs u [N, T, P, D]; returns z [N, T, S, D]."""
-    n, nb, L, s, _ = pre.shape
-    p, d = u.shape[2], u.shape[3]
-    pad = nb * L - t
-    ut = torch.from_numpy(u)
-    if pad:
-        ut = torch.cat([ut, ut.new_zeros((n, pad, p, d))], 1)
-    z = torch.matmul(torch.from_numpy(big), ut.reshape(n, nb, L * p, d)).reshape(n, nb, L, s, d)
-    pre_t = torch.from_numpy(pre)
-    # carry the state across blocks using only each block's last row, then fix all rows at once
-    carries = z.new_zeros((n, nb, s, d))
-    carry = z.new_zeros((n, s, d))
+@dataclass
+class _Operators:
+    """Per-block linear maps of one kalman_smooth call (blocks of L frames, nb blocks per identity).
+
+    The output positions of a block are ``W y + V cf + U cb``: its inputs y, the filter state
+    entering it (cf) and, offline, the smoothed state just after it (cb). The carries follow
+    short recursions over blocks: ``cf_b = Ly_(b-1) + A_(b-1) cf_(b-1)`` and offline
+    ``cb_b = Ey_(b+1) + B_(b+1) cf_(b+1) + D_(b+1) cb_(b+1)`` (Ly, Ey: rows of ``edge @ y``).
+    """
+
+    L: int
+    s: int
+    W: torch.Tensor  # [N*nb, L, L]
+    edge: torch.Tensor  # [N*nb, S or 2S, L]: the last filtered state, then (offline) the first smoothed one
+    V: torch.Tensor  # [N*nb, L, S]
+    A: np.ndarray  # [N, nb, S, S]
+    U: torch.Tensor | None = None  # [N*nb, L, S]
+    B: np.ndarray | None = None  # [N, nb, S, S]
+    D: np.ndarray | None = None  # [N, nb, S, S]
+
+
+def _operators(obs_var: np.ndarray, motion: str, window: float, causal: bool, L: int) -> _Operators:
+    """Gains of every identity composed into the per-block maps of ``_Operators``."""
+    F, Q = _model(2 if motion == "velocity" else 3, window)
+    n, t = obs_var.shape
+    s = F.shape[0]
+    smooth = not causal and t > 1
+    K, C, inverse = _gains(obs_var, F, Q, smooth)
+    nu = K.shape[0]  # operators are built once per distinct observation pattern
+    tp = -(-t // L) * L
+    nb = tp // L
+    eye = np.eye(s)
+    # forward: x_i = (I - K_i H) F x_(i-1) + K_i y_i; padded frames hold the state
+    M = np.broadcast_to(eye, (nu, tp, s, s)).copy()
+    M[:, :t] = _mm(eye - K[..., :, None] * eye[0], np.broadcast_to(F, (nu, t, s, s)))
+    G = np.zeros((nu, tp, s, 1))
+    G[:, :t, :, 0] = K
+    fwd, fpre = _prepare_recurrence(M, G, L)  # [nu, nb, L*S, L], [nu, nb, L*S, S]
+    pos = np.arange(L) * s
+    last = np.arange((L - 1) * s, L * s)
+
+    def per_id(a: np.ndarray) -> torch.Tensor:  # [nu, nb, r, c] -> float32 [N*nb, r, c]
+        return torch.from_numpy(a.astype(np.float32)[inverse].reshape(n * nb, *a.shape[2:]))
+
+    A = fpre[:, :, last].astype(np.float32)[inverse]  # [N, nb, S, S]
+    if not smooth:
+        return _Operators(L, s, per_id(fwd[:, :, pos]), per_id(fwd[:, :, last]), per_id(fpre[:, :, pos]), A)
+    # backward (RTS): xs_i = C_i xs_(i+1) + (I - C_i F) xf_i, prepared in reversed time and
+    # flipped back to forward order
+    Gb = np.zeros((nu, tp, s, s))
+    Gb[:, :t] = eye - _mm(C, np.broadcast_to(F, (nu, t, s, s)))
+    Gb[:, t - 1] = eye
+    Mb = np.zeros((nu, tp, s, s))
+    Mb[:, :t - 1] = C[:, :-1]
+    big_r, pre_r = _prepare_recurrence(Mb[:, ::-1], Gb[:, ::-1], L)
+    bwd = big_r.reshape(nu, nb, L, s, L, s)[:, ::-1, ::-1, :, ::-1, :].reshape(nu, nb, L * s, L * s)
+    bpre = pre_r.reshape(nu, nb, L, s, s)[:, ::-1, ::-1].reshape(nu, nb, L * s, s)
+    first = np.arange(s)
+    bf = bwd @ fwd  # [nu, nb, L*S, L]: smoothed states of a block from its inputs (no carries)
+    bfp = bwd @ fpre  # [nu, nb, L*S, S]: ... from the filter state entering it
+    return _Operators(
+        L, s, W=per_id(bf[:, :, pos]), edge=per_id(np.concatenate([fwd[:, :, last], bf[:, :, first]], 2)),
+        V=per_id(bfp[:, :, pos]), A=A, U=per_id(bpre[:, :, pos]),
+        B=bfp[:, :, first].astype(np.float32)[inverse], D=bpre[:, :, first].astype(np.float32)[inverse])
+
+
+def _carries(ops: _Operators, ey: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward (and backward) carries [N*nb, S, D] from the edge rows ey [N, nb, S or 2S, D].
+
+    Short loops over blocks on small arrays (numpy: far less per-call overhead than torch).
+    """
+    n, nb, _, d = ey.shape
+    s = ops.s
+    cf = np.zeros((n, nb, s, d), np.float32)
+    tmp = np.empty((n, s, d), np.float32)
     for b in range(1, nb):
-        carry = pre_t[:, b - 1, -1] @ carry + z[:, b - 1, -1]
-        carries[:, b] = carry
-    z += torch.bmm(pre_t.reshape(n * nb, L * s, s), carries.reshape(n * nb, s, d)).reshape(n, nb, L, s, d)
-    return z.reshape(n, nb * L, s, d)[:, :t].numpy()
+        np.matmul(ops.A[:, b - 1], cf[:, b - 1], out=tmp)
+        np.add(tmp, ey[:, b - 1, :s], out=cf[:, b])
+    flat = lambda c: torch.from_numpy(c.reshape(n * nb, s, d))  # noqa: E731
+    if ops.U is None:
+        return flat(cf), None
+    e = ey[:, :, s:] + np.matmul(ops.B, cf)  # first smoothed state of each block, less D cb
+    cb = np.zeros((n, nb, s, d), np.float32)
+    for b in range(nb - 2, -1, -1):
+        np.matmul(ops.D[:, b + 1], cb[:, b + 1], out=tmp)
+        np.add(tmp, e[:, b + 1], out=cb[:, b])
+    return flat(cf), flat(cb)
+
+
+def _run(ops: _Operators, u: np.ndarray, group: int = 256) -> np.ndarray:
+    """Apply the operators to finite float32 signals u [N, T, D]; returns positions [N, T, D].
+
+    The positions overwrite u (a block's output depends on its own inputs and the carries
+    only), ``group`` blocks at a time, so no signal-sized array is allocated.
+    """
+    n, t, d = u.shape
+    L = ops.L
+    tp = -(-t // L) * L
+    nb = tp // L
+    if tp != t:
+        u = np.concatenate([u, np.zeros((n, tp - t, d), np.float32)], 1)
+    ut = torch.from_numpy(u).view(n * nb, L, d)
+    cf, cb = _carries(ops, torch.bmm(ops.edge, ut).view(n, nb, -1, d).numpy())
+    for a in range(0, n * nb, group):
+        b = min(a + group, n * nb)
+        res = torch.bmm(ops.W[a:b], ut[a:b])
+        res.baddbmm_(ops.V[a:b], cf[a:b])
+        if cb is not None:
+            res.baddbmm_(ops.U[a:b], cb[a:b])
+        ut[a:b] = res
+    return u[:, :t]
 
 
 def kalman_smooth(
@@ -215,14 +387,17 @@ def kalman_smooth(
     window: float = 4.0,
     motion: str = "velocity",
     causal: bool = False,
-    block: int = 8,
-    chunk_elems: int = 4_000_000,
+    block: int = 16,
 ) -> np.ndarray:
     """Smooth signals y [N, T, D] with per-(identity, frame) observation variances [N, T].
 
-    ``obs_var`` = inf marks frames without an observation: the filter predicts through them.
-    Returns float32 [N, T, D]. Causal mode uses the forward filter only (no future frame).
+    ``obs_var`` = inf marks frames without an observation: the filter predicts through them
+    (their values in ``y`` are ignored). Returns float32 [N, T, D]. Causal mode uses the
+    forward filter only (no future frame). The gains are computed once per identity and
+    shared by all its signals; the signals then advance ``block`` frames per batched matrix
+    product.
     """
+    given = y
     y = np.asarray(y, dtype=np.float32)  # no copy when already float32
     if y.ndim != 3:
         raise InputError(f"kalman_smooth needs signals [N, T, D], got shape {y.shape}")
@@ -232,51 +407,84 @@ def kalman_smooth(
         raise InputError(f"observation variances must be [N, T] = {(n, t)}, got {obs_var.shape}")
     if n == 0 or t == 0 or d == 0:
         return y.copy()
-    F, Q = _model(2 if motion == "velocity" else 3, window)
-    S = F.shape[0]
-    K, P_f, P_p = (np.stack(a) for a in zip(*(_covariances_one(obs_var[i], F, Q) for i in range(n))))
-    eye = np.eye(S)
-    # forward filter: x_i = (I - K_i H) F x_(i-1) + K_i y_i  with H = [1, 0, ...]
-    M_f = (eye - K[..., :, None] * eye[0]) @ F
-    fwd = _prepare_recurrence(M_f, K[..., None], block)
-    smooth = not causal and t > 1
-    if smooth:
-        # RTS: xs_i = C_i xs_(i+1) + (I - C_i F) xf_i, solved in reversed time
-        C = P_f[:, :-1] @ F.T @ np.linalg.inv(P_p[:, 1:])  # [N, T-1, S, S]
-        M_b = np.concatenate([np.zeros((n, 1, S, S)), C[:, ::-1]], 1)
-        G_b = np.concatenate([np.broadcast_to(eye, (n, 1, S, S)), (eye - C @ F)[:, ::-1]], 1)
-        bwd = _prepare_recurrence(M_b, G_b, block)
-    out = np.empty((n, t, d), np.float32)
-    step = max(1, chunk_elems // (n * t))
-    for c0 in range(0, d, step):
-        yc = y[:, :, c0:c0 + step]
-        yc = np.ascontiguousarray(np.where(np.isfinite(yc), yc, np.float32(0.0))[:, :, None])
-        xf = _apply_recurrence(*fwd, yc)  # [N, T, S, Dc]
-        if not smooth:
-            out[:, :, c0:c0 + step] = xf[:, :, 0]
-            continue
-        xs = _apply_recurrence(*bwd, np.ascontiguousarray(xf[:, ::-1]))
-        out[:, :, c0:c0 + step] = xs[:, ::-1, 0]
-    return out
+    u = _finite_inputs(y, np.isfinite(obs_var))
+    return _smooth_signals(u.copy() if u is given else u, obs_var, window, motion, causal, block)
+
+
+def _smooth_signals(u: np.ndarray, obs_var: np.ndarray, window: float, motion: str, causal: bool,
+                    block: int = 16) -> np.ndarray:
+    """kalman_smooth on finite float32 signals u [N, T, D] (any finite value on unobserved frames).
+
+    Overwrites u with the result (and returns it).
+    """
+    ops = _operators(obs_var, motion, window, causal, max(1, min(block, u.shape[1])))
+    return _run(ops, u)
+
+
+def _finite_inputs(y: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """y with unobserved frames and non-finite values set to 0 (copied only when needed)."""
+    if not observed.all():
+        y = y.copy()
+        y[~observed] = 0.0
+    if not np.isfinite(y.sum(dtype=np.float64)):
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+    return y
 
 
 # --------------------------------------------------------------------------- rotations
 
 
-def euler_to_rotvec(euler: np.ndarray) -> np.ndarray:
-    """MHR Euler angles [..., 3] -> rotation vectors [..., 3]."""
-    import roma
+def _quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions [..., 4] stored (w, x, y, z)."""
+    pw, px, py, pz = np.moveaxis(p, -1, 0)
+    qw, qx, qy, qz = np.moveaxis(q, -1, 0)
+    return np.stack([pw * qw - px * qx - py * qy - pz * qz, pw * qx + px * qw + py * qz - pz * qy,
+                     pw * qy - px * qz + py * qw + pz * qx, pw * qz + px * qy - py * qx + pz * qw], -1)
 
-    e = torch.as_tensor(np.asarray(euler, dtype=np.float64))
-    return roma.rotmat_to_rotvec(roma.euler_to_rotmat(EULER_CONVENTION, e)).numpy()
+
+def euler_to_rotvec(euler: np.ndarray) -> np.ndarray:
+    """MHR Euler angles [..., 3] (extrinsic x, then y, then z: R = Rz Ry Rx) -> rotation vectors."""
+    half = 0.5 * np.asarray(euler, dtype=np.float64)
+    c, s = np.cos(half), np.sin(half)
+    z = np.zeros_like(c[..., 0])
+    qx = np.stack([c[..., 0], s[..., 0], z, z], -1)
+    qy = np.stack([c[..., 1], z, s[..., 1], z], -1)
+    qz = np.stack([c[..., 2], z, z, s[..., 2]], -1)
+    q = _quat_mul(qz, _quat_mul(qy, qx))
+    q *= np.where(q[..., :1] < 0, -1.0, 1.0)  # w >= 0: angle in [0, pi]
+    vec = q[..., 1:]
+    norm = np.linalg.norm(vec, axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(norm, q[..., :1])
+    scale = np.where(norm > 1e-12, angle / np.maximum(norm, 1e-300), 2.0)  # small angles: 2 / w ~ 2
+    return vec * scale
 
 
 def rotvec_to_euler(rotvec: np.ndarray) -> np.ndarray:
-    """Rotation vectors [..., 3] -> MHR Euler angles [..., 3]."""
-    import roma
-
-    r = torch.as_tensor(np.asarray(rotvec, dtype=np.float64))
-    return roma.rotmat_to_euler(EULER_CONVENTION, roma.rotvec_to_rotmat(r)).numpy()
+    """Rotation vectors [..., 3] -> MHR Euler angles [..., 3] (the inverse of ``euler_to_rotvec``)."""
+    rv = np.asarray(rotvec, dtype=np.float64)
+    theta = np.linalg.norm(rv, axis=-1)
+    # Rodrigues: R = I + sin(t) K + (1 - cos t) K^2 with K the cross matrix of the unit axis;
+    # only the five entries the angles need are formed
+    small = theta < 1e-8
+    tt = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0, np.sin(tt) / tt)  # sin(t) / t
+    b = np.where(small, 0.5, (1.0 - np.cos(tt)) / tt ** 2)  # (1 - cos t) / t^2
+    x, y, z = np.moveaxis(rv, -1, 0)
+    r00 = 1.0 - b * (y * y + z * z)
+    r10 = a * z + b * x * y
+    r20 = -a * y + b * x * z
+    r21 = a * x + b * y * z
+    r22 = 1.0 - b * (x * x + y * y)
+    beta = -np.arcsin(np.clip(r20, -1.0, 1.0))
+    alpha = np.arctan2(r21, r22)
+    gamma = np.arctan2(r10, r00)
+    lock = np.abs(r20) > 1.0 - 1e-10  # gimbal lock: put the whole yaw into alpha
+    if lock.any():
+        r12 = -a * x + b * y * z
+        r11 = 1.0 - b * (x * x + z * z)
+        alpha = np.where(lock, np.arctan2(-r12, r11), alpha)  # R = Ry(+-pi/2) Rx(alpha)
+        gamma = np.where(lock, 0.0, gamma)
+    return np.stack([alpha, beta, gamma], -1)
 
 
 def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
@@ -306,28 +514,44 @@ def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- robust weights
 
 
+def _score_columns(blocks: list[slice], per_block: int) -> tuple[np.ndarray, list[slice]]:
+    """Up to ``per_block`` evenly spread columns of each block, and each block's range in them."""
+    cols: list[np.ndarray] = []
+    ranges: list[slice] = []
+    start = 0
+    for sl in blocks:
+        width = sl.stop - sl.start
+        pick = np.unique(np.linspace(sl.start, sl.stop - 1, min(width, per_block)).round().astype(int))
+        cols.append(pick)
+        ranges.append(slice(start, start + pick.size))
+        start += pick.size
+    return np.concatenate(cols), ranges
+
+
 def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None,
-                   threshold: float = 4.0) -> np.ndarray:
+                   threshold: float = 4.0, per_block: int = 32) -> np.ndarray:
     """Per-frame outlier scores [N, T]: max over blocks of the median over a block's signals of
     |residual| / scale (a frame is an outlier when a block jumps as a whole).
 
     The residual is against the mean of the neighbouring observed frames (offline) or the
     linear extrapolation of the two previous ones (causal); the scale is the median absolute
-    residual over the clip (offline) or its running mean over past frames (causal).
-    Only scores above ``threshold`` are computed exactly; the rest are reported as 0.
-    Unobserved frames, and tracks too short to judge, get 0.
+    residual over the clip (offline) or its running mean over past frames (causal). A block
+    is judged on up to ``per_block`` evenly spread signals (its whole-frame jumps show on any
+    of them). Only scores above ``threshold`` are computed exactly; the rest are reported as
+    0. Unobserved frames, and tracks too short to judge, get 0.
     """
-    from scipy.signal import lfilter
-
-    n = y.shape[0]
+    n, t, d = y.shape
+    cols, ranges = _score_columns(blocks or [slice(0, d)], per_block)
     scores = np.zeros(observed.shape)
     for i in range(n):
         idx = np.flatnonzero(observed[i])
         if idx.size < 8:
             continue
-        obs = y[i, idx].astype(np.float32)  # [M, D]
+        obs = y[i][:, cols] if idx.size == t else y[i][np.ix_(idx, cols)]  # [M, C] float32
         res = np.zeros_like(obs)
         if causal:
+            from scipy.signal import lfilter
+
             res[2:] = np.abs(obs[2:] - (2.0 * obs[1:-1] - obs[:-2]))
             ema = lfilter([0.05], [1.0, -0.95], res, axis=0)
             scale = np.empty_like(res)
@@ -339,7 +563,7 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
             scale = 1.4826 * np.median(res[:: max(1, len(res) // 2000)], axis=0, keepdims=True)  # subsampled
         z = res / np.maximum(scale, 1e-6)
         best = np.zeros(z.shape[0], np.float32)
-        for sl in blocks or [slice(None)]:
+        for sl in ranges:
             zb = z[:, sl]
             # the block median exceeds `threshold` iff more than half its signals do: find those
             # frames cheaply, then take exact medians only there
@@ -418,40 +642,43 @@ def _gap_fill_mask(observed: np.ndarray, max_gap: int, causal: bool) -> np.ndarr
     return fill
 
 
+def _unwrap_angles(block: np.ndarray) -> None:
+    """Phase-unwrap angle signals [M, D] along time in place (only when some step exceeds pi)."""
+    if block.shape[0] > 1 and np.abs(np.diff(block, axis=0)).max() > np.pi:
+        block[:] = np.unwrap(block.astype(np.float64), axis=0)
+
+
 def _signals(bodies: Bodies, observed: np.ndarray) -> tuple[np.ndarray, list[tuple[str, slice]]]:
-    """Stack every smoothed quantity of a Bodies into y [N, T, D] plus a layout."""
-    parts: list[np.ndarray] = []
-    layout: list[tuple[str, slice]] = []
+    """Every smoothed quantity of a Bodies in one float32 buffer y [N, T, D] plus its layout.
+
+    Unobserved frames and non-finite values are 0 in y (the filter ignores them anyway).
+    """
     n, t = observed.shape
-    start = 0
-
-    def add(name: str, arr: np.ndarray) -> None:
-        nonlocal start
-        arr = arr.reshape(n, t, -1).astype(np.float32)
-        parts.append(arr)
-        layout.append((name, slice(start, start + arr.shape[-1])))
-        start += arr.shape[-1]
-
-    rv = np.zeros((n, t, 3), np.float64)
+    parts: list[tuple[str, np.ndarray | None]] = [("global_rot", None)]
+    parts += [(name, bodies.params[name]) for name in LINEAR_BLOCKS]
+    parts += [(name, getattr(bodies, name)) for name in ("keypoints_3d", "keypoints_2d") if getattr(bodies, name) is not None]
+    widths = [3 if arr is None else int(np.prod(arr.shape[2:])) for _, arr in parts]
+    edges = np.cumsum([0] + widths).tolist()
+    layout = [(name, slice(a, b)) for (name, _), a, b in zip(parts, edges[:-1], edges[1:])]
+    y = np.empty((n, t, edges[-1]), np.float32)
+    for (name, arr), (_, sl) in zip(parts, layout):
+        if arr is not None:
+            y[..., sl] = arr.reshape(n, t, -1)
     for i in range(n):
         idx = np.flatnonzero(observed[i])
-        if idx.size:
-            rv[i, idx] = unwrap_rotvecs(euler_to_rotvec(bodies.params["global_rot"][i, idx]))
-    add("global_rot", rv)
-    for name in LINEAR_BLOCKS:
-        arr = bodies.params[name].astype(np.float64)
-        if name in ANGLE_BLOCKS:
-            arr = arr.copy()
-            for i in range(n):
-                idx = np.flatnonzero(observed[i])
-                if idx.size > 1:
-                    arr[i, idx] = np.unwrap(arr[i, idx], axis=0)
-        add(name, arr)
-    for name in ("keypoints_3d", "keypoints_2d"):
-        arr = getattr(bodies, name)
-        if arr is not None:
-            add(name, arr)
-    return np.concatenate(parts, axis=-1), layout
+        if idx.size == 0:
+            continue
+        y[i, idx, :3] = unwrap_rotvecs(euler_to_rotvec(bodies.params["global_rot"][i, idx]))
+        for name, sl in layout:
+            if name in ANGLE_BLOCKS:
+                block = y[i, idx, sl] if idx.size < t else y[i, :, sl]
+                _unwrap_angles(block)
+                if idx.size < t:
+                    y[i, idx, sl] = block
+    y[~observed] = 0.0
+    if not np.isfinite(y.sum()):
+        np.nan_to_num(y, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return y, layout
 
 
 def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
@@ -478,7 +705,8 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
         score = _robust_scores(y, observed, causal, [sl for _, sl in layout], settings.outlier_threshold)
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)
-    out = kalman_smooth(y, obs_var, settings.window, settings.motion, causal)
+    out = _smooth_signals(y, obs_var, settings.window, settings.motion, causal)
+    del y
     if causal:
         _damp_gaps(out, observed, settings.gap_damping)
 
@@ -488,30 +716,33 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     new_flags[~keep] = BodyFlag.MISSING
     out[~keep] = 0.0
 
-    params = {k: v.copy() for k, v in bodies.params.items()}
+    params = dict(bodies.params)
     geometry: dict[str, np.ndarray] = {}
     for name, sl in layout:
         block = out[..., sl]
         if name == "global_rot":
             euler = np.zeros((n, t, 3), np.float32)
-            euler[keep] = rotvec_to_euler(block[keep].astype(np.float64)).astype(np.float32)
+            euler[keep] = rotvec_to_euler(block[keep])
             params[name] = euler
         elif name in params:
             if name in ANGLE_BLOCKS:  # back to the principal range the model produced
-                block = (block + np.pi) % (2 * np.pi) - np.pi
+                block += np.float32(np.pi)
+                np.remainder(block, np.float32(2 * np.pi), out=block)
+                block -= np.float32(np.pi)
                 block[~keep] = 0.0
-            params[name] = block.astype(np.float32)
+            params[name] = block  # views into one buffer: no copy of the signals
         else:
-            shape = getattr(bodies, name).shape
-            geometry[name] = block.reshape(shape).astype(np.float32)
+            geometry[name] = block.reshape(getattr(bodies, name).shape)
     for name in LOCKED_BLOCKS:
         params[name] = _locked(bodies.params[name], flags, keep) if settings.lock_shape else \
             np.where(keep[..., None], bodies.params[name], 0.0).astype(np.float32)
     confidence = None
     if bodies.confidence is not None:
         confidence = np.where(observed, bodies.confidence, 0.0).astype(np.float32)
-    extras = {k: np.where(keep.reshape(n, t, *([1] * (v.ndim - 2))), v, np.zeros_like(v))
-              for k, v in bodies.extras.items()}
+    extras = dict(bodies.extras)
+    if (~keep & (flags != BodyFlag.MISSING)).any():  # frames dropped here: clear their extras
+        extras = {k: np.where(keep.reshape(n, t, *([1] * (v.ndim - 2))), v, np.zeros_like(v))
+                  for k, v in extras.items()}
     if bodies.vertices is not None and refresh is None:
         nv = bodies.vertices.shape[2]
         verts = kalman_smooth(bodies.vertices.reshape(n, t, nv * 3), obs_var, settings.window, settings.motion, causal)
@@ -523,14 +754,20 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     return refresh(out_bodies) if refresh is not None else out_bodies
 
 
-def _locked(values: np.ndarray, flags: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Per identity: the median over visible frames (else occluded ones), on every kept frame."""
+def _locked(values: np.ndarray, flags: np.ndarray, keep: np.ndarray, most: int = 2001) -> np.ndarray:
+    """Per identity: the median over visible frames (else occluded ones), on every kept frame.
+
+    Long tracks use ``most`` evenly spaced frames of those (the median of a still quantity
+    does not need all of them).
+    """
     out = np.zeros_like(values, dtype=np.float32)
     for i in range(values.shape[0]):
-        vis = (flags[i] & BodyFlag.VISIBLE) != 0
-        if not vis.any():
-            vis = (flags[i] & BodyFlag.OCCLUDED) != 0
-        if not vis.any():
+        vis = np.flatnonzero((flags[i] & BodyFlag.VISIBLE) != 0)
+        if vis.size == 0:
+            vis = np.flatnonzero((flags[i] & BodyFlag.OCCLUDED) != 0)
+        if vis.size == 0:
             continue
+        if vis.size > most:
+            vis = vis[np.linspace(0, vis.size - 1, most).round().astype(int)]
         out[i, keep[i]] = np.median(values[i, vis], axis=0)
     return out
