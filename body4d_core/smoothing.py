@@ -56,6 +56,7 @@ class SmoothSettings:
     max_gap: int = 60  # longest run of missing frames bridged (0 = never bridge)
     lock_shape: bool = True  # shape and scale: per-identity median over visible frames
     gap_damping: float = 0.7  # causal mode: per-frame decay of the velocity extrapolated into a gap
+    gate_passes: int = 2  # causal mode: filter passes of the innovation gate (0 = extrapolation residuals)
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "causal"):
@@ -68,6 +69,8 @@ class SmoothSettings:
             raise InputError(f"occluded_noise must be >= 1, got {self.occluded_noise}")
         if self.max_gap < 0:
             raise InputError(f"max_gap must be >= 0, got {self.max_gap}")
+        if self.gate_passes < 0:
+            raise InputError(f"gate_passes must be >= 0, got {self.gate_passes}")
         if not 0.0 < self.gap_damping <= 1.0:
             raise InputError(f"gap_damping must be in (0, 1], got {self.gap_damping}")
 
@@ -529,16 +532,19 @@ def _score_columns(blocks: list[slice], per_block: int) -> tuple[np.ndarray, lis
 
 
 def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: list[slice] | None = None,
-                   threshold: float = 4.0, per_block: int = 32) -> np.ndarray:
+                   threshold: float = 4.0, per_block: int = 32, predicted: np.ndarray | None = None,
+                   spread: np.ndarray | None = None) -> np.ndarray:
     """Per-frame outlier scores [N, T]: max over blocks of the median over a block's signals of
     |residual| / scale (a frame is an outlier when a block jumps as a whole).
 
-    The residual is against the mean of the neighbouring observed frames (offline) or the
-    linear extrapolation of the two previous ones (causal); the scale is the median absolute
-    residual over the clip (offline) or its running mean over past frames (causal). A block
-    is judged on up to ``per_block`` evenly spread signals (its whole-frame jumps show on any
-    of them). Only scores above ``threshold`` are computed exactly; the rest are reported as
-    0. Unobserved frames, and tracks too short to judge, get 0.
+    The residual is against the mean of the neighbouring observed frames (offline), or
+    against ``predicted`` [N, T, C] (causal: each frame's prediction from earlier frames only,
+    on the score columns, its residuals divided by ``spread`` [N, T], the prediction's relative
+    standard deviation) or else the linear extrapolation of the two previous observations.
+    The scale is the median absolute residual over the clip (offline) or its running mean
+    over past frames (causal). A block is judged on up to ``per_block`` evenly spread signals
+    (its whole-frame jumps show on any of them). Only scores above ``threshold`` are computed
+    exactly; the rest are reported as 0. Unobserved frames, and tracks too short to judge, get 0.
     """
     n, t, d = y.shape
     cols, ranges = _score_columns(blocks or [slice(0, d)], per_block)
@@ -552,7 +558,13 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
         if causal:
             from scipy.signal import lfilter
 
-            res[2:] = np.abs(obs[2:] - (2.0 * obs[1:-1] - obs[:-2]))
+            if predicted is not None:
+                res = np.abs(obs - predicted[i, idx])
+                if spread is not None:
+                    res /= spread[i, idx, None].astype(np.float32)
+                res[0] = 0.0
+            else:
+                res[2:] = np.abs(obs[2:] - (2.0 * obs[1:-1] - obs[:-2]))
             ema = lfilter([0.05], [1.0, -0.95], res, axis=0)
             scale = np.empty_like(res)
             scale[:8] = np.inf  # warm-up: never flag the first frames
@@ -572,6 +584,54 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
                 best[hot] = np.maximum(best[hot], np.median(zb[hot], axis=-1))
         scores[i, idx] = best
     return scores
+
+
+def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, blocks: list[slice],
+                 settings: SmoothSettings, per_block: int = 32) -> np.ndarray:
+    """Causal outlier gating by innovation: observation variances [N, T] with outliers down-weighted.
+
+    Each frame is compared with the forward filter's prediction from the frames before it
+    (2 x_(t-1) - x_(t-2) of the filtered positions); frames whose blocks jump by more than
+    ``outlier_threshold`` robust sigmas get their variance inflated. The filter is rerun with
+    those weights for ``gate_passes`` rounds (so a rejected outlier no longer biases the next
+    frame's prediction). Runs on the score columns only; uses no future frame.
+    """
+    cols, ranges = _score_columns(blocks, per_block)
+    sub = np.ascontiguousarray(y[:, :, cols])
+    edges = np.cumsum([0] + [r.stop - r.start for r in ranges]).tolist()
+    sub_blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    thr = settings.outlier_threshold
+    spread = _innovation_spread(obs_var, settings)
+    var = obs_var
+    for _ in range(settings.gate_passes):
+        pos = _smooth_signals(sub.copy(), var, settings.window, settings.motion, causal=True)
+        pred = np.zeros_like(pos)
+        pred[:, 2:] = 2.0 * pos[:, 1:-1] - pos[:, :-2]
+        score = _robust_scores(sub, observed, True, sub_blocks, thr, per_block=sub.shape[-1], predicted=pred,
+                               spread=spread)
+        var = obs_var * _gate_weights(score, thr)
+    return var
+
+
+def _innovation_spread(obs_var: np.ndarray, settings: SmoothSettings) -> np.ndarray:
+    """Relative standard deviation [N, T] of each frame's innovation, sqrt(P_pred + r), over its
+    median on observed frames: large right after a gap or the track start, where the
+    prediction is uncertain and a big innovation is no sign of an outlier."""
+    F, Q = _model(2 if settings.motion == "velocity" else 3, settings.window)
+    out = np.ones(obs_var.shape)
+    for i, row in enumerate(obs_var):
+        seen = np.isfinite(row)
+        if not seen.any():
+            continue
+        _, _, P_p = _riccati(row, F, Q)
+        s = np.sqrt(np.where(seen, P_p[:, 0, 0] + np.where(seen, row, 0.0), 1.0))
+        out[i] = np.where(seen, s / np.median(s[seen]), 1.0)
+    return out
+
+
+def _gate_weights(score: np.ndarray, thr: float) -> np.ndarray:
+    """Variance factor of a robust score: 1 below ``thr``, growing as (score / thr)^4 above."""
+    return np.where(score > thr, (score / thr) ** 4, 1.0)
 
 
 # --------------------------------------------------------------------------- Bodies
@@ -701,7 +761,9 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
                          "check the tracks and the body estimation step")
     obs_var = _observation_variances(bodies, settings)
     y, layout = _signals(bodies, observed)
-    if settings.outlier_threshold > 0:
+    if settings.outlier_threshold > 0 and causal and settings.gate_passes > 0:
+        obs_var = _causal_gate(y, observed, obs_var, [sl for _, sl in layout], settings)
+    elif settings.outlier_threshold > 0:
         score = _robust_scores(y, observed, causal, [sl for _, sl in layout], settings.outlier_threshold)
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)

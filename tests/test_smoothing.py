@@ -118,6 +118,49 @@ def test_causal_uses_no_future_frame() -> None:
     assert np.abs(off_a[:, 45:50] - off_b[:, 45:50]).max() > 1e-3  # offline does look ahead
 
 
+@pytest.mark.parametrize("passes", [0, 2])
+def test_causal_bodies_use_no_future_frame(passes: int) -> None:
+    """Whole pipeline in causal mode (gating, gap filling, damping): changing frames >= 40 never moves earlier output."""
+    rng = np.random.default_rng(5)
+    b = _bodies(n=2, t=70)
+    p = {k: v + rng.normal(scale=0.01, size=v.shape).astype(np.float32) for k, v in b.params.items()}
+    flags = b.flags.copy()
+    flags[0, 20:26] = BodyFlag.MISSING
+    flags[1, 44:50] = BodyFlag.MISSING
+    kp = b.keypoints_2d + rng.normal(size=b.keypoints_2d.shape).astype(np.float32)
+    a = b.replace(params=p, flags=flags, keypoints_2d=kp)
+    p2 = {k: v.copy() for k, v in p.items()}
+    for v in p2.values():
+        v[:, 40:] += rng.normal(scale=0.5, size=v[:, 40:].shape).astype(np.float32)
+    p2["cam_t"][:, 55] += 3.0  # an outlier after the cut
+    flags2 = flags.copy()
+    flags2[:, 60:] = BodyFlag.MISSING
+    kp2 = kp.copy()
+    kp2[:, 40:] *= 3.0
+    c = b.replace(params=p2, flags=flags2, keypoints_2d=kp2)
+    settings = SmoothSettings(mode="causal", gate_passes=passes, lock_shape=False)
+    out_a, out_c = smooth_bodies(a, settings), smooth_bodies(c, settings)
+    for name in ("global_rot", "body_pose", "cam_t", "hand_pose"):
+        np.testing.assert_array_equal(out_a.params[name][:, :40], out_c.params[name][:, :40])
+    np.testing.assert_array_equal(out_a.keypoints_2d[:, :40], out_c.keypoints_2d[:, :40])
+    np.testing.assert_array_equal(out_a.flags[:, :40], out_c.flags[:, :40])
+    assert np.abs(out_a.params["cam_t"][:, 40:] - out_c.params["cam_t"][:, 40:]).max() > 0.1
+
+
+def test_causal_innovation_gate_rejects_outlier() -> None:
+    b = _bodies(n=1, t=80)
+    p = {k: v.copy() for k, v in b.params.items()}
+    p["cam_t"][0, 50] += 2.0
+    p["body_pose"][0, 50] += 1.0
+    kp = b.keypoints_2d.copy()
+    kp[0, 50] += 200.0
+    bad = b.replace(params=p, keypoints_2d=kp)
+    gated = smooth_bodies(bad, SmoothSettings(mode="causal"))
+    loose = smooth_bodies(bad, SmoothSettings(mode="causal", outlier_threshold=0))
+    err = lambda out: np.abs(out.params["cam_t"][0, 50:53] - b.params["cam_t"][0, 50:53]).max()  # noqa: E731
+    assert err(gated) < 0.02 < 0.3 < err(loose)
+
+
 def test_noise_is_reduced() -> None:
     rng = np.random.default_rng(2)
     t = np.arange(300)
@@ -215,6 +258,8 @@ def test_bad_input_errors() -> None:
         SmoothSettings(mode="future")
     with pytest.raises(InputError, match="window"):
         SmoothSettings(window=0)
+    with pytest.raises(InputError, match="gate_passes"):
+        SmoothSettings(gate_passes=-1)
     with pytest.raises(InputError, match=r"\[N, T\]"):
         kalman_smooth(np.zeros((1, 5, 2)), np.ones((2, 5)))
 
