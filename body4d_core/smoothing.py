@@ -614,18 +614,19 @@ def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, block
 
 
 def _innovation_spread(obs_var: np.ndarray, settings: SmoothSettings) -> np.ndarray:
-    """Relative standard deviation [N, T] of each frame's innovation, sqrt(P_pred + r), over its
-    median on observed frames: large right after a gap or the track start, where the
-    prediction is uncertain and a big innovation is no sign of an outlier."""
+    """Relative standard deviation [N, T] of each frame's innovation: sqrt(P_pred + r) over its
+    steady-state value for r = 1. Large right after a gap or the track start (the prediction
+    is uncertain, a big innovation is no sign of an outlier) and on down-weighted frames.
+    Depends on past and current frames only."""
     F, Q = _model(2 if settings.motion == "velocity" else 3, settings.window)
+    steady = np.ones(64)
+    ref = np.sqrt(_riccati(steady, F, Q)[2][-1, 0, 0] + 1.0)
     out = np.ones(obs_var.shape)
     for i, row in enumerate(obs_var):
         seen = np.isfinite(row)
-        if not seen.any():
-            continue
-        _, _, P_p = _riccati(row, F, Q)
-        s = np.sqrt(np.where(seen, P_p[:, 0, 0] + np.where(seen, row, 0.0), 1.0))
-        out[i] = np.where(seen, s / np.median(s[seen]), 1.0)
+        if seen.any():
+            P_p = _riccati(row, F, Q)[2]
+            out[i] = np.where(seen, np.sqrt(P_p[:, 0, 0] + np.where(seen, row, 0.0)) / ref, 1.0)
     return out
 
 
