@@ -46,6 +46,7 @@ class PipelineOptions:
     manual_fov: float = 0.0  # vertical degrees; > 0 overrides the model
     body_mode: str = "full"
     batch_size: int = 64
+    compile: bool = True  # torch.compile SAM-3D-Body's backbone blocks on CUDA (eager elsewhere)
     smooth: bool = True
     smooth_settings: dict = field(default_factory=dict)  # SmoothSettings fields
     render_mode: str = "overlay"
@@ -170,6 +171,8 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
 
     model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
     items = body_items(tracks, amodal)
+    if opts.compile and next(model.parameters()).device.type == "cuda":
+        model.optimize("default", bucket=opts.batch_size)
     results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
                               batch_size=opts.batch_size, hooks=hooks, return_vertices=True)
     faces = model.faces.detach().cpu().numpy()

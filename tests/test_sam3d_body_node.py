@@ -56,6 +56,15 @@ def test_load_and_batch(body, core):
     assert len(pose["frames"]) == 3 and pose["image_size"] == (60, 80)
     assert [p["obj_id"] for p in pose["frames"][1]] == [4, 9]
     np.testing.assert_array_equal(pose["frames"][2][1]["pred_cam_t"], bodies.params["cam_t"][1, 2])
+    # compile 'auto' asks for a compiled backbone, which only happens on CUDA: on the CPU it stays eager
+    assert handle.info["compile"] == "default" and handle.info["compiled_as"] == ("", 0)
+    assert not handle.model.backbone.encoder.compiled
+    # bf16 decoder matmuls are a GPU-only switch: on the CPU the result is unchanged
+    again = body.BodyBatch.execute(handle, frames, tracks=tracks, mode="body", batch_size=2,
+                                   decoder_precision="bf16").args[0]
+    np.testing.assert_array_equal(again.params["cam_t"], bodies.params["cam_t"])
+    off = body.LoadSAM3DBody.execute(checkpoint="tiny-test", compile="off").args[0]
+    assert off.info["compile"] == ""
 
 
 def test_amodal_frames_use_completion(body, core):
