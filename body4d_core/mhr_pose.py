@@ -2,7 +2,11 @@
 work downstream of our smoother, and core's SAM3DBody_Predict output can be smoothed by us).
 
 Core's dict: ``{"frames": [[person, ...] per frame], "faces": int [F, 3], "image_size": (H, W),
-"canonical_colors": dict | None, "hand_vert_mask": bool [V] | None}``. A person dict holds
+"canonical_colors": dict | None, "hand_vert_mask": bool [V] | None}``. The last two feed core's
+rainbow / face / hands shaders and depend on the mesh only (not on the frames): see
+``mesh_render_fields`` (they need the SAM 3D Body model with its MHR rig; without it, or
+without core input to pass them through from, they are None and core's shaders that need
+them fall back or are unavailable). A person dict holds
 numpy arrays under SAM3DBody_Predict's keys (``pred_vertices``, ``pred_cam_t``,
 ``focal_length``, ``global_rot``, ``body_pose_params`` ...). Core's consumers identify a
 person by its position in each frame's list, so we emit every identity in object-id order on
@@ -28,6 +32,97 @@ PARAM_KEYS = {
 EXTRA_KEYS = {"model_params": "mhr_model_params", "joint_coords": "pred_joint_coords",
               "joint_global_rots": "pred_global_rots"}
 BEHIND_CAMERA = np.array([0.0, 0.0, -1000.0], np.float32)
+RENDER_FIELDS = ("canonical_colors", "hand_vert_mask")
+# MHR70 keypoint ranges of the two hands (right 21..41, left 42..62)
+RIGHT_HAND_KPS, LEFT_HAND_KPS = slice(21, 42), slice(42, 63)
+HEAD_MIN_Y, HEAD_MAX_ABS_X = 1.43, 0.11  # rest-pose head region, metres (above the jaw, inside the ears)
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit area-weighted vertex normals [V, 3] (float32; vertices in no face get (0, 0, 0))."""
+    v = np.asarray(verts, np.float64)
+    f = np.asarray(faces, np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 x area
+    vn = np.zeros_like(v)
+    for corner in range(3):
+        np.add.at(vn, f[:, corner], fn)
+    length = np.linalg.norm(vn, axis=1, keepdims=True)
+    return (vn / np.where(length > 1e-12, length, 1.0)).astype(np.float32)
+
+
+def rig_skinning(rig: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The rig's sparse skinning triplets (vertex, joint, weight), or None if it does not expose them.
+
+    Knows our native ``MhrRig`` (buffers skin_verts / skin_joints / skin_weights) and the
+    official TorchScript asset (``character_torch.linear_blend_skinning.*_flattened``).
+    """
+    names = [(rig, ("skin_verts", "skin_joints", "skin_weights"))]
+    lbs = getattr(getattr(rig, "character_torch", None), "linear_blend_skinning", None)
+    if lbs is not None:
+        names.append((lbs, ("vert_indices_flattened", "skin_indices_flattened", "skin_weights_flattened")))
+    for owner, keys in names:
+        vals = [getattr(owner, k, None) for k in keys]
+        if all(v is not None for v in vals):
+            v, j, w = (np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x) for x in vals)
+            return v.astype(np.int64), j.astype(np.int64), w.astype(np.float32)
+    return None
+
+
+def hand_vertex_mask(skinning: tuple[np.ndarray, np.ndarray, np.ndarray], joints: np.ndarray, keypoints: np.ndarray,
+                     num_verts: int, radius: float = 0.15, min_weight: float = 0.5) -> np.ndarray:
+    """bool [V]: vertices skinned at least ``min_weight`` to hand joints (joints within ``radius``
+    metres of either hand's MHR70 keypoint centroid, in the rest pose)."""
+    verts, jidx, weights = skinning
+    centres = np.stack([keypoints[RIGHT_HAND_KPS].mean(0), keypoints[LEFT_HAND_KPS].mean(0)])
+    near = (np.linalg.norm(joints[:, None] - centres[None], axis=-1) < radius).any(1)
+    mass = np.bincount(verts, weights=weights * near[jidx], minlength=num_verts)[:num_verts]
+    return mass >= min_weight
+
+
+def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
+    """Core's ``canonical_colors`` and ``hand_vert_mask`` for a SAM 3D Body model with its MHR rig.
+
+    From the rig at zero pose / shape / scale / expression (metres, MHR axes: y up):
+    ``canonical_colors`` = {"positions": float32 [V, 3] rest vertices, "norm": float32 [V, 3]
+    vertex normals mapped to [0, 1], "face_mask": bool [V] vertices that move more than
+    ``face_motion`` metres under some unit expression coefficient, "head_mask": bool [V] rest
+    head region, "face_region_rgb": float32 [V, 3] painted face regions: all zero, i.e. none, as
+    the official checkpoint ships no painting}; ``hand_vert_mask`` = bool [V] (None when the rig
+    exposes no skinning weights). Both None without a rig.
+    """
+    import torch
+
+    rig = getattr(model, "mhr", None)
+    if rig is None:
+        return {"canonical_colors": None, "hand_vert_mask": None}
+    head = model.head_pose
+    dev = head.faces.device
+    n_expr = 72
+    b = n_expr + 1  # the rest pose, then each expression axis at +1
+    zeros = lambda *s: torch.zeros(b, *s, device=dev)  # noqa: E731
+    face = zeros(n_expr)
+    face[1:] = torch.eye(n_expr, device=dev)
+    p = {"global_rot": zeros(3), "body_pose": zeros(133), "hand": zeros(108), "scale": zeros(28),
+         "shape": zeros(45), "face": face}
+    with torch.inference_mode():
+        out = head.run_rig(rig, p)
+    verts = out.verts.float().cpu().numpy()
+    rest = verts[0]
+    faces = head.faces.cpu().numpy()
+    moved = np.linalg.norm(verts[1:] - rest[None], axis=-1) > face_motion
+    colors = {
+        "positions": rest.astype(np.float32),
+        "norm": (vertex_normals(rest, faces) + 1.0) * 0.5,
+        "face_mask": moved.any(0),
+        "head_mask": (rest[:, 1] > HEAD_MIN_Y) & (np.abs(rest[:, 0]) < HEAD_MAX_ABS_X),
+        "face_region_rgb": np.zeros_like(rest, dtype=np.float32),
+    }
+    skin = rig_skinning(rig)
+    hand = None
+    if skin is not None:
+        hand = hand_vertex_mask(skin, out.joints[0].float().cpu().numpy(),
+                                out.keypoints[0, :70].float().cpu().numpy(), rest.shape[0])
+    return {"canonical_colors": colors, "hand_vert_mask": hand}
 
 
 def _bbox(points: np.ndarray | None) -> np.ndarray:
@@ -55,9 +150,17 @@ def _person(bodies: Bodies, camera: Camera, i: int, t: int) -> dict[str, Any]:
     return p
 
 
-def to_mhr_pose(bodies: Bodies, camera: Camera) -> dict[str, Any]:
-    """Core ``MHR_POSE_DATA`` of our bodies (slots in object-id order, see the module doc)."""
+def to_mhr_pose(bodies: Bodies, camera: Camera, model: Any = None,
+                render_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Core ``MHR_POSE_DATA`` of our bodies (slots in object-id order, see the module doc).
+
+    ``canonical_colors`` / ``hand_vert_mask`` come from ``render_fields`` (e.g. those of a core
+    input, passed through), else from ``model`` (SAM 3D Body with its rig: ``mesh_render_fields``),
+    else are None.
+    """
     camera = camera.check_frames(bodies.num_frames)
+    if render_fields is None or all(render_fields.get(k) is None for k in RENDER_FIELDS):
+        render_fields = mesh_render_fields(model) if model is not None else {}
     order = np.argsort(bodies.obj_ids)
     frames: list[list[dict[str, Any]]] = []
     present = bodies.present
@@ -77,8 +180,8 @@ def to_mhr_pose(bodies: Bodies, camera: Camera) -> dict[str, Any]:
         "frames": frames,
         "faces": None if bodies.faces is None else bodies.faces.astype(np.int64),
         "image_size": (int(bodies.image_size[0]), int(bodies.image_size[1])),
-        "canonical_colors": None,
-        "hand_vert_mask": None,
+        "canonical_colors": render_fields.get("canonical_colors"),
+        "hand_vert_mask": render_fields.get("hand_vert_mask"),
     }
 
 
