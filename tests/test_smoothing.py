@@ -170,6 +170,25 @@ def test_noise_is_reduced() -> None:
     assert np.abs(out - truth).mean() < 0.5 * np.abs(noisy - truth).mean()
 
 
+def test_rotation_conversions_match_roma() -> None:
+    """Our numpy Euler <-> rotation-vector maps agree with roma's "xyz" (extrinsic) convention."""
+    roma = pytest.importorskip("roma")
+    import torch
+
+    rng = np.random.default_rng(4)
+    e = rng.uniform(-np.pi, np.pi, size=(500, 3))
+    e[:, 1] *= 0.49
+    want = roma.rotmat_to_rotvec(roma.euler_to_rotmat("xyz", torch.tensor(e))).numpy()
+    np.testing.assert_allclose(euler_to_rotvec(e), want, atol=1e-9)
+    rv = roma.rotmat_to_rotvec(roma.random_rotmat(500, dtype=torch.float64)).numpy()
+    rv[:3] *= 1e-10  # tiny angles
+    want = roma.rotmat_to_euler("xyz", roma.rotvec_to_rotmat(torch.tensor(rv))).numpy()
+    np.testing.assert_allclose(rotvec_to_euler(rv), want, atol=1e-9)
+    lock = np.array([[0.3, np.pi / 2, 0.2], [-1.0, -np.pi / 2, 2.5]])  # gimbal lock: same rotation
+    back = roma.euler_to_rotmat("xyz", torch.tensor(rotvec_to_euler(euler_to_rotvec(lock))))
+    np.testing.assert_allclose(back.numpy(), roma.euler_to_rotmat("xyz", torch.tensor(lock)).numpy(), atol=1e-6)
+
+
 def test_rotvec_unwrap_makes_spins_linear() -> None:
     ang = 0.3 * np.arange(40)  # spins past pi several times
     rv = np.stack([np.zeros_like(ang), ang, np.zeros_like(ang)], -1)
