@@ -6,11 +6,14 @@ not segment anything, so the amodal-mask sampler runs for real (its time counts)
 output is replaced by known amodal masks: each person is hidden behind a moving bar for 14
 frames, which fixes how much refinement and completion work follows, as in a real clip.
 
-Prints one table: depth, amodal masks (detection pass), refinement and completion times,
-total, peak VRAM, plus the no-occlusion fast path. Targets: total < 60 s, peak < 24 GB.
+Runs each speed/memory variant (body4d_core/amodal/accel.py; baseline first) for --variant-steps
+sampler steps on the whole clip and projects every sub-stage to --steps (the extra denoising
+steps at the measured per-step time), then prints one table: per-sub-stage seconds, total,
+peak VRAM per sub-stage, achieved UNet TFLOP/s (FLOPs counted on the meta device), and the max
+abs difference of one fixed UNet call against the baseline. Targets: total < 60 s, peak < 24 GB.
 
-    python bench/bench_amodal.py                # H200, bf16, 5 people x 90 frames at 720p
-    python bench/bench_amodal.py --upstream-style   # + SAM-Body4D's orchestration, same networks
+    python bench/bench_amodal.py                # H200, bf16, 5 people x 90 frames at 720p (~6-7 min)
+    python bench/bench_amodal.py --variants baseline,xattn --fast-path --upstream-style
     python bench/bench_amodal.py --tiny         # CPU smoke test of the script
 """
 
@@ -29,19 +32,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig  # noqa: E402
 from body4d_core.amodal.models import AmodalModels, DepthEstimator  # noqa: E402
+from body4d_core.amodal.occlusion import detection_size  # noqa: E402
 from body4d_core.amodal.stage import run_amodal  # noqa: E402
 from body4d_core.amodal.synthetic import build_depth_model, build_vas_pipeline  # noqa: E402
 from body4d_core.data import Tracks  # noqa: E402
 
 
-class ComputeThenTruth:
-    """Runs the real sampler (timed work) and returns the known amodal masks instead."""
+class Recorder:
+    """Wraps a sampler: times each run_jobs call (whole call and its denoising loop) and its peak VRAM.
 
-    def __init__(self, pipe, truth: dict[int, np.ndarray]) -> None:
-        self.pipe, self.truth = pipe, truth
+    With ``truth`` it returns the known amodal masks instead of the (random-weight) output."""
+
+    def __init__(self, pipe, truth: dict[int, np.ndarray] | None = None) -> None:
+        self.pipe, self.truth, self.calls = pipe, truth, []
 
     def run_jobs(self, jobs, sampler, hooks=None, budget_px=1 << 20):
-        self.pipe.run_jobs(jobs, sampler, budget_px=budget_px)
+        cuda = torch.cuda.is_available() and self.pipe.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.pipe.profile = {}
+        t0 = time.perf_counter()
+        res = self.pipe.run_jobs(jobs, sampler, budget_px=budget_px)
+        if cuda:
+            torch.cuda.synchronize()
+        self.calls.append({"seconds": time.perf_counter() - t0, **self.pipe.profile,
+                           "peak": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")})
+        self.pipe.profile = None
+        if self.truth is None:
+            return res
         out = []
         for j in jobs:
             m = torch.from_numpy(self.truth[j.obj_id][j.frames]).float()[:, None]
@@ -109,21 +128,190 @@ def make_clip(people: int, frames: int, h: int, w: int, hide: int = 14, occluded
     return rgb, truth, Tracks.from_masks(range(1, people + 1), np.stack(visible))
 
 
+VARIANTS = {
+    # name: (AccelConfig kwargs, compute dtype or None = --dtype, budget multiplier, note)
+    "baseline": ({}, None, 1, "reference path (before issue 5)"),
+    "xattn": ({"cross_attn_shortcut": True}, None, 1, "exact 1-token cross-attention"),
+    "cl": ({"channels_last": True}, None, 1, "channels_last convs"),
+    "xattn+cl": ({"cross_attn_shortcut": True, "channels_last": True}, None, 1, ""),
+    "xattn+compile": ({"cross_attn_shortcut": True, "compile_blocks": True}, None, 1, "regional torch.compile"),
+    "xattn+cl+compile": ({"cross_attn_shortcut": True, "channels_last": True, "compile_blocks": True}, None, 1, ""),
+    "xattn+fp16": ({"cross_attn_shortcut": True}, torch.float16, 1, "fp16 instead of bf16"),
+    "xattn+ff": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 1, "chunked feed-forward (memory)"),
+    "xattn+ff+batch2x": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 2, "2x people per UNet batch"),
+}
+DEFAULT_VARIANTS = "baseline,xattn,cl,xattn+ff,xattn+fp16,xattn+compile"
+STAGES = ("detect", "refine", "complete")
+
+
+def unet_gflops(pipe, size: tuple[int, int], shortcut: bool, frames: int = 16) -> float:
+    """UNet GFLOP per video frame (CFG counted separately) at a pixel size, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from body4d_core.amodal.accel import AccelConfig, apply_accel
+    from body4d_core.amodal.synthetic import UNET
+    from body4d_core.amodal.unet import VASUNet
+
+    preset = "tiny" if pipe.unet.config.block_out_channels[0] < 320 else "real"
+    with torch.device("meta"):
+        u = VASUNet(**UNET[preset]).eval()
+    u.to("meta")
+    apply_accel(u, AccelConfig(cross_attn_shortcut=shortcut), dict(u.attn_processors))
+    h, w = size[0] // pipe.vae_scale, size[1] // pipe.vae_scale
+    with torch.device("meta"):
+        x, ctx, ids = torch.randn(1, frames, 12, h, w), torch.randn(frames, 1, u.config.cross_attention_dim), \
+            torch.randn(1, 3)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        u(x, torch.tensor(1.0, device="meta"), ctx, ids)
+    return counter.get_total_flops() / frames / 1e9
+
+
+def set_dtype(pipes, dtype: torch.dtype) -> None:
+    """Cast the pipelines' networks (weights) and compute precision."""
+    for p in pipes:
+        for m in p.models():
+            m.to(dtype)
+        p.dtype = dtype
+
+
+def check_output(pipe, size: tuple[int, int]) -> torch.Tensor:
+    """One UNet call on a fixed input (2 videos x 8 frames at ``size``) to compare variants numerically."""
+    from body4d_core.runtime import autocast
+
+    g = torch.Generator().manual_seed(0)
+    h, w = size[0] // pipe.vae_scale, size[1] // pipe.vae_scale
+    x = torch.randn(2, 8, 12, h, w, generator=g)
+    ctx = torch.randn(16, 1, pipe.unet.config.cross_attention_dim, generator=g)
+    ids = torch.tensor([[7.0, 127.0, 0.02]] * 2)
+    dev, udtype = pipe.device, next(pipe.unet.parameters()).dtype
+    with torch.no_grad(), autocast(dev, pipe.dtype):
+        out = pipe.unet(x.to(dev, udtype), torch.tensor(1.0, device=dev), ctx.to(dev, udtype), ids.to(dev, udtype))[0]
+    return out.float().cpu()
+
+
+def run_variant(name: str, spec, ctx: dict, a) -> dict:
+    """Apply one variant, (compile-)warm up, time the stage at --variant-steps, project to --steps."""
+    from body4d_core.amodal.accel import AccelConfig
+
+    kwargs, vdtype, budget_mult, note = spec
+    pipes = (ctx["mask_pipe"], ctx["content_pipe"])
+    dev, base_dtype = ctx["dev"], ctx["dtype"]
+    vdtype = vdtype if (vdtype is not None and dev.type == "cuda") else base_dtype
+    if vdtype != base_dtype:
+        set_dtype(pipes, vdtype)
+    cfg = AccelConfig(**kwargs, compile_backend="inductor" if dev.type == "cuda" else "eager")  # CPU smoke: no C++ build
+    for p in pipes:
+        p.accelerate(cfg)
+    budget = a.budget_px * budget_mult
+    smp = SamplerConfig(steps=a.variant_steps, people_batch=a.people_batch * budget_mult, window=a.window)
+    warm_s = 0.0
+    try:
+        if cfg.compile_blocks:  # compile every shape of the three passes once, with 1 step
+            t0 = time.perf_counter()
+            warm = AmodalModels(Recorder(ctx["mask_pipe"], ctx["truth"]), ctx["content_pipe"], ctx["depth"], dev,
+                                vdtype)
+            run_amodal(ctx["rgb"], ctx["tracks"], warm, ctx["occ"], SamplerConfig(steps=1, window=a.window,
+                       people_batch=smp.people_batch), budget_px=budget)
+            sync()
+            warm_s = time.perf_counter() - t0
+        check = check_output(ctx["mask_pipe"], ctx["det"])
+        mask_rec, content_rec = Recorder(ctx["mask_pipe"], ctx["truth"]), Recorder(ctx["content_pipe"])
+        models = AmodalModels(mask_rec, content_rec, ctx["depth"], dev, vdtype)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        _, stats = run_amodal(ctx["rgb"], ctx["tracks"], models, ctx["occ"], smp, budget_px=budget)
+        sync()
+        measured = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+    finally:
+        for p in pipes:
+            p.accelerate(None)
+        if vdtype != base_dtype:
+            set_dtype(pipes, base_dtype)
+    scale = a.steps / a.variant_steps
+    calls = dict(zip(STAGES, mask_rec.calls[:2] + content_rec.calls[:1]))
+    row = {"name": name, "note": note, "warm_s": warm_s, "check": check, "stats": stats, "peak": peak,
+           "depth": stats.timings["depth"], "measured": measured, "calls": calls}
+    for st in STAGES:
+        c = calls.get(st, {})
+        # every denoising step costs the same, so the 25-step time is the measured time plus the extra steps
+        row[st] = stats.timings[st] + c.get("denoise", 0.0) * (scale - 1)
+        row[st + "_peak"] = c.get("peak", float("nan"))
+        row[st + "_tfs"] = (ctx["gflops"][(st, cfg.cross_attn_shortcut)] * c.get("unet_frames", 0) / 1e3
+                            / max(c.get("denoise", 0.0), 1e-9))
+    row["total"] = row["depth"] + sum(row[st] for st in STAGES)
+    log_row(row)
+    return row
+
+
+def log_row(row: dict) -> None:
+    print(f"  {row['name']}: measured {row['measured']:.1f} s, projected {row['total']:.1f} s, "
+          f"peak {row['peak']:.2f} GiB", flush=True)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def print_table(rows: list[dict], a, ctx: dict) -> None:
+    """One table: per-sub-stage seconds (projected to --steps), peak VRAM per sub-stage, agreement."""
+    base = rows[0]
+    det, comp = ctx["det"], ctx["comp"]
+    print(f"\nseconds at {a.steps} steps (measured at {a.variant_steps} steps + the extra denoising steps at the "
+          f"measured per-step time); peaks in GiB per sub-stage; UNet TFLOP/s = counted FLOPs / denoising time")
+    print(f"| {'variant':18s} | depth | detect@{det[0]}x{det[1]} | refine@{comp[0]}x{comp[1]} | "
+          f"complete@{comp[0]}x{comp[1]} | total | vs base | peak GiB (det/ref/comp) | UNet TFLOP/s (det/ref/comp) "
+          f"| max abs diff | warm-up s | notes")
+    print("|" + "---|" * 12)
+    for r in rows:
+        diff = float((r["check"] - base["check"]).abs().max())
+        tfs = "/".join(f"{r[s + '_tfs']:.0f}" for s in STAGES)
+        peaks = "/".join(f"{r[s + '_peak']:.1f}" for s in STAGES)
+        print(f"| {r['name']:18s} | {r['depth']:5.2f} | {r['detect']:8.1f} | {r['refine']:8.1f} | "
+              f"{r['complete']:8.1f} | {r['total']:6.1f} | {base['total'] / r['total']:5.2f}x | {r['peak']:.1f} "
+              f"({peaks}) | {tfs} | {diff:.2e} | {r['warm_s']:.0f} | {r['note']} |")
+    best = min(rows, key=lambda r: r["total"])
+    per_step = {st: best["calls"].get(st, {}).get("denoise", 0.0) / a.variant_steps for st in STAGES}
+    print(f"\nopt-in approximations (derived from '{best['name']}', NOT measured for quality: random weights):")
+    print(f"  refine off (reuse the {det[0]}x{det[1]} masks, OcclusionConfig(refine=False)): "
+          f"{best['total'] - best['refine']:.1f} s")
+    for steps in [n for n in (15, 10) if n < a.steps]:
+        t = best["total"] - sum(per_step.values()) * (a.steps - steps)
+        print(f"  {steps} steps instead of {a.steps}: {t:.1f} s")
+    s = base["stats"]
+    frames = {st: base["calls"].get(st, {}).get("unet_frames", 0) * a.steps // max(a.variant_steps, 1)
+              for st in STAGES}
+    print(f"\nUNet work at {a.steps} steps (frames through the UNet incl. the CFG doubling): "
+          + ", ".join(f"{st} {frames[st]} x {ctx['gflops'][(st, False)]:.0f} GFLOP = "
+                      f"{frames[st] * ctx['gflops'][(st, False)] / 1e6:.1f} PFLOP" for st in STAGES))
+    print(f"segments: {sum(len(v) for v in s.segments.values())}, completed person-frames: {s.completed_frames}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=5)
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--size", default="720x1280", help="clip height x width")
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=25, help="sampler steps the times are projected to")
+    ap.add_argument("--variant-steps", type=int, default=2, help="steps each variant really runs")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--people-batch", type=int, default=4)
     ap.add_argument("--budget-px", type=int, default=1 << 20, help="latent pixels x frames x 2 per UNet call")
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--fast-path", action="store_true", help="also time the no-occlusion clip (baseline, full steps)")
     ap.add_argument("--upstream-style", action="store_true",
-                    help="also time SAM-Body4D's orchestration of the same networks (adds ~1.5x the run)")
+                    help="also time SAM-Body4D's orchestration of the same networks (full steps; slow)")
     ap.add_argument("--no-refine", action="store_true", help="reuse detection masks instead of the 512x1024 pass")
     ap.add_argument("--tiny", action="store_true", help="tiny networks on the CPU (smoke test)")
     a = ap.parse_args()
+    names = [n.strip() for n in a.variants.split(",") if n.strip()]
+    if not names or names[0] != "baseline" or any(n not in VARIANTS for n in names):
+        ap.error(f"--variants must start with baseline and use only: {', '.join(VARIANTS)}")
 
     dev = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype] if dev.type == "cuda" \
@@ -131,11 +319,10 @@ def main() -> None:
     preset = "tiny" if a.tiny else "real"
     h, w = (int(v) for v in a.size.split("x"))
     occ = OcclusionConfig(refine=not a.no_refine)
-    smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
     if a.tiny:
-        h, w, a.frames, a.people = 64, 96, min(a.frames, 20), min(a.people, 2)
+        h, w, a.frames, a.people = 64, 96, min(a.frames, 12), min(a.people, 2)
         occ = OcclusionConfig(detection_resolution=(32, 48), completion_resolution=(64, 96), refine=not a.no_refine)
-        smp = SamplerConfig(steps=2, people_batch=a.people_batch, window=a.window)
+        a.steps, a.variant_steps = min(a.steps, 3), 1
 
     t0 = time.perf_counter()
     mask_pipe = build_vas_pipeline(preset, 0, dev, dtype)
@@ -147,66 +334,43 @@ def main() -> None:
               for n, m in zip(("unet", "vae", "clip"), mask_pipe.models())}
     params["depth"] = sum(p.numel() for p in dmodel.parameters()) / 1e6
 
-    rgb, truth, tracks = make_clip(a.people, a.frames, h, w)
-    models = AmodalModels(ComputeThenTruth(mask_pipe, truth), content_pipe, DepthEstimator(dmodel, prep, dtype),
-                          dev, dtype)
+    rgb, truth, tracks = make_clip(a.people, a.frames, h, w, hide=4 if a.tiny else 14)
+    depth = DepthEstimator(dmodel, prep, dtype)
+    det = detection_size((h, w), occ.detection_resolution)
+    comp = detection_size((h, w), occ.completion_resolution)
+    per_size = {(size, sc): unet_gflops(mask_pipe, size, sc) for size in (det, comp) for sc in (False, True)}
+    gflops = {(st, sc): per_size[(det if st == "detect" else comp, sc)] for st in STAGES for sc in (False, True)}
+    ctx = {"mask_pipe": mask_pipe, "content_pipe": content_pipe, "dev": dev, "dtype": dtype, "truth": truth,
+           "rgb": rgb, "tracks": tracks, "occ": occ, "depth": depth, "det": det, "comp": comp, "gflops": gflops}
     # warm-up (kernel selection, lazy init) on a short slice
     wt = min(6, a.frames)
     wclip = Tracks.from_masks(tracks.obj_ids[:1], tracks.masks_of(1, slice(0, wt))[None])
-    run_amodal(rgb[:wt], wclip, AmodalModels(mask_pipe, content_pipe, models.depth, dev, dtype), occ,
+    run_amodal(rgb[:wt], wclip, AmodalModels(mask_pipe, content_pipe, depth, dev, dtype), occ,
                SamplerConfig(steps=1, window=a.window), budget_px=a.budget_px)
 
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    amodal, stats = run_amodal(rgb, tracks, models, occ, smp, budget_px=a.budget_px)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    total = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-
-    rgb2, truth2, tracks2 = make_clip(a.people, a.frames, h, w, occluded=False)
-    fast_models = AmodalModels(ComputeThenTruth(mask_pipe, truth2), content_pipe, models.depth, dev, dtype)
-    t1 = time.perf_counter()
-    fast, fstats = run_amodal(rgb2, tracks2, fast_models, occ, smp, budget_px=a.budget_px)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    fast_total = time.perf_counter() - t1
-
-    up_s = upstream_style(models, mask_pipe, content_pipe, rgb, tracks, stats.segments, occ, smp, a.budget_px) \
-        if a.upstream_style else None
-
-    det = occ.detection_resolution
-    comp = occ.completion_resolution
-    seg_frames = sum(b - s for segs in stats.segments.values() for s, b in segs)
-    n_seg = sum(len(v) for v in stats.segments.values())
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
     print(f"\nAmodal Complete benchmark - {name}, {a.dtype if dev.type == 'cuda' else 'fp32'}, {preset} networks "
           f"(M params: UNet {params['unet']:.0f}, VAE {params['vae']:.0f}, CLIP {params['clip']:.0f}, "
           f"depth {params['depth']:.0f}; built in {build_s:.1f} s)")
-    print(f"clip: {a.people} people x {a.frames} frames at {h}x{w}; {smp.steps} steps, guidance {smp.guidance}, "
-          f"window {smp.window}/{smp.overlap}, people batch {smp.people_batch}, budget {a.budget_px} px\n")
-    rows = [
-        ("depth (once per clip)", stats.timings["depth"], f"{a.frames} frames"),
-        (f"amodal masks @{det[0]}x{det[1]}", stats.timings["detect"], f"{a.people * a.frames} person-frames"),
-        (f"refine @{comp[0]}x{comp[1]}", stats.timings["refine"], f"{seg_frames} person-frames in {n_seg} segments"),
-        (f"completion @{comp[0]}x{comp[1]}", stats.timings["complete"],
-         f"{stats.completed_frames} occluded person-frames kept"),
-        ("total", total, "target < 60 s: " + ("PASS" if total < 60 else "FAIL")),
-        ("no-occlusion clip (fast path)", fast_total,
-         f"refine {fstats.timings['refine']:.2f} s, completion {fstats.timings['complete']:.2f} s"),
-    ]
-    if up_s is not None:
-        rows.append(("upstream-style orchestration", up_s, f"same networks and windows; ours is {up_s / total:.1f}x "
-                                                            "faster"))
-    print(f"| {'stage':34s} | {'seconds':>8s} | notes")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 40}")
-    for label, sec, note in rows:
-        print(f"| {label:34s} | {sec:8.2f} | {note}")
-    verdict = "n/a" if dev.type != "cuda" else ("PASS" if peak < 24 else "FAIL")
-    print(f"| {'peak VRAM (GiB)':34s} | {peak:8.2f} | target < 24 GiB: {verdict}")
-    print(f"\noccluded person-frames flagged: {int(amodal.occluded.sum())} (fast path: {int(fast.occluded.sum())})")
+    print(f"clip: {a.people} people x {a.frames} frames at {h}x{w}; {a.steps} steps, guidance 1.5, "
+          f"window {a.window}/8, people batch {a.people_batch}, budget {a.budget_px} px", flush=True)
+    rows = [run_variant(n, VARIANTS[n], ctx, a) for n in names]
+    print_table(rows, a, ctx)
+
+    if a.fast_path:
+        rgb2, truth2, tracks2 = make_clip(a.people, a.frames, h, w, occluded=False)
+        smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
+        fast_models = AmodalModels(Recorder(mask_pipe, truth2), content_pipe, depth, dev, dtype)
+        t1 = time.perf_counter()
+        _, fstats = run_amodal(rgb2, tracks2, fast_models, occ, smp, budget_px=a.budget_px)
+        sync()
+        print(f"no-occlusion clip (fast path, baseline, {a.steps} steps): {time.perf_counter() - t1:.1f} s")
+    if a.upstream_style:
+        smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
+        models = AmodalModels(Recorder(mask_pipe, truth), content_pipe, depth, dev, dtype)
+        up_s = upstream_style(models, mask_pipe, content_pipe, rgb, tracks, rows[0]["stats"].segments, occ, smp,
+                              a.budget_px)
+        print(f"upstream-style orchestration ({a.steps} steps): {up_s:.1f} s")
 
 
 if __name__ == "__main__":

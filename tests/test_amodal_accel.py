@@ -14,7 +14,7 @@ from body4d_core.amodal.pipeline import VASPipeline
 from body4d_core.amodal.synthetic import build_vas_parts
 from body4d_core.errors import InputError
 
-T, H, W = 5, 16, 24
+T, H, W = 4, 16, 24
 FAST = SamplerConfig(steps=2, decode_chunk_size=4)
 
 
@@ -104,7 +104,7 @@ def test_compiled_blocks_are_wired_and_undone(pipe):
 
 
 def test_run_jobs_with_every_exact_option(pipe):
-    a, b = conds(1, t=9)
+    a, b = conds(1, t=8)
     smp = SamplerConfig(steps=2, decode_chunk_size=4, window=6, overlap=2)
     jobs = [VideoJob(a[0], b[0], 3), VideoJob(a[0, :4], b[0, :4], 5)]
     ref = pipe.run_jobs(jobs, smp)
