@@ -248,8 +248,10 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
 
 
 def log_row(row: dict) -> None:
-    print(f"  {row['name']}: measured {row['measured']:.1f} s, projected {row['total']:.1f} s, "
-          f"peak {row['peak']:.2f} GiB", flush=True)
+    parts = ", ".join(f"{st} {row[st]:.1f} s/{row[st + '_peak']:.1f} GiB" for st in STAGES)
+    print(f"  {row['name']}: measured {row['measured']:.1f} s, projected {row['total']:.1f} s "
+          f"(depth {row['depth']:.2f} s, {parts}), peak {row['peak']:.2f} GiB, warm-up {row['warm_s']:.0f} s",
+          flush=True)
 
 
 def sync() -> None:
