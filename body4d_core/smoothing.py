@@ -16,6 +16,12 @@ filter state entering the block and the smoothed state after it. Hundreds of sig
 go through one batched L x L matrix product per block plus two short recursions over
 blocks (exactly the sequential Kalman + RTS result, up to float32 rounding).
 
+Outliers: offline, a frame whose parameter / keypoint blocks jump as a whole against their
+neighbours (robust z-score) gets a larger observation variance. Causal, a frame is judged
+by its innovation against the forward filter's prediction from earlier frames only (scaled
+by the filter's predicted spread, so the frames right after a gap are not rejected), and
+the filter is rerun with those weights.
+
 Rotations: the global rotation (MHR Euler "xyz", extrinsic) is turned into a rotation
 vector unwrapped along time (axis sign and 2*pi jumps made continuous), smoothed in that
 space and mapped back, so spins and the +-pi seam never produce the jumps raw Euler angles
@@ -218,9 +224,14 @@ def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
     """
     t = obs_var.shape[1]
     s = F.shape[0]
-    first_of: dict[bytes, int] = {}
-    inverse = np.array([first_of.setdefault(row.tobytes(), len(first_of)) for row in obs_var])
-    uniq = obs_var[_first_rows(inverse)]
+    groups: dict[bytes, int] = {}
+    firsts: list[int] = []
+    inverse = np.empty(obs_var.shape[0], np.int64)
+    for i, row in enumerate(obs_var):
+        inverse[i] = groups.setdefault(row.tobytes(), len(groups))
+        if inverse[i] == len(firsts):
+            firsts.append(i)
+    uniq = obs_var[firsts]
     runs = [_riccati(row, F, Q) for row in uniq]
     K = np.stack([r[0] for r in runs])
     if not smooth:
@@ -232,12 +243,6 @@ def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
         # C_t = P_f[t] F^T P_p[t+1]^-1, i.e. C_t^T = solve(P_p[t+1], F P_f[t]) (both symmetric)
         C[:, :-1] = np.swapaxes(np.linalg.solve(P_p[:, 1:], F @ P_f[:, :-1]), -1, -2)
     return K, C, inverse
-
-
-def _first_rows(inverse: np.ndarray) -> np.ndarray:
-    """Row index of each group's first member, groups numbered 0, 1, ... in order of appearance."""
-    _, first = np.unique(inverse, return_index=True)
-    return first
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -553,23 +558,28 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
         idx = np.flatnonzero(observed[i])
         if idx.size < 8:
             continue
-        obs = y[i][:, cols] if idx.size == t else y[i][np.ix_(idx, cols)]  # [M, C] float32
-        res = np.zeros_like(obs)
+        if cols.size == d:  # every column (already a subsample): no gather
+            obs = y[i] if idx.size == t else y[i, idx]
+        else:
+            obs = y[i][:, cols] if idx.size == t else y[i][np.ix_(idx, cols)]  # [M, C] float32
+        every = idx.size == t
         if causal:
             from scipy.signal import lfilter
 
             if predicted is not None:
-                res = np.abs(obs - predicted[i, idx])
+                res = np.abs(obs - (predicted[i] if every else predicted[i, idx]))
                 if spread is not None:
-                    res /= spread[i, idx, None].astype(np.float32)
+                    res /= (spread[i] if every else spread[i, idx])[:, None].astype(np.float32)
                 res[0] = 0.0
             else:
+                res = np.zeros_like(obs)
                 res[2:] = np.abs(obs[2:] - (2.0 * obs[1:-1] - obs[:-2]))
             ema = lfilter([0.05], [1.0, -0.95], np.ascontiguousarray(res.T), axis=-1).T  # time-contiguous: fast
             scale = np.empty_like(res)
             scale[:8] = np.inf  # warm-up: never flag the first frames
             scale[8:] = ema[7:-1] / 0.95 * 1.2533  # mean |r| -> sigma for a normal law
         else:
+            res = np.zeros_like(obs)
             res[1:-1] = np.abs(obs[1:-1] - 0.5 * (obs[:-2] + obs[2:]))
             res[0], res[-1] = np.abs(obs[0] - obs[1]), np.abs(obs[-1] - obs[-2])
             scale = 1.4826 * np.median(res[:: max(1, len(res) // 2000)], axis=0, keepdims=True)  # subsampled
@@ -605,8 +615,11 @@ def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, block
     var = obs_var
     for _ in range(settings.gate_passes):
         pos = _smooth_signals(sub.copy(), var, settings.window, settings.motion, causal=True)
-        pred = np.zeros_like(pos)
-        pred[:, 2:] = 2.0 * pos[:, 1:-1] - pos[:, :-2]
+        pred = np.empty_like(pos)  # 2 x_(t-1) - x_(t-2), computed in place
+        pred[:, :2] = 0.0
+        np.multiply(pos[:, 1:-1], 2.0, out=pred[:, 2:])
+        pred[:, 2:] -= pos[:, :-2]
+        del pos
         score = _robust_scores(sub, observed, True, sub_blocks, thr, per_block=sub.shape[-1], predicted=pred,
                                spread=spread)
         var = obs_var * _gate_weights(score, thr)
