@@ -356,7 +356,14 @@ def main() -> None:
           f"depth {params['depth']:.0f}; built in {build_s:.1f} s)")
     print(f"clip: {a.people} people x {a.frames} frames at {h}x{w}; {a.steps} steps, guidance 1.5, "
           f"window {a.window}/8, people batch {a.people_batch}, budget {a.budget_px} px", flush=True)
-    rows = [run_variant(n, VARIANTS[n], ctx, a) for n in names]
+    rows = []
+    for n in names:
+        try:
+            rows.append(run_variant(n, VARIANTS[n], ctx, a))
+        except Exception as err:  # noqa: BLE001 - one failing variant must not lose the others' rows
+            if n == "baseline":
+                raise
+            print(f"  {n}: FAILED ({type(err).__name__}: {str(err)[:300]})", flush=True)
     print_table(rows, a, ctx)
 
     if a.fast_path:
