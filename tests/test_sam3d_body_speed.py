@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
-from body4d_core.sam3d_body.infer import _warp_masks
+from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
 from body4d_core.sam3d_body.synthetic import random_model
-from body4d_core.sam3d_body.vit import DinoV3ViT, fp8_linear, fp8_quantize_rows
+from body4d_core.sam3d_body.vit import DinoV3ViT, fp8_linear, fp8_quantize_rows, run_block
 
 
 def _vit(seed: int = 0) -> DinoV3ViT:
@@ -169,19 +169,93 @@ def test_decoder_dtype_is_ignored_on_cpu(model, scene) -> None:
         np.testing.assert_array_equal(r["body_pose"], o["body_pose"])
 
 
-def test_batched_mask_warp_equals_per_item_window_warp(scene) -> None:
+@pytest.mark.parametrize("flip", [False, True])
+def test_packed_mask_windows_equal_whole_frame_warp(scene, flip) -> None:
     frames, items = scene
-    items = items + [BodyItem(0, 9, [-60, -40, -5, -2], np.ones((96, 128), bool)), BodyItem(1, 9, [0, 0, 5, 5])]
+    soft = np.linspace(0, 1, 96 * 128, dtype=np.float32).reshape(96, 128)
+    items = items + [BodyItem(0, 9, [-60, -40, -5, -2], np.ones((96, 128), bool)), BodyItem(1, 9, [0, 0, 5, 5]),
+                     BodyItem(1, 8, [100, 70, 160, 140], np.ones((96, 128), bool)), BodyItem(0, 7, [20, 20, 60, 70], soft)]
     boxes = torch.tensor([it.box for it in items], dtype=torch.float64)
     centre, side = C.crop_boxes(boxes, 1.25)
-    grid = C.sample_grid(C.affine_matrices(centre, side, 32), 32, (96, 128))
-    mask = torch.zeros(len(items), 1, 32, 32)
-    score = torch.zeros(len(items))
-    _warp_masks(items, grid, mask, score, (96, 128))
+    grid = C.sample_grid(C.affine_matrices(centre, side, 32), 32, (96, 128), flip=flip)
+    windows = _mask_windows(items, 1.25, 32, (96, 128), flip)
+    mask, score = _warp_masks(items, grid, windows, (96, 128))
+    assert mask.shape == (len(items), 1, 32, 32) and score.shape == (len(items),)
     for i, it in enumerate(items):
         if it.mask is None:
             assert score[i] == 0 and mask[i].abs().max() == 0
             continue
         assert score[i] == 1
-        ref = C.warp_window(it.mask, grid[i], torch.device("cpu"))
-        assert torch.allclose(mask[i], ref, atol=1e-6), i
+        ref = C.warp(torch.as_tensor(np.asarray(it.mask)).float()[None, None], grid[i:i + 1])[0]
+        assert torch.allclose(mask[i], ref, atol=1e-5), (i, (mask[i] - ref).abs().max())
+
+
+def test_prefetched_batches_give_identical_results(model, scene) -> None:
+    frames, items = scene
+    a = estimate_bodies(model, frames, items, batch_size=2, prefetch=False)
+    b = estimate_bodies(model, frames, items, batch_size=2, prefetch=True)
+    for r, o in zip(a, b):
+        for key in ("body_pose", "keypoints_2d", "cam_t"):
+            np.testing.assert_array_equal(o[key], r[key], err_msg=key)
+
+
+def test_prefetcher_rebuilds_when_the_range_changes() -> None:
+    built = []
+    pre = CropPrefetcher(lambda a, b: built.append((a, b)) or (a, b))
+    pre.ahead(4, 8)
+    assert pre.take(4, 8) == (4, 8) and built == [(4, 8)]
+    pre.ahead(8, 12)
+    assert pre.take(8, 10) == (8, 10)  # after an OOM halving: built anew, the prefetched one dropped
+    assert built == [(4, 8), (8, 12), (8, 10)] and pre.batch is None
+    pre.ahead(12, 12)
+    assert pre.batch is None
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("parts", ["", "all", "mlp"])
+def test_block_is_one_graph_without_breaks(parts) -> None:
+    torch._dynamo.reset()
+    vit = _vit(5)
+    if parts:
+        vit.enable_fp8(True, parts=parts)  # the activation quantisation must trace inside the block graph
+    sin, cos = vit.rope_embed(4, 4, torch.device("cpu"))
+    tokens = torch.randn(2, 16 + 5, 64)
+    ex = torch._dynamo.explain(run_block)(vit.blocks[0], tokens, sin, cos)
+    assert ex.graph_count == 1 and ex.graph_break_count == 0, ex.break_reasons
+    ops = str(ex.graphs[0].graph)
+    assert "scaled_dot_product_attention" in ops
+    assert ("amax" in ops) == bool(parts)
+
+
+def test_fp8_mlp_only_keeps_attention_projections_and_is_close() -> None:
+    vit = _vit(6)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = vit(x)
+        vit.enable_fp8(True, parts="mlp")
+        names = {n for n, m in vit.blocks[0].named_modules() if hasattr(m, "w_fp8")}
+        assert names == {"mlp.w1", "mlp.w2", "mlp.w3"}
+        mlp_only = vit(x).float()
+        vit.enable_fp8(True, parts="all")
+        assert hasattr(vit.blocks[0].attn.qkv, "w_fp8") and hasattr(vit.blocks[0].attn.proj, "w_fp8")
+        full = vit(x).float()
+        vit.enable_fp8(False)
+        assert torch.equal(vit(x), ref)
+    for out in (mlp_only, full):
+        err = (out - ref).abs().max()
+        assert 0 < err < 0.1 * ref.abs().max()
+    with pytest.raises(ValueError, match="fp8 parts must be 'all' or 'mlp'"):
+        vit.enable_fp8(True, parts="attn")
+
+
+@torch.inference_mode()
+def test_reduce_overhead_mode_matches_eager() -> None:
+    torch._dynamo.reset()
+    vit = _vit(7)
+    x = torch.randn(3, 3, 64, 64)
+    ref = vit(x)
+    counter = CountingBackend()
+    assert vit.compile_blocks("reduce-overhead", backend=counter, bucket=2)
+    assert vit.compiled.endswith("reduce-overhead")
+    assert torch.allclose(vit(x), ref, atol=1e-5)
+    assert counter.graphs == 1

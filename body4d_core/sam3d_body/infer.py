@@ -115,41 +115,90 @@ def check_items(items: Sequence[BodyItem], t: int, h: int, w: int) -> None:
 # ------------------------------------------------------------------ crops
 
 
+def upload(t: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host -> device copy that never stalls the GPU queue: pinned staging + non_blocking on CUDA.
+
+    A pageable copy may wait for the queued kernels (the running backbone); a pinned one does not,
+    so the next batch's crops can be built while the current batch is still on the GPU.
+    """
+    t = torch.as_tensor(t)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _to_float_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(x).to(device)
+    t = upload(x, device)
     t = t.float() / 255.0 if not t.is_floating_point() else t.float()
     return t.permute(2, 0, 1)[None]
 
 
-def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, mask: torch.Tensor, score: torch.Tensor,
-                hw: tuple[int, int]) -> None:
-    """Warp each item's mask into ``mask`` (in place), uploading only the window its crop samples.
+def _mask_windows(items: Sequence[BodyItem], padding: float, size: int, hw: tuple[int, int],
+                  flip: bool) -> np.ndarray:
+    """[N, 4] int (x0, x1, y0, y1): the frame window each crop samples, from the boxes on the host.
 
-    All windows come from one device->host copy (not four syncs per item); bilinear neighbours all
-    lie inside the window, so this equals warping the whole frame.
+    The crop maps output pixel k to x = (k - a02) / a00 (monotonic), so the first and last pixel
+    bound the samples; 2 px of margin covers the bilinear neighbour and fp32 rounding of the grid.
     """
     h, w = hw
-    px = (grid[..., 0] + 1) * (w - 1) / 2
-    py = (grid[..., 1] + 1) * (h - 1) / 2
-    lim = torch.stack([px.amin((1, 2)), px.amax((1, 2)), py.amin((1, 2)), py.amax((1, 2))], 1).cpu().numpy()
-    for i, it in enumerate(items):
-        m = it.get_mask()
+    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64)
+    centre, side = C.crop_boxes(boxes, padding)
+    a = C.affine_matrices(centre, side, size).numpy()
+    ends = np.array([0.0, size - 1.0])
+    xs = (ends[None] - a[:, 0, 2, None]) / a[:, 0, 0, None]
+    ys = (ends[None] - a[:, 1, 2, None]) / a[:, 1, 1, None]
+    if flip:
+        xs = (w - 1) - xs
+    x0 = np.clip(np.floor(xs.min(1)) - 2, 0, w - 1)
+    x1 = np.clip(np.ceil(xs.max(1)) + 2, 0, w - 1)
+    y0 = np.clip(np.floor(ys.min(1)) - 2, 0, h - 1)
+    y1 = np.clip(np.ceil(ys.max(1)) + 2, 0, h - 1)
+    return np.stack([x0, x1, y0, y1], 1).astype(np.int64)
+
+
+def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarray,
+                hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masks [N, 1, S, S], scores [N]) warped from each item's mask window; one upload, one warp.
+
+    The windows (``_mask_windows``) hold every bilinear neighbour the grid samples, so this equals
+    warping the whole frame; they are packed (zero padded) into one host buffer, so a batch costs a
+    single pinned copy and a single grid_sample with no device->host sync.
+    """
+    h, w = hw
+    n, dev = len(items), grid.device
+    masks = [it.get_mask() for it in items]
+    for it, m in zip(items, masks):
+        if m is not None:
+            _check_size(it, "mask", m, (h, w))
+    wm = max(int((windows[:, 1] - windows[:, 0]).max()) + 1, 2)
+    hm = max(int((windows[:, 3] - windows[:, 2]).max()) + 1, 2)
+    exact = all(m is None or np.asarray(m).dtype in (np.bool_, np.uint8) for m in masks)
+    buf = torch.zeros(n, hm, wm, dtype=torch.uint8 if exact else torch.float32,
+                      pin_memory=dev.type == "cuda")
+    view = buf.numpy()
+    score = np.zeros(n, np.float32)
+    for i, m in enumerate(masks):
         if m is None:
             continue
-        _check_size(it, "mask", m, (h, w))
-        x0, x1 = (int(v) for v in np.clip([np.floor(lim[i, 0]) - 1, np.ceil(lim[i, 1]) + 1], 0, w - 1))
-        y0, y1 = (int(v) for v in np.clip([np.floor(lim[i, 2]) - 1, np.ceil(lim[i, 3]) + 1], 0, h - 1))
-        if x1 - x0 < 1 or y1 - y0 < 1:  # the crop lies (almost) outside the frame: nothing to sample
-            x0, x1, y0, y1 = 0, w - 1, 0, h - 1
-        sub = torch.from_numpy(np.ascontiguousarray(np.asarray(m)[y0:y1 + 1, x0:x1 + 1])).to(mask.device).float()
-        g = torch.stack([2 * (px[i] - x0) / (x1 - x0) - 1, 2 * (py[i] - y0) / (y1 - y0) - 1], -1)
-        mask[i] = C.warp(sub[None, None], g[None])[0]
+        x0, x1, y0, y1 = (int(v) for v in windows[i])
+        view[i, :y1 - y0 + 1, :x1 - x0 + 1] = np.asarray(m)[y0:y1 + 1, x0:x1 + 1]
         score[i] = 1.0
+    lo = upload(torch.from_numpy(windows[:, [0, 2]].astype(np.float32)), dev).to(grid.dtype)  # [N, 2] (x0, y0)
+    px = (grid[..., 0] + 1) * (w - 1) / 2 - lo[:, 0, None, None]
+    py = (grid[..., 1] + 1) * (h - 1) / 2 - lo[:, 1, None, None]
+    g = torch.stack([2 * px / (wm - 1) - 1, 2 * py / (hm - 1) - 1], -1)
+    src = buf.to(dev, non_blocking=True) if dev.type == "cuda" else buf
+    return C.warp(src[:, None].float(), g), upload(torch.from_numpy(score), dev)
 
 
 def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
                 boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True) -> CropBatch:
-    """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch."""
+    """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch.
+
+    Sync-free on CUDA (pinned uploads, no device->host reads): its GPU work queues behind
+    whatever is running, so it can be built ahead for the next batch. use_masks takes the mask
+    windows from the items' own boxes (body crops), not from ``boxes``.
+    """
     dev = boxes.device
     s = model.cfg.image_size
     h, w = int(frames.shape[1]), int(frames.shape[2])
@@ -158,8 +207,6 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     grid = C.sample_grid(affine, s, (h, w), flip=flip)
     n = len(items)
     img = torch.zeros(n, 3, s, s, device=dev)
-    mask = torch.zeros(n, 1, s, s, device=dev)
-    score = torch.zeros(n, device=dev)
     groups: dict[Any, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(("img", i) if it.image is not None else int(it.frame), []).append(i)
@@ -171,10 +218,24 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
             src = frames[key, ..., :3]
         img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
     if use_masks:
-        _warp_masks(items, grid, mask, score, (h, w))
-    k = K[[int(it.frame) for it in items]].to(dev)
-    wh = torch.tensor([w, h], dtype=torch.float32, device=dev).expand(n, 2)
+        mask, score = _warp_masks(items, grid, _mask_windows(items, padding, s, (h, w), flip), (h, w))
+    else:
+        mask, score = torch.zeros(n, 1, s, s, device=dev), torch.zeros(n, device=dev)
+    k = upload(K[[int(it.frame) for it in items]], dev)
+    wh = upload(torch.tensor([[w, h]] * n, dtype=torch.float32), dev)
     return CropBatch(img, mask, score, centre.float(), side.float(), affine.float(), k, wh)
+
+
+def item_boxes(items: Sequence[BodyItem], device: torch.device) -> torch.Tensor:
+    """The items' xyxy boxes as float64 [N, 4] on ``device`` (pinned, non-blocking upload)."""
+    return upload(torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64),
+                  device)
+
+
+def body_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor) -> CropBatch:
+    """The body crops (with masks) of ``items``."""
+    dev = next(model.parameters()).device
+    return build_crops(model, frames, items, K, item_boxes(items, dev), C.BODY_PADDING)
 
 
 def _dummy_prompt(n: int, device: torch.device) -> torch.Tensor:
@@ -229,12 +290,16 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
 
 @torch.inference_mode()
 def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
-               dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype = torch.float32
+               dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype = torch.float32,
+               batch: CropBatch | None = None, after_encode: Callable[[], None] | None = None
                ) -> list[dict[str, np.ndarray]]:
+    """One batch end to end. ``batch``: its crops if already built; ``after_encode``: called once the
+    backbone is queued (the prefetcher builds the next batch's crops there, while the GPU is busy)."""
     dev = next(model.parameters()).device
-    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64, device=dev)
-    batch = build_crops(model, frames, items, K, boxes, C.BODY_PADDING)
+    batch = batch if batch is not None else body_crops(model, frames, items, K)
     feats = model.encode(batch, dtype)
+    if after_encode is not None:
+        after_encode()
     body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
     lbox = rbox = None
     if mode == "full":
@@ -251,20 +316,43 @@ def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem]
     return [{k: v[i] for k, v in arrays.items()} for i in range(len(items))]
 
 
+class CropPrefetcher:
+    """Builds batch i+1's crops while batch i's backbone runs (same crops, only earlier).
+
+    ``take(start, stop)`` returns the prefetched crops when they are for exactly that range (else
+    builds them now: after an OOM halving the ranges change); ``ahead(start, stop)`` builds them.
+    """
+
+    def __init__(self, build: Callable[[int, int], CropBatch]) -> None:
+        self.build = build
+        self.key: tuple[int, int] | None = None
+        self.batch: CropBatch | None = None
+
+    def take(self, start: int, stop: int) -> CropBatch:
+        key, batch = self.key, self.batch
+        self.key = self.batch = None
+        return batch if key == (start, stop) and batch is not None else self.build(start, stop)
+
+    def ahead(self, start: int, stop: int) -> None:
+        if start < stop:
+            self.key, self.batch = (start, stop), self.build(start, stop)
+
+
 # ------------------------------------------------------------------ public API
 
 
 def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], intrinsics: Any = None,
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
-                    decoder_dtype: torch.dtype | None = None) -> list[dict[str, np.ndarray]]:
+                    decoder_dtype: torch.dtype | None = None, prefetch: bool = True) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
     (body decoder only) or 'full' (hand refinement). dtype is the backbone's autocast dtype on GPU
     (default bf16 where supported); decoder_dtype the decoders' matmul autocast dtype on GPU (default
     float32, as upstream; heads, norms and the rig always run float32); CPU always runs float32.
-    Compiled backbone/decoder: ``model.optimize(...)`` once before calling.
+    Compiled backbone/decoder: ``model.optimize(...)`` once before calling. prefetch: build the next
+    batch's crops while the current backbone runs (identical results; hides the crop time on GPU).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -285,9 +373,15 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     order = sorted(range(len(items)), key=lambda i: (int(items[i].frame), int(items[i].obj_id)))
     ordered = [items[i] for i in order]
 
+    pre = CropPrefetcher(lambda a, b: body_crops(model, frames_t, ordered[a:b], K))
+
     def run(start: int, stop: int) -> list[dict[str, np.ndarray]]:
+        nxt = (stop, min(len(ordered), 2 * stop - start))
+        with torch.inference_mode():
+            batch = pre.take(start, stop)
         return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
-                          decoder_dtype or torch.float32)
+                          decoder_dtype or torch.float32, batch=batch,
+                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch else None)
 
     chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
     flat = [r for chunk in chunks for r in chunk]

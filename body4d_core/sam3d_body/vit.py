@@ -217,16 +217,22 @@ class DinoV3ViT(nn.Module):
         return True
 
     @torch.no_grad()
-    def enable_fp8(self, on: bool = True) -> None:
-        """Opt-in: blocks' linear layers run E4M3 matmuls (row-wise scales); the fp32 weights are kept."""
+    def enable_fp8(self, on: bool = True, parts: str = "all") -> None:
+        """Opt-in: blocks' linear layers run E4M3 matmuls (row-wise scales); the fp32 weights are kept.
+
+        parts: 'all' (attention projections and MLP) or 'mlp' (MLP only; qkv/proj stay bf16).
+        Switching on always starts from all-off, so a second call with other parts replaces the first.
+        """
+        if parts not in ("all", "mlp"):
+            raise ValueError(f"fp8 parts must be 'all' or 'mlp', got {parts!r}")
         for blk in self.blocks:
-            for mod in blk.modules():
+            for name, mod in blk.named_modules():
                 if isinstance(mod, nn.Linear):
-                    if on:
+                    if hasattr(mod, "w_fp8"):
+                        del mod.w_fp8, mod.w_scale
+                    if on and (parts == "all" or name.startswith("mlp.")):
                         q, s = fp8_quantize_rows(mod.weight)
                         mod.w_fp8, mod.w_scale = q, s  # scale [N, 1]: its transpose is the [1, N] row-wise scale_b
-                    elif hasattr(mod, "w_fp8"):
-                        del mod.w_fp8, mod.w_scale
 
     def uncompile(self) -> None:
         """Back to eager blocks."""
@@ -263,6 +269,8 @@ class DinoV3ViT(nn.Module):
         return torch.cat(outs)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled.endswith("reduce-overhead"):  # CUDA graphs: a new pass may reuse the last one's buffers
+            torch.compiler.cudagraph_mark_step_begin()
         b, _, h, w = x.shape
         gh, gw = h // self.patch_size, w // self.patch_size
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
