@@ -215,12 +215,13 @@ def _step_ca(P: tuple, q: tuple, r: float, first: bool) -> tuple:
             p11 - k1 * p01, p12 - k1 * p02, p22 - k2 * p02) + pred
 
 
-def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
+def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool, memo: dict | None = None
            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Kalman gains K [U, T, S], RTS gains C [U, T, S, S] (C_t couples frame t to t+1) of the
     U distinct observation patterns, and each identity's pattern index [N].
 
-    Identities with the same observation variances share one Riccati recursion.
+    Identities with the same observation variances share one Riccati recursion; ``memo``
+    (pattern bytes -> ``_riccati`` result, for one F, Q) shares them across calls too.
     """
     t = obs_var.shape[1]
     s = F.shape[0]
@@ -232,7 +233,7 @@ def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
         if inverse[i] == len(firsts):
             firsts.append(i)
     uniq = obs_var[firsts]
-    runs = [_riccati(row, F, Q) for row in uniq]
+    runs = [_riccati_memo(row, F, Q, memo) for row in uniq]
     K = np.stack([r[0] for r in runs])
     if not smooth:
         return K, None, inverse
@@ -243,6 +244,16 @@ def _gains(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray, smooth: bool
         # C_t = P_f[t] F^T P_p[t+1]^-1, i.e. C_t^T = solve(P_p[t+1], F P_f[t]) (both symmetric)
         C[:, :-1] = np.swapaxes(np.linalg.solve(P_p[:, 1:], F @ P_f[:, :-1]), -1, -2)
     return K, C, inverse
+
+
+def _riccati_memo(row: np.ndarray, F: np.ndarray, Q: np.ndarray, memo: dict | None) -> tuple:
+    """``_riccati`` of one pattern, looked up in / stored into ``memo`` when given."""
+    if memo is None:
+        return _riccati(row, F, Q)
+    key = row.tobytes()
+    if key not in memo:
+        memo[key] = _riccati(row, F, Q)
+    return memo[key]
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -298,7 +309,7 @@ class _Operators:
 
 
 def _operators(obs_var: np.ndarray, motion: str, window: float, causal: bool, L: int,
-               signals: int = 0) -> _Operators:
+               signals: int = 0, memo: dict | None = None) -> _Operators:
     """Gains of every identity composed into the per-block maps of ``_Operators``.
 
     With ``signals`` given and many distinct observation patterns, L is halved: building the
@@ -309,7 +320,7 @@ def _operators(obs_var: np.ndarray, motion: str, window: float, causal: bool, L:
     n, t = obs_var.shape
     s = F.shape[0]
     smooth = not causal and t > 1
-    K, C, inverse = _gains(obs_var, F, Q, smooth)
+    K, C, inverse = _gains(obs_var, F, Q, smooth, memo)
     nu = K.shape[0]  # operators are built once per distinct observation pattern
     if signals and L >= 8 and nu * 669 * 5 > 2 * n * signals:
         L //= 2
@@ -428,12 +439,12 @@ def kalman_smooth(
 
 
 def _smooth_signals(u: np.ndarray, obs_var: np.ndarray, window: float, motion: str, causal: bool,
-                    block: int = 16) -> np.ndarray:
+                    block: int = 16, memo: dict | None = None) -> np.ndarray:
     """kalman_smooth on finite float32 signals u [N, T, D] (any finite value on unobserved frames).
 
     Overwrites u with the result (and returns it).
     """
-    ops = _operators(obs_var, motion, window, causal, max(1, min(block, u.shape[1])), u.shape[2])
+    ops = _operators(obs_var, motion, window, causal, max(1, min(block, u.shape[1])), u.shape[2], memo)
     return _run(ops, u)
 
 
@@ -605,7 +616,7 @@ def _robust_scores(y: np.ndarray, observed: np.ndarray, causal: bool, blocks: li
 
 
 def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, blocks: list[slice],
-                 settings: SmoothSettings, per_block: int = 32) -> np.ndarray:
+                 settings: SmoothSettings, memo: dict | None = None, per_block: int = 32) -> np.ndarray:
     """Causal outlier gating by innovation: observation variances [N, T] with outliers down-weighted.
 
     Each frame is compared with the forward filter's prediction from the frames before it
@@ -619,10 +630,10 @@ def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, block
     edges = np.cumsum([0] + [r.stop - r.start for r in ranges]).tolist()
     sub_blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
     thr = settings.outlier_threshold
-    spread = _innovation_spread(obs_var, settings)
+    spread = _innovation_spread(obs_var, settings, memo)
     var = obs_var
     for _ in range(settings.gate_passes):
-        pos = _smooth_signals(sub.copy(), var, settings.window, settings.motion, causal=True)
+        pos = _smooth_signals(sub.copy(), var, settings.window, settings.motion, True, memo=memo)
         pred = np.empty_like(pos)  # 2 x_(t-1) - x_(t-2), computed in place
         pred[:, :2] = 0.0
         np.multiply(pos[:, 1:-1], 2.0, out=pred[:, 2:])
@@ -634,7 +645,7 @@ def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, block
     return var
 
 
-def _innovation_spread(obs_var: np.ndarray, settings: SmoothSettings) -> np.ndarray:
+def _innovation_spread(obs_var: np.ndarray, settings: SmoothSettings, memo: dict | None = None) -> np.ndarray:
     """Relative standard deviation [N, T] of each frame's innovation: sqrt(P_pred + r) over its
     steady-state value for r = 1. Large right after a gap or the track start (the prediction
     is uncertain, a big innovation is no sign of an outlier) and on down-weighted frames.
@@ -643,15 +654,11 @@ def _innovation_spread(obs_var: np.ndarray, settings: SmoothSettings) -> np.ndar
     steady = np.ones(64)
     ref = np.sqrt(_riccati(steady, F, Q)[2][-1, 0, 0] + 1.0)
     out = np.ones(obs_var.shape)
-    done: dict[bytes, np.ndarray] = {}
     for i, row in enumerate(obs_var):
         seen = np.isfinite(row)
-        key = row.tobytes()
-        if key not in done and seen.any():
-            P_p = _riccati(row, F, Q)[2]
-            done[key] = np.where(seen, np.sqrt(P_p[:, 0, 0] + np.where(seen, row, 0.0)) / ref, 1.0)
-        if key in done:
-            out[i] = done[key]
+        if seen.any():
+            P_p = _riccati_memo(row, F, Q, memo)[2]
+            out[i] = np.where(seen, np.sqrt(P_p[:, 0, 0] + np.where(seen, row, 0.0)) / ref, 1.0)
     return out
 
 
@@ -787,13 +794,14 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
                          "check the tracks and the body estimation step")
     obs_var = _observation_variances(bodies, settings)
     y, layout = _signals(bodies, observed)
+    memo: dict[bytes, tuple] = {}  # Riccati runs of this call's observation patterns
     if settings.outlier_threshold > 0 and causal and settings.gate_passes > 0:
-        obs_var = _causal_gate(y, observed, obs_var, [sl for _, sl in layout], settings)
+        obs_var = _causal_gate(y, observed, obs_var, [sl for _, sl in layout], settings, memo)
     elif settings.outlier_threshold > 0:
         score = _robust_scores(y, observed, causal, [sl for _, sl in layout], settings.outlier_threshold)
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)
-    out = _smooth_signals(y, obs_var, settings.window, settings.motion, causal)
+    out = _smooth_signals(y, obs_var, settings.window, settings.motion, causal, memo=memo)
     del y
     if causal:
         _damp_gaps(out, observed, settings.gap_damping)
