@@ -79,6 +79,14 @@ def hand_vertex_mask(skinning: tuple[np.ndarray, np.ndarray, np.ndarray], joints
     return mass >= min_weight
 
 
+def _painted_regions(head: Any, num_verts: int) -> np.ndarray:
+    """The head's per-vertex face-region colours [V, 3] if it carries them, else zeros (none painted)."""
+    painted = getattr(head, "face_region_rgb", None)
+    if painted is not None and tuple(painted.shape) == (num_verts, 3):
+        return painted.detach().float().cpu().numpy()
+    return np.zeros((num_verts, 3), np.float32)
+
+
 def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
     """Core's ``canonical_colors`` and ``hand_vert_mask`` for a SAM 3D Body model with its MHR rig.
 
@@ -86,9 +94,10 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
     ``canonical_colors`` = {"positions": float32 [V, 3] rest vertices, "norm": float32 [V, 3]
     vertex normals mapped to [0, 1], "face_mask": bool [V] vertices that move more than
     ``face_motion`` metres under some unit expression coefficient, "head_mask": bool [V] rest
-    head region, "face_region_rgb": float32 [V, 3] painted face regions: all zero, i.e. none, as
-    the official checkpoint ships no painting}; ``hand_vert_mask`` = bool [V] (None when the rig
-    exposes no skinning weights). Both None without a rig.
+    head region, "face_region_rgb": float32 [V, 3] painted face regions (the head's
+    ``face_region_rgb`` when the loaded weights carry it, as core's file does; else all zero,
+    i.e. none: the official checkpoint ships no painting)}; ``hand_vert_mask`` = bool [V] (None
+    when the rig exposes no skinning weights). Both None without a rig.
     """
     import torch
 
@@ -115,7 +124,7 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
         "norm": (vertex_normals(rest, faces) + 1.0) * 0.5,
         "face_mask": moved.any(0),
         "head_mask": (rest[:, 1] > HEAD_MIN_Y) & (np.abs(rest[:, 0]) < HEAD_MAX_ABS_X),
-        "face_region_rgb": np.zeros_like(rest, dtype=np.float32),
+        "face_region_rgb": _painted_regions(head, rest.shape[0]),
     }
     skin = rig_skinning(rig)
     hand = None

@@ -102,6 +102,20 @@ def test_mesh_render_fields_from_the_rig(rigged) -> None:
     np.testing.assert_array_equal(hand, want)
 
 
+def test_painted_face_regions_are_used_when_loaded(rigged) -> None:
+    model, _ = rigged
+    v = model.cfg.num_verts
+    paint = torch.zeros(v, 3)
+    paint[:4] = torch.tensor([1.0, 0.5, 0.0])
+    model.head_pose.face_region_rgb = paint
+    try:
+        got = mesh_render_fields(model)["canonical_colors"]["face_region_rgb"]
+    finally:
+        del model.head_pose.face_region_rgb
+    assert got.dtype == np.float32 and got.shape == (v, 3)
+    np.testing.assert_array_equal(got, paint.numpy())
+
+
 def test_fields_absent_without_rig_or_skinning(rigged) -> None:
     no_skin = random_model(tiny_config(), seed=1)  # synthetic scripted rig: no skinning triplets
     fields = mesh_render_fields(no_skin)
