@@ -10,12 +10,18 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     dec16      + decoders' matmuls in bf16 (heads, norms and rig stay fp32)
     cbb        + backbone blocks torch.compile'd (mode default; one graph for all 32 blocks)
     cbb-nopf   cbb without crop prefetch (next batch's crops built while the backbone runs)
+    cbb-ovl    cbb + overlap: next batch encoded before this one is decoded, decoders on a side
+               CUDA stream alongside the next backbone (identical results)
     cbb-mat    cbb with mode max-autotune-no-cudagraphs (Triton GEMM templates; slow to compile)
     cbb-cg     cbb with mode reduce-overhead (CUDA graphs of the fixed-size bucket)
+    cbb-cudnn  cbb traced with only cuDNN attention allowed (the compiled graph bakes the kernel in)
+    cbb-flash  cbb traced with only flash attention allowed
     cdec       + decoder layers compiled too (bf16 matmuls)
     cdec32     compiled backbone and decoder, decoder fp32 as upstream (numerically equivalent)
+    cdec-ovl   cdec + overlap
     fp8        cbb + E4M3 row-wise-scaled matmuls in all backbone linears (opt-in, lossy)
     fp8-mlp    cbb + E4M3 in the backbone MLPs only (attention projections stay bf16)
+    fp8-ovl    fp8 + compiled decoder + overlap (the fastest lossy combination)
 
 Every variant but cbb-nopf prefetches crops (identical results). The bench prints its own wall
 time at the end (about 5 minutes on an H200 with the official rows, most of it compiling).
@@ -78,41 +84,49 @@ def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> S
     return model.eval().requires_grad_(False)
 
 
-VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf16, fp8 parts, prefetch crops)
-    "eager": ("", "", False, "", True),
-    "dec16": ("", "", True, "", True),
-    "cbb": ("default", "", True, "", True),
-    "cbb-nopf": ("default", "", True, "", False),
-    "cbb-mat": ("max-autotune-no-cudagraphs", "", True, "", True),
-    "cbb-cg": ("reduce-overhead", "", True, "", True),
-    "cdec": ("default", "default", True, "", True),
-    "cdec32": ("default", "default", False, "", True),
-    "fp8": ("default", "", True, "all", True),
-    "fp8-mlp": ("default", "", True, "mlp", True),
+VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf16, fp8 parts, pipelining)
+    "eager": ("", "", False, "", "prefetch"),
+    "dec16": ("", "", True, "", "prefetch"),
+    "cbb": ("default", "", True, "", "prefetch"),
+    "cbb-nopf": ("default", "", True, "", ""),
+    "cbb-ovl": ("default", "", True, "", "overlap"),
+    "cbb-mat": ("max-autotune-no-cudagraphs", "", True, "", "prefetch"),
+    "cbb-cg": ("reduce-overhead", "", True, "", "prefetch"),
+    "cbb-cudnn": ("default", "", True, "", "prefetch"),
+    "cbb-flash": ("default", "", True, "", "prefetch"),
+    "cdec": ("default", "default", True, "", "prefetch"),
+    "cdec32": ("default", "default", False, "", "prefetch"),
+    "cdec-ovl": ("default", "default", True, "", "overlap"),
+    "fp8": ("default", "", True, "all", "prefetch"),
+    "fp8-mlp": ("default", "", True, "mlp", "prefetch"),
+    "fp8-ovl": ("default", "default", True, "all", "overlap"),
 }
 CHECK_KEYS = ("global_rot", "body_pose", "hand_pose", "shape", "cam_t", "keypoints_3d", "keypoints_2d")
 
 
-def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tuple[torch.dtype, bool]:
-    """Set the model's compile / fp8 state for a variant; returns (decoder dtype, prefetch) to pass."""
+def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tuple[torch.dtype, str]:
+    """Set the model's compile / fp8 state for a variant; returns (decoder dtype, pipelining) to pass."""
     cbb, cdec, dec16, fp8, prefetch = VARIANTS[name]
+    sdpa = name.split("-")[1] if name in ("cbb-cudnn", "cbb-flash") else ""
+    if sdpa or model.backbone.encoder.sdpa:  # the kernel is picked while tracing: drop graphs traced otherwise
+        torch._dynamo.reset()
     model.backbone.encoder.enable_fp8(bool(fp8), parts=fp8 or "all")
-    model.optimize(cbb, cdec, bucket=bucket, backend=backend)
+    model.optimize(cbb, cdec, bucket=bucket, backend=backend, sdpa=sdpa)
     cuda = next(model.parameters()).device.type == "cuda"
     return (torch.bfloat16 if dec16 and cuda else torch.float32), prefetch
 
 
-def _run(model, frames, items, mode, bs, dtype, dec_dtype, prefetch=True):
+def _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe="prefetch"):
     return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype, decoder_dtype=dec_dtype,
-                           prefetch=prefetch)
+                           prefetch=pipe == "prefetch", overlap=pipe == "overlap")
 
 
 def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode: str, bs: int,
-              dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, prefetch: bool = True
+              dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, pipe: str = "prefetch"
               ) -> tuple[float, float, float, list]:
     """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
     t0 = time.perf_counter()
-    _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, prefetch)
+    _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
     _sync()
     warm = time.perf_counter() - t0
     if torch.cuda.is_available():
@@ -120,7 +134,7 @@ def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode:
     t0 = time.perf_counter()
     res = None
     for _ in range(reps):
-        out = _run(model, frames, items, mode, bs, dtype, dec_dtype, prefetch)
+        out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
         res = res or out
     _sync()
     dt = time.perf_counter() - t0
@@ -174,6 +188,26 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
         [v.float().cpu() for v in out.values()]
         lap("to_host", t0)
     return f"# body-mode stages ({label}), ms per batch of {len(items)}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+
+
+class Rows(list):
+    """Table rows, each printed (flushed) as it is added, so a run cut short still shows what it measured."""
+
+    def header(self) -> None:
+        print(f"| {'impl':8s} | {'variant':11s} | {'what':30s} | {'crops/s':>8s} | {'peak GiB':>8s} "
+              f"| {'warm-up s':>9s} | max/mean abs dev vs eager |")
+        print(f"|{'-' * 10}|{'-' * 13}|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 27}|", flush=True)
+
+    def append(self, row: tuple) -> None:
+        super().append(row)
+        impl, var, what, rate, peak, warm, dev_s = row
+        print(f"| {impl:8s} | {var:11s} | {what:30s} | {rate:8.1f} | {peak:8.2f} | {warm:9.1f} | {dev_s} |",
+              flush=True)
+
+    def __iadd__(self, rows):
+        for row in rows:
+            self.append(row)
+        return self
 
 
 def sdpa_rows(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> list[tuple]:
@@ -332,9 +366,10 @@ def main() -> None:
     ap.add_argument("--size", default="1080x1920", help="frame HxW")
     ap.add_argument("--people", type=int, default=4, help="people per frame")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--variants", default="eager,dec16,cbb,cbb-nopf,cdec,cdec32,fp8,fp8-mlp,cbb-mat,cbb-cg",
+    ap.add_argument("--variants", default="eager,dec16,cbb,cbb-nopf,cbb-ovl,cdec,cdec32,cdec-ovl,fp8,fp8-mlp,fp8-ovl,"
+                                          "cbb-cudnn,cbb-flash,cbb-mat,cbb-cg",
                     help=f"comma list of {', '.join(VARIANTS)}")
-    ap.add_argument("--full-variants", default="eager,cbb", help="variants also timed in full mode")
+    ap.add_argument("--full-variants", default="eager,cbb,cdec-ovl", help="variants also timed in full mode")
     ap.add_argument("--official-frames", type=int, default=4, help="frames (x --people crops) the official code runs")
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
     ap.add_argument("--backend", default="", help="torch.compile backend (default inductor on CUDA, eager on CPU)")
@@ -369,7 +404,8 @@ def main() -> None:
           f"synthetic rig), crops {cfg.image_size}px, {args.dtype if dev.type == 'cuda' else 'fp32'}, "
           f"batch {args.batch}, {args.items} crops from {len(frames)} frames of {h}x{w} ({args.people}/frame), "
           f"build {build_s:.1f}s, compile backend {args.backend}")
-    rows: list[tuple] = []  # (impl, variant, what, crops/s, peak, warm-up s, deviation)
+    rows = Rows()  # (impl, variant, what, crops/s, peak, warm-up s, deviation), printed as they come
+    rows.header()
     notes: list[str] = []
     variants = [v for v in args.variants.split(",") if v]
     full_variants = [v for v in args.full_variants.split(",") if v]
@@ -379,24 +415,26 @@ def main() -> None:
     ref: dict[str, list] = {}
     for var in dict.fromkeys(["eager"] + variants + full_variants):
         try:
-            dec_dtype, prefetch = apply_variant(model, var, args.batch, args.backend)
-            if var not in ("dec16", "cbb-nopf", "cdec", "cdec32"):  # these leave the backbone as another row has it
+            dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
+            if var in ("eager", "cbb", "cbb-mat", "cbb-cg", "cbb-cudnn", "cbb-flash", "fp8", "fp8-mlp"):  # these leave the backbone as another row has it
                 rate, warm = time_backbone(model, args.batch, dtype, args.reps)
-                rows.append(("ours", var, "backbone only", rate, float("nan"), warm, ""))
+                fell = VARIANTS[var][0] and not model.backbone.encoder.compiled
+                rows.append(("ours", var, "backbone only" + (" (compile failed: eager)" if fell else ""), rate,
+                             float("nan"), warm, ""))
             if var in ("eager", "dec16", "cbb"):
                 notes.append(stage_breakdown(model, frames, items[: args.batch], dtype, dec_dtype, label=var))
-                if dev.type == "cuda" and var != "dec16":
+                if dev.type == "cuda" and var == "eager":  # compiled graphs ignore the context: cbb-cudnn/-flash
                     rows += sdpa_rows(model, args.batch, dtype, args.reps)
             for mode in ("body", "full"):
                 if var not in (variants if mode == "body" else full_variants):
                     continue
                 rate, peak, warm, res = time_ours(model, frames, items, mode, args.batch, dtype, dec_dtype, args.reps,
-                                                  prefetch)
+                                                  pipe)
                 ref.setdefault(mode, res)
                 rows.append(("ours", var, mode, rate, peak, warm, deviation(res, ref[mode])))
                 if var == "eager" and mode == "body":  # same code and precision, other batch size: the noise floor
                     half = max(1, args.batch // 2)
-                    rate, peak, warm, res = time_ours(model, frames, items, mode, half, dtype, dec_dtype, 1, prefetch)
+                    rate, peak, warm, res = time_ours(model, frames, items, mode, half, dtype, dec_dtype, 1, pipe)
                     rows.append(("ours", var, f"body, batch {half} (noise floor)", rate, peak, warm,
                                  deviation(res, ref[mode])))
         except Exception as err:  # noqa: BLE001 - one failing variant must not lose the table
@@ -425,11 +463,6 @@ def main() -> None:
     else:
         rows.append(("official", "", "not run: pass --official and --dinov3 (local checkouts)", float("nan"),
                      float("nan"), float("nan"), ""))
-    print(f"| {'impl':8s} | {'variant':11s} | {'what':30s} | {'crops/s':>8s} | {'peak GiB':>8s} | {'warm-up s':>9s} "
-          f"| max/mean abs dev vs eager |")
-    print(f"|{'-' * 10}|{'-' * 13}|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 27}|")
-    for impl, var, what, rate, peak, warm, dev_s in rows:
-        print(f"| {impl:8s} | {var:11s} | {what:30s} | {rate:8.1f} | {peak:8.2f} | {warm:9.1f} | {dev_s} |")
     for line in notes:
         print(line)
     print(f"# bench wall time {time.perf_counter() - t_start:.0f} s")

@@ -194,8 +194,13 @@ def test_prefetched_batches_give_identical_results(model, scene) -> None:
     frames, items = scene
     a = estimate_bodies(model, frames, items, batch_size=2, prefetch=False)
     b = estimate_bodies(model, frames, items, batch_size=2, prefetch=True)
+    c = estimate_bodies(model, frames, items, batch_size=4, overlap=True)  # next batch encoded before decoding
+    d = estimate_bodies(model, frames, items, batch_size=4, prefetch=False)
     for r, o in zip(a, b):
         for key in ("body_pose", "keypoints_2d", "cam_t"):
+            np.testing.assert_array_equal(o[key], r[key], err_msg=key)
+    for r, o in zip(d, c):
+        for key in ("body_pose", "keypoints_2d", "cam_t", "shape"):
             np.testing.assert_array_equal(o[key], r[key], err_msg=key)
 
 
@@ -259,3 +264,18 @@ def test_reduce_overhead_mode_matches_eager() -> None:
     assert vit.compiled.endswith("reduce-overhead")
     assert torch.allclose(vit(x), ref, atol=1e-5)
     assert counter.graphs == 1
+
+
+@torch.inference_mode()
+def test_pinned_sdpa_kernel_matches_eager_and_rejects_unknown_names() -> None:
+    torch._dynamo.reset()
+    vit = _vit(8)
+    x = torch.randn(2, 3, 64, 64)
+    ref = vit(x)
+    assert vit.compile_blocks("default", backend="eager", bucket=2, sdpa="math")
+    assert vit.sdpa == "math"
+    assert torch.allclose(vit(x), ref, atol=1e-5)
+    vit.uncompile()
+    assert vit.sdpa == ""
+    with pytest.raises(ValueError, match="sdpa must be"):
+        vit.compile_blocks("default", backend="eager", sdpa="fast")

@@ -7,9 +7,10 @@ after it in float32. Results are keyed by object id, never by list position.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -288,18 +289,51 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
     return out
 
 
-@torch.inference_mode()
 def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
                dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype = torch.float32,
-               batch: CropBatch | None = None, after_encode: Callable[[], None] | None = None
+               batch: CropBatch | None = None, after_encode: Callable[[], None] | None = None,
+               feats: torch.Tensor | None = None, ready: Any = None, stream: Any = None
                ) -> list[dict[str, np.ndarray]]:
-    """One batch end to end. ``batch``: its crops if already built; ``after_encode``: called once the
-    backbone is queued (the prefetcher builds the next batch's crops there, while the GPU is busy)."""
-    dev = next(model.parameters()).device
-    batch = batch if batch is not None else body_crops(model, frames, items, K)
-    feats = model.encode(batch, dtype)
-    if after_encode is not None:
-        after_encode()
+    """One batch end to end. ``batch`` / ``feats``: its crops / encoding if already built (``ready``: the
+    CUDA event after that encoding); ``after_encode``: called once the backbone is queued (the
+    prefetcher builds the next batch there, while the GPU is busy); ``stream``: a side CUDA stream
+    for everything after the encoding (it then overlaps the next batch's backbone)."""
+    with torch.inference_mode():
+        batch = batch if batch is not None else body_crops(model, frames, items, K)
+        if feats is None:
+            feats, ready = model.encode(batch, dtype), _event(batch.img.device)
+        if after_encode is not None:
+            after_encode()
+        with _on_stream(stream, ready):
+            return _decode_batch(model, frames, items, K, mode, dtype, with_verts, dec_dtype, batch, feats)
+
+
+def _event(device: torch.device) -> Any:
+    """A CUDA event recorded on the current stream now (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    ev = torch.cuda.Event()
+    ev.record()
+    return ev
+
+
+@contextlib.contextmanager
+def _on_stream(stream: Any, ready: Any) -> Iterator[None]:
+    """Run the block on ``stream`` after ``ready`` (no-op without a stream)."""
+    if stream is None:
+        yield
+        return
+    if ready is not None:
+        stream.wait_event(ready)
+    with torch.cuda.stream(stream):
+        yield
+
+
+def _decode_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
+                  dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype, batch: CropBatch,
+                  feats: torch.Tensor) -> list[dict[str, np.ndarray]]:
+    """Body decode (+ hand refinement), final rig, results to the host (syncs the current stream)."""
+    dev = feats.device
     body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
     lbox = rbox = None
     if mode == "full":
@@ -323,12 +357,12 @@ class CropPrefetcher:
     builds them now: after an OOM halving the ranges change); ``ahead(start, stop)`` builds them.
     """
 
-    def __init__(self, build: Callable[[int, int], CropBatch]) -> None:
+    def __init__(self, build: Callable[[int, int], Any]) -> None:
         self.build = build
         self.key: tuple[int, int] | None = None
-        self.batch: CropBatch | None = None
+        self.batch: Any = None
 
-    def take(self, start: int, stop: int) -> CropBatch:
+    def take(self, start: int, stop: int) -> Any:
         key, batch = self.key, self.batch
         self.key = self.batch = None
         return batch if key == (start, stop) and batch is not None else self.build(start, stop)
@@ -344,7 +378,8 @@ class CropPrefetcher:
 def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], intrinsics: Any = None,
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
-                    decoder_dtype: torch.dtype | None = None, prefetch: bool = True) -> list[dict[str, np.ndarray]]:
+                    decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
+                    overlap: bool = False) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -353,6 +388,8 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     float32, as upstream; heads, norms and the rig always run float32); CPU always runs float32.
     Compiled backbone/decoder: ``model.optimize(...)`` once before calling. prefetch: build the next
     batch's crops while the current backbone runs (identical results; hides the crop time on GPU).
+    overlap (opt-in, implies prefetch): also encode the next batch before decoding this one, and
+    decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -373,15 +410,23 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     order = sorted(range(len(items)), key=lambda i: (int(items[i].frame), int(items[i].obj_id)))
     ordered = [items[i] for i in order]
 
-    pre = CropPrefetcher(lambda a, b: body_crops(model, frames_t, ordered[a:b], K))
+    side = torch.cuda.Stream(device=dev) if overlap and dev.type == "cuda" else None
+
+    def build(start: int, stop: int) -> tuple[CropBatch, torch.Tensor | None, Any]:
+        batch = body_crops(model, frames_t, ordered[start:stop], K)
+        if not overlap:
+            return batch, None, None
+        return batch, model.encode(batch, dtype), _event(dev)
+
+    pre = CropPrefetcher(build)
 
     def run(start: int, stop: int) -> list[dict[str, np.ndarray]]:
         nxt = (stop, min(len(ordered), 2 * stop - start))
         with torch.inference_mode():
-            batch = pre.take(start, stop)
+            batch, feats, ready = pre.take(start, stop)
         return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
-                          decoder_dtype or torch.float32, batch=batch,
-                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch else None)
+                          decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
+                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None)
 
     chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
     flat = [r for chunk in chunks for r in chunk]

@@ -111,16 +111,17 @@ class Sam3dBody(nn.Module):
     # ------------------------------------------------------------------ speed options
 
     def optimize(self, compile_backbone: str = "", compile_decoder: str = "", bucket: int = 0,
-                 backend: str = "inductor") -> dict[str, str]:
+                 backend: str = "inductor", sdpa: str = "") -> dict[str, str]:
         """torch.compile the ViT blocks and/or decoder layers (mode names, '' = eager); logs, never fails.
 
         bucket: the backbone then runs fixed-size padded chunks (no recompiles for a partial batch).
+        sdpa: attention kernel baked into the compiled backbone ('' = torch's choice; see vit.SDPA_BACKENDS).
         Returns what is in effect: {'backbone': mode or '', 'decoder': mode or ''}.
         """
         enc = self.backbone.encoder
         enc.uncompile()
         if compile_backbone:
-            enc.compile_blocks(compile_backbone, backend, bucket)
+            enc.compile_blocks(compile_backbone, backend, bucket, sdpa)
         dec_mode = ""
         for d in (self.decoder, self.decoder_hand):
             d.layer_fn = run_layer

@@ -7,6 +7,7 @@ Parameter names follow facebookresearch/dinov3 (``blocks.N.attn.qkv``, ``ls1.gam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable
@@ -170,6 +171,19 @@ def compile_available(device: torch.device) -> str:
     return ""
 
 
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}
+
+
+def _sdpa_only(name: str) -> contextlib.AbstractContextManager:
+    """Context allowing only one SDPA kernel ('' = no restriction)."""
+    if not name:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection."""
 
@@ -199,12 +213,18 @@ class DinoV3ViT(nn.Module):
         self.block_fn: Callable[..., torch.Tensor] = run_block
         self.compiled = ""  # '' = eager, else the torch.compile mode in use
         self.bucket = 0  # compiled: run batches in chunks of exactly this size (last one padded)
+        self.sdpa = ""  # compiled: attention kernel pinned while tracing ('' = torch's own choice)
 
-    def compile_blocks(self, mode: str = "default", backend: str = "inductor", bucket: int = 0) -> bool:
+    def compile_blocks(self, mode: str = "default", backend: str = "inductor", bucket: int = 0,
+                       sdpa: str = "") -> bool:
         """Compile the block call once (dynamic=False): the 32 identical blocks share one graph.
 
+        sdpa: '' or one of SDPA_BACKENDS; the graph is traced with only that attention kernel
+        allowed (the kernel is chosen at trace time, so it is baked into the graph).
         Returns False (and stays eager, with a log line) where compile is unavailable.
         """
+        if sdpa and sdpa not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa must be '' or one of {sorted(SDPA_BACKENDS)}, got {sdpa!r}")
         dev = self.cls_token.device
         why = compile_available(dev) if backend == "inductor" else ""
         if why:
@@ -214,6 +234,7 @@ class DinoV3ViT(nn.Module):
         self.block_fn = torch.compile(run_block, dynamic=False, backend=backend, **kw)
         self.compiled = f"{backend}:{mode}"
         self.bucket = int(bucket)
+        self.sdpa = sdpa
         return True
 
     @torch.no_grad()
@@ -236,7 +257,7 @@ class DinoV3ViT(nn.Module):
 
     def uncompile(self) -> None:
         """Back to eager blocks."""
-        self.block_fn, self.compiled = run_block, ""
+        self.block_fn, self.compiled, self.sdpa = run_block, "", ""
 
     def _blocks(self, tokens: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
         if not self.compiled:
@@ -244,8 +265,9 @@ class DinoV3ViT(nn.Module):
                 tokens = run_block(blk, tokens, sin, cos)
             return tokens
         try:
-            for blk in self.blocks:
-                tokens = self.block_fn(blk, tokens, sin, cos)
+            with _sdpa_only(self.sdpa):
+                for blk in self.blocks:
+                    tokens = self.block_fn(blk, tokens, sin, cos)
             return tokens
         except Exception as err:  # noqa: BLE001 - compile failures (no compiler, triton) fall back
             if isinstance(err, torch.OutOfMemoryError):
