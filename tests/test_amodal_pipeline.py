@@ -168,6 +168,9 @@ def test_load_amodal_models_from_folder_tree(parts, tmp_path):
     save_depth_folder(model, prep, tmp_path / "depth_anything" / "Depth-Anything-V2-Large-hf")
     models = load_amodal_models([tmp_path], device="cpu", dtype="auto")
     assert models.dtype == torch.float32 and len(models.modules()) == 7
+    # the loader turns on the exact speed/memory options (single-token cross-attention, chunked FF)
+    procs = {type(p).__name__ for p in models.mask.unet.attn_processors.values()}
+    assert "SingleTokenCrossAttention" in procs
     frames, gt, vis = _clip(4)
     out, _ = run_amodal(frames, Tracks.from_masks([1], vis[None, :4]), models,
                         OcclusionConfig(detection_resolution=(16, 24), completion_resolution=(16, 24)), FAST)
