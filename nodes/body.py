@@ -127,7 +127,7 @@ class BodyBatch(io.ComfyNode):
                                   return_vertices=vertices, decoder_dtype=dec_dtype)
         faces = model.faces.detach().cpu().numpy()
         bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
-        return io.NodeOutput(bodies, to_mhr_pose(bodies, cam))
+        return io.NodeOutput(bodies, to_mhr_pose(bodies, cam, model=model))
 
 
 def _compile_for(model, handle: glue.ModelHandle, batch_size: int) -> None:

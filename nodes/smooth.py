@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..body4d_core.data import Camera
 from ..body4d_core.errors import InputError
-from ..body4d_core.mhr_pose import from_mhr_pose, to_mhr_pose
+from ..body4d_core.mhr_pose import RENDER_FIELDS, from_mhr_pose, to_mhr_pose
 from ..body4d_core.smoothing import SmoothSettings, smooth_bodies
 from . import comfy_glue as glue
 from . import types as t
@@ -87,7 +87,9 @@ class KalmanSmooth(io.ComfyNode):
 
             refresh = refresher(sam3d_body_model.ready(), camera)
         out = smooth_bodies(bodies, settings, refresh=refresh)
-        return io.NodeOutput(out, to_mhr_pose(out, camera))
+        model = sam3d_body_model.ready() if sam3d_body_model is not None else None
+        carried = None if mhr_pose_data is None else {k: mhr_pose_data.get(k) for k in RENDER_FIELDS}
+        return io.NodeOutput(out, to_mhr_pose(out, camera, model=model, render_fields=carried))
 
 
 NODES = [KalmanSmooth]

@@ -182,6 +182,11 @@ def test_smooth_node_bodies_and_core_input(pack) -> None:  # noqa: F811
     assert len(out[1]["frames"]) == 4 and out[1]["frames"][2][0]["obj_id"] == 3
     again = node.execute(mhr_pose_data=out[1], mode="causal").result  # core MHR_POSE_DATA in
     assert again[0].obj_ids.tolist() == [3, 8]
+    # core's render fields on the input pass through the smoother unchanged
+    colors = {"positions": np.zeros((5, 3), np.float32)}
+    hands = np.array([True, False, False, True, False])
+    carried = node.execute(mhr_pose_data={**out[1], "canonical_colors": colors, "hand_vert_mask": hands}).result[1]
+    assert carried["canonical_colors"] is colors and carried["hand_vert_mask"] is hands
     with pytest.raises(_pack_error(pack), match="connect bodies"):
         node.execute()
 
