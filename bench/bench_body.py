@@ -23,8 +23,11 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     fp8-mlp    cbb + E4M3 in the backbone MLPs only (attention projections stay bf16)
     fp8-ovl    fp8 + overlap
 
-Every variant but cbb-nopf prefetches crops (identical results). The bench prints its own wall
-time at the end (about 5 minutes on an H200 with the official rows, most of it compiling).
+Every variant but cbb-nopf prefetches crops (identical results); the pipelining variants
+(cbb-nopf, *-ovl) also print their max deviation from the same variant run the default way,
+which must be 0. Rows print as they are measured: the official rows first, the slow compiles
+(cbb-mat, cbb-cg) last, so a run cut short keeps everything else. Expected wall time on an H200
+about 5-7 minutes (printed at the end); drop cbb-mat,cbb-cg from --variants to save 1-3 minutes.
 
 If the official sam-3d-body code is importable (``--official DIR`` pointing at a checkout of
 facebookresearch/sam-3d-body and ``--dinov3 DIR`` at facebookresearch/dinov3, both local), the
