@@ -214,6 +214,19 @@ class Rows(list):
         return self
 
 
+class Notes(list):
+    """Comment lines, each printed (flushed) as it is added."""
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        print(line, flush=True)
+
+    def __iadd__(self, lines):
+        for line in lines:
+            self.append(line)
+        return self
+
+
 def sdpa_rows(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> list[tuple]:
     """Eager backbone with SDPA forced to one backend each: shows which kernels the shapes can use."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -447,7 +460,7 @@ def main() -> None:
           f"build {build_s:.1f}s, compile backend {args.backend}")
     rows = Rows()  # (impl, variant, what, crops/s, peak, warm-up s, deviation), printed as they come
     rows.header()
-    notes: list[str] = []
+    notes = Notes()  # '#' lines, printed as they come
     variants = [v for v in args.variants.split(",") if v]
     full_variants = [v for v in args.full_variants.split(",") if v]
     unknown = [v for v in variants + full_variants if v not in VARIANTS]
@@ -489,8 +502,6 @@ def main() -> None:
         except Exception as err:  # noqa: BLE001 - one failing variant must not lose the table
             rows.append(("ours", var, f"failed: {type(err).__name__}: {err}"[:80], float("nan"), float("nan"),
                          float("nan"), ""))
-    for line in notes:
-        print(line)
     print(f"# bench wall time {time.perf_counter() - t_start:.0f} s")
 
 
