@@ -18,8 +18,8 @@ from PIL import Image
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig, configs_from_mapping
 from body4d_core.amodal.models import AmodalModels, load_amodal_models
 from body4d_core.amodal.occlusion import (Exempt, binarize, blend_weights, detection_size, fill_single_gaps,
-                                          in_border, is_long_or_wide, is_skinny, padded_segments, plan_windows,
-                                          score_frames)
+                                          in_border, is_long_or_wide, is_skinny, largest_component, padded_segments,
+                                          plan_windows, score_frames)
 from body4d_core.amodal.stage import run_amodal
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError, MissingWeightsError
@@ -270,6 +270,28 @@ def test_rules_unit():
     # a person with no visible pixel is never 'occluded' (upstream: no completion from nothing)
     ious, ex = score_frames(np.zeros((1, 8, 8), bool), pred[..., 0] > 0.8, OcclusionConfig())
     assert ious[0] == 0.0 and ex[0] == Exempt.NOT_VISIBLE
+
+
+def test_binarize_bool_fast_path_and_cropped_components_match_full_frame_labelling():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((6, 40, 56)) > 0.93  # many small blobs, some touching the borders
+    masks[1] = False  # empty frame
+    masks[2, 5:30, 10:20] = True  # one big blob
+    ref = []
+    for m in masks:
+        lab, n = ndimage.label(m, structure=np.ones((3, 3), bool))
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        ref.append(lab == counts.argmax() if n > 1 else lab > 0)
+    ref = np.stack(ref)
+    assert np.array_equal(np.stack([largest_component(m) for m in masks]), ref)
+    out = binarize(masks, 0.5)
+    assert out.dtype == bool and np.array_equal(out, ref)
+    assert np.array_equal(binarize(masks.astype(np.float32), 0.5), ref)  # the float path cuts the same
+    assert np.array_equal(binarize(masks, 0.5, keep_largest=False), masks)
+    assert not binarize(masks, 1.0).any()  # a cut outside [0, 1) takes the float path
 
 
 def test_windows_cover_and_blend_to_one():

@@ -81,6 +81,36 @@ def test_run_jobs_windows_match_single_call_and_blend(pipe):
     assert [o.shape[0] for o in short] == [4, 10]
 
 
+def test_prefetched_noise_is_upstream_order_and_changes_nothing(pipe, monkeypatch):
+    from body4d_core.amodal import pipeline as pl
+
+    g = torch.Generator().manual_seed(41)
+    ref = (torch.randn(3, 3, H, W, generator=g), torch.randn(3, 3, H, W, generator=g),
+           torch.randn(3, 4, H // 8, W // 8, generator=g))
+    drawn = VASPipeline.draw_noise(41, (3, 3, H, W), (3, 3, H, W), (3, 4, H // 8, W // 8))
+    assert all(torch.equal(x, y) for x, y in zip(drawn, ref))
+    a, b = conds(3, t=10)
+    smp = SamplerConfig(steps=2, decode_chunk_size=4, window=6, overlap=2, seed=7, people_batch=2)
+    jobs = [VideoJob(a[i], b[i], seed_key=i) for i in range(3)]
+    pipe.profile = {}
+    try:
+        fast = pipe.run_jobs(jobs, smp)  # 6 windows in batches of 2: noise drawn on worker threads, ahead
+        prof = dict(pipe.profile)
+    finally:
+        pipe.profile = None
+    assert {"noise", "upload", "clip", "encode", "denoise", "decode", "download", "blend"} <= set(prof)
+
+    class Inline(pl.NoisePrefetcher):  # noise drawn inside generate, batch by batch, as before
+        def take(self, items):
+            return None
+
+    monkeypatch.setattr(pl, "NoisePrefetcher", Inline)
+    slow = pipe.run_jobs(jobs, smp)
+    assert all(torch.equal(x, y) for x, y in zip(fast, slow))
+    with pytest.raises(ValueError, match="noise for 1 videos, expected 2"):
+        pipe.generate(a[:2, :4], b[:2, :4], [1, 2], smp, noise=[drawn])
+
+
 def test_folder_roundtrip_and_weight_errors(parts, pipe, tmp_path):
     folder = save_vas_folder(parts, tmp_path / "vas")
     loaded = VASPipeline.from_pretrained(folder)

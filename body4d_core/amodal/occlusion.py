@@ -41,24 +41,40 @@ def detection_size(image_size: tuple[int, int], res: tuple[int, int], swap_portr
 
 
 def binarize(pred: np.ndarray, threshold: float, keep_largest: bool = True) -> np.ndarray:
-    """Predicted mask images [T, H, W] (or [T, H, W, 3]) in [0, 1] -> bool masks."""
-    pred = np.asarray(pred, dtype=np.float32)
-    if pred.ndim == 4:
-        pred = pred.mean(axis=-1)
-    out = pred > threshold
+    """Predicted mask images [T, H, W] (or [T, H, W, 3]) in [0, 1] -> bool masks (bool input: already cut)."""
+    pred = np.asarray(pred)
+    if pred.dtype == bool and pred.ndim == 3 and 0.0 <= threshold < 1.0:  # same cut as on 0.0 / 1.0
+        out = pred.copy() if keep_largest else pred
+    else:
+        pred = pred.astype(np.float32, copy=False)
+        if pred.ndim == 4:
+            pred = pred.mean(axis=-1)
+        out = pred > threshold
     if keep_largest:
-        out = np.stack([largest_component(m) for m in out]) if len(out) else out
+        for m in out:
+            m[...] = largest_component(m)
     return out
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected foreground component of a bool mask [H, W]."""
-    labels, n = ndimage.label(mask, structure=_EIGHT)
+    """Keep only the largest 8-connected foreground component of a bool mask [H, W].
+
+    Labels only the foreground's bounding box (components cannot leave it), not the frame.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros(mask.shape, bool)
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, n = ndimage.label(mask[box], structure=_EIGHT)
+    out = np.zeros(mask.shape, bool)
     if n <= 1:
-        return labels > 0
+        out[box] = labels > 0
+        return out
     counts = np.bincount(labels.ravel())
     counts[0] = 0
-    return labels == int(counts.argmax())
+    out[box] = labels == int(counts.argmax())
+    return out
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +45,11 @@ UNET_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_m
 
 def _rgb3(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, -1, 3, -1, -1) if x.shape[2] == 1 else x
+
+
+def _channels3(x: torch.Tensor) -> int:
+    """Channels of a job condition [T, C, h, w] after ``_rgb3``."""
+    return 3 if x.shape[1] == 1 else int(x.shape[1])
 
 
 def _antialias_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -181,37 +188,59 @@ class VASPipeline:
 
     # ------------------------------------------------------------------ sampling
 
+    @staticmethod
+    def draw_noise(seed: int, shape_a: Sequence[int], shape_b: Sequence[int], lat_shape: Sequence[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One video's noise from its own CPU generator, in upstream's order (first, second condition, latents)."""
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        return (torch.randn(tuple(shape_a), generator=g), torch.randn(tuple(shape_b), generator=g),
+                torch.randn(tuple(lat_shape), generator=g))
+
+    def latent_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """Latent shape [T, C, h/8, w/8] of a video of ``t`` frames at (h, w)."""
+        return t, self.latent_channels, h // self.vae_scale, w // self.vae_scale
+
     @torch.no_grad()
     def generate(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
-                 hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
-        """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1]."""
+                 hooks: Hooks = NULL_HOOKS, noise: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+        """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1].
+
+        ``noise``: per video the output of ``draw_noise`` for its seed (drawn ahead, e.g. on a
+        worker thread); None draws it here. Either way the numbers are the same.
+        """
         t_start = time.perf_counter()
         dev = self.device
         cond_a, cond_b = _rgb3(cond_a.float()), _rgb3(cond_b.float())
         b, t, _, h, w = cond_a.shape
         if h % self.vae_scale or w % self.vae_scale:
             raise ValueError(f"height and width must be multiples of {self.vae_scale}, got {(h, w)}")
-        lat_shape = (t, self.latent_channels, h // self.vae_scale, w // self.vae_scale)
-        na, nb, lat0 = [], [], []
-        for seed in seeds:
-            g = torch.Generator("cpu").manual_seed(int(seed))
-            na.append(torch.randn(cond_a.shape[1:], generator=g))
-            nb.append(torch.randn(cond_b.shape[1:], generator=g))
-            lat0.append(torch.randn(lat_shape, generator=g))
+        lat_shape = self.latent_shape(t, h, w)
+        if noise is None:
+            noise = [self.draw_noise(s, cond_a.shape[1:], cond_b.shape[1:], lat_shape) for s in seeds]
+        if len(noise) != b:
+            raise ValueError(f"got noise for {len(noise)} videos, expected {b}")
         aug = sampler.noise_aug_strength
         t0 = self._tick("noise", t_start)
         a = cond_a.to(dev)
+        noise_a = torch.stack([n[0] for n in noise]).to(dev)
+        t0 = self._tick("upload", t0)
         with autocast(dev, self.dtype):
             pos = self._clip_embeds(a.flatten(0, 1)).reshape(b, t, -1)
-        lat_a = self._encode((a + aug * torch.stack(na).to(dev)).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
-        lat_b = self._encode((cond_b.to(dev) + aug * torch.stack(nb).to(dev)).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
+        t0 = self._tick("clip", t0)
+        lat_a = self._encode((a + aug * noise_a).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
+        del a, noise_a
+        t0 = self._tick("encode", t0)
+        cond_b = cond_b.to(dev) + aug * torch.stack([n[1] for n in noise]).to(dev)
+        t0 = self._tick("upload", t0)
+        lat_b = self._encode(cond_b.flatten(0, 1)).reshape(b, t, *lat_shape[1:])
+        del cond_b
         cond_lat = torch.cat([torch.cat([torch.zeros_like(lat_a), lat_a]), torch.cat([torch.zeros_like(lat_b), lat_b])],
                              dim=2)
         ctx = self._context(pos, sampler.embed_order)
         ids = torch.tensor([[sampler.fps - 1, sampler.motion_bucket_id, aug]], dtype=torch.float32, device=dev)
         ids = ids.repeat(2 * b, 1)
         self.scheduler.set_timesteps(sampler.steps, device=dev)
-        latents = torch.stack(lat0).to(dev) * self.scheduler.init_noise_sigma
+        latents = torch.stack([n[2] for n in noise]).to(dev) * self.scheduler.init_noise_sigma
         g = sampler.guidance
         udtype = next(self.unet.parameters()).dtype
         t0 = self._tick("encode", t0)
@@ -222,8 +251,8 @@ class VASPipeline:
             with autocast(dev, self.dtype):
                 pred = self.unet(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype))[0].float()
             unc, con = pred.chunk(2)
-            noise = unc + g * (con - unc) if g != 1.0 else con
-            latents = self.scheduler.step(noise, tstep, latents).prev_sample.float()
+            eps = unc + g * (con - unc) if g != 1.0 else con
+            latents = self.scheduler.step(eps, tstep, latents).prev_sample.float()
         if self.profile is not None:
             self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + len(self.scheduler.timesteps)
             self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + 2 * b * t * len(self.scheduler.timesteps)
@@ -237,51 +266,109 @@ class VASPipeline:
         """Denoise many videos of any length: windows with cross-faded overlaps, videos batched.
 
         ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
-        the batch. Returns frames [T, 3, h, w] in [0, 1] on the CPU, one per job.
+        the batch. Each window's noise is drawn on worker threads (one generator per window,
+        so the numbers do not change) while the previous batch runs. Returns frames
+        [T, 3, h, w] in [0, 1] on the CPU, one per job.
         """
-        pieces = []  # (job index, start, stop)
-        for j, job in enumerate(jobs):
-            for s, e in plan_windows(0, job.length, sampler.window, sampler.overlap):
-                pieces.append((j, s, e))
+        plans = {j: plan_windows(0, job.length, sampler.window, sampler.overlap) for j, job in enumerate(jobs)}
+        weights = {j: dict(zip(w, blend_weights(w, 0, jobs[j].length))) for j, w in plans.items()}
         outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
-        weights = {j: dict(zip(plan_windows(0, job.length, sampler.window, sampler.overlap),
-                               blend_weights(plan_windows(0, job.length, sampler.window, sampler.overlap), 0,
-                                             job.length)))
-                   for j, job in enumerate(jobs)}
         groups: dict[tuple, list[tuple[int, int, int]]] = {}
-        for p in pieces:
-            j, s, e = p
-            groups.setdefault((e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append(p)
-        total, done = len(pieces), 0
-        for (length, (h, w)), items in groups.items():
-            lat_px = (h // self.vae_scale) * (w // self.vae_scale)
-            per = max(1, min(sampler.people_batch, budget_px // max(1, 2 * length * lat_px)))
-            k = 0
-            while k < len(items):
-                hooks.check_interrupt()
-                batch = items[k:k + per]
-                try:
-                    res = self._run_batch(jobs, batch, sampler, hooks)
-                except Exception as err:  # noqa: BLE001 - only OOM is retried
-                    if not is_oom(err) or per == 1:
-                        raise
-                    per = max(1, per // 2)
-                    log.warning("amodal: out of memory; retrying with %d videos per batch", per)
-                    torch.cuda.empty_cache()
-                    continue
-                for (j, s, e), frames in zip(batch, res):
-                    outs[j][s:e] += frames * torch.from_numpy(weights[j][(s, e)]).view(-1, 1, 1, 1)
-                k += len(batch)
-                done += len(batch)
-                hooks.progress(done, total)
+        for j, w in plans.items():
+            for s, e in w:
+                groups.setdefault((e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append((j, s, e))
+        total, done = sum(len(w) for w in plans.values()), 0
+        with NoisePrefetcher(self, jobs, sampler) as noise:
+            for (length, (h, w)), items in groups.items():
+                lat_px = (h // self.vae_scale) * (w // self.vae_scale)
+                per = max(1, min(sampler.people_batch, budget_px // max(1, 2 * length * lat_px)))
+                k = 0
+                while k < len(items):
+                    hooks.check_interrupt()
+                    batch = items[k:k + per]
+                    noise.prefetch(items[k + per:k + 2 * per])
+                    try:
+                        res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch))
+                    except Exception as err:  # noqa: BLE001 - only OOM is retried
+                        if not is_oom(err) or per == 1:
+                            raise
+                        per = max(1, per // 2)
+                        log.warning("amodal: out of memory; retrying with %d videos per batch", per)
+                        torch.cuda.empty_cache()
+                        continue
+                    t0 = time.perf_counter()
+                    for (j, s, e), frames in zip(batch, res):
+                        outs[j][s:e] += frames * torch.from_numpy(weights[j][(s, e)]).view(-1, 1, 1, 1)
+                    self._tick("blend", t0)
+                    noise.forget(batch)
+                    k += len(batch)
+                    done += len(batch)
+                    hooks.progress(done, total)
         return outs
 
+    def window_seed(self, job: VideoJob, start: int, sampler: SamplerConfig) -> int:
+        """The seed of one window of a job (depends only on the job and where the window starts)."""
+        return sampler.seed + 1_000_003 * job.seed_key + start
+
     def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
-                   hooks: Hooks) -> torch.Tensor:
+                   hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
         ca = torch.stack([jobs[j].cond_a[s:e] for j, s, e in batch])
         cb = torch.stack([jobs[j].cond_b[s:e] for j, s, e in batch])
-        seeds = [sampler.seed + 1_000_003 * jobs[j].seed_key + s for j, s, _ in batch]
-        return self.generate(ca, cb, seeds, sampler, hooks).cpu()
+        seeds = [self.window_seed(jobs[j], s, sampler) for j, s, _ in batch]
+        out = self.generate(ca, cb, seeds, sampler, hooks, noise)
+        t0 = time.perf_counter()
+        out = out.cpu()
+        self._tick("download", t0)
+        return out
+
+
+class NoisePrefetcher:
+    """Draws windows' noise on worker threads, ahead of the batch that needs it (results unchanged).
+
+    Each window has its own CPU generator, so windows can be drawn in parallel and in any
+    order; torch's random kernels release the GIL, so this overlaps the GPU work.
+    """
+
+    def __init__(self, pipe: VASPipeline, jobs: Sequence[VideoJob], sampler: SamplerConfig,
+                 workers: int | None = None) -> None:
+        self.pipe, self.jobs, self.sampler = pipe, jobs, sampler
+        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self.pending: dict[tuple[int, int, int], Future] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> "NoisePrefetcher":
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vas-noise")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self.pending.values():
+            f.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+
+    def _draw(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+        j, s, e = item
+        job = self.jobs[j]
+        shape_a = (e - s, _channels3(job.cond_a), *job.cond_a.shape[-2:])
+        shape_b = (e - s, _channels3(job.cond_b), *job.cond_b.shape[-2:])
+        lat = self.pipe.latent_shape(e - s, *job.cond_a.shape[-2:])
+        return VASPipeline.draw_noise(self.pipe.window_seed(job, s, self.sampler), shape_a, shape_b, lat)
+
+    def prefetch(self, items: Sequence[tuple[int, int, int]]) -> None:
+        """Start drawing the noise of ``items`` (no-op for those already started)."""
+        for it in items:
+            if it not in self.pending:
+                self.pending[it] = self.pool.submit(self._draw, it)
+
+    def take(self, items: Sequence[tuple[int, int, int]]) -> list[tuple[torch.Tensor, ...]]:
+        """The noise of ``items`` (waits for it; started now if never prefetched); kept until ``forget``."""
+        self.prefetch(items)
+        return [self.pending[it].result() for it in items]
+
+    def forget(self, items: Sequence[tuple[int, int, int]]) -> None:
+        """Drop the noise of finished ``items``."""
+        for it in items:
+            self.pending.pop(it, None)
 
 
 def load_vas_unet(directory: Path, dtype: torch.dtype = torch.float32) -> VASUNet:

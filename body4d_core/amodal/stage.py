@@ -226,8 +226,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
             for s in range(0, keep.size, _CHUNK):
                 sel = keep[s:s + _CHUNK]
                 up = F.interpolate(pred[torch.as_tensor(sel)].float().to(dev), size=(h, w), mode="bilinear",
-                                   align_corners=False).cpu()
-                rgbs.append((up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+                                   align_corners=False)
+                rgbs.append((up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
                 rows += [(k, a + int(j)) for j in sel]
     stats.timings["complete"] = time.perf_counter() - t0
     stats.completed_frames = len(rows)
