@@ -140,6 +140,8 @@ def test_depth_model_and_clip_normalisation(tmp_path):
     model2, prep2 = load_depth_model(tmp_path / "da")
     assert prep2["size"] == 70
     torch.testing.assert_close(estimate_depth(model2, frames, prep2), raw)
+    as_bytes = (frames * 255).round().to(torch.uint8)  # uint8 frames (the stage accepts them) are scaled, not clipped
+    torch.testing.assert_close(estimate_depth(model, as_bytes, prep), estimate_depth(model, as_bytes.float() / 255, prep))
     fake = torch.stack([torch.full((4, 4), float(v)) for v in (2, 3, 6)])
     norm = normalize_depth(fake)
     assert norm[0].eq(-1).all() and norm[2].eq(1).all() and norm[1].eq(-0.5).all()  # global, not per frame

@@ -58,7 +58,7 @@ def network_size(image_size: tuple[int, int], size: int = 518, multiple: int = 1
 @torch.no_grad()
 def estimate_depth(model: torch.nn.Module, frames: torch.Tensor, prep: dict | None = None, batch_size: int = 16,
                    dtype: torch.dtype = torch.float32, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
-    """Raw relative depth (float32 [T, h', w'] on the CPU) of frames [T, H, W, 3] in [0, 1]."""
+    """Raw relative depth (float32 [T, h', w'] on the CPU) of frames [T, H, W, 3] in [0, 1] (or uint8 0..255)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise InputError(f"depth: frames must be [T, H, W, 3] with T >= 1, got {tuple(frames.shape)}")
     prep = prep or {"size": 518, "multiple": 14, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -71,7 +71,8 @@ def estimate_depth(model: torch.nn.Module, frames: torch.Tensor, prep: dict | No
     n = frames.shape[0]
     for s in range(0, n, batch_size):
         hooks.check_interrupt()
-        x = frames[s:s + batch_size].to(dev, torch.float32).permute(0, 3, 1, 2)
+        x = frames[s:s + batch_size].to(dev)
+        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).permute(0, 3, 1, 2)
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
         x = ((x - mean) / std).to(wdtype)
         with autocast(dev, dtype):

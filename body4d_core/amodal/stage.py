@@ -68,16 +68,12 @@ def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t
 
 
-def _frames_float(frames: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-    x = frames[torch.as_tensor(idx, dtype=torch.long)]
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
 def _resize_frames(frames: torch.Tensor, idx: np.ndarray, size: tuple[int, int], dev: torch.device) -> torch.Tensor:
     """Selected frames -> [n, 3, h, w] in [0, 1] (antialiased bilinear; computed on ``dev``, returned on the CPU)."""
     out = []
     for s in range(0, len(idx), _CHUNK):
-        x = _frames_float(frames, idx[s:s + _CHUNK]).to(dev).permute(0, 3, 1, 2)
+        x = frames[torch.as_tensor(idx[s:s + _CHUNK], dtype=torch.long)].to(dev)  # uint8 travels as bytes
+        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).permute(0, 3, 1, 2)
         out.append(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).cpu())
     return torch.cat(out)
 
