@@ -117,6 +117,26 @@ def test_run_jobs_with_every_exact_option(pipe):
         torch.testing.assert_close(f, r, atol=1e-4, rtol=0)
 
 
+def test_native_dtype_skips_autocast_and_stays_close(monkeypatch, reference):
+    """bf16 weights computing natively (no autocast) run end to end and stay near the fp32 result."""
+    from body4d_core.amodal import pipeline as pl
+
+    p = build_vas_parts("tiny", seed=4)
+    for k in ("unet", "vae", "image_encoder"):
+        p[k].to(torch.bfloat16)
+    pipe = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"], dtype=torch.bfloat16)
+    entered = []
+    monkeypatch.setattr(pl, "autocast", lambda dev, dt: entered.append(dt) or __import__("contextlib").nullcontext())
+    a, b = conds()
+    pipe.accelerate(AccelConfig(cross_attn_shortcut=True, native_dtype=True))
+    out = pipe.generate(a, b, [11, 12], FAST)
+    assert entered == [] and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - reference).abs().mean() < 0.05  # bf16 rounding only (same seeds, same weights)
+    pipe.accelerate(None)
+    pipe.generate(a, b, [11, 12], FAST)
+    assert entered and set(entered) == {torch.bfloat16}  # the reference path autocasts
+
+
 def test_bad_accel_option():
     with pytest.raises(InputError, match="ff_rows must be >= 0"):
         AccelConfig(ff_rows=-1)

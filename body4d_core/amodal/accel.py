@@ -9,6 +9,10 @@
   resnets and transformers); the shapes of the three passes compile once each.
 - ``ff_rows``: feed-forward layers run over at most this many token rows at a time (exact;
   bounds the GEGLU intermediate, which is the UNet's largest activation).
+- ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
+  autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
+  GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,
+  which doubles the traffic of the memory-bound parts (VAE at full resolution above all).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class AccelConfig:
     compile_blocks: bool = False
     compile_backend: str = "inductor"
     ff_rows: int = 0  # 0 = feed-forward over all rows at once
+    native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
 
     def __post_init__(self) -> None:
         if self.ff_rows < 0:

@@ -15,6 +15,7 @@ second-condition noise, initial latents), so results do not depend on batching.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -146,11 +147,17 @@ class VASPipeline:
         enc_dtype = next(self.image_encoder.parameters()).dtype
         return self.image_encoder(pixel_values=x.to(enc_dtype)).image_embeds.float()
 
+    def _amp(self):
+        """The compute-precision context: autocast to ``dtype``, or none with AccelConfig.native_dtype."""
+        if getattr(getattr(self.unet, "_accel", None), "native_dtype", False):
+            return contextlib.nullcontext()
+        return autocast(self.device, self.dtype)
+
     def _vae_context(self):
         """fp16 VAEs flagged force_upcast run in fp32 (upstream does the same)."""
         if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             return torch.autocast(self.device.type, enabled=False)
-        return autocast(self.device, self.dtype)
+        return self._amp()
 
     def _encode(self, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         """[N, 3, h, w] in [-1, 1] -> unscaled latent modes [N, 4, h/8, w/8]."""
@@ -224,7 +231,7 @@ class VASPipeline:
         a = cond_a.to(dev)
         noise_a = torch.stack([n[0] for n in noise]).to(dev)
         t0 = self._tick("upload", t0)
-        with autocast(dev, self.dtype):
+        with self._amp():
             pos = self._clip_embeds(a.flatten(0, 1)).reshape(b, t, -1)
         t0 = self._tick("clip", t0)
         lat_a = self._encode((a + aug * noise_a).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
@@ -248,7 +255,7 @@ class VASPipeline:
             hooks.check_interrupt()
             inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
             inp = torch.cat([inp, cond_lat], dim=2)
-            with autocast(dev, self.dtype):
+            with self._amp():
                 pred = self.unet(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype))[0].float()
             unc, con = pred.chunk(2)
             eps = unc + g * (con - unc) if g != 1.0 else con
