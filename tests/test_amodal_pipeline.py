@@ -111,6 +111,27 @@ def test_prefetched_noise_is_upstream_order_and_changes_nothing(pipe, monkeypatc
         pipe.generate(a[:2, :4], b[:2, :4], [1, 2], smp, noise=[drawn])
 
 
+def test_out_of_memory_halves_the_batch_and_reuses_the_drawn_noise(pipe, monkeypatch):
+    a, b = conds(3, t=4)
+    smp = SamplerConfig(steps=1, decode_chunk_size=4, people_batch=4, seed=3)
+    jobs = [VideoJob(a[i], b[i], seed_key=i) for i in range(3)]
+    ref = pipe.run_jobs(jobs, smp)
+    draws, real = [], VASPipeline.draw_noise
+    monkeypatch.setattr(VASPipeline, "draw_noise", staticmethod(lambda *args: draws.append(args[0]) or real(*args)))
+    generate = pipe.generate
+
+    def small_only(ca, *args, **kwargs):
+        if ca.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return generate(ca, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "generate", small_only)
+    out = pipe.run_jobs(jobs, smp)  # 3 -> 1 per batch after two halvings
+    for x, y in zip(out, ref):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=0)  # same noise; batch size changes GEMM rounding only
+    assert sorted(draws) == sorted(smp.seed + 1_000_003 * i for i in range(3))  # each window drawn once
+
+
 def test_folder_roundtrip_and_weight_errors(parts, pipe, tmp_path):
     folder = save_vas_folder(parts, tmp_path / "vas")
     loaded = VASPipeline.from_pretrained(folder)
