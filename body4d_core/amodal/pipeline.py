@@ -217,18 +217,18 @@ class VASPipeline:
         """
         t_start = time.perf_counter()
         dev = self.device
-        cond_a, cond_b = _rgb3(cond_a.float()), _rgb3(cond_b.float())
+        cond_a, cond_b = cond_a.float(), cond_b.float()  # 1-channel conditions travel as 1 channel
         b, t, _, h, w = cond_a.shape
         if h % self.vae_scale or w % self.vae_scale:
             raise ValueError(f"height and width must be multiples of {self.vae_scale}, got {(h, w)}")
         lat_shape = self.latent_shape(t, h, w)
         if noise is None:
-            noise = [self.draw_noise(s, cond_a.shape[1:], cond_b.shape[1:], lat_shape) for s in seeds]
+            noise = [self.draw_noise(s, _rgb3(cond_a).shape[1:], _rgb3(cond_b).shape[1:], lat_shape) for s in seeds]
         if len(noise) != b:
             raise ValueError(f"got noise for {len(noise)} videos, expected {b}")
         aug = sampler.noise_aug_strength
         t0 = self._tick("noise", t_start)
-        a = cond_a.to(dev)
+        a = _rgb3(cond_a.to(dev))
         noise_a = torch.stack([n[0] for n in noise]).to(dev)
         t0 = self._tick("upload", t0)
         with self._amp():
@@ -237,7 +237,7 @@ class VASPipeline:
         lat_a = self._encode((a + aug * noise_a).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
         del a, noise_a
         t0 = self._tick("encode", t0)
-        cond_b = cond_b.to(dev) + aug * torch.stack([n[1] for n in noise]).to(dev)
+        cond_b = _rgb3(cond_b.to(dev)) + aug * torch.stack([n[1] for n in noise]).to(dev)
         t0 = self._tick("upload", t0)
         lat_b = self._encode(cond_b.flatten(0, 1)).reshape(b, t, *lat_shape[1:])
         del cond_b
