@@ -192,10 +192,10 @@ def test_packed_mask_windows_equal_whole_frame_warp(scene, flip) -> None:
 
 def test_prefetched_batches_give_identical_results(model, scene) -> None:
     frames, items = scene
-    a = estimate_bodies(model, frames, items, batch_size=2, prefetch=False)
-    b = estimate_bodies(model, frames, items, batch_size=2, prefetch=True)
-    c = estimate_bodies(model, frames, items, batch_size=4, overlap=True)  # next batch encoded before decoding
-    d = estimate_bodies(model, frames, items, batch_size=4, prefetch=False)
+    a = estimate_bodies(model, frames, items, batch_size=2, prefetch=False, overlap=False)
+    b = estimate_bodies(model, frames, items, batch_size=2, prefetch=True, overlap=False)
+    c = estimate_bodies(model, frames, items, batch_size=4)  # default: next batch encoded before decoding
+    d = estimate_bodies(model, frames, items, batch_size=4, prefetch=False, overlap=False)
     for r, o in zip(a, b):
         for key in ("body_pose", "keypoints_2d", "cam_t"):
             np.testing.assert_array_equal(o[key], r[key], err_msg=key)

@@ -379,7 +379,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
-                    overlap: bool = False) -> list[dict[str, np.ndarray]]:
+                    overlap: bool = True) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -388,8 +388,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     float32, as upstream; heads, norms and the rig always run float32); CPU always runs float32.
     Compiled backbone/decoder: ``model.optimize(...)`` once before calling. prefetch: build the next
     batch's crops while the current backbone runs (identical results; hides the crop time on GPU).
-    overlap (opt-in, implies prefetch): also encode the next batch before decoding this one, and
-    decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results).
+    overlap (default; implies prefetch): also encode the next batch before decoding this one, and
+    decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results;
+    +13% body-mode crops/s on an H200, about 0.6 GiB more VRAM at batch 64).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
