@@ -81,13 +81,13 @@ class KalmanSmooth(io.ComfyNode):
                                   occluded_noise=float(occluded_noise), outlier_threshold=float(outlier_threshold),
                                   max_gap=int(max_gap), lock_shape=bool(lock_shape), gap_damping=float(gap_damping))
         camera = camera or Camera.default(bodies.image_size, bodies.num_frames)
+        model = sam3d_body_model.ready() if sam3d_body_model is not None else None
         refresh = None
-        if sam3d_body_model is not None:
+        if model is not None:
             from ..body4d_core.sam3d_body.refresh import refresher
 
-            refresh = refresher(sam3d_body_model.ready(), camera)
+            refresh = refresher(model, camera)
         out = smooth_bodies(bodies, settings, refresh=refresh)
-        model = sam3d_body_model.ready() if sam3d_body_model is not None else None
         carried = None if mhr_pose_data is None else {k: mhr_pose_data.get(k) for k in RENDER_FIELDS}
         return io.NodeOutput(out, to_mhr_pose(out, camera, model=model, render_fields=carried))
 
