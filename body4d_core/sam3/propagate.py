@@ -30,7 +30,6 @@ from .tracker_step import can_batch, to_device, tracked_step
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("both", "forward", "backward")
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # numpy.packbits order (big-endian bits)
 
 
 def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
@@ -41,8 +40,9 @@ def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
     if pad:
         m = F.pad(m, (0, pad))
     m = m.reshape(*m.shape[:-1], -1, 8)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int32, device=m.device)
-    return (m.to(torch.int32) * weights).sum(-1).to(torch.uint8)
+    # bit shifts made on the device: a host-built weight tensor would be a synced upload every frame
+    shifts = torch.arange(7, -1, -1, dtype=torch.int32, device=m.device)  # numpy.packbits order (big-endian)
+    return (m.to(torch.int32) << shifts).sum(-1).to(torch.uint8)
 
 
 @dataclass(frozen=True)
