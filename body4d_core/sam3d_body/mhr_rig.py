@@ -128,7 +128,7 @@ def _depth_schedule(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _run_schedule(local: torch.Tensor, children: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Apply g[child] = g[target] * g[child] level by level (all reads of a level before its writes)."""
-    g = local.clone()
+    g = local  # index_copy is out of place: ``local`` is never written
     start = 0
     for size in sizes:
         c, t = children[start:start + size], targets[start:start + size]
@@ -242,13 +242,7 @@ class MhrRig(nn.Module):
         q = _quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_quat(jp[..., 3:6]))
         s = torch.exp2(jp[..., 6:7])
         g = torch.cat([t, q, s], -1).double()
-        start = 0
-        for size in self.level_sizes:  # g[child] = g[target] * g[child], a level at a time
-            joints = self.fk_joints[start:start + size]
-            targets = self.fk_parents[start:start + size]
-            g = g.index_copy(1, joints, compose(g.index_select(1, targets), g.index_select(1, joints)))
-            start += size
-        return g.to(jp.dtype)
+        return _run_schedule(g, self.fk_joints, self.fk_parents, self.level_sizes).to(jp.dtype)
 
     def correctives(self, jp: torch.Tensor) -> torch.Tensor:
         """Pose-dependent vertex offsets [B, V, 3] from the joints' rotations."""
@@ -324,10 +318,7 @@ def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, n
     pre = pre / pre.norm(p=2, dim=-1, keepdim=True)
     offsets = torch.randn(j, 3, generator=g) * 10
     rest_local = torch.cat([offsets, pre, torch.ones(j, 1)], -1)
-    levels = fk_levels(parents.long())
-    rest_global = rest_local.clone().double()
-    for lv in levels:
-        rest_global[lv] = compose(rest_global[parents[lv].long()], rest_global[lv])
+    rest_global = _run_schedule(rest_local[None].double(), *_depth_schedule(parents.long()))[0]
     pmi, pmi_sizes = _jump_schedule(parents.long())
     trip_v = torch.arange(v).repeat_interleave(2)
     trip_j = torch.randint(0, j, (2 * v,), generator=g, dtype=torch.int32)
