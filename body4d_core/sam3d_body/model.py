@@ -7,7 +7,6 @@ and is not part of the checked state dict.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +16,8 @@ import torch.nn.functional as F
 from .config import Sam3dBodyConfig
 from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
 from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder, run_layer
-from .vit import DinoV3ViT, compile_available
+from .vit import DinoV3ViT, compile_call
 
-log = logging.getLogger(__name__)
 PELVIS = (9, 10)  # MHR70 left/right hip
 
 
@@ -122,18 +120,10 @@ class Sam3dBody(nn.Module):
         enc.uncompile()
         if compile_backbone:
             enc.compile_blocks(compile_backbone, backend, bucket, sdpa)
-        dec_mode = ""
-        for d in (self.decoder, self.decoder_hand):
-            d.layer_fn = run_layer
-        if compile_decoder:
-            why = compile_available(self.init_pose.weight.device) if backend == "inductor" else ""
-            if why:
-                log.warning("decoder stays eager: %s", why)
-            else:
-                kw = {} if compile_decoder == "default" or backend != "inductor" else {"mode": compile_decoder}
-                fn = torch.compile(run_layer, dynamic=False, backend=backend, **kw)
-                self.decoder.layer_fn = self.decoder_hand.layer_fn = fn
-                dec_mode = compile_decoder
+        fn = compile_call(run_layer, self.init_pose.weight.device, compile_decoder, backend,
+                          "decoder stays eager") if compile_decoder else None
+        self.decoder.layer_fn = self.decoder_hand.layer_fn = fn or run_layer
+        dec_mode = compile_decoder if fn is not None else ""
         return {"backbone": enc.compiled.split(":")[-1] if enc.compiled else "", "decoder": dec_mode}
 
     # ------------------------------------------------------------------ encoding

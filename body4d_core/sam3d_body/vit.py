@@ -150,10 +150,6 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-class _Retry(Exception):
-    """Internal: the compiled path failed before producing output; run eager."""
-
-
 def run_block(blk: Block, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """One block call as a free function, so one compiled graph serves every (identical) block."""
     return blk(x, (sin, cos))
@@ -169,6 +165,17 @@ def compile_available(device: torch.device) -> str:
         except Exception as err:  # noqa: BLE001 - any import failure means no inductor on GPU
             return f"triton is not importable ({type(err).__name__})"
     return ""
+
+
+def compile_call(fn: Callable[..., torch.Tensor], device: torch.device, mode: str, backend: str,
+                 what: str) -> Callable[..., torch.Tensor] | None:
+    """torch.compile(fn) (static shapes, ``mode`` under inductor), or None with a log line where it cannot run."""
+    why = compile_available(device) if backend == "inductor" else ""
+    if why:
+        log.warning("%s: %s", what, why)
+        return None
+    kw = {} if mode == "default" or backend != "inductor" else {"mode": mode}
+    return torch.compile(fn, dynamic=False, backend=backend, **kw)
 
 
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
@@ -225,13 +232,10 @@ class DinoV3ViT(nn.Module):
         """
         if sdpa and sdpa not in SDPA_BACKENDS:
             raise ValueError(f"sdpa must be '' or one of {sorted(SDPA_BACKENDS)}, got {sdpa!r}")
-        dev = self.cls_token.device
-        why = compile_available(dev) if backend == "inductor" else ""
-        if why:
-            log.warning("ViT blocks stay eager: %s", why)
+        fn = compile_call(run_block, self.cls_token.device, mode, backend, "ViT blocks stay eager")
+        if fn is None:
             return False
-        kw = {} if mode == "default" or backend != "inductor" else {"mode": mode}
-        self.block_fn = torch.compile(run_block, dynamic=False, backend=backend, **kw)
+        self.block_fn = fn
         self.compiled = f"{backend}:{mode}"
         self.bucket = int(bucket)
         self.sdpa = sdpa
@@ -260,21 +264,23 @@ class DinoV3ViT(nn.Module):
         self.block_fn, self.compiled, self.sdpa = run_block, "", ""
 
     def _blocks(self, tokens: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-        if not self.compiled:
-            for blk in self.blocks:
-                tokens = run_block(blk, tokens, sin, cos)
-            return tokens
-        try:
-            with _sdpa_only(self.sdpa):
-                for blk in self.blocks:
-                    tokens = self.block_fn(blk, tokens, sin, cos)
-            return tokens
-        except Exception as err:  # noqa: BLE001 - compile failures (no compiler, triton) fall back
-            if isinstance(err, torch.OutOfMemoryError):
-                raise
-            log.warning("compiled ViT blocks failed (%s: %s); falling back to eager", type(err).__name__, err)
-            self.uncompile()
-            raise _Retry from err
+        """All blocks; a compiled path that fails (no compiler, triton) is dropped and the pass rerun eager."""
+        if self.compiled:
+            try:
+                with _sdpa_only(self.sdpa):
+                    return self._run_blocks(self.block_fn, tokens, sin, cos)
+            except Exception as err:  # noqa: BLE001 - compile failures fall back; OOM is the caller's
+                if isinstance(err, torch.OutOfMemoryError):
+                    raise
+                log.warning("compiled ViT blocks failed (%s: %s); falling back to eager", type(err).__name__, err)
+                self.uncompile()
+        return self._run_blocks(run_block, tokens, sin, cos)
+
+    def _run_blocks(self, fn: Callable[..., torch.Tensor], tokens: torch.Tensor, sin: torch.Tensor,
+                    cos: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            tokens = fn(blk, tokens, sin, cos)
+        return tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, C, H/p, W/p]; compiled with a bucket, in fixed-size padded chunks."""
@@ -299,9 +305,6 @@ class DinoV3ViT(nn.Module):
         prefix = torch.cat([self.cls_token, self.storage_tokens], 1).to(tokens.dtype).expand(b, -1, -1)
         tokens = torch.cat([prefix, tokens], 1)
         sin, cos = self.rope_embed(gh, gw, x.device)
-        try:
-            tokens = self._blocks(tokens, sin, cos)
-        except _Retry:
-            tokens = self._blocks(tokens, sin, cos)
+        tokens = self._blocks(tokens, sin, cos)
         patches = self.norm(tokens)[:, prefix.shape[1]:]
         return patches.transpose(1, 2).reshape(b, -1, gh, gw)
