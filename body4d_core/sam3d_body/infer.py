@@ -134,6 +134,11 @@ def _to_float_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch
     return t.permute(2, 0, 1)[None]
 
 
+def _host_boxes(items: Sequence[BodyItem]) -> torch.Tensor:
+    """The items' xyxy boxes as float64 [N, 4] on the host."""
+    return torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64)
+
+
 def _mask_windows(items: Sequence[BodyItem], padding: float, size: int, hw: tuple[int, int],
                   flip: bool) -> np.ndarray:
     """[N, 4] int (x0, x1, y0, y1): the frame window each crop samples, from the boxes on the host.
@@ -142,8 +147,7 @@ def _mask_windows(items: Sequence[BodyItem], padding: float, size: int, hw: tupl
     bound the samples; 2 px of margin covers the bilinear neighbour and fp32 rounding of the grid.
     """
     h, w = hw
-    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64)
-    centre, side = C.crop_boxes(boxes, padding)
+    centre, side = C.crop_boxes(_host_boxes(items), padding)
     a = C.affine_matrices(centre, side, size).numpy()
     ends = np.array([0.0, size - 1.0])
     xs = (ends[None] - a[:, 0, 2, None]) / a[:, 0, 0, None]
@@ -229,8 +233,7 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
 
 def item_boxes(items: Sequence[BodyItem], device: torch.device) -> torch.Tensor:
     """The items' xyxy boxes as float64 [N, 4] on ``device`` (pinned, non-blocking upload)."""
-    return upload(torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64),
-                  device)
+    return upload(_host_boxes(items), device)
 
 
 def body_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor) -> CropBatch:
@@ -290,16 +293,14 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
 
 
 def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
-               dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype = torch.float32,
-               batch: CropBatch | None = None, after_encode: Callable[[], None] | None = None,
-               feats: torch.Tensor | None = None, ready: Any = None, stream: Any = None
-               ) -> list[dict[str, np.ndarray]]:
-    """One batch end to end. ``batch`` / ``feats``: its crops / encoding if already built (``ready``: the
+               dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype, batch: CropBatch,
+               after_encode: Callable[[], None] | None = None, feats: torch.Tensor | None = None,
+               ready: Any = None, stream: Any = None) -> list[dict[str, np.ndarray]]:
+    """One batch end to end from its crops. ``feats``: its encoding if already built (``ready``: the
     CUDA event after that encoding); ``after_encode``: called once the backbone is queued (the
     prefetcher builds the next batch there, while the GPU is busy); ``stream``: a side CUDA stream
     for everything after the encoding (it then overlaps the next batch's backbone)."""
     with torch.inference_mode():
-        batch = batch if batch is not None else body_crops(model, frames, items, K)
         if feats is None:
             feats, ready = model.encode(batch, dtype), _event(batch.img.device)
         if after_encode is not None:
