@@ -55,6 +55,11 @@ def network_size(image_size: tuple[int, int], size: int = 518, multiple: int = 1
     return (int(math.ceil(h * scale / multiple) * multiple), int(math.ceil(w * scale / multiple) * multiple))
 
 
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Frames as float32 in [0, 1]: uint8 scaled by 1/255 (after the upload, so bytes travel), float as is."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
 @torch.no_grad()
 def estimate_depth(model: torch.nn.Module, frames: torch.Tensor, prep: dict | None = None, batch_size: int = 16,
                    dtype: torch.dtype = torch.float32, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
@@ -71,8 +76,7 @@ def estimate_depth(model: torch.nn.Module, frames: torch.Tensor, prep: dict | No
     n = frames.shape[0]
     for s in range(0, n, batch_size):
         hooks.check_interrupt()
-        x = frames[s:s + batch_size].to(dev)
-        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).permute(0, 3, 1, 2)
+        x = unit_float(frames[s:s + batch_size].to(dev)).permute(0, 3, 1, 2)
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
         x = ((x - mean) / std).to(wdtype)
         with autocast(dev, dtype):

@@ -22,7 +22,7 @@ from ..data import Amodal, Tracks, pack_masks, unpack_masks
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks
 from .config import OcclusionConfig, SamplerConfig
-from .depth import normalize_depth, resize_depth
+from .depth import normalize_depth, resize_depth, unit_float
 from .models import AmodalModels
 from .occlusion import (binarize, detection_size, fill_single_gaps, occluded_flags, padded_segments,
                         score_frames)
@@ -72,8 +72,7 @@ def _resize_frames(frames: torch.Tensor, idx: np.ndarray, size: tuple[int, int],
     """Selected frames -> [n, 3, h, w] in [0, 1] (antialiased bilinear; computed on ``dev``, returned on the CPU)."""
     out = []
     for s in range(0, len(idx), _CHUNK):
-        x = frames[torch.as_tensor(idx[s:s + _CHUNK], dtype=torch.long)].to(dev)  # uint8 travels as bytes
-        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).permute(0, 3, 1, 2)
+        x = unit_float(frames[torch.as_tensor(idx[s:s + _CHUNK], dtype=torch.long)].to(dev)).permute(0, 3, 1, 2)
         out.append(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).cpu())
     return torch.cat(out)
 
