@@ -31,6 +31,7 @@ import torch
 
 from ..errors import MissingWeightsError, WeightsMismatchError
 from .config import Sam3dBodyConfig
+from .loader import OPTIONAL_SUFFIXES, RESHAPEABLE, _default_buffer
 from .mhr_rig import RIG_TENSORS, rig_from_state_dict
 from .model import Sam3dBody
 
@@ -40,7 +41,6 @@ LAYOUT_HF, LAYOUT_DINOV3 = "core-hf-backbone", "core-dinov3-backbone"
 CONFIG_METADATA = "body4d.sam3d_body.config"  # our writer's architecture note; absent from core's real file
 IGNORED_PREFIXES = ("face_landmarker.",)  # core extras: MediaPipe face landmarker port
 IGNORED_SUFFIXES = (".face_region_rgb",)  # core extra: per-vertex face tint for its renderer
-DERIVED_SUFFIXES = ("rope_embed.periods", "attn.qkv.bias_mask", "encoder.mask_token", "hand_pose_comps_ori")
 
 # transformers-style backbone key (after "backbone.") -> ours (after "backbone.encoder."); None = fused qkv
 _BB_RULES: tuple[tuple[re.Pattern[str], str | None], ...] = tuple((re.compile(p), r) for p, r in (
@@ -178,22 +178,14 @@ def _describe(keys: list[str], what: str) -> str:
 
 
 def _derive(model: Sam3dBody, net: dict[str, torch.Tensor]) -> None:
-    """Fill buffers the core file does not carry: RoPE periods, qkv bias mask, mask token, *_comps_ori."""
-    cfg = model.cfg
+    """Fill buffers the core file does not carry (the official loader's defaults: RoPE periods, qkv bias
+    mask, mask token), except *_comps_ori: a copy of the PCA components the official code kept under that name."""
     for key, like in model.state_dict().items():
-        if key in net or not key.endswith(DERIVED_SUFFIXES) or key.startswith("mhr."):
+        if key in net or not key.endswith(OPTIONAL_SUFFIXES) or key.startswith("mhr."):
             continue
-        if key.endswith("rope_embed.periods"):
-            hd = cfg.vit_dim // cfg.vit_heads
-            net[key] = cfg.rope_base ** (2 * torch.arange(hd // 4, dtype=torch.float32) / (hd // 2))
-        elif key.endswith("bias_mask"):
-            d = cfg.vit_dim
-            net[key] = torch.cat([torch.ones(d), torch.zeros(d), torch.ones(d)])
-        elif key.endswith("mask_token"):
-            net[key] = torch.zeros_like(like, device="cpu")
-        else:  # unused by inference; the official code kept the PCA components under this name
-            comps = net.get(key.replace("hand_pose_comps_ori", "hand_pose_comps"))
-            net[key] = comps.clone() if comps is not None else torch.eye(like.shape[0])
+        comps = net.get(key.replace("hand_pose_comps_ori", "hand_pose_comps")) \
+            if key.endswith("hand_pose_comps_ori") else None
+        net[key] = comps.clone() if comps is not None else _default_buffer(model, key, like)
 
 
 def check_mapped(model: Sam3dBody, mapped: MappedWeights, source: str) -> dict[str, torch.Tensor]:
@@ -203,7 +195,7 @@ def check_mapped(model: Sam3dBody, mapped: MappedWeights, source: str) -> dict[s
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("mhr.")}
     missing = sorted(set(own) - set(net))
     for key in (k for k in own if k in net and net[k].shape != own[k].shape):
-        if net[key].numel() == own[key].numel() and key.endswith(("mask_token", "cls_token")):
+        if net[key].numel() == own[key].numel() and key in RESHAPEABLE:
             net[key] = net[key].reshape(own[key].shape)
     shapes = [f"{mapped.source.get(k, k)}: file {tuple(net[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in net and net[k].shape != own[k].shape]
