@@ -123,6 +123,13 @@ def check_tracks_memory(num_objects: int, num_frames: int, size: tuple[int, int]
                                 f"load fewer frames, a smaller size, or track fewer objects")
 
 
+def _take(x: torch.Tensor, picks: list[int]) -> torch.Tensor:
+    """``x[picks]`` from row slices: a host-side index list would be a synced upload on CUDA."""
+    if picks == list(range(x.shape[0])):  # every object: no copy
+        return x
+    return torch.cat([x[k:k + 1] for k in picks])
+
+
 class _Recorder:
     """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt."""
 
@@ -162,11 +169,10 @@ class _Recorder:
             picks.append(k)
         if not picks:
             return
-        index = picks if len(picks) < len(out.object_ids) else slice(None)  # all objects: no gather
-        logits = out.pred_masks[index].float()  # [k, 1, h, w] low-res logits
+        logits = _take(out.pred_masks, picks).float()  # [k, 1, h, w] low-res logits
         full = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)[:, 0] > threshold
         packed = pack_bits_torch(full)
-        scores = torch.sigmoid(out.object_score_logits[index].float().reshape(-1))
+        scores = torch.sigmoid(_take(out.object_score_logits, picks).float().reshape(-1))
         if not (self.deferred and packed.is_cuda):
             self.packed[rows, frame] = packed.cpu().numpy()
             self.scores[rows, frame] = scores.cpu().numpy()
