@@ -38,18 +38,6 @@ RIGHT_HAND_KPS, LEFT_HAND_KPS = slice(21, 42), slice(42, 63)
 HEAD_MIN_Y, HEAD_MAX_ABS_X = 1.43, 0.11  # rest-pose head region, metres (above the jaw, inside the ears)
 
 
-def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit area-weighted vertex normals [V, 3] (float32; vertices in no face get (0, 0, 0))."""
-    v = np.asarray(verts, np.float64)
-    f = np.asarray(faces, np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 x area
-    vn = np.zeros_like(v)
-    for corner in range(3):
-        np.add.at(vn, f[:, corner], fn)
-    length = np.linalg.norm(vn, axis=1, keepdims=True)
-    return (vn / np.where(length > 1e-12, length, 1.0)).astype(np.float32)
-
-
 def rig_skinning(rig: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The rig's sparse skinning triplets (vertex, joint, weight), or None if it does not expose them.
 
@@ -101,6 +89,8 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
     """
     import torch
 
+    from .render import vertex_normals
+
     rig = getattr(model, "mhr", None)
     if rig is None:
         return {"canonical_colors": None, "hand_vert_mask": None}
@@ -115,13 +105,14 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
          "shape": zeros(45), "face": face}
     with torch.inference_mode():
         out = head.run_rig(rig, p)
-    verts = out.verts.float().cpu().numpy()
-    rest = verts[0]
-    faces = head.faces.cpu().numpy()
+    verts = out.verts.float()
+    normals = vertex_normals(verts[0], head.faces).cpu().numpy()
+    verts = verts.cpu().numpy()
+    rest = verts[0].copy()  # not a view: the 72 expression meshes are dropped
     moved = np.linalg.norm(verts[1:] - rest[None], axis=-1) > face_motion
     colors = {
-        "positions": rest.astype(np.float32),
-        "norm": (vertex_normals(rest, faces) + 1.0) * 0.5,
+        "positions": rest,
+        "norm": (normals + 1.0) * 0.5,
         "face_mask": moved.any(0),
         "head_mask": (rest[:, 1] > HEAD_MIN_Y) & (np.abs(rest[:, 0]) < HEAD_MAX_ABS_X),
         "face_region_rgb": _painted_regions(head, rest.shape[0]),
