@@ -625,10 +625,8 @@ def _causal_gate(y: np.ndarray, observed: np.ndarray, obs_var: np.ndarray, block
     those weights for ``gate_passes`` rounds (so a rejected outlier no longer biases the next
     frame's prediction). Runs on the score columns only; uses no future frame.
     """
-    cols, ranges = _score_columns(blocks, per_block)
+    cols, sub_blocks = _score_columns(blocks, per_block)  # each block's range within the score columns
     sub = np.ascontiguousarray(y[:, :, cols])
-    edges = np.cumsum([0] + [r.stop - r.start for r in ranges]).tolist()
-    sub_blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
     thr = settings.outlier_threshold
     spread = _innovation_spread(obs_var, settings, memo)
     var = obs_var
