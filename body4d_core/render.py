@@ -101,12 +101,11 @@ def _setup_faces(verts: torch.Tensor, faces: torch.Tensor, intr: torch.Tensor, s
     return _Faces(fid, counts[fid], base, span_x.long(), geo, w)
 
 
-def _bary(geo: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Screen barycentrics [n, 3] of points offset (dx, dy) from v0, and their 1/z interpolants [n, 3]."""
+def _inv_z_weights(geo: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Screen barycentrics times 1/z of the corners [n, 3] at points offset (dx, dy) from v0."""
     b1 = (dx * geo[:, 5] - dy * geo[:, 4]) * geo[:, 6]
     b2 = (geo[:, 2] * dy - geo[:, 3] * dx) * geo[:, 6]
-    bary = torch.stack([1.0 - b1 - b2, b1, b2], -1)
-    return bary, bary * geo[:, 7:10]
+    return torch.stack([1.0 - b1 - b2, b1, b2], -1) * geo[:, 7:10]
 
 
 def _zbuffer(fs: _Faces, num_pixels: int, chunk: int) -> torch.Tensor:
@@ -146,7 +145,7 @@ def _resolve(fs: _Faces, key: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Te
     qy = torch.div(off, fs.width, rounding_mode="floor")
     qx = off - qy * fs.width
     geo = fs.geo[j]
-    _, inv = _bary(geo, qx.float() + geo[:, 0], qy.float() + geo[:, 1])
+    inv = _inv_z_weights(geo, qx.float() + geo[:, 0], qy.float() + geo[:, 1])
     return fs.fid[j], inv / inv.sum(-1, keepdim=True), depth
 
 
