@@ -212,8 +212,8 @@ def _encode(bundle: Sam3Bundle, source: FrameSource, frame: int, hwc: torch.Tens
     """
     hwc = source.get(frame) if hwc is None else hwc
     dev = bundle.device
-    if upload and dev.type == "cuda":
-        hwc = to_device(hwc, dev)
+    if upload:
+        hwc = to_device(hwc, dev)  # pinned + non-blocking on CUDA, a no-op move on the CPU
     chw = hwc.permute(2, 0, 1)[None]  # [1, 3, H, W] uint8, a one-frame video
     out = bundle.processor.video_processor(videos=[chw], device=dev, return_tensors="pt")
     return out.pixel_values_videos[0, 0].to(bundle.dtype)
