@@ -348,10 +348,8 @@ class NoisePrefetcher:
         return self
 
     def __exit__(self, *exc) -> None:
-        for f in self.pending.values():
-            f.cancel()
         self.pending.clear()
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _draw(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
         j, s, e = item
