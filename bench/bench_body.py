@@ -53,11 +53,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config  # noqa: E402
-from body4d_core.sam3d_body import crop as C  # noqa: E402
 from body4d_core.sam3d_body.config import BACKBONES  # noqa: E402
-from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, build_crops  # noqa: E402
+from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
 from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
 from body4d_core.sam3d_body.synthetic import randomize, scripted_rig  # noqa: E402
+from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only  # noqa: E402
 
 
 def _sync() -> None:
@@ -170,7 +170,6 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
     dev = next(model.parameters()).device
     ft = _frames_tensor(frames)
     K = _intrinsics(None, *ft.shape[:3])
-    boxes = torch.tensor(np.array([np.asarray(it.box, np.float64) for it in items]), dtype=torch.float64, device=dev)
     t = {"crops": 0.0, "encode": 0.0, "decode": 0.0, "finish": 0.0, "to_host": 0.0}
 
     def lap(key: str, t0: float) -> float:
@@ -181,7 +180,7 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
 
     for _ in range(reps):
         t0 = time.perf_counter()
-        batch = build_crops(model, ft, items, K, boxes, C.BODY_PADDING)
+        batch = body_crops(model, ft, items, K)
         t0 = lap("crops", t0)
         feats = model.encode(batch, dtype)
         t0 = lap("encode", t0)
@@ -229,16 +228,14 @@ class Notes(list):
 
 def sdpa_rows(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> list[tuple]:
     """Eager backbone with SDPA forced to one backend each: shows which kernels the shapes can use."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     rows = []
-    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+    for kernel in ("flash", "cudnn", "efficient"):
         try:
-            with sdpa_kernel([getattr(SDPBackend, name)]):
+            with _sdpa_only(kernel):
                 rate, _ = time_backbone(model, bs, dtype, reps)
-            rows.append(("ours", "eager", f"backbone only, SDPA {name.split('_')[0].lower()}", rate, float("nan"),
-                         float("nan"), ""))
+            rows.append(("ours", "eager", f"backbone only, SDPA {kernel}", rate, float("nan"), float("nan"), ""))
         except Exception as err:  # noqa: BLE001 - a backend that cannot run these shapes says so
+            name = SDPA_BACKENDS[kernel]
             rows.append(("ours", "eager", f"SDPA {name}: {type(err).__name__}"[:30], float("nan"), float("nan"),
                          float("nan"), str(err).splitlines()[0][:60] if str(err) else ""))
     return rows
