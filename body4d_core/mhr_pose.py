@@ -96,13 +96,13 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
         return {"canonical_colors": None, "hand_vert_mask": None}
     head = model.head_pose
     dev = head.faces.device
-    n_expr = 72
+    n_expr = PARAM_DIMS["expr"]
     b = n_expr + 1  # the rest pose, then each expression axis at +1
-    zeros = lambda *s: torch.zeros(b, *s, device=dev)  # noqa: E731
-    face = zeros(n_expr)
+    zeros = lambda name: torch.zeros(b, PARAM_DIMS[name], device=dev)  # noqa: E731
+    face = zeros("expr")
     face[1:] = torch.eye(n_expr, device=dev)
-    p = {"global_rot": zeros(3), "body_pose": zeros(133), "hand": zeros(108), "scale": zeros(28),
-         "shape": zeros(45), "face": face}
+    p = {"global_rot": zeros("global_rot"), "body_pose": zeros("body_pose"), "hand": zeros("hand_pose"),
+         "scale": zeros("scale"), "shape": zeros("shape"), "face": face}
     with torch.inference_mode():
         out = head.run_rig(rig, p)
     verts = out.verts.float()
