@@ -120,7 +120,7 @@ def _riccati(obs_var: np.ndarray, F: np.ndarray, Q: np.ndarray) -> tuple[np.ndar
     if s == 2:
         rows, rep = _recursion_cv(rv, qv, first)
     else:
-        rows, rep = _recursion_generic(rv, qv, first, _step_ca, s)
+        rows, rep = _recursion_ca(rv, qv, first)
     K = np.zeros((t, s))
     P_f = np.broadcast_to(np.eye(s) * PRIOR_VAR, (t, s, s)).copy()
     P_p = P_f.copy()
@@ -174,18 +174,17 @@ def _recursion_cv(rv: list[float], q: tuple, first: int) -> tuple[list[tuple], l
     return rows, rep
 
 
-def _recursion_generic(rv: list[float], q: tuple, first: int, step: Callable, s: int) -> tuple[list[tuple], list[int]]:
-    """Covariance recursion with a per-frame ``step`` function; rows as in ``_recursion_cv``."""
+def _recursion_ca(rv: list[float], q: tuple, first: int) -> tuple[list[tuple], list[int]]:
+    """Constant-acceleration covariance recursion (``_step_ca`` per frame); rows as in ``_recursion_cv``."""
     t = len(rv)
-    m = s + s * (s + 1) // 2
-    P = tuple(PRIOR_VAR if a == b else 0.0 for a in range(s) for b in range(a, s))
+    P = (PRIOR_VAR, 0.0, 0.0, PRIOR_VAR, 0.0, PRIOR_VAR)
     rows: list[tuple] = []
     rep: list[int] = []
     i = first
     while i < t:
         r = rv[i]
-        row = step(P, q, r, i == first)
-        Pn = row[s:m]
+        row = _step_ca(P, q, r, i == first)
+        Pn = row[3:9]  # after the 3 gains: the packed filtered covariance
         n = 1
         if i > first and r != _INF and rv[i - 1] == r and abs(Pn[0] - P[0]) <= 1e-10 * P[0] \
                 and abs(Pn[-1] - P[-1]) <= 1e-10 * P[-1]:
