@@ -126,7 +126,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _default_buffer(model: Sam3dBody, key: str, like: torch.Tensor) -> torch.Tensor:
-    """Value of an optional buffer a checkpoint may omit (RoPE periods, the qkv key-bias mask)."""
+    """Value of an optional buffer a checkpoint may omit (RoPE periods, qkv key-bias mask, mask token, comps_ori)."""
     cfg = model.cfg
     if key.endswith("encoder.mask_token"):
         return torch.zeros_like(like, device="cpu")
