@@ -112,3 +112,15 @@ def run_with_oom_retry(
         start = stop
         hooks.progress(start, n_items)
     return results
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device copy that never stalls the GPU queue: pinned staging + non_blocking on CUDA.
+
+    A pageable copy may wait for the kernels already queued; a pinned one does not, so the next
+    batch can be prepared while the current one still runs. Elsewhere a plain ``.to``.
+    """
+    t = torch.as_tensor(t)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from ..data import ObjectPrompt, Prompts, Tracks, check_same_frames
 from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
+from ..runtime import upload as to_device
 from .frames import FrameSource, as_frame_source
 from .loading import Sam3Bundle
-from .tracker_step import can_batch, to_device, tracked_step
+from .tracker_step import can_batch, tracked_step
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..runtime import upload
+
 
 @dataclass
 class StepOutput:
@@ -22,13 +24,6 @@ class StepOutput:
     object_ids: list[int]
     pred_masks: torch.Tensor  # [N, 1, h, w] low-res logits, objects in session order
     object_score_logits: torch.Tensor  # [N]
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor to ``device`` without a stream sync (pinned + non-blocking on CUDA)."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _pointer_inputs(model: Any, offsets: list[int], tokens: list[torch.Tensor], max_ptrs: int,
@@ -42,7 +37,7 @@ def _pointer_inputs(model: Any, offsets: list[int], tokens: list[torch.Tensor], 
     pos = pe_memo.get(key)
     if pos is None:
         if model.config.enable_temporal_pos_encoding_for_object_pointers:
-            diffs = to_device(torch.tensor(offsets, dtype=torch.float32), device) / float(max_ptrs - 1)
+            diffs = upload(torch.tensor(offsets, dtype=torch.float32), device) / float(max_ptrs - 1)
             sine = get_1d_sine_pe(diffs, dim=channels).to(pointers.dtype)
             pos = model.temporal_positional_encoding_projection_layer(sine).unsqueeze(1).expand(-1, 1, mem_dim)
         else:

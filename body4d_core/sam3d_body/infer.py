@@ -17,7 +17,7 @@ import torch
 
 from ..data import BodyFlag, Bodies, Camera
 from ..errors import InputError
-from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry
+from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry, upload
 from . import crop as C
 from . import fusion
 from . import rotations as rot
@@ -114,18 +114,6 @@ def check_items(items: Sequence[BodyItem], t: int, h: int, w: int) -> None:
 
 
 # ------------------------------------------------------------------ crops
-
-
-def upload(t: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
-    """Host -> device copy that never stalls the GPU queue: pinned staging + non_blocking on CUDA.
-
-    A pageable copy may wait for the queued kernels (the running backbone); a pinned one does not,
-    so the next batch's crops can be built while the current batch is still on the GPU.
-    """
-    t = torch.as_tensor(t)
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _to_float_image(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
