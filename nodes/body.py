@@ -121,7 +121,10 @@ class BodyBatch(io.ComfyNode):
         if not items:
             log.warning("no object has a mask on any frame; returning empty bodies")
         model = sam3d_body_model.ready()
-        _compile_for(model, sam3d_body_model, batch_size)
+        in_effect = model.compile_for(sam3d_body_model.info.get("compile", ""), batch_size)
+        if in_effect is not None:
+            log.info("SAM 3D Body: backbone %s, decoder %s", in_effect["backbone"] or "eager",
+                     in_effect["decoder"] or "eager")
         dec_dtype = torch.bfloat16 if decoder_precision == "bf16" else torch.float32
         results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
                                   hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
@@ -129,17 +132,6 @@ class BodyBatch(io.ComfyNode):
         faces = model.faces.detach().cpu().numpy()
         bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
         return io.NodeOutput(bodies, to_mhr_pose(bodies, cam, model=model))
-
-
-def _compile_for(model, handle: glue.ModelHandle, batch_size: int) -> None:
-    """Compile the backbone blocks once per (mode, batch size) on CUDA, as the loader asked; eager elsewhere."""
-    mode = handle.info.get("compile", "")
-    want = (mode, int(batch_size)) if mode and next(model.parameters()).device.type == "cuda" else ("", 0)
-    if handle.info.get("compiled_as") == want:
-        return
-    in_effect = model.optimize(want[0], want[0], bucket=want[1])  # backbone blocks and (fp32) decoder layers
-    handle.info["compiled_as"] = want
-    log.info("SAM 3D Body: backbone %s, decoder %s", in_effect["backbone"] or "eager", in_effect["decoder"] or "eager")
 
 
 NODES = [LoadSAM3DBody, BodyBatch]

@@ -60,7 +60,7 @@ def test_load_and_batch(body, core):
     # weights to expose, so no hand mask here; tests/test_mhr_pose.py covers it with a native rig)
     assert pose["canonical_colors"]["positions"].shape == (40, 3) and pose["hand_vert_mask"] is None
     # compile 'auto' asks for a compiled backbone, which only happens on CUDA: on the CPU it stays eager
-    assert handle.info["compile"] == "default" and handle.info["compiled_as"] == ("", 0)
+    assert handle.info["compile"] == "default" and handle.model._compiled_for == ("", 0)
     assert not handle.model.backbone.encoder.compiled
     # bf16 decoder matmuls are a GPU-only switch: on the CPU the result is unchanged
     again = body.BodyBatch.execute(handle, frames, tracks=tracks, mode="body", batch_size=2,

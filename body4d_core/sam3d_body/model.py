@@ -64,6 +64,7 @@ class Sam3dBody(nn.Module):
     def __init__(self, cfg: Sam3dBodyConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self._compiled_for: tuple[str, int] = ("", 0)  # (compile mode, batch size) in effect; see compile_for
         d, c, k = cfg.dec_dim, cfg.vit_dim, cfg.num_keypoints
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -116,6 +117,9 @@ class Sam3dBody(nn.Module):
         sdpa: attention kernel baked into the compiled backbone ('' = torch's choice; see vit.SDPA_BACKENDS).
         Returns what is in effect: {'backbone': mode or '', 'decoder': mode or ''}.
         """
+        # what compile_for compares against (a mixed or non-default request never matches it)
+        same = compile_backbone == compile_decoder and backend == "inductor" and not sdpa
+        self._compiled_for = (compile_backbone, int(bucket) if compile_backbone else 0) if same else ("custom", -1)
         enc = self.backbone.encoder
         enc.uncompile()
         if compile_backbone:
@@ -125,6 +129,18 @@ class Sam3dBody(nn.Module):
         self.decoder.layer_fn = self.decoder_hand.layer_fn = fn or run_layer
         dec_mode = compile_decoder if fn is not None else ""
         return {"backbone": enc.compiled.split(":")[-1] if enc.compiled else "", "decoder": dec_mode}
+
+    def compile_for(self, mode: str, batch_size: int) -> dict[str, str] | None:
+        """Compile backbone blocks and (fp32) decoder layers for batches of ``batch_size`` on CUDA.
+
+        ``mode`` '' (or a model off CUDA) = eager. A no-op when the same (mode, batch size) is
+        already in effect, so callers may ask on every run; returns what changed, else None.
+        """
+        on_cuda = self.init_pose.weight.device.type == "cuda"
+        want = (mode, int(batch_size)) if mode and on_cuda else ("", 0)
+        if self._compiled_for == want:
+            return None
+        return self.optimize(want[0], want[0], bucket=want[1])
 
     # ------------------------------------------------------------------ encoding
 
