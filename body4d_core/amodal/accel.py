@@ -13,6 +13,19 @@
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
   GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,
   which doubles the traffic of the memory-bound parts (VAE at full resolution above all).
+
+VAE options (the step-independent cost; exact for every frame the caller reads):
+
+- ``skip_unkept`` (exact for kept frames): the temporal VAE decodes independent chunks of
+  ``decode_chunk_size`` frames, so chunks holding no frame a job keeps (``VideoJob.keep``) are
+  not decoded (they come back as zeros) and windows with no kept frame are not denoised.
+- ``decode_px`` (exact up to batch rounding): one ``vae.decode`` call takes the same chunk of
+  several videos (``num_frames`` = chunk length, so each video still sees only its own frames),
+  up to this many output frame-pixels per call (0 = one chunk of one video per call, upstream).
+- ``encode_px`` (exact up to batch rounding; the encoder is per-frame 2-D): frames per
+  ``vae.encode`` call = this many frame-pixels (0 = chunks of 8 frames, as before).
+- ``vae_channels_last``: NHWC weights for the VAE's 2-D convolutions.
+- ``compile_vae``: ``torch.compile`` of the VAE decoder (``compile_backend``, mode default).
 """
 
 from __future__ import annotations
@@ -41,10 +54,16 @@ class AccelConfig:
     compile_backend: str = "inductor"
     ff_rows: int = 0  # 0 = feed-forward over all rows at once
     native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
+    skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
+    decode_px: int = 0  # output frame-pixels per vae.decode call across videos (0 = per video and chunk)
+    encode_px: int = 0  # frame-pixels per vae.encode call (0 = chunks of 8 frames)
+    vae_channels_last: bool = False
+    compile_vae: bool = False
 
     def __post_init__(self) -> None:
-        if self.ff_rows < 0:
-            raise InputError(f"amodal ff_rows must be >= 0, got {self.ff_rows}")
+        for name in ("ff_rows", "decode_px", "encode_px"):
+            if getattr(self, name) < 0:
+                raise InputError(f"amodal {name} must be >= 0, got {getattr(self, name)}")
 
 
 class SingleTokenCrossAttention:
@@ -101,6 +120,21 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
     unet._accel = cfg
 
 
+def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
+    """Put the VAE in the state ``cfg`` describes (layout, compiled decoder), undoing earlier options."""
+    old = getattr(vae, "_accel", AccelConfig())
+    if getattr(vae.decoder, "_compiled_call_impl", None) is not None:
+        vae.decoder._compiled_call_impl = None
+    if old.vae_channels_last:
+        _conv_layout(vae, torch.contiguous_format)
+    if cfg.vae_channels_last:
+        _conv_layout(vae, torch.channels_last)
+    if cfg.compile_vae:
+        _raise_recompile_limit()
+        vae.decoder.compile(backend=cfg.compile_backend)
+    vae._accel = cfg
+
+
 def _reset(unet: nn.Module, base_processors: dict | None) -> None:
     """Back to the reference state: original processors, plain FF, NCHW, no compiled blocks."""
     if base_processors is not None:
@@ -115,9 +149,9 @@ def _reset(unet: nn.Module, base_processors: dict | None) -> None:
     unet._accel = AccelConfig()
 
 
-def _conv_layout(unet: nn.Module, fmt: torch.memory_format) -> None:
+def _conv_layout(module: nn.Module, fmt: torch.memory_format) -> None:
     """2-D convolution weights to ``fmt`` (the temporal 3-D convolutions keep theirs)."""
-    for m in unet.modules():
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 

@@ -88,9 +88,16 @@ class AmodalModels:
         return self
 
 
+# Frame-pixels per VAE call: upstream's 8-frame chunk at the completion resolution (512x1024), so the
+# VAE's activation peak there is unchanged while smaller frames share calls (256x512: 4 videos a call).
+VAE_CALL_PX = 8 * 512 * 1024
+
 # Exact options measured on an H200 (BENCHMARKS.md): the single-token cross-attention shortcut
 # (-9% time) and feed-forward in row chunks (peak 25.0 -> 24.0 GiB at the bench configuration).
-DEFAULT_ACCEL = AccelConfig(cross_attn_shortcut=True, ff_rows=1 << 18)
+# Exact VAE options (issue 5, step-independent cost): decode only chunks holding a kept frame;
+# VAE decode/encode batched across videos/frames up to VAE_CALL_PX frame-pixels per call.
+DEFAULT_ACCEL = AccelConfig(cross_attn_shortcut=True, ff_rows=1 << 18, skip_unkept=True, decode_px=VAE_CALL_PX,
+                            encode_px=VAE_CALL_PX)
 
 
 def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: str | torch.device | None = None,

@@ -24,12 +24,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import MissingWeightsError, WeightsMismatchError
 from ..runtime import NULL_HOOKS, Hooks, autocast, is_oom
-from .accel import AccelConfig, apply_accel
+from .accel import AccelConfig, apply_accel, apply_vae_accel
 from .config import SamplerConfig
 from .job import VideoJob
 from .occlusion import blend_weights, plan_windows
@@ -79,9 +80,15 @@ class VASPipeline:
         self.profile: dict[str, float] | None = None  # set to {} to count UNet work and time the parts
 
     def accelerate(self, cfg: AccelConfig | None = None) -> "VASPipeline":
-        """Apply speed/memory options to the UNet (None or AccelConfig() = the reference path)."""
+        """Apply speed/memory options to the UNet and VAE (None or AccelConfig() = the reference path)."""
         apply_accel(self.unet, cfg or AccelConfig(), self._base_processors)
+        apply_vae_accel(self.vae, cfg or AccelConfig())
         return self
+
+    @property
+    def accel(self) -> AccelConfig:
+        """The options in force (``accelerate``)."""
+        return getattr(self.unet, "_accel", None) or AccelConfig()
 
     def _tick(self, key: str, since: float) -> float:
         """Add the seconds since ``since`` to profile[key] (synchronising CUDA); no-op unless profiling."""
@@ -149,7 +156,7 @@ class VASPipeline:
 
     def _amp(self):
         """The compute-precision context: autocast to ``dtype``, or none with AccelConfig.native_dtype."""
-        if getattr(getattr(self.unet, "_accel", None), "native_dtype", False):
+        if self.accel.native_dtype:
             return contextlib.nullcontext()
         return autocast(self.device, self.dtype)
 
@@ -159,8 +166,14 @@ class VASPipeline:
             return torch.autocast(self.device.type, enabled=False)
         return self._amp()
 
-    def _encode(self, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-        """[N, 3, h, w] in [-1, 1] -> unscaled latent modes [N, 4, h/8, w/8]."""
+    def _encode(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """[N, 3, h, w] in [-1, 1] -> unscaled latent modes [N, 4, h/8, w/8] (frames encode independently).
+
+        ``chunk`` frames per call; None = AccelConfig.encode_px frame-pixels per call (0: 8 frames).
+        """
+        if chunk is None:
+            px = self.accel.encode_px
+            chunk = max(1, px // (x.shape[-2] * x.shape[-1])) if px else 8
         vdtype = next(self.vae.parameters()).dtype
         if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             self.vae.to(torch.float32)
@@ -170,17 +183,27 @@ class VASPipeline:
                    for i in range(0, x.shape[0], chunk)]
         return torch.cat(out)
 
-    def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-        """[B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1]; each video in chunks of ``chunk`` frames."""
+    def _decode(self, latents: torch.Tensor, chunk: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1]; each video in chunks of ``chunk`` frames.
+
+        The temporal decoder sees one chunk at a time, so chunks are independent: with
+        ``skip_unkept`` chunks without a ``keep`` frame (bool [B, T]) are not decoded (zeros);
+        with ``decode_px`` equal-length chunks of several videos share one call.
+        """
+        cfg = self.accel
+        b, t = latents.shape[:2]
+        hh, ww = latents.shape[-2] * self.vae_scale, latents.shape[-1] * self.vae_scale
+        items = decode_items(b, t, chunk, keep if cfg.skip_unkept else None)
         vdtype = next(self.vae.parameters()).dtype
         z = latents / self.vae.config.scaling_factor
-        videos = []
+        out = torch.zeros(b, t, 3, hh, ww, device=latents.device)
         with self._vae_context():
-            for b in range(z.shape[0]):
-                parts = [self.vae.decode(z[b, s:s + chunk].to(vdtype), num_frames=z[b, s:s + chunk].shape[0])
-                         .sample.float() for s in range(0, z.shape[1], chunk)]
-                videos.append(torch.cat(parts))
-        return (torch.stack(videos) / 2 + 0.5).clamp(0, 1)
+            for n, calls in decode_calls(items, cfg.decode_px // (hh * ww)):  # decode_px 0: a chunk per call
+                zz = torch.cat([z[v, s:s + n] for v, s, _ in calls])
+                dec = self.vae.decode(zz.to(vdtype), num_frames=n).sample.float()
+                for k, (v, s, _) in enumerate(calls):
+                    out[v, s:s + n] = (dec[k * n:(k + 1) * n] / 2 + 0.5).clamp(0, 1)
+        return out
 
     def _context(self, pos: torch.Tensor, order: str) -> torch.Tensor:
         """Per-frame embeddings [B, T, D] -> CFG context [2B*T, 1, D] (uncond batch first)."""
@@ -209,11 +232,14 @@ class VASPipeline:
 
     @torch.no_grad()
     def generate(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
-                 hooks: Hooks = NULL_HOOKS, noise: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+                 hooks: Hooks = NULL_HOOKS, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1].
 
         ``noise``: per video the output of ``draw_noise`` for its seed (drawn ahead, e.g. on a
-        worker thread); None draws it here. Either way the numbers are the same.
+        worker thread); None draws it here. Either way the numbers are the same. ``keep``
+        (bool [B, T]): the frames the caller reads; with AccelConfig.skip_unkept the decode
+        chunks without one are skipped and come back as zeros (kept frames are unchanged).
         """
         t_start = time.perf_counter()
         dev = self.device
@@ -264,7 +290,7 @@ class VASPipeline:
             self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + len(self.scheduler.timesteps)
             self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + 2 * b * t * len(self.scheduler.timesteps)
         t0 = self._tick("denoise", t0)
-        out = self._decode(latents, sampler.decode_chunk_size)
+        out = self._decode(latents, sampler.decode_chunk_size, keep)
         self._tick("decode", t0)
         return out
 
@@ -275,16 +301,20 @@ class VASPipeline:
         ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
         the batch. Each window's noise is drawn on worker threads (one generator per window,
         so the numbers do not change) while the previous batch runs. Returns frames
-        [T, 3, h, w] in [0, 1] on the CPU, one per job.
+        [T, 3, h, w] in [0, 1] on the CPU, one per job. With AccelConfig.skip_unkept, windows
+        with no kept frame (``VideoJob.keep``) are not run and frames not kept may be zeros.
         """
         plans = {j: plan_windows(0, job.length, sampler.window, sampler.overlap) for j, job in enumerate(jobs)}
         weights = {j: dict(zip(w, blend_weights(w, 0, jobs[j].length))) for j, w in plans.items()}
         outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
+        skip = self.accel.skip_unkept
         groups: dict[tuple, list[tuple[int, int, int]]] = {}
         for j, w in plans.items():
             for s, e in w:
+                if skip and not window_keep(jobs[j], s, e, weights[j][(s, e)]).any():
+                    continue
                 groups.setdefault((e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append((j, s, e))
-        total, done = sum(len(w) for w in plans.values()), 0
+        total, done = sum(len(v) for v in groups.values()), 0
         with NoisePrefetcher(self, jobs, sampler) as noise:
             for (length, (h, w)), items in groups.items():
                 lat_px = (h // self.vae_scale) * (w // self.vae_scale)
@@ -295,7 +325,7 @@ class VASPipeline:
                     batch = items[k:k + per]
                     noise.prefetch(items[k + per:k + 2 * per])
                     try:
-                        res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch))
+                        res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch), weights)
                     except Exception as err:  # noqa: BLE001 - only OOM is retried
                         if not is_oom(err) or per == 1:
                             raise
@@ -318,15 +348,50 @@ class VASPipeline:
         return sampler.seed + 1_000_003 * job.seed_key + start
 
     def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
-                   hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+                   hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
+                   weights: dict | None = None) -> torch.Tensor:
         ca = torch.stack([jobs[j].cond_a[s:e] for j, s, e in batch])
         cb = torch.stack([jobs[j].cond_b[s:e] for j, s, e in batch])
         seeds = [self.window_seed(jobs[j], s, sampler) for j, s, _ in batch]
-        out = self.generate(ca, cb, seeds, sampler, hooks, noise)
+        keep = None
+        if weights is not None:
+            keep = torch.from_numpy(np.stack([window_keep(jobs[j], s, e, weights[j][(s, e)]) for j, s, e in batch]))
+        out = self.generate(ca, cb, seeds, sampler, hooks, noise, keep)
         t0 = time.perf_counter()
         out = out.cpu()
         self._tick("download", t0)
         return out
+
+
+def window_keep(job: VideoJob, start: int, stop: int, weight: np.ndarray) -> np.ndarray:
+    """bool [stop - start]: frames of one window that reach a kept output frame (kept, blend weight > 0)."""
+    return job.kept[start:stop] & (np.asarray(weight) > 0)
+
+
+def decode_items(b: int, t: int, chunk: int, keep: torch.Tensor | np.ndarray | None = None
+                 ) -> list[tuple[int, int, int]]:
+    """Decode chunks (video, start, length) of B videos of T frames; with ``keep`` [B, T] only those holding one."""
+    items = [(v, s, min(chunk, t - s)) for v in range(b) for s in range(0, t, chunk)]
+    if keep is None:
+        return items
+    keep = torch.as_tensor(keep, dtype=torch.bool).cpu()
+    if tuple(keep.shape) != (b, t):
+        raise ValueError(f"keep must be [{b}, {t}], got {tuple(keep.shape)}")
+    return [(v, s, n) for v, s, n in items if bool(keep[v, s:s + n].any())]
+
+
+def decode_calls(items: Sequence[tuple[int, int, int]], max_frames: int
+                 ) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """Group decode chunks of equal length into calls of at most ``max_frames`` frames (at least one
+    chunk each): [(length, chunks)]."""
+    by_len: dict[int, list[tuple[int, int, int]]] = {}
+    for it in items:
+        by_len.setdefault(it[2], []).append(it)
+    out = []
+    for n, group in by_len.items():
+        per = max(1, max_frames // n)
+        out += [(n, group[i:i + per]) for i in range(0, len(group), per)]
+    return out
 
 
 class NoisePrefetcher:

@@ -213,7 +213,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
             vis_c = _resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) > 0.5
             modal_rgb = torch.where(vis_c, rgb, torch.ones_like(rgb)) * 2 - 1
             union = torch.from_numpy(hi_masks[(k, a)])[:, None] | vis_c
-            jobs.append(VideoJob(modal_rgb, union.float() * 2 - 1, _seed_key(o, 2, a), idx, o))
+            jobs.append(VideoJob(modal_rgb, union.float() * 2 - 1, _seed_key(o, 2, a), idx, o,
+                                 keep=occluded[k, a:b].copy()))  # only finally occluded frames are read
         preds = models.content.run_jobs(jobs, sampler, _SubHooks(hooks, 0.7, 1.0), budget_px)
         del jobs
         for (k, o, a, b), pred in zip(done, preds):
