@@ -22,6 +22,9 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     fp8        cbb + E4M3 row-wise-scaled matmuls in all backbone linears (opt-in, lossy)
     fp8-mlp    cbb + E4M3 in the backbone MLPs only (attention projections stay bf16)
     fp8-ovl    fp8 + overlap
+    cdec32-ovl the defaults as shipped: compiled backbone and fp32 decoder layers, overlap
+    fp8f-cdec-ovl  E4M3 row-wise with Hopper fast accumulation + compiled bf16 decoders + overlap
+    fp8t-cdec-ovl  the same with per-tensor scales
 
 Every variant but cbb-nopf prefetches crops (identical results); the pipelining variants
 (cbb-nopf, *-ovl) also print their max deviation from the same variant run the default way,
@@ -104,6 +107,9 @@ VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf
     "fp8": ("default", "", True, "all", "prefetch"),
     "fp8-mlp": ("default", "", True, "mlp", "prefetch"),
     "fp8-ovl": ("default", "", True, "all", "overlap"),
+    "cdec32-ovl": ("default", "default", False, "", "overlap"),
+    "fp8f-cdec-ovl": ("default", "default", True, "all:row:fast", "overlap"),
+    "fp8t-cdec-ovl": ("default", "default", True, "all:tensor:fast", "overlap"),
 }
 CHECK_KEYS = ("global_rot", "body_pose", "hand_pose", "shape", "cam_t", "keypoints_3d", "keypoints_2d")
 
@@ -114,7 +120,8 @@ def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tup
     sdpa = name.split("-")[1] if name in ("cbb-cudnn", "cbb-flash") else ""
     if sdpa or model.backbone.encoder.sdpa:  # the kernel is picked while tracing: drop graphs traced otherwise
         torch._dynamo.reset()
-    model.backbone.encoder.enable_fp8(bool(fp8), parts=fp8 or "all")
+    parts, scaling, fast = (fp8.split(":") + ["", "", ""])[:3] if fp8 else ("all", "row", "")
+    model.backbone.encoder.enable_fp8(bool(fp8), parts=parts, scaling=scaling or "row", fast_accum=fast == "fast")
     model.optimize(cbb, cdec, bucket=bucket, backend=backend, sdpa=sdpa)
     cuda = next(model.parameters()).device.type == "cuda"
     return (torch.bfloat16 if dec16 and cuda else torch.float32), prefetch

@@ -17,7 +17,8 @@ from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
 from body4d_core.sam3d_body.synthetic import random_model
-from body4d_core.sam3d_body.vit import DinoV3ViT, fp8_linear, fp8_quantize_rows, run_block
+from body4d_core.sam3d_body.vit import (DinoV3ViT, PatchEmbed, fp8_linear, fp8_quantize_rows, fp8_quantize_tensor,
+                                        run_block)
 
 
 def _vit(seed: int = 0) -> DinoV3ViT:
@@ -129,6 +130,39 @@ def test_fp8_quantisation_and_linear_are_accurate() -> None:
     ref = F.linear(x, w, b)
     assert y.shape == (5, 7, 48)
     assert (y - ref).abs().max() / ref.abs().max() < 0.05
+
+
+@torch.inference_mode()
+def test_patch_embed_matmul_equals_the_strided_conv() -> None:
+    torch.manual_seed(3)
+    pe = PatchEmbed(16, 24)
+    x = torch.randn(2, 3, 48, 80)
+    tokens = pe(x)
+    ref = pe.proj(x).flatten(2).transpose(1, 2)  # the conv the checkpoint's weights belong to
+    assert tokens.shape == (2, 3 * 5, 24)
+    torch.testing.assert_close(tokens, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_tensor_scaling_is_accurate_and_options_are_checked() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(48, 64)
+    q, s = fp8_quantize_tensor(w)
+    assert q.dtype == torch.float8_e4m3fn and s.ndim == 0
+    assert ((q.float() * s - w).abs().max() / w.abs().max()) < 1 / 16
+    x, b = torch.randn(3, 64), torch.randn(48)
+    y = fp8_linear(x, q, s, b, fast_accum=True).float()  # fast accumulation only matters on CUDA
+    ref = F.linear(x, w, b)
+    assert (y - ref).abs().max() / ref.abs().max() < 0.08
+    vit = _vit(5)
+    with pytest.raises(ValueError, match="fp8 scaling must be one of"):
+        vit.enable_fp8(True, scaling="block")
+    vit.enable_fp8(True, scaling="tensor", fast_accum=True)
+    qkv = vit.blocks[0].attn.qkv
+    assert qkv.w_scale.ndim == 0 and qkv.fp8_fast_accum is True
+    vit.enable_fp8(True)  # a second call replaces the first's options
+    assert qkv.w_scale.shape == (qkv.out_features, 1) and qkv.fp8_fast_accum is False
+    vit.enable_fp8(False)
+    assert not hasattr(qkv, "w_fp8") and not hasattr(qkv, "fp8_fast_accum")
 
 
 @torch.inference_mode()

@@ -1,0 +1,204 @@
+"""Where SAM-3D-Body's GPU time goes: kernel-level profile of the backbone and the body decoder.
+
+Times the DINOv3 ViT-H+/16 backbone alone (batch 64, 512x512, compiled blocks) under matmul
+precision variants, and the body decoder pass under fp32 / TF32 / bf16 matmuls, then prints a
+torch.profiler breakdown (per kernel category and the top kernels) for the chosen variants.
+Random weights at real size; nothing here changes a default.
+
+    python3 bench/bench_body_profile.py                 # H200, about 2-3 minutes
+    python3 bench/bench_body_profile.py --tiny          # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from body4d_core.sam3d_body import Sam3dBodyConfig, tiny_config  # noqa: E402
+from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
+from bench_body import build_ours, make_inputs  # noqa: E402
+
+BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
+    "bf16": None,
+    "fp8-row": dict(parts="all", scaling="row", fast_accum=False),
+    "fp8-row-fast": dict(parts="all", scaling="row", fast_accum=True),
+    "fp8-tensor-fast": dict(parts="all", scaling="tensor", fast_accum=True),
+    "fp8-mlp-row-fast": dict(parts="mlp", scaling="row", fast_accum=True),
+}
+CATEGORIES = (  # first match wins; kernel names lower-cased
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk", "scaled_mm", "sm90")),
+    ("conv", ("conv", "implicit", "winograd")),
+    ("triton (fused)", ("triton",)),
+    ("norm", ("layer_norm", "layernorm", "group_norm", "norm")),
+    ("copy", ("memcpy", "memset", "copy", "cat")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "unrolled", "index", "grid_sampler")),
+)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_table(fn, label: str, top: int = 12) -> None:
+    """Profile one call of ``fn`` (already warm) and print per-category and top-kernel GPU times."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+        _sync()
+    per_kernel: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        if str(getattr(ev, "device_type", "")).endswith("CUDA"):
+            per_kernel[ev.key] += getattr(ev, "self_device_time_total", 0.0) / 1000.0
+    if not per_kernel:  # no kernel-level events (CPU, or an older profiler): attribute to operators
+        for ev in prof.key_averages():
+            if getattr(ev, "self_device_time_total", 0.0) > 0:
+                per_kernel[ev.key] += ev.self_device_time_total / 1000.0
+    total = sum(per_kernel.values()) or float("nan")
+    cats: dict[str, float] = defaultdict(float)
+    for name, ms in per_kernel.items():
+        cats[category(name)] += ms
+    print(f"\n### {label}: GPU kernel time {total:.1f} ms")
+    print("| category | ms | share |\n|---|---:|---:|")
+    for cat, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
+        print(f"| {cat} | {ms:.1f} | {100 * ms / total:.0f}% |")
+    print(f"\n| top kernels ({label}) | category | ms |\n|---|---|---:|")
+    for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"| {name[:90]} | {category(name)} | {ms:.2f} |")
+    sys.stdout.flush()
+
+
+def timed(fn, reps: int) -> float:
+    """Seconds per call of ``fn`` (after one warm call)."""
+    fn()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[str], compile_mode: str) -> None:
+    dev = next(model.parameters()).device
+    enc = model.backbone.encoder
+    x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
+    cuda = dev.type == "cuda"
+    flops = backbone_flops(model.cfg) * bs
+    print(f"| backbone variant | crops/s | ms / batch of {bs} | TFLOP/s | compile s |\n|---|---:|---:|---:|---:|")
+    ref = None
+    for name in variants:
+        kw = BACKBONE_VARIANTS[name]
+        enc.enable_fp8(kw is not None, **(kw or {}))
+        enc.uncompile()
+        if compile_mode:
+            enc.compile_blocks(compile_mode, "inductor" if cuda else "eager", bucket=bs)
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                return model.backbone(x)
+
+        t0 = time.perf_counter()
+        out = run()
+        _sync()
+        warm = time.perf_counter() - t0
+        sec = timed(run, reps)
+        dev_s = "" if ref is None else f" (max rel dev {float((out.float() - ref).abs().max() / ref.abs().max()):.1e})"
+        ref = out.float() if ref is None else ref
+        print(f"| {name}{dev_s} | {bs / sec:.1f} | {sec * 1000:.1f} | {flops / sec / 1e12:.0f} | {warm:.1f} |",
+              flush=True)
+        if name in profile:
+            kernel_table(run, f"backbone {name}")
+    enc.enable_fp8(False)
+
+
+def backbone_flops(cfg: Sam3dBodyConfig) -> float:
+    """Matmul + attention FLOPs of one crop through the ViT blocks."""
+    n = (cfg.image_size // cfg.patch_size) ** 2 + 1 + cfg.vit_registers
+    d, f = cfg.vit_dim, cfg.vit_ffn
+    per_tok = 2 * (4 * d * d + (3 if cfg.vit_swiglu else 2) * d * f)
+    return cfg.vit_depth * (n * per_tok + 4 * n * n * d)
+
+
+@contextlib.contextmanager
+def tf32(on: bool):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, size: tuple[int, int]) -> None:
+    dev = next(model.parameters()).device
+    cuda = dev.type == "cuda"
+    frames, items = make_inputs(bs, *size, people=4)
+    ft = _frames_tensor(frames)
+    K = _intrinsics(None, *ft.shape[:3])
+    with torch.inference_mode():
+        crop_sec = timed(lambda: body_crops(model, ft, items, K), reps)
+        batch = body_crops(model, ft, items, K)
+        feats = model.encode(batch, torch.bfloat16 if cuda else torch.float32)
+    print(f"\n| body decoder variant | ms / batch of {bs} | compile s |\n|---|---:|---:|")
+    print(f"| crops (host + device, synchronous) | {crop_sec * 1000:.1f} | - |")
+    for name, dtype, allow in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                               ("bf16", torch.bfloat16, False)):
+        model.optimize("", compile_mode, backend="inductor" if cuda else "eager")
+
+        def run() -> dict:
+            with torch.inference_mode(), tf32(allow):
+                p = model.decode("body", feats, batch, _dummy_prompt(bs, dev), with_verts=False, dtype=dtype)
+                return _finish(model, p, batch, False)
+
+        t0 = time.perf_counter()
+        run()
+        _sync()
+        warm = time.perf_counter() - t0
+        sec = timed(run, reps)
+        print(f"| {name} (decoder compile: {compile_mode or 'off'}) | {sec * 1000:.1f} | {warm:.1f} |", flush=True)
+        if profile and name in ("fp32", "bf16"):
+            kernel_table(run, f"body decoder {name}")
+    model.optimize("", "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--variants", default=",".join(BACKBONE_VARIANTS))
+    ap.add_argument("--profile", default="bf16,fp8-row-fast", help="backbone variants to profile")
+    ap.add_argument("--compile", default="default", help="torch.compile mode ('' = eager)")
+    ap.add_argument("--no-decoder", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = tiny_config() if args.tiny else Sam3dBodyConfig(mask_embed_type="v2")
+    bs = min(args.batch, 4) if args.tiny else args.batch
+    model = build_ours(cfg, dev, 64 if args.tiny else 1024)
+    print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"batch {bs}, {cfg.image_size}px, {backbone_flops(cfg) / 1e12:.3f} TFLOP per crop (blocks)")
+    variants = [v for v in args.variants.split(",") if v]
+    backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile)
+    if not args.no_decoder:
+        decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920))
+
+
+if __name__ == "__main__":
+    main()
