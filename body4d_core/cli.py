@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
         amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
         manual_fov=args.manual_fov, body_mode=args.body_mode,
-        batch_size=args.batch_size, compile=not args.no_compile, smooth=not args.no_smooth, smooth_settings=smooth,
+        batch_size=args.batch_size, compile=not args.no_compile, fp8=args.fp8, smooth=not args.no_smooth, smooth_settings=smooth,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
         dtype=args.dtype)
@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--no_compile", action="store_true",
                    help="run SAM-3D-Body's backbone eager (default: torch.compile on CUDA, eager elsewhere)")
+    p.add_argument("--fp8", action="store_true",
+                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
+                        "compute capability 8.9+; ~1.35x faster body estimation on an H200)")
     p.add_argument("--no_smooth", action="store_true")
     p.add_argument("--smooth_mode", choices=["offline", "causal"], help="default: the config's smooth.mode")
     p.add_argument("--config", help="OmegaConf YAML (default: configs/body4d.yaml)")

@@ -47,6 +47,7 @@ class PipelineOptions:
     body_mode: str = "full"
     batch_size: int = 64
     compile: bool = True  # torch.compile SAM-3D-Body's backbone blocks on CUDA (eager elsewhere)
+    fp8: bool = False  # opt-in, lossy: FP8 backbone linears + bf16 decoders on GPUs that support it
     smooth: bool = True
     smooth_settings: dict = field(default_factory=dict)  # SmoothSettings fields
     render_mode: str = "overlay"
@@ -172,8 +173,9 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
     model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
     items = body_items(tracks, amodal)
     model.compile_for("default" if opts.compile else "", opts.batch_size)  # CUDA only; equal up to rounding
+    fast = {"fp8": True, "decoder_dtype": torch.bfloat16} if opts.fp8 else {}
     results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
-                              batch_size=opts.batch_size, hooks=hooks, return_vertices=True)
+                              batch_size=opts.batch_size, hooks=hooks, return_vertices=True, **fast)
     faces = model.faces.detach().cpu().numpy()
     bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
                                  obj_ids=tracks.obj_ids.tolist())

@@ -313,3 +313,28 @@ def test_pinned_sdpa_kernel_matches_eager_and_rejects_unknown_names() -> None:
     assert vit.sdpa == ""
     with pytest.raises(ValueError, match="sdpa must be"):
         vit.compile_blocks("default", backend="eager", sdpa="fast")
+
+
+@torch.inference_mode()
+def test_fp8_scope_quantises_for_the_call_only() -> None:
+    vit = _vit(6)
+    x = torch.randn(1, 3, 32, 32)
+    ref = vit(x)
+    with vit.fp8_scope(True, scaling="row", fast_accum=True):
+        assert vit.blocks[0].mlp.w3.fp8_fast_accum is True
+        inside = vit(x)
+    assert not any(hasattr(m, "w_fp8") for m in vit.modules())
+    assert not torch.equal(inside, ref) and torch.equal(vit(x), ref)
+    with vit.fp8_scope(False):
+        assert not hasattr(vit.blocks[0].attn.qkv, "w_fp8")
+
+
+def test_fp8_request_without_a_capable_gpu_logs_and_runs_unchanged(model, scene, caplog) -> None:
+    frames, items = scene
+    ref = estimate_bodies(model, frames, items[:2])
+    with caplog.at_level(logging.WARNING):
+        out = estimate_bodies(model, frames, items[:2], fp8=True)
+    assert "FP8 backbone requested but FP8 matmuls need a CUDA GPU" in caplog.text
+    for a, b in zip(out, ref):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not any(hasattr(m, "w_fp8") for m in model.modules())

@@ -23,6 +23,7 @@ from . import fusion
 from . import rotations as rot
 from .heads import camera_geometry, project
 from .model import CropBatch, Sam3dBody
+from .vit import fp8_unavailable
 
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
@@ -368,7 +369,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
-                    overlap: bool = True) -> list[dict[str, np.ndarray]]:
+                    overlap: bool = True, fp8: bool = False) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -380,6 +381,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     overlap (default; implies prefetch): also encode the next batch before decoding this one, and
     decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results;
     +13% body-mode crops/s on an H200, about 0.6 GiB more VRAM at batch 64).
+    fp8 (opt-in, lossy): the backbone's block linears run E4M3 matmuls with per-row scales and fast
+    accumulation for this call (quantised on entry, dropped on exit); where the GPU cannot (see
+    ``vit.fp8_unavailable``) it logs why and runs without.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -418,7 +422,11 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                           decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
                           after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None)
 
-    chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
+    why = fp8_unavailable(dev) if fp8 else ""
+    if why:
+        log.warning("SAM-3D-Body: FP8 backbone requested but %s; running %s", why, dtype)
+    with model.backbone.encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True):
+        chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
     flat = [r for chunk in chunks for r in chunk]
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
     for pos, i in enumerate(order):

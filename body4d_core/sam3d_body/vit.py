@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -74,6 +74,16 @@ def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: t
         y = ((xq.float() * xs) @ (w8.float() * w_scale).t()).to(torch.bfloat16)
         y = y if b is None else y + b
     return y.reshape(*shape[:-1], -1)
+
+
+def fp8_unavailable(device: torch.device) -> str:
+    """'' when ``device`` runs FP8 (E4M3) matmuls, else why not (they need CUDA compute capability 8.9+)."""
+    if device.type != "cuda":
+        return "FP8 matmuls need a CUDA GPU"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        return f"FP8 matmuls need compute capability 8.9+ (Ada, Hopper or newer); this GPU is {cap[0]}.{cap[1]}"
+    return ""
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -292,6 +302,19 @@ class DinoV3ViT(nn.Module):
                         # row scale [N, 1]: its transpose is the [1, N] row-wise scale_b; tensor scale: 0-dim
                         mod.w_fp8, mod.w_scale = quant(mod.weight)
                         mod.fp8_fast_accum = bool(fast_accum)
+
+    @contextlib.contextmanager
+    def fp8_scope(self, on: bool = True, **options) -> Iterator[None]:
+        """FP8 block linears (``enable_fp8`` options) inside the block, quantised from the weights where
+        they are now; off again afterwards, so no FP8 copy outlives the call (or follows an offload)."""
+        if not on:
+            yield
+            return
+        self.enable_fp8(True, **options)
+        try:
+            yield
+        finally:
+            self.enable_fp8(False)
 
     def uncompile(self) -> None:
         """Back to eager blocks."""
