@@ -1,0 +1,105 @@
+"""One Diffusion-VAS UNet call at real size: eager vs regional torch.compile, plus where the time goes.
+
+The UNet (SVD-XT size + conv_in2, random weights, bf16 under the pipeline's scoped autocast,
+with the default exact accelerations) is called once at the stage's two shapes: the
+completion/refine shape (2 x 1 video x 64 frames at 512x1024 -> latents 64x128) and the
+detection shape (2 x 4 videos x 64 frames at 256x512). ``--compile`` picks how the repeated
+blocks are compiled: '' (eager), 'static' (dynamic=False, one graph per shape) or 'dynamic'
+(symbolic shapes, one graph per block type). Prints compile time, ms per call, TFLOP/s and a
+kernel-category profile of the eager call.
+
+    python3 bench/bench_unet_compile.py --compile '' --profile      # H200, ~1 min
+    python3 bench/bench_unet_compile.py --compile dynamic           # H200, compile time is the question
+    python3 bench/bench_unet_compile.py --tiny                      # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from body4d_core.amodal.accel import COMPILED_BLOCKS, apply_accel  # noqa: E402
+from body4d_core.amodal.models import DEFAULT_ACCEL  # noqa: E402
+from body4d_core.amodal.synthetic import build_vas_parts  # noqa: E402
+from bench_body_profile import kernel_table  # noqa: E402
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def compile_blocks(unet: torch.nn.Module, how: str) -> int:
+    """Regional compile of the repeated blocks; returns how many modules were wrapped."""
+    if not how:
+        return 0
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    backend = "inductor" if torch.cuda.is_available() else "eager"
+    n = 0
+    for m in unet.modules():
+        if type(m).__name__ in COMPILED_BLOCKS:
+            m.compile(backend=backend, dynamic=how == "dynamic")
+            n += 1
+    return n
+
+
+def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: torch.dtype):
+    """A closure running one CFG UNet call on random inputs of [videos, frames, latent h, latent w]."""
+    b, t, h, w = shape
+    x = torch.randn(2 * b, t, 12, h, w, device=dev, dtype=dtype)
+    ctx = torch.randn(2 * b * t, 1, unet.config.cross_attention_dim, device=dev, dtype=dtype)
+    ids = torch.tensor([[7.0, 127.0, 0.02]], device=dev, dtype=dtype).repeat(2 * b, 1)
+    cuda = dev.type == "cuda"
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            return unet(x, torch.tensor(500.0, device=dev), ctx, ids)[0]
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compile", default="", choices=["", "static", "dynamic"])
+    ap.add_argument("--profile", action="store_true", help="kernel-category profile of each shape's call")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    unet = build_vas_parts("tiny" if a.tiny else "real", seed=0, device=dev)["unet"].to(dtype)
+    apply_accel(unet, DEFAULT_ACCEL, dict(unet.attn_processors))
+    n = compile_blocks(unet, a.compile)
+    print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M, build {time.perf_counter() - t0:.1f}s, "
+          f"compile={a.compile or 'eager'} ({n} blocks)", flush=True)
+    shapes = {"512x1024, 1 video": (1, 64, 64, 128), "256x512, 4 videos": (4, 64, 32, 64)}
+    if a.tiny:
+        shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
+    print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
+    for name, shape in shapes.items():
+        run = unet_call(unet, shape, dev, dtype)
+        t0 = time.perf_counter()
+        run()
+        _sync()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(a.reps):
+            run()
+        _sync()
+        ms = (time.perf_counter() - t0) / a.reps * 1000
+        print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
+        if a.profile:
+            kernel_table(run, f"UNet {name}, {a.compile or 'eager'}", top=15)
+    if dev.type == "cuda":
+        print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
