@@ -17,13 +17,24 @@ abs difference of one fixed UNet call against the baseline. Targets: total < 60 
     python bench/bench_amodal.py --quick --variants default   # per-pass parts of the default options (~80 s)
     python bench/bench_amodal.py --quick --variants default,default+native   # + no-autocast A/B (~140 s)
     python bench/bench_amodal.py --tiny         # CPU smoke test of the script
+    # issue 5, step-independent cost: VAE options side by side + kernel-level profile (~6-7 min)
+    python bench/bench_amodal.py --quick --time-limit 450 --profile default,vae-cl \
+        --variants prev-default,default,vae-cl,vae-compile
+
+--quick prints one compact side-by-side table at the end (fixed seconds, per-step seconds, VAE
+decode/encode seconds per pass, peak VRAM, compile seconds). --profile NAMES runs torch.profiler
+(before the variants) over ONE UNet call at the completion size (batch as in the stage's refine
+pass), ONE VAE decode chunk and ONE VAE encode call with each named variant's options and
+prints the top CUDA kernels by self time with a category column and totals per category.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from dataclasses import fields
 
 _T0 = time.perf_counter()  # --time-limit counts from here (before the heavy imports)
 from pathlib import Path
@@ -35,7 +46,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig  # noqa: E402
-from body4d_core.amodal.models import DEFAULT_ACCEL, AmodalModels, DepthEstimator  # noqa: E402
+from body4d_core.amodal.accel import AccelConfig  # noqa: E402
+from body4d_core.amodal.models import DEFAULT_ACCEL, VAE_CALL_PX, AmodalModels, DepthEstimator  # noqa: E402
 from body4d_core.amodal.occlusion import detection_size  # noqa: E402
 from body4d_core.amodal.stage import run_amodal  # noqa: E402
 from body4d_core.amodal.synthetic import build_depth_model, build_vas_pipeline  # noqa: E402
@@ -150,6 +162,14 @@ def make_clip(people: int, frames: int, h: int, w: int, hide: int = 14, occluded
     return rgb, truth, Tracks.from_masks(range(1, people + 1), np.stack(visible))
 
 
+def _accel(cfg: AccelConfig = DEFAULT_ACCEL, **over) -> dict:
+    """AccelConfig fields as kwargs (backend chosen per device later), with overrides."""
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "compile_backend"}
+    out.update(over)
+    return out
+
+
+PREV_DEFAULT = _accel(AccelConfig(), cross_attn_shortcut=True, ff_rows=1 << 18)  # before the VAE options
 VARIANTS = {
     # name: (AccelConfig kwargs, compute dtype or None = --dtype, budget multiplier, note)
     "baseline": ({}, None, 1, "reference path (before issue 5)"),
@@ -160,10 +180,22 @@ VARIANTS = {
     "xattn+cl+compile": ({"cross_attn_shortcut": True, "channels_last": True, "compile_blocks": True}, None, 1, ""),
     "xattn+fp16": ({"cross_attn_shortcut": True}, torch.float16, 1, "fp16 instead of bf16"),
     "xattn+ff": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 1, "chunked feed-forward (memory)"),
-    "default": ({"cross_attn_shortcut": DEFAULT_ACCEL.cross_attn_shortcut, "ff_rows": DEFAULT_ACCEL.ff_rows,
-                 "channels_last": DEFAULT_ACCEL.channels_last}, None, 1, "load_amodal_models' options"),
-    "default+native": ({"cross_attn_shortcut": DEFAULT_ACCEL.cross_attn_shortcut, "ff_rows": DEFAULT_ACCEL.ff_rows,
-                        "native_dtype": True}, None, 1, "no autocast: bf16 norms (close, not exact)"),
+    "prev-default": (PREV_DEFAULT, None, 1, "second session's defaults (xattn + chunked FF), VAE as upstream"),
+    "skip-unkept": ({**PREV_DEFAULT, "skip_unkept": True}, None, 1, "exact: decode only chunks with a kept frame"),
+    "batched-vae": ({**PREV_DEFAULT, "decode_px": VAE_CALL_PX, "encode_px": VAE_CALL_PX}, None, 1,
+                    "exact: VAE decode/encode calls batched up to 8x512x1024 frame-pixels"),
+    "default": (_accel(), None, 1, "load_amodal_models' options (prev-default + skip-unkept + batched-vae)"),
+    "vae-2x": (_accel(decode_px=2 * VAE_CALL_PX, encode_px=2 * VAE_CALL_PX), None, 1,
+               "default, VAE calls up to 2x the pixels (more VRAM)"),
+    "vae-cl": (_accel(vae_channels_last=True), None, 1, "default + channels_last VAE convs"),
+    "vae-compile": (_accel(compile_vae=True), None, 1, "default + torch.compile of the VAE decoder"),
+    "vae-native": (_accel(vae_native=True), None, 1, "default + VAE in bf16 without autocast (close, not exact)"),
+    "vae-cl+native": (_accel(vae_channels_last=True, vae_native=True), None, 1,
+                      "default + channels_last VAE in bf16 without autocast (close, not exact)"),
+    "vae-cl+compile": (_accel(vae_channels_last=True, compile_vae=True), None, 1, "default + both"),
+    "cl+vae-cl": (_accel(channels_last=True, vae_channels_last=True), None, 1,
+                  "default + channels_last UNet and VAE"),
+    "default+native": (_accel(native_dtype=True), None, 1, "no autocast: bf16 norms (close, not exact)"),
     "xattn+ff+batch2x": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 2, "2x people per UNet batch"),
 }
 DEFAULT_VARIANTS = "baseline,xattn,cl,xattn+ff,xattn+fp16,xattn+compile"
@@ -216,10 +248,38 @@ def check_output(pipe, size: tuple[int, int]) -> torch.Tensor:
     return out.float().cpu()
 
 
+def _shape_key(cfg: AccelConfig) -> tuple:
+    """What decides the VAE decoder's input shapes in a run (not the layout or compilation)."""
+    return cfg.decode_px, cfg.skip_unkept
+
+
+def record_decode_shapes(pipes, store: set) -> list:
+    """Forward pre-hooks adding (pipe index, latent shape, num_frames) of every VAE decoder call to ``store``."""
+    def hook(k):
+        def fn(module, args, kwargs):
+            z = args[0] if args else kwargs["sample"]
+            store.add((k, tuple(z.shape), int(kwargs.get("num_frames", 1))))
+        return fn
+    return [p.vae.decoder.register_forward_pre_hook(hook(k), with_kwargs=True) for k, p in enumerate(pipes)]
+
+
+def warm_vae_decoder(pipes, shapes: set, chunk: int) -> tuple[float, int]:
+    """Run each recorded full-chunk decoder shape once on random latents through the compiled decoder
+    (compiles it; short chunks run eagerly anyway); returns the seconds and the number of shapes."""
+    sync()
+    t0 = time.perf_counter()
+    full = sorted(s for s in shapes if s[2] == chunk)
+    for k, shape, n in full:
+        pipe = pipes[k]
+        z = torch.randn(shape, device=pipe.device, dtype=next(pipe.vae.parameters()).dtype)
+        with torch.no_grad(), pipe._vae_context():
+            pipe._vae_decode(z, n, compiled=True)
+    sync()
+    return time.perf_counter() - t0, len(full)
+
+
 def run_variant(name: str, spec, ctx: dict, a) -> dict:
     """Apply one variant, (compile-)warm up, time the stage at --variant-steps, project to --steps."""
-    from body4d_core.amodal.accel import AccelConfig
-
     kwargs, vdtype, budget_mult, note = spec
     pipes = (ctx["mask_pipe"], ctx["content_pipe"])
     dev, base_dtype = ctx["dev"], ctx["dtype"]
@@ -232,8 +292,13 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
     budget = a.budget_px * budget_mult
     smp = SamplerConfig(steps=a.variant_steps, people_batch=a.people_batch * budget_mult, window=a.window)
     warm_s = 0.0
+    shapes = ctx.setdefault("decode_shapes", {}).get(_shape_key(cfg))
+    hooks = []
     try:
-        if cfg.compile_blocks:  # compile every shape of the three passes once, with 1 step
+        if cfg.compile_vae and not cfg.compile_blocks and shapes:
+            warm_s, n_shapes = warm_vae_decoder(pipes, shapes, smp.decode_chunk_size)  # met by an earlier variant
+            print(f"  {name}: compiled the VAE decoder for {n_shapes} shapes in {warm_s:.1f} s", flush=True)
+        elif cfg.compile_blocks or cfg.compile_vae:  # compile every shape of the three passes once, with 1 step
             t0 = time.perf_counter()
             warm = AmodalModels(Recorder(ctx["mask_pipe"], ctx["truth"]), ctx["content_pipe"], ctx["depth"], dev,
                                 vdtype)
@@ -241,6 +306,8 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
                        people_batch=smp.people_batch), budget_px=budget)
             sync()
             warm_s = time.perf_counter() - t0
+        if not (cfg.compile_vae or cfg.compile_blocks):
+            hooks = record_decode_shapes(pipes, ctx["decode_shapes"].setdefault(_shape_key(cfg), set()))
         check = None if a.quick else check_output(ctx["mask_pipe"], ctx["det"])
         mask_rec = Recorder(ctx["mask_pipe"], ctx["truth"], ctx["resized"])
         content_rec = Recorder(ctx["content_pipe"])
@@ -255,6 +322,8 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
         measured = time.perf_counter() - t0 - truth_s  # the bench's mask replacement is not stage time
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
     finally:
+        for h in hooks:
+            h.remove()
         for p in pipes:
             p.accelerate(None)
         if vdtype != base_dtype:
@@ -273,14 +342,15 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
                             / max(c.get("denoise", 0.0), 1e-9))
     row["total"] = row["depth"] + sum(row[st] for st in STAGES)
     log_row(row)
-    log_parts(row, a)
+    row["fixed"], row["per_step"] = log_parts(row, a)
     return row
 
 
 PARTS = ("noise", "upload", "clip", "encode", "denoise", "decode", "download", "blend")
+COUNTS = ("unet_calls", "unet_frames", "decode_calls", "decode_frames", "encode_calls", "encode_frames")
 
 
-def log_parts(row: dict, a) -> None:
+def log_parts(row: dict, a) -> tuple[float, float]:
     """Per pass: where the seconds went (sampler parts from VASPipeline.profile, host = the stage's own
     pre/post-processing outside the sampler); fixed = everything but denoising (independent of steps)."""
     fixed_all, step_all = row["depth"], 0.0
@@ -290,7 +360,7 @@ def log_parts(row: dict, a) -> None:
         if not c:
             print(f"    {st:8s}: not run", flush=True)
             continue
-        parts = {k: c.get(k, 0.0) for k in PARTS}
+        parts = {k: c.get(k, 0.0) for k in PARTS}  # (counters in COUNTS are not seconds)
         parts["sampler-other"] = c["seconds"] - sum(parts.values())
         parts["host"] = row[st + "_host"]
         per_step = parts["denoise"] / a.variant_steps
@@ -300,6 +370,30 @@ def log_parts(row: dict, a) -> None:
               + f" | fixed {fixed:.1f}, per step {per_step:.2f}, UNet calls {c.get('unet_calls', 0)}", flush=True)
     print(f"  {row['name']}: fixed {fixed_all:.1f} s + {step_all:.2f} s/step -> {a.steps} steps: "
           f"{fixed_all + step_all * a.steps:.1f} s", flush=True)
+    return fixed_all, step_all
+
+
+def print_quick_table(rows: list[dict], a) -> None:
+    """--quick: the variants side by side (fixed = everything but denoising; VAE parts per pass)."""
+    if not rows:
+        return
+    base = rows[0]
+    print(f"\nside by side ({a.variant_steps} steps measured; fixed = all but denoising; projected = fixed + "
+          f"{a.steps} x per step; VAE seconds per pass det/ref/comp; peak = whole stage)")
+    print("| variant | measured s | fixed s | fixed vs first | per step s | projected s | VAE decode s | "
+          "decoded frames (calls) | VAE encode s | encoded frames (calls) | clip s | peak GiB det/ref/comp | "
+          "compile s | notes |")
+    print("|" + "---|" * 14)
+    for r in rows:
+        part = {k: "/".join(f"{r['calls'].get(st, {}).get(k, 0.0):.1f}" for st in STAGES)
+                for k in ("decode", "encode", "clip")}
+        cnt = {k: "/".join(f"{r['calls'].get(st, {}).get(k + '_frames', 0)}({r['calls'].get(st, {}).get(k + '_calls', 0)})"
+                           for st in STAGES) for k in ("decode", "encode")}
+        peaks = "/".join(f"{r[st + '_peak']:.1f}" for st in STAGES)
+        proj = r["fixed"] + r["per_step"] * a.steps
+        print(f"| {r['name']} | {r['measured']:.1f} | {r['fixed']:.1f} | {r['fixed'] - base['fixed']:+.1f} | "
+              f"{r['per_step']:.2f} | {proj:.1f} | {part['decode']} | {cnt['decode']} | {part['encode']} | "
+              f"{cnt['encode']} | {part['clip']} | {r['peak']:.2f} ({peaks}) | {r['warm_s']:.0f} | {r['note']} |")
 
 
 def log_row(row: dict) -> None:
@@ -307,6 +401,117 @@ def log_row(row: dict) -> None:
     print(f"  {row['name']}: measured {row['measured']:.1f} s, projected {row['total']:.1f} s "
           f"(depth {row['depth']:.2f} s, {parts}), peak {row['peak']:.2f} GiB, warm-up {row['warm_s']:.0f} s",
           flush=True)
+
+
+CATEGORIES = (  # first match wins; kernel names (CUDA) or op names (CPU), lower case
+    ("attention", ("flash", "fmha", "attention", "sdpa", "mem_eff")),
+    ("copy", ("copy", "memcpy", "memset", "transpose", "nchwtonhwc", "nhwctonchw", "permute", "contiguous",
+              "clone", "cat_", "catarray", "aten::cat", "reorder")),
+    ("norm", ("norm", "welford", "moments", "computefusedparams", "var_mean")),
+    ("conv", ("conv", "fprop", "dgrad", "implicit_gemm", "winograd", "cudnn")),
+    ("gemm", ("gemm", "matmul", "cublas", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm", "aten::bmm",
+              "triton_tem")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "triton_poi", "silu", "gelu", "add", "mul", "div",
+                     "sub", "clamp", "sigmoid", "exp", "where", "fill", "upsample", "interpolate")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """gemm / conv / attention / norm / elementwise / copy / other, from a kernel or op name."""
+    low = name.lower()
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def print_kernel_profile(prof, title: str, wall_ms: float, cuda: bool, top: int = 15) -> None:
+    """Top kernels by self time (CUDA kernels; CPU ops on the CPU) with categories, and per-category totals."""
+    from torch.autograd import DeviceType
+
+    rows = []
+    for e in prof.key_averages():
+        if cuda:
+            t = getattr(e, "self_device_time_total", None)
+            t = e.self_cuda_time_total if t is None else t
+            if e.device_type != DeviceType.CUDA or t <= 0:
+                continue
+        else:
+            t = e.self_cpu_time_total
+            if t <= 0:
+                continue
+        rows.append((t / 1e3, e.count, e.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows) or 1e-9
+    what = "CUDA kernel" if cuda else "CPU op"
+    print(f"\n{title}: wall {wall_ms:.1f} ms (unprofiled), {what} self time {total:.1f} ms "
+          f"({100 * total / max(wall_ms, 1e-9):.0f}% of wall)")
+    print(f"| # | category | calls | self ms | % | {what} |")
+    print("|---|---|---:|---:|---:|---|")
+    for i, (ms, n, key) in enumerate(rows[:top]):
+        name = re.sub(r"\s+", " ", key)
+        name = name if len(name) <= 110 else name[:107] + "..."
+        print(f"| {i + 1} | {kernel_category(key)} | {n} | {ms:.2f} | {100 * ms / total:.1f} | {name} |")
+    cats: dict[str, float] = {}
+    for ms, _, key in rows:
+        cats[kernel_category(key)] = cats.get(kernel_category(key), 0.0) + ms
+    print("per category: " + ", ".join(f"{c} {ms:.1f} ms ({100 * ms / total:.0f}%)"
+                                       for c, ms in sorted(cats.items(), key=lambda kv: -kv[1])), flush=True)
+
+
+def _timed_profile(fn, title: str, cuda: bool) -> None:
+    """fn once to warm up, once timed, once under torch.profiler; prints the kernel table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        wall_ms = 1e3 * (time.perf_counter() - t0)
+        acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+        with profile(activities=acts) as prof:
+            fn()
+            sync()
+    print_kernel_profile(prof, title, wall_ms, cuda)
+
+
+def profile_variants(names: list[str], ctx: dict, a, seg_len: int) -> None:
+    """Kernel-level profile of one UNet call at the completion size (refine-pass batch), one VAE decode
+    chunk and one VAE encode call, under each named variant's options (mask pipeline, bench dtype)."""
+    pipe, dev = ctx["mask_pipe"], ctx["dev"]
+    cuda = dev.type == "cuda"
+    comp = ctx["comp"]
+    lh, lw = comp[0] // pipe.vae_scale, comp[1] // pipe.vae_scale
+    per = max(1, min(a.people_batch, a.budget_px // max(1, 2 * seg_len * lh * lw)))
+    smp = SamplerConfig(window=a.window)
+    chunk = smp.decode_chunk_size
+    g = torch.Generator().manual_seed(0)
+    udtype = next(pipe.unet.parameters()).dtype
+    x = torch.randn(2 * per, seg_len, 12, lh, lw, generator=g).to(dev, udtype)
+    cond = torch.randn(2 * per * seg_len, 1, pipe.unet.config.cross_attention_dim, generator=g).to(dev, udtype)
+    ids = torch.tensor([[7.0, 127.0, 0.02]] * (2 * per)).to(dev, udtype)
+    tstep = torch.tensor(1.0, device=dev)
+    lat = torch.randn(1, chunk, pipe.latent_channels, lh, lw, generator=g).to(dev)
+    pix = (torch.rand(chunk, 3, *comp, generator=g) * 2 - 1).to(dev)
+    for name in names:
+        kwargs = VARIANTS[name][0]
+        cfg = AccelConfig(**kwargs, compile_backend="inductor" if cuda else "eager")
+        pipe.accelerate(cfg)
+        try:
+            print(f"\n=== profile '{name}' ({comp[0]}x{comp[1]}; UNet batch {per} videos x {seg_len} frames x 2 "
+                  f"(CFG), decode chunk {chunk} frames, encode {chunk} frames) ===", flush=True)
+
+            def unet_call():
+                with pipe._amp():
+                    pipe.unet(x, tstep, cond, ids)
+
+            _timed_profile(unet_call, f"[{name}] UNet call", cuda)
+            _timed_profile(lambda: pipe._decode(lat, chunk), f"[{name}] VAE decode chunk", cuda)
+            _timed_profile(lambda: pipe._encode(pix), f"[{name}] VAE encode", cuda)
+        finally:
+            pipe.accelerate(None)
 
 
 def sync() -> None:
@@ -370,6 +575,11 @@ def main() -> None:
                          "each finishes; no numeric check, no table; stops starting variants near --time-limit")
     ap.add_argument("--time-limit", type=float, default=135.0,
                     help="--quick: seconds the whole run (imports included) should stay under")
+    ap.add_argument("--profile", default="", metavar="NAMES",
+                    help="comma list of variants to profile at kernel level (one UNet call, one VAE decode chunk and "
+                         "one encode call at the completion size), before the variants run")
+    ap.add_argument("--compile-estimate", type=float, default=150.0,
+                    help="--quick: seconds a compiled variant's warm-up is assumed to take (for --time-limit)")
     a = ap.parse_args()
     t_start = _T0
     if a.quick and a.variants == DEFAULT_VARIANTS:
@@ -377,6 +587,9 @@ def main() -> None:
     names = [n.strip() for n in a.variants.split(",") if n.strip()]
     if not names or any(n not in VARIANTS for n in names) or (not a.quick and names[0] != "baseline"):
         ap.error(f"--variants must start with baseline (unless --quick) and use only: {', '.join(VARIANTS)}")
+    prof_names = [n.strip() for n in a.profile.split(",") if n.strip()]
+    if any(n not in VARIANTS for n in prof_names):
+        ap.error(f"--profile takes variant names: {', '.join(VARIANTS)}")
 
     dev = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype] if dev.type == "cuda" \
@@ -421,10 +634,16 @@ def main() -> None:
     print(f"clip: {a.people} people x {a.frames} frames at {h}x{w}; {a.steps} steps, guidance 1.5, "
           f"window {a.window}/8, people batch {a.people_batch}, budget {a.budget_px} px", flush=True)
     print(f"set-up (build, clip, warm-up) {time.perf_counter() - t_start:.1f} s", flush=True)
+    if prof_names:
+        t1 = time.perf_counter()
+        profile_variants(prof_names, ctx, a, seg_len=min(a.frames, (4 if a.tiny else 14) + 2 * occ.pad_frames))
+        print(f"profiles took {time.perf_counter() - t1:.1f} s", flush=True)
     rows, last = [], 75.0
     for n in names:
         elapsed = time.perf_counter() - t_start
-        if a.quick and elapsed + 1.1 * last > a.time_limit:
+        kw = VARIANTS[n][0]
+        extra = a.compile_estimate if (kw.get("compile_vae") or kw.get("compile_blocks")) else 0.0
+        if a.quick and elapsed + 1.1 * last + extra > a.time_limit:
             print(f"  {n}: skipped (would end past --time-limit {a.time_limit:.0f} s)", flush=True)
             continue
         try:
@@ -435,7 +654,9 @@ def main() -> None:
             if n == "baseline" and not a.quick:
                 raise
             print(f"  {n}: FAILED ({type(err).__name__}: {str(err)[:300]})", flush=True)
-    if not a.quick:
+    if a.quick:
+        print_quick_table(rows, a)
+    else:
         print_table(rows, a, ctx)
     print(f"wall {time.perf_counter() - t_start:.1f} s", flush=True)
 

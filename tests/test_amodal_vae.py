@@ -139,19 +139,21 @@ def test_encode_pixel_budget_is_per_frame_exact(pipe, monkeypatch):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
-def test_vae_layout_and_compile_are_wired_and_undone(pipe):
+def test_vae_layout_and_compile_are_wired_and_undone(pipe, monkeypatch):
     a, b = conds()
     ref = pipe.generate(a, b, [5, 6], SMP)
+    eager = CallCounter(pipe.vae, "decode", monkeypatch)
     cfg = AccelConfig(vae_channels_last=True, compile_vae=True, compile_backend="eager")
 
     def check():
-        assert pipe.vae.decoder._compiled_call_impl is not None
+        assert pipe.vae.compiled_decoder is not None and "compiled_decoder" not in dict(pipe.vae.named_children())
         assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         assert pipe.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         return pipe.generate(a, b, [5, 6], SMP)
 
     torch.testing.assert_close(with_accel(pipe, cfg, check), ref, atol=1e-4, rtol=0)
-    assert pipe.vae.decoder._compiled_call_impl is None
+    assert eager.frames == [2, 2]  # full 4-frame chunks went through the compiled decoder, the short ones eagerly
+    assert not hasattr(pipe.vae, "compiled_decoder")
     assert pipe.vae.decoder.conv_in.weight.is_contiguous() and pipe.vae._accel == AccelConfig()
 
 
@@ -214,3 +216,37 @@ def test_stage_completion_reads_only_kept_frames_and_skipping_changes_nothing(pi
     assert out.completed_index.tolist() == [[0, 2], [0, 3]] and np.isfinite(out.completed_rgb).all()
     assert np.array_equal(out.completed_rgb, ref.completed_rgb)  # chunk [4, 6) skipped, kept frames identical
     assert np.array_equal(out.packed_amodal, ref.packed_amodal) and np.array_equal(out.occluded, ref.occluded)
+
+
+def test_vae_native_skips_autocast_in_the_vae_only(monkeypatch):
+    """bf16 VAE without autocast: the UNet still autocasts, results stay near the fp32 reference."""
+    import contextlib
+
+    from body4d_core.amodal import pipeline as pl
+
+    p = build_vas_parts("tiny", seed=6)
+    ref = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"]).generate(*conds(), [5, 6], SMP)
+    for k in ("unet", "vae", "image_encoder"):
+        p[k].to(torch.bfloat16)
+    pipe = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"], dtype=torch.bfloat16)
+    state = {"in": False}
+
+    @contextlib.contextmanager
+    def recording(dev, dt):  # stands in for runtime.autocast (a no-op on the CPU anyway)
+        state["in"] = True
+        try:
+            yield
+        finally:
+            state["in"] = False
+
+    monkeypatch.setattr(pl, "autocast", recording)
+    seen = {"unet": [], "vae": []}
+    for name, mod, fn in (("unet", pipe.unet, "forward"), ("vae", pipe.vae, "decode")):
+        real = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda *args, _r=real, _n=name, **kw: seen[_n].append(state["in"]) or _r(*args, **kw))
+    out = with_accel(pipe, AccelConfig(vae_native=True), lambda: pipe.generate(*conds(), [5, 6], SMP))
+    assert seen["vae"] and not any(seen["vae"]) and all(seen["unet"]) and torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.05  # bf16 rounding only
+    seen["vae"].clear()
+    pipe.generate(*conds(), [5, 6], SMP)
+    assert seen["vae"] and all(seen["vae"])  # the reference path autocasts the VAE

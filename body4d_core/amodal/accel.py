@@ -25,7 +25,12 @@ VAE options (the step-independent cost; exact for every frame the caller reads):
 - ``encode_px`` (exact up to batch rounding; the encoder is per-frame 2-D): frames per
   ``vae.encode`` call = this many frame-pixels (0 = chunks of 8 frames, as before).
 - ``vae_channels_last``: NHWC weights for the VAE's 2-D convolutions.
-- ``compile_vae``: ``torch.compile`` of the VAE decoder (``compile_backend``, mode default).
+- ``vae_native`` (close, not exact): the VAE alone runs in its weights' dtype without autocast
+  (as the released diffusers pipeline runs its fp16 VAE): bf16 GroupNorm/SiLU outputs instead
+  of fp32 ones, half the traffic of the VAE's memory-bound layers at full resolution.
+- ``compile_vae``: ``torch.compile`` of the VAE decoder (``compile_backend``, mode default, static
+  shapes) for full ``decode_chunk_size`` chunks; the short last chunk of a window runs eagerly, so
+  a clip compiles about one graph per resolution (dynamic shapes retrace far more slowly).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class AccelConfig:
     decode_px: int = 0  # output frame-pixels per vae.decode call across videos (0 = per video and chunk)
     encode_px: int = 0  # frame-pixels per vae.encode call (0 = chunks of 8 frames)
     vae_channels_last: bool = False
+    vae_native: bool = False  # no autocast in the VAE: it computes in its weights' dtype (close, not exact)
     compile_vae: bool = False
 
     def __post_init__(self) -> None:
@@ -123,15 +129,16 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
 def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
     """Put the VAE in the state ``cfg`` describes (layout, compiled decoder), undoing earlier options."""
     old = getattr(vae, "_accel", AccelConfig())
-    if getattr(vae.decoder, "_compiled_call_impl", None) is not None:
-        vae.decoder._compiled_call_impl = None
+    vae.__dict__.pop("compiled_decoder", None)
     if old.vae_channels_last:
         _conv_layout(vae, torch.contiguous_format)
     if cfg.vae_channels_last:
         _conv_layout(vae, torch.channels_last)
     if cfg.compile_vae:
         _raise_recompile_limit()
-        vae.decoder.compile(backend=cfg.compile_backend)
+        # a plain attribute, not a registered submodule (state_dict and module lists stay as they were)
+        object.__setattr__(vae, "compiled_decoder", torch.compile(vae.decoder, backend=cfg.compile_backend,
+                                                                  dynamic=False))
     vae._accel = cfg
 
 

@@ -90,6 +90,11 @@ class VASPipeline:
         """The options in force (``accelerate``)."""
         return getattr(self.unet, "_accel", None) or AccelConfig()
 
+    def _count(self, key: str, n: int) -> None:
+        """Add ``n`` to profile[key] (work counters); no-op unless profiling."""
+        if self.profile is not None:
+            self.profile[key] = self.profile.get(key, 0) + n
+
     def _tick(self, key: str, since: float) -> float:
         """Add the seconds since ``since`` to profile[key] (synchronising CUDA); no-op unless profiling."""
         if self.profile is None:
@@ -161,9 +166,11 @@ class VASPipeline:
         return autocast(self.device, self.dtype)
 
     def _vae_context(self):
-        """fp16 VAEs flagged force_upcast run in fp32 (upstream does the same)."""
+        """fp16 VAEs flagged force_upcast run in fp32 (upstream does the same); AccelConfig.vae_native: no autocast."""
         if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             return torch.autocast(self.device.type, enabled=False)
+        if self.accel.vae_native:
+            return contextlib.nullcontext()
         return self._amp()
 
     def _encode(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -181,6 +188,8 @@ class VASPipeline:
         with self._vae_context():
             out = [self.vae.encode(x[i:i + chunk].to(vdtype)).latent_dist.mode().float()
                    for i in range(0, x.shape[0], chunk)]
+        self._count("encode_calls", len(out))
+        self._count("encode_frames", int(x.shape[0]))
         return torch.cat(out)
 
     def _decode(self, latents: torch.Tensor, chunk: int, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,10 +209,20 @@ class VASPipeline:
         with self._vae_context():
             for n, calls in decode_calls(items, cfg.decode_px // (hh * ww)):  # decode_px 0: a chunk per call
                 zz = torch.cat([z[v, s:s + n] for v, s, _ in calls])
-                dec = self.vae.decode(zz.to(vdtype), num_frames=n).sample.float()
+                dec = self._vae_decode(zz.to(vdtype), n, compiled=n == chunk).float()
                 for k, (v, s, _) in enumerate(calls):
                     out[v, s:s + n] = (dec[k * n:(k + 1) * n] / 2 + 0.5).clamp(0, 1)
+                self._count("decode_calls", 1)
+                self._count("decode_frames", int(zz.shape[0]))
         return out
+
+    def _vae_decode(self, z: torch.Tensor, num_frames: int, compiled: bool = False) -> torch.Tensor:
+        """One temporal-VAE decode call; ``compiled``: through the compiled decoder if there is one."""
+        dec = self.vae.__dict__.get("compiled_decoder") if compiled else None
+        if dec is None:
+            return self.vae.decode(z, num_frames=num_frames).sample
+        indicator = torch.zeros(z.shape[0] // num_frames, num_frames, dtype=z.dtype, device=z.device)
+        return dec(z, num_frames=num_frames, image_only_indicator=indicator)
 
     def _context(self, pos: torch.Tensor, order: str) -> torch.Tensor:
         """Per-frame embeddings [B, T, D] -> CFG context [2B*T, 1, D] (uncond batch first)."""
