@@ -18,8 +18,8 @@ abs difference of one fixed UNet call against the baseline. Targets: total < 60 
     python bench/bench_amodal.py --quick --variants default,default+native   # + no-autocast A/B (~140 s)
     python bench/bench_amodal.py --tiny         # CPU smoke test of the script
     # issue 5, step-independent cost: VAE options side by side + kernel-level profile (~6-7 min)
-    python bench/bench_amodal.py --quick --time-limit 450 --profile default,vae-cl \
-        --variants prev-default,default,vae-cl,vae-compile
+    python bench/bench_amodal.py --quick --time-limit 460 --compile-estimate 120 --profile default,t2d+vae-cl \
+        --variants prev-default,default,vae-compile,t2d,vae-cl,vae-native
 
 --quick prints one compact side-by-side table at the end (fixed seconds, per-step seconds, VAE
 decode/encode seconds per pass, peak VRAM, compile seconds). --profile NAMES runs torch.profiler
@@ -189,6 +189,11 @@ VARIANTS = {
                "default, VAE calls up to 2x the pixels (more VRAM)"),
     "vae-cl": (_accel(vae_channels_last=True), None, 1, "default + channels_last VAE convs"),
     "vae-compile": (_accel(compile_vae=True), None, 1, "default + torch.compile of the VAE decoder"),
+    "vae-t2d": (_accel(vae_temporal_2d=True), None, 1, "default + VAE temporal Conv3d as 2-D convs (exact)"),
+    "t2d": (_accel(temporal_2d=True, vae_temporal_2d=True), None, 1,
+            "default + UNet and VAE temporal Conv3d as 2-D convs (exact)"),
+    "t2d+vae-cl": (_accel(temporal_2d=True, vae_temporal_2d=True, vae_channels_last=True), None, 1,
+                   "t2d + channels_last VAE"),
     "vae-native": (_accel(vae_native=True), None, 1, "default + VAE in bf16 without autocast (close, not exact)"),
     "vae-cl+native": (_accel(vae_channels_last=True, vae_native=True), None, 1,
                       "default + channels_last VAE in bf16 without autocast (close, not exact)"),
@@ -429,18 +434,19 @@ def print_kernel_profile(prof, title: str, wall_ms: float, cuda: bool, top: int 
     """Top kernels by self time (CUDA kernels; CPU ops on the CPU) with categories, and per-category totals."""
     from torch.autograd import DeviceType
 
-    rows = []
-    for e in prof.key_averages():
-        if cuda:
-            t = getattr(e, "self_device_time_total", None)
-            t = e.self_cuda_time_total if t is None else t
-            if e.device_type != DeviceType.CUDA or t <= 0:
-                continue
-        else:
-            t = e.self_cpu_time_total
-            if t <= 0:
-                continue
-        rows.append((t / 1e3, e.count, e.key))
+    events = list(prof.key_averages())
+
+    def dev_time(e) -> float:
+        t = getattr(e, "self_device_time_total", None)
+        return float(e.self_cuda_time_total if t is None else t)
+
+    if cuda:
+        rows = [(dev_time(e) / 1e3, e.count, e.key) for e in events
+                if e.device_type == DeviceType.CUDA and dev_time(e) > 0]
+        if not rows:  # other profiler builds attribute kernel time to the launching op
+            rows = [(dev_time(e) / 1e3, e.count, e.key) for e in events if dev_time(e) > 0]
+    else:
+        rows = [(e.self_cpu_time_total / 1e3, e.count, e.key) for e in events if e.self_cpu_time_total > 0]
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows) or 1e-9
     what = "CUDA kernel" if cuda else "CPU op"
@@ -649,7 +655,7 @@ def main() -> None:
         try:
             t1 = time.perf_counter()
             rows.append(run_variant(n, VARIANTS[n], ctx, a))
-            last = time.perf_counter() - t1
+            last = time.perf_counter() - t1 - rows[-1]["warm_s"]  # a compile is not repeated by the next variant
         except Exception as err:  # noqa: BLE001 - one failing variant must not lose the others' rows
             if n == "baseline" and not a.quick:
                 raise

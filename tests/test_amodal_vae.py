@@ -250,3 +250,24 @@ def test_vae_native_skips_autocast_in_the_vae_only(monkeypatch):
     seen["vae"].clear()
     pipe.generate(*conds(), [5, 6], SMP)
     assert seen["vae"] and all(seen["vae"])  # the reference path autocasts the VAE
+
+
+def test_temporal_conv3d_as_2d_is_exact_and_undone(pipe):
+    from body4d_core.amodal.accel import _conv3d_as_2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(6, 5, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+    x = torch.randn(2, 6, 7, 4, 5).permute(0, 1, 2, 4, 3)  # non-contiguous, as the decoder's permuted input
+    torch.testing.assert_close(_conv3d_as_2d(conv, x), conv(x), atol=1e-5, rtol=0)
+    a, b = conds()
+    ref = pipe.generate(a, b, [5, 6], SMP)
+
+    def check():
+        routed = [m for m in list(pipe.unet.modules()) + list(pipe.vae.modules()) if "forward" in m.__dict__]
+        assert routed and all(isinstance(m, torch.nn.Conv3d) for m in routed)
+        assert any(m is pipe.vae.decoder.time_conv_out for m in routed)
+        return pipe.generate(a, b, [5, 6], SMP)
+
+    out = with_accel(pipe, AccelConfig(temporal_2d=True, vae_temporal_2d=True), check)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    assert not any("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))

@@ -7,6 +7,10 @@
 - ``channels_last``: NHWC weights for the convolutions (cuDNN's fast layout).
 - ``compile_blocks``: regional ``torch.compile`` of the repeated blocks (spatio-temporal
   resnets and transformers); the shapes of the three passes compile once each.
+- ``temporal_2d`` / ``vae_temporal_2d`` (exact up to conv rounding): the temporal convolutions
+  (Conv3d with a (k, 1, 1) kernel, in every spatio-temporal resnet of the UNet / VAE decoder) run
+  as 2-D convolutions with a (k, 1) kernel on [B, C, T, H*W] - the same sums, but cuDNN's 2-D
+  kernels instead of its 3-D ones.
 - ``ff_rows``: feed-forward layers run over at most this many token rows at a time (exact;
   bounds the GEGLU intermediate, which is the UNet's largest activation).
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
@@ -62,6 +66,8 @@ class AccelConfig:
     skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
     decode_px: int = 0  # output frame-pixels per vae.decode call across videos (0 = per video and chunk)
     encode_px: int = 0  # frame-pixels per vae.encode call (0 = chunks of 8 frames)
+    temporal_2d: bool = False  # UNet temporal (k, 1, 1) Conv3d as 2-D convolutions
+    vae_temporal_2d: bool = False  # the same in the VAE decoder
     vae_channels_last: bool = False
     vae_native: bool = False  # no autocast in the VAE: it computes in its weights' dtype (close, not exact)
     compile_vae: bool = False
@@ -116,6 +122,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
         for m in unet.modules():
             if type(m).__name__ == "FeedForward":
                 m.forward = partial(_chunked_ff, m, cfg.ff_rows)
+    if cfg.temporal_2d:
+        _temporal_as_2d(unet)
     if cfg.channels_last:
         _conv_layout(unet, torch.channels_last)
     if cfg.compile_blocks:
@@ -130,6 +138,10 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
     """Put the VAE in the state ``cfg`` describes (layout, compiled decoder), undoing earlier options."""
     old = getattr(vae, "_accel", AccelConfig())
     vae.__dict__.pop("compiled_decoder", None)
+    for m in vae.modules():
+        m.__dict__.pop("forward", None)
+    if cfg.vae_temporal_2d:
+        _temporal_as_2d(vae)
     if old.vae_channels_last:
         _conv_layout(vae, torch.contiguous_format)
     if cfg.vae_channels_last:
@@ -154,6 +166,27 @@ def _reset(unet: nn.Module, base_processors: dict | None) -> None:
     if getattr(unet, "_accel", AccelConfig()).channels_last:
         _conv_layout(unet, torch.contiguous_format)
     unet._accel = AccelConfig()
+
+
+def _conv3d_as_2d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A (k, 1, 1) Conv3d on [B, C, T, H, W] as a (k, 1) Conv2d on [B, C, T, H*W] (same sums)."""
+    b, c, t, h, w = x.shape
+    y = torch.nn.functional.conv2d(x.reshape(b, c, t, h * w), conv.weight[..., 0], conv.bias,
+                                   stride=(conv.stride[0], 1), padding=(conv.padding[0], 0),
+                                   dilation=(conv.dilation[0], 1), groups=conv.groups)
+    return y.reshape(b, y.shape[1], y.shape[2], h, w)
+
+
+def _temporal_as_2d(module: nn.Module) -> int:
+    """Route every temporal-only Conv3d of ``module`` through ``_conv3d_as_2d``; returns how many."""
+    n = 0
+    for m in module.modules():
+        if (isinstance(m, nn.Conv3d) and tuple(m.kernel_size[1:]) == (1, 1) and tuple(m.stride[1:]) == (1, 1)
+                and tuple(m.padding[1:]) == (0, 0) and tuple(m.dilation[1:]) == (1, 1)
+                and m.padding_mode == "zeros"):
+            m.forward = partial(_conv3d_as_2d, m)
+            n += 1
+    return n
 
 
 def _conv_layout(module: nn.Module, fmt: torch.memory_format) -> None:
