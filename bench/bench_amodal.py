@@ -184,7 +184,9 @@ VARIANTS = {
     "skip-unkept": ({**PREV_DEFAULT, "skip_unkept": True}, None, 1, "exact: decode only chunks with a kept frame"),
     "batched-vae": ({**PREV_DEFAULT, "decode_px": VAE_CALL_PX, "encode_px": VAE_CALL_PX}, None, 1,
                     "exact: VAE decode/encode calls batched up to 8x512x1024 frame-pixels"),
-    "default": (_accel(), None, 1, "load_amodal_models' options (prev-default + skip-unkept + batched-vae)"),
+    "default": (_accel(), None, 1, "load_amodal_models' options (prev-default + skip-unkept + batched-vae, native)"),
+    "autocast": (_accel(native_dtype=False), None, 1, "default under bf16 autocast (fp32 norms; the default until "
+                 "the third session)"),
     "vae-2x": (_accel(decode_px=2 * VAE_CALL_PX, encode_px=2 * VAE_CALL_PX), None, 1,
                "default, VAE calls up to 2x the pixels (more VRAM)"),
     "vae-cl": (_accel(vae_channels_last=True), None, 1, "default + channels_last VAE convs"),
@@ -201,6 +203,8 @@ VARIANTS = {
     "cl+vae-cl": (_accel(channels_last=True, vae_channels_last=True), None, 1,
                   "default + channels_last UNet and VAE"),
     "default+native": (_accel(native_dtype=True), None, 1, "no autocast: bf16 norms (close, not exact)"),
+    "native+t2d+vae-cl": (_accel(native_dtype=True, temporal_2d=True, vae_temporal_2d=True, vae_channels_last=True),
+                          None, 1, "default+native + temporal convs as 2-D + channels_last VAE"),
     "xattn+ff+batch2x": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 2, "2x people per UNet batch"),
 }
 DEFAULT_VARIANTS = "baseline,xattn,cl,xattn+ff,xattn+fp16,xattn+compile"

@@ -9,6 +9,7 @@ blocks are compiled: '' (eager), 'static' (dynamic=False, one graph per shape) o
 kernel-category profile of the eager call.
 
     python3 bench/bench_unet_compile.py --compile '' --profile      # H200, ~1 min
+    python3 bench/bench_unet_compile.py --native --profile          # the same without autocast
     python3 bench/bench_unet_compile.py --compile dynamic           # H200, compile time is the question
     python3 bench/bench_unet_compile.py --tiny                      # CPU smoke test
 """
@@ -49,16 +50,16 @@ def compile_blocks(unet: torch.nn.Module, how: str) -> int:
     return n
 
 
-def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: torch.dtype):
+def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: torch.dtype, native: bool = False):
     """A closure running one CFG UNet call on random inputs of [videos, frames, latent h, latent w]."""
     b, t, h, w = shape
     x = torch.randn(2 * b, t, 12, h, w, device=dev, dtype=dtype)
     ctx = torch.randn(2 * b * t, 1, unet.config.cross_attention_dim, device=dev, dtype=dtype)
     ids = torch.tensor([[7.0, 127.0, 0.02]], device=dev, dtype=dtype).repeat(2 * b, 1)
-    cuda = dev.type == "cuda"
+    amp = dev.type == "cuda" and not native
 
     def run() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             return unet(x, torch.tensor(500.0, device=dev), ctx, ids)[0]
     return run
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--compile", default="", choices=["", "static", "dynamic"])
     ap.add_argument("--profile", action="store_true", help="kernel-category profile of each shape's call")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--native", action="store_true", help="no autocast: every op in the weights' bf16")
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,13 +80,13 @@ def main() -> None:
     n = compile_blocks(unet, a.compile)
     print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M, build {time.perf_counter() - t0:.1f}s, "
-          f"compile={a.compile or 'eager'} ({n} blocks)", flush=True)
+          f"compile={a.compile or 'eager'} ({n} blocks), {'native bf16' if a.native else 'bf16 autocast'}", flush=True)
     shapes = {"512x1024, 1 video": (1, 64, 64, 128), "256x512, 4 videos": (4, 64, 32, 64)}
     if a.tiny:
         shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
     print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
     for name, shape in shapes.items():
-        run = unet_call(unet, shape, dev, dtype)
+        run = unet_call(unet, shape, dev, dtype, a.native)
         t0 = time.perf_counter()
         run()
         _sync()
@@ -96,7 +98,7 @@ def main() -> None:
         ms = (time.perf_counter() - t0) / a.reps * 1000
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
-            kernel_table(run, f"UNet {name}, {a.compile or 'eager'}", top=15)
+            kernel_table(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if dev.type == "cuda":
         print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
