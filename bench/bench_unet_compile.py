@@ -25,7 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from body4d_core.amodal.accel import COMPILED_BLOCKS, apply_accel  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from body4d_core.amodal.accel import COMPILED_BLOCKS, apply_accel, apply_vae_accel  # noqa: E402
 from body4d_core.amodal.models import DEFAULT_ACCEL  # noqa: E402
 from body4d_core.amodal.synthetic import build_vas_parts  # noqa: E402
 from bench_body_profile import kernel_table  # noqa: E402
@@ -64,24 +66,58 @@ def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: 
     return run
 
 
+def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
+    """Decode chunks as the stage makes them: 8 frames at 512x1024, 4 videos x 8 frames at 256x512."""
+    amp = dev.type == "cuda" and not a.native
+    chunks = {"8 frames 512x1024": (8, 64, 128), "4 x 8 frames 256x512": (32, 32, 64)}
+    if a.tiny:
+        chunks = {"tiny 8 frames": (8, 8, 16)}
+    print("\n| VAE decode chunk | first call s | ms / call |\n|---|---:|---:|")
+    for name, (n, h, w) in chunks.items():
+        z = torch.randn(n, 4, h, w, device=dev, dtype=dtype)
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                return vae.decode(z, num_frames=8).sample
+
+        t0 = time.perf_counter()
+        run()
+        _sync()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(a.reps):
+            run()
+        _sync()
+        print(f"| {name} | {first:.1f} | {(time.perf_counter() - t0) / a.reps * 1000:.0f} |", flush=True)
+        if a.profile:
+            kernel_table(run, f"VAE decode {name}", top=8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compile", default="", choices=["", "static", "dynamic"])
     ap.add_argument("--profile", action="store_true", help="kernel-category profile of each shape's call")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--native", action="store_true", help="no autocast: every op in the weights' bf16")
+    ap.add_argument("--vae", action="store_true", help="also time VAE decode chunks")
+    ap.add_argument("--shapes", default="all", choices=["all", "hi"], help="hi: only the 512x1024 UNet call")
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
-    unet = build_vas_parts("tiny" if a.tiny else "real", seed=0, device=dev)["unet"].to(dtype)
-    apply_accel(unet, DEFAULT_ACCEL, dict(unet.attn_processors))
+    parts = build_vas_parts("tiny" if a.tiny else "real", seed=0, device=dev)
+    unet, vae = parts["unet"].to(dtype), parts["vae"].to(dtype)
+    cfg = replace(DEFAULT_ACCEL, native_dtype=a.native)
+    apply_accel(unet, cfg, dict(unet.attn_processors))
+    apply_vae_accel(vae, cfg)
     n = compile_blocks(unet, a.compile)
     print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M, build {time.perf_counter() - t0:.1f}s, "
           f"compile={a.compile or 'eager'} ({n} blocks), {'native bf16' if a.native else 'bf16 autocast'}", flush=True)
     shapes = {"512x1024, 1 video": (1, 64, 64, 128), "256x512, 4 videos": (4, 64, 32, 64)}
+    if a.shapes == "hi":
+        shapes = dict(list(shapes.items())[:1])
     if a.tiny:
         shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
     print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
@@ -99,6 +135,8 @@ def main() -> None:
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
             kernel_table(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
+    if a.vae:
+        vae_rows(vae, dev, dtype, a)
     if dev.type == "cuda":
         print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
