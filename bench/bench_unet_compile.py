@@ -66,6 +66,19 @@ def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: 
     return run
 
 
+def first_and_ms(run, reps: int) -> tuple[float, float]:
+    """(seconds of the first call, incl. any compile; milliseconds per later call)."""
+    t0 = time.perf_counter()
+    run()
+    _sync()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        run()
+    _sync()
+    return first, (time.perf_counter() - t0) / reps * 1000
+
+
 def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
     """Decode chunks as the stage makes them: 8 frames at 512x1024, 4 videos x 8 frames at 256x512."""
     amp = dev.type == "cuda" and not a.native
@@ -80,15 +93,8 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
             with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 return vae.decode(z, num_frames=8).sample
 
-        t0 = time.perf_counter()
-        run()
-        _sync()
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(a.reps):
-            run()
-        _sync()
-        print(f"| {name} | {first:.1f} | {(time.perf_counter() - t0) / a.reps * 1000:.0f} |", flush=True)
+        first, ms = first_and_ms(run, a.reps)
+        print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
             kernel_table(run, f"VAE decode {name}", top=8)
 
@@ -123,15 +129,7 @@ def main() -> None:
     print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
     for name, shape in shapes.items():
         run = unet_call(unet, shape, dev, dtype, a.native)
-        t0 = time.perf_counter()
-        run()
-        _sync()
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(a.reps):
-            run()
-        _sync()
-        ms = (time.perf_counter() - t0) / a.reps * 1000
+        first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
             kernel_table(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
