@@ -16,6 +16,7 @@ from body4d_core.amodal.stage import run_amodal
 from body4d_core.amodal.synthetic import build_vas_parts
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError
+from tests.test_amodal_pipeline import TruthMask  # the same ground-truth mask model
 
 T, H, W = 10, 16, 24
 SMP = SamplerConfig(steps=2, decode_chunk_size=4)
@@ -187,16 +188,6 @@ class NaNUnkept:
         for j, o in zip(jobs, outs):
             o[torch.from_numpy(~j.kept)] = float("nan")
         return outs
-
-
-class TruthMask:
-    def __init__(self, gt: np.ndarray) -> None:
-        self.gt = torch.from_numpy(gt).float()
-
-    def run_jobs(self, jobs, sampler, hooks=None, budget_px=0):
-        import torch.nn.functional as F
-        return [F.interpolate(self.gt[None, None], size=tuple(j.cond_a.shape[-2:])).expand(j.length, 3, -1, -1)
-                for j in jobs]
 
 
 def test_stage_completion_reads_only_kept_frames_and_skipping_changes_nothing(pipe):
