@@ -164,12 +164,13 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
 
 
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    vn = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(vn, f[:, k], fn)
-    n = np.linalg.norm(vn, axis=1, keepdims=True)
-    return (vn / np.where(n > 0, n, 1.0)).astype(np.float32)
+    """Unit vertex normals float32 [V, 3] (the renderer's area-weighted ones; zero where undefined)."""
+    import torch
+
+    from .render import vertex_normals
+
+    vt = torch.from_numpy(np.ascontiguousarray(v, np.float32))
+    return vertex_normals(vt, torch.from_numpy(np.ascontiguousarray(f, np.int64))).numpy()
 
 
 def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> bytes:

@@ -104,6 +104,11 @@ def test_glb_frames_and_animation(tmp_path: Path) -> None:
     assert g.nodes[0].scale == [1.0, 1.0, 1.0] and g.nodes[1].scale == [0.0, 0.0, 0.0]
     g8 = pygltflib.GLTF2.load(str(root / "body4d_person_8.glb"))
     assert len(g8.meshes) == 4 and g8.materials[0].name == "person_8"
+    nacc = g.accessors[g.meshes[0].primitives[0].attributes.NORMAL]
+    view = g.bufferViews[nacc.bufferView]
+    start = view.byteOffset + (nacc.byteOffset or 0)
+    normals = np.frombuffer(g.binary_blob()[start:start + nacc.count * 12], np.float32).reshape(-1, 3)
+    np.testing.assert_allclose(normals, np.tile([0.0, 0.0, 1.0], (4, 1)), atol=1e-6)  # the square faces +z
 
 
 def test_params_npz_round_trip(tmp_path: Path) -> None:
