@@ -108,7 +108,8 @@ def test_glb_frames_and_animation(tmp_path: Path) -> None:
     view = g.bufferViews[nacc.bufferView]
     start = view.byteOffset + (nacc.byteOffset or 0)
     normals = np.frombuffer(g.binary_blob()[start:start + nacc.count * 12], np.float32).reshape(-1, 3)
-    np.testing.assert_allclose(normals, np.tile([0.0, 0.0, 1.0], (4, 1)), atol=1e-6)  # the square faces +z
+    # the square faces +z in the OpenCV camera frame, so -z in the GLB's OpenGL frame (a 180-degree turn)
+    np.testing.assert_allclose(normals, np.tile([0.0, 0.0, -1.0], (4, 1)), atol=1e-6)
 
 
 def test_params_npz_round_trip(tmp_path: Path) -> None:
