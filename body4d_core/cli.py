@@ -147,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
         amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
         manual_fov=args.manual_fov, body_mode=args.body_mode,
-        batch_size=args.batch_size, compile=not args.no_compile, fp8=args.fp8, smooth=not args.no_smooth, smooth_settings=smooth,
+        batch_size=args.batch_size, compile=not args.no_compile, fp8=args.fp8, smooth=not args.no_smooth,
+        smooth_settings=smooth,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
         dtype=args.dtype)
