@@ -30,6 +30,14 @@ def _vit(seed: int = 0) -> DinoV3ViT:
     return m
 
 
+def _fresh_vit_and_reference(seed: int, batch: int) -> tuple[DinoV3ViT, torch.Tensor, torch.Tensor]:
+    """A ViT with no compiled graphs around, an input batch and its eager output."""
+    torch._dynamo.reset()
+    vit = _vit(seed)
+    x = torch.randn(batch, 3, 64, 64)
+    return vit, x, vit(x)
+
+
 class CountingBackend:
     """A torch.compile backend that counts graph compilations and runs the graph eagerly."""
 
@@ -61,10 +69,7 @@ def scene():
 
 @torch.inference_mode()
 def test_compiled_blocks_match_eager_and_share_one_graph() -> None:
-    torch._dynamo.reset()
-    vit = _vit()
-    x = torch.randn(4, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(0, 4)
     counter = CountingBackend()
     assert vit.compile_blocks("default", backend=counter, bucket=4)
     out = vit(x)
@@ -76,10 +81,7 @@ def test_compiled_blocks_match_eager_and_share_one_graph() -> None:
 
 @torch.inference_mode()
 def test_partial_batch_is_padded_to_the_bucket_without_recompiling() -> None:
-    torch._dynamo.reset()
-    vit = _vit(1)
-    x = torch.randn(7, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(1, 7)
     counter = CountingBackend()
     vit.compile_blocks("default", backend=counter, bucket=4)
     out = vit(x)  # chunks of 4 + 3 (padded to 4)
@@ -91,20 +93,14 @@ def test_partial_batch_is_padded_to_the_bucket_without_recompiling() -> None:
 
 @torch.inference_mode()
 def test_aot_eager_compile_matches_eager() -> None:
-    torch._dynamo.reset()
-    vit = _vit(2)
-    x = torch.randn(2, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(2, 2)
     vit.compile_blocks("default", backend="aot_eager", bucket=2)
     assert torch.allclose(vit(x), ref, atol=1e-5)
 
 
 @torch.inference_mode()
 def test_compile_failure_falls_back_to_eager_with_a_log(caplog) -> None:
-    torch._dynamo.reset()
-    vit = _vit(3)
-    x = torch.randn(2, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(3, 2)
 
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
@@ -289,10 +285,7 @@ def test_fp8_mlp_only_keeps_attention_projections_and_is_close() -> None:
 
 @torch.inference_mode()
 def test_reduce_overhead_mode_matches_eager() -> None:
-    torch._dynamo.reset()
-    vit = _vit(7)
-    x = torch.randn(3, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(7, 3)
     counter = CountingBackend()
     assert vit.compile_blocks("reduce-overhead", backend=counter, bucket=2)
     assert vit.compiled.endswith("reduce-overhead")
@@ -302,10 +295,7 @@ def test_reduce_overhead_mode_matches_eager() -> None:
 
 @torch.inference_mode()
 def test_pinned_sdpa_kernel_matches_eager_and_rejects_unknown_names() -> None:
-    torch._dynamo.reset()
-    vit = _vit(8)
-    x = torch.randn(2, 3, 64, 64)
-    ref = vit(x)
+    vit, x, ref = _fresh_vit_and_reference(8, 2)
     assert vit.compile_blocks("default", backend="eager", bucket=2, sdpa="math")
     assert vit.sdpa == "math"
     assert torch.allclose(vit(x), ref, atol=1e-5)
