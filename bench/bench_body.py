@@ -61,11 +61,7 @@ from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor,
 from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
 from body4d_core.sam3d_body.synthetic import randomize, scripted_rig  # noqa: E402
 from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only  # noqa: E402
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from kernel_profile import sync  # noqa: E402
 
 
 def make_inputs(n_items: int, h: int, w: int, people: int, seed: int = 0) -> tuple[np.ndarray, list[BodyItem]]:
@@ -138,7 +134,7 @@ def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode:
     """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
     t0 = time.perf_counter()
     _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
-    _sync()
+    sync()
     warm = time.perf_counter() - t0
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -147,7 +143,7 @@ def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode:
     for _ in range(reps):
         out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
         res = res or out
-    _sync()
+    sync()
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     return reps * len(items) / dt, peak, warm, res
@@ -161,12 +157,12 @@ def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> t
     with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32):
         t0 = time.perf_counter()
         model.backbone(x)
-        _sync()
+        sync()
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(reps):
             model.backbone(x)
-        _sync()
+        sync()
     return reps * bs / (time.perf_counter() - t0), warm
 
 
@@ -180,7 +176,7 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
     t = {"crops": 0.0, "encode": 0.0, "decode": 0.0, "finish": 0.0, "to_host": 0.0}
 
     def lap(key: str, t0: float) -> float:
-        _sync()
+        sync()
         now = time.perf_counter()
         t[key] += (now - t0) * 1000 / reps
         return now
@@ -345,14 +341,14 @@ def time_official(est, frames: np.ndarray, items: list[BodyItem], mode: str, rep
               np.stack([it.mask for it in its]).astype(np.uint8)) for f, its in by_frame.items()]
     with torch.no_grad():
         est.process_one_image(calls[0][0], bboxes=calls[0][1], masks=calls[0][2], use_mask=True, inference_type=mode)
-        _sync()
+        sync()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for _ in range(reps):
             for img, boxes, masks in calls:
                 est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
-        _sync()
+        sync()
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     return reps * len(items) / (time.perf_counter() - t0), peak
 

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from body4d_core.sam3d_body import Sam3dBodyConfig, tiny_config  # noqa: E402
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
 from bench_body import build_ours, make_inputs  # noqa: E402
+from kernel_profile import sync, timed_profile  # noqa: E402
 
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
@@ -33,65 +33,14 @@ BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "fp8-tensor-fast": dict(parts="all", scaling="tensor", fast_accum=True),
     "fp8-mlp-row-fast": dict(parts="mlp", scaling="row", fast_accum=True),
 }
-CATEGORIES = (  # first match wins; kernel names lower-cased
-    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated")),
-    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk", "scaled_mm", "sm90")),
-    ("conv", ("conv", "implicit", "winograd")),
-    ("triton (fused)", ("triton",)),
-    ("norm", ("layer_norm", "layernorm", "group_norm", "norm")),
-    ("copy", ("memcpy", "memset", "copy", "cat")),
-    ("elementwise", ("elementwise", "vectorized", "reduce", "unrolled", "index", "grid_sampler")),
-)
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def category(name: str) -> str:
-    low = name.lower()
-    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
-
-
-def kernel_table(fn, label: str, top: int = 12) -> None:
-    """Profile one call of ``fn`` (already warm) and print per-category and top-kernel GPU times."""
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        fn()
-        _sync()
-    per_kernel: dict[str, float] = defaultdict(float)
-    for ev in prof.key_averages():
-        if str(getattr(ev, "device_type", "")).endswith("CUDA"):
-            per_kernel[ev.key] += getattr(ev, "self_device_time_total", 0.0) / 1000.0
-    if not per_kernel:  # no kernel-level events (CPU, or an older profiler): attribute to operators
-        for ev in prof.key_averages():
-            if getattr(ev, "self_device_time_total", 0.0) > 0:
-                per_kernel[ev.key] += ev.self_device_time_total / 1000.0
-    total = sum(per_kernel.values()) or float("nan")
-    cats: dict[str, float] = defaultdict(float)
-    for name, ms in per_kernel.items():
-        cats[category(name)] += ms
-    print(f"\n### {label}: GPU kernel time {total:.1f} ms")
-    print("| category | ms | share |\n|---|---:|---:|")
-    for cat, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
-        print(f"| {cat} | {ms:.1f} | {100 * ms / total:.0f}% |")
-    print(f"\n| top kernels ({label}) | category | ms |\n|---|---|---:|")
-    for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"| {name[:90]} | {category(name)} | {ms:.2f} |")
-    sys.stdout.flush()
-
-
 def timed(fn, reps: int) -> float:
     """Seconds per call of ``fn`` (after one warm call)."""
     fn()
-    _sync()
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    _sync()
+    sync()
     return (time.perf_counter() - t0) / reps
 
 
@@ -116,7 +65,7 @@ def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[s
 
         t0 = time.perf_counter()
         out = run()
-        _sync()
+        sync()
         warm = time.perf_counter() - t0
         sec = timed(run, reps)
         dev_s = "" if ref is None else f" (max rel dev {float((out.float() - ref).abs().max() / ref.abs().max()):.1e})"
@@ -124,7 +73,7 @@ def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[s
         print(f"| {name}{dev_s} | {bs / sec:.1f} | {sec * 1000:.1f} | {flops / sec / 1e12:.0f} | {warm:.1f} |",
               flush=True)
         if name in profile:
-            kernel_table(run, f"backbone {name}")
+            timed_profile(run, f"backbone {name}", top=12)
     enc.enable_fp8(False)
 
 
@@ -169,12 +118,12 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
 
         t0 = time.perf_counter()
         run()
-        _sync()
+        sync()
         warm = time.perf_counter() - t0
         sec = timed(run, reps)
         print(f"| {name} (decoder compile: {compile_mode or 'off'}) | {sec * 1000:.1f} | {warm:.1f} |", flush=True)
         if profile and name in ("fp32", "bf16"):
-            kernel_table(run, f"body decoder {name}")
+            timed_profile(run, f"body decoder {name}", top=12)
     model.optimize("", "")
 
 

@@ -30,12 +30,7 @@ from dataclasses import replace  # noqa: E402
 from body4d_core.amodal.accel import COMPILED_BLOCKS, apply_accel, apply_vae_accel  # noqa: E402
 from body4d_core.amodal.models import DEFAULT_ACCEL  # noqa: E402
 from body4d_core.amodal.synthetic import build_vas_parts  # noqa: E402
-from bench_body_profile import kernel_table  # noqa: E402
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from kernel_profile import sync, timed_profile  # noqa: E402
 
 
 def compile_blocks(unet: torch.nn.Module, how: str) -> int:
@@ -70,12 +65,12 @@ def first_and_ms(run, reps: int) -> tuple[float, float]:
     """(seconds of the first call, incl. any compile; milliseconds per later call)."""
     t0 = time.perf_counter()
     run()
-    _sync()
+    sync()
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(reps):
         run()
-    _sync()
+    sync()
     return first, (time.perf_counter() - t0) / reps * 1000
 
 
@@ -96,7 +91,7 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
         first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
-            kernel_table(run, f"VAE decode {name}", top=8)
+            timed_profile(run, f"VAE decode {name}", top=8)
 
 
 def main() -> None:
@@ -132,7 +127,7 @@ def main() -> None:
         first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
-            kernel_table(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
+            timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if a.vae:
         vae_rows(vae, dev, dtype, a)
     if dev.type == "cuda":
