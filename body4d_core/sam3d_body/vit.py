@@ -39,20 +39,23 @@ class RopeEmbed(nn.Module):
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-FP8_SCALINGS = ("row", "tensor")
+def _to_e4m3(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q float8_e4m3fn, float32 scale) with x ~= q * scale, for an amax that broadcasts against x."""
+    scale = amax.float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
 def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise E4M3 quantisation: (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale."""
-    amax = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12)
-    scale = amax / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    return _to_e4m3(x, x.abs().amax(-1, keepdim=True))
 
 
 def fp8_quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor E4M3 quantisation: (q float8_e4m3fn, scale 0-dim float32) with x ~= q * scale."""
-    scale = x.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    return _to_e4m3(x, x.abs().amax())
+
+
+FP8_SCALINGS = {"row": fp8_quantize_rows, "tensor": fp8_quantize_tensor}  # enable_fp8(scaling=...)
 
 
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -291,8 +294,8 @@ class DinoV3ViT(nn.Module):
         if parts not in ("all", "mlp"):
             raise ValueError(f"fp8 parts must be 'all' or 'mlp', got {parts!r}")
         if scaling not in FP8_SCALINGS:
-            raise ValueError(f"fp8 scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
-        quant = fp8_quantize_rows if scaling == "row" else fp8_quantize_tensor
+            raise ValueError(f"fp8 scaling must be one of {tuple(FP8_SCALINGS)}, got {scaling!r}")
+        quant = FP8_SCALINGS[scaling]
         for blk in self.blocks:
             for name, mod in blk.named_modules():
                 if isinstance(mod, nn.Linear):
