@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataclasses import replace  # noqa: E402
 
-from body4d_core.amodal.accel import COMPILED_BLOCKS, apply_accel, apply_vae_accel  # noqa: E402
+from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel  # noqa: E402,E501
 from body4d_core.amodal.models import DEFAULT_ACCEL  # noqa: E402
 from body4d_core.amodal.synthetic import build_vas_parts  # noqa: E402
 from kernel_profile import sync, timed_profile  # noqa: E402
@@ -37,7 +37,7 @@ def compile_blocks(unet: torch.nn.Module, how: str) -> int:
     """Regional compile of the repeated blocks; returns how many modules were wrapped."""
     if not how:
         return 0
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    _raise_recompile_limit()
     backend = "inductor" if torch.cuda.is_available() else "eager"
     n = 0
     for m in unet.modules():
