@@ -24,7 +24,11 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     fp8-ovl    fp8 + overlap
     cdec32-ovl the defaults as shipped: compiled backbone and fp32 decoder layers, overlap
     fp8f-cdec-ovl  E4M3 row-wise with Hopper fast accumulation + compiled bf16 decoders + overlap
+                   (activations quantised by the fused Triton kernels; what ``fp8=True`` runs)
+    fp8u-cdec-ovl  the same with the quantisation left to inductor (the third session's FP8)
     fp8t-cdec-ovl  the same with per-tensor scales
+    node-fp8   what Body Batch runs with backbone_fp8 on and decoder_precision bf16: estimate_bodies(fp8=True)
+               quantises the weights inside each call (fp8f-cdec-ovl's kernels) and drops them after it
 
 Every variant but cbb-nopf prefetches crops (identical results); the pipelining variants
 (cbb-nopf, *-ovl) also print their max deviation from the same variant run the default way,
@@ -105,7 +109,9 @@ VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf
     "fp8-ovl": ("default", "", True, "all", "overlap"),
     "cdec32-ovl": ("default", "default", False, "", "overlap"),
     "fp8f-cdec-ovl": ("default", "default", True, "all:row:fast", "overlap"),
+    "fp8u-cdec-ovl": ("default", "default", True, "all:row:fast:unfused", "overlap"),
     "fp8t-cdec-ovl": ("default", "default", True, "all:tensor:fast", "overlap"),
+    "node-fp8": ("default", "default", True, "", "overlap:fp8"),
 }
 CHECK_KEYS = ("global_rot", "body_pose", "hand_pose", "shape", "cam_t", "keypoints_3d", "keypoints_2d")
 
@@ -116,16 +122,18 @@ def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tup
     sdpa = name.split("-")[1] if name in ("cbb-cudnn", "cbb-flash") else ""
     if sdpa or model.backbone.encoder.sdpa:  # the kernel is picked while tracing: drop graphs traced otherwise
         torch._dynamo.reset()
-    parts, scaling, fast = (fp8.split(":") + ["", "", ""])[:3] if fp8 else ("all", "row", "")
-    model.backbone.encoder.enable_fp8(bool(fp8), parts=parts, scaling=scaling or "row", fast_accum=fast == "fast")
+    parts, scaling, fast, fusing = (fp8.split(":") + ["", "", "", ""])[:4] if fp8 else ("all", "row", "", "")
+    model.backbone.encoder.enable_fp8(bool(fp8), parts=parts, scaling=scaling or "row", fast_accum=fast == "fast",
+                                      fused=fusing != "unfused")
     model.optimize(cbb, cdec, bucket=bucket, backend=backend, sdpa=sdpa)
     cuda = next(model.parameters()).device.type == "cuda"
     return (torch.bfloat16 if dec16 and cuda else torch.float32), prefetch
 
 
 def _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe="prefetch"):
+    pipe, _, fp8 = pipe.partition(":")  # 'overlap:fp8': estimate_bodies(fp8=True), the node's own FP8 path
     return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype, decoder_dtype=dec_dtype,
-                           prefetch=pipe == "prefetch", overlap=pipe == "overlap")
+                           prefetch=pipe == "prefetch", overlap=pipe == "overlap", fp8=fp8 == "fp8")
 
 
 def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode: str, bs: int,

@@ -29,7 +29,8 @@ from kernel_profile import sync, timed_profile  # noqa: E402
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
     "fp8-row": dict(parts="all", scaling="row", fast_accum=False),
-    "fp8-row-fast": dict(parts="all", scaling="row", fast_accum=True),
+    "fp8-row-fast": dict(parts="all", scaling="row", fast_accum=True),  # fused Triton quantisers (fp8=True)
+    "fp8-row-fast-unfused": dict(parts="all", scaling="row", fast_accum=True, fused=False),  # inductor's
     "fp8-tensor-fast": dict(parts="all", scaling="tensor", fast_accum=True),
     "fp8-mlp-row-fast": dict(parts="mlp", scaling="row", fast_accum=True),
 }
@@ -127,15 +128,42 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
     model.optimize("", "")
 
 
+def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: list[str], backend: str) -> None:
+    """Whole body-mode calls (crops, backbone, decoder, overlap) as shipped by each bench_body variant:
+    crops/s, then a kernel profile of one call, whose kernel time against the wall time says whether
+    the GPU or the host sets the rate (two streams: kernel time may exceed the wall)."""
+    from bench_body import apply_variant
+    from body4d_core.sam3d_body import estimate_bodies
+
+    frames, items = make_inputs(crops, *size, people=4)
+    for name in variants:
+        dec_dtype, pipe = apply_variant(model, name, bs, backend)
+
+        def run():
+            return estimate_bodies(model, frames, items, batch_size=bs, decoder_dtype=dec_dtype,
+                                   prefetch=bool(pipe), overlap=pipe == "overlap")
+
+        run()
+        sec = timed(run, 1)
+        print(f"\n| body mode, {name} | {len(items) / sec:.1f} crops/s | {sec * 1000 / (len(items) / bs):.1f} ms "
+              f"per batch of {bs} |", flush=True)
+        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=20)
+    model.backbone.encoder.enable_fp8(False)
+    model.optimize("", "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default=",".join(BACKBONE_VARIANTS))
-    ap.add_argument("--profile", default="bf16,fp8-row-fast", help="backbone variants to profile")
+    ap.add_argument("--profile", default="bf16,fp8-row-fast,fp8-row-fast-unfused", help="backbone variants to profile")
     ap.add_argument("--compile", default="default", help="torch.compile mode ('' = eager)")
     ap.add_argument("--no-decoder", action="store_true")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--body-mode", default="", help="bench_body variants to profile as whole body-mode calls")
+    ap.add_argument("--body-crops", type=int, default=256, help="crops per body-mode call")
+    ap.add_argument("--no-backbone", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = tiny_config() if args.tiny else Sam3dBodyConfig(mask_embed_type="v2")
@@ -144,7 +172,11 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"batch {bs}, {cfg.image_size}px, {backbone_flops(cfg) / 1e12:.3f} TFLOP per crop (blocks)")
     variants = [v for v in args.variants.split(",") if v]
-    backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile)
+    if not args.no_backbone:
+        backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile)
+    if args.body_mode:
+        body_mode_rows(model, bs, 8 if args.tiny else args.body_crops, (256, 448) if args.tiny else (1080, 1920),
+                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager")
     if not args.no_decoder:
         decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920))
 

@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config  # noqa: E402
 from body4d_core.sam3d_body.synthetic import random_model  # noqa: E402
+from body4d_core.sam3d_body.vit import FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS  # noqa: E402
 
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 model = random_model(tiny_config(), seed=0).to(dev)
@@ -26,5 +27,5 @@ again = estimate_bodies(model, frames, items, batch_size=4)
 dev_fp8 = max(float(np.abs(a["body_pose"] - b["body_pose"]).max()) for a, b in zip(out, ref))
 same = max(float(np.abs(a["body_pose"] - b["body_pose"]).max()) for a, b in zip(again, ref))
 noise = max(float(np.abs(a["body_pose"] - b["body_pose"]).max()) for a, b in zip(ref2, ref))
-left = any(hasattr(m, "w_fp8") for m in model.modules())
+left = any(a in m.__dict__ for m in model.modules() for a in FP8_LINEAR_ATTRS + FP8_BLOCK_ATTRS)
 print(f"device {dev}, fp8 body_pose max dev {dev_fp8:.2e}, after-call vs before {same:.2e} (two plain calls differ by {noise:.2e}), fp8 weights left: {left}")

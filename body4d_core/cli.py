@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run SAM-3D-Body's backbone eager (default: torch.compile on CUDA, eager elsewhere)")
     p.add_argument("--fp8", action="store_true",
                    help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
-                        "compute capability 8.9+; ~1.35x faster body estimation on an H200)")
+                        "compute capability 8.9+; ~1.6x faster body-mode estimation on an H200)")
     p.add_argument("--no_smooth", action="store_true")
     p.add_argument("--smooth_mode", choices=["offline", "causal"], help="default: the config's smooth.mode")
     p.add_argument("--config", help="OmegaConf YAML (default: configs/body4d.yaml)")

@@ -100,10 +100,12 @@ class BodyBatch(io.ComfyNode):
                                        "upstream; bf16 is faster (body mode) and slightly less exact. Heads, "
                                        "norms and the MHR rig always run fp32."),
                 io.Boolean.Input("backbone_fp8", default=False, advanced=True,
-                                 tooltip="Experimental: the backbone's linear layers run FP8 (E4M3, per-row scales) "
-                                         "on GPUs that support it (Ada, Hopper or newer; elsewhere ignored with a log "
-                                         "line). About 1.35x faster on an H200 together with bf16 decoders; results "
-                                         "deviate slightly from the bf16 backbone (not yet measured on real weights)."),
+                                 tooltip="Experimental: the backbone's linear layers run FP8 (E4M3, per-row scales, "
+                                         "activations quantised by fused Triton kernels) on GPUs that support it (Ada, "
+                                         "Hopper or newer; elsewhere ignored with a log line). Body mode about 1.6x "
+                                         "the defaults on an H200 together with bf16 decoders (~1.4x bf16 decoders "
+                                         "alone); results deviate slightly from the bf16 backbone (not yet measured on "
+                                         "real weights)."),
                 io.Float.Input("min_box", default=2.0, min=1.0, max=10000.0, advanced=True,
                                tooltip="Frames where a mask's box is narrower or lower than this (pixels) are "
                                        "left missing."),

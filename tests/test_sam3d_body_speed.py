@@ -17,8 +17,9 @@ from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
 from body4d_core.sam3d_body.synthetic import random_model
-from body4d_core.sam3d_body.vit import (DinoV3ViT, PatchEmbed, fp8_linear, fp8_quantize_rows, fp8_quantize_tensor,
-                                        run_block)
+from body4d_core.sam3d_body.fp8 import register_ops
+from body4d_core.sam3d_body.vit import (FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS, DinoV3ViT, PatchEmbed, fp8_linear,
+                                        fp8_quantize_rows, fp8_quantize_tensor, run_block)
 
 
 def _vit(seed: int = 0) -> DinoV3ViT:
@@ -161,18 +162,133 @@ def test_fp8_tensor_scaling_is_accurate_and_options_are_checked() -> None:
     assert not hasattr(qkv, "w_fp8") and not hasattr(qkv, "fp8_fast_accum")
 
 
+def _fp8_attrs(vit: DinoV3ViT) -> set[str]:
+    """'module.attr' for every FP8 attribute ``enable_fp8`` left on the blocks."""
+    return {f"{n}.{a}" for n, m in vit.named_modules() for a in FP8_LINEAR_ATTRS + FP8_BLOCK_ATTRS if a in m.__dict__}
+
+
 @torch.inference_mode()
-def test_fp8_backbone_is_close_and_switches_off_exactly() -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_fp8_backbone_is_close_and_switches_off_exactly(fused) -> None:
     vit = _vit(4)
     x = torch.randn(2, 3, 64, 64)
     ref = vit(x)
-    vit.enable_fp8(True)
-    assert all(hasattr(m, "w_fp8") for m in vit.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    vit.enable_fp8(True, fused=fused)
+    blk = vit.blocks[0]
+    with_w8 = {n for n, m in blk.named_modules() if "w_fp8" in m.__dict__}
+    if fused:  # w1/w2 run as one merged matmul; the norms feed quantised rows to qkv and the MLP
+        assert with_w8 == {"attn.qkv", "attn.proj", "mlp.w3"}
+        assert blk.mlp.w12_fp8.shape == (2 * 128, 64) and blk.mlp.w12_scale.shape == (2 * 128, 1)
+        assert blk.attn.qkv.fp8_rows_in and blk.mlp.fp8_rows_in
+    else:
+        assert with_w8 == {"attn.qkv", "attn.proj", "mlp.w1", "mlp.w2", "mlp.w3"}
+        assert not hasattr(blk.mlp, "w12_fp8") and not hasattr(blk.mlp, "fp8_rows_in")
     out = vit(x).float()
     err = (out - ref).abs()
     assert 0 < err.max() < 0.1 * ref.abs().max()
     vit.enable_fp8(False)
+    assert _fp8_attrs(vit) == set()
     assert torch.equal(vit(x), ref)
+
+
+@torch.inference_mode()
+def test_fused_fp8_quantisers_agree_with_the_unfused_path() -> None:
+    """Fused (one op per norm / SwiGLU, merged w1|w2) and unfused FP8 quantise the same values the same
+    way; they differ only where the unfused path rounds the norm / SwiGLU output to bf16 first."""
+    vit = _vit(9)
+    x = torch.randn(2, 3, 64, 64)
+    ref = vit(x).float()
+    vit.enable_fp8(True, fused=False)
+    unfused = vit(x).float()
+    vit.enable_fp8(True, fused=True)
+    fused = vit(x).float()
+    scale = ref.abs().max()
+    assert (fused - unfused).abs().max() < 0.25 * (unfused - ref).abs().max() + 1e-3 * scale
+    assert (fused - ref).abs().max() < 0.1 * scale
+    vit.enable_fp8(True, scaling="tensor")  # per-tensor scales have no fused kernels: nothing fused
+    assert "mlp.w12_fp8" not in _fp8_attrs(vit) and vit.blocks[0].attn.proj.fp8_fused is False
+
+
+@torch.inference_mode()
+def test_fused_fp8_ops_match_their_formulas() -> None:
+    """The torch.library ops (CPU reference implementation, the same one the Triton kernels are checked
+    against) return [M, K] E4M3 rows and [M] scales equal to the plain formulas."""
+    register_ops()
+    register_ops()  # a second registration (e.g. a second import of the package) is a no-op
+    torch.manual_seed(2)
+    x, w, b = torch.randn(7, 48, dtype=torch.bfloat16), torch.randn(48), torch.randn(48)
+    q, s = torch.ops.body4d.fp8_layer_norm_rows(x, w, b, 1e-5)
+    rq, rs = fp8_quantize_rows(F.layer_norm(x.float(), (48,), w, b, 1e-5))
+    assert q.dtype == torch.float8_e4m3fn and q.shape == (7, 48) and s.shape == (7,)
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs[:, 0])
+    h = torch.randn(7, 96, dtype=torch.bfloat16)
+    q, s = torch.ops.body4d.fp8_swiglu_rows(h)
+    rq, rs = fp8_quantize_rows(F.silu(h[:, :48].float()) * h[:, 48:].float())
+    assert q.shape == (7, 48) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs[:, 0])
+    q, s = torch.ops.body4d.fp8_rows(torch.zeros(3, 16))
+    assert torch.equal(q.float(), torch.zeros(3, 16)) and bool(torch.isfinite(s).all()) and bool((s > 0).all())
+    res, gamma = torch.randn(7, 48, dtype=torch.bfloat16), torch.randn(48)
+    xo, q, s = torch.ops.body4d.fp8_add_layer_norm_rows(x, res, gamma, w, b, 1e-5)
+    assert torch.equal(xo, (x.float() + res.float() * gamma).to(torch.bfloat16))
+    rq, rs = fp8_quantize_rows(F.layer_norm(xo.float(), (48,), w, b, 1e-5))
+    assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs[:, 0])
+    heads = torch.randn(2, 3, 5, 16)  # [B, heads, N, head_dim]
+    q, s = torch.ops.body4d.fp8_heads_rows(heads)
+    rq, rs = fp8_quantize_rows(heads.transpose(1, 2).reshape(10, 48))
+    assert q.shape == (10, 48) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+TRITON_CHECK = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"  # Triton's CPU interpreter: the kernels' own code, on numpy
+import torch, torch.nn.functional as F
+from body4d_core.sam3d_body import fp8_triton as k
+
+def ref(y):  # the fp8 module's formula, before the E4M3 cast (the interpreter stores into float32)
+    s = y.abs().amax(-1).clamp(min=1e-12) / 448.0
+    return (y / s[:, None]).clamp(-448.0, 448.0), s
+
+torch.manual_seed(0)
+worst = 0.0
+for rows, cols in ((13, 40), (4, 64), (5, 300), (9, 1280)):  # 1280 = 1024 + 256 tiles; 64 = 64 + an empty tile
+    x = torch.randn(rows, cols, dtype=torch.bfloat16) * 3 + 1
+    x[1] = 0  # an all-zero row keeps a finite scale
+    w, b = torch.randn(cols), torch.randn(cols)
+    h = torch.randn(rows, 2 * cols, dtype=torch.bfloat16)
+    g, u = h.float().chunk(2, -1)
+    for got, want in ((k.layer_norm_rows(x, w, b, 1e-5, torch.float32), ref(F.layer_norm(x.float(), (cols,), w, b, 1e-5))),
+                      (k.swiglu_rows(h, torch.float32), ref(F.silu(g) * u)),
+                      (k.quantize_rows(x, torch.float32), ref(x.float()))):
+        assert got[0].shape == want[0].shape and got[1].shape == want[1].shape, (got[0].shape, want[0].shape)
+        worst = max(worst, float((got[0] - want[0]).abs().max()), float(((got[1] - want[1]) / want[1]).abs().max()))
+    gamma, hres = torch.randn(cols) * 0.1, torch.randn(rows, cols, dtype=torch.bfloat16)
+    xo, q, s = k.add_layer_norm_rows(x, hres, gamma, w, b, 1e-5, torch.float32)
+    want_xo = x.float() + hres.float() * gamma  # the interpreter truncates to bf16 (the GPU rounds): 1 ulp
+    assert xo.dtype == torch.bfloat16 and bool(((xo.float() - want_xo).abs() <= want_xo.abs() / 128 + 1e-6).all())
+    rq, rs = ref(F.layer_norm(xo.float(), (cols,), w, b, 1e-5))
+    worst = max(worst, float((q - rq).abs().max()), float(((s - rs) / rs).abs().max()))
+heads = torch.randn(2, 7, 4, 16).transpose(1, 2)  # SDPA-like [B, heads, N, head_dim], not contiguous
+q, s = k.heads_rows(heads, torch.float32)
+rq, rs = ref(heads.transpose(1, 2).reshape(14, 64))
+assert q.shape == (14, 64)
+worst = max(worst, float((q - rq).abs().max()), float(((s - rs) / rs).abs().max()))
+print("worst", worst)
+assert worst < 1e-3, worst
+"""
+
+
+def test_triton_fp8_kernels_match_the_formula_in_the_interpreter() -> None:
+    """The Triton kernels themselves (run by Triton's CPU interpreter) against the fp8 module's formula,
+    before the E4M3 cast: quotients in [-448, 448] within 1e-3 absolute, scales within 1e-3 relative."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", TRITON_CHECK], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "worst" in res.stdout
 
 
 def test_optimized_model_matches_eager_end_to_end(model, scene) -> None:
@@ -246,20 +362,27 @@ def test_prefetcher_rebuilds_when_the_range_changes() -> None:
     assert pre.batch is None
 
 
+FUSED_OPS = {  # norm1 -> qkv; SDPA output -> proj; residual + norm2 -> w1|w2; SwiGLU -> w3
+    "all": {"fp8_layer_norm_rows": 1, "fp8_heads_rows": 1, "fp8_add_layer_norm_rows": 1, "fp8_swiglu_rows": 1},
+    "mlp": {"fp8_layer_norm_rows": 0, "fp8_heads_rows": 0, "fp8_add_layer_norm_rows": 1, "fp8_swiglu_rows": 1}}
+
+
 @torch.inference_mode()
-@pytest.mark.parametrize("parts", ["", "all", "mlp"])
+@pytest.mark.parametrize("parts", ["", "all", "mlp", "all-unfused"])
 def test_block_is_one_graph_without_breaks(parts) -> None:
     torch._dynamo.reset()
     vit = _vit(5)
-    if parts:
-        vit.enable_fp8(True, parts=parts)  # the activation quantisation must trace inside the block graph
+    if parts:  # the activation quantisation (torch ops or the fused ops) must trace inside the block graph
+        vit.enable_fp8(True, parts=parts.split("-")[0], fused=not parts.endswith("unfused"))
     sin, cos = vit.rope_embed(4, 4, torch.device("cpu"))
     tokens = torch.randn(2, 16 + 5, 64)
     ex = torch._dynamo.explain(run_block)(vit.blocks[0], tokens, sin, cos)
     assert ex.graph_count == 1 and ex.graph_break_count == 0, ex.break_reasons
     ops = str(ex.graphs[0].graph)
     assert "scaled_dot_product_attention" in ops
-    assert ("amax" in ops) == bool(parts)
+    assert ("amax" in ops) == parts.endswith("unfused")
+    for op, n in FUSED_OPS.get(parts, {}).items():
+        assert ops.count(f"target=torch.ops.body4d.{op}") == n, op
 
 
 def test_fp8_mlp_only_keeps_attention_projections_and_is_close() -> None:
@@ -268,8 +391,8 @@ def test_fp8_mlp_only_keeps_attention_projections_and_is_close() -> None:
     with torch.inference_mode():
         ref = vit(x)
         vit.enable_fp8(True, parts="mlp")
-        names = {n for n, m in vit.blocks[0].named_modules() if hasattr(m, "w_fp8")}
-        assert names == {"mlp.w1", "mlp.w2", "mlp.w3"}
+        names = {n for n, m in vit.blocks[0].named_modules() if "w_fp8" in m.__dict__ or "w12_fp8" in m.__dict__}
+        assert names == {"mlp", "mlp.w3"}  # w1|w2 merged into the MLP's one FP8 matmul
         mlp_only = vit(x).float()
         vit.enable_fp8(True, parts="all")
         assert hasattr(vit.blocks[0].attn.qkv, "w_fp8") and hasattr(vit.blocks[0].attn.proj, "w_fp8")

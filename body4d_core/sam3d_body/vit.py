@@ -16,6 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fp8 import (FP8_SCALINGS, Fp8Rows, add_layer_norm_fp8, fp8_linear, fp8_matmul, fp8_quantize_rows,  # noqa: F401
+                  fp8_quantize_tensor, fp8_unavailable, heads_fp8, layer_norm_fp8, register_ops, swiglu_fp8)
+
 log = logging.getLogger(__name__)
 
 
@@ -36,65 +39,15 @@ class RopeEmbed(nn.Module):
         return angles.sin(), angles.cos()
 
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-
-
-def _to_e4m3(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q float8_e4m3fn, float32 scale) with x ~= q * scale, for an amax that broadcasts against x."""
-    scale = amax.float().clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-
-
-def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise E4M3 quantisation: (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale."""
-    return _to_e4m3(x, x.abs().amax(-1, keepdim=True))
-
-
-def fp8_quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor E4M3 quantisation: (q float8_e4m3fn, scale 0-dim float32) with x ~= q * scale."""
-    return _to_e4m3(x, x.abs().amax())
-
-
-FP8_SCALINGS = {"row": fp8_quantize_rows, "tensor": fp8_quantize_tensor}  # enable_fp8(scaling=...)
-
-
-def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-               fast_accum: bool = False) -> torch.Tensor:
-    """y = x W^T + b with both operands in E4M3, bf16 out.
-
-    A 0-dim ``w_scale`` means per-tensor scales (the activation gets one too); a [N, 1] one means
-    per-output-channel weight scales and per-token activation scales. fast_accum: Hopper's faster
-    FP8 accumulation (fewer fp32 promotions of the partial sums; slightly less accurate).
-    """
-    shape = x.shape
-    quant = fp8_quantize_tensor if w_scale.ndim == 0 else fp8_quantize_rows
-    xq, xs = quant(x.reshape(-1, shape[-1]))
-    b = None if bias is None else bias.to(torch.bfloat16)
-    if xq.is_cuda:
-        y = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=w_scale.t(), bias=b, out_dtype=torch.bfloat16,
-                             use_fast_accum=fast_accum)
-    else:  # reference path (CPU tests): the same quantised operands, dequantised
-        y = ((xq.float() * xs) @ (w8.float() * w_scale).t()).to(torch.bfloat16)
-        y = y if b is None else y + b
-    return y.reshape(*shape[:-1], -1)
-
-
-def fp8_unavailable(device: torch.device) -> str:
-    """'' when ``device`` runs FP8 (E4M3) matmuls, else why not (they need CUDA compute capability 8.9+)."""
-    if device.type != "cuda":
-        return "FP8 matmuls need a CUDA GPU"
-    cap = torch.cuda.get_device_capability(device)
-    if cap < (8, 9):
-        return f"FP8 matmuls need compute capability 8.9+ (Ada, Hopper or newer); this GPU is {cap[0]}.{cap[1]}"
-    return ""
-
-
-def linear(layer: nn.Linear, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``layer(x)`` (optionally with a replacement bias), through FP8 weights when ``enable_fp8`` set them."""
+def linear(layer: nn.Linear, x: torch.Tensor | Fp8Rows, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x)`` (optionally with a replacement bias), through FP8 weights when ``enable_fp8`` set them;
+    x may arrive already quantised (``Fp8Rows``, from a fused norm or SwiGLU kernel)."""
     b = layer.bias if bias is None else bias
     w8 = getattr(layer, "w_fp8", None)
+    if isinstance(x, Fp8Rows):
+        return fp8_matmul(x, w8, layer.w_scale, b, layer.fp8_fast_accum)
     if w8 is not None:
-        return fp8_linear(x, w8, layer.w_scale, b, layer.fp8_fast_accum)
+        return fp8_linear(x, w8, layer.w_scale, b, layer.fp8_fast_accum, layer.fp8_fused)
     return F.linear(x, layer.weight, b)
 
 
@@ -113,7 +66,7 @@ class Attention(nn.Module):
         self.qkv.register_buffer("bias_mask", torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)]))
         self.proj = nn.Linear(dim, dim, bias=True)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, n, d = x.shape
         bias = self.qkv.bias * self.qkv.bias_mask.to(self.qkv.bias.dtype)
         qkv = linear(self.qkv, x, bias).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
@@ -124,6 +77,8 @@ class Attention(nn.Module):
         q = torch.cat([q[:, :, : n - p], q[:, :, n - p:] * cos + _rotate_half(q[:, :, n - p:]) * sin], 2)
         k = torch.cat([k[:, :, : n - p], k[:, :, n - p:] * cos + _rotate_half(k[:, :, n - p:]) * sin], 2)
         out = F.scaled_dot_product_attention(q, k, v)
+        if getattr(self.proj, "fp8_fused", False):  # quantised straight from SDPA's layout (no transpose copy)
+            return linear(self.proj, heads_fp8(out))
         return linear(self.proj, out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -147,7 +102,11 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        w12 = getattr(self, "w12_fp8", None)
+        if w12 is not None:  # fused FP8: one matmul for [w1; w2], then SwiGLU + row quantisation in one kernel
+            h = fp8_matmul(x, w12, self.w12_scale, self.w12_bias, self.w3.fp8_fast_accum)
+            return linear(self.w3, swiglu_fp8(h))
         return linear(self.w3, F.silu(linear(self.w1, x)) * linear(self.w2, x))
 
 
@@ -176,8 +135,17 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope))
+        h = self.attn(self._norm(self.norm1, self.attn.qkv, x), rope)
+        if getattr(self.mlp, "fp8_rows_in", False):  # fused FP8: residual add + norm2 + quantisation, one kernel
+            x, xq = add_layer_norm_fp8(x, h, self.ls1.gamma, self.norm2)
+            return x + self.ls2(self.mlp(xq))
+        x = x + self.ls1(h)
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+    @staticmethod
+    def _norm(norm: nn.LayerNorm, consumer: nn.Module, x: torch.Tensor) -> torch.Tensor | Fp8Rows:
+        """``norm(x)``, or its FP8 rows straight from one fused kernel when the consumer takes them."""
+        return layer_norm_fp8(norm, x) if getattr(consumer, "fp8_rows_in", False) else norm(x)
 
 
 def run_block(blk: Block, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
@@ -243,6 +211,32 @@ class PatchEmbed(nn.Module):
         return F.linear(patches.reshape(b, gh * gw, c * p * p), weight, self.proj.bias)
 
 
+FP8_LINEAR_ATTRS = ("w_fp8", "w_scale", "fp8_fast_accum", "fp8_fused")
+FP8_BLOCK_ATTRS = ("fp8_rows_in", "w12_fp8", "w12_scale", "w12_bias")
+
+
+def _fp8_off(blk: Block) -> None:
+    """Drop every FP8 attribute ``enable_fp8`` may have set on a block's modules."""
+    for mod in blk.modules():
+        for attr in FP8_LINEAR_ATTRS + FP8_BLOCK_ATTRS:
+            if attr in mod.__dict__:
+                delattr(mod, attr)
+
+
+def _fuse_fp8_block(blk: Block, parts: str) -> None:
+    """Route the block's norms through fused LayerNorm+quantise kernels and merge SwiGLU's w1/w2."""
+    if parts == "all":
+        blk.attn.qkv.fp8_rows_in = True
+    blk.mlp.fp8_rows_in = True
+    if isinstance(blk.mlp, SwiGLU):  # rows quantised per output channel: [w1; w2] is w1's rows then w2's
+        w1, w2 = blk.mlp.w1, blk.mlp.w2
+        blk.mlp.w12_fp8 = torch.cat([w1.w_fp8, w2.w_fp8])
+        blk.mlp.w12_scale = torch.cat([w1.w_scale, w2.w_scale])
+        blk.mlp.w12_bias = torch.cat([w1.bias, w2.bias])
+        for lin in (w1, w2):
+            del lin.w_fp8, lin.w_scale
+
+
 class DinoV3ViT(nn.Module):
     """Returns the final-normed patch tokens as a [B, C, H/p, W/p] feature map."""
 
@@ -283,12 +277,16 @@ class DinoV3ViT(nn.Module):
         return True
 
     @torch.no_grad()
-    def enable_fp8(self, on: bool = True, parts: str = "all", scaling: str = "row", fast_accum: bool = False) -> None:
+    def enable_fp8(self, on: bool = True, parts: str = "all", scaling: str = "row", fast_accum: bool = False,
+                   fused: bool = True) -> None:
         """Opt-in: blocks' linear layers run E4M3 matmuls; the original weights are kept.
 
         parts: 'all' (attention projections and MLP) or 'mlp' (MLP only; qkv/proj stay bf16).
         scaling: 'row' (per-token x per-output-channel scales) or 'tensor' (one scale per operand).
-        fast_accum: Hopper's fast FP8 accumulation (see ``fp8_linear``).
+        fast_accum: Hopper's fast FP8 accumulation (see ``fp8.fp8_linear``).
+        fused (row scaling): each activation is quantised by the kernel that makes it (LayerNorm,
+        SwiGLU product, a plain row kernel for the attention output) and the MLP's w1/w2 run as one
+        matmul; off: the quantisation is left to torch ops (inductor fuses what it can).
         Switching on always starts from all-off, so a second call with other options replaces the first.
         """
         if parts not in ("all", "mlp"):
@@ -296,15 +294,20 @@ class DinoV3ViT(nn.Module):
         if scaling not in FP8_SCALINGS:
             raise ValueError(f"fp8 scaling must be one of {tuple(FP8_SCALINGS)}, got {scaling!r}")
         quant = FP8_SCALINGS[scaling]
+        fused = bool(fused) and scaling == "row"
+        if on and fused:
+            register_ops()
         for blk in self.blocks:
+            _fp8_off(blk)
+            if not on:
+                continue
             for name, mod in blk.named_modules():
-                if isinstance(mod, nn.Linear):
-                    if hasattr(mod, "w_fp8"):
-                        del mod.w_fp8, mod.w_scale, mod.fp8_fast_accum
-                    if on and (parts == "all" or name.startswith("mlp.")):
-                        # row scale [N, 1]: its transpose is the [1, N] row-wise scale_b; tensor scale: 0-dim
-                        mod.w_fp8, mod.w_scale = quant(mod.weight)
-                        mod.fp8_fast_accum = bool(fast_accum)
+                if isinstance(mod, nn.Linear) and (parts == "all" or name.startswith("mlp.")):
+                    # row scale [N, 1]: its transpose is the [1, N] row-wise scale_b; tensor scale: 0-dim
+                    mod.w_fp8, mod.w_scale = quant(mod.weight)
+                    mod.fp8_fast_accum, mod.fp8_fused = bool(fast_accum), fused
+            if fused:
+                _fuse_fp8_block(blk, parts)
 
     @contextlib.contextmanager
     def fp8_scope(self, on: bool = True, **options) -> Iterator[None]:

@@ -1,0 +1,208 @@
+"""FP8 (E4M3) matmuls for the backbone's linear layers, and the activation quantisers they need.
+
+Weights are quantised once per call (per output channel or per tensor); activations per token
+row or per tensor. Row quantisation can be *fused* into the op that produces the activation
+(LayerNorm, the SwiGLU product): on CUDA those run as our Triton kernels (``fp8_triton``) behind
+``torch.library`` ops, so a compiled block keeps them as single kernels; elsewhere the same ops
+run the plain torch formula, which is also the reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+MIN_AMAX = 1e-12  # an all-zero row or tensor gets this amax, so its scale stays finite
+
+
+def _to_e4m3(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q float8_e4m3fn, float32 scale) with x ~= q * scale, for an amax that broadcasts against x."""
+    scale = amax.float().clamp(min=MIN_AMAX) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise E4M3 quantisation: (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale."""
+    return _to_e4m3(x, x.abs().amax(-1, keepdim=True))
+
+
+def fp8_quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor E4M3 quantisation: (q float8_e4m3fn, scale 0-dim float32) with x ~= q * scale."""
+    return _to_e4m3(x, x.abs().amax())
+
+
+FP8_SCALINGS = {"row": fp8_quantize_rows, "tensor": fp8_quantize_tensor}  # enable_fp8(scaling=...)
+
+
+class Fp8Rows(NamedTuple):
+    """An activation already quantised per row: x ~= q * scale (q [..., K] E4M3, scale [..., 1] fp32)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
+# ------------------------------------------------------------ fused quantisers (torch.library ops)
+
+OPS = ("fp8_layer_norm_rows", "fp8_add_layer_norm_rows", "fp8_swiglu_rows", "fp8_rows", "fp8_heads_rows")
+
+
+def _rows_out(like: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (q [rows, cols] E4M3, scale [rows] fp32) on ``like``'s device: the ops' fake outputs."""
+    return like.new_empty((rows, cols), dtype=torch.float8_e4m3fn), like.new_empty((rows,), dtype=torch.float32)
+
+
+def _reference_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q, s = fp8_quantize_rows(y.float())
+    return q, s[:, 0]
+
+
+def _layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from .fp8_triton import layer_norm_rows
+        return layer_norm_rows(x, weight, bias, eps)
+    return _reference_rows(F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps))
+
+
+def _add_layer_norm_rows(x: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from .fp8_triton import add_layer_norm_rows
+        return add_layer_norm_rows(x, h, gamma, weight, bias, eps)
+    xo = (x.float() + h.float() * gamma.float()).to(x.dtype)
+    return (xo,) + _reference_rows(F.layer_norm(xo.float(), (x.shape[-1],), weight.float(), bias.float(), eps))
+
+
+def _swiglu_rows(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if h.is_cuda:
+        from .fp8_triton import swiglu_rows
+        return swiglu_rows(h)
+    gate, up = h.float().chunk(2, dim=-1)
+    return _reference_rows(F.silu(gate) * up)
+
+
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from .fp8_triton import quantize_rows
+        return quantize_rows(x)
+    return _reference_rows(x)
+
+
+def _heads_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.is_cuda:
+        from .fp8_triton import heads_rows
+        return heads_rows(x)
+    b, nh, n, hd = x.shape
+    return _reference_rows(x.transpose(1, 2).reshape(b * n, nh * hd))
+
+
+def register_ops() -> None:
+    """Define the ``torch.ops.body4d`` quantiser ops once per process (a second copy of this package,
+    imported under another name, finds them defined and uses them: same code)."""
+    if all(hasattr(torch.ops.body4d, name) for name in OPS):
+        return
+    lib = "body4d::"
+    ln = torch.library.custom_op(lib + "fp8_layer_norm_rows", _layer_norm_rows, mutates_args=())
+    ln.register_fake(lambda x, weight, bias, eps: _rows_out(x, *x.shape))
+    sw = torch.library.custom_op(lib + "fp8_swiglu_rows", _swiglu_rows, mutates_args=())
+    sw.register_fake(lambda h: _rows_out(h, h.shape[0], h.shape[1] // 2))
+    rows = torch.library.custom_op(lib + "fp8_rows", _rows, mutates_args=())
+    rows.register_fake(lambda x: _rows_out(x, *x.shape))
+    add_ln = torch.library.custom_op(lib + "fp8_add_layer_norm_rows", _add_layer_norm_rows, mutates_args=())
+    add_ln.register_fake(lambda x, h, gamma, weight, bias, eps: (torch.empty_like(x),) + _rows_out(x, *x.shape))
+    heads = torch.library.custom_op(lib + "fp8_heads_rows", _heads_rows, mutates_args=())
+    heads.register_fake(lambda x: _rows_out(x, x.shape[0] * x.shape[2], x.shape[1] * x.shape[3]))
+
+
+def _as_rows(q: torch.Tensor, s: torch.Tensor, shape: torch.Size) -> Fp8Rows:
+    return Fp8Rows(q.reshape(shape), s.reshape(*shape[:-1], 1))
+
+
+def layer_norm_fp8(norm: torch.nn.LayerNorm, x: torch.Tensor) -> Fp8Rows:
+    """``norm(x)`` quantised per row in the same kernel (the normalised values never hit memory in bf16)."""
+    q, s = torch.ops.body4d.fp8_layer_norm_rows(x.reshape(-1, x.shape[-1]), norm.weight, norm.bias, norm.eps)
+    return _as_rows(q, s, x.shape)
+
+
+def add_layer_norm_fp8(x: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor,
+                      norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, Fp8Rows]:
+    """(x + gamma * h, ``norm`` of that as FP8 rows): a block's residual add and its next norm in one kernel."""
+    flat = x.reshape(-1, x.shape[-1])
+    xo, q, s = torch.ops.body4d.fp8_add_layer_norm_rows(flat, h.reshape(flat.shape), gamma, norm.weight, norm.bias,
+                                                        norm.eps)
+    return xo.reshape(x.shape), _as_rows(q, s, x.shape)
+
+
+def heads_fp8(out: torch.Tensor) -> Fp8Rows:
+    """Attention output [B, heads, N, head_dim] as FP8 rows of [B, N, heads * head_dim], read in place."""
+    b, nh, n, hd = out.shape
+    q, s = torch.ops.body4d.fp8_heads_rows(out)
+    return _as_rows(q, s, torch.Size((b, n, nh * hd)))
+
+
+def swiglu_fp8(h: torch.Tensor) -> Fp8Rows:
+    """silu(gate) * up of h = [gate | up] (last dim), quantised per row in the same kernel."""
+    q, s = torch.ops.body4d.fp8_swiglu_rows(h.reshape(-1, h.shape[-1]))
+    return _as_rows(q, s, h.shape[:-1] + (h.shape[-1] // 2,))
+
+
+def rows_fp8(x: torch.Tensor) -> Fp8Rows:
+    """x quantised per row, in one kernel on CUDA."""
+    q, s = torch.ops.body4d.fp8_rows(x.reshape(-1, x.shape[-1]))
+    return _as_rows(q, s, x.shape)
+
+
+# ------------------------------------------------------------------------------- matmuls
+
+
+def fp8_matmul(x: Fp8Rows | tuple[torch.Tensor, torch.Tensor], w8: torch.Tensor, w_scale: torch.Tensor,
+               bias: torch.Tensor | None, fast_accum: bool = False) -> torch.Tensor:
+    """y = x W^T + b for an already quantised x (q [..., K], scale [..., 1] or 0-dim), bf16 out."""
+    xq, xs = x
+    shape = xq.shape
+    xq = xq.reshape(-1, shape[-1])
+    xs = xs if xs.ndim == 0 else xs.reshape(-1, 1)
+    b = None if bias is None else bias.to(torch.bfloat16)
+    if xq.is_cuda:
+        y = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=w_scale.t(), bias=b, out_dtype=torch.bfloat16,
+                             use_fast_accum=fast_accum)
+    else:  # reference path (CPU tests): the same quantised operands, dequantised
+        y = ((xq.float() * xs) @ (w8.float() * w_scale).t()).to(torch.bfloat16)
+        y = y if b is None else y + b
+    return y.reshape(*shape[:-1], -1)
+
+
+def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+               fast_accum: bool = False, fused: bool = False) -> torch.Tensor:
+    """y = x W^T + b with both operands in E4M3, bf16 out.
+
+    A 0-dim ``w_scale`` means per-tensor scales (the activation gets one too); a [N, 1] one means
+    per-output-channel weight scales and per-token activation scales (``fused``: quantised by one
+    ``fp8_rows`` kernel). fast_accum: Hopper's faster FP8 accumulation (fewer fp32 promotions of
+    the partial sums; slightly less accurate).
+    """
+    if w_scale.ndim == 0:
+        xq = fp8_quantize_tensor(x)
+    elif fused:
+        xq = rows_fp8(x)
+    else:
+        q, s = fp8_quantize_rows(x.reshape(-1, x.shape[-1]))
+        xq = _as_rows(q, s, x.shape)
+    return fp8_matmul(xq, w8, w_scale, bias, fast_accum)
+
+
+def fp8_unavailable(device: torch.device) -> str:
+    """'' when ``device`` runs FP8 (E4M3) matmuls, else why not (they need CUDA compute capability 8.9+)."""
+    if device.type != "cuda":
+        return "FP8 matmuls need a CUDA GPU"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        return f"FP8 matmuls need compute capability 8.9+ (Ada, Hopper or newer); this GPU is {cap[0]}.{cap[1]}"
+    return ""
