@@ -17,7 +17,7 @@ from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
 from body4d_core.sam3d_body.synthetic import random_model
-from body4d_core.sam3d_body.fp8 import register_ops
+from body4d_core.sam3d_body.fp8 import fused_unavailable, register_ops
 from body4d_core.sam3d_body.vit import (FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS, DinoV3ViT, PatchEmbed, fp8_linear,
                                         fp8_quantize_rows, fp8_quantize_tensor, run_block)
 
@@ -236,6 +236,22 @@ def test_fused_fp8_ops_match_their_formulas() -> None:
     q, s = torch.ops.body4d.fp8_heads_rows(heads)
     rq, rs = fp8_quantize_rows(heads.transpose(1, 2).reshape(10, 48))
     assert q.shape == (10, 48) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+
+
+def test_fp8_without_triton_falls_back_to_unfused_with_a_log(monkeypatch, caplog) -> None:
+    """A CUDA build without triton (e.g. torch's Windows wheels) must not fail mid-call: the FP8 backbone
+    then quantises with torch ops (the unfused path), and says so."""
+    import body4d_core.sam3d_body.vit as vit_mod
+
+    vit = _vit(3)
+    monkeypatch.setattr(vit_mod, "fused_unavailable", lambda device: "the fused FP8 kernels need triton (test)")
+    with caplog.at_level(logging.WARNING):
+        vit.enable_fp8(True)
+    blk = vit.blocks[0]
+    assert "quantising activations with plain torch ops" in caplog.text
+    assert blk.attn.proj.fp8_fused is False and "w12_fp8" not in blk.mlp.__dict__ and "w_fp8" in blk.mlp.w1.__dict__
+    monkeypatch.undo()
+    assert fused_unavailable(torch.device("cpu")) == ""
 
 
 TRITON_CHECK = r"""

@@ -198,6 +198,17 @@ def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: t
     return fp8_matmul(xq, w8, w_scale, bias, fast_accum)
 
 
+def fused_unavailable(device: torch.device) -> str:
+    """'' when the fused quantisers can run on ``device`` (CPU: torch formula; CUDA: Triton kernels), else why not."""
+    if device.type != "cuda":
+        return ""
+    try:
+        from . import fp8_triton  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows): any failure means no kernels
+        return f"the fused FP8 kernels need triton ({type(err).__name__}: {err})"
+    return ""
+
+
 def fp8_unavailable(device: torch.device) -> str:
     """'' when ``device`` runs FP8 (E4M3) matmuls, else why not (they need CUDA compute capability 8.9+)."""
     if device.type != "cuda":

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fp8 import (FP8_SCALINGS, Fp8Rows, add_layer_norm_fp8, fp8_linear, fp8_matmul, fp8_quantize_rows,  # noqa: F401
-                  fp8_quantize_tensor, fp8_unavailable, heads_fp8, layer_norm_fp8, register_ops, swiglu_fp8)
+                  fp8_quantize_tensor, fp8_unavailable, fused_unavailable, heads_fp8, layer_norm_fp8, register_ops,
+                  swiglu_fp8)
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,12 @@ class DinoV3ViT(nn.Module):
         quant = FP8_SCALINGS[scaling]
         fused = bool(fused) and scaling == "row"
         if on and fused:
-            register_ops()
+            why = fused_unavailable(self.cls_token.device)
+            if why:
+                log.warning("FP8 backbone: %s; quantising activations with plain torch ops instead", why)
+                fused = False
+            else:
+                register_ops()
         for blk in self.blocks:
             _fp8_off(blk)
             if not on:
