@@ -203,6 +203,7 @@ VARIANTS = {
     "cl+vae-cl": (_accel(channels_last=True, vae_channels_last=True), None, 1,
                   "default + channels_last UNet and VAE"),
     "default+native": (_accel(native_dtype=True), None, 1, "no autocast: bf16 norms (close, not exact)"),
+    "default+gn": (_accel(fast_groupnorm=True), None, 1, "default + GroupNorm statistics as Triton kernels (close)"),
     "native+t2d+vae-cl": (_accel(native_dtype=True, temporal_2d=True, vae_temporal_2d=True, vae_channels_last=True),
                           None, 1, "default+native + temporal convs as 2-D + channels_last VAE"),
     "xattn+ff+batch2x": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 2, "2x people per UNet batch"),

@@ -11,6 +11,7 @@ kernel-category profile of the eager call.
     python3 bench/bench_unet_compile.py --compile '' --profile      # H200, ~1 min
     python3 bench/bench_unet_compile.py --native --profile          # the same without autocast
     python3 bench/bench_unet_compile.py --compile dynamic           # H200, compile time is the question
+    python3 bench/bench_unet_compile.py --native --vae --groupnorm-ab   # fast_groupnorm off vs on
     python3 bench/bench_unet_compile.py --tiny                      # CPU smoke test
 """
 
@@ -74,13 +75,14 @@ def first_and_ms(run, reps: int) -> tuple[float, float]:
     return first, (time.perf_counter() - t0) / reps * 1000
 
 
-def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
+def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> dict:
     """Decode chunks as the stage makes them: 8 frames at 512x1024, 4 videos x 8 frames at 256x512."""
     amp = dev.type == "cuda" and not a.native
     chunks = {"8 frames 512x1024": (8, 64, 128), "4 x 8 frames 256x512": (32, 32, 64)}
     if a.tiny:
         chunks = {"tiny 8 frames": (8, 8, 16)}
     print("\n| VAE decode chunk | first call s | ms / call |\n|---|---:|---:|")
+    calls = {}
     for name, (n, h, w) in chunks.items():
         z = torch.randn(n, 4, h, w, device=dev, dtype=dtype)
 
@@ -92,6 +94,29 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> None:
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
             timed_profile(run, f"VAE decode {name}", top=8)
+        calls[f"VAE decode {name}"] = run
+    return calls
+
+
+def groupnorm_ab(unet, vae, cfg, base: dict, calls: dict, reps: int) -> None:
+    """Each call with PyTorch's GroupNorm, then with ``fast_groupnorm`` (Triton statistics): ms and deviation."""
+    with torch.inference_mode():
+        ref = {name: run().float() for name, run in calls.items()}
+    on = replace(cfg, fast_groupnorm=True)
+    apply_accel(unet, on, base)
+    apply_vae_accel(vae, on)
+    print("\n| call | ms, PyTorch GroupNorm | ms, fast_groupnorm | max abs dev / max abs value |\n|---|---:|---:|---:|")
+    for name, run in calls.items():
+        apply_accel(unet, cfg, base)
+        apply_vae_accel(vae, cfg)
+        plain = first_and_ms(run, reps)[1]
+        apply_accel(unet, on, base)
+        apply_vae_accel(vae, on)
+        fast = first_and_ms(run, reps)[1]
+        with torch.inference_mode():
+            out = run().float()
+        dev = float((out - ref[name]).abs().max() / ref[name].abs().max())
+        print(f"| {name} | {plain:.0f} | {fast:.0f} | {dev:.1e} |", flush=True)
 
 
 def main() -> None:
@@ -103,6 +128,8 @@ def main() -> None:
     ap.add_argument("--vae", action="store_true", help="also time VAE decode chunks")
     ap.add_argument("--shapes", default="all", choices=["all", "hi"], help="hi: only the 512x1024 UNet call")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--groupnorm-ab", action="store_true",
+                    help="then the same calls with AccelConfig.fast_groupnorm, with their deviation")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -110,7 +137,8 @@ def main() -> None:
     parts = build_vas_parts("tiny" if a.tiny else "real", seed=0, device=dev)
     unet, vae = parts["unet"].to(dtype), parts["vae"].to(dtype)
     cfg = replace(DEFAULT_ACCEL, native_dtype=a.native)
-    apply_accel(unet, cfg, dict(unet.attn_processors))
+    base = dict(unet.attn_processors)  # the reference processors, before any option wraps them
+    apply_accel(unet, cfg, base)
     apply_vae_accel(vae, cfg)
     n = compile_blocks(unet, a.compile)
     print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
@@ -122,14 +150,17 @@ def main() -> None:
     if a.tiny:
         shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
     print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
+    calls = {}
     for name, shape in shapes.items():
-        run = unet_call(unet, shape, dev, dtype, a.native)
+        run = calls[f"UNet {name}"] = unet_call(unet, shape, dev, dtype, a.native)
         first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
         if a.profile:
             timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if a.vae:
-        vae_rows(vae, dev, dtype, a)
+        calls.update(vae_rows(vae, dev, dtype, a))
+    if a.groupnorm_ab:
+        groupnorm_ab(unet, vae, cfg, base, calls, a.reps)
     if dev.type == "cuda":
         print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

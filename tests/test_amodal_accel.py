@@ -140,3 +140,62 @@ def test_native_dtype_skips_autocast_and_stays_close(monkeypatch, reference):
 def test_bad_accel_option():
     with pytest.raises(InputError, match="ff_rows must be >= 0"):
         AccelConfig(ff_rows=-1)
+
+
+def test_fast_groupnorm_is_wired_exact_off_cuda_and_undone(pipe, reference):
+    """On CPU the routed GroupNorms fall back to F.group_norm (bit-identical); every GroupNorm of the UNet
+    and the VAE is routed, none with a compile option, and ``accelerate(None)`` undoes it."""
+    n_unet = sum(isinstance(m, torch.nn.GroupNorm) for m in pipe.unet.modules())
+    n_vae = sum(isinstance(m, torch.nn.GroupNorm) for m in pipe.vae.modules())
+    a, b = conds()
+    try:
+        pipe.accelerate(AccelConfig(fast_groupnorm=True))
+        routed = [m for m in list(pipe.unet.modules()) + list(pipe.vae.modules()) if "forward" in m.__dict__]
+        assert len(routed) == n_unet + n_vae > 0 and all(isinstance(m, torch.nn.GroupNorm) for m in routed)
+        out = pipe.generate(a, b, [11, 12], FAST)
+        pipe.accelerate(AccelConfig(fast_groupnorm=True, compile_blocks=True, compile_backend="eager"))
+        assert not any(isinstance(m, torch.nn.GroupNorm) and "forward" in m.__dict__ for m in pipe.unet.modules())
+    finally:
+        pipe.accelerate(None)
+    assert torch.equal(out, reference)
+    assert not any("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))
+
+
+GROUPNORM_CHECK = r"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"  # Triton's CPU interpreter runs the kernels' own code
+import torch, torch.nn.functional as F
+from body4d_core.amodal import groupnorm_triton as gn
+
+torch.manual_seed(0)
+worst = 0.0
+cases = (((3, 8, 5, 7), 4, True), ((2, 6, 3, 4, 5), 3, False), ((2, 4, 9, 11), 2, True))
+for shape, groups, affine in cases:
+    x = torch.randn(shape) * 2 + 40.0  # a large mean: the chunked statistics must not cancel
+    w = torch.randn(shape[1]) if affine else None
+    b = torch.randn(shape[1]) if affine else None
+    for chunk in (16, 64, 8192):  # several chunks per group, with a partial last one; and one chunk
+        mean, var = gn.group_stats(x, groups, chunk)
+        xg = x.double().reshape(shape[0], groups, -1)
+        worst = max(worst, float((mean - xg.mean(-1)).abs().max()), float((var - xg.var(-1, unbiased=False)).abs().max()))
+        y = gn.group_norm(x, groups, w, b, 1e-5, chunk)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        worst = max(worst, float((y - F.group_norm(x, groups, w, b, 1e-5)).abs().max()))
+print("worst", worst)
+assert worst < 2e-3, worst
+"""
+
+
+def test_triton_groupnorm_matches_torch_in_the_interpreter():
+    """The Triton GroupNorm kernels (run by Triton's CPU interpreter): statistics against fp64 and the
+    output against F.group_norm, for 4-D and 5-D inputs, with and without affine, over 1..n chunks."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", GROUPNORM_CHECK], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "worst" in res.stdout

@@ -32,6 +32,10 @@ VAE options (the step-independent cost; exact for every frame the caller reads):
 - ``vae_native`` (close, not exact): the VAE alone runs in its weights' dtype without autocast
   (as the released diffusers pipeline runs its fp16 VAE): bf16 GroupNorm/SiLU outputs instead
   of fp32 ones, half the traffic of the VAE's memory-bound layers at full resolution.
+- ``fast_groupnorm`` (close: fp32 statistics combined in fp64 instead of PyTorch's one-block
+  Welford): GroupNorm of contiguous CUDA tensors outside autocast (native dtype) runs as our
+  Triton kernels (``groupnorm_triton``), which spread each group's statistics over many programs;
+  UNet and VAE. Not with the compile options (inductor fuses its own GroupNorm there).
 - ``compile_vae``: ``torch.compile`` of the VAE decoder (``compile_backend``, mode default, static
   shapes) for full ``decode_chunk_size`` chunks; the short last chunk of a window runs eagerly, so
   a clip compiles about one graph per resolution (dynamic shapes retrace far more slowly).
@@ -71,6 +75,7 @@ class AccelConfig:
     vae_channels_last: bool = False
     vae_native: bool = False  # no autocast in the VAE: it computes in its weights' dtype (close, not exact)
     compile_vae: bool = False
+    fast_groupnorm: bool = False  # Triton GroupNorm statistics for large groups (UNet and VAE, native dtype)
 
     def __post_init__(self) -> None:
         for name in ("ff_rows", "decode_px", "encode_px"):
@@ -124,6 +129,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
                 m.forward = partial(_chunked_ff, m, cfg.ff_rows)
     if cfg.temporal_2d:
         _temporal_as_2d(unet)
+    if cfg.fast_groupnorm and not cfg.compile_blocks:
+        _fast_group_norms(unet)
     if cfg.channels_last:
         _conv_layout(unet, torch.channels_last)
     if cfg.compile_blocks:
@@ -142,6 +149,8 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
         m.__dict__.pop("forward", None)
     if cfg.vae_temporal_2d:
         _temporal_as_2d(vae)
+    if cfg.fast_groupnorm and not cfg.compile_vae:
+        _fast_group_norms(vae)
     if old.vae_channels_last:
         _conv_layout(vae, torch.contiguous_format)
     if cfg.vae_channels_last:
@@ -185,6 +194,32 @@ def _temporal_as_2d(module: nn.Module) -> int:
                 and tuple(m.padding[1:]) == (0, 0) and tuple(m.dilation[1:]) == (1, 1)
                 and m.padding_mode == "zeros"):
             m.forward = partial(_conv3d_as_2d, m)
+            n += 1
+    return n
+
+
+def _group_norm(m: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)``; contiguous CUDA input outside autocast through the Triton statistics kernels."""
+    if x.is_cuda and x.is_contiguous() and x.dim() >= 3 and not torch.is_autocast_enabled(x.device.type):
+        from .groupnorm_triton import group_norm
+
+        return group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+    return torch.nn.functional.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+
+
+def _fast_group_norms(module: nn.Module) -> int:
+    """Route every GroupNorm of ``module`` through ``_group_norm`` (where triton imports); returns how many."""
+    if next(module.parameters()).is_cuda:
+        try:
+            from . import groupnorm_triton  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep PyTorch's GroupNorm
+            log.warning("amodal: fast_groupnorm needs triton (%s: %s); GroupNorm stays PyTorch's", type(err).__name__,
+                        err)
+            return 0
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.GroupNorm):
+            m.forward = partial(_group_norm, m)
             n += 1
     return n
 
