@@ -210,6 +210,24 @@ def test_fused_fp8_quantisers_agree_with_the_unfused_path() -> None:
 
 
 @torch.inference_mode()
+def test_fused_fp8_on_a_gelu_mlp_vit_is_close_and_undone() -> None:
+    """A ViT with a plain GELU MLP (no SwiGLU to merge): the fused norms still feed fc1 FP8 rows."""
+    torch.manual_seed(6)
+    vit = DinoV3ViT(64, 2, 4, 128, False, 16).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.normal_(0, 0.05)
+    x = torch.randn(2, 3, 48, 48)
+    ref = vit(x).float()
+    vit.enable_fp8(True)
+    assert vit.blocks[0].mlp.fp8_rows_in and "w12_fp8" not in vit.blocks[0].mlp.__dict__
+    out = vit(x).float()
+    assert 0 < (out - ref).abs().max() < 0.1 * ref.abs().max()
+    vit.enable_fp8(False)
+    assert _fp8_attrs(vit) == set() and torch.equal(vit(x).float(), ref)
+
+
+@torch.inference_mode()
 def test_fused_fp8_ops_match_their_formulas() -> None:
     """The torch.library ops (CPU reference implementation, the same one the Triton kernels are checked
     against) return [M, K] E4M3 rows and [M] scales equal to the plain formulas."""
