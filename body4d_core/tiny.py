@@ -1,15 +1,20 @@
-"""Tiny random-weight checkpoints in every model's official on-disk layout.
+"""Random-weight checkpoints in every model's official on-disk layout (tiny for tests, real size for benches).
 
-``python -m body4d_core tiny-checkpoints --root DIR`` writes them; then the whole pipeline
-(headless or in ComfyUI, with DIR as the models root) runs anywhere without real weights.
-The outputs are meaningless (random weights) but every real loading and inference code
-path runs, which is what the end-to-end tests need. Each writer belongs to its model's
-package; this module only places them where ``body4d_core.weights`` looks.
+``python -m body4d_core tiny-checkpoints --root DIR`` writes the tiny ones; then the whole
+pipeline (headless or in ComfyUI, with DIR as the models root) runs anywhere without real
+weights. The outputs are meaningless (random weights) but every real loading and inference
+code path runs, which is what the end-to-end tests need. ``preset="real"`` writes the same
+layouts at the released sizes (for GPU benchmarks of the whole pipeline, bench/bench_pipeline.py):
+built on ``device`` (a GPU makes random init fast) with the large networks' parameters stored
+in ``weight_dtype`` (bf16 by default), which every loader accepts and casts to its own dtype.
+Each writer belongs to its model's package; this module only places them where
+``body4d_core.weights`` looks.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,44 +24,94 @@ from .weights import MODEL_SPECS, ModelSpec, verify
 
 log = logging.getLogger(__name__)
 
-
-def _sam3(folder: Path, seed: int) -> None:
-    from .sam3.loading import save_tiny_checkpoint
-
-    save_tiny_checkpoint(folder, seed=seed)
+PRESETS = ("tiny", "real")
+RIG_HIDDEN_REAL = 3000  # synthetic MHR rig's corrective width at the real size (as bench/bench_body.py)
 
 
-def _sam3d_body(folder: Path, seed: int) -> None:
+@dataclass(frozen=True)
+class WriteSpec:
+    """How to write one checkpoint: size preset, where to build it, dtype of the large parameters."""
+
+    preset: str = "tiny"
+    device: str = "cpu"
+    weight_dtype: torch.dtype | None = None  # None: as built (fp32)
+
+
+def _cast_params(module: torch.nn.Module, dtype: torch.dtype | None) -> None:
+    """Cast floating parameters (not buffers) of module in place to dtype (no-op for None)."""
+    if dtype is None:
+        return
+    for p in module.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+
+
+def _sam3(folder: Path, seed: int, ws: WriteSpec) -> None:
+    from .sam3.loading import save_real_size_checkpoint, save_tiny_checkpoint
+
+    if ws.preset == "real":
+        save_real_size_checkpoint(folder, seed=seed, device=ws.device, weight_dtype=ws.weight_dtype or torch.float32)
+    else:
+        save_tiny_checkpoint(folder, seed=seed)
+
+
+def _real_body_model(seed: int, device: str):
+    """The released SAM-3D-Body sizes with random weights and a synthetic MHR-size rig, built on device."""
+    from .sam3d_body.config import Sam3dBodyConfig
+    from .sam3d_body.model import Sam3dBody
+    from .sam3d_body.synthetic import randomize, scripted_rig
+
+    cfg = Sam3dBodyConfig()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Sam3dBody(cfg)
+    model = randomize(model.to(device), seed)  # normal_ on the device: seconds on a GPU
+    model.attach_rig(scripted_rig(cfg, RIG_HIDDEN_REAL, seed))
+    return model.eval().requires_grad_(False)
+
+
+def _sam3d_body(folder: Path, seed: int, ws: WriteSpec) -> None:
     from .sam3d_body.config import tiny_config
-    from .sam3d_body.synthetic import random_model, save_official_layout
+    from .sam3d_body.synthetic import OFFICIAL_YAML, random_model, save_official_layout
 
-    save_official_layout(random_model(tiny_config(), seed), folder)
+    if ws.preset != "real":
+        save_official_layout(random_model(tiny_config(), seed), folder)
+        return
+    model = _real_body_model(seed, ws.device)
+    _cast_params(model.backbone, ws.weight_dtype)  # the loader casts back to fp32 (the checkpoint may hold bf16)
+    save_official_layout(model.cpu(), folder, OFFICIAL_YAML)
 
 
-def _vas(folder: Path, seed: int) -> None:
+def _vas(folder: Path, seed: int, ws: WriteSpec) -> None:
     from .amodal.synthetic import build_vas_parts, save_vas_folder
 
-    save_vas_folder(build_vas_parts("tiny", seed), folder)
+    parts = build_vas_parts(ws.preset, seed, ws.device)
+    for k in ("unet", "vae", "image_encoder"):
+        _cast_params(parts[k], ws.weight_dtype)
+    save_vas_folder(parts, folder)
 
 
-def _depth(folder: Path, seed: int) -> None:
+def _depth(folder: Path, seed: int, ws: WriteSpec) -> None:
     from .amodal.synthetic import build_depth_model, save_depth_folder
 
-    model, prep = build_depth_model("tiny", seed)
+    model, prep = build_depth_model(ws.preset, seed, ws.device)
+    _cast_params(model, ws.weight_dtype)
     save_depth_folder(model, prep, folder)
 
 
-def _moge(folder: Path, seed: int) -> None:
-    from .fov import TINY_MOGE_CONFIG, build_tiny_moge
+def _moge(folder: Path, seed: int, ws: WriteSpec) -> None:
+    from .fov import MOGE2_VITL_CONFIG, TINY_MOGE_CONFIG, build_moge
 
+    config = MOGE2_VITL_CONFIG if ws.preset == "real" else TINY_MOGE_CONFIG
+    model = build_moge(config, seed)
+    _cast_params(model, ws.weight_dtype)  # the loader copies into fp32 parameters
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_config": dict(TINY_MOGE_CONFIG), "model": build_tiny_moge(seed).state_dict()},
-               folder / "model.pt")
+    torch.save({"model_config": dict(config), "model": model.state_dict()}, folder / "model.pt")
 
 
-WRITERS: dict[str, Callable[[Path, int], None]] = {
+WRITERS: dict[str, Callable[[Path, int, WriteSpec], None]] = {
     "sam3": _sam3, "sam3d_body": _sam3d_body, "diffusion_vas_amodal": _vas,
-    "diffusion_vas_completion": lambda f, s: _vas(f, s + 1), "depth_anything": _depth, "moge": _moge,
+    "diffusion_vas_completion": lambda f, s, ws: _vas(f, s + 1, ws), "depth_anything": _depth, "moge": _moge,
 }
 
 
@@ -64,15 +119,39 @@ def target_dir(root: Path, spec: ModelSpec) -> Path:
     return Path(root) / spec.folder / spec.subdir
 
 
-def write_tiny_checkpoints(root: str | Path, names: Iterable[str] | None = None, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny checkpoints of ``names`` (default: all) under root; returns name -> folder."""
+def write_checkpoints(root: str | Path, names: Iterable[str] | None = None, seed: int = 0, preset: str = "tiny",
+                      device: str | torch.device = "cpu", weight_dtype: torch.dtype | None = None,
+                      on_written: Callable[[str, float], None] | None = None) -> dict[str, Path]:
+    """Write random checkpoints of ``names`` (default: all) at ``preset`` size under root; name -> folder.
+
+    ``on_written(name, seconds)`` is called after each model (benchmarks report the times).
+    """
+    import time
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown checkpoint preset {preset!r}; use one of {', '.join(PRESETS)}")
+    ws = WriteSpec(preset, str(device), weight_dtype)
     out = {}
     for name in names or MODEL_SPECS:
+        t0 = time.perf_counter()
         spec = MODEL_SPECS[name]
         folder = target_dir(Path(root), spec)
         folder.mkdir(parents=True, exist_ok=True)
-        WRITERS[name](folder, seed)
+        WRITERS[name](folder, seed, ws)
         verify(name, folder)
-        log.info("tiny %s written to %s", name, folder)
+        log.info("%s %s written to %s", preset, name, folder)
         out[name] = folder
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if on_written is not None:
+            on_written(name, time.perf_counter() - t0)
     return out
+
+
+def write_tiny_checkpoints(root: str | Path, names: Iterable[str] | None = None, seed: int = 0,
+                           preset: str = "tiny", **kwargs) -> dict[str, Path]:
+    """Write the checkpoints of ``names`` (default: all) under root; returns name -> folder.
+
+    ``preset="real"`` writes the released sizes instead (see write_checkpoints for the options).
+    """
+    return write_checkpoints(root, names, seed, preset, **kwargs)

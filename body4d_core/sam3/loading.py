@@ -198,13 +198,43 @@ def save_tiny_checkpoint(directory: str | Path, image_size: int = 112, seed: int
     model = tf.Sam3VideoModel(cfg).eval()
     with torch.no_grad():  # objects present, so masks are not empty (see tiny_sam3)
         model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    directory = _write_video_model(model, directory)
+    det_proc.save_pretrained(str(directory))
+    return directory
+
+
+def _write_video_model(model: Any, directory: str | Path, weight_dtype: torch.dtype | None = None) -> Path:
+    """config.json + model.safetensors with the plain module keys (parameters cast to ``weight_dtype``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(directory))
     # the plain module keys, as in the official checkpoint (save_pretrained would re-prefix tracker keys)
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-              str(directory / "model.safetensors"), metadata={"format": "pt"})
-    det_proc.save_pretrained(str(directory))
+    params = {name for name, _ in model.named_parameters()}
+    state = {}
+    for k, v in model.state_dict().items():
+        if weight_dtype is not None and k in params and v.is_floating_point():
+            v = v.to(weight_dtype)
+        state[k] = v.detach().cpu().clone().contiguous()
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
+
+
+def save_real_size_checkpoint(directory: str | Path, seed: int = 0, device: str | torch.device = "cpu",
+                              weight_dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write a random ``Sam3VideoModel`` at facebook/sam3's sizes (config defaults) in its on-disk layout.
+
+    For GPU benchmarks without the gated weights: built on ``device`` (fast on a GPU),
+    parameters saved in ``weight_dtype`` (load_sam3 casts them to its compute dtype). No
+    tokenizer files are written, so only point/box prompts work (no text detection).
+    """
+    tf = _transformers()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = tf.Sam3VideoModel(tf.Sam3VideoConfig()).eval()
+    with torch.no_grad():  # objects present, so masks are not empty (see tiny_sam3)
+        model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
+    out = _write_video_model(model, directory, weight_dtype)
+    del model
+    return out

@@ -1,0 +1,507 @@
+"""Whole-pipeline benchmark: every stage of the headless run on one clip, real-size random weights.
+
+Writes random-weight checkpoints in every model's official on-disk layout (body4d_core/tiny.py;
+``--tiny``: the test sizes, default: the released sizes, large parameters in bf16), then runs
+``body4d_core.pipeline.run_pipeline`` on a synthetic clip resembling upstream's resource
+example EX-02 (5 people, 90 frames, 1280x720, people walking past each other and behind a
+pole), prompted with points + boxes on frame 0 (so SAM-3 needs no person detection). Every
+real loader and stage runs: SAM-3 tracking, amodal depth / masks / refinement / completion,
+MoGe-2 FOV, SAM-3D-Body, smoothing, render + exports. Prints one markdown table: per-stage
+seconds (RunSummary.timings, CUDA-synchronised), per-stage and overall peak GPU memory, the
+checkpoint-writing time (separate, not in the total) and the counts the timings belong to.
+
+Random weights produce meaningless masks and bodies. How much work follows the masks depends
+on them: with ``--occlusion truth`` (default) SAM-3 and the amodal-mask sampler run for real
+(their time counts) but their outputs are replaced by the clip's known visible / amodal masks,
+so the amount of refinement, completion and body work matches a clip with real occlusion (as
+bench/bench_amodal.py does); ``--occlusion model`` keeps the random networks' outputs (then
+random masks decide how many frames are occluded, often none). Either way the table states the
+counts (present person-frames, occluded frames, completed frames, body crops) the times
+correspond to.
+
+    python3 bench/bench_pipeline.py                          # H200: write real-size checkpoints + run (~6-7 min)
+    python3 bench/bench_pipeline.py --models models/bench_real  # keep / reuse the written checkpoints
+    python3 bench/bench_pipeline.py --amodal-steps 4         # quicker; the amodal row is then at 4 steps
+    python3 bench/bench_pipeline.py --tiny                   # CPU smoke test (tiny checkpoints, tiny clip)
+
+``--time-limit S`` (default 540 s real, 300 s tiny, counted from the start of the script) stops
+the pipeline at the next interrupt check once passed and still prints the table of what ran;
+a watchdog prints it and exits if a stage does not reach an interrupt check within 40 s more.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()  # the time limit counts from here (before the heavy imports)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime  # noqa: E402
+import faulthandler  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from body4d_core import pipeline as pl  # noqa: E402
+from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks, pack_masks, unpack_masks  # noqa: E402
+from body4d_core.runtime import CallbackHooks  # noqa: E402
+from body4d_core.video import LoadOptions  # noqa: E402
+
+log = logging.getLogger("bench_pipeline")
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
+HARD_GRACE_S = 40.0
+
+
+class TimeLimitReached(BaseException):
+    """Raised from the hooks' interrupt check once the time limit has passed (BaseException: never swallowed)."""
+
+
+# --------------------------------------------------------------------------- synthetic clip
+
+
+@dataclass
+class SyntheticClip:
+    """Frames of people-like figures plus their known visible / amodal masks (bit-packed [N, T, H, W/8])."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    visible: np.ndarray
+    amodal: np.ndarray
+    prompts: dict  # points-editor JSON
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+
+def _figure_mask(h: int, w: int, cx: float, foot: float, body_h: float, body_w: float) -> np.ndarray:
+    """bool [H, W]: a torso/legs rectangle plus a round head, feet at row ``foot``."""
+    m = np.zeros((h, w), bool)
+    top = foot - body_h
+    x0, x1 = int(round(cx - body_w / 2)), int(round(cx + body_w / 2))
+    m[max(int(top), 0):max(int(foot), 0), max(x0, 0):max(x1, 0)] = True
+    r = body_w * 0.45
+    cy = top - r * 0.9
+    ys, xs = np.ogrid[:h, :w]
+    m |= (ys - cy) ** 2 + (xs - cx) ** 2 <= r * r
+    return m
+
+
+def make_clip(num_frames: int, people: int, height: int, width: int) -> SyntheticClip:
+    """People walking left/right at different speeds (bouncing at the edges), drawn back to front, and a
+    pole in front of everyone: each person is hidden by the pole or by the people in front for some frames."""
+    rng = np.random.default_rng(0)
+    h, w = height, width
+    body_h = 0.42 * h
+    body_w = max(0.33 * body_h, 6.0)  # box aspect ~0.26: clear of the amodal stage's "skinny" exemption (< 0.2)
+    lo, hi = 0.08 * w, 0.92 * w
+    starts = lo + (hi - lo) * (np.arange(people) + 0.5) / people
+    gaps = np.diff(np.concatenate([[lo], starts, [hi]]))
+    g = int(np.argmax(gaps))
+    pole_x = (([lo] + starts.tolist() + [hi])[g] + ([lo] + starts.tolist() + [hi])[g + 1]) / 2
+    pole_w = max(0.045 * w, 3.0)
+    pole = np.zeros((h, w), bool)
+    pole[:, int(pole_x - pole_w / 2):int(pole_x + pole_w / 2)] = True
+    travel = (0.25 + 0.1 * np.arange(people)) * w  # over the clip; neighbours walk towards each other
+    speed = travel / num_frames * np.where(np.arange(people) % 2 == 0, 1.0, -1.0)
+    feet = 0.88 * h - (np.arange(people) % 3) * 0.03 * h
+    colours = rng.integers(40, 230, (people, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = np.stack([90 + 60 * xx / w, 110 + 50 * yy / h, 120 + 40 * np.sin(xx / 29.0) * np.cos(yy / 17.0)],
+                          -1).astype(np.uint8)
+    frames = np.empty((num_frames, h, w, 3), np.uint8)
+    vis = np.empty((people, num_frames, h, (w + 7) // 8), np.uint8)
+    amo = np.empty_like(vis)
+    x = starts.copy()
+    first_masks = []
+    for t in range(num_frames):
+        img = background.copy()
+        sil = [_figure_mask(h, w, x[k], feet[k], body_h, body_w) for k in range(people)]
+        covered = pole.copy()
+        for k in reversed(range(people)):  # front (last drawn) first, so covered = everyone in front
+            vis[k, t] = pack_masks(sil[k] & ~covered)
+            amo[k, t] = pack_masks(sil[k])
+            covered |= sil[k]
+        for k in range(people):
+            img[sil[k]] = colours[k]
+        img[pole] = (200, 200, 200)
+        frames[t] = img
+        if t == 0:
+            first_masks = [unpack_masks(vis[k, 0], w) for k in range(people)]
+        x += speed
+        speed = np.where((x < lo) | (x > hi), -speed, speed)
+        x = np.clip(x, lo, hi)
+    return SyntheticClip(frames, vis, amo, _prompts(first_masks, (h, w)))
+
+
+def _prompts(masks: list[np.ndarray], size: tuple[int, int]) -> dict:
+    """Points-editor JSON: per person a box around its frame-0 mask and one positive click inside it."""
+    objects = []
+    for k, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs) == 0:
+            continue
+        i = len(xs) // 2
+        objects.append({"id": k + 1, "points": [{"frame": 0, "x": float(xs[i]) + 0.5, "y": float(ys[i]) + 0.5,
+                                                  "label": 1}],
+                        "boxes": [{"frame": 0, "x0": float(xs.min()), "y0": float(ys.min()),
+                                   "x1": float(xs.max()) + 1, "y1": float(ys.max()) + 1}]})
+    return {"version": 1, "image_size": list(size), "objects": objects}
+
+
+def write_clip(clip: SyntheticClip, path: Path, fps: float = 30.0) -> Path:
+    from body4d_core.export import write_mp4
+
+    return write_mp4(path, iter(clip.frames), fps, clip.size)
+
+
+# --------------------------------------------------------------------------- recording stage times
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Record:
+    """What the run did so far: per-stage seconds and peak GiB, amodal details, replacement overhead."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_gib: dict[str, float] = field(default_factory=dict)
+    running: str = ""
+    amodal_parts: dict[str, float] = field(default_factory=dict)
+    completed_frames: int | None = None
+    truth_s: float = 0.0
+    write_s: dict[str, float] = field(default_factory=dict)
+    pipeline_s: float | None = None
+    stopped: str = ""
+
+
+def _peak() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """Set obj.name to value for the block, restore it afterwards."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def stage_timer(rec: Record) -> type:
+    """pipeline._Timer that synchronises CUDA at both ends and also records into rec (partial runs too)."""
+
+    class StageTimer(pl._Timer):
+        def __enter__(self) -> None:
+            _sync()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            rec.running = self.name
+            super().__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            _sync()
+            super().__exit__(*exc)
+            rec.seconds[self.name] = self.summary.timings[self.name]
+            rec.peak_gib[self.name] = _peak()
+            rec.running = ""
+
+    return StageTimer
+
+
+def amodal_recorder(rec: Record, run_amodal: Any) -> Any:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        amodal, stats = run_amodal(*args, **kwargs)
+        rec.amodal_parts = dict(stats.timings)
+        rec.completed_frames = int(stats.completed_frames)
+        return amodal, stats
+    return wrapped
+
+
+class TruthMasks:
+    """Wraps the amodal-mask sampler: runs it for real, then returns the clip's known amodal masks."""
+
+    def __init__(self, sampler: Any, amodal: np.ndarray, width: int, rec: Record) -> None:
+        self.sampler, self.amodal, self.width, self.rec = sampler, amodal, width, rec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sampler, name)
+
+    def run_jobs(self, jobs: Any, sampler: Any, hooks: Any = None, budget_px: int = 1 << 20) -> list[torch.Tensor]:
+        import torch.nn.functional as F
+
+        out = self.sampler.run_jobs(jobs, sampler, hooks, budget_px) if hooks is not None else \
+            self.sampler.run_jobs(jobs, sampler, budget_px=budget_px)
+        t0 = time.perf_counter()
+        res = []
+        for job, pred in zip(jobs, out):
+            m = unpack_masks(self.amodal[int(job.obj_id) - 1, np.asarray(job.frames)], self.width)
+            m = torch.from_numpy(m)[:, None].float()
+            m = (F.interpolate(m, size=tuple(job.cond_a.shape[-2:]), mode="area") > 0).float()  # covers the
+            res.append(m.expand(-1, 3, -1, -1).to(pred.dtype))  # visible mask after resizing back (no erosion)
+        self.rec.truth_s += time.perf_counter() - t0
+        return res
+
+
+def truth_patches(stack: contextlib.ExitStack, clip: SyntheticClip, rec: Record) -> None:
+    """Replace SAM-3's and the amodal-mask sampler's outputs (after they ran) by the clip's known masks."""
+    import body4d_core.sam3 as sam3_pkg
+    from body4d_core.amodal import models as amodal_models
+
+    real_propagate, real_load = sam3_pkg.propagate, amodal_models.load_amodal_models
+    width = clip.size[1]
+
+    def propagate(*args: Any, **kwargs: Any) -> Tracks:
+        tracks = real_propagate(*args, **kwargs)
+        t0 = time.perf_counter()
+        keep = [i - 1 for i in tracks.obj_ids.tolist()]
+        out = Tracks(tracks.obj_ids, clip.visible[keep], tracks.image_size)
+        rec.truth_s += time.perf_counter() - t0
+        return out
+
+    def load_amodal_models(*args: Any, **kwargs: Any) -> Any:
+        models = real_load(*args, **kwargs)
+        models.mask = TruthMasks(models.mask, clip.amodal, width, rec)
+        return models
+
+    stack.enter_context(patched(sam3_pkg, "propagate", propagate))
+    stack.enter_context(patched(amodal_models, "load_amodal_models", load_amodal_models))
+
+
+# --------------------------------------------------------------------------- counts and the table
+
+
+def counts(out: Path) -> dict[str, Any]:
+    """Present person-frames, occluded / completed frames and body crops, read from the saved npz files."""
+    c: dict[str, Any] = {}
+    if (out / "tracks.npz").is_file():
+        tr = Tracks.load_npz(out / "tracks.npz")
+        c["people"], c["frames"] = tr.num_objects, tr.num_frames
+        c["present"] = int(tr.present.sum())
+    if (out / "amodal.npz").is_file():
+        am = Amodal.load_npz(out / "amodal.npz")
+        c["occluded"] = int(am.occluded.sum())
+        c["completed"] = 0 if am.completed_index is None else int(len(am.completed_index))
+    if (out / "bodies_raw.npz").is_file():
+        b = Bodies.load_npz(out / "bodies_raw.npz")
+        c["crops_visible"] = int(((b.flags & BodyFlag.VISIBLE) > 0).sum())
+        c["crops_occluded"] = int(((b.flags & BodyFlag.OCCLUDED) > 0).sum())
+    return c
+
+
+def machine_line() -> str:
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
+    return (f"{dev}; torch {torch.__version__}{cuda}; python {platform.python_version()}; "
+            f"{os.cpu_count()} CPU cores; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dict[str, str]:
+    n = f"{c.get('people', args.people)} people x {c.get('frames', args.frames)} frames"
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in rec.amodal_parts.items())
+    crops = c.get("crops_visible", 0) + c.get("crops_occluded", 0)
+    return {
+        "decode": f"{args.frames} frames {args.height}x{args.width} (H.264)",
+        "sam3": f"{n}, points + boxes on frame 0; {c.get('present', '?')} present person-frames",
+        "amodal": (f"**{args.amodal_steps} steps**; {c.get('occluded', '?')} occluded person-frames, "
+                   f"{c.get('completed', '?')} completed; {parts}" if not args.no_amodal else "off (--no-amodal)"),
+        "camera": "MoGe-2 ViT-L, fov_mode first" if not args.tiny else "tiny MoGe-2, fov_mode first",
+        "bodies": (f"{crops} body crops ({c.get('crops_visible', '?')} visible, {c.get('crops_occluded', '?')} "
+                   f"occluded), mode {args.body_mode}, batch 64, compile {'off' if args.no_compile else 'on'}"
+                   f"{', FP8' if args.fp8 else ''}"),
+        "smooth": "Kalman/RTS per person + rig refresh",
+        "render": "overlay MP4 + params + PLY meshes + GLB",
+    }
+
+
+def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
+    notes = stage_notes(args, rec, c)
+    lines = ["", f"## Whole pipeline ({'tiny checkpoints' if args.tiny else 'real-size random weights'}, "
+             f"occlusion {args.occlusion})", "", "| stage | seconds | peak GPU GiB | what |",
+             "| --- | ---: | ---: | --- |"]
+    for s in STAGES:
+        if s in rec.seconds:
+            lines.append(f"| {s} | {rec.seconds[s]:.2f} | {_fmt(rec.peak_gib.get(s))} | {notes[s]} |")
+        elif s == rec.stopped.split(" ")[0]:
+            lines.append(f"| {s} | stopped | – | {rec.stopped} |")
+    timed = sum(rec.seconds.values())
+    if rec.pipeline_s is not None:
+        lines.append(f"| untimed (npz saves, mask overlay video) | {rec.pipeline_s - timed:.2f} | – | |")
+        peak = max([v for v in rec.peak_gib.values() if v == v] or [float("nan")])
+        lines.append(f"| **pipeline total** | **{rec.pipeline_s:.2f}** | **{_fmt(peak)}** | run_pipeline wall time |")
+    total_w = sum(rec.write_s.values())
+    what = ", ".join(f"{k} {v:.1f}" for k, v in rec.write_s.items()) or "reused --models"
+    lines.append(f"| checkpoint writing (not in the total) | {total_w:.2f} | – | {what} |")
+    lines += ["", f"Machine: {machine_line()}.",
+              f"Counts: {json.dumps(c)}; truth-mask replacement overhead {rec.truth_s:.2f} s (inside sam3/amodal).",
+              f"Script wall time {time.perf_counter() - _T0:.1f} s.",
+              "Random weights: masks, completions and bodies are meaningless; only time and memory count."]
+    if rec.stopped:
+        lines.append(f"STOPPED: {rec.stopped}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny checkpoints and a tiny clip (CPU smoke test)")
+    ap.add_argument("--frames", type=int, default=None, help="clip length (default 90; tiny 6)")
+    ap.add_argument("--people", type=int, default=None, help="people in the clip (default 5; tiny 2)")
+    ap.add_argument("--size", default=None, help="HxW (default 720x1280; tiny 96x128)")
+    ap.add_argument("--no-amodal", action="store_true", help="skip the amodal stage")
+    ap.add_argument("--amodal-steps", type=int, default=None, help="sampler steps (default 25; tiny 2)")
+    ap.add_argument("--occlusion", choices=("truth", "model"), default="truth",
+                    help="truth: replace SAM-3 / amodal-mask outputs by the clip's known masks after they ran")
+    ap.add_argument("--body-mode", choices=("body", "full"), default="full")
+    ap.add_argument("--fp8", action="store_true", help="opt-in FP8 SAM-3D-Body backbone + bf16 decoders")
+    ap.add_argument("--no-compile", action="store_true", help="eager SAM-3D-Body (compile is the default on CUDA)")
+    ap.add_argument("--models", default="", help="checkpoint root: reused where complete, written otherwise "
+                                                 "(default: a temporary folder, deleted afterwards)")
+    ap.add_argument("--out", default="", help="keep the pipeline outputs here (default: temporary)")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds from start (default 540; tiny 300)")
+    ap.add_argument("--verbose", action="store_true", help="INFO logs of every module")
+    args = ap.parse_args(argv)
+    tiny = args.tiny
+    args.frames = args.frames or (6 if tiny else 90)
+    args.people = args.people or (2 if tiny else 5)
+    size = args.size or ("96x128" if tiny else "720x1280")
+    try:
+        args.height, args.width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size must be HxW, e.g. 720x1280, got {size!r}")
+    args.amodal_steps = args.amodal_steps or (2 if tiny else 25)
+    args.time_limit = args.time_limit or (300.0 if tiny else 540.0)
+    if args.frames < 2 or args.people < 1 or args.height < 32 or args.width < 32 or args.amodal_steps < 1:
+        ap.error("need --frames >= 2, --people >= 1, --size >= 32x32 and --amodal-steps >= 1")
+    return args
+
+
+def options(args: argparse.Namespace, clip: SyntheticClip, models: Path) -> pl.PipelineOptions:
+    amodal = {"steps": args.amodal_steps}
+    if args.tiny:
+        amodal.update(detection_resolution=(64, 64), completion_resolution=(64, 64))
+    return pl.PipelineOptions(video=LoadOptions(), points_json=json.dumps(clip.prompts), amodal=not args.no_amodal,
+                              amodal_settings=amodal, body_mode=args.body_mode, batch_size=64,
+                              compile=not args.no_compile, fp8=args.fp8, models_root=models)
+
+
+def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadline: float) -> None:
+    """Write every model's checkpoint under root unless a complete one is there already."""
+    from body4d_core.errors import Body4DError
+    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.weights import MODEL_SPECS, verify
+
+    names = []
+    for name, spec in MODEL_SPECS.items():
+        if args.no_amodal and name.startswith(("diffusion_vas", "depth")):
+            continue
+        try:
+            verify(name, target_dir(root, spec))
+        except Body4DError:
+            names.append(name)
+    if not names:
+        log.info("reusing the checkpoints in %s", root)
+        return
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = None if args.tiny else torch.bfloat16
+
+    def written(name: str, seconds: float) -> None:
+        rec.write_s[name] = seconds
+        log.info("wrote %s in %.1f s", name, seconds)
+        if time.perf_counter() > deadline:
+            raise TimeLimitReached(f"time limit reached while writing checkpoints (after {name})")
+
+    write_checkpoints(root, names, seed=0, preset="tiny" if args.tiny else "real", device=device,
+                      weight_dtype=dtype, on_written=written)
+
+
+def start_watchdog(args: argparse.Namespace, rec: Record, holder: dict) -> threading.Timer:
+    """Print the table and exit if the run is still going HARD_GRACE_S after the time limit."""
+    def fire() -> None:
+        rec.stopped = f"{rec.running or 'setup'} (watchdog: no interrupt check within {HARD_GRACE_S:.0f} s of the limit)"
+        print(table(args, rec, counts(holder["out"]) if holder.get("out") else {}), flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+
+    timer = threading.Timer(max(args.time_limit + HARD_GRACE_S - (time.perf_counter() - _T0), 1.0), fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("bench_pipeline", "body4d_core.pipeline"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    deadline = _T0 + args.time_limit
+    rec, holder = Record(), {}
+    watchdog = start_watchdog(args, rec, holder)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    models = Path(args.models) if args.models else tmp / "models"
+    out = Path(args.out) if args.out else tmp / "out"
+    holder["out"] = out
+
+    def check() -> None:
+        if time.perf_counter() > deadline:
+            raise TimeLimitReached(f"time limit {args.time_limit:.0f} s reached")
+
+    try:
+        ensure_checkpoints(models, args, rec, deadline)
+        t0 = time.perf_counter()
+        clip = make_clip(args.frames, args.people, args.height, args.width)
+        video = write_clip(clip, tmp / "clip.mp4")
+        log.info("clip %d frames %dx%d, %d people written in %.1f s", args.frames, args.height, args.width,
+                 args.people, time.perf_counter() - t0)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(patched(pl, "_Timer", stage_timer(rec)))
+            import body4d_core.amodal.stage as amodal_stage
+
+            stack.enter_context(patched(amodal_stage, "run_amodal", amodal_recorder(rec, amodal_stage.run_amodal)))
+            if args.occlusion == "truth":
+                truth_patches(stack, clip, rec)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            summary = pl.run_pipeline(video, out, options(args, clip, models),
+                                      hooks_for=lambda name: CallbackHooks(on_check=check))
+            rec.pipeline_s = time.perf_counter() - t0
+        for n in summary.notes:
+            log.warning("pipeline note: %s", n)
+    except TimeLimitReached as stop:
+        rec.stopped = f"{rec.running or 'setup'} ({stop})"
+    finally:
+        watchdog.cancel()
+    print(table(args, rec, counts(out)), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # holds the models / outputs only when --models / --out were not given
+    return 1 if rec.stopped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""bench/bench_pipeline.py in its tiny mode: the whole pipeline runs and the table holds every stage and count.
+
+The tiny run is what the GPU run does at real size (write checkpoints in the official layouts,
+synthesise the clip, run every stage, read the counts back from the saved npz files), so a
+pass here means the device run cannot fail on the script's own logic.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .media import REPO
+
+BENCH = REPO / "bench" / "bench_pipeline.py"
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(out)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    return res, out
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0].strip("*")] = cells[1:]
+    return rows
+
+
+def test_table_has_every_stage_with_a_positive_time(tiny_run):
+    res, _ = tiny_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(res.stdout)
+    for stage in STAGES:
+        assert stage in rows, f"no {stage} row in:\n{res.stdout}"
+        assert float(rows[stage][0]) > 0.0
+    total = float(rows["pipeline total"][0].strip("*"))
+    assert total >= sum(float(rows[s][0]) for s in STAGES) - 0.05
+    assert float(rows["checkpoint writing (not in the total)"][0]) > 0.0
+    assert "**2 steps**" in rows["amodal"][2]
+    assert "Machine: CPU only; torch" in res.stdout
+
+
+def test_counts_match_the_saved_outputs(tiny_run):
+    from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks
+
+    res, out = tiny_run
+    counts = json.loads(re.search(r"Counts: (\{.*?\});", res.stdout).group(1))
+    tracks, amodal = Tracks.load_npz(out / "tracks.npz"), Amodal.load_npz(out / "amodal.npz")
+    flags = Bodies.load_npz(out / "bodies_raw.npz").flags
+    assert counts["people"] == 2 and counts["frames"] == 6
+    assert counts["present"] == int(tracks.present.sum()) == 12  # truth masks: both people on every frame
+    assert counts["occluded"] == int(amodal.occluded.sum()) > 0  # the clip's pole / crossing hides people
+    assert counts["completed"] == len(amodal.completed_index) > 0
+    assert counts["crops_visible"] == int(((flags & BodyFlag.VISIBLE) > 0).sum())
+    assert counts["crops_occluded"] == int(((flags & BodyFlag.OCCLUDED) > 0).sum()) == counts["occluded"]
+    assert f"{counts['crops_visible'] + counts['crops_occluded']} body crops" in _rows(res.stdout)["bodies"][2]
+
+
+def test_truth_masks_are_the_clips_own():
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_pipeline import make_clip
+
+    from body4d_core.data import unpack_masks
+
+    clip = make_clip(6, 2, 96, 128)
+    vis, amo = unpack_masks(clip.visible, 128), unpack_masks(clip.amodal, 128)
+    assert clip.frames.shape == (6, 96, 128, 3) and vis.shape == amo.shape == (2, 6, 96, 128)
+    assert not (vis & ~amo).any()  # visible part inside the full figure
+    assert not (vis[0] & vis[1]).any()  # one owner per pixel
+    hidden = 1 - vis.sum((2, 3)) / amo.sum((2, 3))
+    assert hidden[:, 0].max() == 0 and hidden.max() > 0.45  # all visible on the prompt frame, occluded later
+    ids = [o["id"] for o in clip.prompts["objects"]]
+    assert ids == [1, 2] and all(o["boxes"][0]["frame"] == 0 for o in clip.prompts["objects"])
+    assert not np.array_equal(clip.frames[0], clip.frames[-1])  # people move
+
+
+def test_bad_size_is_one_clear_error():
+    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--size", "96by128"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--size must be HxW" in res.stderr
