@@ -47,7 +47,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Iterator  # noqa: E402
 
@@ -183,7 +183,8 @@ class Record:
 
     seconds: dict[str, float] = field(default_factory=dict)
     peak_gib: dict[str, float] = field(default_factory=dict)
-    running: str = ""
+    running: str = ""  # the stage in progress (or the one that was stopped)
+    partial_s: float = 0.0  # seconds the stopped stage ran
     amodal_parts: dict[str, float] = field(default_factory=dict)
     completed_frames: int | None = None
     truth_s: float = 0.0
@@ -221,8 +222,11 @@ def stage_timer(rec: Record) -> type:
         def __exit__(self, *exc: object) -> None:
             _sync()
             super().__exit__(*exc)
-            rec.seconds[self.name] = self.summary.timings[self.name]
             rec.peak_gib[self.name] = _peak()
+            if exc[0] is not None:  # stopped (time limit) or failed: keep the name, time it apart
+                rec.partial_s = self.summary.timings[self.name]
+                return
+            rec.seconds[self.name] = self.summary.timings[self.name]
             rec.running = ""
 
     return StageTimer
@@ -345,8 +349,10 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
     for s in STAGES:
         if s in rec.seconds:
             lines.append(f"| {s} | {rec.seconds[s]:.2f} | {_fmt(rec.peak_gib.get(s))} | {notes[s]} |")
-        elif s == rec.stopped.split(" ")[0]:
-            lines.append(f"| {s} | stopped | – | {rec.stopped} |")
+        elif rec.stopped and s == rec.running:
+            lines.append(f"| {s} | stopped after {rec.partial_s:.2f} | {_fmt(rec.peak_gib.get(s))} | {notes[s]} |")
+        elif s == "amodal" and args.no_amodal:
+            lines.append("| amodal | – | – | off (--no-amodal) |")
     timed = sum(rec.seconds.values())
     if rec.pipeline_s is not None:
         lines.append(f"| untimed (npz saves, mask overlay video) | {rec.pipeline_s - timed:.2f} | – | |")
@@ -356,7 +362,8 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
     what = ", ".join(f"{k} {v:.1f}" for k, v in rec.write_s.items()) or "reused --models"
     lines.append(f"| checkpoint writing (not in the total) | {total_w:.2f} | – | {what} |")
     lines += ["", f"Machine: {machine_line()}.",
-              f"Counts: {json.dumps(c)}; truth-mask replacement overhead {rec.truth_s:.2f} s (inside sam3/amodal).",
+              f"Counts: {json.dumps(c)}; " + (f"truth-mask replacement overhead {rec.truth_s:.2f} s (inside sam3/amodal)."
+                                              if args.occlusion == "truth" else "masks as the random networks gave them."),
               f"Script wall time {time.perf_counter() - _T0:.1f} s.",
               "Random weights: masks, completions and bodies are meaningless; only time and memory count."]
     if rec.stopped:
@@ -384,6 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                  "(default: a temporary folder, deleted afterwards)")
     ap.add_argument("--out", default="", help="keep the pipeline outputs here (default: temporary)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds from start (default 540; tiny 300)")
+    ap.add_argument("--json", default="", help="also write the figures (stage seconds, peaks, counts) to this file")
     ap.add_argument("--verbose", action="store_true", help="INFO logs of every module")
     args = ap.parse_args(argv)
     tiny = args.tiny
@@ -498,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         rec.stopped = f"{rec.running or 'setup'} ({stop})"
     finally:
         watchdog.cancel()
-    print(table(args, rec, counts(out)), flush=True)
+    c = counts(out)
+    print(table(args, rec, c), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "record": asdict(rec),
+                                               "counts": c, "machine": machine_line()}, indent=1, default=str))
     shutil.rmtree(tmp, ignore_errors=True)  # holds the models / outputs only when --models / --out were not given
     return 1 if rec.stopped else 0
 

@@ -88,6 +88,7 @@ def _vas(folder: Path, seed: int, ws: WriteSpec) -> None:
     parts = build_vas_parts(ws.preset, seed, ws.device)
     for k in ("unet", "vae", "image_encoder"):
         _cast_params(parts[k], ws.weight_dtype)
+        parts[k].cpu()
     save_vas_folder(parts, folder)
 
 
@@ -96,7 +97,7 @@ def _depth(folder: Path, seed: int, ws: WriteSpec) -> None:
 
     model, prep = build_depth_model(ws.preset, seed, ws.device)
     _cast_params(model, ws.weight_dtype)
-    save_depth_folder(model, prep, folder)
+    save_depth_folder(model.cpu(), prep, folder)
 
 
 def _moge(folder: Path, seed: int, ws: WriteSpec) -> None:

@@ -21,10 +21,10 @@ STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench_out")
-    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(out)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
-    return res, out
+    out, models = tmp_path_factory.mktemp("bench_out"), tmp_path_factory.mktemp("bench_models")
+    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(out), "--models", str(models)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    return res, out, models
 
 
 def _rows(stdout: str) -> dict[str, list[str]]:
@@ -37,7 +37,7 @@ def _rows(stdout: str) -> dict[str, list[str]]:
 
 
 def test_table_has_every_stage_with_a_positive_time(tiny_run):
-    res, _ = tiny_run
+    res, _, _ = tiny_run
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(res.stdout)
     for stage in STAGES:
@@ -53,7 +53,7 @@ def test_table_has_every_stage_with_a_positive_time(tiny_run):
 def test_counts_match_the_saved_outputs(tiny_run):
     from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks
 
-    res, out = tiny_run
+    res, out, _ = tiny_run
     counts = json.loads(re.search(r"Counts: (\{.*?\});", res.stdout).group(1))
     tracks, amodal = Tracks.load_npz(out / "tracks.npz"), Amodal.load_npz(out / "amodal.npz")
     flags = Bodies.load_npz(out / "bodies_raw.npz").flags
@@ -88,3 +88,14 @@ def test_bad_size_is_one_clear_error():
     res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--size", "96by128"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--size must be HxW" in res.stderr
+
+
+def test_time_limit_stops_with_a_partial_table_and_reuses_models(tiny_run):
+    _, _, models = tiny_run
+    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--models", str(models), "--time-limit", "0.5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _rows(res.stdout)
+    assert rows["checkpoint writing (not in the total)"][2] == "reused --models"
+    assert "STOPPED:" in res.stdout and "time limit 0 s reached" in res.stdout
+    assert "pipeline total" not in rows
