@@ -55,18 +55,73 @@ def _sam3(folder: Path, seed: int, ws: WriteSpec) -> None:
         save_tiny_checkpoint(folder, seed=seed)
 
 
+def uv_sphere(rows: int = 103, cols: int = 179) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit sphere: 2 poles + rows x cols ring vertices, closed outward-wound faces (int64).
+
+    The defaults give exactly MHR LOD1's counts (18439 vertices, 36874 faces), so a real-size
+    stand-in renders like a closed body mesh instead of random triangles spanning the body.
+    """
+    theta = torch.arange(1, rows + 1, dtype=torch.float64) * torch.pi / (rows + 1)
+    phi = torch.arange(cols, dtype=torch.float64) * 2 * torch.pi / cols
+    ring = torch.stack([torch.sin(theta)[:, None] * torch.cos(phi), torch.cos(theta)[:, None].expand(rows, cols),
+                        torch.sin(theta)[:, None] * torch.sin(phi)], -1).reshape(-1, 3)
+    verts = torch.cat([torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64), ring,
+                       torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64)]).float()
+    c = torch.arange(cols)
+    c1 = (c + 1) % cols
+    last = 1 + rows * cols
+    faces = [torch.stack([torch.zeros_like(c), 1 + c1, 1 + c], -1)]
+    for r in range(rows - 1):
+        a, b = 1 + r * cols + c, 1 + r * cols + c1
+        a2, b2 = a + cols, b + cols
+        faces += [torch.stack([a, b, a2], -1), torch.stack([b, b2, a2], -1)]
+    faces.append(torch.stack([torch.full_like(c, last), 1 + (rows - 1) * cols + c, 1 + (rows - 1) * cols + c1], -1))
+    faces_t = torch.cat(faces)
+    tri = verts[faces_t]
+    if torch.einsum("ij,ij->", tri[:, 0].double(), torch.cross(tri[:, 1], tri[:, 2], dim=-1).double()) < 0:
+        faces_t = faces_t[:, [0, 2, 1]]  # outward normals (positive enclosed volume)
+    return verts, faces_t
+
+
+def _body_like_rig(cfg, seed: int) -> torch.jit.ScriptModule:
+    """The synthetic MHR-size rig (same call, same work) posing a body-sized closed mesh rigidly.
+
+    SyntheticRig's random rest cloud and per-vertex joints would scatter neighbouring
+    vertices; here the rest shape is a 1.7 m ellipsoid on uv_sphere's topology, every vertex
+    follows joint 0 and the shape / expression / corrective offsets are small, so meshes stay
+    coherent (what the render stage's cost depends on).
+    """
+    from .sam3d_body.synthetic import SyntheticRig
+
+    rig = SyntheticRig(cfg.num_verts, cfg.num_joints, RIG_HIDDEN_REAL, seed).eval()
+    unit, _ = uv_sphere()
+    if unit.shape[0] != cfg.num_verts:
+        raise ValueError(f"uv_sphere has {unit.shape[0]} vertices, the config {cfg.num_verts}")
+    with torch.no_grad():
+        rig.base.copy_(unit * torch.tensor([22.0, 85.0, 14.0]))  # centimetres, like MHR's output
+        rig.shape_basis.mul_(0.05)
+        rig.expr_basis.mul_(0.1)
+        rig.corr_out.mul_(0.05)
+        rig.vert_joint.zero_()
+    return torch.jit.script(rig)
+
+
 def _real_body_model(seed: int, device: str):
     """The released SAM-3D-Body sizes with random weights and a synthetic MHR-size rig, built on device."""
     from .sam3d_body.config import Sam3dBodyConfig
     from .sam3d_body.model import Sam3dBody
-    from .sam3d_body.synthetic import randomize, scripted_rig
+    from .sam3d_body.synthetic import randomize
 
     cfg = Sam3dBodyConfig()
     torch.manual_seed(seed)
     with torch.device(device):
         model = Sam3dBody(cfg)
     model = randomize(model.to(device), seed)  # normal_ on the device: seconds on a GPU
-    model.attach_rig(scripted_rig(cfg, RIG_HIDDEN_REAL, seed))
+    _, faces = uv_sphere()
+    with torch.no_grad():
+        for head in (model.head_pose, model.head_pose_hand):
+            head.faces.copy_(faces)
+    model.attach_rig(_body_like_rig(cfg, seed))
     return model.eval().requires_grad_(False)
 
 
