@@ -330,11 +330,13 @@ def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dic
     return {
         "decode": f"{args.frames} frames {args.height}x{args.width} (H.264)",
         "sam3": f"{n}, points + boxes on frame 0; {c.get('present', '?')} present person-frames",
-        "amodal": (f"**{args.amodal_steps} steps**; {c.get('occluded', '?')} occluded person-frames, "
+        "amodal": (f"**{args.amodal_steps} steps**, {'x'.join(map(str, args.amodal_res[0]))} / "
+                   f"{'x'.join(map(str, args.amodal_res[1]))}; {c.get('occluded', '?')} occluded person-frames, "
                    f"{c.get('completed', '?')} completed; {parts}" if not args.no_amodal else "off (--no-amodal)"),
         "camera": "MoGe-2 ViT-L, fov_mode first" if not args.tiny else "tiny MoGe-2, fov_mode first",
         "bodies": (f"{crops} body crops ({c.get('crops_visible', '?')} visible, {c.get('crops_occluded', '?')} "
-                   f"occluded), mode {args.body_mode}, batch 64, compile {'off' if args.no_compile else 'on'}"
+                   f"occluded), mode {args.body_mode}, batch 64, "
+                   f"compile {'on' if torch.cuda.is_available() and not args.no_compile else 'off'}"
                    f"{', FP8' if args.fp8 else ''}"),
         "smooth": "Kalman/RTS per person + rig refresh",
         "render": "overlay MP4 + params + PLY meshes + GLB",
@@ -382,6 +384,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", default=None, help="HxW (default 720x1280; tiny 96x128)")
     ap.add_argument("--no-amodal", action="store_true", help="skip the amodal stage")
     ap.add_argument("--amodal-steps", type=int, default=None, help="sampler steps (default 25; tiny 2)")
+    ap.add_argument("--amodal-res", default="", help="detection and completion resolutions 'HxW,HxW' "
+                                                     "(default upstream's 256x512,512x1024; tiny 64x64,64x64)")
     ap.add_argument("--occlusion", choices=("truth", "model"), default="truth",
                     help="truth: replace SAM-3 / amodal-mask outputs by the clip's known masks after they ran")
     ap.add_argument("--body-mode", choices=("body", "full"), default="full")
@@ -403,6 +407,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--size must be HxW, e.g. 720x1280, got {size!r}")
     args.amodal_steps = args.amodal_steps or (2 if tiny else 25)
+    res = args.amodal_res or ("64x64,64x64" if tiny else "256x512,512x1024")
+    try:
+        args.amodal_res = [tuple(int(v) for v in r.lower().split("x")) for r in res.split(",")]
+        assert len(args.amodal_res) == 2 and all(len(r) == 2 for r in args.amodal_res)
+    except (ValueError, AssertionError):
+        ap.error(f"--amodal-res must be two HxW sizes, e.g. 256x512,512x1024, got {res!r}")
     args.time_limit = args.time_limit or (300.0 if tiny else 540.0)
     if args.frames < 2 or args.people < 1 or args.height < 32 or args.width < 32 or args.amodal_steps < 1:
         ap.error("need --frames >= 2, --people >= 1, --size >= 32x32 and --amodal-steps >= 1")
@@ -410,9 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options(args: argparse.Namespace, clip: SyntheticClip, models: Path) -> pl.PipelineOptions:
-    amodal = {"steps": args.amodal_steps}
-    if args.tiny:
-        amodal.update(detection_resolution=(64, 64), completion_resolution=(64, 64))
+    amodal = {"steps": args.amodal_steps, "detection_resolution": args.amodal_res[0],
+              "completion_resolution": args.amodal_res[1]}
     return pl.PipelineOptions(video=LoadOptions(), points_json=json.dumps(clip.prompts), amodal=not args.no_amodal,
                               amodal_settings=amodal, body_mode=args.body_mode, batch_size=64,
                               compile=not args.no_compile, fp8=args.fp8, models_root=models)
@@ -424,11 +433,16 @@ def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadli
     from body4d_core.tiny import target_dir, write_checkpoints
     from body4d_core.weights import MODEL_SPECS, verify
 
+    preset = "tiny" if args.tiny else "real"
+    marker = root / ".bench_preset"  # written by this script: never reuse tiny checkpoints for a real run
+    other = marker.is_file() and marker.read_text().strip() != preset
     names = []
     for name, spec in MODEL_SPECS.items():
         if args.no_amodal and name.startswith(("diffusion_vas", "depth")):
             continue
         try:
+            if other:
+                raise Body4DError(f"{root} holds checkpoints of another preset")
             verify(name, target_dir(root, spec))
         except Body4DError:
             names.append(name)
@@ -444,15 +458,21 @@ def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadli
         if time.perf_counter() > deadline:
             raise TimeLimitReached(f"time limit reached while writing checkpoints (after {name})")
 
-    write_checkpoints(root, names, seed=0, preset="tiny" if args.tiny else "real", device=device,
-                      weight_dtype=dtype, on_written=written)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    write_checkpoints(root, names, seed=0, preset=preset, device=device, weight_dtype=dtype, on_written=written)
+    marker.write_text(preset)
 
 
 def start_watchdog(args: argparse.Namespace, rec: Record, holder: dict) -> threading.Timer:
     """Print the table and exit if the run is still going HARD_GRACE_S after the time limit."""
     def fire() -> None:
         rec.stopped = f"{rec.running or 'setup'} (watchdog: no interrupt check within {HARD_GRACE_S:.0f} s of the limit)"
-        print(table(args, rec, counts(holder["out"]) if holder.get("out") else {}), flush=True)
+        try:
+            c = counts(holder["out"]) if holder.get("out") else {}
+        except Exception as err:  # noqa: BLE001 - files may be half written
+            c = {"unreadable": str(err)[:100]}
+        print(table(args, rec, c), flush=True)
         faulthandler.dump_traceback(all_threads=True)
         os._exit(3)
 
@@ -504,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("pipeline note: %s", n)
     except TimeLimitReached as stop:
         rec.stopped = f"{rec.running or 'setup'} ({stop})"
+    except Exception as err:  # noqa: BLE001 - still print the table of what ran, then the traceback
+        import traceback
+
+        traceback.print_exc()
+        rec.stopped = f"{rec.running or 'setup'} failed: {type(err).__name__}: {str(err)[:300]}"
     finally:
         watchdog.cancel()
     c = counts(out)
@@ -512,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "record": asdict(rec),
                                                "counts": c, "machine": machine_line()}, indent=1, default=str))
     shutil.rmtree(tmp, ignore_errors=True)  # holds the models / outputs only when --models / --out were not given
-    return 1 if rec.stopped else 0
+    return (1 if "time limit" in rec.stopped else 2) if rec.stopped else 0
 
 
 if __name__ == "__main__":
