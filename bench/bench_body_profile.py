@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from body4d_core.sam3d_body import Sam3dBodyConfig, tiny_config  # noqa: E402
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
 from bench_body import build_ours, make_inputs  # noqa: E402
-from kernel_profile import sync, timed_profile  # noqa: E402
+from kernel_profile import sync, timed, timed_profile  # noqa: E402
 
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
@@ -34,15 +34,6 @@ BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "fp8-tensor-fast": dict(parts="all", scaling="tensor", fast_accum=True),
     "fp8-mlp-row-fast": dict(parts="mlp", scaling="row", fast_accum=True),
 }
-def timed(fn, reps: int) -> float:
-    """Seconds per call of ``fn`` (after one warm call)."""
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / reps
 
 
 def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[str], compile_mode: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,16 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from body4d_core.sam3d_body import fp8_triton as kern  # noqa: E402
 from body4d_core.sam3d_body.fp8 import fp8_quantize_rows  # noqa: E402
-
-
-def timed(fn, reps: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps
+from kernel_profile import timed  # noqa: E402
 
 
 def agreement(name: str, got: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> str:
@@ -90,7 +80,7 @@ def main() -> None:
         )
         for name, ours, formula, inputs, plain, nbytes in cases:
             compiled = torch.compile(formula, dynamic=False)
-            t_ours, t_ind, t_plain = timed(ours), timed(lambda: compiled(*inputs)), timed(plain)
+            t_ours, t_ind, t_plain = timed(ours, 20), timed(lambda: compiled(*inputs), 20), timed(plain, 20)
             print(f"| {name} | {t_ours * 1e3:.3f} | {t_ind * 1e3:.3f} | {t_plain * 1e3:.3f} | "
                   f"{nbytes / t_ours / 1e9:.0f} |", flush=True)
         if args.sweep:

@@ -61,6 +61,7 @@ from body4d_core import pipeline as pl  # noqa: E402
 from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks, pack_masks, unpack_masks  # noqa: E402
 from body4d_core.runtime import CallbackHooks  # noqa: E402
 from body4d_core.video import LoadOptions  # noqa: E402
+from kernel_profile import sync  # noqa: E402
 
 log = logging.getLogger("bench_pipeline")
 STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
@@ -172,11 +173,6 @@ def write_clip(clip: SyntheticClip, path: Path, fps: float = 30.0) -> Path:
 # --------------------------------------------------------------------------- recording stage times
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 @dataclass
 class Record:
     """What the run did so far: per-stage seconds and peak GiB, amodal details, replacement overhead."""
@@ -213,14 +209,14 @@ def stage_timer(rec: Record) -> type:
 
     class StageTimer(pl._Timer):
         def __enter__(self) -> None:
-            _sync()
+            sync()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             rec.running = self.name
             super().__enter__()
 
         def __exit__(self, *exc: object) -> None:
-            _sync()
+            sync()
             super().__exit__(*exc)
             rec.peak_gib[self.name] = _peak()
             if exc[0] is not None:  # stopped (time limit) or failed: keep the name, time it apart

@@ -13,6 +13,17 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn, reps: int) -> float:
+    """Seconds per call of ``fn`` (after one warm call), synchronised on CUDA."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
 CATEGORIES = (  # first match wins; kernel names (CUDA) or op names (CPU), lower case
     ("attention", ("flash", "fmha", "attention", "sdpa", "mem_eff")),
     ("copy", ("copy", "memcpy", "memset", "transpose", "nchwtonhwc", "nhwctonchw", "permute", "contiguous",
