@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import io
 import json
 import platform
@@ -86,14 +87,16 @@ def build(args: argparse.Namespace) -> dict:
 def tasks(d: dict, out: Path, args: argparse.Namespace) -> dict[str, Callable[[], Path | None]]:
     """One callable per timed item, writing into out (the same calls run_pipeline makes)."""
     summary = pl.RunSummary(out)
+    video_preset = {"preset": pl.VIDEO_PRESET} if hasattr(pl, "VIDEO_PRESET") else {}  # as the pipeline encodes
     opts = pl.PipelineOptions(write_meshes=True, write_glb=True)
 
     def mask_overlay() -> Path:
-        pl._write_mask_overlay(d["frames"], d["tracks"], d["clip"], out, summary)
-        wait = getattr(pl, "_wait_background", None)  # a background writer (if any) must be finished
-        if wait is not None:
-            wait(summary)
-        return out / "mask_overlay.mp4"
+        path = out / "mask_overlay.mp4"
+        if len(inspect.signature(pl._write_mask_overlay).parameters) == 5:  # before the fifth session
+            pl._write_mask_overlay(d["frames"], d["tracks"], d["clip"], out, summary)
+        else:
+            pl._write_mask_overlay(d["frames"], d["tracks"], d["clip"], path)
+        return path
 
     def render() -> Path:
         pl._render_and_export(d["frames"], d["clip"], d["bodies"], d["camera"], opts, out, summary,
@@ -110,7 +113,8 @@ def tasks(d: dict, out: Path, args: argparse.Namespace) -> dict[str, Callable[[]
         "bodies_raw": lambda: d["bodies"].save_npz(out / "bodies_raw.npz"),
         "bodies": lambda: d["bodies"].save_npz(out / "bodies.npz"),
         # render stage without the (GPU) render: the rendered frames are stood in for by the clip's frames
-        "render_mp4": lambda: export.write_mp4(out / "render_4d.mp4", d["frames"], d["clip"].fps, d["clip"].image_size),
+        "render_mp4": lambda: export.write_mp4(out / "render_4d.mp4", d["frames"], d["clip"].fps, d["clip"].image_size,
+                                               **video_preset),
         "params": lambda: export.save_params(d["bodies"], out / "params.npz", d["camera"]),
         "meshes": lambda: export.write_meshes(d["bodies"], out / "meshes"),
         "glb": lambda: export.write_glb(d["bodies"], out / "glb", fps=d["clip"].fps),

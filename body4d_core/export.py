@@ -25,6 +25,8 @@ from .runtime import NULL_HOOKS, Hooks
 log = logging.getLogger(__name__)
 
 CV_TO_GL = np.array([1.0, -1.0, -1.0], np.float32)  # 180 degrees about x
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+NORMALS_BATCH = 64  # frames per vertex-normal call in the GLB writer
 
 
 class ExportError(Body4DError):
@@ -52,8 +54,14 @@ def _check_bodies(bodies: Bodies, what: str) -> None:
 
 
 def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: float,
-              image_size: tuple[int, int] | None = None, crf: int = 18) -> Path:
-    """Encode uint8 RGB frames [H, W, 3] to H.264 MP4 (yuv420p; odd sizes padded by one pixel)."""
+              image_size: tuple[int, int] | None = None, crf: int = 18, preset: str = "medium") -> Path:
+    """Encode uint8 RGB frames [H, W, 3] to H.264 MP4 (yuv420p; odd sizes padded by one pixel).
+
+    ``crf`` sets the quality; ``preset`` only trades encoding time for file size at that quality
+    (x264's "veryfast" encodes 720p ~2.3x faster than "medium" at about the same size).
+    """
+    if preset not in X264_PRESETS:
+        raise InputError(f"unknown x264 preset {preset!r}; choose one of {', '.join(X264_PRESETS)}")
     import av
 
     if not fps > 0:
@@ -83,7 +91,7 @@ def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: 
                 stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height = w + (w % 2), h + (h % 2)
                 stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": str(crf)}
+                stream.options = {"crf": str(crf), "preset": preset}
             if (h % 2) or (w % 2):
                 frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -134,17 +142,28 @@ def _need_mesh(bodies: Bodies, what: str) -> np.ndarray:
     return bodies.faces
 
 
-def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: Hooks = NULL_HOOKS) -> Path:
-    """One mesh per person per present frame: <out_dir>/person_<id>/<frame:08d>.<fmt>."""
+def _rows(bodies: Bodies, ids: Iterable[int] | None) -> list[int]:
+    """Row indices of the given object ids (all rows when None)."""
+    return list(range(bodies.num_objects)) if ids is None else [bodies.index_of(int(o)) for o in ids]
+
+
+def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: Hooks = NULL_HOOKS,
+                 ids: Iterable[int] | None = None) -> Path:
+    """One mesh per person per present frame: <out_dir>/person_<id>/<frame:08d>.<fmt>.
+
+    ``ids``: only these object ids (the pipeline writes each person on its own thread).
+    """
     import trimesh
 
     if fmt not in ("ply", "obj"):
         raise InputError(f"mesh format must be 'ply' or 'obj', got {fmt!r}")
     faces = _need_mesh(bodies, "Export meshes")
+    rows = _rows(bodies, ids)
     root = _writable_dir(out_dir)
-    total = int(bodies.present.sum())
+    total = int(bodies.present[rows].sum())
     done = 0
-    for i, oid in enumerate(bodies.obj_ids.tolist()):
+    for i in rows:
+        oid = int(bodies.obj_ids[i])
         folder = _writable_dir(root / f"person_{oid}")
         color = (np.append(object_color_float(oid), 1.0) * 255).astype(np.uint8)
         for t in np.flatnonzero(bodies.present[i]):
@@ -164,7 +183,7 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
 
 
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Unit vertex normals float32 [V, 3] (the renderer's area-weighted ones; zero where undefined)."""
+    """Unit vertex normals float32 [..., V, 3] (the renderer's area-weighted ones; zero where undefined)."""
     import torch
 
     from .render import vertex_normals
@@ -202,11 +221,17 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
     mat = g.Material(name=f"person_{oid}", doubleSided=True, pbrMetallicRoughness=g.PbrMetallicRoughness(
         baseColorFactor=[*object_color_float(oid).tolist(), 1.0], metallicFactor=0.0, roughnessFactor=0.7))
     meshes, nodes, channels, samplers = [], [], [], []
-    for t in frames.tolist():
+    faces64 = faces.astype(np.int64)
+    normals: np.ndarray | None = None
+    for k, t in enumerate(frames.tolist()):
         v = world_vertices(bodies, i, t)
         attrs = g.Attributes(POSITION=add(v, g.FLOAT, g.VEC3, g.ARRAY_BUFFER, minmax=True))
         if with_normals:
-            attrs.NORMAL = add(_normals(v, faces.astype(np.int64)), g.FLOAT, g.VEC3, g.ARRAY_BUFFER)
+            if k % NORMALS_BATCH == 0:  # one batched call per chunk of frames: per-frame calls cost ~10x more
+                chunk = frames[k:k + NORMALS_BATCH]
+                normals = _normals(((bodies.vertices[i, chunk] + bodies.params["cam_t"][i, chunk][:, None])
+                                    * CV_TO_GL).astype(np.float32), faces64)
+            attrs.NORMAL = add(normals[k % NORMALS_BATCH], g.FLOAT, g.VEC3, g.ARRAY_BUFFER)
         meshes.append(g.Mesh(name=f"frame_{t:06d}", primitives=[g.Primitive(attributes=attrs, indices=idx_acc,
                                                                                  material=0)]))
         shown = 1.0 if t == frames[0] else 0.0  # a still viewer shows the first frame
@@ -234,13 +259,17 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
 
 
 def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: str = "body4d",
-              hooks: Hooks = NULL_HOOKS) -> Path:
-    """One animated GLB per person: <out_dir>/<prefix>_person_<id>.glb; returns the folder."""
+              hooks: Hooks = NULL_HOOKS, ids: Iterable[int] | None = None) -> Path:
+    """One animated GLB per person: <out_dir>/<prefix>_person_<id>.glb; returns the folder.
+
+    ``ids``: only these object ids (people on no frame are skipped either way).
+    """
     if not fps > 0:
         raise InputError(f"fps must be positive, got {fps}")
     _need_mesh(bodies, "Save GLB")
+    rows = _rows(bodies, ids)
     root = _writable_dir(out_dir)
-    for k, i in enumerate(np.flatnonzero(bodies.present.any(1))):
+    for k, i in enumerate(r for r in rows if bodies.present[r].any()):
         hooks.check_interrupt()
         path = root / f"{prefix}_person_{int(bodies.obj_ids[i])}.glb"
         try:

