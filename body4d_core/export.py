@@ -204,15 +204,17 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
     views: list[g.BufferView] = []
     accessors: list[g.Accessor] = []
 
-    def add(arr: np.ndarray, ctype: int, atype: str, target: int | None = None, minmax: bool = False) -> int:
+    def add(arr: np.ndarray, ctype: int, atype: str, target: int | None = None, minmax: bool = False,
+            bounds: tuple[np.ndarray, np.ndarray] | None = None) -> int:
         while len(blob) % 4:
             blob.append(0)
         views.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=arr.nbytes, target=target))
         blob.extend(arr.tobytes())
         acc = g.Accessor(bufferView=len(views) - 1, componentType=ctype, count=int(arr.shape[0]), type=atype)
-        if minmax:
-            acc.min = arr.min(0).reshape(-1).tolist()
-            acc.max = arr.max(0).reshape(-1).tolist()
+        if minmax or bounds is not None:
+            lo, hi = bounds if bounds is not None else (arr.min(0), arr.max(0))
+            acc.min = lo.reshape(-1).tolist()
+            acc.max = hi.reshape(-1).tolist()
         accessors.append(acc)
         return len(accessors) - 1
 
@@ -222,16 +224,17 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
         baseColorFactor=[*object_color_float(oid).tolist(), 1.0], metallicFactor=0.0, roughnessFactor=0.7))
     meshes, nodes, channels, samplers = [], [], [], []
     faces64 = faces.astype(np.int64)
-    normals: np.ndarray | None = None
     for k, t in enumerate(frames.tolist()):
-        v = world_vertices(bodies, i, t)
-        attrs = g.Attributes(POSITION=add(v, g.FLOAT, g.VEC3, g.ARRAY_BUFFER, minmax=True))
-        if with_normals:
-            if k % NORMALS_BATCH == 0:  # one batched call per chunk of frames: per-frame calls cost ~10x more
-                chunk = frames[k:k + NORMALS_BATCH]
-                normals = _normals(((bodies.vertices[i, chunk] + bodies.params["cam_t"][i, chunk][:, None])
-                                    * CV_TO_GL).astype(np.float32), faces64)
-            attrs.NORMAL = add(normals[k % NORMALS_BATCH], g.FLOAT, g.VEC3, g.ARRAY_BUFFER)
+        j = k % NORMALS_BATCH
+        if j == 0:  # one batched pass per chunk of frames (per-frame calls cost several times more)
+            chunk = frames[k:k + NORMALS_BATCH]
+            world = ((bodies.vertices[i, chunk] + bodies.params["cam_t"][i, chunk][:, None]) * CV_TO_GL
+                     ).astype(np.float32)  # world_vertices of each frame of the chunk
+            lo, hi = world.min(1), world.max(1)
+            normals = _normals(world, faces64) if with_normals else None
+        attrs = g.Attributes(POSITION=add(world[j], g.FLOAT, g.VEC3, g.ARRAY_BUFFER, bounds=(lo[j], hi[j])))
+        if normals is not None:
+            attrs.NORMAL = add(normals[j], g.FLOAT, g.VEC3, g.ARRAY_BUFFER)
         meshes.append(g.Mesh(name=f"frame_{t:06d}", primitives=[g.Primitive(attributes=attrs, indices=idx_acc,
                                                                                  material=0)]))
         shown = 1.0 if t == frames[0] else 0.0  # a still viewer shows the first frame

@@ -47,6 +47,9 @@ def test_table_has_every_stage_with_a_positive_time(tiny_run):
     assert total >= sum(float(rows[s][0]) for s in STAGES) - 0.05
     assert float(rows["checkpoint writing (not in the total)"][0]) > 0.0
     assert "**2 steps**" in rows["amodal"][2]
+    untimed = rows["untimed (host work between stages + final write wait)"]  # writes run in the background
+    wait = float(re.search(r"([0-9.]+) s waiting for them at the end", untimed[2]).group(1))
+    assert 0.0 <= wait <= float(untimed[0]) + 0.01
     assert "Machine: CPU only; torch" in res.stdout
 
 
