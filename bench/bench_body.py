@@ -204,6 +204,33 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
     return f"# body-mode stages ({label}), ms per batch of {len(items)}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
 
 
+def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: int = 5) -> str:
+    """One batch's body crops built by the Triton crop kernel and by grid_sample: ms (synchronised wall,
+    host work included) and the largest pixel difference (0..1 scale)."""
+    from body4d_core.sam3d_body import infer
+
+    dev = next(model.parameters()).device
+    ft = _frames_tensor(frames)
+    K = _intrinsics(None, *ft.shape[:3])
+    ms, imgs = {}, {}
+    saved = infer.TRITON_CROPS
+    try:
+        for on in (True, False):
+            infer.TRITON_CROPS = on
+            imgs[on] = body_crops(model, ft, items, K).img  # warm-up (kernel compile)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                body_crops(model, ft, items, K)
+            sync()
+            ms[on] = (time.perf_counter() - t0) * 1000 / reps
+    finally:
+        infer.TRITON_CROPS = saved
+    diff = float((imgs[True] - imgs[False]).abs().max())
+    return (f"# crops of {len(items)} ({dev.type}): Triton kernel {ms[True]:.1f} ms, grid_sample {ms[False]:.1f} ms "
+            f"per batch; max abs difference {diff:.1e}")
+
+
 class Rows(list):
     """Table rows, each printed (flushed) as it is added, so a run cut short still shows what it measured."""
 
@@ -434,6 +461,8 @@ def main() -> None:
     ap.add_argument("--full-variants", default="eager,cbb,cdec-ovl", help="variants also timed in full mode")
     ap.add_argument("--official-frames", type=int, default=4, help="frames (x --people crops) the official code runs")
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
+    ap.add_argument("--crops-ab", action="store_true",
+                    help="also time one batch's crops both ways and rerun the body-mode variants with grid_sample crops")
     ap.add_argument("--backend", default="", help="torch.compile backend (default inductor on CUDA, eager on CPU)")
     ap.add_argument("--official", default="", help="checkout of facebookresearch/sam-3d-body")
     ap.add_argument("--dinov3", default="", help="checkout of facebookresearch/dinov3")
@@ -510,6 +539,20 @@ def main() -> None:
         except Exception as err:  # noqa: BLE001 - one failing variant must not lose the table
             rows.append(("ours", var, f"failed: {type(err).__name__}: {err}"[:80], float("nan"), float("nan"),
                          float("nan"), ""))
+    if args.crops_ab:
+        notes.append(crops_ab(model, frames, items[: args.batch]))
+        from body4d_core.sam3d_body import infer
+
+        infer.TRITON_CROPS = False
+        try:
+            for var in variants:
+                dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
+                rate, peak, warm, res = time_ours(model, frames, items, "body", args.batch, dtype, dec_dtype,
+                                                  args.reps, pipe)
+                rows.append(("ours", var, "body, grid_sample crops", rate, peak, warm,
+                             f"max dev vs Triton crops: {max_dev(res, by_var[var]):.1e}" if var in by_var else ""))
+        finally:
+            infer.TRITON_CROPS = True
     print(f"# bench wall time {time.perf_counter() - t_start:.0f} s")
 
 

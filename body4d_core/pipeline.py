@@ -178,7 +178,8 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
 
     model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
     items = body_items(tracks, amodal)
-    model.compile_for("default" if opts.compile else "", opts.batch_size)  # CUDA only; equal up to rounding
+    # CUDA only; equal up to rounding; 'auto' compiles only jobs large enough to win back the compile time
+    model.compile_for("auto" if opts.compile else "", opts.batch_size, crops=len(items), body_mode=opts.body_mode)
     fast = {"fp8": True, "decoder_dtype": torch.bfloat16} if opts.fp8 else {}
     results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
                               batch_size=opts.batch_size, hooks=hooks, return_vertices=True, **fast)

@@ -42,12 +42,15 @@ class LoadSAM3DBody(io.ComfyNode):
                 io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto", advanced=True,
                                tooltip="Backbone precision on the GPU (scoped autocast; weights stay fp32). "
                                        "Heads and the MHR rig always run fp32; the CPU always runs fp32."),
-                io.Combo.Input("compile", options=["auto", "off", "max-autotune"], default="auto", advanced=True,
+                io.Combo.Input("compile", options=["auto", "off", "max-autotune", "always"], default="auto",
+                               advanced=True,
                                tooltip="torch.compile the backbone's ViT blocks and the decoder layers on a CUDA GPU "
-                                       "(equal up to floating-point rounding; ~1.3x faster body estimation; compiles once per process, "
-                                       "~15 s, on the first batch). auto: on "
-                                       "CUDA with Triton available, else eager with a log line. max-autotune: "
-                                       "slower to compile, sometimes faster. off: eager."),
+                                       "(equal up to floating-point rounding; ~1.2-1.3x faster per crop once "
+                                       "compiled, compiled once per process). auto: only where it pays: jobs of at "
+                                       "least 12000 crops in body mode or 4000 in full mode (a first compile costs "
+                                       "~20 s on an H200), or once this process has compiled for this batch size; "
+                                       "eager otherwise or without Triton. always: compile for every job. max-autotune: always, slower "
+                                       "to compile, sometimes faster. off: eager."),
             ],
             outputs=[t.BodyModel.Output("sam3d_body_model")],
         )
@@ -60,7 +63,7 @@ class LoadSAM3DBody(io.ComfyNode):
             model_dir = glue.resolve_checkpoint("sam3d_body", checkpoint)
         model = load_sam3d_body(model_dir, device="cpu")
         dtype = glue.choose_dtype(precision)
-        mode = {"auto": "default", "off": "", "max-autotune": "max-autotune-no-cudagraphs"}[compile]
+        mode = {"auto": "auto", "always": "default", "off": "", "max-autotune": "max-autotune-no-cudagraphs"}[compile]
         return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir, compile=mode))
 
 
@@ -129,7 +132,8 @@ class BodyBatch(io.ComfyNode):
         if not items:
             log.warning("no object has a mask on any frame; returning empty bodies")
         model = sam3d_body_model.ready()
-        in_effect = model.compile_for(sam3d_body_model.info.get("compile", ""), batch_size)
+        in_effect = model.compile_for(sam3d_body_model.info.get("compile", ""), batch_size, crops=len(items),
+                                      body_mode=mode)
         if in_effect is not None:
             log.info("SAM 3D Body: backbone %s, decoder %s", in_effect["backbone"] or "eager",
                      in_effect["decoder"] or "eager")

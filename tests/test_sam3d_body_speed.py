@@ -477,3 +477,90 @@ def test_fp8_request_without_a_capable_gpu_logs_and_runs_unchanged(model, scene,
     for a, b in zip(out, ref):
         assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not any(hasattr(m, "w_fp8") for m in model.modules())
+
+
+def _decoder_graphs(model, frames, items, dynamic: bool) -> tuple[int, list]:
+    """(graphs compiled, results) of full-mode runs in batches of 2, 2, 1 and then 3, 2 crops."""
+    torch._dynamo.reset()
+    counter = CountingBackend()
+    model.optimize("", "default", backend=counter, decoder_dynamic=dynamic)
+    try:
+        out = estimate_bodies(model, frames, items, mode="full", batch_size=2)
+        estimate_bodies(model, frames, items, mode="full", batch_size=3)
+    finally:
+        model.optimize()
+    return counter.graphs, out
+
+
+def test_dynamic_decoder_compiles_one_graph_per_layer_kind_for_any_batch(model, scene) -> None:
+    """Batches of 1 to 3 crops, body and hand passes, and the prompt tokens of the full-mode re-run:
+    the dynamic decoder needs one graph per layer kind (first / rest) plus torch's batch-of-1
+    specialisation, where static shapes recompile for each size; both equal eager."""
+    frames, items = scene
+    items = items[:5]
+    ref = estimate_bodies(model, frames, items, mode="full", batch_size=2)
+    dyn, out_dyn = _decoder_graphs(model, frames, items, True)
+    static, out_static = _decoder_graphs(model, frames, items, False)
+    assert dyn <= 4, dyn
+    assert static > dyn, (static, dyn)
+    for r, a, b in zip(ref, out_dyn, out_static):
+        for key in ("body_pose", "hand_pose", "keypoints_3d", "cam_t"):
+            np.testing.assert_allclose(a[key], r[key], atol=1e-5, rtol=1e-5, err_msg=key)
+            np.testing.assert_allclose(b[key], r[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+def test_auto_compile_pays_only_for_large_jobs_or_warm_graphs(model) -> None:
+    from body4d_core.sam3d_body.model import AUTO_COMPILE_MIN_CROPS
+
+    assert model._auto_compile_mode(64, 450, "full") == ""
+    assert model._auto_compile_mode(64, AUTO_COMPILE_MIN_CROPS["full"], "full") == "default"
+    assert model._auto_compile_mode(64, AUTO_COMPILE_MIN_CROPS["full"], "body") == ""
+    assert model._auto_compile_mode(64, AUTO_COMPILE_MIN_CROPS["body"], "body") == "default"
+    assert model._auto_compile_mode(64, None, "body") == "default"  # job size unknown: as before
+    saved = model._compiled_for
+    model._compiled_for = ("default", 64)  # this process already compiled for batch 64: keep it
+    try:
+        assert model._auto_compile_mode(64, 10, "body") == "default"
+        assert model._auto_compile_mode(32, 10, "body") == ""
+    finally:
+        model._compiled_for = saved
+    assert model.compile_for("auto", 64, crops=10**6) is None  # CPU: eager whatever the job
+    assert not model.backbone.encoder.compiled
+
+
+CROP_CHECK = r"""
+import numpy as np, torch
+from body4d_core.sam3d_body import BodyItem, crop as C
+from body4d_core.sam3d_body.crop_triton import crop_rgb
+from body4d_core.sam3d_body.infer import _crop_images
+rng = np.random.default_rng(0)
+frames = torch.from_numpy(rng.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8))
+replacement = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+boxes = [[5, 4, 30, 33], [-10, -5, 20, 12], [40, 20, 70, 50], [1, 1, 2, 2], [3, 3, 40, 30]]
+items = [BodyItem(f, i + 1, b, None) for i, (f, b) in enumerate(zip([0, 1, 1, 2, 0], boxes))]
+items[4].image = replacement  # an occluded person's completed frame replaces frame 0 for this crop
+worst = 0.0
+for flip in (False, True):
+    centre, side = C.crop_boxes(torch.tensor(boxes, dtype=torch.float64), 1.25)
+    a = C.affine_matrices(centre, side, 16)
+    grid = C.sample_grid(a, 16, (37, 53), flip=flip)
+    cpu = torch.device("cpu")
+    ref = _crop_images(frames, items, a, grid, flip, cpu, use_triton=False)  # grid_sample per source
+    out = _crop_images(frames, items, a, grid, flip, cpu, use_triton=True)  # one kernel launch
+    assert out.shape == ref.shape == (5, 3, 16, 16)
+    worst = max(worst, float((out - ref).abs().max()))
+    # float sources are read as they are (ComfyUI IMAGE batches), uint8 ones scaled by 1/255
+    coef = torch.stack([a[:, 0, 0], a[:, 0, 2], a[:, 1, 1], a[:, 1, 2]], 1).float()
+    out_f = crop_rgb(frames.float().div(255), torch.tensor([0, 1, 1, 2]), coef[:4], 16, flip=flip, block=128)
+    worst = max(worst, float((out_f - ref[:4]).abs().max()))
+assert float(ref[4].abs().sum()) > 0 and not torch.equal(ref[4], ref[0])  # the replacement was used
+assert float(out[1, :, 0, 0].abs().max()) == 0.0  # outside the frame: zeros, as grid_sample
+print("worst", worst)
+assert worst < 1e-4, worst
+"""
+
+
+def test_triton_crop_kernel_matches_grid_sample_in_the_interpreter() -> None:
+    """The crop kernel (Triton's CPU interpreter) against grid_sample per source: frames and a replacement
+    image, crops partly outside the frame, mirrored (hand) crops, uint8 and float sources."""
+    assert "worst" in run_interpreted(CROP_CHECK)

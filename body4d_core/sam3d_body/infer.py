@@ -185,6 +185,59 @@ def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarr
     return C.warp(src[:, None].float(), g), upload(torch.from_numpy(score), dev)
 
 
+TRITON_CROPS = True  # CUDA: crops by crop_triton's kernel where it can run (False: grid_sample; bench A/B)
+
+
+def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: torch.Tensor, size: int, flip: bool,
+                  dev: torch.device) -> torch.Tensor | None:
+    """All crops of a batch in one kernel launch on one upload of its frames; None where it cannot run
+    (no triton, sources of mixed dtypes), and the caller warps with grid_sample instead."""
+    if len({t.dtype for t in sources.values()}) != 1:
+        return None
+    try:
+        from .crop_triton import crop_rgb
+    except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
+        log.debug("crops by grid_sample: the crop kernel needs triton (%s)", err)
+        return None
+
+    srcs = list(sources.values())
+    if all(t.device == dev for t in srcs):
+        stack = torch.stack(srcs).contiguous()
+    else:
+        buf = torch.empty((len(srcs),) + tuple(srcs[0].shape), dtype=srcs[0].dtype, pin_memory=True)
+        for j, t in enumerate(srcs):
+            buf[j].copy_(t)
+        stack = buf.to(dev, non_blocking=True)
+    pos = {key: j for j, key in enumerate(sources)}
+    index = upload(torch.tensor([pos[k] for k in keys], dtype=torch.int32), dev)
+    coef = torch.stack([affine[:, 0, 0], affine[:, 0, 2], affine[:, 1, 1], affine[:, 1, 2]], 1).float()
+    scale = 1.0 if stack.is_floating_point() else 1.0 / 255.0
+    return crop_rgb(stack, index, coef, size, flip=flip, value_scale=scale)
+
+
+def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.Tensor, grid: torch.Tensor,
+                 flip: bool, dev: torch.device, use_triton: bool) -> torch.Tensor:
+    """[N, 3, S, S] float 0..1 crops of each item's frame (or replacement image): one kernel launch
+    (``_triton_crops``) where ``use_triton`` and it can run, else one grid_sample per source."""
+    h, w, size = int(frames.shape[1]), int(frames.shape[2]), int(grid.shape[1])
+    keys = [("img", i) if it.image is not None else int(it.frame) for i, it in enumerate(items)]
+    sources = {}
+    for key in dict.fromkeys(keys):
+        if isinstance(key, tuple):
+            src = items[key[1]].get_image()
+            _check_size(items[key[1]], "replacement image", src, (h, w, 3))
+        else:
+            src = frames[key, ..., :3]
+        sources[key] = torch.as_tensor(src)
+    img = _triton_crops(sources, keys, affine, size, flip, dev) if use_triton else None
+    if img is None:
+        img = torch.zeros(len(items), 3, size, size, device=dev)
+        for key, src in sources.items():
+            idx = [i for i, k in enumerate(keys) if k == key]
+            img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
+    return img
+
+
 def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
                 boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True) -> CropBatch:
     """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch.
@@ -200,17 +253,7 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     affine = C.affine_matrices(centre, side, s)
     grid = C.sample_grid(affine, s, (h, w), flip=flip)
     n = len(items)
-    img = torch.zeros(n, 3, s, s, device=dev)
-    groups: dict[Any, list[int]] = {}
-    for i, it in enumerate(items):
-        groups.setdefault(("img", i) if it.image is not None else int(it.frame), []).append(i)
-    for key, idx in groups.items():
-        if isinstance(key, tuple):
-            src = items[idx[0]].get_image()
-            _check_size(items[idx[0]], "replacement image", src, (h, w, 3))
-        else:
-            src = frames[key, ..., :3]
-        img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
+    img = _crop_images(frames, items, affine, grid, flip, dev, TRITON_CROPS and dev.type == "cuda")
     if use_masks:
         mask, score = _warp_masks(items, grid, _mask_windows(items, padding, s, (h, w), flip), (h, w))
     else:

@@ -7,6 +7,7 @@ and is not part of the checked state dict.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,13 @@ from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
 from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder, run_layer
 from .vit import DinoV3ViT, compile_call
 
+log = logging.getLogger(__name__)
+
 PELVIS = (9, 10)  # MHR70 left/right hip
+# compile='auto': person crops from which torch.compile wins back its own time within one call.
+# H200, first-ever compile (bench/bench_body_coldstart.py, 450 crops of 720p): full mode costs ~21 s
+# to compile and saves ~5.1 ms a crop, body mode ~20 s and ~1.6 ms a crop.
+AUTO_COMPILE_MIN_CROPS = {"body": 12000, "full": 4000}
 
 
 @dataclass
@@ -110,37 +117,58 @@ class Sam3dBody(nn.Module):
     # ------------------------------------------------------------------ speed options
 
     def optimize(self, compile_backbone: str = "", compile_decoder: str = "", bucket: int = 0,
-                 backend: str = "inductor", sdpa: str = "") -> dict[str, str]:
+                 backend: str = "inductor", sdpa: str = "", decoder_dynamic: bool = True) -> dict[str, str]:
         """torch.compile the ViT blocks and/or decoder layers (mode names, '' = eager); logs, never fails.
 
         bucket: the backbone then runs fixed-size padded chunks (no recompiles for a partial batch).
         sdpa: attention kernel baked into the compiled backbone ('' = torch's choice; see vit.SDPA_BACKENDS).
+        decoder_dynamic: the compiled decoder layers take any batch size in one graph (default); False =
+        one static graph per batch size (body, hand and partial batches each recompile).
         Returns what is in effect: {'backbone': mode or '', 'decoder': mode or ''}.
         """
         # what compile_for compares against (a mixed or non-default request never matches it)
-        same = compile_backbone == compile_decoder and backend == "inductor" and not sdpa
+        same = compile_backbone == compile_decoder and backend == "inductor" and not sdpa and decoder_dynamic
         self._compiled_for = (compile_backbone, int(bucket) if compile_backbone else 0) if same else ("custom", -1)
         enc = self.backbone.encoder
         enc.uncompile()
         if compile_backbone:
             enc.compile_blocks(compile_backbone, backend, bucket, sdpa)
         fn = compile_call(run_layer, self.init_pose.weight.device, compile_decoder, backend,
-                          "decoder stays eager") if compile_decoder else None
-        self.decoder.layer_fn = self.decoder_hand.layer_fn = fn or run_layer
+                          "decoder stays eager", dynamic=None if decoder_dynamic else False) \
+            if compile_decoder else None
+        for dec in (self.decoder, self.decoder_hand):
+            dec.layer_fn, dec.dynamic_sizes = fn or run_layer, fn is not None and decoder_dynamic
         dec_mode = compile_decoder if fn is not None else ""
         return {"backbone": enc.compiled.split(":")[-1] if enc.compiled else "", "decoder": dec_mode}
 
-    def compile_for(self, mode: str, batch_size: int) -> dict[str, str] | None:
+    def compile_for(self, mode: str, batch_size: int, crops: int | None = None,
+                    body_mode: str = "body") -> dict[str, str] | None:
         """Compile backbone blocks and (fp32) decoder layers for batches of ``batch_size`` on CUDA.
 
-        ``mode`` '' (or a model off CUDA) = eager. A no-op when the same (mode, batch size) is
-        already in effect, so callers may ask on every run; returns what changed, else None.
+        ``mode`` '' (or a model off CUDA) = eager; 'auto' = compile only where it pays: the job
+        (``crops`` person crops in ``body_mode``) is large enough to win back the compile time
+        (``AUTO_COMPILE_MIN_CROPS``), or this model is already compiled for this batch size; else
+        eager. A no-op when the same (mode, batch size) is already in effect, so callers may ask on
+        every run; returns what changed, else None.
         """
         on_cuda = self.init_pose.weight.device.type == "cuda"
+        if mode == "auto":
+            mode = self._auto_compile_mode(int(batch_size), crops, body_mode) if on_cuda else ""
         want = (mode, int(batch_size)) if mode and on_cuda else ("", 0)
         if self._compiled_for == want:
             return None
         return self.optimize(want[0], want[0], bucket=want[1])
+
+    def _auto_compile_mode(self, batch_size: int, crops: int | None, body_mode: str) -> str:
+        """'default' where compiling pays for this job (see ``compile_for``), else ''."""
+        if self._compiled_for == ("default", batch_size):
+            return "default"
+        need = AUTO_COMPILE_MIN_CROPS.get(body_mode, AUTO_COMPILE_MIN_CROPS["body"])
+        if crops is None or crops >= need:
+            return "default"
+        log.info("SAM 3D Body: %d crops in %s mode run eager (compiling pays from ~%d crops; compile=always "
+                 "forces it)", crops, body_mode, need)
+        return ""
 
     # ------------------------------------------------------------------ encoding
 

@@ -167,14 +167,18 @@ def compile_available(device: torch.device) -> str:
 
 
 def compile_call(fn: Callable[..., torch.Tensor], device: torch.device, mode: str, backend: str,
-                 what: str) -> Callable[..., torch.Tensor] | None:
-    """torch.compile(fn) (static shapes, ``mode`` under inductor), or None with a log line where it cannot run."""
+                 what: str, dynamic: bool | None = False) -> Callable[..., torch.Tensor] | None:
+    """torch.compile(fn) (``mode`` under inductor), or None with a log line where it cannot run.
+
+    dynamic: False = static shapes (one graph per shape); None = torch's automatic dynamic shapes,
+    which also honours ``torch._dynamo.maybe_mark_dynamic`` on the inputs.
+    """
     why = compile_available(device) if backend == "inductor" else ""
     if why:
         log.warning("%s: %s", what, why)
         return None
     kw = {} if mode == "default" or backend != "inductor" else {"mode": mode}
-    return torch.compile(fn, dynamic=False, backend=backend, **kw)
+    return torch.compile(fn, dynamic=dynamic, backend=backend, **kw)
 
 
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
