@@ -47,8 +47,8 @@ class LoadSAM3DBody(io.ComfyNode):
                                tooltip="torch.compile the backbone's ViT blocks and the decoder layers on a CUDA GPU "
                                        "(equal up to floating-point rounding; ~1.2-1.3x faster per crop once "
                                        "compiled, compiled once per process). auto: only where it pays: jobs of at "
-                                       "least 12000 crops in body mode or 4000 in full mode (a first compile costs "
-                                       "~20 s on an H200), or once this process has compiled for this batch size; "
+                                       "least 15000 crops in body mode or 4000 in full mode (a first compile costs "
+                                       "~18-28 s on an H200), or once this process has compiled for this batch size; "
                                        "eager otherwise or without Triton. always: compile for every job. max-autotune: always, slower "
                                        "to compile, sometimes faster. off: eager."),
             ],

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 PELVIS = (9, 10)  # MHR70 left/right hip
 # compile='auto': person crops from which torch.compile wins back its own time within one call.
-# H200, first-ever compile (bench/bench_body_coldstart.py, 450 crops of 720p): full mode costs ~21 s
-# to compile and saves ~5.1 ms a crop, body mode ~20 s and ~1.6 ms a crop.
-AUTO_COMPILE_MIN_CROPS = {"body": 12000, "full": 4000}
+# H200, first-ever compile (bench/bench_body_coldstart.py, 450 crops of 720p): full mode costs ~18 s
+# more than an eager first call and then saves ~5.1 ms a crop (break-even ~3600 crops); body mode
+# saves ~1.6 ms a crop against a compile of 18 s (full mode's) to 28 s (measured with static decoder
+# shapes): break-even 11000-18000 crops.
+AUTO_COMPILE_MIN_CROPS = {"body": 15000, "full": 4000}
 
 
 @dataclass
