@@ -151,7 +151,7 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
                  ids: Iterable[int] | None = None) -> Path:
     """One mesh per person per present frame: <out_dir>/person_<id>/<frame:08d>.<fmt>.
 
-    ``ids``: only these object ids (the pipeline writes each person on its own thread).
+    ``ids``: only these object ids.
     """
     import trimesh
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
 HooksFactory = Callable[[str], Hooks]
-WRITE_WORKERS = max(2, min(6, (os.cpu_count() or 2) // 2))  # background writers (zlib, x264, I/O free the GIL)
+WRITE_WORKERS = 2  # background writer threads (zlib, x264 and file I/O release the GIL)
 VIDEO_PRESET = "veryfast"  # x264 preset of the pipeline's videos: ~2.3x faster than "medium", same crf quality
 
 
@@ -329,21 +328,25 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
                        out: Path, summary: RunSummary, hooks: Hooks, writes: BackgroundWrites | None = None) -> None:
-    """Render the overlay video; params, meshes and GLBs are written meanwhile (they need only the bodies)."""
+    """Render the overlay video while params, meshes and GLBs are written (they need only the bodies)."""
     from . import export, render
+
+    def exports() -> None:
+        writes.submit("params", out / "params.npz", export.save_params, bodies, out / "params.npz", camera)
+        if opts.write_meshes:
+            writes.submit("meshes", out / "meshes", export.write_meshes, bodies, out / "meshes")
+        if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
+            writes.submit("glb", out / "glb", lambda: export.write_glb(bodies, out / "glb", fps=clip.fps))
 
     own = writes is None
     writes = writes or BackgroundWrites(summary)
+    on_gpu = torch.cuda.is_available()  # render_bodies' device; a CPU render would share its cores with the exports
     try:
-        writes.submit("params", out / "params.npz", export.save_params, bodies, out / "params.npz", camera)
-        for oid in bodies.obj_ids.tolist():  # one job per person: they run side by side
-            if opts.write_meshes:
-                writes.submit("meshes", out / "meshes", export.write_meshes, bodies, out / "meshes", "ply",
-                              NULL_HOOKS, [oid])
-            if opts.write_glb and bodies.present[bodies.index_of(oid)].any():
-                writes.submit("glb", out / "glb", lambda o=oid: export.write_glb(bodies, out / "glb", fps=clip.fps,
-                                                                                 ids=[o]))
+        if on_gpu:
+            exports()
         rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=hooks)
+        if not on_gpu:
+            exports()
         images = rendered[0] if isinstance(rendered, tuple) else rendered
         path = out / "render_4d.mp4"
         summary.files["render"] = export.write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)

@@ -256,3 +256,29 @@ def test_run_pipeline_stage_error_wins_and_writes_finish(tmp_path: Path, monkeyp
     with pytest.raises(InputError, match="the amodal stage failed"):
         pl.run_pipeline("clip.mp4", tmp_path / "out")
     assert (tmp_path / "out" / "clip.txt").read_text() == "done"  # joined before the error left run_pipeline
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_render_stage_exports_overlap_a_gpu_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu: bool) -> None:
+    from body4d_core import render
+
+    b = _mesh_bodies(t=4)
+    frames = np.zeros((4, 64, 80, 3), np.uint8)
+    clip = pl.Clip(10.0, 4, (64, 80))
+    summary = pl.RunSummary(tmp_path)
+    seen: dict[str, bool] = {}
+
+    def fake_render(frames_, bodies, camera, mode, hooks):  # noqa: ANN001 - stands in for the GPU render
+        seen["submitted_before_render"] = "glb" in summary.files
+        return frames_ + 1, np.zeros(frames_.shape[:3], np.float32)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(render, "render_bodies", fake_render)
+    pl._render_and_export(frames, clip, b, Camera.default((64, 80), 4), pl.PipelineOptions(), tmp_path, summary,
+                          pl.NULL_HOOKS)
+    assert seen["submitted_before_render"] is gpu  # on a CPU render the exports wait for the cores
+    assert set(summary.files) == {"params", "meshes", "glb", "render"}
+    assert Bodies.load_npz(summary.files["params"]).num_frames == 4
+    assert len(list((tmp_path / "meshes" / "person_2").glob("*.ply"))) == 4
+    assert sorted(p.name for p in (tmp_path / "glb").iterdir()) == ["body4d_person_1.glb", "body4d_person_2.glb"]
+    assert summary.files["render"].stat().st_size > 0
