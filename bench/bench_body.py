@@ -205,8 +205,8 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
 
 
 def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: int = 5) -> str:
-    """One batch's body crops built by the Triton crop kernel and by grid_sample: ms (synchronised wall,
-    host work included) and the largest pixel difference (0..1 scale)."""
+    """One batch's body crops (images and masks) built by the Triton crop kernel and by grid_sample: ms
+    (synchronised wall, host work included) and the largest pixel difference (0..1 scale)."""
     from body4d_core.sam3d_body import infer
 
     dev = next(model.parameters()).device
@@ -217,7 +217,7 @@ def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: 
     try:
         for on in (True, False):
             infer.TRITON_CROPS = on
-            imgs[on] = body_crops(model, ft, items, K).img  # warm-up (kernel compile)
+            imgs[on] = body_crops(model, ft, items, K)  # warm-up (kernel compile)
             sync()
             t0 = time.perf_counter()
             for _ in range(reps):
@@ -226,9 +226,10 @@ def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: 
             ms[on] = (time.perf_counter() - t0) * 1000 / reps
     finally:
         infer.TRITON_CROPS = saved
-    diff = float((imgs[True] - imgs[False]).abs().max())
+    diff = float((imgs[True].img - imgs[False].img).abs().max())
+    mdiff = float((imgs[True].mask - imgs[False].mask).abs().max())
     return (f"# crops of {len(items)} ({dev.type}): Triton kernel {ms[True]:.1f} ms, grid_sample {ms[False]:.1f} ms "
-            f"per batch; max abs difference {diff:.1e}")
+            f"per batch (images and masks); max abs difference images {diff:.1e}, masks {mdiff:.1e}")
 
 
 class Rows(list):

@@ -532,7 +532,7 @@ CROP_CHECK = r"""
 import numpy as np, torch
 from body4d_core.sam3d_body import BodyItem, crop as C
 from body4d_core.sam3d_body.crop_triton import crop_rgb
-from body4d_core.sam3d_body.infer import _crop_images
+from body4d_core.sam3d_body.infer import _crop_images, _mask_windows, _warp_masks
 rng = np.random.default_rng(0)
 frames = torch.from_numpy(rng.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8))
 replacement = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -550,9 +550,23 @@ for flip in (False, True):
     assert out.shape == ref.shape == (5, 3, 16, 16)
     worst = max(worst, float((out - ref).abs().max()))
     # float sources are read as they are (ComfyUI IMAGE batches), uint8 ones scaled by 1/255
-    coef = torch.stack([a[:, 0, 0], a[:, 0, 2], a[:, 1, 1], a[:, 1, 2]], 1).float()
+    coef = C.scale_shift(a)
     out_f = crop_rgb(frames.float().div(255), torch.tensor([0, 1, 1, 2]), coef[:4], 16, flip=flip, block=128)
     worst = max(worst, float((out_f - ref[:4]).abs().max()))
+    # masks: the kernel on the packed windows equals grid_sample of each whole mask
+    masks = [np.zeros((37, 53), bool) for _ in boxes]
+    masks[0][5:30, 6:28] = True
+    masks[2][:, 45:] = True
+    masks[4] = np.linspace(0, 1, 37 * 53, dtype=np.float32).reshape(37, 53)  # a soft mask: float windows
+    mitems = [BodyItem(it.frame, it.obj_id, it.box, m) for it, m in zip(items, masks)]
+    for sub in (mitems[:4], mitems):  # uint8 windows, then float ones
+        k = len(sub)
+        windows = _mask_windows(sub, 1.25, 16, (37, 53), flip)
+        got, score = _warp_masks(sub, grid[:k], windows, (37, 53), a[:k], flip, use_triton=True)
+        assert got.shape == (k, 1, 16, 16) and bool((score == 1).all())
+        for i, m in enumerate(masks[:k]):
+            want = C.warp(torch.as_tensor(m).float()[None, None], grid[i:i + 1])[0]
+            worst = max(worst, float((got[i] - want).abs().max()))
 assert float(ref[4].abs().sum()) > 0 and not torch.equal(ref[4], ref[0])  # the replacement was used
 assert float(out[1, :, 0, 0].abs().max()) == 0.0  # outside the frame: zeros, as grid_sample
 print("worst", worst)
@@ -562,5 +576,6 @@ assert worst < 1e-4, worst
 
 def test_triton_crop_kernel_matches_grid_sample_in_the_interpreter() -> None:
     """The crop kernel (Triton's CPU interpreter) against grid_sample per source: frames and a replacement
-    image, crops partly outside the frame, mirrored (hand) crops, uint8 and float sources."""
+    image, crops partly outside the frame, mirrored (hand) crops, uint8 and float sources, and the
+    masks sampled from their packed windows (bool and soft) against grid_sample of the whole mask."""
     assert "worst" in run_interpreted(CROP_CHECK)

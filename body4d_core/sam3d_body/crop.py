@@ -32,6 +32,11 @@ def affine_matrices(centre: torch.Tensor, side: torch.Tensor, out: int) -> torch
     return a
 
 
+def scale_shift(affine: torch.Tensor) -> torch.Tensor:
+    """[N, 4] float32 (sx, tx, sy, ty) of axis-aligned ``affine_matrices``: crop x = sx * x + tx (the crop kernel's input)."""
+    return torch.stack([affine[:, 0, 0], affine[:, 0, 2], affine[:, 1, 1], affine[:, 1, 2]], 1).float()
+
+
 def sample_grid(affine: torch.Tensor, out: int, hw: tuple[int, int], flip: bool = False) -> torch.Tensor:
     """grid_sample grid [N, out, out, 2] realising ``affine`` on an H x W source (optionally x-flipped)."""
     h, w = hw

@@ -17,52 +17,49 @@ import triton.language as tl
 
 
 @triton.jit
-def _tap(src_ptr, base, x, y, w, h, wt, acc0, acc1, acc2):
-    """Add one bilinear neighbour (x, y) of weight ``wt`` to the three channel sums (0 outside)."""
-    ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    off = base + (tl.where(ok, y, 0).to(tl.int64) * w + tl.where(ok, x, 0)) * 3
-    acc0 += wt * tl.load(src_ptr + off, mask=ok, other=0).to(tl.float32)
-    acc1 += wt * tl.load(src_ptr + off + 1, mask=ok, other=0).to(tl.float32)
-    acc2 += wt * tl.load(src_ptr + off + 2, mask=ok, other=0).to(tl.float32)
-    return acc0, acc1, acc2
+def _crop_kernel(src_ptr, index_ptr, coef_ptr, out_ptr, h, w, frame_w, size, value_scale,
+                 CH: tl.constexpr, FLIP: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (n, block): BLOCK output pixels of crop n.
 
-
-@triton.jit
-def _crop_kernel(src_ptr, index_ptr, coef_ptr, out_ptr, h, w, size, value_scale,
-                 FLIP: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (n, block): BLOCK output pixels of crop n; x = (col - tx) / sx, y = (row - ty) / sy."""
+    Frame position x = (col - tx) / sx (mirrored as (frame_w - 1) - x), y = (row - ty) / sy; the
+    source holds the frame from (ox, oy) on (a window of it, or the whole frame with 0, 0). The four
+    bilinear neighbours count as 0 outside the source.
+    """
     n = tl.program_id(0)
     pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     live = pix < size * size
     row = pix // size
     col = pix - row * size
-    sx = tl.load(coef_ptr + n * 4)
-    tx = tl.load(coef_ptr + n * 4 + 1)
-    sy = tl.load(coef_ptr + n * 4 + 2)
-    ty = tl.load(coef_ptr + n * 4 + 3)
-    x = (col.to(tl.float32) - tx) / sx
-    y = (row.to(tl.float32) - ty) / sy
+    cp = coef_ptr + n * 6
+    x = (col.to(tl.float32) - tl.load(cp + 1)) / tl.load(cp)
+    y = (row.to(tl.float32) - tl.load(cp + 3)) / tl.load(cp + 2)
     if FLIP:
-        x = (w - 1).to(tl.float32) - x
+        x = (frame_w - 1).to(tl.float32) - x
+    x = x - tl.load(cp + 4)
+    y = y - tl.load(cp + 5)
     xf = tl.floor(x)
     yf = tl.floor(y)
     fx = x - xf
     fy = y - yf
     x0 = xf.to(tl.int32)
     y0 = yf.to(tl.int32)
-    base = tl.load(index_ptr + n).to(tl.int64) * h * w * 3
-    a0 = tl.zeros([BLOCK], tl.float32)
-    a1 = tl.zeros([BLOCK], tl.float32)
-    a2 = tl.zeros([BLOCK], tl.float32)
-    a0, a1, a2 = _tap(src_ptr, base, x0, y0, w, h, (1 - fx) * (1 - fy), a0, a1, a2)
-    a0, a1, a2 = _tap(src_ptr, base, x0 + 1, y0, w, h, fx * (1 - fy), a0, a1, a2)
-    a0, a1, a2 = _tap(src_ptr, base, x0, y0 + 1, w, h, (1 - fx) * fy, a0, a1, a2)
-    a0, a1, a2 = _tap(src_ptr, base, x0 + 1, y0 + 1, w, h, fx * fy, a0, a1, a2)
+    okx0 = (x0 >= 0) & (x0 < w)
+    okx1 = (x0 + 1 >= 0) & (x0 + 1 < w)
+    oky0 = (y0 >= 0) & (y0 < h)
+    oky1 = (y0 + 1 >= 0) & (y0 + 1 < h)
+    base = tl.load(index_ptr + n).to(tl.int64) * h * w * CH
+    r0 = base + tl.where(oky0, y0, 0).to(tl.int64) * w * CH
+    r1 = base + tl.where(oky1, y0 + 1, 0).to(tl.int64) * w * CH
+    c0 = tl.where(okx0, x0, 0) * CH
+    c1 = tl.where(okx1, x0 + 1, 0) * CH
     plane = size * size
-    out = out_ptr + n.to(tl.int64) * 3 * plane + pix
-    tl.store(out, a0 * value_scale, mask=live)
-    tl.store(out + plane, a1 * value_scale, mask=live)
-    tl.store(out + 2 * plane, a2 * value_scale, mask=live)
+    out = out_ptr + n.to(tl.int64) * CH * plane + pix
+    for c in tl.static_range(CH):
+        v = (1 - fx) * (1 - fy) * tl.load(src_ptr + r0 + c0 + c, mask=live & okx0 & oky0, other=0).to(tl.float32)
+        v += fx * (1 - fy) * tl.load(src_ptr + r0 + c1 + c, mask=live & okx1 & oky0, other=0).to(tl.float32)
+        v += (1 - fx) * fy * tl.load(src_ptr + r1 + c0 + c, mask=live & okx0 & oky1, other=0).to(tl.float32)
+        v += fx * fy * tl.load(src_ptr + r1 + c1 + c, mask=live & okx1 & oky1, other=0).to(tl.float32)
+        tl.store(out + c * plane, v * value_scale, mask=live)
 
 
 def crop_rgb(sources: torch.Tensor, index: torch.Tensor, coef: torch.Tensor, size: int, flip: bool = False,
@@ -74,11 +71,37 @@ def crop_rgb(sources: torch.Tensor, index: torch.Tensor, coef: torch.Tensor, siz
     """
     if sources.ndim != 4 or sources.shape[-1] != 3 or not sources.is_contiguous():
         raise ValueError(f"sources must be a contiguous [F, H, W, 3] tensor, got {tuple(sources.shape)}")
+    return _launch(sources, index, _with_origin(coef, None), size, int(sources.shape[2]), flip, value_scale, 3,
+                   block)
+
+
+def crop_windows(windows: torch.Tensor, origin: torch.Tensor, coef: torch.Tensor, size: int, frame_w: int,
+                 flip: bool = False, block: int = 512) -> torch.Tensor:
+    """[N, 1, size, size] float32 crops of per-crop single-channel windows [N, h, w] (e.g. masks).
+
+    Window i holds the frame from origin[i] = (x0, y0) on, zero padded past its content; coef as
+    ``crop_rgb``; frame_w is the full frame's width (for mirrored crops). Values are read as they are.
+    """
+    if windows.ndim != 3 or not windows.is_contiguous():
+        raise ValueError(f"windows must be a contiguous [N, h, w] tensor, got {tuple(windows.shape)}")
+    index = torch.arange(windows.shape[0], device=windows.device, dtype=torch.int32)
+    return _launch(windows, index, _with_origin(coef, origin), size, frame_w, flip, 1.0, 1, block)
+
+
+def _with_origin(coef: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
+    """[N, 6] float32 (sx, tx, sy, ty, ox, oy)."""
+    coef = coef.to(torch.float32)
+    origin = torch.zeros_like(coef[:, :2]) if origin is None else origin.to(coef)
+    return torch.cat([coef, origin], 1).contiguous()
+
+
+def _launch(src: torch.Tensor, index: torch.Tensor, coef6: torch.Tensor, size: int, frame_w: int, flip: bool,
+            value_scale: float, ch: int, block: int) -> torch.Tensor:
     n = int(index.shape[0])
-    out = torch.empty(n, 3, size, size, dtype=torch.float32, device=sources.device)
+    out = torch.empty(n, ch, size, size, dtype=torch.float32, device=src.device)
     if n:
-        h, w = int(sources.shape[1]), int(sources.shape[2])
+        h, w = int(src.shape[1]), int(src.shape[2])
         grid = (n, triton.cdiv(size * size, block))
-        _crop_kernel[grid](sources, index.to(torch.int32).contiguous(), coef.to(torch.float32).contiguous(), out,
-                           h, w, size, float(value_scale), FLIP=bool(flip), BLOCK=block)
+        _crop_kernel[grid](src, index.to(torch.int32).contiguous(), coef6, out, h, w, int(frame_w), size,
+                           float(value_scale), CH=ch, FLIP=bool(flip), BLOCK=block)
     return out

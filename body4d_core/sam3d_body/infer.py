@@ -150,13 +150,15 @@ def _mask_windows(items: Sequence[BodyItem], padding: float, size: int, hw: tupl
     return np.stack([x0, x1, y0, y1], 1).astype(np.int64)
 
 
-def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarray,
-                hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarray, hw: tuple[int, int],
+                affine: torch.Tensor | None = None, flip: bool = False,
+                use_triton: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(masks [N, 1, S, S], scores [N]) warped from each item's mask window; one upload, one warp.
 
     The windows (``_mask_windows``) hold every bilinear neighbour the grid samples, so this equals
     warping the whole frame; they are packed (zero padded) into one host buffer, so a batch costs a
-    single pinned copy and a single grid_sample with no device->host sync.
+    single pinned copy and a single grid_sample with no device->host sync. use_triton (with the
+    crops' ``affine`` and ``flip``): the crop kernel samples the windows instead of grid_sample.
     """
     h, w = hw
     n, dev = len(items), grid.device
@@ -177,12 +179,21 @@ def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarr
         x0, x1, y0, y1 = (int(v) for v in windows[i])
         view[i, :y1 - y0 + 1, :x1 - x0 + 1] = np.asarray(m)[y0:y1 + 1, x0:x1 + 1]
         score[i] = 1.0
-    lo = upload(torch.from_numpy(windows[:, [0, 2]].astype(np.float32)), dev).to(grid.dtype)  # [N, 2] (x0, y0)
+    lo = upload(torch.from_numpy(windows[:, [0, 2]].astype(np.float32)), dev)  # [N, 2] (x0, y0)
+    src = buf.to(dev, non_blocking=True) if dev.type == "cuda" else buf
+    scores = upload(torch.from_numpy(score), dev)
+    if use_triton and affine is not None:
+        try:
+            from .crop_triton import crop_windows
+        except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
+            log.debug("masks by grid_sample: the crop kernel needs triton (%s)", err)
+        else:
+            return crop_windows(src, lo, C.scale_shift(affine), int(grid.shape[1]), w, flip=flip), scores
+    lo = lo.to(grid.dtype)
     px = (grid[..., 0] + 1) * (w - 1) / 2 - lo[:, 0, None, None]
     py = (grid[..., 1] + 1) * (h - 1) / 2 - lo[:, 1, None, None]
     g = torch.stack([2 * px / (wm - 1) - 1, 2 * py / (hm - 1) - 1], -1)
-    src = buf.to(dev, non_blocking=True) if dev.type == "cuda" else buf
-    return C.warp(src[:, None].float(), g), upload(torch.from_numpy(score), dev)
+    return C.warp(src[:, None].float(), g), scores
 
 
 TRITON_CROPS = True  # CUDA: crops by crop_triton's kernel where it can run (False: grid_sample; bench A/B)
@@ -210,9 +221,8 @@ def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: tor
         stack = buf.to(dev, non_blocking=True)
     pos = {key: j for j, key in enumerate(sources)}
     index = upload(torch.tensor([pos[k] for k in keys], dtype=torch.int32), dev)
-    coef = torch.stack([affine[:, 0, 0], affine[:, 0, 2], affine[:, 1, 1], affine[:, 1, 2]], 1).float()
     scale = 1.0 if stack.is_floating_point() else 1.0 / 255.0
-    return crop_rgb(stack, index, coef, size, flip=flip, value_scale=scale)
+    return crop_rgb(stack, index, C.scale_shift(affine), size, flip=flip, value_scale=scale)
 
 
 def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.Tensor, grid: torch.Tensor,
@@ -255,7 +265,8 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     n = len(items)
     img = _crop_images(frames, items, affine, grid, flip, dev, TRITON_CROPS and dev.type == "cuda")
     if use_masks:
-        mask, score = _warp_masks(items, grid, _mask_windows(items, padding, s, (h, w), flip), (h, w))
+        mask, score = _warp_masks(items, grid, _mask_windows(items, padding, s, (h, w), flip), (h, w), affine, flip,
+                                  TRITON_CROPS and dev.type == "cuda")
     else:
         mask, score = torch.zeros(n, 1, s, s, device=dev), torch.zeros(n, device=dev)
     k = upload(K[[int(it.frame) for it in items]], dev)
