@@ -462,8 +462,9 @@ def main() -> None:
     ap.add_argument("--full-variants", default="eager,cbb,cdec-ovl", help="variants also timed in full mode")
     ap.add_argument("--official-frames", type=int, default=4, help="frames (x --people crops) the official code runs")
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test)")
-    ap.add_argument("--crops-ab", action="store_true",
-                    help="also time one batch's crops both ways and rerun the body-mode variants with grid_sample crops")
+    ap.add_argument("--crops-ab", nargs="?", const="all", default="",
+                    help="also time one batch's crops both ways and rerun these body-mode variants (comma list; "
+                         "no value: all of --variants) with grid_sample crops")
     ap.add_argument("--backend", default="", help="torch.compile backend (default inductor on CUDA, eager on CPU)")
     ap.add_argument("--official", default="", help="checkout of facebookresearch/sam-3d-body")
     ap.add_argument("--dinov3", default="", help="checkout of facebookresearch/dinov3")
@@ -546,7 +547,7 @@ def main() -> None:
 
         infer.TRITON_CROPS = False
         try:
-            for var in variants:
+            for var in variants if args.crops_ab == "all" else [v for v in args.crops_ab.split(",") if v]:
                 dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
                 rate, peak, warm, res = time_ours(model, frames, items, "body", args.batch, dtype, dec_dtype,
                                                   args.reps, pipe)
