@@ -322,8 +322,8 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
     from .export import write_mp4
     from .overlay import overlay_masks
 
-    return write_mp4(path, (overlay_masks(frames[t], tracks.frame_masks(t), tracks.obj_ids) for t in range(len(frames))),
-                     clip.fps, clip.image_size, preset=VIDEO_PRESET)
+    images = (overlay_masks(frames[t], tracks.frame_masks(t), tracks.obj_ids) for t in range(len(frames)))
+    return write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
 
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,

@@ -159,7 +159,8 @@ def test_mp4_preset_and_bad_preset(tmp_path: Path) -> None:
 
 def test_batched_cpu_normals_equal_per_frame() -> None:
     v, f = uv_sphere(rows=20, cols=24)
-    batch = v[None] * torch.tensor([0.3, 0.9, 0.2]) + 0.02 * torch.randn(7, *v.shape, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(7, *v.shape, generator=torch.Generator().manual_seed(0))
+    batch = v[None] * torch.tensor([0.3, 0.9, 0.2]) + 0.02 * noise
     per_frame = torch.stack([vertex_normals(batch[i], f) for i in range(7)])
     assert torch.equal(vertex_normals(batch, f), per_frame)
     assert torch.equal(vertex_normals(batch[None], f)[0], per_frame)  # two leading dims
