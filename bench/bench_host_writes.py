@@ -40,7 +40,7 @@ from body4d_core.data import PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip,
 from body4d_core.prompts import parse_prompts  # noqa: E402
 
 ITEMS = ("clip", "prompts", "tracks", "mask_overlay", "amodal", "camera", "bodies_raw", "bodies",
-         "render_mp4", "params", "meshes", "glb", "render")
+         "render_mp4", "params", "meshes", "glb", "render_stage", "render")
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -98,6 +98,25 @@ def tasks(d: dict, out: Path, args: argparse.Namespace) -> dict[str, Callable[[]
             pl._write_mask_overlay(d["frames"], d["tracks"], d["clip"], path)
         return path
 
+    def render_stage() -> Path:
+        """The render stage as on a GPU host: the render is a stand-in taking --render-s seconds."""
+        import torch
+
+        from body4d_core import render as rd
+
+        def gpu_render(frames, bodies, camera, mode="overlay", hooks=None):  # noqa: ANN001, ARG001
+            time.sleep(args.render_s)
+            return frames, np.zeros(frames.shape[:3], np.float32)
+
+        real_render, real_avail = rd.render_bodies, torch.cuda.is_available
+        rd.render_bodies, torch.cuda.is_available = gpu_render, lambda: True
+        try:
+            pl._render_and_export(d["frames"], d["clip"], d["bodies"], d["camera"], opts, out / "stage", summary,
+                                  pl.NULL_HOOKS)
+        finally:
+            rd.render_bodies, torch.cuda.is_available = real_render, real_avail
+        return out / "stage"
+
     def render() -> Path:
         pl._render_and_export(d["frames"], d["clip"], d["bodies"], d["camera"], opts, out, summary,
                               pl.NULL_HOOKS)
@@ -118,6 +137,7 @@ def tasks(d: dict, out: Path, args: argparse.Namespace) -> dict[str, Callable[[]
         "params": lambda: export.save_params(d["bodies"], out / "params.npz", d["camera"]),
         "meshes": lambda: export.write_meshes(d["bodies"], out / "meshes"),
         "glb": lambda: export.write_glb(d["bodies"], out / "glb", fps=d["clip"].fps),
+        "render_stage": render_stage,
         "render": render,
     }
 
@@ -138,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--completed", type=int, default=None, help="completed amodal person-frames (default 88)")
     ap.add_argument("--verts", type=int, default=None, help="mesh vertices (default 18439 = MHR LOD1)")
     ap.add_argument("--render", action="store_true", help="also time the whole render stage (CPU rasteriser)")
+    ap.add_argument("--render-s", type=float, default=1.0,
+                    help="seconds the stand-in GPU render takes in the render_stage item (default 1.0)")
     ap.add_argument("--only", default="", help="comma-separated items to time (default all but render)")
     ap.add_argument("--profile", default="", help="cProfile this item and print the top functions")
     ap.add_argument("--out", default="", help="keep the files here (default: temporary)")

@@ -283,3 +283,21 @@ def test_render_stage_exports_overlap_a_gpu_render(tmp_path: Path, monkeypatch: 
     assert len(list((tmp_path / "meshes" / "person_2").glob("*.ply"))) == 4
     assert sorted(p.name for p in (tmp_path / "glb").iterdir()) == ["body4d_person_1.glb", "body4d_person_2.glb"]
     assert summary.files["render"].stat().st_size > 0
+
+
+def test_bench_host_writes_tiny_runs_and_prints_every_item(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .media import REPO
+
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_host_writes.py"), "--tiny", "--render-s", "0.2",
+                          "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in res.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")}
+    for item in ("tracks", "mask_overlay", "amodal", "bodies_raw", "params", "meshes", "glb", "render_stage"):
+        assert float(rows[item]) >= 0.0, item
+    assert float(rows["render_stage"]) >= 0.2  # includes the stand-in render
+    assert Tracks.load_npz(tmp_path / "tracks.npz").num_frames == 6
+    assert (tmp_path / "stage" / "render_4d.mp4").stat().st_size > 0
