@@ -407,10 +407,48 @@ def _model_from_state(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
 
 
 def load_moge(search_dirs: Iterable[str | Path] | None = None, explicit: str | Path | None = None,
-              device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load ``Ruicheng/moge-2-vitl-normal`` from the registered ``moge`` folder (MissingWeightsError if absent)."""
+              device: str | torch.device = "cpu", fast: bool = True) -> torch.nn.Module:
+    """Load ``Ruicheng/moge-2-vitl-normal`` from the registered ``moge`` folder (MissingWeightsError if absent).
+
+    ``fast`` (default): the file is memory-mapped, each tensor moved to ``device`` and cast to
+    fp32 there on a few threads, and assigned (same values, same checks and errors as
+    ``load_moge_checkpoint``, which is the previous path: fast=False).
+    """
     model_dir = resolve_model_dir("moge", search_dirs, explicit)
-    return load_moge_checkpoint(model_dir / "model.pt", device)
+    if not fast:
+        return load_moge_checkpoint(model_dir / "model.pt", device)
+    return _load_moge_fast(model_dir / "model.pt", torch.device(device))
+
+
+def _load_moge_fast(path: Path, device: torch.device) -> torch.nn.Module:
+    """load_moge's fast path for an official model.pt (see load_moge)."""
+    from .fastload import move_buffers, params_on_meta, place_all
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy/corrupt files: the previous path reads or reports them
+        return load_moge_checkpoint(path, device)
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        return load_moge_checkpoint(path, device)  # its clear error
+    with _no_weight_init(), params_on_meta():
+        model = build_moge(ckpt["model_config"])
+    state = ckpt["model"]
+    missing_params = sorted(k for k, _ in model.named_parameters() if k not in state)
+    if missing_params:
+        raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture: {len(missing_params)} "
+                                   f"weights missing (e.g. {missing_params[:3]})")
+    own = model.state_dict()
+    bad = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if bad:  # the previous path's message (load_state_dict's size-mismatch error)
+        return load_moge_checkpoint(path, device)
+    move_buffers(model, device)
+    placed = place_all({k: v for k, v in state.items() if k in own}, device, torch.float32)
+    result = model.load_state_dict(placed, strict=False, assign=True)
+    unexpected = [k for k in state if k not in own]
+    if result.missing_keys or unexpected:
+        log.warning("MoGe-2 %s: %d buffers missing, %d unexpected keys ignored", path.name,
+                    len(result.missing_keys), len(unexpected))
+    return model.float().eval()
 
 
 # --------------------------------------------------------------------------- estimation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from .depth import estimate_depth
 
 if TYPE_CHECKING:  # diffusers is imported only when a pipeline is built
     from .job import VideoJob
+    from .pipeline import VASPipeline
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +109,14 @@ DEFAULT_ACCEL = AccelConfig(cross_attn_shortcut=True, ff_rows=1 << 18, skip_unke
 def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: str | torch.device | None = None,
                        dtype: str | torch.dtype | None = None, mask_dir: str | Path | None = None,
                        content_dir: str | Path | None = None, depth_dir: str | Path | None = None,
-                       with_completion: bool = True, place: str | torch.device | None = None) -> AmodalModels:
+                       with_completion: bool = True, place: str | torch.device | None = None,
+                       fast: bool = True) -> AmodalModels:
     """Resolve and load the three models; MissingWeightsError names any missing files and the command.
 
     ``device``/``dtype`` say where and in which precision they will compute; ``place`` puts
     the weights elsewhere first (e.g. the CPU, for ComfyUI's model management to move).
+    ``fast`` (default): UNet, CLIP encoder and depth weights are cast where they will live, into
+    modules built without random init (same values); False: the previous loaders (A/B benches).
     """
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -126,10 +131,81 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
 
     log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
              f" + {cdir}" if cdir else "", ddir, dev, dt)
-    mask = VASPipeline.from_pretrained(mdir, where, dt, wdt).accelerate(DEFAULT_ACCEL)
-    content = VASPipeline.from_pretrained(cdir, where, dt, wdt).accelerate(DEFAULT_ACCEL) if cdir else None
-    model, prep = load_depth_model(ddir, where, dt, wdt)
+    load_vas = _load_vas_fast if fast else VASPipeline.from_pretrained
+    mask = load_vas(mdir, where, dt, wdt).accelerate(DEFAULT_ACCEL)
+    content = load_vas(cdir, where, dt, wdt).accelerate(DEFAULT_ACCEL) if cdir else None
+    model, prep = _load_depth_fast(ddir, where, dt, wdt) if fast else load_depth_model(ddir, where, dt, wdt)
     return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
+
+
+def _load_vas_fast(directory: str | Path, device: torch.device, dtype: torch.dtype,
+                   weight_dtype: torch.dtype) -> "VASPipeline":
+    """VASPipeline.from_pretrained's result (same values) with the UNet and CLIP encoder loaded the fast way.
+
+    Their checkpoint tensors go to ``device`` first and are cast there on a few threads into
+    modules built without random init (body4d_core.fastload); anything not in the expected
+    layout goes through the previous loaders, whose errors are clear.
+    """
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+    from transformers import CLIPVisionModelWithProjection
+
+    from ..errors import MissingWeightsError
+    from ..fastload import load_transformers
+    from .pipeline import CLIP_MEAN, CLIP_STD, VASPipeline, load_vas_unet
+
+    directory = Path(directory)
+    for sub in ("unet", "vae", "image_encoder", "scheduler"):
+        if not (directory / sub).is_dir():
+            raise MissingWeightsError(f"{directory} is not a Diffusion-VAS pipeline folder: no {sub}/ inside")
+    unet = _load_unet_fast(directory / "unet", device, weight_dtype) or load_vas_unet(directory / "unet", weight_dtype)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(directory / "vae", torch_dtype=weight_dtype)
+    enc = load_transformers(CLIPVisionModelWithProjection, directory / "image_encoder", weight_dtype, device) \
+        or CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=weight_dtype)
+    sched = EulerDiscreteScheduler.from_pretrained(directory / "scheduler")
+    mean, std = CLIP_MEAN, CLIP_STD
+    fe = directory / "feature_extractor" / "preprocessor_config.json"
+    if fe.is_file():
+        cfg = json.loads(fe.read_text())
+        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+    return VASPipeline(unet, vae, enc, sched, mean, std, dtype).to(device)
+
+
+def _load_unet_fast(directory: Path, device: torch.device, weight_dtype: torch.dtype) -> torch.nn.Module | None:
+    """load_vas_unet's result (same values) from a safetensors UNet, tensors cast on ``device``; None otherwise."""
+    from ..fastload import assign_state, read_safetensors, state_keys
+    from .pipeline import UNET_WEIGHT_NAMES
+    from .unet import VASUNet
+
+    cfg_path = directory / "config.json"
+    weights = next((directory / n for n in UNET_WEIGHT_NAMES if (directory / n).is_file()), None)
+    if not cfg_path.is_file() or weights is None or weights.suffix != ".safetensors":
+        return None  # load_vas_unet reads other formats or names what is missing
+    try:
+        config = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+        with torch.device("meta"):
+            unet = VASUNet(**config)
+        own = state_keys(unet)
+        state = read_safetensors(weights, lambda k: k, device, weight_dtype)
+        if set(state) != set(own) or any(tuple(v.shape) != own[k] for k, v in state.items()):
+            return None
+        assign_state(unet, state)
+    except Exception:  # noqa: BLE001 - load_vas_unet reports it
+        return None
+    return unet.to(weight_dtype)
+
+
+def _load_depth_fast(directory: str | Path, device: torch.device, dtype: torch.dtype,
+                     weight_dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
+    """load_depth_model's result (same values) with the weights cast on ``device`` (fastload)."""
+    from transformers import DepthAnythingForDepthEstimation
+
+    from ..fastload import load_transformers
+    from .depth import load_depth_model, read_preprocessing
+
+    model = load_transformers(DepthAnythingForDepthEstimation, directory, weight_dtype, device)
+    if model is None:
+        return load_depth_model(directory, device, dtype, weight_dtype)
+    return model.to(device).eval(), read_preprocessing(Path(directory))
 
 
 def describe(models: AmodalModels) -> dict[str, Any]:

@@ -83,6 +83,7 @@ def load_sam3(
     dtype: str | torch.dtype | None = None,
     with_detector: bool = True,
     move: bool = True,
+    fast: bool = True,
 ) -> Sam3Bundle:
     """Load the official transformers-format ``facebook/sam3`` folder (safetensors only).
 
@@ -90,7 +91,9 @@ def load_sam3(
     and fp32 on the CPU (reduced precision on the CPU is refused: slow and inaccurate).
     Weights load on the CPU and move to ``device`` unless ``move`` is False (ComfyUI's model
     management moves them). Raises MissingWeightsError naming the missing files, the folder
-    and the download command.
+    and the download command. ``fast`` (default) builds without random init and places the
+    weights on ``device`` straight from the file; False is the previous transformers path
+    (same values, slower; kept for A/B benches).
     """
     tf = _transformers()
     directory = resolve_model_dir("sam3", search_dirs=search_dirs, explicit=model_dir)
@@ -99,19 +102,41 @@ def load_sam3(
     if dev.type == "cpu" and dt != torch.float32:
         log.warning("SAM-3 runs in fp32 on the CPU (%s requested)", dt)
         dt = torch.float32
-    tracker = _from_pretrained(tf.Sam3TrackerVideoModel, directory, dt)
-    detector = _from_pretrained(tf.Sam3Model, directory, dt) if with_detector else None
+    load = _load_fast if fast else _from_pretrained
+    target = dev if move and fast else torch.device("cpu")
+    tracker = load(tf.Sam3TrackerVideoModel, directory, dt, target)
+    detector = load(tf.Sam3Model, directory, dt, target) if with_detector else None
     det_proc = None
     if detector is not None:
         share_backbone(tracker, detector)
         det_proc = _load_detector_processor(directory)
-    bundle = Sam3Bundle(tracker.eval(), _load_processor(directory, int(tracker.config.image_size)),
-                        detector.eval() if detector is not None else None, det_proc, dt)
+    image_size = int(tracker.config.image_size)
+    processor = _load_processor(directory, image_size) if not fast or _has_processor(directory) \
+        else _default_processor(directory, image_size)
+    bundle = Sam3Bundle(tracker.eval(), processor, detector.eval() if detector is not None else None, det_proc, dt)
     return bundle.to(dev) if move else bundle
 
 
-def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype) -> Any:
-    """from_pretrained (safetensors, local only) that refuses checkpoints leaving weights uninitialised."""
+# files Sam3TrackerVideoProcessor.from_pretrained reads (without one of them it fails and the defaults are used)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def _has_processor(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in PROCESSOR_FILES)
+
+
+def _default_processor(directory: Path, image_size: int) -> Any:
+    """The documented defaults, without first letting from_pretrained fail on the missing files."""
+    log.warning("no processor files in %s; using SAM-3 defaults (%d px, mean=std=0.5)", directory, image_size)
+    return build_processor(image_size)
+
+
+def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype, device: torch.device | None = None) -> Any:
+    """from_pretrained (safetensors, local only) that refuses checkpoints leaving weights uninitialised.
+
+    The previous path (``load_sam3(fast=False)``), kept for A/B benches and the bit-identity test;
+    the model stays on the CPU (``device`` is ignored).
+    """
     try:
         model, info = cls.from_pretrained(str(directory), dtype=dtype, local_files_only=True, use_safetensors=True,
                                           output_loading_info=True)
@@ -124,6 +149,68 @@ def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype) -> Any:
                                    f"{cls.__name__} weights are missing (e.g. {', '.join(sorted(missing)[:3])}); "
                                    f"download it again with python -m body4d_core setup --models sam3")
     return model
+
+
+def _rename_for(cls: Any) -> Any:
+    """Checkpoint key -> model key for the tracker or the detector (transformers' documented mapping), None: skip."""
+    if cls.__name__ == "Sam3Model":
+        prefix = "detector_model."
+        return lambda k: k[len(prefix):] if k.startswith(prefix) else None
+
+    def tracker(k: str) -> str | None:
+        for src, dst in (("detector_model.vision_encoder.backbone.", "vision_encoder.backbone."),
+                         ("tracker_neck.", "vision_encoder.neck."), ("tracker_model.", "")):
+            if k.startswith(src):
+                return dst + k[len(src):]
+        return None
+    return tracker
+
+
+def _load_fast(cls: Any, directory: Path, dtype: torch.dtype, device: torch.device) -> Any:
+    """The model built with parameters on meta (no random init), checkpoint tensors cast once and assigned.
+
+    Same values as ``_from_pretrained`` (tested bit for bit) without transformers' per-key
+    conversion machinery; weights are placed on ``device`` straight from the memory-mapped file.
+    Any folder this cannot read as the official layout (foreign config, missing keys, other
+    shapes) goes through ``_from_pretrained`` instead, so errors are its clear messages.
+    """
+    from ..fastload import assign_state, default_dtype, params_on_meta, read_safetensors, state_keys
+
+    try:
+        config = cls.config_class.from_pretrained(str(directory), local_files_only=True)
+        if _model_type(directory) not in SAM3_MODEL_TYPES:
+            raise ValueError("not a SAM-3 config")
+        _mark_config(config, dtype, directory)
+        with default_dtype(dtype), params_on_meta():
+            model = cls(config)
+        own = state_keys(model)
+        state = read_safetensors(directory / "model.safetensors", _rename_for(cls), device, dtype, wanted=own)
+        if set(state) != set(own) or any(tuple(v.shape) != own[k] for k, v in state.items()):
+            raise ValueError("keys or shapes differ")
+        assign_state(model, state)
+    except Exception as err:  # noqa: BLE001 - the previous path reports what is wrong
+        log.info("fast SAM-3 load of %s not possible (%s); using transformers' loader", directory, str(err)[:200])
+        return _from_pretrained(cls, directory, dtype).to(device)
+    return model.to(device).eval()
+
+
+SAM3_MODEL_TYPES = ("sam3_video", "sam3_tracker_video", "sam3", "sam3_tracker")
+
+
+def _model_type(directory: Path) -> str | None:
+    import json
+
+    return json.loads((directory / "config.json").read_text()).get("model_type")
+
+
+def _mark_config(config: Any, dtype: torch.dtype, directory: Path) -> None:
+    """Record dtype and source in the config and its direct sub-configs, as from_pretrained does."""
+    config._name_or_path = str(directory)
+    config.dtype = dtype
+    for name in getattr(config, "sub_configs", {}):
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            sub.dtype = dtype
 
 
 def _load_detector_processor(directory: Path) -> Any:

@@ -206,8 +206,13 @@ def load_rig(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.M
 
 
 def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
-                    device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None) -> Sam3dBody:
-    """Build SAM-3D-Body from an official folder (or ComfyUI core's .safetensors file); clear errors if missing."""
+                    device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None,
+                    fast: bool = True) -> Sam3dBody:
+    """Build SAM-3D-Body from an official folder (or ComfyUI core's .safetensors file); clear errors if missing.
+
+    ``fast`` (default): checkpoint tensors go to ``device`` first and are cast to fp32 there on a
+    few threads (same values); False: cast on the CPU, then moved (the previous path, for A/B benches).
+    """
     if model_dir is not None and str(model_dir).lower().endswith(".safetensors"):
         from .core_format import load_core_safetensors
 
@@ -218,10 +223,15 @@ def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[s
     cfg = _rig_sizes(cfg, sd)
     with torch.device("meta"):
         model = Sam3dBody(cfg)
-    model = model.to_empty(device="cpu")
-    model.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
-    model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+    dev = torch.device(device) if fast else torch.device("cpu")
+    model = model.to_empty(device=dev)
+    model.register_buffer("image_mean", torch.tensor(cfg.image_mean, device=dev).view(1, 3, 1, 1), persistent=False)
+    model.register_buffer("image_std", torch.tensor(cfg.image_std, device=dev).view(1, 3, 1, 1), persistent=False)
     sd = check_state_dict(model, sd, source=str(folder / CKPT))
+    if fast:  # each tensor moved to the device first, then cast to fp32 there, on a few threads
+        from ..fastload import place_all
+
+        sd = place_all(sd, dev, torch.float32)
     model.load_state_dict(sd, strict=False, assign=True)
     model = model.float()  # checkpoints trained with USE_FP16 may store the backbone in bf16; autocast handles speed
     model.attach_rig(load_rig(folder / RIG, "cpu"))

@@ -1,0 +1,282 @@
+"""Model loading time: each real-size loader of the headless pipeline, previous path vs fast path.
+
+Each (loader, variant) runs in its own Python process (a cold process, as at the start of a
+pipeline stage, and memory given back between loaders), which reports the seconds spent
+importing the loader's libraries, loading (ending with a device sync on CUDA), the parameter
+count and the peak RSS; ``--profile N`` adds cProfile's N hottest functions per load. The
+variants: ``legacy`` (the loaders' previous path, kept behind ``fast=False``) and ``fast``.
+Checkpoints are random real-size ones in the official layouts (body4d_core.tiny, preset
+``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
+
+    python bench/bench_load.py --root /tmp/realckpt --device cpu            # CPU, all loaders, both variants
+    python3 bench/bench_load.py --root /tmp/realckpt --device cuda --write  # H200 (writes checkpoints first)
+    python bench/bench_load.py --tiny                                       # CPU smoke test (tiny checkpoints)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LOADERS = ("sam3", "amodal", "body", "moge")
+VARIANTS = ("legacy", "fast")
+# checkpoint folders (body4d_core.weights names) each loader needs
+NEEDS = {"sam3": ("sam3",), "amodal": ("diffusion_vas_amodal", "diffusion_vas_completion", "depth_anything"),
+         "body": ("sam3d_body",), "moge": ("moge",)}
+RESULT = "BENCH_LOAD_RESULT "
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _imports(name: str) -> None:
+    """Import what the loader needs (timed apart: a pipeline pays it once per process, not per load)."""
+    import torch  # noqa: F401
+
+    if name == "sam3":
+        from body4d_core.sam3.loading import _transformers
+
+        tf = _transformers()
+        tf.Sam3TrackerVideoModel, tf.Sam3TrackerVideoProcessor  # noqa: B018 - lazy modules load here
+    elif name == "amodal":
+        import diffusers  # noqa: F401
+        import transformers
+
+        from body4d_core.amodal import models, pipeline  # noqa: F401
+        diffusers.AutoencoderKLTemporalDecoder, diffusers.EulerDiscreteScheduler  # noqa: B018
+        transformers.CLIPVisionModelWithProjection, transformers.DepthAnythingForDepthEstimation  # noqa: B018
+    elif name == "body":
+        from body4d_core.sam3d_body import loader  # noqa: F401
+    elif name == "moge":
+        from body4d_core import fov
+
+        fov._moge_class()
+
+
+def _count(obj: Any) -> int:
+    """Parameters of a loaded model (or of every network of the amodal bundle)."""
+    if hasattr(obj, "module_dict"):
+        obj = obj.module_dict()
+    return sum(p.numel() for p in obj.parameters())
+
+
+def _loader(name: str, root: Path, device: str, fast: bool, completion: bool) -> Callable[[], Any]:
+    """The pipeline's call for ``name`` (body4d_core/pipeline.py), with ``fast`` passed through."""
+    search = [root]
+    if name == "sam3":
+        from body4d_core.sam3 import load_sam3
+
+        return lambda: load_sam3(search_dirs=search, device=device, with_detector=False, fast=fast)
+    if name == "amodal":
+        from body4d_core.amodal.models import load_amodal_models
+
+        return lambda: load_amodal_models(search, device=device, with_completion=completion, fast=fast)
+    if name == "body":
+        from body4d_core.sam3d_body import load_sam3d_body
+
+        return lambda: load_sam3d_body(search_dirs=search, device=device, fast=fast)
+    from body4d_core.fov import load_moge
+
+    return lambda: load_moge(search, device=device, fast=fast)
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _top(profile: Any, n: int) -> list[str]:
+    """The n functions with the most own time (tottime) as 'seconds  file:line(function)'."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:n]
+    out = []
+    for (file, line, func), (_, _, tt, ct, _) in rows:
+        short = "/".join(Path(file).parts[-2:]) if file != "~" else ""
+        out.append(f"{tt:7.2f}s own {ct:7.2f}s cum  {short}:{line}({func})")
+    return out
+
+
+def child(args: argparse.Namespace) -> int:
+    """Run one (loader, variant) in this process and print its result as one JSON line."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    res: dict[str, Any] = {"loader": args.child, "variant": args.variant}
+    t0 = time.perf_counter()
+    _imports(args.child)
+    res["import_s"] = time.perf_counter() - t0
+    fn = _loader(args.child, Path(args.root), args.device, args.variant == "fast", not args.no_completion)
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    model = fn()
+    _sync(args.device)
+    res["load_s"] = time.perf_counter() - t0
+    if prof is not None:
+        prof.disable()
+        res["top"] = _top(prof, args.profile)
+    res["params_m"] = _count(model) / 1e6
+    res["rss_gb"] = _peak_rss_gb()
+    if args.device.startswith("cuda"):
+        import torch
+
+        res["gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    print(RESULT + json.dumps(res), flush=True)
+    return 0
+
+
+def ensure_checkpoints(root: Path, loaders: list[str], tiny: bool, device: str) -> None:
+    """Write the missing checkpoints of ``loaders`` under root (random weights, official layouts)."""
+    import torch
+
+    from body4d_core.errors import Body4DError
+    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.weights import MODEL_SPECS, verify
+
+    names = []
+    for loader in loaders:
+        for name in NEEDS[loader]:
+            try:
+                verify(name, target_dir(root, MODEL_SPECS[name]))
+            except Body4DError:
+                names.append(name)
+    if not names:
+        return
+    where = "cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    print(f"writing {', '.join(names)} under {root} ({'tiny' if tiny else 'real'}, on {where})", flush=True)
+    write_checkpoints(root, names, seed=0, preset="tiny" if tiny else "real", device=where,
+                      weight_dtype=None if tiny else torch.bfloat16,
+                      on_written=lambda n, s: print(f"  wrote {n} in {s:.1f} s", flush=True))
+
+
+def warm_page_cache(root: Path) -> float:
+    """Read every checkpoint file once, so each variant reads from memory alike; returns GB read."""
+    total = 0
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    total += len(chunk)
+    return total / 1e9
+
+
+def run_one(args: argparse.Namespace, loader: str, variant: str) -> dict[str, Any]:
+    """Run a child process; its result dict, or one with 'error' (the child's last output lines)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", loader, "--variant", variant,
+           "--root", str(args.root), "--device", args.device, "--profile", str(args.profile)]
+    if args.no_completion:
+        cmd.append("--no-completion")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"loader": loader, "variant": variant, "error": f"timed out after {args.timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            res = json.loads(line[len(RESULT):])
+            res["process_s"] = time.perf_counter() - t0
+            return res
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-6:]
+    return {"loader": loader, "variant": variant, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """One row per (loader, variant): import, load, process seconds, parameters, peaks; speed-up vs legacy."""
+    head = f"{'loader':<8} {'variant':<7} {'import s':>8} {'load s':>8} {'speed-up':>8} {'process s':>9} " \
+           f"{'params M':>9} {'RSS GB':>7} {'GPU GB':>7}"
+    lines = [head, "-" * len(head)]
+    legacy = {r["loader"]: r.get("load_s") for r in results if r["variant"] == "legacy" and "load_s" in r}
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['loader']:<8} {r['variant']:<7} FAILED {r['error'][:300]}")
+            continue
+        base = legacy.get(r["loader"])
+        speed = f"{base / r['load_s']:.2f}x" if base and r["variant"] != "legacy" and r["load_s"] > 0 else ""
+        gpu = f"{r['gpu_gb']:.1f}" if "gpu_gb" in r else "-"
+        lines.append(f"{r['loader']:<8} {r['variant']:<7} {r['import_s']:8.2f} {r['load_s']:8.2f} {speed:>8} "
+                     f"{r['process_s']:9.1f} {r['params_m']:9.1f} {r['rss_gb']:7.1f} {gpu:>7}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=None, help="models root holding the checkpoints "
+                    "(default /tmp/realckpt, or a temporary folder with --tiny)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (where the loaders put the models)")
+    ap.add_argument("--loaders", default=",".join(LOADERS), help=f"comma list of {', '.join(LOADERS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of legacy, fast")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per (loader, variant), each in a new process")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's N hottest functions")
+    ap.add_argument("--write", action="store_true", help="write missing checkpoints under --root first")
+    ap.add_argument("--tiny", action="store_true", help="tiny checkpoints in a temporary folder (CPU smoke test)")
+    ap.add_argument("--no-completion", action="store_true",
+                    help="amodal: load the mask pipeline and depth only (halves the CPU's fp32 memory)")
+    ap.add_argument("--no-warm-cache", action="store_true", help="skip reading the checkpoints once beforehand")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per child process")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--child", choices=LOADERS, help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=VARIANTS, default="fast", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    loaders = [x for x in args.loaders.split(",") if x]
+    variants = [x for x in args.variants.split(",") if x]
+    bad = [x for x in loaders if x not in LOADERS] + [x for x in variants if x not in VARIANTS]
+    if bad:
+        print(f"unknown loader/variant {bad}; loaders: {LOADERS}, variants: {VARIANTS}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
+        if args.root is None:
+            args.root = Path(tmp) if args.tiny else Path("/tmp/realckpt")
+        if args.tiny or args.write:
+            ensure_checkpoints(args.root, loaders, args.tiny, args.device)
+        if not args.no_warm_cache:
+            t0 = time.perf_counter()
+            gb = warm_page_cache(args.root)
+            print(f"read {gb:.1f} GB of checkpoints in {time.perf_counter() - t0:.1f} s (page cache warm-up)",
+                  flush=True)
+        results = []
+        for loader in loaders:
+            for _ in range(max(1, args.repeat)):
+                for variant in variants:
+                    res = run_one(args, loader, variant)
+                    results.append(res)
+                    msg = f"{res['load_s']:.2f} s" if "load_s" in res else res["error"][:200]
+                    print(f"{loader} {variant}: {msg}", flush=True)
+                    for line in res.get("top", []):
+                        print("    " + line)
+    print(f"\nmodel loading, device {args.device}, root {args.root}, python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Fast model loading shared by the loaders: no throw-away random init, one dtype cast, casts on the device.
+
+Building a large model the ordinary way fills every parameter with random values that the
+checkpoint then overwrites, and library loaders add per-key bookkeeping (transformers compiles
+one regular expression per checkpoint key). Here parameters are created on the ``meta`` device
+(no memory, no init) while buffers are built for real (non-persistent ones such as RoPE
+frequencies are computed by the constructor and are not in checkpoints), the checkpoint's
+tensors are placed on the target device and cast there once, and they become the parameters
+with ``load_state_dict(strict=True, assign=True)``. The loaded values are the same bits as with
+the ordinary path (tests compare them); loading stays strict about keys and shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+
+
+@contextlib.contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Inside, parameters registered on any module go to the meta device (buffers stay real)."""
+    original = torch.nn.Module.register_parameter
+
+    def register(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(self, name, param)
+        if param is not None and param.device.type != "meta":
+            kind = type(param)
+            self._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """torch's default float dtype set to ``dtype`` inside (as transformers' from_pretrained builds models)."""
+    if dtype is None:
+        yield
+        return
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` on ``device``, floating tensors cast to ``dtype``: moved first (fewer bytes), cast there."""
+    if tensor.device != device:
+        tensor = tensor.to(device)
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+def read_safetensors(path: str | Path, rename: Callable[[str], str | None], device: torch.device | str = "cpu",
+                     dtype: torch.dtype | None = None, wanted: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose renamed key is kept (``rename`` returns None to skip one).
+
+    Tensors are read (memory-mapped) to the CPU, moved to ``device`` and cast to ``dtype`` there.
+    ``wanted``: keep only these renamed keys.
+    """
+    from safetensors import safe_open
+
+    keep = set(wanted) if wanted is not None else None
+    raw: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():
+            name = rename(key)
+            if name is not None and (keep is None or name in keep):
+                raw[name] = f.get_tensor(key)
+    return place_all(raw, device, dtype)
+
+
+def place_all(state: Mapping[str, torch.Tensor], device: torch.device | str,
+              dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``place`` for every tensor, on a few threads (casts into fresh memory are bound by page faults)."""
+    dev = torch.device(device)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    if workers == 1 or len(state) < 2:
+        return {k: place(v, dev, dtype) for k, v in state.items()}
+    with ThreadPoolExecutor(workers) as pool:  # torch releases the GIL while copying
+        return dict(zip(state, pool.map(lambda v: place(v, dev, dtype), state.values())))
+
+
+def move_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Move every buffer (not the parameters, which may still be on meta) to ``device``, in place."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
+
+
+def file_matches(path: str | Path, rename: Callable[[str], str | None], own: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the safetensors file holds exactly ``own``'s keys (after ``rename``; others ignored) and shapes."""
+    from safetensors import safe_open
+
+    seen = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():
+            name = rename(key)
+            if name is not None and name in own:
+                seen[name] = tuple(f.get_slice(key).get_shape())
+    return seen == dict(own)
+
+
+def state_keys(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every state_dict key of ``model`` (parameters on meta included) with its shape."""
+    return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def assign_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Make ``state``'s tensors the model's parameters/buffers (strict: every key, every shape)."""
+    model.load_state_dict(dict(state), strict=True, assign=True)
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    left += [n for n, b in model.named_buffers() if b.device.type == "meta"]
+    if left:  # parameters shared under a name the state dict does not hold (cannot happen after strict)
+        raise RuntimeError(f"{len(left)} tensors were not loaded (e.g. {', '.join(left[:3])})")
+
+
+def mark_config(config: object, dtype: torch.dtype, directory: Path) -> None:
+    """Record dtype and source in a transformers config and its direct sub-configs, as from_pretrained does."""
+    config._name_or_path = str(directory)  # type: ignore[attr-defined]
+    config.dtype = dtype  # type: ignore[attr-defined]
+    for name in getattr(config, "sub_configs", {}):
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            sub.dtype = dtype
+
+
+def load_transformers(cls: type, directory: str | Path, dtype: torch.dtype, device: torch.device | str,
+                      rename: Callable[[str], str | None] | None = None) -> torch.nn.Module | None:
+    """A transformers model from a one-file folder (config.json + model.safetensors) the fast way, or None.
+
+    None (the caller then uses from_pretrained, whose errors are clear) when the folder is not
+    that layout or the file's keys (after ``rename``) or shapes differ from the model's.
+    Values equal from_pretrained's (dtype-built buffers, checkpoint tensors cast to ``dtype``).
+    """
+    directory = Path(directory)
+    weights = directory / "model.safetensors"
+    if not (directory / "config.json").is_file() or not weights.is_file():
+        return None
+    try:
+        config = cls.config_class.from_pretrained(str(directory), local_files_only=True)  # type: ignore[attr-defined]
+        if getattr(config, "model_type", None) != getattr(cls.config_class, "model_type", None):  # type: ignore[attr-defined]
+            return None
+        mark_config(config, dtype, directory)
+        with default_dtype(dtype), params_on_meta():
+            model = cls(config)
+        own = state_keys(model)
+        if not file_matches(weights, rename or (lambda k: k), own):
+            return None  # e.g. renamed keys transformers' conversion mapping handles
+        state = read_safetensors(weights, rename or (lambda k: k), device, dtype, wanted=own)
+        move_buffers(model, torch.device(device))
+        assign_state(model, state)
+    except Exception:  # noqa: BLE001 - anything unexpected: the ordinary loader reports it
+        return None
+    return model.eval()
