@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CV_TO_GL = np.array([1.0, -1.0, -1.0], np.float32)  # 180 degrees about x
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-NORMALS_BATCH = 16  # frames per GLB vertex-normal call: per-frame calls stall on busy cores, 16 stay in cache
+NORMALS_BATCH = 64  # frames per GLB vertex-normal call: few OpenMP regions (per-frame calls stall on busy cores)
 
 
 class ExportError(Body4DError):
