@@ -45,7 +45,8 @@ def _sync(device: str) -> None:
 
 def _imports(name: str) -> None:
     """Import what the loader needs (timed apart: a pipeline pays it once per process, not per load)."""
-    import torch  # noqa: F401
+    import torch
+    import torch._dynamo  # noqa: F401 - the pipeline's first stage imports it (through transformers) anyway
 
     if name == "sam3":
         from body4d_core.sam3.loading import _transformers
@@ -118,11 +119,17 @@ def child(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    res: dict[str, Any] = {"loader": args.child, "variant": args.variant}
+    print(RESULT + json.dumps(measure(args, args.child, args.variant)), flush=True)
+    return 0
+
+
+def measure(args: argparse.Namespace, loader: str, variant: str) -> dict[str, Any]:
+    """Import, load (timed, optionally profiled) and describe one (loader, variant) in this process."""
+    res: dict[str, Any] = {"loader": loader, "variant": variant}
     t0 = time.perf_counter()
-    _imports(args.child)
+    _imports(loader)
     res["import_s"] = time.perf_counter() - t0
-    fn = _loader(args.child, Path(args.root), args.device, args.variant == "fast", not args.no_completion)
+    fn = _loader(loader, Path(args.root), args.device, variant == "fast", not args.no_completion)
     prof = None
     if args.profile:
         import cProfile
@@ -142,8 +149,8 @@ def child(args: argparse.Namespace) -> int:
         import torch
 
         res["gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    print(RESULT + json.dumps(res), flush=True)
-    return 0
+    del model
+    return res
 
 
 def ensure_checkpoints(root: Path, loaders: list[str], tiny: bool, device: str) -> None:
@@ -182,7 +189,15 @@ def warm_page_cache(root: Path) -> float:
 
 
 def run_one(args: argparse.Namespace, loader: str, variant: str) -> dict[str, Any]:
-    """Run a child process; its result dict, or one with 'error' (the child's last output lines)."""
+    """Run a child process (or, with --in-process, this one); its result dict, or one with 'error'."""
+    if args.in_process:
+        t0 = time.perf_counter()
+        try:
+            res = measure(args, loader, variant)
+        except Exception as err:  # noqa: BLE001 - reported in the table
+            return {"loader": loader, "variant": variant, "error": f"{type(err).__name__}: {err}"}
+        res["process_s"] = time.perf_counter() - t0
+        return res
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", loader, "--variant", variant,
            "--root", str(args.root), "--device", args.device, "--profile", str(args.profile)]
     if args.no_completion:
@@ -233,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-completion", action="store_true",
                     help="amodal: load the mask pipeline and depth only (halves the CPU's fp32 memory)")
     ap.add_argument("--no-warm-cache", action="store_true", help="skip reading the checkpoints once beforehand")
+    ap.add_argument("--in-process", action="store_true",
+                    help="load in this process (imports shared, so only the first loader pays them; quick checks)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per child process")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", choices=LOADERS, help=argparse.SUPPRESS)

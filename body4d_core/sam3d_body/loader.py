@@ -223,15 +223,14 @@ def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[s
     cfg = _rig_sizes(cfg, sd)
     with torch.device("meta"):
         model = Sam3dBody(cfg)
-    dev = torch.device(device) if fast else torch.device("cpu")
-    model = model.to_empty(device=dev)
-    model.register_buffer("image_mean", torch.tensor(cfg.image_mean, device=dev).view(1, 3, 1, 1), persistent=False)
-    model.register_buffer("image_std", torch.tensor(cfg.image_std, device=dev).view(1, 3, 1, 1), persistent=False)
+    model = model.to_empty(device="cpu")  # untouched memory: the checkpoint's tensors replace it below
+    model.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+    model.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
     sd = check_state_dict(model, sd, source=str(folder / CKPT))
     if fast:  # each tensor moved to the device first, then cast to fp32 there, on a few threads
         from ..fastload import place_all
 
-        sd = place_all(sd, dev, torch.float32)
+        sd = place_all(sd, torch.device(device), torch.float32)
     model.load_state_dict(sd, strict=False, assign=True)
     model = model.float()  # checkpoints trained with USE_FP16 may store the backbone in bf16; autocast handles speed
     model.attach_rig(load_rig(folder / RIG, "cpu"))

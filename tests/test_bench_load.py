@@ -1,0 +1,33 @@
+"""bench/bench_load.py --tiny: every loader and variant (in-process), child processes with profiles; table and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .media import REPO
+
+
+def test_bench_load_tiny_runs_every_loader_and_variant(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--in-process", "--json",
+                          str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert {(r["loader"], r["variant"]) for r in rows} == {(n, v) for n in ("sam3", "amodal", "body", "moge")
+                                                         for v in ("legacy", "fast")}
+    for r in rows:
+        assert r["load_s"] > 0 and r["params_m"] > 0, r
+    by = {(r["loader"], r["variant"]): r["params_m"] for r in rows}
+    assert all(by[(n, "legacy")] == by[(n, "fast")] for n in ("sam3", "amodal", "body", "moge"))
+    assert "speed-up" in res.stdout and "FAILED" not in res.stdout
+
+
+def test_bench_load_child_processes_and_profile(tmp_path):
+    """The default mode: each (loader, variant) in its own process, with cProfile's hot spots."""
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--loaders", "moge",
+                          "--profile", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = [line.split() for line in res.stdout.splitlines() if line.startswith("moge ")]
+    assert [r[1] for r in rows if r[1] in ("legacy", "fast")] == ["legacy", "fast"]  # the table (not "legacy:")
+    assert res.stdout.count("s own") == 6  # 3 hot spots per variant
