@@ -4,7 +4,9 @@ Builds stage outputs of realistic size (default: 5 people x 90 frames at 720x128
 completed amodal person-frames, bodies with MHR LOD1 meshes of 18439 vertices), then times
 what ``run_pipeline`` does outside its GPU stages: every ``.npz`` save, the per-id mask overlay
 video, and the render stage's exports (MP4 of the rendered frames, params.npz, PLY meshes,
-GLB). The render itself is a GPU stage and only runs with ``--render`` (slow on a CPU).
+GLB). The render itself is a GPU stage: ``render_stage`` runs the pipeline's render stage with
+the render stood in by a ``--render-s`` sleep (as on a GPU host: the exports overlap it), and
+``--render`` adds the real stage with the CPU rasteriser (slow).
 
     python3 bench/bench_host_writes.py                     # full size (~1-2 min on 2 cores)
     python3 bench/bench_host_writes.py --tiny              # smoke test (seconds)
@@ -20,8 +22,8 @@ import cProfile
 import inspect
 import io
 import json
-import platform
 import os
+import platform
 import pstats
 import sys
 import tempfile
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from body4d_core import export, pipeline as pl  # noqa: E402
-from body4d_core.data import PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip, Prompts, Tracks  # noqa: E402
+from body4d_core.data import PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip, Tracks  # noqa: E402
 from body4d_core.prompts import parse_prompts  # noqa: E402
 
 ITEMS = ("clip", "prompts", "tracks", "mask_overlay", "amodal", "camera", "bodies_raw", "bodies",
