@@ -331,12 +331,12 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
     """Render the overlay video while params, meshes and GLBs are written (they need only the bodies)."""
     from . import export, render
 
-    def exports() -> None:
+    def exports() -> None:  # the longest first: GLB on one writer, params then meshes on the other
+        if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
+            writes.submit("glb", out / "glb", lambda: export.write_glb(bodies, out / "glb", fps=clip.fps))
         writes.submit("params", out / "params.npz", export.save_params, bodies, out / "params.npz", camera)
         if opts.write_meshes:
             writes.submit("meshes", out / "meshes", export.write_meshes, bodies, out / "meshes")
-        if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
-            writes.submit("glb", out / "glb", lambda: export.write_glb(bodies, out / "glb", fps=clip.fps))
 
     own = writes is None
     writes = writes or BackgroundWrites(summary)
