@@ -2,8 +2,9 @@
 
 Each (loader, variant) runs in its own Python process (a cold process, as at the start of a
 pipeline stage, and memory given back between loaders), which reports the seconds spent
-importing the loader's libraries, loading (ending with a device sync on CUDA), the parameter
-count and the peak RSS; ``--profile N`` adds cProfile's N hottest functions per load. The
+importing the loader's libraries (and making the CUDA context), loading (ending with a device
+sync on CUDA), the parameter count and the peak RSS; ``--profile N`` adds cProfile's N hottest
+functions per load (``--in-process``: all in this process, for quick checks). The
 variants: ``legacy`` (the loaders' previous path, kept behind ``fast=False``) and ``fast``.
 Checkpoints are random real-size ones in the official layouts (body4d_core.tiny, preset
 ``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LOADERS = ("sam3", "amodal", "body", "moge")
-VARIANTS = ("legacy", "fast")
+VARIANTS = ("legacy", "fast", "fast-1t", "fast-8t")  # fast-Nt: fast with N placing threads (BODY4D_LOAD_THREADS)
 # checkpoint folders (body4d_core.weights names) each loader needs
 NEEDS = {"sam3": ("sam3",), "amodal": ("diffusion_vas_amodal", "diffusion_vas_completion", "depth_anything"),
          "body": ("sam3d_body",), "moge": ("moge",)}
@@ -128,8 +129,26 @@ def measure(args: argparse.Namespace, loader: str, variant: str) -> dict[str, An
     res: dict[str, Any] = {"loader": loader, "variant": variant}
     t0 = time.perf_counter()
     _imports(loader)
+    if args.device.startswith("cuda"):  # the CUDA context is made before the clock starts (a pipeline has one)
+        import torch
+
+        torch.zeros(1, device=args.device)
+        _sync(args.device)
     res["import_s"] = time.perf_counter() - t0
-    fn = _loader(loader, Path(args.root), args.device, variant == "fast", not args.no_completion)
+    saved = os.environ.get("BODY4D_LOAD_THREADS")
+    if variant.startswith("fast-"):
+        os.environ["BODY4D_LOAD_THREADS"] = variant[len("fast-"):-1]
+    try:
+        return _measure_load(args, loader, variant, res)
+    finally:  # --in-process: the next variant sees the caller's setting again
+        if saved is None:
+            os.environ.pop("BODY4D_LOAD_THREADS", None)
+        else:
+            os.environ["BODY4D_LOAD_THREADS"] = saved
+
+
+def _measure_load(args: argparse.Namespace, loader: str, variant: str, res: dict[str, Any]) -> dict[str, Any]:
+    fn = _loader(loader, Path(args.root), args.device, variant.startswith("fast"), not args.no_completion)
     prof = None
     if args.profile:
         import cProfile
@@ -240,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(default /tmp/realckpt, or a temporary folder with --tiny)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (where the loaders put the models)")
     ap.add_argument("--loaders", default=",".join(LOADERS), help=f"comma list of {', '.join(LOADERS)}")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of legacy, fast")
+    ap.add_argument("--variants", default="legacy,fast", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per (loader, variant), each in a new process")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's N hottest functions")
     ap.add_argument("--write", action="store_true", help="write missing checkpoints under --root first")

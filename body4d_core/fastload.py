@@ -81,11 +81,21 @@ def read_safetensors(path: str | Path, rename: Callable[[str], str | None], devi
     return place_all(raw, device, dtype)
 
 
+def load_threads(device: torch.device) -> int:
+    """Threads placing tensors: 1 on the CPU (casts into fresh memory are bound by page faults, which
+    threads only contend for: slower on a 2-core VM), up to 8 when uploading to a GPU;
+    ``BODY4D_LOAD_THREADS`` overrides both (A/B benches)."""
+    env = os.environ.get("BODY4D_LOAD_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return 1 if device.type == "cpu" else max(1, min(8, os.cpu_count() or 1))
+
+
 def place_all(state: Mapping[str, torch.Tensor], device: torch.device | str,
               dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """``place`` for every tensor, on a few threads (casts into fresh memory are bound by page faults)."""
+    """``place`` for every tensor; uploads to a GPU on a few threads (see ``load_threads``)."""
     dev = torch.device(device)
-    workers = max(1, min(8, os.cpu_count() or 1))
+    workers = load_threads(dev)
     if workers == 1 or len(state) < 2:
         return {k: place(v, dev, dtype) for k, v in state.items()}
     with ThreadPoolExecutor(workers) as pool:  # torch releases the GIL while copying
