@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LOADERS = ("sam3", "amodal", "body", "moge")
-VARIANTS = ("legacy", "fast", "fast-1t", "fast-8t")  # fast-Nt: fast with N placing threads (BODY4D_LOAD_THREADS)
+VARIANTS = ("legacy", "fast", "fast-1t", "fast-2t")  # fast-Nt: fast with N placing threads (fast: 8)
 # checkpoint folders (body4d_core.weights names) each loader needs
 NEEDS = {"sam3": ("sam3",), "amodal": ("diffusion_vas_amodal", "diffusion_vas_completion", "depth_anything"),
          "body": ("sam3d_body",), "moge": ("moge",)}

@@ -82,13 +82,13 @@ def read_safetensors(path: str | Path, rename: Callable[[str], str | None], devi
 
 
 def load_threads(device: torch.device) -> int:
-    """Threads placing tensors: 1 on the CPU (casts into fresh memory are bound by page faults, which
-    threads only contend for: slower on a 2-core VM), up to 8 when uploading to a GPU;
-    ``BODY4D_LOAD_THREADS`` overrides both (A/B benches)."""
+    """Threads placing tensors: 8 (casts into fresh memory and uploads wait mostly on page faults and
+    copies, which overlap even on 2 cores: 1.0-1.7x faster than one thread on the 2-core CPU,
+    BENCHMARKS.md); ``BODY4D_LOAD_THREADS`` overrides it (A/B benches)."""
     env = os.environ.get("BODY4D_LOAD_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return 1 if device.type == "cpu" else max(1, min(8, os.cpu_count() or 1))
+    return 8
 
 
 def place_all(state: Mapping[str, torch.Tensor], device: torch.device | str,
@@ -148,21 +148,26 @@ def mark_config(config: object, dtype: torch.dtype, directory: Path) -> None:
 
 
 def load_transformers(cls: type, directory: str | Path, dtype: torch.dtype, device: torch.device | str,
-                      rename: Callable[[str], str | None] | None = None) -> torch.nn.Module | None:
+                      rename: Callable[[str], str | None] | None = None,
+                      model_types: Iterable[str] | None = None) -> torch.nn.Module | None:
     """A transformers model from a one-file folder (config.json + model.safetensors) the fast way, or None.
 
     None (the caller then uses from_pretrained, whose errors are clear) when the folder is not
-    that layout or the file's keys (after ``rename``) or shapes differ from the model's.
-    Values equal from_pretrained's (dtype-built buffers, checkpoint tensors cast to ``dtype``).
+    that layout, config.json's model_type is not in ``model_types`` (default: the class's own),
+    or the file's keys (after ``rename``) or shapes differ from the model's. Values equal
+    from_pretrained's (buffers built in ``dtype``, checkpoint tensors cast to ``dtype``).
     """
+    import json
+
     directory = Path(directory)
     weights = directory / "model.safetensors"
     if not (directory / "config.json").is_file() or not weights.is_file():
         return None
     try:
-        config = cls.config_class.from_pretrained(str(directory), local_files_only=True)  # type: ignore[attr-defined]
-        if getattr(config, "model_type", None) != getattr(cls.config_class, "model_type", None):  # type: ignore[attr-defined]
+        kinds = set(model_types or (cls.config_class.model_type,))  # type: ignore[attr-defined]
+        if json.loads((directory / "config.json").read_text()).get("model_type") not in kinds:
             return None
+        config = cls.config_class.from_pretrained(str(directory), local_files_only=True)  # type: ignore[attr-defined]
         mark_config(config, dtype, directory)
         with default_dtype(dtype), params_on_meta():
             model = cls(config)

@@ -170,47 +170,21 @@ def _load_fast(cls: Any, directory: Path, dtype: torch.dtype, device: torch.devi
     """The model built with parameters on meta (no random init), checkpoint tensors cast once and assigned.
 
     Same values as ``_from_pretrained`` (tested bit for bit) without transformers' per-key
-    conversion machinery; weights are placed on ``device`` straight from the memory-mapped file.
-    Any folder this cannot read as the official layout (foreign config, missing keys, other
-    shapes) goes through ``_from_pretrained`` instead, so errors are its clear messages.
+    conversion machinery (one regular expression compiled per key); weights are placed on
+    ``device`` straight from the memory-mapped file. Any folder this cannot read as the official
+    layout (foreign config, missing keys, other shapes) goes through ``_from_pretrained``
+    instead, so errors are its clear messages.
     """
-    from ..fastload import assign_state, default_dtype, params_on_meta, read_safetensors, state_keys
+    from ..fastload import load_transformers
 
-    try:
-        config = cls.config_class.from_pretrained(str(directory), local_files_only=True)
-        if _model_type(directory) not in SAM3_MODEL_TYPES:
-            raise ValueError("not a SAM-3 config")
-        _mark_config(config, dtype, directory)
-        with default_dtype(dtype), params_on_meta():
-            model = cls(config)
-        own = state_keys(model)
-        state = read_safetensors(directory / "model.safetensors", _rename_for(cls), device, dtype, wanted=own)
-        if set(state) != set(own) or any(tuple(v.shape) != own[k] for k, v in state.items()):
-            raise ValueError("keys or shapes differ")
-        assign_state(model, state)
-    except Exception as err:  # noqa: BLE001 - the previous path reports what is wrong
-        log.info("fast SAM-3 load of %s not possible (%s); using transformers' loader", directory, str(err)[:200])
+    model = load_transformers(cls, directory, dtype, device, rename=_rename_for(cls), model_types=SAM3_MODEL_TYPES)
+    if model is None:
+        log.info("fast SAM-3 load of %s not possible; using transformers' loader", directory)
         return _from_pretrained(cls, directory, dtype).to(device)
     return model.to(device).eval()
 
 
 SAM3_MODEL_TYPES = ("sam3_video", "sam3_tracker_video", "sam3", "sam3_tracker")
-
-
-def _model_type(directory: Path) -> str | None:
-    import json
-
-    return json.loads((directory / "config.json").read_text()).get("model_type")
-
-
-def _mark_config(config: Any, dtype: torch.dtype, directory: Path) -> None:
-    """Record dtype and source in the config and its direct sub-configs, as from_pretrained does."""
-    config._name_or_path = str(directory)
-    config.dtype = dtype
-    for name in getattr(config, "sub_configs", {}):
-        sub = getattr(config, name, None)
-        if sub is not None and hasattr(sub, "to_dict"):
-            sub.dtype = dtype
 
 
 def _load_detector_processor(directory: Path) -> Any:
