@@ -333,7 +333,7 @@ def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dic
         "camera": "MoGe-2 ViT-L, fov_mode first" if not args.tiny else "tiny MoGe-2, fov_mode first",
         "bodies": (f"{crops} body crops ({c.get('crops_visible', '?')} visible, {c.get('crops_occluded', '?')} "
                    f"occluded), mode {args.body_mode}, batch 64, "
-                   f"compile {'on' if torch.cuda.is_available() and not args.no_compile else 'off'}"
+                   f"compile {'auto' if torch.cuda.is_available() and not args.no_compile else 'off'}"
                    f"{', FP8' if args.fp8 else ''}"),
         "smooth": "Kalman/RTS per person + rig refresh",
         "render": "overlay render + MP4 (params, PLY meshes, GLB: background writes meanwhile)",
