@@ -235,13 +235,32 @@ def run_one(args: argparse.Namespace, loader: str, variant: str) -> dict[str, An
     return {"loader": loader, "variant": variant, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
+def summary(results: list[dict[str, Any]]) -> str:
+    """Median load seconds per (loader, variant) over the repeats, and the speed-up of the medians."""
+    import statistics
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if "load_s" in r:
+            times.setdefault((r["loader"], r["variant"]), []).append(r["load_s"])
+    lines = [f"{'loader':<8} {'variant':<8} {'runs':>4} {'median load s':>13} {'speed-up':>8}"]
+    for (loader, variant), ts in times.items():
+        med = statistics.median(ts)
+        base = times.get((loader, "legacy"))
+        speed = f"{statistics.median(base) / med:.2f}x" if base and variant != "legacy" and med > 0 else ""
+        lines.append(f"{loader:<8} {variant:<8} {len(ts):>4} {med:13.2f} {speed:>8}")
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """One row per (loader, variant): import, load, process seconds, parameters, peaks; speed-up vs legacy."""
     head = f"{'loader':<8} {'variant':<7} {'import s':>8} {'load s':>8} {'speed-up':>8} {'process s':>9} " \
            f"{'params M':>9} {'RSS GB':>7} {'GPU GB':>7}"
     lines = [head, "-" * len(head)]
-    legacy = {r["loader"]: r.get("load_s") for r in results if r["variant"] == "legacy" and "load_s" in r}
+    legacy: dict[str, float] = {}
     for r in results:
+        if r["variant"] == "legacy" and "load_s" in r:  # the latest legacy run before this row (same repeat)
+            legacy[r["loader"]] = r["load_s"]
         if "error" in r:
             lines.append(f"{r['loader']:<8} {r['variant']:<7} FAILED {r['error'][:300]}")
             continue
@@ -269,7 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-warm-cache", action="store_true", help="skip reading the checkpoints once beforehand")
     ap.add_argument("--in-process", action="store_true",
                     help="load in this process (imports shared, so only the first loader pays them; quick checks)")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per child process")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per child process")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", choices=LOADERS, help=argparse.SUPPRESS)
     ap.add_argument("--variant", choices=VARIANTS, default="fast", help=argparse.SUPPRESS)
@@ -309,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmodel loading, device {args.device}, root {args.root}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores")
     print(table(results))
+    if args.repeat > 1:
+        print("\nmedians over the repeats")
+        print(summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 1 if any("error" in r for r in results) else 0

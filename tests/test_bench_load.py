@@ -31,3 +31,22 @@ def test_bench_load_child_processes_and_profile(tmp_path):
     rows = [line.split() for line in res.stdout.splitlines() if line.startswith("moge ")]
     assert [r[1] for r in rows if r[1] in ("legacy", "fast")] == ["legacy", "fast"]  # the table (not "legacy:")
     assert res.stdout.count("s own") == 6  # 3 hot spots per variant
+
+
+def test_table_and_medians_compare_each_repeat_with_its_legacy_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "bench_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"import_s": 1.0, "process_s": 5.0, "params_m": 10.0, "rss_gb": 1.0}
+    results = [{"loader": "moge", "variant": v, "load_s": s, **row}
+               for v, s in (("legacy", 4.0), ("fast", 2.0), ("legacy", 6.0), ("fast", 2.0), ("legacy", 5.0),
+                            ("fast", 1.0))]
+    results.append({"loader": "sam3", "variant": "fast", "error": "exit 1: boom"})
+    text = bench.table(results)
+    assert [line.split()[4] for line in text.splitlines() if line.startswith("moge     fast")] == ["2.00x", "3.00x",
+                                                                                             "5.00x"]
+    assert "sam3     fast    FAILED exit 1: boom" in text
+    med = bench.summary(results).splitlines()
+    assert med[1].split() == ["moge", "legacy", "3", "5.00"] and med[2].split() == ["moge", "fast", "3", "2.00", "2.50x"]

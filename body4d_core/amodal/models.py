@@ -115,7 +115,7 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
 
     ``device``/``dtype`` say where and in which precision they will compute; ``place`` puts
     the weights elsewhere first (e.g. the CPU, for ComfyUI's model management to move).
-    ``fast`` (default): UNet, CLIP encoder and depth weights are cast where they will live, into
+    ``fast`` (default): UNet and CLIP encoder weights are cast where they will live, into
     modules built without random init (same values); False: the previous loaders (A/B benches).
     """
     dev = pick_device(device)
@@ -134,7 +134,8 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
     load_vas = _load_vas_fast if fast else VASPipeline.from_pretrained
     mask = load_vas(mdir, where, dt, wdt).accelerate(DEFAULT_ACCEL)
     content = load_vas(cdir, where, dt, wdt).accelerate(DEFAULT_ACCEL) if cdir else None
-    model, prep = _load_depth_fast(ddir, where, dt, wdt) if fast else load_depth_model(ddir, where, dt, wdt)
+    # Depth Anything's files use DINOv2 names that transformers renames on load: no fast path (tests)
+    model, prep = load_depth_model(ddir, where, dt, wdt)
     return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
 
 
@@ -192,20 +193,6 @@ def _load_unet_fast(directory: Path, device: torch.device, weight_dtype: torch.d
     except Exception:  # noqa: BLE001 - load_vas_unet reports it
         return None
     return unet.to(weight_dtype)
-
-
-def _load_depth_fast(directory: str | Path, device: torch.device, dtype: torch.dtype,
-                     weight_dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
-    """load_depth_model's result (same values) with the weights cast on ``device`` (fastload)."""
-    from transformers import DepthAnythingForDepthEstimation
-
-    from ..fastload import load_transformers
-    from .depth import load_depth_model, read_preprocessing
-
-    model = load_transformers(DepthAnythingForDepthEstimation, directory, weight_dtype, device)
-    if model is None:
-        return load_depth_model(directory, device, dtype, weight_dtype)
-    return model.to(device).eval(), read_preprocessing(Path(directory))
 
 
 def describe(models: AmodalModels) -> dict[str, Any]:
