@@ -51,7 +51,7 @@ class PipelineOptions:
     manual_fov: float = 0.0  # vertical degrees; > 0 overrides the model
     body_mode: str = "full"
     batch_size: int = 64
-    compile: bool = True  # torch.compile SAM-3D-Body's backbone blocks on CUDA (eager elsewhere)
+    compile: bool = True  # SAM-3D-Body compile 'auto' on CUDA (large jobs only, see Sam3dBody.compile_for); False: eager
     fp8: bool = False  # opt-in, lossy: FP8 backbone linears + bf16 decoders on GPUs that support it
     smooth: bool = True
     smooth_settings: dict = field(default_factory=dict)  # SmoothSettings fields
