@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,68 +130,11 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
 
     log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
              f" + {cdir}" if cdir else "", ddir, dev, dt)
-    load_vas = _load_vas_fast if fast else VASPipeline.from_pretrained
-    mask = load_vas(mdir, where, dt, wdt).accelerate(DEFAULT_ACCEL)
-    content = load_vas(cdir, where, dt, wdt).accelerate(DEFAULT_ACCEL) if cdir else None
+    mask = VASPipeline.from_pretrained(mdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
+    content = VASPipeline.from_pretrained(cdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL) if cdir else None
     # Depth Anything's files use DINOv2 names that transformers renames on load: no fast path (tests)
     model, prep = load_depth_model(ddir, where, dt, wdt)
     return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
-
-
-def _load_vas_fast(directory: str | Path, device: torch.device, dtype: torch.dtype,
-                   weight_dtype: torch.dtype) -> "VASPipeline":
-    """VASPipeline.from_pretrained's result (same values) with the UNet and CLIP encoder loaded the fast way.
-
-    Their checkpoint tensors go to ``device`` first and are cast there on a few threads into
-    modules built without random init (body4d_core.fastload); anything not in the expected
-    layout goes through the previous loaders, whose errors are clear.
-    """
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-    from transformers import CLIPVisionModelWithProjection
-
-    from ..errors import MissingWeightsError
-    from ..fastload import load_transformers
-    from .pipeline import CLIP_MEAN, CLIP_STD, VASPipeline, load_vas_unet
-
-    directory = Path(directory)
-    for sub in ("unet", "vae", "image_encoder", "scheduler"):
-        if not (directory / sub).is_dir():
-            raise MissingWeightsError(f"{directory} is not a Diffusion-VAS pipeline folder: no {sub}/ inside")
-    unet = _load_unet_fast(directory / "unet", device, weight_dtype) or load_vas_unet(directory / "unet", weight_dtype)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(directory / "vae", torch_dtype=weight_dtype)
-    enc = load_transformers(CLIPVisionModelWithProjection, directory / "image_encoder", weight_dtype, device) \
-        or CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=weight_dtype)
-    sched = EulerDiscreteScheduler.from_pretrained(directory / "scheduler")
-    mean, std = CLIP_MEAN, CLIP_STD
-    fe = directory / "feature_extractor" / "preprocessor_config.json"
-    if fe.is_file():
-        cfg = json.loads(fe.read_text())
-        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-    return VASPipeline(unet, vae, enc, sched, mean, std, dtype).to(device)
-
-
-def _load_unet_fast(directory: Path, device: torch.device, weight_dtype: torch.dtype) -> torch.nn.Module | None:
-    """load_vas_unet's result (same values) from a safetensors UNet, tensors cast on ``device``; None otherwise."""
-    from ..fastload import assign_state, read_safetensors, state_keys
-    from .pipeline import UNET_WEIGHT_NAMES
-    from .unet import VASUNet
-
-    cfg_path = directory / "config.json"
-    weights = next((directory / n for n in UNET_WEIGHT_NAMES if (directory / n).is_file()), None)
-    if not cfg_path.is_file() or weights is None or weights.suffix != ".safetensors":
-        return None  # load_vas_unet reads other formats or names what is missing
-    try:
-        config = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
-        with torch.device("meta"):
-            unet = VASUNet(**config)
-        own = state_keys(unet)
-        state = read_safetensors(weights, lambda k: k, device, weight_dtype)
-        if set(state) != set(own) or any(tuple(v.shape) != own[k] for k, v in state.items()):
-            return None
-        assign_state(unet, state)
-    except Exception:  # noqa: BLE001 - load_vas_unet reports it
-        return None
-    return unet.to(weight_dtype)
 
 
 def describe(models: AmodalModels) -> dict[str, Any]:

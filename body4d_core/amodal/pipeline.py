@@ -109,12 +109,15 @@ class VASPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None
-                        ) -> "VASPipeline":
+                        dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None,
+                        fast: bool = False) -> "VASPipeline":
         """Load a diffusers pipeline folder (unet/, vae/, image_encoder/, scheduler/, feature_extractor/).
 
         ``dtype`` is the compute precision; weights are stored in ``weight_dtype`` (default:
-        ``dtype`` on CUDA, fp32 on the CPU) and placed on ``device``.
+        ``dtype`` on CUDA, fp32 on the CPU) and placed on ``device``. fast: the UNet and the CLIP
+        encoder are built without random init and their tensors cast on ``device`` (same values;
+        body4d_core.fastload); anything not in the expected layout goes through the library loaders,
+        whose errors are clear.
         """
         from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
         from transformers import CLIPVisionModelWithProjection
@@ -125,9 +128,16 @@ class VASPipeline:
         for sub in ("unet", "vae", "image_encoder", "scheduler"):
             if not (directory / sub).is_dir():
                 raise MissingWeightsError(f"{directory} is not a Diffusion-VAS pipeline folder: no {sub}/ inside")
-        unet = load_vas_unet(directory / "unet", weight_dtype)
+        dev = torch.device(device)
+        unet = (fast and _load_unet_fast(directory / "unet", dev, weight_dtype)) \
+            or load_vas_unet(directory / "unet", weight_dtype)
         vae = AutoencoderKLTemporalDecoder.from_pretrained(directory / "vae", torch_dtype=weight_dtype)
-        enc = CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=weight_dtype)
+        enc = None
+        if fast:
+            from ..fastload import load_transformers
+
+            enc = load_transformers(CLIPVisionModelWithProjection, directory / "image_encoder", weight_dtype, dev)
+        enc = enc or CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=weight_dtype)
         sched = EulerDiscreteScheduler.from_pretrained(directory / "scheduler")
         mean, std = CLIP_MEAN, CLIP_STD
         fe = directory / "feature_extractor" / "preprocessor_config.json"
@@ -458,6 +468,28 @@ class NoisePrefetcher:
         """Drop the noise of finished ``items``."""
         for it in items:
             self.pending.pop(it, None)
+
+
+def _load_unet_fast(directory: Path, device: torch.device, weight_dtype: torch.dtype) -> VASUNet | None:
+    """load_vas_unet's result (same values) from a safetensors UNet, tensors cast on ``device``; None otherwise."""
+    from ..fastload import assign_state, read_safetensors, state_keys
+
+    cfg_path = directory / "config.json"
+    weights = next((directory / n for n in UNET_WEIGHT_NAMES if (directory / n).is_file()), None)
+    if not cfg_path.is_file() or weights is None or weights.suffix != ".safetensors":
+        return None  # load_vas_unet reads other formats or names what is missing
+    try:
+        config = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+        with torch.device("meta"):
+            unet = VASUNet(**config)
+        own = state_keys(unet)
+        state = read_safetensors(weights, lambda k: k, device, weight_dtype)
+        if set(state) != set(own) or any(tuple(v.shape) != own[k] for k, v in state.items()):
+            return None
+        assign_state(unet, state)
+    except Exception:  # noqa: BLE001 - load_vas_unet reports it
+        return None
+    return unet.to(weight_dtype)
 
 
 def load_vas_unet(directory: Path, dtype: torch.dtype = torch.float32) -> VASUNet:
