@@ -349,9 +349,10 @@ def test_packed_mask_windows_equal_whole_frame_warp(scene, flip) -> None:
                      BodyItem(1, 8, [100, 70, 160, 140], np.ones((96, 128), bool)), BodyItem(0, 7, [20, 20, 60, 70], soft)]
     boxes = torch.tensor([it.box for it in items], dtype=torch.float64)
     centre, side = C.crop_boxes(boxes, 1.25)
-    grid = C.sample_grid(C.affine_matrices(centre, side, 32), 32, (96, 128), flip=flip)
+    affine = C.affine_matrices(centre, side, 32)
+    grid = C.sample_grid(affine, 32, (96, 128), flip=flip)
     windows = _mask_windows(items, 1.25, 32, (96, 128), flip)
-    mask, score = _warp_masks(items, grid, windows, (96, 128))
+    mask, score = _warp_masks(items, affine, 32, windows, (96, 128), flip)
     assert mask.shape == (len(items), 1, 32, 32) and score.shape == (len(items),)
     for i, it in enumerate(items):
         if it.mask is None:
@@ -545,8 +546,8 @@ for flip in (False, True):
     a = C.affine_matrices(centre, side, 16)
     grid = C.sample_grid(a, 16, (37, 53), flip=flip)
     cpu = torch.device("cpu")
-    ref = _crop_images(frames, items, a, grid, flip, cpu, use_triton=False)  # grid_sample per source
-    out = _crop_images(frames, items, a, grid, flip, cpu, use_triton=True)  # one kernel launch
+    ref = _crop_images(frames, items, a, 16, flip, cpu, use_triton=False)  # grid_sample per source
+    out = _crop_images(frames, items, a, 16, flip, cpu, use_triton=True)  # one kernel launch
     assert out.shape == ref.shape == (5, 3, 16, 16)
     worst = max(worst, float((out - ref).abs().max()))
     # float sources are read as they are (ComfyUI IMAGE batches), uint8 ones scaled by 1/255
@@ -562,11 +563,16 @@ for flip in (False, True):
     for sub in (mitems[:4], mitems):  # uint8 windows, then float ones
         k = len(sub)
         windows = _mask_windows(sub, 1.25, 16, (37, 53), flip)
-        got, score = _warp_masks(sub, grid[:k], windows, (37, 53), a[:k], flip, use_triton=True)
+        got, score = _warp_masks(sub, a[:k], 16, windows, (37, 53), flip, use_triton=True)
         assert got.shape == (k, 1, 16, 16) and bool((score == 1).all())
         for i, m in enumerate(masks[:k]):
             want = C.warp(torch.as_tensor(m).float()[None, None], grid[i:i + 1])[0]
             worst = max(worst, float((got[i] - want).abs().max()))
+    # a float replacement image beside uint8 frames: every source is made float 0..1 for the one launch
+    items[4].image = replacement.astype(np.float32) / 255
+    mixed = _crop_images(frames, items, a, 16, flip, cpu, use_triton=True)
+    worst = max(worst, float((mixed - _crop_images(frames, items, a, 16, flip, cpu, use_triton=False)).abs().max()))
+    items[4].image = replacement
 assert float(ref[4].abs().sum()) > 0 and not torch.equal(ref[4], ref[0])  # the replacement was used
 assert float(out[1, :, 0, 0].abs().max()) == 0.0  # outside the frame: zeros, as grid_sample
 print("worst", worst)
@@ -576,6 +582,7 @@ assert worst < 1e-4, worst
 
 def test_triton_crop_kernel_matches_grid_sample_in_the_interpreter() -> None:
     """The crop kernel (Triton's CPU interpreter) against grid_sample per source: frames and a replacement
-    image, crops partly outside the frame, mirrored (hand) crops, uint8 and float sources, and the
-    masks sampled from their packed windows (bool and soft) against grid_sample of the whole mask."""
+    image (also a float one beside uint8 frames), crops partly outside the frame, mirrored (hand) crops,
+    uint8 and float sources, and the masks sampled from their packed windows (bool and soft) against
+    grid_sample of the whole mask."""
     assert "worst" in run_interpreted(CROP_CHECK)

@@ -150,18 +150,18 @@ def _mask_windows(items: Sequence[BodyItem], padding: float, size: int, hw: tupl
     return np.stack([x0, x1, y0, y1], 1).astype(np.int64)
 
 
-def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarray, hw: tuple[int, int],
-                affine: torch.Tensor | None = None, flip: bool = False,
-                use_triton: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _warp_masks(items: Sequence[BodyItem], affine: torch.Tensor, size: int, windows: np.ndarray,
+                hw: tuple[int, int], flip: bool = False, use_triton: bool = False,
+                grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(masks [N, 1, S, S], scores [N]) warped from each item's mask window; one upload, one warp.
 
-    The windows (``_mask_windows``) hold every bilinear neighbour the grid samples, so this equals
+    The windows (``_mask_windows``) hold every bilinear neighbour the crops sample, so this equals
     warping the whole frame; they are packed (zero padded) into one host buffer, so a batch costs a
-    single pinned copy and a single grid_sample with no device->host sync. use_triton (with the
-    crops' ``affine`` and ``flip``): the crop kernel samples the windows instead of grid_sample.
+    single pinned copy and a single warp with no device->host sync: the crop kernel where
+    ``use_triton`` (see ``_crop_kernel_usable``), else grid_sample with ``grid`` (built here if None).
     """
     h, w = hw
-    n, dev = len(items), grid.device
+    n, dev = len(items), affine.device
     masks = [it.get_mask() for it in items]
     for it, m in zip(items, masks):
         if m is not None:
@@ -182,13 +182,11 @@ def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarr
     lo = upload(torch.from_numpy(windows[:, [0, 2]].astype(np.float32)), dev)  # [N, 2] (x0, y0)
     src = buf.to(dev, non_blocking=True) if dev.type == "cuda" else buf
     scores = upload(torch.from_numpy(score), dev)
-    if use_triton and affine is not None:
-        try:
-            from .crop_triton import crop_windows
-        except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
-            log.debug("masks by grid_sample: the crop kernel needs triton (%s)", err)
-        else:
-            return crop_windows(src, lo, C.scale_shift(affine), int(grid.shape[1]), w, flip=flip), scores
+    if use_triton:
+        from .crop_triton import crop_windows
+
+        return crop_windows(src, lo, C.scale_shift(affine), size, w, flip=flip), scores
+    grid = C.sample_grid(affine, size, hw, flip=flip) if grid is None else grid
     lo = lo.to(grid.dtype)
     px = (grid[..., 0] + 1) * (w - 1) / 2 - lo[:, 0, None, None]
     py = (grid[..., 1] + 1) * (h - 1) / 2 - lo[:, 1, None, None]
@@ -199,19 +197,27 @@ def _warp_masks(items: Sequence[BodyItem], grid: torch.Tensor, windows: np.ndarr
 TRITON_CROPS = True  # CUDA: crops by crop_triton's kernel where it can run (False: grid_sample; bench A/B)
 
 
-def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: torch.Tensor, size: int, flip: bool,
-                  dev: torch.device) -> torch.Tensor | None:
-    """All crops of a batch in one kernel launch on one upload of its frames; None where it cannot run
-    (no triton, sources of mixed dtypes), and the caller warps with grid_sample instead."""
-    if len({t.dtype for t in sources.values()}) != 1:
-        return None
+def _crop_kernel_usable(dev: torch.device) -> bool:
+    """Whether this batch's crops and masks go through crop_triton's kernel (CUDA with triton)."""
+    if not TRITON_CROPS or dev.type != "cuda":
+        return False
     try:
-        from .crop_triton import crop_rgb
+        from . import crop_triton  # noqa: F401
     except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
         log.debug("crops by grid_sample: the crop kernel needs triton (%s)", err)
-        return None
+        return False
+    return True
+
+
+def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: torch.Tensor, size: int, flip: bool,
+                  dev: torch.device) -> torch.Tensor:
+    """All crops of a batch in one kernel launch on one upload of its frames (sources of mixed dtypes,
+    e.g. uint8 frames and a float replacement image, are all made float 0..1 first)."""
+    from .crop_triton import crop_rgb
 
     srcs = list(sources.values())
+    if len({t.dtype for t in srcs}) > 1:
+        srcs = [t.float() if t.is_floating_point() else t.float() / 255.0 for t in srcs]
     if all(t.device == dev for t in srcs):
         stack = torch.stack(srcs).contiguous()
     else:
@@ -225,11 +231,12 @@ def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: tor
     return crop_rgb(stack, index, C.scale_shift(affine), size, flip=flip, value_scale=scale)
 
 
-def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.Tensor, grid: torch.Tensor,
-                 flip: bool, dev: torch.device, use_triton: bool) -> torch.Tensor:
+def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.Tensor, size: int, flip: bool,
+                 dev: torch.device, use_triton: bool, grid: torch.Tensor | None = None) -> torch.Tensor:
     """[N, 3, S, S] float 0..1 crops of each item's frame (or replacement image): one kernel launch
-    (``_triton_crops``) where ``use_triton`` and it can run, else one grid_sample per source."""
-    h, w, size = int(frames.shape[1]), int(frames.shape[2]), int(grid.shape[1])
+    (``_triton_crops``) where ``use_triton``, else one grid_sample per source with ``grid`` (built
+    here if None)."""
+    h, w = int(frames.shape[1]), int(frames.shape[2])
     keys = [("img", i) if it.image is not None else int(it.frame) for i, it in enumerate(items)]
     sources = {}
     for key in dict.fromkeys(keys):
@@ -239,12 +246,13 @@ def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.
         else:
             src = frames[key, ..., :3]
         sources[key] = torch.as_tensor(src)
-    img = _triton_crops(sources, keys, affine, size, flip, dev) if use_triton else None
-    if img is None:
-        img = torch.zeros(len(items), 3, size, size, device=dev)
-        for key, src in sources.items():
-            idx = [i for i, k in enumerate(keys) if k == key]
-            img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
+    if use_triton:
+        return _triton_crops(sources, keys, affine, size, flip, dev)
+    grid = C.sample_grid(affine, size, (h, w), flip=flip) if grid is None else grid
+    img = torch.zeros(len(items), 3, size, size, device=dev)
+    for key, src in sources.items():
+        idx = [i for i, k in enumerate(keys) if k == key]
+        img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
     return img
 
 
@@ -261,12 +269,13 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     h, w = int(frames.shape[1]), int(frames.shape[2])
     centre, side = C.crop_boxes(boxes, padding)
     affine = C.affine_matrices(centre, side, s)
-    grid = C.sample_grid(affine, s, (h, w), flip=flip)
     n = len(items)
-    img = _crop_images(frames, items, affine, grid, flip, dev, TRITON_CROPS and dev.type == "cuda")
+    kernel = _crop_kernel_usable(dev)
+    grid = None if kernel else C.sample_grid(affine, s, (h, w), flip=flip)  # grid_sample's, shared by both warps
+    img = _crop_images(frames, items, affine, s, flip, dev, kernel, grid)
     if use_masks:
-        mask, score = _warp_masks(items, grid, _mask_windows(items, padding, s, (h, w), flip), (h, w), affine, flip,
-                                  TRITON_CROPS and dev.type == "cuda")
+        windows = _mask_windows(items, padding, s, (h, w), flip)
+        mask, score = _warp_masks(items, affine, s, windows, (h, w), flip, kernel, grid)
     else:
         mask, score = torch.zeros(n, 1, s, s, device=dev), torch.zeros(n, device=dev)
     k = upload(K[[int(it.frame) for it in items]], dev)
