@@ -128,10 +128,11 @@ def save_params(bodies: Bodies, path: str | Path, camera: Camera | None = None) 
 # --------------------------------------------------------------------------- meshes
 
 
-def world_vertices(bodies: Bodies, i: int, t: int, verts: np.ndarray | None = None) -> np.ndarray:
-    """Vertices of person index i on frame t with cam_t, in the OpenGL camera frame [V, 3]."""
+def world_vertices(bodies: Bodies, i: int, t: int | np.ndarray, verts: np.ndarray | None = None) -> np.ndarray:
+    """Vertices of person index i on frame t (or frames t [k]) with cam_t, in the OpenGL camera frame
+    [V, 3] (or [k, V, 3])."""
     v = bodies.vertices[i, t] if verts is None else verts
-    return ((v + bodies.params["cam_t"][i, t]) * CV_TO_GL).astype(np.float32)
+    return ((v + np.expand_dims(bodies.params["cam_t"][i, t], -2)) * CV_TO_GL).astype(np.float32)
 
 
 def _need_mesh(bodies: Bodies, what: str) -> np.ndarray:
@@ -228,8 +229,7 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
         j = k % NORMALS_BATCH
         if j == 0:  # one batched pass per chunk of frames
             chunk = frames[k:k + NORMALS_BATCH]
-            world = ((bodies.vertices[i, chunk] + bodies.params["cam_t"][i, chunk][:, None]) * CV_TO_GL
-                     ).astype(np.float32)  # world_vertices of each frame of the chunk
+            world = world_vertices(bodies, i, chunk)
             lo, hi = world.min(1), world.max(1)
             normals = _normals(world, faces64) if with_normals else None
         attrs = g.Attributes(POSITION=add(world[j], g.FLOAT, g.VEC3, g.ARRAY_BUFFER, bounds=(lo[j], hi[j])))
