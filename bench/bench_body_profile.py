@@ -26,6 +26,9 @@ from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor,
 from bench_body import build_ours, make_inputs  # noqa: E402
 from kernel_profile import sync, timed, timed_profile  # noqa: E402
 
+TOP = 20  # kernels listed per profile (--top)
+DECODERS = ("fp32", "tf32", "bf16")  # decoder precisions timed (--decoders)
+
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
     "fp8-row": dict(parts="all", scaling="row", fast_accum=False),
@@ -101,6 +104,8 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
     print(f"| crops (host + device, synchronous) | {crop_sec * 1000:.1f} | - |")
     for name, dtype, allow in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                                ("bf16", torch.bfloat16, False)):
+        if name not in DECODERS:
+            continue
         model.optimize("", compile_mode, backend="inductor" if cuda else "eager")
 
         def run() -> dict:
@@ -115,7 +120,7 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         sec = timed(run, reps)
         print(f"| {name} (decoder compile: {compile_mode or 'off'}) | {sec * 1000:.1f} | {warm:.1f} |", flush=True)
         if profile and name in ("fp32", "bf16"):
-            timed_profile(run, f"body decoder {name}", top=12)
+            timed_profile(run, f"body decoder {name}", top=TOP)
     model.optimize("", "")
 
 
@@ -138,12 +143,13 @@ def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: 
         sec = timed(run, 1)
         print(f"\n| body mode, {name} | {len(items) / sec:.1f} crops/s | {sec * 1000 / (len(items) / bs):.1f} ms "
               f"per batch of {bs} |", flush=True)
-        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=20)
+        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=TOP)
     model.backbone.encoder.enable_fp8(False)
     model.optimize("", "")
 
 
 def main() -> None:
+    global TOP, DECODERS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
@@ -155,7 +161,10 @@ def main() -> None:
     ap.add_argument("--body-mode", default="", help="bench_body variants to profile as whole body-mode calls")
     ap.add_argument("--body-crops", type=int, default=256, help="crops per body-mode call")
     ap.add_argument("--no-backbone", action="store_true")
+    ap.add_argument("--top", type=int, default=20, help="kernels listed per profile")
+    ap.add_argument("--decoders", default="fp32,tf32,bf16", help="decoder precisions timed (comma list)")
     args = ap.parse_args()
+    TOP, DECODERS = args.top, tuple(args.decoders.split(","))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = tiny_config() if args.tiny else Sam3dBodyConfig(mask_embed_type="v2")
     bs = min(args.batch, 4) if args.tiny else args.batch

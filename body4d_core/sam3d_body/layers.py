@@ -89,8 +89,11 @@ class CrossAttention(nn.Module):
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(self.k_proj(k)),
-                                             self._split(self.v_proj(v)))
+        return self.attend(q, self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention from raw queries to already projected keys and values [B, N, heads*head_dim]."""
+        out = F.scaled_dot_product_attention(self._split(self.q_proj(q)), self._split(k), self._split(v))
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -110,21 +113,47 @@ class DecoderLayer(nn.Module):
         self.ln3 = LayerNorm32(dim, eps=1e-6)
         self.ffn = FFN(dim, mlp, dim, 2, nn.GELU, residual=False)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, x_pe: torch.Tensor, ctx_pe: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx_hat: torch.Tensor, x_pe: torch.Tensor, ctx_pe: torch.Tensor) -> torch.Tensor:
+        """ctx_hat: the image tokens normalised without affine (``normalise_context``); ctx_pe [1 or B, HW, C]."""
         x_pe = self.ln_pe_1(x_pe)
-        ctx_pe = self.ln_pe_2(ctx_pe)
         h = self.ln1(x)
         qk = h if self.first else h + x_pe
         x = x + self.self_attn(qk, qk, h)
-        c = self.ln2_2(ctx)
-        x = x + self.cross_attn(self.ln2_1(x) + x_pe, c + ctx_pe, c)
+        k, v = self.context_kv(ctx_hat, ctx_pe)
+        x = x + self.cross_attn.attend(self.ln2_1(x) + x_pe, k, v)
         return x + self.ffn(self.ln3(x))
 
+    def context_kv(self, ctx_hat: torch.Tensor, ctx_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of ``c = ln2_2(ctx)``: k = k_proj(c + ln_pe_2(ctx_pe)), v = v_proj(c).
 
-def run_layer(layer: DecoderLayer, x: torch.Tensor, ctx: torch.Tensor, x_pe: torch.Tensor,
+        Every layer normalises the same image tokens, so the statistics are taken once (``ctx_hat``) and
+        ln2_2's scale is folded into the projection weights: one matmul for k and v together, and the
+        positional part (the same for every crop) projected once for [HW] tokens instead of per crop.
+        """
+        ca = self.cross_attn
+        w, b = self.ln2_2.weight.float(), self.ln2_2.bias.float()
+        wk, wv = ca.k_proj.weight.float(), ca.v_proj.weight.float()
+        kv = F.linear(ctx_hat, torch.cat([wk * w, wv * w]))
+        k_const = F.linear(self.ln_pe_2(ctx_pe).float() + b, wk, ca.k_proj.bias.float())
+        v_const = F.linear(b, wv, ca.v_proj.bias.float())
+        inner = wk.shape[0]
+        return kv[..., :inner] + k_const, kv[..., inner:] + v_const
+
+
+def normalise_context(ctx: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Image tokens [B, HW, C] normalised over C in float32 without scale or shift (shared by all layers'
+    ln2_2); in the autocast dtype when autocast is on, so the layers' matmuls do not cast it again."""
+    out = F.layer_norm(ctx.float(), ctx.shape[-1:], eps=eps)
+    dev = ctx.device.type
+    if torch.is_autocast_enabled(dev):
+        out = out.to(torch.get_autocast_dtype(dev))
+    return out
+
+
+def run_layer(layer: DecoderLayer, x: torch.Tensor, ctx_hat: torch.Tensor, x_pe: torch.Tensor,
               ctx_pe: torch.Tensor) -> torch.Tensor:
     """One decoder-layer call as a free function (one compiled graph for all layers of a shape)."""
-    return layer(x, ctx, x_pe, ctx_pe)
+    return layer(x, ctx_hat, x_pe, ctx_pe)
 
 
 def mark_dynamic_sizes(tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor) -> None:
@@ -157,10 +186,12 @@ class PromptableDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor,
                 between: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
+        """ctx: image tokens [B, HW, C]; ctx_pe: their positional encoding [1 (shared) or B, HW, C]."""
+        ctx_hat = normalise_context(ctx, self.layers[0].ln2_2.eps)
         for i, layer in enumerate(self.layers):
             if self.dynamic_sizes:
-                mark_dynamic_sizes(tokens, ctx, tok_pe, ctx_pe)
-            tokens = self.layer_fn(layer, tokens, ctx, tok_pe, ctx_pe)
+                mark_dynamic_sizes(tokens, ctx_hat, tok_pe, ctx_pe)
+            tokens = self.layer_fn(layer, tokens, ctx_hat, tok_pe, ctx_pe)
             if i < len(self.layers) - 1:
                 tokens, tok_pe = between(i, self.norm_final(tokens), tokens, tok_pe)
         return self.norm_final(tokens)
@@ -252,10 +283,17 @@ class CameraEncoder(nn.Module):
         self.conv = nn.Conv2d(dim + 99, dim, kernel_size=1, bias=False)
         self.norm = LayerNorm2d(dim)
 
+    def downsample(self, rays: torch.Tensor) -> torch.Tensor:
+        """Crop-resolution maps [B, 2, S, S] -> the feature grid (antialiased bilinear, as upstream)."""
+        return F.interpolate(rays, scale_factor=1 / self.patch, mode="bilinear", align_corners=False, antialias=True)
+
     def forward(self, feats: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
+        """feats [B, C, h, w]; rays [B, 2, S, S] at crop resolution, or already at the feature grid
+        (``Sam3dBody.patch_rays``). Returns [B, C, h, w] in channels-last memory, so its image tokens
+        ``flatten(2).transpose(1, 2)`` are contiguous rows."""
         b, _, h, w = feats.shape
         with torch.no_grad():
-            r = F.interpolate(rays, scale_factor=1 / self.patch, mode="bilinear", align_corners=False, antialias=True)
+            r = rays if rays.shape[-2:] == (h, w) else self.downsample(rays)
             r = r.permute(0, 2, 3, 1)
             r = torch.cat([r, torch.ones_like(r[..., :1])], -1).reshape(b, h * w, 3)
             emb = fourier_rays(r).transpose(1, 2).reshape(b, -1, h, w)
@@ -264,4 +302,6 @@ class CameraEncoder(nn.Module):
         pad = -(feats.shape[1] + emb.shape[1]) % 8
         x = torch.cat([feats, emb.to(feats.dtype), feats.new_zeros(b, pad, h, w)], 1)
         weight = F.pad(self.conv.weight, (0, 0, 0, 0, 0, pad))
-        return self.norm(F.conv2d(x, weight).float())  # norm in fp32 (autocast)
+        y = F.conv2d(x, weight).float().permute(0, 2, 3, 1)  # norm in fp32 (autocast), over channels
+        y = F.layer_norm(y, y.shape[-1:], self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
+        return y.permute(0, 3, 1, 2)
