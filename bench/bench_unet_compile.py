@@ -12,6 +12,7 @@ kernel-category profile of the eager call.
     python3 bench/bench_unet_compile.py --native --profile          # the same without autocast
     python3 bench/bench_unet_compile.py --compile dynamic           # H200, compile time is the question
     python3 bench/bench_unet_compile.py --native --vae --groupnorm-ab   # fast_groupnorm off vs on
+    python3 bench/bench_unet_compile.py --native --ab split_geglu       # any boolean AccelConfig option
     python3 bench/bench_unet_compile.py --tiny                      # CPU smoke test
 """
 
@@ -98,17 +99,17 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> dict:
     return calls
 
 
-def groupnorm_ab(unet, vae, cfg, base: dict, calls: dict, reps: int) -> None:
-    """Each call with PyTorch's GroupNorm, then with ``fast_groupnorm`` (Triton statistics): ms and deviation."""
+def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str) -> None:
+    """Each call with the boolean AccelConfig ``option`` off, then on (same process): ms and deviation."""
+    off, on = replace(cfg, **{option: False}), replace(cfg, **{option: True})
+    apply_accel(unet, off, base)
+    apply_vae_accel(vae, off)
     with torch.inference_mode():
         ref = {name: run().float() for name, run in calls.items()}
-    on = replace(cfg, fast_groupnorm=True)
-    apply_accel(unet, on, base)
-    apply_vae_accel(vae, on)
-    print("\n| call | ms, PyTorch GroupNorm | ms, fast_groupnorm | max abs dev / max abs value |\n|---|---:|---:|---:|")
+    print(f"\n| call | ms, {option} off | ms, {option} on | max abs dev / max abs value |\n|---|---:|---:|---:|")
     for name, run in calls.items():
-        apply_accel(unet, cfg, base)
-        apply_vae_accel(vae, cfg)
+        apply_accel(unet, off, base)
+        apply_vae_accel(vae, off)
         plain = first_and_ms(run, reps)[1]
         apply_accel(unet, on, base)
         apply_vae_accel(vae, on)
@@ -117,6 +118,8 @@ def groupnorm_ab(unet, vae, cfg, base: dict, calls: dict, reps: int) -> None:
             out = run().float()
         dev = float((out - ref[name]).abs().max() / ref[name].abs().max())
         print(f"| {name} | {plain:.0f} | {fast:.0f} | {dev:.1e} |", flush=True)
+    apply_accel(unet, cfg, base)
+    apply_vae_accel(vae, cfg)
 
 
 def main() -> None:
@@ -128,8 +131,10 @@ def main() -> None:
     ap.add_argument("--vae", action="store_true", help="also time VAE decode chunks")
     ap.add_argument("--shapes", default="all", choices=["all", "hi"], help="hi: only the 512x1024 UNet call")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--groupnorm-ab", action="store_true",
-                    help="then the same calls with AccelConfig.fast_groupnorm, with their deviation")
+    ap.add_argument("--groupnorm-ab", action="store_true", help="the same as --ab fast_groupnorm")
+    ap.add_argument("--ab", default="", metavar="OPTIONS",
+                    help="comma list of boolean AccelConfig options: each call with the option off, then on, "
+                         "with the deviation")
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -159,8 +164,9 @@ def main() -> None:
             timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if a.vae:
         calls.update(vae_rows(vae, dev, dtype, a))
-    if a.groupnorm_ab:
-        groupnorm_ab(unet, vae, cfg, base, calls, a.reps)
+    options = [o for o in a.ab.split(",") if o] + (["fast_groupnorm"] if a.groupnorm_ab else [])
+    for option in options:
+        option_ab(unet, vae, cfg, base, calls, a.reps, option)
     if dev.type == "cuda":
         print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

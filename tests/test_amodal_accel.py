@@ -97,6 +97,28 @@ def test_chunked_feed_forward_and_channels_last_are_exact(pipe, reference):
     assert pipe.unet.conv_in2.weight.is_contiguous()  # back to NCHW
 
 
+def test_split_geglu_equals_diffusers_geglu_and_is_undone(pipe, reference):
+    from diffusers.models.activations import GEGLU
+
+    from body4d_core.amodal.accel import _split_geglu
+    torch.manual_seed(0)
+    geglu = GEGLU(6, 5).eval()
+    x = torch.randn(3, 7, 6)
+    out = _split_geglu(geglu, x)
+    assert out.is_contiguous() and out.shape == (3, 7, 5)
+    torch.testing.assert_close(out, geglu(x), atol=1e-6, rtol=1e-6)
+    assert float((out - geglu(x * 1.01)).abs().max()) > 1e-4  # the comparison can fail
+    cfg = AccelConfig(split_geglu=True, ff_rows=5)
+    n = sum(type(m).__name__ == "GEGLU" for m in pipe.unet.modules())
+    try:
+        pipe.accelerate(cfg)
+        assert n > 0 and sum("forward" in m.__dict__ for m in pipe.unet.modules() if type(m).__name__ == "GEGLU") == n
+    finally:
+        pipe.accelerate(None)
+    torch.testing.assert_close(run(pipe, cfg), reference, atol=1e-4, rtol=0)
+    assert not any("forward" in m.__dict__ for m in pipe.unet.modules())  # undone
+
+
 def test_compiled_blocks_are_wired_and_undone(pipe):
     pipe.accelerate(AccelConfig(compile_blocks=True, compile_backend="eager"))
     names = {type(m).__name__ for m in pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None}
