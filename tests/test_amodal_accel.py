@@ -119,6 +119,31 @@ def test_split_geglu_equals_diffusers_geglu_and_is_undone(pipe, reference):
     assert not any("forward" in m.__dict__ for m in pipe.unet.modules())  # undone
 
 
+def test_contiguous_temporal_resblocks_are_exact_and_undone(pipe, reference):
+    cfg = AccelConfig(contiguous_temporal=True)
+    n = sum(type(m).__name__ == "SpatioTemporalResBlock" for m in pipe.unet.modules())
+    try:
+        pipe.accelerate(cfg)
+        wired = [m for m in pipe.unet.modules() if type(m).__name__ == "SpatioTemporalResBlock" and "forward" in m.__dict__]
+        assert n > 0 and len(wired) == n
+    finally:
+        pipe.accelerate(None)
+    torch.testing.assert_close(run(pipe, cfg), reference, atol=1e-6, rtol=0)
+    assert not any("forward" in m.__dict__ for m in pipe.unet.modules())  # undone
+    # the VAE decoder's resblocks too: the same decode, and undone by the next apply_vae_accel
+    from body4d_core.amodal.accel import apply_vae_accel
+    vae = pipe.vae
+    z = torch.randn(4, vae.config.latent_channels, 3, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = vae.decode(z, num_frames=4).sample
+        apply_vae_accel(vae, AccelConfig(vae_contiguous_temporal=True))
+        assert any("forward" in m.__dict__ for m in vae.modules() if type(m).__name__ == "SpatioTemporalResBlock")
+        out = vae.decode(z, num_frames=4).sample
+        apply_vae_accel(vae, AccelConfig())
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert not any("forward" in m.__dict__ for m in vae.modules())
+
+
 def test_compiled_blocks_are_wired_and_undone(pipe):
     pipe.accelerate(AccelConfig(compile_blocks=True, compile_backend="eager"))
     names = {type(m).__name__ for m in pipe.unet.modules() if getattr(m, "_compiled_call_impl", None) is not None}

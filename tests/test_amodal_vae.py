@@ -162,6 +162,8 @@ def test_default_options_include_the_exact_vae_options():
     assert DEFAULT_ACCEL.skip_unkept and DEFAULT_ACCEL.decode_px == DEFAULT_ACCEL.encode_px == 8 * 512 * 1024
     assert not (DEFAULT_ACCEL.vae_channels_last or DEFAULT_ACCEL.compile_vae)
     assert DEFAULT_ACCEL.native_dtype  # as upstream runs its half-precision weights: no autocast
+    assert DEFAULT_ACCEL.split_geglu and DEFAULT_ACCEL.vae_contiguous_temporal  # exact layout options
+    assert not DEFAULT_ACCEL.contiguous_temporal  # no gain measured in the UNet
 
 
 def test_bad_keep_and_budgets():

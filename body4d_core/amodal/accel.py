@@ -18,6 +18,13 @@
   chunks one projection into two strided halves, which sends GELU and the product to PyTorch's
   slow non-contiguous kernels (GELU alone was 8% of a native UNet call on an H200) and allocates
   two more GEGLU-sized tensors.
+- ``contiguous_temporal`` (exact): diffusers' SpatioTemporalResBlock (UNet and VAE decoder) hands
+  its temporal resnet and the spatial/temporal blend a permuted [B, C, T, H, W] view of the spatial
+  output, so GroupNorm copies it anyway and the residual add and the blend run on mixed layouts
+  through PyTorch's non-vectorised kernels. This copies it once and runs the temporal half on the
+  contiguous copy (same operations, same order). ``vae_contiguous_temporal``: the same in the VAE
+  decoder. On an H200 (native bf16) a VAE decode chunk went from 404 to 309 ms, bit-identical; the UNet
+  calls did not change (1209 -> 1216 ms), so only the VAE option is on by default.
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
   GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,
@@ -73,6 +80,8 @@ class AccelConfig:
     compile_backend: str = "inductor"
     ff_rows: int = 0  # 0 = feed-forward over all rows at once
     split_geglu: bool = False  # GEGLU as two contiguous matmuls + in-place GELU and product
+    contiguous_temporal: bool = False  # UNet spatio-temporal resblocks: temporal half on one contiguous copy
+    vae_contiguous_temporal: bool = False  # the same in the VAE decoder
     native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
     skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
     decode_px: int = 0  # output frame-pixels per vae.decode call across videos (0 = per video and chunk)
@@ -132,6 +141,31 @@ def _split_geglu(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> to
     return value.mul_(F.gelu(gate))
 
 
+def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None = None,
+                            image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' SpatioTemporalResBlock.forward with its temporal half on a contiguous [B, C, T, H, W] copy."""
+    num_frames = image_only_indicator.shape[-1]
+    hidden_states = module.spatial_res_block(hidden_states, temb)
+    batch_frames, channels, height, width = hidden_states.shape
+    batch = batch_frames // num_frames
+    x = hidden_states.reshape(batch, num_frames, channels, height, width).permute(0, 2, 1, 3, 4).contiguous()
+    if temb is not None:
+        temb = temb.reshape(batch, num_frames, -1)
+    mixed = module.temporal_res_block(x, temb)
+    out = module.time_mixer(x_spatial=x, x_temporal=mixed, image_only_indicator=image_only_indicator)
+    return out.permute(0, 2, 1, 3, 4).reshape(batch_frames, channels, height, width)
+
+
+def _contiguous_temporal(module: nn.Module) -> int:
+    """Route every SpatioTemporalResBlock of ``module`` through ``_contiguous_st_resblock``; returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m).__name__ == "SpatioTemporalResBlock":
+            m.forward = partial(_contiguous_st_resblock, m)
+            n += 1
+    return n
+
+
 def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None = None) -> None:
     """Put ``unet`` in the state ``cfg`` describes, undoing earlier options first (idempotent)."""
     _reset(unet, base_processors)
@@ -147,6 +181,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
         for m in unet.modules():
             if type(m).__name__ == "GEGLU":
                 m.forward = partial(_split_geglu, m)
+    if cfg.contiguous_temporal:
+        _contiguous_temporal(unet)
     if cfg.temporal_2d:
         _temporal_as_2d(unet)
     if cfg.fast_groupnorm and not cfg.compile_blocks:
@@ -167,6 +203,8 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
     vae.__dict__.pop("compiled_decoder", None)
     for m in vae.modules():
         m.__dict__.pop("forward", None)
+    if cfg.vae_contiguous_temporal:
+        _contiguous_temporal(vae)
     if cfg.vae_temporal_2d:
         _temporal_as_2d(vae)
     if cfg.fast_groupnorm and not cfg.compile_vae:
