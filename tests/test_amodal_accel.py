@@ -124,7 +124,8 @@ def test_contiguous_temporal_resblocks_are_exact_and_undone(pipe, reference):
     n = sum(type(m).__name__ == "SpatioTemporalResBlock" for m in pipe.unet.modules())
     try:
         pipe.accelerate(cfg)
-        wired = [m for m in pipe.unet.modules() if type(m).__name__ == "SpatioTemporalResBlock" and "forward" in m.__dict__]
+        wired = [m for m in pipe.unet.modules()
+                 if type(m).__name__ == "SpatioTemporalResBlock" and "forward" in m.__dict__]
         assert n > 0 and len(wired) == n
     finally:
         pipe.accelerate(None)
