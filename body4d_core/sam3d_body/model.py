@@ -196,7 +196,8 @@ class Sam3dBody(nn.Module):
         return torch.cat([xy, (batch.size / f)[:, None]], 1)
 
     def rays(self, batch: CropBatch) -> torch.Tensor:
-        """Per crop pixel normalised camera ray (x, y) [B, 2, S, S]."""
+        """Per crop pixel normalised camera ray (x, y) [B, 2, S, S] (upstream's input to the ray encoder;
+        the decoder uses the equivalent ``patch_rays``, tested against this)."""
         s = self.cfg.image_size
         ar = torch.arange(s, device=batch.img.device, dtype=torch.float32)
         a = batch.affine
