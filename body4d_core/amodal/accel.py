@@ -149,6 +149,7 @@ def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb
     batch_frames, channels, height, width = hidden_states.shape
     batch = batch_frames // num_frames
     x = hidden_states.reshape(batch, num_frames, channels, height, width).permute(0, 2, 1, 3, 4).contiguous()
+    del hidden_states  # only the copy is read from here on: free the spatial output early (peak memory)
     if temb is not None:
         temb = temb.reshape(batch, num_frames, -1)
     mixed = module.temporal_res_block(x, temb)
