@@ -26,9 +26,6 @@ from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor,
 from bench_body import build_ours, make_inputs  # noqa: E402
 from kernel_profile import sync, timed, timed_profile  # noqa: E402
 
-TOP = 20  # kernels listed per profile (--top)
-DECODERS = ("fp32", "tf32", "bf16")  # decoder precisions timed (--decoders)
-
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
     "fp8-row": dict(parts="all", scaling="row", fast_accum=False),
@@ -90,7 +87,8 @@ def tf32(on: bool):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, size: tuple[int, int]) -> None:
+def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, size: tuple[int, int],
+                 precisions: tuple[str, ...] = ("fp32", "tf32", "bf16"), top: int = 20) -> None:
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
     frames, items = make_inputs(bs, *size, people=4)
@@ -104,7 +102,7 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
     print(f"| crops (host + device, synchronous) | {crop_sec * 1000:.1f} | - |")
     for name, dtype, allow in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                                ("bf16", torch.bfloat16, False)):
-        if name not in DECODERS:
+        if name not in precisions:
             continue
         model.optimize("", compile_mode, backend="inductor" if cuda else "eager")
 
@@ -120,11 +118,12 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         sec = timed(run, reps)
         print(f"| {name} (decoder compile: {compile_mode or 'off'}) | {sec * 1000:.1f} | {warm:.1f} |", flush=True)
         if profile and name in ("fp32", "bf16"):
-            timed_profile(run, f"body decoder {name}", top=TOP)
+            timed_profile(run, f"body decoder {name}", top=top)
     model.optimize("", "")
 
 
-def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: list[str], backend: str) -> None:
+def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: list[str], backend: str,
+                   top: int = 20) -> None:
     """Whole body-mode calls (crops, backbone, decoder, overlap) as shipped by each bench_body variant:
     crops/s, then a kernel profile of one call, whose kernel time against the wall time says whether
     the GPU or the host sets the rate (two streams: kernel time may exceed the wall)."""
@@ -143,13 +142,12 @@ def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: 
         sec = timed(run, 1)
         print(f"\n| body mode, {name} | {len(items) / sec:.1f} crops/s | {sec * 1000 / (len(items) / bs):.1f} ms "
               f"per batch of {bs} |", flush=True)
-        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=TOP)
+        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=top)
     model.backbone.encoder.enable_fp8(False)
     model.optimize("", "")
 
 
 def main() -> None:
-    global TOP, DECODERS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
@@ -164,7 +162,6 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=20, help="kernels listed per profile")
     ap.add_argument("--decoders", default="fp32,tf32,bf16", help="decoder precisions timed (comma list)")
     args = ap.parse_args()
-    TOP, DECODERS = args.top, tuple(args.decoders.split(","))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = tiny_config() if args.tiny else Sam3dBodyConfig(mask_embed_type="v2")
     bs = min(args.batch, 4) if args.tiny else args.batch
@@ -176,9 +173,10 @@ def main() -> None:
         backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile)
     if args.body_mode:
         body_mode_rows(model, bs, 8 if args.tiny else args.body_crops, (256, 448) if args.tiny else (1080, 1920),
-                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager")
+                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager", args.top)
     if not args.no_decoder:
-        decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920))
+        decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920),
+                     tuple(args.decoders.split(",")), args.top)
 
 
 if __name__ == "__main__":

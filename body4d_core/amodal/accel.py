@@ -58,6 +58,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -157,14 +158,21 @@ def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb
     return out.permute(0, 2, 1, 3, 4).reshape(batch_frames, channels, height, width)
 
 
-def _contiguous_temporal(module: nn.Module) -> int:
-    """Route every SpatioTemporalResBlock of ``module`` through ``_contiguous_st_resblock``; returns how many."""
+def _route_forward(module: nn.Module, pick: Callable[[nn.Module], bool], fn: Callable[..., torch.Tensor],
+                   *args: object) -> int:
+    """Every submodule ``pick`` accepts runs ``fn(submodule, *args, inputs...)`` as its forward (an instance
+    attribute, which ``_reset`` / ``apply_vae_accel`` delete again); returns how many."""
     n = 0
     for m in module.modules():
-        if type(m).__name__ == "SpatioTemporalResBlock":
-            m.forward = partial(_contiguous_st_resblock, m)
+        if pick(m):
+            m.forward = partial(fn, m, *args)
             n += 1
     return n
+
+
+def _named(name: str) -> Callable[[nn.Module], bool]:
+    """A ``pick`` for ``_route_forward``: modules whose class is called ``name`` (diffusers' classes)."""
+    return lambda m: type(m).__name__ == name
 
 
 def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None = None) -> None:
@@ -175,15 +183,11 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
         unet.set_attn_processor({name: SingleTokenCrossAttention(p) if name.endswith("attn2.processor") else p
                                  for name, p in procs.items()})
     if cfg.ff_rows:
-        for m in unet.modules():
-            if type(m).__name__ == "FeedForward":
-                m.forward = partial(_chunked_ff, m, cfg.ff_rows)
+        _route_forward(unet, _named("FeedForward"), _chunked_ff, cfg.ff_rows)
     if cfg.split_geglu:
-        for m in unet.modules():
-            if type(m).__name__ == "GEGLU":
-                m.forward = partial(_split_geglu, m)
+        _route_forward(unet, _named("GEGLU"), _split_geglu)
     if cfg.contiguous_temporal:
-        _contiguous_temporal(unet)
+        _route_forward(unet, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.temporal_2d:
         _temporal_as_2d(unet)
     if cfg.fast_groupnorm and not cfg.compile_blocks:
@@ -205,7 +209,7 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
     for m in vae.modules():
         m.__dict__.pop("forward", None)
     if cfg.vae_contiguous_temporal:
-        _contiguous_temporal(vae)
+        _route_forward(vae, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.vae_temporal_2d:
         _temporal_as_2d(vae)
     if cfg.fast_groupnorm and not cfg.compile_vae:
@@ -245,16 +249,15 @@ def _conv3d_as_2d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, y.shape[1], y.shape[2], h, w)
 
 
+def _temporal_only(m: nn.Module) -> bool:
+    """A Conv3d that mixes frames only: (k, 1, 1) kernel, no spatial stride, padding or dilation."""
+    return (isinstance(m, nn.Conv3d) and tuple(m.kernel_size[1:]) == (1, 1) and tuple(m.stride[1:]) == (1, 1)
+            and tuple(m.padding[1:]) == (0, 0) and tuple(m.dilation[1:]) == (1, 1) and m.padding_mode == "zeros")
+
+
 def _temporal_as_2d(module: nn.Module) -> int:
     """Route every temporal-only Conv3d of ``module`` through ``_conv3d_as_2d``; returns how many."""
-    n = 0
-    for m in module.modules():
-        if (isinstance(m, nn.Conv3d) and tuple(m.kernel_size[1:]) == (1, 1) and tuple(m.stride[1:]) == (1, 1)
-                and tuple(m.padding[1:]) == (0, 0) and tuple(m.dilation[1:]) == (1, 1)
-                and m.padding_mode == "zeros"):
-            m.forward = partial(_conv3d_as_2d, m)
-            n += 1
-    return n
+    return _route_forward(module, _temporal_only, _conv3d_as_2d)
 
 
 def _group_norm(m: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
@@ -275,12 +278,7 @@ def _fast_group_norms(module: nn.Module) -> int:
             log.warning("amodal: fast_groupnorm needs triton (%s: %s); GroupNorm stays PyTorch's", type(err).__name__,
                         err)
             return 0
-    n = 0
-    for m in module.modules():
-        if isinstance(m, nn.GroupNorm):
-            m.forward = partial(_group_norm, m)
-            n += 1
-    return n
+    return _route_forward(module, lambda m: isinstance(m, nn.GroupNorm), _group_norm)
 
 
 def _conv_layout(module: nn.Module, fmt: torch.memory_format) -> None:

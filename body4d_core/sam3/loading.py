@@ -66,7 +66,15 @@ def build_processor(image_size: int, mean: tuple = SAM3_MEAN, std: tuple = SAM3_
     return tf.Sam3TrackerVideoProcessor(image_processor=image_proc, video_processor=video_proc)
 
 
+# files Sam3TrackerVideoProcessor.from_pretrained reads (without one of them it fails and the defaults are used)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
 def _load_processor(model_dir: Path, image_size: int) -> Any:
+    """The folder's Sam3TrackerVideoProcessor, or the documented defaults when it has no usable processor files."""
+    if not any((model_dir / name).is_file() for name in PROCESSOR_FILES):
+        log.warning("no processor files in %s; using SAM-3 defaults (%d px, mean=std=0.5)", model_dir, image_size)
+        return build_processor(image_size)
     tf = _transformers()
     try:
         return tf.Sam3TrackerVideoProcessor.from_pretrained(str(model_dir), local_files_only=True)
@@ -102,40 +110,27 @@ def load_sam3(
     if dev.type == "cpu" and dt != torch.float32:
         log.warning("SAM-3 runs in fp32 on the CPU (%s requested)", dt)
         dt = torch.float32
-    load = _load_fast if fast else _from_pretrained
-    target = dev if move and fast else torch.device("cpu")
-    tracker = load(tf.Sam3TrackerVideoModel, directory, dt, target)
-    detector = load(tf.Sam3Model, directory, dt, target) if with_detector else None
+    target = dev if move else torch.device("cpu")
+
+    def load(cls: Any) -> Any:
+        return _load_fast(cls, directory, dt, target) if fast else _from_pretrained(cls, directory, dt)
+
+    tracker = load(tf.Sam3TrackerVideoModel)
+    detector = load(tf.Sam3Model) if with_detector else None
     det_proc = None
     if detector is not None:
         share_backbone(tracker, detector)
         det_proc = _load_detector_processor(directory)
-    image_size = int(tracker.config.image_size)
-    processor = _load_processor(directory, image_size) if not fast or _has_processor(directory) \
-        else _default_processor(directory, image_size)
+    processor = _load_processor(directory, int(tracker.config.image_size))
     bundle = Sam3Bundle(tracker.eval(), processor, detector.eval() if detector is not None else None, det_proc, dt)
     return bundle.to(dev) if move else bundle
 
 
-# files Sam3TrackerVideoProcessor.from_pretrained reads (without one of them it fails and the defaults are used)
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
-
-
-def _has_processor(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in PROCESSOR_FILES)
-
-
-def _default_processor(directory: Path, image_size: int) -> Any:
-    """The documented defaults, without first letting from_pretrained fail on the missing files."""
-    log.warning("no processor files in %s; using SAM-3 defaults (%d px, mean=std=0.5)", directory, image_size)
-    return build_processor(image_size)
-
-
-def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype, device: torch.device | None = None) -> Any:
+def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype) -> Any:
     """from_pretrained (safetensors, local only) that refuses checkpoints leaving weights uninitialised.
 
     The previous path (``load_sam3(fast=False)``), kept for A/B benches and the bit-identity test;
-    the model stays on the CPU (``device`` is ignored).
+    the model stays on the CPU.
     """
     try:
         model, info = cls.from_pretrained(str(directory), dtype=dtype, local_files_only=True, use_safetensors=True,
@@ -181,7 +176,7 @@ def _load_fast(cls: Any, directory: Path, dtype: torch.dtype, device: torch.devi
     if model is None:
         log.info("fast SAM-3 load of %s not possible; using transformers' loader", directory)
         return _from_pretrained(cls, directory, dtype).to(device)
-    return model.to(device).eval()
+    return model  # on ``device``, in eval mode
 
 
 SAM3_MODEL_TYPES = ("sam3_video", "sam3_tracker_video", "sam3", "sam3_tracker")

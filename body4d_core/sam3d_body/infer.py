@@ -238,8 +238,11 @@ def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.
     here if None)."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
     keys = [("img", i) if it.image is not None else int(it.frame) for i, it in enumerate(items)]
+    groups: dict[Any, list[int]] = {}  # source -> the items cropped from it
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     sources = {}
-    for key in dict.fromkeys(keys):
+    for key in groups:
         if isinstance(key, tuple):
             src = items[key[1]].get_image()
             _check_size(items[key[1]], "replacement image", src, (h, w, 3))
@@ -251,8 +254,7 @@ def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.
     grid = C.sample_grid(affine, size, (h, w), flip=flip) if grid is None else grid
     img = torch.zeros(len(items), 3, size, size, device=dev)
     for key, src in sources.items():
-        idx = [i for i, k in enumerate(keys) if k == key]
-        img[idx] = C.warp(_to_float_image(src, dev), grid[idx])
+        img[groups[key]] = C.warp(_to_float_image(src, dev), grid[groups[key]])
     return img
 
 

@@ -200,11 +200,7 @@ class Sam3dBody(nn.Module):
         the decoder uses the equivalent ``patch_rays``, tested against this)."""
         s = self.cfg.image_size
         ar = torch.arange(s, device=batch.img.device, dtype=torch.float32)
-        a = batch.affine
-        x = (ar[None, None, :] - a[:, 0, 2, None, None]) / a[:, 0, 0, None, None]
-        y = (ar[None, :, None] - a[:, 1, 2, None, None]) / a[:, 1, 1, None, None]
-        x = (x - batch.K[:, 0, 2, None, None]) / batch.K[:, 0, 0, None, None]
-        y = (y - batch.K[:, 1, 2, None, None]) / batch.K[:, 1, 1, None, None]
+        x, y = self._rays_at(batch, ar[None, None, :], ar[None, :, None])
         return torch.stack([x.expand(-1, s, s), y.expand(-1, s, s)], 1)
 
     def patch_rays(self, batch: CropBatch, enc: CameraEncoder) -> torch.Tensor:
@@ -217,12 +213,18 @@ class Sam3dBody(nn.Module):
         s = self.cfg.image_size
         ar = torch.arange(s, device=batch.img.device, dtype=torch.float32)
         idx = enc.downsample(torch.stack([ar[None, :].expand(s, s), ar[:, None].expand(s, s)])[None])[0]
-        a = batch.affine
-        x = (idx[0][None] - a[:, 0, 2, None, None]) / a[:, 0, 0, None, None]
-        y = (idx[1][None] - a[:, 1, 2, None, None]) / a[:, 1, 1, None, None]
-        x = (x - batch.K[:, 0, 2, None, None]) / batch.K[:, 0, 0, None, None]
-        y = (y - batch.K[:, 1, 2, None, None]) / batch.K[:, 1, 1, None, None]
-        return torch.stack([x, y], 1)
+        return torch.stack(self._rays_at(batch, idx[0][None], idx[1][None]), 1)
+
+    @staticmethod
+    def _rays_at(batch: CropBatch, cols: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ray x at crop columns ``cols`` and ray y at crop rows ``rows`` (broadcast against [B, 1, 1]):
+        crop pixel -> frame pixel (the crop's affine) -> normalised camera coordinate (K)."""
+        a, k = batch.affine, batch.K
+        x = (cols - a[:, 0, 2, None, None]) / a[:, 0, 0, None, None]
+        y = (rows - a[:, 1, 2, None, None]) / a[:, 1, 1, None, None]
+        x = (x - k[:, 0, 2, None, None]) / k[:, 0, 0, None, None]
+        y = (y - k[:, 1, 2, None, None]) / k[:, 1, 1, None, None]
+        return x, y
 
     # ------------------------------------------------------------------ decoding
 
