@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..body4d_core.data import Camera, check_same_frames
 from ..body4d_core.errors import InputError
 from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+from ..body4d_core.sam3d_body.model import AUTO_COMPILE_MIN_CROPS
 from ..body4d_core.body_inputs import body_items
 from ..body4d_core.mhr_pose import to_mhr_pose
 from . import comfy_glue as glue
@@ -47,10 +48,11 @@ class LoadSAM3DBody(io.ComfyNode):
                                tooltip="torch.compile the backbone's ViT blocks and the decoder layers on a CUDA GPU "
                                        "(equal up to floating-point rounding; ~1.2-1.3x faster per crop once "
                                        "compiled, compiled once per process). auto: only where it pays: jobs of at "
-                                       "least 15000 crops in body mode or 4000 in full mode (a first compile costs "
-                                       "~18-28 s on an H200), or once this process has compiled for this batch size; "
-                                       "eager otherwise or without Triton. always: compile for every job. max-autotune: always, slower "
-                                       "to compile, sometimes faster. off: eager."),
+                                       f"least {AUTO_COMPILE_MIN_CROPS['body']} crops in body mode or "
+                                       f"{AUTO_COMPILE_MIN_CROPS['full']} in full mode (a first compile costs "
+                                       "~18-28 s on an H200), or once this process has compiled for this batch "
+                                       "size; eager otherwise or without Triton. always: compile for every job. "
+                                       "max-autotune: always, slower to compile, sometimes faster. off: eager."),
             ],
             outputs=[t.BodyModel.Output("sam3d_body_model")],
         )
