@@ -17,8 +17,9 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import OutputWriteError, atomic_path
 from .data import Bodies, Camera
-from .errors import Body4DError, InputError
+from .errors import InputError
 from .palette import object_color_float
 from .runtime import NULL_HOOKS, Hooks
 
@@ -29,8 +30,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 NORMALS_BATCH = 64  # frames per GLB vertex-normal call: few OpenMP regions (per-frame calls stall on busy cores)
 
 
-class ExportError(Body4DError):
-    """An output could not be written (path not writable, disk full)."""
+class ExportError(OutputWriteError):
+    """An output folder could not be created or written (path not writable, disk full)."""
 
 
 def _writable_dir(path: str | Path) -> Path:
@@ -68,11 +69,22 @@ def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: 
         raise InputError(f"fps must be positive, got {fps}")
     path = Path(path)
     _writable_dir(path.parent)
+    with atomic_path(path) as tmp:  # PyAV writes the temporary (same suffix: the muxer is picked from it)
+        try:
+            container = av.open(str(tmp), mode="w")
+        except OSError:  # PyAV's OS errors (disk full, permissions) become atomic_path's one sentence
+            raise
+        except av.error.FFmpegError as err:  # type: ignore[attr-defined]
+            raise ExportError(f"cannot write video {path}: {err}") from err
+        count = _encode(av, container, images, fps, image_size, crf, preset)
+        if count == 0:
+            raise InputError("no frames to write to the video")
+    return path
+
+
+def _encode(av, container, images, fps: float, image_size, crf: int, preset: str) -> int:
+    """Encode frames into an open PyAV container and close it; returns the frame count."""
     count = 0
-    try:
-        container = av.open(str(path), mode="w")
-    except (OSError, av.error.FFmpegError) as err:  # type: ignore[attr-defined]
-        raise ExportError(f"cannot write video {path}: {err}") from err
     stream = None
     try:
         for frame in images:
@@ -102,10 +114,7 @@ def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: 
                 container.mux(packet)
     finally:
         container.close()
-    if count == 0:
-        path.unlink(missing_ok=True)
-        raise InputError("no frames to write to the video")
-    return path
+    return count
 
 
 # --------------------------------------------------------------------------- params
@@ -116,12 +125,9 @@ def save_params(bodies: Bodies, path: str | Path, camera: Camera | None = None) 
     _check_bodies(bodies, "Save params")
     path = Path(path)
     _writable_dir(path.parent)
-    try:
-        out = bodies.save_npz(path)
-        if camera is not None:
-            camera.save_npz(out.with_name(out.stem + "_camera.npz"))
-    except OSError as err:
-        raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+    out = bodies.save_npz(path)  # each .npz is written atomically (write_npz)
+    if camera is not None:
+        camera.save_npz(out.with_name(out.stem + "_camera.npz"))
     return out
 
 
@@ -171,10 +177,8 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
             hooks.check_interrupt()
             mesh = trimesh.Trimesh(world_vertices(bodies, i, int(t)), faces, process=False,
                                    vertex_colors=np.tile(color, (bodies.vertices.shape[2], 1)))
-            try:
-                mesh.export(folder / f"{int(t):08d}.{fmt}")
-            except OSError as err:
-                raise ExportError(f"cannot write {folder}: {err.strerror or err}") from err
+            with atomic_path(folder / f"{int(t):08d}.{fmt}") as tmp:  # trimesh picks the format from the suffix
+                mesh.export(str(tmp), file_type=fmt)
             done += 1
             hooks.progress(done, total)
     return root
@@ -275,9 +279,8 @@ def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: st
     for k, i in enumerate(r for r in rows if bodies.present[r].any()):
         hooks.check_interrupt()
         path = root / f"{prefix}_person_{int(bodies.obj_ids[i])}.glb"
-        try:
-            path.write_bytes(glb_bytes(bodies, int(i), fps))
-        except OSError as err:
-            raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+        data = glb_bytes(bodies, int(i), fps)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
         hooks.progress(k + 1, bodies.num_objects)
     return root
