@@ -187,21 +187,39 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
 # --------------------------------------------------------------------------- GLB
 
 
+FALLBACK_NORMAL = np.array([0.0, 0.0, 1.0], np.float32)  # towards the viewer (OpenGL camera frame)
+
+
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Unit vertex normals float32 [..., V, 3] (the renderer's area-weighted ones; zero where undefined)."""
+    """Unit vertex normals float32 [..., V, 3]: the renderer's area-weighted ones, and FALLBACK_NORMAL
+    where they are undefined (a vertex no face uses, or only zero-area faces), since glTF requires
+    every NORMAL to be of unit length."""
     import torch
 
     from .render import vertex_normals
 
     vt = torch.from_numpy(np.ascontiguousarray(v, np.float32))
-    return vertex_normals(vt, torch.from_numpy(np.ascontiguousarray(f, np.int64))).numpy()
+    n = vertex_normals(vt, torch.from_numpy(np.ascontiguousarray(f, np.int64))).numpy()
+    length = np.linalg.norm(n, axis=-1)
+    undefined = ~(np.abs(length - 1.0) < 1e-3)  # zero (or NaN) where no face gave a direction
+    if undefined.any():
+        n[undefined] = FALLBACK_NORMAL
+    return n
+
+
+def _drawn_faces(faces: np.ndarray) -> np.ndarray:
+    """Faces without a repeated vertex index (those draw nothing; glTF validators flag them)."""
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    if not keep.any():
+        raise InputError("Save GLB: the mesh has no triangle with three distinct vertices")
+    return faces[keep]
 
 
 def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> bytes:
     """Animated GLB of person index i: a node per present frame, visible on its frame only."""
     import pygltflib as g
 
-    faces = np.ascontiguousarray(_need_mesh(bodies, "Save GLB"), dtype=np.uint32)
+    faces = np.ascontiguousarray(_drawn_faces(_need_mesh(bodies, "Save GLB")), dtype=np.uint32)
     frames = np.flatnonzero(bodies.present[i])
     if frames.size == 0:
         raise InputError(f"Save GLB: person {int(bodies.obj_ids[i])} is on no frame")
