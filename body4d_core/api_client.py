@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import write_bytes_atomic
+from .atomic import OutputWriteError, write_bytes_atomic
 from .errors import Body4DError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ class ComfyClient:
         path = Path(path)
         if not path.is_file():
             raise ApiError(f"file to upload not found: {path}")
+        try:
+            content = path.read_bytes()
+        except OSError as err:
+            raise ApiError(f"cannot read {path} to upload it: {err.strerror or err}") from err
         boundary = uuid.uuid4().hex
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         parts = [
@@ -111,7 +115,7 @@ class ComfyClient:
             _form_field(boundary, "subfolder", subfolder),
             _form_field(boundary, "overwrite", "true" if overwrite else "false"),
             (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
-             f"Content-Type: {ctype}\r\n\r\n").encode() + path.read_bytes() + b"\r\n",
+             f"Content-Type: {ctype}\r\n\r\n").encode() + content + b"\r\n",
             f"--{boundary}--\r\n".encode(),
         ]
         body = self._request("/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -227,7 +231,11 @@ class ComfyClient:
             q = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
                                         "type": item.get("type", "output")})
             data = self._request(f"/view?{q}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputWriteError(f"cannot create the download folder {dest.parent}: "
+                                       f"{err.strerror or err}") from err
             write_bytes_atomic(dest, data)
             files[dest] = None
         return list(files)

@@ -344,3 +344,13 @@ def test_json_for_a_text_input_stays_text(server: str) -> None:
     assert Fake.state["prompts"][res.prompt_id]["graph"]["2"]["inputs"]["prompts"] == POINTS
     with pytest.raises(ApiError, match="NODE.INPUT=VALUE"):
         apply_override(graph, "SAMBody4D_LoadVideo.frame_load_cap")
+
+
+def test_download_folder_blocked_is_one_sentence(server: str, tmp_path: Path) -> None:
+    from body4d_core.atomic import OutputWriteError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "body4d").write_text("a file where a folder goes")
+    with pytest.raises(OutputWriteError, match=r"cannot create the download folder .*glb_00002") as err:
+        ComfyClient(server, timeout=5).run_workflow(_graph(), tmp_path / "out", timeout=10)
+    _one_line(err)
