@@ -200,11 +200,18 @@ class _NpzMixin:
             return ResultFileError(f"{what} {problem}; {RERUN}")
 
         try:
+            with open(path, "rb") as fh:
+                magic = fh.read(6)
+            if magic.startswith(b"\x93NUMPY"):
+                raise fail("is a single array, not a SAM-Body4D .npz")
+            if not magic.startswith(b"PK"):
+                found = "it is empty" if not magic else f"it starts with {magic[:4]!r}"
+                raise fail(f"cannot be read as an .npz (not a zip archive: {found})")
             data = np.load(path, allow_pickle=False)
+        except ResultFileError:
+            raise
         except _READ_ERRORS as err:
             raise fail(f"cannot be read as an .npz ({_reason(err)})") from err
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise fail("is a single array, not a SAM-Body4D .npz")
         with data:
             head = _read_header(data, fail)
             if head.get("kind") != cls.KIND:

@@ -259,7 +259,12 @@ def test_header_not_json_or_pickled(tmp_path: Path) -> None:
 def test_not_an_npz_at_all(tmp_path: Path) -> None:
     garbage = tmp_path / "tracks.npz"
     garbage.write_bytes(b"<html>not found</html>")
-    with pytest.raises(ResultFileError, match=r"tracks\.npz .*cannot be read"):
+    with pytest.raises(ResultFileError, match=r"tracks\.npz .*cannot be read as an \.npz \(not a zip archive: "
+                                              r"it starts with b'<htm'\)") as info:
+        Tracks.load_npz(garbage)
+    assert "pickle" not in str(info.value) and "Python objects" not in str(info.value)
+    garbage.write_bytes(b"")
+    with pytest.raises(ResultFileError, match="it is empty"):
         Tracks.load_npz(garbage)
     single = tmp_path / "single.npz"
     np.save(single.with_suffix(".npy"), np.zeros(3))
