@@ -90,8 +90,8 @@ class ComfyClient:
     def _dict(self, path: str, data: Any, *keys: str) -> dict:
         """``data`` as a dict holding ``keys``, else one ApiError."""
         if not isinstance(data, dict) or any(k not in data for k in keys):
-            raise ApiError(f"{self.server} answered {_short(path)} unexpectedly ({_snippet(json.dumps(data).encode())}); "
-                           "is it a ComfyUI server?")
+            found = _snippet(json.dumps(data).encode())
+            raise ApiError(f"{self.server} answered {_short(path)} unexpectedly ({found}); is it a ComfyUI server?")
         return data
 
     # ------------------------------------------------------------------ api
@@ -118,7 +118,8 @@ class ComfyClient:
              f"Content-Type: {ctype}\r\n\r\n").encode() + content + b"\r\n",
             f"--{boundary}--\r\n".encode(),
         ]
-        body = self._request("/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        body = self._request("/upload/image", b"".join(parts),
+                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         res = self._dict("/upload/image", self._json("/upload/image", body), "name")
         name = res["name"]
         return f"{res['subfolder']}/{name}" if res.get("subfolder") else name
