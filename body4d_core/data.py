@@ -151,8 +151,11 @@ def _finite_problem(arrays: dict[str, np.ndarray], names: Iterable[str], rows: n
         arr = arrays.get(name)
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
-        sel = arr[rows] if rows is not None and arr.shape[:2] == rows.shape else arr
-        if not np.isfinite(sel).all():
+        if rows is not None and arr.shape[:2] == rows.shape:  # per (object, frame), no copy of the values
+            ok = np.isfinite(arr).reshape(*rows.shape, -1).all(axis=-1)[rows].all()
+        else:
+            ok = np.isfinite(arr).all()
+        if not ok:
             return f"member {name!r} holds NaN or infinite values"
     return None
 

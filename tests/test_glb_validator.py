@@ -7,7 +7,6 @@ is looked up in NODE_PATH, in ``npm root -g`` and in ``tests/node_modules``; ins
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ SCRIPT = HERE / "gltf_validate.cjs"
 INSTALL = "npm i -g gltf-validator"
 
 
-@functools.lru_cache(maxsize=1)
 def _node_path() -> str:
     """NODE_PATH that reaches gltf-validator: the caller's, npm's global root and tests/node_modules."""
     parts = [p for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p]
