@@ -1,7 +1,9 @@
 """A small client for a running ComfyUI server: upload, queue a workflow, follow, download.
 
-Uses only the standard library plus ``websocket-client`` (for live progress; polling
-``/history`` is the fallback). Equivalent curl calls are in the README.
+Uses only the standard library plus ``websocket-client`` (for live progress; the end of a run is
+read from ``/history``, asked while waiting, so a run that ends before the websocket connects is
+still seen at once). Outputs download into their server sub-folders. Every network, server or
+workflow-file problem is one ``ApiError`` sentence. Equivalent curl calls are in the README.
 """
 
 from __future__ import annotations
