@@ -341,3 +341,21 @@ def test_prompt_counts_inconsistent(tmp_path: Path) -> None:
     bad = _rewrite(src, tmp_path / "prompts.npz", change={"counts": np.array([3, 0], np.int64)})
     with pytest.raises(ResultFileError, match="point counts do not match"):
         Prompts.load_npz(bad)
+
+
+def test_workflow_convert_output_is_atomic(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from body4d_core.workflow_convert import main
+
+    info = json.loads((Path(__file__).resolve().parent / "fixtures" / "object_info_0.33.0_subset.json").read_text())
+    oi = tmp_path / "object_info.json"
+    oi.write_text(json.dumps({"EmptyLatentImage": info["EmptyLatentImage"]}))
+    src = tmp_path / "wf.json"
+    src.write_text(json.dumps({"nodes": [{"id": 1, "type": "EmptyLatentImage", "mode": 0, "inputs": [], "outputs": [],
+                                          "widgets_values": [64, 64, 1]}], "links": []}))
+    (tmp_path / "taken.json").mkdir()  # the output name is taken by a folder
+    assert main([str(src), "--object-info", str(oi), "-o", str(tmp_path / "taken.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: could not write") and "taken.json" in err[0]
+    assert main([str(src), "--object-info", str(oi), "-o", str(tmp_path / "api.json")]) == 0
+    assert json.loads((tmp_path / "api.json").read_text())["1"]["inputs"]["width"] == 64
+    assert _leftovers(tmp_path) == []
