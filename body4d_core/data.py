@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Iterable
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
 
 FORMAT_VERSION = 1
@@ -113,15 +114,16 @@ def npz_member_compressed(arr: np.ndarray) -> bool:
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays as an .npz that ``np.load`` reads like ``np.savez_compressed``'s: one ``<key>.npy``
-    member per array, each deflated at ``NPZ_LEVEL`` or stored when it barely compresses.
+    member per array, each deflated at ``NPZ_LEVEL`` or stored when it barely compresses. The file
+    appears under its name only once complete (``atomic_path``): a full disk leaves nothing behind.
 
     Why: deflating float vertices (~100 MB per 5 people x 90 frames) at the default level took ~5 s
     per file to save 8%; stored members also load faster. np.load handles both member types, so
     files written before (all deflated) and after load the same way.
     """
     path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL,
-                         allowZip64=True) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                    compresslevel=NPZ_LEVEL, allowZip64=True) as zf:
         for key, val in arrays.items():
             val = np.asanyarray(val)
             member: str | zipfile.ZipInfo = key + ".npy"
@@ -134,10 +136,35 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+class ResultFileError(InputError):
+    """A saved stage result that cannot be used (damaged, incomplete, wrong kind, non-finite values)."""
+
+
+RERUN = "re-run the stage that writes it (headless: add --overwrite)"
+# what np.load / zipfile / zlib raise on a damaged or truncated archive
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError)
+
+
+def _finite_problem(arrays: dict[str, np.ndarray], names: Iterable[str], rows: np.ndarray | None = None) -> str | None:
+    """The first member of ``names`` holding NaN/inf (on ``rows`` [N, T] when given), as a phrase."""
+    for name in names:
+        arr = arrays.get(name)
+        if arr is None or not np.issubdtype(arr.dtype, np.floating):
+            continue
+        if rows is not None and arr.shape[:2] == rows.shape:  # per (object, frame), no copy of the values
+            ok = np.isfinite(arr).reshape(*rows.shape, -1).all(axis=-1)[rows].all()
+        else:
+            ok = np.isfinite(arr).all()
+        if not ok:
+            return f"member {name!r} holds NaN or infinite values"
+    return None
+
+
 class _NpzMixin:
     """Save/load through a flat dict of arrays plus a JSON header."""
 
     KIND: ClassVar[str] = ""
+    REQUIRED: ClassVar[tuple[str, ...]] = ()  # members every file of this kind must hold
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -146,6 +173,11 @@ class _NpzMixin:
     def from_arrays(cls, arrays: dict[str, np.ndarray], header: dict) -> Any:
         raise NotImplementedError
 
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """Why the arrays hold unusable NaN/inf values (None when they are fine); per type."""
+        return None
+
     def header(self) -> dict:
         return {}
 
@@ -153,26 +185,86 @@ class _NpzMixin:
         """Write this object to ``path`` (.npz; see ``write_npz``); returns the path."""
         path = Path(path)
         path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
-        head = {"kind": self.KIND, "version": FORMAT_VERSION, **self.header()}
-        write_npz(path, {"__header__": np.array(json.dumps(head)), **self.to_arrays()})
+        arrays = self.to_arrays()
+        head = {"kind": self.KIND, "version": FORMAT_VERSION, **self.header(), "members": sorted(arrays)}
+        write_npz(path, {"__header__": np.array(json.dumps(head)), **arrays})
         return path
 
     @classmethod
     def load_npz(cls, path: str | Path) -> Any:
-        """Read an object written by ``save_npz``; checks the kind and version."""
+        """Read an object written by ``save_npz``; a damaged, incomplete or non-finite file is one
+        ``ResultFileError`` sentence naming the file (never a zip/JSON/pickle traceback)."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no such file: {path}")
-        with np.load(path, allow_pickle=False) as data:
-            if "__header__" not in data:
-                raise InputError(f"{path} is not a SAM-Body4D .npz (no header)")
-            head = json.loads(str(data["__header__"]))
+        what = f"{path} (a saved {cls.KIND or 'result'})"
+
+        def fail(problem: str) -> ResultFileError:
+            return ResultFileError(f"{what} {problem}; {RERUN}")
+
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(6)
+            if magic.startswith(b"\x93NUMPY"):
+                raise fail("is a single array, not a SAM-Body4D .npz")
+            if not magic.startswith(b"PK"):
+                found = "it is empty" if not magic else f"it starts with {magic[:4]!r}"
+                raise fail(f"cannot be read as an .npz (not a zip archive: {found})")
+            data = np.load(path, allow_pickle=False)
+        except ResultFileError:
+            raise
+        except _READ_ERRORS as err:
+            raise fail(f"cannot be read as an .npz ({_reason(err)})") from err
+        with data:
+            head = _read_header(data, fail)
             if head.get("kind") != cls.KIND:
-                raise InputError(f"{path} holds {head.get('kind')!r}, expected {cls.KIND!r}")
-            if head.get("version", 0) > FORMAT_VERSION:
-                raise InputError(f"{path} was written by a newer version (format {head['version']})")
-            arrays = {k: data[k] for k in data.files if k != "__header__"}
-        return cls.from_arrays(arrays, head)
+                raise fail(f"holds {head.get('kind')!r}, expected {cls.KIND!r}")
+            if not isinstance(head.get("version", 0), int) or head.get("version", 0) > FORMAT_VERSION:
+                raise InputError(f"{path} was written by a newer version (format {head.get('version')})")
+            listed = head.get("members") if isinstance(head.get("members"), list) else []
+            missing = sorted((set(cls.REQUIRED) | set(listed)) - set(data.files))
+            if missing:
+                raise fail(f"is incomplete: member(s) {', '.join(missing)} missing (an interrupted write?)")
+            arrays = {}
+            for k in data.files:
+                if k == "__header__":
+                    continue
+                try:
+                    arrays[k] = data[k]
+                except _READ_ERRORS as err:
+                    raise fail(f"is damaged: member {k!r} cannot be read ({_reason(err)})") from err
+        problem = cls.nonfinite(arrays)
+        if problem:
+            raise fail(problem)
+        try:
+            return cls.from_arrays(arrays, head)
+        except InputError as err:
+            raise fail(f"does not hold valid data ({err})") from err
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise fail(f"does not hold valid data ({_reason(err)})") from err
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason for a read error (pickled members are named as such, not as a pickle problem)."""
+    text = str(err).strip() or type(err).__name__
+    if "pickled" in text or "allow_pickle" in text:
+        return "a member holds Python objects, which SAM-Body4D never writes"
+    if isinstance(err, KeyError):
+        return f"missing entry {text}"
+    return text.splitlines()[0][:200]
+
+
+def _read_header(data: Any, fail: Any) -> dict:
+    """The JSON header of an opened .npz as a dict (errors via ``fail``)."""
+    if "__header__" not in data.files:
+        raise fail("is not a SAM-Body4D .npz (no header)")
+    try:
+        head = json.loads(str(data["__header__"]))
+    except _READ_ERRORS as err:
+        raise fail(f"has a damaged header ({_reason(err)})") from err
+    if not isinstance(head, dict):
+        raise fail("has a damaged header (not a JSON object)")
+    return head
 
 
 # --------------------------------------------------------------------------- clip
@@ -194,6 +286,7 @@ class Clip(_NpzMixin):
     frames: np.ndarray | None = None
 
     KIND: ClassVar[str] = "clip"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("frame_indices",)
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Clip")
@@ -259,6 +352,14 @@ class Prompts(_NpzMixin):
     num_frames: int
 
     KIND: ClassVar[str] = "prompts"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("obj_ids", "frames", "counts", "points", "labels", "boxes")
+
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """Points must be finite; a box row is all-NaN where the prompt has no box, never infinite."""
+        if np.isinf(np.asarray(arrays["boxes"], np.float64)).any():
+            return "member 'boxes' holds infinite values"
+        return _finite_problem(arrays, ("points",))
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Prompts")
@@ -308,6 +409,8 @@ class Prompts(_NpzMixin):
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], header: dict) -> "Prompts":
+        if int(np.sum(arrays["counts"])) != len(arrays["points"]) or len(arrays["points"]) != len(arrays["labels"]):
+            raise InputError("Prompts: the point counts do not match the points and labels stored")
         splits = np.cumsum(arrays["counts"])[:-1]
         pts = np.split(arrays["points"], splits)
         labs = np.split(arrays["labels"], splits)
@@ -331,6 +434,12 @@ class Tracks(_NpzMixin):
     scores: np.ndarray | None = None  # float32 [N, T]
 
     KIND: ClassVar[str] = "tracks"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("obj_ids", "packed", "scores")
+
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """Scores are finite on every frame (0 where an object is absent)."""
+        return _finite_problem(arrays, ("scores",))
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Tracks")
@@ -426,6 +535,15 @@ class Amodal(_NpzMixin):
     completed_rgb: np.ndarray | None = None  # uint8 [K, H, W, 3]
 
     KIND: ClassVar[str] = "amodal"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("obj_ids", "occluded", "packed_amodal", "iou", "completed_index",
+                                           "completed_rgb")
+
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """IoU is NaN where it was not computed (kept), never infinite."""
+        if np.isinf(np.asarray(arrays["iou"], np.float64)).any():
+            return "member 'iou' holds infinite values"
+        return None
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Amodal")
@@ -493,6 +611,12 @@ class Camera(_NpzMixin):
     source: str = "estimated"  # estimated | manual | default | moge_geometry
 
     KIND: ClassVar[str] = "camera"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("intrinsics",)
+
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """Intrinsics are finite on every frame."""
+        return _finite_problem(arrays, ("intrinsics",))
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Camera")
@@ -601,6 +725,17 @@ class Bodies(_NpzMixin):
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     KIND: ClassVar[str] = "bodies"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("obj_ids", "flags", *(f"param.{k}" for k in PARAM_DIMS))
+    GEOMETRY: ClassVar[tuple[str, ...]] = ("keypoints_3d", "keypoints_2d", "vertices", "confidence")
+
+    @classmethod
+    def nonfinite(cls, arrays: dict[str, np.ndarray]) -> str | None:
+        """Parameters and geometry are finite on every frame with a body (MISSING frames are undefined)."""
+        flags = np.asarray(arrays["flags"])
+        if flags.ndim != 2:
+            return None  # the shape check names the problem
+        names = [k for k in arrays if k.startswith("param.")] + list(cls.GEOMETRY)
+        return _finite_problem(arrays, names, rows=flags != BodyFlag.MISSING)
 
     def __post_init__(self) -> None:
         self.image_size = _size(self.image_size, "Bodies")

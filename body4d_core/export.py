@@ -17,8 +17,9 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import OutputWriteError, atomic_path
 from .data import Bodies, Camera
-from .errors import Body4DError, InputError
+from .errors import InputError
 from .palette import object_color_float
 from .runtime import NULL_HOOKS, Hooks
 
@@ -29,8 +30,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 NORMALS_BATCH = 64  # frames per GLB vertex-normal call: few OpenMP regions (per-frame calls stall on busy cores)
 
 
-class ExportError(Body4DError):
-    """An output could not be written (path not writable, disk full)."""
+class ExportError(OutputWriteError):
+    """An output folder could not be created or written (path not writable, disk full)."""
 
 
 def _writable_dir(path: str | Path) -> Path:
@@ -68,11 +69,22 @@ def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: 
         raise InputError(f"fps must be positive, got {fps}")
     path = Path(path)
     _writable_dir(path.parent)
+    with atomic_path(path) as tmp:  # PyAV writes the temporary (same suffix: the muxer is picked from it)
+        try:
+            container = av.open(str(tmp), mode="w")
+        except OSError:  # PyAV's OS errors (disk full, permissions) become atomic_path's one sentence
+            raise
+        except av.error.FFmpegError as err:  # type: ignore[attr-defined]
+            raise ExportError(f"cannot write video {path}: {err}") from err
+        count = _encode(av, container, images, fps, image_size, crf, preset)
+        if count == 0:
+            raise InputError("no frames to write to the video")
+    return path
+
+
+def _encode(av, container, images, fps: float, image_size, crf: int, preset: str) -> int:
+    """Encode frames into an open PyAV container and close it; returns the frame count."""
     count = 0
-    try:
-        container = av.open(str(path), mode="w")
-    except (OSError, av.error.FFmpegError) as err:  # type: ignore[attr-defined]
-        raise ExportError(f"cannot write video {path}: {err}") from err
     stream = None
     try:
         for frame in images:
@@ -102,10 +114,7 @@ def write_mp4(path: str | Path, images: Iterable[np.ndarray] | np.ndarray, fps: 
                 container.mux(packet)
     finally:
         container.close()
-    if count == 0:
-        path.unlink(missing_ok=True)
-        raise InputError("no frames to write to the video")
-    return path
+    return count
 
 
 # --------------------------------------------------------------------------- params
@@ -116,12 +125,9 @@ def save_params(bodies: Bodies, path: str | Path, camera: Camera | None = None) 
     _check_bodies(bodies, "Save params")
     path = Path(path)
     _writable_dir(path.parent)
-    try:
-        out = bodies.save_npz(path)
-        if camera is not None:
-            camera.save_npz(out.with_name(out.stem + "_camera.npz"))
-    except OSError as err:
-        raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+    out = bodies.save_npz(path)  # each .npz is written atomically (write_npz)
+    if camera is not None:
+        camera.save_npz(out.with_name(out.stem + "_camera.npz"))
     return out
 
 
@@ -171,10 +177,8 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
             hooks.check_interrupt()
             mesh = trimesh.Trimesh(world_vertices(bodies, i, int(t)), faces, process=False,
                                    vertex_colors=np.tile(color, (bodies.vertices.shape[2], 1)))
-            try:
-                mesh.export(folder / f"{int(t):08d}.{fmt}")
-            except OSError as err:
-                raise ExportError(f"cannot write {folder}: {err.strerror or err}") from err
+            with atomic_path(folder / f"{int(t):08d}.{fmt}") as tmp:  # trimesh picks the format from the suffix
+                mesh.export(str(tmp), file_type=fmt)
             done += 1
             hooks.progress(done, total)
     return root
@@ -183,21 +187,39 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
 # --------------------------------------------------------------------------- GLB
 
 
+FALLBACK_NORMAL = np.array([0.0, 0.0, 1.0], np.float32)  # towards the viewer (OpenGL camera frame)
+
+
 def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Unit vertex normals float32 [..., V, 3] (the renderer's area-weighted ones; zero where undefined)."""
+    """Unit vertex normals float32 [..., V, 3]: the renderer's area-weighted ones, and FALLBACK_NORMAL
+    where they are undefined (a vertex no face uses, or only zero-area faces), since glTF requires
+    every NORMAL to be of unit length."""
     import torch
 
     from .render import vertex_normals
 
     vt = torch.from_numpy(np.ascontiguousarray(v, np.float32))
-    return vertex_normals(vt, torch.from_numpy(np.ascontiguousarray(f, np.int64))).numpy()
+    n = vertex_normals(vt, torch.from_numpy(np.ascontiguousarray(f, np.int64))).numpy()
+    length = np.linalg.norm(n, axis=-1)
+    undefined = ~(np.abs(length - 1.0) < 1e-3)  # zero (or NaN) where no face gave a direction
+    if undefined.any():
+        n[undefined] = FALLBACK_NORMAL
+    return n
+
+
+def _drawn_faces(faces: np.ndarray) -> np.ndarray:
+    """Faces without a repeated vertex index (those draw nothing; glTF validators flag them)."""
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    if not keep.any():
+        raise InputError("Save GLB: the mesh has no triangle with three distinct vertices")
+    return faces[keep]
 
 
 def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> bytes:
     """Animated GLB of person index i: a node per present frame, visible on its frame only."""
     import pygltflib as g
 
-    faces = np.ascontiguousarray(_need_mesh(bodies, "Save GLB"), dtype=np.uint32)
+    faces = np.ascontiguousarray(_drawn_faces(_need_mesh(bodies, "Save GLB")), dtype=np.uint32)
     frames = np.flatnonzero(bodies.present[i])
     if frames.size == 0:
         raise InputError(f"Save GLB: person {int(bodies.obj_ids[i])} is on no frame")
@@ -275,9 +297,8 @@ def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: st
     for k, i in enumerate(r for r in rows if bodies.present[r].any()):
         hooks.check_interrupt()
         path = root / f"{prefix}_person_{int(bodies.obj_ids[i])}.glb"
-        try:
-            path.write_bytes(glb_bytes(bodies, int(i), fps))
-        except OSError as err:
-            raise ExportError(f"cannot write {path}: {err.strerror or err}") from err
+        data = glb_bytes(bodies, int(i), fps)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
         hooks.progress(k + 1, bodies.num_objects)
     return root

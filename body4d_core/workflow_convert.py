@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import OutputWriteError, write_text_atomic
 from .errors import Body4DError
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = json.dumps(prompt, indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            write_text_atomic(args.output, text)
+        except OutputWriteError as e:
+            sys.stderr.write(f"error: {e}\n")
+            return 1
     else:
         sys.stdout.write(text)
     return 0

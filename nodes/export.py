@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..body4d_core import export as ex
 from ..body4d_core.errors import InputError
@@ -15,7 +15,8 @@ from . import types as t
 
 
 def _output_folder(prefix: str) -> tuple[Path, str]:
-    """A new folder <output>/<prefix>_<nnnnn>/ (prefix may hold sub-folders, never leave output)."""
+    """A new folder <output>/<prefix>_<nnnnn>/ numbered by ComfyUI's save counter (prefix may hold
+    sub-folders, never leaves output); created here, so another run never gets the same one."""
     out_root = os.path.realpath(folder_paths.get_output_directory())
     prefix = (prefix or "body4d").strip().replace("\\", "/")
     if prefix.startswith("/") or ".." in prefix.split("/"):
@@ -23,11 +24,27 @@ def _output_folder(prefix: str) -> tuple[Path, str]:
     base = os.path.realpath(os.path.join(out_root, prefix))
     if not base.startswith(out_root + os.sep):
         raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
-    n = 1
-    while os.path.exists(f"{base}_{n:05d}"):
-        n += 1
-    folder = Path(f"{base}_{n:05d}")
+    parent, name, counter, _, _ = folder_paths.get_save_image_path(os.path.relpath(base, out_root), out_root)
+    while True:
+        folder = Path(parent) / f"{name}_{counter:05d}"
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:  # written meanwhile (or a file of that name): take the next number
+            counter += 1
+        except OSError as err:
+            raise ex.ExportError(f"cannot create output folder {folder}: {err.strerror or err}") from err
     return folder, os.path.relpath(folder, out_root).replace(os.sep, "/")
+
+
+def _saved(files: list[Path], folder: Path, rel: str) -> list[dict]:
+    """ComfyUI UI entries ({filename, subfolder, type}) for files under an output folder, so the
+    browser and API clients (GET /history, /view) can fetch each one."""
+    out = []
+    for f in files:
+        sub = f.parent.relative_to(folder).as_posix()
+        out.append({"filename": f.name, "subfolder": rel if sub == "." else f"{rel}/{sub}", "type": "output"})
+    return out
 
 
 class ExportMeshes(io.ComfyNode):
@@ -41,7 +58,8 @@ class ExportMeshes(io.ComfyNode):
             category=glue.CATEGORY,
             search_aliases=["export ply", "export obj", "save meshes", "save params", "npz"],
             description="Writes <output>/<prefix>_NNNNN/person_<id>/<frame>.ply|obj (metres, OpenGL camera frame, "
-                        "camera translation applied) and params.npz with every body parameter and flag.",
+                        "camera translation applied) and params.npz with every body parameter and flag. Every "
+                        "file is listed in the node's outputs, so API clients can download it.",
             is_output_node=True,
             inputs=[
                 t.Bodies.Input("bodies"),
@@ -57,10 +75,13 @@ class ExportMeshes(io.ComfyNode):
     @classmethod
     def execute(cls, bodies, camera=None, filename_prefix="body4d/meshes", format="ply") -> io.NodeOutput:  # noqa: A002
         folder, rel = _output_folder(filename_prefix)
-        ex.save_params(bodies, folder / "params.npz", camera)
+        params = ex.save_params(bodies, folder / "params.npz", camera)
+        files = [params] + ([params.with_name(params.stem + "_camera.npz")] if camera is not None else [])
         if format != "none":
             ex.write_meshes(bodies, folder, fmt=format, hooks=glue.hooks(int(bodies.present.sum())))
-        return io.NodeOutput(rel, ui=ui.PreviewText(f"wrote {rel}"))
+            files += sorted(folder.glob(f"person_*/*.{format}"))
+        summary = f"wrote {len(files)} file(s) to {rel}"
+        return io.NodeOutput(rel, ui={"files": _saved(files, folder, rel), "text": [summary]})
 
 
 class SaveGLB(io.ComfyNode):
@@ -106,8 +127,7 @@ class SaveGLB(io.ComfyNode):
         folder, rel = _output_folder(filename_prefix)
         ex.write_glb(bodies, folder, fps=float(fps), hooks=glue.hooks(bodies.num_objects))
         files = sorted(folder.glob("*.glb"))
-        results = [{"filename": f.name, "subfolder": rel, "type": "output"} for f in files]
-        return io.NodeOutput(rel, _file3d(files[0]) if files else None, ui={"3d": results})
+        return io.NodeOutput(rel, _file3d(files[0]) if files else None, ui={"3d": _saved(files, folder, rel)})
 
 
 def _file3d(path: Path):

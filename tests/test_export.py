@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from body4d_core import export
+from body4d_core.atomic import OutputWriteError
 from body4d_core.data import Bodies, BodyFlag, Camera
 from body4d_core.errors import Body4DError, InputError
 from body4d_core.mhr_pose import from_mhr_pose, to_mhr_pose
@@ -54,13 +54,21 @@ def test_mp4_errors(tmp_path: Path) -> None:
         export.write_mp4(tmp_path / "e.mp4", np.zeros((1, 8, 8, 3), np.uint8), fps=5, image_size=(8, 9))
 
 
-@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_folder(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    with pytest.raises(Body4DError, match="not writable|cannot"):
-        export.write_meshes(_bodies(), ro / "m")
+    """Write failures root cannot bypass: a person folder blocked by a file, a target that is a folder."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "person_8").write_text("a file where the folder goes")
+    with pytest.raises(Body4DError, match=r"cannot create output folder .*person_8"):
+        export.write_meshes(_bodies(), tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m" / "person_3").iterdir()) == ["00000000.ply", "00000001.ply",
+                                                                              "00000003.ply"]
+    (tmp_path / "params.npz").mkdir()  # the final name is taken by a folder: the rename fails
+    with pytest.raises(OutputWriteError, match=r"params\.npz"):
+        export.save_params(_bodies(), tmp_path / "params.npz")
+    (tmp_path / "v.mp4").mkdir()
+    with pytest.raises(OutputWriteError, match=r"v\.mp4"):
+        export.write_mp4(tmp_path / "v.mp4", np.zeros((2, 8, 8, 3), np.uint8), fps=5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
 def test_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
