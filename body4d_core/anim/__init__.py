@@ -1,0 +1,8 @@
+"""Animation exports people can use: a skinned glTF scene, BVH, per-frame flags (see docs/animation.md)."""
+
+from .motion import FLAG_NAMES, PersonMotion, frame_flags, model_params, rig_data, scene_motions
+from .world_input import Floor, SceneWorld
+from .writer import FORMATS, animation_files, write_animation
+
+__all__ = ["FLAG_NAMES", "FORMATS", "Floor", "PersonMotion", "SceneWorld", "animation_files", "frame_flags",
+           "model_params", "rig_data", "scene_motions", "write_animation"]
