@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .motion import FLAG_NAMES, PersonMotion, frame_flags
-from .quat import forward_kinematics, quat_matrix, topological_order
+from .quat import quat_matrix, topological_order
 
 CM_PER_M = 100.0
 CHANNELS = "Xposition Yposition Zposition Zrotation Yrotation Xrotation"
@@ -34,7 +34,7 @@ def euler_zyx_degrees(q: np.ndarray) -> np.ndarray:
 
 def bvh_channels(m: PersonMotion) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(joint order, translations cm [T, 1+J, 3], ZYX degrees [T, 1+J, 3]) with the person root first."""
-    _, _, gs = forward_kinematics(m.rig.parents, m.local_t, m.local_q, m.local_s)
+    _, _, gs = m.rig_globals()
     parents = m.rig.parents
     parent_scale = np.where(parents[None, :, None] >= 0, gs[:, np.maximum(parents, 0)], 1.0)
     t = np.concatenate([m.root_t[:, None], m.local_t * parent_scale], 1) * CM_PER_M
@@ -66,21 +66,35 @@ def _hierarchy(out: io.StringIO, m: PersonMotion, t0: np.ndarray) -> None:
     out.write("}\n")
 
 
+def _motion_block(m: PersonMotion) -> tuple[str, list[str]]:
+    """(hierarchy text, one formatted channel line per frame) of one identity."""
+    order, t, r = bvh_channels(m)
+    rows = [0] + [1 + j for j in order]
+    head = io.StringIO()
+    _hierarchy(head, m, t[int(np.argmax(m.present))])
+    values = np.concatenate([t[:, rows], r[:, rows]], -1).reshape(t.shape[0], -1)
+    lines = io.StringIO()
+    np.savetxt(lines, values, fmt="%.6f")
+    return head.getvalue(), lines.getvalue().splitlines()
+
+
+def bvh_texts(motions: Sequence[PersonMotion], fps: float) -> tuple[str, list[str]]:
+    """(all identities in one file, one file per identity); each identity's channels are formatted once."""
+    blocks = [_motion_block(m) for m in motions]
+    frames = motions[0].num_frames
+
+    def text(parts: list[tuple[str, list[str]]]) -> str:
+        lines = [" ".join(cols) for cols in zip(*(p[1] for p in parts))]
+        return ("HIERARCHY\n" + "".join(p[0] for p in parts) + f"MOTION\nFrames: {frames}\n"
+                f"Frame Time: {1.0 / fps:.8f}\n" + "\n".join(lines) + "\n")
+
+    single = [text([b]) for b in blocks]
+    return (single[0] if len(blocks) == 1 else text(blocks)), single
+
+
 def bvh_text(motions: Sequence[PersonMotion], fps: float) -> str:
     """A BVH file holding the given identities (one ROOT each), every frame of the clip."""
-    out = io.StringIO()
-    out.write("HIERARCHY\n")
-    columns = []
-    for m in motions:
-        order, t, r = bvh_channels(m)
-        first = int(np.argmax(m.present))
-        _hierarchy(out, m, t[first])
-        rows = [0] + [1 + j for j in order]
-        columns.append(np.concatenate([t[:, rows], r[:, rows]], -1).reshape(t.shape[0], -1))
-    frames = np.concatenate(columns, 1)
-    out.write(f"MOTION\nFrames: {frames.shape[0]}\nFrame Time: {1.0 / fps:.8f}\n")
-    np.savetxt(out, frames, fmt="%.6f")
-    return out.getvalue()
+    return bvh_texts(motions, fps)[0]
 
 
 def flags_csv(motions: Sequence[PersonMotion], fps: float, contacts: dict[str, np.ndarray] | None = None,

@@ -14,51 +14,55 @@ intrinsics and per-frame camera data in the scene's ``extras``.
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from typing import Sequence
 
 import numpy as np
 
 from ..data import Camera
 from ..palette import object_color_float
-from .motion import FLAG_NAMES, PersonMotion, frame_flags
+from .motion import FLAG_NAMES, PersonMotion, continuous, frame_flags
 from .quat import matrix_quat, similarity_matrix
 from .world_input import SceneWorld
 
 STATIC_EPS = 1e-7  # a channel changing less than this (metres / unit scale) is written once, on the node
 GENERATOR = "ComfyUI SAM-Body4D"
+FLOAT, USHORT, UINT = 5126, 5123, 5125  # glTF component types
+ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
+GLB_MAGIC, JSON_CHUNK, BIN_CHUNK = 0x46546C67, 0x4E4F534A, 0x004E4942
 
 
 class _Blob:
-    """Binary chunk + buffer views + accessors under construction."""
+    """Binary chunk + buffer views + accessors under construction (plain glTF JSON dicts)."""
 
     def __init__(self) -> None:
-        import pygltflib as g
-
-        self.g = g
         self.data = bytearray()
-        self.views: list = []
-        self.accessors: list = []
+        self.views: list[dict] = []
+        self.accessors: list[dict] = []
 
     def add(self, arr: np.ndarray, ctype: int, atype: str, target: int | None = None, minmax: bool = False) -> int:
         """Append an array as one view + accessor; returns the accessor index."""
-        g = self.g
         while len(self.data) % 4:
             self.data.append(0)
         arr = np.ascontiguousarray(arr)
-        self.views.append(g.BufferView(buffer=0, byteOffset=len(self.data), byteLength=arr.nbytes, target=target))
+        view = {"buffer": 0, "byteOffset": len(self.data), "byteLength": arr.nbytes}
+        if target is not None:
+            view["target"] = target
+        self.views.append(view)
         self.data.extend(arr.tobytes())
         count = int(arr.shape[0])
-        acc = g.Accessor(bufferView=len(self.views) - 1, componentType=ctype, count=count, type=atype)
+        acc = {"bufferView": len(self.views) - 1, "componentType": ctype, "count": count, "type": atype}
         if minmax:
             flat = arr.reshape(count, -1)
-            acc.min = [float(x) for x in flat.min(0)]
-            acc.max = [float(x) for x in flat.max(0)]
+            acc["min"] = [float(x) for x in flat.min(0)]
+            acc["max"] = [float(x) for x in flat.max(0)]
         self.accessors.append(acc)
         return len(self.accessors) - 1
 
     def floats(self, arr: np.ndarray, atype: str, target: int | None = None, minmax: bool = False) -> int:
-        return self.add(np.asarray(arr, np.float32), self.g.FLOAT, atype, target, minmax)
+        return self.add(np.asarray(arr, np.float32), FLOAT, atype, target, minmax)
 
 
 def _bind_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -72,35 +76,47 @@ def _bind_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.where(length > 1e-12, n / np.maximum(length, 1e-12), [0.0, 1.0, 0.0]).astype(np.float32)
 
 
+def _material(name: str, rgba: list[float], roughness: float) -> dict:
+    return {"name": name, "doubleSided": True, "pbrMetallicRoughness": {
+        "baseColorFactor": rgba, "metallicFactor": 0.0, "roughnessFactor": roughness}}
+
+
+def glb_container(doc: dict, binary: bytes) -> bytes:
+    """A binary glTF file: 12-byte header, JSON chunk (space padded), BIN chunk (zero padded)."""
+    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    binary = bytes(binary) + b"\0" * (-len(binary) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return b"".join([struct.pack("<III", GLB_MAGIC, 2, total), struct.pack("<II", len(text), JSON_CHUNK), text,
+                     struct.pack("<II", len(binary), BIN_CHUNK), binary])
+
+
 class _SceneBuilder:
     """Accumulates nodes, meshes, skins and animation channels."""
 
     def __init__(self, fps: float, num_frames: int) -> None:
-        import pygltflib as g
-
-        self.g = g
         self.blob = _Blob()
-        self.nodes: list = []
-        self.meshes: list = []
-        self.skins: list = []
-        self.materials: list = []
-        self.cameras: list = []
-        self.channels: list = []
-        self.samplers: list = []
+        self.nodes: list[dict] = []
+        self.meshes: list[dict] = []
+        self.skins: list[dict] = []
+        self.materials: list[dict] = []
+        self.cameras: list[dict] = []
+        self.channels: list[dict] = []
+        self.samplers: list[dict] = []
         self.roots: list[int] = []
-        self.times = self.blob.floats(np.arange(num_frames) / fps, g.SCALAR, minmax=True)
+        self.times = self.blob.floats(np.arange(num_frames) / fps, "SCALAR", minmax=True)
         self.num_frames = num_frames
+        self._face_acc: int | None = None
 
     def node(self, **kw) -> int:
-        self.nodes.append(self.g.Node(**kw))
+        self.nodes.append(kw)
         return len(self.nodes) - 1
 
     def animate(self, node: int, path: str, values: np.ndarray, atype: str, interpolation: str = "LINEAR") -> None:
         """One channel over every frame of the clip."""
         out = self.blob.floats(values.reshape(self.num_frames, -1) if atype != "SCALAR" else values.reshape(-1), atype)
-        self.samplers.append(self.g.AnimationSampler(input=self.times, output=out, interpolation=interpolation))
-        self.channels.append(self.g.AnimationChannel(sampler=len(self.samplers) - 1,
-                                                     target=self.g.AnimationChannelTarget(node=node, path=path)))
+        self.samplers.append({"input": self.times, "output": out, "interpolation": interpolation})
+        self.channels.append({"sampler": len(self.samplers) - 1, "target": {"node": node, "path": path}})
 
     def trs(self, node: int, t: np.ndarray, q: np.ndarray, s: np.ndarray | None) -> None:
         """Static value on the node where a channel does not change, an animation channel where it does."""
@@ -111,50 +127,46 @@ class _SceneBuilder:
             if vals is None:
                 continue
             if np.abs(vals - vals[:1]).max() > STATIC_EPS:
-                setattr(n, path, [float(x) for x in vals[0]])
+                n[path] = [float(x) for x in vals[0]]
                 self.animate(node, path, vals, atype)
             elif np.abs(vals[0] - rest).max() > STATIC_EPS:
-                setattr(n, path, [float(x) for x in vals[0]])
+                n[path] = [float(x) for x in vals[0]]
 
     def person(self, m: PersonMotion, faces: np.ndarray, flags_extra: dict[str, np.ndarray]) -> None:
         """Root, joints, skin, skinned mesh (+ morph targets) and channels of one identity."""
-        g, blob = self.g, self.blob
+        blob = self.blob
         root = self.node(name=f"person_{m.obj_id}", extras={
             "obj_id": m.obj_id, "flags": {k: v.astype(int).tolist() for k, v in flags_extra.items()},
             "shape": [float(x) for x in m.shape]})
         self.roots.append(root)
         self.trs(root, m.root_t, m.root_q, None)
         if not m.present.all():  # hidden on missing frames
-            self.nodes[root].scale = [float(m.present[0])] * 3
+            self.nodes[root]["scale"] = [float(m.present[0])] * 3
             self.animate(root, "scale", np.repeat(m.present.astype(np.float32)[:, None], 3, 1), "VEC3", "STEP")
         first = len(self.nodes)
         joint_nodes = [self.node(name=name) for name in m.rig.names]
         for j, p in enumerate(m.rig.parents.tolist()):
             parent = self.nodes[root] if p < 0 else self.nodes[first + p]
-            parent.children = (parent.children or []) + [first + j]
+            parent.setdefault("children", []).append(first + j)
             self.trs(first + j, m.local_t[:, j], m.local_q[:, j], m.local_s[:, j])
         ibm = similarity_matrix(*m.inverse_bind())
-        ibm_acc = blob.floats(np.transpose(ibm, (0, 2, 1)).reshape(-1, 16), g.MAT4)  # column-major
+        ibm_acc = blob.floats(np.transpose(ibm, (0, 2, 1)).reshape(-1, 16), "MAT4")  # column-major
         roots = [first + j for j, p in enumerate(m.rig.parents.tolist()) if p < 0]
-        self.skins.append(g.Skin(name=f"person_{m.obj_id}", inverseBindMatrices=ibm_acc, joints=joint_nodes,
-                                 skeleton=roots[0] if len(roots) == 1 else root))
-        attrs = g.Attributes(
-            POSITION=blob.floats(m.bind_verts, g.VEC3, g.ARRAY_BUFFER, minmax=True),
-            NORMAL=blob.floats(_bind_normals(m.bind_verts, faces), g.VEC3, g.ARRAY_BUFFER),
-            JOINTS_0=blob.add(m.skin_joints[:, :4], g.UNSIGNED_SHORT, g.VEC4, g.ARRAY_BUFFER),
-            JOINTS_1=blob.add(m.skin_joints[:, 4:], g.UNSIGNED_SHORT, g.VEC4, g.ARRAY_BUFFER),
-            WEIGHTS_0=blob.floats(m.skin_weights[:, :4], g.VEC4, g.ARRAY_BUFFER),
-            WEIGHTS_1=blob.floats(m.skin_weights[:, 4:], g.VEC4, g.ARRAY_BUFFER))
-        self.materials.append(g.Material(name=f"person_{m.obj_id}", doubleSided=True,
-                                         pbrMetallicRoughness=g.PbrMetallicRoughness(
-                                             baseColorFactor=[*object_color_float(m.obj_id).tolist(), 1.0],
-                                             metallicFactor=0.0, roughnessFactor=0.7)))
-        prim = g.Primitive(attributes=attrs, indices=self._faces(faces), material=len(self.materials) - 1)
-        mesh = g.Mesh(name=f"person_{m.obj_id}", primitives=[prim])
+        self.skins.append({"name": f"person_{m.obj_id}", "inverseBindMatrices": ibm_acc, "joints": joint_nodes,
+                           "skeleton": roots[0] if len(roots) == 1 else root})
+        attrs = {"POSITION": blob.floats(m.bind_verts, "VEC3", ARRAY_BUFFER, minmax=True),
+                 "NORMAL": blob.floats(_bind_normals(m.bind_verts, faces), "VEC3", ARRAY_BUFFER),
+                 "JOINTS_0": blob.add(m.skin_joints[:, :4], USHORT, "VEC4", ARRAY_BUFFER),
+                 "JOINTS_1": blob.add(m.skin_joints[:, 4:], USHORT, "VEC4", ARRAY_BUFFER),
+                 "WEIGHTS_0": blob.floats(m.skin_weights[:, :4], "VEC4", ARRAY_BUFFER),
+                 "WEIGHTS_1": blob.floats(m.skin_weights[:, 4:], "VEC4", ARRAY_BUFFER)}
+        self.materials.append(_material(f"person_{m.obj_id}", [*object_color_float(m.obj_id).tolist(), 1.0], 0.7))
+        prim = {"attributes": attrs, "indices": self._faces(faces), "material": len(self.materials) - 1}
+        mesh = {"name": f"person_{m.obj_id}", "primitives": [prim]}
         if m.expr_index.size:
-            prim.targets = [{"POSITION": blob.floats(d, g.VEC3, g.ARRAY_BUFFER, minmax=True)} for d in m.expr_targets()]
-            mesh.weights = [float(x) for x in m.expr_weights[0]]
-            mesh.extras = {"targetNames": [f"expr_{int(k):02d}" for k in m.expr_index]}
+            prim["targets"] = [{"POSITION": blob.floats(d, "VEC3", ARRAY_BUFFER, minmax=True)} for d in m.expr_targets()]
+            mesh["weights"] = [float(x) for x in m.expr_weights[0]]
+            mesh["extras"] = {"targetNames": [f"expr_{int(k):02d}" for k in m.expr_index]}
         self.meshes.append(mesh)
         mesh_node = self.node(name=f"person_{m.obj_id}_mesh", mesh=len(self.meshes) - 1, skin=len(self.skins) - 1)
         self.roots.append(mesh_node)
@@ -162,27 +174,25 @@ class _SceneBuilder:
             self.animate(mesh_node, "weights", m.expr_weights.astype(np.float32), "SCALAR")
 
     def _faces(self, faces: np.ndarray) -> int:
-        if not hasattr(self, "_face_acc"):
-            self._face_acc = self.blob.add(np.ascontiguousarray(faces, np.uint32).reshape(-1), self.g.UNSIGNED_INT,
-                                           self.g.SCALAR, self.g.ELEMENT_ARRAY_BUFFER, minmax=False)
+        if self._face_acc is None:
+            self._face_acc = self.blob.add(np.ascontiguousarray(faces, np.uint32).reshape(-1), UINT, "SCALAR",
+                                           ELEMENT_ARRAY_BUFFER)
         return self._face_acc
 
     def camera(self, camera: Camera, poses: np.ndarray | None) -> None:
         """The clip's camera: vertical FOV of the median focal length, posed per frame in a world frame."""
-        g = self.g
         h, w = camera.image_size
         fy = float(np.median(camera.intrinsics[:, 1]))
-        self.cameras.append(g.Camera(name="camera", type="perspective", perspective=g.Perspective(
-            yfov=2.0 * math.atan(h / 2.0 / fy), aspectRatio=w / h, znear=0.01, zfar=1000.0)))
+        self.cameras.append({"name": "camera", "type": "perspective", "perspective": {
+            "yfov": 2.0 * math.atan(h / 2.0 / fy), "aspectRatio": w / h, "znear": 0.01, "zfar": 1000.0}})
         node = self.node(name="camera", camera=0)
         self.roots.append(node)
         if poses is not None:
-            self.trs(node, poses[:, :3, 3], _continuous(matrix_quat(poses[:, :3, :3])), None)
+            self.trs(node, poses[:, :3, 3], continuous(matrix_quat(poses[:, :3, :3])), None)
 
     def floor(self, world: SceneWorld) -> None:
         """A square quad on the world's floor plane."""
-        g, blob = self.g, self.blob
-        f = world.floor
+        blob, f = self.blob, world.floor
         n = f.normal
         a = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 0.0, 1.0])
         a /= np.linalg.norm(a)
@@ -191,32 +201,23 @@ class _SceneBuilder:
         quad = np.stack([f.point + h * (sa * a + sb * b) for sa, sb in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
         tri = np.array([0, 1, 2, 0, 2, 3], np.uint32) if np.dot(np.cross(quad[1] - quad[0], quad[2] - quad[0]), n) > 0 \
             else np.array([0, 2, 1, 0, 3, 2], np.uint32)
-        attrs = g.Attributes(POSITION=blob.floats(quad, g.VEC3, g.ARRAY_BUFFER, minmax=True),
-                             NORMAL=blob.floats(np.tile(n, (4, 1)), g.VEC3, g.ARRAY_BUFFER))
-        self.materials.append(g.Material(name="floor", doubleSided=True, pbrMetallicRoughness=g.PbrMetallicRoughness(
-            baseColorFactor=[0.6, 0.6, 0.6, 1.0], metallicFactor=0.0, roughnessFactor=0.9)))
-        idx = blob.add(tri, g.UNSIGNED_INT, g.SCALAR, g.ELEMENT_ARRAY_BUFFER)
-        self.meshes.append(g.Mesh(name="floor", primitives=[g.Primitive(attributes=attrs, indices=idx,
-                                                                          material=len(self.materials) - 1)]))
+        attrs = {"POSITION": blob.floats(quad, "VEC3", ARRAY_BUFFER, minmax=True),
+                 "NORMAL": blob.floats(np.tile(n, (4, 1)), "VEC3", ARRAY_BUFFER)}
+        self.materials.append(_material("floor", [0.6, 0.6, 0.6, 1.0], 0.9))
+        idx = blob.add(tri, UINT, "SCALAR", ELEMENT_ARRAY_BUFFER)
+        self.meshes.append({"name": "floor", "primitives": [{"attributes": attrs, "indices": idx,
+                                                             "material": len(self.materials) - 1}]})
         self.roots.append(self.node(name="floor", mesh=len(self.meshes) - 1))
 
     def build(self, extras: dict) -> bytes:
-        g = self.g
-        gltf = g.GLTF2(asset=g.Asset(generator=GENERATOR, version="2.0"), scene=0,
-                       scenes=[g.Scene(name="body4d", nodes=self.roots, extras=extras)], nodes=self.nodes,
-                       meshes=self.meshes, skins=self.skins, materials=self.materials, cameras=self.cameras,
-                       accessors=self.blob.accessors, bufferViews=self.blob.views,
-                       buffers=[g.Buffer(byteLength=len(self.blob.data))],
-                       animations=[g.Animation(name="body4d", channels=self.channels, samplers=self.samplers)]
-                       if self.channels else [])
-        gltf.set_binary_blob(bytes(self.blob.data))
-        return b"".join(gltf.save_to_bytes())
-
-
-def _continuous(q: np.ndarray) -> np.ndarray:
-    from .motion import continuous
-
-    return continuous(q)
+        doc = {"asset": {"generator": GENERATOR, "version": "2.0"}, "scene": 0,
+               "scenes": [{"name": "body4d", "nodes": self.roots, "extras": extras}], "nodes": self.nodes,
+               "meshes": self.meshes, "skins": self.skins, "materials": self.materials, "cameras": self.cameras,
+               "accessors": self.blob.accessors, "bufferViews": self.blob.views,
+               "buffers": [{"byteLength": len(self.blob.data)}]}
+        if self.channels:
+            doc["animations"] = [{"name": "body4d", "channels": self.channels, "samplers": self.samplers}]
+        return glb_container({k: v for k, v in doc.items() if v != []}, self.blob.data)
 
 
 def scene_glb_bytes(motions: Sequence[PersonMotion], faces: np.ndarray, camera: Camera, fps: float,

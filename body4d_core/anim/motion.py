@@ -10,7 +10,7 @@ Pose correctives (and per-frame shape changes) cannot ride on linear blend skinn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -196,6 +196,7 @@ class PersonMotion:
     expr_index: np.ndarray  # int [E'] expression components used on some present frame
     expr_weights: np.ndarray  # [T, E']
     shape: np.ndarray  # [45] identity shape baked into the bind mesh
+    _globals: tuple | None = field(default=None, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -210,9 +211,15 @@ class PersonMotion:
         """Morph-target displacements [E', V, 3] (metres) of the used expression components."""
         return self.rig.expr_basis[self.expr_index] * CM
 
+    def rig_globals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Joint transforms in the rig's own frame (t [T,J,3], q, s), computed once."""
+        if self._globals is None:
+            self._globals = forward_kinematics(self.rig.parents, self.local_t, self.local_q, self.local_s)
+        return self._globals
+
     def global_joints(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World joint transforms (t [T,J,3], q, s) including the person root."""
-        gt, gq, gs = forward_kinematics(self.rig.parents, self.local_t, self.local_q, self.local_s)
+        gt, gq, gs = self.rig_globals()
         rq = np.broadcast_to(self.root_q[:, None], gq.shape)
         return self.root_t[:, None] + quat_rotate(rq, gt), quat_mul(rq, gq), gs
 

@@ -71,14 +71,23 @@ def compose(pt: np.ndarray, pq: np.ndarray, ps: np.ndarray, ct: np.ndarray, cq: 
 
 def forward_kinematics(parents: np.ndarray, t: np.ndarray, q: np.ndarray, s: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Global (t, q, s) [..., J, *] from local ones along ``parents`` (parents listed before children)."""
+    """Global (t, q, s) [..., J, *] from local ones along ``parents``, one skeleton depth at a time."""
     gt, gq, gs = t.copy(), q.copy(), s.copy()
-    for j in topological_order(parents):
-        p = int(parents[j])
-        if p >= 0:
-            gt[..., j, :], gq[..., j, :], gs[..., j, :] = compose(gt[..., p, :], gq[..., p, :], gs[..., p, :],
-                                                                  t[..., j, :], q[..., j, :], s[..., j, :])
+    for level in depth_levels(parents):
+        p = parents[level]
+        gt[..., level, :], gq[..., level, :], gs[..., level, :] = compose(
+            gt[..., p, :], gq[..., p, :], gs[..., p, :], t[..., level, :], q[..., level, :], s[..., level, :])
     return gt, gq, gs
+
+
+def depth_levels(parents: np.ndarray) -> list[np.ndarray]:
+    """Non-root joints grouped by depth (1, 2, ...): each group's parents are in earlier groups or roots."""
+    depth = np.full(parents.size, -1)
+    for j in topological_order(parents):
+        depth[j] = 0 if parents[j] < 0 else depth[parents[j]] + 1
+    if (depth < 0).any():
+        raise ValueError("the skeleton's parents do not form a tree")
+    return [np.flatnonzero(depth == d) for d in range(1, int(depth.max(initial=0)) + 1)]
 
 
 def topological_order(parents: np.ndarray) -> list[int]:

@@ -15,7 +15,7 @@ from ..atomic import write_bytes_atomic
 from ..data import Bodies, Camera
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks
-from .bvh import bvh_text, flags_csv
+from .bvh import bvh_texts, flags_csv
 from .gltf_scene import scene_glb_bytes
 from .motion import FLAG_NAMES, PersonMotion, frame_flags, model_params, scene_motions
 from .world_input import SceneWorld
@@ -63,10 +63,11 @@ def animation_files(bodies: Bodies, rig: Any, camera: Camera, fps: float, world:
     if "glb" in formats:
         files[f"{prefix}_scene.glb"] = scene_glb_bytes(motions, _faces(bodies, model), camera, fps, world, contacts)
     if "bvh" in formats:
-        files[f"{prefix}_all.bvh"] = bvh_text(motions, fps).encode()
+        every, single = bvh_texts(motions, fps)
+        files[f"{prefix}_all.bvh"] = every.encode()
         files[f"{prefix}_all_flags.csv"] = flags_csv(motions, fps, contacts).encode()
         for k, m in enumerate(motions):
-            files[f"{prefix}_person_{m.obj_id}.bvh"] = bvh_text([m], fps).encode()
+            files[f"{prefix}_person_{m.obj_id}.bvh"] = single[k].encode()
             files[f"{prefix}_person_{m.obj_id}_flags.csv"] = flags_csv([m], fps, contacts, [k]).encode()
     if "npz" in formats:
         buf = io.BytesIO()
