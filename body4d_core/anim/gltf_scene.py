@@ -221,8 +221,10 @@ class _SceneBuilder:
 
 
 def scene_glb_bytes(motions: Sequence[PersonMotion], faces: np.ndarray, camera: Camera, fps: float,
-                    world: SceneWorld | None = None, contacts: dict[str, np.ndarray] | None = None) -> bytes:
-    """The whole clip as one skinned glTF binary (see the module doc); ``contacts`` name -> bool [P, T] by motion."""
+                    world: SceneWorld | None = None, contacts: dict[str, np.ndarray] | None = None,
+                    fidelity: dict | None = None) -> bytes:
+    """The whole clip as one skinned glTF binary (see the module doc); ``contacts`` name -> bool [P, T] by motion;
+    ``fidelity``: per-identity error report stored in the scene's extras."""
     num_frames = motions[0].num_frames
     camera = camera.check_frames(num_frames)
     b = _SceneBuilder(fps, num_frames)
@@ -238,4 +240,6 @@ def scene_glb_bytes(motions: Sequence[PersonMotion], faces: np.ndarray, camera: 
               "units": "metres", "up": "+y", "flag_names": list(FLAG_NAMES),
               "intrinsics": np.round(camera.intrinsics.astype(np.float64), 4).tolist(),
               "obj_ids": [m.obj_id for m in motions]}
+    if fidelity:
+        extras["fidelity"] = fidelity
     return b.build(extras)
