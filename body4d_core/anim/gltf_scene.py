@@ -140,8 +140,7 @@ class _SceneBuilder:
             "shape": [float(x) for x in m.shape]})
         self.roots.append(root)
         self.trs(root, m.root_t, m.root_q, None)
-        if not m.present.all():  # hidden on missing frames
-            self.nodes[root]["scale"] = [float(m.present[0])] * 3
+        if not m.present.all():  # hidden on missing frames (the node's own scale stays 1: importers build on it)
             self.animate(root, "scale", np.repeat(m.present.astype(np.float32)[:, None], 3, 1), "VEC3", "STEP")
         first = len(self.nodes)
         joint_nodes = [self.node(name=name) for name in m.rig.names]
