@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from body4d_core.anim import Floor, SceneWorld, animation_files, rig_data, scene_motions, write_animation
+from body4d_core.anim import (Floor, SceneWorld, animation_files, rig_data, scene_motions, supports_skinned_export,
+                              write_animation)
 from body4d_core.anim.fidelity import measure
 from body4d_core.atomic import TMP_TAG, OutputWriteError
 from body4d_core.data import Bodies, BodyFlag, Camera
@@ -324,6 +325,7 @@ def test_flag_csv_and_npz(written) -> None:
 
 def test_rejects_bad_input(tmp_path) -> None:
     rig, bodies = _rig(), _bodies()
+    assert supports_skinned_export(rig) and not supports_skinned_export(torch.nn.Linear(2, 2))
     with pytest.raises(InputError, match="native MHR rig"):
         write_animation(bodies, torch.nn.Linear(2, 2), _camera(), tmp_path, FPS)
     with pytest.raises(InputError, match="formats"):

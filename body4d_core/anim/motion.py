@@ -71,6 +71,11 @@ def parents_from_schedule(children: np.ndarray, targets: np.ndarray, sizes: Sequ
     return parents
 
 
+def supports_skinned_export(rig: Any) -> bool:
+    """Whether ``rig`` exposes what a skinned export needs (our native ``MhrRig``; not the scripted stand-in)."""
+    return rig is not None and all(getattr(rig, b, None) is not None for b in RIG_BUFFERS)
+
+
 def rig_data(rig: Any, names: Sequence[str] | None = None) -> RigData:
     """Read our native MHR rig (``MhrRig``, plain or TorchScript) into numpy; clear error for other rigs."""
     missing = [b for b in RIG_BUFFERS if getattr(rig, b, None) is None]
