@@ -30,16 +30,20 @@ class Fidelity:
 def skinned_vertices(m: PersonMotion, frames: np.ndarray) -> np.ndarray:
     """Linear blend skinning of the export's bind mesh (+ morph targets) in the rig frame, metres [F, V, 3]."""
     gt, gq, gs = forward_kinematics(m.rig.parents, m.local_t[frames], m.local_q[frames], m.local_s[frames])
-    ibm = similarity_matrix(*m.inverse_bind())
-    mats = similarity_matrix(gt, gq, gs) @ ibm  # [F, J, 4, 4]
-    rest = np.broadcast_to(m.bind_verts, (frames.size,) + m.bind_verts.shape).copy()
-    if m.expr_index.size:
-        rest += np.einsum("fe,evc->fvc", m.expr_weights[frames], m.expr_targets())
-    out = np.zeros_like(rest)
-    w = m.skin_weights.astype(np.float64)
-    for k in range(m.skin_joints.shape[1]):
-        mk = mats[:, m.skin_joints[:, k].astype(np.int64)]  # [F, V, 4, 4]
-        out += w[None, :, k, None] * (np.einsum("fvij,fvj->fvi", mk[..., :3, :3], rest) + mk[..., :3, 3])
+    mats = similarity_matrix(gt, gq, gs) @ similarity_matrix(*m.inverse_bind())  # [F, J, 4, 4]
+    verts, slot = np.nonzero(m.skin_weights > 0)  # only the influences that exist
+    joints = m.skin_joints[verts, slot].astype(np.int64)
+    weights = m.skin_weights[verts, slot].astype(np.float64)
+    num_verts = m.bind_verts.shape[0]
+    out = np.zeros((frames.size, num_verts, 3))
+    for k, f in enumerate(frames):
+        rest = m.bind_verts
+        if m.expr_index.size:
+            rest = rest + np.einsum("e,evc->vc", m.expr_weights[f], m.expr_targets())
+        a = mats[k, joints]  # [P, 4, 4]
+        moved = np.einsum("pij,pj->pi", a[:, :3, :3], rest[verts]) + a[:, :3, 3]
+        for c in range(3):
+            out[k, :, c] = np.bincount(verts, weights=weights * moved[:, c], minlength=num_verts)
     return out
 
 
@@ -50,10 +54,11 @@ def measure(rig: Any, m: PersonMotion, params: np.ndarray, expr: np.ndarray, fra
     import torch
 
     frames = np.flatnonzero(m.present) if frames is None else np.asarray(frames)
-    shape = torch.as_tensor(np.tile(m.shape, (frames.size, 1)), dtype=torch.float32)
+    dev = next(iter(rig.buffers())).device  # the rig may live on the GPU with its model
+    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev)  # noqa: E731
     with torch.inference_mode():
-        verts, skel = rig(shape, torch.as_tensor(params[frames], dtype=torch.float32),
-                          torch.as_tensor(expr[frames], dtype=torch.float32))
+        verts, skel = rig(as_t(np.tile(m.shape, (frames.size, 1))), as_t(params[frames]), as_t(expr[frames]))
+        verts, skel = verts.cpu(), skel.cpu()
     ref_v = verts.double().numpy() * CM
     ref_j = skel[..., :3].double().numpy() * CM
     got_j = forward_kinematics(m.rig.parents, m.local_t[frames], m.local_q[frames], m.local_s[frames])[0]
