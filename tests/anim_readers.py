@@ -36,6 +36,17 @@ def accessor(g, blob: bytes, index: int) -> np.ndarray:
 
 def _read_accessor(g, blob: bytes, index: int) -> np.ndarray:
     acc = g.accessors[index]
+    if acc.sparse is not None:  # zeros (no bufferView) with the listed rows replaced
+        width = WIDTH[acc.type]
+        out = np.zeros((acc.count, width), COMPONENTS[acc.componentType])
+        sp = acc.sparse
+        iv, vv = g.bufferViews[sp.indices.bufferView], g.bufferViews[sp.values.bufferView]
+        rows = np.frombuffer(blob, COMPONENTS[sp.indices.componentType], sp.count,
+                             (iv.byteOffset or 0) + (sp.indices.byteOffset or 0))
+        vals = np.frombuffer(blob, COMPONENTS[acc.componentType], sp.count * width,
+                             (vv.byteOffset or 0) + (sp.values.byteOffset or 0)).reshape(sp.count, width)
+        out[rows.astype(np.int64)] = vals
+        return out
     view = g.bufferViews[acc.bufferView]
     dtype = np.dtype(COMPONENTS[acc.componentType])
     width = WIDTH[acc.type]

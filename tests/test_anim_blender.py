@@ -40,6 +40,8 @@ BLENDER_SCRIPT = textwrap.dedent('''
     out["glb_bones"] = {o.name: len(o.data.bones) for o in bpy.data.objects if o.type == "ARMATURE"}
     out["glb_meshes"] = sorted(o.name for o in bpy.data.objects if o.type == "MESH" and o.name.startswith("person_"))
     out["glb_cameras"] = sorted(o.name for o in bpy.data.objects if o.type == "CAMERA")
+    out["glb_shape_keys"] = {o.name: len(o.data.shape_keys.key_blocks) if o.data.shape_keys else 0
+                             for o in bpy.data.objects if o.type == "MESH" and o.name.startswith("person_")}
     out["glb_range"] = [list(a.frame_range) for a in bpy.data.actions]
     out["glb_heads"] = {}
     for name in out["glb_bones"]:  # one armature at a time: every person's joints have the same names
@@ -74,7 +76,7 @@ def test_blender_imports_scene_and_bvh(tmp_path) -> None:
     python = _bpy_python()
     if python is None:
         pytest.skip("Blender's Python module is not installed (pip install bpy, or set BODY4D_BPY_PYTHON)")
-    rig, bodies = _rig(), _bodies()
+    rig, bodies = _rig(), _bodies(expr_person=0)  # person 7 with expression morph targets (sparse)
     write_animation(bodies, rig, _camera(), tmp_path, FPS)
     (tmp_path / "blend.py").write_text(BLENDER_SCRIPT)
     run = subprocess.run([python, str(tmp_path / "blend.py"), str(tmp_path / "body4d_scene.glb"),
@@ -86,6 +88,7 @@ def test_blender_imports_scene_and_bvh(tmp_path) -> None:
     assert r["glb_bones"] == {f"person_{i}": J for i in IDS}
     assert r["glb_meshes"] == sorted(f"person_{i}_mesh" for i in IDS) and r["glb_cameras"] == ["camera"]
     assert r["glb_range"] == [[0.0, float(T - 1)]]
+    assert r["glb_shape_keys"] == {"person_7_mesh": 3, "person_2_mesh": 0, "person_5_mesh": 0}  # basis + 2 morphs
     assert r["one_bones"] == {"body4d_person_7": J + 1} and r["one_range"] == [[1.0, float(T)]]
     assert sum(r["all_bones"].values()) == len(IDS) * (J + 1)
     for i, oid in enumerate(IDS):

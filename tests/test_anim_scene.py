@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _rig(correctives: bool = True) -> MhrRig:
     t = random_rig_tensors(V, J, seed=4)
+    t["expr_basis"][:, V // 3:] = 0.0  # expressions move a third of the mesh (a face): sparse morph targets
     if not correctives:
         t["pose_corr_weight"] = torch.zeros_like(t["pose_corr_weight"])
     return MhrRig(t).eval()
@@ -149,6 +150,8 @@ def test_scene_hierarchy_and_channels(written) -> None:
     w = np.concatenate([accessor(g, blob, prim.attributes.WEIGHTS_0), accessor(g, blob, prim.attributes.WEIGHTS_1)], 1)
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
     assert prim.attributes.JOINTS_1 is not None and len(prim.targets) == 2  # expression morphs of person 7 only
+    morph = g.accessors[prim.targets[0]["POSITION"]]
+    assert morph.sparse is not None and morph.sparse.count == V // 3 and morph.bufferView is None
     other = next(n for n in g.nodes if n.name == "person_2_mesh")
     assert not g.meshes[other.mesh].primitives[0].targets
 

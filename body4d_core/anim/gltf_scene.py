@@ -64,6 +64,25 @@ class _Blob:
     def floats(self, arr: np.ndarray, atype: str, target: int | None = None, minmax: bool = False) -> int:
         return self.add(np.asarray(arr, np.float32), FLOAT, atype, target, minmax)
 
+    def sparse_vec3(self, arr: np.ndarray) -> int:
+        """A VEC3 float accessor stored sparsely (only rows that are not zero, e.g. a face-only morph target)
+        when that is smaller than dense storage."""
+        arr = np.asarray(arr, np.float32)
+        rows = np.flatnonzero(np.abs(arr).max(1) > 0).astype(np.uint32)
+        if 2 * rows.size > arr.shape[0]:
+            return self.add(arr, FLOAT, "VEC3", ARRAY_BUFFER, minmax=True)
+        rows = rows if rows.size else np.zeros(1, np.uint32)  # a sparse accessor needs one entry at least
+        idx = self.add(rows, UINT, "SCALAR")
+        val = self.add(arr[rows], FLOAT, "VEC3")
+        acc = {"componentType": FLOAT, "count": int(arr.shape[0]), "type": "VEC3",
+               "min": [float(x) for x in arr.min(0)], "max": [float(x) for x in arr.max(0)],
+               "sparse": {"count": int(rows.size),
+                          "indices": {"bufferView": self.accessors[idx]["bufferView"], "componentType": UINT},
+                          "values": {"bufferView": self.accessors[val]["bufferView"]}}}
+        del self.accessors[val], self.accessors[idx]  # only their views stay
+        self.accessors.append(acc)
+        return len(self.accessors) - 1
+
 
 def _bind_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals of the bind mesh (+y where a vertex is in no face)."""
@@ -161,9 +180,9 @@ class _SceneBuilder:
                  "WEIGHTS_1": blob.floats(m.skin_weights[:, 4:], "VEC4", ARRAY_BUFFER)}
         self.materials.append(_material(f"person_{m.obj_id}", [*object_color_float(m.obj_id).tolist(), 1.0], 0.7))
         prim = {"attributes": attrs, "indices": self._faces(faces), "material": len(self.materials) - 1}
-        mesh = {"name": f"person_{m.obj_id}", "primitives": [prim]}
+        mesh = {"name": f"person_{m.obj_id}_mesh", "primitives": [prim]}
         if m.expr_index.size:
-            prim["targets"] = [{"POSITION": blob.floats(d, "VEC3", ARRAY_BUFFER, minmax=True)} for d in m.expr_targets()]
+            prim["targets"] = [{"POSITION": blob.sparse_vec3(d)} for d in m.expr_targets()]
             mesh["weights"] = [float(x) for x in m.expr_weights[0]]
             mesh["extras"] = {"targetNames": [f"expr_{int(k):02d}" for k in m.expr_index]}
         self.meshes.append(mesh)
