@@ -11,7 +11,7 @@ random rig this shows the measurement works, its size says nothing about real MH
     python3 bench/bench_anim.py --picture docs/animation_skinned.png   # the README picture (a demo humanoid)
 
 Prints one markdown table: per case, seconds to build the files in memory (without the fidelity report),
-to measure the fidelity report the writer adds by default (10 frames per person), to write, and the
+to measure the fidelity report the writer adds by default (4 frames per person), to write, and the
 size of each file kind.
 """
 

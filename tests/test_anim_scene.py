@@ -229,7 +229,7 @@ def test_missing_frames_hidden_and_flags_in_extras(written) -> None:
     scene = g.scenes[0].extras
     assert scene["fps"] == FPS and scene["num_frames"] == T and scene["obj_ids"] == sorted(IDS)
     fid = scene["fidelity"]  # the fidelity report of every identity rides in the scene
-    assert sorted(fid) == sorted(str(i) for i in IDS) and fid["2"]["frames"] == 6
+    assert sorted(fid) == sorted(str(i) for i in IDS) and fid["2"]["frames"] == 4
     assert all(f["joint_max_mm"] < 0.1 and f["vertex_max_mm"] >= f["vertex_mean_mm"] > 0.0 for f in fid.values())
     cam = g.cameras[0].perspective
     assert cam.yfov == pytest.approx(2 * np.arctan(30.0 / 70.0)) and cam.aspectRatio == pytest.approx(80 / 60)

@@ -23,7 +23,7 @@ from .world_input import SceneWorld
 
 log = logging.getLogger(__name__)
 FORMATS = ("glb", "bvh", "npz")
-FIDELITY_FRAMES = 10  # frames per identity the fidelity report measures
+FIDELITY_FRAMES = 4  # frames per identity the fidelity report measures (the full rig is slow on a CPU)
 
 
 def _faces(bodies: Bodies, model: Any) -> np.ndarray:
