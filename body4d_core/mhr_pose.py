@@ -12,7 +12,10 @@ numpy arrays under SAM3DBody_Predict's keys (``pred_vertices``, ``pred_cam_t``,
 person by its position in each frame's list, so we emit every identity in object-id order on
 every frame up to the last one present; an identity missing on a frame before a present one
 gets a placeholder placed behind the camera (``body4d_missing`` = True) to keep the slots
-stable. Each dict also carries ``obj_id`` so the round trip keeps ids.
+stable; it holds the pose of that identity's nearest present frame, so core's pose-file builders
+(BuildPoseFile: skinned GLB / BVH, which read every slot's ``pred_global_rots`` /
+``pred_joint_coords`` / ``shape_params``) see a valid pose there. Each dict also carries
+``obj_id`` and ``body4d_flags`` (our per-frame BodyFlag bits) so the round trip keeps ids and flags.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ import numpy as np
 
 from .data import PARAM_DIMS, BodyFlag, Bodies, Camera
 from .errors import InputError
+
+
+def nearest_present(present: np.ndarray) -> np.ndarray:
+    """For each frame, the nearest frame where the identity is present (the earlier one on ties)."""
+    from .anim.motion import fill_index
+
+    return fill_index(present)
 
 # our parameter block -> core person-dict key
 PARAM_KEYS = {
@@ -164,16 +174,21 @@ def to_mhr_pose(bodies: Bodies, camera: Camera, model: Any = None,
     order = np.argsort(bodies.obj_ids)
     frames: list[list[dict[str, Any]]] = []
     present = bodies.present
+    nearest = {i: nearest_present(present[i]) for i in range(bodies.num_objects) if present[i].any()}
     for t in range(bodies.num_frames):
         here = [int(i) for i in order if present[i, t]]
         persons: list[dict[str, Any]] = []
         if here:
             last = max(order.tolist().index(i) for i in here)
             for i in order[: last + 1].tolist():
-                p = _person(bodies, camera, i, t)
-                if not present[i, t]:
+                if present[i, t]:
+                    p = _person(bodies, camera, i, t)
+                else:  # the nearest present pose, hidden behind the camera
+                    p = _person(bodies, camera, i, int(nearest[i][t]))
+                    p["focal_length"] = np.float32(camera.intrinsics[t, 1])
                     p["pred_cam_t"] = BEHIND_CAMERA.copy()
                     p["body4d_missing"] = True
+                p["body4d_flags"] = int(bodies.flags[i, t])
                 persons.append(p)
         frames.append(persons)
     return {
@@ -215,7 +230,7 @@ def from_mhr_pose(data: dict[str, Any]) -> tuple[Bodies, Camera]:
             if p.get("body4d_missing"):
                 continue
             r = row[int(p.get("obj_id", k + 1))]
-            flags[r, f] = BodyFlag.VISIBLE
+            flags[r, f] = int(p.get("body4d_flags") or BodyFlag.VISIBLE) & 0xFF
             for name, key in PARAM_KEYS.items():
                 if p.get(key) is not None:
                     params[name][r, f] = np.asarray(p[key], np.float32).reshape(PARAM_DIMS[name])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from body4d_core.data import Bodies, BodyFlag, Camera
-from body4d_core.mhr_pose import HEAD_MAX_ABS_X, HEAD_MIN_Y, hand_vertex_mask, mesh_render_fields, rig_skinning, to_mhr_pose
+from body4d_core.mhr_pose import (HEAD_MAX_ABS_X, HEAD_MIN_Y, from_mhr_pose, hand_vertex_mask, mesh_render_fields,
+                                   rig_skinning, to_mhr_pose)
 from body4d_core.render import vertex_normals
 from body4d_core.sam3d_body import tiny_config
 from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
@@ -137,3 +138,50 @@ def test_to_mhr_pose_fills_or_passes_fields(rigged) -> None:
     core = {"canonical_colors": {"positions": np.ones((3, 3), np.float32)}, "hand_vert_mask": np.array([True, False, True])}
     passed = to_mhr_pose(b, cam, model=model, render_fields=core)
     assert passed["canonical_colors"] is core["canonical_colors"] and passed["hand_vert_mask"] is core["hand_vert_mask"]
+
+
+def _core_tracks(data: dict) -> list[tuple[int, list[int]]]:
+    """Core's BuildPoseFile track rule: slot k is a track on every frame whose list is longer than k."""
+    frames = data["frames"]
+    width = max((len(f) for f in frames), default=0)
+    return [(k, [t for t, f in enumerate(frames) if k < len(f)]) for k in range(width)]
+
+
+def test_pose_data_meets_core_pose_file_contract(rigged) -> None:
+    """Every slot core's GLB/BVH builders read holds a valid pose: rotations, joints, shape, model params."""
+    model, _ = rigged
+    n_t, nj = 6, model.cfg.num_joints
+    b = Bodies.empty([3, 8], n_t, (32, 48))
+    g = np.random.default_rng(2)
+    params = {k: (g.standard_normal(v.shape) * 0.2).astype(np.float32) for k, v in b.params.items()}
+    params["cam_t"][..., 2] += 3.0
+    flags = np.full((2, n_t), BodyFlag.VISIBLE, np.uint8)
+    flags[0, 2:4] = BodyFlag.MISSING  # person 3 missing while person 8 is present: placeholder slots
+    flags[0, 4] = BodyFlag.FILLED
+    flags[1, 1] = BodyFlag.OCCLUDED
+    rots = np.stack([np.linalg.qr(g.standard_normal((3, 3)))[0] for _ in range(2 * n_t * nj)]).reshape(2, n_t, nj, 3, 3)
+    rots *= np.sign(np.linalg.det(rots))[..., None, None]
+    extras = {"model_params": g.standard_normal((2, n_t, 204)).astype(np.float32),
+              "joint_coords": g.standard_normal((2, n_t, nj, 3)).astype(np.float32),
+              "joint_global_rots": rots.astype(np.float32)}
+    b = b.replace(params=params, flags=flags, extras=extras, faces=np.zeros((4, 3), np.int32))
+    data = to_mhr_pose(b, Camera.default((32, 48), n_t))
+    assert data["faces"].shape == (4, 3) and tuple(data["image_size"]) == (32, 48)
+    tracks = _core_tracks(data)
+    assert [k for k, _ in tracks] == [0, 1] and tracks[0][1] == list(range(n_t))
+    for k, frames in tracks:
+        for t in frames:
+            p = data["frames"][t][k]
+            assert p["obj_id"] == [3, 8][k]
+            r = np.asarray(p["pred_global_rots"], np.float64)
+            assert r.shape == (nj, 3, 3)
+            np.testing.assert_allclose(r @ np.swapaxes(r, -1, -2), np.broadcast_to(np.eye(3), r.shape), atol=1e-5)
+            assert np.asarray(p["pred_joint_coords"]).shape == (nj, 3)
+            assert np.asarray(p["shape_params"]).shape == (45,) and np.asarray(p["mhr_model_params"]).shape == (204,)
+            assert np.asarray(p["expr_params"]).shape == (72,) and np.asarray(p["pred_cam_t"]).shape == (3,)
+    hole = data["frames"][2][0]
+    assert hole["body4d_missing"] and hole["pred_cam_t"][2] < 0 and hole["body4d_flags"] == 0
+    np.testing.assert_array_equal(hole["pred_global_rots"], extras["joint_global_rots"][0, 1])  # nearest present pose
+    np.testing.assert_array_equal(data["frames"][3][0]["mhr_model_params"], extras["model_params"][0, 4])
+    back, _ = from_mhr_pose(data)
+    np.testing.assert_array_equal(back.flags, flags)  # flags survive the round trip
