@@ -137,3 +137,24 @@ def test_shards_are_whole_batches_in_order(n, workers, bs, expected):
     ranges = shard_ranges(n, workers, bs)
     assert ranges == expected
     assert all(a % bs == 0 for a, _ in ranges)
+
+
+def test_batch_parser_takes_every_run_option(tmp_path):
+    from body4d_core.batch.cli import options_from_args, parse_args
+
+    args = parse_args([str(tmp_path), "-o", str(tmp_path / "out"), "--workers", "3", "--no_amodal", "--max_side", "96",
+                       "--body_mode", "body", "--frame_load_cap", "7", "--max_people", "2", "--manual_fov", "50",
+                       "--split", "--models_root", str(tmp_path / "m")])
+    assert args.inputs == [str(tmp_path)] and args.workers == 3 and args.split and not args.overwrite
+    opts = options_from_args(args)
+    assert (opts.amodal, opts.body_mode, opts.max_people, opts.manual_fov) == (False, "body", 2, 50.0)
+    assert (opts.video.max_side, opts.video.frame_load_cap) == (96, 7) and opts.models_root == tmp_path / "m"
+    assert options_from_args(parse_args([str(tmp_path)])).amodal is True
+
+
+def test_batch_command_stops_on_bad_input_before_starting_ray(tmp_path):
+    from body4d_core.batch.cli import cmd_batch, parse_args
+
+    with pytest.raises(InputError, match="no video found"):
+        cmd_batch(parse_args([str(tmp_path), "-o", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()

@@ -174,3 +174,34 @@ def test_body_stage_split_over_two_workers_equals_one(first_batch, pool, models)
     # the pipeline's own body stage wrote the same numbers
     raw = Bodies.load_npz(out / "clip_b" / "bodies_raw.npz")
     assert np.allclose(raw.params["body_pose"][0], np.stack([r["body_pose"] for r in one]))
+
+
+def test_split_mode_runs_one_video_over_both_workers(first_batch, pool, clips, models, tmp_path):
+    from inspect import signature
+
+    from body4d_core.pipeline import run_pipeline
+
+    if "estimate" not in signature(run_pipeline).parameters:
+        pytest.skip("run_pipeline has no estimate= argument yet (the body stage cannot be handed to the workers)")
+    _, out1 = first_batch
+    before = [s["shards"] for s in ray.get([a.stats.remote() for a in pool.actors])]
+    args = batch_args([clips / "clip_b.mp4"], tmp_path / "out", models, "--split")
+    (row,) = run_batch(collect_jobs(args.inputs), options_from_args(args), args.out, pool=pool, split=args.split)
+    assert row.status == "done", row.error
+    after = [s["shards"] for s in ray.get([a.stats.remote() for a in pool.actors])]
+    assert [b - a for a, b in zip(before, after)] == [1, 1]  # 4 crops in batches of 2: one batch per worker
+    for stage in ("tracks", "bodies_raw", "bodies"):
+        a, b = np.load(out1 / "clip_b" / f"{stage}.npz"), np.load(tmp_path / "out" / "clip_b" / f"{stage}.npz")
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), (stage, key)
+
+
+def test_workers_keep_their_models_across_videos(first_batch, pool):
+    from inspect import signature
+
+    from body4d_core.pipeline import run_pipeline
+
+    if "models" not in signature(run_pipeline).parameters:
+        pytest.skip("run_pipeline has no models= argument yet (each video loads its models)")
+    held = [s["models"] for s in ray.get([a.stats.remote() for a in pool.actors])]
+    assert any("sam3" in m and "sam3d_body" in m for m in held)

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..pipeline import PipelineOptions
+if TYPE_CHECKING:  # the parser is built on every command: torch is imported only when the batch runs
+    from ..pipeline import PipelineOptions
 
 log = logging.getLogger(__name__)
 _NOT_COPIED = {"help", "input_video", "out"}  # run options the batch replaces with its own
@@ -31,7 +32,10 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="workers, each with one GPU (0 = one per GPU; on a machine without GPU 0 means 1 CPU worker)")
     p.add_argument("--overwrite", action="store_true",
                    help="run videos again even when their folder is finished (default: keep finished ones, resume the rest)")
-    p.add_argument("--object_store_mb", type=int, default=0, help="local Ray's shared object store (0 = 256 MiB)")
+    p.add_argument("--split", action="store_true",
+                   help="one video at a time, its body stage split over every worker (fewer videos than GPUs)")
+    p.add_argument("--object_store_mb", type=int, default=0,
+                   help="local Ray's shared-memory store for decoded frames (0 = Ray's default, 30%% of RAM)")
     for action in run._actions:
         if action.dest not in _NOT_COPIED:
             p._add_action(action)
@@ -39,11 +43,11 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> PipelineOptions:
+def options_from_args(args: argparse.Namespace) -> "PipelineOptions":
     """PipelineOptions from the run options (as the run command builds them)."""
     from ..cli import _amodal_settings, _video_options
     from ..config import load_config, models_root, section
-    from ..pipeline import options_from_points
+    from ..pipeline import PipelineOptions, options_from_points
 
     cfg = load_config(args.config)
     smooth = section(cfg, "smooth")
@@ -81,10 +85,10 @@ def cmd_batch(args: argparse.Namespace, pool: Any = None) -> int:
     opts = options_from_args(args)
     out = Path(args.out)
     print(f"batch: {len(jobs)} video(s) -> {out}", file=sys.stderr)
-    init_ray(args.address, object_store_mb=args.object_store_mb or 256)
+    init_ray(args.address, object_store_mb=args.object_store_mb)
     try:
         rows = run_batch(jobs, opts, out, pool=pool, workers=args.workers, overwrite=args.overwrite,
-                         on_event=print_event)
+                         split=args.split, on_event=print_event)
     except KeyboardInterrupt:
         print(f"batch stopped; finished videos are kept, run the same command to resume ({out / SUMMARY_CSV})",
               file=sys.stderr)

@@ -3,12 +3,17 @@
 Ray is imported here only. Without an address a local Ray starts inside this process (nothing
 to install or start beyond ``pip install ray``); with one, the batch joins that cluster. Each
 worker is a long-lived actor holding one GPU (on a machine without GPUs: one CPU slot each).
-A video whose worker dies is reported failed and the worker is replaced; Ctrl-C stops the
-workers, writes the summary and leaves finished videos marked done, so the next batch resumes.
+Where the pipeline takes decoded frames, each video is decoded ahead by a CPU task of its own
+(at most one per worker waits in Ray's object store), so a GPU worker goes from one video's
+last stage straight to the next video's first. With ``split`` the videos run one at a time and
+each one's body stage is shared by every worker. A video whose worker dies is reported failed
+and the worker is replaced; Ctrl-C stops the workers, writes the summary and leaves finished
+videos marked done, so the next batch resumes.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -26,7 +31,6 @@ from .worker import VideoWorker, one_line
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often the driver looks at the workers' stages
-OBJECT_STORE_MB = 256  # the embedded Ray's shared-memory store (frames of one video travel through it)
 
 
 def import_ray() -> Any:
@@ -38,9 +42,12 @@ def import_ray() -> Any:
     return ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = OBJECT_STORE_MB,
+def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 0,
              temp_dir: str | None = None) -> Any:
-    """Start an embedded local Ray, or join the cluster at ``address``; reuse one already running here."""
+    """Start an embedded local Ray, or join the cluster at ``address``; reuse one already running here.
+
+    object_store_mb: the local Ray's shared-memory store for decoded frames (0: Ray's default, 30% of RAM).
+    """
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -51,7 +58,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     package_parent = str(Path(__file__).resolve().parents[2])  # workers import this very copy of body4d_core
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=int(object_store_mb) * 2**20, _temp_dir=temp,
+             object_store_memory=int(object_store_mb) * 2**20 or None, _temp_dir=temp,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     return ray
 
@@ -81,7 +88,8 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec) -> None:
         ray = import_ray()
         self.spec = spec
-        self._cls = ray.remote(VideoWorker).options(num_gpus=spec.gpus, num_cpus=spec.cpus, max_concurrency=2)
+        # threads: the video, the driver's status questions, a body-stage shard of a video run by any worker
+        self._cls = ray.remote(VideoWorker).options(num_gpus=spec.gpus, num_cpus=spec.cpus, max_concurrency=3)
         self._made = 0
         self.actors = [self._new() for _ in range(spec.count)]
         ray.get([a.ready.remote() for a in self.actors])
@@ -151,10 +159,24 @@ def _stages(ray: Any, actors: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _decoder(ray: Any) -> Any | None:
+    """The decode task, where the pipeline accepts decoded frames (None: each worker decodes its video)."""
+    from ..pipeline import run_pipeline
+    from .worker import decode_video
+
+    if "decoded" not in inspect.signature(run_pipeline).parameters:
+        return None
+    return ray.remote(decode_video).options(num_cpus=0)  # bounded by the loop: one waiting video per worker
+
+
 def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path, *, pool: WorkerPool | None = None,
-              workers: int = 0, overwrite: bool = False, on_event: Event | None = None) -> list[Row]:
-    """Run every job on the pool (made here when not given; Ray must be initialised); returns one row per job."""
+              workers: int = 0, overwrite: bool = False, split: bool = False, on_event: Event | None = None) -> list[Row]:
+    """Run every job on the pool (made here when not given; Ray must be initialised); returns one row per job.
+
+    split: one video at a time, its body stage shared by every worker (for fewer videos than GPUs).
+    """
     ray = import_ray()
+    decode = _decoder(ray)
     out_root = Path(out_root)
     on_event = on_event or (lambda kind, data: None)
     rows, todo = _plan_jobs(jobs, base, out_root, overwrite)
@@ -163,16 +185,22 @@ def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path,
     own = pool is None
     queue = deque(todo)
     running: dict[Any, tuple[int, Any]] = {}
+    decoded: dict[int, Any] = {}
     last = ""
     try:
         if queue:
             pool = pool or WorkerPool(plan_workers(workers))
-        idle = list(pool.actors) if queue else []
+        idle = (pool.actors[:1] if split else list(pool.actors)) if queue else []
         while queue or running:
+            for i, opts in list(queue)[:len(pool.actors)] if decode is not None else []:
+                if i not in decoded:
+                    decoded[i] = decode.remote(str(jobs[i].video), opts.video)
             while idle and queue:
                 i, opts = queue.popleft()
                 actor = idle.pop(0)
-                ref = actor.run_video.remote(jobs[i], opts, str(out_root / jobs[i].name))
+                ref = actor.run_video.remote(jobs[i], opts, str(out_root / jobs[i].name),
+                                             [decoded.pop(i)] if i in decoded else None,
+                                             list(pool.actors) if split else None)
                 running[ref] = (i, actor)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             for ref in ready:
