@@ -26,12 +26,14 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="folders, quoted globs ('clips/*.mp4'), list files (.txt: a video per line with optional "
                         "key=value overrides points=, frames=START:END, name=, detect_frame=, max_people=, "
                         "manual_fov=; or .json) or videos")
-    p.add_argument("--out", "-o", default="outputs/batch", help="output root; one folder per video (default: outputs/batch)")
+    p.add_argument("--out", "-o", default="outputs/batch",
+                   help="output root; one folder per video (default: outputs/batch)")
     p.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
     p.add_argument("--workers", type=int, default=0,
                    help="workers, each with one GPU (0 = one per GPU; on a machine without GPU 0 means 1 CPU worker)")
     p.add_argument("--overwrite", action="store_true",
-                   help="run videos again even when their folder is finished (default: keep finished ones, resume the rest)")
+                   help="run videos again even when their folder is finished "
+                        "(default: keep finished ones, resume the rest)")
     p.add_argument("--split", action="store_true",
                    help="one video at a time, its body stage split over every worker (fewer videos than GPUs)")
     p.add_argument("--object_store_mb", type=int, default=0,

@@ -17,7 +17,6 @@ import inspect
 import logging
 import os
 import tempfile
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +169,8 @@ def _decoder(ray: Any) -> Any | None:
 
 
 def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path, *, pool: WorkerPool | None = None,
-              workers: int = 0, overwrite: bool = False, split: bool = False, on_event: Event | None = None) -> list[Row]:
+              workers: int = 0, overwrite: bool = False, split: bool = False,
+              on_event: Event | None = None) -> list[Row]:
     """Run every job on the pool (made here when not given; Ray must be initialised); returns one row per job.
 
     split: one video at a time, its body stage shared by every worker (for fewer videos than GPUs).
