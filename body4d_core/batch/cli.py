@@ -1,0 +1,112 @@
+"""``python -m body4d_core batch``: the run command's options over many videos, on Ray workers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the parser is built on every command: torch is imported only when the batch runs
+    from ..pipeline import PipelineOptions
+
+log = logging.getLogger(__name__)
+_NOT_COPIED = {"help", "input_video", "out"}  # run options the batch replaces with its own
+
+
+def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """The ``batch`` sub-command; add it after ``run`` (it takes every option of run but its input and output)."""
+    run = subparsers.choices.get("run")
+    if run is None:
+        raise RuntimeError("add the batch parser after the run parser: batch copies run's options")
+    p = subparsers.add_parser("batch", help="the whole pipeline on many videos (a folder, a glob or a list file), "
+                                            "one output folder each, on every GPU (Ray)")
+    p.add_argument("inputs", nargs="+",
+                   help="folders, quoted globs ('clips/*.mp4'), list files (.txt: a video per line with optional "
+                        "key=value overrides points=, frames=START:END, name=, detect_frame=, max_people=, "
+                        "manual_fov=; or .json) or videos")
+    p.add_argument("--out", "-o", default="outputs/batch",
+                   help="output root; one folder per video (default: outputs/batch)")
+    p.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
+    p.add_argument("--workers", type=int, default=0,
+                   help="workers, each with one GPU (0 = one per GPU; on a machine without GPU 0 means 1 CPU worker)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run videos again even when their folder is finished "
+                        "(default: keep finished ones, resume the rest)")
+    p.add_argument("--split", action="store_true",
+                   help="one video at a time, its body stage split over every worker (fewer videos than GPUs)")
+    p.add_argument("--object_store_mb", type=int, default=0,
+                   help="local Ray's shared-memory store for decoded frames (0 = Ray's default, 30%% of RAM)")
+    for action in run._actions:
+        if action.dest not in _NOT_COPIED:
+            p._add_action(action)
+    p.set_defaults(func=cmd_batch)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> "PipelineOptions":
+    """PipelineOptions from the run options (as the run command builds them)."""
+    from ..cli import _amodal_settings, _video_options
+    from ..config import load_config, models_root, section
+    from ..pipeline import PipelineOptions, options_from_points
+
+    cfg = load_config(args.config)
+    smooth = section(cfg, "smooth")
+    if args.smooth_mode:
+        smooth["mode"] = args.smooth_mode
+    return PipelineOptions(
+        video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
+        detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
+        amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
+        manual_fov=args.manual_fov, body_mode=args.body_mode, batch_size=args.batch_size, compile=not args.no_compile,
+        fp8=args.fp8, smooth=not args.no_smooth, smooth_settings=smooth, render_mode=args.render_mode,
+        write_meshes=not args.no_meshes, write_glb=not args.no_glb,
+        models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
+        dtype=args.dtype)
+
+
+def print_event(kind: str, data: dict[str, Any]) -> None:
+    """Progress to stderr: one line per finished or failed video, the running stages when they change."""
+    if kind == "row":
+        row = data["row"]
+        detail = f": {row.error}" if row.error else f" ({row.frames} frames, people {row.people})"
+        sys.stderr.write(f"{row.status.upper()} {row.video}{detail}\n")
+    else:
+        sys.stderr.write(data["line"] + "\n")
+    sys.stderr.flush()
+
+
+def cmd_batch(args: argparse.Namespace, pool: Any = None) -> int:
+    """Run the batch; 0 when every video is done, 1 when some failed, 130 when interrupted."""
+    from .engine import init_ray, run_batch
+    from .jobs import collect_jobs
+    from .outputs import FAILED, SUMMARY_CSV, SUMMARY_JSON, format_table
+
+    jobs = collect_jobs(args.inputs)
+    opts = options_from_args(args)
+    out = Path(args.out)
+    print(f"batch: {len(jobs)} video(s) -> {out}", file=sys.stderr)
+    init_ray(args.address, object_store_mb=args.object_store_mb)
+    try:
+        rows = run_batch(jobs, opts, out, pool=pool, workers=args.workers, overwrite=args.overwrite,
+                         split=args.split, on_event=print_event)
+    except KeyboardInterrupt:
+        print(f"batch stopped; finished videos are kept, run the same command to resume ({out / SUMMARY_CSV})",
+              file=sys.stderr)
+        return 130
+    print(format_table(rows))
+    print(f"summary: {out / SUMMARY_CSV} and {out / SUMMARY_JSON}")
+    return 1 if any(r.status == FAILED for r in rows) else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``batch`` arguments with the package's parser (the run options included), batch wired or not."""
+    from ..cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "batch" not in sub.choices:
+        add_batch_parser(sub)
+    return parser.parse_args(["batch", *argv])
+
