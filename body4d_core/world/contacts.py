@@ -14,10 +14,10 @@ from .keypoints import CONTACT_INDEX
 class ContactSettings:
     """Thresholds of the contact detector (metres above the planted height, metres per second)."""
 
-    height_on: float = 0.05  # a point lower than this (above its planted height) may touch
-    height_off: float = 0.09  # higher than this: released
-    speed_on: float = 0.45  # horizontal speed below which it may touch
-    speed_off: float = 0.9  # faster than this: released
+    height_on: float = 0.08  # a point lower than this (above its planted height) may touch
+    height_off: float = 0.12  # higher than this: released
+    speed_on: float = 0.9  # horizontal speed below which it may touch
+    speed_off: float = 1.5  # faster than this: released
     stencil: int = 3  # speed from positions +- this many frames
     min_frames: int = 3  # shorter contacts are dropped
 

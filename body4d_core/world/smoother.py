@@ -10,9 +10,10 @@
    root-relative keypoints are smoothed with per-joint spans (per-joint process noise:
    hands and feet follow fast motion, the torso is smoothed more).
 3. Contacts: heel and toe of each foot from height and world speed with hysteresis.
-4. Planted feet: each contact point is pinned to one world position per contact span; the
-   root translation is corrected by the mean pin offset (smoothed over time), and the rest
-   of the offset moves the foot keypoints (ankle, heel, toes) so planted feet do not slide.
+4. Planted feet: each contact point is pinned to one horizontal position per contact span;
+   the root translation is corrected by the mean pin offset (smoothed over time), and the
+   rest of the offset moves the foot keypoints (ankle, heel, toes) so planted feet do not
+   slide. Heights stay free (take-off and landing are not glued to the floor).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class WorldSmoothSettings:
     root_window: float = 4.0  # horizontal root span
     root_vertical_window: float = 2.0  # vertical root span (jumps stay sharp)
     body_window: float = 2.5  # torso / head keypoints
-    limb_window: float = 1.5  # elbows, feet
-    hand_window: float = 0.6  # hands and wrists: fast motion kept
+    limb_window: float = 2.0  # elbows, feet
+    hand_window: float = 1.2  # hands and wrists: fast motion kept
     outlier_threshold: float = 4.0  # robust z-score of the root residual that down-weights a frame
     ray_correction: bool = True
     depth_sigma: float = 0.02  # relative depth error of the estimates (for fusing with the floor)
@@ -137,7 +138,7 @@ def _segments(c: np.ndarray) -> list[tuple[int, int]]:
 
 def pin_feet(joints: np.ndarray, root: np.ndarray, contacts: np.ndarray, observed: np.ndarray,
              root_window: float = 1.5, ease: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Pin planted contact points to one position per contact span; correct root, then feet.
+    """Pin planted contact points to one horizontal position per contact span; correct root, then feet.
 
     Returns (joints, root) with the root translation corrected by the smoothed mean pin
     offset and each foot's keypoints moved by its remaining offset (eased out over ``ease``
@@ -153,11 +154,10 @@ def pin_feet(joints: np.ndarray, root: np.ndarray, contacts: np.ndarray, observe
             for a, b in _segments(contacts[i, :, p]):
                 w = np.where(observed[i, a:b], 1.0, 0.3)
                 target[i, a:b, p] = (pts[i, a:b, p] * w[:, None]).sum(0) / w.sum()
-    delta = target - pts
+    target[..., 1] = pts[..., 1]  # pins act horizontally: heights stay free (take-off, landing)
+    delta = np.where(contacts[..., None], target - pts, 0.0)
     has = contacts.any(-1)
-    mean_delta = np.where(has[..., None], np.nanmean(np.where(contacts[..., None], delta, np.nan), axis=2)
-                          if has.any() else 0.0, 0.0)
-    mean_delta = np.nan_to_num(mean_delta)
+    mean_delta = delta.sum(2) / np.maximum(contacts.sum(-1), 1)[..., None]
     var = np.where(has, 1.0, np.inf)
     corr = np.zeros((n, t, 3), np.float32)
     for i in range(n):
@@ -166,6 +166,7 @@ def pin_feet(joints: np.ndarray, root: np.ndarray, contacts: np.ndarray, observe
     joints += corr[:, :, None]
     root += corr
     pts = joints[:, :, CONTACT_INDEX]
+    target[..., 1] = pts[..., 1]
     resid = np.nan_to_num(np.where(contacts[..., None], target - pts, np.nan))
     for foot, group in FOOT_GROUPS.items():
         cols = [0, 1] if foot == "left" else [2, 3]
