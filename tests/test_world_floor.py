@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from body4d_core.world.floor import Floor, agree, floor_from_depth, floor_from_feet, ransac_plane, world_axes
+from body4d_core.world.floor import Floor, agree, feet_on, floor_from_depth, floor_from_feet, ransac_plane, world_axes
 
 
 def _tilted_room(rng: np.random.Generator, tilt_deg: float = 12.0, cam_height: float = 1.5):
@@ -74,3 +74,12 @@ def test_agree(angle, dh, same):
     r = np.radians(angle)
     b = Floor(np.array([0.0, -np.cos(r), -np.sin(r)]), 1.5 + dh, 1.0, "feet")
     assert agree(a, b) is same
+
+
+def test_feet_on_floor_check():
+    fl = Floor(np.array([0.0, -1.0, 0.0]), 1.5, 1.0, "depth")
+    rng = np.random.default_rng(0)
+    feet = np.stack([rng.uniform(-2, 2, 50), 1.5 - 0.02 + rng.normal(0, 0.01, 50), rng.uniform(4, 8, 50)], 1)
+    assert feet_on(fl, feet, sole=0.02)
+    assert not feet_on(fl, feet - np.array([0, 0.4, 0]), sole=0.02)  # feet 40 cm above the plane
+    assert feet_on(fl, feet[:5] - np.array([0, 0.4, 0]), sole=0.02)  # too few feet to object

@@ -9,7 +9,9 @@ Moving camera: background corners of a keyframe are lifted to 3D with its metric
 and each frame's pose against the keyframe is solved by RANSAC PnP refined with
 Levenberg-Marquardt. A new keyframe starts when too few tracks survive or every
 ``keyframe_every`` frames; its pose is the chained one, so the trajectory is metric with
-the depth's scale. Without depth, only the rotation is solved (a rotating-camera model on
+the depth's scale: each new keyframe's depth is rescaled to agree with the points tracked
+from the previous one, and the whole path takes the mean scale of all keyframes' depths
+(per-frame scale errors of a monocular depth model average out). Without depth, only the rotation is solved (a rotating-camera model on
 bearing vectors, RANSAC + Kabsch) and positions stay at zero.
 
 Poses map camera-t points into the first camera's axes: X_c0 = R_t X_ct + p_t.
@@ -25,6 +27,9 @@ import numpy as np
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
+
+# OpenCV puts pixel (i, j)'s centre at (j, i); our intrinsics put it at (j + 0.5, i + 0.5)
+HALF = 0.5
 
 
 @dataclass
@@ -113,14 +118,23 @@ def background_motion(grays: list[np.ndarray], people: np.ndarray | None, sample
 
 
 def _lift(pts: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """3D camera points of pixels [M, 2] from a depth map (nearest pixel); returns (points, valid)."""
+    """3D camera points of pixels [M, 2] from a depth map; returns (points, valid).
+
+    Depth is interpolated bilinearly at the sub-pixel position (on a floor seen at a grazing
+    angle depth changes by decimetres per pixel); points whose four neighbours differ by more
+    than 3% (depth edges) are dropped.
+    """
     h, w = depth.shape
-    xi = np.clip(pts[:, 0].round().astype(int), 0, w - 1)
-    yi = np.clip(pts[:, 1].round().astype(int), 0, h - 1)
-    z = depth[yi, xi].astype(np.float64)
-    ok = np.isfinite(z) & (z > 0.05)
-    x = (pts[:, 0] - K[0, 2]) / K[0, 0] * z
-    y = (pts[:, 1] - K[1, 2]) / K[1, 1] * z
+    x0 = np.clip(np.floor(pts[:, 0]).astype(int), 0, w - 2)
+    y0 = np.clip(np.floor(pts[:, 1]).astype(int), 0, h - 2)
+    fx = np.clip(pts[:, 0] - x0, 0.0, 1.0)
+    fy = np.clip(pts[:, 1] - y0, 0.0, 1.0)
+    q = np.stack([depth[y0, x0], depth[y0, x0 + 1], depth[y0 + 1, x0], depth[y0 + 1, x0 + 1]], 1).astype(np.float64)
+    z = (q[:, 0] * (1 - fx) + q[:, 1] * fx) * (1 - fy) + (q[:, 2] * (1 - fx) + q[:, 3] * fx) * fy
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(q).all(1) & (q.min(1) > 0.05) & (q.max(1) <= 1.03 * q.min(1))
+    x = (pts[:, 0] + HALF - K[0, 2]) / K[0, 0] * z
+    y = (pts[:, 1] + HALF - K[1, 2]) / K[1, 1] * z
     return np.stack([x, y, z], 1), ok
 
 
@@ -148,7 +162,8 @@ def _rotation_ransac(b0: np.ndarray, b1: np.ndarray, thr: float, iters: int = 10
 
 
 def _bearings(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
-    v = np.stack([(pts[:, 0] - K[0, 2]) / K[0, 0], (pts[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(pts))], 1)
+    v = np.stack([(pts[:, 0] + HALF - K[0, 2]) / K[0, 0], (pts[:, 1] + HALF - K[1, 2]) / K[1, 1],
+                  np.ones(len(pts))], 1)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
@@ -202,12 +217,21 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
     X_kf = np.zeros((0, 3))
     cur = np.zeros((0, 2), np.float32)
     n_start = 0
+    log_scales = [0.0]  # per keyframe: log of (its depth's scale relative to the first keyframe's)
 
-    def new_keyframe(i: int) -> None:
+    def new_keyframe(i: int, Rt: np.ndarray | None = None, tvec: np.ndarray | None = None) -> None:
         nonlocal kf, X_kf, cur, n_start
         pts = _corners(grays[i], _background(people, i, grays[0].shape, margin), corners)
         X, ok = _lift(pts, depth[i], Ks[i])
-        kf, X_kf, cur, n_start = i, X[ok], pts[ok], int(ok.sum())
+        scale = 1.0
+        if Rt is not None and len(cur) >= 8:  # keep one scale along the chain: compare with the old map
+            pred = X_kf @ Rt.T + tvec.reshape(1, 3)
+            z_new, ok_new = _lift(cur, depth[i], Ks[i])
+            good = ok_new & (pred[:, 2] > 0.05)
+            if good.sum() >= 8:
+                scale = float(np.median(pred[good, 2] / z_new[good, 2]))
+                log_scales.append(-np.log(scale))
+        kf, X_kf, cur, n_start = i, X[ok] * scale, pts[ok], int(ok.sum())
 
     new_keyframe(0)
     for i in range(1, t):
@@ -215,13 +239,14 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
         ok &= _inside(p1, _background(people, i, grays[0].shape, margin))
         X_kf, cur = X_kf[ok], p1[ok]
         solved = False
+        Rt = tvec = None
         if len(cur) >= 12:
-            good, rvec, tvec, inl = cv2.solvePnPRansac(X_kf, cur.astype(np.float64), Ks[i], None,
+            good, rvec, tvec, inl = cv2.solvePnPRansac(X_kf, cur.astype(np.float64) + HALF, Ks[i], None,
                                                        reprojectionError=2.0, iterationsCount=200,
                                                        flags=cv2.SOLVEPNP_EPNP)
             if good and inl is not None and len(inl) >= 8:
                 inl = inl.reshape(-1)
-                rvec, tvec = cv2.solvePnPRefineLM(X_kf[inl], cur[inl].astype(np.float64), Ks[i], None, rvec, tvec)
+                rvec, tvec = cv2.solvePnPRefineLM(X_kf[inl], cur[inl].astype(np.float64) + HALF, Ks[i], None, rvec, tvec)
                 Rt = cv2.Rodrigues(rvec)[0]  # X_i = Rt X_kf + tvec
                 R[i] = R[kf] @ Rt.T
                 p[i] = p[kf] - R[i] @ tvec.reshape(3)
@@ -233,5 +258,7 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
             R[i], p[i] = R[i - 1], p[i - 1]
         has_depth = np.isfinite(depth[i]).any()
         if has_depth and (not solved or len(cur) < 0.5 * n_start or i - kf >= keyframe_every):
-            new_keyframe(i)
+            new_keyframe(i, Rt, tvec)
+    # every keyframe's depth had its own scale error; the chain carries the first one's: use their mean
+    p *= float(np.exp(np.mean(log_scales)))
     return CameraTrajectory(R, p, False, motion, "flow_depth", inliers)

@@ -136,6 +136,17 @@ def agree(a: Floor, b: Floor, max_angle_deg: float = 10.0, max_height: float = 0
     return bool(ang <= max_angle_deg and abs(a.offset - b.offset) <= max_height)
 
 
+def feet_on(floor: Floor, feet: np.ndarray, sole: float = 0.0, tolerance: float = 0.15) -> bool:
+    """Whether the people's lower foot points [F, 3] stand on ``floor`` (median height of the lowest
+    40% within ``tolerance`` of the sole height); True when there are too few feet to tell."""
+    f = np.asarray(feet, np.float64)
+    f = f[np.isfinite(f).all(1)]
+    if len(f) < 10:
+        return True
+    h = floor.height(f)
+    return bool(abs(np.median(h[h <= np.percentile(h, 40)]) - sole) <= tolerance)
+
+
 def world_axes(floor: Floor, origin_c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World-from-first-camera map X_w = A X_c0 + b: y up along the floor normal, floor at y = 0,
     x along the first camera's right axis projected on the floor, origin on the floor under

@@ -66,3 +66,30 @@ def depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, ima
     for i in range(d.shape[0]):
         out[i] = d[i] if d.shape[1:] == (h, w) else cv2.resize(d[i], (w, h), interpolation=cv2.INTER_NEAREST)
     return out
+
+
+def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int = 4,
+               resolution_level: int = 9) -> np.ndarray:
+    """Metric depth [T, H, W] from MoGe-2 ``infer`` on every ``every_n``-th frame (NaN on the others
+    and where MoGe's mask is off), for the world stage's floor and camera translation."""
+    import torch
+
+    from ..fov import _frames_to_batch
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or every_n < 1:
+        raise InputError(f"MoGe depth needs frames [T, H, W, 3] and every_n >= 1, got {frames.shape}, {every_n}")
+    t, h, w = frames.shape[:3]
+    param = next(model.parameters())
+    idx = list(range(0, t, every_n))
+    out = np.full((t, h, w), np.nan, np.float32)
+    for s in range(0, len(idx), batch_size):
+        chunk = idx[s:s + batch_size]
+        with torch.inference_mode():
+            res = model.infer(_frames_to_batch(frames, chunk, param.device, param.dtype),
+                              resolution_level=resolution_level, force_projection=False, apply_mask=True,
+                              use_fp16=param.device.type == "cuda")
+        geo = {"depth": res["depth"], "mask": res.get("mask")}
+        d = depth_from_geometry(geo, len(chunk), (h, w))
+        out[chunk] = d
+    return out

@@ -23,7 +23,7 @@ from ..data import Bodies, BodyFlag, Camera, write_npz
 from ..errors import InputError
 from ..smoothing import euler_to_rotvec, rotvec_to_euler
 from .camera_motion import CameraTrajectory, estimate_camera_motion
-from .floor import Floor, agree, floor_from_depth, floor_from_feet, world_axes
+from .floor import Floor, feet_on, floor_from_depth, floor_from_feet, world_axes
 from .keypoints import CONTACT_INDEX, CONTACT_NAMES, LEFT_ANKLE, NECK, RIGHT_ANKLE
 from .plot import trajectory_plot
 from .smoother import WorldSmoothSettings, world_smooth
@@ -168,8 +168,8 @@ def choose_floor(points: np.ndarray | None, feet: np.ndarray, up: np.ndarray, mo
     if from_depth is None:
         log.warning("no floor plane found in the depth map; using the people's planted feet")
         return from_feet
-    if mode == "auto" and from_feet.confidence > 0.3 and not agree(from_depth, from_feet):
-        log.warning("the depth floor disagrees with the planted feet; using the feet")
+    if mode == "auto" and from_feet.confidence > 0.3 and not feet_on(from_depth, feet, sole):
+        log.warning("the people's feet are not on the depth floor; using the planted feet")
         return from_feet
     return from_depth
 
