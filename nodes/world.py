@@ -86,7 +86,8 @@ class WorldGround(io.ComfyNode):
         depth = depth_from_geometry(moge_geometry, n_frames, size)
         opts = WorldOptions(camera_motion=camera_motion, floor=floor, fps=float(fps),
                             static_threshold=float(static_threshold),
-                            smooth=WorldSmoothSettings(root_window=float(root_strength), body_window=float(body_strength),
+                            smooth=WorldSmoothSettings(root_window=float(root_strength),
+                                                       body_window=float(body_strength),
                                                        hand_window=float(hand_strength), pin_feet=bool(pin_feet)))
         res = world_stage(bodies, camera, rgb, people, depth, opts)
         plot = glue.uint8_to_image(res.plot[None])

@@ -49,8 +49,8 @@ def test_pan_without_depth_solves_rotation_only():
     traj = estimate_camera_motion(sc.frames, np.array([150.0, 150.0, 80.0, 60.0]), sc.people_masks, None)
     assert traj.source == "flow_rotation" and not traj.static
     R, _ = _c0_poses(sc)
-    ang = np.degrees(np.arccos(np.clip((np.trace(np.einsum("tji,tjk->tik", traj.rotations, R), axis1=1, axis2=2) - 1) / 2,
-                                       -1, 1)))
+    rel = np.einsum("tji,tjk->tik", traj.rotations, R)
+    ang = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
     assert ang.max() < 1.0
     total = np.degrees(np.arccos(np.clip((np.trace(R[-1]) - 1) / 2, -1, 1)))
     assert total > 5.0  # the pan really turned the camera

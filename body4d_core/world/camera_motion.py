@@ -11,8 +11,9 @@ Levenberg-Marquardt. A new keyframe starts when too few tracks survive or every
 ``keyframe_every`` frames; its pose is the chained one, so the trajectory is metric with
 the depth's scale: each new keyframe's depth is rescaled to agree with the points tracked
 from the previous one, and the whole path takes the mean scale of all keyframes' depths
-(per-frame scale errors of a monocular depth model average out). Without depth, only the rotation is solved (a rotating-camera model on
-bearing vectors, RANSAC + Kabsch) and positions stay at zero.
+(per-frame scale errors of a monocular depth model average out). Without depth, only the
+rotation is solved (a rotating-camera model on bearing vectors, RANSAC + Kabsch) and
+positions stay at zero.
 
 Poses map camera-t points into the first camera's axes: X_c0 = R_t X_ct + p_t.
 """
@@ -246,7 +247,8 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
                                                        flags=cv2.SOLVEPNP_EPNP)
             if good and inl is not None and len(inl) >= 8:
                 inl = inl.reshape(-1)
-                rvec, tvec = cv2.solvePnPRefineLM(X_kf[inl], cur[inl].astype(np.float64) + HALF, Ks[i], None, rvec, tvec)
+                obs = cur[inl].astype(np.float64) + HALF
+                rvec, tvec = cv2.solvePnPRefineLM(X_kf[inl], obs, Ks[i], None, rvec, tvec)
                 Rt = cv2.Rodrigues(rvec)[0]  # X_i = Rt X_kf + tvec
                 R[i] = R[kf] @ Rt.T
                 p[i] = p[kf] - R[i] @ tvec.reshape(3)

@@ -63,8 +63,10 @@ def camera_metrics(est_R: np.ndarray, est_p: np.ndarray, gt_R: np.ndarray, gt_p:
     ang = np.degrees(np.arccos(np.clip((np.trace(d, axis1=1, axis2=2) - 1) / 2, -1, 1)))
     pe = (est_p - est_p[0]) @ est_R[0]
     pg = (gt_p - gt_p[0]) @ gt_R[0]
-    path = max(0.1, float(np.linalg.norm(np.diff(gt_p, axis=0), axis=1).sum()))
-    return {"cam_rot_deg": float(ang.mean()), "cam_trans%": float(np.linalg.norm(pe - pg, axis=1).mean() / path * 100)}
+    path = float(np.linalg.norm(np.diff(gt_p, axis=0), axis=1).sum())
+    err = float(np.linalg.norm(pe - pg, axis=1).mean())
+    return {"cam_rot_deg": float(ang.mean()), "cam_trans%": err / max(path, 0.1) * 100, "cam_trans_mm": 1000 * err,
+            "cam_path_m": path}
 
 
 def floor_metrics(normal_c0: np.ndarray, height_c0: float, gt_R0: np.ndarray, gt_c0: np.ndarray) -> dict[str, float]:

@@ -123,7 +123,8 @@ def person(kind: str, t: int, start=(0.0, 0.0), yaw0: float = np.pi / 2, phase: 
                 heel[inside, 1] += hgt
                 planted[inside] = False
             crouch = (time >= a - 0.25) & (time < a) | (time > b) & (time <= b + 0.25)
-            root_y[crouch] -= 0.12 * np.sin(np.pi * np.clip(np.where(time < a, (time - a + 0.25), (time - b)) / 0.25, 0, 1))[crouch]
+            u_c = np.clip(np.where(time < a, time - a + 0.25, time - b) / 0.25, 0, 1)
+            root_y[crouch] -= 0.12 * np.sin(np.pi * u_c)[crouch]
     if kind == "run":
         root_y += 0.04 * np.cos(4 * np.pi * time / period)
     elif speed:
@@ -162,7 +163,8 @@ def person(kind: str, t: int, start=(0.0, 0.0), yaw0: float = np.pi / 2, phase: 
         else:
             swing = 0.35 * np.sin(arm_phase + (0 if side == "left" else np.pi)) * (1.0 if speed else 0.0)
             elbow = sh - 0.28 * np.cos(swing)[:, None] * up + 0.28 * np.sin(-swing)[:, None] * fwd_b
-            wrist = elbow - 0.26 * np.cos(1.3 * swing)[:, None] * up + 0.26 * (np.sin(-1.3 * swing) + 0.3)[:, None] * fwd_b
+            wrist = (elbow - 0.26 * np.cos(1.3 * swing)[:, None] * up
+                     + 0.26 * (np.sin(-1.3 * swing) + 0.3)[:, None] * fwd_b)
         J[:, sh_i], J[:, el_i], J[:, wr_i] = sh, elbow, wrist
         fore = (wrist - elbow) / np.linalg.norm(wrist - elbow, axis=-1, keepdims=True)
         for j, hk in enumerate(hand):
@@ -211,7 +213,8 @@ def _texture(seed: int, size: int = 512) -> np.ndarray:
     for cell, amp in ((4, 0.5), (16, 0.3), (64, 0.2)):
         n = size // cell
         small = rng.uniform(0, 1, (n, n)).astype(np.float32)
-        tex += amp * cv2.resize(np.tile(small, (3, 3)), (3 * size, 3 * size), interpolation=cv2.INTER_CUBIC)[size:2 * size, size:2 * size]
+        big = cv2.resize(np.tile(small, (3, 3)), (3 * size, 3 * size), interpolation=cv2.INTER_CUBIC)
+        tex += amp * big[size:2 * size, size:2 * size]  # the middle tile of a 3x3 tiling: seamless
     tex = (tex - tex.min()) / (tex.max() - tex.min())
     return tex * 255.0
 
@@ -320,7 +323,8 @@ def corrupt(scene: Scene, cfg: Corruption | None = None, seed: int = 0) -> Bodie
     n, t, k, _ = cam.shape
     root = 0.5 * (cam[:, :, 9] + cam[:, :, 10])
     ray = root / np.linalg.norm(root, axis=-1, keepdims=True)
-    d_ray = rng.normal(0, cfg.ray, (n, t)) + gaussian_filter1d(rng.normal(0, 1, (n, t)), 8.0, axis=1) * cfg.ray_bias * 3.4
+    slow = gaussian_filter1d(rng.normal(0, 1, (n, t)), 8.0, axis=1) * 3.4  # unit spread after the filter
+    d_ray = rng.normal(0, cfg.ray, (n, t)) + slow * cfg.ray_bias
     lat = rng.normal(0, cfg.lateral, (n, t, 3))
     lat -= (lat * ray).sum(-1, keepdims=True) * ray
     rel = cam - root[:, :, None]
