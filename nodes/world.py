@@ -32,7 +32,11 @@ class WorldGround(io.ComfyNode):
                         "camera's path from background pixels, detects heel and toe contacts and smooths in the "
                         "world so planted feet stay still while fast limbs keep their motion.",
             inputs=[
-                t.Bodies.Input("bodies", tooltip="Camera-space bodies (SAM3D Body or Kalman Smooth)."),
+                t.Bodies.Input("bodies", tooltip="Camera-space bodies, best straight from SAM 3D Body (this node "
+                                                 "smooths in the world itself)."),
+                t.Bodies.Input("mesh_bodies", optional=True,
+                               tooltip="Optional: the same people after Kalman Smooth (with the SAM 3D Body "
+                                       "model); their pose parameters and meshes go into the world bodies."),
                 t.Camera.Input("camera", optional=True,
                                tooltip="The clip's camera (default: f = sqrt(H^2 + W^2))."),
                 io.Image.Input("frames", optional=True,
@@ -63,12 +67,16 @@ class WorldGround(io.ComfyNode):
                 io.Float.Input("static_threshold", default=0.75, min=0.0, max=50.0, step=0.05, advanced=True,
                                tooltip="Background motion in pixels below which the camera counts as static."),
             ],
-            outputs=[t.Bodies.Output("world_bodies"), World.Output("world"),
-                     io.Image.Output("trajectory_plot")],
+            outputs=[t.Bodies.Output("world_bodies", tooltip="Bodies in the world frame (y up, floor y = 0); "
+                                                             "Export Meshes / Save GLB write them y up."),
+                     World.Output("world", tooltip="Floor, gravity, camera trajectory, per-person trajectories "
+                                                   "and foot contacts."),
+                     io.Image.Output("trajectory_plot", tooltip="Top view: floor grid, camera path, one track "
+                                                                "per person, frame ticks.")],
         )
 
     @classmethod
-    def execute(cls, bodies, camera=None, frames=None, tracks=None, moge_geometry=None, camera_motion="auto",
+    def execute(cls, bodies, mesh_bodies=None, camera=None, frames=None, tracks=None, moge_geometry=None, camera_motion="auto",
                 floor="auto", fps=30.0, pin_feet=True, root_strength=4.0, body_strength=2.5, hand_strength=1.2,
                 static_threshold=0.75) -> io.NodeOutput:
         if bodies is None:
@@ -89,7 +97,7 @@ class WorldGround(io.ComfyNode):
                             smooth=WorldSmoothSettings(root_window=float(root_strength),
                                                        body_window=float(body_strength),
                                                        hand_window=float(hand_strength), pin_feet=bool(pin_feet)))
-        res = world_stage(bodies, camera, rgb, people, depth, opts)
+        res = world_stage(bodies, camera, rgb, people, depth, opts, mesh_bodies=mesh_bodies)
         plot = glue.uint8_to_image(res.plot[None])
         return io.NodeOutput(res.bodies, res, plot, ui=ui.PreviewImage(plot, cls=cls))
 

@@ -96,7 +96,7 @@ def test_save_reads_back(walk, tmp_path):
     assert int(r["left_heel"]) == int(res.contacts[res.obj_ids.tolist().index(int(r["obj_id"])), int(r["frame"]), 0])
     wb = Bodies.load_npz(files["bodies"])
     keep = wb.present
-    assert np.allclose(wb.params["cam_t"][keep], res.root[keep], atol=1e-5)
+    assert np.allclose(wb.params["cam_t"][keep], res.root[keep] * [1, -1, -1], atol=1e-5)  # WORLD_TO_BODIES
     img = cv2.imread(str(files["plot"]))
     assert img is not None and img.shape == (512, 512, 3) and img.std() > 5
     assert not list((tmp_path / "world").glob("*tmp*"))
@@ -130,3 +130,24 @@ def test_bad_inputs():
         WorldOptions(camera_motion="sometimes")
     with pytest.raises(InputError, match="observed"):
         world_stage(bodies.replace(flags=np.zeros_like(bodies.flags)), cam)
+
+
+def test_world_bodies_export_y_up_with_smoothed_meshes():
+    sc, bodies, cam = _case("walk", "static", seed=5)
+    pose = np.random.default_rng(0).normal(0, 0.1, bodies.params["body_pose"].shape).astype(np.float32)
+    pose[~bodies.present] = 0.0
+    with_mesh = bodies.replace(vertices=bodies.keypoints_3d.copy(), faces=np.array([[0, 1, 2]], np.int32),
+                               params={**bodies.params, "body_pose": pose})
+    smoothed = smooth_bodies(with_mesh)
+    assert not np.allclose(smoothed.params["body_pose"], pose)
+    res = world_stage(with_mesh, cam, mesh_bodies=smoothed)
+    from body4d_core import export
+
+    t = int(np.flatnonzero(res.bodies.present[0])[10])
+    v = export.world_vertices(res.bodies, 0, t)  # what the mesh / GLB exporters write
+    assert v[0, 1] - v[[15, 17, 18, 20], 1].min() > 1.2  # the nose is well above the feet: y up
+    assert abs(v[[15, 17, 18, 20], 1].min()) < 0.12  # the feet are on the floor (y = 0)
+    assert np.allclose(res.bodies.params["body_pose"], smoothed.params["body_pose"])  # meshes from mesh_bodies
+    with pytest.raises(InputError, match="mesh bodies"):
+        world_stage(with_mesh, cam, mesh_bodies=smooth_bodies(with_mesh).replace(
+            obj_ids=with_mesh.obj_ids + 5))

@@ -67,7 +67,7 @@ class WorldResult:
     camera_source: str
     floor: Floor  # in the first camera's axes
     world_from_camera0: np.ndarray  # [4, 4]
-    bodies: Bodies  # world-frame bodies (cam_t = world root, global_rot in world axes)
+    bodies: Bodies  # world bodies in WORLD_TO_BODIES axes (x, -y, -z of the world; exporters write y up)
     fps: float = 30.0
     plot: np.ndarray | None = None  # uint8 [H, W, 3] top-down trajectory plot
 
@@ -176,14 +176,16 @@ def choose_floor(points: np.ndarray | None, feet: np.ndarray, up: np.ndarray, mo
 
 def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None,
                 people: np.ndarray | None = None, depth: np.ndarray | None = None,
-                options: WorldOptions | None = None) -> WorldResult:
+                options: WorldOptions | None = None, mesh_bodies: Bodies | None = None) -> WorldResult:
     """Ground camera-space bodies in the world (see module docstring).
 
     bodies: camera-space Bodies with keypoints_3d (MHR70 for floor/contacts); camera: the
     clip's intrinsics; frames: uint8 [T, H, W, 3] for camera motion (None: static camera);
     people: bool [T, H, W] person pixels (union of the tracks' masks); depth: metric depth
     [T, H, W] (MoGe-2 point map z, NaN where unknown), used for the floor and to scale the
-    camera translation (None: floor from feet, rotation-only camera).
+    camera translation (None: floor from feet, rotation-only camera). ``mesh_bodies``
+    (e.g. the camera-space smoothed, rig-refreshed bodies of the same clip) supply the pose
+    parameters and vertices of the world bodies; by default ``bodies`` do.
     """
     opts = options or WorldOptions()
     if bodies.keypoints_3d is None:
@@ -228,7 +230,11 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
     b = b - shift
     cam_R = np.einsum("ij,tjk->tik", A, traj.rotations)
     cam_p = traj.positions @ A.T + b
-    world_bodies = _world_bodies(bodies, sm["joints"], sm["root"], cam_R, observed)
+    if mesh_bodies is not None and (mesh_bodies.num_frames != t or
+                                    not np.array_equal(mesh_bodies.obj_ids, bodies.obj_ids)):
+        raise InputError("World Ground: the mesh bodies must have the same ids and frames as the bodies")
+    world_bodies = _world_bodies(mesh_bodies if mesh_bodies is not None else bodies, sm["joints"], sm["root"],
+                                 cam_R)
     present = sm["present"]
     plot = trajectory_plot(sm["root"], present, bodies.obj_ids, cam_p, opts.plot_size,
                            tick_every=int(round(opts.fps)), contacts=sm["contacts"],
@@ -241,25 +247,31 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
                        traj.static, traj.source, floor, M, world_bodies, opts.fps, plot)
 
 
-def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: np.ndarray,
-                  observed: np.ndarray) -> Bodies:
-    """Bodies in world axes: cam_t = world root, global_rot rotated into the world, keypoints and
-    vertices root-relative in world axes (missing frames stay missing and zero)."""
+# World bodies are stored in the axes of a virtual camera at the world origin looking along -z
+# with y down (x, -y, -z of the world): Bodies keep their OpenCV camera convention, and the
+# exporters' camera-to-OpenGL flip then writes y-up world coordinates.
+WORLD_TO_BODIES = np.diag([1.0, -1.0, -1.0])
+
+
+def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: np.ndarray) -> Bodies:
+    """Bodies in the world (see WORLD_TO_BODIES): cam_t = world root, global_rot and vertices rotated
+    into the world, keypoints root-relative; missing frames stay missing and zero."""
     from scipy.spatial.transform import Rotation
 
+    F = WORLD_TO_BODIES
     keep = bodies.present
     params = dict(bodies.params)
-    params["cam_t"] = np.where(keep[..., None], root, 0.0).astype(np.float32)
+    params["cam_t"] = np.where(keep[..., None], root @ F.T, 0.0).astype(np.float32)
     rot = np.zeros_like(bodies.params["global_rot"])
+    M = np.einsum("ij,tjk->tik", F, cam_R)  # world-bodies axes from camera-t axes
     if keep.any():
         rows, cols = np.nonzero(keep)
         Rb = Rotation.from_rotvec(euler_to_rotvec(bodies.params["global_rot"][rows, cols])).as_matrix()
-        Rw = cam_R[cols] @ Rb
-        rot[rows, cols] = rotvec_to_euler(Rotation.from_matrix(Rw).as_rotvec())
+        rot[rows, cols] = rotvec_to_euler(Rotation.from_matrix(M[cols] @ Rb).as_rotvec())
     params["global_rot"] = rot.astype(np.float32)
-    kp = np.where(keep[..., None, None], joints - root[:, :, None], 0.0).astype(np.float32)
+    kp = np.where(keep[..., None, None], (joints - root[:, :, None]) @ F.T, 0.0).astype(np.float32)
     verts = None
     if bodies.vertices is not None:
-        verts = np.einsum("tij,ntvj->ntvi", cam_R, bodies.vertices.astype(np.float64))
+        verts = np.einsum("tij,ntvj->ntvi", M, bodies.vertices.astype(np.float64))
         verts = np.where(keep[..., None, None], verts, 0.0).astype(np.float32)
     return bodies.replace(params=params, keypoints_3d=kp, vertices=verts)
