@@ -65,3 +65,14 @@ def test_bad_inputs_raise_one_line_errors():
         estimate_camera_motion(sc.frames, np.ones(5), None, None)
     with pytest.raises(InputError, match="people masks"):
         estimate_camera_motion(sc.frames, np.array([150.0, 150, 80, 60]), np.zeros((2, 3, 3), bool), None)
+
+
+def test_large_frames_are_tracked_downscaled():
+    sc = _scene("dolly")
+    intr = np.array([150.0, 150.0, 80.0, 60.0])
+    traj = estimate_camera_motion(sc.frames, intr, sc.people_masks, noisy_depth(sc), keyframe_every=8, max_side=120)
+    R, p = _c0_poses(sc)
+    m = camera_metrics(traj.rotations, traj.positions, R, p)
+    assert traj.source == "flow_depth" and m["cam_rot_deg"] < 1.5 and m["cam_trans%"] < 15.0
+    still = estimate_camera_motion(_scene("static").frames, intr, max_side=120)
+    assert still.static

@@ -102,6 +102,16 @@ def test_save_reads_back(walk, tmp_path):
     assert not list((tmp_path / "world").glob("*tmp*"))
 
 
+def test_save_into_a_file_fails_cleanly(walk, tmp_path):
+    from body4d_core.atomic import OutputWriteError
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    with pytest.raises(OutputWriteError, match="taken"):
+        walk[3].save(blocker / "world")
+    assert blocker.read_text() == "x"
+
+
 def test_moving_camera_clap_keeps_fast_hands():
     sc, bodies, cam = _case("clap", "handheld", seed=1)
     res = world_stage(bodies, cam, sc.frames, sc.people_masks, noisy_depth(sc, seed=1))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from ..atomic import OutputWriteError, atomic_path, describe_os_error, write_bytes_atomic, write_text_atomic
 from ..data import Bodies, BodyFlag, Camera, write_npz
 from ..errors import InputError
 from ..smoothing import euler_to_rotvec, rotvec_to_euler
@@ -38,6 +38,7 @@ class WorldOptions:
     camera_motion: str = "auto"  # auto (static test, then solve) | static (assume a fixed camera)
     static_threshold: float = 0.75  # background motion (px) below which the camera is static
     keyframe_every: int = 15
+    max_side: int = 640  # frames larger than this are tracked downscaled (0 = never)
     floor: str = "auto"  # auto (depth, else / on disagreement feet) | depth | feet
     fps: float = 30.0
     smooth: WorldSmoothSettings = field(default_factory=WorldSmoothSettings)
@@ -109,7 +110,10 @@ class WorldResult:
         import cv2
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputWriteError(describe_os_error(err, folder)) from err
         out: dict[str, Path] = {}
         with atomic_path(folder / "world.npz") as tmp:
             write_npz(tmp, {"obj_ids": self.obj_ids, "joints": self.joints.astype(np.float32),
@@ -199,7 +203,7 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
         raise InputError(f"World Ground: {len(frames)} frames but the bodies have {t}")
     if frames is not None and opts.camera_motion == "auto":
         traj = estimate_camera_motion(frames, camera.intrinsics, people, depth, opts.static_threshold,
-                                      opts.keyframe_every)
+                                      opts.keyframe_every, max_side=opts.max_side)
     else:
         traj = CameraTrajectory.identity(t)
     cam_t = bodies.params["cam_t"].astype(np.float64)
