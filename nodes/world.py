@@ -76,7 +76,8 @@ class WorldGround(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, bodies, mesh_bodies=None, camera=None, frames=None, tracks=None, moge_geometry=None, camera_motion="auto",
+    def execute(cls, bodies, mesh_bodies=None, camera=None, frames=None, tracks=None, moge_geometry=None,
+                camera_motion="auto",
                 floor="auto", fps=30.0, pin_feet=True, root_strength=4.0, body_strength=2.5, hand_strength=1.2,
                 static_threshold=0.75) -> io.NodeOutput:
         if bodies is None:

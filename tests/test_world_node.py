@@ -28,6 +28,8 @@ def env(pack):
 
 def test_node_grounds_a_moving_camera_clip(env):
     node, data, _, sc, bodies, tracks, camera = env
+    schema = node.GET_SCHEMA()
+    assert schema.node_id == "SAMBody4D_WorldGround" and schema.display_name == "World Ground (Body4D)"
     frames = torch.from_numpy(sc.frames).float() / 255.0
     depth = torch.from_numpy(noisy_depth(sc, seed=4))
     geometry = {"depth": depth, "intrinsics": torch.eye(3)[None].repeat(T, 1, 1)}
