@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from body4d_core.data import Bodies, Camera
 from body4d_core.errors import InputError
@@ -161,3 +162,35 @@ def test_world_bodies_export_y_up_with_smoothed_meshes():
     with pytest.raises(InputError, match="mesh bodies"):
         world_stage(with_mesh, cam, mesh_bodies=smooth_bodies(with_mesh).replace(
             obj_ids=with_mesh.obj_ids + 5))
+
+
+class _DepthOracle(torch.nn.Module):
+    """A MoGe-like model returning the scene's (noisy) depth of whichever frame it is shown."""
+
+    def __init__(self, frames: np.ndarray, depth: np.ndarray) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.frames = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 255.0
+        self.depth = torch.from_numpy(depth)
+        self.seen: list[int] = []
+
+    def infer(self, images, **_):
+        idx = [int((self.frames - im[None]).abs().mean(dim=(1, 2, 3)).argmin()) for im in images]
+        self.seen += idx
+        return {"depth": self.depth[idx], "mask": torch.ones(len(idx), *self.depth.shape[1:], dtype=torch.bool)}
+
+
+def test_ground_clip_one_call():
+    from body4d_core.data import Tracks
+    from body4d_core.world import ground_clip
+
+    sc, bodies, cam = _case("walk", "dolly", seed=6)
+    tracks = Tracks.from_masks([1], sc.people_masks[None])
+    oracle = _DepthOracle(sc.frames, noisy_depth(sc, seed=6))
+    res = ground_clip(sc.frames, tracks, cam, bodies, moge_model=oracle, depth_every=5)
+    assert sorted(set(oracle.seen)) == list(range(0, T, 5))
+    assert res.camera_source == "flow_depth" and res.floor.source == "depth"
+    moved = np.linalg.norm(res.camera_positions[-1] - res.camera_positions[0])
+    assert abs(moved - np.linalg.norm(sc.cam_c[-1] - sc.cam_c[0])) < 0.2
+    bare = ground_clip(sc.frames, tracks, cam, bodies)  # no MoGe: rotation-only camera, floor from the feet
+    assert bare.camera_source == "flow_rotation" and bare.floor.source == "feet"

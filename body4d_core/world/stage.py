@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import OutputWriteError, atomic_path, describe_os_error, write_bytes_atomic, write_text_atomic
-from ..data import Bodies, BodyFlag, Camera, write_npz
+from ..data import Bodies, BodyFlag, Camera, Tracks, write_npz
 from ..errors import InputError
 from ..smoothing import euler_to_rotvec, rotvec_to_euler
 from .camera_motion import CameraTrajectory, estimate_camera_motion
 from .floor import Floor, feet_on, floor_from_depth, floor_from_feet, world_axes
+from .inputs import moge_depth, people_from_tracks
 from .keypoints import CONTACT_INDEX, CONTACT_NAMES, LEFT_ANKLE, NECK, RIGHT_ANKLE
 from .plot import trajectory_plot
 from .smoother import WorldSmoothSettings, world_smooth
@@ -279,3 +280,18 @@ def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: n
         verts = np.einsum("tij,ntvj->ntvi", M, bodies.vertices.astype(np.float64))
         verts = np.where(keep[..., None, None], verts, 0.0).astype(np.float32)
     return bodies.replace(params=params, keypoints_3d=kp, vertices=verts)
+
+
+def ground_clip(frames: np.ndarray, tracks: Tracks | None, camera: Camera, bodies: Bodies,
+                mesh_bodies: Bodies | None = None, moge_model: object | None = None, depth_every: int = 10,
+                options: WorldOptions | None = None) -> WorldResult:
+    """The pipeline's world stage in one call: person masks from the tracks, MoGe-2 depth on every
+    ``depth_every``-th frame when a model is given (none: floor from the feet, rotation-only
+    camera), then ``world_stage`` on the raw ``bodies`` with ``mesh_bodies`` for the meshes."""
+    frames = np.asarray(frames)
+    size = tuple(frames.shape[1:3])
+    people = people_from_tracks(tracks, len(frames), size)
+    depth = None
+    if moge_model is not None and depth_every > 0:
+        depth = moge_depth(moge_model, frames, every_n=depth_every)
+    return world_stage(bodies, camera, frames, people, depth, options, mesh_bodies=mesh_bodies)
