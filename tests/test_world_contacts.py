@@ -53,3 +53,16 @@ def test_bad_settings_raise():
         ContactSettings(height_on=0.1, height_off=0.05)
     with pytest.raises(InputError):
         ContactSettings(stencil=0)
+
+
+def test_knee_ik_keeps_bone_lengths():
+    from body4d_core.world.smoother import knee_ik
+
+    hip = np.array([[0.0, 0.9, 0.0]])
+    knee = np.array([[0.0, 0.47, 0.08]])
+    ankle = np.array([[0.0, 0.08, 0.0]])
+    new_ankle = ankle + np.array([[0.03, 0.0, -0.04]])
+    k = knee_ik(hip, knee, ankle, new_ankle)
+    assert np.allclose(np.linalg.norm(k - hip, axis=-1), np.linalg.norm(knee - hip, axis=-1))
+    assert np.allclose(np.linalg.norm(new_ankle - k, axis=-1), np.linalg.norm(ankle - knee, axis=-1))
+    assert k[0, 2] > -0.04 + 0.05  # still bent forward, not flipped

@@ -23,6 +23,7 @@ CONTACT_NAMES = tuple(f"{foot}_{part}" for foot, part in CONTACT_POINTS)
 CONTACT_INDEX = np.array(list(CONTACT_POINTS.values()), np.int64)
 # keypoints moved with each foot when its contact point is pinned (ankle, toes, heel)
 FOOT_GROUPS = {"left": np.array([13, 15, 16, 17]), "right": np.array([14, 18, 19, 20])}
+LEGS = {"left": (9, 11, 13), "right": (10, 12, 14)}  # hip, knee, ankle
 HAND_KEYPOINTS = np.arange(21, 63)
 ARM_KEYPOINTS = np.array([7, 8, 63, 64, 65, 66])
 FOOT_KEYPOINTS = np.arange(13, 21)

@@ -13,7 +13,8 @@
 4. Planted feet: each contact point is pinned to one horizontal position per contact span;
    the root translation is corrected by the mean pin offset (smoothed over time), and the
    rest of the offset moves the foot keypoints (ankle, heel, toes) so planted feet do not
-   slide. Heights stay free (take-off and landing are not glued to the floor).
+   slide, the knee following by a two-bone IK that keeps thigh and shin lengths. Heights
+   stay free (take-off and landing are not glued to the floor).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from scipy.ndimage import median_filter
 from ..errors import InputError
 from ..smoothing import kalman_smooth
 from .contacts import ContactSettings, detect_contacts
-from .keypoints import CONTACT_INDEX, FOOT_GROUPS, joint_windows
+from .keypoints import CONTACT_INDEX, FOOT_GROUPS, LEGS, joint_windows
 
 
 @dataclass
@@ -185,8 +186,31 @@ def pin_feet(joints: np.ndarray, root: np.ndarray, contacts: np.ndarray, observe
                     if a - e >= 0 and not active[i, a - e]:
                         off[i, a - e] = np.where(weight[i, a - e] < fade, off[i, a], off[i, a - e])
                         weight[i, a - e] = max(weight[i, a - e], fade)
+        before = joints.copy()
         joints[:, :, group] += (off * weight[..., None])[:, :, None]
+        moved = weight > 0
+        if moved.any():
+            hip, knee, ankle = LEGS[foot]
+            joints[:, :, knee] = np.where(moved[..., None], knee_ik(joints[:, :, hip], before[:, :, knee],
+                                                                    before[:, :, ankle], joints[:, :, ankle]),
+                                          joints[:, :, knee])
     return joints, root
+
+
+def knee_ik(hip: np.ndarray, knee: np.ndarray, ankle: np.ndarray, new_ankle: np.ndarray) -> np.ndarray:
+    """Knee positions [..., 3] that keep the thigh and shin lengths when the ankle moves to ``new_ankle``
+    (two-bone IK in the plane of the old bend; the hip stays)."""
+    l1 = np.linalg.norm(knee - hip, axis=-1, keepdims=True)
+    l2 = np.linalg.norm(ankle - knee, axis=-1, keepdims=True)
+    d_vec = new_ankle - hip
+    d = np.linalg.norm(d_vec, axis=-1, keepdims=True)
+    u = d_vec / np.maximum(d, 1e-9)
+    d = np.clip(d, np.abs(l1 - l2) + 1e-6, l1 + l2 - 1e-6)
+    a = (l1 ** 2 - l2 ** 2 + d ** 2) / (2 * d)
+    h = np.sqrt(np.maximum(l1 ** 2 - a ** 2, 0.0))
+    bend = (knee - hip) - ((knee - hip) * u).sum(-1, keepdims=True) * u
+    bend /= np.maximum(np.linalg.norm(bend, axis=-1, keepdims=True), 1e-9)
+    return hip + a * u + h * bend
 
 
 def world_smooth(joints: np.ndarray, root: np.ndarray, ray: np.ndarray, observed: np.ndarray, fps: float,
