@@ -47,7 +47,7 @@ def horizontal_speed(points: np.ndarray, fps: float, stencil: int) -> np.ndarray
 
 
 def _hysteresis(on: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """State machine along the last-but-one axis... per series [T]: enter on ``on``, leave on ``off``."""
+    """Contact state of one series [T]: enters on ``on``, leaves on ``off`` (in between it keeps its state)."""
     out = np.zeros(on.shape, bool)
     state = False
     for i in range(on.shape[0]):

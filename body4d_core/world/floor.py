@@ -7,12 +7,9 @@ Planes live in the first camera's axes (OpenCV: x right, y down, z forward) as
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -75,7 +75,7 @@ class WorldResult:
 
     @property
     def gravity(self) -> np.ndarray:
-        """Unit gravity direction in the world frame (always -y) ..."""
+        """Unit gravity direction in the world frame (always -y)."""
         return np.array([0.0, -1.0, 0.0])
 
     @property

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data import PARAM_DIMS, Bodies, BodyFlag
-from .keypoints import CONTACT_INDEX, NUM_KEYPOINTS
+from .keypoints import NUM_KEYPOINTS
 
 FPS = 30.0
 HIP_W, THIGH, SHIN, ANKLE_H, FOOT_L, SOLE = 0.1, 0.46, 0.45, 0.08, 0.22, 0.02
@@ -361,5 +361,3 @@ def noisy_depth(scene: Scene, scale_sigma: float = 0.02, pixel_sigma: float = 0.
     scale = 1.0 + rng.normal(0, scale_sigma, (t, 1, 1))
     return (scene.depth * scale * (1.0 + rng.normal(0, pixel_sigma, scene.depth.shape))).astype(np.float32)
 
-
-CONTACT_KEYPOINTS = CONTACT_INDEX
