@@ -63,3 +63,37 @@ def test_reference_cases_are_asymmetric(camera_ref):
     assert not torch.allclose(ref["cam_t_0"], ref["cam_t_1"], atol=1e-2)
     c = ref["centre"]
     assert (c[:, 0] < w / 2).any() and (c[:, 0] > w / 2).any() and (c[:, 1] < h / 2).any() and (c[:, 1] > h / 2).any()
+
+
+# ----------------------------------------------------------------- MoGe-2 FOV
+
+
+def _has_moge() -> bool:
+    try:
+        import moge.model.v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_moge(), reason="the moge package is not installed (pip install --no-deps "
+                                            "dlr-moge==2.0.0 dlr-utils3d==1.3)")
+@pytest.mark.parametrize("level", [0, 9])
+def test_moge_focal_matches_official_infer(level):
+    """bench/reference/gen_moge_fov.py: official MoGe-2 infer on a non-square image, seed-built tiny weights.
+    Our estimate_camera on the same weights and frame gives the official pixel focal (fy * H) to 1e-3."""
+    from body4d_core.fov import TINY_MOGE_CONFIG, build_moge, estimate_camera
+
+    with np.load(FIX / "moge2_fov.npz") as z:
+        ref = {k: z[k] for k in z.files}
+    img = ref["image"]
+    h, w = img.shape[:2]
+    assert h != w
+    model = build_moge(TINY_MOGE_CONFIG, seed=int(ref["seed"]))
+    frames = np.stack([img, img[::-1]])  # frame 0 is the reference; mode "first" must use only it
+    cam = estimate_camera(model, frames, mode="first", resolution_level=level)
+    fx, fy, cx, cy = ref[f"pixel_{level}"].tolist()
+    assert cam.intrinsics[0, 1] == pytest.approx(fy, rel=1e-3)
+    assert cam.intrinsics[1, 1] == pytest.approx(fy, rel=1e-3)
+    assert cam.intrinsics[0, 2:].tolist() == [w / 2, h / 2] == [cx, cy]
+    assert cam.fov_y_deg() == pytest.approx(np.degrees(2 * np.arctan(h / 2 / fy)), rel=1e-3)
