@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from body4d_core.data import PARAM_DIMS, Bodies, BodyFlag, Camera, Tracks
+from body4d_core.data import PARAM_DIMS, Bodies, Camera, Tracks
 from body4d_core.errors import MemoryBudgetError
-from body4d_core.runtime import CallbackHooks
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "cartoon_dancer_81f.mp4"
@@ -99,7 +98,8 @@ def test_smoothing_cancels():
     _cancel_stops(lambda h: smooth_bodies(_bodies(n=4), hooks=h))
 
 
-@pytest.mark.xfail(strict=True, reason="Kalman Smooth node passes no hooks to smooth_bodies (see test_smoothing_cancels)")
+@pytest.mark.xfail(strict=True, reason="Kalman Smooth node passes no hooks to smooth_bodies "
+                                       "(see test_smoothing_cancels)")
 def test_smooth_node_honours_the_cancel_button(pack):
     import comfy.model_management as mm
 
@@ -311,7 +311,7 @@ def test_float_decode_path_is_guarded_by_its_own_dtype():
     assert out.shape == frames.shape
     with pytest.raises(MemoryBudgetError):
         v.load_video_tensor(SAMPLE, v.LoadOptions(frame_load_cap=4, max_side=64, memory_budget_bytes=2 * nbytes),
-                            dtype=torch.float16 if False else torch.float32)
+                            dtype=torch.float32)
 
 
 def test_load_video_node_guards_images_and_file_paths(pack):

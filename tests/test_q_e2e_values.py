@@ -84,8 +84,7 @@ def test_camera_is_the_chosen_one(run):
     f = (H / 2) / math.tan(math.radians(FOV) / 2)
     assert cam.source == "manual"
     np.testing.assert_allclose(cam.intrinsics, np.tile([f, f, W / 2, H / 2], (T, 1)), rtol=1e-5)
-    with np.load(out / "params_camera.npz") if (out / "params_camera.npz").exists() else np.load(
-            out / "camera.npz") as z:
+    with np.load(out / "params_camera.npz") as z:  # the camera exported beside the params is the same one
         np.testing.assert_allclose(z["intrinsics"], cam.intrinsics)
 
 

@@ -9,6 +9,7 @@ Inputs are asymmetric (non-square frames, off-centre people) so swapped axes sho
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,7 +398,8 @@ def test_guidance_is_classifier_free_guidance(vas_pipe):
 
         pipe.unet = Shift()
         try:
-            outs[scale] = {g: pipe.generate(a, b, [3], SamplerConfig(steps=1, guidance=g, decode_chunk_size=2)) for g in (1.0, 2.0)}
+            outs[scale] = {g: pipe.generate(a, b, [3], SamplerConfig(steps=1, guidance=g, decode_chunk_size=2))
+                           for g in (1.0, 2.0)}
         finally:
             pipe.unet = real_unet
     torch.testing.assert_close(outs[0.0][1.0], outs[1.0][1.0], atol=1e-5, rtol=0)
@@ -452,15 +454,15 @@ def test_export_format_and_glb_options(pack):
     b = _render_bodies(pack)
     out = folder_paths.get_output_directory()
     rel = mod.ExportMeshes.execute(b, filename_prefix="q/m", format="obj").args[0]
-    files = sorted(p.name for p in (__import__("pathlib").Path(out) / rel).rglob("*.*"))
+    files = sorted(p.name for p in (Path(out) / rel).rglob("*.*"))
     assert any(f.endswith(".obj") for f in files) and not any(f.endswith(".ply") for f in files)
     rel = mod.ExportMeshes.execute(b, filename_prefix="q/n", format="none").args[0]
-    files = sorted(p.name for p in (__import__("pathlib").Path(out) / rel).rglob("*.*"))
+    files = sorted(p.name for p in (Path(out) / rel).rglob("*.*"))
     assert files == ["params.npz"]
     durations = {}
     for fps in (10.0, 40.0):
         rel = mod.SaveGLB.execute(b, fps=fps, filename_prefix=f"q/g{int(fps)}", obj_id=2).args[0]
-        glbs = sorted((__import__("pathlib").Path(out) / rel).glob("*.glb"))
+        glbs = sorted((Path(out) / rel).glob("*.glb"))
         assert [g.name for g in glbs] == ["body4d_person_2.glb"]
         g = pygltflib.GLTF2.load(str(glbs[0]))
         acc = g.accessors[g.animations[0].samplers[0].input]

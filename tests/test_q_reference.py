@@ -69,11 +69,9 @@ def test_reference_cases_are_asymmetric(camera_ref):
 
 
 def _has_moge() -> bool:
-    try:
-        import moge.model.v2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("moge") is not None
 
 
 @pytest.mark.skipif(not _has_moge(), reason="the moge package is not installed (pip install --no-deps "
@@ -102,18 +100,25 @@ def test_moge_focal_matches_official_infer(level):
 # ----------------------------------------------------------------- Diffusion-VAS sampler
 
 
-@pytest.mark.parametrize("guidance", [1.5, 3.0])
-def test_vas_sampler_matches_official_pipeline(guidance):
-    """bench/reference/gen_diffusion_vas.py: the official DiffusionVASPipeline on the seed-built tiny networks,
-    a non-square 2-frame video with an off-centre mask. Ours (upstream embedding layout) agrees to 1e-4."""
-    from body4d_core.amodal.config import SamplerConfig
+@pytest.fixture(scope="module")
+def vas_reference():
+    """The fixture's numbers and our pipeline on its seed-built networks (built once per module)."""
     from body4d_core.amodal.pipeline import VASPipeline
     from body4d_core.amodal.synthetic import build_vas_parts
 
     with np.load(FIX / "diffusion_vas.npz") as z:
         ref = {k: z[k] for k in z.files}
     parts = build_vas_parts("tiny", seed=int(ref["seed"]))
-    pipe = VASPipeline(parts["unet"], parts["vae"], parts["image_encoder"], parts["scheduler"])
+    return ref, VASPipeline(parts["unet"], parts["vae"], parts["image_encoder"], parts["scheduler"])
+
+
+@pytest.mark.parametrize("guidance", [1.5, 3.0])
+def test_vas_sampler_matches_official_pipeline(vas_reference, guidance):
+    """bench/reference/gen_diffusion_vas.py: the official DiffusionVASPipeline on the seed-built tiny networks,
+    a non-square 2-frame video with an off-centre mask. Ours (upstream embedding layout) agrees to 1e-4."""
+    from body4d_core.amodal.config import SamplerConfig
+
+    ref, pipe = vas_reference
     a, b = torch.from_numpy(ref["cond_a"]), torch.from_numpy(ref["cond_b"])
     smp = SamplerConfig(steps=int(ref["steps"]), guidance=guidance, motion_bucket_id=127, fps=8,
                         noise_aug_strength=0.02, decode_chunk_size=a.shape[1], embed_order="upstream")
