@@ -128,3 +128,37 @@ def test_vas_sampler_matches_official_pipeline(vas_reference, guidance):
     torch.testing.assert_close(out, want, atol=1e-4, rtol=0)
     other = torch.from_numpy(ref[f"frames_{3.0 if guidance == 1.5 else 1.5}"])
     assert (other - want).abs().max() > 1e-3  # the two references differ: guidance is visible in them
+
+
+# ----------------------------------------------------------------- occlusion rules on a wide frame
+
+
+def test_occlusion_border_and_extent_rules_keep_height_and_width_apart():
+    """On a 40 x 200 frame with a 10% border the bands are 4 rows and 20 columns: each case below flips
+    when the two are swapped, in the per-frame rule and in the vectorised scorer alike."""
+    from body4d_core.amodal.config import OcclusionConfig
+    from body4d_core.amodal.occlusion import Exempt, frame_exemption, in_border, is_long_or_wide, score_frames
+
+    h, w = 40, 200
+    cfg = OcclusionConfig(border_fraction=0.1)
+
+    def mask(rows, cols):
+        m = np.zeros((h, w), bool)
+        m[rows, cols] = True
+        return m
+
+    left_band = mask(slice(10, 31), slice(5, 16))  # inside the 20-column band, far from the 4-row bands
+    upper_middle = mask(slice(6, 16), slice(60, 101))  # clear of the 4-row band (a 20-row band would hold it)
+    assert in_border(left_band, 0.1) and not in_border(upper_middle, 0.1)
+    tall = mask(slice(5, 36), slice(90, 111))  # spans 31/40 of the height, 21/200 of the width
+    wide = mask(slice(15, 25), slice(20, 121))  # 10/40 of the height, 101/200 of the width
+    assert is_long_or_wide(tall, 0.7) and not is_long_or_wide(wide, 0.7)
+    big = mask(slice(8, 34), slice(40, 151))  # 26/40 of the height, 111/200 of the width: neither long nor wide
+    cases = [(left_band, big, Exempt.BORDER), (upper_middle, big, Exempt.NONE), (upper_middle, tall | upper_middle,
+                                                                                 Exempt.LONG_OR_WIDE)]
+    vis = np.stack([c[0] for c in cases])
+    amo = np.stack([c[1] for c in cases])
+    _, codes = score_frames(vis, amo, cfg)
+    for k, (v, a, want) in enumerate(cases):
+        assert frame_exemption(v, a, cfg) == want, k
+        assert codes[k] == int(want), k
