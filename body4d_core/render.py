@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .data import BodyFlag, Bodies, Camera
-from .errors import InputError
+from .errors import InputError, MemoryBudgetError
 from .palette import object_color_float
 from .runtime import NULL_HOOKS, Hooks
 from .skeleton import draw_openpose
@@ -335,6 +335,18 @@ def _composite(job: _Job, bg: np.ndarray | None, pix: torch.Tensor, rgb: torch.T
     return out
 
 
+def _check_output_memory(t: int, h: int, w: int, with_ids: bool) -> None:
+    """Refuse, before allocating, outputs (images, masks, ids) larger than the RAM available now."""
+    from .video import available_ram
+
+    need = t * h * w * (3 + 4 + (2 if with_ids else 0))
+    free = available_ram()
+    if need > free:
+        raise MemoryBudgetError(f"rendering {t} frames of {w}x{h} needs {need / 2**30:.1f} GiB for its outputs but "
+                                f"only {free / 2**30:.1f} GiB of RAM is free; render fewer frames (frame_load_cap) "
+                                f"or a smaller size (max_side)")
+
+
 def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera: Camera, mode: str = "overlay",
                   hooks: Hooks = NULL_HOOKS, batch_size: int = 16, opacity: float = 0.85,
                   vertices_fn: VerticesFn | None = None, device: str | torch.device | None = None,
@@ -356,6 +368,7 @@ def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, came
     camera = camera.check_frames(t)
     if tuple(camera.image_size) != (h, w):
         raise InputError(f"camera image size {camera.image_size} does not match the bodies' {bodies.image_size}")
+    _check_output_memory(t, h, w, return_ids)
     bg = _background(frames, t, (h, w))
     dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     images = np.empty((t, h, w, 3), np.uint8)

@@ -40,6 +40,7 @@ import torch
 
 from .data import BodyFlag, Bodies
 from .errors import InputError
+from .runtime import NULL_HOOKS, Hooks
 
 log = logging.getLogger(__name__)
 
@@ -772,7 +773,7 @@ def _signals(bodies: Bodies, observed: np.ndarray) -> tuple[np.ndarray, list[tup
 
 
 def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
-                  refresh: Callable[[Bodies], Bodies] | None = None) -> Bodies:
+                  refresh: Callable[[Bodies], Bodies] | None = None, hooks: Hooks = NULL_HOOKS) -> Bodies:
     """Kalman/RTS-smooth every identity of ``bodies``; returns a new Bodies.
 
     Observed frames keep their flags; bridged gap frames get FILLED. Shape and scale are
@@ -780,7 +781,14 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     ``refresh`` (e.g. the MHR rig) regenerates vertices, keypoints and extras such as
     ``model_params`` from the smoothed parameters; without it, keypoints and vertices are
     smoothed with the same filter (consistent to first order) and extras pass through.
+    The work is vectorised over identities, so ``hooks`` sees one check and one progress step per phase.
     """
+    phases = 5 if bodies.vertices is not None and refresh is None else 4
+
+    def phase(k: int) -> None:
+        hooks.check_interrupt()
+        hooks.progress(k, phases)
+
     settings = settings or SmoothSettings()
     causal = settings.mode == "causal"
     flags = bodies.flags
@@ -789,6 +797,7 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     if not observed.any():
         raise InputError("Kalman Smooth: the bodies hold no observed frame (every person is missing); "
                          "check the tracks and the body estimation step")
+    phase(0)
     obs_var = _observation_variances(bodies, settings)
     y, layout = _signals(bodies, observed)
     memo: dict[bytes, tuple] = {}  # Riccati runs of this call's observation patterns
@@ -798,8 +807,10 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
         score = _robust_scores(y, observed, causal, [sl for _, sl in layout], settings.outlier_threshold)
         thr = settings.outlier_threshold
         obs_var = obs_var * np.where(score > thr, (score / thr) ** 2, 1.0)
+    phase(1)
     out = _smooth_signals(y, obs_var, settings.window, settings.motion, causal, memo=memo)
     del y
+    phase(2)
     if causal:
         _damp_gaps(out, observed, settings.gap_damping)
 
@@ -836,6 +847,7 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
     if (~keep & (flags != BodyFlag.MISSING)).any():  # frames dropped here: clear their extras
         extras = {k: np.where(keep.reshape(n, t, *([1] * (v.ndim - 2))), v, np.zeros_like(v))
                   for k, v in extras.items()}
+    phase(3)
     if bodies.vertices is not None and refresh is None:
         nv = bodies.vertices.shape[2]
         verts = kalman_smooth(bodies.vertices.reshape(n, t, nv * 3), obs_var, settings.window, settings.motion, causal)
@@ -843,8 +855,11 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
             _damp_gaps(verts, observed, settings.gap_damping)
         verts[~keep] = 0.0
         geometry["vertices"] = verts.reshape(n, t, nv, 3)
+        phase(4)
     out_bodies = bodies.replace(flags=new_flags, params=params, confidence=confidence, extras=extras, **geometry)
-    return refresh(out_bodies) if refresh is not None else out_bodies
+    out_bodies = refresh(out_bodies) if refresh is not None else out_bodies
+    hooks.progress(phases, phases)
+    return out_bodies
 
 
 def _locked(values: np.ndarray, flags: np.ndarray, keep: np.ndarray, most: int = 2001) -> np.ndarray:

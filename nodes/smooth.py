@@ -87,7 +87,7 @@ class KalmanSmooth(io.ComfyNode):
             from ..body4d_core.sam3d_body.refresh import refresher
 
             refresh = refresher(model, camera)
-        out = smooth_bodies(bodies, settings, refresh=refresh)
+        out = smooth_bodies(bodies, settings, refresh=refresh, hooks=glue.hooks(5))
         carried = None if mhr_pose_data is None else {k: mhr_pose_data.get(k) for k in RENDER_FIELDS}
         return io.NodeOutput(out, to_mhr_pose(out, camera, model=model, render_fields=carried))
 

@@ -87,10 +87,6 @@ def test_render_cancels_per_batch():
 # ----------------------------------------------------------------- smoothing
 
 
-@pytest.mark.xfail(strict=True, reason="smooth_bodies takes no hooks: its per-identity loop cannot be cancelled "
-                                       "(fix: body4d_core/smoothing.py smooth_bodies(..., hooks=NULL_HOOKS) calling "
-                                       "hooks.check_interrupt() per identity / per signal group; nodes/smooth.py "
-                                       "KalmanSmooth.execute passing glue.hooks(bodies.num_objects))")
 def test_smoothing_cancels():
     from body4d_core.smoothing import smooth_bodies
 
@@ -98,8 +94,6 @@ def test_smoothing_cancels():
     _cancel_stops(lambda h: smooth_bodies(_bodies(n=4), hooks=h))
 
 
-@pytest.mark.xfail(strict=True, reason="Kalman Smooth node passes no hooks to smooth_bodies "
-                                       "(see test_smoothing_cancels)")
 def test_smooth_node_honours_the_cancel_button(pack):
     import comfy.model_management as mm
 
@@ -350,9 +344,6 @@ def test_tracks_memory_scales_with_objects_and_frames(monkeypatch):
         check_tracks_memory(3, 51, (48, 64))
 
 
-@pytest.mark.xfail(strict=True, reason="render_bodies allocates T x H x W x 3 images (+ masks, ids) with no memory "
-                                       "check (fix: body4d_core/render.py render_bodies: refuse with MemoryBudgetError "
-                                       "when T*H*W*(3+4+2) bytes exceed the free RAM, as video.check_budget does)")
 def test_render_refuses_outputs_that_do_not_fit(monkeypatch):
     from body4d_core import video
     from body4d_core.render import render_bodies
