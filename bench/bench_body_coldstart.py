@@ -138,8 +138,8 @@ def main() -> None:
                         print(f"| {mode} | {config} | {kind} | failed: {r['error']} | | | | {r['process_s']:.1f} |")
                         continue
                     last = r
-                    out = out or RowWriter.from_args("bench_body_coldstart", args)
-                    out.device = r["device"] if r["device"] != "CPU" else "cpu"
+                    out = out or RowWriter.from_args("bench_body_coldstart", args, "cpu")  # (no CUDA in this process)
+                    out.device = r["device"] if r["device"] != "CPU" else "cpu"  # the card the child ran on
                     for metric in ("first_s", "second_s", "build_s", "process_s"):
                         out.add(f"{mode} {config} {kind} cache", metric, r[metric], "s", graphs=r["graphs"],
                                 items=args.items, batch=args.batch, size=args.size)
