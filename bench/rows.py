@@ -6,7 +6,7 @@ the UTC time of the measurement, ``commit`` the repository's ``git rev-parse HEA
 git cannot tell), ``command`` the ``python -m bench.<name> ...`` line that produced it and
 ``extra`` a free dict (the settings and counts the figure belongs to). Rows are appended as JSON
 lines to ``bench/results/<bench>.jsonl`` (git-ignored; not for ``--tiny`` smoke runs) and to
-``--rows PATH`` when given, each as soon as it is measured, so a run cut short keeps its rows.
+``--jsonl PATH`` when given, each as soon as it is measured, so a run cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def command_line(bench: str, argv: list[str] | None = None) -> str:
 
 
 def add_rows_args(ap: argparse.ArgumentParser) -> None:
-    """The options every bench takes for its rows: --rows PATH (JSON lines) and --no-results."""
-    ap.add_argument("--rows", type=Path, default=None,
+    """The options every bench takes for its rows: --jsonl PATH (JSON lines) and --no-results."""
+    ap.add_argument("--jsonl", type=Path, default=None, metavar="PATH",
                     help="also append every measured figure as a JSON line here (the common row format)")
     ap.add_argument("--no-results", action="store_true",
                     help="do not append the rows to bench/results/<bench>.jsonl (--tiny runs never do)")
@@ -88,7 +88,7 @@ class RowWriter:
     def from_args(cls, bench: str, args: argparse.Namespace, device: Any = None) -> "RowWriter":
         """A writer for a bench run with add_rows_args's options (no results file for --tiny runs)."""
         tiny = bool(getattr(args, "tiny", False))
-        return cls(bench, getattr(args, "rows", None), not (tiny or getattr(args, "no_results", False)), device)
+        return cls(bench, getattr(args, "jsonl", None), not (tiny or getattr(args, "no_results", False)), device)
 
     def add(self, case: str, metric: str, value: Any, unit: str, **extra: Any) -> dict[str, Any]:
         """Record one figure (``value`` in ``unit``) of ``case``; ``extra`` holds what it belongs to."""

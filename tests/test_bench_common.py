@@ -44,6 +44,17 @@ def test_every_bench_module_imports_without_cuda_and_leaves_sys_path_alone(monke
             assert "python bench/" not in source and "python3 bench/" not in source, name
 
 
+def test_every_bench_takes_the_common_row_options(monkeypatch, capsys):
+    """--help builds each bench's whole parser (a clash with the common options fails there) and lists them."""
+    for name in sorted(set(_bench_modules()) - HELPERS):
+        mod = importlib.import_module(f"bench.{name}")
+        monkeypatch.setattr(sys, "argv", [name, "--help"])
+        with pytest.raises(SystemExit) as done:
+            mod.main()
+        text = capsys.readouterr().out
+        assert done.value.code == 0 and "--jsonl" in text and "--no-results" in text, name
+
+
 def test_row_writer_writes_every_documented_field(tmp_path, monkeypatch):
     import torch
 
@@ -83,8 +94,8 @@ def test_row_writer_appends_and_tiny_runs_skip_the_results_folder(tmp_path, monk
     ap.add_argument("--tiny", action="store_true")
     rows.add_rows_args(ap)
     out = tmp_path / "r.jsonl"
-    args = ap.parse_args(["--tiny", "--rows", str(out)])
-    w = rows.RowWriter("bench_y", args.rows, results=not (args.tiny or args.no_results), device="cpu",
+    args = ap.parse_args(["--tiny", "--jsonl", str(out)])
+    w = rows.RowWriter("bench_y", args.jsonl, results=not (args.tiny or args.no_results), device="cpu",
                        results_dir=tmp_path / "results")
     w.add("a", "seconds", 1.0, "s")
     rows.RowWriter("bench_y", out, results=False, device="cpu").add("b", "seconds", 2.0, "s")  # appends
@@ -98,7 +109,7 @@ def test_row_writer_appends_and_tiny_runs_skip_the_results_folder(tmp_path, monk
 
 def test_smoothing_bench_writes_its_printed_figures_as_rows(tmp_path):
     out = tmp_path / "rows.jsonl"
-    res = subprocess.run([sys.executable, "-m", "bench.bench_smoothing", "--tiny", "--skip-timing", "--rows",
+    res = subprocess.run([sys.executable, "-m", "bench.bench_smoothing", "--tiny", "--skip-timing", "--jsonl",
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     got = rows_by_case(out)
