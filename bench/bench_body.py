@@ -61,7 +61,7 @@ from bench.clips import body_inputs
 from bench.patching import import_path, patched
 from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
 from bench.rows import RowWriter, add_rows_args
-from bench.timers import sync
+from bench.timers import Stopwatch, sync
 from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config
 from body4d_core.sam3d_body.config import BACKBONES
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
@@ -125,19 +125,15 @@ def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode:
               dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, pipe: str = "prefetch"
               ) -> tuple[float, float, float, list]:
     """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
-    t0 = time.perf_counter()
-    _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
-    sync()
-    warm = time.perf_counter() - t0
+    with Stopwatch() as warm:
+        _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
     reset_gpu_peak()
-    t0 = time.perf_counter()
     res = None
-    for _ in range(reps):
-        out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
-        res = res or out
-    sync()
-    dt = time.perf_counter() - t0
-    return reps * len(items) / dt, gpu_peak_gib(), warm, res
+    with Stopwatch() as timed:
+        for _ in range(reps):
+            out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
+            res = res or out
+    return reps * len(items) / timed.seconds, gpu_peak_gib(), warm.seconds, res
 
 
 @torch.inference_mode()
@@ -146,15 +142,12 @@ def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> t
     dev = next(model.parameters()).device
     x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
     with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32):
-        t0 = time.perf_counter()
-        model.backbone(x)
-        sync()
-        warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(reps):
+        with Stopwatch() as warm:
             model.backbone(x)
-        sync()
-    return reps * bs / (time.perf_counter() - t0), warm
+        with Stopwatch() as timed:
+            for _ in range(reps):
+                model.backbone(x)
+    return reps * bs / timed.seconds, warm.seconds
 
 
 @torch.inference_mode()
@@ -199,12 +192,10 @@ def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: 
     for on in (True, False):
         with patched(infer, "TRITON_CROPS", on):
             imgs[on] = body_crops(model, ft, items, K)  # warm-up (kernel compile)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                body_crops(model, ft, items, K)
-            sync()
-            ms[on] = (time.perf_counter() - t0) * 1000 / reps
+            with Stopwatch() as sw:
+                for _ in range(reps):
+                    body_crops(model, ft, items, K)
+            ms[on] = sw.seconds * 1000 / reps
     diff = float((imgs[True].img - imgs[False].img).abs().max())
     mdiff = float((imgs[True].mask - imgs[False].mask).abs().max())
     return (f"# crops of {len(items)} ({dev.type}): Triton kernel {ms[True]:.1f} ms, grid_sample {ms[False]:.1f} ms "
@@ -367,12 +358,11 @@ def time_official(est, frames: np.ndarray, items: list[BodyItem], mode: str, rep
         est.process_one_image(calls[0][0], bboxes=calls[0][1], masks=calls[0][2], use_mask=True, inference_type=mode)
         sync()
         reset_gpu_peak()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            for img, boxes, masks in calls:
-                est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
-        sync()
-    return reps * len(items) / (time.perf_counter() - t0), gpu_peak_gib()
+        with Stopwatch() as sw:
+            for _ in range(reps):
+                for img, boxes, masks in calls:
+                    est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
+    return reps * len(items) / sw.seconds, gpu_peak_gib()
 
 
 def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyItem], dtype: torch.dtype) -> list[str]:
