@@ -12,13 +12,13 @@ steps at the measured per-step time), then prints one table: per-sub-stage secon
 peak VRAM per sub-stage, achieved UNet TFLOP/s (FLOPs counted on the meta device), and the max
 abs difference of one fixed UNet call against the baseline. Targets: total < 60 s, peak < 24 GB.
 
-    python bench/bench_amodal.py                # H200, bf16, 5 people x 90 frames at 720p (~6-7 min)
-    python bench/bench_amodal.py --variants baseline,xattn --fast-path --upstream-style
-    python bench/bench_amodal.py --quick --variants default   # per-pass parts of the default options (~80 s)
-    python bench/bench_amodal.py --quick --variants default,default+native   # + no-autocast A/B (~140 s)
-    python bench/bench_amodal.py --tiny         # CPU smoke test of the script
+    python -m bench.bench_amodal                # H200, bf16, 5 people x 90 frames at 720p (~6-7 min)
+    python -m bench.bench_amodal --variants baseline,xattn --fast-path --upstream-style
+    python -m bench.bench_amodal --quick --variants default   # per-pass parts of the default options (~80 s)
+    python -m bench.bench_amodal --quick --variants default,default+native   # + no-autocast A/B (~140 s)
+    python -m bench.bench_amodal --tiny         # CPU smoke test of the script
     # issue 5, step-independent cost: VAE options side by side + kernel-level profile (~6-7 min)
-    python bench/bench_amodal.py --quick --time-limit 460 --compile-estimate 120 --profile default,t2d+vae-cl \
+    python -m bench.bench_amodal --quick --time-limit 460 --compile-estimate 120 --profile default,t2d+vae-cl \
         --variants prev-default,default,vae-compile,t2d,vae-cl,vae-native
 
 --quick prints one compact side-by-side table at the end (fixed seconds, per-step seconds, VAE
@@ -31,19 +31,20 @@ prints the top CUDA kernels by self time with a category column and totals per c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import fields
 
 _T0 = time.perf_counter()  # --time-limit counts from here (before the heavy imports)
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench.clips import occluded_ellipses  # noqa: E402
+from bench.kernel_profile import timed_profile  # noqa: E402
+from bench.peak_memory import gpu_peak_gib, reset_gpu_peak  # noqa: E402
+from bench.rows import RowWriter, add_rows_args  # noqa: E402
+from bench.timers import sync  # noqa: E402
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig  # noqa: E402
 from body4d_core.amodal.accel import AccelConfig  # noqa: E402
 from body4d_core.amodal.models import DEFAULT_ACCEL, VAE_CALL_PX, AmodalModels, DepthEstimator  # noqa: E402
@@ -51,7 +52,6 @@ from body4d_core.amodal.occlusion import detection_size  # noqa: E402
 from body4d_core.amodal.stage import run_amodal  # noqa: E402
 from body4d_core.amodal.synthetic import build_depth_model, build_vas_pipeline  # noqa: E402
 from body4d_core.data import Tracks  # noqa: E402
-from kernel_profile import sync, timed_profile  # noqa: E402
 
 
 class Recorder:
@@ -76,17 +76,14 @@ class Recorder:
         return self
 
     def run_jobs(self, jobs, sampler, hooks=None, budget_px=1 << 20):
-        cuda = torch.cuda.is_available() and self.pipe.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        dev = self.pipe.device
+        sync(dev)
+        reset_gpu_peak(dev)
         self.pipe.profile = {}
         t0 = time.perf_counter()
         res = self.pipe.run_jobs(jobs, sampler, budget_px=budget_px)
-        if cuda:
-            torch.cuda.synchronize()
-        call = {"seconds": time.perf_counter() - t0, **self.pipe.profile,
-                "peak": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
+        sync(dev)
+        call = {"seconds": time.perf_counter() - t0, **self.pipe.profile, "peak": gpu_peak_gib(dev)}
         self.calls.append(call)
         self.pipe.profile = None
         if self.truth is None:
@@ -117,7 +114,6 @@ def upstream_style(models: AmodalModels, mask_pipe, content_pipe, rgb: torch.Ten
     h, w = rgb.shape[1:3]
     det = detection_size((h, w), occ.detection_resolution)
     comp = detection_size((h, w), occ.completion_resolution)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t0 = time.perf_counter()
     depth = resize_depth(normalize_depth(models.depth(rgb)), det)
@@ -137,29 +133,6 @@ def upstream_style(models: AmodalModels, mask_pipe, content_pipe, rgb: torch.Ten
         content_pipe.run_jobs([VideoJob(m.expand(-1, 3, -1, -1), m, o, np.arange(a, b), o)], one, budget_px=budget_px)
     sync()
     return time.perf_counter() - t0
-
-
-def make_clip(people: int, frames: int, h: int, w: int, hide: int = 14, occluded: bool = True):
-    """Frames, amodal truth per id and visible tracks: ellipse people, each hidden by a bar once."""
-    rng = np.random.default_rng(0)
-    rgb = torch.from_numpy(rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8))
-    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
-    dy = ((ys - 0.55 * h) / (0.3 * h)) ** 2
-    truth, visible = {}, []
-    for p in range(people):
-        masks = np.zeros((frames, h, w), bool)
-        vis = np.zeros_like(masks)
-        cx0 = (p + 0.5) * w / people
-        start = 8 + p * ((frames - 8 - hide) // max(1, people))
-        for t in range(frames):
-            cx = cx0 + 0.02 * w * np.sin(t / 10 + p)
-            masks[t] = ((xs - cx) / (0.05 * w)) ** 2 + dy <= 1
-            vis[t] = masks[t]
-            if occluded and start <= t < start + hide:
-                vis[t, :, max(0, int(cx - 0.06 * w)):int(cx + 0.03 * w)] = False
-        truth[p + 1] = masks
-        visible.append(vis)
-    return rgb, truth, Tracks.from_masks(range(1, people + 1), np.stack(visible))
 
 
 def _accel(cfg: AccelConfig = DEFAULT_ACCEL, **over) -> dict:
@@ -322,15 +295,14 @@ def run_variant(name: str, spec, ctx: dict, a) -> dict:
         mask_rec = Recorder(ctx["mask_pipe"], ctx["truth"], ctx["resized"])
         content_rec = Recorder(ctx["content_pipe"])
         models = AmodalModels(mask_rec, content_rec, ctx["depth"], dev, vdtype)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        reset_gpu_peak(dev)
         sync()
         t0 = time.perf_counter()
         _, stats = run_amodal(ctx["rgb"], ctx["tracks"], models, ctx["occ"], smp, budget_px=budget)
         sync()
         truth_s = sum(c.get("truth_s", 0.0) for c in mask_rec.calls)
         measured = time.perf_counter() - t0 - truth_s  # the bench's mask replacement is not stage time
-        peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+        peak = gpu_peak_gib(dev)
     finally:
         for h in hooks:
             h.remove()
@@ -484,6 +456,16 @@ def print_table(rows: list[dict], a, ctx: dict) -> None:
     print(f"segments: {sum(len(v) for v in s.segments.values())}, completed person-frames: {s.completed_frames}")
 
 
+def write_rows(out: RowWriter, rows: list[dict], extra: dict) -> None:
+    """Per variant: projected total, measured seconds, fixed and per-step seconds, peaks, per sub-stage."""
+    for r in rows:
+        for metric, unit in (("total", "s"), ("measured", "s"), ("fixed", "s"), ("per_step", "s"), ("peak", "GiB"),
+                             ("depth", "s"), ("warm_s", "s")):
+            out.add(r["name"], metric, r[metric], unit, note=r["note"], **extra)
+        for st in STAGES:
+            out.add(r["name"], st, r[st], "s", peak_gib=r[st + "_peak"], unet_tflops=r[st + "_tfs"], **extra)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=5)
@@ -511,6 +493,7 @@ def main() -> None:
                          "one encode call at the completion size), before the variants run")
     ap.add_argument("--compile-estimate", type=float, default=150.0,
                     help="--quick: seconds a compiled variant's warm-up is assumed to take (for --time-limit)")
+    add_rows_args(ap)
     a = ap.parse_args()
     t_start = _T0
     if a.quick and a.variants == DEFAULT_VARIANTS:
@@ -543,7 +526,7 @@ def main() -> None:
               for n, m in zip(("unet", "vae", "clip"), mask_pipe.models())}
     params["depth"] = sum(p.numel() for p in dmodel.parameters()) / 1e6
 
-    rgb, truth, tracks = make_clip(a.people, a.frames, h, w, hide=4 if a.tiny else 14)
+    rgb, truth, tracks = occluded_ellipses(a.people, a.frames, h, w, hide=4 if a.tiny else 14)
     depth = DepthEstimator(dmodel, prep, dtype)
     det = detection_size((h, w), occ.detection_resolution)
     comp = detection_size((h, w), occ.completion_resolution)
@@ -590,21 +573,28 @@ def main() -> None:
     else:
         print_table(rows, a, ctx)
     print(f"wall {time.perf_counter() - t_start:.1f} s", flush=True)
+    out = RowWriter.from_args("bench_amodal", a, dev)
+    extra = {"people": a.people, "frames": a.frames, "size": f"{h}x{w}", "steps": a.steps,
+             "measured_steps": a.variant_steps, "dtype": a.dtype if dev.type == "cuda" else "fp32", "preset": preset}
+    write_rows(out, rows, extra)
 
     if a.fast_path:
-        rgb2, truth2, tracks2 = make_clip(a.people, a.frames, h, w, occluded=False)
+        rgb2, truth2, tracks2 = occluded_ellipses(a.people, a.frames, h, w, occluded=False)
         smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
         fast_models = AmodalModels(Recorder(mask_pipe, truth2), content_pipe, depth, dev, dtype)
         t1 = time.perf_counter()
         _, fstats = run_amodal(rgb2, tracks2, fast_models, occ, smp, budget_px=a.budget_px)
         sync()
-        print(f"no-occlusion clip (fast path, baseline, {a.steps} steps): {time.perf_counter() - t1:.1f} s")
+        fast_s = time.perf_counter() - t1
+        print(f"no-occlusion clip (fast path, baseline, {a.steps} steps): {fast_s:.1f} s")
+        out.add("no-occlusion clip (fast path, baseline)", "seconds", fast_s, "s", **extra)
     if a.upstream_style:
         smp = SamplerConfig(steps=a.steps, people_batch=a.people_batch, window=a.window)
         models = AmodalModels(Recorder(mask_pipe, truth), content_pipe, depth, dev, dtype)
         up_s = upstream_style(models, mask_pipe, content_pipe, rgb, tracks, rows[0]["stats"].segments, occ, smp,
                               a.budget_px)
         print(f"upstream-style orchestration ({a.steps} steps): {up_s:.1f} s")
+        out.add("upstream-style orchestration", "seconds", up_s, "s", **extra)
 
 
 if __name__ == "__main__":

@@ -40,49 +40,34 @@ If the official sam-3d-body code is importable (``--official DIR`` pointing at a
 facebookresearch/sam-3d-body and ``--dinov3 DIR`` at facebookresearch/dinov3, both local), the
 official estimator is timed on the same weights and crops side by side.
 
-    python bench/bench_body.py --official .ref/sam-3d-body --dinov3 .ref/dinov3   # H200
-    python bench/bench_body.py --tiny --official .ref/sam-3d-body --dinov3 .ref/dinov3  # CPU smoke
+    python -m bench.bench_body --official .ref/sam-3d-body --dinov3 .ref/dinov3   # H200
+    python -m bench.bench_body --tiny --official .ref/sam-3d-body --dinov3 .ref/dinov3  # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config  # noqa: E402
-from body4d_core.sam3d_body.config import BACKBONES  # noqa: E402
-from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
-from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
-from body4d_core.sam3d_body.synthetic import randomize, scripted_rig  # noqa: E402
-from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only  # noqa: E402
-from kernel_profile import sync  # noqa: E402
-
-
-def make_inputs(n_items: int, h: int, w: int, people: int, seed: int = 0) -> tuple[np.ndarray, list[BodyItem]]:
-    """Random-texture frames with `people` boxes (and masks) per frame."""
-    rng = np.random.default_rng(seed)
-    n_frames = (n_items + people - 1) // people
-    frames = rng.integers(0, 255, (n_frames, h, w, 3), dtype=np.uint8)
-    items = []
-    for i in range(n_items):
-        t, p = divmod(i, people)
-        bw, bh = int(w * 0.15), int(h * 0.6)
-        x0 = int((p + 0.5) * w / people - bw / 2)
-        y0 = int(h * 0.2)
-        mask = np.zeros((h, w), bool)
-        mask[y0:y0 + bh, x0:x0 + bw] = True
-        items.append(BodyItem(t, p + 1, [x0, y0, x0 + bw, y0 + bh], mask))
-    return frames, items
+from bench.clips import body_inputs
+from bench.patching import import_path, patched
+from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import Stopwatch, sync
+from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config
+from body4d_core.sam3d_body.config import BACKBONES
+from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
+from body4d_core.sam3d_body.model import Sam3dBody
+from body4d_core.sam3d_body.synthetic import randomize, scripted_rig
+from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only
 
 
 def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> Sam3dBody:
@@ -140,21 +125,15 @@ def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode:
               dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, pipe: str = "prefetch"
               ) -> tuple[float, float, float, list]:
     """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
-    t0 = time.perf_counter()
-    _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
-    sync()
-    warm = time.perf_counter() - t0
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    with Stopwatch() as warm:
+        _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
+    reset_gpu_peak()
     res = None
-    for _ in range(reps):
-        out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
-        res = res or out
-    sync()
-    dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return reps * len(items) / dt, peak, warm, res
+    with Stopwatch() as timed:
+        for _ in range(reps):
+            out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
+            res = res or out
+    return reps * len(items) / timed.seconds, gpu_peak_gib(), warm.seconds, res
 
 
 @torch.inference_mode()
@@ -163,15 +142,12 @@ def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> t
     dev = next(model.parameters()).device
     x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
     with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32):
-        t0 = time.perf_counter()
-        model.backbone(x)
-        sync()
-        warm = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(reps):
+        with Stopwatch() as warm:
             model.backbone(x)
-        sync()
-    return reps * bs / (time.perf_counter() - t0), warm
+        with Stopwatch() as timed:
+            for _ in range(reps):
+                model.backbone(x)
+    return reps * bs / timed.seconds, warm.seconds
 
 
 @torch.inference_mode()
@@ -213,19 +189,13 @@ def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: 
     ft = _frames_tensor(frames)
     K = _intrinsics(None, *ft.shape[:3])
     ms, imgs = {}, {}
-    saved = infer.TRITON_CROPS
-    try:
-        for on in (True, False):
-            infer.TRITON_CROPS = on
+    for on in (True, False):
+        with patched(infer, "TRITON_CROPS", on):
             imgs[on] = body_crops(model, ft, items, K)  # warm-up (kernel compile)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                body_crops(model, ft, items, K)
-            sync()
-            ms[on] = (time.perf_counter() - t0) * 1000 / reps
-    finally:
-        infer.TRITON_CROPS = saved
+            with Stopwatch() as sw:
+                for _ in range(reps):
+                    body_crops(model, ft, items, K)
+            ms[on] = sw.seconds * 1000 / reps
     diff = float((imgs[True].img - imgs[False].img).abs().max())
     mdiff = float((imgs[True].mask - imgs[False].mask).abs().max())
     return (f"# crops of {len(items)} ({dev.type}): Triton kernel {ms[True]:.1f} ms, grid_sample {ms[False]:.1f} ms "
@@ -233,7 +203,12 @@ def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: 
 
 
 class Rows(list):
-    """Table rows, each printed (flushed) as it is added, so a run cut short still shows what it measured."""
+    """Table rows, each printed (flushed) and written as a JSON row as it is added, so a run cut short still
+    shows what it measured."""
+
+    def __init__(self, out: RowWriter | None = None) -> None:
+        super().__init__()
+        self.out = out
 
     def header(self) -> None:
         print(f"| {'impl':8s} | {'variant':11s} | {'what':30s} | {'crops/s':>8s} | {'peak GiB':>8s} "
@@ -245,6 +220,9 @@ class Rows(list):
         impl, var, what, rate, peak, warm, dev_s = row
         print(f"| {impl:8s} | {var:11s} | {what:30s} | {rate:8.1f} | {peak:8.2f} | {warm:9.1f} | {dev_s} |",
               flush=True)
+        if self.out is not None:
+            self.out.add(f"{impl} {var} {what}".strip(), "crops_per_s", rate, "crops/s", peak_gib=peak, warm_s=warm,
+                         deviation=dev_s)
 
     def __iadd__(self, rows):
         for row in rows:
@@ -299,10 +277,9 @@ def deviation(res: list, ref: list) -> str:
 # ------------------------------------------------------------------ official implementation (optional)
 
 
-def _official(official: str, dinov3: str, cfg: Sam3dBodyConfig, ours: Sam3dBody, rig_path: str):
-    """Build the official SAM3DBody (training deps stubbed) with our random weights, or raise."""
-    sys.path.insert(0, official)
-    sys.path.insert(0, dinov3)
+def _official(cfg: Sam3dBodyConfig, ours: Sam3dBody, rig_path: str):
+    """Build the official SAM3DBody (training deps stubbed) with our random weights, or raise (the checkouts
+    must be importable: official_rows puts them on the import path)."""
     pl = types.ModuleType("pytorch_lightning")
 
     class _LM(torch.nn.Module):
@@ -326,7 +303,6 @@ def _official(official: str, dinov3: str, cfg: Sam3dBodyConfig, ours: Sam3dBody,
         import dinov3.hub.backbones as bb
         return getattr(bb, name)(**kw)
 
-    torch.hub.load = local_hub
     from yacs.config import CfgNode as CN
 
     from sam_3d_body.models.meta_arch import SAM3DBody
@@ -347,15 +323,17 @@ def _official(official: str, dinov3: str, cfg: Sam3dBodyConfig, ours: Sam3dBody,
         "MHR_HEAD": {"MLP_DEPTH": 2, "MLP_CHANNEL_DIV_FACTOR": 1, "MHR_MODEL_PATH": rig_path},
         "CAMERA_HEAD": {"MLP_DEPTH": 2, "MLP_CHANNEL_DIV_FACTOR": 1, "DEFAULT_SCALE_FACTOR_HAND": cfg.hand_cam_scale},
     }, "TRAIN": {"USE_FP16": True, "FP16_TYPE": "bfloat16"}})
-    model = SAM3DBody(c)
+    with patched(torch.hub, "load", local_hub):  # the official backbone comes from the local dinov3 checkout
+        model = SAM3DBody(c)
     sd = {k: v for k, v in ours.state_dict().items() if not k.startswith("mhr.")}
     model.load_state_dict(sd, strict=False)
     model = model.to(next(ours.parameters()).device).eval()
     return SAM3DBodyEstimator(model, c)
 
 
-def _cpu_shims() -> None:
-    """CPU smoke runs only: the official code hard-codes .cuda() and recursive_to(..., 'cuda')."""
+def _cpu_shims(stack: contextlib.ExitStack) -> None:
+    """CPU smoke runs only, until ``stack`` closes: the official code hard-codes .cuda() and
+    recursive_to(..., 'cuda')."""
     import sam_3d_body.models.meta_arch.sam3d_body as meta
     import sam_3d_body.sam_3d_body_estimator as est_mod
 
@@ -364,8 +342,9 @@ def _cpu_shims() -> None:
     def to_cpu(x, target):
         return orig(x, "cpu")
 
-    est_mod.recursive_to = meta.recursive_to = to_cpu
-    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    stack.enter_context(patched(est_mod, "recursive_to", to_cpu))
+    stack.enter_context(patched(meta, "recursive_to", to_cpu))
+    stack.enter_context(patched(torch.Tensor, "cuda", lambda self, *a, **k: self))
 
 
 def time_official(est, frames: np.ndarray, items: list[BodyItem], mode: str, reps: int) -> tuple[float, float]:
@@ -378,15 +357,12 @@ def time_official(est, frames: np.ndarray, items: list[BodyItem], mode: str, rep
     with torch.no_grad():
         est.process_one_image(calls[0][0], bboxes=calls[0][1], masks=calls[0][2], use_mask=True, inference_type=mode)
         sync()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            for img, boxes, masks in calls:
-                est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
-        sync()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return reps * len(items) / (time.perf_counter() - t0), peak
+        reset_gpu_peak()
+        with Stopwatch() as sw:
+            for _ in range(reps):
+                for img, boxes, masks in calls:
+                    est.process_one_image(img, bboxes=boxes, masks=masks, use_mask=True, inference_type=mode)
+    return reps * len(items) / sw.seconds, gpu_peak_gib()
 
 
 def compare_official(est, model: Sam3dBody, frame: np.ndarray, items: list[BodyItem], dtype: torch.dtype) -> list[str]:
@@ -416,29 +392,37 @@ def official_compatible_tiny() -> Sam3dBodyConfig:
                                  vit_ffn=f, vit_swiglu=sw, num_verts=real.num_verts, num_faces=real.num_faces)
 
 
+def _official_estimator(args: argparse.Namespace, cfg: Sam3dBodyConfig, model: Sam3dBody,
+                        stack: contextlib.ExitStack):
+    """The official estimator on our model's weights (CPU shims entered on ``stack`` on the CPU)."""
+    rig_path = "/tmp/bench_body_rig.pt"
+    torch.jit.save(model.mhr, rig_path)
+    est = _official(cfg, model, rig_path)
+    if next(model.parameters()).device.type == "cpu":
+        _cpu_shims(stack)
+    return est
+
+
 def official_rows(args: argparse.Namespace, cfg: Sam3dBodyConfig, model: Sam3dBody, frames: np.ndarray,
                   items: list[BodyItem], dtype: torch.dtype, rows: list, notes: list[str]) -> None:
     """Time the official estimator on our (eager, fresh) model's weights; it is freed afterwards."""
-    dev = next(model.parameters()).device
     if not (args.official and args.dinov3):
         rows.append(("official", "", "not run: pass --official and --dinov3 (local checkouts)", float("nan"),
                      float("nan"), float("nan"), ""))
         return
     est = None
     try:
-        t0 = time.perf_counter()
-        rig_path = "/tmp/bench_body_rig.pt"
-        torch.jit.save(model.mhr, rig_path)
-        est = _official(args.official, args.dinov3, cfg, model, rig_path)
-        if dev.type == "cpu":
-            _cpu_shims()
-        off_build = time.perf_counter() - t0
-        per = [it for it in items if it.frame < args.official_frames]
-        notes += compare_official(est, model, frames[0], [it for it in items if it.frame == 0], dtype)
-        for mode in ("body", "full"):
-            rate, peak = time_official(est, frames, per, mode, max(1, args.reps))
-            rows.append(("official", "as released", f"{mode} ({args.people} people/image)", rate, peak,
-                         off_build, ""))
+        with contextlib.ExitStack() as stack:  # the checkouts importable and the CPU shims on only while it runs
+            stack.enter_context(import_path(args.official, args.dinov3))
+            t0 = time.perf_counter()
+            est = _official_estimator(args, cfg, model, stack)
+            off_build = time.perf_counter() - t0
+            per = [it for it in items if it.frame < args.official_frames]
+            notes += compare_official(est, model, frames[0], [it for it in items if it.frame == 0], dtype)
+            for mode in ("body", "full"):
+                rate, peak = time_official(est, frames, per, mode, max(1, args.reps))
+                rows.append(("official", "as released", f"{mode} ({args.people} people/image)", rate, peak,
+                             off_build, ""))
     except Exception as err:  # noqa: BLE001 - report, do not fail the bench
         rows.append(("official", "", f"unavailable: {type(err).__name__}: {err}"[:80], float("nan"),
                      float("nan"), float("nan"), ""))
@@ -468,15 +452,21 @@ def main() -> None:
     ap.add_argument("--backend", default="", help="torch.compile backend (default inductor on CUDA, eager on CPU)")
     ap.add_argument("--official", default="", help="checkout of facebookresearch/sam-3d-body")
     ap.add_argument("--dinov3", default="", help="checkout of facebookresearch/dinov3")
+    add_rows_args(ap)
     args = ap.parse_args()
-    t_start = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch._dynamo.config as dcfg
 
-    for key in ("recompile_limit", "cache_size_limit"):  # several variants compile the same block function
-        if hasattr(dcfg, key):
-            setattr(dcfg, key, 64)
+    with contextlib.ExitStack() as stack:
+        for key in ("recompile_limit", "cache_size_limit"):  # several variants compile the same block function
+            if hasattr(dcfg, key):
+                stack.enter_context(patched(dcfg, key, 64))
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:
+    """Build the model, then the official rows, every variant's rows and notes, printed as they come."""
+    t_start = time.perf_counter()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if dev.type == "cpu":
@@ -491,13 +481,14 @@ def main() -> None:
     model = build_ours(cfg, dev, rig_hidden=16 if args.tiny else 3000)
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters() if p.dtype.is_floating_point) / 1e6
-    frames, items = make_inputs(args.items, h, w, args.people)
+    frames, items = body_inputs(args.items, h, w, args.people)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
     print(f"# SAM-3D-Body bench: {name}, torch {torch.__version__}, {cfg.backbone} ({n_params:.0f}M params incl. "
           f"synthetic rig), crops {cfg.image_size}px, {args.dtype if dev.type == 'cuda' else 'fp32'}, "
           f"batch {args.batch}, {args.items} crops from {len(frames)} frames of {h}x{w} ({args.people}/frame), "
           f"build {build_s:.1f}s, compile backend {args.backend}")
-    rows = Rows()  # (impl, variant, what, crops/s, peak, warm-up s, deviation), printed as they come
+    # (impl, variant, what, crops/s, peak, warm-up s, deviation), printed and written as they come
+    rows = Rows(RowWriter.from_args("bench_body", args, dev))
     rows.header()
     notes = Notes()  # '#' lines, printed as they come
     variants = [v for v in args.variants.split(",") if v]
@@ -545,16 +536,13 @@ def main() -> None:
         notes.append(crops_ab(model, frames, items[: args.batch]))
         from body4d_core.sam3d_body import infer
 
-        infer.TRITON_CROPS = False
-        try:
+        with patched(infer, "TRITON_CROPS", False):
             for var in variants if args.crops_ab == "all" else [v for v in args.crops_ab.split(",") if v]:
                 dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
                 rate, peak, warm, res = time_ours(model, frames, items, "body", args.batch, dtype, dec_dtype,
                                                   args.reps, pipe)
                 rows.append(("ours", var, "body, grid_sample crops", rate, peak, warm,
                              f"max dev vs Triton crops: {max_dev(res, by_var[var]):.1e}" if var in by_var else ""))
-        finally:
-            infer.TRITON_CROPS = True
     print(f"# bench wall time {time.perf_counter() - t_start:.0f} s")
 
 

@@ -17,8 +17,8 @@ Each compiled configuration runs with an empty inductor cache ("cold": a first-e
 where ``--warm`` is given, again in a new process with the cache the cold run left ("warm disk
 cache": a later ComfyUI start).
 
-    python bench/bench_body_coldstart.py                       # H200, ~4-5 min
-    python bench/bench_body_coldstart.py --tiny                # CPU smoke test
+    python -m bench.bench_body_coldstart                       # H200, ~4-5 min
+    python -m bench.bench_body_coldstart --tiny                # CPU smoke test
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.rows import REPO, RowWriter, add_rows_args
 
 CONFIGS = ("eager", "static", "dynamic", "auto")
 
@@ -43,9 +41,10 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     import torch._dynamo.utils as dutils
 
-    from bench_body import build_ours, make_inputs
+    from bench.bench_body import build_ours
+    from bench.clips import body_inputs
+    from bench.timers import sync
     from body4d_core.sam3d_body import Sam3dBodyConfig, estimate_bodies, tiny_config
-    from kernel_profile import sync
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = "inductor" if dev.type == "cuda" else "aot_eager"
@@ -54,7 +53,7 @@ def child(args: argparse.Namespace) -> dict:
     model = build_ours(cfg, dev, rig_hidden=16 if args.tiny else 3000)
     build_s = time.perf_counter() - t0
     h, w = (int(v) for v in args.size.split("x"))
-    frames, items = make_inputs(args.items, h, w, args.people)
+    frames, items = body_inputs(args.items, h, w, args.people)
     cfg_name = args.child
     if cfg_name == "static":
         model.optimize("default", "default", bucket=args.batch, backend=backend, decoder_dynamic=False)
@@ -81,10 +80,11 @@ def spawn(args: argparse.Namespace, config: str, cache: str) -> dict:
     """One fresh process with its own inductor/triton cache folder."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, __file__, "--child", config, "--items", str(args.items), "--people", str(args.people),
-           "--size", args.size, "--batch", str(args.batch), "--mode", args.mode] + (["--tiny"] if args.tiny else [])
+    cmd = [sys.executable, "-m", "bench.bench_body_coldstart", "--child", config, "--items", str(args.items),
+           "--people", str(args.people), "--size", args.size, "--batch", str(args.batch), "--mode", args.mode]
+    cmd += ["--tiny"] if args.tiny else []
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
     wall = time.perf_counter() - t0
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), "")
     if proc.returncode or not line:
@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="full", help=argparse.SUPPRESS)
+    add_rows_args(ap)
     args = ap.parse_args()
     if args.tiny:
         args.items, args.people, args.size, args.batch = 10, 2, "96x128", 4
@@ -124,6 +125,7 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     t_start = time.perf_counter()
     last: dict = {}
+    out = None  # made once a child has said which device it ran on
     with tempfile.TemporaryDirectory() as root:
         for mode in [m for m in args.modes.split(",") if m]:
             args.mode = mode
@@ -136,6 +138,11 @@ def main() -> None:
                         print(f"| {mode} | {config} | {kind} | failed: {r['error']} | | | | {r['process_s']:.1f} |")
                         continue
                     last = r
+                    out = out or RowWriter.from_args("bench_body_coldstart", args, "cpu")  # (no CUDA in this process)
+                    out.device = r["device"] if r["device"] != "CPU" else "cpu"  # the card the child ran on
+                    for metric in ("first_s", "second_s", "build_s", "process_s"):
+                        out.add(f"{mode} {config} {kind} cache", metric, r[metric], "s", graphs=r["graphs"],
+                                items=args.items, batch=args.batch, size=args.size)
                     print(f"| {mode} | {config} | {kind} | {r['first_s']:.1f} | {r['second_s']:.1f} | {r['graphs']} | "
                           f"{r['build_s']:.1f} | {r['process_s']:.1f} |", flush=True)
     print(f"# device {last.get('device', '?')}, torch {last.get('torch', '?')}; wall {time.perf_counter() - t_start:.0f} s")

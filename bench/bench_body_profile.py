@@ -5,26 +5,25 @@ precision variants, and the body decoder pass under fp32 / TF32 / bf16 matmuls, 
 torch.profiler breakdown (per kernel category and the top kernels) for the chosen variants.
 Random weights at real size; nothing here changes a default.
 
-    python3 bench/bench_body_profile.py                 # H200, about 2-3 minutes
-    python3 bench/bench_body_profile.py --tiny          # CPU smoke test
+    python -m bench.bench_body_profile                 # H200, about 2-3 minutes
+    python -m bench.bench_body_profile --tiny          # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from body4d_core.sam3d_body import Sam3dBodyConfig, tiny_config  # noqa: E402
-from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops  # noqa: E402
-from bench_body import build_ours, make_inputs  # noqa: E402
-from kernel_profile import sync, timed, timed_profile  # noqa: E402
+from bench.bench_body import apply_variant, build_ours
+from bench.clips import body_inputs
+from bench.kernel_profile import timed_profile
+from bench.patching import patched
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import sync, timed
+from body4d_core.sam3d_body import Sam3dBodyConfig, tiny_config
+from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
 
 BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
     "bf16": None,
@@ -36,7 +35,8 @@ BACKBONE_VARIANTS = {  # name -> enable_fp8 kwargs (None = bf16)
 }
 
 
-def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[str], compile_mode: str) -> None:
+def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[str], compile_mode: str,
+                  out: RowWriter) -> None:
     dev = next(model.parameters()).device
     enc = model.backbone.encoder
     x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
@@ -56,14 +56,16 @@ def backbone_rows(model, bs: int, reps: int, variants: list[str], profile: set[s
                 return model.backbone(x)
 
         t0 = time.perf_counter()
-        out = run()
+        res = run()
         sync()
         warm = time.perf_counter() - t0
         sec = timed(run, reps)
-        dev_s = "" if ref is None else f" (max rel dev {float((out.float() - ref).abs().max() / ref.abs().max()):.1e})"
-        ref = out.float() if ref is None else ref
+        dev_s = "" if ref is None else f" (max rel dev {float((res.float() - ref).abs().max() / ref.abs().max()):.1e})"
+        ref = res.float() if ref is None else ref
         print(f"| {name}{dev_s} | {bs / sec:.1f} | {sec * 1000:.1f} | {flops / sec / 1e12:.0f} | {warm:.1f} |",
               flush=True)
+        out.add(f"backbone {name}", "crops_per_s", bs / sec, "crops/s", batch=bs, tflops=flops / sec / 1e12,
+                compile_s=warm, compile_mode=compile_mode)
         if name in profile:
             timed_profile(run, f"backbone {name}", top=12)
     enc.enable_fp8(False)
@@ -77,21 +79,11 @@ def backbone_flops(cfg: Sam3dBodyConfig) -> float:
     return cfg.vit_depth * (n * per_tok + 4 * n * n * d)
 
 
-@contextlib.contextmanager
-def tf32(on: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, size: tuple[int, int],
+def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, size: tuple[int, int], out: RowWriter,
                  precisions: tuple[str, ...] = ("fp32", "tf32", "bf16"), top: int = 20) -> None:
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
-    frames, items = make_inputs(bs, *size, people=4)
+    frames, items = body_inputs(bs, *size, people=4)
     ft = _frames_tensor(frames)
     K = _intrinsics(None, *ft.shape[:3])
     with torch.inference_mode():
@@ -100,6 +92,7 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         feats = model.encode(batch, torch.bfloat16 if cuda else torch.float32)
     print(f"\n| body decoder variant | ms / batch of {bs} | compile s |\n|---|---:|---:|")
     print(f"| crops (host + device, synchronous) | {crop_sec * 1000:.1f} | - |")
+    out.add("crops (host + device, synchronous)", "ms_per_batch", crop_sec * 1000, "ms", batch=bs)
     for name, dtype, allow in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                                ("bf16", torch.bfloat16, False)):
         if name not in precisions:
@@ -107,7 +100,7 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         model.optimize("", compile_mode, backend="inductor" if cuda else "eager")
 
         def run() -> dict:
-            with torch.inference_mode(), tf32(allow):
+            with torch.inference_mode(), patched(torch.backends.cuda.matmul, "allow_tf32", allow):
                 p = model.decode("body", feats, batch, _dummy_prompt(bs, dev), with_verts=False, dtype=dtype)
                 return _finish(model, p, batch, False)
 
@@ -117,20 +110,21 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         warm = time.perf_counter() - t0
         sec = timed(run, reps)
         print(f"| {name} (decoder compile: {compile_mode or 'off'}) | {sec * 1000:.1f} | {warm:.1f} |", flush=True)
+        out.add(f"body decoder {name}", "ms_per_batch", sec * 1000, "ms", batch=bs, compile_s=warm,
+                compile_mode=compile_mode)
         if profile and name in ("fp32", "bf16"):
             timed_profile(run, f"body decoder {name}", top=top)
     model.optimize("", "")
 
 
 def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: list[str], backend: str,
-                   top: int = 20) -> None:
+                   out: RowWriter, top: int = 20) -> None:
     """Whole body-mode calls (crops, backbone, decoder, overlap) as shipped by each bench_body variant:
     crops/s, then a kernel profile of one call, whose kernel time against the wall time says whether
     the GPU or the host sets the rate (two streams: kernel time may exceed the wall)."""
-    from bench_body import apply_variant
     from body4d_core.sam3d_body import estimate_bodies
 
-    frames, items = make_inputs(crops, *size, people=4)
+    frames, items = body_inputs(crops, *size, people=4)
     for name in variants:
         dec_dtype, pipe = apply_variant(model, name, bs, backend)
 
@@ -142,6 +136,7 @@ def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: 
         sec = timed(run, 1)
         print(f"\n| body mode, {name} | {len(items) / sec:.1f} crops/s | {sec * 1000 / (len(items) / bs):.1f} ms "
               f"per batch of {bs} |", flush=True)
+        out.add(f"body mode {name}", "crops_per_s", len(items) / sec, "crops/s", batch=bs, crops=len(items))
         timed_profile(run, f"body mode {name} ({len(items)} crops)", top=top)
     model.backbone.encoder.enable_fp8(False)
     model.optimize("", "")
@@ -161,6 +156,7 @@ def main() -> None:
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--top", type=int, default=20, help="kernels listed per profile")
     ap.add_argument("--decoders", default="fp32,tf32,bf16", help="decoder precisions timed (comma list)")
+    add_rows_args(ap)
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = tiny_config() if args.tiny else Sam3dBodyConfig(mask_embed_type="v2")
@@ -169,13 +165,14 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"batch {bs}, {cfg.image_size}px, {backbone_flops(cfg) / 1e12:.3f} TFLOP per crop (blocks)")
     variants = [v for v in args.variants.split(",") if v]
+    out = RowWriter.from_args("bench_body_profile", args, dev)
     if not args.no_backbone:
-        backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile)
+        backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile, out)
     if args.body_mode:
         body_mode_rows(model, bs, 8 if args.tiny else args.body_crops, (256, 448) if args.tiny else (1080, 1920),
-                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager", args.top)
+                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager", out, args.top)
     if not args.no_decoder:
-        decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920),
+        decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920), out,
                      tuple(args.decoders.split(",")), args.top)
 
 

@@ -7,16 +7,14 @@ times the native rig eager vs TorchScript-scripted (the form of the official ``a
 at a batch of B bodies, and ``estimate_bodies`` (full mode, hand refinement) with each rig variant.
 Prints one table.
 
-    python3 bench/bench_core_format.py            # H200: about 1-2 minutes
-    python3 bench/bench_core_format.py --tiny     # CPU smoke test
+    python -m bench.bench_core_format            # H200: about 1-2 minutes
+    python -m bench.bench_core_format --tiny     # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,31 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config  # noqa: E402
-from body4d_core.sam3d_body.core_format import load_core_safetensors, save_core_layout  # noqa: E402
-from body4d_core.sam3d_body.mhr_rig import random_rig_tensors  # noqa: E402
-from body4d_core.sam3d_body.model import Sam3dBody  # noqa: E402
-from body4d_core.sam3d_body.synthetic import randomize  # noqa: E402
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+from bench.peak_memory import gpu_peak_gib, rss_peak_bytes
+from bench.printing import key_value_table
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import median_time
+from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config
+from body4d_core.sam3d_body.core_format import load_core_safetensors, save_core_layout
+from body4d_core.sam3d_body.mhr_rig import random_rig_tensors
+from body4d_core.sam3d_body.model import Sam3dBody
+from body4d_core.sam3d_body.synthetic import randomize
 
 
 def _time(fn, dev: torch.device, reps: int) -> float:
     """Median seconds of fn() over reps calls after one warm-up."""
-    fn()
-    _sync(dev)
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        out.append(time.perf_counter() - t)
-    return float(np.median(out))
+    return median_time(fn, reps, dev)[0]
 
 
 def _write(cfg: Sam3dBodyConfig, rig_hidden: int, folder: Path, dev: torch.device) -> tuple[Path, float]:
@@ -77,6 +64,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="bodies per rig call and crops per estimate")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_rows_args(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dev = torch.device(args.device)
@@ -86,14 +74,20 @@ def main() -> None:
     hidden = 16 if args.tiny else 3000
     batch = min(args.batch, 4) if args.tiny else args.batch
     rows: list[tuple[str, str]] = []
+    out = RowWriter.from_args("bench_core_format", args, dev)
+    extra = {"batch": batch, "model": "tiny" if args.tiny else "full-size"}
     with tempfile.TemporaryDirectory() as tmp:
         path, t_write = _write(cfg, hidden, Path(tmp), dev)
         rows.append(("write synthetic core file", f"{t_write:.1f} s, {path.stat().st_size / 1e9:.2f} GB"))
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        out.add("write synthetic core file", "seconds", t_write, "s", gb=path.stat().st_size / 1e9, **extra)
+        rss0 = rss_peak_bytes() / 1e9
         t = time.perf_counter()
         model = load_core_safetensors(path, config=cfg)
-        rows.append(("load_core_safetensors (CPU)", f"{time.perf_counter() - t:.1f} s, peak RSS "
-                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB (before {rss0:.1f} GB)"))
+        t_load = time.perf_counter() - t
+        rows.append(("load_core_safetensors (CPU)", f"{t_load:.1f} s, peak RSS "
+                     f"{rss_peak_bytes() / 1e9:.1f} GB (before {rss0:.1f} GB)"))
+        out.add("load_core_safetensors (CPU)", "seconds", t_load, "s", **extra)
+        out.add("load_core_safetensors (CPU)", "peak_rss", rss_peak_bytes() / 1e9, "GB", before_gb=rss0, **extra)
     model = model.to(dev)
     native = model.mhr
     scripted = torch.jit.script(native)
@@ -105,8 +99,11 @@ def main() -> None:
         vb, sb = scripted(*x)
         dev_v = float((va - vb).abs().max())
         for name, rig in (("native eager", native), ("native scripted", scripted)):
-            rows.append((f"rig B={batch} {name}", f"{_time(lambda r=rig: r(*x), dev, args.reps) * 1e3:.2f} ms"))
+            ms = _time(lambda r=rig: r(*x), dev, args.reps) * 1e3
+            rows.append((f"rig B={batch} {name}", f"{ms:.2f} ms"))
+            out.add(f"rig B={batch} {name}", "ms_per_call", ms, "ms", **extra)
     rows.append(("rig eager vs scripted max |dv| (cm)", f"{dev_v:.2e}"))
+    out.add("rig eager vs scripted", "max_abs_dv", dev_v, "cm", **extra)
     h, w = (120, 160) if args.tiny else (720, 1280)
     frames = np.random.default_rng(1).integers(0, 255, (1, h, w, 3), dtype=np.uint8)
     items = _items(batch, h, w)
@@ -116,18 +113,19 @@ def main() -> None:
         secs = _time(lambda: results.__setitem__(name, estimate_bodies(
             model, frames, items, mode="full", batch_size=batch, return_vertices=True)), dev, max(1, args.reps // 5))
         rows.append((f"estimate_bodies full, {batch} crops, {name}", f"{secs:.2f} s ({batch / secs:.1f} crops/s)"))
+        out.add(f"estimate_bodies full, {batch} crops, {name}", "crops_per_s", batch / secs, "crops/s", **extra)
     a, b = results["native eager"], results["native scripted"]
     # 3D outputs: with random weights the camera translation can put points near z = 0, where 2D
     # projections explode and compare nothing useful
     dv = max(float(np.abs(p["vertices"] - q["vertices"]).max()) for p, q in zip(a, b))
     dj = max(float(np.abs(p["keypoints_3d"] - q["keypoints_3d"]).max()) for p, q in zip(a, b))
     rows.append(("estimate eager vs scripted max |d vertices|, |d kp3d| (m)", f"{dv:.2e}, {dj:.2e}"))
+    out.add("estimate eager vs scripted", "max_abs_d_vertices", dv, "m", max_abs_d_kp3d=dj, **extra)
     if dev.type == "cuda":
-        rows.append(("peak VRAM", f"{torch.cuda.max_memory_allocated() / 1e9:.1f} GB"))
-    width = max(len(r[0]) for r in rows)
+        rows.append(("peak VRAM", f"{gpu_peak_gib(dev) * 2**30 / 1e9:.1f} GB"))
+        out.add("whole run", "peak_vram", gpu_peak_gib(dev) * 2**30 / 1e9, "GB", **extra)
     print(f"\nComfyUI core file, {'tiny' if args.tiny else 'full-size'} random weights, device {dev}")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print(key_value_table(rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ with all frames in memory: the raw rows decode with the library's plain loop, st
 and convert to ComfyUI's IMAGE (float32 0..1), as a simple loader would; ours decodes in chunks
 straight into a preallocated IMAGE (or uint8) with decoding overlapped with conversion.
 
-    python bench/bench_decode.py [--frames 240] [--repeat 2]
+    python -m bench.bench_decode [--frames 240] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -20,29 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def make_video(path: Path, width: int, height: int, frames: int, fps: int = 30) -> None:
-    """A synthetic H.264 clip: smooth gradients and texture panning across the frame."""
-    import av
-    import numpy as np
-
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
-    base = (base * 255).astype(np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast"}
-        for i in range(frames):
-            img = np.roll(base, shift=(i * 7, i * 5), axis=(0, 1))
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+from bench.peak_memory import rss_peak_bytes
+from bench.printing import markdown_table
+from bench.rows import REPO, RowWriter, add_rows_args
 
 
 def _to_image(frames: list) -> "torch.Tensor":
@@ -106,20 +86,18 @@ METHODS = {"decord (raw -> IMAGE)": _raw_decord, "pyav (raw -> IMAGE)": _raw_pya
 
 def child(method: str, path: str) -> None:
     """Run one method once in this process and print JSON (seconds, frames, peak RSS)."""
-    import resource
-
     t0 = time.perf_counter()
     n = METHODS[method](path)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss_peak_bytes()
     print(json.dumps({"seconds": dt, "frames": n, "peak_rss": peak}))
 
 
 def measure(method: str, path: str, repeat: int) -> dict:
     best = None
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, __file__, "--child", method, path], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run([sys.executable, "-m", "bench.bench_decode", "--child", method, path], capture_output=True,
+                             text=True, check=True, cwd=REPO)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         if best is None or res["seconds"] < best["seconds"]:
             best = res
@@ -131,23 +109,30 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=240)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--child", nargs=2)
+    add_rows_args(ap)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
         return
     print(f"# decode benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {args.frames} frames H.264, best of {args.repeat}")
-    print("| resolution | method | frames/s | peak RAM (GiB) | vs fastest raw |")
-    print("| --- | --- | --- | --- | --- |")
+    from bench.clips import write_h264  # (the parent only: a child's clock and peak RSS must not include it)
+
+    table = []
+    out = RowWriter.from_args("bench_decode", args, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         for (w, h) in ((1280, 720), (1920, 1080)):
             path = Path(tmp) / f"clip_{h}p.mp4"
-            make_video(path, w, h, args.frames)
+            write_h264(path, w, h, args.frames)
             rows = {m: measure(m, str(path), args.repeat) for m in METHODS}
             fastest_raw = max(r["frames"] / r["seconds"] for m, r in rows.items() if "raw" in m)
             for m, r in rows.items():
                 fps = r["frames"] / r["seconds"]
-                print(f"| {h}p | {m} | {fps:.1f} | {r['peak_rss'] / 2**30:.2f} | {100 * fps / fastest_raw:.0f}% |")
+                table.append((f"{h}p", m, f"{fps:.1f}", f"{r['peak_rss'] / 2**30:.2f}",
+                              f"{100 * fps / fastest_raw:.0f}%"))
+                out.add(f"{h}p {m}", "frames_per_s", fps, "frames/s", peak_rss_gib=r["peak_rss"] / 2**30,
+                        frames=args.frames, repeat=args.repeat)
+    print(markdown_table(["resolution", "method", "frames/s", "peak RAM (GiB)", "vs fastest raw"], table))
 
 
 if __name__ == "__main__":

@@ -6,23 +6,20 @@ reference (``fp8._reference_rows`` formula, run on the GPU), the max scale diffe
 time of our Triton kernel next to inductor's compiled version of the same formula and the
 plain bf16 op without any quantisation (the bandwidth yardstick).
 
-    python3 bench/bench_fp8_kernels.py     # H200: about a minute (compiles three small graphs)
+    python -m bench.bench_fp8_kernels     # H200: about a minute (compiles three small graphs)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from body4d_core.sam3d_body import fp8_triton as kern  # noqa: E402
-from body4d_core.sam3d_body.fp8 import fp8_quantize_rows  # noqa: E402
-from kernel_profile import timed  # noqa: E402
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import timed
+from body4d_core.sam3d_body import fp8_triton as kern
+from body4d_core.sam3d_body.fp8 import fp8_quantize_rows
 
 
 def agreement(name: str, got: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> str:
@@ -41,6 +38,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--hidden", type=int, default=5120)
     ap.add_argument("--sweep", action="store_true", help="also time every (rows per program, warps) launch config")
+    add_rows_args(ap)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU (the kernels are Triton; CPU tests cover them in the interpreter)")
@@ -64,6 +62,7 @@ def main() -> None:
         g, u = h.chunk(2, -1)
         return fp8_quantize_rows(F.silu(g) * u)
 
+    out = RowWriter.from_args("bench_fp8_kernels", args)
     with torch.inference_mode():
         print(agreement("LayerNorm + rows", kern.layer_norm_rows(x, w, b, 1e-5), ln_ref(x)))
         print(agreement("SwiGLU + rows", kern.swiglu_rows(h), sw_ref(h)))
@@ -83,6 +82,8 @@ def main() -> None:
             t_ours, t_ind, t_plain = timed(ours, 20), timed(lambda: compiled(*inputs), 20), timed(plain, 20)
             print(f"| {name} | {t_ours * 1e3:.3f} | {t_ind * 1e3:.3f} | {t_plain * 1e3:.3f} | "
                   f"{nbytes / t_ours / 1e9:.0f} |", flush=True)
+            for impl, t in (("triton fused", t_ours), ("inductor", t_ind), ("bf16 op alone", t_plain)):
+                out.add(f"{name}, {impl}", "ms_per_call", t * 1e3, "ms", rows=m, dim=d, hidden=hdim)
         if args.sweep:
             sweep(x, w, b, h)
 

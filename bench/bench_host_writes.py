@@ -8,9 +8,9 @@ GLB). The render itself is a GPU stage: ``render_stage`` runs the pipeline's ren
 the render stood in by a ``--render-s`` sleep (as on a GPU host: the exports overlap it), and
 ``--render`` adds the real stage with the CPU rasteriser (slow).
 
-    python3 bench/bench_host_writes.py                     # full size (~1-2 min on 2 cores)
-    python3 bench/bench_host_writes.py --tiny              # smoke test (seconds)
-    python3 bench/bench_host_writes.py --profile tracks    # cProfile of one item (top 25 by cumulative)
+    python -m bench.bench_host_writes                     # full size (~1-2 min on 2 cores)
+    python -m bench.bench_host_writes --tiny              # smoke test (seconds)
+    python -m bench.bench_host_writes --profile tracks    # cProfile of one item (top 25 by cumulative)
 
 Prints one markdown table: seconds and file size per item.
 """
@@ -33,13 +33,13 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from body4d_core import export, pipeline as pl  # noqa: E402
-from body4d_core.data import PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip, Tracks  # noqa: E402
-from body4d_core.prompts import parse_prompts  # noqa: E402
+from bench.clips import make_clip
+from bench.patching import patched
+from bench.printing import markdown_table
+from bench.rows import RowWriter, add_rows_args
+from body4d_core import export, pipeline as pl
+from body4d_core.data import PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip, Tracks
+from body4d_core.prompts import parse_prompts
 
 ITEMS = ("clip", "prompts", "tracks", "mask_overlay", "amodal", "camera", "bodies_raw", "bodies",
          "render_mp4", "params", "meshes", "glb", "render_stage", "render")
@@ -47,7 +47,6 @@ ITEMS = ("clip", "prompts", "tracks", "mask_overlay", "amodal", "camera", "bodie
 
 def build(args: argparse.Namespace) -> dict:
     """Frames and every stage output at the requested size (deterministic)."""
-    from bench_pipeline import make_clip
     from body4d_core.tiny import uv_sphere
 
     rng = np.random.default_rng(0)
@@ -110,13 +109,9 @@ def tasks(d: dict, out: Path, args: argparse.Namespace) -> dict[str, Callable[[]
             time.sleep(args.render_s)
             return frames, np.zeros(frames.shape[:3], np.float32)
 
-        real_render, real_avail = rd.render_bodies, torch.cuda.is_available
-        rd.render_bodies, torch.cuda.is_available = gpu_render, lambda: True
-        try:
+        with patched(rd, "render_bodies", gpu_render), patched(torch.cuda, "is_available", lambda: True):
             pl._render_and_export(d["frames"], d["clip"], d["bodies"], d["camera"], opts, out / "stage", summary,
                                   pl.NULL_HOOKS)
-        finally:
-            rd.render_bodies, torch.cuda.is_available = real_render, real_avail
         return out / "stage"
 
     def render() -> Path:
@@ -165,6 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated items to time (default all but render)")
     ap.add_argument("--profile", default="", help="cProfile this item and print the top functions")
     ap.add_argument("--out", default="", help="keep the files here (default: temporary)")
+    add_rows_args(ap)
     args = ap.parse_args(argv)
     args.frames = args.frames or (6 if args.tiny else 90)
     args.people = args.people or (2 if args.tiny else 5)
@@ -202,13 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             print(s.getvalue(), file=sys.stderr)
     saves = sum(dt for n, dt, _ in rows if n in ITEMS[:8])
     lines = ["", f"## Host-side writes ({args.people} people x {args.frames} frames, {args.height}x{args.width}, "
-             f"{len(d['amodal'].completed_index)} completed, {d['bodies'].vertices.shape[2]} vertices)", "",
-             "| item | seconds | MB |", "| --- | ---: | ---: |"]
-    lines += [f"| {n} | {dt:.2f} | {b / 1e6:.1f} |" for n, dt, b in rows]
-    lines.append(f"| **untimed part of run_pipeline (first 8 rows)** | **{saves:.2f}** | |")
+             f"{len(d['amodal'].completed_index)} completed, {d['bodies'].vertices.shape[2]} vertices)", ""]
+    table = [(n, f"{dt:.2f}", f"{b / 1e6:.1f}") for n, dt, b in rows]
+    table.append(("**untimed part of run_pipeline (first 8 rows)**", f"**{saves:.2f}**", ""))
+    lines.append(markdown_table(["item", "seconds", "MB"], table, align="lrr"))
     lines.append(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                  f"python {platform.python_version()}, numpy {np.__version__}.")
     print("\n".join(lines), flush=True)
+    out_rows = RowWriter.from_args("bench_host_writes", args, "cpu")
+    extra = {"people": args.people, "frames": args.frames, "size": f"{args.height}x{args.width}",
+             "completed": len(d["amodal"].completed_index), "vertices": int(d["bodies"].vertices.shape[2])}
+    for n, dt, b in rows:
+        out_rows.add(n, "seconds", dt, "s", mb=b / 1e6, **extra)
+    out_rows.add("untimed part of run_pipeline (first 8 rows)", "seconds", saves, "s", **extra)
     if not args.out:
         import shutil
 

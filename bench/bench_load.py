@@ -9,9 +9,9 @@ variants: ``legacy`` (the loaders' previous path, kept behind ``fast=False``) an
 Checkpoints are random real-size ones in the official layouts (body4d_core.tiny, preset
 ``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
 
-    python bench/bench_load.py --root /tmp/realckpt --device cpu            # CPU, all loaders, both variants
-    python3 bench/bench_load.py --root /tmp/realckpt --device cuda --write  # H200 (writes checkpoints first)
-    python bench/bench_load.py --tiny                                       # CPU smoke test (tiny checkpoints)
+    python -m bench.bench_load --root /tmp/realckpt --device cpu            # CPU, all loaders, both variants
+    python -m bench.bench_load --root /tmp/realckpt --device cuda --write   # H200 (writes checkpoints first)
+    python -m bench.bench_load --tiny                                       # CPU smoke test (tiny checkpoints)
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.patching import patched_env
+from bench.peak_memory import gpu_peak_gib, rss_peak_gib
+from bench.rows import REPO, RowWriter, add_rows_args
+from bench.timers import sync
 
 LOADERS = ("sam3", "amodal", "body", "moge")
 VARIANTS = ("legacy", "fast", "fast-1t", "fast-2t")  # fast-Nt: fast with N placing threads (fast: 8)
@@ -35,13 +37,6 @@ VARIANTS = ("legacy", "fast", "fast-1t", "fast-2t")  # fast-Nt: fast with N plac
 NEEDS = {"sam3": ("sam3",), "amodal": ("diffusion_vas_amodal", "diffusion_vas_completion", "depth_anything"),
          "body": ("sam3d_body",), "moge": ("moge",)}
 RESULT = "BENCH_LOAD_RESULT "
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _imports(name: str) -> None:
@@ -96,12 +91,6 @@ def _loader(name: str, root: Path, device: str, fast: bool, completion: bool) ->
     return lambda: load_moge(search, device=device, fast=fast)
 
 
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def _top(profile: Any, n: int) -> list[str]:
     """The n functions with the most own time (tottime) as 'seconds  file:line(function)'."""
     import pstats
@@ -133,18 +122,11 @@ def measure(args: argparse.Namespace, loader: str, variant: str) -> dict[str, An
         import torch
 
         torch.zeros(1, device=args.device)
-        _sync(args.device)
+        sync(args.device)
     res["import_s"] = time.perf_counter() - t0
-    saved = os.environ.get("BODY4D_LOAD_THREADS")
-    if variant.startswith("fast-"):
-        os.environ["BODY4D_LOAD_THREADS"] = variant[len("fast-"):-1]
-    try:
+    threads = variant[len("fast-"):-1] if variant.startswith("fast-") else os.environ.get("BODY4D_LOAD_THREADS")
+    with patched_env("BODY4D_LOAD_THREADS", threads):  # --in-process: the next variant sees the caller's setting
         return _measure_load(args, loader, variant, res)
-    finally:  # --in-process: the next variant sees the caller's setting again
-        if saved is None:
-            os.environ.pop("BODY4D_LOAD_THREADS", None)
-        else:
-            os.environ["BODY4D_LOAD_THREADS"] = saved
 
 
 def _measure_load(args: argparse.Namespace, loader: str, variant: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -157,17 +139,15 @@ def _measure_load(args: argparse.Namespace, loader: str, variant: str, res: dict
         prof.enable()
     t0 = time.perf_counter()
     model = fn()
-    _sync(args.device)
+    sync(args.device)
     res["load_s"] = time.perf_counter() - t0
     if prof is not None:
         prof.disable()
         res["top"] = _top(prof, args.profile)
     res["params_m"] = _count(model) / 1e6
-    res["rss_gb"] = _peak_rss_gb()
+    res["rss_gb"] = rss_peak_gib()
     if args.device.startswith("cuda"):
-        import torch
-
-        res["gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        res["gpu_gb"] = gpu_peak_gib()
     del model
     return res
 
@@ -217,7 +197,7 @@ def run_one(args: argparse.Namespace, loader: str, variant: str) -> dict[str, An
             return {"loader": loader, "variant": variant, "error": f"{type(err).__name__}: {err}"}
         res["process_s"] = time.perf_counter() - t0
         return res
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", loader, "--variant", variant,
+    cmd = [sys.executable, "-m", "bench.bench_load", "--child", loader, "--variant", variant,
            "--root", str(args.root), "--device", args.device, "--profile", str(args.profile)]
     if args.no_completion:
         cmd.append("--no-completion")
@@ -272,6 +252,17 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_rows(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Every measured figure in the common row format (case 'loader variant')."""
+    out = RowWriter.from_args("bench_load", args, device=args.device)
+    units = {"load_s": "s", "import_s": "s", "process_s": "s", "params_m": "M", "rss_gb": "GiB", "gpu_gb": "GiB"}
+    for r in results:
+        for key, unit in units.items():
+            if key in r:
+                out.add(f"{r['loader']} {r['variant']}", key, r[key], unit, root=str(args.root), tiny=args.tiny,
+                        in_process=args.in_process)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=None, help="models root holding the checkpoints "
@@ -289,7 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--in-process", action="store_true",
                     help="load in this process (imports shared, so only the first loader pays them; quick checks)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per child process")
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (one JSON list)")
+    add_rows_args(ap)
     ap.add_argument("--child", choices=LOADERS, help=argparse.SUPPRESS)
     ap.add_argument("--variant", choices=VARIANTS, default="fast", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -333,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    write_rows(args, results)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -9,9 +9,9 @@ Variants: new (batched, culled), nocull (new without back-face culling), legacy 
 per-frame renderer of commit b85f415, bench/render_legacy.py).
 
 GPU run (about 1.5 min on an H200 host):
-    python3 bench/bench_render.py
+    python -m bench.bench_render
 Smoke test on a CPU box (seconds):
-    python bench/bench_render.py --tiny --devices cpu
+    python -m bench.bench_render --tiny --devices cpu
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import render_legacy  # noqa: E402
-
-from body4d_core import render  # noqa: E402
-from body4d_core.data import Bodies, BodyFlag, Camera  # noqa: E402
+from bench import render_legacy
+from bench.patching import patched
+from bench.rows import RowWriter, add_rows_args, device_name
+from bench.timers import Stopwatch
+from body4d_core import render
+from body4d_core.data import Bodies, BodyFlag, Camera
 
 VARIANTS = ("new", "nocull", "legacy")
 
@@ -63,22 +61,14 @@ def run_variant(variant: str, bg: np.ndarray, b: Bodies, cam: Camera, mode: str,
                 batch: int) -> tuple[float, np.ndarray]:
     """Frames/s of one variant (after a one-frame warm-up) and its owner-id maps."""
     fn = render_legacy.render_bodies if variant == "legacy" else render.render_bodies
-    closed = render.is_closed
-    if variant == "nocull":
-        render.is_closed = lambda faces: False  # type: ignore[assignment]
-    try:
+    is_closed = (lambda faces: False) if variant == "nocull" else render.is_closed  # nocull: no back-face culling
+    with patched(render, "is_closed", is_closed):
         one = b.replace(flags=b.flags[:, :1], params={k: x[:, :1] for k, x in b.params.items()},
                         vertices=b.vertices[:, :1])
         fn(bg[:1], one, Camera(cam.intrinsics[:1], cam.image_size), mode=mode, device=dev, batch_size=batch)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        _, _, ids = fn(bg, b, cam, mode=mode, device=dev, batch_size=batch, return_ids=True)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return len(bg) / (time.perf_counter() - start), ids
-    finally:
-        render.is_closed = closed
+        with Stopwatch(dev) as sw:
+            _, _, ids = fn(bg, b, cam, mode=mode, device=dev, batch_size=batch, return_ids=True)
+        return len(bg) / sw.seconds, ids
 
 
 def main() -> None:
@@ -92,6 +82,7 @@ def main() -> None:
     ap.add_argument("--devices", nargs="+", default=None, help="default: cuda if present, else cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--tiny", action="store_true", help="smoke test: 2 frames, 48x64 and 72x96, small meshes")
+    add_rows_args(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +95,7 @@ def main() -> None:
           f"{args.frames} frames per run, batch {args.batch}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     rows = []
+    out = RowWriter.from_args("bench_render", args)
     t0 = time.perf_counter()
     for dev in devices:
         for s in args.sizes:
@@ -116,6 +108,11 @@ def main() -> None:
                     ref = res[args.variants[-1]][1]
                     rows.append((dev, s, n, mode, {var: fps for var, (fps, _) in res.items()},
                                  {var: int((ids != ref).sum()) for var, (_, ids) in res.items()}))
+                    out.device = device_name(dev)
+                    for var, (fps, _) in res.items():
+                        out.add(f"{dev} {s} {n} people {mode} {var}", "frames_per_s", fps, "frames/s",
+                                diff_px=rows[-1][5][var], frames=args.frames, batch=args.batch,
+                                vertices=len(v), faces=len(f))
                     print(f"  done {dev} {s} {n} {mode} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     head = "".join(f"{v + ' fps':>13}" for v in args.variants) + "".join(f"{v + ' diff':>13}" for v in args.variants)
     print(f"{'device':<7}{'size (HxW)':>11}{'people':>8}{'mode':>12}{head}")

@@ -8,9 +8,9 @@ of mask pixels that differ from the baseline's (0 on the CPU; bf16 batching may 
 Then peak VRAM for 720p clips of growing length (should stay flat), and optionally a
 torch.compile'd vision backbone (compile time reported).
 
-    python bench/bench_sam3.py                 # the full table on a GPU (~4-5 min on an H200)
-    python bench/bench_sam3.py --tiny          # a CPU smoke run with the tiny test model
-    python bench/bench_sam3.py --lengths 100 500 --reference-max 500 --fps-frames 60
+    python -m bench.bench_sam3                 # the full table on a GPU (~4-5 min on an H200)
+    python -m bench.bench_sam3 --tiny          # a CPU smoke run with the tiny test model
+    python -m bench.bench_sam3 --lengths 100 500 --reference-max 500 --fps-frames 60
 """
 
 from __future__ import annotations
@@ -26,49 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from body4d_core.data import ObjectPrompt, Prompts  # noqa: E402
-from body4d_core.sam3 import propagate  # noqa: E402
-from body4d_core.sam3.propagate import BASELINE, SpeedOptions  # noqa: E402
-from body4d_core.sam3.loading import Sam3Bundle, build_processor, tiny_sam3  # noqa: E402
-
-
-class SyntheticClip:
-    """A clip of any length cycling through a small pool of generated frames (a panning texture
-    with a moving blob), so neither RAM nor frame generation time grows with the length."""
-
-    POOL = 48
-
-    def __init__(self, num_frames: int, height: int, width: int):
-        self.n, self.h, self.w = num_frames, height, width
-        self.shape = (num_frames, height, width, 3)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = (np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
-                * 255).astype(np.uint8)
-        self.pool = []
-        for i in range(min(self.POOL, num_frames)):
-            img = np.roll(base, shift=(i * 3, i * 2), axis=(0, 1))
-            cx, cy = width * (0.3 + 0.4 * i / self.POOL), height * 0.5
-            img[(xx - cx) ** 2 + (yy - cy) ** 2 < (0.12 * height) ** 2] = (220, 40, 40)
-            self.pool.append(np.ascontiguousarray(img))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        k = i % (2 * len(self.pool) - 2) if len(self.pool) > 1 else 0  # ping-pong: smooth motion
-        return self.pool[k if k < len(self.pool) else 2 * len(self.pool) - 2 - k]
-
-
-def prompts_for(clip: SyntheticClip, n_obj: int) -> Prompts:
-    """n_obj box prompts on frame 0, spread across the frame."""
-    items = []
-    for k in range(n_obj):
-        x0 = clip.w * (0.05 + 0.9 * k / max(n_obj, 1))
-        items.append(ObjectPrompt(k + 1, 0, box=[x0, clip.h * 0.3, min(clip.w, x0 + clip.w * 0.15), clip.h * 0.8]))
-    return Prompts(items, (clip.h, clip.w), clip.n)
+from bench.clips import LoopedClip, box_prompts
+from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import Stopwatch, sync
+from body4d_core.sam3 import propagate
+from body4d_core.sam3.loading import Sam3Bundle, build_processor, tiny_sam3
+from body4d_core.sam3.propagate import BASELINE, SpeedOptions
 
 
 def real_size_bundle(device: torch.device, dtype: torch.dtype) -> Sam3Bundle:
@@ -82,21 +46,6 @@ def real_size_bundle(device: torch.device, dtype: torch.dtype) -> Sam3Bundle:
         tracker.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)  # objects present, like real use
     tracker.to(dtype)
     return Sam3Bundle(tracker, build_processor(int(tracker.config.image_size)), None, None, dtype)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
 VARIANTS = {
@@ -118,24 +67,21 @@ def diff_share(a: np.ndarray, b: np.ndarray) -> float:
     return float(_POPCOUNT[np.bitwise_xor(a, b)].sum(dtype=np.int64) / max(union, 1))
 
 
-def run_ours(bundle: Sam3Bundle, clip: SyntheticClip, n_obj: int, device: torch.device,
+def run_ours(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torch.device,
              speed: SpeedOptions = SpeedOptions()) -> tuple[dict, np.ndarray]:
-    prompts = prompts_for(clip, n_obj)
-    peak_reset(device)
-    sync(device)
-    t0 = time.perf_counter()
-    tracks = propagate(bundle, clip, prompts, "forward", speed=speed)
-    sync(device)
-    dt = time.perf_counter() - t0
+    prompts = box_prompts(clip, n_obj)
+    reset_gpu_peak(device, empty_cache=True)
+    with Stopwatch(device) as sw:
+        tracks = propagate(bundle, clip, prompts, "forward", speed=speed)
     assert tracks.present.any(), "random weights should still produce masks"
-    return {"seconds": dt, "fps": clip.n / dt, "peak_gib": peak_gib(device)}, tracks.packed
+    return {"seconds": sw.seconds, "fps": clip.n / sw.seconds, "peak_gib": gpu_peak_gib(device)}, tracks.packed
 
 
-def run_reference(bundle: Sam3Bundle, clip: SyntheticClip, n_obj: int, device: torch.device) -> dict:
+def run_reference(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torch.device) -> dict:
     """transformers' documented whole-video path: every frame preprocessed and kept on the device."""
     proc, model = bundle.processor, bundle.tracker
-    prompts = prompts_for(clip, n_obj)
-    peak_reset(device)
+    prompts = box_prompts(clip, n_obj)
+    reset_gpu_peak(device, empty_cache=True)
     sync(device)
     t0 = time.perf_counter()
     video = [clip[i] for i in range(clip.n)]
@@ -152,7 +98,7 @@ def run_reference(bundle: Sam3Bundle, clip: SyntheticClip, n_obj: int, device: t
             masks.cpu()
     sync(device)
     dt = time.perf_counter() - t0
-    result = {"seconds": dt, "fps": clip.n / dt, "peak_gib": peak_gib(device)}
+    result = {"seconds": dt, "fps": clip.n / dt, "peak_gib": gpu_peak_gib(device)}
     del session
     return result
 
@@ -167,7 +113,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="speed variants for the frames/s rows (the first is the diff reference)")
     ap.add_argument("--compile", action="store_true", help="also time all speed-ups + a torch.compile'd backbone")
-    ap.add_argument("--json", type=str, default="", help="also write the rows to this JSON file")
+    ap.add_argument("--json", type=str, default="",
+                    help="also write the rows to this JSON file (this bench's own form)")
+    add_rows_args(ap)
     args = ap.parse_args()
 
     if args.tiny:
@@ -185,16 +133,21 @@ def main() -> None:
         side, hd = int(bundle.image_size), (720, 1280)
     n_params = sum(p.numel() for p in bundle.parameters())
     for speed in (BASELINE, SpeedOptions()):  # warm-up (kernels, allocator, pinned host blocks)
-        run_ours(bundle, SyntheticClip(8, side, side), 2, device, speed)
+        run_ours(bundle, LoopedClip(8, side, side), 2, device, speed)
 
     rows: list[dict] = []
+    out = RowWriter.from_args("bench_sam3", args, device)
 
     def add(case: str, path: str, frames: int, r: dict) -> None:
         rows.append({"case": case, "path": path, "frames": frames, **r})
         print(rows[-1], flush=True)
+        for metric, unit in (("fps", "frames/s"), ("seconds", "s"), ("peak_gib", "GiB"), ("diff_px", "share")):
+            if metric in r:
+                out.add(f"{case}, {path}", metric, r[metric], unit, frames=frames, dtype=str(dtype),
+                        params_m=round(n_params / 1e6))
 
     for n_obj in args.objects:
-        clip = SyntheticClip(args.fps_frames, side, side)
+        clip = LoopedClip(args.fps_frames, side, side)
         base = None
         for name in args.variants:
             r, packed = run_ours(bundle, clip, n_obj, device, VARIANTS[name])
@@ -203,7 +156,7 @@ def main() -> None:
         if args.reference_max >= args.fps_frames:
             try_reference(bundle, clip, n_obj, device, f"{side}x{side}, {n_obj} obj", add)
     for n in args.lengths:
-        clip = SyntheticClip(n, *hd)
+        clip = LoopedClip(n, *hd)
         r, _ = run_ours(bundle, clip, 1, device)
         add(f"{hd[1]}x{hd[0]}, 1 obj", "all (default)", n, r)
         if n <= args.reference_max:
@@ -217,7 +170,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"device": gpu, "dtype": str(dtype), "rows": rows}, indent=2))
 
 
-def try_reference(bundle: Sam3Bundle, clip: SyntheticClip, n_obj: int, device: torch.device, case: str,
+def try_reference(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torch.device, case: str,
                   add) -> None:
     """transformers' whole-video session on the same clip; a failure is reported, not fatal."""
     try:
@@ -236,11 +189,11 @@ def try_compiled_backbone(bundle: Sam3Bundle, side: int, args: argparse.Namespac
     try:
         encoder.backbone = torch.compile(eager)
         t0 = time.perf_counter()
-        run_ours(bundle, SyntheticClip(4, side, side), 1, device)
+        run_ours(bundle, LoopedClip(4, side, side), 1, device)
         sync(device)
         print(f"torch.compile of the backbone + first frames: {time.perf_counter() - t0:.1f} s", flush=True)
         for n_obj in args.objects:
-            r, _ = run_ours(bundle, SyntheticClip(args.fps_frames, side, side), n_obj, device)
+            r, _ = run_ours(bundle, LoopedClip(args.fps_frames, side, side), n_obj, device)
             add(f"{side}x{side}, {n_obj} obj", "all + compiled backbone", args.fps_frames, r)
     except Exception as err:  # noqa: BLE001 - the compiled variant is optional
         print(f"compiled backbone failed: {type(err).__name__}: {err}", flush=True)

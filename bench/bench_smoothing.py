@@ -19,23 +19,20 @@ dropped frames only, and frozen frames (dropped frames whose output equals the p
 frame's). Then the time to smooth 10 people x 10,000 frames of full MHR bodies (669 signals
 per person), wall clock and process CPU seconds, best of ``--repeats``.
 
-Run: python bench/bench_smoothing.py [--people 4] [--frames 600] [--seed 0] [--threads 0]
-     python bench/bench_smoothing.py --tiny   (seconds: small sizes, for a smoke test)
+Run: python -m bench.bench_smoothing [--people 4] [--frames 600] [--seed 0] [--threads 0]
+     python -m bench.bench_smoothing --tiny   (seconds: small sizes, for a smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from body4d_core.data import PARAM_DIMS, Bodies, BodyFlag  # noqa: E402
-from body4d_core.smoothing import SmoothSettings, smooth_bodies  # noqa: E402
+from bench.rows import RowWriter, add_rows_args
+from body4d_core.data import PARAM_DIMS, Bodies, BodyFlag
+from body4d_core.smoothing import SmoothSettings, smooth_bodies
 
 FPS = 30.0
 K = 24  # keypoints per person in the quality test
@@ -173,6 +170,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="timing runs (best is reported)")
     ap.add_argument("--tiny", action="store_true", help="small sizes: a smoke test in seconds")
+    add_rows_args(ap)
     args = ap.parse_args()
     if args.tiny:
         args.people, args.frames, args.timing_frames, args.repeats = 2, 120, 500, 1
@@ -197,9 +195,14 @@ def main() -> None:
     print(f"synthetic: {args.people} people x {args.frames} frames, {K} keypoints, noise {args.noise_mm:g} mm, "
           f"outliers {args.outliers:.0%}, {args.drops} drops/person ({(~observed).mean():.1%} frames missing)")
     print(f"{'method':<40}{'MPJPE mm':>10}{'accel mm/f2':>13}{'gap MPJPE':>11}{'frozen':>8}")
+    out = RowWriter.from_args("bench_smoothing", args, "cpu")
+    extra = {"people": args.people, "frames": args.frames, "noise_mm": args.noise_mm, "outliers": args.outliers,
+             "drops": args.drops, "seed": args.seed}
     for name, fn in methods.items():
         m = metrics(fn(), truth, observed)
         print(f"{name:<40}{m['mpjpe']:>10.2f}{m['accel']:>13.2f}{m['gap_mpjpe']:>11.2f}{m['frozen']:>8d}")
+        for metric, unit in (("mpjpe", "mm"), ("accel", "mm/frame^2"), ("gap_mpjpe", "mm"), ("frozen", "frames")):
+            out.add(name, metric, m[metric], unit, **extra)
     if not args.skip_timing:
         import torch
 
@@ -209,6 +212,8 @@ def main() -> None:
                 what = "per-frame confidence" if conf else "shared flags"
                 print(f"timing {mode}, {what}: 10 people x {args.timing_frames:,} frames (669 signals each): "
                       f"{wall:.2f} s wall, {cpu:.2f} s CPU ({torch.get_num_threads()} torch threads)")
+                out.add(f"timing {mode}, {what}", "wall_s", wall, "s", cpu_s=cpu, people=10,
+                        frames=args.timing_frames, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

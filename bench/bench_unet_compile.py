@@ -8,31 +8,29 @@ blocks are compiled: '' (eager), 'static' (dynamic=False, one graph per shape) o
 (symbolic shapes, one graph per block type). Prints compile time, ms per call, TFLOP/s and a
 kernel-category profile of the eager call.
 
-    python3 bench/bench_unet_compile.py --compile '' --profile      # H200, ~1 min
-    python3 bench/bench_unet_compile.py --native --profile          # the same without autocast
-    python3 bench/bench_unet_compile.py --compile dynamic           # H200, compile time is the question
-    python3 bench/bench_unet_compile.py --native --vae --groupnorm-ab   # fast_groupnorm off vs on
-    python3 bench/bench_unet_compile.py --native --ab split_geglu       # any boolean AccelConfig option
-    python3 bench/bench_unet_compile.py --tiny                      # CPU smoke test
+    python -m bench.bench_unet_compile --compile '' --profile      # H200, ~1 min
+    python -m bench.bench_unet_compile --native --profile          # the same without autocast
+    python -m bench.bench_unet_compile --compile dynamic           # H200, compile time is the question
+    python -m bench.bench_unet_compile --native --vae --groupnorm-ab   # fast_groupnorm off vs on
+    python -m bench.bench_unet_compile --native --ab split_geglu       # any boolean AccelConfig option
+    python -m bench.bench_unet_compile --tiny                      # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dataclasses import replace  # noqa: E402
-
-from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel  # noqa: E402,E501
-from body4d_core.amodal.models import DEFAULT_ACCEL  # noqa: E402
-from body4d_core.amodal.synthetic import build_vas_parts  # noqa: E402
-from kernel_profile import sync, timed_profile  # noqa: E402
+from bench.kernel_profile import timed_profile
+from bench.peak_memory import gpu_peak_gib
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import first_then_mean
+from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel
+from body4d_core.amodal.models import DEFAULT_ACCEL
+from body4d_core.amodal.synthetic import build_vas_parts
 
 
 def compile_blocks(unet: torch.nn.Module, how: str) -> int:
@@ -65,18 +63,11 @@ def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: 
 
 def first_and_ms(run, reps: int) -> tuple[float, float]:
     """(seconds of the first call, incl. any compile; milliseconds per later call)."""
-    t0 = time.perf_counter()
-    run()
-    sync()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        run()
-    sync()
-    return first, (time.perf_counter() - t0) / reps * 1000
+    first, mean = first_then_mean(run, reps)
+    return first, mean * 1000
 
 
-def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> dict:
+def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a, out: RowWriter) -> dict:
     """Decode chunks as the stage makes them: 8 frames at 512x1024, 4 videos x 8 frames at 256x512."""
     amp = dev.type == "cuda" and not a.native
     chunks = {"8 frames 512x1024": (8, 64, 128), "4 x 8 frames 256x512": (32, 32, 64)}
@@ -93,13 +84,14 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a) -> dict:
 
         first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
+        out.add(f"VAE decode {name}", "ms_per_call", ms, "ms", first_call_s=first, native=a.native)
         if a.profile:
             timed_profile(run, f"VAE decode {name}", top=8)
         calls[f"VAE decode {name}"] = run
     return calls
 
 
-def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str) -> None:
+def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str, out: RowWriter) -> None:
     """Each call with the boolean AccelConfig ``option`` off, then on (same process): ms and deviation."""
     off, on = replace(cfg, **{option: False}), replace(cfg, **{option: True})
     apply_accel(unet, off, base)
@@ -118,6 +110,8 @@ def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str) -
             out = run().float()
         dev = float((out - ref[name]).abs().max() / ref[name].abs().max())
         print(f"| {name} | {plain:.0f} | {fast:.0f} | {dev:.1e} |", flush=True)
+        out.add(f"{name}, {option} off", "ms_per_call", plain, "ms")
+        out.add(f"{name}, {option} on", "ms_per_call", fast, "ms", rel_dev=dev)
     apply_accel(unet, cfg, base)
     apply_vae_accel(vae, cfg)
 
@@ -135,6 +129,7 @@ def main() -> None:
     ap.add_argument("--ab", default="", metavar="OPTIONS",
                     help="comma list of boolean AccelConfig options: each call with the option off, then on, "
                          "with the deviation")
+    add_rows_args(ap)
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -156,19 +151,23 @@ def main() -> None:
         shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
     print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
     calls = {}
+    out = RowWriter.from_args("bench_unet_compile", a, dev)
     for name, shape in shapes.items():
         run = calls[f"UNet {name}"] = unet_call(unet, shape, dev, dtype, a.native)
         first, ms = first_and_ms(run, a.reps)
         print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
+        out.add(f"UNet {name}", "ms_per_call", ms, "ms", first_call_s=first, compile=a.compile or "eager",
+                native=a.native)
         if a.profile:
             timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if a.vae:
-        calls.update(vae_rows(vae, dev, dtype, a))
+        calls.update(vae_rows(vae, dev, dtype, a, out))
     options = [o for o in a.ab.split(",") if o] + (["fast_groupnorm"] if a.groupnorm_ab else [])
     for option in options:
-        option_ab(unet, vae, cfg, base, calls, a.reps, option)
+        option_ab(unet, vae, cfg, base, calls, a.reps, option, out)
     if dev.type == "cuda":
-        print(f"# peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        print(f"# peak {gpu_peak_gib(dev):.2f} GiB")
+        out.add("whole run", "peak_vram", gpu_peak_gib(dev), "GiB")
 
 
 if __name__ == "__main__":

@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import re
-import time
 
 import torch
 
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, reps: int) -> float:
-    """Seconds per call of ``fn`` (after one warm call), synchronised on CUDA."""
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync()
-    return (time.perf_counter() - t0) / reps
-
+from bench.timers import Stopwatch, sync  # noqa: F401 - sync: bench_pipeline imports it from here
 
 CATEGORIES = (  # first match wins; kernel names (CUDA) or op names (CPU), lower case
     ("attention", ("flash", "fmha", "attention", "sdpa", "mem_eff")),
@@ -88,11 +72,9 @@ def timed_profile(fn, title: str, cuda: bool | None = None, top: int = 15) -> No
     cuda = torch.cuda.is_available() if cuda is None else cuda
     with torch.no_grad():
         fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        wall_ms = 1e3 * (time.perf_counter() - t0)
+        with Stopwatch() as sw:
+            fn()
+        wall_ms = 1e3 * sw.seconds
         acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
         with profile(activities=acts) as prof:
             fn()

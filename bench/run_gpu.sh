@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run GPU benchmarks on the lent H200: installs carried wheels (.whl/) and runs each named
-# bench with a time limit, saving its log under $OUT (or bench/results/).
+# Run GPU benchmarks on the lent H200 from the repository root: installs carried wheels (.whl/)
+# and runs each named bench as `python -m bench.bench_<name>` with a time limit, saving its log
+# under $OUT (or bench/results/); each bench also appends its JSON rows to bench/results/.
 #   bash bench/run_gpu.sh "sam3:420" "fov:120"      # name:timeout_seconds[:extra args]
 set -u
 OUT=${OUT:-bench/results}
@@ -17,6 +18,6 @@ for spec in "$@"; do
   name=${spec%%:*}; rest=${spec#*:}; limit=${rest%%:*}; extra=""
   [ "$rest" != "$limit" ] && extra=${rest#*:}
   echo "=== bench_$name (limit ${limit}s) $extra"
-  timeout "$limit" python3 "bench/bench_$name.py" $extra 2>&1 | tee "$OUT/bench_$name.log"
+  timeout "$limit" python3 -m "bench.bench_$name" $extra 2>&1 | tee "$OUT/bench_$name.log"
   echo "=== bench_$name exit ${PIPESTATUS[0]}"
 done

@@ -1,4 +1,4 @@
-"""bench/bench_load.py --tiny: every loader and variant (in-process), child processes with profiles; table and JSON."""
+"""python -m bench.bench_load --tiny: every loader and variant (in-process), child processes; table and JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .media import REPO
 
 
 def test_bench_load_tiny_runs_every_loader_and_variant(tmp_path):
-    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--in-process", "--json",
+    res = subprocess.run([sys.executable, "-m", "bench.bench_load", "--tiny", "--in-process", "--json",
                           str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = json.loads((tmp_path / "r.json").read_text())
@@ -25,7 +25,7 @@ def test_bench_load_tiny_runs_every_loader_and_variant(tmp_path):
 
 def test_bench_load_child_processes_and_profile(tmp_path):
     """The default mode: each (loader, variant) in its own process, with cProfile's hot spots."""
-    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_load.py"), "--tiny", "--loaders", "moge",
+    res = subprocess.run([sys.executable, "-m", "bench.bench_load", "--tiny", "--loaders", "moge",
                           "--profile", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = [line.split() for line in res.stdout.splitlines() if line.startswith("moge ")]
@@ -34,11 +34,8 @@ def test_bench_load_child_processes_and_profile(tmp_path):
 
 
 def test_table_and_medians_compare_each_repeat_with_its_legacy_run():
-    import importlib.util
+    from bench import bench_load as bench
 
-    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "bench_load.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     row = {"import_s": 1.0, "process_s": 5.0, "params_m": 10.0, "rss_gb": 1.0}
     results = [{"loader": "moge", "variant": v, "load_s": s, **row}
                for v, s in (("legacy", 4.0), ("fast", 2.0), ("legacy", 6.0), ("fast", 2.0), ("legacy", 5.0),

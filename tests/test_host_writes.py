@@ -293,7 +293,7 @@ def test_bench_host_writes_tiny_runs_and_prints_every_item(tmp_path: Path) -> No
 
     from .media import REPO
 
-    res = subprocess.run([sys.executable, str(REPO / "bench" / "bench_host_writes.py"), "--tiny", "--render-s", "0.2",
+    res = subprocess.run([sys.executable, "-m", "bench.bench_host_writes", "--tiny", "--render-s", "0.2",
                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in res.stdout.splitlines()
