@@ -13,18 +13,24 @@ DEFAULT_CONFIG = PACK_ROOT / "configs" / "body4d.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DictConfig:
-    """Load the YAML config (default: configs/body4d.yaml) and merge dotted overrides."""
-    cfg = OmegaConf.load(Path(path) if path else DEFAULT_CONFIG)
+    """Load the YAML config and merge dotted overrides; without a path, configs/body4d.yaml of the pack
+    folder, or (installed with pip, where that file is absent) an empty config: the stages' own defaults."""
+    if path:
+        cfg = OmegaConf.load(Path(path))
+    else:
+        cfg = OmegaConf.load(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else OmegaConf.create({})
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
     return cfg
 
 
 def models_root(cfg: DictConfig | None = None) -> Path:
-    """Where model folders live outside ComfyUI: config (default file if none), $BODY4D_MODELS, <pack>/models."""
+    """Where model folders live outside ComfyUI: config (default file if none), $BODY4D_MODELS, else
+    <pack>/models in a pack folder and ./models for a pip-installed copy."""
     cfg = load_config() if cfg is None else cfg
     root = cfg.get("paths", {}).get("ckpt_root")
-    root = root or os.environ.get("BODY4D_MODELS") or PACK_ROOT / "models"
+    fallback = PACK_ROOT / "models" if DEFAULT_CONFIG.is_file() else Path.cwd() / "models"
+    root = root or os.environ.get("BODY4D_MODELS") or fallback
     return Path(root).expanduser()
 
 

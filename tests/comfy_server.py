@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -50,12 +51,14 @@ def free_port() -> int:
 
 
 def default_python(comfy_dir: Path) -> str:
-    """$COMFYUI_PYTHON, else the checkout's .venv python, else the current interpreter."""
-    env = os.environ.get("COMFYUI_PYTHON")
+    """$COMFYUI_PYTHON, else the checkout's .venv python, else the interpreter running the tests."""
+    env = os.environ.get("COMFYUI_PYTHON", "").strip()
     if env:
         return env
-    venv = comfy_dir / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else os.environ.get("PYTHON", "python3")
+    for venv in (comfy_dir / ".venv" / "bin" / "python", comfy_dir / ".venv" / "Scripts" / "python.exe"):
+        if venv.exists():
+            return str(venv)
+    return sys.executable
 
 
 class ComfyServer:

@@ -22,7 +22,7 @@ def comfy_server():
     """A real ComfyUI (``--cpu``, private temp folders, our pack linked in) for the whole session.
 
     Skips when COMFYUI_DIR is unset; fails loudly when it is set but the server cannot start.
-    The interpreter is $COMFYUI_PYTHON, else $COMFYUI_DIR/.venv/bin/python, else python3.
+    The interpreter is $COMFYUI_PYTHON, else $COMFYUI_DIR/.venv's python, else the one running pytest.
     """
     root = comfyui_dir()
     if root is None:

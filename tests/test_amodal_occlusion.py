@@ -1,13 +1,11 @@
 """Occlusion logic of the Amodal Complete stage, tested exactly with a fake amodal predictor.
 
-The real person mask (dancing_mask.png) is the amodal ground truth; rectangles slide over
+The real person mask (tests/data/dancer_mask.png) is the amodal ground truth; rectangles slide over
 it to make the visible masks. The fake predictor returns the unoccluded mask, so every
 flag, IoU, segment and completed frame is known in advance.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +22,14 @@ from body4d_core.amodal.stage import run_amodal
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError, MissingWeightsError
 
-MASK_PNG = Path(__file__).resolve().parents[2] / "shared" / "data" / "dancing_mask.png"
+from .media import PHOTO_MASK, need
+
 H, W = 64, 96
 
 
 def person_mask() -> np.ndarray:
-    """The real dancer mask cropped to its box, 40 px tall, placed in a 64x96 frame (bool)."""
-    if not MASK_PNG.is_file():
-        pytest.skip(f"test data missing: {MASK_PNG}")
-    m = np.array(Image.open(MASK_PNG)) > 0
+    """The real dancer mask, mirrored (raised arm to the right), cropped to its box, 40 px tall, in a 64x96 frame."""
+    m = np.array(Image.open(need(PHOTO_MASK)))[:, ::-1] > 0
     ys, xs = np.nonzero(m)
     crop = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     small = np.array(Image.fromarray(crop.astype(np.uint8) * 255).resize((24, 40), Image.NEAREST)) > 127

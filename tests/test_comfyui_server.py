@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from body4d_core.api_client import ComfyClient, set_input, set_video
 from body4d_core.workflow_convert import convert_with_report, ordered_inputs
 
-from .comfy_server import PACK_NAME, ComfyServerError
+from .comfy_server import PACK_NAME, ComfyServerError, default_python
 from .media import DANCER, need
 
 pytestmark = pytest.mark.comfyui
@@ -36,6 +37,18 @@ def source_node_ids() -> set[str]:
 def our_classes(info: dict) -> dict[str, dict]:
     """The /object_info entries that our pack registered."""
     return {k: v for k, v in info.items() if PACK_NAME in str(v.get("python_module", ""))}
+
+
+def test_server_python_is_comfyui_python_then_venv_then_this_interpreter(tmp_path, monkeypatch):
+    """Without COMFYUI_PYTHON and a .venv, the server runs under the interpreter running pytest (never PATH's)."""
+    monkeypatch.delenv("COMFYUI_PYTHON", raising=False)
+    assert default_python(tmp_path) == sys.executable
+    venv = tmp_path / ".venv" / "bin" / "python"
+    venv.parent.mkdir(parents=True)
+    venv.write_text("")
+    assert default_python(tmp_path) == str(venv)
+    monkeypatch.setenv("COMFYUI_PYTHON", str(tmp_path / "elsewhere" / "python"))
+    assert default_python(tmp_path) == str(tmp_path / "elsewhere" / "python")
 
 
 def test_pack_imports_without_error(comfy_server):
@@ -210,8 +223,8 @@ def test_workflows_pass_the_frontend_schema(comfy_server):
 
 
 def _point_inputs_at_test_media(server, graph: dict) -> None:
-    """Load Video nodes read the dancer (8 frames, 256 px); Load Image nodes read dancing.jpg."""
-    from .media import DANCING_JPG
+    """Load Video nodes read the dancer (8 frames, 256 px); Load Image nodes read the test photo."""
+    from .media import PHOTO
 
     for node in graph.values():
         kind, inputs = node["class_type"], node["inputs"]
@@ -219,8 +232,8 @@ def _point_inputs_at_test_media(server, graph: dict) -> None:
             shutil.copy(need(DANCER), server.input_dir / DANCER.name)
             inputs.update(file=DANCER.name, frame_load_cap=8, max_side=256)
         elif kind == "LoadImage":
-            shutil.copy(need(DANCING_JPG), server.input_dir / DANCING_JPG.name)
-            inputs["image"] = DANCING_JPG.name
+            shutil.copy(need(PHOTO), server.input_dir / PHOTO.name)
+            inputs["image"] = PHOTO.name
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +17,15 @@ from body4d_core.sam3d_body import rotations as R
 from body4d_core.sam3d_body.synthetic import random_model
 from body4d_core.sam3d_body.vit import DinoV3ViT
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not (DATA / "dancing.jpg").exists():
-    DATA = Path("/work/shared/data")
+from .media import PHOTO, PHOTO_MASK, need
+
 
 
 @pytest.fixture(scope="module")
 def photo() -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """dancing.jpg downscaled 4x, its mask and the mask's box."""
-    img = Image.open(DATA / "dancing.jpg").convert("RGB")
-    img = img.resize((img.width // 4, img.height // 4), Image.BILINEAR)
-    mask = Image.open(DATA / "dancing_mask.png").convert("L").resize(img.size, Image.NEAREST)
+    """The repository's test photo (350x350), its person mask and the mask's box."""
+    img = Image.open(need(PHOTO)).convert("RGB")
+    mask = Image.open(need(PHOTO_MASK)).convert("L")
     m = np.array(mask) > 127
     ys, xs = np.nonzero(m)
     return np.array(img), m, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]

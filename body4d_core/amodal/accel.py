@@ -160,14 +160,23 @@ def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb
 
 def _route_forward(module: nn.Module, pick: Callable[[nn.Module], bool], fn: Callable[..., torch.Tensor],
                    *args: object) -> int:
-    """Every submodule ``pick`` accepts runs ``fn(submodule, *args, inputs...)`` as its forward (an instance
-    attribute, which ``_reset`` / ``apply_vae_accel`` delete again); returns how many."""
+    """Every submodule ``pick`` accepts runs ``fn(submodule, *args, inputs...)`` as its forward (a tagged
+    instance attribute, which ``_unroute`` deletes again); returns how many."""
     n = 0
     for m in module.modules():
         if pick(m):
-            m.forward = partial(fn, m, *args)
+            routed = partial(fn, m, *args)
+            routed._body4d_accel = True
+            m.forward = routed
             n += 1
     return n
+
+
+def _unroute(module: nn.Module) -> None:
+    """Drop the forwards ``_route_forward`` set; instance forwards set by anyone else (wrappers) stay."""
+    for m in module.modules():
+        if getattr(m.__dict__.get("forward"), "_body4d_accel", False):
+            del m.__dict__["forward"]
 
 
 def _named(name: str) -> Callable[[nn.Module], bool]:
@@ -206,8 +215,7 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
     """Put the VAE in the state ``cfg`` describes (layout, compiled decoder), undoing earlier options."""
     old = getattr(vae, "_accel", AccelConfig())
     vae.__dict__.pop("compiled_decoder", None)
-    for m in vae.modules():
-        m.__dict__.pop("forward", None)
+    _unroute(vae)
     if cfg.vae_contiguous_temporal:
         _route_forward(vae, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.vae_temporal_2d:
@@ -230,9 +238,8 @@ def _reset(unet: nn.Module, base_processors: dict | None) -> None:
     """Back to the reference state: original processors, plain FF, NCHW, no compiled blocks."""
     if base_processors is not None:
         unet.set_attn_processor(dict(base_processors))
+    _unroute(unet)
     for m in unet.modules():
-        if "forward" in m.__dict__:
-            del m.forward
         if getattr(m, "_compiled_call_impl", None) is not None:
             m._compiled_call_impl = None
     if getattr(unet, "_accel", AccelConfig()).channels_last:
