@@ -39,16 +39,18 @@ SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dan
 def _add_video_args(p: argparse.ArgumentParser, sample_default: bool = False) -> None:
     if sample_default:
         p.add_argument("--input_video", "-i", default=str(SAMPLE_VIDEO),
-                       help="video file to read (default: the bundled sample, samples/cartoon_dancer_81f.mp4)")
+                       help="video file to read (default: the bundled sample clip)")
     else:
         p.add_argument("--input_video", "-i", required=True, help="video file to read")
     p.add_argument("--frame_load_cap", type=int, default=0, help="load at most N frames (0 = all)")
-    p.add_argument("--skip_first_frames", type=int, default=0)
-    p.add_argument("--select_every_nth", type=int, default=1)
-    p.add_argument("--force_rate", type=float, default=0.0, help="resample to this fps first (0 = source)")
-    p.add_argument("--max_side", type=int, default=0, help="downscale the longer side to this (0 = keep)")
-    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "opencv"])
-    p.add_argument("--memory_budget_gb", type=float, default=0.0, help="0 = half the available RAM")
+    p.add_argument("--skip_first_frames", type=int, default=0, help="drop this many frames at the start")
+    p.add_argument("--select_every_nth", type=int, default=1, help="keep every n-th frame (1 = all)")
+    p.add_argument("--force_rate", type=float, default=0.0, help="resample to this fps first (0 = source rate)")
+    p.add_argument("--max_side", type=int, default=0, help="downscale the longer side to this many pixels (0 = keep)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "opencv"],
+                   help="video decoding library (auto: the fastest one installed)")
+    p.add_argument("--memory_budget_gb", type=float, default=0.0,
+                   help="refuse clips whose frames need more RAM than this (0 = half the available RAM)")
 
 
 def _video_options(args: argparse.Namespace):
@@ -80,16 +82,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    """Download model weights from Hugging Face (HF_TOKEN for the gated ones)."""
+    """Download model weights from Hugging Face (HF_TOKEN for the gated ones); a table says what happened."""
     from .config import models_root
-    from .weights import MODEL_SPECS, download
+    from .weights import MODEL_SPECS, format_setup_table, setup_models
 
     names = list(MODEL_SPECS) if "all" in args.models else args.models
     root = Path(args.root) if args.root else models_root()
-    for name in names:
-        path = download(name, root)
-        print(f"{name}: ok ({path})")
-    return 0
+    rows = setup_models(names, root, force=args.force)
+    print(format_setup_table(rows))
+    return 1 if any(r.status == "failed" for r in rows) else 0
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
@@ -104,12 +105,13 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """Report which model weights are present and where they are expected."""
+    """Report which model weights (configs and weight files) are present and where they are expected."""
     from .config import models_root
     from .errors import MissingWeightsError
     from .weights import MODEL_SPECS, resolve_model_dir
 
     root = Path(args.root) if args.root else models_root()
+    print(f"models root: {root}")
     missing = 0
     for name in MODEL_SPECS:
         try:
@@ -182,76 +184,138 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default; descriptions and examples keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """Append the default unless the help already states it or there is none to state (flags, unset)."""
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+RUN_EXAMPLES = """examples:
+  # the bundled sample, people found automatically, results in outputs/<video name>
+  python -m body4d_core run
+
+  # your video, two people clicked in the points editor, no amodal completion, body-only meshes
+  python -m body4d_core run -i dance.mp4 --points points.json --no_amodal --body_mode body -o outputs/dance
+
+  # a quick preview: the first 64 frames at 512 px, meshes only as a video, reusing an earlier run's stages
+  python -m body4d_core run -i dance.mp4 --frame_load_cap 64 --max_side 512 --no_meshes --no_glb --resume
+"""
+
+
+def _models_root_default() -> str:
+    """The models root the commands use when none is given (config, else $BODY4D_MODELS, else <pack>/models)."""
+    from .config import models_root
+
+    try:
+        return str(models_root())
+    except Exception:  # noqa: BLE001 - a broken config must not break --help
+        return "configs/body4d.yaml paths.ckpt_root, else $BODY4D_MODELS, else <pack>/models"
+
+
+def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
+    from .render import MODES
+
+    p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render",
+                       description="Run every stage on one video and write the results into one output folder "
+                                   "(run.json there records inputs, options, files and how the run ended).",
+                       formatter_class=HelpFormatter, epilog=RUN_EXAMPLES)
+    _add_video_args(p, sample_default=True)
+    p.add_argument("--out", "-o", default=None,
+                   help="output folder (default: outputs/<video name>, made unique with _2, _3, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the output folder holds an earlier run: delete the files it wrote, then run")
+    p.add_argument("--resume", action="store_true",
+                   help="the output folder holds an earlier run with the same inputs: reuse its finished stages")
+    p.add_argument("--points", help="points JSON (a file or a JSON string, pixel coordinates of the frames as "
+                                    "loaded; add \"image_size\": [H, W] when they were clicked on another size); "
+                                    "default: detect people automatically")
+    p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
+    p.add_argument("--detect_threshold", type=float, default=0.5, help="person detection score threshold (0..1)")
+    p.add_argument("--max_people", type=int, default=5, help="track at most this many detected people")
+    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"],
+                   help="propagate masks from the prompted frame in these directions")
+    p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
+    p.add_argument("--amodal_steps", type=int, default=0, help="diffusion steps (0 = the config's, upstream's 25)")
+    p.add_argument("--amodal_resolution", type=int, nargs=2, metavar=("H", "W"),
+                   help="amodal detection resolution (completion runs at twice it); default: the config's 256 512")
+    p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"],
+                   help="frames MoGe-2 estimates the field of view on (none: f = sqrt(H^2 + W^2))")
+    p.add_argument("--manual_fov", type=float, default=0.0,
+                   help="vertical field of view in degrees; overrides MoGe-2 (0 = estimate)")
+    p.add_argument("--body_mode", default="full", choices=["full", "body"],
+                   help="full: body, hands and face; body: body only (faster)")
+    p.add_argument("--batch_size", type=int, default=64, help="SAM-3D-Body crops per batch (halved on out-of-memory)")
+    p.add_argument("--no_compile", action="store_true",
+                   help="run SAM-3D-Body eager (otherwise on CUDA: torch.compile where the job is large enough to "
+                        "win the compile time back, 4000 crops in full mode or 15000 in body mode)")
+    p.add_argument("--fp8", action="store_true",
+                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
+                        "compute capability 8.9+)")
+    p.add_argument("--no_smooth", action="store_true", help="skip Kalman/RTS smoothing (write the raw bodies only)")
+    p.add_argument("--smooth_mode", choices=["offline", "causal"], help="smoother (default: the config's smooth.mode)")
+    p.add_argument("--config", help="OmegaConf YAML file (default: the pack's configs/body4d.yaml)")
+    p.add_argument("--render_mode", default="overlay", choices=list(MODES), help="what render_4d.mp4 shows")
+    p.add_argument("--no_meshes", action="store_true", help="do not write per-frame .ply meshes")
+    p.add_argument("--no_glb", action="store_true", help="do not write the animated .glb files")
+    p.add_argument("--models_root", help=f"folder holding one sub-folder per model (default: {root_default})")
+    p.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: CUDA when available)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute precision (default: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU)")
+    p.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights import MODEL_SPECS
 
-    parser = argparse.ArgumentParser(prog="python -m body4d_core",
+    root_default = _models_root_default()
+    parser = argparse.ArgumentParser(prog="python -m body4d_core", formatter_class=HelpFormatter,
                                      description="SAM-Body4D without ComfyUI: 4D human mesh recovery from video.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("load", help="decode a video into frames + clip.npz")
+    p = sub.add_parser("load", help="decode a video into frames + clip.npz", formatter_class=HelpFormatter,
+                       description="Decode a video and write its frames as images plus clip.npz.")
     _add_video_args(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--image_format", default="jpg", choices=["jpg", "png"])
+    p.add_argument("--image_format", default="jpg", choices=["jpg", "png"], help="image file format")
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render")
-    _add_video_args(p, sample_default=True)
-    p.add_argument("--out", "-o", default="outputs/run", help="output folder (default: outputs/run)")
-    p.add_argument("--points", help="SAM3 Points JSON (file or string); default: detect people automatically")
-    p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
-    p.add_argument("--detect_threshold", type=float, default=0.5)
-    p.add_argument("--max_people", type=int, default=5)
-    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
-    p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
-    p.add_argument("--amodal_steps", type=int, default=0, help="diffusion steps (0 = upstream's 25)")
-    p.add_argument("--amodal_resolution", type=int, nargs=2, metavar=("H", "W"),
-                   help="amodal detection resolution (completion runs at twice it; default 256 512)")
-    p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"])
-    p.add_argument("--manual_fov", type=float, default=0.0, help="vertical FOV in degrees (overrides MoGe-2)")
-    p.add_argument("--body_mode", default="full", choices=["full", "body"])
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--no_compile", action="store_true",
-                   help="run SAM-3D-Body eager (default on CUDA: torch.compile where the job is large enough to win "
-                        "the ~20 s compile back, 4000 crops in full mode or 15000 in body mode; eager elsewhere)")
-    p.add_argument("--fp8", action="store_true",
-                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
-                        "compute capability 8.9+; ~1.6x faster body-mode estimation on an H200)")
-    p.add_argument("--no_smooth", action="store_true")
-    p.add_argument("--smooth_mode", choices=["offline", "causal"], help="default: the config's smooth.mode")
-    p.add_argument("--config", help="OmegaConf YAML (default: configs/body4d.yaml)")
-    p.add_argument("--render_mode", default="overlay")
-    p.add_argument("--no_meshes", action="store_true")
-    p.add_argument("--no_glb", action="store_true")
-    p.add_argument("--models_root", help="models root (default: config / $BODY4D_MODELS / ./models)")
-    p.add_argument("--device")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
-    p.set_defaults(func=cmd_run)
+    _add_run_parser(sub, root_default)
 
-    p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)")
-    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
-    p.add_argument("--root", help="models root (default: configs/body4d.yaml paths.ckpt_root, $BODY4D_MODELS, ./models)")
+    p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)",
+                       formatter_class=HelpFormatter,
+                       description="Download model weights from Hugging Face. Every model is tried; a table at the "
+                                   "end says what is present, what failed and how to get it by hand.")
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS], help="models to download")
+    p.add_argument("--root", help=f"models root (default: {root_default})")
+    p.add_argument("--force", action="store_true", help="download again even when the files are already present")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("api", help="run a workflow on a running ComfyUI server and download its outputs")
-    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p = sub.add_parser("api", help="run a workflow on a running ComfyUI server and download its outputs",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI server address")
     p.add_argument("--workflow", "-w", required=True, help="API-format workflow (workflows/api/*.json)")
     p.add_argument("--video", help="video to upload and feed to every Load Video (Body4D) node")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="override an input; NODE is a node id, title or class type (repeatable)")
     p.add_argument("--out", "-o", default="outputs/api", help="where to download the outputs")
-    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("tiny-checkpoints", help="write tiny random-weight checkpoints in the official layouts")
+    p = sub.add_parser("tiny-checkpoints", help="write tiny random-weight checkpoints in the official layouts",
+                       formatter_class=HelpFormatter)
     p.add_argument("--root", required=True, help="models root to write into")
-    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS], help="models to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=cmd_tiny)
 
-    p = sub.add_parser("models", help="show which weights are present")
-    p.add_argument("--root")
+    p = sub.add_parser("models", help="show which weights are present", formatter_class=HelpFormatter)
+    p.add_argument("--root", help=f"models root (default: {root_default})")
     p.set_defaults(func=cmd_models)
     return parser
 
