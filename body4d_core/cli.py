@@ -7,30 +7,103 @@ Commands: ``run`` (the whole pipeline), ``load`` (decode a video to frames + cli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator, TextIO
 
-from .errors import Body4DError
+from .errors import Body4DError, InterruptedError_
 
 log = logging.getLogger("body4d_core")
 
 
-class TextProgress:
-    """Hooks printing a one-line progress bar to stderr."""
+STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "frames", "fov": "frames",
+               "bodies": "crops", "render": "frames", "amodal": None}  # None: the stage reports per mille
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the run stops at the next interrupt check; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            raise InterruptedError_(f"interrupted ({self.signal_name})")
+
+    def handler(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = name
+        sys.stderr.write(f"\n{name}: stopping at the next checkpoint (Ctrl-C again to stop at once)\n")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM while the block runs (main thread only), restoring the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+class TextProgress:
+    """Hooks printing a one-line progress bar to stderr: count with its unit, rate and time left."""
+
+    def __init__(self, label: str, unit: str | None = "items", stop: StopFlag | None = None,
+                 stream: TextIO | None = None, min_interval: float = 0.1) -> None:
+        self.label, self.unit, self.stop = label, unit, stop
+        self.stream = stream or sys.stderr
+        self.min_interval = min_interval
+        self.t0: float | None = None
+        self.last = 0.0
 
     def progress(self, done: int, total: int) -> None:
-        width = 30
-        fill = int(width * done / max(1, total))
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}{end}")
-        sys.stderr.flush()
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        finished = done >= total
+        if not finished and now - self.last < self.min_interval:
+            return
+        self.last = now
+        self.stream.write("\r" + self.line(done, total, now - self.t0) + ("\n" if finished else ""))
+        self.stream.flush()
+
+    def line(self, done: int, total: int, elapsed: float) -> str:
+        """The bar text: label, bar, count (or percent), rate and elapsed/remaining time."""
+        width = 24
+        frac = min(1.0, done / max(1, total))
+        bar = "#" * int(width * frac) + "." * (width - int(width * frac))
+        if self.unit is None:
+            count, rate = f"{100 * frac:5.1f}%", ""
+        else:
+            count = f"{done}/{total} {self.unit}"
+            rate = f" {done / elapsed:.1f} {self.unit}/s" if elapsed > 0 and done else ""
+        if done >= total:
+            when = f" {_clock(elapsed)}"
+        elif elapsed > 0 and done:
+            when = f" {_clock(elapsed)} elapsed, ~{_clock(elapsed * (total - done) / done)} left"
+        else:
+            when = ""
+        return f"{self.label:9s} [{bar}] {count}{rate}{when}   "
 
     def check_interrupt(self) -> None:
-        return None
+        if self.stop is not None:
+            self.stop.check()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dancer_81f.mp4"
@@ -69,7 +142,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from .video import load_video
 
     out = Path(args.out)
-    frames, clip = load_video(args.input_video, _video_options(args), TextProgress("decode"))
+    frames, clip = load_video(args.input_video, _video_options(args), TextProgress("decode", "frames"))
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     ext = args.image_format
@@ -135,17 +208,18 @@ def _amodal_settings(args: argparse.Namespace, cfg) -> dict:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on one video (points JSON or automatic people detection)."""
+def run_options(args: argparse.Namespace):
+    """PipelineOptions from the run command's arguments (the config file's sections under the flags)."""
     from .config import load_config, models_root, section
-    from .pipeline import PipelineOptions, options_from_points, run_pipeline
+    from .pipeline import PipelineOptions
+    from .preflight import read_points
 
     cfg = load_config(args.config)
     smooth = section(cfg, "smooth")
     if args.smooth_mode:
         smooth["mode"] = args.smooth_mode
-    opts = PipelineOptions(
-        video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
+    return PipelineOptions(
+        video=_video_options(args), points_json=read_points(args.points), detect_frame=args.detect_frame,
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
         amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
         manual_fov=args.manual_fov, body_mode=args.body_mode,
@@ -154,7 +228,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
         dtype=args.dtype)
-    summary = run_pipeline(args.input_video, args.out, opts, lambda name: TextProgress(name))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on one video (points JSON or automatic people detection)."""
+    from .manifest import OutputFolderError, default_output_dir
+    from .pipeline import run_pipeline
+    from .preflight import run_preflight
+    from .video import check_video_path
+
+    if args.overwrite and args.resume:
+        raise OutputFolderError("--overwrite and --resume exclude each other: choose one")
+    check_video_path(args.input_video)
+    opts = run_options(args)
+    out = Path(args.out) if args.out else default_output_dir(args.input_video)
+    args.out = str(out)
+    run_preflight(args.input_video, out, opts)
+    stop = StopFlag()
+    with stop.installed():
+        summary = run_pipeline(args.input_video, out, opts,
+                               lambda name: TextProgress(name, STAGE_UNITS.get(name, "items"), stop),
+                               overwrite=args.overwrite, resume=args.resume)
     print(summary.describe())
     return 0
 
@@ -320,11 +414,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except (KeyboardInterrupt, InterruptedError_) as err:
+        where = _stopped_at(args)
+        print(f"\ninterrupted{where}; nothing half-written was left"
+              + (f" (see {Path(args.out) / 'run.json'})" if getattr(args, "out", None) else ""), file=sys.stderr)
+        log.debug("interrupted", exc_info=err)
+        return EXIT_INTERRUPTED
     except Body4DError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except OSError as err:  # a write the library did not wrap (it names the file)
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _stopped_at(args: argparse.Namespace) -> str:
+    """' during stage X' from the run's manifest, when there is one."""
+    from .manifest import read_manifest
+
+    out = getattr(args, "out", None)
+    if not out:
+        return ""
+    try:
+        data = read_manifest(Path(out)) or {}
+    except Body4DError:
+        return ""
+    stage = data.get("stopped_at") or data.get("current_stage")
+    return f" during stage {stage}" if stage else ""

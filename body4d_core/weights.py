@@ -146,6 +146,8 @@ def resolve_model_dir(name: str, search_dirs: Iterable[str | Path] | None = None
 
 def _missing_message(spec: ModelSpec, target: Path, miss: list[str], partial: bool) -> str:
     state = "are incomplete" if partial else "were not found"
+    if not partial:
+        miss = expected_files(spec)
     lines = [
         f"{spec.name} weights {state}: missing {', '.join(miss)} in {target}.",
         f"Download them with: {setup_command(spec.name)}  (or get them from https://huggingface.co/{spec.repo_id}"
