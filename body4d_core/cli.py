@@ -65,14 +65,14 @@ class TextProgress:
         self.stream = stream or sys.stderr
         self.min_interval = min_interval
         self.t0: float | None = None
-        self.last = 0.0
+        self.last: float | None = None
 
     def progress(self, done: int, total: int) -> None:
         now = time.monotonic()
         if self.t0 is None:
             self.t0 = now
         finished = done >= total
-        if not finished and now - self.last < self.min_interval:
+        if not finished and self.last is not None and now - self.last < self.min_interval:
             return
         self.last = now
         self.stream.write("\r" + self.line(done, total, now - self.t0) + ("\n" if finished else ""))
