@@ -390,10 +390,12 @@ def _clear_for(folder: Path, old: dict[str, Any] | None, reuse: dict[str, dict[s
     if old is None:
         remove_old_outputs(folder, None)
         return
-    dropped = {n: e for n, e in (old.get("files") or {}).items() if n not in keep}
+    files = old.get("files") or {}
+    dropped = {n: e for n, e in files.items() if n not in keep}
     remove_old_outputs(folder, {"files": dropped})
+    listed = {Path(e["path"]).parts[0] for e in files.values() if e.get("path")}
     for name in KNOWN_OUTPUTS:  # our names the old manifest does not list (a run killed mid-write)
-        if name == MANIFEST_NAME or name in keep or name in dropped:
+        if name == MANIFEST_NAME or name in listed:
             continue
         p = folder / name
         if p.is_dir():
