@@ -34,7 +34,7 @@ LOCK_NAME = ".body4d.lock"
 MANIFEST_VERSION = 1
 # what a pipeline run writes; a folder holding any of them holds results
 KNOWN_OUTPUTS = ("clip.npz", "prompts.npz", "tracks.npz", "mask_overlay.mp4", "amodal.npz", "camera.npz",
-                 "bodies_raw.npz", "bodies.npz", "params.npz", "render_4d.mp4", "meshes", "glb", MANIFEST_NAME)
+                 "bodies_raw.npz", "bodies.npz", "params.npz", "params_camera.npz", "render_4d.mp4", "meshes", "glb", MANIFEST_NAME)
 STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
 # the options each stage's result depends on (besides those of the stages before it)
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -285,9 +285,10 @@ class Manifest:
         return self.folder / MANIFEST_NAME
 
     def save(self) -> None:
+        """Write run.json; under the lock, so an older snapshot never lands after a newer one."""
         with self._lock:
             text = json.dumps(self.data, indent=1, sort_keys=False, default=str)
-        write_text_atomic(self.path, text + "\n")
+            write_text_atomic(self.path, text + "\n")
 
     def set_stage(self, stage: str) -> None:
         """The stage now running (where a killed run stopped)."""

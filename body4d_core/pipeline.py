@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
-from .atomic import remove_temporaries
+from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
 from .runtime import NULL_HOOKS, Hooks, pick_device
@@ -268,9 +268,9 @@ class _Stage:
         self.timer = _Timer(summary, name)
 
     def __enter__(self) -> None:
-        self.hooks.check_interrupt()
         if self.summary.manifest is not None:
             self.summary.manifest.set_stage(self.name)
+        self.hooks.check_interrupt()
         self.timer.__enter__()
 
     def __exit__(self, *exc: object) -> None:
@@ -415,8 +415,8 @@ class BackgroundWrites:
             self.summary.manifest.file_written(name, path)
 
     def save(self, name: str, obj: object, path: Path) -> None:
-        """Background ``obj.save_npz(path)`` (path ends in .npz)."""
-        self.submit(name, path, obj.save_npz, path)
+        """Background ``obj.save_npz(path)`` (path ends in .npz), written under a temporary name then renamed."""
+        self.submit(name, path, _save_npz_atomic, obj, path)
 
     def _timed(self, name: str, fn: Callable[..., object], *args: object) -> None:
         t0 = time.perf_counter()
@@ -448,6 +448,13 @@ class BackgroundWrites:
                 log.error("background write of %s failed: %s", name, fut.exception())
 
 
+def _save_npz_atomic(obj: object, path: Path) -> Path:
+    """``obj.save_npz`` that leaves either the complete file or none (disk full, crash)."""
+    with atomic_path(path) as tmp:
+        obj.save_npz(tmp)
+    return path
+
+
 def _smooth(bodies: Bodies, opts: PipelineOptions, body_model: object, camera: Camera) -> Bodies:
     """Kalman/RTS per identity, then the rig regenerates meshes and keypoints from the smoothed parameters."""
     from .sam3d_body.refresh import refresher
@@ -462,7 +469,9 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
     from .overlay import overlay_masks
 
     images = (overlay_masks(frames[t], tracks.frame_masks(t), tracks.obj_ids) for t in range(len(frames)))
-    return write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+    with atomic_path(path) as tmp:
+        write_mp4(tmp, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+    return path
 
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
@@ -473,7 +482,7 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
     def exports() -> None:  # the longest first: GLB on one writer, params then meshes on the other
         if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
             writes.submit("glb", out / "glb", lambda: export.write_glb(bodies, out / "glb", fps=clip.fps))
-        writes.submit("params", out / "params.npz", export.save_params, bodies, out / "params.npz", camera)
+        writes.submit("params", out / "params.npz", _save_params, writes, bodies, out / "params.npz", camera)
         if opts.write_meshes:
             writes.submit("meshes", out / "meshes", export.write_meshes, bodies, out / "meshes")
 
@@ -488,13 +497,25 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
             exports()
         images = rendered[0] if isinstance(rendered, tuple) else rendered
         path = out / "render_4d.mp4"
-        writes.record("render", export.write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET))
+        with atomic_path(path) as tmp:
+            export.write_mp4(tmp, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+        writes.record("render", path)
     except BaseException:
         if own:
             writes.close()
         raise
     if own:
         writes.join()
+
+
+def _save_params(writes: BackgroundWrites, bodies: Bodies, path: Path, camera: Camera) -> None:
+    """params.npz and the params_camera.npz beside it (both recorded in run.json)."""
+    from .export import save_params
+
+    out = save_params(bodies, path, camera)
+    cam = out.with_name(out.stem + "_camera.npz")
+    if cam.is_file():
+        writes.record("params_camera", cam)
 
 
 def options_from_points(points: str | Path | None) -> str | None:
