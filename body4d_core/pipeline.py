@@ -509,13 +509,13 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
 
 
 def _save_params(writes: BackgroundWrites, bodies: Bodies, path: Path, camera: Camera) -> None:
-    """params.npz and the params_camera.npz beside it (both recorded in run.json)."""
+    """params.npz and the params_camera.npz beside it (both recorded in run.json; the summary lists params)."""
     from .export import save_params
 
     out = save_params(bodies, path, camera)
     cam = out.with_name(out.stem + "_camera.npz")
-    if cam.is_file():
-        writes.record("params_camera", cam)
+    if cam.is_file() and writes.summary.manifest is not None:
+        writes.summary.manifest.file_written("params_camera", cam)
 
 
 def options_from_points(points: str | Path | None) -> str | None:
