@@ -28,7 +28,7 @@ from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
 from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
-from .runtime import NULL_HOOKS, Hooks, pick_device
+from .runtime import NULL_HOOKS, Hooks, pick_device, release_library_caches
 from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,10 @@ class RunSummary:
 
 
 def _free(*objs: object) -> None:
-    """Drop stage models and release cached GPU memory before the next stage."""
+    """Collect dropped stage models and release cached GPU memory before the next stage.
+
+    The caller drops its own references first (``del model; _free()``): memory still referenced cannot be freed.
+    """
     del objs
     gc.collect()
     if torch.cuda.is_available():
@@ -143,10 +146,11 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     models = load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype)
     try:
         amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, occ, sampler, hooks=hooks)
-        log.info("%s", describe_amodal(stats))
-        return amodal
     finally:
-        _free(models)
+        del models
+        _free()
+    log.info("%s", describe_amodal(stats))
+    return amodal
 
 
 def describe_amodal(stats: object) -> str:
@@ -178,7 +182,8 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
         try:
             return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
         finally:
-            _free(model)
+            del model
+            _free()
 
     use_model = opts.fov_mode != "none" and not opts.manual_fov
     return resolve_camera(clip.image_size, clip.num_frames, manual_fov=opts.manual_fov,
@@ -243,6 +248,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         _record_failure(summary.manifest, err)
         raise
     finally:
+        release_library_caches()
         if lock is not None:
             lock.release()
     return summary
@@ -314,8 +320,9 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
             prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"))
             writes.save("prompts", prompts, out / "prompts.npz")
             tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
-            _free(bundle)
             del bundle
+            release_library_caches()  # SAM-3's position embeddings stay cached in transformers otherwise
+            _free()
         writes.save("tracks", tracks, out / "tracks.npz")
         _done(summary, "sam3", ["prompts", "tracks"])
     summary.obj_ids = tracks.obj_ids.tolist()
@@ -386,8 +393,8 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
         _done(summary, "smooth", ["bodies"])
         return bodies, None
     finally:
-        _free(body_model)
         del body_model
+        _free()
 
 
 class BackgroundWrites:
