@@ -195,3 +195,14 @@ def test_overwrite_leaves_no_stale_file_from_a_longer_run(tmp_path, quick_stages
     assert len(list((out / "meshes").rglob("*.ply"))) == 3  # no mesh of frame 4 survives
     assert not (out / "amodal.npz").exists()
     check_left_files(out)
+
+
+def test_amodal_statistics_are_logged_as_a_sentence():
+    from body4d_core.amodal.stage import AmodalStats
+
+    stats = AmodalStats(timings={"depth": 1.25, "detect": 3.5}, segments={1: [(0, 4), (9, 12)], 2: []},
+                        detected={1: np.array([True, True, False, True]), 2: np.zeros(4, bool)}, completed_frames=7)
+    text = pl.describe_amodal(stats)
+    assert text == ("amodal: 3 occluded person-frame(s) found, 2 segment(s) completed (7 frames); "
+                    "depth 1.2 s, detect 3.5 s")
+    assert "AmodalStats(" not in text
