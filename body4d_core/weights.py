@@ -160,7 +160,8 @@ def _missing_message(spec: ModelSpec, target: Path, miss: list[str], partial: bo
 
 def manual_instructions(spec: ModelSpec, target: Path) -> str:
     """Where to get one model by hand and which files to put where."""
-    return (f"download {', '.join(expected_files(spec))} from https://huggingface.co/{spec.repo_id}/tree/main "
+    extra = f" (and the repo's other {', '.join(spec.allow_patterns)} files)" if spec.allow_patterns else ""
+    return (f"download {', '.join(expected_files(spec))}{extra} from https://huggingface.co/{spec.repo_id}/tree/main "
             f"into {target}")
 
 
