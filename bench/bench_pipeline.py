@@ -189,6 +189,7 @@ class Record:
     write_wait_s: float | None = None  # run_pipeline's final wait for its background writes (fifth session on)
     import_s: float | None = None  # the model libraries, imported before the clock (see import_model_libraries)
     stopped: str = ""
+    after_runs: list[dict[str, float]] = field(default_factory=list)  # --repeat: memory held after each run
 
 
 def import_model_libraries() -> float:
@@ -419,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, default=None, help="seconds from start (default 540; tiny 300)")
     ap.add_argument("--json", default="", help="also write the figures (stage seconds, peaks, counts) to this file")
     ap.add_argument("--verbose", action="store_true", help="INFO logs of every module")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the pipeline N times in this process and report the memory held after each run "
+                         "(CUDA allocated/reserved, RSS): it must not grow from the second run on")
     args = ap.parse_args(argv)
     tiny = args.tiny
     args.frames = args.frames or (6 if tiny else 90)
@@ -504,6 +508,28 @@ def start_watchdog(args: argparse.Namespace, rec: Record, holder: dict) -> threa
     return timer
 
 
+def memory_after_run() -> dict[str, float]:
+    """MiB still held once a run returned and garbage was collected: CUDA allocated and reserved, process RSS."""
+    import gc
+    import resource
+
+    gc.collect()
+    out = {"rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        out["rss_mib"] = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        out["cuda_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
+        out["cuda_reserved_mib"] = torch.cuda.memory_reserved() / 2**20
+    return out
+
+
+def repeat_lines(rec: Record) -> list[str]:
+    """One line per run of --repeat with the memory it left behind."""
+    return [f"after run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items())
+            for i, m in enumerate(rec.after_runs)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -539,11 +565,15 @@ def main(argv: list[str] | None = None) -> int:
                 truth_patches(stack, clip, rec)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            summary = pl.run_pipeline(video, out, options(args, clip, models),
-                                      hooks_for=lambda name: CallbackHooks(on_check=check))
-            rec.pipeline_s = time.perf_counter() - t0
-            rec.write_wait_s = summary.timings.get("write_wait")
+            for _ in range(max(1, args.repeat)):
+                t0 = time.perf_counter()
+                summary = pl.run_pipeline(video, out, options(args, clip, models),
+                                          hooks_for=lambda name: CallbackHooks(on_check=check), overwrite=True)
+                rec.pipeline_s = time.perf_counter() - t0
+                rec.write_wait_s = summary.timings.get("write_wait")
+                if args.repeat > 1:
+                    rec.after_runs.append(memory_after_run())
+                    log.info(repeat_lines(rec)[-1])
         for n in summary.notes:
             log.warning("pipeline note: %s", n)
     except TimeLimitReached as stop:
@@ -557,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.cancel()
     c = counts(out)
     print(table(args, rec, c), flush=True)
+    for line in repeat_lines(rec):
+        print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "record": asdict(rec),
                                                "counts": c, "machine": machine_line()}, indent=1, default=str))

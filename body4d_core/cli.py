@@ -7,30 +7,103 @@ Commands: ``run`` (the whole pipeline), ``load`` (decode a video to frames + cli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator, TextIO
 
-from .errors import Body4DError
+from .errors import Body4DError, InterruptedError_
 
 log = logging.getLogger("body4d_core")
 
 
-class TextProgress:
-    """Hooks printing a one-line progress bar to stderr."""
+STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "frames", "fov": "frames",
+               "bodies": "crops", "render": "frames", "amodal": None}  # None: the stage reports per mille
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the run stops at the next interrupt check; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            raise InterruptedError_(f"interrupted ({self.signal_name})")
+
+    def handler(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = name
+        sys.stderr.write(f"\n{name}: stopping at the next checkpoint (Ctrl-C again to stop at once)\n")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM while the block runs (main thread only), restoring the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+class TextProgress:
+    """Hooks printing a one-line progress bar to stderr: count with its unit, rate and time left."""
+
+    def __init__(self, label: str, unit: str | None = "items", stop: StopFlag | None = None,
+                 stream: TextIO | None = None, min_interval: float = 0.1) -> None:
+        self.label, self.unit, self.stop = label, unit, stop
+        self.stream = stream or sys.stderr
+        self.min_interval = min_interval
+        self.t0: float | None = None
+        self.last: float | None = None
 
     def progress(self, done: int, total: int) -> None:
-        width = 30
-        fill = int(width * done / max(1, total))
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}{end}")
-        sys.stderr.flush()
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        finished = done >= total
+        if not finished and self.last is not None and now - self.last < self.min_interval:
+            return
+        self.last = now
+        self.stream.write("\r" + self.line(done, total, now - self.t0) + ("\n" if finished else ""))
+        self.stream.flush()
+
+    def line(self, done: int, total: int, elapsed: float) -> str:
+        """The bar text: label, bar, count (or percent), rate and elapsed/remaining time."""
+        width = 24
+        frac = min(1.0, done / max(1, total))
+        bar = "#" * int(width * frac) + "." * (width - int(width * frac))
+        if self.unit is None:
+            count, rate = f"{100 * frac:5.1f}%", ""
+        else:
+            count = f"{done}/{total} {self.unit}"
+            rate = f" {done / elapsed:.1f} {self.unit}/s" if elapsed > 0 and done else ""
+        if done >= total:
+            when = f" {_clock(elapsed)}"
+        elif elapsed > 0 and done:
+            when = f" {_clock(elapsed)} elapsed, ~{_clock(elapsed * (total - done) / done)} left"
+        else:
+            when = ""
+        return f"{self.label:9s} [{bar}] {count}{rate}{when}   "
 
     def check_interrupt(self) -> None:
-        return None
+        if self.stop is not None:
+            self.stop.check()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dancer_81f.mp4"
@@ -39,16 +112,18 @@ SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dan
 def _add_video_args(p: argparse.ArgumentParser, sample_default: bool = False) -> None:
     if sample_default:
         p.add_argument("--input_video", "-i", default=str(SAMPLE_VIDEO),
-                       help="video file to read (default: the bundled sample, samples/cartoon_dancer_81f.mp4)")
+                       help="video file to read (default: the bundled sample clip)")
     else:
         p.add_argument("--input_video", "-i", required=True, help="video file to read")
     p.add_argument("--frame_load_cap", type=int, default=0, help="load at most N frames (0 = all)")
-    p.add_argument("--skip_first_frames", type=int, default=0)
-    p.add_argument("--select_every_nth", type=int, default=1)
-    p.add_argument("--force_rate", type=float, default=0.0, help="resample to this fps first (0 = source)")
-    p.add_argument("--max_side", type=int, default=0, help="downscale the longer side to this (0 = keep)")
-    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "opencv"])
-    p.add_argument("--memory_budget_gb", type=float, default=0.0, help="0 = half the available RAM")
+    p.add_argument("--skip_first_frames", type=int, default=0, help="drop this many frames at the start")
+    p.add_argument("--select_every_nth", type=int, default=1, help="keep every n-th frame (1 = all)")
+    p.add_argument("--force_rate", type=float, default=0.0, help="resample to this fps first (0 = source rate)")
+    p.add_argument("--max_side", type=int, default=0, help="downscale the longer side to this many pixels (0 = keep)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "opencv"],
+                   help="video decoding library (auto: the fastest one installed)")
+    p.add_argument("--memory_budget_gb", type=float, default=0.0,
+                   help="refuse clips whose frames need more RAM than this (0 = half the available RAM)")
 
 
 def _video_options(args: argparse.Namespace):
@@ -67,7 +142,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from .video import load_video
 
     out = Path(args.out)
-    frames, clip = load_video(args.input_video, _video_options(args), TextProgress("decode"))
+    frames, clip = load_video(args.input_video, _video_options(args), TextProgress("decode", "frames"))
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     ext = args.image_format
@@ -80,16 +155,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    """Download model weights from Hugging Face (HF_TOKEN for the gated ones)."""
+    """Download model weights from Hugging Face (HF_TOKEN for the gated ones); a table says what happened."""
     from .config import models_root
-    from .weights import MODEL_SPECS, download
+    from .weights import MODEL_SPECS, format_setup_table, setup_models
 
     names = list(MODEL_SPECS) if "all" in args.models else args.models
     root = Path(args.root) if args.root else models_root()
-    for name in names:
-        path = download(name, root)
-        print(f"{name}: ok ({path})")
-    return 0
+    rows = setup_models(names, root, force=args.force)
+    print(format_setup_table(rows))
+    return 1 if any(r.status == "failed" for r in rows) else 0
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
@@ -104,12 +178,13 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """Report which model weights are present and where they are expected."""
+    """Report which model weights (configs and weight files) are present and where they are expected."""
     from .config import models_root
     from .errors import MissingWeightsError
     from .weights import MODEL_SPECS, resolve_model_dir
 
     root = Path(args.root) if args.root else models_root()
+    print(f"models root: {root}")
     missing = 0
     for name in MODEL_SPECS:
         try:
@@ -133,17 +208,18 @@ def _amodal_settings(args: argparse.Namespace, cfg) -> dict:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on one video (points JSON or automatic people detection)."""
+def run_options(args: argparse.Namespace):
+    """PipelineOptions from the run command's arguments (the config file's sections under the flags)."""
     from .config import load_config, models_root, section
-    from .pipeline import PipelineOptions, options_from_points, run_pipeline
+    from .pipeline import PipelineOptions
+    from .preflight import read_points
 
     cfg = load_config(args.config)
     smooth = section(cfg, "smooth")
     if args.smooth_mode:
         smooth["mode"] = args.smooth_mode
-    opts = PipelineOptions(
-        video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
+    return PipelineOptions(
+        video=_video_options(args), points_json=read_points(args.points), detect_frame=args.detect_frame,
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
         amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
         manual_fov=args.manual_fov, body_mode=args.body_mode,
@@ -152,7 +228,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
         dtype=args.dtype)
-    summary = run_pipeline(args.input_video, args.out, opts, lambda name: TextProgress(name))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on one video (points JSON or automatic people detection)."""
+    from .manifest import OutputFolderError, default_output_dir
+    from .pipeline import run_pipeline
+    from .preflight import run_preflight
+    from .video import check_video_path
+
+    if args.overwrite and args.resume:
+        raise OutputFolderError("--overwrite and --resume exclude each other: choose one")
+    check_video_path(args.input_video)
+    opts = run_options(args)
+    out = Path(args.out) if args.out else default_output_dir(args.input_video)
+    args.out = str(out)
+    run_preflight(args.input_video, out, opts)
+    stop = StopFlag()
+    with stop.installed():
+        summary = run_pipeline(args.input_video, out, opts,
+                               lambda name: TextProgress(name, STAGE_UNITS.get(name, "items"), stop),
+                               overwrite=args.overwrite, resume=args.resume)
     print(summary.describe())
     return 0
 
@@ -182,78 +278,144 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default; descriptions and examples keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """Append the default unless the help already states it or there is none to state (flags, unset)."""
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+RUN_EXAMPLES = """examples:
+  # the bundled sample, people found automatically, results in outputs/<video name>
+  python -m body4d_core run
+
+  # your video, two people clicked in the points editor, no amodal completion, body-only meshes
+  python -m body4d_core run -i dance.mp4 --points points.json --no_amodal --body_mode body -o outputs/dance
+
+  # a quick preview: the first 64 frames at 512 px, meshes only as a video, reusing an earlier run's stages
+  python -m body4d_core run -i dance.mp4 --frame_load_cap 64 --max_side 512 --no_meshes --no_glb --resume
+"""
+
+
+def _models_root_default() -> str:
+    """The models root the commands use when none is given (config, else $BODY4D_MODELS, else <pack>/models)."""
+    from .config import models_root
+
+    try:
+        return str(models_root())
+    except Exception:  # noqa: BLE001 - a broken config must not break --help
+        return "configs/body4d.yaml paths.ckpt_root, else $BODY4D_MODELS, else <pack>/models"
+
+
+def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
+    from .render import MODES
+
+    p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render",
+                       description="Run every stage on one video and write the results into one output folder "
+                                   "(run.json there records inputs, options, files and how the run ended).",
+                       formatter_class=HelpFormatter, epilog=RUN_EXAMPLES)
+    _add_video_args(p, sample_default=True)
+    p.add_argument("--out", "-o", default=None,
+                   help="output folder (default: outputs/<video name>, made unique with _2, _3, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the output folder holds an earlier run: delete the files it wrote, then run")
+    p.add_argument("--resume", action="store_true",
+                   help="the output folder holds an earlier run with the same inputs: reuse its finished stages")
+    p.add_argument("--points", help="points JSON (a file or a JSON string, pixel coordinates of the frames as "
+                                    "loaded; add \"image_size\": [H, W] when they were clicked on another size); "
+                                    "default: detect people automatically")
+    p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
+    p.add_argument("--detect_threshold", type=float, default=0.5, help="person detection score threshold (0..1)")
+    p.add_argument("--max_people", type=int, default=5, help="track at most this many detected people")
+    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"],
+                   help="propagate masks from the prompted frame in these directions")
+    p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
+    p.add_argument("--amodal_steps", type=int, default=0, help="diffusion steps (0 = the config's, upstream's 25)")
+    p.add_argument("--amodal_resolution", type=int, nargs=2, metavar=("H", "W"),
+                   help="amodal detection resolution (completion runs at twice it); default: the config's 256 512")
+    p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"],
+                   help="frames MoGe-2 estimates the field of view on (none: f = sqrt(H^2 + W^2))")
+    p.add_argument("--manual_fov", type=float, default=0.0,
+                   help="vertical field of view in degrees; overrides MoGe-2 (0 = estimate)")
+    p.add_argument("--body_mode", default="full", choices=["full", "body"],
+                   help="full: body, hands and face; body: body only (faster)")
+    p.add_argument("--batch_size", type=int, default=64, help="SAM-3D-Body crops per batch (halved on out-of-memory)")
+    p.add_argument("--no_compile", action="store_true",
+                   help="run SAM-3D-Body eager (otherwise on CUDA: torch.compile where the job is large enough to "
+                        "win the compile time back, 4000 crops in full mode or 15000 in body mode)")
+    p.add_argument("--fp8", action="store_true",
+                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
+                        "compute capability 8.9+)")
+    p.add_argument("--no_smooth", action="store_true", help="skip Kalman/RTS smoothing (write the raw bodies only)")
+    p.add_argument("--smooth_mode", choices=["offline", "causal"], help="smoother (default: the config's smooth.mode)")
+    p.add_argument("--config", help="OmegaConf YAML file (default: the pack's configs/body4d.yaml)")
+    p.add_argument("--render_mode", default="overlay", choices=list(MODES), help="what render_4d.mp4 shows")
+    p.add_argument("--no_meshes", action="store_true", help="do not write per-frame .ply meshes")
+    p.add_argument("--no_glb", action="store_true", help="do not write the animated .glb files")
+    p.add_argument("--models_root", help=f"folder holding one sub-folder per model (default: {root_default})")
+    p.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: CUDA when available)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute precision (default: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU)")
+    p.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights import MODEL_SPECS
 
-    parser = argparse.ArgumentParser(prog="python -m body4d_core",
+    root_default = _models_root_default()
+    parser = argparse.ArgumentParser(prog="python -m body4d_core", formatter_class=HelpFormatter,
                                      description="SAM-Body4D without ComfyUI: 4D human mesh recovery from video.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("load", help="decode a video into frames + clip.npz")
+    p = sub.add_parser("load", help="decode a video into frames + clip.npz", formatter_class=HelpFormatter,
+                       description="Decode a video and write its frames as images plus clip.npz.")
     _add_video_args(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--image_format", default="jpg", choices=["jpg", "png"])
+    p.add_argument("--image_format", default="jpg", choices=["jpg", "png"], help="image file format")
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render")
-    _add_video_args(p, sample_default=True)
-    p.add_argument("--out", "-o", default="outputs/run", help="output folder (default: outputs/run)")
-    p.add_argument("--points", help="SAM3 Points JSON (file or string); default: detect people automatically")
-    p.add_argument("--detect_frame", type=int, default=-1, help="frame to detect people on (-1 = first with people)")
-    p.add_argument("--detect_threshold", type=float, default=0.5)
-    p.add_argument("--max_people", type=int, default=5)
-    p.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
-    p.add_argument("--no_amodal", action="store_true", help="skip occlusion detection and completion (fast)")
-    p.add_argument("--amodal_steps", type=int, default=0, help="diffusion steps (0 = upstream's 25)")
-    p.add_argument("--amodal_resolution", type=int, nargs=2, metavar=("H", "W"),
-                   help="amodal detection resolution (completion runs at twice it; default 256 512)")
-    p.add_argument("--fov", default="first", choices=["first", "every_n", "all", "none"])
-    p.add_argument("--manual_fov", type=float, default=0.0, help="vertical FOV in degrees (overrides MoGe-2)")
-    p.add_argument("--body_mode", default="full", choices=["full", "body"])
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--no_compile", action="store_true",
-                   help="run SAM-3D-Body eager (default on CUDA: torch.compile where the job is large enough to win "
-                        "the ~20 s compile back, 4000 crops in full mode or 15000 in body mode; eager elsewhere)")
-    p.add_argument("--fp8", action="store_true",
-                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
-                        "compute capability 8.9+; ~1.6x faster body-mode estimation on an H200)")
-    p.add_argument("--no_smooth", action="store_true")
-    p.add_argument("--smooth_mode", choices=["offline", "causal"], help="default: the config's smooth.mode")
-    p.add_argument("--config", help="OmegaConf YAML (default: configs/body4d.yaml)")
-    p.add_argument("--render_mode", default="overlay")
-    p.add_argument("--no_meshes", action="store_true")
-    p.add_argument("--no_glb", action="store_true")
-    p.add_argument("--models_root", help="models root (default: config / $BODY4D_MODELS / ./models)")
-    p.add_argument("--device")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
-    p.set_defaults(func=cmd_run)
+    _add_run_parser(sub, root_default)
 
-    p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)")
-    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
-    p.add_argument("--root", help="models root (default: configs/body4d.yaml paths.ckpt_root, $BODY4D_MODELS, ./models)")
+    p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)",
+                       formatter_class=HelpFormatter,
+                       description="Download model weights from Hugging Face. Every model is tried; a table at the "
+                                   "end says what is present, what failed and how to get it by hand.")
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS], help="models to download")
+    p.add_argument("--root", help=f"models root (default: {root_default})")
+    p.add_argument("--force", action="store_true", help="download again even when the files are already present")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("api", help="run a workflow on a running ComfyUI server and download its outputs")
-    p.add_argument("--server", default="http://127.0.0.1:8188")
+    p = sub.add_parser("api", help="run a workflow on a running ComfyUI server and download its outputs",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI server address")
     p.add_argument("--workflow", "-w", required=True, help="API-format workflow (workflows/api/*.json)")
     p.add_argument("--video", help="video to upload and feed to every Load Video (Body4D) node")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="override an input; NODE is a node id, title or class type (repeatable)")
     p.add_argument("--out", "-o", default="outputs/api", help="where to download the outputs")
-    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("tiny-checkpoints", help="write tiny random-weight checkpoints in the official layouts")
+    p = sub.add_parser("tiny-checkpoints", help="write tiny random-weight checkpoints in the official layouts",
+                       formatter_class=HelpFormatter)
     p.add_argument("--root", required=True, help="models root to write into")
-    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=["all"], choices=["all", *MODEL_SPECS], help="models to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=cmd_tiny)
 
-    p = sub.add_parser("models", help="show which weights are present")
-    p.add_argument("--root")
+    p = sub.add_parser("models", help="show which weights are present", formatter_class=HelpFormatter)
+    p.add_argument("--root", help=f"models root (default: {root_default})")
     p.set_defaults(func=cmd_models)
     return parser
+
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +423,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except (KeyboardInterrupt, InterruptedError_) as err:
+        where = _stopped_at(args)
+        print(f"\ninterrupted{where}; nothing half-written was left"
+              + (f" (see {Path(args.out) / 'run.json'})" if getattr(args, "out", None) else ""), file=sys.stderr)
+        log.debug("interrupted", exc_info=err)
+        return EXIT_INTERRUPTED
     except Body4DError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except OSError as err:  # a write the library did not wrap (it names the file)
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _stopped_at(args: argparse.Namespace) -> str:
+    """' during stage X' from the run's manifest, when there is one."""
+    from .manifest import read_manifest
+
+    out = getattr(args, "out", None)
+    if not out:
+        return ""
+    try:
+        data = read_manifest(Path(out)) or {}
+    except Body4DError:
+        return ""
+    stage = data.get("stopped_at") or data.get("current_stage")
+    return f" during stage {stage}" if stage else ""

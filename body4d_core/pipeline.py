@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
-from .errors import InputError
-from .runtime import NULL_HOOKS, Hooks, pick_device
+from .atomic import atomic_path, remove_temporaries
+from .errors import InputError, InterruptedError_
+from .manifest import Manifest, RunLock, start_run
+from .runtime import NULL_HOOKS, Hooks, pick_device, release_library_caches
 from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
@@ -73,17 +75,23 @@ class RunSummary:
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    manifest: Manifest | None = field(default=None, repr=False)  # run.json of this run (None: not recorded)
+    reused: list[str] = field(default_factory=list)  # stages loaded from an earlier run (--resume)
 
     def describe(self) -> str:
         lines = [f"{self.num_frames} frames, people {self.obj_ids} -> {self.out_dir}"]
         lines += [f"  {k:14s} {v}" for k, v in self.files.items()]
         lines += [f"  time {k:9s} {v:7.1f} s" for k, v in self.timings.items()]
+        lines += [f"  reused  {', '.join(self.reused)} (from the earlier run in this folder)"] if self.reused else []
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 def _free(*objs: object) -> None:
-    """Drop stage models and release cached GPU memory before the next stage."""
+    """Collect dropped stage models and release cached GPU memory before the next stage.
+
+    The caller drops its own references first (``del model; _free()``): memory still referenced cannot be freed.
+    """
     del objs
     gc.collect()
     if torch.cuda.is_available():
@@ -138,10 +146,22 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     models = load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype)
     try:
         amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, occ, sampler, hooks=hooks)
-        log.info("amodal: %s", stats)
-        return amodal
     finally:
-        _free(models)
+        del models
+        _free()
+    log.info("%s", describe_amodal(stats))
+    return amodal
+
+
+def describe_amodal(stats: object) -> str:
+    """One readable sentence for the amodal stage's statistics."""
+    segments = getattr(stats, "segments", {}) or {}
+    n_seg = sum(len(v) for v in segments.values())
+    occluded = sum(int(np.count_nonzero(v)) for v in (getattr(stats, "detected", {}) or {}).values())
+    timings = getattr(stats, "timings", {}) or {}
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+    return (f"amodal: {occluded} occluded person-frame(s) found, {n_seg} segment(s) completed "
+            f"({getattr(stats, 'completed_frames', 0)} frames)" + (f"; {parts}" if parts else ""))
 
 
 def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,
@@ -162,7 +182,8 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
         try:
             return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
         finally:
-            _free(model)
+            del model
+            _free()
 
     use_model = opts.fov_mode != "none" and not opts.manual_fov
     return resolve_camera(clip.image_size, clip.num_frames, manual_fov=opts.manual_fov,
@@ -189,73 +210,191 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
 
 
 def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,
-                 hooks_for: HooksFactory | None = None) -> RunSummary:
-    """Run every stage on one video and write the results into out_dir."""
+                 hooks_for: HooksFactory | None = None, overwrite: bool = False, resume: bool = False,
+                 record: bool = True) -> RunSummary:
+    """Run every stage on one video and write the results into out_dir.
+
+    With ``record`` (default) the folder is locked for this run, a folder holding another run's
+    results is refused unless ``overwrite`` or ``resume``, and run.json records the run as it goes.
+    """
+    from .preflight import required_models
+
     opts = opts or PipelineOptions()
     hooks_for = hooks_for or (lambda name: NULL_HOOKS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(out)
-    writes = BackgroundWrites(summary)
+    lock = RunLock(out) if record else None
+    if lock is not None:
+        lock.acquire()
     try:
-        _run_stages(video, out, opts, hooks_for, summary, writes)
-    except BaseException:
-        writes.close()  # the stage's error wins; finished or running writes are still completed
+        remove_temporaries(out)
+        if record:
+            summary.manifest = start_run(out, video, opts, [*required_models(opts), "moge"], _search(opts),
+                                         overwrite=overwrite, resume=resume)
+        writes = BackgroundWrites(summary)
+        try:
+            _run_stages(video, out, opts, hooks_for, summary, writes)
+        except BaseException:
+            writes.close()  # the stage's error wins; finished or running writes are still completed
+            raise
+        t0 = time.perf_counter()
+        writes.join()
+        summary.timings["write_wait"] = time.perf_counter() - t0
+        if summary.manifest is not None:
+            summary.manifest.finish("complete")
+    except BaseException as err:
+        remove_temporaries(out)
+        _record_failure(summary.manifest, err)
         raise
-    t0 = time.perf_counter()
-    writes.join()
-    summary.timings["write_wait"] = time.perf_counter() - t0
+    finally:
+        release_library_caches()
+        if lock is not None:
+            lock.release()
     return summary
+
+
+def _record_failure(manifest: Manifest | None, err: BaseException) -> None:
+    """run.json says interrupted (Ctrl-C, SIGTERM, cancel) or failed, with the stage and the error."""
+    if manifest is None:
+        return
+    interrupted = isinstance(err, (KeyboardInterrupt, InterruptedError_))
+    try:
+        manifest.finish("interrupted" if interrupted else "failed", None if interrupted else
+                        (str(err).splitlines()[0] if str(err) else type(err).__name__))
+    except Exception:  # noqa: BLE001 - the original error matters more than the manifest
+        log.exception("could not update %s", manifest.path)
+
+
+class _Stage:
+    """Times a stage, checks for interrupts at its start and records it in run.json."""
+
+    def __init__(self, summary: RunSummary, name: str, hooks: Hooks) -> None:
+        self.summary, self.name, self.hooks = summary, name, hooks
+        self.timer = _Timer(summary, name)
+
+    def __enter__(self) -> None:
+        if self.summary.manifest is not None:
+            self.summary.manifest.set_stage(self.name)
+        self.hooks.check_interrupt()
+        self.timer.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.__exit__(*exc)
+
+
+def _done(summary: RunSummary, stage: str, files: list[str], reused: bool = False) -> None:
+    if summary.manifest is not None:
+        summary.manifest.stage_done(stage, files, summary.timings.get(stage), reused)
+
+
+def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type]) -> list | None:
+    """The stage's outputs loaded from the earlier run (--resume), or None when it must run."""
+    m = summary.manifest
+    if m is None or stage not in m.reuse:
+        return None
+    loaded = [loaders[name].load_npz(out / f"{name}.npz") for name in loaders]
+    log.info("stage %s: reusing the earlier run's %s", stage, ", ".join(f"{n}.npz" for n in loaders))
+    summary.reused.append(stage)
+    for name in loaders:
+        summary.files[name] = out / f"{name}.npz"
+    _done(summary, stage, list(loaders), reused=True)
+    return loaded
 
 
 def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: HooksFactory, summary: RunSummary,
                 writes: "BackgroundWrites") -> None:
     """The stages in order; every file is written through ``writes`` (in the background)."""
-    with _Timer(summary, "decode"):
+    check = hooks_for("check")
+    with _Stage(summary, "decode", check):
         frames, clip = load_video(video, opts.video, hooks_for("decode"))
     summary.num_frames = clip.num_frames
     writes.save("clip", clip, out / "clip.npz")
+    _done(summary, "decode", ["clip"])
 
-    with _Timer(summary, "sam3"):
-        prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"))
-        writes.save("prompts", prompts, out / "prompts.npz")
-        tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
-        _free(bundle)
-        del bundle
+    reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
+    if reused is not None:
+        prompts, tracks = reused
+    else:
+        with _Stage(summary, "sam3", check):
+            prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"))
+            writes.save("prompts", prompts, out / "prompts.npz")
+            tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
+            del bundle
+            release_library_caches()  # SAM-3's position embeddings stay cached in transformers otherwise
+            _free()
+        writes.save("tracks", tracks, out / "tracks.npz")
+        _done(summary, "sam3", ["prompts", "tracks"])
     summary.obj_ids = tracks.obj_ids.tolist()
-    writes.save("tracks", tracks, out / "tracks.npz")
     writes.submit("mask_overlay", out / "mask_overlay.mp4", _write_mask_overlay, frames, tracks, clip,
                   out / "mask_overlay.mp4")
 
     amodal = None
     if opts.amodal:
+        reused = _reuse(summary, "amodal", out, {"amodal": Amodal})
+        if reused is not None:
+            amodal, = reused
+        else:
+            writes.check()
+            with _Stage(summary, "amodal", check):
+                amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"))
+            writes.save("amodal", amodal, out / "amodal.npz")
+            _done(summary, "amodal", ["amodal"])
+    else:
+        _done(summary, "amodal", [])
+
+    reused = _reuse(summary, "camera", out, {"camera": Camera})
+    if reused is not None:
+        camera, = reused
+    else:
         writes.check()
-        with _Timer(summary, "amodal"):
-            amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"))
-        writes.save("amodal", amodal, out / "amodal.npz")
+        with _Stage(summary, "camera", check):
+            camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes)
+        writes.save("camera", camera, out / "camera.npz")
+        _done(summary, "camera", ["camera"])
+
+    bodies, body_model = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for)
 
     writes.check()
-    with _Timer(summary, "camera"):
-        camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes)
-    writes.save("camera", camera, out / "camera.npz")
-
-    writes.check()
-    with _Timer(summary, "bodies"):
-        bodies, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
-    writes.save("bodies_raw", bodies, out / "bodies_raw.npz")
-
-    try:
-        if opts.smooth:
-            with _Timer(summary, "smooth"):
-                bodies = _smooth(bodies, opts, body_model, camera)
-            writes.save("bodies", bodies, out / "bodies.npz")
-    finally:
-        _free(body_model)
-        del body_model
-
-    writes.check()
-    with _Timer(summary, "render"):
+    with _Stage(summary, "render", check):
         _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes)
+    _done(summary, "render", [n for n in ("params", "meshes", "glb", "render") if n in summary.files])
+
+
+def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera,
+                       opts: PipelineOptions, out: Path, summary: RunSummary, writes: "BackgroundWrites",
+                       hooks_for: HooksFactory) -> tuple[Bodies, None]:
+    """SAM-3D-Body then the smoother (each reused from an earlier run when --resume allows)."""
+    check = hooks_for("check")
+    body_model = None
+    reused = _reuse(summary, "bodies", out, {"bodies_raw": Bodies})
+    try:
+        if reused is not None:
+            bodies, = reused
+        else:
+            writes.check()
+            with _Stage(summary, "bodies", check):
+                bodies, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
+            writes.save("bodies_raw", bodies, out / "bodies_raw.npz")
+            _done(summary, "bodies", ["bodies_raw"])
+        if not opts.smooth:
+            _done(summary, "smooth", [])
+            return bodies, None
+        smoothed = _reuse(summary, "smooth", out, {"bodies": Bodies})
+        if smoothed is not None:
+            return smoothed[0], None
+        if body_model is None:  # the smoother's rig comes from the model
+            from .sam3d_body import load_sam3d_body
+
+            body_model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
+        with _Stage(summary, "smooth", check):
+            bodies = _smooth(bodies, opts, body_model, camera)
+        writes.save("bodies", bodies, out / "bodies.npz")
+        _done(summary, "smooth", ["bodies"])
+        return bodies, None
+    finally:
+        del body_model
+        _free()
 
 
 class BackgroundWrites:
@@ -276,15 +415,22 @@ class BackgroundWrites:
         self.summary.files[name] = path
         self._jobs.append((name, self._pool.submit(self._timed, name, fn, *args)))
 
-    def save(self, name: str, obj: object, path: Path) -> None:
-        """Background ``obj.save_npz(path)`` (path ends in .npz)."""
-        self.submit(name, path, obj.save_npz, path)
+    def record(self, name: str, path: Path) -> None:
+        """A file written on the calling thread: summary.files and run.json."""
+        self.summary.files[name] = path
+        if self.summary.manifest is not None:
+            self.summary.manifest.file_written(name, path)
 
-    @staticmethod
-    def _timed(name: str, fn: Callable[..., object], *args: object) -> None:
+    def save(self, name: str, obj: object, path: Path) -> None:
+        """Background ``obj.save_npz(path)`` (path ends in .npz), written under a temporary name then renamed."""
+        self.submit(name, path, _save_npz_atomic, obj, path)
+
+    def _timed(self, name: str, fn: Callable[..., object], *args: object) -> None:
         t0 = time.perf_counter()
         fn(*args)
-        log.info("wrote %s in %.2f s (background)", name, time.perf_counter() - t0)
+        log.debug("wrote %s in %.2f s (background)", name, time.perf_counter() - t0)
+        if self.summary.manifest is not None:
+            self.summary.manifest.file_written(name, self.summary.files[name])
 
     def check(self) -> None:
         """Raise the error of the first finished write that failed."""
@@ -309,6 +455,13 @@ class BackgroundWrites:
                 log.error("background write of %s failed: %s", name, fut.exception())
 
 
+def _save_npz_atomic(obj: object, path: Path) -> Path:
+    """``obj.save_npz`` that leaves either the complete file or none (disk full, crash)."""
+    with atomic_path(path) as tmp:
+        obj.save_npz(tmp)
+    return path
+
+
 def _smooth(bodies: Bodies, opts: PipelineOptions, body_model: object, camera: Camera) -> Bodies:
     """Kalman/RTS per identity, then the rig regenerates meshes and keypoints from the smoothed parameters."""
     from .sam3d_body.refresh import refresher
@@ -323,7 +476,9 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
     from .overlay import overlay_masks
 
     images = (overlay_masks(frames[t], tracks.frame_masks(t), tracks.obj_ids) for t in range(len(frames)))
-    return write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+    with atomic_path(path) as tmp:
+        write_mp4(tmp, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+    return path
 
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
@@ -334,7 +489,7 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
     def exports() -> None:  # the longest first: GLB on one writer, params then meshes on the other
         if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
             writes.submit("glb", out / "glb", lambda: export.write_glb(bodies, out / "glb", fps=clip.fps))
-        writes.submit("params", out / "params.npz", export.save_params, bodies, out / "params.npz", camera)
+        writes.submit("params", out / "params.npz", _save_params, writes, bodies, out / "params.npz", camera)
         if opts.write_meshes:
             writes.submit("meshes", out / "meshes", export.write_meshes, bodies, out / "meshes")
 
@@ -349,7 +504,9 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
             exports()
         images = rendered[0] if isinstance(rendered, tuple) else rendered
         path = out / "render_4d.mp4"
-        summary.files["render"] = export.write_mp4(path, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+        with atomic_path(path) as tmp:
+            export.write_mp4(tmp, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+        writes.record("render", path)
     except BaseException:
         if own:
             writes.close()
@@ -358,13 +515,18 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
         writes.join()
 
 
+def _save_params(writes: BackgroundWrites, bodies: Bodies, path: Path, camera: Camera) -> None:
+    """params.npz and the params_camera.npz beside it (both recorded in run.json; the summary lists params)."""
+    from .export import save_params
+
+    out = save_params(bodies, path, camera)
+    cam = out.with_name(out.stem + "_camera.npz")
+    if cam.is_file() and writes.summary.manifest is not None:
+        writes.summary.manifest.file_written("params_camera", cam)
+
+
 def options_from_points(points: str | Path | None) -> str | None:
     """The points JSON from a file path or a literal string (None: detect people)."""
-    if points is None:
-        return None
-    p = Path(points)
-    if p.suffix == ".json" and p.is_file():
-        return p.read_text()
-    if str(points).lstrip().startswith(("{", "[")):
-        return str(points)
-    raise InputError(f"--points must be a JSON file or a JSON string, got {points!r}")
+    from .preflight import read_points
+
+    return read_points(points)

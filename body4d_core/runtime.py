@@ -124,3 +124,41 @@ def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+# modules whose functions keep tensors in functools caches (position embeddings, normalisation constants
+# on the model's device): cleared after each run so repeated runs in one process do not accumulate them
+LIBRARY_CACHE_MODULES = ("transformers.models.sam3", "transformers.image_processing")
+
+
+def _lru_wrappers(obj: object, depth: int = 0) -> Iterator[object]:
+    """functools caches reachable from a function: itself, its __wrapped__ chain and closure cells."""
+    if depth > 3 or obj is None:
+        return
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if hasattr(obj, "cache_clear") and hasattr(obj, "cache_info"):
+        yield obj
+    yield from _lru_wrappers(getattr(obj, "__wrapped__", None), depth + 1)
+    for cell in getattr(obj, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):
+            if callable(cell.cell_contents):
+                yield from _lru_wrappers(cell.cell_contents, depth + 1)
+
+
+def release_library_caches(prefixes: tuple[str, ...] = LIBRARY_CACHE_MODULES) -> int:
+    """Clear the functools caches of already imported library modules (nothing is imported); returns how many."""
+    import sys
+
+    cleared = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(prefixes):
+            continue
+        for value in list(vars(module).values()):
+            members = list(vars(value).values()) if isinstance(value, type) else [value]
+            for member in members:
+                for cache in _lru_wrappers(member):
+                    if cache.cache_info().currsize:
+                        cache.cache_clear()
+                        cleared += 1
+    return cleared

@@ -102,3 +102,16 @@ def test_time_limit_stops_with_a_partial_table_and_reuses_models(tiny_run):
     assert rows["checkpoint writing (not in the total)"][2] == "reused --models"
     assert "STOPPED:" in res.stdout and "time limit 0 s reached" in res.stdout
     assert "pipeline total" not in rows
+
+
+def test_repeat_reports_memory_after_each_run():
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_pipeline as bp
+
+    assert bp.parse_args(["--tiny", "--repeat", "3"]).repeat == 3 and bp.parse_args(["--tiny"]).repeat == 1
+    rec = bp.Record()
+    rec.after_runs = [bp.memory_after_run(), bp.memory_after_run()]
+    assert rec.after_runs[0]["rss_mib"] > 10 and rec.after_runs[0]["rss_peak_mib"] > 10
+    lines = bp.repeat_lines(rec)
+    assert [line.split(":")[0] for line in lines] == ["after run 1", "after run 2"]
+    assert "rss_mib" in lines[1]

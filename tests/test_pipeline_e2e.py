@@ -18,7 +18,10 @@ from body4d_core.pipeline import PipelineOptions, run_pipeline
 from body4d_core.tiny import write_tiny_checkpoints
 from body4d_core.video import LoadOptions
 
-from .media import DANCER, REPO, need
+from .media import REPO
+
+DANCER = REPO / "samples" / "cartoon_dancer_81f.mp4"  # in the repository
+
 
 FRAMES = 6
 SIDE = 128
@@ -43,7 +46,7 @@ def test_points_with_amodal(models, tmp_path):
                            amodal_settings={"steps": 2, "detection_resolution": (64, 64),
                                             "completion_resolution": (64, 64)},
                            models_root=models, batch_size=4)
-    summary = run_pipeline(need(DANCER), tmp_path, opts)
+    summary = run_pipeline(DANCER, tmp_path, opts)
     assert summary.num_frames == FRAMES and summary.obj_ids == [3]
     tracks = Tracks.load_npz(tmp_path / "tracks.npz")
     assert tracks.obj_ids.tolist() == [3] and tracks.num_frames == FRAMES and tracks.image_size == (SIDE, SIDE)
@@ -69,7 +72,7 @@ def test_points_with_amodal(models, tmp_path):
 
 def test_cli_auto_detect_without_amodal(models, tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "body4d_core", "run", "-i", str(need(DANCER)), "-o", str(tmp_path),
+        [sys.executable, "-m", "body4d_core", "run", "-i", str(DANCER), "-o", str(tmp_path),
          "--frame_load_cap", str(FRAMES), "--max_side", str(SIDE), "--models_root", str(models),
          "--detect_threshold", "0", "--max_people", "2", "--no_amodal", "--fov", "none", "--body_mode", "body",
          "--no_glb"],
@@ -85,7 +88,7 @@ def test_cli_auto_detect_without_amodal(models, tmp_path):
 
 def test_missing_weights_stop_with_the_setup_command(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "body4d_core", "run", "-i", str(need(DANCER)), "-o", str(tmp_path / "out"),
+        [sys.executable, "-m", "body4d_core", "run", "-i", str(DANCER), "-o", str(tmp_path / "out"),
          "--frame_load_cap", "2", "--models_root", str(tmp_path / "empty")],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
