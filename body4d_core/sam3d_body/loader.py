@@ -119,10 +119,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                      "that turns them into inert placeholders", path.name, ", ".join(names[:5]))
             obj = _load_allow_list(path)
     except Exception as err:  # noqa: BLE001 - truncated, corrupt or foreign files
-        raise WeightsMismatchError(f"cannot read {path}: {err}. Delete it and download again.") from err
+        raise WeightsMismatchError(f"cannot read {path} ({_short(err)}); delete it and download it again with: "
+                                   f"python -m body4d_core setup --models sam3d_body.") from err
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsMismatchError(f"{path} holds no tensor state dict; is it SAM-3D-Body's model.ckpt?")
+        raise WeightsMismatchError(f"{path} holds no tensor state dict; use facebook/sam-3d-body-dinov3's model.ckpt.")
     return dict(sd)
 
 
@@ -170,16 +171,16 @@ def check_state_dict(model: Sam3dBody, sd: dict[str, torch.Tensor], source: str 
     if missing or unexpected or shapes:
         def head(xs: list[str]) -> str:
             return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
-        parts = [f"{source} does not match the SAM-3D-Body architecture of its model_config.yaml"]
+        parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys: {head(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
-        parts.append("Use the files of facebook/sam-3d-body-dinov3 unchanged (model.ckpt, model_config.yaml, "
-                     "assets/mhr_model.pt) in one folder.")
-        raise WeightsMismatchError(". ".join(parts))
+        raise WeightsMismatchError(f"{source} does not match the SAM-3D-Body architecture of its model_config.yaml "
+                                   f"({'; '.join(parts)}); use the files of facebook/sam-3d-body-dinov3 unchanged "
+                                   f"(model.ckpt, model_config.yaml, assets/mhr_model.pt) in one folder.")
     return sd
 
 
@@ -304,9 +305,10 @@ def load_rig(path: str | Path, device: torch.device | str = "cpu") -> MhrRig:
 
 
 def _short(err: BaseException) -> str:
-    """An exception's text on one line, without a trailing full stop (for use inside one sentence)."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return (text[:300] + "...") if len(text) > 300 else text.rstrip(".")
+    """An exception's first sentence on one line (for use inside one sentence)."""
+    from ..fastload import one_line
+
+    return one_line(err, 300)
 
 
 def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
