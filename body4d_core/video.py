@@ -85,7 +85,7 @@ def resolve_inside(base: str | os.PathLike, name: str) -> Path:
     base_p = Path(base).resolve()
     p = (base_p / name).resolve()
     if p != base_p and base_p not in p.parents:
-        raise VideoError(f"{name!r} points outside the allowed folder {base_p}; pick a file inside it")
+        raise VideoError(f"{name!r} points outside the allowed folder; pick a file inside it")
     return p
 
 
@@ -108,7 +108,7 @@ def _probe_pyav(path: str) -> VideoInfo:
         if container.format.name in NOT_VIDEO_FORMATS:
             raise NotAVideoError(f"{Path(path).name} is not a video (FFmpeg reads it as {container.format.name!r})")
         if not container.streams.video:
-            raise VideoError(f"no video stream in {path}")
+            raise VideoError(f"no video stream in {Path(path).name}")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         n = stream.frames
@@ -135,7 +135,7 @@ def _probe_opencv(path: str) -> VideoInfo:
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise VideoError(f"OpenCV cannot open {path}")
+            raise VideoError(f"OpenCV cannot open {Path(path).name}")
         return VideoInfo(path, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS)) or 25.0,
                          int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
     finally:
