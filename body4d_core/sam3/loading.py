@@ -259,6 +259,8 @@ def save_tiny_checkpoint(directory: str | Path, image_size: int = 112, seed: int
         model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
     directory = _write_video_model(model, directory)
     det_proc.save_pretrained(str(directory))
+    # the tracker's video processor file too, as facebook/sam3 ships it (else loading falls back with a warning)
+    build_processor(image_size).video_processor.save_pretrained(str(directory))
     return directory
 
 
