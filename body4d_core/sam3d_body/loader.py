@@ -7,7 +7,8 @@ checkpoint whose ``state_dict`` holds the network), ``model_config.yaml`` and
 yacs config in ``hyper_parameters``, numpy scalars in loop state) that the weights-only unpickler
 rejects; such files are then read by an allow-list unpickler that calls only torch's tensor
 rebuild helpers and turns every other global into an inert placeholder (no code from the file is
-ever run). Keys are checked strictly.
+ever run). Keys are checked strictly. The rig asset is a TorchScript archive: only its tensors
+are read (``read_torchscript_tensors``) into our own ``MhrRig``; its scripted code is never loaded.
 """
 
 from __future__ import annotations
