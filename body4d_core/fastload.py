@@ -180,3 +180,83 @@ def load_transformers(cls: type, directory: str | Path, dtype: torch.dtype, devi
     except Exception:  # noqa: BLE001 - anything unexpected: the ordinary loader reports it
         return None
     return model.eval()
+
+
+def one_line(err: BaseException, limit: int = 240) -> str:
+    """A library exception's first sentence as one clause: one line, no trailing full stop, no advice.
+
+    torch's unpickling errors carry advice to retry with ``weights_only=False`` (never to be followed
+    here), its zip reader a paragraph about corruption; only the first sentence is kept.
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        return "it pickles objects other than tensors"
+    for i in range(len(text) - 1):
+        if text[i] == "." and text[i + 1] == " " and i > 0 and not text[i - 1].isdigit():
+            text = text[:i]
+            break
+    text = text.rstrip(". ")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_weights_file(path: Path, fix: str) -> set[str]:
+    """The keys of a weights file; refused, in one sentence naming it and ``fix``, if truncated, foreign or pickling code.
+
+    safetensors: the header must cover the file (read without loading the tensors); .bin/.pt: a
+    weights-only, memory-mapped load (nothing pickled but tensors is accepted).
+    """
+    import pickle
+
+    from .errors import WeightsMismatchError
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                keys = set(f.keys())
+        except Exception as err:  # noqa: BLE001 - SafetensorError and OS errors alike
+            raise WeightsMismatchError(f"{path} is truncated or not a safetensors file ({one_line(err)}); {fix}.") from err
+    else:
+        try:
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
+                if "mmap" not in str(err):
+                    raise
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise WeightsMismatchError(f"{path} pickles objects other than tensors, which are never loaded "
+                                       f"(only safetensors and plain tensor files are); {fix}.") from err
+        except Exception as err:  # noqa: BLE001 - truncated zip, foreign format
+            raise WeightsMismatchError(f"{path} is truncated or not a weights file ({one_line(err)}); {fix}.") from err
+        if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
+            raise WeightsMismatchError(f"{path} holds no plain tensor state dict; {fix}.")
+        keys = set(obj)
+        del obj
+    return keys
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def check_weights_folder(folder: Path, fix: str, required: Iterable[str] = ()) -> None:
+    """Refuse in one sentence a model folder with no, truncated, code-pickling or foreign weight files.
+
+    ``required``: keys the files must hold together (so another model's file is never loaded
+    with its weights silently missing).
+    """
+    from .errors import MissingWeightsError, WeightsMismatchError
+
+    files = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()) if folder.is_dir() else []
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    files = safetensors or files  # the libraries prefer safetensors when both exist
+    if not files:
+        raise MissingWeightsError(f"{folder} holds no weights file (.safetensors or .bin); {fix}.")
+    keys: set[str] = set()
+    for path in files:
+        keys |= check_weights_file(path, fix)
+    missing = [k for k in required if k not in keys]
+    if missing:
+        raise WeightsMismatchError(f"the weights in {folder} lack {', '.join(missing[:3])}, so they are not "
+                                   f"the expected model's; {fix}.")

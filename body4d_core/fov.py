@@ -275,12 +275,15 @@ def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a wrong or corrupt file
-        raise WeightsMismatchError(f"{path} could not be read as a MoGe-2 checkpoint ({err}); "
-                                   f"delete it and download it again") from err
+        from .fastload import one_line
+
+        raise WeightsMismatchError(f"{path} could not be read as a MoGe-2 checkpoint ({one_line(err)}); "
+                                   f"delete it and download it again with: python -m body4d_core setup "
+                                   f"--models moge.") from err
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise WeightsMismatchError(f"{path} is not an official MoGe-2 model.pt (expected keys 'model_config' "
-                                   f"and 'model', found {keys})")
+                                   f"and 'model', found {keys}); download Ruicheng/moge-2-vitl-normal's model.pt again.")
     return _model_from_state(config or ckpt["model_config"], ckpt["model"], path).to(device)
 
 
@@ -291,7 +294,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = load_file(str(path))
     except Exception as err:  # noqa: BLE001 - any parse failure means a wrong or corrupt file
-        raise WeightsMismatchError(f"{path} could not be read as safetensors ({err}); download it again") from err
+        from .fastload import one_line
+
+        raise WeightsMismatchError(f"{path} could not be read as safetensors ({one_line(err)}); "
+                                   f"download it again.") from err
     return meta_backbone_keys(state)
 
 
@@ -395,11 +401,14 @@ def _model_from_state(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
     missing_params = sorted(k for k in params if k not in state)
     if missing_params:
         raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture: {len(missing_params)} "
-                                   f"weights missing (e.g. {missing_params[:3]})")
+                                   f"weights missing (e.g. {missing_params[:3]}); use Ruicheng/moge-2-vitl-normal's model.pt.")
     try:
         result = model.load_state_dict(dict(state), strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture ({str(err)[:300]})") from err
+        from .fastload import one_line
+
+        raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture ({one_line(err, 300)}); "
+                                   f"use Ruicheng/moge-2-vitl-normal's model.pt.") from err
     if result.missing_keys or result.unexpected_keys:
         log.warning("MoGe-2 %s: %d buffers missing, %d unexpected keys ignored", path.name,
                     len(result.missing_keys), len(result.unexpected_keys))
@@ -436,7 +445,7 @@ def _load_moge_fast(path: Path, device: torch.device) -> torch.nn.Module:
     missing_params = sorted(k for k, _ in model.named_parameters() if k not in state)
     if missing_params:
         raise WeightsMismatchError(f"{path} does not match the MoGe-2 architecture: {len(missing_params)} "
-                                   f"weights missing (e.g. {missing_params[:3]})")
+                                   f"weights missing (e.g. {missing_params[:3]}); use Ruicheng/moge-2-vitl-normal's model.pt.")
     own = model.state_dict()
     bad = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if bad:  # the previous path's message (load_state_dict's size-mismatch error)

@@ -63,6 +63,8 @@ def _number(value: Any, what: str) -> float:
     """A finite float from a JSON number (bools and strings rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{what} must be a number, got {value!r}")
+    if isinstance(value, int) and abs(value) > 2**63 - 1:  # beyond int64 (and possibly beyond float)
+        raise InputError(f"{what} is too large ({str(value)[:24]}...)")
     if not math.isfinite(value):
         raise InputError(f"{what} must be finite, got {value!r}")
     return float(value)
@@ -117,10 +119,18 @@ class _Collector:
         return Prompts(items, image_size, num_frames)
 
 
+MAX_OBJECT_ID = 2**31 - 1  # ids travel as int32/int64 arrays and JavaScript numbers; this fits all of them
+
+
 def _check_obj_id(value: Any, what: str) -> int:
+    """An object id: a whole number from 1 to MAX_OBJECT_ID."""
+    if isinstance(value, float) and math.isfinite(value) and value > MAX_OBJECT_ID:
+        raise InputError(f"{what}: object ids go up to {MAX_OBJECT_ID}, got {value!r}")
     obj_id = _integer(value, what)
     if obj_id < 1:
         raise InputError(f"{what}: object ids start at 1, got {obj_id}")
+    if obj_id > MAX_OBJECT_ID:
+        raise InputError(f"{what}: object ids go up to {MAX_OBJECT_ID}, got {obj_id}")
     return obj_id
 
 

@@ -83,27 +83,28 @@ def uv_sphere(rows: int = 103, cols: int = 179) -> tuple[torch.Tensor, torch.Ten
     return verts, faces_t
 
 
-def _body_like_rig(cfg, seed: int) -> torch.jit.ScriptModule:
-    """The synthetic MHR-size rig (same call, same work) posing a body-sized closed mesh rigidly.
+def _body_like_rig(cfg, seed: int):
+    """A synthetic MHR-size rig (same call, same work) posing a body-sized closed mesh rigidly.
 
-    SyntheticRig's random rest cloud and per-vertex joints would scatter neighbouring
-    vertices; here the rest shape is a 1.7 m ellipsoid on uv_sphere's topology, every vertex
-    follows joint 0 and the shape / expression / corrective offsets are small, so meshes stay
-    coherent (what the render stage's cost depends on).
+    Random rig tensors would scatter neighbouring vertices over random joints; here the rest
+    shape is a 1.7 m ellipsoid on uv_sphere's topology, every vertex follows joint 0 and the
+    shape / expression / corrective offsets are small, so meshes stay coherent (what the render
+    stage's cost depends on).
     """
-    from .sam3d_body.synthetic import SyntheticRig
+    from .sam3d_body.mhr_rig import MhrRig, random_rig_tensors
 
-    rig = SyntheticRig(cfg.num_verts, cfg.num_joints, RIG_HIDDEN_REAL, seed).eval()
+    t = random_rig_tensors(cfg.num_verts, cfg.num_joints, hidden=RIG_HIDDEN_REAL, seed=seed)
     unit, _ = uv_sphere()
     if unit.shape[0] != cfg.num_verts:
         raise ValueError(f"uv_sphere has {unit.shape[0]} vertices, the config {cfg.num_verts}")
-    with torch.no_grad():
-        rig.base.copy_(unit * torch.tensor([22.0, 85.0, 14.0]))  # centimetres, like MHR's output
-        rig.shape_basis.mul_(0.05)
-        rig.expr_basis.mul_(0.1)
-        rig.corr_out.mul_(0.05)
-        rig.vert_joint.zero_()
-    return torch.jit.script(rig)
+    t["base_shape"] = unit * torch.tensor([22.0, 85.0, 14.0])  # centimetres, like MHR's output
+    t["identity_basis"] = t["identity_basis"] * 0.05
+    t["expr_basis"] = t["expr_basis"] * 0.1
+    t["pose_corr_weight"] = t["pose_corr_weight"] * 0.05
+    t["lbs_vert_indices"] = torch.arange(cfg.num_verts)
+    t["lbs_skin_indices"] = torch.zeros(cfg.num_verts, dtype=torch.int32)
+    t["lbs_skin_weights"] = torch.ones(cfg.num_verts)
+    return MhrRig(t).eval().requires_grad_(False)
 
 
 def _real_body_model(seed: int, device: str):

@@ -40,8 +40,22 @@ class VideoInfo:
     path: str
     num_frames: int
     fps: float
-    height: int
+    height: int  # as displayed (after the rotation below)
     width: int
+    rotation: int = 0  # degrees counter-clockwise that turn the stored frames upright (0, 90, 180, 270)
+    rotation_source: str = ""  # "matrix" (display-matrix side data), "tag" (legacy rotate tag) or ""
+    times: np.ndarray | None = None  # presentation time (s) of every frame, when the container has them
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """Rotation and frame timing read from the container (PyAV) before decoding."""
+
+    rotation: int = 0
+    source: str = ""
+    raw_height: int = 0  # as stored, before the rotation
+    raw_width: int = 0
+    times: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ def resolve_inside(base: str | os.PathLike, name: str) -> Path:
     base_p = Path(base).resolve()
     p = (base_p / name).resolve()
     if p != base_p and base_p not in p.parents:
-        raise VideoError(f"{name!r} points outside the allowed folder {base_p}; pick a file inside it")
+        raise VideoError(f"{name!r} points outside the allowed folder; pick a file inside it")
     return p
 
 
@@ -94,7 +108,7 @@ def _probe_pyav(path: str) -> VideoInfo:
         if container.format.name in NOT_VIDEO_FORMATS:
             raise NotAVideoError(f"{Path(path).name} is not a video (FFmpeg reads it as {container.format.name!r})")
         if not container.streams.video:
-            raise VideoError(f"no video stream in {path}")
+            raise VideoError(f"no video stream in {Path(path).name}")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         n = stream.frames
@@ -121,7 +135,7 @@ def _probe_opencv(path: str) -> VideoInfo:
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise VideoError(f"OpenCV cannot open {path}")
+            raise VideoError(f"OpenCV cannot open {Path(path).name}")
         return VideoInfo(path, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS)) or 25.0,
                          int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
     finally:
@@ -129,6 +143,64 @@ def _probe_opencv(path: str) -> VideoInfo:
 
 
 _PROBES = {"decord": _probe_decord, "pyav": _probe_pyav, "opencv": _probe_opencv}
+
+
+def _tag_rotation(metadata: dict) -> int:
+    """Counter-clockwise degrees from a legacy ``rotate`` tag (which counts clockwise); 0 when absent or odd."""
+    for key, value in metadata.items():
+        if key.lower() == "rotate":
+            try:
+                cw = int(float(value))
+            except ValueError:
+                return 0
+            return (-cw) % 360 if cw % 90 == 0 else 0
+    return 0
+
+
+def read_orientation(path: str) -> Orientation:
+    """Display rotation (display-matrix side data, else the legacy ``rotate`` tag) and frame times, via PyAV.
+
+    Phones store portrait video as landscape frames plus a rotation; every decoder here turns
+    frames upright by it. Times come from the packets (no decoding) and reveal variable frame rates.
+    """
+    try:
+        import av
+    except ImportError:
+        return Orientation()
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return Orientation()
+            stream = container.streams.video[0]
+            raw_h, raw_w = int(stream.codec_context.height), int(stream.codec_context.width)
+            tb = float(stream.time_base or 0)
+            pts = [p.pts for p in container.demux(stream) if p.pts is not None]
+            container.seek(0)
+            rotation, source = 0, ""
+            for frame in container.decode(stream):
+                matrix = int(round(getattr(frame, "rotation", 0) or 0))
+                if matrix % 90 == 0 and matrix % 360:
+                    rotation, source = matrix % 360, "matrix"
+                break
+            if not source and _tag_rotation(dict(stream.metadata)):
+                rotation, source = _tag_rotation(dict(stream.metadata)), "tag"
+    except Exception:  # noqa: BLE001 - the decoders report unreadable files themselves
+        return Orientation()
+    times = np.sort(np.asarray(pts, np.float64)) * tb if pts and tb else None
+    return Orientation(rotation, source, raw_h, raw_w, times)
+
+
+def _upright(info: VideoInfo, orient: Orientation, backend: str) -> VideoInfo:
+    """info with the displayed size, the rotation and the frame times from the container."""
+    from dataclasses import replace
+
+    h, w = info.height, info.width
+    if orient.raw_height and orient.raw_width:
+        h, w = orient.raw_height, orient.raw_width
+        if orient.rotation in (90, 270):
+            h, w = w, h
+    times = orient.times if orient.times is not None and orient.times.size == info.num_frames else None
+    return replace(info, height=h, width=w, rotation=orient.rotation, rotation_source=orient.source, times=times)
 
 
 def available_backends() -> list[str]:
@@ -175,7 +247,7 @@ def probe(path: str | os.PathLike, backend: str = "auto") -> tuple[VideoInfo, st
             errors.append(f"{name}: {type(err).__name__}: {err}")
             continue
         if info.num_frames > 0 and info.height > 0 and info.width > 0:
-            return info, name
+            return _upright(info, read_orientation(p), name), name
         errors.append(f"{name}: no frames")
     kind = "not a video" if Path(p).suffix.lower() not in VIDEO_EXTENSIONS else "unreadable, corrupt or empty"
     raise VideoError(f"cannot read {Path(p).name}: {kind} ({'; '.join(errors)})")
@@ -202,7 +274,14 @@ def select_frames(info: VideoInfo, *, skip_first_frames: int = 0, frame_load_cap
     if select_every_nth < 1:
         raise VideoError(f"select_every_nth must be >= 1, got {select_every_nth}")
     fps = info.fps
-    if force_rate and abs(force_rate - fps) > 1e-6:
+    vfr = variable_rate(info.times)
+    if vfr and not force_rate:
+        log.warning("%s has a variable frame rate (frame intervals %s); using its average rate %.3g fps. Set "
+                    "force_rate to resample it by time.", Path(info.path).name, vfr, fps)
+    if force_rate and vfr:
+        idx = _indices_by_time(info.times, force_rate)
+        fps = float(force_rate)
+    elif force_rate and abs(force_rate - fps) > 1e-6:
         duration = info.num_frames / fps
         n_out = max(1, int(math.floor(duration * force_rate + 1e-9)))
         idx = np.floor(np.arange(n_out) * fps / force_rate + 1e-9).astype(np.int64)
@@ -221,6 +300,24 @@ def select_frames(info: VideoInfo, *, skip_first_frames: int = 0, frame_load_cap
         )
     h, w = scaled_size(info.height, info.width, max_side)
     return Selection(idx, fps / select_every_nth, h, w)
+
+
+def variable_rate(times: np.ndarray | None) -> str:
+    """"a-b ms" when frame intervals vary by more than a fifth of their median (and 2 ms), else ""."""
+    if times is None or times.size < 3:
+        return ""
+    d = np.diff(times)
+    med = float(np.median(d))
+    if med <= 0 or float(np.abs(d - med).max()) <= max(0.2 * med, 0.002):
+        return ""
+    return f"{d.min() * 1000:.0f}-{d.max() * 1000:.0f} ms"
+
+
+def _indices_by_time(times: np.ndarray, rate: float) -> np.ndarray:
+    """For each tick of a ``rate`` fps clock from the first frame, the frame on screen at that time."""
+    span = float(times[-1] - times[0]) + float(np.median(np.diff(times)))
+    ticks = times[0] + np.arange(max(1, int(math.floor(span * rate + 1e-9)))) / rate
+    return np.clip(np.searchsorted(times, ticks + 1e-6, side="right") - 1, 0, times.size - 1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- memory
@@ -243,13 +340,15 @@ def check_budget(sel: Selection, bytes_per_value: int, budget_bytes: int | None 
     if need <= budget:
         return need
     per_frame = sel.height * sel.width * 3 * bytes_per_value
-    fit = max(0, budget // per_frame)
-    side = int(max(sel.height, sel.width) * math.sqrt(budget / need))
-    raise MemoryBudgetError(
-        f"loading {sel.indices.size} frames of {sel.width}x{sel.height} needs {need / 2**30:.1f} GiB but the "
-        f"budget is {budget / 2**30:.1f} GiB. Set frame_load_cap to {fit} or less, raise select_every_nth, "
-        f"or set max_side to about {side // 2 * 2}."
-    )
+    fit = int(budget // per_frame)
+    side = max(2, int(max(sel.height, sel.width) * math.sqrt(budget / need)) // 2 * 2)
+    head = (f"loading {sel.indices.size} frames of {sel.width}x{sel.height} needs {need / 2**30:.1f} GiB but the "
+            f"budget is {budget / 2**30:.1f} GiB. ")
+    if fit >= 1:
+        raise MemoryBudgetError(head + f"Set frame_load_cap between 1 and {fit}, raise select_every_nth, "
+                                f"or set max_side to about {side}.")
+    side = max(2, int(max(sel.height, sel.width) * math.sqrt(budget / per_frame)) // 2 * 2)
+    raise MemoryBudgetError(head + f"Even one frame is over the budget: set max_side to about {side}.")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -264,8 +363,8 @@ def _decode_decord(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.nd
     import decord
 
     kw = {}
-    if (sel.height, sel.width) != (info.height, info.width):
-        kw = {"width": sel.width, "height": sel.height}
+    if not info.rotation and (sel.height, sel.width) != (info.height, info.width):
+        kw = {"width": sel.width, "height": sel.height}  # rotated video: decord turns it upright, we resize after
     vr = decord.VideoReader(path, ctx=decord.cpu(0), **kw)
     for chunk in _chunks(sel.indices):
         yield vr.get_batch(chunk.tolist()).asnumpy()
@@ -279,9 +378,15 @@ def _resize(frame: np.ndarray, sel: Selection) -> np.ndarray:
     return cv2.resize(frame, (sel.width, sel.height), interpolation=cv2.INTER_AREA)
 
 
+def _turn(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame turned upright by ``rotation`` degrees counter-clockwise."""
+    return np.rot90(frame, k=rotation // 90) if rotation else frame
+
+
 def _decode_pyav(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.ndarray]:
     import av
 
+    h, w = (sel.width, sel.height) if info.rotation in (90, 270) else (sel.height, sel.width)
     wanted = sel.indices
     buf: list[np.ndarray] = []
     pos = 0
@@ -292,7 +397,7 @@ def _decode_pyav(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.ndar
             if pos >= wanted.size:
                 break
             while pos < wanted.size and wanted[pos] == i:  # force_rate may repeat a frame
-                buf.append(frame.to_ndarray(format="rgb24", width=sel.width, height=sel.height))
+                buf.append(_turn(frame.to_ndarray(format="rgb24", width=w, height=h), info.rotation))
                 pos += 1
             if len(buf) >= CHUNK:
                 yield np.stack(buf)
@@ -307,6 +412,7 @@ def _decode_opencv(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.nd
     import cv2
 
     cap = cv2.VideoCapture(path)
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # frames as stored: turned by the container's rotation below
     wanted = sel.indices
     buf: list[np.ndarray] = []
     pos = 0
@@ -317,7 +423,7 @@ def _decode_opencv(path: str, sel: Selection, info: VideoInfo) -> Iterator[np.nd
             if not ok:
                 raise VideoError(f"{Path(path).name} ended early ({pos} of {wanted.size} frames read)")
             while pos < wanted.size and wanted[pos] == i:
-                buf.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), sel))
+                buf.append(_resize(np.ascontiguousarray(_turn(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), info.rotation)), sel))
                 pos += 1
             if len(buf) >= CHUNK:
                 yield np.stack(buf)

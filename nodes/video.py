@@ -19,6 +19,11 @@ from . import comfy_glue as glue
 from . import types as t
 
 NONE_FILE = "(none - use the video or images input)"
+# (min, max) of every number input: the schema's limits, enforced again in validate_inputs because ComfyUI
+# skips its own range checks for inputs a node's validate_inputs receives
+RANGES = {"frame_load_cap": (0, 100000), "skip_first_frames": (0, 1000000), "select_every_nth": (1, 1000),
+          "force_rate": (0.0, 240.0), "max_side": (0, 8192), "memory_budget_gb": (0.0, 1024.0),
+          "images_fps": (0.1, 240.0)}
 
 
 def _video_files() -> list[str]:
@@ -40,6 +45,7 @@ def _options(frame_load_cap, skip_first_frames, select_every_nth, force_rate, ma
 
 def _select_tensor(frames: torch.Tensor, fps: float, opts: v.LoadOptions, source: str) -> tuple[torch.Tensor, Clip]:
     """Apply the selection to frames already in memory, resizing in chunks."""
+    frames = _as_batch(frames)
     n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
     if n == 0:
         raise VideoError("the input holds zero frames")
@@ -56,6 +62,49 @@ def _select_tensor(frames: torch.Tensor, fps: float, opts: v.LoadOptions, source
     clip = Clip(fps=sel.fps, num_frames=int(idx.numel()), image_size=(sel.height, sel.width), source=source,
                 source_size=(h, w), frame_indices=sel.indices)
     return out, clip
+
+
+def _as_batch(frames: torch.Tensor) -> torch.Tensor:
+    """An IMAGE as [frames, height, width, 3]: one [H, W, C] image becomes one frame, grey becomes RGB."""
+    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
+        frames = frames.unsqueeze(0)
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise VideoError(f"the images input must be an IMAGE batch [frames, height, width, 3], got shape "
+                         f"{list(frames.shape)}")
+    return frames.expand(-1, -1, -1, 3) if frames.shape[-1] == 1 else frames
+
+
+def _ranges(**values) -> str | None:
+    """The first number input outside its range, as a message (None when all are in range)."""
+    for name, (lo, hi) in RANGES.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number, got {value!r}"
+        if isinstance(lo, int) and isinstance(value, float) and not value.is_integer():
+            return f"{name} must be a whole number, got {value}"
+        if not lo <= value <= hi:
+            extra = " (0 loads every frame)" if name == "frame_load_cap" else ""
+            return f"{name} must be between {lo} and {hi}{extra}, got {value}"
+    return None
+
+
+def _without_server_paths(err: VideoError, file: str) -> VideoError:
+    """The same error with the server's folders replaced by the picked file's name (paths stay private)."""
+    text = str(err)
+    full = None
+    try:
+        full = folder_paths.get_annotated_filepath(file)
+    except Exception:  # noqa: BLE001 - any lookup failure: nothing to replace
+        pass
+    for path in filter(None, {full, full and os.path.realpath(full)}):
+        text = text.replace(path, os.path.basename(file))
+    for root in (folder_paths.get_input_directory(), folder_paths.get_output_directory(),
+                 folder_paths.get_temp_directory()):
+        for form in {root, os.path.realpath(root)}:
+            text = text.replace(form + os.sep, "").replace(form, "the input folder")
+    return type(err)(text)
 
 
 def _preview_indices(n: int) -> list[int]:
@@ -77,18 +126,18 @@ class LoadVideo(io.ComfyNode):
             inputs=[
                 io.Combo.Input("file", options=[NONE_FILE, *_video_files()], upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (upload with the button)."),
-                io.Int.Input("frame_load_cap", default=0, min=0, max=100000,
+                io.Int.Input("frame_load_cap", default=0, min=RANGES["frame_load_cap"][0], max=RANGES["frame_load_cap"][1],
                              tooltip="Load at most this many frames (0 = all)."),
-                io.Int.Input("skip_first_frames", default=0, min=0, max=1000000,
+                io.Int.Input("skip_first_frames", default=0, min=RANGES["skip_first_frames"][0], max=RANGES["skip_first_frames"][1],
                              tooltip="Skip this many frames at the start (after force_rate)."),
-                io.Int.Input("select_every_nth", default=1, min=1, max=1000,
+                io.Int.Input("select_every_nth", default=1, min=RANGES["select_every_nth"][0], max=RANGES["select_every_nth"][1],
                              tooltip="Keep one frame in every n (1 = every frame)."),
-                io.Float.Input("force_rate", default=0.0, min=0.0, max=240.0, step=0.5,
+                io.Float.Input("force_rate", default=0.0, min=RANGES["force_rate"][0], max=RANGES["force_rate"][1], step=0.5,
                                tooltip="Resample to this frame rate before the other options (0 = source rate)."),
-                io.Int.Input("max_side", default=0, min=0, max=8192, step=2,
+                io.Int.Input("max_side", default=0, min=RANGES["max_side"][0], max=RANGES["max_side"][1], step=2,
                              tooltip="Downscale so the longer side is at most this many pixels, keeping the "
                                      "aspect ratio (0 = original size)."),
-                io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
+                io.Float.Input("memory_budget_gb", default=0.0, min=RANGES["memory_budget_gb"][0], max=RANGES["memory_budget_gb"][1], step=0.5, advanced=True,
                                tooltip="Refuse to load frames needing more RAM than this (0 = half the RAM "
                                        "available when loading starts)."),
                 io.Combo.Input("decoder", options=list(v.BACKENDS), default="auto", advanced=True,
@@ -97,7 +146,7 @@ class LoadVideo(io.ComfyNode):
                                tooltip="A core VIDEO (e.g. from Load Video); used instead of the file."),
                 io.Image.Input("images", optional=True,
                                tooltip="An IMAGE batch used as the frames instead of the file."),
-                io.Float.Input("images_fps", default=24.0, min=0.1, max=240.0, advanced=True,
+                io.Float.Input("images_fps", default=24.0, min=RANGES["images_fps"][0], max=RANGES["images_fps"][1], advanced=True,
                                tooltip="Frame rate of the images input."),
             ],
             outputs=[
@@ -120,8 +169,11 @@ class LoadVideo(io.ComfyNode):
         else:
             if file == NONE_FILE:
                 raise VideoError("no video: pick a file, or connect a VIDEO or an IMAGE batch")
-            frames, clip = v.load_video_tensor(glue.input_path(file), opts, dtype=mm.intermediate_dtype(),
-                                               hooks=glue.hooks(1))
+            try:
+                frames, clip = v.load_video_tensor(glue.input_path(file), opts, dtype=mm.intermediate_dtype(),
+                                                   hooks=glue.hooks(1))
+            except VideoError as err:
+                raise _without_server_paths(err, file) from None
         frames = frames.to(mm.intermediate_device())
         preview = ui.PreviewImage(frames[_preview_indices(frames.shape[0])], cls=cls)
         return io.NodeOutput(frames, float(clip.fps), int(clip.num_frames), clip, ui=preview)
@@ -149,8 +201,11 @@ class LoadVideo(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, file, **kwargs):
+        problem = _ranges(**kwargs)
+        if problem:
+            return problem
         if file and file != NONE_FILE and not folder_paths.exists_annotated_filepath(file):
-            return f"video file not found in the input folder: {file}"
+            return f"video file not found in the input folder: {os.path.basename(str(file))}"
         return True
 
 

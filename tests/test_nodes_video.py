@@ -118,3 +118,82 @@ def test_progress_and_interrupt(node):
     mm.interrupt_current_processing()
     with pytest.raises(mm.InterruptProcessingException):
         node.execute(file=DANCER.name, **ARGS)
+
+
+# ------------------------------------------------------------------ input checks (committed clips only)
+
+from pathlib import Path  # noqa: E402
+
+CLIPS = Path(__file__).parent / "data" / "video"
+
+
+@pytest.fixture()
+def clip_node(pack):
+    import folder_paths
+
+    for name in ("upright.mp4", "matrix_ccw270.mp4"):
+        shutil.copy(CLIPS / name, folder_paths.get_input_directory())
+    return importlib.import_module(f"{pack.__name__}.nodes.video").LoadVideo
+
+
+def test_rank3_image_is_one_frame_not_64_frames(clip_node):
+    image = torch.rand(64, 48, 3)
+    frames, fps, count, clip = clip_node.execute(file="upright.mp4", **ARGS, images=image).args
+    assert frames.shape == (1, 64, 48, 3) and count == 1 and clip.image_size == (64, 48)
+    assert torch.equal(frames[0], image)
+
+
+def _video_error(node):
+    return importlib.import_module(node.__module__).VideoError  # the pack's own class (imported as a package)
+
+
+def test_grey_and_malformed_images_inputs(clip_node):
+    VideoError = _video_error(clip_node)
+    grey = torch.rand(2, 10, 12, 1)
+    frames = clip_node.execute(file="upright.mp4", **ARGS, images=grey).args[0]
+    assert frames.shape == (2, 10, 12, 3) and torch.equal(frames[..., 2], grey[..., 0])
+    with pytest.raises(VideoError, match=r"must be an IMAGE batch \[frames, height, width, 3\], got shape \[5, 7\]"):
+        clip_node.execute(file="upright.mp4", **ARGS, images=torch.rand(5, 7))
+
+
+@pytest.mark.parametrize("name, value", [("frame_load_cap", -1), ("select_every_nth", 0), ("force_rate", 500.0),
+                                         ("max_side", 9000), ("memory_budget_gb", -1.0), ("skip_first_frames", -3),
+                                         ("images_fps", 0.0), ("frame_load_cap", 2.5)])
+def test_validate_inputs_enforces_the_schema_ranges(clip_node, name, value):
+    msg = clip_node.validate_inputs(file="upright.mp4", **{**ARGS, name: value})
+    assert isinstance(msg, str) and name in msg, msg
+    assert clip_node.validate_inputs(file="upright.mp4", **ARGS) is True
+    assert clip_node.validate_inputs(file="upright.mp4", **{**ARGS, "frame_load_cap": 100000}) is True
+
+
+def test_schema_ranges_are_the_validated_ones(clip_node):
+    from importlib import import_module
+
+    ranges = import_module(clip_node.__module__).RANGES
+    for inp in clip_node.GET_SCHEMA().inputs:
+        if inp.id in ranges:
+            assert (inp.kwargs["min"], inp.kwargs["max"]) == ranges[inp.id], inp.id
+
+
+def test_errors_never_show_server_paths(clip_node):
+    import folder_paths
+
+    VideoError = _video_error(clip_node)
+    root = folder_paths.get_input_directory()
+    msg = clip_node.validate_inputs(file="no_such_clip.mp4", **ARGS)
+    assert isinstance(msg, str) and "no_such_clip.mp4" in msg and root not in msg
+    with pytest.raises(VideoError) as err:
+        clip_node.execute(file="upright.mp4", **{**ARGS, "skip_first_frames": 50})
+    assert "keeps no frame" in str(err.value)
+    broken = Path(root) / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    with pytest.raises(VideoError) as err:
+        clip_node.execute(file="broken.mp4", **ARGS)
+    assert "broken.mp4" in str(err.value)
+    for form in {root, str(Path(root).resolve())}:
+        assert form not in str(err.value), str(err.value)
+
+
+def test_rotated_clip_through_the_node_is_upright(clip_node):
+    frames, _, count, clip = clip_node.execute(file="matrix_ccw270.mp4", **ARGS).args
+    assert frames.shape == (6, 128, 64, 3) and clip.image_size == (128, 64)

@@ -93,6 +93,11 @@ def test_roundtrip_through_json_and_npz(tmp_path):
     assert loaded.obj_ids == [1, 4] and loaded.frames == [2, 9]
 
 
+def test_largest_object_id_is_accepted():
+    text = _doc([{"id": 2**31 - 1, "points": [{"frame": 0, "x": 1, "y": 1}]}])
+    assert parse_prompts(text, SIZE, T).obj_ids == [2**31 - 1]
+
+
 def test_rescale_when_clicked_on_other_size_same_aspect():
     text = _doc([{"id": 1, "points": [{"frame": 0, "x": 40, "y": 30, "label": 1}]}], image_size=[120, 160])
     it = parse_prompts(text, SIZE, T).items[0]
@@ -105,6 +110,10 @@ def test_rescale_when_clicked_on_other_size_same_aspect():
     (_doc([{"id": 0, "points": [{"frame": 0, "x": 1, "y": 1}]}]), "object ids start at 1"),
     (_doc([{"id": -3, "points": [{"frame": 0, "x": 1, "y": 1}]}]), "object ids start at 1"),
     (_doc([{"id": 1.5, "points": []}]), "whole number"),
+    ('{"version": 1, "image_size": [60, 80], "objects": [{"id": 9223372036854775808, "points": []}]}', "too large"),
+    ('{"version": 1, "image_size": [60, 80], "objects": [{"id": ' + "9" * 400 + ', "points": []}]}', "too large"),
+    (_doc([{"id": 2**31, "points": [{"frame": 0, "x": 1, "y": 1}]}]), r"object ids go up to 2147483647, got 2147483648"),
+    (_doc([{"id": 1e30, "points": [{"frame": 0, "x": 1, "y": 1}]}]), r"object ids go up to 2147483647"),
     (_doc([{"id": 1, "points": [{"frame": 10, "x": 1, "y": 1}]}]), r"frame 10 is past the clip \(10 frames, 0..9\)"),
     (_doc([{"id": 1, "points": [{"frame": -1, "x": 1, "y": 1}]}]), "past the clip"),
     (_doc([{"id": 1, "points": [{"frame": 0, "x": 81, "y": 1}]}]), r"point \(81, 1\) is outside the 80x60 frame"),

@@ -30,7 +30,7 @@ def source(tmp_path_factory) -> dict:
     cfg = tiny_config()
     model = random_model(cfg, seed=5)
     rig = random_rig_tensors(cfg.num_verts, cfg.num_joints, seed=5)
-    model.attach_rig(torch.jit.script(MhrRig(rig)))  # the official folder's TorchScript asset
+    model.attach_rig(MhrRig(rig))  # written to the official folder as a TorchScript-layout asset
     root = tmp_path_factory.mktemp("core")
     folder = save_official_layout(model, root / "sam-3d-body-dinov3")
     fp32 = save_core_layout(model, root / "core_fp32.safetensors", rig, backbone_dtype=torch.float32)
@@ -202,9 +202,9 @@ def _same_outputs(a: Sam3dBody, b: Sam3dBody, atol: float = 1e-5) -> None:
 
 
 def test_core_file_loads_like_the_official_folder(source) -> None:
-    official = load_sam3d_body(source["folder"])  # TorchScript rig from assets/mhr_model.pt
+    official = load_sam3d_body(source["folder"])  # rig tensors read from assets/mhr_model.pt
     core = load_sam3d_body(source["fp32"], config=source["cfg"])  # dispatches on .safetensors; native rig
-    assert isinstance(core.mhr, MhrRig) and isinstance(official.mhr, torch.jit.ScriptModule)
+    assert isinstance(core.mhr, MhrRig) and isinstance(official.mhr, MhrRig)
     a, b = official.state_dict(), core.state_dict()
     net = [k for k in a if not k.startswith("mhr.") and not k.endswith(("mask_token", "qkv.bias"))]
     assert all(torch.equal(a[k], b[k]) for k in net)
@@ -252,7 +252,11 @@ def test_rig_comes_from_mhr_model_pt_when_the_file_has_none(source, tmp_path) ->
         load_core_safetensors(path, config=source["cfg"])
     (tmp_path / "mhr_model.pt").write_bytes((source["folder"] / "assets" / "mhr_model.pt").read_bytes())
     model = load_core_safetensors(path, config=source["cfg"])
-    assert isinstance(model.mhr, torch.jit.ScriptModule)
+    assert isinstance(model.mhr, MhrRig)
+    x = torch.randn(2, 45), torch.randn(2, 204) * 0.3, torch.randn(2, 72)
+    want = MhrRig(source["rig"])(*x)
+    got = model.mhr(*x)
+    assert torch.allclose(got[0], want[0], atol=1e-4) and torch.allclose(got[1], want[1], atol=1e-5)
 
 
 # ------------------------------------------------------------------ errors

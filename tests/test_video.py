@@ -75,8 +75,19 @@ def test_progress_and_interrupt(dancer):
 
 
 def test_memory_budget_refuses_with_suggestion(dancer):
-    with pytest.raises(MemoryBudgetError, match=r"frame_load_cap to 27 or less.*max_side"):
+    with pytest.raises(MemoryBudgetError, match=r"frame_load_cap between 1 and 27.*max_side"):
         v.load_video(dancer, v.LoadOptions(memory_budget_bytes=350 * 350 * 3 * 27 + 5))
+
+
+def test_memory_budget_below_one_frame_never_suggests_cap_zero(dancer):
+    with pytest.raises(MemoryBudgetError) as err:
+        v.load_video(dancer, v.LoadOptions(memory_budget_bytes=1000))
+    msg = str(err.value)
+    assert "frame_load_cap" not in msg and "Even one frame is over the budget: set max_side to about" in msg
+    side = int(msg.rsplit("about ", 1)[1].rstrip("."))
+    info, _ = v.probe(dancer)
+    h, w = v.scaled_size(info.height, info.width, side)
+    assert h * w * 3 <= 1000 * 1.2  # a frame at the suggested size about fits
 
 
 def test_missing_file(tmp_path):

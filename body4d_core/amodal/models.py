@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
+from ..errors import Body4DError, MissingWeightsError, WeightsMismatchError
+from ..fastload import check_weights_folder, one_line
 from ..runtime import NULL_HOOKS, Hooks, pick_device, pick_dtype
 from ..weights import resolve_model_dir
 from .accel import AccelConfig
@@ -134,11 +137,77 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
 
     log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
              f" + {cdir}" if cdir else "", ddir, dev, dt)
-    mask = VASPipeline.from_pretrained(mdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
-    content = VASPipeline.from_pretrained(cdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL) if cdir else None
-    # Depth Anything's files use DINOv2 names that transformers renames on load: no fast path (tests)
-    model, prep = load_depth_model(ddir, where, dt, wdt)
+    with quiet_library_logs():
+        with clear_load_errors(mdir, "diffusion_vas_amodal"):
+            check_vas_folder(mdir, "diffusion_vas_amodal")
+            mask = VASPipeline.from_pretrained(mdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
+        content = None
+        if cdir:
+            with clear_load_errors(cdir, "diffusion_vas_completion"):
+                check_vas_folder(cdir, "diffusion_vas_completion")
+                content = VASPipeline.from_pretrained(cdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
+        # Depth Anything's files use DINOv2 names that transformers renames on load: no fast path (tests)
+        with clear_load_errors(ddir, "depth_anything"):
+            check_weights_folder(ddir, _fix("depth_anything"), DEPTH_REQUIRED)
+            model, prep = load_depth_model(ddir, where, dt, wdt)
     return AmodalModels(mask, content, DepthEstimator(model, prep, dt), dev, dt)
+
+
+# keys each part's weights must hold (so another model's file is refused instead of loaded half-initialised)
+VAS_REQUIRED = {"unet": ("conv_in2.weight",), "vae": ("decoder.time_conv_out.weight", "encoder.conv_in.weight"),
+                "image_encoder": ("visual_projection.weight",)}
+DEPTH_REQUIRED = ("head.conv3.weight",)
+
+
+def _fix(name: str) -> str:
+    return f"download it again with: python -m body4d_core setup --models {name}"
+
+
+def check_vas_folder(folder: Path, name: str) -> None:
+    """Refuse in one sentence a Diffusion-VAS folder whose UNet, VAE or image encoder weights are absent or unusable."""
+    for sub, required in VAS_REQUIRED.items():
+        if not (folder / sub / "config.json").is_file():
+            raise MissingWeightsError(f"{folder / sub} has no config.json; {_fix(name)}.")
+        check_weights_folder(folder / sub, _fix(name), required)
+
+
+@contextlib.contextmanager
+def clear_load_errors(folder: Path, name: str) -> Iterator[None]:
+    """Library errors while loading a model folder become one-sentence Body4DErrors naming it and the fix."""
+    try:
+        yield
+    except Body4DError as err:
+        text = one_line(err, 400)
+        raise type(err)(text if text.endswith(".") else f"{text}.") from err
+    except (FileNotFoundError, OSError) as err:
+        raise MissingWeightsError(f"{folder} could not be loaded ({one_line(err)}); {_fix(name)}.") from err
+    except Exception as err:  # noqa: BLE001 - SafetensorError, shape mismatches, parse errors
+        raise WeightsMismatchError(f"{folder} could not be loaded ({one_line(err)}); {_fix(name)}.") from err
+
+
+# Library messages a normal load triggers that say nothing to the user: diffusers' notice that accelerate
+# is absent (we load without it on purpose) and its empty "kept in float32: []" list.
+_QUIET_MESSAGES = ("`accelerate` was not found", "should be kept in float32: []")
+
+
+class _DropKnownNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(m in msg for m in _QUIET_MESSAGES)
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """Inside, the known empty notices of diffusers' loaders are dropped (other records pass)."""
+    targets = [logging.getLogger(n) for n in ("diffusers", "diffusers.models.modeling_utils")]
+    flt = _DropKnownNotices()
+    for lg in targets:
+        lg.addFilter(flt)
+    try:
+        yield
+    finally:
+        for lg in targets:
+            lg.removeFilter(flt)
 
 
 def describe(models: AmodalModels) -> dict[str, Any]:

@@ -10,9 +10,12 @@ Frames without occlusion never reach steps 3-4 (fast path).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from .config import OcclusionConfig, SamplerConfig
 from .depth import normalize_depth, resize_depth, unit_float
 from .models import AmodalModels
 from .occlusion import (binarize, detection_size, fill_single_gaps, occluded_flags, padded_segments,
-                        score_frames)
+                        plan_windows, score_frames)
 from .job import VideoJob
 
 log = logging.getLogger(__name__)
@@ -45,17 +48,55 @@ class AmodalStats:
 
 
 class _SubHooks:
-    """Maps one sub-stage's progress onto a slice of the overall bar."""
+    """Maps one sub-stage's progress onto a slice of the overall bar, moving it on every denoising step.
 
-    def __init__(self, hooks: Hooks, lo: float, hi: float, scale: int = 1000) -> None:
+    Samplers report after each finished batch of windows; between reports, every interrupt
+    check (one per diffusion step) advances the bar by one expected step, never past the slice,
+    so the bar moves smoothly instead of jumping from slice to slice. It never goes backwards.
+    """
+
+    def __init__(self, hooks: Hooks, lo: float, hi: float, scale: int = 1000, expected_steps: int = 0) -> None:
         self.hooks, self.lo, self.hi, self.scale = hooks, lo, hi, scale
+        self.step = (hi - lo) / expected_steps if expected_steps > 0 else 0.0
+        self.reached = lo  # from progress reports
+        self.crept = lo  # from steps since the last report
+        self.shown = -1
+
+    def _show(self) -> None:
+        value = int(round(min(self.hi, max(self.reached, self.crept)) * self.scale))
+        if value > self.shown:
+            self.shown = value
+            self.hooks.progress(value, self.scale)
 
     def progress(self, done: int, total: int) -> None:
-        frac = self.lo + (self.hi - self.lo) * (done / max(total, 1))
-        self.hooks.progress(int(round(frac * self.scale)), self.scale)
+        self.reached = max(self.reached, self.lo + (self.hi - self.lo) * (done / max(total, 1)))
+        self.crept = max(self.crept, self.reached)
+        self._show()
 
     def check_interrupt(self) -> None:
         self.hooks.check_interrupt()
+        if self.step:
+            self.crept = min(self.hi, max(self.crept, self.reached) + self.step)
+            self._show()
+
+
+@contextlib.contextmanager
+def _quiet_sampler() -> Iterator[None]:
+    """Inside, diffusers' scheduler notice about numpy's ``__array__(copy=...)`` protocol is not shown.
+
+    set_timesteps converts a torch tensor with ``np.array``, which numpy 2 reports with a
+    DeprecationWarning on every run; it is the library's, not the user's, to act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        yield
+
+
+def _expected_steps(jobs: list[VideoJob], sampler: SamplerConfig) -> int:
+    """Diffusion steps the sampler will run for jobs if each window ran alone (the bar's step size)."""
+    windows = sum(len(plan_windows(0, job.length, sampler.window, sampler.overlap)) for job in jobs)
+    return windows * max(1, int(sampler.steps))
 
 
 def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -147,7 +188,9 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     depth_det = resize_depth(depth, det)
     jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det, dev) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
             for o in ids]
-    preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5), budget_px)
+    with _quiet_sampler():
+        preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5, expected_steps=_expected_steps(
+            jobs, sampler)), budget_px)
     del jobs, depth_det
     occluded = np.zeros((len(ids), n_t), bool)
     iou = np.full((len(ids), n_t), np.nan, np.float32)
@@ -179,7 +222,9 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
                 idx = np.arange(a, b)
                 jobs.append(VideoJob(_resize_masks(tracks.masks_of(o, slice(a, b)), comp, dev) * 2 - 1,
                                      resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
-            preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7), budget_px)
+            with _quiet_sampler():
+                preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7, expected_steps=_expected_steps(
+                    jobs, sampler)), budget_px)
             del jobs
         for n_seg, (k, o, a, b) in enumerate(segs):
             if occ.refine:
@@ -215,7 +260,9 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
             union = torch.from_numpy(hi_masks[(k, a)])[:, None] | vis_c
             jobs.append(VideoJob(modal_rgb, union.float() * 2 - 1, _seed_key(o, 2, a), idx, o,
                                  keep=occluded[k, a:b].copy()))  # only finally occluded frames are read
-        preds = models.content.run_jobs(jobs, sampler, _SubHooks(hooks, 0.7, 1.0), budget_px)
+        with _quiet_sampler():
+            preds = models.content.run_jobs(jobs, sampler, _SubHooks(hooks, 0.7, 1.0, expected_steps=_expected_steps(
+                jobs, sampler)), budget_px)
         del jobs
         for (k, o, a, b), pred in zip(done, preds):
             keep = np.flatnonzero(occluded[k, a:b])

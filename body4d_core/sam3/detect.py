@@ -92,9 +92,10 @@ def detect_people(
         for done, frame in enumerate(candidates, 1):
             hooks.check_interrupt()
             boxes, scores = detect_boxes(bundle, source, frame, text_state, score_threshold, nms_iou)
-            hooks.progress(done, len(candidates))
             if len(boxes):
+                hooks.progress(len(candidates), len(candidates))  # found: the scan is done, the bar full
                 return _to_prompts(boxes[:max_people], scores[:max_people], frame, source)
+            hooks.progress(done, len(candidates))
     where = f"frame {frame_index}" if frame_index != SCAN else f"any of the {len(candidates)} scanned frames"
     raise InputError(f"no {text} found on {where} above score {score_threshold:g}; lower the threshold, "
                      f"pick another frame, or click points instead")

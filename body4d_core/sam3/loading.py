@@ -136,13 +136,16 @@ def _from_pretrained(cls: Any, directory: Path, dtype: torch.dtype) -> Any:
         model, info = cls.from_pretrained(str(directory), dtype=dtype, local_files_only=True, use_safetensors=True,
                                           output_loading_info=True)
     except Exception as err:  # noqa: BLE001 - any parse/shape failure means a wrong or corrupt checkpoint
-        raise WeightsMismatchError(f"could not load SAM-3 from {directory}: {err}. The folder must hold the "
-                                   f"transformers-format facebook/sam3 files (config.json, model.safetensors).") from err
+        from ..fastload import one_line
+
+        raise WeightsMismatchError(f"could not load SAM-3 from {directory} ({one_line(err)}); the folder must hold "
+                                   f"the transformers-format facebook/sam3 files (config.json, model.safetensors): "
+                                   f"download them again with python -m body4d_core setup --models sam3.") from err
     missing = list(info.get("missing_keys") or [])
     if missing:
         raise WeightsMismatchError(f"{directory} is not a complete facebook/sam3 checkpoint: {len(missing)} "
                                    f"{cls.__name__} weights are missing (e.g. {', '.join(sorted(missing)[:3])}); "
-                                   f"download it again with python -m body4d_core setup --models sam3")
+                                   f"download it again with python -m body4d_core setup --models sam3.")
     return model
 
 
@@ -256,6 +259,8 @@ def save_tiny_checkpoint(directory: str | Path, image_size: int = 112, seed: int
         model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(4.0)
     directory = _write_video_model(model, directory)
     det_proc.save_pretrained(str(directory))
+    # the tracker's video processor file too, as facebook/sam3 ships it (else loading falls back with a warning)
+    build_processor(image_size).video_processor.save_pretrained(str(directory))
     return directory
 
 

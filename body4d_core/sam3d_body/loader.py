@@ -7,7 +7,8 @@ checkpoint whose ``state_dict`` holds the network), ``model_config.yaml`` and
 yacs config in ``hyper_parameters``, numpy scalars in loop state) that the weights-only unpickler
 rejects; such files are then read by an allow-list unpickler that calls only torch's tensor
 rebuild helpers and turns every other global into an inert placeholder (no code from the file is
-ever run). Keys are checked strictly.
+ever run). Keys are checked strictly. The rig asset is a TorchScript archive: only its tensors
+are read (``read_torchscript_tensors``) into our own ``MhrRig``; its scripted code is never loaded.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import WeightsMismatchError
+from ..errors import MissingWeightsError, WeightsMismatchError
 from ..weights import resolve_model_dir
 from .config import Sam3dBodyConfig, config_from_yaml
+from .mhr_rig import MhrRig, rig_from_torchscript_tensors
 from .model import Sam3dBody
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                      "that turns them into inert placeholders", path.name, ", ".join(names[:5]))
             obj = _load_allow_list(path)
     except Exception as err:  # noqa: BLE001 - truncated, corrupt or foreign files
-        raise WeightsMismatchError(f"cannot read {path}: {err}. Delete it and download again.") from err
+        raise WeightsMismatchError(f"cannot read {path} ({_short(err)}); delete it and download it again with: "
+                                   f"python -m body4d_core setup --models sam3d_body.") from err
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsMismatchError(f"{path} holds no tensor state dict; is it SAM-3D-Body's model.ckpt?")
+        raise WeightsMismatchError(f"{path} holds no tensor state dict; use facebook/sam-3d-body-dinov3's model.ckpt.")
     return dict(sd)
 
 
@@ -169,16 +172,16 @@ def check_state_dict(model: Sam3dBody, sd: dict[str, torch.Tensor], source: str 
     if missing or unexpected or shapes:
         def head(xs: list[str]) -> str:
             return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
-        parts = [f"{source} does not match the SAM-3D-Body architecture of its model_config.yaml"]
+        parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys: {head(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
-        parts.append("Use the files of facebook/sam-3d-body-dinov3 unchanged (model.ckpt, model_config.yaml, "
-                     "assets/mhr_model.pt) in one folder.")
-        raise WeightsMismatchError(". ".join(parts))
+        raise WeightsMismatchError(f"{source} does not match the SAM-3D-Body architecture of its model_config.yaml "
+                                   f"({'; '.join(parts)}); use the files of facebook/sam-3d-body-dinov3 unchanged "
+                                   f"(model.ckpt, model_config.yaml, assets/mhr_model.pt) in one folder.")
     return sd
 
 
@@ -193,16 +196,120 @@ def _rig_sizes(cfg: Sam3dBodyConfig, sd: dict[str, torch.Tensor]) -> Sam3dBodyCo
     return cfg.replace(num_joints=j, num_faces=f, num_verts=v)
 
 
-def load_rig(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The TorchScript MHR rig: verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], params[B,204], expr[B,72])."""
+class _ScriptObject:
+    """A TorchScript module or object from data.pkl: only its pickled attributes, none of its code."""
+
+    qualname = ""
+
+    def __new__(cls, *args: Any) -> "_ScriptObject":
+        obj = super().__new__(cls)
+        obj.state = None
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _script_class(module: str, name: str) -> type:
+    """A stand-in class for a ``__torch__`` class that records its pickled state (its code is never read)."""
+    return type(name, (_ScriptObject,), {"qualname": f"{module}.{name}"})
+
+
+_LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+
+
+class _TorchScriptDataUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's data.pkl: tensors, plain values and module attribute dicts, nothing else."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _DTYPES:
+            return _StorageType(_DTYPES[name])
+        if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
+            return list
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return lambda value, _tag: value
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _script_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        ok = (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+              and isinstance(pid[2], str) and pid[2].isalnum())
+        if not ok:
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+        raw = self.archive.read(f"{self.prefix}/data/{pid[2]}")
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=pid[1].dtype, _internal=True)
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], attrs: dict[str, Any], depth: int = 0) -> None:
+    """Dotted names of every tensor and plain attribute below a module object's pickled state."""
+    if depth > 32:
+        raise pickle.UnpicklingError("module tree nested too deeply")
+    state = obj.state if isinstance(obj, _ScriptObject) else obj
+    if not isinstance(state, dict):
+        return
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value
+        elif isinstance(value, _ScriptObject):
+            _flatten(value, name + ".", tensors, attrs, depth + 1)
+        elif isinstance(value, (int, float, bool, str, list, tuple)) or value is None:
+            attrs[name] = value
+
+
+def read_torchscript_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, plain attributes) by dotted module name from a TorchScript .pt, never running or reading its code.
+
+    A TorchScript file is a zip of ``data.pkl`` (the module tree's attributes), ``data/N`` (tensor
+    bytes) and ``code/`` (the scripted methods); only the first two are read, by an unpickler that
+    builds tensors, plain values and attribute dicts and refuses every other global.
+    """
+    with zipfile.ZipFile(path) as zf:
+        pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise pickle.UnpicklingError("no TorchScript data.pkl in the archive")
+        root = _TorchScriptDataUnpickler(zf.read(pkls[0]), zf, pkls[0][: -len("/data.pkl")]).load()
+    tensors: dict[str, torch.Tensor] = {}
+    attrs: dict[str, Any] = {}
+    _flatten(root, "", tensors, attrs)
+    return tensors, attrs
+
+
+def load_rig(path: str | Path, device: torch.device | str = "cpu") -> MhrRig:
+    """The MHR rig of a TorchScript ``mhr_model.pt``, read as tensors into our own MhrRig (its code never runs).
+
+    Call: verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], params[B,204], expr[B,72]).
+    """
+    path = Path(path)
+    fix = "download assets/mhr_model.pt of facebook/sam-3d-body-dinov3 again"
+    if not path.is_file():
+        raise MissingWeightsError(f"the MHR rig {path} does not exist; {fix}.")
     try:
-        rig = torch.jit.load(str(path), map_location=str(device))
-    except Exception as err:  # noqa: BLE001 - corrupt or non-TorchScript files
-        raise WeightsMismatchError(f"cannot load the MHR rig {path}: {err}. Download assets/mhr_model.pt again.") from err
-    rig.eval()
-    for p in rig.parameters():
-        p.requires_grad_(False)
-    return rig
+        tensors, attrs = read_torchscript_tensors(path)
+    except Exception as err:  # noqa: BLE001 - not a zip, foreign pickle, truncated storage
+        raise WeightsMismatchError(f"{path} is not a readable MHR rig file ({_short(err)}); {fix}.") from err
+    try:
+        rig = rig_from_torchscript_tensors(tensors, attrs)
+    except WeightsMismatchError as err:
+        raise WeightsMismatchError(f"{path} does not hold the MHR rig ({_short(err)}); {fix}.") from err
+    return rig.to(device)
+
+
+def _short(err: BaseException) -> str:
+    """An exception's first sentence on one line (for use inside one sentence)."""
+    from ..fastload import one_line
+
+    return one_line(err, 300)
 
 
 def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,

@@ -280,6 +280,44 @@ def rig_from_state_dict(sd: Dict[str, torch.Tensor], prefix: str = "mhr.") -> Mh
     return MhrRig(tensors).eval().requires_grad_(False)
 
 
+# our rig tensor name -> its module path inside the TorchScript ``assets/mhr_model.pt``
+TORCHSCRIPT_NAMES: Dict[str, str] = {
+    "base_shape": "character_torch.blend_shape.base_shape",
+    "identity_basis": "character_torch.blend_shape.shape_vectors",
+    "expr_basis": "face_expressions_model.shape_vectors",
+    "param_transform": "character_torch.parameter_transform.parameter_transform",
+    "skel_joint_translation_offsets": "character_torch.skeleton.joint_translation_offsets",
+    "skel_joint_prerotations": "character_torch.skeleton.joint_prerotations",
+    "skel_joint_parents": "character_torch.skeleton.joint_parents",
+    "skel_pmi": "character_torch.skeleton.pmi",
+    "lbs_inverse_bind_pose": "character_torch.linear_blend_skinning.inverse_bind_pose",
+    "lbs_skin_weights": "character_torch.linear_blend_skinning.skin_weights_flattened",
+    "lbs_skin_indices": "character_torch.linear_blend_skinning.skin_indices_flattened",
+    "lbs_vert_indices": "character_torch.linear_blend_skinning.vert_indices_flattened",
+    "pose_corr_sparse_indices": "pose_correctives_model.pose_dirs_predictor.0.sparse_indices",
+    "pose_corr_sparse_weight": "pose_correctives_model.pose_dirs_predictor.0.sparse_weight",
+    "pose_corr_weight": "pose_correctives_model.pose_dirs_predictor.2.weight",
+}
+TORCHSCRIPT_PMI_SIZES = "character_torch.skeleton._pmi_buffer_sizes"  # a list attribute, not a tensor
+
+
+def rig_from_torchscript_tensors(tensors: Dict[str, torch.Tensor], attrs: Dict[str, object]) -> MhrRig:
+    """Build the rig from the tensors (and the FK level sizes attribute) of the TorchScript MHR asset."""
+    missing = [ts for ts in TORCHSCRIPT_NAMES.values() if ts not in tensors]
+    if missing:
+        head = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise WeightsMismatchError(f"it lacks the MHR tensors {head}")
+    t = {ours: tensors[ts] for ours, ts in TORCHSCRIPT_NAMES.items()}
+    sizes = attrs.get(TORCHSCRIPT_PMI_SIZES)
+    if not (isinstance(sizes, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in sizes)):
+        sizes = [int(t["skel_pmi"].shape[-1])] if t["skel_pmi"].ndim == 2 else [0]
+    t["skel_pmi_buffer_sizes"] = torch.tensor(list(sizes), dtype=torch.int64)
+    hidden = int(t["pose_corr_weight"].shape[1]) if t["pose_corr_weight"].ndim == 2 else 0
+    feats = 6 * (int(t["skel_joint_parents"].numel()) - CORRECTIVE_SKIP)
+    t["pose_corr_sparse_shape"] = torch.tensor([hidden, feats], dtype=torch.int64)
+    return MhrRig(t).eval().requires_grad_(False)
+
+
 def invert(state: torch.Tensor) -> torch.Tensor:
     """Inverse of unit-quaternion skeleton states [..., 8]."""
     q = state[..., 3:7] / state[..., 3:7].norm(p=2, dim=-1, keepdim=True)

@@ -1,8 +1,9 @@
 """Random weights and a stand-in MHR rig with the official call signature, for tests and benchmarks.
 
 No real weights can be downloaded where the tests run, so these build the same architecture
-with random parameters and plausible MHR constants, and a scripted rig that is called exactly
-like ``assets/mhr_model.pt``: ``verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], params[B,204], expr[B,72])``
+with random parameters and plausible MHR constants, and a native MHR rig (random tensors in the
+real rig's layout, saved as a TorchScript file laid out like ``assets/mhr_model.pt``), called
+``verts [B,V,3], skel_state [B,J,8] = rig(shape[B,45], params[B,204], expr[B,72])``
 (centimetres; skel_state = position, quaternion xyzw, scale).
 """
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 from . import rotations as rot
 from .config import Sam3dBodyConfig
 from .heads import BODY_CONT
+from .mhr_rig import MhrRig, _quat_mul, _quat_rotate, compose, euler_xyz_quat, random_rig_tensors, rotation_6d_features
 from .model import Sam3dBody
 
 OFFICIAL_YAML = """MODEL:
@@ -50,46 +52,128 @@ def yaml_for(cfg: Sam3dBodyConfig) -> str:
 """
 
 
-class SyntheticRig(nn.Module):
-    """Linear-blend-skinning toy rig: params -> per-joint Euler + offset, pose correctives, rigid skinning."""
+class _Buffers(nn.Module):
+    """One node of the MHR asset's module tree: the given tensors as buffers."""
 
-    def __init__(self, num_verts: int, num_joints: int, hidden: int = 16, seed: int = 0) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        v, j = num_verts, num_joints
-        self.num_joints = j
-        self.base = nn.Parameter(torch.randn(v, 3, generator=g) * 30, requires_grad=False)
-        self.shape_basis = nn.Parameter(torch.randn(45, v * 3, generator=g), requires_grad=False)
-        self.expr_basis = nn.Parameter(torch.randn(72, v * 3, generator=g) * 0.1, requires_grad=False)
-        self.joint_map = nn.Parameter(torch.randn(204, j * 6, generator=g) * 0.05, requires_grad=False)
-        self.joint_rest = nn.Parameter(torch.randn(j, 3, generator=g) * 40, requires_grad=False)
-        self.corr_in = nn.Parameter(torch.randn(j * 6, hidden, generator=g) * 0.05, requires_grad=False)
-        self.corr_out = nn.Parameter(torch.randn(hidden, v * 3, generator=g) * 0.05, requires_grad=False)
-        self.register_buffer("vert_joint", torch.arange(v) % j)
+        for name, value in tensors.items():
+            self.register_buffer(name, value.clone())
 
-    def forward(self, shape: torch.Tensor, params: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # holds tensors only (TorchScript needs a forward on every submodule)
+
+
+class MhrAssetLayout(nn.Module):
+    """Rig tensors in the module tree of the TorchScript ``mhr_model.pt``, with a forward of the same call.
+
+    The forward (MHR math written against that layout: sparse correctives, the file's FK prefix
+    schedule) exists so a saved file can be run the old way, by ``torch.jit.load``, as a reference.
+    """
+
+    def __init__(self, t: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.character_torch = _Buffers({})
+        self.character_torch.blend_shape = _Buffers({"base_shape": t["base_shape"],
+                                                     "shape_vectors": t["identity_basis"]})
+        self.character_torch.parameter_transform = _Buffers({"parameter_transform": t["param_transform"]})
+        skeleton = _Buffers({"joint_translation_offsets": t["skel_joint_translation_offsets"],
+                             "joint_prerotations": t["skel_joint_prerotations"],
+                             "joint_parents": t["skel_joint_parents"].int(), "pmi": t["skel_pmi"].long()})
+        skeleton._pmi_buffer_sizes = [int(x) for x in t["skel_pmi_buffer_sizes"].tolist()]
+        self.character_torch.skeleton = skeleton
+        self.character_torch.linear_blend_skinning = _Buffers({
+            "inverse_bind_pose": t["lbs_inverse_bind_pose"], "skin_weights_flattened": t["lbs_skin_weights"],
+            "skin_indices_flattened": t["lbs_skin_indices"].int(), "vert_indices_flattened": t["lbs_vert_indices"].long()})
+        self.face_expressions_model = _Buffers({"shape_vectors": t["expr_basis"]})
+        self.pose_correctives_model = _Buffers({})
+        self.pose_correctives_model.pose_dirs_predictor = nn.Sequential(
+            _Buffers({"sparse_indices": t["pose_corr_sparse_indices"].long(),
+                      "sparse_weight": t["pose_corr_sparse_weight"]}),
+            nn.ReLU(), _Buffers({"weight": t["pose_corr_weight"]}))
+        self.hidden = int(t["pose_corr_weight"].shape[1])
+
+    def forward(self, shape: torch.Tensor, model_params: torch.Tensor,
+                expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ct = self.character_torch
         b = shape.shape[0]
-        jp = (params @ self.joint_map).view(b, self.num_joints, 6)
-        e = jp[..., 3:]
-        cx, sx = torch.cos(e[..., 0] / 2), torch.sin(e[..., 0] / 2)
-        cy, sy = torch.cos(e[..., 1] / 2), torch.sin(e[..., 1] / 2)
-        cz, sz = torch.cos(e[..., 2] / 2), torch.sin(e[..., 2] / 2)
-        q = torch.stack([sx * cy * cz - cx * sy * sz, cx * sy * cz + sx * cy * sz,
-                         cx * cy * sz - sx * sy * cz, cx * cy * cz + sx * sy * sz], -1)
-        pos = self.joint_rest[None] + jp[..., :3] * 10
-        rest = self.base[None] + (shape @ self.shape_basis + expr @ self.expr_basis).view(b, -1, 3)
-        rest = rest + (torch.relu(jp.flatten(1) @ self.corr_in) @ self.corr_out).view(b, -1, 3)
-        qv = q[:, self.vert_joint]
-        xyz, w = qv[..., :3], qv[..., 3:]
-        t = 2 * torch.cross(xyz, rest, dim=-1)
-        verts = rest + w * t + torch.cross(xyz, t, dim=-1) + pos[:, self.vert_joint] * 0.1
-        skel = torch.cat([pos, q, torch.ones_like(pos[..., :1])], -1)
-        return verts, skel
+        pt = ct.parameter_transform.parameter_transform
+        padded = torch.cat([model_params, torch.zeros(b, pt.shape[1] - model_params.shape[1])], 1)
+        j = ct.skeleton.joint_translation_offsets.shape[0]
+        jp = (padded @ pt.t()).view(b, j, 7)
+        q = _quat_mul(ct.skeleton.joint_prerotations.expand(b, -1, -1), euler_xyz_quat(jp[..., 3:6]))
+        g = torch.cat([jp[..., :3] + ct.skeleton.joint_translation_offsets, q, torch.exp2(jp[..., 6:7])], -1).double()
+        start = 0
+        for size in ct.skeleton._pmi_buffer_sizes:
+            c = ct.skeleton.pmi[0, start:start + size]
+            p = ct.skeleton.pmi[1, start:start + size]
+            g = g.index_copy(1, c, compose(g.index_select(1, p), g.index_select(1, c)))
+            start += size
+        skel = g.float()
+        sparse = self.pose_correctives_model.pose_dirs_predictor[0]
+        dense = self.pose_correctives_model.pose_dirs_predictor[2]
+        feats = rotation_6d_features(jp[:, 2:, 3:6]).flatten(1)
+        idx = sparse.sparse_indices
+        hidden = torch.zeros(b, self.hidden).index_add(1, idx[0], feats[:, idx[1]] * sparse.sparse_weight)
+        corr = (torch.relu(hidden) @ dense.weight.t()).view(b, -1, 3)
+        rest = (ct.blend_shape.base_shape + torch.einsum("bn,nvc->bvc", shape, ct.blend_shape.shape_vectors)
+                + torch.einsum("bn,nvc->bvc", expr, self.face_expressions_model.shape_vectors) + corr)
+        lbs = ct.linear_blend_skinning
+        xf = compose(skel, lbs.inverse_bind_pose.expand(b, -1, -1))
+        joints = lbs.skin_indices_flattened.long()
+        verts = lbs.vert_indices_flattened
+        per = xf.index_select(1, joints)
+        qn = per[..., 3:7] / per[..., 3:7].norm(p=2, dim=-1, keepdim=True)
+        moved = per[..., :3] + _quat_rotate(qn, per[..., 7:8] * rest.index_select(1, verts))
+        out = torch.zeros_like(rest).index_add(1, verts, moved * lbs.skin_weights_flattened[:, None])
+        return out, skel
+
+
+def save_mhr_asset(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write rig tensors as a TorchScript file laid out like ``assets/mhr_model.pt`` (tests, benchmarks)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.jit.script's deprecation notice: writing test assets only
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        scripted = torch.jit.script(MhrAssetLayout(tensors).eval())
+        torch.jit.save(scripted, str(path))
+    return Path(path)
+
+
+def rig_file_tensors(rig: MhrRig) -> dict[str, torch.Tensor]:
+    """The file-layout tensors of a native rig (for writing it back; duplicate sparse entries are merged)."""
+    first_parent: dict[int, int] = {}
+    for c, p in zip(rig.fk_joints.tolist(), rig.fk_parents.tolist()):
+        first_parent.setdefault(int(c), int(p))
+    parents = torch.tensor([first_parent.get(j, -1) for j in range(rig.num_joints)], dtype=torch.int32)
+    nz = rig.corr_in.nonzero().t().contiguous()
+    return {
+        "base_shape": rig.base_shape, "identity_basis": rig.identity_basis, "expr_basis": rig.expr_basis,
+        "param_transform": rig.param_transform, "skel_joint_translation_offsets": rig.joint_offsets,
+        "skel_joint_prerotations": rig.prerotations, "skel_joint_parents": parents,
+        "skel_pmi": torch.stack([rig.fk_joints, rig.fk_parents]),
+        "skel_pmi_buffer_sizes": torch.tensor(rig.level_sizes, dtype=torch.int64),
+        "lbs_inverse_bind_pose": rig.inverse_bind_pose, "lbs_skin_weights": rig.skin_weights,
+        "lbs_skin_indices": rig.skin_joints.int(), "lbs_vert_indices": rig.skin_verts,
+        "pose_corr_sparse_indices": nz, "pose_corr_sparse_weight": rig.corr_in[nz[0], nz[1]],
+        "pose_corr_sparse_shape": torch.tensor(list(rig.corr_in.shape), dtype=torch.int64),
+        "pose_corr_weight": rig.corr_out,
+    }
+
+
+def synthetic_rig(cfg: Sam3dBodyConfig, hidden: int = 16, seed: int = 0) -> MhrRig:
+    """A native MHR rig with random plausible tensors sized like cfg's mesh."""
+    return MhrRig(random_rig_tensors(cfg.num_verts, cfg.num_joints, hidden=hidden, seed=seed)).eval().requires_grad_(False)
 
 
 def scripted_rig(cfg: Sam3dBodyConfig, hidden: int = 16, seed: int = 0) -> torch.jit.ScriptModule:
-    """A TorchScript SyntheticRig sized like cfg's mesh."""
-    return torch.jit.script(SyntheticRig(cfg.num_verts, cfg.num_joints, hidden, seed).eval())
+    """synthetic_rig scripted (for benchmarks that hand a TorchScript rig to the upstream code)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        return torch.jit.script(synthetic_rig(cfg, hidden, seed))
 
 
 @torch.no_grad()
@@ -144,7 +228,7 @@ def random_model(cfg: Sam3dBodyConfig, seed: int = 0, rig_hidden: int = 16) -> S
     """A ready-to-run Sam3dBody with random weights and a scripted synthetic rig."""
     torch.manual_seed(seed)
     model = randomize(Sam3dBody(cfg), seed)
-    model.attach_rig(scripted_rig(cfg, rig_hidden, seed))
+    model.attach_rig(synthetic_rig(cfg, rig_hidden, seed))
     return model.eval().requires_grad_(False)
 
 
@@ -157,7 +241,7 @@ def save_official_layout(model: Sam3dBody, folder: str | Path, yaml_text: str | 
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("mhr.")}
     torch.save({"state_dict": sd, "epoch": 0, "global_step": 0}, folder / "model.ckpt")
     (folder / "model_config.yaml").write_text(yaml_text)
-    if model.mhr is None:
-        raise ValueError("model has no rig to save")
-    torch.jit.save(model.mhr, str(folder / "assets" / "mhr_model.pt"))
+    if not isinstance(model.mhr, MhrRig):
+        raise ValueError("model has no native MHR rig to save")
+    save_mhr_asset(rig_file_tensors(model.mhr), folder / "assets" / "mhr_model.pt")
     return folder
