@@ -149,8 +149,8 @@ def _missing_message(spec: ModelSpec, target: Path, miss: list[str], partial: bo
     if not partial:
         miss = expected_files(spec)
     lines = [
-        f"{spec.name} weights {state}: missing {', '.join(miss)} in {target}.",
-        f"Download them with: {setup_command(spec.name)}  (or get them from https://huggingface.co/{spec.repo_id}"
+        f"{spec.name} weights {state}: missing {', '.join(miss)} in {target};",
+        f"download them with: {setup_command(spec.name)}  (or get them from https://huggingface.co/{spec.repo_id}"
         f" into {target}).",
     ]
     if spec.gated:

@@ -118,8 +118,20 @@ def test_painted_face_regions_are_used_when_loaded(rigged) -> None:
     np.testing.assert_array_equal(got, paint.numpy())
 
 
+class _NoSkin(torch.nn.Module):
+    """A rig wrapper that hides its skinning weights (as a scripted rig of another layout would)."""
+
+    def __init__(self, rig: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = rig
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
 def test_fields_absent_without_rig_or_skinning(rigged) -> None:
-    no_skin = random_model(tiny_config(), seed=1)  # synthetic scripted rig: no skinning triplets
+    no_skin = random_model(tiny_config(), seed=1)
+    no_skin.mhr = _NoSkin(no_skin.mhr)  # a rig that exposes no skinning triplets
     fields = mesh_render_fields(no_skin)
     assert fields["hand_vert_mask"] is None and fields["canonical_colors"]["positions"].shape == (no_skin.cfg.num_verts, 3)
     no_skin.mhr = None

@@ -56,9 +56,9 @@ def test_load_and_batch(body, core):
     assert len(pose["frames"]) == 3 and pose["image_size"] == (60, 80)
     assert [p["obj_id"] for p in pose["frames"][1]] == [4, 9]
     np.testing.assert_array_equal(pose["frames"][2][1]["pred_cam_t"], bodies.params["cam_t"][1, 2])
-    # core's shaders read the rest-pose colour fields from the rig (the tiny scripted rig has no skinning
-    # weights to expose, so no hand mask here; tests/test_mhr_pose.py covers it with a native rig)
-    assert pose["canonical_colors"]["positions"].shape == (40, 3) and pose["hand_vert_mask"] is None
+    # core's shaders read the rest-pose colour fields from the rig (the tiny native rig exposes its skinning,
+    # so the hand mask is there too)
+    assert pose["canonical_colors"]["positions"].shape == (40, 3) and pose["hand_vert_mask"].shape == (40,)
     # compile "auto" may compile a large job, which only happens on CUDA: on the CPU it stays eager
     assert handle.info["compile"] == "auto" and handle.model._compiled_for == ("", 0)
     assert not handle.model.backbone.encoder.compiled

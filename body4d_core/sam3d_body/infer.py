@@ -495,11 +495,26 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
         log.warning("SAM-3D-Body: FP8 backbone requested but %s; running %s", why, dtype)
     with model.backbone.encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True):
         chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
+    if side is not None:
+        _release_side_stream(side, dev)
     flat = [r for chunk in chunks for r in chunk]
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
     for pos, i in enumerate(order):
         out[i] = flat[pos]
     return out
+
+
+def _release_side_stream(side: torch.cuda.Stream, dev: torch.device) -> None:
+    """Join the decoder's side stream and drop the cuBLAS workspaces kept per (handle, stream).
+
+    Every call makes a fresh side stream and cuBLAS keeps a workspace for each stream it met,
+    so without this each call would leave one workspace allocated for the life of the process.
+    """
+    torch.cuda.current_stream(dev).wait_stream(side)
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        torch.cuda.synchronize(dev)
+        clear()
 
 
 def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, np.ndarray]], num_frames: int,

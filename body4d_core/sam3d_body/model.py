@@ -1,7 +1,7 @@
 """The SAM-3D-Body network: DINOv3 backbone, body/hand promptable decoders, MHR and camera heads.
 
 State-dict keys match the official ``model.ckpt`` (``backbone.encoder.*``, ``decoder.*``,
-``head_pose.*`` ...). The MHR rig (TorchScript ``assets/mhr_model.pt``) is attached as ``mhr``
+``head_pose.*`` ...). The MHR rig (read from ``assets/mhr_model.pt`` into ``MhrRig``) is attached as ``mhr``
 and is not part of the checked state dict.
 """
 
