@@ -1,4 +1,4 @@
-"""Data contracts passed between pipeline stages (DESIGN.md §4).
+"""Data contracts passed between pipeline stages (docs/ARCHITECTURE.md, Data contracts).
 
 Each type is a small dataclass that validates shapes, dtypes and frame counts when it is
 built, and saves to / loads from a single ``.npz`` so any stage's output can be inspected,

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear, actionable message each (DESIGN.md §8)."""
+"""User-facing errors: one clear, actionable message each (docs/ARCHITECTURE.md, Data contracts)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ widget, so workflows save and reload the clicks. Format, version 1::
     }
 
 Coordinates are pixels of the full-size frame, origin at the top-left pixel corner
-(DESIGN.md / data.py conventions); frames are 0-based positions in the clip. When
+(docs/ARCHITECTURE.md, Data contracts); frames are 0-based positions in the clip. When
 ``image_size`` is given and differs from the frames' size with the same aspect ratio
 (the clip was resized after clicking), the clicks are rescaled; a different aspect ratio
 is an error. An object with no points and no boxes is dropped (the editor's "New person"

@@ -1,4 +1,4 @@
-"""Per-identity Kalman / RTS smoothing of MHR bodies (DESIGN.md §6, issue 6).
+"""Per-identity Kalman / RTS smoothing of MHR bodies (docs/ARCHITECTURE.md, Stage map).
 
 Every object id is smoothed on its own. Each scalar signal (a pose parameter, a rotation
 vector component, a translation or keypoint coordinate) follows a constant-velocity (or

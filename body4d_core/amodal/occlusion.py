@@ -1,6 +1,6 @@
 """Occlusion detection logic (pure numpy): binarise, IoU, exemptions, gap fill, windows.
 
-Mirrors SAM-Body4D's rules (DESIGN.md §6) with its two slips fixed: the degenerate-box test
+Mirrors SAM-Body4D's rules with its two slips fixed: the degenerate-box test
 applies to every object (upstream's only fired for object id 1) and a zero-pixel border on
 tiny frames no longer blanks the whole mask.
 """
