@@ -10,7 +10,7 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class OcclusionConfig:
-    """Thresholds of occlusion detection ; every default is upstream's."""
+    """Thresholds of occlusion detection; every default is upstream's."""
 
     detection_resolution: tuple[int, int] = (256, 512)  # (H, W), swapped for portrait clips
     completion_resolution: tuple[int, int] = (512, 1024)
