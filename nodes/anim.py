@@ -123,8 +123,8 @@ class SaveAnimation(io.ComfyNode):
         kinds = FORMAT_CHOICES[formats]
         names = ("_scene.glb", "_all.bvh", "_anim.npz")
         folder, stem, subfolder = _unique_prefix(filename_prefix, names)
-        paths = write_animation(bodies, rig, camera, folder, float(fps), world=scene_world, model=model, prefix=stem, formats=kinds,
-                                expressions=bool(expressions), hooks=glue.hooks(16))
+        paths = write_animation(bodies, rig, camera, folder, float(fps), world=scene_world, model=model, prefix=stem,
+                                formats=kinds, expressions=bool(expressions), hooks=glue.hooks(16))
         rel = [f"{subfolder}/{p.name}" if subfolder else p.name for p in paths]
         scene = next((p for p in paths if p.suffix == ".glb"), None)
         shown = [{"filename": scene.name, "subfolder": subfolder, "type": "output"}] if scene is not None else []

@@ -1,4 +1,4 @@
-"""Save Animation node over the ComfyUI stand-in: unique names in the output folder, core pose input, World Ground's world."""
+"""Save Animation node over the ComfyUI stand-in: unique names, core pose input, World Ground's world."""
 
 from __future__ import annotations
 
