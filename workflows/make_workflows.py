@@ -133,7 +133,7 @@ def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = T
     return nodes
 
 
-def _world(body_src: int, camera_src: int, frames_src: int, smooth_id: int, x: int, y: int = 1120) -> list[N]:
+def _world(body_src: int, camera_src: int, frames_src: int, smooth_id: int, x: int, y: int = 1160) -> list[N]:
     """World Ground (raw bodies + smoothed meshes, frames, tracks, camera) -> plot preview; Save Animation in it."""
     return [
         N(37, "SAMBody4D_WorldGround", (x, y), (320, 420),
