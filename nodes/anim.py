@@ -6,12 +6,15 @@ import os
 from pathlib import Path
 
 import folder_paths
+import numpy as np
 from comfy_api.latest import io
 
-from ..body4d_core.anim import write_animation
-from ..body4d_core.data import Camera
+from ..body4d_core.anim import Floor, SceneWorld, write_animation
+from ..body4d_core.data import Bodies, Camera
 from ..body4d_core.errors import InputError
 from ..body4d_core.mhr_pose import from_mhr_pose
+from ..body4d_core.world import WorldResult
+from ..body4d_core.world.keypoints import CONTACT_NAMES
 from . import comfy_glue as glue
 from . import types as t
 
@@ -29,6 +32,26 @@ def _unique_prefix(filename_prefix: str, names: tuple[str, ...]) -> tuple[Path, 
     while any(os.path.exists(os.path.join(folder, f"{stem}_{counter:05d}{n}")) for n in names):
         counter += 1
     return Path(folder), f"{stem}_{counter:05d}", subfolder
+
+
+def _scene_world(world: WorldResult, bodies: Bodies) -> SceneWorld:
+    """The scene's world frame from World Ground: per-frame camera poses, the y = 0 floor and foot contacts by row."""
+    n_frames = bodies.num_frames
+    if world.camera_rotations.shape[0] != n_frames:
+        raise InputError(f"Save Animation: the world has {world.camera_rotations.shape[0]} frames but the bodies "
+                         f"have {n_frames}; connect World Ground of the same clip")
+    missing = sorted(set(bodies.obj_ids.tolist()) - set(world.obj_ids.tolist()))
+    if missing:
+        raise InputError(f"Save Animation: people {missing} are not in the world (ids: {world.obj_ids.tolist()}); "
+                         "connect World Ground of the same clip")
+    poses = np.tile(np.eye(4), (n_frames, 1, 1))
+    poses[:, :3, :3] = world.camera_rotations
+    poses[:, :3, 3] = world.camera_positions
+    rows = [int(np.flatnonzero(world.obj_ids == oid)[0]) for oid in bodies.obj_ids.tolist()]
+    contacts = {name: world.contacts[rows, :, k] for k, name in enumerate(CONTACT_NAMES)}
+    span = np.concatenate([world.root[world.present], world.camera_positions])[:, [0, 2]]
+    size = max(4.0, 2.0 * float(np.abs(span).max(initial=0.0)) + 2.0)  # covers every track and the camera
+    return SceneWorld(poses, Floor([0.0, 0.0, 0.0], [0.0, 1.0, 0.0], size), contacts)
 
 
 def _file3d(path: Path):
@@ -64,6 +87,10 @@ class SaveAnimation(io.ComfyNode):
                                     tooltip="Or core SAM3D Body pose data (used when bodies is not connected)."),
                 t.Camera.Input("camera", optional=True,
                                tooltip="The clip's intrinsics (default: f = sqrt(H^2 + W^2) or core's focal)."),
+                t.World.Input("world", optional=True,
+                              tooltip="World Ground's world: the scene gets its floor (y = 0, y up), the moving "
+                                      "camera's path and the heel / toe contact flags. Connect the camera-space "
+                                      "bodies (Kalman Smooth), not World Ground's world_bodies."),
                 io.Float.Input("fps", default=30.0, min=0.1, max=240.0, step=0.1,
                                tooltip="Frame rate (use the clip's fps from Load Video)."),
                 io.String.Input("filename_prefix", default="body4d/anim",
@@ -78,7 +105,7 @@ class SaveAnimation(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sam3d_body_model, bodies=None, mhr_pose_data=None, camera=None, fps=30.0,
+    def execute(cls, sam3d_body_model, bodies=None, mhr_pose_data=None, camera=None, world=None, fps=30.0,
                 filename_prefix="body4d/anim", formats="glb + bvh", expressions=True) -> io.NodeOutput:
         if formats not in FORMAT_CHOICES:
             raise InputError(f"formats must be one of {', '.join(FORMAT_CHOICES)}, got {formats!r}")
@@ -92,11 +119,12 @@ class SaveAnimation(io.ComfyNode):
         rig = getattr(model, "mhr", None)
         if rig is None:
             raise InputError("Save Animation: the SAM 3D Body model has no MHR rig attached")
+        scene_world = _scene_world(world, bodies) if world is not None else None
         kinds = FORMAT_CHOICES[formats]
         names = ("_scene.glb", "_all.bvh", "_anim.npz")
         folder, stem, subfolder = _unique_prefix(filename_prefix, names)
-        paths = write_animation(bodies, rig, camera, folder, float(fps), model=model, prefix=stem, formats=kinds,
-                                expressions=bool(expressions), hooks=glue.hooks(16))
+        paths = write_animation(bodies, rig, camera, folder, float(fps), world=scene_world, model=model, prefix=stem,
+                                formats=kinds, expressions=bool(expressions), hooks=glue.hooks(16))
         rel = [f"{subfolder}/{p.name}" if subfolder else p.name for p in paths]
         scene = next((p for p in paths if p.suffix == ".glb"), None)
         shown = [{"filename": scene.name, "subfolder": subfolder, "type": "output"}] if scene is not None else []

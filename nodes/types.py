@@ -13,6 +13,7 @@ Tracks = io.Custom("BODY4D_TRACKS")  # body4d_core.data.Tracks
 Amodal = io.Custom("BODY4D_AMODAL")  # body4d_core.data.Amodal
 Camera = io.Custom("BODY4D_CAMERA")  # body4d_core.data.Camera
 Bodies = io.Custom("BODY4D_BODIES")  # body4d_core.data.Bodies
+World = io.Custom("BODY4D_WORLD")  # body4d_core.world.WorldResult
 
 # Loaded models (nodes.comfy_glue.ModelHandle)
 Sam3Model = io.Custom("BODY4D_SAM3_MODEL")

@@ -12,8 +12,6 @@ from ..body4d_core.world.smoother import WorldSmoothSettings
 from . import comfy_glue as glue
 from . import types as t
 
-World = io.Custom("BODY4D_WORLD")  # body4d_core.world.WorldResult
-
 
 class WorldGround(io.ComfyNode):
     """Floor, gravity, camera motion, world trajectories, foot contacts and contact-aware smoothing."""
@@ -69,8 +67,8 @@ class WorldGround(io.ComfyNode):
             ],
             outputs=[t.Bodies.Output("world_bodies", tooltip="Bodies in the world frame (y up, floor y = 0); "
                                                              "Export Meshes / Save GLB write them y up."),
-                     World.Output("world", tooltip="Floor, gravity, camera trajectory, per-person trajectories "
-                                                   "and foot contacts."),
+                     t.World.Output("world", tooltip="Floor, gravity, camera trajectory, per-person trajectories "
+                                                     "and foot contacts; Save Animation places its scene in it."),
                      io.Image.Output("trajectory_plot", tooltip="Top view: floor grid, camera path, one track "
                                                                 "per person, frame ticks.")],
         )

@@ -2,9 +2,10 @@
 
 The full pipeline (point prompts) and the auto-detect workflow run through ``POST /prompt``
 on CPU to success on the dancer clip (6 frames, 128 px, amodal at 64 px / 2 steps via API
-overrides; the shipped files keep the upstream defaults). The mixing workflow is queued
-without its SD/ControlNet files: the server names exactly those files and our own branch
-(skeleton video, person masks) still runs. Without COMFYUI_DIR only the file checks run.
+overrides; the shipped files keep the upstream defaults), through World Ground (trajectory plot
+returned in the history) and Save Animation (skinned scene GLB with floor, camera and contacts).
+The mixing workflow is queued without its SD/ControlNet files: the server names exactly those
+files and our own branch (skeleton video, person masks) still runs. Without COMFYUI_DIR only the file checks run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from body4d_core.weights import MODEL_SPECS
 from body4d_core.workflow_convert import convert_with_report
 
+from .anim_readers import accessor, load_glb, node_world_matrices
 from .comfy_server import ComfyServer, ComfyServerError
 from .conftest import comfyui_dir
 from .media import DANCER, need
@@ -119,10 +121,26 @@ def e2e_server():
         if not _server_has_moge(server):
             pytest.skip(f"{server.python} lacks MoGe: pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3")
         write_tiny_checkpoints(server.root / "models")
+        _native_rig(server.root / "models")
         shutil.copy(need(DANCER), server.input_dir / DANCER.name)
         yield server
     finally:
         server.stop()
+
+
+def _native_rig(models: Path) -> None:
+    """Swap the tiny SAM-3D-Body's scripted stand-in rig for a TorchScript MhrRig of the same sizes: Save
+    Animation needs the native rig's skeleton and skinning, which the stand-in does not have."""
+    import torch
+
+    from body4d_core.sam3d_body import tiny_config
+    from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+
+    cfg = tiny_config()
+    rig = torch.jit.script(MhrRig(random_rig_tensors(cfg.num_verts, cfg.num_joints, seed=0)).eval())
+    paths = list(models.glob("sam3d_body/*/assets/mhr_model.pt"))
+    assert len(paths) == 1, paths
+    torch.jit.save(rig, str(paths[0]))
 
 
 def _small(graph: dict, tag: str) -> dict:
@@ -153,7 +171,11 @@ def _check_pipeline_outputs(server: ComfyServer, graph: dict, entry: dict, tag: 
     """Rendered video, per-frame PLY meshes, params and a GLB exist and are sane; returns the people count."""
     assert entry["status"]["status_str"] == "success"
     kinds = {graph[nid]["class_type"]: out for nid, out in entry["outputs"].items()}
-    assert len(kinds["PreviewImage"]["images"]) == CAP  # tracks / amodal previews: one image per frame
+    previews = {graph[nid]["inputs"]["images"][0]: out for nid, out in entry["outputs"].items()
+                if graph[nid]["class_type"] == "PreviewImage"}
+    sources = {graph[src]["class_type"]: out for src, out in previews.items()}
+    assert len(sources["SAMBody4D_Propagate"]["images"]) == CAP  # tracks / amodal previews: one image per frame
+    assert len(sources["SAMBody4D_AmodalComplete"]["images"]) == CAP
     videos = [p for p in server.output_files(entry) if p.suffix == ".mp4"]
     assert len(videos) == 1 and videos[0].is_file()
     frames = _frames(videos[0])
@@ -169,7 +191,58 @@ def _check_pipeline_outputs(server: ComfyServer, graph: dict, entry: dict, tag: 
     glbs = sorted(out.glob("glb_*/*.glb"))
     assert len(glbs) == people and glbs[0].read_bytes()[:4] == b"glTF"
     assert "SAMBody4D_SaveGLB" in kinds and kinds["SAMBody4D_SaveGLB"]["3d"][0]["filename"].endswith(".glb")
+    _check_world_plot(server, sources["SAMBody4D_WorldGround"], kinds["SAMBody4D_WorldGround"])
+    _check_scene(server, kinds["SAMBody4D_SaveAnimation"], people)
     return people
+
+
+def _image(server: ComfyServer, item: dict) -> np.ndarray:
+    """An image the history names (PreviewImage writes into the temp folder), as uint8 [H, W, 3]."""
+    from PIL import Image
+
+    assert item["type"] == "temp"
+    path = next((server.root / "temp").rglob(item["filename"]))
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _check_world_plot(server: ComfyServer, preview: dict, own: dict) -> None:
+    """World Ground's trajectory plot: one image in the history, from the core preview and the node's own."""
+    assert len(preview["images"]) == 1 and len(own["images"]) == 1
+    plot = _image(server, preview["images"][0])
+    assert plot.shape == (512, 512, 3)
+    np.testing.assert_array_equal(plot, _image(server, own["images"][0]))
+    paper = np.all(plot > 240, axis=2).mean()
+    ink = np.all(plot < 80, axis=2).mean()  # the scale bar, labels and the camera marker
+    red = ((plot[..., 0] > 150) & (plot[..., 1] < 100)).sum()  # the person's track and contacts
+    assert paper > 0.5 and ink > 0.001 and red > 10, (paper, ink, red)
+
+
+def _check_scene(server: ComfyServer, saved: dict, people: int) -> None:
+    """Save Animation's scene GLB in World Ground's world: one skin per person, the floor at y = 0, the camera
+    placed in the world, and every frame's heel / toe contact flags beside the visibility flags (also in the NPZ)."""
+    item = saved["3d"][0]
+    assert item["type"] == "output" and item["filename"].endswith("_scene.glb")
+    path = server.output_dir / item["subfolder"] / item["filename"]
+    g, blob = load_glb(path)
+    assert len(g.skins) == people
+    floor = next(n for n in g.nodes if n.name == "floor")
+    quad = accessor(g, blob, g.meshes[floor.mesh].primitives[0].attributes.POSITION)
+    np.testing.assert_allclose(quad[:, 1], 0.0, atol=1e-6)
+    cam = next(k for k, n in enumerate(g.nodes) if n.name == "camera")
+    pose = node_world_matrices(g, blob, 0.0)[cam]  # posed in the world (without one: the origin)
+    assert np.linalg.norm(pose[:3, 3]) > 1e-3
+    contact = ("contact_left_heel", "contact_left_toe", "contact_right_heel", "contact_right_toe")
+    roots = [n for n in g.nodes if isinstance(n.extras, dict) and "obj_id" in n.extras]
+    assert len(roots) == people
+    for node in roots:
+        flags = node.extras["flags"]
+        assert {"visible", "missing", *contact} <= set(flags)
+        assert all(len(flags[k]) == CAP and set(flags[k]) <= {0, 1} for k in (*contact, "visible"))
+    with np.load(path.with_name(path.name.replace("_scene.glb", "_anim.npz"))) as z:
+        assert all(z[f"flag_{k}"].shape == (people, CAP) for k in contact)
+        assert z["flag_visible"].any()
+    assert path.with_name(path.name.replace("_scene.glb", "_all.bvh")).read_text().startswith("HIERARCHY")
 
 
 @pytest.mark.comfyui

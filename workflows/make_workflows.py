@@ -108,8 +108,8 @@ AMODAL_WIDTH = 760  # the amodal column; workflows without it shift the later co
 
 
 def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = True, x: int = 2680,
-          smooth_id: int = 30) -> list[N]:
-    """Kalman Smooth -> Render Mesh -> video (+ mesh/GLB exports)."""
+          smooth_id: int = 30, world: bool = False) -> list[N]:
+    """Kalman Smooth -> Render Mesh -> video (+ mesh/GLB exports, + world frame and skinned animation)."""
     nodes = [
         N(smooth_id, "SAMBody4D_KalmanSmooth", (x, 160), (320, 260),
           links={"bodies": (body_src, "bodies"), "camera": (camera_src, "camera"),
@@ -128,7 +128,23 @@ def _tail(body_src: int, camera_src: int, frames_src: int = 1, exports: bool = T
               links={"bodies": (smooth_id, "bodies"), "fps": (1, "fps")}),
             N(36, "Preview3D", (x + 720, 640), (400, 420), links={"model_file": (35, "model_3d")}),
         ]
+    if world:
+        nodes += _world(body_src, camera_src, frames_src, smooth_id, x)
     return nodes
+
+
+def _world(body_src: int, camera_src: int, frames_src: int, smooth_id: int, x: int, y: int = 1160) -> list[N]:
+    """World Ground (raw bodies + smoothed meshes, frames, tracks, camera) -> plot preview; Save Animation in it."""
+    return [
+        N(37, "SAMBody4D_WorldGround", (x, y), (320, 420),
+          links={"bodies": (body_src, "bodies"), "mesh_bodies": (smooth_id, "bodies"), "camera": (camera_src, "camera"),
+                 "frames": (frames_src, "frames"), "tracks": (11, "tracks"), "fps": (1, "fps")}),
+        N(38, "PreviewImage", (x + 360, y), (360, 400), links={"images": (37, "trajectory_plot")},
+          title="World trajectories (top view)"),
+        N(39, "SAMBody4D_SaveAnimation", (x + 760, y), (340, 260),
+          links={"sam3d_body_model": (22, "sam3d_body_model"), "bodies": (smooth_id, "bodies"),
+                 "camera": (camera_src, "camera"), "world": (37, "world"), "fps": (1, "fps")}),
+    ]
 
 
 def _tracking(prompt_src: int) -> list[N]:
@@ -171,12 +187,15 @@ FULL_NOTE = ("**SAM-Body4D: full pipeline from point prompts.** Pick a video in 
              "load the frames into *SAM3 Points*, click on each person (left = positive, right = negative, "
              "*New person* for the next one), then run again.\n\nStages: SAM-3 propagation -> amodal completion "
              "of occluded people (Diffusion-VAS) -> camera FOV (MoGe-2) -> SAM-3D-Body meshes -> Kalman/RTS "
-             "smoothing -> mesh overlay video, per-frame meshes (PLY), animated GLB.\n\nWeights: "
+             "smoothing -> mesh overlay video, per-frame meshes (PLY), animated GLB; *World Ground* puts the people, "
+             "the camera path and the floor in one world frame (top-view plot of the tracks) and *Save Animation* "
+             "writes a skinned scene GLB (rigs, floor, moving camera, foot contacts) and BVH.\n\nWeights: "
              "`python -m body4d_core setup` (or the download dialog) puts them in `models/sam3`, "
              "`models/diffusion_vas`, `models/depth_anything`, `models/moge`, `models/sam3d_body`.")
 AUTO_NOTE = ("**SAM-Body4D: automatic people detection.** Like the full pipeline, but *Detect People* finds "
              "everyone with SAM-3's text detector ('person'), so no clicks are needed. Raise *score_threshold* "
-             "if it finds too much, *max_people* for crowds.\n\nWeights: `python -m body4d_core setup`.")
+             "if it finds too much, *max_people* for crowds. Ends, like it, in the world frame (*World Ground*) and a "
+             "skinned scene GLB + BVH (*Save Animation*).\n\nWeights: `python -m body4d_core setup`.")
 FAST_NOTE = ("**SAM-Body4D: fast preview.** Point prompts -> SAM-3 propagation -> FOV -> SAM-3D-Body (body "
              "only, no hand refinement) -> smoothing -> overlay video. No amodal completion, so occluded "
              "frames are fitted from the visible part only: use it to check prompts and tracking before the "
@@ -194,24 +213,26 @@ MIX_NOTE = ("**SAM-Body4D renders driving a generative model.** Our nodes find t
 GREEN, BLUE, PURPLE, BROWN = "#8A8", "#88A", "#a1309b", "#b58b2a"
 
 
-def _groups(prompt_id: int, amodal: bool, exports: bool) -> list[tuple[str, tuple[int, ...], str]]:
+def _groups(prompt_id: int, amodal: bool, exports: bool, world: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
     """Stage groups drawn around the nodes (frontend groups)."""
     groups = [("1. Video and people", (1, prompt_id, 10, 11, 12), GREEN)]
     if amodal:
         groups.append(("2. Amodal completion (occluded people)", (15, 16), BLUE))
     groups.append(("3. Camera and bodies", (20, 21, 22, 23), PURPLE))
     groups.append(("4. Smoothing and outputs", (30, 31, 32, 33, *((34, 35, 36) if exports else ())), BROWN))
+    if world:
+        groups.append(("5. World frame and animation", (37, 38, 39), GREEN))
     return groups
 
 
 def full_spec() -> Spec:
-    nodes = [*_front(POINTS), *_tracking(2), *_amodal(), *_fov_body(True), *_tail(23, 21)]
-    return Spec("body4d_full_pipeline", FULL_NOTE, nodes, _groups(2, True, True))
+    nodes = [*_front(POINTS), *_tracking(2), *_amodal(), *_fov_body(True), *_tail(23, 21, world=True)]
+    return Spec("body4d_full_pipeline", FULL_NOTE, nodes, _groups(2, True, True, world=True))
 
 
 def auto_spec() -> Spec:
-    nodes = [*_front(DETECT), *_tracking(3), *_amodal(), *_fov_body(True), *_tail(23, 21)]
-    return Spec("body4d_auto_detect", AUTO_NOTE, nodes, _groups(3, True, True))
+    nodes = [*_front(DETECT), *_tracking(3), *_amodal(), *_fov_body(True), *_tail(23, 21, world=True)]
+    return Spec("body4d_auto_detect", AUTO_NOTE, nodes, _groups(3, True, True, world=True))
 
 
 def fast_spec() -> Spec:
