@@ -121,26 +121,10 @@ def e2e_server():
         if not _server_has_moge(server):
             pytest.skip(f"{server.python} lacks MoGe: pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3")
         write_tiny_checkpoints(server.root / "models")
-        _native_rig(server.root / "models")
         shutil.copy(need(DANCER), server.input_dir / DANCER.name)
         yield server
     finally:
         server.stop()
-
-
-def _native_rig(models: Path) -> None:
-    """Swap the tiny SAM-3D-Body's scripted stand-in rig for a TorchScript MhrRig of the same sizes: Save
-    Animation needs the native rig's skeleton and skinning, which the stand-in does not have."""
-    import torch
-
-    from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
-
-    cfg = tiny_config()
-    rig = torch.jit.script(MhrRig(random_rig_tensors(cfg.num_verts, cfg.num_joints, seed=0)).eval())
-    paths = list(models.glob("sam3d_body/*/assets/mhr_model.pt"))
-    assert len(paths) == 1, paths
-    torch.jit.save(rig, str(paths[0]))
 
 
 def _small(graph: dict, tag: str) -> dict:
