@@ -6,13 +6,14 @@ influences per vertex) drives random motions; the numbers measure the writers, n
 full rig on the first person (vertex error from the pose correctives LBS cannot carry: with a
 random rig this shows the measurement works, its size says nothing about real MHR; joints exact).
 
-    python3 bench/bench_anim.py                        # 5 people x 90 frames and 1 person x 1800 frames
-    python3 bench/bench_anim.py --cases 2x30 --tiny    # smoke test (seconds)
-    python3 bench/bench_anim.py --picture docs/animation_skinned.png   # the README picture (a demo humanoid)
+    python -m bench.bench_anim                        # 5 people x 90 frames and 1 person x 1800 frames
+    python -m bench.bench_anim --cases 2x30 --tiny    # smoke test (seconds)
+    python -m bench.bench_anim --picture docs/animation_skinned.png   # the README picture (a demo humanoid)
 
 Prints one markdown table: per case, seconds to build the files in memory (without the fidelity report),
 to measure the fidelity report the writer adds by default (4 frames per person), to write, and the
-size of each file kind.
+size of each file kind. Every figure (and the fidelity line's three errors) is also written as a
+JSON row (bench/rows.py); the picture mode measures nothing and writes no rows.
 """
 
 from __future__ import annotations
@@ -20,24 +21,25 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.rows import RowWriter, add_rows_args
+from bench.timers import Stopwatch
+from body4d_core.anim import animation_files, scene_motions
+from body4d_core.anim.fidelity import measure
+from body4d_core.anim.writer import fidelity_report
+from body4d_core.atomic import write_bytes_atomic
+from body4d_core.data import Bodies, BodyFlag, Camera
+from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+from body4d_core.tiny import uv_sphere
 
-from body4d_core.anim import animation_files, scene_motions  # noqa: E402
-from body4d_core.anim.fidelity import measure  # noqa: E402
-from body4d_core.anim.writer import fidelity_report  # noqa: E402
-from body4d_core.atomic import write_bytes_atomic  # noqa: E402
-from body4d_core.data import Bodies, BodyFlag, Camera  # noqa: E402
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors  # noqa: E402
-from body4d_core.tiny import uv_sphere  # noqa: E402
+# the file kinds run_case sizes, in the table's column order, with their rows' metric names
+SIZE_KINDS = [("glb", "scene_glb_size"), ("bvh (all)", "bvh_all_size"),
+              ("bvh (per person, sum)", "bvh_per_person_size"), ("csv (sum)", "flag_csv_size"), ("npz", "npz_size")]
 
 
 def make_case(people: int, frames: int, num_verts: int, num_joints: int, faces: np.ndarray, seed: int = 0) -> Bodies:
@@ -62,23 +64,20 @@ def make_case(people: int, frames: int, num_verts: int, num_joints: int, faces: 
 def run_case(rig: MhrRig, bodies: Bodies, out: Path, fps: float) -> dict:
     """Build every file in memory, then write them (atomically); sizes by kind."""
     cam = Camera.default(bodies.image_size, bodies.num_frames)
-    t0 = time.perf_counter()
-    files = animation_files(bodies, rig, cam, fps, fidelity=False)
-    build_s = time.perf_counter() - t0
+    with Stopwatch("cpu") as build:
+        files = animation_files(bodies, rig, cam, fps, fidelity=False)
     motions = scene_motions(rig, bodies, bodies.extras["model_params"].astype(np.float64))
-    tf = time.perf_counter()
-    fidelity_report(rig, motions, bodies, bodies.extras["model_params"].astype(np.float64))
-    fid_s = time.perf_counter() - tf
-    t1 = time.perf_counter()
-    for name, data in files.items():
-        write_bytes_atomic(out / name, data)
-    t2 = time.perf_counter()
+    with Stopwatch("cpu") as fid:
+        fidelity_report(rig, motions, bodies, bodies.extras["model_params"].astype(np.float64))
+    with Stopwatch("cpu") as write:
+        for name, data in files.items():
+            write_bytes_atomic(out / name, data)
     kinds: dict[str, int] = {}
     for name, data in files.items():
         kind = "glb" if name.endswith(".glb") else "bvh (all)" if name.endswith("_all.bvh") else \
             "bvh (per person, sum)" if name.endswith(".bvh") else "csv (sum)" if name.endswith(".csv") else "npz"
         kinds[kind] = kinds.get(kind, 0) + len(data)
-    return {"build_s": build_s, "write_s": t2 - t1, "fidelity_s": fid_s, "sizes": kinds}
+    return {"build_s": build.seconds, "write_s": write.seconds, "fidelity_s": fid.seconds, "sizes": kinds}
 
 
 # --------------------------------------------------------------------------- the README picture
@@ -290,12 +289,23 @@ def picture(path: Path, frames: int = 48, fps: float = 24.0) -> None:
     print(f"wrote {path}")
 
 
+def case_rows(out: RowWriter, case: str, r: dict, **extra: object) -> None:
+    """One table line's figures as rows: the three timings (s) and each file kind's size (MB, 1e6 bytes)."""
+    for key, metric in (("build_s", "build"), ("fidelity_s", "fidelity_report"), ("write_s", "write")):
+        out.add(case, metric, r[key], "s", **extra)
+    for kind, metric in SIZE_KINDS:
+        size = r["sizes"].get(kind, 0)
+        out.add(case, metric, size / 1e6, "MB", bytes=size, **extra)
+
+
 def main() -> None:
+    """Time and size the exports of each case (or draw the README picture); print the table, write the rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="+", default=["5x90", "1x1800"], help="PEOPLExFRAMES")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--tiny", action="store_true", help="small rig (smoke test)")
     ap.add_argument("--picture", type=Path, help="write the README picture (PNG) instead of timing")
+    add_rows_args(ap)
     args = ap.parse_args()
     if args.picture:
         picture(args.picture)
@@ -308,11 +318,13 @@ def main() -> None:
         verts, tri = uv_sphere()
         nv, nj, faces = int(verts.shape[0]), 127, tri.numpy().astype(np.int32)
     rig = MhrRig(random_rig_tensors(nv, nj, seed=0)).eval()
+    out = RowWriter.from_args("bench_anim", args, "cpu")
+    setting = {"joints": nj, "vertices": nv, "fps": args.fps, "threads": torch.get_num_threads()}
     print(f"# bench_anim: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, rig {nj} joints / "
           f"{nv} vertices, fps {args.fps}\n")
     print("| case | build s | fidelity report s | write s | scene GLB | BVH (all) | BVH (per person, sum) | flag CSVs | NPZ |")
     print("|---|---|---|---|---|---|---|---|---|")
-    fid_line = ""
+    fid = None
     for case in args.cases:
         people, frames = (int(x) for x in case.split("x"))
         bodies = make_case(people, frames, nv, nj, faces)
@@ -323,12 +335,17 @@ def main() -> None:
         print(f"| {people} x {frames} | {r['build_s']:.2f} | {r['fidelity_s']:.2f} | {r['write_s']:.2f} | {mb('glb')} | "
               f"{mb('bvh (all)')} | "
               f"{mb('bvh (per person, sum)')} | {mb('csv (sum)')} | {mb('npz')} |")
-        if not fid_line:
+        case_rows(out, f"{people} x {frames}", r, people=people, frames=frames, **setting)
+        if fid is None:
             m = scene_motions(rig, bodies, bodies.extras["model_params"].astype(np.float64))[0]
             i = bodies.index_of(m.obj_id)
             sel = np.flatnonzero(m.present)[:: max(1, frames // 30)]
-            fid_line = measure(rig, m, bodies.extras["model_params"][i], bodies.params["expr"][i], sel).line()
-    print(f"\nfidelity (random rig, first case, person 1): {fid_line}")
+            fid = measure(rig, m, bodies.extras["model_params"][i], bodies.params["expr"][i], sel)
+            fid_case = f"fidelity, {people} x {frames}, person {m.obj_id}"
+            for metric in ("vertex_mean_mm", "vertex_max_mm", "joint_max_mm"):
+                out.add(fid_case, metric.removesuffix("_mm"), getattr(fid, metric), "mm", measured_frames=fid.frames,
+                        people=people, frames=frames, random_rig=True, **setting)
+    print(f"\nfidelity (random rig, first case, person 1): {fid.line() if fid is not None else ''}")
 
 
 if __name__ == "__main__":

@@ -225,3 +225,99 @@ def test_clips_are_deterministic_and_masks_consistent():
     frames, items = clips.body_inputs(5, 40, 60, people=2)
     assert frames.shape == (3, 40, 60, 3) and [(i.frame, i.obj_id) for i in items] == [
         (0, 1), (0, 2), (1, 1), (1, 2), (2, 1)]
+
+
+def _table(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of the markdown lines of ``text`` whose first cell starts with ``first_cell``."""
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"| {first_cell}")]
+    return [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+
+
+def test_world_bench_writes_both_tables_figures_as_rows(tmp_path, monkeypatch, capsys):
+    """One moving-camera clap case: every printed metric of both tables is a row with the printed value."""
+    from bench import bench_world
+    from bench.rows import read_rows
+
+    out = tmp_path / "world.jsonl"
+    monkeypatch.setattr(bench_world, "TINY", [("clap", "handheld", 1)])
+    monkeypatch.setattr(sys, "argv", ["bench_world", "--tiny", "--jsonl", str(out)])
+    bench_world.main()
+    text = capsys.readouterr().out
+    got: dict[tuple[str, str], dict] = {(r["case"], r["metric"]): r for r in read_rows(out)}
+    assert all(r["bench"] == "bench_world" and r["command"] == f"python -m bench.bench_world --tiny --jsonl {out}"
+               for r in got.values())
+    methods = _table(text, "clap handheld 1p")[:4]
+    assert [m[1] for m in methods] == ["raw", "gaussian", "current", "ours"]
+    for cells in methods:
+        case = f"clap handheld 1p, {cells[1]}"
+        for col, metric, unit, tol in ((2, "w_mpjpe", "mm", 0.051), (3, "wa_mpjpe", "mm", 0.051),
+                                       (4, "rte", "%", 0.0051), (5, "skate", "mm/frame", 0.0051),
+                                       (6, "jitter", "mm/frame^2", 0.0051), (7, "hands", "mm", 0.051)):
+            row = got[(case, metric)]
+            assert row["unit"] == unit and row["value"] == pytest.approx(float(cells[col]), abs=tol), (case, metric)
+            assert row["extra"]["method"] == cells[1] and row["extra"]["frames"] == 40
+    cam = _table(text, "clap handheld 1p")[4]  # the camera table's line
+    about = got[("clap handheld 1p", "static_detected_ok")]
+    assert about["value"] is True and cam[1] == "ok (moving)" and about["extra"]["camera_static"] is False
+    assert about["extra"]["camera_source"] == cam[2] and about["extra"]["floor_source"] == cam[7]
+    for col, metric, unit, tol in ((3, "cam_rot_err", "deg", 0.0051), (4, "cam_trans_err", "% of path", 0.0051),
+                                   (5, "floor_normal_err", "deg", 0.0051), (6, "floor_height_err", "mm", 0.51),
+                                   (8, "stage_seconds", "s", 0.051)):
+        row = got[("clap handheld 1p", metric)]
+        assert row["unit"] == unit and row["value"] == pytest.approx(float(cam[col]), abs=tol), metric
+    assert len(got) == 4 * 6 + 6
+
+
+def test_anim_bench_writes_its_table_and_fidelity_as_rows(tmp_path):
+    from bench.rows import read_rows
+
+    out = tmp_path / "anim.jsonl"
+    res = subprocess.run([sys.executable, "-m", "bench.bench_anim", "--tiny", "--cases", "2x12", "1x9", "--jsonl",
+                          str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = read_rows(out)
+    got = {(r["case"], r["metric"]): r for r in rows}
+    assert len(got) == len(rows) == 2 * 8 + 3
+    metrics = ["build", "fidelity_report", "write", "scene_glb_size", "bvh_all_size", "bvh_per_person_size",
+               "flag_csv_size", "npz_size"]
+    for cells in _table(res.stdout, "2 x 12") + _table(res.stdout, "1 x 9"):
+        for metric, cell in zip(metrics, cells[1:]):
+            row = got[(cells[0], metric)]
+            value = float(cell.removesuffix(" MB"))
+            assert row["value"] == pytest.approx(value, abs=0.0051), (cells[0], metric)
+            if cell.endswith(" MB"):
+                assert row["unit"] == "MB" and row["value"] == row["extra"]["bytes"] / 1e6
+            else:
+                assert row["unit"] == "s"
+    assert got[("2 x 12", "scene_glb_size")]["extra"]["bytes"] > got[("1 x 9", "scene_glb_size")]["extra"]["bytes"]
+    assert got[("1 x 9", "build")]["extra"] == {"people": 1, "frames": 9, "joints": 20, "vertices": 200, "fps": 30.0,
+                                                "threads": got[("1 x 9", "build")]["extra"]["threads"]}
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("fidelity"))
+    mean, vmax, jmax = (float(x) for x in
+                        (line.split("mean ")[1].split(" mm")[0], line.split("max ")[1].split(" mm")[0],
+                         line.split("joints max ")[1].split(" mm")[0]))
+    fid = {m: got[("fidelity, 2 x 12, person 1", m)] for m in ("vertex_mean", "vertex_max", "joint_max")}
+    assert fid["vertex_mean"]["value"] == pytest.approx(mean, abs=0.0051)
+    assert fid["vertex_max"]["value"] == pytest.approx(vmax, abs=0.0051) and vmax > mean
+    assert fid["joint_max"]["value"] == pytest.approx(jmax, abs=0.00006)
+    assert fid["vertex_mean"]["extra"]["measured_frames"] == 12 and fid["vertex_mean"]["unit"] == "mm"
+
+
+def test_batch_bench_rows_of_one_printed_line(tmp_path):
+    """write_rows: the printed figures of a worker count, the speed-up only where one is printed."""
+    from bench import bench_batch
+    from bench.rows import RowWriter, read_rows
+
+    out = tmp_path / "batch.jsonl"
+    w = RowWriter("bench_batch", out, results=False, device="cpu", argv=["--tiny"])
+    two = {"workers": 2, "split": False, "videos": 4, "done": 3, "start_s": 1.5, "batch_s": 20.0,
+           "videos_per_hour": 540.0, "failed": ["boom"]}
+    bench_batch.write_rows(w, two, 1.75, copies=4)
+    bench_batch.write_rows(w, {**two, "split": True, "videos": 1, "done": 1, "failed": []}, None, copies=4)
+    rows = read_rows(out)
+    first = {r["metric"]: (r["value"], r["unit"]) for r in rows if r["case"] == "2 workers"}
+    assert first == {"start_s": (1.5, "s"), "batch_s": (20.0, "s"), "done": (3, "videos"),
+                     "videos_per_hour": (540.0, "videos/h"), "speed_up": (1.75, "x")}
+    assert rows[0]["extra"] == {"workers": 2, "split": False, "videos": 4, "failed": 1, "copies": 4}
+    split = [r["metric"] for r in rows if r["case"] == "2 workers, split (1 clip)"]
+    assert split == ["start_s", "batch_s", "done", "videos_per_hour"]
