@@ -467,7 +467,12 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
                 writes.save("bodies", bodies, out / "bodies.npz")
                 _done(summary, "smooth", ["bodies"])
         if opts.write_anim and body_model is None:  # the animation's skeleton comes from the model's rig
-            body_model = _body_model(opts, models)
+            from .errors import MissingWeightsError
+
+            try:
+                body_model = _body_model(opts, models)
+            except MissingWeightsError as err:
+                log.warning("animation export: no SAM-3D-Body rig to load (%s)", err)
         return raw, bodies, AnimRig(body_model) if opts.write_anim else None
     finally:
         del body_model
