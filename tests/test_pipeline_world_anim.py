@@ -42,6 +42,13 @@ def default_run(models, tmp_path_factory):
     return out, summary, records
 
 
+def summary_models(out):
+    """The models root the run recorded in run.json."""
+    from pathlib import Path
+
+    return Path(_manifest(out)["options"]["models_root"])
+
+
 def _manifest(out) -> dict:
     return json.loads((out / "run.json").read_text())
 
@@ -89,7 +96,12 @@ def test_anim_outputs_or_a_logged_skip(default_run):
     if not anim.is_dir():
         assert any("animation export skipped" in r.getMessage() for r in records)
         assert any("animation export skipped" in n for n in summary.notes)
-        pytest.skip("the tiny SAM-3D-Body rig is not the native MHR rig: the animation export was skipped")
+        # justified only when the model's rig really cannot be skinned (the tiny scripted stand-in rig)
+        from body4d_core.anim import supports_skinned_export
+        from body4d_core.sam3d_body import load_sam3d_body
+
+        assert not supports_skinned_export(load_sam3d_body(search_dirs=[summary_models(out)]).mhr)
+        return
     for name in ANIM_FILES:
         assert (anim / name).is_file(), name
     for oid in summary.obj_ids:
@@ -139,3 +151,61 @@ def test_world_options_reach_the_world_stage(models, tmp_path, monkeypatch):
     assert seen["mesh_bodies"] is not None
     with np.load(tmp_path / "world" / "world.npz") as z:
         assert np.allclose(z["camera_rotations"], z["camera_rotations"][:1])  # static: one camera pose
+
+
+def test_anim_scene_with_a_native_rig_placed_in_the_world(models, tmp_path, monkeypatch):
+    """With a native MHR rig (random, the tiny model's sizes) the run writes the skinned scene in the world frame."""
+    from body4d_core import pipeline
+    from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+
+    real_init = pipeline.AnimRig.__init__
+
+    def native(self, model):
+        real_init(self, model)
+        cfg = model.cfg
+        self.mhr = MhrRig(random_rig_tensors(cfg.num_verts, cfg.num_joints, seed=1)).eval()
+
+    monkeypatch.setattr(pipeline.AnimRig, "__init__", native)
+    summary = run_pipeline(SAMPLE, tmp_path, small_options(models, anim_fidelity=False, write_meshes=False,
+                                                          write_glb=False))
+    anim = tmp_path / "anim"
+    for name in ANIM_FILES:
+        assert (anim / name).is_file(), name
+    assert (anim / f"body4d_person_{summary.obj_ids[0]}.bvh").read_text().startswith("HIERARCHY")
+    recorded = {p for e in _manifest(tmp_path)["files"].values() for p in e["paths"]}
+    assert all(f"anim/{n}" in recorded for n in ANIM_FILES)
+    with np.load(anim / "body4d_anim.npz") as z:
+        assert z["obj_ids"].tolist() == summary.obj_ids and z["joint_world"].shape[1] == 4
+        contacts = np.load(tmp_path / "world" / "world.npz")["contacts"]
+        assert np.array_equal(z["flag_contact_left_foot"], contacts[..., :2].any(-1))  # world contacts reached it
+    from .test_glb_validator import validate
+
+    report = validate([anim / "body4d_scene.glb"])[0]
+    assert report["errors"] == 0, report
+
+
+def test_scene_world_from_a_world_result():
+    """Camera poses, the y = 0 floor and per-foot contacts of a world result, as the animation export takes them."""
+    from types import SimpleNamespace
+
+    from body4d_core.anim.world_input import scene_world_from
+    from body4d_core.errors import InputError
+
+    t = 3
+    angles = np.linspace(0.0, 0.4, t)
+    rot = np.stack([[[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]] for a in angles])
+    pos = np.stack([[0.5 * k, 1.6, -3.0] for k in range(t)])
+    contacts = np.zeros((2, t, 4), bool)
+    contacts[0, 0, 0] = True  # left heel
+    contacts[1, 2, 3] = True  # right toe
+    world = SimpleNamespace(camera_rotations=rot, camera_positions=pos, contacts=contacts,
+                            root=np.zeros((2, t, 3)), present=np.ones((2, t), bool))
+    scene = scene_world_from(world)
+    assert np.allclose(scene.world_from_camera[:, :3, :3], rot) and np.allclose(scene.world_from_camera[:, :3, 3], pos)
+    assert np.allclose(scene.floor.normal, [0, 1, 0]) and np.allclose(scene.floor.point, 0)
+    assert scene.floor.size >= 2 * 3.0  # covers the camera 3 m away
+    assert scene.contacts["left_foot"].tolist() == [[True, False, False], [False, False, False]]
+    assert scene.contacts["right_foot"].tolist() == [[False, False, False], [False, False, True]]
+    world.camera_rotations = rot * 2.0  # not a rotation: refused by SceneWorld
+    with pytest.raises(InputError):
+        scene_world_from(world)
