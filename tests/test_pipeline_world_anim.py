@@ -4,6 +4,7 @@ run.json, read back with independent readers, and switched off by PipelineOption
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 
@@ -209,3 +210,20 @@ def test_scene_world_from_a_world_result():
     world.camera_rotations = rot * 2.0  # not a rotation: refused by SceneWorld
     with pytest.raises(InputError):
         scene_world_from(world)
+
+
+def test_resume_runs_the_world_stage_again_and_overwrite_clears_it(models, tmp_path):
+    """--resume reuses bodies and smoothing but grounds the world again; a run without the world stage
+    over a folder that had one leaves no stale world/ file."""
+    opts = small_options(models, write_anim=False, write_meshes=False, write_glb=False)
+    run_pipeline(SAMPLE, tmp_path, opts)
+    first = (tmp_path / "world" / "world.npz").read_bytes()
+    summary = run_pipeline(SAMPLE, tmp_path, opts, resume=True)
+    assert {"sam3", "camera", "bodies", "smooth"} <= set(summary.reused) and "world" not in summary.reused
+    data = _manifest(tmp_path)
+    assert data["status"] == "complete" and data["stages"]["world"]["reused"] is False
+    with np.load(tmp_path / "world" / "world.npz") as a, np.load(io.BytesIO(first)) as b:
+        assert np.allclose(a["root"], b["root"])  # same inputs, same world
+    small = small_options(models, world=False, write_anim=False, write_meshes=False, write_glb=False)
+    run_pipeline(SAMPLE, tmp_path, small, overwrite=True)
+    assert not (tmp_path / "world").exists()
