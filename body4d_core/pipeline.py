@@ -7,7 +7,8 @@
 
 Each stage writes its typed output as .npz into the output folder (so a run can be
 inspected or resumed), and each model is loaded for its stage only and released after it,
-so peak GPU memory is that of the largest stage, not their sum. The writes (npz files, the
+so peak GPU memory is that of the largest stage, not their sum (a long-lived caller may pass a
+model cache instead: then the models stay loaded across runs). The writes (npz files, the
 mask overlay video, the meshes and GLBs) run on background threads while the next stage
 computes; run_pipeline waits for them before it returns and raises the first one that failed.
 """
@@ -531,8 +532,7 @@ def _submit_world(world: Any, opts: PipelineOptions, clip: Clip, out: Path, writ
     bodies = world.bodies
     if opts.write_glb:
         writes.submit("world_glb", folder / "glb", lambda: export.write_glb(bodies, folder / "glb", fps=clip.fps))
-    writes.submit("world_params", folder / "params.npz", _save_npz_path, export.save_params, bodies,
-                  folder / "params.npz")
+    writes.submit("world_params", folder / "params.npz", export.save_params, bodies, folder / "params.npz")
     if opts.write_meshes:
         writes.submit("world_meshes", folder / "meshes", export.write_meshes, bodies, folder / "meshes")
 
@@ -546,10 +546,6 @@ def _save_world(writes: "BackgroundWrites", world: Any, folder: Path) -> None:
         writes.summary.files[key] = path
         if writes.summary.manifest is not None:
             writes.summary.manifest.file_written(key, path)
-
-
-def _save_npz_path(save: Callable[..., Path], obj: object, path: Path) -> Path:
-    return save(obj, path)
 
 
 def _submit_anim(bodies: Bodies, rig: AnimRig | None, camera: Camera, world: Any, clip: Clip,
