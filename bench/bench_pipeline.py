@@ -6,7 +6,8 @@ Writes random-weight checkpoints in every model's official on-disk layout (body4
 example EX-02 (5 people, 90 frames, 1280x720, people walking past each other and behind a
 pole), prompted with points + boxes on frame 0 (so SAM-3 needs no person detection). Every
 real loader and stage runs: SAM-3 tracking, amodal depth / masks / refinement / completion,
-MoGe-2 FOV, SAM-3D-Body, smoothing, render + exports. Prints one markdown table: per-stage
+MoGe-2 FOV, SAM-3D-Body, smoothing, the world frame, render + exports (the animation export
+included). Prints one markdown table: per-stage
 seconds (RunSummary.timings, CUDA-synchronised), per-stage and overall peak GPU memory, the
 checkpoint-writing time (separate, not in the total) and the counts the timings belong to.
 
@@ -19,10 +20,14 @@ random masks decide how many frames are occluded, often none). Either way the ta
 counts (present person-frames, occluded frames, completed frames, body crops) the times
 correspond to.
 
-    python3 bench/bench_pipeline.py                          # H200: write real-size checkpoints + run (~6-7 min)
-    python3 bench/bench_pipeline.py --models models/bench_real  # keep / reuse the written checkpoints
-    python3 bench/bench_pipeline.py --amodal-steps 4         # quicker; the amodal row is then at 4 steps
-    python3 bench/bench_pipeline.py --tiny                   # CPU smoke test (tiny checkpoints, tiny clip)
+    python -m bench.bench_pipeline                             # H200: write real-size checkpoints + run (~6-7 min)
+    python -m bench.bench_pipeline --models models/bench_real  # keep / reuse the written checkpoints
+    python -m bench.bench_pipeline --amodal-steps 4            # quicker; the amodal row is then at 4 steps
+    python -m bench.bench_pipeline --no-world                  # without the world stage (as before it existed)
+    python -m bench.bench_pipeline --tiny                      # CPU smoke test (tiny checkpoints, tiny clip)
+
+Every stage's seconds and peak GPU memory, and the pipeline total, are also written as rows
+(``bench/rows.py``: bench/results/bench_pipeline.jsonl, and ``--jsonl PATH``).
 
 ``--time-limit S`` (default 540 s real, 300 s tiny, counted from the start of the script) stops
 the pipeline at the next interrupt check once passed and still prints the table of what ran;
@@ -49,125 +54,28 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from bench.clips import SyntheticClip, make_clip, write_clip  # noqa: E402
+from bench.patching import patched  # noqa: E402
+from bench.peak_memory import gpu_peak_gib  # noqa: E402
+from bench.rows import RowWriter, add_rows_args  # noqa: E402
+from bench.timers import sync  # noqa: E402
 from body4d_core import pipeline as pl  # noqa: E402
-from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks, pack_masks, unpack_masks  # noqa: E402
+from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks, unpack_masks  # noqa: E402
 from body4d_core.runtime import CallbackHooks  # noqa: E402
 from body4d_core.video import LoadOptions  # noqa: E402
-from kernel_profile import sync  # noqa: E402
 
 log = logging.getLogger("bench_pipeline")
-STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render")
 HARD_GRACE_S = 40.0
 
 
 class TimeLimitReached(BaseException):
     """Raised from the hooks' interrupt check once the time limit has passed (BaseException: never swallowed)."""
-
-
-# --------------------------------------------------------------------------- synthetic clip
-
-
-@dataclass
-class SyntheticClip:
-    """Frames of people-like figures plus their known visible / amodal masks (bit-packed [N, T, H, W/8])."""
-
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    visible: np.ndarray
-    amodal: np.ndarray
-    prompts: dict  # points-editor JSON
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.frames.shape[1]), int(self.frames.shape[2])
-
-
-def _figure_mask(h: int, w: int, cx: float, foot: float, body_h: float, body_w: float) -> np.ndarray:
-    """bool [H, W]: a torso/legs rectangle plus a round head, feet at row ``foot``."""
-    m = np.zeros((h, w), bool)
-    top = foot - body_h
-    x0, x1 = int(round(cx - body_w / 2)), int(round(cx + body_w / 2))
-    m[max(int(top), 0):max(int(foot), 0), max(x0, 0):max(x1, 0)] = True
-    r = body_w * 0.45
-    cy = top - r * 0.9
-    ys, xs = np.ogrid[:h, :w]
-    m |= (ys - cy) ** 2 + (xs - cx) ** 2 <= r * r
-    return m
-
-
-def make_clip(num_frames: int, people: int, height: int, width: int) -> SyntheticClip:
-    """People walking left/right at different speeds (bouncing at the edges), drawn back to front, and a
-    pole in front of everyone: each person is hidden by the pole or by the people in front for some frames."""
-    rng = np.random.default_rng(0)
-    h, w = height, width
-    body_h = 0.42 * h
-    body_w = max(0.33 * body_h, 6.0)  # box aspect ~0.26: clear of the amodal stage's "skinny" exemption (< 0.2)
-    lo, hi = 0.08 * w, 0.92 * w
-    starts = lo + (hi - lo) * (np.arange(people) + 0.5) / people
-    gaps = np.diff(np.concatenate([[lo], starts, [hi]]))
-    g = int(np.argmax(gaps))
-    pole_x = (([lo] + starts.tolist() + [hi])[g] + ([lo] + starts.tolist() + [hi])[g + 1]) / 2
-    pole_w = max(0.045 * w, 3.0)
-    pole = np.zeros((h, w), bool)
-    pole[:, int(pole_x - pole_w / 2):int(pole_x + pole_w / 2)] = True
-    travel = (0.25 + 0.1 * np.arange(people)) * w  # over the clip; neighbours walk towards each other
-    speed = travel / num_frames * np.where(np.arange(people) % 2 == 0, 1.0, -1.0)
-    feet = 0.88 * h - (np.arange(people) % 3) * 0.03 * h
-    colours = rng.integers(40, 230, (people, 3)).astype(np.uint8)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    background = np.stack([90 + 60 * xx / w, 110 + 50 * yy / h, 120 + 40 * np.sin(xx / 29.0) * np.cos(yy / 17.0)],
-                          -1).astype(np.uint8)
-    frames = np.empty((num_frames, h, w, 3), np.uint8)
-    vis = np.empty((people, num_frames, h, (w + 7) // 8), np.uint8)
-    amo = np.empty_like(vis)
-    x = starts.copy()
-    first_masks = []
-    for t in range(num_frames):
-        img = background.copy()
-        sil = [_figure_mask(h, w, x[k], feet[k], body_h, body_w) for k in range(people)]
-        covered = pole.copy()
-        for k in reversed(range(people)):  # front (last drawn) first, so covered = everyone in front
-            vis[k, t] = pack_masks(sil[k] & ~covered)
-            amo[k, t] = pack_masks(sil[k])
-            covered |= sil[k]
-        for k in range(people):
-            img[sil[k]] = colours[k]
-        img[pole] = (200, 200, 200)
-        frames[t] = img
-        if t == 0:
-            first_masks = [unpack_masks(vis[k, 0], w) for k in range(people)]
-        x += speed
-        speed = np.where((x < lo) | (x > hi), -speed, speed)
-        x = np.clip(x, lo, hi)
-    return SyntheticClip(frames, vis, amo, _prompts(first_masks, (h, w)))
-
-
-def _prompts(masks: list[np.ndarray], size: tuple[int, int]) -> dict:
-    """Points-editor JSON: per person a box around its frame-0 mask and one positive click inside it."""
-    objects = []
-    for k, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if len(xs) == 0:
-            continue
-        i = len(xs) // 2
-        objects.append({"id": k + 1, "points": [{"frame": 0, "x": float(xs[i]) + 0.5, "y": float(ys[i]) + 0.5,
-                                                  "label": 1}],
-                        "boxes": [{"frame": 0, "x0": float(xs.min()), "y0": float(ys.min()),
-                                   "x1": float(xs.max()) + 1, "y1": float(ys.max()) + 1}]})
-    return {"version": 1, "image_size": list(size), "objects": objects}
-
-
-def write_clip(clip: SyntheticClip, path: Path, fps: float = 30.0) -> Path:
-    from body4d_core.export import write_mp4
-
-    return write_mp4(path, iter(clip.frames), fps, clip.size)
 
 
 # --------------------------------------------------------------------------- recording stage times
@@ -208,21 +116,6 @@ def import_model_libraries() -> float:
     return time.perf_counter() - t0
 
 
-def _peak() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-
-
-@contextlib.contextmanager
-def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    """Set obj.name to value for the block, restore it afterwards."""
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
 def stage_timer(rec: Record) -> type:
     """pipeline._Timer that synchronises CUDA at both ends and also records into rec (partial runs too)."""
 
@@ -237,7 +130,7 @@ def stage_timer(rec: Record) -> type:
         def __exit__(self, *exc: object) -> None:
             sync()
             super().__exit__(*exc)
-            rec.peak_gib[self.name] = _peak()
+            rec.peak_gib[self.name] = gpu_peak_gib()
             if exc[0] is not None:  # stopped (time limit) or failed: keep the name, time it apart
                 rec.partial_s = self.summary.timings[self.name]
                 return
@@ -354,7 +247,10 @@ def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dic
                    f"compile {'auto' if torch.cuda.is_available() and not args.no_compile else 'off'}"
                    f"{', FP8' if args.fp8 else ''}"),
         "smooth": "Kalman/RTS per person + rig refresh",
-        "render": "overlay render + MP4 (params, PLY meshes, GLB: background writes meanwhile)",
+        "world": ("floor, camera motion, contacts, world-frame bodies (MoGe-2 depth every 10th frame)"
+                  if not args.no_world else "off (--no-world)"),
+        "render": "overlay render + MP4 (params, PLY meshes, GLBs, animation scene + BVH: background writes "
+                  "meanwhile)",
     }
 
 
@@ -370,6 +266,8 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
             lines.append(f"| {s} | stopped after {rec.partial_s:.2f} | {_fmt(rec.peak_gib.get(s))} | {notes[s]} |")
         elif s == "amodal" and args.no_amodal:
             lines.append("| amodal | – | – | off (--no-amodal) |")
+        elif s == "world" and args.no_world:
+            lines.append("| world | – | – | off (--no-world) |")
     timed = sum(rec.seconds.values())
     if rec.pipeline_s is not None:
         if rec.write_wait_s is None:  # run_pipeline before the fifth session: every write on the main thread
@@ -406,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--people", type=int, default=None, help="people in the clip (default 5; tiny 2)")
     ap.add_argument("--size", default=None, help="HxW (default 720x1280; tiny 96x128)")
     ap.add_argument("--no-amodal", action="store_true", help="skip the amodal stage")
+    ap.add_argument("--no-world", action="store_true", help="skip the world stage (floor, camera motion, contacts)")
     ap.add_argument("--amodal-steps", type=int, default=None, help="sampler steps (default 25; tiny 2)")
     ap.add_argument("--amodal-res", default="", help="detection and completion resolutions 'HxW,HxW' "
                                                      "(default upstream's 256x512,512x1024; tiny 64x64,64x64)")
@@ -423,6 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the pipeline N times in this process and report the memory held after each run "
                          "(CUDA allocated/reserved, RSS): it must not grow from the second run on")
+    add_rows_args(ap)
     args = ap.parse_args(argv)
     tiny = args.tiny
     args.frames = args.frames or (6 if tiny else 90)
@@ -450,7 +350,7 @@ def options(args: argparse.Namespace, clip: SyntheticClip, models: Path) -> pl.P
               "completion_resolution": args.amodal_res[1]}
     return pl.PipelineOptions(video=LoadOptions(), points_json=json.dumps(clip.prompts), amodal=not args.no_amodal,
                               amodal_settings=amodal, body_mode=args.body_mode, batch_size=64,
-                              compile=not args.no_compile, fp8=args.fp8, models_root=models)
+                              compile=not args.no_compile, fp8=args.fp8, world=not args.no_world, models_root=models)
 
 
 def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadline: float) -> None:
@@ -530,6 +430,23 @@ def repeat_lines(rec: Record) -> list[str]:
             for i, m in enumerate(rec.after_runs)]
 
 
+def write_rows(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> None:
+    """The table's figures as rows: seconds and peak GPU GiB per finished stage, the pipeline total."""
+    w = RowWriter.from_args("bench_pipeline", args)
+    case = (f"{args.frames}f {args.height}x{args.width}, {args.people} people, "
+            f"{'tiny' if args.tiny else 'real-size'} random weights, occlusion {args.occlusion}")
+    extra = {"amodal": not args.no_amodal, "amodal_steps": args.amodal_steps, "world": not args.no_world,
+             "body_mode": args.body_mode, "fp8": args.fp8, "compile": not args.no_compile, "counts": c}
+    for s in STAGES:
+        if s in rec.seconds:
+            w.add(case, f"{s}_seconds", rec.seconds[s], "s", **extra)
+            w.add(case, f"{s}_peak_gpu", rec.peak_gib.get(s, float("nan")), "GiB", **extra)
+    if rec.pipeline_s is not None and not rec.stopped:
+        w.add(case, "pipeline_seconds", rec.pipeline_s, "s", write_wait_s=rec.write_wait_s, **extra)
+        peak = max([v for v in rec.peak_gib.values() if v == v] or [float("nan")])
+        w.add(case, "pipeline_peak_gpu", peak, "GiB", **extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -587,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.cancel()
     c = counts(out)
     print(table(args, rec, c), flush=True)
+    write_rows(args, rec, c)
     for line in repeat_lines(rec):
         print(line, flush=True)
     if args.json:

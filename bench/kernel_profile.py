@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from bench.timers import Stopwatch, sync  # noqa: F401 - sync: bench_pipeline imports it from here
+from bench.timers import Stopwatch, sync
 
 CATEGORIES = (  # first match wins; kernel names (CUDA) or op names (CPU), lower case
     ("attention", ("flash", "fmha", "attention", "sdpa", "mem_eff")),

@@ -1,7 +1,8 @@
 """Headless command line: ``python -m body4d_core <command>`` (the seed's offline script, growing).
 
-Commands: ``run`` (the whole pipeline), ``load`` (decode a video to frames + clip.npz), ``setup`` (download weights),
-``models`` (which weights are present), ``api`` (run a workflow on a ComfyUI server).
+Commands: ``run`` (the whole pipeline), ``batch`` (the pipeline over many videos, on Ray), ``load`` (decode a video
+to frames + clip.npz), ``setup`` (download weights), ``models`` (which weights are present), ``api`` (run a
+workflow on a ComfyUI server).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import Body4DError, InterruptedError_
 log = logging.getLogger("body4d_core")
 
 
-STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "frames", "fov": "frames",
+STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "frames", "fov": "frames", "world": "frames",
                "bodies": "crops", "render": "frames", "amodal": None}  # None: the stage reports per mille
 
 
@@ -110,11 +111,13 @@ SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "cartoon_dan
 
 
 def _add_video_args(p: argparse.ArgumentParser, sample_default: bool = False) -> None:
-    if sample_default:
+    if sample_default and SAMPLE_VIDEO.is_file():  # a source checkout; an installed copy has no samples/
         p.add_argument("--input_video", "-i", default=str(SAMPLE_VIDEO),
                        help="video file to read (default: the bundled sample clip)")
     else:
-        p.add_argument("--input_video", "-i", required=True, help="video file to read")
+        p.add_argument("--input_video", "-i", required=True,
+                       help="video file to read (required: this installed copy has no bundled sample clip)"
+                       if sample_default else "video file to read")
     p.add_argument("--frame_load_cap", type=int, default=0, help="load at most N frames (0 = all)")
     p.add_argument("--skip_first_frames", type=int, default=0, help="drop this many frames at the start")
     p.add_argument("--select_every_nth", type=int, default=1, help="keep every n-th frame (1 = all)")
@@ -208,8 +211,9 @@ def _amodal_settings(args: argparse.Namespace, cfg) -> dict:
     return out
 
 
-def run_options(args: argparse.Namespace):
-    """PipelineOptions from the run command's arguments (the config file's sections under the flags)."""
+def pipeline_options(args: argparse.Namespace):
+    """PipelineOptions from the run command's arguments (the config file's sections under the flags);
+    the batch command builds its options with this too."""
     from .config import load_config, models_root, section
     from .pipeline import PipelineOptions
     from .preflight import read_points
@@ -226,6 +230,8 @@ def run_options(args: argparse.Namespace):
         batch_size=args.batch_size, compile=not args.no_compile, fp8=args.fp8, smooth=not args.no_smooth,
         smooth_settings=smooth,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
+        world=not args.no_world, world_camera=args.world_camera, world_floor=args.world_floor,
+        world_depth_every=args.world_depth_every, write_anim=not args.no_anim,
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
         dtype=args.dtype)
 
@@ -240,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.overwrite and args.resume:
         raise OutputFolderError("--overwrite and --resume exclude each other: choose one")
     check_video_path(args.input_video)
-    opts = run_options(args)
+    opts = pipeline_options(args)
     out = Path(args.out) if args.out else default_output_dir(args.input_video)
     args.out = str(out)
     run_preflight(args.input_video, out, opts)
@@ -255,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Run one of our workflows on a running ComfyUI: upload, queue, follow, download."""
-    from .api_client import ComfyClient, load_api_graph, parse_value, set_input, set_video
+    from .api_client import ComfyClient, apply_override, describe_node_errors, load_api_graph, set_video
 
     client = ComfyClient(args.server)
     graph = load_api_graph(args.workflow)
@@ -264,8 +270,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         set_video(graph, name)
         print(f"uploaded {args.video} as {name}")
     for item in args.set or []:
-        target, _, value = item.partition("=")
-        set_input(graph, target, parse_value(value))
+        apply_override(graph, item)
     bars: dict[str, TextProgress] = {}
 
     def progress(node: str, value: int, total: int) -> None:
@@ -275,6 +280,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     print(f"run {result.prompt_id} finished; {len(result.files)} file(s) written to {args.out}")
     for f in result.files:
         print(f"  {f}")
+    if result.partial:
+        print("warning: ComfyUI ran only part of the workflow; refused: "
+              f"{describe_node_errors(result.node_errors, graph)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -356,6 +365,20 @@ def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
     p.add_argument("--render_mode", default="overlay", choices=list(MODES), help="what render_4d.mp4 shows")
     p.add_argument("--no_meshes", action="store_true", help="do not write per-frame .ply meshes")
     p.add_argument("--no_glb", action="store_true", help="do not write the animated .glb files")
+    p.add_argument("--no_world", action="store_true",
+                   help="skip the world frame (world/: floor, gravity, camera path, foot contacts, world-frame "
+                        "bodies and exports)")
+    p.add_argument("--world_camera", default="auto", choices=["auto", "static"],
+                   help="camera motion for the world frame: auto detects a static camera, else solves its path; "
+                        "static assumes it never moves")
+    p.add_argument("--world_floor", default="auto", choices=["auto", "depth", "feet"],
+                   help="where the floor comes from: depth (MoGe-2 depth near the feet), feet (the planted feet), "
+                        "auto (depth, else or on disagreement the feet)")
+    p.add_argument("--world_depth_every", type=int, default=10,
+                   help="MoGe-2 depth on every n-th frame for the floor and the camera path's scale "
+                        "(0 = no depth: floor from the feet, camera rotation only)")
+    p.add_argument("--no_anim", action="store_true",
+                   help="do not write anim/ (the skinned glTF scene, BVH files with per-frame flags, anim npz)")
     p.add_argument("--models_root", help=f"folder holding one sub-folder per model (default: {root_default})")
     p.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: CUDA when available)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
@@ -363,11 +386,19 @@ def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _prog() -> str:
+    """The name this command was started by: ``body4d`` (console script) or ``python -m body4d_core``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if not name or name in ("__main__.py", "-c", "-m") or name.startswith("python"):
+        return "python -m body4d_core"
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .weights import MODEL_SPECS
 
     root_default = _models_root_default()
-    parser = argparse.ArgumentParser(prog="python -m body4d_core", formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog=_prog(), formatter_class=HelpFormatter,
                                      description="SAM-Body4D without ComfyUI: 4D human mesh recovery from video.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -380,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_load)
 
     _add_run_parser(sub, root_default)
+    from .batch.cli import add_batch_parser
+
+    add_batch_parser(sub)
 
     p = sub.add_parser("setup", help="download model weights (needs HF_TOKEN for gated models)",
                        formatter_class=HelpFormatter,

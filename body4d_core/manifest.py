@@ -34,8 +34,10 @@ LOCK_NAME = ".body4d.lock"
 MANIFEST_VERSION = 1
 # what a pipeline run writes; a folder holding any of them holds results
 KNOWN_OUTPUTS = ("clip.npz", "prompts.npz", "tracks.npz", "mask_overlay.mp4", "amodal.npz", "camera.npz",
-                 "bodies_raw.npz", "bodies.npz", "params.npz", "params_camera.npz", "render_4d.mp4", "meshes", "glb", MANIFEST_NAME)
-STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
+                 "bodies_raw.npz", "bodies.npz", "params.npz", "params_camera.npz", "render_4d.mp4", "meshes", "glb", "world", "anim",
+                 MANIFEST_NAME)
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render")
+ALWAYS_RUN = ("world", "render")  # stages --resume runs again (their results are not loaded back)
 # the options each stage's result depends on (besides those of the stages before it)
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "decode": ("video",),
@@ -45,7 +47,8 @@ STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "camera": ("fov_mode", "manual_fov"),
     "bodies": ("body_mode", "fp8"),
     "smooth": ("smooth", "smooth_settings"),
-    "render": ("render_mode", "write_meshes", "write_glb"),
+    "world": ("world", "world_camera", "world_floor", "world_depth_every"),
+    "render": ("render_mode", "write_meshes", "write_glb", "write_anim", "anim_fidelity"),
 }
 PACKAGES = ("torch", "numpy", "transformers", "diffusers", "av", "trimesh")
 
@@ -247,7 +250,7 @@ def remove_old_outputs(folder: Path, old: dict[str, Any] | None) -> list[Path]:
                 if p.is_file() or p.is_symlink():
                     p.unlink()
                     gone.append(p)
-        for name in ("meshes", "glb"):  # sub-folders left empty by the deletions
+        for name in ("meshes", "glb", "world", "anim"):  # sub-folders left empty by the deletions
             d = folder / name
             if d.is_dir():
                 for sub in sorted((x for x in d.rglob("*") if x.is_dir()), key=lambda x: -len(x.parts)):
@@ -373,7 +376,9 @@ def _reusable(folder: Path, old: dict[str, Any], keys: dict[str, str]) -> dict[s
     """Old stages, in order, whose key matches and whose files are all still there with their sizes."""
     out = {}
     files = old.get("files") or {}
-    for stage in STAGES[:-1]:  # render always runs again
+    for stage in STAGES:
+        if stage in ALWAYS_RUN:
+            break
         entry = (old.get("stages") or {}).get(stage)
         if not entry or entry.get("key") != keys[stage]:
             break

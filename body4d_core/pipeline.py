@@ -2,11 +2,13 @@
 
     video -> frames -> prompts (points JSON or auto "person") -> SAM-3 tracks
       -> amodal completion (optional) -> camera (MoGe-2 / manual / default)
-      -> SAM-3D-Body bodies -> Kalman/RTS smoothing -> render + exports
+      -> SAM-3D-Body bodies -> Kalman/RTS smoothing -> world frame (floor, camera motion, contacts)
+      -> render + exports (meshes, GLBs, the skinned animation scene, BVH)
 
 Each stage writes its typed output as .npz into the output folder (so a run can be
 inspected or resumed), and each model is loaded for its stage only and released after it,
-so peak GPU memory is that of the largest stage, not their sum. The writes (npz files, the
+so peak GPU memory is that of the largest stage, not their sum (a long-lived caller may pass a
+model cache instead: then the models stay loaded across runs). The writes (npz files, the
 mask overlay video, the meshes and GLBs) run on background threads while the next stage
 computes; run_pipeline waits for them before it returns and raises the first one that failed.
 """
@@ -19,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +35,8 @@ from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
 HooksFactory = Callable[[str], Hooks]
+ModelCache = dict  # (model name, where, device, ...) -> loaded model; kept by a long-lived caller across runs
+T = TypeVar("T")
 WRITE_WORKERS = 2  # background writer threads (zlib, x264 and file I/O release the GIL)
 VIDEO_PRESET = "veryfast"  # x264 preset of the pipeline's videos: ~2.3x faster than "medium", same crf quality
 
@@ -60,6 +64,12 @@ class PipelineOptions:
     render_mode: str = "overlay"
     write_meshes: bool = True
     write_glb: bool = True
+    world: bool = True  # ground people, camera and floor in one metric world frame (out/world)
+    world_camera: str = "auto"  # auto (detect a static camera, else solve its motion) | static
+    world_floor: str = "auto"  # auto (MoGe-2 depth, else the planted feet) | depth | feet
+    world_depth_every: int = 10  # MoGe-2 depth on every n-th frame for the floor and camera scale (0 = none)
+    write_anim: bool = True  # skinned glTF scene + BVH + flags (out/anim), when the rig supports it
+    anim_fidelity: bool = True  # measure the skinned export against the full rig (logged, stored in the GLB)
     models_root: Path | None = None
     device: str | None = None
     dtype: str | None = None
@@ -114,12 +124,24 @@ def _search(opts: PipelineOptions) -> list[Path] | None:
     return [opts.models_root] if opts.models_root else None
 
 
-def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks) -> tuple[Prompts, object]:
+def _model(models: ModelCache | None, key: tuple, load: Callable[[], T]) -> T:
+    """A stage's model: loaded once and kept in ``models`` when the caller gives one, else loaded for this stage."""
+    if models is None:
+        return load()
+    if key not in models:
+        models[key] = load()
+    return models[key]
+
+
+def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,
+                  models: ModelCache | None = None) -> tuple[Prompts, object]:
     """Prompts from the editor JSON, or SAM-3 "person" detection; returns the loaded SAM-3 too."""
     from .sam3 import load_sam3
 
-    bundle = load_sam3(search_dirs=_search(opts), device=opts.device, dtype=opts.dtype,
-                       with_detector=opts.points_json is None)
+    detector = opts.points_json is None
+    bundle = _model(models, ("sam3", str(opts.models_root), opts.device, opts.dtype, detector),
+                    lambda: load_sam3(search_dirs=_search(opts), device=opts.device, dtype=opts.dtype,
+                                      with_detector=detector))
     if opts.points_json is not None:
         from .prompts import parse_prompts
 
@@ -137,17 +159,19 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
     return propagate(bundle, frames, prompts, direction=opts.direction, hooks=hooks)
 
 
-def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks) -> Amodal:
+def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
+                 models: ModelCache | None = None) -> Amodal:
     from .amodal.config import configs_from_mapping
     from .amodal.models import load_amodal_models
     from .amodal.stage import run_amodal
 
     occ, sampler = configs_from_mapping(opts.amodal_settings)
-    models = load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype)
+    vas = _model(models, ("amodal", str(opts.models_root), opts.device, opts.dtype),
+                 lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype))
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, models, occ, sampler, hooks=hooks)
+        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks)
     finally:
-        del models
+        del vas  # a cached model stays in ``models``
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
@@ -165,14 +189,14 @@ def describe_amodal(stats: object) -> str:
 
 
 def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,
-                 notes: list[str] | None = None) -> Camera:
+                 notes: list[str] | None = None, models: ModelCache | None = None) -> Camera:
     """MoGe-2 intrinsics (or the manual FOV); without MoGe-2 weights, upstream's f = sqrt(H^2 + W^2)."""
     from .errors import MissingWeightsError
-    from .fov import estimate_camera, load_moge, resolve_camera
+    from .fov import estimate_camera, resolve_camera
 
     def estimate() -> Camera:
         try:
-            model = load_moge(_search(opts), device=pick_device(opts.device))
+            model = _moge(opts, models)
         except MissingWeightsError as err:
             msg = f"no MoGe-2 weights, camera uses f = sqrt(H^2 + W^2) ({err})"
             log.warning(msg)
@@ -190,19 +214,36 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
                           estimate=estimate if use_model else None)
 
 
+def _moge(opts: PipelineOptions, models: ModelCache | None = None) -> torch.nn.Module:
+    """MoGe-2 (MissingWeightsError when its weights are absent)."""
+    from .fov import load_moge
+
+    return _model(models, ("moge", str(opts.models_root), opts.device),
+                  lambda: load_moge(_search(opts), device=pick_device(opts.device)))
+
+
+def _body_model(opts: PipelineOptions, models: ModelCache | None = None) -> Any:
+    """SAM-3D-Body (with its MHR rig)."""
+    from .sam3d_body import load_sam3d_body
+
+    return _model(models, ("sam3d_body", str(opts.models_root), opts.device),
+                  lambda: load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device)))
+
+
 def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,
-                 hooks: Hooks) -> tuple[Bodies, object]:
+                 hooks: Hooks, models: ModelCache | None = None,
+                 estimate: Callable[..., list] | None = None) -> tuple[Bodies, object]:
     """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig)."""
     from .body_inputs import body_items
-    from .sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+    from .sam3d_body import bodies_from_results, estimate_bodies
 
-    model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
+    model = _body_model(opts, models)
     items = body_items(tracks, amodal)
     # CUDA only; equal up to rounding; 'auto' compiles only jobs large enough to win back the compile time
     model.compile_for("auto" if opts.compile else "", opts.batch_size, crops=len(items), body_mode=opts.body_mode)
     fast = {"fp8": True, "decoder_dtype": torch.bfloat16} if opts.fp8 else {}
-    results = estimate_bodies(model, frames, items, camera.intrinsics, mode=opts.body_mode,
-                              batch_size=opts.batch_size, hooks=hooks, return_vertices=True, **fast)
+    results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
+                                            batch_size=opts.batch_size, hooks=hooks, return_vertices=True, **fast)
     faces = model.faces.detach().cpu().numpy()
     bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
                                  obj_ids=tracks.obj_ids.tolist())
@@ -211,11 +252,17 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
 
 def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,
                  hooks_for: HooksFactory | None = None, overwrite: bool = False, resume: bool = False,
-                 record: bool = True) -> RunSummary:
+                 record: bool = True, models: ModelCache | None = None,
+                 decoded: tuple[np.ndarray, Clip] | None = None,
+                 estimate: Callable[..., list] | None = None) -> RunSummary:
     """Run every stage on one video and write the results into out_dir.
 
     With ``record`` (default) the folder is locked for this run, a folder holding another run's
     results is refused unless ``overwrite`` or ``resume``, and run.json records the run as it goes.
+    models: a dict the caller keeps between runs (a long-lived worker): each model is loaded into it
+    once and reused (never freed here). decoded: (frames, clip) already decoded with ``opts.video``
+    (the decode is skipped). estimate: replaces ``estimate_bodies`` (same arguments), e.g. to split
+    the body stage over GPUs.
     """
     from .preflight import required_models
 
@@ -234,7 +281,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
                                          overwrite=overwrite, resume=resume)
         writes = BackgroundWrites(summary)
         try:
-            _run_stages(video, out, opts, hooks_for, summary, writes)
+            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate)
         except BaseException:
             writes.close()  # the stage's error wins; finished or running writes are still completed
             raise
@@ -303,11 +350,12 @@ def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type])
 
 
 def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: HooksFactory, summary: RunSummary,
-                writes: "BackgroundWrites") -> None:
+                writes: "BackgroundWrites", models: ModelCache | None = None,
+                decoded: tuple[np.ndarray, Clip] | None = None, estimate: Callable[..., list] | None = None) -> None:
     """The stages in order; every file is written through ``writes`` (in the background)."""
     check = hooks_for("check")
     with _Stage(summary, "decode", check):
-        frames, clip = load_video(video, opts.video, hooks_for("decode"))
+        frames, clip = decoded if decoded is not None else load_video(video, opts.video, hooks_for("decode"))
     summary.num_frames = clip.num_frames
     writes.save("clip", clip, out / "clip.npz")
     _done(summary, "decode", ["clip"])
@@ -317,7 +365,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         prompts, tracks = reused
     else:
         with _Stage(summary, "sam3", check):
-            prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"))
+            prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"), models)
             writes.save("prompts", prompts, out / "prompts.npz")
             tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
             del bundle
@@ -337,7 +385,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         else:
             writes.check()
             with _Stage(summary, "amodal", check):
-                amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"))
+                amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"), models)
             writes.save("amodal", amodal, out / "amodal.npz")
             _done(summary, "amodal", ["amodal"])
     else:
@@ -349,52 +397,173 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     else:
         writes.check()
         with _Stage(summary, "camera", check):
-            camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes)
+            camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes, models)
         writes.save("camera", camera, out / "camera.npz")
         _done(summary, "camera", ["camera"])
 
-    bodies, body_model = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for)
+    raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
+                                          models, estimate)
+
+    world = None
+    if opts.world:
+        writes.check()
+        with _Stage(summary, "world", check):
+            world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models)
+        if world is not None:
+            _submit_world(world, opts, clip, out, writes)
+        _done(summary, "world", [n for n in WORLD_FILES if n in summary.files])
+    else:
+        _done(summary, "world", [])
 
     writes.check()
     with _Stage(summary, "render", check):
+        if opts.write_anim:
+            _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
         _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes)
-    _done(summary, "render", [n for n in ("params", "meshes", "glb", "render") if n in summary.files])
+    _done(summary, "render", [n for n in ("params", "meshes", "glb", "anim", "render") if n in summary.files])
+
+
+class AnimRig:
+    """The parts of SAM-3D-Body an animation export needs (the MHR rig and the pose head), without the rest."""
+
+    def __init__(self, model: object) -> None:
+        self.mhr = getattr(model, "mhr", None)
+        self.head_pose = getattr(model, "head_pose", None)
 
 
 def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera,
                        opts: PipelineOptions, out: Path, summary: RunSummary, writes: "BackgroundWrites",
-                       hooks_for: HooksFactory) -> tuple[Bodies, None]:
-    """SAM-3D-Body then the smoother (each reused from an earlier run when --resume allows)."""
+                       hooks_for: HooksFactory, models: ModelCache | None = None,
+                       estimate: Callable[..., list] | None = None) -> tuple[Bodies, Bodies, AnimRig | None]:
+    """SAM-3D-Body then the smoother (each reused from an earlier run when --resume allows).
+
+    Returns the raw bodies, the final (smoothed unless --no_smooth) bodies and, for the animation export,
+    the model's rig and pose head (the rest of the model is freed here).
+    """
     check = hooks_for("check")
     body_model = None
     reused = _reuse(summary, "bodies", out, {"bodies_raw": Bodies})
     try:
         if reused is not None:
-            bodies, = reused
+            raw, = reused
         else:
             writes.check()
             with _Stage(summary, "bodies", check):
-                bodies, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"))
-            writes.save("bodies_raw", bodies, out / "bodies_raw.npz")
+                raw, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"), models,
+                                               estimate)
+            writes.save("bodies_raw", raw, out / "bodies_raw.npz")
             _done(summary, "bodies", ["bodies_raw"])
+        bodies = raw
         if not opts.smooth:
             _done(summary, "smooth", [])
-            return bodies, None
-        smoothed = _reuse(summary, "smooth", out, {"bodies": Bodies})
-        if smoothed is not None:
-            return smoothed[0], None
-        if body_model is None:  # the smoother's rig comes from the model
-            from .sam3d_body import load_sam3d_body
+        else:
+            smoothed = _reuse(summary, "smooth", out, {"bodies": Bodies})
+            if smoothed is not None:
+                bodies = smoothed[0]
+            else:
+                if body_model is None:  # the smoother's rig comes from the model
+                    body_model = _body_model(opts, models)
+                with _Stage(summary, "smooth", check):
+                    bodies = _smooth(raw, opts, body_model, camera)
+                writes.save("bodies", bodies, out / "bodies.npz")
+                _done(summary, "smooth", ["bodies"])
+        if opts.write_anim and body_model is None:  # the animation's skeleton comes from the model's rig
+            from .errors import MissingWeightsError
 
-            body_model = load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device))
-        with _Stage(summary, "smooth", check):
-            bodies = _smooth(bodies, opts, body_model, camera)
-        writes.save("bodies", bodies, out / "bodies.npz")
-        _done(summary, "smooth", ["bodies"])
-        return bodies, None
+            try:
+                body_model = _body_model(opts, models)
+            except MissingWeightsError as err:
+                log.warning("animation export: no SAM-3D-Body rig to load (%s)", err)
+        return raw, bodies, AnimRig(body_model) if opts.write_anim else None
     finally:
         del body_model
         _free()
+
+
+WORLD_FILES = ("world", "world_summary", "world_contacts", "world_bodies", "world_plot", "world_glb",
+               "world_params", "world_meshes")
+
+
+def _world_moge(opts: PipelineOptions, notes: list[str], models: ModelCache | None) -> torch.nn.Module | None:
+    """MoGe-2 for the world stage's depth, or None (no depth asked, no model used for the camera, or absent)."""
+    from .errors import MissingWeightsError
+
+    if opts.world_depth_every <= 0:
+        return None
+    if opts.fov_mode == "none" or opts.manual_fov:
+        notes.append("world: no MoGe-2 depth (--fov none / --manual_fov): floor from the feet, camera rotation only")
+        return None
+    try:
+        return _moge(opts, models)
+    except MissingWeightsError:
+        notes.append("world: no MoGe-2 weights: floor from the feet, camera rotation only")
+        return None
+
+
+def stage_world(frames: np.ndarray, tracks: Tracks, camera: Camera, raw: Bodies, bodies: Bodies, clip: Clip,
+                opts: PipelineOptions, notes: list[str], models: ModelCache | None = None) -> Any:
+    """People, camera and floor in one world frame (``body4d_core.world``): the raw bodies' keypoints place
+    them, the final bodies give the meshes."""
+    from .world import WorldOptions, ground_clip
+
+    options = WorldOptions(camera_motion=opts.world_camera, floor=opts.world_floor, fps=float(clip.fps))
+    moge = _world_moge(opts, notes, models)
+    try:
+        result = ground_clip(frames, tracks, camera, raw, mesh_bodies=bodies, moge_model=moge,
+                             depth_every=opts.world_depth_every, options=options)
+    except InputError as err:  # the world frame is an addition: the run's other outputs still come
+        msg = f"world stage skipped: {err}"
+        log.warning(msg)
+        notes.append(msg)
+        return None
+    finally:
+        del moge
+        _free()
+    return result
+
+
+def _submit_world(world: Any, opts: PipelineOptions, clip: Clip, out: Path, writes: "BackgroundWrites") -> None:
+    """out/world: world.npz, world.json, contacts.csv, world_bodies.npz, trajectory.png, then the
+    world-frame exports (params.npz, glb/, meshes/)."""
+    from . import export
+
+    folder = out / "world"
+    writes.submit("world", folder / "world.npz", _save_world, writes, world, folder)
+    bodies = world.bodies
+    if opts.write_glb:
+        writes.submit("world_glb", folder / "glb", lambda: export.write_glb(bodies, folder / "glb", fps=clip.fps))
+    writes.submit("world_params", folder / "params.npz", export.save_params, bodies, folder / "params.npz")
+    if opts.write_meshes:
+        writes.submit("world_meshes", folder / "meshes", export.write_meshes, bodies, folder / "meshes")
+
+
+def _save_world(writes: "BackgroundWrites", world: Any, folder: Path) -> None:
+    """WorldResult.save, each file recorded (summary and run.json) under world_<name>."""
+    for name, path in world.save(folder).items():
+        if name == "world":
+            continue  # world.npz is the job's own file, recorded when it ends
+        key = f"world_{name}"
+        writes.summary.files[key] = path
+        if writes.summary.manifest is not None:
+            writes.summary.manifest.file_written(key, path)
+
+
+def _submit_anim(bodies: Bodies, rig: AnimRig | None, camera: Camera, world: Any, clip: Clip,
+                 opts: PipelineOptions, out: Path, summary: RunSummary, writes: "BackgroundWrites") -> None:
+    """out/anim: the skinned scene GLB, BVH files with flag CSVs and the flags NPZ (skipped with a
+    warning when the model's rig cannot be skinned)."""
+    from .anim import supports_skinned_export, write_animation
+    from .anim.world_input import scene_world_from
+
+    if rig is None or not supports_skinned_export(rig.mhr):
+        msg = ("animation export skipped: the SAM-3D-Body rig is not the native MHR rig a skinned export needs "
+               "(the flipbook GLBs are still written)")
+        log.warning(msg)
+        summary.notes.append(msg)
+        return
+    scene = scene_world_from(world) if world is not None else None
+    writes.submit("anim", out / "anim", write_animation, bodies, rig.mhr, camera, out / "anim", float(clip.fps),
+                  scene, rig, "body4d", ("glb", "bvh", "npz"), True, None, opts.anim_fidelity)
 
 
 class BackgroundWrites:

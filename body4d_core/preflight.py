@@ -69,9 +69,23 @@ def check_models(opts: PipelineOptions) -> list[str]:
         try:
             resolve_model_dir("moge", search)
         except MissingWeightsError as err:
+            world = (" and the world frame will take its floor from the feet, without camera translation"
+                     if opts.world and opts.world_depth_every > 0 else "")
             warnings.append(f"no MoGe-2 weights: the camera will use f = sqrt(H^2 + W^2) instead of an estimated "
-                            f"field of view ({err})")
+                            f"field of view{world} ({err})")
     return warnings
+
+
+def check_packages(opts: PipelineOptions) -> None:
+    """One sentence when a package the chosen stages import is missing (before anything is decoded)."""
+    import importlib.util
+
+    from .errors import Body4DError
+
+    # SAM-3's processors (every run) and the people detector's NMS import torchvision
+    if importlib.util.find_spec("torchvision") is None:
+        raise Body4DError("torchvision is not installed and SAM-3 needs it: install the torchvision build that "
+                          "matches your torch (e.g. pip install torch==<yours> torchvision), then run again")
 
 
 def check_output_dir(out: Path) -> None:
@@ -112,6 +126,10 @@ def check_options(opts: PipelineOptions) -> None:
                                          f"got {opts.manual_fov:g}"),
         (opts.render_mode in MODES, f"--render_mode must be one of {', '.join(MODES)}, got {opts.render_mode!r}"),
         (int(opts.amodal_settings.get("steps", 1)) >= 1, "--amodal_steps must be >= 1"),
+        (opts.world_camera in ("auto", "static"), f"--world_camera must be auto or static, got {opts.world_camera!r}"),
+        (opts.world_floor in ("auto", "depth", "feet"),
+         f"--world_floor must be auto, depth or feet, got {opts.world_floor!r}"),
+        (opts.world_depth_every >= 0, f"--world_depth_every must be >= 0 (0 = no depth), got {opts.world_depth_every}"),
     ]
     res = opts.amodal_settings.get("detection_resolution")
     if res is not None:
@@ -174,6 +192,7 @@ def run_preflight(video: str | Path, out: Path, opts: PipelineOptions, check_out
     from .video import plan
 
     check_options(opts)
+    check_packages(opts)
     points = opts.points_json
     info, sel, _ = plan(video, opts.video)
     if sel.indices.size == 0:

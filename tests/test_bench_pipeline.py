@@ -1,4 +1,4 @@
-"""bench/bench_pipeline.py in its tiny mode: the whole pipeline runs and the table holds every stage and count.
+"""``python -m bench.bench_pipeline`` in its tiny mode: the whole pipeline runs and the table holds every stage and count.
 
 The tiny run is what the GPU run does at real size (write checkpoints in the official layouts,
 synthesise the clip, run every stage, read the counts back from the saved npz files), so a
@@ -15,16 +15,17 @@ import pytest
 
 from .media import REPO
 
-BENCH = REPO / "bench" / "bench_pipeline.py"
-STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render")
+BENCH = [sys.executable, "-m", "bench.bench_pipeline"]
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out, models = tmp_path_factory.mktemp("bench_out"), tmp_path_factory.mktemp("bench_models")
-    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(out), "--models", str(models)], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    return res, out, models
+    rows = tmp_path_factory.mktemp("bench_rows") / "rows.jsonl"
+    res = subprocess.run([*BENCH, "--tiny", "--out", str(out), "--models", str(models), "--jsonl", str(rows)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    return res, out, models, rows
 
 
 def _rows(stdout: str) -> dict[str, list[str]]:
@@ -37,7 +38,7 @@ def _rows(stdout: str) -> dict[str, list[str]]:
 
 
 def test_table_has_every_stage_with_a_positive_time(tiny_run):
-    res, _, _ = tiny_run
+    res, _, _, _ = tiny_run
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(res.stdout)
     for stage in STAGES:
@@ -56,7 +57,7 @@ def test_table_has_every_stage_with_a_positive_time(tiny_run):
 def test_counts_match_the_saved_outputs(tiny_run):
     from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks
 
-    res, out, _ = tiny_run
+    res, out, _, _ = tiny_run
     counts = json.loads(re.search(r"Counts: (\{.*?\});", res.stdout).group(1))
     tracks, amodal = Tracks.load_npz(out / "tracks.npz"), Amodal.load_npz(out / "amodal.npz")
     flags = Bodies.load_npz(out / "bodies_raw.npz").flags
@@ -70,8 +71,7 @@ def test_counts_match_the_saved_outputs(tiny_run):
 
 
 def test_truth_masks_are_the_clips_own():
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_pipeline import make_clip
+    from bench.clips import make_clip
 
     from body4d_core.data import unpack_masks
 
@@ -88,14 +88,14 @@ def test_truth_masks_are_the_clips_own():
 
 
 def test_bad_size_is_one_clear_error():
-    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--size", "96by128"], cwd=REPO,
+    res = subprocess.run([*BENCH, "--tiny", "--size", "96by128"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--size must be HxW" in res.stderr
 
 
 def test_time_limit_stops_with_a_partial_table_and_reuses_models(tiny_run):
-    _, _, models = tiny_run
-    res = subprocess.run([sys.executable, str(BENCH), "--tiny", "--models", str(models), "--time-limit", "0.5"],
+    _, _, models, _ = tiny_run
+    res = subprocess.run([*BENCH, "--tiny", "--models", str(models), "--time-limit", "0.5"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr[-3000:]
     rows = _rows(res.stdout)
@@ -105,8 +105,7 @@ def test_time_limit_stops_with_a_partial_table_and_reuses_models(tiny_run):
 
 
 def test_repeat_reports_memory_after_each_run():
-    sys.path.insert(0, str(REPO / "bench"))
-    import bench_pipeline as bp
+    import bench.bench_pipeline as bp
 
     assert bp.parse_args(["--tiny", "--repeat", "3"]).repeat == 3 and bp.parse_args(["--tiny"]).repeat == 1
     rec = bp.Record()
@@ -115,3 +114,30 @@ def test_repeat_reports_memory_after_each_run():
     lines = bp.repeat_lines(rec)
     assert [line.split(":")[0] for line in lines] == ["after run 1", "after run 2"]
     assert "rss_mib" in lines[1]
+
+
+def test_rows_hold_the_printed_stage_times(tiny_run):
+    from bench.rows import read_rows
+
+    res, out, _, rows_path = tiny_run
+    rows = read_rows(rows_path)
+    table = _rows(res.stdout)
+    got = {r["metric"]: r for r in rows}
+    for stage in STAGES:
+        assert got[f"{stage}_seconds"]["value"] == pytest.approx(float(table[stage][0]), abs=0.006)
+        assert got[f"{stage}_seconds"]["unit"] == "s"
+    assert got["pipeline_seconds"]["value"] == pytest.approx(float(table["pipeline total"][0].strip("*")), abs=0.006)
+    assert all(r["bench"] == "bench_pipeline" and r["command"].startswith("python -m bench.bench_pipeline --tiny")
+               for r in rows)
+    assert rows[0]["extra"]["world"] is True and rows[0]["extra"]["counts"]["people"] == 2
+    assert (out / "world" / "world.npz").is_file()  # the world stage ran in the bench
+
+
+def test_no_world_leaves_the_world_stage_out():
+    import bench.bench_pipeline as bp
+
+    args = bp.parse_args(["--tiny", "--no-world"])
+    clip = bp.make_clip(2, 1, 64, 64)
+    assert bp.options(args, clip, REPO).world is False
+    assert bp.options(bp.parse_args(["--tiny"]), clip, REPO).world is True
+    assert "off (--no-world)" in bp.table(args, bp.Record(), {})

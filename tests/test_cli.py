@@ -160,3 +160,75 @@ def test_errors_and_interrupts_exit_with_one_line(monkeypatch, capsys):
         assert cli.main(["models"]) == code
         err = capsys.readouterr().err.strip()
         assert err.startswith(text) and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_batch_is_a_command_with_every_run_option():
+    parser = cli.build_parser()
+    subs = subparsers(parser)
+    assert "batch" in subs
+    run_dests = {a.dest for a in subs["run"]._actions} - {"help", "input_video", "out", "overwrite", "resume"}
+    assert run_dests <= {a.dest for a in subs["batch"]._actions}
+    args = parser.parse_args(["batch", "clips", "--no_world", "--world_floor", "feet", "--no_anim"])
+    from body4d_core.batch.cli import options_from_args
+
+    opts = options_from_args(args)
+    assert (opts.world, opts.world_floor, opts.write_anim) == (False, "feet", False)
+    assert opts == cli.pipeline_options(args)
+
+
+def test_world_and_anim_flags_default_on():
+    args = cli.build_parser().parse_args(["run"])
+    opts = cli.pipeline_options(args)
+    assert opts.world and opts.write_anim
+    assert (opts.world_camera, opts.world_floor, opts.world_depth_every) == ("auto", "auto", 10)
+
+
+def test_prog_is_the_name_it_was_started_by(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/body4d", "run"])
+    assert cli.build_parser().prog == "body4d"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "body4d_core" / "__main__.py"), "run"])
+    assert cli.build_parser().prog == "python -m body4d_core"
+
+
+def test_installed_copy_without_the_sample_requires_input_video(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "SAMPLE_VIDEO", tmp_path / "absent.mp4")
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["run"])
+    assert exc.value.code == 2
+    assert "--input_video" in capsys.readouterr().err
+
+
+def test_missing_torchvision_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
+    assert cli.main(["run", "-i", str(SAMPLE), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torchvision is not installed" in err[0]
+    assert not (tmp_path / "o").exists()  # nothing decoded, no folder made
+
+
+def test_api_partial_run_warns_and_exits_1(monkeypatch, tmp_path, capsys):
+    import json
+
+    import body4d_core.api_client as api
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"3": {"class_type": "SAMBody4D_SaveGLB", "inputs": {"prefix": "a"}}}))
+    seen = {}
+
+    class Client:
+        def __init__(self, server):
+            pass
+
+        def run_workflow(self, graph, out, timeout, progress):
+            seen["graph"] = graph
+            return api.RunResult("p1", {}, [], {"3": {"errors": [{"message": "bad input"}],
+                                                       "class_type": "SAMBody4D_SaveGLB"}})
+
+    monkeypatch.setattr(api, "ComfyClient", Client)
+    code = cli.main(["api", "-w", str(wf), "--set", "3.prefix=b", "-o", str(tmp_path / "dl")])
+    assert code == 1
+    assert seen["graph"]["3"]["inputs"]["prefix"] == "b"
+    assert "warning: ComfyUI ran only part of the workflow; refused:" in capsys.readouterr().err

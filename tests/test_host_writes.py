@@ -234,7 +234,7 @@ def test_background_write_error_raised_by_join_and_check(tmp_path: Path) -> None
 
 
 def test_run_pipeline_raises_a_failed_background_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def stages(video, out, opts, hooks_for, summary, writes):  # noqa: ANN001 - stands in for the GPU stages
+    def stages(video, out, opts, hooks_for, summary, writes, *cache):  # noqa: ANN001 - stands in for the GPU stages
         writes.submit("tracks", out / "tracks.npz", _fail, out / "tracks.npz")
 
     monkeypatch.setattr(pl, "_run_stages", stages)
@@ -249,7 +249,7 @@ def test_run_pipeline_stage_error_wins_and_writes_finish(tmp_path: Path, monkeyp
         gate.wait(5)
         path.write_text("done")
 
-    def stages(video, out, opts, hooks_for, summary, writes):  # noqa: ANN001
+    def stages(video, out, opts, hooks_for, summary, writes, *cache):  # noqa: ANN001
         writes.submit("clip", out / "clip.txt", slow_write, out / "clip.txt")
         writes.submit("tracks", out / "tracks.npz", _fail, out / "tracks.npz")
         gate.set()

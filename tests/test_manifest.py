@@ -103,7 +103,9 @@ def test_stage_keys_change_from_the_changed_stage_on():
     base = mf._plain(PipelineOptions())
     keys = mf.stage_keys(video, base)
     other = mf.stage_keys(video, {**base, "fov_mode": "all"})
-    assert [keys[s] == other[s] for s in mf.STAGES] == [True, True, True, False, False, False, False]
+    assert [keys[s] == other[s] for s in mf.STAGES] == [True, True, True, False, False, False, False, False]
+    world = mf.stage_keys(video, {**base, "world_floor": "feet"})  # only the world stage and what follows
+    assert [keys[s] == world[s] for s in mf.STAGES] == [True] * 6 + [False, False]
     assert mf.stage_keys({"size": 2, "sha256_ends": "a"}, base)["decode"] != keys["decode"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from body4d_core import cli, pipeline
+from body4d_core import cli, pipeline, preflight, video
 from body4d_core.data import Camera, Clip, Tracks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +25,14 @@ def _captured(monkeypatch, argv: list[str]) -> dict:
     """Run the CLI's ``run`` with run_pipeline replaced by a recorder; returns what it was called with."""
     seen: dict = {}
 
-    def fake(video, out, opts, hooks_for=None):
-        seen.update(video=str(video), out=str(out), opts=opts)
+    def fake(video, out, opts, hooks_for=None, **kw):
+        seen.update(video=str(video), out=str(out), opts=opts, **kw)
         return pipeline.RunSummary(Path(out))
 
     monkeypatch.setattr(pipeline, "run_pipeline", fake)
+    # the checks before a run (weights, video, folder) have their own tests: here only the options matter
+    monkeypatch.setattr(preflight, "run_preflight", lambda *a, **k: None)
+    monkeypatch.setattr(video, "check_video_path", lambda *a, **k: None)
     assert cli.main(["run", *argv]) == 0
     return seen
 
@@ -79,6 +82,13 @@ def _cases(tmp: Path) -> dict:
         "render_mode": (["--render_mode", "normals"], lambda s: s["opts"].render_mode == "normals"),
         "no_meshes": (["--no_meshes"], lambda s: s["opts"].write_meshes is False),
         "no_glb": (["--no_glb"], lambda s: s["opts"].write_glb is False),
+        "no_world": (["--no_world"], lambda s: s["opts"].world is False),
+        "world_camera": (["--world_camera", "static"], lambda s: s["opts"].world_camera == "static"),
+        "world_floor": (["--world_floor", "feet"], lambda s: s["opts"].world_floor == "feet"),
+        "world_depth_every": (["--world_depth_every", "3"], lambda s: s["opts"].world_depth_every == 3),
+        "no_anim": (["--no_anim"], lambda s: s["opts"].write_anim is False),
+        "overwrite": (["--overwrite"], lambda s: s.get("overwrite") is True),
+        "resume": (["--resume"], lambda s: s.get("resume") is True),
         "models_root": (["--models_root", str(tmp / "m")], lambda s: Path(s["opts"].models_root) == tmp / "m"),
         "device": (["--device", "cpu"], lambda s: s["opts"].device == "cpu"),
         "dtype": (["--dtype", "bf16"], lambda s: s["opts"].dtype == "bf16"),
@@ -243,9 +253,9 @@ def test_render_mode_and_export_switches_reach_the_writers(monkeypatch, tmp_path
     monkeypatch.setattr(render, "render_bodies", rend)
     calls = {}
     monkeypatch.setattr(export, "write_glb", lambda *a, **k: calls.setdefault("glb", a))
-    monkeypatch.setattr(export, "save_params", lambda *a, **k: calls.setdefault("params", a))
+    monkeypatch.setattr(export, "save_params", lambda *a, **k: Path(calls.setdefault("params", a)[1]))
     monkeypatch.setattr(export, "write_meshes", lambda *a, **k: calls.setdefault("meshes", a))
-    monkeypatch.setattr(export, "write_mp4", lambda path, *a, **k: path)
+    monkeypatch.setattr(export, "write_mp4", lambda path, *a, **k: Path(path).write_bytes(b"") and path)
     clip = Clip(10.0, 2, (8, 10))
     summary = pipeline.RunSummary(tmp_path)
     opts = pipeline.PipelineOptions(render_mode="depth", write_glb=False, write_meshes=False)

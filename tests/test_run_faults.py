@@ -53,7 +53,7 @@ def quick_stages(monkeypatch):
     """SAM-3, SAM-3D-Body and the smoother replaced by stand-ins returning real data objects."""
     from body4d_core.prompts import parse_prompts
 
-    def prompts(frames, clip, opts, hooks):
+    def prompts(frames, clip, opts, hooks, *cache):
         return parse_prompts(opts.points_json, clip.image_size, clip.num_frames), object()
 
     def tracks(bundle, frames, prompts, opts, hooks):
@@ -64,7 +64,7 @@ def quick_stages(monkeypatch):
             hooks.progress(t + 1, frames.shape[0])
         return Tracks.from_masks([1], masks)
 
-    def bodies(frames, tracks, amodal, camera, opts, hooks):
+    def bodies(frames, tracks, amodal, camera, opts, hooks, *cache):
         hooks.check_interrupt()
         return sphere_bodies(tracks), object()
 
@@ -109,7 +109,7 @@ def test_a_complete_quick_run(tmp_path, quick_stages):
     summary = pl.run_pipeline(SAMPLE, out, opts(tmp_path))
     data = check_left_files(out)
     assert data["status"] == "complete" and "stopped_at" not in data
-    assert list(data["stages"]) == ["decode", "sam3", "amodal", "camera", "bodies", "smooth", "render"]
+    assert list(data["stages"]) == ["decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render"]
     written = {Path(e["path"]).name for e in data["files"].values()}
     assert written == {*FAULT_TARGETS, "params.npz", "params_camera.npz", "meshes", "glb"}
     assert summary.files["render"] == out / "render_4d.mp4"
@@ -134,7 +134,7 @@ def test_disk_full_at_each_write(tmp_path, quick_stages, monkeypatch, target):
     assert not (out / target).exists()
     data = check_left_files(out)
     assert data["status"] == "failed" and data["error"] == msg
-    assert data["stopped_at"] in ("decode", "sam3", "camera", "bodies", "smooth", "render")
+    assert data["stopped_at"] in ("decode", "sam3", "camera", "bodies", "smooth", "world", "render")
     assert target not in {Path(e["path"]).name for e in data["files"].values()}
 
 

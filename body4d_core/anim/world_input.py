@@ -8,6 +8,7 @@ static at the origin.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -70,3 +71,30 @@ class SceneWorld:
             if arr.shape != (num_objects, num_frames):
                 raise InputError(f"contact flags {name!r} are {arr.shape}, expected {(num_objects, num_frames)}")
         return self.contacts
+
+
+def scene_world_from(world: Any, floor_size: float = 0.0) -> SceneWorld:
+    """The world stage's result (``body4d_core.world.WorldResult``) as a scene export's world frame.
+
+    Camera poses become ``world_from_camera``; the floor is the world's y = 0 plane (sized to cover the
+    people and the camera when ``floor_size`` is 0); contacts become ``left_foot`` / ``right_foot`` flags
+    (heel or toe down) per Bodies row, in the world result's identity order."""
+    rot = np.asarray(world.camera_rotations, np.float64)
+    pos = np.asarray(world.camera_positions, np.float64)
+    poses = np.tile(np.eye(4), (rot.shape[0], 1, 1))
+    poses[:, :3, :3], poses[:, :3, 3] = rot, pos
+    if floor_size <= 0:
+        pts = np.concatenate([np.asarray(world.root, np.float64)[np.asarray(world.present, bool)], pos])
+        extent = np.abs(pts[:, [0, 2]]).max() if pts.size else 0.0
+        floor_size = float(max(4.0, 2.0 * extent + 2.0))
+    names = tuple(getattr(world, "contact_names", ()) or _contact_names())
+    c = np.asarray(world.contacts, bool)
+    contacts = {f"{foot}_foot": c[..., [k for k, n in enumerate(names) if n.startswith(foot + "_")]].any(-1)
+                for foot in ("left", "right")}
+    return SceneWorld(poses, Floor([0.0, 0.0, 0.0], [0.0, 1.0, 0.0], floor_size), contacts)
+
+
+def _contact_names() -> tuple[str, ...]:
+    from ..world.keypoints import CONTACT_NAMES
+
+    return CONTACT_NAMES

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # the parser is built on every command: torch is imported onl
     from ..pipeline import PipelineOptions
 
 log = logging.getLogger(__name__)
-_NOT_COPIED = {"help", "input_video", "out"}  # run options the batch replaces with its own
+_NOT_COPIED = {"help", "input_video", "out", "overwrite", "resume"}  # run options the batch replaces with its own
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -20,7 +20,9 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     run = subparsers.choices.get("run")
     if run is None:
         raise RuntimeError("add the batch parser after the run parser: batch copies run's options")
-    p = subparsers.add_parser("batch", help="the whole pipeline on many videos (a folder, a glob or a list file), "
+    from ..cli import HelpFormatter
+
+    p = subparsers.add_parser("batch", formatter_class=HelpFormatter, help="the whole pipeline on many videos (a folder, a glob or a list file), "
                                             "one output folder each, on every GPU (Ray)")
     p.add_argument("inputs", nargs="+",
                    help="folders, quoted globs ('clips/*.mp4'), list files (.txt: a video per line with optional "
@@ -46,24 +48,10 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> "PipelineOptions":
-    """PipelineOptions from the run options (as the run command builds them)."""
-    from ..cli import _amodal_settings, _video_options
-    from ..config import load_config, models_root, section
-    from ..pipeline import PipelineOptions, options_from_points
+    """PipelineOptions from the run options (exactly as the run command builds them)."""
+    from ..cli import pipeline_options
 
-    cfg = load_config(args.config)
-    smooth = section(cfg, "smooth")
-    if args.smooth_mode:
-        smooth["mode"] = args.smooth_mode
-    return PipelineOptions(
-        video=_video_options(args), points_json=options_from_points(args.points), detect_frame=args.detect_frame,
-        detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
-        amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
-        manual_fov=args.manual_fov, body_mode=args.body_mode, batch_size=args.batch_size, compile=not args.no_compile,
-        fp8=args.fp8, smooth=not args.no_smooth, smooth_settings=smooth, render_mode=args.render_mode,
-        write_meshes=not args.no_meshes, write_glb=not args.no_glb,
-        models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
-        dtype=args.dtype)
+    return pipeline_options(args)
 
 
 def print_event(kind: str, data: dict[str, Any]) -> None:

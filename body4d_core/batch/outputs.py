@@ -27,7 +27,7 @@ DONE = "batch_done.json"
 STARTED = "batch_started.json"
 SUMMARY_CSV = "batch_summary.csv"
 SUMMARY_JSON = "batch_summary.json"
-STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "render", "write_wait")
+STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render", "write_wait")
 # statuses of a row
 OK, KEPT, FAILED, NOT_RUN = "done", "done earlier", "failed", "not run"
 
