@@ -146,6 +146,17 @@ def _lru_wrappers(obj: object, depth: int = 0) -> Iterator[object]:
                 yield from _lru_wrappers(cell.cell_contents, depth + 1)
 
 
+def release_cuda_workspaces() -> None:
+    """Free cuBLAS's per-stream workspaces and the caching allocator's unused blocks (after a run, not during)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    torch.cuda.synchronize()
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
+
+
 def release_library_caches(prefixes: tuple[str, ...] = LIBRARY_CACHE_MODULES) -> int:
     """Clear the functools caches of already imported library modules (nothing is imported); returns how many."""
     import sys
