@@ -183,8 +183,8 @@ def to_mhr_pose(bodies: Bodies, camera: Camera, model: Any = None,
             for i in order[: last + 1].tolist():
                 if present[i, t]:
                     p = _person(bodies, camera, i, t)
-                else:  # the nearest present pose, hidden behind the camera
-                    p = _person(bodies, camera, i, int(nearest[i][t]))
+                else:  # the nearest present pose (zeros for a person never seen), hidden behind the camera
+                    p = _person(bodies, camera, i, int(nearest[i][t]) if i in nearest else t)
                     p["focal_length"] = np.float32(camera.intrinsics[t, 1])
                     p["pred_cam_t"] = BEHIND_CAMERA.copy()
                     p["body4d_missing"] = True

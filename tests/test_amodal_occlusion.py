@@ -337,7 +337,8 @@ def test_missing_weights_names_files_folder_and_command(tmp_path):
     with pytest.raises(MissingWeightsError, match="depth_anything|diffusion_vas_completion"):
         # a folder with some files present still names what is missing
         for name in ("model_index.json", "unet/config.json", "vae/config.json", "image_encoder/config.json",
-                     "scheduler/scheduler_config.json"):
+                     "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors",
+                     "vae/diffusion_pytorch_model.safetensors", "image_encoder/model.safetensors"):
             p = tmp_path / "diffusion_vas" / "diffusion-vas-amodal-segmentation" / name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("{}")

@@ -179,6 +179,7 @@ def test_rejects_bad_input(pack, model) -> None:
         mod.SaveAnimation.execute(_Handle(model))
     with pytest.raises(err, match="formats"):
         mod.SaveAnimation.execute(_Handle(model), bodies=_bodies(model), formats="fbx")
-    rigless = random_model(tiny_config(), seed=1)  # the scripted stand-in rig exposes no skeleton
+    rigless = random_model(tiny_config(), seed=1)
+    rigless.mhr = torch.jit.script(torch.nn.Identity())  # a rig that exposes no skeleton (not MhrRig)
     with pytest.raises(err, match="native MHR rig"):
         mod.SaveAnimation.execute(_Handle(rigless), bodies=_bodies(model), filename_prefix="t/x")

@@ -129,7 +129,7 @@ def test_body_results_of_an_id_are_its_solo_results(body_model, frames):
         np.testing.assert_array_equal(joint.flags[i], solo.flags[0])
         for k in ("cam_t", "body_pose", "global_rot"):
             np.testing.assert_allclose(joint.params[k][i], solo.params[k][0], atol=1e-4, err_msg=f"{oid} {k}")
-        np.testing.assert_allclose(joint.keypoints_2d[i], solo.keypoints_2d[0], atol=1e-3)
+        np.testing.assert_allclose(joint.keypoints_2d[i], solo.keypoints_2d[0], atol=1e-2)  # px; float32 batching
     assert joint.flags[joint.index_of(HIGH)].tolist() == [0, 0, 0] + [BodyFlag.VISIBLE] * 5
     assert joint.flags[joint.index_of(LOW)].tolist() == [BodyFlag.VISIBLE] * 5 + [0, 0, 0]
 

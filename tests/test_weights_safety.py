@@ -82,7 +82,7 @@ def test_missing_vae_weights_is_a_clear_error(root) -> None:
     (root / VAS / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(MissingWeightsError) as err:
         _amodal(root)
-    _assert_one_sentence(err.value, str(root / VAS / "vae"), "no weights file")
+    _assert_one_sentence(err.value, str(root / VAS), "missing vae/diffusion_pytorch_model.safetensors")
 
 
 def test_another_models_image_encoder_is_refused_not_half_loaded(root) -> None:
