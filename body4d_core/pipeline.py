@@ -562,7 +562,7 @@ def _submit_anim(bodies: Bodies, rig: AnimRig | None, camera: Camera, world: Any
         log.warning(msg)
         summary.notes.append(msg)
         return
-    scene = scene_world_from(world) if world is not None else None
+    scene = scene_world_from(world, bodies) if world is not None else None
     writes.submit("anim", out / "anim", write_animation, bodies, rig.mhr, camera, out / "anim", float(clip.fps),
                   scene, rig, "body4d", ("glb", "bvh", "npz"), True, None, opts.anim_fidelity)
 

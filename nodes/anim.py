@@ -6,15 +6,13 @@ import os
 from pathlib import Path
 
 import folder_paths
-import numpy as np
 from comfy_api.latest import io
 
-from ..body4d_core.anim import Floor, SceneWorld, write_animation
-from ..body4d_core.data import Bodies, Camera
+from ..body4d_core.anim import write_animation
+from ..body4d_core.anim.world_input import scene_world_from
+from ..body4d_core.data import Camera
 from ..body4d_core.errors import InputError
 from ..body4d_core.mhr_pose import from_mhr_pose
-from ..body4d_core.world import WorldResult
-from ..body4d_core.world.keypoints import CONTACT_NAMES
 from . import comfy_glue as glue
 from . import types as t
 
@@ -32,26 +30,6 @@ def _unique_prefix(filename_prefix: str, names: tuple[str, ...]) -> tuple[Path, 
     while any(os.path.exists(os.path.join(folder, f"{stem}_{counter:05d}{n}")) for n in names):
         counter += 1
     return Path(folder), f"{stem}_{counter:05d}", subfolder
-
-
-def _scene_world(world: WorldResult, bodies: Bodies) -> SceneWorld:
-    """The scene's world frame from World Ground: per-frame camera poses, the y = 0 floor and foot contacts by row."""
-    n_frames = bodies.num_frames
-    if world.camera_rotations.shape[0] != n_frames:
-        raise InputError(f"Save Animation: the world has {world.camera_rotations.shape[0]} frames but the bodies "
-                         f"have {n_frames}; connect World Ground of the same clip")
-    missing = sorted(set(bodies.obj_ids.tolist()) - set(world.obj_ids.tolist()))
-    if missing:
-        raise InputError(f"Save Animation: people {missing} are not in the world (ids: {world.obj_ids.tolist()}); "
-                         "connect World Ground of the same clip")
-    poses = np.tile(np.eye(4), (n_frames, 1, 1))
-    poses[:, :3, :3] = world.camera_rotations
-    poses[:, :3, 3] = world.camera_positions
-    rows = [int(np.flatnonzero(world.obj_ids == oid)[0]) for oid in bodies.obj_ids.tolist()]
-    contacts = {name: world.contacts[rows, :, k] for k, name in enumerate(CONTACT_NAMES)}
-    span = np.concatenate([world.root[world.present], world.camera_positions])[:, [0, 2]]
-    size = max(4.0, 2.0 * float(np.abs(span).max(initial=0.0)) + 2.0)  # covers every track and the camera
-    return SceneWorld(poses, Floor([0.0, 0.0, 0.0], [0.0, 1.0, 0.0], size), contacts)
 
 
 def _file3d(path: Path):
@@ -119,7 +97,10 @@ class SaveAnimation(io.ComfyNode):
         rig = getattr(model, "mhr", None)
         if rig is None:
             raise InputError("Save Animation: the SAM 3D Body model has no MHR rig attached")
-        scene_world = _scene_world(world, bodies) if world is not None else None
+        try:
+            scene_world = scene_world_from(world, bodies) if world is not None else None
+        except InputError as err:
+            raise InputError(f"Save Animation: {err}") from None
         kinds = FORMAT_CHOICES[formats]
         names = ("_scene.glb", "_all.bvh", "_anim.npz")
         folder, stem, subfolder = _unique_prefix(filename_prefix, names)

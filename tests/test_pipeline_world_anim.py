@@ -113,7 +113,7 @@ def test_anim_outputs_or_a_logged_skip(default_run):
     with np.load(anim / "body4d_anim.npz") as z:
         assert z["obj_ids"].tolist() == summary.obj_ids
         assert z["joint_world"].shape[1] == 4
-        assert "flag_contact_left_foot" in z.files  # the world frame's contacts reached the export
+        assert "flag_contact_left_heel" in z.files  # the world frame's contacts reached the export
     from .test_glb_validator import validate
 
     report = validate([anim / "body4d_scene.glb"])[0]
@@ -178,7 +178,7 @@ def test_anim_scene_with_a_native_rig_placed_in_the_world(models, tmp_path, monk
     with np.load(anim / "body4d_anim.npz") as z:
         assert z["obj_ids"].tolist() == summary.obj_ids and z["joint_world"].shape[1] == 4
         contacts = np.load(tmp_path / "world" / "world.npz")["contacts"]
-        assert np.array_equal(z["flag_contact_left_foot"], contacts[..., :2].any(-1))  # world contacts reached it
+        assert np.array_equal(z["flag_contact_left_heel"], contacts[..., 0])  # world contacts reached it
     from .test_glb_validator import validate
 
     report = validate([anim / "body4d_scene.glb"])[0]
@@ -205,8 +205,8 @@ def test_scene_world_from_a_world_result():
     assert np.allclose(scene.world_from_camera[:, :3, :3], rot) and np.allclose(scene.world_from_camera[:, :3, 3], pos)
     assert np.allclose(scene.floor.normal, [0, 1, 0]) and np.allclose(scene.floor.point, 0)
     assert scene.floor.size >= 2 * 3.0  # covers the camera 3 m away
-    assert scene.contacts["left_foot"].tolist() == [[True, False, False], [False, False, False]]
-    assert scene.contacts["right_foot"].tolist() == [[False, False, False], [False, False, True]]
+    assert scene.contacts["left_heel"].tolist() == [[True, False, False], [False, False, False]]
+    assert scene.contacts["right_toe"].tolist() == [[False, False, False], [False, False, True]]
     world.camera_rotations = rot * 2.0  # not a rotation: refused by SceneWorld
     with pytest.raises(InputError):
         scene_world_from(world)

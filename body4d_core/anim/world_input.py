@@ -73,14 +73,26 @@ class SceneWorld:
         return self.contacts
 
 
-def scene_world_from(world: Any, floor_size: float = 0.0) -> SceneWorld:
+def scene_world_from(world: Any, bodies: Any = None, floor_size: float = 0.0) -> SceneWorld:
     """The world stage's result (``body4d_core.world.WorldResult``) as a scene export's world frame.
 
     Camera poses become ``world_from_camera``; the floor is the world's y = 0 plane (sized to cover the
-    people and the camera when ``floor_size`` is 0); contacts become ``left_foot`` / ``right_foot`` flags
-    (heel or toe down) per Bodies row, in the world result's identity order."""
+    people and the camera when ``floor_size`` is 0); each contact point (heel / toe of each foot) becomes a
+    flag per Bodies row. With ``bodies``, rows are matched by object id and a world of another clip (frame
+    count, people) is refused; without, rows are the world result's identity order."""
     rot = np.asarray(world.camera_rotations, np.float64)
     pos = np.asarray(world.camera_positions, np.float64)
+    c = np.asarray(world.contacts, bool)
+    rows = list(range(c.shape[0]))
+    if bodies is not None:
+        if rot.shape[0] != bodies.num_frames:
+            raise InputError(f"the world has {rot.shape[0]} frames but the bodies have {bodies.num_frames}; "
+                             "ground the same clip")
+        ids = np.asarray(world.obj_ids).tolist()
+        missing = sorted(set(bodies.obj_ids.tolist()) - set(ids))
+        if missing:
+            raise InputError(f"people {missing} are not in the world (ids: {ids}); ground the same clip")
+        rows = [ids.index(oid) for oid in bodies.obj_ids.tolist()]
     poses = np.tile(np.eye(4), (rot.shape[0], 1, 1))
     poses[:, :3, :3], poses[:, :3, 3] = rot, pos
     if floor_size <= 0:
@@ -88,9 +100,7 @@ def scene_world_from(world: Any, floor_size: float = 0.0) -> SceneWorld:
         extent = np.abs(pts[:, [0, 2]]).max() if pts.size else 0.0
         floor_size = float(max(4.0, 2.0 * extent + 2.0))
     names = tuple(getattr(world, "contact_names", ()) or _contact_names())
-    c = np.asarray(world.contacts, bool)
-    contacts = {f"{foot}_foot": c[..., [k for k, n in enumerate(names) if n.startswith(foot + "_")]].any(-1)
-                for foot in ("left", "right")}
+    contacts = {name: c[rows, :, k] for k, name in enumerate(names)}
     return SceneWorld(poses, Floor([0.0, 0.0, 0.0], [0.0, 1.0, 0.0], floor_size), contacts)
 
 

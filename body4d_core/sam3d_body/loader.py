@@ -77,15 +77,22 @@ class _AllowListUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix = archive, prefix
 
-    def find_class(self, module: str, name: str) -> Any:
+    def _known(self, module: str, name: str) -> Any:
+        """The tensor-rebuild helper or storage type named, or None."""
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _DTYPES:
             return _StorageType(_DTYPES[name])
-        return _Inert
+        return None
+
+    def find_class(self, module: str, name: str) -> Any:
+        known = self._known(module, name)
+        return _Inert if known is None else known
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+        ok = (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+              and isinstance(pid[2], str) and pid[2].isalnum())
+        if not ok:
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         raw = self.archive.read(f"{self.prefix}/data/{pid[2]}")
         untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
@@ -218,18 +225,13 @@ def _script_class(module: str, name: str) -> type:
 _LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
 
 
-class _TorchScriptDataUnpickler(pickle.Unpickler):
+class _TorchScriptDataUnpickler(_AllowListUnpickler):
     """Reads a TorchScript archive's data.pkl: tensors, plain values and module attribute dicts, nothing else."""
 
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self.archive, self.prefix = archive, prefix
-
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _DTYPES:
-            return _StorageType(_DTYPES[name])
+        known = self._known(module, name)
+        if known is not None:
+            return known
         if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
             return list
         if module == "torch.jit._pickle" and name == "restore_type_tag":
@@ -237,15 +239,6 @@ class _TorchScriptDataUnpickler(pickle.Unpickler):
         if module == "__torch__" or module.startswith("__torch__."):
             return _script_class(module, name)
         raise pickle.UnpicklingError(f"refusing {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> Any:
-        ok = (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
-              and isinstance(pid[2], str) and pid[2].isalnum())
-        if not ok:
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        raw = self.archive.read(f"{self.prefix}/data/{pid[2]}")
-        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=pid[1].dtype, _internal=True)
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], attrs: dict[str, Any], depth: int = 0) -> None:

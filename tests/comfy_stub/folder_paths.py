@@ -1,8 +1,9 @@
 """Stand-in for ComfyUI's folder_paths, rooted in $BODY4D_STUB_ROOT (a temp dir in tests)."""
 
 import os
+import tempfile
 
-base_path = os.environ.get("BODY4D_STUB_ROOT", "/tmp/body4d_stub")
+base_path = os.environ.get("BODY4D_STUB_ROOT", os.path.join(tempfile.gettempdir(), "body4d_stub"))
 models_dir = os.path.join(base_path, "models")
 folder_names_and_paths: dict = {}
 _dirs = {"input": os.path.join(base_path, "input"), "output": os.path.join(base_path, "output"),
