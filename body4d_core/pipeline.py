@@ -30,7 +30,8 @@ from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
 from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
-from .runtime import NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, release_library_caches
+from .runtime import (NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, release_host_memory,
+                      release_library_caches)
 from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     finally:
         release_library_caches()
         release_cuda_workspaces()
+        release_host_memory()
         if lock is not None:
             lock.release()
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import tracemalloc
 
 import pytest
@@ -68,6 +69,12 @@ def test_repeated_runs_keep_nothing_alive(models, tmp_path):
     assert counts[1][2] - baseline[2] < 50  # no model survives a run (a few library activation modules do)
     assert counts[1][1] < baseline[1] + (1 << 20)  # nor do weights or feature maps
     assert traced_growth < 2 << 20, f"Python memory grew {traced_growth / 2**20:.1f} MiB in one run"
+
+
+def test_release_host_memory_trims_on_linux():
+    from body4d_core.runtime import release_host_memory
+
+    assert release_host_memory() is sys.platform.startswith("linux")
 
 
 def test_release_library_caches_clears_functools_caches(monkeypatch):
