@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import pytest
 
 from .comfy_server import ComfyServer, ComfyServerError
 from .nodes_env import pack  # noqa: F401 - the node tests' fixture, shared by every test module
+
+# The Blender import test is optional (Blender's Python module is a ~1 GB install): collected only when a Python
+# with bpy is named in BODY4D_BPY_PYTHON or bpy imports here, so the default suite has no skip for it.
+_HAS_BPY = bool(os.environ.get("BODY4D_BPY_PYTHON")) or importlib.util.find_spec("bpy") is not None
+collect_ignore = [] if _HAS_BPY else ["test_anim_blender.py"]
 
 
 def comfyui_dir() -> Path | None:
