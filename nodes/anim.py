@@ -21,11 +21,7 @@ FORMAT_CHOICES = {"glb + bvh": ("glb", "bvh", "npz"), "glb": ("glb", "npz"), "bv
 
 def _unique_prefix(filename_prefix: str, names: tuple[str, ...]) -> tuple[Path, str, str]:
     """(folder, file stem, subfolder) for new files in ComfyUI's output folder: never overwrites, never leaves it."""
-    out_root = os.path.realpath(folder_paths.get_output_directory())
-    prefix = (filename_prefix or "body4d/anim").strip().replace("\\", "/")
-    target = os.path.realpath(os.path.join(out_root, prefix))
-    if prefix.startswith("/") or ".." in prefix.split("/") or not target.startswith(out_root + os.sep):
-        raise InputError(f"filename_prefix {filename_prefix!r} must stay inside ComfyUI's output folder")
+    out_root, prefix = glue.output_prefix(filename_prefix, "body4d/anim")
     folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_root)
     while any(os.path.exists(os.path.join(folder, f"{stem}_{counter:05d}{n}")) for n in names):
         counter += 1

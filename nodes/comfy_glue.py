@@ -207,3 +207,13 @@ def input_path(name: str) -> str:
     if not any(path == os.path.realpath(r) or path.startswith(os.path.realpath(r) + os.sep) for r in roots):
         raise VideoError(f"{name!r} resolves outside ComfyUI's input folder; pick a file inside it")
     return path
+
+
+def output_prefix(prefix: str | None, default: str) -> tuple[str, str]:
+    """(ComfyUI's output folder, the cleaned prefix); refuses a prefix that would leave the output folder."""
+    out_root = os.path.realpath(folder_paths.get_output_directory())
+    clean = (prefix or default).strip().replace("\\", "/")
+    target = os.path.realpath(os.path.join(out_root, clean))
+    if clean.startswith("/") or ".." in clean.split("/") or not target.startswith(out_root + os.sep):
+        raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
+    return out_root, clean

@@ -17,13 +17,8 @@ from . import types as t
 def _output_folder(prefix: str) -> tuple[Path, str]:
     """A new folder <output>/<prefix>_<nnnnn>/ numbered by ComfyUI's save counter (prefix may hold
     sub-folders, never leaves output); created here, so another run never gets the same one."""
-    out_root = os.path.realpath(folder_paths.get_output_directory())
-    prefix = (prefix or "body4d").strip().replace("\\", "/")
-    if prefix.startswith("/") or ".." in prefix.split("/"):
-        raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
+    out_root, prefix = glue.output_prefix(prefix, "body4d")
     base = os.path.realpath(os.path.join(out_root, prefix))
-    if not base.startswith(out_root + os.sep):
-        raise InputError(f"filename_prefix {prefix!r} must stay inside ComfyUI's output folder")
     parent, name, counter, _, _ = folder_paths.get_save_image_path(os.path.relpath(base, out_root), out_root)
     while True:
         folder = Path(parent) / f"{name}_{counter:05d}"
