@@ -338,6 +338,20 @@ def _done(summary: RunSummary, stage: str, files: list[str], reused: bool = Fals
         summary.manifest.stage_done(stage, files, summary.timings.get(stage), reused)
 
 
+def _one_file_stage(summary: RunSummary, writes: "BackgroundWrites", out: Path, name: str, cls: type,
+                    check: Hooks, compute: Callable[[], Any]) -> Any:
+    """A stage whose result is one ``<name>.npz``: reused under --resume, else computed, saved and recorded."""
+    reused = _reuse(summary, name, out, {name: cls})
+    if reused is not None:
+        return reused[0]
+    writes.check()
+    with _Stage(summary, name, check):
+        result = compute()
+    writes.save(name, result, out / f"{name}.npz")
+    _done(summary, name, [name])
+    return result
+
+
 def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type]) -> list | None:
     """The stage's outputs loaded from the earlier run (--resume), or None when it must run."""
     m = summary.manifest
@@ -382,27 +396,12 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
 
     amodal = None
     if opts.amodal:
-        reused = _reuse(summary, "amodal", out, {"amodal": Amodal})
-        if reused is not None:
-            amodal, = reused
-        else:
-            writes.check()
-            with _Stage(summary, "amodal", check):
-                amodal = stage_amodal(frames, tracks, opts, hooks_for("amodal"), models)
-            writes.save("amodal", amodal, out / "amodal.npz")
-            _done(summary, "amodal", ["amodal"])
+        amodal = _one_file_stage(summary, writes, out, "amodal", Amodal, check,
+                                 lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models))
     else:
         _done(summary, "amodal", [])
-
-    reused = _reuse(summary, "camera", out, {"camera": Camera})
-    if reused is not None:
-        camera, = reused
-    else:
-        writes.check()
-        with _Stage(summary, "camera", check):
-            camera = stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes, models)
-        writes.save("camera", camera, out / "camera.npz")
-        _done(summary, "camera", ["camera"])
+    camera = _one_file_stage(summary, writes, out, "camera", Camera, check,
+                             lambda: stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes, models))
 
     raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
                                           models, estimate)
