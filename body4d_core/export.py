@@ -117,6 +117,102 @@ def _encode(av, container, images, fps: float, image_size, crf: int, preset: str
     return count
 
 
+class Mp4Stream:
+    """``write_mp4`` on a background thread fed batch by batch, so encoding overlaps the producer's work
+    (the next render batch); at most ``depth`` batches wait in the queue (bounded memory).
+
+    ``put`` a uint8 batch [B, H, W, 3] (or one frame [H, W, 3]); ``close`` finishes the file and raises
+    the encoder's error; ``abort`` drops it (nothing is left under the final name).
+    """
+
+    _END = object()
+
+    def __init__(self, path: str | Path, fps: float, image_size: tuple[int, int] | None = None, crf: int = 18,
+                 preset: str = "medium", depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.path = Path(path)
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._aborted = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fps, image_size, crf, preset),
+                                        name="body4d-encode", daemon=True)
+        self._thread.start()
+
+    def _frames(self) -> Iterable[np.ndarray]:
+        while True:
+            item = self._q.get()
+            if self._aborted.is_set():
+                raise InputError("video encoding aborted")
+            if item is self._END:
+                return
+            yield from (item if item.ndim == 4 else item[None])
+
+    def _run(self, fps: float, image_size: tuple[int, int] | None, crf: int, preset: str) -> None:
+        try:
+            write_mp4(self.path, self._frames(), fps, image_size, crf, preset)
+        except BaseException as err:  # noqa: BLE001 - raised on the producer's thread
+            self._error = err
+            while True:  # unblock a producer waiting on a full queue
+                try:
+                    self._q.get_nowait()
+                except Exception:  # noqa: BLE001 - queue.Empty
+                    break
+
+    def put(self, batch: np.ndarray) -> None:
+        """Queue frames for the encoder (waits while ``depth`` batches are queued); raises its error."""
+        import queue
+
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                self._raise()
+            try:
+                self._q.put(np.asarray(batch), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        raise InputError(f"the encoder of {self.path.name} stopped early")
+
+    def close(self) -> Path:
+        """Finish the file; returns its path or raises the encoder's error."""
+        self._send_end()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.path
+
+    def abort(self) -> None:
+        """Stop encoding and leave no file (the temporary is removed)."""
+        self._aborted.set()
+        self._send_end()
+        self._thread.join()
+
+    def _send_end(self) -> None:
+        import queue
+
+        while self._thread.is_alive():
+            try:
+                self._q.put(self._END, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __enter__(self) -> "Mp4Stream":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 # --------------------------------------------------------------------------- params
 
 

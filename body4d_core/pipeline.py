@@ -32,6 +32,7 @@ from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
 from .runtime import (NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, release_host_memory,
                       release_library_caches)
+from .frame_store import FrameStore, decode_to_store, remove_stale
 from .video import LoadOptions, load_video
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class PipelineOptions:
     models_root: Path | None = None
     device: str | None = None
     dtype: str | None = None
+    frames_on_disk: bool = True  # decoded frames in a file inside out_dir (host RAM flat in the clip's length)
+    render_batch: int = 16  # frames rendered per batch, each encoded on a background thread while the next renders
 
 
 @dataclass
@@ -275,14 +278,16 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     lock = RunLock(out) if record else None
     if lock is not None:
         lock.acquire()
+    stores: list[FrameStore] = []  # the run's frame store, closed (and deleted) once every write is done
     try:
         remove_temporaries(out)
+        remove_stale(out)
         if record:
             summary.manifest = start_run(out, video, opts, [*required_models(opts), "moge"], _search(opts),
                                          overwrite=overwrite, resume=resume)
         writes = BackgroundWrites(summary)
         try:
-            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate)
+            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate, stores)
         except BaseException:
             writes.close()  # the stage's error wins; finished or running writes are still completed
             raise
@@ -296,6 +301,8 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         _record_failure(summary.manifest, err)
         raise
     finally:
+        for store in stores:
+            store.close()
         release_library_caches()
         release_cuda_workspaces()
         release_host_memory()
@@ -368,11 +375,12 @@ def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type])
 
 def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: HooksFactory, summary: RunSummary,
                 writes: "BackgroundWrites", models: ModelCache | None = None,
-                decoded: tuple[np.ndarray, Clip] | None = None, estimate: Callable[..., list] | None = None) -> None:
+                decoded: tuple[np.ndarray, Clip] | None = None, estimate: Callable[..., list] | None = None,
+                stores: list[FrameStore] | None = None) -> None:
     """The stages in order; every file is written through ``writes`` (in the background)."""
     check = hooks_for("check")
     with _Stage(summary, "decode", check):
-        frames, clip = decoded if decoded is not None else load_video(video, opts.video, hooks_for("decode"))
+        frames, clip = decoded if decoded is not None else _decode(video, out, opts, hooks_for("decode"), stores)
     summary.num_frames = clip.num_frames
     writes.save("clip", clip, out / "clip.npz")
     _done(summary, "decode", ["clip"])
@@ -423,6 +431,16 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
             _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
         _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes)
     _done(summary, "render", [n for n in ("params", "meshes", "glb", "anim", "render") if n in summary.files])
+
+
+def _decode(video: str | Path, out: Path, opts: PipelineOptions, hooks: Hooks,
+            stores: list[FrameStore] | None) -> tuple[np.ndarray, Clip]:
+    """The clip's frames: in a frame store inside ``out`` (``frames_on_disk``; the caller closes it) or in RAM."""
+    if not opts.frames_on_disk or stores is None:
+        return load_video(video, opts.video, hooks)
+    store, clip = decode_to_store(video, opts.video, out, hooks)
+    stores.append(store)
+    return store.frames, clip
 
 
 class AnimRig:
@@ -670,13 +688,8 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
     try:
         if on_gpu:
             exports()
-        rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=hooks)
-        if not on_gpu:
-            exports()
-        images = rendered[0] if isinstance(rendered, tuple) else rendered
         path = out / "render_4d.mp4"
-        with atomic_path(path) as tmp:
-            export.write_mp4(tmp, images, clip.fps, clip.image_size, preset=VIDEO_PRESET)
+        _stream_render(frames, clip, bodies, camera, opts, path, hooks, None if on_gpu else exports)
         writes.record("render", path)
     except BaseException:
         if own:
@@ -684,6 +697,21 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
         raise
     if own:
         writes.join()
+
+
+def _stream_render(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
+                   path: Path, hooks: Hooks, after_render: Callable[[], None] | None = None) -> None:
+    """Render batch by batch into the MP4: each batch is encoded on a background thread while the next one
+    renders, and no more than a few batches are held (memory flat in the clip's length). ``after_render``
+    runs once the last batch is rendered (the exports' submission on a CPU run)."""
+    from . import export, render
+
+    with export.Mp4Stream(path, clip.fps, clip.image_size, preset=VIDEO_PRESET) as stream:
+        for _, images, _, _ in render.iter_render(frames, bodies, camera, mode=opts.render_mode, hooks=hooks,
+                                                  batch_size=max(1, opts.render_batch)):
+            stream.put(images)
+        if after_render is not None:
+            after_render()
 
 
 def _save_params(writes: BackgroundWrites, bodies: Bodies, path: Path, camera: Camera) -> None:

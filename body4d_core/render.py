@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -357,23 +357,47 @@ def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, came
     Masks are the union of all people; with ``return_ids`` an int16 [T, H, W] map of the
     object id owning each pixel (0 = none) comes third. Frames are rasterised ``batch_size``
     at a time with progress and interrupt checks between batches; ``chunk`` caps the
-    fragments per pass (memory), defaulting by device.
+    fragments per pass (memory), defaulting by device. ``iter_render`` yields the same batches
+    one at a time (for a caller that streams them to a file instead of holding every frame).
     """
+    t = bodies.num_frames
+    h, w = bodies.image_size
+    _check_mode(mode, opacity)
+    _check_output_memory(t, h, w, return_ids)
+    images = np.empty((t, h, w, 3), np.uint8)
+    masks = np.zeros((t, h, w), np.float32)
+    ids = np.zeros((t, h, w), np.int16) if return_ids else None
+    for sl, img, hit, own in iter_render(frames, bodies, camera, mode, hooks, batch_size, opacity, vertices_fn,
+                                         device, return_ids, chunk):
+        images[sl] = img
+        masks[sl] = hit
+        if ids is not None:
+            ids[sl] = own
+    return (images, masks, ids) if return_ids else (images, masks)
+
+
+def _check_mode(mode: str, opacity: float) -> None:
     if mode not in MODES:
         raise InputError(f"render mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not 0.0 <= opacity <= 1.0:
         raise InputError(f"opacity must be within 0..1, got {opacity}")
+
+
+def iter_render(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera: Camera, mode: str = "overlay",
+                hooks: Hooks = NULL_HOOKS, batch_size: int = 16, opacity: float = 0.85,
+                vertices_fn: VerticesFn | None = None, device: str | torch.device | None = None,
+                return_ids: bool = False, chunk: int | None = None
+                ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``render_bodies`` one batch at a time: yields (frame slice, uint8 images [B, H, W, 3], bool coverage
+    [B, H, W], int16 owner ids [B, H, W] or None), so memory holds one batch whatever the clip's length."""
+    _check_mode(mode, opacity)
     t = bodies.num_frames
     h, w = bodies.image_size
     camera = camera.check_frames(t)
     if tuple(camera.image_size) != (h, w):
         raise InputError(f"camera image size {camera.image_size} does not match the bodies' {bodies.image_size}")
-    _check_output_memory(t, h, w, return_ids)
     bg = _background(frames, t, (h, w))
     dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    images = np.empty((t, h, w, 3), np.uint8)
-    masks = np.zeros((t, h, w), np.float32)
-    ids = np.zeros((t, h, w), np.int16) if return_ids else None
     if mode != "openpose" and bodies.faces is None:
         raise InputError("Render Mesh: the bodies carry no faces (mesh topology); run SAM3D Body with vertices on")
     job = None if mode == "openpose" else _job(bodies, mode, opacity, dev, chunk)
@@ -382,16 +406,13 @@ def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, came
         sl = slice(s0, min(t, s0 + batch_size))
         idx = np.arange(sl.start, sl.stop)
         if job is None:
-            _render_openpose(bodies, idx, images, masks)
+            images, masks = _render_openpose(bodies, idx)
+            yield sl, images, masks, (np.zeros(masks.shape, np.int16) if return_ids else None)
         else:
             verts = _frame_vertices(bodies, idx, vertices_fn)
             img, hit, own = _render_batch(job, bodies, camera, verts, idx, None if bg is None else bg[sl])
-            images[sl] = img.cpu().numpy()  # one uint8 transfer per batch
-            masks[sl] = hit.cpu().numpy()
-            if ids is not None:
-                ids[sl] = own.cpu().numpy()
+            yield sl, img.cpu().numpy(), hit.cpu().numpy(), (own.cpu().numpy() if return_ids else None)
         hooks.progress(sl.stop, t)
-    return (images, masks, ids) if return_ids else (images, masks)
 
 
 def _job(bodies: Bodies, mode: str, opacity: float, dev: torch.device, chunk: int | None) -> _Job:
@@ -418,14 +439,13 @@ def _background(frames: np.ndarray | torch.Tensor | None, t: int, size: tuple[in
     return arr if arr.dtype in (np.uint8, np.float32) else arr.astype(np.float32)
 
 
-def _render_openpose(bodies: Bodies, idx: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
-    """2D OpenPose-18 skeletons from MHR70 2D keypoints (black canvas, ControlNet style)."""
+def _render_openpose(bodies: Bodies, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2D OpenPose-18 skeletons from MHR70 2D keypoints (black canvas, ControlNet style) of frames ``idx``."""
     if bodies.keypoints_2d is None:
         raise InputError("Render Mesh: 'openpose' needs 2D keypoints and these bodies have none")
     h, w = bodies.image_size
-    for ti in idx:
-        canvas = np.zeros((h, w, 3), np.uint8)
+    images = np.zeros((len(idx), h, w, 3), np.uint8)
+    for k, ti in enumerate(idx):
         for i in np.flatnonzero(bodies.flags[:, ti] != BodyFlag.MISSING):
-            draw_openpose(canvas, bodies.keypoints_2d[i, ti])
-        images[ti] = canvas
-        masks[ti] = canvas.any(-1)
+            draw_openpose(images[k], bodies.keypoints_2d[i, ti])
+    return images, images.any(-1)
