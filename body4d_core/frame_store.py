@@ -7,7 +7,7 @@ stage that indexes frames works unchanged. Pages a stage reads count in the proc
 set (as file-backed pages) until dropped: a background pager drops them every ``interval``
 seconds with ``madvise(MADV_DONTNEED)`` (the data stays in the file; the next read faults it back
 in from the page cache), so RSS stays bounded whatever a stage's access pattern is.
-``close`` unmaps and deletes the folder (also after a failure; a folder left by a killed run is
+``close`` drops the mapping (unmapped once no view is left) and deletes the folder (also after a failure; a folder left by a killed run is
 removed by ``remove_stale``).
 """
 
@@ -122,12 +122,7 @@ class FrameStore:
             self._pager.join()
             self._pager = None
         self._frames = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # a stage still holds a view: the file goes, the mapping with the last view
-                log.debug("frame store: views still open; the mapping is released with them")
-            self._mm = None
+        self._mm = None  # never closed by hand: a view a stage still holds keeps it mapped; unmapped with the last one
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
