@@ -59,6 +59,7 @@ class FrameStore:
         self._frames: np.ndarray | None = None
         self._stop = threading.Event()
         self._pager: threading.Thread | None = None
+        self._extra: list[mmap.mmap] = []  # mappings of arrays moved out of RAM by ``keep``
         self.interval = interval
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
@@ -99,17 +100,38 @@ class FrameStore:
                 raise InputError("frame store: already closed")
             self._mm = mmap.mmap(self._fd, self.shape[0] * self.frame_bytes, access=mmap.ACCESS_WRITE)
             self._frames = np.ndarray(self.shape, np.uint8, buffer=self._mm)
-            if self.interval > 0 and hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                self._pager = threading.Thread(target=self._page_out, name="body4d-frame-pager", daemon=True)
-                self._pager.start()
+            self._start_pager()
         return self._frames
 
+    def keep(self, arr: np.ndarray) -> np.ndarray:
+        """A copy of ``arr`` in a new file of the store (same shape, dtype and values), paged like the frames:
+        a stage's per-frame output (packed masks, vertices) leaves RAM for the rest of the run."""
+        arr = np.ascontiguousarray(arr)
+        if arr.nbytes == 0 or self._fd < 0:
+            return arr
+        path = self.dir / f"{uuid.uuid4().hex[:8]}.bin"
+        with open(path, "w+b") as f:
+            f.truncate(arr.nbytes)
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            f.flush()
+            mm = mmap.mmap(f.fileno(), arr.nbytes, access=mmap.ACCESS_WRITE)
+        self._extra.append(mm)
+        self._start_pager()
+        return np.ndarray(arr.shape, arr.dtype, buffer=mm)
+
     def drop_pages(self) -> None:
-        """Drop the mapping's resident pages (they are read back from the file when needed again)."""
-        mm = self._mm
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            with contextlib.suppress(ValueError, OSError):  # closed meanwhile
-                mm.madvise(mmap.MADV_DONTNEED)
+        """Drop the mappings' resident pages (they are read back from the files when needed again)."""
+        if not (hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")):
+            return
+        for mm in [self._mm, *self._extra]:
+            if mm is not None:
+                with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+                    mm.madvise(mmap.MADV_DONTNEED)
+
+    def _start_pager(self) -> None:
+        if self._pager is None and self.interval > 0 and hasattr(mmap, "MADV_DONTNEED"):
+            self._pager = threading.Thread(target=self._page_out, name="body4d-frame-pager", daemon=True)
+            self._pager.start()
 
     def _page_out(self) -> None:
         while not self._stop.wait(self.interval):
@@ -122,6 +144,7 @@ class FrameStore:
             self._pager.join()
             self._pager = None
         self._frames = None
+        self._extra = []
         self._mm = None  # never closed by hand: a view a stage still holds keeps it mapped; unmapped with the last one
         if self._fd >= 0:
             os.close(self._fd)

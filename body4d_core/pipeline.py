@@ -399,6 +399,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         writes.save("tracks", tracks, out / "tracks.npz")
         _done(summary, "sam3", ["prompts", "tracks"])
     summary.obj_ids = tracks.obj_ids.tolist()
+    tracks.packed = _off_ram(stores, tracks.packed)
     writes.submit("mask_overlay", out / "mask_overlay.mp4", _write_mask_overlay, frames, tracks, clip,
                   out / "mask_overlay.mp4")
 
@@ -406,6 +407,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     if opts.amodal:
         amodal = _one_file_stage(summary, writes, out, "amodal", Amodal, check,
                                  lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models))
+        amodal.packed_amodal = _off_ram(stores, amodal.packed_amodal)
+        amodal.completed_rgb = _off_ram(stores, amodal.completed_rgb)
     else:
         _done(summary, "amodal", [])
     camera = _one_file_stage(summary, writes, out, "camera", Camera, check,
@@ -413,6 +416,9 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
 
     raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
                                           models, estimate)
+    for b in {id(raw): raw, id(bodies): bodies}.values():
+        if b.vertices is not None:
+            b.vertices = _off_ram(stores, b.vertices)
 
     world = None
     if opts.world:
@@ -441,6 +447,11 @@ def _decode(video: str | Path, out: Path, opts: PipelineOptions, hooks: Hooks,
     store, clip = decode_to_store(video, opts.video, out, hooks)
     stores.append(store)
     return store.frames, clip
+
+
+def _off_ram(stores: list[FrameStore] | None, arr: np.ndarray) -> np.ndarray:
+    """A stage's per-frame output moved into the run's frame store (a file) when there is one, else as is."""
+    return stores[0].keep(arr) if stores else arr
 
 
 class AnimRig:

@@ -330,10 +330,13 @@ def available_ram() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_budget(sel: Selection, bytes_per_value: int, budget_bytes: int | None = None) -> int:
-    """Bytes the frames will take; raises MemoryBudgetError (with a suggestion) over budget.
+def check_budget(sel: Selection, bytes_per_value: int, budget_bytes: int | None = None,
+                 image_batch: bool = False) -> int:
+    """Bytes the frames will take; raises MemoryBudgetError (with what to do) over budget.
 
-    budget_bytes None or 0 means half the RAM available now.
+    budget_bytes None or 0 means half the RAM available now. ``image_batch``: the frames become a ComfyUI
+    IMAGE batch (one tensor, every frame in RAM at once), so the message also says what a frame costs there
+    and that the headless run keeps long videos on disk instead.
     """
     need = int(sel.indices.size) * sel.height * sel.width * 3 * bytes_per_value
     budget = budget_bytes or available_ram() // 2
@@ -344,6 +347,10 @@ def check_budget(sel: Selection, bytes_per_value: int, budget_bytes: int | None 
     side = max(2, int(max(sel.height, sel.width) * math.sqrt(budget / need)) // 2 * 2)
     head = (f"loading {sel.indices.size} frames of {sel.width}x{sel.height} needs {need / 2**30:.1f} GiB but the "
             f"budget is {budget / 2**30:.1f} GiB. ")
+    if image_batch:
+        head += (f"An IMAGE batch holds every frame in RAM at once ({per_frame / 2**20:.1f} MiB a frame at this "
+                 f"size); for a long video use the headless run (python -m body4d_core run), which keeps the frames "
+                 f"on disk, or load it in parts (skip_first_frames + frame_load_cap). ")
     if fit >= 1:
         raise MemoryBudgetError(head + f"Set frame_load_cap between 1 and {fit}, raise select_every_nth, "
                                 f"or set max_side to about {side}.")
@@ -562,7 +569,7 @@ def load_video_tensor(path: str | os.PathLike, opts: LoadOptions | None = None, 
     dtype = dtype or torch.float32
     opts = opts or LoadOptions()
     info, sel, backend = plan(path, opts)
-    check_budget(sel, torch.empty((), dtype=dtype).element_size(), opts.memory_budget_bytes)
+    check_budget(sel, torch.empty((), dtype=dtype).element_size(), opts.memory_budget_bytes, image_batch=True)
     out = torch.empty((sel.indices.size, sel.height, sel.width, 3), dtype=dtype)
     scale = 1.0 / 255.0
 

@@ -54,7 +54,7 @@ def _select_tensor(frames: torch.Tensor, fps: float, opts: v.LoadOptions, source
     if (sel.height, sel.width) == (h, w):
         out = frames[idx, ..., :3]
     else:
-        v.check_budget(sel, frames.element_size(), opts.memory_budget_bytes)
+        v.check_budget(sel, frames.element_size(), opts.memory_budget_bytes, image_batch=True)
         out = torch.empty((idx.numel(), sel.height, sel.width, 3), dtype=frames.dtype)
         for s in range(0, idx.numel(), v.CHUNK):
             chunk = frames[idx[s:s + v.CHUNK], ..., :3].movedim(-1, 1).float()
@@ -121,8 +121,11 @@ class LoadVideo(io.ComfyNode):
             display_name="Load Video (Body4D)",
             category=glue.CATEGORY,
             search_aliases=["load video", "video frames", "body4d video"],
-            description="Load a video as frames for the SAM-Body4D pipeline. The memory the frames will take is "
-                        "checked before decoding; use the cap, stride or max side to load long videos.",
+            description="Load a video as frames for the SAM-Body4D pipeline. The frames become one IMAGE batch held "
+                        "in RAM (4 bytes a value: about 10.5 MiB a 720p frame, 1 GiB per ~100 frames); the memory "
+                        "they will take is checked before decoding. Use the cap, stride or max side to fit, load a "
+                        "long video in parts, or run it headless (python -m body4d_core run), which keeps the frames "
+                        "on disk.",
             inputs=[
                 io.Combo.Input("file", options=[NONE_FILE, *_video_files()], upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (upload with the button)."),

@@ -186,3 +186,15 @@ def test_store_removed_after_a_failed_stage(models, tmp_path, monkeypatch):
     assert len(seen) == 1 and not seen[0].exists()
     assert _stores(tmp_path / "out") == []
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
+
+
+def test_image_batch_budget_says_what_to_do():
+    sel = video.Selection(np.arange(9000), 30.0, 720, 1280)
+    with pytest.raises(MemoryBudgetError) as err:
+        video.check_budget(sel, 4, 2**30, image_batch=True)
+    msg = str(err.value)
+    assert "9000 frames of 1280x720 needs 92.7 GiB" in msg and "10.5 MiB a frame" in msg
+    assert "python -m body4d_core run" in msg and "frame_load_cap between 1 and 97" in msg
+    with pytest.raises(MemoryBudgetError) as plain:
+        video.check_budget(sel, 1, 2**30)
+    assert "IMAGE" not in str(plain.value) and "frame_load_cap between 1 and 388" in str(plain.value)
