@@ -198,3 +198,11 @@ def test_image_batch_budget_says_what_to_do():
     with pytest.raises(MemoryBudgetError) as plain:
         video.check_budget(sel, 1, 2**30)
     assert "IMAGE" not in str(plain.value) and "frame_load_cap between 1 and 388" in str(plain.value)
+
+
+def test_cli_frames_in_ram_flag():
+    from body4d_core import cli
+
+    parser = cli.build_parser()
+    assert cli.pipeline_options(parser.parse_args(["run"])).frames_on_disk is True
+    assert cli.pipeline_options(parser.parse_args(["run", "--frames_in_ram"])).frames_on_disk is False
