@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
@@ -311,24 +311,71 @@ def _drawn_faces(faces: np.ndarray) -> np.ndarray:
     return faces[keep]
 
 
+class _Blob:
+    """The GLB's binary chunk as it is built: in memory (``glb_bytes``) or appended to a file (``write_glb``,
+    so a long clip's vertices never sit in RAM as one buffer)."""
+
+    def __init__(self, fh: BinaryIO | None = None) -> None:
+        self.fh, self.size = fh, 0
+        self.data = bytearray() if fh is None else None
+
+    def align(self) -> None:
+        self.write(b"\0" * (-self.size % 4))
+
+    def write(self, data: bytes) -> None:
+        if self.data is not None:
+            self.data.extend(data)
+        else:
+            self.fh.write(data)
+        self.size += len(data)
+
+
 def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> bytes:
     """Animated GLB of person index i: a node per present frame, visible on its frame only."""
+    blob = _Blob()
+    gltf = _glb_document(bodies, i, fps, with_normals, blob)
+    gltf.set_binary_blob(bytes(blob.data))
+    return b"".join(gltf.save_to_bytes())
+
+
+GLB_COPY = 1 << 24  # bytes per read when the binary chunk is copied from its temporary file
+
+
+def _write_glb_file(bodies: Bodies, i: int, fps: float, path: Path, with_normals: bool = True) -> None:
+    """``glb_bytes`` written to ``path`` with the binary chunk built in a temporary file (same bytes)."""
+    import struct
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=path.parent) as fh:
+        blob = _Blob(fh)
+        gltf = _glb_document(bodies, i, fps, with_normals, blob)
+        doc = gltf.gltf_to_json(separators=(",", ":"), indent=None).encode("utf-8")
+        doc += b" " * (-(12 + len(doc)) % gltf.required_alignment())
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            out.write(b"glTF" + struct.pack("<II", 2, 12 + 8 + len(doc) + 8 + blob.size))
+            out.write(struct.pack("<I", len(doc)) + b"JSON" + doc)
+            out.write(struct.pack("<I", blob.size) + b"BIN\0")
+            fh.seek(0)
+            while chunk := fh.read(GLB_COPY):
+                out.write(chunk)
+
+
+def _glb_document(bodies: Bodies, i: int, fps: float, with_normals: bool, blob: _Blob):
+    """The glTF document of person index i; its binary data is appended to ``blob``."""
     import pygltflib as g
 
     faces = np.ascontiguousarray(_drawn_faces(_need_mesh(bodies, "Save GLB")), dtype=np.uint32)
     frames = np.flatnonzero(bodies.present[i])
     if frames.size == 0:
         raise InputError(f"Save GLB: person {int(bodies.obj_ids[i])} is on no frame")
-    blob = bytearray()
     views: list[g.BufferView] = []
     accessors: list[g.Accessor] = []
 
     def add(arr: np.ndarray, ctype: int, atype: str, target: int | None = None, minmax: bool = False,
             bounds: tuple[np.ndarray, np.ndarray] | None = None) -> int:
-        while len(blob) % 4:
-            blob.append(0)
-        views.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=arr.nbytes, target=target))
-        blob.extend(arr.tobytes())
+        blob.align()
+        views.append(g.BufferView(buffer=0, byteOffset=blob.size, byteLength=arr.nbytes, target=target))
+        blob.write(np.ascontiguousarray(arr).tobytes())
         acc = g.Accessor(bufferView=len(views) - 1, componentType=ctype, count=int(arr.shape[0]), type=atype)
         if minmax or bounds is not None:
             lo, hi = bounds if bounds is not None else (arr.min(0), arr.max(0))
@@ -372,11 +419,10 @@ def glb_bytes(bodies: Bodies, i: int, fps: float, with_normals: bool = True) -> 
     gltf = g.GLTF2(
         asset=g.Asset(generator="ComfyUI SAM-Body4D", version="2.0"),
         scene=0, scenes=[g.Scene(nodes=[len(nodes) - 1])], nodes=nodes, meshes=meshes, materials=[mat],
-        accessors=accessors, bufferViews=views, buffers=[g.Buffer(byteLength=len(blob))],
+        accessors=accessors, bufferViews=views, buffers=[g.Buffer(byteLength=blob.size)],
         animations=[g.Animation(name="body4d", channels=channels, samplers=samplers)],
     )
-    gltf.set_binary_blob(bytes(blob))
-    return b"".join(gltf.save_to_bytes())
+    return gltf
 
 
 def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: str = "body4d",
@@ -393,8 +439,6 @@ def write_glb(bodies: Bodies, out_dir: str | Path, fps: float = 30.0, prefix: st
     for k, i in enumerate(r for r in rows if bodies.present[r].any()):
         hooks.check_interrupt()
         path = root / f"{prefix}_person_{int(bodies.obj_ids[i])}.glb"
-        data = glb_bytes(bodies, int(i), fps)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
+        _write_glb_file(bodies, int(i), fps, path)
         hooks.progress(k + 1, bodies.num_objects)
     return root

@@ -206,3 +206,28 @@ def test_cli_frames_in_ram_flag():
     parser = cli.build_parser()
     assert cli.pipeline_options(parser.parse_args(["run"])).frames_on_disk is True
     assert cli.pipeline_options(parser.parse_args(["run", "--frames_in_ram"])).frames_on_disk is False
+
+
+def test_glb_streamed_to_file_is_byte_identical(tmp_path, monkeypatch):
+    import pygltflib
+
+    from body4d_core.data import Bodies, BodyFlag
+
+    rng = np.random.default_rng(3)
+    t, v = 70, 40  # more frames than one normals batch
+    bodies = Bodies.empty([4, 9], t, (64, 48))
+    params = {k: a.copy() for k, a in bodies.params.items()}
+    params["cam_t"][:] = [0.0, 0.1, 2.5]
+    flags = np.full((2, t), BodyFlag.VISIBLE, np.uint8)
+    flags[1, 10:20] = BodyFlag.MISSING
+    faces = np.stack([np.arange(v - 2), np.arange(1, v - 1), np.arange(2, v)], 1).astype(np.int32)
+    bodies = bodies.replace(params=params, flags=flags, faces=faces,
+                            vertices=rng.normal(size=(2, t, v, 3)).astype(np.float32))
+    monkeypatch.setattr(export, "GLB_COPY", 1000)  # the binary chunk is copied in many reads
+    export.write_glb(bodies, tmp_path / "glb", fps=24.0)
+    for i, oid in enumerate((4, 9)):
+        path = tmp_path / "glb" / f"body4d_person_{oid}.glb"
+        assert path.read_bytes() == export.glb_bytes(bodies, i, 24.0)
+        doc = pygltflib.GLTF2().load_binary(str(path))
+        assert len(doc.meshes) == int(bodies.present[i].sum())
+    assert sorted(p.name for p in (tmp_path / "glb").iterdir()) == ["body4d_person_4.glb", "body4d_person_9.glb"]
