@@ -426,6 +426,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         with _Stage(summary, "world", check):
             world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models)
         if world is not None:
+            if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
+                world.bodies.vertices = _off_ram(stores, world.bodies.vertices)
             _submit_world(world, opts, clip, out, writes)
         _done(summary, "world", [n for n in WORLD_FILES if n in summary.files])
     else:

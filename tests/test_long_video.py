@@ -147,9 +147,10 @@ def test_disk_path_equals_ram_path(models, tmp_path, monkeypatch):
         return store, clip
 
     monkeypatch.setattr(pipeline, "decode_to_store", spy)
-    ram = pipeline.run_pipeline(SAMPLE, tmp_path / "ram", _options(models, False))
+    every = dict(world=True, write_anim=True, write_meshes=True, write_glb=True)  # every output, both paths
+    ram = pipeline.run_pipeline(SAMPLE, tmp_path / "ram", _options(models, False, **every))
     assert used == []
-    disk = pipeline.run_pipeline(SAMPLE, tmp_path / "disk", _options(models, True))
+    disk = pipeline.run_pipeline(SAMPLE, tmp_path / "disk", _options(models, True, **every))
     assert len(used) == 1 and used[0].parent == tmp_path / "disk" and not used[0].exists()
     assert _stores(tmp_path / "disk") == []
     assert disk.obj_ids == ram.obj_ids == [1, 2]  # the same identities, whichever frame a chunk starts on
@@ -161,6 +162,14 @@ def test_disk_path_equals_ram_path(models, tmp_path, monkeypatch):
         for k in a.files:
             if k != "__header__":
                 np.testing.assert_array_equal(a[k], b[k], err_msg=f"{rel}:{k}")
+    files = sorted(p.relative_to(tmp_path / "ram") for p in (tmp_path / "ram").rglob("*")
+                   if p.is_file() and p.suffix in (".glb", ".ply", ".bvh", ".csv", ".json") and p.name != "run.json")
+    assert any(p.suffix == ".glb" for p in files) and any(p.suffix == ".ply" for p in files)
+    assert files == sorted(p.relative_to(tmp_path / "disk") for p in (tmp_path / "disk").rglob("*")
+                           if p.is_file() and p.suffix in (".glb", ".ply", ".bvh", ".csv", ".json")
+                           and p.name != "run.json")
+    for rel in files:
+        assert (tmp_path / "ram" / rel).read_bytes() == (tmp_path / "disk" / rel).read_bytes(), rel
     for name in ("render_4d.mp4", "mask_overlay.mp4"):
         ra, rb = _read_mp4(tmp_path / "ram" / name), _read_mp4(tmp_path / "disk" / name)
         assert len(ra) == len(rb) == 12
