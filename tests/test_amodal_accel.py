@@ -11,7 +11,7 @@ from body4d_core.amodal.accel import AccelConfig, SingleTokenCrossAttention
 from body4d_core.amodal.config import SamplerConfig
 from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.pipeline import VASPipeline
-from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts
 from body4d_core.errors import InputError
 
 from .triton_interpreter import run_interpreted

@@ -16,7 +16,7 @@ from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.models import AmodalModels, DepthEstimator, load_amodal_models
 from body4d_core.amodal.pipeline import VASPipeline
 from body4d_core.amodal.stage import run_amodal
-from body4d_core.amodal.synthetic import (build_depth_model, build_vas_parts, save_depth_folder, save_vas_folder)
+from body4d_core.testing.amodal import (build_depth_model, build_vas_parts, save_depth_folder, save_vas_folder)
 from body4d_core.data import Amodal, Tracks
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 

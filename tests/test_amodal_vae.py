@@ -13,7 +13,7 @@ from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.models import DEFAULT_ACCEL, AmodalModels
 from body4d_core.amodal.pipeline import VASPipeline, decode_calls, decode_items
 from body4d_core.amodal.stage import run_amodal
-from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError
 from tests.test_amodal_pipeline import TruthMask  # the same ground-truth mask model

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from body4d_core.fastload import load_transformers, params_on_meta
-from body4d_core.tiny import write_checkpoints
+from body4d_core.testing.checkpoints import write_checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from body4d_core.sam3d_body.core_format import (LAYOUT_DINOV3, LAYOUT_HF, check_
                                                  detect_layout, is_core_file, load_core_safetensors,
                                                  map_core_state_dict, save_core_layout)
 from body4d_core.sam3d_body.loader import check_state_dict
-from body4d_core.sam3d_body.mhr_rig import RIG_TENSORS, MhrRig, random_rig_tensors
-from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+from body4d_core.sam3d_body.mhr_rig import RIG_TENSORS, MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.body import random_model, save_official_layout
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def e2e_server():
     if root is None:
         pytest.skip("COMFYUI_DIR is not set: the end-to-end workflow runs need a ComfyUI checkout "
                     "(set COMFYUI_DIR, optionally COMFYUI_PYTHON)")
-    from body4d_core.tiny import write_tiny_checkpoints
+    from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
     try:
         server = ComfyServer(root).start(timeout=300)
