@@ -261,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Run one of our workflows on a running ComfyUI: upload, queue, follow, download."""
-    from .api_client import ComfyClient, apply_override, describe_node_errors, load_api_graph, set_video
+    from .interop.api_client import ComfyClient, apply_override, describe_node_errors, load_api_graph, set_video
 
     client = ComfyClient(args.server)
     graph = load_api_graph(args.workflow)

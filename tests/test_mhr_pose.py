@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from body4d_core.data import Bodies, BodyFlag, Camera
-from body4d_core.mhr_pose import (HEAD_MAX_ABS_X, HEAD_MIN_Y, from_mhr_pose, hand_vertex_mask, mesh_render_fields,
+from body4d_core.interop.mhr_pose_data import (HEAD_MAX_ABS_X, HEAD_MIN_Y, from_mhr_pose, hand_vertex_mask, mesh_render_fields,
                                    rig_skinning, to_mhr_pose)
 from body4d_core.render import vertex_normals
 from body4d_core.sam3d_body import tiny_config

@@ -140,7 +140,7 @@ def test_body_estimation_cancels_per_batch(body_model):
 
 @pytest.fixture(scope="module")
 def vas():
-    from body4d_core.amodal.pipeline import VASPipeline
+    from body4d_core.amodal.sampler import VASPipeline
     from body4d_core.testing.amodal import build_depth_model, build_vas_parts
 
     parts = build_vas_parts("tiny", seed=1)

@@ -213,7 +213,7 @@ def test_mesh_and_glb_files_carry_the_ids(tmp_path):
 
 def test_mhr_pose_slots_carry_the_ids():
     from body4d_core.data import Camera
-    from body4d_core.mhr_pose import from_mhr_pose, to_mhr_pose
+    from body4d_core.interop.mhr_pose_data import from_mhr_pose, to_mhr_pose
 
     b = _bodies()
     pose = to_mhr_pose(b, Camera.default((H, W), T))

@@ -351,7 +351,7 @@ def test_amodal_node_input_reaches_its_setting(pack, monkeypatch, name):
 
 @pytest.fixture(scope="module")
 def vas_pipe():
-    from body4d_core.amodal.pipeline import VASPipeline
+    from body4d_core.amodal.sampler import VASPipeline
     from body4d_core.testing.amodal import build_vas_parts
 
     parts = build_vas_parts("tiny", seed=4)

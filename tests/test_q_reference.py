@@ -104,7 +104,7 @@ def test_moge_focal_matches_official_infer(level):
 @pytest.fixture(scope="module")
 def vas_reference():
     """The fixture's numbers and our pipeline on its seed-built networks (built once per module)."""
-    from body4d_core.amodal.pipeline import VASPipeline
+    from body4d_core.amodal.sampler import VASPipeline
     from body4d_core.testing.amodal import build_vas_parts
 
     with np.load(FIX / "diffusion_vas.npz") as z:

@@ -121,7 +121,7 @@ def test_node_errors(body, core):
 
 def test_load_core_detection_file(body, core):
     import folder_paths
-    from body4d_core.sam3d_body.core_format import save_core_layout
+    from body4d_core.interop.sam3d_body_file import save_core_layout
     from body4d_core.testing.body import random_rig_tensors
 
     cfg = tiny_config()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from body4d_core.weights import MODEL_SPECS
-from body4d_core.workflow_convert import convert_with_report
+from body4d_core.interop.workflows import convert_with_report
 
 from .anim_readers import accessor, load_glb, node_world_matrices
 from .comfy_server import ComfyServer, ComfyServerError

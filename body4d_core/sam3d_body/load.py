@@ -25,7 +25,7 @@ def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[s
     few threads (same values); False: cast on the CPU, then moved (the previous path, for A/B benches).
     """
     if model_dir is not None and str(model_dir).lower().endswith(".safetensors"):
-        from .core_format import load_core_safetensors
+        from ..interop.sam3d_body_file import load_core_safetensors
 
         return load_core_safetensors(model_dir, device=device, config=config)
     return load_official_folder(model_dir, search_dirs, device=device, config=config, fast=fast)
