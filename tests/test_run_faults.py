@@ -39,7 +39,7 @@ EXPORT_TARGETS = ("params.npz", "params_camera.npz", "meshes/person_1/00000000.p
 
 def sphere_bodies(tracks: Tracks) -> Bodies:
     """One body per track on every frame: a small sphere mesh 3 m in front of the camera."""
-    from body4d_core.tiny import uv_sphere
+    from body4d_core.testing.checkpoints import uv_sphere
 
     v, f = uv_sphere(rows=8, cols=10)
     n, t = tracks.num_objects, tracks.num_frames
