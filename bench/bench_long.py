@@ -79,7 +79,7 @@ def write_clip(path: Path, frames: int, width: int = 1280, height: int = 720) ->
 def ensure_models(root: Path, preset: str, device: str) -> Path:
     """Random checkpoints of every model under root (reused when a complete set of the same preset is there)."""
     from body4d_core.errors import Body4DError
-    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.testing.checkpoints import target_dir, write_checkpoints
     from body4d_core.weights import MODEL_SPECS, verify
 
     marker = root / ".bench_preset"
