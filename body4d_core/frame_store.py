@@ -103,21 +103,36 @@ class FrameStore:
             self._start_pager()
         return self._frames
 
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
+        """A zero-filled array in a new file of the store, paged like the frames: for a stage that fills a
+        per-frame output (e.g. a tracker's packed masks) without holding it in RAM."""
+        return self._mapped(np.zeros(0, dtype).dtype, tuple(int(v) for v in shape), None)
+
     def keep(self, arr: np.ndarray) -> np.ndarray:
         """A copy of ``arr`` in a new file of the store (same shape, dtype and values), paged like the frames:
         a stage's per-frame output (packed masks, vertices) leaves RAM for the rest of the run."""
         arr = np.ascontiguousarray(arr)
         if arr.nbytes == 0 or self._fd < 0:
             return arr
+        return self._mapped(arr.dtype, arr.shape, arr)
+
+    def _mapped(self, dtype: np.dtype, shape: tuple[int, ...], data: np.ndarray | None) -> np.ndarray:
+        """A new file of ``shape``/``dtype`` (holding ``data``, else zeros) mapped as an ndarray."""
+        if self._fd < 0:
+            raise InputError("frame store: already closed")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
         path = self.dir / f"{uuid.uuid4().hex[:8]}.bin"
         with open(path, "w+b") as f:
-            f.truncate(arr.nbytes)
-            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-            f.flush()
-            mm = mmap.mmap(f.fileno(), arr.nbytes, access=mmap.ACCESS_WRITE)
+            f.truncate(nbytes)
+            if data is not None:
+                f.write(memoryview(data.reshape(-1).view(np.uint8)))
+                f.flush()
+            mm = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_WRITE)
         self._extra.append(mm)
         self._start_pager()
-        return np.ndarray(arr.shape, arr.dtype, buffer=mm)
+        return np.ndarray(shape, dtype, buffer=mm)
 
     def drop_pages(self) -> None:
         """Drop the mappings' resident pages (they are read back from the files when needed again)."""

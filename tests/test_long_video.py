@@ -240,3 +240,24 @@ def test_glb_streamed_to_file_is_byte_identical(tmp_path, monkeypatch):
         doc = pygltflib.GLTF2().load_binary(str(path))
         assert len(doc.meshes) == int(bodies.present[i].sum())
     assert sorted(p.name for p in (tmp_path / "glb").iterdir()) == ["body4d_person_4.glb", "body4d_person_9.glb"]
+
+
+def test_store_keep_and_empty_arrays_live_in_files(tmp_path):
+    store = FrameStore(tmp_path, 1, 2, 2, interval=0.01)
+    packed = np.random.default_rng(2).integers(0, 255, (2, 9, 4, 3), dtype=np.uint8)
+    verts = np.random.default_rng(3).normal(size=(2, 9, 5, 3)).astype(np.float32)
+    kept, kept_v = store.keep(packed), store.keep(verts)
+    out = store.empty((3, 4), np.float32)
+    np.testing.assert_array_equal(kept, packed)
+    np.testing.assert_array_equal(kept_v, verts)
+    assert kept_v.dtype == np.float32 and not np.shares_memory(kept_v, verts)
+    assert out.shape == (3, 4) and out.dtype == np.float32 and not out.any()
+    out[1] = 7.0
+    store.drop_pages()  # written values survive the page drop (they are in the file)
+    assert out.sum() == 28.0 and np.array_equal(kept[1], packed[1])
+    files = sorted(p.stat().st_size for p in store.dir.iterdir())
+    assert files == sorted([12, packed.nbytes, verts.nbytes, 48])
+    store.close()
+    assert _stores(tmp_path) == []
+    with pytest.raises(InputError, match="closed"):
+        store.empty((2,))
