@@ -11,6 +11,11 @@ so peak GPU memory is that of the largest stage, not their sum (a long-lived cal
 model cache instead: then the models stay loaded across runs). The writes (npz files, the
 mask overlay video, the meshes and GLBs) run on background threads while the next stage
 computes; run_pipeline waits for them before it returns and raises the first one that failed.
+
+Long videos: by default the decoded frames live in a frame store (a file inside the output folder,
+``frame_store.py``) rather than RAM, the per-frame outputs (packed masks, amodal results, vertices)
+move into it after their stage, and the render streams batch by batch into a background MP4
+encoder; the store is deleted when the run ends, failed or not.
 """
 
 from __future__ import annotations

@@ -174,6 +174,18 @@ def test_disk_path_equals_ram_path(models, tmp_path, monkeypatch):
         ra, rb = _read_mp4(tmp_path / "ram" / name), _read_mp4(tmp_path / "disk" / name)
         assert len(ra) == len(rb) == 12
         assert all(np.array_equal(x, y) for x, y in zip(ra, rb)), name
+    # the streamed render (batches of 5 through the background encoder) equals the whole clip rendered at
+    # once in batches of 16 and encoded afterwards (the path before streaming)
+    from body4d_core import render
+    from body4d_core.data import Bodies, Camera
+
+    frames, clip = load_video(SAMPLE, CLIP)
+    bodies = Bodies.load_npz(tmp_path / "ram" / "bodies.npz")
+    camera = Camera.load_npz(tmp_path / "ram" / "camera.npz")
+    images = render.render_bodies(frames, bodies, camera, mode="overlay")[0]
+    export.write_mp4(tmp_path / "whole.mp4", images, clip.fps, clip.image_size, preset=pipeline.VIDEO_PRESET)
+    assert all(np.array_equal(x, y) for x, y in zip(_read_mp4(tmp_path / "whole.mp4"),
+                                                     _read_mp4(tmp_path / "disk" / "render_4d.mp4")))
 
 
 def test_store_removed_after_a_failed_stage(models, tmp_path, monkeypatch):
