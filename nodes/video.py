@@ -122,7 +122,7 @@ class LoadVideo(io.ComfyNode):
             category=glue.CATEGORY,
             search_aliases=["load video", "video frames", "body4d video"],
             description="Load a video as frames for the SAM-Body4D pipeline. The frames become one IMAGE batch held "
-                        "in RAM (4 bytes a value: about 10.5 MiB a 720p frame, 1 GiB per ~100 frames); the memory "
+                        "in RAM (float values: 10.5 MiB a 720p frame at 32 bits, ~100 frames a GiB); the memory "
                         "they will take is checked before decoding. Use the cap, stride or max side to fit, load a "
                         "long video in parts, or run it headless (python -m body4d_core run), which keeps the frames "
                         "on disk.",
