@@ -130,6 +130,39 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             "timings": {k: round(v, 2) for k, v in summary.timings.items()}}
 
 
+def child_store(args: argparse.Namespace) -> dict[str, Any]:
+    """The frame path alone (no model): decode args.clip into a frame store (or RAM with --frames-in-ram),
+    then read every frame in order (converted to float, as the tracker's preprocessing does) and again per
+    render batch; returns the peaks. The pager drops pages every 0.25 s, so what stays resident is what is
+    read in that time: a consumer reading faster than real stages would hold more."""
+    import numpy as np
+
+    from body4d_core.frame_store import decode_to_store
+    from body4d_core.video import LoadOptions, load_video
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    total = 0.0
+    with RssSampler() as rss:
+        store = None
+        if args.frames_in_ram:
+            frames, clip = load_video(args.clip, LoadOptions())
+        else:
+            store, clip = decode_to_store(args.clip, LoadOptions(), out)
+            frames = store.frames
+        for t in range(len(frames)):  # every pixel converted to float, as a tracker's preprocessing does
+            total += float(np.asarray(frames[t], np.float32).mean())
+        for s0 in range(0, len(frames), 16):  # render batches
+            total += float(np.asarray(frames[s0:s0 + 16], np.float32).mean())
+        del frames
+        if store is not None:
+            store.close()
+    return {"frames": clip.num_frames, "wall_s": time.perf_counter() - t0, "rss_anon_gib": rss.peak["RssAnon"] / 2**20,
+            "rss_gib": rss.peak["VmRSS"] / 2**20, "rss_file_gib": rss.peak["RssFile"] / 2**20,
+            "vram_gib": float("nan"), "timings": {"checksum": total}}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[300, 1800, 9000], help="clip lengths (frames)")
@@ -147,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-meshes", action="store_true")
     ap.add_argument("--no-glb", action="store_true")
     ap.add_argument("--batch-size", type=int, default=64, help="SAM-3D-Body batch")
+    ap.add_argument("--store-only", action="store_true",
+                    help="no model: decode into the frame store and read every frame back (the frame path alone)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clip", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -161,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FORWARD = ("--device", "--models", "--batch-size", "--size")
-FLAGS = ("--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes", "--no-glb")
+FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes", "--no-glb")
 
 
 def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:
@@ -176,16 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.child:
-        print("RESULT " + json.dumps(child(args)), flush=True)
+        print("RESULT " + json.dumps(child_store(args) if args.store_only else child(args)), flush=True)
         return 0
     rows = RowWriter.from_args(BENCH, args, device=args.device)
     own = not args.work
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_long_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        args.models = str(ensure_models(Path(args.models) if args.models else work / "models", args.preset,
-                                        args.device))
-        case = "ram" if args.frames_in_ram else "disk"
+        if not args.store_only:
+            args.models = str(ensure_models(Path(args.models) if args.models else work / "models", args.preset,
+                                            args.device))
+        case = ("store-only-" if args.store_only else "") + ("ram" if args.frames_in_ram else "disk")
         print(f"{args.size} clip, {case} path, {args.preset} checkpoints on {args.device}", flush=True)
         print(f"{'frames':>7} {'RssAnon GiB':>12} {'RSS GiB':>8} {'RssFile GiB':>12} {'VRAM GiB':>9} {'wall s':>8}")
         for n in args.lengths:
