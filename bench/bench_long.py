@@ -196,7 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FORWARD = ("--device", "--models", "--batch-size", "--size")
-FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes", "--no-glb")
+FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes",
+         "--no-glb")
 
 
 def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:

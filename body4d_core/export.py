@@ -165,8 +165,10 @@ class Mp4Stream:
         import queue
 
         while True:
-            if self._error is not None or not self._thread.is_alive():
+            if self._error is not None:
                 self._raise()
+            if not self._thread.is_alive():  # the writer returned without reading on: nothing more to encode
+                return
             try:
                 self._q.put(np.asarray(batch), timeout=0.1)
                 return
@@ -175,9 +177,7 @@ class Mp4Stream:
 
     def _raise(self) -> None:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        raise InputError(f"the encoder of {self.path.name} stopped early")
+        raise self._error
 
     def close(self) -> Path:
         """Finish the file; returns its path or raises the encoder's error."""

@@ -6,9 +6,10 @@ the stages read ``store.frames``: an ordinary ndarray over a shared read/write m
 stage that indexes frames works unchanged. Pages a stage reads count in the process's resident
 set (as file-backed pages) until dropped: a background pager drops them every ``interval``
 seconds with ``madvise(MADV_DONTNEED)`` (the data stays in the file; the next read faults it back
-in from the page cache), so RSS stays bounded whatever a stage's access pattern is.
-``close`` drops the mapping (unmapped once no view is left) and deletes the folder (also after a failure; a folder left by a killed run is
-removed by ``remove_stale``).
+in from the page cache), so the resident frames are those the stages read in that time, whatever
+their access pattern. ``keep`` and ``empty`` put other per-frame arrays in files of the store too.
+``close`` drops the mappings (each unmapped once no view of it is left) and deletes the folder,
+also after a failure; a folder left by a killed run is removed by ``remove_stale``.
 """
 
 from __future__ import annotations

@@ -691,7 +691,7 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
                        out: Path, summary: RunSummary, hooks: Hooks, writes: BackgroundWrites | None = None) -> None:
     """Render the overlay video while params, meshes and GLBs are written (they need only the bodies)."""
-    from . import export, render
+    from . import export
 
     def exports() -> None:  # the longest first: GLB on one writer, params then meshes on the other
         if opts.write_glb:  # the one job that calls torch (normals): a single extra OpenMP team at most
@@ -725,9 +725,11 @@ def _stream_render(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camer
     from . import export, render
 
     with export.Mp4Stream(path, clip.fps, clip.image_size, preset=VIDEO_PRESET) as stream:
-        for _, images, _, _ in render.iter_render(frames, bodies, camera, mode=opts.render_mode, hooks=hooks,
-                                                  batch_size=max(1, opts.render_batch)):
-            stream.put(images)
+        sink = render.BatchSink(hooks, stream.put, max(1, opts.render_batch))
+        rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=sink)
+        images = rendered[0] if isinstance(rendered, tuple) else rendered
+        if len(images):  # a renderer that returned its frames instead of handing them to the sink
+            stream.put(np.asarray(images))
         if after_render is not None:
             after_render()
 

@@ -347,6 +347,23 @@ def _check_output_memory(t: int, h: int, w: int, with_ids: bool) -> None:
                                 f"or a smaller size (max_side)")
 
 
+@dataclass
+class BatchSink:
+    """Hooks for ``render_bodies`` that also take every rendered batch (uint8 images [B, H, W, 3]) as it is made:
+    render_bodies then keeps no frame (it returns empty arrays), so a caller streaming the frames to a file
+    holds one batch at a time whatever the clip's length; ``batch_size`` frames a batch."""
+
+    hooks: Hooks | None
+    put: Callable[[np.ndarray], None]
+    batch_size: int = 16
+
+    def progress(self, done: int, total: int) -> None:
+        (self.hooks or NULL_HOOKS).progress(done, total)
+
+    def check_interrupt(self) -> None:
+        (self.hooks or NULL_HOOKS).check_interrupt()
+
+
 def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera: Camera, mode: str = "overlay",
                   hooks: Hooks = NULL_HOOKS, batch_size: int = 16, opacity: float = 0.85,
                   vertices_fn: VerticesFn | None = None, device: str | torch.device | None = None,
@@ -357,12 +374,18 @@ def render_bodies(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, came
     Masks are the union of all people; with ``return_ids`` an int16 [T, H, W] map of the
     object id owning each pixel (0 = none) comes third. Frames are rasterised ``batch_size``
     at a time with progress and interrupt checks between batches; ``chunk`` caps the
-    fragments per pass (memory), defaulting by device. ``iter_render`` yields the same batches
-    one at a time (for a caller that streams them to a file instead of holding every frame).
+    fragments per pass (memory), defaulting by device. With ``hooks`` a ``BatchSink`` each batch goes to
+    the sink instead and empty arrays come back; ``iter_render`` yields the same batches one at a time.
     """
     t = bodies.num_frames
     h, w = bodies.image_size
     _check_mode(mode, opacity)
+    if isinstance(hooks, BatchSink):
+        for _, img, _, _ in iter_render(frames, bodies, camera, mode, hooks, max(1, hooks.batch_size), opacity,
+                                        vertices_fn, device, False, chunk):
+            hooks.put(img)
+        empty = (np.zeros((0, h, w, 3), np.uint8), np.zeros((0, h, w), np.float32))
+        return (*empty, np.zeros((0, h, w), np.int16)) if return_ids else empty
     _check_output_memory(t, h, w, return_ids)
     images = np.empty((t, h, w, 3), np.uint8)
     masks = np.zeros((t, h, w), np.float32)

@@ -12,6 +12,7 @@ import pytest
 from body4d_core import export, frame_store, pipeline, video
 from body4d_core.errors import InputError, MemoryBudgetError
 from body4d_core.frame_store import FrameStore, decode_to_store, remove_stale
+from body4d_core.runtime import CallbackHooks
 from body4d_core.video import LoadOptions, load_video
 
 from .tiny_runs import SAMPLE, tiny_models
@@ -221,14 +222,6 @@ def test_image_batch_budget_says_what_to_do():
     assert "IMAGE" not in str(plain.value) and "frame_load_cap between 1 and 388" in str(plain.value)
 
 
-def test_cli_frames_in_ram_flag():
-    from body4d_core import cli
-
-    parser = cli.build_parser()
-    assert cli.pipeline_options(parser.parse_args(["run"])).frames_on_disk is True
-    assert cli.pipeline_options(parser.parse_args(["run", "--frames_in_ram"])).frames_on_disk is False
-
-
 def test_glb_streamed_to_file_is_byte_identical(tmp_path, monkeypatch):
     import pygltflib
 
@@ -273,3 +266,27 @@ def test_store_keep_and_empty_arrays_live_in_files(tmp_path):
     assert _stores(tmp_path) == []
     with pytest.raises(InputError, match="closed"):
         store.empty((2,))
+
+
+def test_render_batch_sink_streams_the_same_frames():
+    from body4d_core import render
+    from body4d_core.data import Bodies, BodyFlag, Camera
+
+    t = 7
+    bodies = Bodies.empty([1], t, (24, 32))
+    params = {k: a.copy() for k, a in bodies.params.items()}
+    params["cam_t"][:] = [0.0, 0.0, 3.0]
+    square = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
+    bodies = bodies.replace(params=params, flags=np.full((1, t), BodyFlag.VISIBLE, np.uint8),
+                            vertices=np.tile(square[None, None], (1, t, 1, 1)) * np.linspace(0.5, 1.5, t)[None, :, None, None],
+                            faces=np.array([[0, 1, 2], [0, 2, 3]], np.int32))
+    camera = Camera.default((24, 32), t)
+    frames = np.random.default_rng(4).integers(0, 255, (t, 24, 32, 3), dtype=np.uint8)
+    whole, masks = render.render_bodies(frames, bodies, camera)
+    batches, progress = [], []
+    sink = render.BatchSink(CallbackHooks(lambda d, n: progress.append(d)), batches.append, batch_size=3)
+    images, empty_masks = render.render_bodies(frames, bodies, camera, hooks=sink)
+    assert images.shape == (0, 24, 32, 3) and empty_masks.shape == (0, 24, 32)
+    assert [len(b) for b in batches] == [3, 3, 1] and progress == [3, 6, 7]
+    np.testing.assert_array_equal(np.concatenate(batches), whole)
+    assert masks.any() and not np.array_equal(whole, frames)  # something was drawn
