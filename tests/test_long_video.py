@@ -277,8 +277,9 @@ def test_render_batch_sink_streams_the_same_frames():
     params = {k: a.copy() for k, a in bodies.params.items()}
     params["cam_t"][:] = [0.0, 0.0, 3.0]
     square = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
+    grow = np.linspace(0.5, 1.5, t)[None, :, None, None]  # every frame differs
     bodies = bodies.replace(params=params, flags=np.full((1, t), BodyFlag.VISIBLE, np.uint8),
-                            vertices=np.tile(square[None, None], (1, t, 1, 1)) * np.linspace(0.5, 1.5, t)[None, :, None, None],
+                            vertices=np.tile(square[None, None], (1, t, 1, 1)) * grow,
                             faces=np.array([[0, 1, 2], [0, 2, 3]], np.int32))
     camera = Camera.default((24, 32), t)
     frames = np.random.default_rng(4).integers(0, 255, (t, 24, 32, 3), dtype=np.uint8)
