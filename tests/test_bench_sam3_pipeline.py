@@ -1,0 +1,64 @@
+"""bench_sam3 --pipeline-path on the CPU (tiny model): the pipeline's SAM-3 stage beside the bench's propagate."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+
+def _run(monkeypatch, tmp_path, *extra: str) -> dict:
+    from bench import bench_sam3
+
+    out = tmp_path / "rows.json"
+    jsonl = tmp_path / "rows.jsonl"
+    monkeypatch.setattr(sys, "argv", ["bench_sam3", "--tiny", "--pipeline-path", "--fps-frames", "4", "--no-results",
+                                      "--json", str(out), "--jsonl", str(jsonl), *extra])
+    bench_sam3.main()
+    doc = json.loads(out.read_text())
+    doc["jsonl"] = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return doc
+
+
+def test_pipeline_path_rows_per_object_count_with_detection_and_load(monkeypatch, tmp_path, capsys):
+    doc = _run(monkeypatch, tmp_path, "--objects", "1", "2", "--pipeline-detect",
+               "--pipeline-load", str(tmp_path / "models"))
+    rows = doc["rows"]
+    assert [(r["case"], r["path"]) for r in rows] == [
+        ("128x72, 1 obj", "bench: propagate (forward)"), ("128x72, 1 obj", "pipeline: points JSON"),
+        ("128x72, 1 obj", "pipeline: detection"),
+        ("128x72, 2 obj", "bench: propagate (forward)"), ("128x72, 2 obj", "pipeline: points JSON"),
+        ("128x72, 2 obj", "pipeline: detection"),
+        ("load", "load_sam3 (points, no detector)")]
+    for n, (bench, pipe, det) in zip((1, 2), (rows[0:3], rows[3:6])):
+        assert bench["frames"] == pipe["frames"] == 4 and bench["fps"] > 0
+        assert pipe["objects"] == n and pipe["diff_px"] == 0.0, "same prompts: the same masks as the bench"
+        assert math.isclose(pipe["stage_s"], pipe["prompts_s"] + pipe["propagate_s"] + pipe["release_s"])
+        assert pipe["overlay_s"] > 0 and pipe["release_s"] > 0
+        assert 1 <= det["objects"] <= n and det["prompts_s"] > 0
+    assert rows[-1]["seconds"] > 0 and (tmp_path / "models" / "sam3" / "sam3" / "model.safetensors").is_file()
+    metrics = {(r["case"], r["metric"]) for r in doc["jsonl"]}
+    assert ("128x72, 2 obj, pipeline: points JSON", "stage_s") in metrics
+    assert ("128x72, 1 obj, pipeline: detection", "prompts_s") in metrics
+    assert ("load, load_sam3 (points, no detector)", "seconds") in metrics
+    table = capsys.readouterr().out
+    assert "bench propagate vs the pipeline's sam3 stage" in table and "stage f/s" in table
+
+
+def test_pipeline_path_follows_objects_and_leaves_out_detection_unless_asked(monkeypatch, tmp_path):
+    rows = _run(monkeypatch, tmp_path, "--objects", "3")["rows"]
+    assert [(r["case"], r["path"]) for r in rows] == [("128x72, 3 obj", "bench: propagate (forward)"),
+                                                      ("128x72, 3 obj", "pipeline: points JSON")]
+    assert rows[1]["objects"] == 3
+
+
+def test_pipeline_path_options_are_listed(monkeypatch, capsys):
+    from bench import bench_sam3
+
+    monkeypatch.setattr(sys, "argv", ["bench_sam3", "--help"])
+    with pytest.raises(SystemExit):
+        bench_sam3.main()
+    text = capsys.readouterr().out
+    assert "--pipeline-path" in text and "--pipeline-detect" in text and "--pipeline-load" in text
