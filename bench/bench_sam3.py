@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import platform
 import sys
@@ -253,15 +254,25 @@ def pipeline_frames(clip: LoopedClip) -> tuple[np.ndarray, Any]:
 
 
 def run_pipeline_path(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torch.device,
-                      detect: bool = False, overlay_dir: Path | None = None) -> tuple[dict, Any]:
+                      detect: bool = False, overlay_dir: Path | None = None,
+                      freeze_gc: bool = False) -> tuple[dict, Any]:
     """run_pipeline's sam3 stage on this clip in a warm process (model loaded), each part synchronised.
 
     Prompts: the bench's box prompts through the points JSON (``detect``: people detection at
     threshold 0, ``n_obj`` people). Parts: prompts (``stage_prompts``), propagate
-    (``stage_tracks``), release (the library caches and CUDA cache emptied after the stage),
-    overlay (the mask overlay MP4 the run then writes on a background thread; skipped without
-    ``overlay_dir``). ``stage`` is what the run's "sam3" timing holds (prompts + propagate + release).
+    (``stage_tracks``), release (the library caches, a full garbage collection and the CUDA cache
+    emptied after the stage), overlay (the mask overlay MP4 the run then writes on a background
+    thread; skipped without ``overlay_dir``). ``stage`` is what the run's "sam3" timing holds
+    (prompts + propagate + release). ``freeze_gc``: the objects alive before the stage (libraries,
+    the loaded model) are moved out of the collector's reach for it (``gc.freeze``), so its
+    collections only walk what the stage allocated.
     """
+    if freeze_gc:
+        gc.freeze()
+        try:
+            return run_pipeline_path(bundle, clip, n_obj, device, detect, overlay_dir)
+        finally:
+            gc.unfreeze()
     import body4d_core.sam3 as sam3_pkg
     from body4d_core import pipeline as pl
     from body4d_core.prompts import prompts_to_json
@@ -353,6 +364,9 @@ def pipeline_path_main(bundle: Sam3Bundle, args: argparse.Namespace, device: tor
             pipe, tracks = run_pipeline_path(bundle, clip, n_obj, device, overlay_dir=Path(tmp))
             pipe["diff_px"] = diff_share(packed, tracks.packed)
             rows.append({"case": case, "path": "pipeline: points JSON", "frames": clip.n, **pipe})
+            frozen, tracks = run_pipeline_path(bundle, clip, n_obj, device, freeze_gc=True)
+            frozen["diff_px"] = diff_share(packed, tracks.packed)
+            rows.append({"case": case, "path": "pipeline: points, gc frozen", "frames": clip.n, **frozen})
             if args.pipeline_detect:
                 det, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
                 rows.append({"case": case, "path": "pipeline: detection", "frames": clip.n, **det})

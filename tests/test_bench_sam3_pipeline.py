@@ -26,15 +26,15 @@ def test_pipeline_path_rows_per_object_count_with_detection_and_load(monkeypatch
     doc = _run(monkeypatch, tmp_path, "--objects", "1", "2", "--pipeline-detect",
                "--pipeline-load", str(tmp_path / "models"))
     rows = doc["rows"]
+    paths = ["bench: propagate (forward)", "pipeline: points JSON", "pipeline: points, gc frozen",
+             "pipeline: detection"]
     assert [(r["case"], r["path"]) for r in rows] == [
-        ("128x72, 1 obj", "bench: propagate (forward)"), ("128x72, 1 obj", "pipeline: points JSON"),
-        ("128x72, 1 obj", "pipeline: detection"),
-        ("128x72, 2 obj", "bench: propagate (forward)"), ("128x72, 2 obj", "pipeline: points JSON"),
-        ("128x72, 2 obj", "pipeline: detection"),
+        *[("128x72, 1 obj", p) for p in paths], *[("128x72, 2 obj", p) for p in paths],
         ("load", "load_sam3 (points, no detector)")]
-    for n, (bench, pipe, det) in zip((1, 2), (rows[0:3], rows[3:6])):
-        assert bench["frames"] == pipe["frames"] == 4 and bench["fps"] > 0
-        assert pipe["objects"] == n and pipe["diff_px"] == 0.0, "same prompts: the same masks as the bench"
+    for n, (bench, pipe, frozen, det) in zip((1, 2), (rows[0:4], rows[4:8])):
+        assert bench["frames"] == pipe["frames"] == frozen["frames"] == 4 and bench["fps"] > 0
+        assert pipe["objects"] == frozen["objects"] == n, "--objects sets the prompted objects"
+        assert pipe["diff_px"] == frozen["diff_px"] == 0.0, "same prompts: the same masks as the bench"
         assert math.isclose(pipe["stage_s"], pipe["prompts_s"] + pipe["propagate_s"] + pipe["release_s"])
         assert pipe["overlay_s"] > 0 and pipe["release_s"] > 0
         assert 1 <= det["objects"] <= n and det["prompts_s"] > 0
@@ -50,7 +50,8 @@ def test_pipeline_path_rows_per_object_count_with_detection_and_load(monkeypatch
 def test_pipeline_path_follows_objects_and_leaves_out_detection_unless_asked(monkeypatch, tmp_path):
     rows = _run(monkeypatch, tmp_path, "--objects", "3")["rows"]
     assert [(r["case"], r["path"]) for r in rows] == [("128x72, 3 obj", "bench: propagate (forward)"),
-                                                      ("128x72, 3 obj", "pipeline: points JSON")]
+                                                      ("128x72, 3 obj", "pipeline: points JSON"),
+                                                      ("128x72, 3 obj", "pipeline: points, gc frozen")]
     assert rows[1]["objects"] == 3
 
 

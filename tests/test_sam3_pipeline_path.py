@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,20 @@ def test_pipeline_stage_tracks_equal_the_bench_and_the_plain_reference(bundle, n
     assert parts["stage_s"] == pytest.approx(parts["prompts_s"] + parts["propagate_s"] + parts["release_s"])
     assert parts["fps"] == pytest.approx(clip.n / parts["propagate_s"]) and parts["overlay_s"] > 0
     assert (tmp_path / "mask_overlay.mp4").stat().st_size > 0
+
+
+def test_pipeline_path_freezes_the_collector_for_the_stage_only(bundle, monkeypatch):
+    """freeze_gc: the stage's full collection (pipeline._free) runs with the older objects frozen, and only then."""
+    from body4d_core import pipeline as pl
+
+    seen: list[int] = []
+    real_free = pl._free
+    monkeypatch.setattr(pl, "_free", lambda *objs: seen.append(gc.get_freeze_count()) or real_free(*objs))
+    clip = LoopedClip(3, 64, 96)
+    _, plain = run_pipeline_path(bundle, clip, 1, CPU)
+    _, frozen = run_pipeline_path(bundle, clip, 1, CPU, freeze_gc=True)
+    assert seen[0] == 0 and seen[1] > 0 and gc.get_freeze_count() == 0
+    np.testing.assert_array_equal(frozen.packed, plain.packed)
 
 
 def test_pipeline_detection_path_prompts_the_people_found(bundle):
