@@ -347,41 +347,58 @@ def add_detector(bundle: Sam3Bundle, device: torch.device, dtype: torch.dtype, r
 
 def pipeline_path_main(bundle: Sam3Bundle, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                        hd: tuple[int, int]) -> list[dict]:
-    """--pipeline-path: bench propagate vs the pipeline's stage, per object count, printed and written as rows."""
+    """--pipeline-path: bench propagate vs the pipeline's stage, per object count, printed and written as rows.
+
+    Everything runs with torch's default TF32 flags, as the pipeline leaves them (main() turns TF32
+    on for the bench's own table); one bench-path row per object count repeats it with main()'s flags.
+    """
     import tempfile
 
     out = RowWriter.from_args("bench_sam3", args, device)
     rows: list[dict] = []
+
+    def keep(case: str, path: str, frames: int, r: dict) -> None:
+        rows.append({"case": case, "path": path, "frames": frames, **r})
+        for metric, unit in PIPELINE_METRICS:
+            if metric in r:
+                out.add(f"{case}, {path}", metric, r[metric], unit, frames=frames, dtype=str(dtype))
+
     if args.pipeline_detect and bundle.detector is None:
         add_detector(bundle, device, dtype, real_size=not args.tiny)
-    with tempfile.TemporaryDirectory() as tmp:
+    bench_flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tempfile.TemporaryDirectory() as tmp, pipeline_flags():
         run_pipeline_path(bundle, LoopedClip(8, *hd), 1, device, detect=args.pipeline_detect)  # warm-up
         for n_obj in args.objects:
             clip = LoopedClip(args.fps_frames, *hd)
             case = f"{hd[1]}x{hd[0]}, {n_obj} obj"
-            bench, packed = run_ours(bundle, clip, n_obj, device)
-            rows.append({"case": case, "path": "bench: propagate (forward)", "frames": clip.n, **bench})
-            pipe, tracks = run_pipeline_path(bundle, clip, n_obj, device, overlay_dir=Path(tmp))
-            pipe["diff_px"] = diff_share(packed, tracks.packed)
-            rows.append({"case": case, "path": "pipeline: points JSON", "frames": clip.n, **pipe})
-            frozen, tracks = run_pipeline_path(bundle, clip, n_obj, device, freeze_gc=True)
-            frozen["diff_px"] = diff_share(packed, tracks.packed)
-            rows.append({"case": case, "path": "pipeline: points, gc frozen", "frames": clip.n, **frozen})
+            with pipeline_flags(*bench_flags):
+                r, _ = run_ours(bundle, clip, n_obj, device)
+            keep(case, "bench: propagate, bench's TF32", clip.n, r)
+            r, packed = run_ours(bundle, clip, n_obj, device)
+            keep(case, "bench: propagate (forward)", clip.n, r)
+            r, tracks = run_pipeline_path(bundle, clip, n_obj, device, overlay_dir=Path(tmp))
+            keep(case, "pipeline: points JSON", clip.n, {**r, "diff_px": diff_share(packed, tracks.packed)})
+            r, tracks = run_pipeline_path(bundle, clip, n_obj, device, freeze_gc=True)
+            keep(case, "pipeline: points, gc frozen", clip.n, {**r, "diff_px": diff_share(packed, tracks.packed)})
             if args.pipeline_detect:
-                det, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
-                rows.append({"case": case, "path": "pipeline: detection", "frames": clip.n, **det})
+                r, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
+                keep(case, "pipeline: detection", clip.n, r)
         if args.pipeline_load:
-            rows.append({"case": "load", "path": "load_sam3 (points, no detector)", "frames": 0,
-                         **time_load(Path(args.pipeline_load), device, dtype, tiny=args.tiny)})
-    for r in rows:
-        for metric, unit in PIPELINE_METRICS:
-            if metric in r:
-                out.add(f"{r['case']}, {r['path']}", metric, r[metric], unit, frames=r["frames"], dtype=str(dtype))
+            keep("load", "load_sam3 (points, no detector)", 0,
+                 time_load(Path(args.pipeline_load), device, dtype, tiny=args.tiny))
     print_pipeline_table(rows, device, dtype)
     if args.json:
         gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
         Path(args.json).write_text(json.dumps({"device": gpu, "dtype": str(dtype), "rows": rows}, indent=2))
     return rows
+
+
+@contextlib.contextmanager
+def pipeline_flags(matmul_tf32: bool = False, cudnn_tf32: bool = True) -> Any:
+    """TF32 flags for the block (default: torch's own defaults, which the pipeline keeps), restored afterwards."""
+    with patched(torch.backends.cuda.matmul, "allow_tf32", matmul_tf32), \
+            patched(torch.backends.cudnn, "allow_tf32", cudnn_tf32):
+        yield
 
 
 PIPELINE_METRICS = (("fps", "frames/s"), ("seconds", "s"), ("prompts_s", "s"), ("propagate_s", "s"),
