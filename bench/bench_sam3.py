@@ -312,7 +312,7 @@ def time_load(root: Path, device: torch.device, dtype: torch.dtype, tiny: bool =
     """Seconds of load_sam3 (points only, no detector) from a checkpoint under root (real-size, or tiny), written
     there first if missing."""
     from body4d_core.sam3 import load_sam3
-    from body4d_core.sam3.loading import save_real_size_checkpoint, save_tiny_checkpoint
+    from body4d_core.testing.sam3 import save_real_size_checkpoint, save_tiny_checkpoint
 
     folder = root / "sam3" / "sam3"
     if not (folder / "model.safetensors").is_file():
@@ -331,8 +331,8 @@ def add_detector(bundle: Sam3Bundle, device: torch.device, dtype: torch.dtype, r
     """A random text detector sharing the tracker's backbone (facebook/sam3's sizes, or the tiny test one)."""
     import transformers as tf
 
-    from body4d_core.sam3.detect import tiny_detector
     from body4d_core.sam3.loading import share_backbone
+    from body4d_core.testing.sam3 import tiny_detector
 
     tiny, processor = tiny_detector(bundle.image_size)  # its toy tokenizer knows "person"; image sizes as the tracker
     if real_size:

@@ -12,10 +12,11 @@ from bench.bench_sam3 import run_ours, run_pipeline_path
 from bench.clips import LoopedClip, box_prompts
 from body4d_core.data import ObjectPrompt, Prompts
 from body4d_core.runtime import CallbackHooks
-from body4d_core.sam3 import pack_bits_torch, propagate, tiny_sam3
+from body4d_core.sam3 import pack_bits_torch, propagate
 from body4d_core.sam3.detect import detect_boxes, _text_embeddings
 from body4d_core.sam3.frames import as_frame_source
 from body4d_core.sam3.propagate import BASELINE
+from body4d_core.testing.sam3 import tiny_sam3
 
 CPU = torch.device("cpu")
 
