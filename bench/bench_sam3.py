@@ -382,8 +382,12 @@ def pipeline_path_main(bundle: Sam3Bundle, args: argparse.Namespace, device: tor
             r, tracks = run_pipeline_path(bundle, clip, n_obj, device, freeze_gc=True)
             keep(case, "pipeline: points, gc frozen", clip.n, {**r, "diff_px": diff_share(packed, tracks.packed)})
             if args.pipeline_detect:
-                r, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
-                keep(case, "pipeline: detection", clip.n, r)
+                try:
+                    r, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
+                except Exception as err:  # noqa: BLE001 - random detector weights: report, keep the other rows
+                    print(f"pipeline detection path failed: {type(err).__name__}: {err}", flush=True)
+                else:
+                    keep(case, "pipeline: detection", clip.n, r)
         if args.pipeline_load:
             keep("load", "load_sam3 (points, no detector)", 0,
                  time_load(Path(args.pipeline_load), device, dtype, tiny=args.tiny))
