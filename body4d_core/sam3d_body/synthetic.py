@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import rotations as rot
+from .. import rotations as rot
 from .config import Sam3dBodyConfig
 from .heads import BODY_CONT
-from .mhr_rig import MhrRig, _quat_mul, _quat_rotate, compose, euler_xyz_quat, random_rig_tensors, rotation_6d_features
+from ..rotations import euler_xyz_to_quat as euler_xyz_quat, euler_xyz_to_rot6d_delta as rotation_6d_features, quat_mul as _quat_mul, quat_rotate as _quat_rotate
+from .mhr_rig import MhrRig, compose, random_rig_tensors
 from .model import Sam3dBody
 
 OFFICIAL_YAML = """MODEL:
