@@ -135,6 +135,15 @@ def quat_canonical(q: Array) -> Array:
     return _xp(q).where(q[..., 3:] < 0, -q, q)
 
 
+def quat_continuous(q: np.ndarray) -> np.ndarray:
+    """Unit quaternions [T, ..., 4] with signs flipped along time so consecutive keys share a hemisphere
+    (the short way for slerp between keys) (numpy)."""
+    q = quat_canonical(q)
+    for t in range(1, q.shape[0]):
+        q[t] = np.where((q[t] * q[t - 1]).sum(-1, keepdims=True) < 0, -q[t], q[t])
+    return q
+
+
 def quat_xyzw_to_rotmat(q: Array) -> Array:
     """Unit xyzw quaternions [..., 4] -> rotation matrices [..., 3, 3], no renormalisation (either).
 

@@ -21,7 +21,8 @@ TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 def _rng_euler(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     """Euler angles away from gimbal lock (|pitch| < 1.4)."""
     g = torch.Generator().manual_seed(seed)
-    e = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * 2 * torch.tensor([3.1, 1.4, 3.1], dtype=torch.float64)
+    span = torch.tensor([3.1, 1.4, 3.1], dtype=torch.float64)
+    e = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * 2 * span
     return e.to(dtype)
 
 
@@ -50,7 +51,7 @@ def _rz(a: float) -> np.ndarray:
 def test_euler_xyz_hand_cases() -> None:
     """Rotating by 90 degrees about one axis moves the basis vectors where the right-hand rule says."""
     quarter = math.pi / 2
-    m = R.euler_xyz_to_rotmat(torch.tensor([[quarter, 0.0, 0.0], [0.0, quarter, 0.0], [0.0, 0.0, quarter]], dtype=torch.float64))
+    m = R.euler_xyz_to_rotmat(torch.eye(3, dtype=torch.float64) * quarter)
     want = torch.tensor([[[1, 0, 0], [0, 0, -1], [0, 1, 0]],  # x: y -> z
                          [[0, 0, 1], [0, 1, 0], [-1, 0, 0]],  # y: z -> x
                          [[0, -1, 0], [1, 0, 0], [0, 0, 1]]], dtype=torch.float64)  # z: x -> y
@@ -77,13 +78,12 @@ def test_euler_matches_scipy(dtype: torch.dtype) -> None:
     e = _rng_euler(300, dtype)
     e64 = e.double().numpy()
     tol = TOL[dtype]
-    np.testing.assert_allclose(R.euler_xyz_to_rotmat(e).double().numpy(), Rotation.from_euler("xyz", e64).as_matrix(), atol=tol * 10)
-    np.testing.assert_allclose(R.euler_XZY_to_rotmat(e).double().numpy(), Rotation.from_euler("XZY", e64).as_matrix(), atol=tol * 10)
+    for seq, fn in (("xyz", R.euler_xyz_to_rotmat), ("XZY", R.euler_XZY_to_rotmat)):
+        np.testing.assert_allclose(fn(e).double().numpy(), Rotation.from_euler(seq, e64).as_matrix(), atol=tol * 10)
     m = _rotmats(300, dtype)
     m64 = m.double().numpy()
-    np.testing.assert_allclose(R.rotmat_to_euler_ZYX(m).double().numpy(), Rotation.from_matrix(m64).as_euler("ZYX"), atol=tol * 100)
-    np.testing.assert_allclose(R.rotmat_to_euler_XZY(m).double().numpy(), Rotation.from_matrix(m64).as_euler("XZY"), atol=tol * 100)
-    np.testing.assert_allclose(R.rotmat_to_euler_xyz(m).double().numpy(), Rotation.from_matrix(m64).as_euler("xyz"), atol=tol * 100)
+    for seq, fn in (("ZYX", R.rotmat_to_euler_ZYX), ("XZY", R.rotmat_to_euler_XZY), ("xyz", R.rotmat_to_euler_xyz)):
+        np.testing.assert_allclose(fn(m).double().numpy(), Rotation.from_matrix(m64).as_euler(seq), atol=tol * 100)
     # quaternions: scipy is xyzw too
     q = R.euler_xyz_to_quat(e).double().numpy()
     want = Rotation.from_euler("xyz", e64).as_quat()
@@ -165,8 +165,8 @@ def test_quaternions_against_references(dtype: torch.dtype) -> None:
     np.testing.assert_allclose(ab * np.sign(ab[:, 3:]), want * np.sign(want[:, 3:]), atol=tol)
     np.testing.assert_allclose(R.quat_rotate(a, v).double().numpy(), ra.apply(v.double().numpy()), atol=tol)
     np.testing.assert_allclose(R.quat_xyzw_to_rotmat(a).double().numpy(), ra.as_matrix(), atol=tol)
-    torch.testing.assert_close(R.quat_mul(a, R.quat_conjugate(a)), torch.tensor([0.0, 0, 0, 1], dtype=dtype).expand(50, 4),
-                               atol=tol, rtol=0)
+    identity = torch.tensor([0.0, 0, 0, 1], dtype=dtype).expand(50, 4)
+    torch.testing.assert_close(R.quat_mul(a, R.quat_conjugate(a)), identity, atol=tol, rtol=0)
     assert torch.equal(R.quat_conjugate(a), roma.quat_conjugation(a))
     m = ra.as_matrix()
     q = R.rotmat_to_quat(m)
@@ -191,10 +191,11 @@ def test_rot6d_and_angles(dtype: torch.dtype) -> None:
     torch.testing.assert_close(mm[:, :, 2], z / z.norm(dim=-1, keepdim=True), atol=TOL[dtype] * 50, rtol=0)
     a, b = _rotmats(64, dtype, 7), _rotmats(64, dtype, 8)
     want = roma.rotmat_geodesic_distance(a.double(), b.double())
-    torch.testing.assert_close(R.rotation_angle(a, b).double(), want, atol=1e-3 if dtype == torch.float32 else 1e-7, rtol=0)
+    atol = 1e-3 if dtype == torch.float32 else 1e-7  # acos near pi amplifies float32 rounding
+    torch.testing.assert_close(R.rotation_angle(a, b).double(), want, atol=atol, rtol=0)
     a64, b64 = _rotmats(64, torch.float64, 7), _rotmats(64, torch.float64, 8)
-    np.testing.assert_allclose(R.rotation_angle(a64.numpy(), b64.numpy()), roma.rotmat_geodesic_distance(a64, b64).numpy(),
-                               atol=1e-7)
+    want = roma.rotmat_geodesic_distance(a64, b64).numpy()
+    np.testing.assert_allclose(R.rotation_angle(a64.numpy(), b64.numpy()), want, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- numpy and torch agree
@@ -243,3 +244,14 @@ def test_rig_rotations_script() -> None:
         for fn, args in ((R.quat_mul, (q, q)), (R.quat_rotate, (q, e)), (R.quat_conjugate, (q,)),
                          (R.euler_xyz_to_quat, (e,)), (R.euler_xyz_to_rot6d_delta, (e,))):
             assert torch.equal(torch.jit.script(fn)(*args), fn(*args)), fn.__name__
+
+
+def test_quat_continuous_keeps_one_hemisphere() -> None:
+    """Keys of a slow spin given with alternating signs come back with consecutive dot products > 0."""
+    ang = np.linspace(0.0, 4 * np.pi, 30)
+    q = R.euler_xyz_to_quat_np(np.stack([np.zeros_like(ang), ang, np.zeros_like(ang)], -1))
+    flipped = q * np.where(np.arange(30) % 2, -1.0, 1.0)[:, None]
+    out = R.quat_continuous(flipped.copy())
+    assert ((out[1:] * out[:-1]).sum(-1) > 0).all()
+    np.testing.assert_allclose(np.abs((out * q).sum(-1)), 1.0, atol=1e-12)  # same rotations
+    assert not ((flipped[1:] * flipped[:-1]).sum(-1) > 0).all()

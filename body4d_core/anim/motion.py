@@ -17,7 +17,8 @@ import numpy as np
 
 from ..data import PARAM_DIMS, Bodies, BodyFlag
 from ..errors import InputError
-from ..rotations import euler_xyz_to_quat_np, quat_canonical, quat_mul_np, quat_rotate_np, rotmat_to_quat
+from ..rotations import (euler_xyz_to_quat_np, quat_canonical, quat_continuous, quat_mul_np, quat_rotate_np,
+                         rotmat_to_quat)
 from .similarity import forward_kinematics
 from .world_input import CV_TO_GL, SceneWorld
 
@@ -175,14 +176,6 @@ def camera_roots(cam_t: np.ndarray, poses: np.ndarray | None) -> tuple[np.ndarra
     return np.einsum("tij,tj->ti", rot, t_gl) + poses[:, :3, 3], rotmat_to_quat(rot)
 
 
-def continuous(q: np.ndarray) -> np.ndarray:
-    """Flip quaternion signs along time [T, ..., 4] so consecutive keys are in one hemisphere (smooth slerp)."""
-    q = quat_canonical(q)
-    for t in range(1, q.shape[0]):
-        q[t] = np.where((q[t] * q[t - 1]).sum(-1, keepdims=True) < 0, -q[t], q[t])
-    return q
-
-
 @dataclass
 class PersonMotion:
     """One identity's animation: bind mesh, skin and per-frame transforms (metres, all T frames)."""
@@ -243,8 +236,8 @@ def person_motion(rig: RigData, bodies: Bodies, i: int, params: np.ndarray, pose
     expr = bodies.params["expr"][i, src].astype(np.float64)
     used = np.flatnonzero(np.abs(expr[present[src]]).max(0) > expr_eps) if expressions else np.zeros(0, np.int64)
     used = used[used < rig.expr_basis.shape[0]]
-    return PersonMotion(int(bodies.obj_ids[i]), rig, present.copy(), bodies.flags[i].copy(), lt, continuous(lq), ls,
-                        root_t, continuous(root_q), bind, joints, weights, used, expr[:, used], shape)
+    return PersonMotion(int(bodies.obj_ids[i]), rig, present.copy(), bodies.flags[i].copy(), lt, quat_continuous(lq),
+                        ls, root_t, quat_continuous(root_q), bind, joints, weights, used, expr[:, used], shape)
 
 
 def scene_motions(rig: Any, bodies: Bodies, params: np.ndarray, world: SceneWorld | None = None,

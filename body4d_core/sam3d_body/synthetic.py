@@ -17,7 +17,10 @@ import torch.nn as nn
 from .. import rotations as rot
 from .config import Sam3dBodyConfig
 from .heads import BODY_CONT
-from ..rotations import euler_xyz_to_quat as euler_xyz_quat, euler_xyz_to_rot6d_delta as rotation_6d_features, quat_mul as _quat_mul, quat_rotate as _quat_rotate
+from ..rotations import euler_xyz_to_quat as euler_xyz_quat
+from ..rotations import euler_xyz_to_rot6d_delta as rotation_6d_features
+from ..rotations import quat_mul as _quat_mul
+from ..rotations import quat_rotate as _quat_rotate
 from .mhr_rig import MhrRig, compose, random_rig_tensors
 from .model import Sam3dBody
 
