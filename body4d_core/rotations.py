@@ -21,6 +21,7 @@ The MHR pose packing (network 6D / sin-cos outputs <-> 133 + 2x27 Euler paramete
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Union
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 Array = Union[np.ndarray, torch.Tensor]
 
 
-def _xp(x: Array):
+def _xp(x: Array) -> ModuleType:
     """The array library of x: torch for tensors, numpy otherwise."""
     return torch if isinstance(x, torch.Tensor) else np
 
