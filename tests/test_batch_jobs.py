@@ -7,8 +7,8 @@ import json
 import pytest
 
 from body4d_core.batch.jobs import collect_jobs, job_options
-from body4d_core.batch.outputs import (DONE, FAILED, OK, STARTED, Row, finish_folder, options_record, resume_state,
-                                       start_folder, summary_csv, write_summary)
+from body4d_core.batch.outputs import (FAILED, FRESH, KEEP, OK, OVERWRITE, RESUME, Row, plan_folder, record_row,
+                                       summary_csv, write_summary)
 from body4d_core.batch.shard import shard_ranges
 from body4d_core.errors import InputError
 from body4d_core.pipeline import PipelineOptions
@@ -88,27 +88,66 @@ def test_nothing_found_is_one_clear_error(tmp_path):
 
 
 def test_resume_rules(tmp_path):
+    """Folders follow run.json: fresh, partial (resume), complete (keep), other options, foreign, overwrite."""
+    from body4d_core.manifest import start_run
+
+    video = touch(tmp_path / "v.mp4", b"not decoded here")
     opts = PipelineOptions(max_people=2)
-    record = options_record(opts)
     out = tmp_path / "v"
-    assert resume_state(out, record, False) == ("run", None)  # new folder
-    start_folder(out, "v.mp4", record)
+    assert plan_folder(out, video, opts, False) == (FRESH, None)  # new folder
+    out.mkdir()
+    manifest = start_run(out, video, opts, [], None)
     (out / "tracks.npz").write_bytes(b"partial")
-    assert resume_state(out, record, False) == ("run", None)  # killed mid-run: run again
-    start_folder(out, "v.mp4", record)
-    assert sorted(p.name for p in out.iterdir()) == [STARTED]  # the partial file is gone, nothing mixes
-    row = Row("v.mp4", "v", OK, str(out), frames=3, people=[1], seconds={"sam3": 1.5, "total": 2.0})
-    finish_folder(out, record, row)
-    assert (out / DONE).is_file() and not (out / STARTED).exists()
-    state, kept = resume_state(out, record, False)
-    assert state == "keep" and kept.status == "done earlier" and kept.frames == 3 and kept.seconds["sam3"] == 1.5
-    with pytest.raises(InputError, match="finished with other options: pass --overwrite"):
-        resume_state(out, options_record(PipelineOptions(max_people=3)), False)
-    assert resume_state(out, record, True) == ("run", None)
+    manifest.file_written("tracks", out / "tracks.npz")
+    assert plan_folder(out, video, opts, False) == (RESUME, None)  # killed mid-run: resume its finished stages
+    manifest.finish("failed", "boom")
+    assert plan_folder(out, video, opts, False) == (RESUME, None)
+    manifest.finish("complete")
+    record_row(out, Row("v.mp4", "v", OK, str(out), frames=3, people=[1], seconds={"sam3": 1.5, "total": 2.0}))
+    state, kept = plan_folder(out, video, opts, False)
+    assert state == KEEP and kept.status == "done earlier" and kept.frames == 3 and kept.seconds["sam3"] == 1.5
+    with pytest.raises(InputError, match="other options: pass --overwrite"):
+        plan_folder(out, video, PipelineOptions(max_people=3), False)
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)
     foreign = tmp_path / "foreign"
     touch(foreign / "mine.txt")
     with pytest.raises(InputError, match="not written by a batch"):
-        resume_state(foreign, record, True)
+        plan_folder(foreign, video, opts, True)
+
+
+def test_resume_rules_other_video_results_without_manifest_and_a_live_lock(tmp_path):
+    """A finished folder of other video contents, results without run.json, a live or stale lock."""
+    import socket
+
+    from body4d_core.manifest import LOCK_NAME, MANIFEST_NAME, RunLock, start_run
+
+    video = touch(tmp_path / "v.mp4", b"first contents")
+    opts = PipelineOptions()
+    out = tmp_path / "v"
+    out.mkdir()
+    start_run(out, video, opts, [], None).finish("complete")
+    assert plan_folder(out, video, opts, False)[0] == KEEP
+    kept = plan_folder(out, video, opts, False)[1]  # no row stored by a batch: what run.json says
+    assert kept.status == "done earlier" and kept.name == "v" and kept.error == ""
+    touch(video, b"other contents, same name")
+    with pytest.raises(InputError, match="another video or with other options"):
+        plan_folder(out, video, opts, False)
+    lock = RunLock(out)
+    lock.acquire()  # a live writer (this process)
+    try:
+        with pytest.raises(InputError, match="another run .* is writing into"):
+            plan_folder(out, video, opts, True)  # refused even with --overwrite
+    finally:
+        lock.release()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname()}))
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)  # a dead process's lock does not count
+    assert (out / LOCK_NAME).is_file()  # planning never removes a lock
+    (out / MANIFEST_NAME).unlink()
+    assert plan_folder(out, video, opts, False) == (FRESH, None)  # a lock alone is no result
+    touch(out / "tracks.npz")
+    with pytest.raises(InputError, match="results without a run.json: pass --overwrite"):
+        plan_folder(out, video, opts, False)
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)
 
 
 def test_summary_csv_and_json(tmp_path):
