@@ -197,3 +197,72 @@ def test_batch_command_stops_on_bad_input_before_starting_ray(tmp_path):
     with pytest.raises(InputError, match="no video found"):
         cmd_batch(parse_args([str(tmp_path), "-o", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
+
+
+class FakeRunner:
+    """A sampler stand-in with the attributes the amodal split reads (VAE scale, skip_unkept)."""
+
+    def __init__(self, skip=False):
+        from types import SimpleNamespace
+
+        self.vae_scale = 8
+        self.accel = SimpleNamespace(skip_unkept=skip)
+
+    def run_jobs(self, jobs, sampler, hooks=None, budget_px=0):
+        return [f"local {job.obj_id}" for job in jobs]
+
+
+def fake_job(n, key, size=(16, 24), keep=None):
+    import numpy as np
+    import torch
+
+    from body4d_core.amodal.job import VideoJob
+
+    return VideoJob(torch.zeros(n, 1, *size), torch.zeros(n, 1, *size), key, np.arange(n), key,
+                    keep=None if keep is None else np.asarray(keep, bool))
+
+
+def test_amodal_cuts_only_where_every_sampler_batch_ends():
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.batch.shard import batch_boundaries, job_ranges
+
+    sampler = SamplerConfig(window=4, overlap=2, people_batch=2)
+    jobs = [fake_job(4, 1), fake_job(4, 2), fake_job(6, 3), fake_job(4, 4)]  # windows: 1, 1, 2, 1 (all 4 long)
+    assert batch_boundaries(jobs, sampler, FakeRunner(), 1 << 20) == [2, 3]
+    assert job_ranges([1, 1, 2, 1], 2, [2, 3]) == [(0, 2), (2, 4)]
+    assert job_ranges([1, 1, 2, 1], 2, []) == [(0, 4)]  # no clean cut: one worker
+    # two sizes are two groups: a cut must end a batch in both
+    mixed = [fake_job(4, 1), fake_job(4, 2, (32, 48)), fake_job(4, 3), fake_job(4, 4, (32, 48))]
+    assert batch_boundaries(mixed, sampler, FakeRunner(), 1 << 20) == []
+    # the pixel budget caps a batch at one window (2 x 4 frames x 2 x 3 latent pixels = 48 > 47)
+    assert batch_boundaries(jobs, sampler, FakeRunner(), 47) == [1, 2, 3]
+    # skip_unkept: a job without a kept frame adds no window, so it does not break a batch
+    skipped = [fake_job(4, 1), fake_job(4, 2, keep=[False] * 4), fake_job(4, 3), fake_job(4, 4)]
+    assert batch_boundaries(skipped, sampler, FakeRunner(skip=True), 1 << 20) == [3]
+    assert batch_boundaries(skipped, sampler, FakeRunner(skip=False), 1 << 20) == [2]
+
+
+def test_split_video_sees_amodal_samplers_that_split_and_the_worker_cache_underneath():
+    import dataclasses
+
+    from body4d_core.amodal.models import AmodalModels
+    from body4d_core.batch.shard import SplitJobRunner
+    from body4d_core.batch.worker import _SplitCache
+
+    store = {("amodal", "m", None, "auto"): AmodalModels(FakeRunner(), None, depth=lambda f, h=None: f),
+             ("moge", "m", None): "moge"}
+    view = _SplitCache(store, ["w1", "w2"], PipelineOptions())
+    seen = view[("amodal", "m", None, "auto")]
+    assert isinstance(seen.mask, SplitJobRunner) and seen.content is None and seen.mask.workers == ["w1", "w2"]
+    assert seen.mask.local is store[("amodal", "m", None, "auto")].mask and seen.mask.vae_scale == 8
+    assert dataclasses.replace(seen, mask=None).depth is store[("amodal", "m", None, "auto")].depth
+    assert view[("moge", "m", None)] == "moge" and ("sam3", 1) not in view
+    view[("sam3", 1)] = "loaded"
+    assert store[("sam3", 1)] == "loaded"  # loads land in the worker's own cache
+    one = _SplitCache(store, ["w1"], PipelineOptions())
+    assert one[("amodal", "m", None, "auto")] is store[("amodal", "m", None, "auto")]
+    # one job or one range: the local sampler runs it (no Ray needed)
+    solo = SplitJobRunner(["w1", "w2"], "mask", FakeRunner(), PipelineOptions())
+    from body4d_core.amodal.config import SamplerConfig
+
+    assert solo.run_jobs([fake_job(4, 5)], SamplerConfig(window=4, overlap=2)) == ["local 5"]
