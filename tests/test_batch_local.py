@@ -3,14 +3,17 @@
 Two 4-frame clips cut from the bundled sample. Each video folder follows the run command's rules:
 run.json and the folder lock, no batch markers; a finished video is kept, a stopped one resumes
 from its finished stages with the same results, a folder locked by a live process is refused
-(and left untouched) while the other videos run, --overwrite runs everything again.
+(and left untouched) while the other videos run, a batch killed mid-video (SIGKILL) resumes from
+its run.json, --overwrite runs everything again.
 """
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +25,6 @@ from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON
 from body4d_core.batch.worker import VideoWorker
 from body4d_core.export import write_mp4
 from body4d_core.manifest import LOCK_NAME, read_manifest
-from body4d_core.pipeline import run_pipeline
 from body4d_core.tiny import write_tiny_checkpoints
 from body4d_core.video import LoadOptions, load_video
 
@@ -48,10 +50,13 @@ def clips(tmp_path_factory):
     return folder
 
 
+def batch_argv(models):
+    return ["--engine", "local", "--models_root", str(models), "--no_amodal", "--fov", "none", "--body_mode", "body",
+            "--detect_threshold", "0", "--max_people", "1", "--batch_size", "2", "--no_glb"]
+
+
 def batch_args(inputs, out, models, *extra):
-    return parse_args([*map(str, inputs), "-o", str(out), "--engine", "local", "--models_root", str(models),
-                       "--no_amodal", "--fov", "none", "--body_mode", "body", "--detect_threshold", "0",
-                       "--max_people", "1", "--batch_size", "2", "--no_glb", *extra])
+    return parse_args([*map(str, inputs), "-o", str(out), *batch_argv(models), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -108,30 +113,32 @@ def test_second_batch_keeps_finished_videos(reference, clips, models, worker):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_stopped_video_resumes_from_its_manifest(reference, clips, models, worker, tmp_path):
+def test_killed_batch_resumes_from_its_manifest(reference, clips, models, worker, tmp_path):
     _, ref = reference
-    args = batch_args([clips], tmp_path / "out", models)
-    jobs, opts = collect_jobs(args.inputs), options_from_args(args)
+    out = tmp_path / "out"
+    args = batch_args([clips / "clip_a.mp4"], out, models)
+    killed = subprocess.Popen([sys.executable, "-m", "body4d_core", "batch", *args.inputs, "-o", str(out),
+                               *batch_argv(models)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while "sam3" not in ((read_manifest(out / "clip_a") or {}).get("stages") or {}):
+            assert killed.poll() is None and time.monotonic() < deadline, "the batch ended before its sam3 stage"
+            time.sleep(0.05)
+    finally:
+        killed.kill()  # SIGKILL: nothing is cleaned up
+        killed.wait()
+    stopped = read_manifest(out / "clip_a")
+    assert stopped["status"] == "running" and (out / "clip_a" / LOCK_NAME).is_file()  # a dead process's lock
+    tracks_mtime = (out / "clip_a" / "tracks.npz").stat().st_mtime_ns
 
-    def stop_at_bodies(stage):
-        if stage == "bodies":
-            raise KeyboardInterrupt
-        from body4d_core.runtime import NULL_HOOKS
-        return NULL_HOOKS
-
-    with pytest.raises(KeyboardInterrupt):  # a batch killed in clip_a's body stage
-        run_pipeline(jobs[0].video, tmp_path / "out" / "clip_a", opts, stop_at_bodies)
-    stopped = read_manifest(tmp_path / "out" / "clip_a")
-    assert stopped["status"] == "interrupted" and stopped["stopped_at"] == "bodies"
-    tracks_mtime = (tmp_path / "out" / "clip_a" / "tracks.npz").stat().st_mtime_ns
-
-    (row,) = run_local(jobs[:1], opts, tmp_path / "out", worker=worker)
+    (row,) = run_local(collect_jobs(args.inputs), options_from_args(args), out, worker=worker)
     assert row.status == "done" and row.frames == 4
-    resumed = read_manifest(tmp_path / "out" / "clip_a")
+    resumed = read_manifest(out / "clip_a")
     assert resumed["status"] == "complete" and "sam3" in resumed["resumed_from"]
-    assert "bodies" not in resumed["resumed_from"]
-    assert (tmp_path / "out" / "clip_a" / "tracks.npz").stat().st_mtime_ns == tracks_mtime  # reused, not redone
-    same_results(ref / "clip_a", tmp_path / "out" / "clip_a")
+    assert "render" not in resumed["resumed_from"] and not (out / "clip_a" / LOCK_NAME).exists()
+    assert (out / "clip_a" / "tracks.npz").stat().st_mtime_ns == tracks_mtime  # reused, not redone
+    same_results(ref / "clip_a", out / "clip_a")
 
 
 def test_folder_locked_by_another_process_is_refused(reference, clips, models, worker, tmp_path):

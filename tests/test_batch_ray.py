@@ -147,7 +147,7 @@ def test_stopped_batch_resumes_without_running_a_video_twice(first_batch, pool, 
 
     rows = run_batch(jobs, opts, args.out, pool=pool)
     assert {r.name for r in rows if r.status == "done earlier"} == set(finished)
-    assert all(r.status == "done" for r in rows if r.name not in finished)
+    assert all(r.status == "done" for r in rows if r.name not in finished), [(r.name, r.error) for r in rows]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished videos were not run again
     for name in ("clip_b", "clip_c"):  # identical to the uninterrupted batch (clip_c was named 'third' there)
         ref = out1 / ("third" if name == "clip_c" else name)

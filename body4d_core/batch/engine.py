@@ -83,6 +83,16 @@ def plan_workers(requested: int = 0) -> WorkerSpec:
     return WorkerSpec(max(1, requested), 0.0, 1.0)
 
 
+def _wait_dead(ray: Any, actor: Any, timeout: float = 30.0) -> None:
+    """Wait until Ray reports ``actor`` dead, so the folder lock of the video it ran names a finished process."""
+    try:
+        ray.get(actor.ready.remote(), timeout=timeout)
+    except ray.exceptions.RayActorError:
+        return
+    except ray.exceptions.GetTimeoutError:
+        log.warning("worker %s did not stop within %.0f s", actor, timeout)
+
+
 class WorkerPool:
     """The batch's Ray actors; a dead or stopped one is replaced on demand."""
 
@@ -103,6 +113,7 @@ class WorkerPool:
         """Kill ``actor`` (if alive) and start another in its place."""
         ray = import_ray()
         ray.kill(actor)
+        _wait_dead(ray, actor)
         new = self._new()
         self.actors[self.actors.index(actor)] = new
         return new

@@ -66,7 +66,7 @@ class VideoWorker:
         return self.label
 
     def stats(self) -> dict[str, Any]:
-        """Which models this worker holds and how many body-stage shards it ran."""
+        """Which models this worker holds and how many body-stage and amodal shards it ran."""
         return {"models": sorted(str(k[0]) for k in self._models), "shards": self._shards,
                 "amodal_shards": self._amodal_shards}
 
@@ -144,7 +144,6 @@ class VideoWorker:
         model = self._body_model(models_root, device)
         self._shards += 1
         return estimate_bodies(model, frames, items, intrinsics, **kwargs)
-
 
     def amodal_jobs(self, part: str, jobs: Sequence[Any], sampler: Any, budget_px: int, opts: PipelineOptions
                     ) -> list[Any]:
