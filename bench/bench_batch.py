@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     models = args.models_root
     if args.tiny:
-        from body4d_core.tiny import write_tiny_checkpoints
+        from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
         models = str(work / "models")
         write_tiny_checkpoints(models, ["sam3", "sam3d_body"] if args.throughput and args.no_amodal else None)

@@ -7,7 +7,7 @@ import pytest
 
 from bench.bench_batch import main
 from bench.rows import read_rows
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
 
 @pytest.fixture(scope="module")

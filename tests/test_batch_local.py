@@ -25,7 +25,7 @@ from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON
 from body4d_core.batch.worker import VideoWorker
 from body4d_core.export import write_mp4
 from body4d_core.manifest import LOCK_NAME, read_manifest
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 from body4d_core.video import LoadOptions, load_video
 
 from .media import REPO

@@ -24,7 +24,7 @@ from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON  # noqa: E402
 from body4d_core.data import Bodies, Clip, Tracks  # noqa: E402
 from body4d_core.export import write_mp4  # noqa: E402
 from body4d_core.manifest import read_manifest  # noqa: E402
-from body4d_core.tiny import write_tiny_checkpoints  # noqa: E402
+from body4d_core.testing.checkpoints import write_tiny_checkpoints  # noqa: E402
 from body4d_core.video import LoadOptions, load_video  # noqa: E402
 
 from .media import REPO  # noqa: E402
