@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry, upload
 from . import crop as C
 from . import fusion
-from . import rotations as rot
+from .. import rotations as rot
 from .heads import camera_geometry, project
 from .model import CropBatch, Sam3dBody
 from .vit import fp8_unavailable
