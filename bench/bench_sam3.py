@@ -17,8 +17,10 @@ torch.compile'd vision backbone (compile time reported).
 forward, box prompts) next to the pipeline's SAM-3 stage exactly as ``run_pipeline`` calls it in a
 warm process (the model already loaded): ``stage_prompts`` (the points JSON, or people detection
 with ``--pipeline-detect``), ``stage_tracks``, the release after it, and the mask overlay video
-the run then writes in the background; ``--pipeline-load DIR`` also times loading a real-size
-checkpoint (what a run without a model cache pays inside its "sam3" stage).
+the run then writes in the background; once more with the garbage collector frozen for the stage
+(what ``gc.freeze`` around the run's stages saves in the release's full collection); ``--pipeline-load
+DIR`` also times loading a real-size checkpoint (what a run without a model cache pays inside its
+"sam3" stage). Both paths run with torch's default TF32 flags, as the pipeline leaves them.
 """
 
 from __future__ import annotations
