@@ -67,7 +67,7 @@ from body4d_core.sam3d_body.config import BACKBONES
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
 from body4d_core.sam3d_body.model import Sam3dBody
 from body4d_core.sam3d_body.synthetic import randomize, scripted_rig
-from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only
+from body4d_core.sam3d_body.runner import SDPA_BACKENDS, _sdpa_only
 
 
 def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> Sam3dBody:
