@@ -229,3 +229,34 @@ def test_compile_cache_is_written_and_reused_by_a_second_process(tmp_path) -> No
     assert any(cache.rglob("*")), "the compile cache folder stayed empty"
     assert second["hit"] >= 1 and second["miss"] == 0, second
     assert first["env"] != str(cache) and second["env"] != str(cache)
+
+
+@torch.inference_mode()
+def test_fp8_swaps_stand_ins_and_puts_the_same_modules_back() -> None:
+    """FP8 replaces modules (the network code has no FP8 branch): the original blocks are left untouched
+    while it is on, and the very same objects are back afterwards, also under a compiled block stack."""
+    from body4d_core.sam3d_body.fp8 import Fp8Linear
+    from body4d_core.sam3d_body.vit import Block, DinoV3ViT
+
+    torch.manual_seed(0)
+    vit = DinoV3ViT(32, 2, 2, 64, True, 8).eval()
+    originals = list(vit.blocks)
+    linears = {n: m for n, m in vit.named_modules() if isinstance(m, torch.nn.Linear)}
+    x = torch.randn(3, 3, 16, 16)
+    ref = vit(x)
+    rec = RecordingCompiler()
+    holder = torch.nn.Module()
+    holder.backbone = torch.nn.Module()
+    holder.backbone.encoder = vit
+    runner = BodyRunner("default", bucket=2, compiler=rec, cache_dir=None)
+    with vit.fp8_scope(True, scaling="row", fast_accum=True):
+        swapped = list(vit.blocks)
+        assert all(type(b) is not Block and isinstance(b, Block) for b in swapped)  # FP8 subclasses
+        assert isinstance(swapped[0].attn.qkv, Fp8Linear) and originals[0].attn.qkv is linears["blocks.0.attn.qkv"]
+        assert not any(isinstance(m, Fp8Linear) for b in originals for m in b.modules())
+        out = runner.run(holder, lambda a, b: vit(x[a:b]), 3, 4)[0]
+    assert rec.blocks == [2, 2] * 2  # two chunks (2 + 1 padded) through both blocks
+    assert 0 < float((out.float() - ref).abs().max()) < 0.1 * float(ref.abs().max())
+    assert all(a is b for a, b in zip(vit.blocks, originals)) and type(vit.blocks) is BlockStack
+    assert {n: m for n, m in vit.named_modules() if isinstance(m, torch.nn.Linear)} == linears
+    assert torch.equal(vit(x), ref)

@@ -156,23 +156,6 @@ def run_layer(layer: DecoderLayer, x: torch.Tensor, ctx_hat: torch.Tensor, x_pe:
     return layer(x, ctx_hat, x_pe, ctx_pe)
 
 
-def mark_dynamic_sizes(tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor) -> None:
-    """Let a compiled layer call treat the crop batch and the token count as symbolic sizes.
-
-    Body, hand and partial batches, and the prompt tokens the full-mode re-run adds, then share one
-    graph per layer kind instead of recompiling each (a 90-frame clip hit torch's recompile limit).
-    Tensors broadcast over the batch (dim 0 of 1) stay static; a batch of 1 is specialised by torch.
-    """
-    batch = tokens.shape[0]
-    for t in (tokens, tok_pe):
-        torch._dynamo.maybe_mark_dynamic(t, 1)
-    if batch < 2:
-        return
-    for t in (tokens, ctx, tok_pe, ctx_pe):
-        if t.shape[0] == batch:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-
-
 class PromptableDecoder(nn.Module):
     """Stack of DecoderLayers; calls ``between(layer_idx, normed_tokens, tokens, pe)`` after each but the last."""
 

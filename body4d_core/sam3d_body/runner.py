@@ -22,17 +22,14 @@ import torch
 import torch.nn as nn
 
 from ..runtime import NULL_HOOKS, Hooks, is_oom
-from .layers import mark_dynamic_sizes, run_layer
+from .layers import run_layer
 from .vit import BlockStack, run_block
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# compile='auto': person crops from which torch.compile wins back its own time within one call.
-# H200, first-ever compile (bench/bench_body_coldstart.py, 450 crops of 720p): full mode costs ~18 s
-# more than an eager first call and then saves ~5.1 ms a crop (break-even ~3600 crops); body mode
-# saves ~1.6 ms a crop against a compile of 18 s (full mode's) to 28 s (measured with static decoder
-# shapes): break-even 11000-18000 crops.
+# compile='auto': person crops from which torch.compile wins back its own first-call time within one
+# job (break-even points measured by bench/bench_body_coldstart.py; figures in BENCHMARKS.md).
 AUTO_COMPILE_MIN_CROPS = {"body": 15000, "full": 4000}
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
                  "math": "MATH"}
@@ -131,6 +128,23 @@ class CompiledBlocks(BlockStack):
         return tokens
 
 
+def mark_dynamic_sizes(tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor) -> None:
+    """Let a compiled layer call treat the crop batch and the token count as symbolic sizes.
+
+    Body, hand and partial batches, and the prompt tokens the full-mode re-run adds, then share one
+    graph per layer kind instead of recompiling each (a 90-frame clip hit torch's recompile limit).
+    Tensors broadcast over the batch (dim 0 of 1) stay static; a batch of 1 is specialised by torch.
+    """
+    batch = tokens.shape[0]
+    for t in (tokens, tok_pe):
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    if batch < 2:
+        return
+    for t in (tokens, ctx, tok_pe, ctx_pe):
+        if t.shape[0] == batch:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
 class CompiledLayer(nn.Module):
     """Stands in for a decoder layer: calls it through a compiled ``run_layer`` (sizes marked dynamic)."""
 
@@ -206,10 +220,25 @@ def compile_cache(folder: str | os.PathLike | None) -> Iterator[None]:
         return
     path = os.path.abspath(folder)
     os.makedirs(path, exist_ok=True)
-    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
-
+    try:
+        from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+    except ImportError:  # a torch without it: the environment variable alone, restored afterwards
+        temporary_cache_dir = _env_cache_dir
     with temporary_cache_dir(path):
         yield
+
+
+@contextlib.contextmanager
+def _env_cache_dir(path: str) -> Iterator[None]:
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
 
 
 # ------------------------------------------------------------------ the runner
@@ -340,7 +369,8 @@ class BodyRunner:
         enc = model.backbone.encoder
         stack = None
         decoders = [m for m in (getattr(model, "decoder", None), getattr(model, "decoder_hand", None)) if m is not None]
-        saved = [(dec, list(dec.layers)) for dec in decoders] if self.layer_fn is not None else []
+        saved = [(dec, [m.layer if isinstance(m, CompiledLayer) else m for m in dec.layers])
+                 for dec in decoders] if self.layer_fn is not None else []
         if self.block_fn is not None:
             stack = CompiledBlocks(plain_blocks(enc), self.block_fn, f"{self.backend}:{self.backbone}",
                                    self.bucket, self.sdpa)
