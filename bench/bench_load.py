@@ -6,7 +6,7 @@ importing the loader's libraries (and making the CUDA context), loading (ending 
 sync on CUDA), the parameter count and the peak RSS; ``--profile N`` adds cProfile's N hottest
 functions per load (``--in-process``: all in this process, for quick checks). The
 variants: ``legacy`` (the loaders' previous path, kept behind ``fast=False``) and ``fast``.
-Checkpoints are random real-size ones in the official layouts (body4d_core.tiny, preset
+Checkpoints are random real-size ones in the official layouts (body4d_core.testing.checkpoints, preset
 ``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
 
     python -m bench.bench_load --root /tmp/realckpt --device cpu            # CPU, all loaders, both variants
@@ -157,7 +157,7 @@ def ensure_checkpoints(root: Path, loaders: list[str], tiny: bool, device: str) 
     import torch
 
     from body4d_core.errors import Body4DError
-    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.testing.checkpoints import target_dir, write_checkpoints
     from body4d_core.weights import MODEL_SPECS, verify
 
     names = []

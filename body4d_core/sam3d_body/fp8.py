@@ -236,8 +236,9 @@ FP8_BLOCK_ATTRS = ("fp8_rows_in", "w12_fp8", "w12_scale", "w12_bias")  # what th
 
 
 def _stand_in(mod: nn.Module, cls: type | None = None, **children: nn.Module) -> nn.Module:
-    """A shallow copy of ``mod`` (same parameters, buffers and children, optionally as subclass ``cls``)
-    with some children replaced; ``mod`` itself is left untouched and kept as ``fp8_source``."""
+    """A shallow copy of ``mod`` (same attributes, parameters, buffers and children; of class ``cls`` if
+    given, whose forward replaces the module's) with some children replaced; ``mod`` itself is left
+    untouched and kept as ``fp8_source``."""
     new = (cls or type(mod)).__new__(cls or type(mod))
     new.__dict__.update(mod.__dict__)
     new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
@@ -287,35 +288,37 @@ class Fp8LayerNorm(nn.LayerNorm):
         return layer_norm_fp8(self, x)
 
 
-def _fp8_classes() -> dict[str, type]:
-    """FP8 subclasses of the ViT's modules (made on demand: the network module imports this one)."""
-    from .vit import Attention, Block, Mlp, SwiGLU
+class Fp8Attention(nn.Module):
+    """Stands in for the ViT's Attention (same children): its output is quantised straight from SDPA's
+    layout (no transpose copy) for the FP8 output projection."""
 
-    class Fp8Attention(Attention):
-        """Attention whose output is quantised straight from SDPA's layout (no transpose copy)."""
+    def forward(self, x: torch.Tensor | Fp8Rows, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.proj(heads_fp8(type(self.fp8_source).attend(self, x, rope)))
 
-        def forward(self, x, rope):
-            return self.proj(heads_fp8(self.attend(x, rope)))
 
-    class Fp8SwiGLU(SwiGLU):
-        """SwiGLU as one FP8 matmul for [w1; w2], then the product quantised by one kernel for w3."""
+class Fp8SwiGLU(nn.Module):
+    """Stands in for SwiGLU: one FP8 matmul for [w1; w2], then the product quantised by one kernel for w3."""
 
-        def forward(self, x):
-            h = fp8_matmul(x, self.w12_fp8, self.w12_scale, self.w12_bias, self.w3.fp8_fast_accum)
-            return self.w3(swiglu_fp8(h))
+    def forward(self, x: Fp8Rows) -> torch.Tensor:
+        h = fp8_matmul(x, self.w12_fp8, self.w12_scale, self.w12_bias, self.w3.fp8_fast_accum)
+        return self.w3(swiglu_fp8(h))
 
-    class Fp8RowsMlp(Mlp):
-        """The GELU MLP, fed FP8 rows by the block's fused norm."""
 
-    class Fp8Block(Block):
-        """Block whose residual add, second norm and quantisation run as one kernel."""
+class Fp8RowsMlp(nn.Module):
+    """Stands in for the GELU MLP (same forward), fed FP8 rows by the block's fused norm."""
 
-        def forward(self, x, rope):
-            h = self.attn(self.norm1(x), rope)
-            x, xq = add_layer_norm_fp8(x, h, self.ls1.gamma, self.norm2)
-            return x + self.ls2(self.mlp(xq))
+    def forward(self, x: Fp8Rows) -> torch.Tensor:
+        return type(self.fp8_source).forward(self, x)
 
-    return {"attn": Fp8Attention, "swiglu": Fp8SwiGLU, "mlp": Fp8RowsMlp, "block": Fp8Block}
+
+class Fp8Block(nn.Module):
+    """Stands in for a ViT block (same children): the residual add, the second norm and the quantisation
+    for the MLP run as one kernel."""
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        h = self.attn(self.norm1(x), rope)
+        x, xq = add_layer_norm_fp8(x, h, self.ls1.gamma, self.norm2)
+        return x + self.ls2(self.mlp(xq))
 
 
 class _Fp8Options(NamedTuple):
@@ -339,7 +342,7 @@ def _linears(mod: nn.Module, opt: _Fp8Options, reuse: dict[int, Fp8Linear], skip
 
 def _fp8_block(blk: nn.Module, opt: _Fp8Options, reuse: dict[int, Fp8Linear]) -> nn.Module:
     """An FP8 stand-in for the plain block ``blk`` (``blk`` and its modules are left as they are)."""
-    cls = _fp8_classes() if opt.fused else {}
+    cls = {"attn": Fp8Attention, "block": Fp8Block} if opt.fused else {}
     attn, mlp = blk.attn, blk.mlp
     children: dict[str, nn.Module] = {}
     if opt.parts == "all":
@@ -349,13 +352,13 @@ def _fp8_block(blk: nn.Module, opt: _Fp8Options, reuse: dict[int, Fp8Linear]) ->
             norm = blk.norm1
             children["norm1"] = _stand_in(norm, Fp8LayerNorm)
     if opt.fused and hasattr(mlp, "w3"):  # SwiGLU: rows per output channel, so [w1; w2] is w1's rows then w2's
-        fp8 = _stand_in(mlp, cls["swiglu"], w3=_linear(mlp.w3, opt, reuse))
+        fp8 = _stand_in(mlp, Fp8SwiGLU, w3=_linear(mlp.w3, opt, reuse))
         (q1, s1), (q2, s2) = opt.quant(mlp.w1.weight), opt.quant(mlp.w2.weight)
         fp8.w12_fp8, fp8.w12_scale = torch.cat([q1, q2]), torch.cat([s1, s2])
         fp8.w12_bias = torch.cat([mlp.w1.bias, mlp.w2.bias])
         fp8.fp8_rows_in = True
     elif opt.fused:
-        fp8 = _stand_in(mlp, cls["mlp"], **_linears(mlp, opt, reuse))
+        fp8 = _stand_in(mlp, Fp8RowsMlp, **_linears(mlp, opt, reuse))
         fp8.fp8_rows_in = True
     else:
         fp8 = _stand_in(mlp, None, **_linears(mlp, opt, reuse))

@@ -29,7 +29,7 @@ from .runner import BodyRunner
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
 CROP_KERNELS = ("auto", "triton", "grid_sample")  # estimate_bodies(crop_kernel=...)
-# Bodies.extras name -> per-item result key (names follow body4d_core.mhr_pose)
+# Bodies.extras name -> per-item result key (names follow body4d_core.interop.mhr_pose_data)
 EXTRA_KEYS = {"model_params": "model_params", "joint_coords": "joints", "joint_global_rots": "joint_rots"}
 PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
               "scale": "scale", "expr": "face", "cam_t": "cam_t"}

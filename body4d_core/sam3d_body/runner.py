@@ -23,7 +23,6 @@ import torch.nn as nn
 
 from ..runtime import NULL_HOOKS, Hooks, is_oom
 from .layers import run_layer
-from .vit import BlockStack, run_block
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,11 +82,17 @@ def _check_sdpa(sdpa: str) -> None:
 # ------------------------------------------------------------------ stand-in modules
 
 
-class CompiledBlocks(BlockStack):
-    """Stands in for a ViT's ``BlockStack`` (same blocks): runs them through one compiled call function,
-    in chunks of exactly ``bucket`` tokens rows (the last padded) so a partial batch reuses the graph."""
+def run_block(blk: nn.Module, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """One ViT block call as a free function, so one compiled graph serves every (identical) block."""
+    return blk(x, (sin, cos))
 
-    def __init__(self, plain: BlockStack, fn: Callable[..., torch.Tensor], compiled: str, bucket: int = 0,
+
+class CompiledBlocks(nn.ModuleList):
+    """Stands in for a ViT's ``vit.BlockStack`` (same blocks, same ``blocks.N`` names): runs them through one
+    compiled call function, in chunks of exactly ``bucket`` token rows (the last padded), so a partial
+    batch reuses the graph."""
+
+    def __init__(self, plain: nn.ModuleList, fn: Callable[..., torch.Tensor], compiled: str, bucket: int = 0,
                  sdpa: str = "") -> None:
         super().__init__(list(plain))
         self.__dict__["plain"] = plain
@@ -158,7 +163,7 @@ class CompiledLayer(nn.Module):
         return self.fn(self.layer, x, ctx_hat, x_pe, ctx_pe)
 
 
-def plain_blocks(vit: nn.Module) -> BlockStack:
+def plain_blocks(vit: nn.Module) -> nn.ModuleList:
     """The ViT's own block stack (under a compiled stand-in, if one is in place)."""
     return vit.blocks.__dict__.get("plain", vit.blocks)
 
