@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks, upload
 from . import crop as C
 from . import fusion
-from . import rotations as rot
+from .. import rotations as rot
 from .heads import camera_geometry, project
 from .fp8 import fp8_unavailable
 from .model import CropBatch, Sam3dBody

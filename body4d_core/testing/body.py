@@ -14,11 +14,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..sam3d_body import rotations as rot
+from .. import rotations as rot
 from ..sam3d_body.config import Sam3dBodyConfig
 from ..sam3d_body.heads import BODY_CONT
-from ..sam3d_body.mhr_rig import (CORRECTIVE_SKIP, MhrRig, _depth_schedule, _quat_mul, _quat_rotate, _run_schedule, compose,
-                                  euler_xyz_quat, invert, rotation_6d_features)
+from ..rotations import euler_xyz_to_quat as euler_xyz_quat
+from ..rotations import euler_xyz_to_rot6d_delta as rotation_6d_features
+from ..rotations import quat_mul as _quat_mul
+from ..rotations import quat_rotate as _quat_rotate
+from ..sam3d_body.mhr_rig import CORRECTIVE_SKIP, MhrRig, _depth_schedule, _run_schedule, compose, invert
 from ..sam3d_body.model import Sam3dBody
 
 OFFICIAL_YAML = """MODEL:
