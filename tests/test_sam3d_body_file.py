@@ -15,7 +15,7 @@ import torch
 
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 from body4d_core.sam3d_body import BodyItem, Sam3dBody, Sam3dBodyConfig, estimate_bodies, load_sam3d_body, tiny_config
-from body4d_core.sam3d_body import rotations as rot
+from body4d_core import rotations as rot
 from body4d_core.interop.sam3d_body_file import (LAYOUT_DINOV3, LAYOUT_HF, check_mapped, core_state_dict,
                                                  detect_layout, is_core_file, load_core_safetensors,
                                                  map_core_state_dict, save_core_layout)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import WeightsMismatchError
+from ..rotations import euler_xyz_to_quat, euler_xyz_to_rot6d_delta, quat_conjugate, quat_mul, quat_rotate
 
 log = logging.getLogger(__name__)
 
@@ -50,53 +51,13 @@ RIG_TENSORS: Dict[str, Tuple[int, bool]] = {
 CORRECTIVE_SKIP = 2  # pose correctives read every joint's rotation except the first two
 
 
-def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of xyzw quaternions."""
-    ax, ay, az, aw = a.unbind(-1)
-    bx, by, bz, bw = b.unbind(-1)
-    return torch.stack([aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw,
-                        aw * bw - ax * bx - ay * by - az * bz], -1)
-
-
-def _quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Rotate v by the unit xyzw quaternion q."""
-    u, w = q[..., :3], q[..., 3:]
-    t = 2.0 * torch.cross(u, v, dim=-1)
-    return v + w * t + torch.cross(u, t, dim=-1)
-
-
-def _axis_quat(angle: torch.Tensor, axis: int) -> torch.Tensor:
-    """xyzw quaternion of a rotation by angle about coordinate axis 0, 1 or 2."""
-    half = angle * 0.5
-    zero = torch.zeros_like(half)
-    parts = [zero, zero, zero, half.cos()]
-    parts[axis] = half.sin()
-    return torch.stack(parts, -1)
-
-
-def euler_xyz_quat(e: torch.Tensor) -> torch.Tensor:
-    """XYZ Euler angles -> xyzw quaternion of Rz(e2) Ry(e1) Rx(e0)."""
-    return _quat_mul(_quat_mul(_axis_quat(e[..., 2], 2), _axis_quat(e[..., 1], 1)), _axis_quat(e[..., 0], 0))
-
-
 def compose(parent: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
     """Skeleton-state product parent * child of [..., 8] (t, q xyzw, s) transforms (quaternions renormalised)."""
     qp = parent[..., 3:7] / parent[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     qc = child[..., 3:7] / child[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     sp = parent[..., 7:8]
-    t = parent[..., :3] + sp * _quat_rotate(qp, child[..., :3])
-    return torch.cat([t, _quat_mul(qp, qc), sp * child[..., 7:8]], -1)
-
-
-def rotation_6d_features(e: torch.Tensor) -> torch.Tensor:
-    """XYZ Euler angles -> first two columns of Rz Ry Rx (6 values), minus those of the identity."""
-    cx, cy, cz = e[..., 0].cos(), e[..., 1].cos(), e[..., 2].cos()
-    sx, sy, sz = e[..., 0].sin(), e[..., 1].sin(), e[..., 2].sin()
-    col0 = torch.stack([cy * cz - 1.0, cy * sz, -sy], -1)
-    col1 = torch.stack([sx * sy * cz - cx * sz, cx * cz + sx * sy * sz - 1.0, sx * cy], -1)
-    return torch.cat([col0, col1], -1)
+    t = parent[..., :3] + sp * quat_rotate(qp, child[..., :3])
+    return torch.cat([t, quat_mul(qp, qc), sp * child[..., 7:8]], -1)
 
 
 def fk_levels(parents: torch.Tensor) -> List[torch.Tensor]:
@@ -239,14 +200,14 @@ class MhrRig(nn.Module):
     def skeleton(self, jp: torch.Tensor) -> torch.Tensor:
         """Joint parameters -> global skeleton state [B, J, 8] (forward kinematics in float64)."""
         t = jp[..., :3] + self.joint_offsets
-        q = _quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_quat(jp[..., 3:6]))
+        q = quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_to_quat(jp[..., 3:6]))
         s = torch.exp2(jp[..., 6:7])
         g = torch.cat([t, q, s], -1).double()
         return _run_schedule(g, self.fk_joints, self.fk_parents, self.level_sizes).to(jp.dtype)
 
     def correctives(self, jp: torch.Tensor) -> torch.Tensor:
         """Pose-dependent vertex offsets [B, V, 3] from the joints' rotations."""
-        feats = rotation_6d_features(jp[:, self.corrective_skip:, 3:6]).flatten(1)
+        feats = euler_xyz_to_rot6d_delta(jp[:, self.corrective_skip:, 3:6]).flatten(1)
         hidden = torch.relu(F.linear(feats, self.corr_in))
         return F.linear(hidden, self.corr_out).view(jp.shape[0], self.num_verts, 3)
 
@@ -257,7 +218,7 @@ class MhrRig(nn.Module):
         per = xf.index_select(1, self.skin_joints)
         qv = q.index_select(1, self.skin_joints)
         pts = rest.index_select(1, self.skin_verts)
-        moved = per[..., :3] + _quat_rotate(qv, per[..., 7:8] * pts)
+        moved = per[..., :3] + quat_rotate(qv, per[..., 7:8] * pts)
         out = torch.zeros_like(rest)
         return out.index_add(1, self.skin_verts, moved * self.skin_weights[:, None])
 
@@ -321,6 +282,6 @@ def rig_from_torchscript_tensors(tensors: Dict[str, torch.Tensor], attrs: Dict[s
 def invert(state: torch.Tensor) -> torch.Tensor:
     """Inverse of unit-quaternion skeleton states [..., 8]."""
     q = state[..., 3:7] / state[..., 3:7].norm(p=2, dim=-1, keepdim=True)
-    qi = torch.cat([-q[..., :3], q[..., 3:]], -1)
+    qi = quat_conjugate(q)
     s = 1.0 / state[..., 7:8]
-    return torch.cat([-s * _quat_rotate(qi, state[..., :3]), qi, s], -1)
+    return torch.cat([-s * quat_rotate(qi, state[..., :3]), qi, s], -1)
