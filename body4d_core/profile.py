@@ -22,7 +22,7 @@ import torch
 from .errors import InputError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-COMPILE_MODES = {"auto": "auto", "off": "", "always": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+COMPILE_MODES = {"auto": "auto", "off": "", "max-autotune": "max-autotune-no-cudagraphs", "always": "default"}
 
 
 @dataclass(frozen=True)
