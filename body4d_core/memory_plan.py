@@ -12,7 +12,6 @@ host-RAM check (frames, packed masks, render outputs).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from .errors import MemoryBudgetError
@@ -91,9 +90,9 @@ def plan_memory(work: Work, cap_gb: float = 0.0, offload: str = "auto", on_cuda:
         notes.append(f"only {free_gib:.1f} GiB free on the GPU: planning for that, not the {cap:.1f} GiB cap")
         cap = free_gib
     room = cap - MARGIN_GIB
-    _require(room >= SAM3_GIB, "SAM-3 tracking", SAM3_GIB, cap, "a larger --vram_gb")
+    _require(room >= SAM3_GIB, "SAM-3 tracking", SAM3_GIB + MARGIN_GIB, cap, "a larger --vram_gb")
     if work.camera_model:
-        _require(room >= MOGE_GIB, "MoGe-2 (camera, world depth)", MOGE_GIB, cap,
+        _require(room >= MOGE_GIB, "MoGe-2 (camera, world depth)", MOGE_GIB + MARGIN_GIB, cap,
                  "--fov none and --world_depth_every 0, or a larger --vram_gb")
     bodies = _bodies_batch(work, room, cap)
     budget, offload_amodal = _amodal_budget(work, room, cap, offload) if work.amodal else (DEFAULT_BUDGET_PX, False)
@@ -158,8 +157,3 @@ def check_host_ram(need_bytes: int, what: str, advice: str, fraction: float = 1.
         raise MemoryBudgetError(f"{what} needs {need_bytes / GIB:.1f} GiB but only {limit / GIB:.1f} GiB of RAM "
                                 f"{'is free' if fraction == 1.0 else 'is allowed'}; {advice}")
     return need_bytes
-
-
-def gib(nbytes: float) -> float:
-    """Bytes as GiB."""
-    return nbytes / GIB if math.isfinite(nbytes) else nbytes
