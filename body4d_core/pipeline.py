@@ -193,7 +193,7 @@ def memory_plan(opts: PipelineOptions, clip: Clip) -> MemoryPlan:
                 camera_model=(opts.fov_mode != "none" and not opts.manual_fov)
                 or (opts.world and opts.world_depth_every > 0))
     free = None
-    if device.type == "cuda" and opts.profile.vram_gb:
+    if device.type == "cuda" and opts.profile.vram_gb and torch.cuda.is_available():
         free = torch.cuda.mem_get_info(device)[0] / 2**30 + torch.cuda.memory_reserved(device) / 2**30
     return plan_memory(work, opts.profile.vram_gb, opts.profile.offload, on_cuda=device.type == "cuda",
                        free_gib=free)

@@ -154,3 +154,14 @@ def test_check_host_ram_refuses_in_one_sentence():
         check_host_ram(2 * 2**30, "tracking", "load fewer frames", free_bytes=2**30)
     with pytest.raises(MemoryBudgetError, match="is allowed"):
         check_host_ram(2**30, "frames", "fix", fraction=0.5, free_bytes=2**30 + 1)
+
+
+def test_preflight_refuses_an_impossible_cap_before_decoding(tmp_path):
+    from body4d_core import preflight
+
+    fits = pipeline.PipelineOptions(amodal=False, fov_mode="none", world=False,
+                                    profile=RunProfile(device="cuda", vram_gb=8))
+    preflight.check_memory_cap(fits, (720, 1280))  # planned as for a CUDA device: fits
+    with pytest.raises(MemoryBudgetError, match="^amodal completion"):
+        preflight.check_memory_cap(pipeline.PipelineOptions(profile=RunProfile(device="cuda", vram_gb=8)), (720, 1280))
+    preflight.check_memory_cap(pipeline.PipelineOptions(profile=RunProfile(device="cpu", vram_gb=8)), (720, 1280))
