@@ -14,7 +14,7 @@ REQUIRED = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow", "psutil": "psutil",
     "yaml": "pyyaml", "omegaconf": "omegaconf", "safetensors": "safetensors", "huggingface_hub": "huggingface_hub",
     "av": "av", "cv2": "opencv-python-headless", "transformers": "transformers", "diffusers": "diffusers",
-    "einops": "einops", "scipy": "scipy", "roma": "roma", "trimesh": "trimesh", "pygltflib": "pygltflib",
+    "scipy": "scipy", "roma": "roma", "trimesh": "trimesh", "pygltflib": "pygltflib",
     "websocket": "websocket-client", "moge": "dlr-moge (--no-deps)", "utils3d": "dlr-utils3d (--no-deps)",
 }
 if platform.system() != "Darwin":

@@ -51,7 +51,7 @@ from body4d_core.amodal.models import VAE_CALL_PX, AmodalModels, DepthEstimator 
 from body4d_core.profile import RunProfile  # noqa: E402
 from body4d_core.amodal.occlusion import detection_size  # noqa: E402
 from body4d_core.amodal.stage import run_amodal  # noqa: E402
-from body4d_core.amodal.synthetic import build_depth_model, build_vas_pipeline  # noqa: E402
+from body4d_core.testing.amodal import build_depth_model, build_vas_pipeline  # noqa: E402
 from body4d_core.data import Tracks  # noqa: E402
 
 
@@ -192,7 +192,7 @@ def unet_gflops(pipe, size: tuple[int, int], shortcut: bool, frames: int = 16) -
     from torch.utils.flop_counter import FlopCounterMode
 
     from body4d_core.amodal.accel import AccelConfig, apply_accel
-    from body4d_core.amodal.synthetic import UNET
+    from body4d_core.testing.amodal import UNET
     from body4d_core.amodal.unet import VASUNet
 
     preset = "tiny" if pipe.unet.config.block_out_channels[0] < 320 else "real"

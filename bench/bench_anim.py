@@ -34,8 +34,9 @@ from body4d_core.anim.fidelity import measure
 from body4d_core.anim.writer import fidelity_report
 from body4d_core.atomic import write_bytes_atomic
 from body4d_core.data import Bodies, BodyFlag, Camera
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
-from body4d_core.tiny import uv_sphere
+from body4d_core.sam3d_body.mhr_rig import MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.checkpoints import uv_sphere
 
 # the file kinds run_case sizes, in the table's column order, with their rows' metric names
 SIZE_KINDS = [("glb", "scene_glb_size"), ("bvh (all)", "bvh_all_size"),

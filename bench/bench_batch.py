@@ -95,7 +95,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     models = args.models_root
     if args.tiny:
-        from body4d_core.tiny import write_tiny_checkpoints
+        from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
         models = str(work / "models")
         write_tiny_checkpoints(models)

@@ -66,7 +66,7 @@ from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, t
 from body4d_core.sam3d_body.config import BACKBONES
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
 from body4d_core.sam3d_body.model import Sam3dBody
-from body4d_core.sam3d_body.synthetic import randomize, scripted_rig
+from body4d_core.testing.body import randomize, scripted_rig
 from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only
 
 

@@ -27,10 +27,10 @@ from bench.printing import key_value_table
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import median_time
 from body4d_core.sam3d_body import BodyItem, Sam3dBodyConfig, estimate_bodies, tiny_config
-from body4d_core.sam3d_body.core_format import load_core_safetensors, save_core_layout
-from body4d_core.sam3d_body.mhr_rig import random_rig_tensors
+from body4d_core.interop.sam3d_body_file import load_core_safetensors, save_core_layout
+from body4d_core.testing.body import random_rig_tensors
 from body4d_core.sam3d_body.model import Sam3dBody
-from body4d_core.sam3d_body.synthetic import randomize
+from body4d_core.testing.body import randomize
 
 
 def _time(fn, dev: torch.device, reps: int) -> float:

@@ -46,11 +46,12 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     """Load, time upstream's call, each of our modes and the naive loop; print the table, write the rows."""
     from body4d_core import fov
+    from body4d_core.testing.moge import TINY_MOGE_CONFIG
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if args.tiny:
         args.frames, args.height, args.width, args.batch = 6, 120, 160, 2
-    config = fov.TINY_MOGE_CONFIG if args.tiny else fov.MOGE2_VITL_CONFIG
+    config = TINY_MOGE_CONFIG if args.tiny else fov.MOGE2_VITL_CONFIG
     fp16 = device.type == "cuda"
     frames = torch.rand(args.frames, args.height, args.width, 3, generator=torch.Generator().manual_seed(0))
 

@@ -47,7 +47,7 @@ ITEMS = ("clip", "prompts", "tracks", "mask_overlay", "amodal", "camera", "bodie
 
 def build(args: argparse.Namespace) -> dict:
     """Frames and every stage output at the requested size (deterministic)."""
-    from body4d_core.tiny import uv_sphere
+    from body4d_core.testing.checkpoints import uv_sphere
 
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()

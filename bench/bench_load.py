@@ -7,7 +7,7 @@ sync on CUDA), the parameter count and the peak RSS; ``--profile N`` adds cProfi
 functions per load (``--in-process``: all in this process, for quick checks). The
 variants: ``legacy`` (the run profile's ``loader=legacy``: the loaders' previous path) and ``fast``
 (``fast-Nt``: the profile's ``load_threads=N``).
-Checkpoints are random real-size ones in the official layouts (body4d_core.tiny, preset
+Checkpoints are random real-size ones in the official layouts (body4d_core.testing.checkpoints, preset
 ``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
 
     python -m bench.bench_load --root /tmp/realckpt --device cpu            # CPU, all loaders, both variants
@@ -175,7 +175,7 @@ def ensure_checkpoints(root: Path, loaders: list[str], tiny: bool, device: str) 
     import torch
 
     from body4d_core.errors import Body4DError
-    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.testing.checkpoints import target_dir, write_checkpoints
     from body4d_core.weights import MODEL_SPECS, verify
 
     names = []

@@ -450,7 +450,7 @@ def note_memory(rec: Record, summary: Any) -> None:
 def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadline: float) -> None:
     """Write every model's checkpoint under root unless a complete one is there already."""
     from body4d_core.errors import Body4DError
-    from body4d_core.tiny import target_dir, write_checkpoints
+    from body4d_core.testing.checkpoints import target_dir, write_checkpoints
     from body4d_core.weights import MODEL_SPECS, verify
 
     preset = "tiny" if args.tiny else "real"

@@ -31,9 +31,10 @@ from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import Stopwatch, sync
 from body4d_core.sam3 import propagate
-from body4d_core.sam3.loading import Sam3Bundle, build_processor, tiny_sam3
 from body4d_core.profile import RunProfile
+from body4d_core.sam3.loading import Sam3Bundle, build_processor
 from body4d_core.sam3.propagate import SpeedOptions
+from body4d_core.testing.sam3 import tiny_sam3
 
 
 def real_size_bundle(device: torch.device, dtype: torch.dtype) -> Sam3Bundle:

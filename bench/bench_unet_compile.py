@@ -30,7 +30,7 @@ from bench.rows import RowWriter, add_rows_args
 from bench.timers import first_then_mean
 from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel
 from body4d_core.profile import RunProfile
-from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts
 
 
 def compile_blocks(unet: torch.nn.Module, how: str) -> int:

@@ -37,7 +37,7 @@ from body4d_core.data import Bodies, BodyFlag, Camera
 from body4d_core.smoothing import smooth_bodies
 from body4d_core.world import WorldOptions, world_stage
 from body4d_core.world.metrics import camera_metrics, floor_metrics, world_metrics
-from body4d_core.world.synthetic import corrupt, make_scene, noisy_depth
+from body4d_core.testing.world import corrupt, make_scene, noisy_depth
 
 CASES = [("walk", "static", 1), ("turn", "static", 1), ("run", "static", 1), ("jump", "static", 1),
          ("clap", "static", 1), ("walk", "static", 3), ("walk", "pan", 1), ("turn", "dolly", 1),

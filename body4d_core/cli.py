@@ -171,7 +171,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     """Write tiny random-weight checkpoints in the official layouts (runs the pipeline without real weights)."""
-    from .tiny import write_tiny_checkpoints
+    from .testing.checkpoints import write_tiny_checkpoints
 
     names = None if "all" in args.models else args.models
     for name, folder in write_tiny_checkpoints(args.root, names, args.seed).items():
@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Run one of our workflows on a running ComfyUI: upload, queue, follow, download."""
-    from .api_client import ComfyClient, apply_override, describe_node_errors, load_api_graph, set_video
+    from .interop.api_client import ComfyClient, apply_override, describe_node_errors, load_api_graph, set_video
 
     client = ComfyClient(args.server)
     graph = load_api_graph(args.workflow)

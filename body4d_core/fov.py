@@ -46,30 +46,7 @@ MIN_FOV, MAX_FOV = 5.0, 170.0  # plausible vertical FOV range (degrees) for an e
 PER_FRAME_MEDIAN = 5  # per-frame focals: running median over this many sampled estimates (when there are as many)
 MOGE_INSTALL = "pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3"
 
-# A MoGe-2 of the official layout (DINOv2 encoder, conv neck, points/normal/mask heads,
-# metric-scale MLP) shrunk for CPU tests: ViT-S/14 instead of ViT-L/14, narrow convs, few tokens.
-_TINY_DIMS = [64, 32, 16, 8, 8]
-_RESAMPLERS = ["conv_transpose", "conv_transpose", "conv_transpose", "bilinear"]
-
-
-def _tiny_head(out_channels: int) -> dict[str, Any]:
-    return {"dim_in": list(_TINY_DIMS), "dim_out": [None, None, None, None, out_channels],
-            "dim_res_blocks": list(_TINY_DIMS), "num_res_blocks": [0, 1, 1, 1, 0],
-            "res_block_in_norm": "none", "res_block_hidden_norm": "none", "resamplers": list(_RESAMPLERS)}
-
-
-TINY_MOGE_CONFIG: dict[str, Any] = {
-    "encoder": {"backbone": "dinov2_vits14", "intermediate_layers": [2, 5, 8, 11], "dim_out": _TINY_DIMS[0]},
-    "neck": {"dim_in": [_TINY_DIMS[0] + 2, 2, 2, 2, 2], "dim_out": None, "dim_res_blocks": list(_TINY_DIMS),
-             "num_res_blocks": [0, 1, 1, 1, 0], "res_block_in_norm": "none", "res_block_hidden_norm": "none",
-             "resamplers": list(_RESAMPLERS)},
-    "points_head": _tiny_head(3),
-    "normal_head": _tiny_head(3),
-    "mask_head": _tiny_head(1),
-    "scale_head": {"dims": [384, 64, 1]},
-    "remap_output": "exp",
-    "num_tokens_range": [64, 144],
-}
+_RESAMPLERS = ["conv_transpose", "conv_transpose", "conv_transpose", "bilinear"]  # MoGe-2 head upsamplers
 
 
 def _vitl_head(out_channels: int) -> dict[str, Any]:
@@ -250,11 +227,6 @@ def build_moge(config: Mapping[str, Any], seed: int | None = None) -> torch.nn.M
         warnings.simplefilter("ignore")
         model = cls(**dict(config))
     return model.eval()
-
-
-def build_tiny_moge(seed: int = 0) -> torch.nn.Module:
-    """The tiny random MoGe-2 used by tests (official architecture, ViT-S backbone, ~22M params)."""
-    return build_moge(TINY_MOGE_CONFIG, seed)
 
 
 def load_moge_checkpoint(path: str | Path, device: str | torch.device = "cpu",

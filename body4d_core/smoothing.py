@@ -40,6 +40,7 @@ import torch
 
 from .data import BodyFlag, Bodies
 from .errors import InputError
+from .rotations import euler_xyz_to_rotvec, rotvec_to_euler_xyz, unwrap_rotvecs
 from .runtime import NULL_HOOKS, Hooks
 
 log = logging.getLogger(__name__)
@@ -458,86 +459,6 @@ def _finite_inputs(y: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return y
 
 
-# --------------------------------------------------------------------------- rotations
-
-
-def _quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Hamilton product of quaternions [..., 4] stored (w, x, y, z)."""
-    pw, px, py, pz = np.moveaxis(p, -1, 0)
-    qw, qx, qy, qz = np.moveaxis(q, -1, 0)
-    return np.stack([pw * qw - px * qx - py * qy - pz * qz, pw * qx + px * qw + py * qz - pz * qy,
-                     pw * qy - px * qz + py * qw + pz * qx, pw * qz + px * qy - py * qx + pz * qw], -1)
-
-
-def euler_to_rotvec(euler: np.ndarray) -> np.ndarray:
-    """MHR Euler angles [..., 3] (extrinsic x, then y, then z: R = Rz Ry Rx) -> rotation vectors."""
-    half = 0.5 * np.asarray(euler, dtype=np.float64)
-    c, s = np.cos(half), np.sin(half)
-    z = np.zeros_like(c[..., 0])
-    qx = np.stack([c[..., 0], s[..., 0], z, z], -1)
-    qy = np.stack([c[..., 1], z, s[..., 1], z], -1)
-    qz = np.stack([c[..., 2], z, z, s[..., 2]], -1)
-    q = _quat_mul(qz, _quat_mul(qy, qx))
-    q *= np.where(q[..., :1] < 0, -1.0, 1.0)  # w >= 0: angle in [0, pi]
-    vec = q[..., 1:]
-    norm = np.linalg.norm(vec, axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(norm, q[..., :1])
-    scale = np.where(norm > 1e-12, angle / np.maximum(norm, 1e-300), 2.0)  # small angles: 2 / w ~ 2
-    return vec * scale
-
-
-def rotvec_to_euler(rotvec: np.ndarray) -> np.ndarray:
-    """Rotation vectors [..., 3] -> MHR Euler angles [..., 3] (the inverse of ``euler_to_rotvec``)."""
-    rv = np.asarray(rotvec, dtype=np.float64)
-    theta = np.linalg.norm(rv, axis=-1)
-    # Rodrigues: R = I + sin(t) K + (1 - cos t) K^2 with K the cross matrix of the unit axis;
-    # only the five entries the angles need are formed
-    small = theta < 1e-8
-    tt = np.where(small, 1.0, theta)
-    a = np.where(small, 1.0, np.sin(tt) / tt)  # sin(t) / t
-    b = np.where(small, 0.5, (1.0 - np.cos(tt)) / tt ** 2)  # (1 - cos t) / t^2
-    x, y, z = np.moveaxis(rv, -1, 0)
-    r00 = 1.0 - b * (y * y + z * z)
-    r10 = a * z + b * x * y
-    r20 = -a * y + b * x * z
-    r21 = a * x + b * y * z
-    r22 = 1.0 - b * (x * x + y * y)
-    beta = -np.arcsin(np.clip(r20, -1.0, 1.0))
-    alpha = np.arctan2(r21, r22)
-    gamma = np.arctan2(r10, r00)
-    lock = np.abs(r20) > 1.0 - 1e-10  # gimbal lock: put the whole yaw into alpha
-    if lock.any():
-        r12 = -a * x + b * y * z
-        r11 = 1.0 - b * (x * x + z * z)
-        alpha = np.where(lock, np.arctan2(-r12, r11), alpha)  # R = Ry(+-pi/2) Rx(alpha)
-        gamma = np.where(lock, 0.0, gamma)
-    return np.stack([alpha, beta, gamma], -1)
-
-
-def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
-    """Make a sequence of rotation vectors [T, 3] continuous in time.
-
-    A rotation has the vectors (theta + 2*pi*k) * u and (-theta + 2*pi*k) * (-u); we flip
-    the axis to agree with the previous frame and unwrap the signed angle, so constant-rate
-    spins become straight lines through the +-pi seam.
-    """
-    rv = np.asarray(rv, dtype=np.float64)
-    if rv.shape[0] < 2:
-        return rv.copy()
-    theta = np.linalg.norm(rv, axis=-1)
-    axis = rv / np.maximum(theta, 1e-12)[:, None]
-    # near-zero angles have no reliable axis: borrow the previous reliable one
-    reliable = theta > 1e-6
-    idx = np.where(reliable, np.arange(len(theta)), 0)
-    np.maximum.accumulate(idx, out=idx)
-    axis = np.where(reliable[:, None], axis, axis[idx])
-    dots = np.einsum("ti,ti->t", axis[1:], axis[:-1])
-    sign = np.concatenate([[1.0], np.cumprod(np.where(dots < 0, -1.0, 1.0))])
-    axis = axis * sign[:, None]
-    angle = np.unwrap(theta * sign)
-    return angle[:, None] * axis
-
-
 # --------------------------------------------------------------------------- robust weights
 
 
@@ -759,7 +680,7 @@ def _signals(bodies: Bodies, observed: np.ndarray) -> tuple[np.ndarray, list[tup
         idx = np.flatnonzero(observed[i])
         if idx.size == 0:
             continue
-        y[i, idx, :3] = unwrap_rotvecs(euler_to_rotvec(bodies.params["global_rot"][i, idx]))
+        y[i, idx, :3] = unwrap_rotvecs(euler_xyz_to_rotvec(bodies.params["global_rot"][i, idx]))
         for name, sl in layout:
             if name in ANGLE_BLOCKS:
                 block = y[i, idx, sl] if idx.size < t else y[i, :, sl]
@@ -826,7 +747,7 @@ def smooth_bodies(bodies: Bodies, settings: SmoothSettings | None = None,
         block = out[..., sl]
         if name == "global_rot":
             euler = np.zeros((n, t, 3), np.float32)
-            euler[keep] = rotvec_to_euler(block[keep])
+            euler[keep] = rotvec_to_euler_xyz(block[keep])
             params[name] = euler
         elif name in params:
             if name in ANGLE_BLOCKS:  # back to the principal range the model produced

@@ -15,7 +15,7 @@ from ..body4d_core.amodal.preview import amodal_union, composite_completed
 from ..body4d_core.amodal.stage import run_amodal
 from ..body4d_core.errors import InputError
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 log = logging.getLogger(__name__)
 _PREVIEW_CHUNK = 32

@@ -12,9 +12,9 @@ from ..body4d_core.anim import write_animation
 from ..body4d_core.anim.world_input import scene_world_from
 from ..body4d_core.data import Camera
 from ..body4d_core.errors import InputError
-from ..body4d_core.mhr_pose import from_mhr_pose
+from ..body4d_core.interop.mhr_pose_data import from_mhr_pose
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 FORMAT_CHOICES = {"glb + bvh": ("glb", "bvh", "npz"), "glb": ("glb", "npz"), "bvh": ("bvh", "npz")}
 

@@ -201,7 +201,7 @@ def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:
 
 def tracks_input(tracks: Any, sam3_track_data: Any, size: tuple[int, int]) -> Any:
     """Our tracks, or core SAM3_TRACK_DATA converted; either must match the frames' (H, W)."""
-    from ..body4d_core.sam3.core_interop import tracks_from_core
+    from ..body4d_core.interop.sam3_track_data import tracks_from_core
 
     if tracks is None and sam3_track_data is None:
         raise InputError("connect tracks (SAM-Body4D Propagate) or sam3_track_data (core SAM3 Video Track)")

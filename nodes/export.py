@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..body4d_core import export as ex
 from ..body4d_core.errors import InputError
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 
 def _output_folder(prefix: str) -> tuple[Path, str]:

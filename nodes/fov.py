@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..body4d_core import fov as bf
 from ..body4d_core.errors import InputError
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..body4d_core import render as br
 from ..body4d_core.errors import InputError
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 
 class RenderMesh(io.ComfyNode):

@@ -14,10 +14,10 @@ from ..body4d_core.data import Tracks, unpack_masks
 from ..body4d_core.errors import InputError, MemoryBudgetError
 from ..body4d_core.overlay import overlay_masks
 from ..body4d_core.sam3 import DIRECTIONS, SCAN, detect_people, load_sam3, propagate
-from ..body4d_core.sam3.core_interop import tracks_from_core, tracks_to_core
+from ..body4d_core.interop.sam3_track_data import tracks_from_core, tracks_to_core
 from ..body4d_core.video import available_ram
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from comfy_api.latest import io
 
 from ..body4d_core.data import Camera
 from ..body4d_core.errors import InputError
-from ..body4d_core.mhr_pose import RENDER_FIELDS, from_mhr_pose, to_mhr_pose
+from ..body4d_core.interop.mhr_pose_data import RENDER_FIELDS, from_mhr_pose, to_mhr_pose
 from ..body4d_core.smoothing import SmoothSettings, smooth_bodies
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 
 class KalmanSmooth(io.ComfyNode):

@@ -16,7 +16,7 @@ from ..body4d_core import video as v
 from ..body4d_core.data import Clip
 from ..body4d_core.errors import VideoError
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 NONE_FILE = "(none - use the video or images input)"
 # (min, max) of every number input: the schema's limits, enforced again in validate_inputs because ComfyUI

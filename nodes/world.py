@@ -10,7 +10,7 @@ from ..body4d_core.world import WorldOptions, world_stage
 from ..body4d_core.world.inputs import depth_from_geometry, people_from_tracks
 from ..body4d_core.world.smoother import WorldSmoothSettings
 from . import comfy_glue as glue
-from . import types as t
+from . import sockets as t
 
 
 class WorldGround(io.ComfyNode):

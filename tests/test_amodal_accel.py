@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from body4d_core.amodal.accel import AccelConfig, SingleTokenCrossAttention
 from body4d_core.amodal.config import SamplerConfig
 from body4d_core.amodal.job import VideoJob
-from body4d_core.amodal.pipeline import VASPipeline
-from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.amodal.sampler import VASPipeline
+from body4d_core.testing.amodal import build_vas_parts
 from body4d_core.errors import InputError
 
 from .triton_interpreter import run_interpreted
@@ -169,7 +169,7 @@ def test_run_jobs_with_every_exact_option(pipe):
 
 def test_native_dtype_skips_autocast_and_stays_close(monkeypatch, reference):
     """bf16 weights computing natively (no autocast) run end to end and stay near the fp32 result."""
-    from body4d_core.amodal import pipeline as pl
+    from body4d_core.amodal import sampler as pl
 
     p = build_vas_parts("tiny", seed=4)
     for k in ("unet", "vae", "image_encoder"):

@@ -17,7 +17,7 @@ def env(pack):
     import folder_paths
 
     importlib.import_module(f"{pack.__name__}.nodes.comfy_glue").register_model_folders()
-    syn = importlib.import_module(f"{pack.__name__}.body4d_core.amodal.synthetic")
+    syn = importlib.import_module(f"{pack.__name__}.body4d_core.testing.amodal")
     parts = syn.build_vas_parts("tiny", seed=1)
     vas = folder_paths.get_folder_paths("diffusion_vas")[0]
     syn.save_vas_folder(parts, f"{vas}/diffusion-vas-amodal-segmentation")

@@ -14,9 +14,9 @@ from body4d_core.amodal.config import OcclusionConfig, SamplerConfig
 from body4d_core.amodal.depth import estimate_depth, load_depth_model, network_size, normalize_depth, resize_depth
 from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.models import AmodalModels, DepthEstimator, load_amodal_models
-from body4d_core.amodal.pipeline import VASPipeline
+from body4d_core.amodal.sampler import VASPipeline
 from body4d_core.amodal.stage import run_amodal
-from body4d_core.amodal.synthetic import (build_depth_model, build_vas_parts, save_depth_folder, save_vas_folder)
+from body4d_core.testing.amodal import (build_depth_model, build_vas_parts, save_depth_folder, save_vas_folder)
 from body4d_core.data import Amodal, Tracks
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 
@@ -82,7 +82,7 @@ def test_run_jobs_windows_match_single_call_and_blend(pipe):
 
 
 def test_prefetched_noise_is_upstream_order_and_changes_nothing(pipe, monkeypatch):
-    from body4d_core.amodal import pipeline as pl
+    from body4d_core.amodal import sampler as pl
 
     g = torch.Generator().manual_seed(41)
     ref = (torch.randn(3, 3, H, W, generator=g), torch.randn(3, 3, H, W, generator=g),

@@ -11,9 +11,9 @@ from body4d_core.amodal.accel import AccelConfig
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig
 from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.models import DEFAULT_ACCEL, AmodalModels
-from body4d_core.amodal.pipeline import VASPipeline, decode_calls, decode_items
+from body4d_core.amodal.sampler import VASPipeline, decode_calls, decode_items
 from body4d_core.amodal.stage import run_amodal
-from body4d_core.amodal.synthetic import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError
 from tests.test_amodal_pipeline import TruthMask  # the same ground-truth mask model
@@ -216,7 +216,7 @@ def test_vae_native_skips_autocast_in_the_vae_only(monkeypatch):
     """bf16 VAE without autocast: the UNet still autocasts, results stay near the fp32 reference."""
     import contextlib
 
-    from body4d_core.amodal import pipeline as pl
+    from body4d_core.amodal import sampler as pl
 
     p = build_vas_parts("tiny", seed=6)
     ref = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"]).generate(*conds(), [5, 6], SMP)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from body4d_core.data import Bodies, BodyFlag, Camera
-from body4d_core.mhr_pose import to_mhr_pose
+from body4d_core.interop.mhr_pose_data import to_mhr_pose
 from body4d_core.sam3d_body import tiny_config
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core.sam3d_body.mhr_rig import MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.body import random_model
 from body4d_core.world import WorldResult
 from body4d_core.world.floor import Floor as WorldFloor
 from body4d_core.world.keypoints import CONTACT_NAMES

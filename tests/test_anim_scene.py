@@ -19,7 +19,8 @@ from body4d_core.anim.fidelity import measure
 from body4d_core.atomic import TMP_TAG, OutputWriteError
 from body4d_core.data import Bodies, BodyFlag, Camera
 from body4d_core.errors import InputError
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+from body4d_core.sam3d_body.mhr_rig import MhrRig
+from body4d_core.testing.body import random_rig_tensors
 
 from .anim_readers import accessor, bvh_world_positions, load_glb, node_world_matrices, parse_bvh
 

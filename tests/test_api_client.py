@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from body4d_core.api_client import ApiError, ComfyClient, load_api_graph, parse_value, set_input, set_video
+from body4d_core.interop.api_client import ApiError, ComfyClient, load_api_graph, parse_value, set_input, set_video
 
 
 class FakeComfy(BaseHTTPRequestHandler):

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from body4d_core import api_client
-from body4d_core.api_client import ApiError, ComfyClient, apply_override, load_api_graph, parse_value, set_input
+from body4d_core.interop import api_client
+from body4d_core.interop.api_client import ApiError, ComfyClient, apply_override, load_api_graph, parse_value, set_input
 from body4d_core.cli import main as cli_main
 
 POINTS = '{"version": 1, "image_size": [350, 350], "objects": [{"id": 1, "points": [{"frame": 0, "x": 172, ' \

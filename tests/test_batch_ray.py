@@ -22,7 +22,7 @@ from body4d_core.batch.jobs import collect_jobs  # noqa: E402
 from body4d_core.batch.outputs import DONE, STARTED, SUMMARY_CSV, SUMMARY_JSON  # noqa: E402
 from body4d_core.data import Bodies, Clip, Tracks  # noqa: E402
 from body4d_core.export import write_mp4  # noqa: E402
-from body4d_core.tiny import write_tiny_checkpoints  # noqa: E402
+from body4d_core.testing.checkpoints import write_tiny_checkpoints  # noqa: E402
 from body4d_core.video import LoadOptions, load_video  # noqa: E402
 
 from .media import REPO  # noqa: E402

@@ -212,7 +212,7 @@ def test_missing_torchvision_is_one_line_before_any_work(monkeypatch, tmp_path, 
 def test_api_partial_run_warns_and_exits_1(monkeypatch, tmp_path, capsys):
     import json
 
-    import body4d_core.api_client as api
+    import body4d_core.interop.api_client as api
 
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps({"3": {"class_type": "SAMBody4D_SaveGLB", "inputs": {"prefix": "a"}}}))

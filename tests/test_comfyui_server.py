@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from body4d_core.api_client import ComfyClient, set_input, set_video
-from body4d_core.workflow_convert import convert_with_report, ordered_inputs
+from body4d_core.interop.api_client import ComfyClient, set_input, set_video
+from body4d_core.interop.workflows import convert_with_report, ordered_inputs
 
 from .comfy_server import PACK_NAME, ComfyServerError, default_python
 from .media import DANCER, need
@@ -100,7 +100,7 @@ def test_workflow_converts_against_object_info(comfy_server, path):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_api_twin_matches_conversion(comfy_server, path):
     twin = path.parent / "api" / path.name
-    assert twin.is_file(), (f"{path.name} has no API twin; write it with: python -m body4d_core.workflow_convert "
+    assert twin.is_file(), (f"{path.name} has no API twin; write it with: python -m body4d_core.interop.workflows "
                             f"workflows/{path.name} --object-info http://127.0.0.1:8188 -o workflows/api/{path.name}")
     prompt, _ = convert_with_report(json.loads(path.read_text()), comfy_server.object_info())
     stored = json.loads(twin.read_text())
@@ -163,7 +163,7 @@ def test_bad_video_name_is_refused_with_a_clear_message(comfy_server):
 
 
 def test_api_client_upload_and_run(comfy_server, tmp_path):
-    """Our body4d_core.api_client against the real server: upload, queue, follow, download."""
+    """Our body4d_core.interop.api_client against the real server: upload, queue, follow, download."""
     client = ComfyClient(comfy_server.url, timeout=120)
     upload = tmp_path / "uploaded_dancer.mp4"
     shutil.copy(need(DANCER), upload)
@@ -257,7 +257,7 @@ def test_workflow_runs_or_names_missing_weights(comfy_server, path):
 
 def _node(info: dict, kind: str, **links) -> dict:
     """An API node with every widget at its default and the given inputs linked/set."""
-    from body4d_core.workflow_convert import default_value, is_widget
+    from body4d_core.interop.workflows import default_value, is_widget
 
     spec = info[kind]
     inputs = {name: default_value(s) for name, s in ordered_inputs(spec)

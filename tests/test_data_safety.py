@@ -344,7 +344,7 @@ def test_prompt_counts_inconsistent(tmp_path: Path) -> None:
 
 
 def test_workflow_convert_output_is_atomic(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from body4d_core.workflow_convert import main
+    from body4d_core.interop.workflows import main
 
     info = json.loads((Path(__file__).resolve().parent / "fixtures" / "object_info_0.33.0_subset.json").read_text())
     oi = tmp_path / "object_info.json"

@@ -11,7 +11,7 @@ from body4d_core import export
 from body4d_core.atomic import OutputWriteError
 from body4d_core.data import Bodies, BodyFlag, Camera
 from body4d_core.errors import Body4DError, InputError
-from body4d_core.mhr_pose import from_mhr_pose, to_mhr_pose
+from body4d_core.interop.mhr_pose_data import from_mhr_pose, to_mhr_pose
 
 SQUARE = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
 FACES = np.array([[0, 1, 2], [0, 2, 3]], np.int32)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from body4d_core.api_client import ComfyClient, output_items
+from body4d_core.interop.api_client import ComfyClient, output_items
 from body4d_core.data import Bodies, BodyFlag, Camera
 
 from .nodes_env import pack  # noqa: F401

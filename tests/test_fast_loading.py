@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from body4d_core.fastload import load_transformers, params_on_meta
-from body4d_core.tiny import write_checkpoints
+from body4d_core.testing.checkpoints import write_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_amodal_fast_equals_previous(root):
 def test_amodal_parts_fast_in_gpu_precision(root, dtype):
     from transformers import CLIPVisionModelWithProjection, DepthAnythingForDepthEstimation
 
-    from body4d_core.amodal.pipeline import _load_unet_fast
-    from body4d_core.amodal.pipeline import load_vas_unet
+    from body4d_core.amodal.sampler import _load_unet_fast
+    from body4d_core.amodal.sampler import load_vas_unet
 
     vas = root / "diffusion_vas" / "diffusion-vas-amodal-segmentation"
     clip = load_transformers(CLIPVisionModelWithProjection, vas / "image_encoder", dtype, "cpu")

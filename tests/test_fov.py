@@ -12,6 +12,7 @@ import torch
 from body4d_core import fov
 from body4d_core.data import Camera
 from body4d_core.errors import Body4DError, InputError, MissingWeightsError, WeightsMismatchError
+from body4d_core.testing.moge import TINY_MOGE_CONFIG, build_tiny_moge
 
 from .media import PHOTO, need
 
@@ -183,7 +184,7 @@ def _load_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_moge():
-    model = fov.build_tiny_moge(seed=0)
+    model = build_tiny_moge(seed=0)
     # Random weights give a focal of arbitrary sign; negating the points head's x, y outputs
     # flips it (xy -> -xy gives focal -> -focal), so the valid-estimate path is exercised.
     probe = torch.rand(1, 3, 56, 84, generator=torch.Generator().manual_seed(0))
@@ -221,7 +222,7 @@ def test_tiny_moge_end_to_end_on_dancing(tiny_moge, tmp_path):
 def test_official_checkpoint_layout_loads(tiny_moge, tmp_path):
     path = tmp_path / "moge-2-vitl-normal" / "model.pt"
     path.parent.mkdir()
-    torch.save({"model_config": fov.TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, path)
+    torch.save({"model_config": TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, path)
     import torch.nn.init as init
 
     uniform = init.uniform_
@@ -238,7 +239,7 @@ def test_official_checkpoint_layout_loads(tiny_moge, tmp_path):
 def test_checkpoint_missing_weights_is_a_mismatch(tiny_moge, tmp_path):
     state = {k: v for k, v in tiny_moge.state_dict().items() if not k.startswith("points_head")}
     path = tmp_path / "model.pt"
-    torch.save({"model_config": fov.TINY_MOGE_CONFIG, "model": state}, path)
+    torch.save({"model_config": TINY_MOGE_CONFIG, "model": state}, path)
     with pytest.raises(WeightsMismatchError, match="weights missing"):
         fov.load_moge_checkpoint(path)
 
@@ -255,7 +256,7 @@ def test_moge_missing_package_message(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(Body4DError, match="dlr-moge==2.0.0"):
-        fov.build_tiny_moge()
+        build_tiny_moge()
 
 
 def test_estimate_camera_rejects_bad_frames():
@@ -319,7 +320,7 @@ def test_load_moge_node_and_fov_estimate(fov_node, pack, tiny_moge):
     asyncio_run_on_load(pack)
     target = os.path.join(folder_paths.get_folder_paths("moge")[0], "moge-2-vitl-normal")
     os.makedirs(target, exist_ok=True)
-    torch.save({"model_config": fov.TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, os.path.join(target, "model.pt"))
+    torch.save({"model_config": TINY_MOGE_CONFIG, "model": tiny_moge.state_dict()}, os.path.join(target, "model.pt"))
     assert "moge-2-vitl-normal" in fov_node.LoadMoGe.GET_SCHEMA().inputs[0].kwargs["options"]
     (handle,) = fov_node.LoadMoGe.execute(checkpoint="moge-2-vitl-normal").args
     frames = torch.rand(3, 42, 56, 3, generator=torch.Generator().manual_seed(1))
@@ -366,14 +367,14 @@ def test_core_style_safetensors_load(tiny_moge, tmp_path):
     assert set(back) == set(ref)
     path = tmp_path / "moge_2_tiny_fp16.safetensors"
     save_file({k: v.contiguous() for k, v in comfy.items()}, str(path))
-    model = fov.load_moge_checkpoint(path, config=fov.TINY_MOGE_CONFIG)
+    model = fov.load_moge_checkpoint(path, config=TINY_MOGE_CONFIG)
     got = model.state_dict()
     assert all(got[k].dtype == torch.float32 for k in got if got[k].is_floating_point())
     for k in ref:
         torch.testing.assert_close(got[k], ref[k].half().float(), rtol=0, atol=0)
     path.write_bytes(b"not safetensors")
     with pytest.raises(WeightsMismatchError, match="could not be read as safetensors"):
-        fov.load_moge_checkpoint(path, config=fov.TINY_MOGE_CONFIG)
+        fov.load_moge_checkpoint(path, config=TINY_MOGE_CONFIG)
 
 
 @needs_moge

@@ -19,7 +19,7 @@ from body4d_core.errors import InputError
 from body4d_core.overlay import overlay_masks
 from body4d_core.palette import object_color
 from body4d_core.render import vertex_normals
-from body4d_core.tiny import uv_sphere
+from body4d_core.testing.checkpoints import uv_sphere
 
 
 def _members(path: Path) -> dict[str, int]:

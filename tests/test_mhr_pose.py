@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from body4d_core.data import Bodies, BodyFlag, Camera
-from body4d_core.mhr_pose import (HEAD_MAX_ABS_X, HEAD_MIN_Y, from_mhr_pose, hand_vertex_mask, mesh_render_fields,
+from body4d_core.interop.mhr_pose_data import (HEAD_MAX_ABS_X, HEAD_MIN_Y, from_mhr_pose, hand_vertex_mask, mesh_render_fields,
                                    rig_skinning, to_mhr_pose)
 from body4d_core.render import vertex_normals
 from body4d_core.sam3d_body import tiny_config
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core.sam3d_body.mhr_rig import MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.body import random_model
 
 
 @pytest.fixture(scope="module")

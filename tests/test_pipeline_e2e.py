@@ -15,7 +15,7 @@ import pytest
 
 from body4d_core.data import Amodal, Bodies, BodyFlag, Camera, Tracks
 from body4d_core.pipeline import PipelineOptions, run_pipeline
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 from body4d_core.video import LoadOptions
 
 from .media import REPO

@@ -157,7 +157,8 @@ def test_world_options_reach_the_world_stage(models, tmp_path, monkeypatch):
 def test_anim_scene_with_a_native_rig_placed_in_the_world(models, tmp_path, monkeypatch):
     """With a native MHR rig (random, the tiny model's sizes) the run writes the skinned scene in the world frame."""
     from body4d_core import pipeline
-    from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+    from body4d_core.sam3d_body.mhr_rig import MhrRig
+    from body4d_core.testing.body import random_rig_tensors
 
     real_init = pipeline.AnimRig.__init__
 

@@ -115,7 +115,7 @@ def test_smooth_node_honours_the_cancel_button(pack):
 @pytest.fixture(scope="module")
 def body_model():
     from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.synthetic import random_model
+    from body4d_core.testing.body import random_model
 
     return random_model(tiny_config(), seed=2).eval()
 
@@ -140,8 +140,8 @@ def test_body_estimation_cancels_per_batch(body_model):
 
 @pytest.fixture(scope="module")
 def vas():
-    from body4d_core.amodal.pipeline import VASPipeline
-    from body4d_core.amodal.synthetic import build_depth_model, build_vas_parts
+    from body4d_core.amodal.sampler import VASPipeline
+    from body4d_core.testing.amodal import build_depth_model, build_vas_parts
 
     parts = build_vas_parts("tiny", seed=1)
     depth, prep = build_depth_model("tiny", seed=2)
@@ -245,7 +245,7 @@ def test_exports_cancel_and_leave_no_partial_file(tmp_path, what):
 
 
 def test_detection_scan_cancels_per_frame():
-    from body4d_core.sam3 import tiny_sam3
+    from body4d_core.testing.sam3 import tiny_sam3
     from body4d_core.sam3.detect import detect_people
 
     bundle = tiny_sam3(image_size=112, seed=0, with_detector=True)

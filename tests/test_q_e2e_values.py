@@ -20,7 +20,7 @@ import pytest
 from body4d_core import export
 from body4d_core.data import Amodal, Bodies, BodyFlag, Camera, Clip, Prompts, Tracks
 from body4d_core.pipeline import PipelineOptions, run_pipeline
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 from body4d_core.video import LoadOptions, load_video
 
 REPO = Path(__file__).resolve().parents[1]

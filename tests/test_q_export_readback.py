@@ -18,7 +18,7 @@ import pytest
 
 from body4d_core import export
 from body4d_core.data import PARAM_DIMS, Bodies, BodyFlag, Camera
-from body4d_core.tiny import uv_sphere
+from body4d_core.testing.checkpoints import uv_sphere
 
 GL = np.array([1.0, -1.0, -1.0], np.float32)  # OpenCV camera axes -> OpenGL: 180 degrees about x
 T, FPS = 5, 12.5

@@ -19,7 +19,8 @@ import torch
 
 from body4d_core.data import PARAM_DIMS, Bodies, BodyFlag, ObjectPrompt, Prompts, Tracks
 from body4d_core.prompts import parse_prompts
-from body4d_core.sam3 import propagate, tiny_sam3
+from body4d_core.sam3 import propagate
+from body4d_core.testing.sam3 import tiny_sam3
 from body4d_core.video import LoadOptions, load_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def _tracks(ids=(HIGH, LOW)) -> Tracks:
 @pytest.fixture(scope="module")
 def body_model():
     from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.synthetic import random_model
+    from body4d_core.testing.body import random_model
 
     return random_model(tiny_config(), seed=3).eval()
 
@@ -212,7 +213,7 @@ def test_mesh_and_glb_files_carry_the_ids(tmp_path):
 
 def test_mhr_pose_slots_carry_the_ids():
     from body4d_core.data import Camera
-    from body4d_core.mhr_pose import from_mhr_pose, to_mhr_pose
+    from body4d_core.interop.mhr_pose_data import from_mhr_pose, to_mhr_pose
 
     b = _bodies()
     pose = to_mhr_pose(b, Camera.default((H, W), T))
@@ -231,7 +232,7 @@ def test_node_chain_keeps_ids(pack, frames):
     import folder_paths
 
     from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+    from body4d_core.testing.body import random_model, save_official_layout
 
     glue = importlib.import_module(f"{pack.__name__}.nodes.comfy_glue")
     glue.register_model_folders()

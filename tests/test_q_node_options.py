@@ -28,7 +28,7 @@ def body(pack):
     import folder_paths
 
     from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+    from body4d_core.testing.body import random_model, save_official_layout
 
     _mod(pack, "nodes.comfy_glue").register_model_folders()
     root = folder_paths.get_folder_paths("sam3d_body")[0]
@@ -351,8 +351,8 @@ def test_amodal_node_input_reaches_its_setting(pack, monkeypatch, name):
 
 @pytest.fixture(scope="module")
 def vas_pipe():
-    from body4d_core.amodal.pipeline import VASPipeline
-    from body4d_core.amodal.synthetic import build_vas_parts
+    from body4d_core.amodal.sampler import VASPipeline
+    from body4d_core.testing.amodal import build_vas_parts
 
     parts = build_vas_parts("tiny", seed=4)
     return VASPipeline(parts["unet"], parts["vae"], parts["image_encoder"], parts["scheduler"])

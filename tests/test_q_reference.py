@@ -80,7 +80,8 @@ def _has_moge() -> bool:
 def test_moge_focal_matches_official_infer(level):
     """bench/reference/gen_moge_fov.py: official MoGe-2 infer on a non-square image, seed-built tiny weights.
     Our estimate_camera on the same weights and frame gives the official pixel focal (fy * H) to 1e-3."""
-    from body4d_core.fov import TINY_MOGE_CONFIG, build_moge, estimate_camera
+    from body4d_core.fov import build_moge, estimate_camera
+    from body4d_core.testing.moge import TINY_MOGE_CONFIG
 
     with np.load(FIX / "moge2_fov.npz") as z:
         ref = {k: z[k] for k in z.files}
@@ -103,8 +104,8 @@ def test_moge_focal_matches_official_infer(level):
 @pytest.fixture(scope="module")
 def vas_reference():
     """The fixture's numbers and our pipeline on its seed-built networks (built once per module)."""
-    from body4d_core.amodal.pipeline import VASPipeline
-    from body4d_core.amodal.synthetic import build_vas_parts
+    from body4d_core.amodal.sampler import VASPipeline
+    from body4d_core.testing.amodal import build_vas_parts
 
     with np.load(FIX / "diffusion_vas.npz") as z:
         ref = {k: z[k] for k in z.files}

@@ -16,7 +16,7 @@ import pytest
 
 from body4d_core import export
 from body4d_core.data import (PARAM_DIMS, Amodal, Bodies, BodyFlag, Camera, Clip, ObjectPrompt, Prompts, Tracks)
-from body4d_core.mhr_pose import EXTRA_KEYS, from_mhr_pose, to_mhr_pose
+from body4d_core.interop.mhr_pose_data import EXTRA_KEYS, from_mhr_pose, to_mhr_pose
 
 RNG = np.random.default_rng(11)
 H, W, T = 14, 21, 4  # odd, non-square: a bit-packing or H/W slip shows

@@ -11,7 +11,7 @@ import pytest
 
 from body4d_core.pipeline import PipelineOptions, run_pipeline
 from body4d_core.runtime import CallbackHooks
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 from body4d_core.video import LoadOptions
 
 REPO = Path(__file__).resolve().parents[1]

@@ -221,7 +221,7 @@ def test_tiny_body_model_through_smooth_render_and_glb(pack) -> None:  # noqa: F
     import pygltflib
 
     from body4d_core.sam3d_body import tiny_config
-    from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+    from body4d_core.testing.body import random_model, save_official_layout
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -11,8 +11,9 @@ import torch
 
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 from body4d_core.sam3d_body.loader import load_rig, read_torchscript_tensors
-from body4d_core.sam3d_body.mhr_rig import MhrRig, random_rig_tensors
-from body4d_core.sam3d_body.synthetic import MhrAssetLayout, save_mhr_asset
+from body4d_core.sam3d_body.mhr_rig import MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.body import MhrAssetLayout, save_mhr_asset
 
 VICTIM_TEXT = b"the user's own file, must stay as it is\n"
 

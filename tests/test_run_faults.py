@@ -32,11 +32,14 @@ LOADERS = {"clip.npz": Clip, "prompts.npz": Prompts, "tracks.npz": Tracks, "came
 # every single-file output of a run, in the order the pipeline writes them
 FAULT_TARGETS = ("clip.npz", "prompts.npz", "tracks.npz", "mask_overlay.mp4", "camera.npz", "bodies_raw.npz",
                  "bodies.npz", "render_4d.mp4")
+# files inside the export folders and the parameter exports (written beside the render)
+EXPORT_TARGETS = ("params.npz", "params_camera.npz", "meshes/person_1/00000000.ply",
+                  "meshes/person_1/00000001.ply", "glb/body4d_person_1.glb")
 
 
 def sphere_bodies(tracks: Tracks) -> Bodies:
     """One body per track on every frame: a small sphere mesh 3 m in front of the camera."""
-    from body4d_core.tiny import uv_sphere
+    from body4d_core.testing.checkpoints import uv_sphere
 
     v, f = uv_sphere(rows=8, cols=10)
     n, t = tracks.num_objects, tracks.num_frames
@@ -112,15 +115,16 @@ def test_a_complete_quick_run(tmp_path, quick_stages):
     assert list(data["stages"]) == ["decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render"]
     written = {Path(e["path"]).name for e in data["files"].values()}
     assert written == {*FAULT_TARGETS, "params.npz", "params_camera.npz", "meshes", "glb"}
+    assert {t for t in EXPORT_TARGETS if (out / t).is_file()} == set(EXPORT_TARGETS)
     assert summary.files["render"] == out / "render_4d.mp4"
 
 
-@pytest.mark.parametrize("target", FAULT_TARGETS)
+@pytest.mark.parametrize("target", FAULT_TARGETS + EXPORT_TARGETS)
 def test_disk_full_at_each_write(tmp_path, quick_stages, monkeypatch, target):
     real_replace = os.replace
 
     def replace(src, dst, *a, **k):  # the rename that would publish the file: the disk filled before it
-        if Path(dst).name == target:
+        if Path(dst).as_posix().endswith("/" + target):
             Path(src).write_bytes(b"partial")  # what a full disk leaves in the temporary file
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real_replace(src, dst, *a, **k)
@@ -136,6 +140,8 @@ def test_disk_full_at_each_write(tmp_path, quick_stages, monkeypatch, target):
     assert data["status"] == "failed" and data["error"] == msg
     assert data["stopped_at"] in ("decode", "sam3", "camera", "bodies", "smooth", "world", "render")
     assert target not in {Path(e["path"]).name for e in data["files"].values()}
+    if "/" in target:  # a folder export: run.json does not list the folder as written
+        assert Path(target).parts[0] not in {Path(e["path"]).name for e in data["files"].values()}
 
 
 @pytest.mark.parametrize("stage", ["sam3", "camera", "bodies", "render"])

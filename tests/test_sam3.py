@@ -9,7 +9,8 @@ import torch
 from body4d_core.data import ObjectPrompt, Prompts, Tracks, unpack_masks
 from body4d_core.errors import InputError, MemoryBudgetError
 from body4d_core.runtime import CallbackHooks
-from body4d_core.sam3 import pack_bits_torch, propagate, tiny_sam3
+from body4d_core.sam3 import pack_bits_torch, propagate
+from body4d_core.testing.sam3 import tiny_sam3
 from body4d_core.sam3.propagate import BASELINE, SpeedOptions
 from body4d_core.video import LoadOptions, load_video
 from tests.media import DANCER, need

@@ -8,8 +8,9 @@ import torch
 
 from body4d_core.data import Tracks
 from body4d_core.errors import Body4DError, InputError
-from body4d_core.sam3 import propagate, tiny_sam3
-from body4d_core.sam3.core_interop import tracks_from_core, tracks_to_core
+from body4d_core.sam3 import propagate
+from body4d_core.testing.sam3 import tiny_sam3
+from body4d_core.interop.sam3_track_data import tracks_from_core, tracks_to_core
 from body4d_core.sam3.detect import SCAN, detect_boxes, detect_people, _text_embeddings
 from body4d_core.sam3.frames import as_frame_source
 from body4d_core.video import LoadOptions, load_video

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 from body4d_core.sam3 import load_sam3
-from body4d_core.sam3.loading import save_tiny_checkpoint
+from body4d_core.testing.sam3 import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def env(pack):
     import folder_paths
 
     importlib.import_module(f"{pack.__name__}.nodes.comfy_glue").register_model_folders()
-    loading = importlib.import_module(f"{pack.__name__}.body4d_core.sam3.loading")
+    loading = importlib.import_module(f"{pack.__name__}.body4d_core.testing.sam3")
     root = folder_paths.get_folder_paths("sam3")[0]
     loading.save_tiny_checkpoint(f"{root}/tiny-test")
     mod = importlib.import_module(f"{pack.__name__}.nodes.sam3")

@@ -13,8 +13,8 @@ from body4d_core.data import BodyFlag, Camera
 from body4d_core.errors import InputError
 from body4d_core.sam3d_body import BodyItem, bodies_from_results, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
-from body4d_core.sam3d_body import rotations as R
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core import rotations as R
+from body4d_core.testing.body import random_model
 from body4d_core.sam3d_body.vit import DinoV3ViT
 
 from .media import PHOTO, PHOTO_MASK, need

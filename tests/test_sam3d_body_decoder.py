@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from body4d_core.sam3d_body import tiny_config
 from body4d_core.sam3d_body.layers import CameraEncoder, DecoderLayer, normalise_context
 from body4d_core.sam3d_body.model import CropBatch, sample_tokens
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core.testing.body import random_model
 
 
 def _grid_sample_tokens(fmap: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:

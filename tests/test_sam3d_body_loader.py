@@ -14,7 +14,7 @@ import torch
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 from body4d_core.sam3d_body import BodyItem, Sam3dBody, config_from_yaml, estimate_bodies, load_sam3d_body, tiny_config
 from body4d_core.sam3d_body.loader import check_state_dict, read_checkpoint
-from body4d_core.sam3d_body.synthetic import OFFICIAL_YAML, random_model, save_official_layout
+from body4d_core.testing.body import OFFICIAL_YAML, random_model, save_official_layout
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from body4d_core.data import BodyFlag
 from body4d_core.sam3d_body import tiny_config
-from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+from body4d_core.testing.body import random_model, save_official_layout
 
 
 
@@ -121,8 +121,8 @@ def test_node_errors(body, core):
 
 def test_load_core_detection_file(body, core):
     import folder_paths
-    from body4d_core.sam3d_body.core_format import save_core_layout
-    from body4d_core.sam3d_body.mhr_rig import random_rig_tensors
+    from body4d_core.interop.sam3d_body_file import save_core_layout
+    from body4d_core.testing.body import random_rig_tensors
 
     cfg = tiny_config()
     root = folder_paths.get_folder_paths("detection")[0]

@@ -7,7 +7,7 @@ from PIL import Image
 from body4d_core.data import Camera
 from body4d_core.sam3d_body import BodyItem, bodies_from_results, estimate_bodies, tiny_config
 from body4d_core.sam3d_body.refresh import refresh_geometry, refresher
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core.testing.body import random_model
 from body4d_core.smoothing import SmoothSettings, smooth_bodies
 
 from .media import DANCING_JPG, DANCING_MASK, need

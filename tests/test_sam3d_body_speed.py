@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
-from body4d_core.sam3d_body.synthetic import random_model
+from body4d_core.testing.body import random_model
 from body4d_core.sam3d_body.fp8 import fused_unavailable, register_ops
 from body4d_core.sam3d_body.vit import (FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS, DinoV3ViT, PatchEmbed, fp8_linear,
                                         fp8_quantize_rows, fp8_quantize_tensor, run_block)

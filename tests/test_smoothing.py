@@ -7,13 +7,13 @@ import pytest
 
 from body4d_core.data import Bodies, BodyFlag
 from body4d_core.errors import InputError
+from body4d_core.rotations import euler_xyz_to_rotvec as euler_to_rotvec
+from body4d_core.rotations import rotvec_to_euler_xyz as rotvec_to_euler
+from body4d_core.rotations import unwrap_rotvecs
 from body4d_core.smoothing import (
     SmoothSettings,
-    euler_to_rotvec,
     kalman_smooth,
-    rotvec_to_euler,
     smooth_bodies,
-    unwrap_rotvecs,
 )
 
 

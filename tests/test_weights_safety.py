@@ -13,7 +13,7 @@ from body4d_core.amodal.models import load_amodal_models
 from body4d_core.errors import Body4DError, MissingWeightsError, WeightsMismatchError
 from body4d_core.fov import load_moge
 from body4d_core.sam3d_body import load_sam3d_body
-from body4d_core.tiny import write_tiny_checkpoints
+from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
 VAS = Path("diffusion_vas") / "diffusion-vas-amodal-segmentation"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from body4d_core.workflow_convert import (WorkflowConvertError, convert_with_report, convert_workflow,
+from body4d_core.interop.workflows import (WorkflowConvertError, convert_with_report, convert_workflow,
                                           extra_slots, is_widget, main)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "object_info_0.33.0_subset.json"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from body4d_core.weights import MODEL_SPECS
-from body4d_core.workflow_convert import convert_with_report
+from body4d_core.interop.workflows import convert_with_report
 
 from .anim_readers import accessor, load_glb, node_world_matrices
 from .comfy_server import ComfyServer, ComfyServerError
@@ -111,7 +111,7 @@ def e2e_server():
     if root is None:
         pytest.skip("COMFYUI_DIR is not set: the end-to-end workflow runs need a ComfyUI checkout "
                     "(set COMFYUI_DIR, optionally COMFYUI_PYTHON)")
-    from body4d_core.tiny import write_tiny_checkpoints
+    from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
     try:
         server = ComfyServer(root).start(timeout=300)

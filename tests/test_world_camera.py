@@ -8,7 +8,7 @@ import pytest
 from body4d_core.errors import InputError
 from body4d_core.world.camera_motion import estimate_camera_motion
 from body4d_core.world.metrics import camera_metrics
-from body4d_core.world.synthetic import make_scene, noisy_depth
+from body4d_core.testing.world import make_scene, noisy_depth
 
 
 def _scene(camera: str):

@@ -8,7 +8,7 @@ import pytest
 from body4d_core.errors import InputError
 from body4d_core.world.contacts import ContactSettings, detect_contacts
 from body4d_core.world.keypoints import CONTACT_INDEX
-from body4d_core.world.synthetic import person
+from body4d_core.testing.world import person
 
 
 @pytest.mark.parametrize("kind", ["walk", "run"])

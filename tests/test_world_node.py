@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from body4d_core.world.synthetic import corrupt, make_scene, noisy_depth
+from body4d_core.testing.world import corrupt, make_scene, noisy_depth
 
 T = 30
 

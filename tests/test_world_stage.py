@@ -16,7 +16,7 @@ from body4d_core.smoothing import smooth_bodies
 from body4d_core.world import WorldOptions, world_stage
 from body4d_core.world.metrics import floor_metrics, world_metrics
 from body4d_core.world.smoother import WorldSmoothSettings
-from body4d_core.world.synthetic import corrupt, make_scene, noisy_depth
+from body4d_core.testing.world import corrupt, make_scene, noisy_depth
 
 T = 45
 

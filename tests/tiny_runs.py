@@ -16,7 +16,7 @@ RUN_MODELS = ("sam3", "sam3d_body")  # points prompts, no amodal, no MoGe: the t
 
 def tiny_models(tmp_path_factory, names=RUN_MODELS) -> Path:
     """A models root holding tiny checkpoints of ``names``, written once per session (shared across modules)."""
-    from body4d_core.tiny import write_tiny_checkpoints
+    from body4d_core.testing.checkpoints import write_tiny_checkpoints
 
     root = tmp_path_factory.getbasetemp() / "tiny_run_models"
     done = root / ".complete"

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from body4d_core.weights import MODEL_SPECS  # noqa: E402
-from body4d_core.workflow_convert import (  # noqa: E402
+from body4d_core.interop.workflows import (  # noqa: E402
     _dynamic_children, _opts, _type, convert_workflow, default_value, extra_slots, is_widget, load_object_info,
     ordered_inputs,
 )

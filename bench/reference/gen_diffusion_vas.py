@@ -2,7 +2,7 @@
 
 Usage: DIFFUSION_VAS_SRC=/path/to/diffusion-vas python bench/reference/gen_diffusion_vas.py
 
-The tiny random networks of body4d_core.amodal.synthetic (seed SEED) are written in the released
+The tiny random networks of body4d_core.testing.amodal (seed SEED) are written in the released
 diffusers layout, the official ``DiffusionVASPipeline`` (models/diffusion_vas) is built from that
 folder with its own UNet class, and it samples a non-square 2-frame video from two conditions at
 two guidance scales. Stored: conditions, seed, sampler settings and the official frames.
@@ -41,7 +41,7 @@ def main() -> None:
     from models.diffusion_vas.unet_diffusion_vas import UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from body4d_core.amodal.synthetic import build_vas_parts, save_vas_folder
+    from body4d_core.testing.amodal import build_vas_parts, save_vas_folder
 
     a, b = conditions()
     out = {"cond_a": a.numpy(), "cond_b": b.numpy(), "seed": np.array(SEED), "noise_seed": np.array(NOISE_SEED),

@@ -3,7 +3,7 @@
 Usage: python bench/reference/gen_moge_fov.py   (needs: pip install --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3;
 MOGE_SRC=/path/to/MoGe puts a source checkout first on the path instead)
 
-The official ``moge.model.v2.MoGeModel`` is built from body4d_core.fov.TINY_MOGE_CONFIG with
+The official ``moge.model.v2.MoGeModel`` is built from body4d_core.testing.moge.TINY_MOGE_CONFIG with
 torch.manual_seed(SEED) (the weights are the official class's own initialisation: too large to
 commit, reproducible from the seed), then the official ``infer`` runs directly on a
 deterministic non-square image at two resolution levels. Stored: the image, the official
@@ -40,7 +40,7 @@ def main() -> None:
     from moge.model.v2 import MoGeModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from body4d_core.fov import TINY_MOGE_CONFIG
+    from body4d_core.testing.moge import TINY_MOGE_CONFIG
 
     torch.manual_seed(SEED)
     model = MoGeModel(**TINY_MOGE_CONFIG).eval()

@@ -20,7 +20,7 @@ from .depth import estimate_depth
 
 if TYPE_CHECKING:  # diffusers is imported only when a pipeline is built
     from .job import VideoJob
-    from .pipeline import VASPipeline
+    from .sampler import VASPipeline
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
     cdir = resolve_model_dir("diffusion_vas_completion", dirs, content_dir) if with_completion else None
     ddir = resolve_model_dir("depth_anything", dirs, depth_dir)
     from .depth import load_depth_model
-    from .pipeline import VASPipeline
+    from .sampler import VASPipeline
 
     log.info("loading Diffusion-VAS from %s%s and depth from %s (%s, %s)", mdir,
              f" + {cdir}" if cdir else "", ddir, dev, dt)

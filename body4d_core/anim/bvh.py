@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from .motion import FLAG_NAMES, PersonMotion, frame_flags
-from .quat import quat_matrix, topological_order
+from ..rotations import quat_xyzw_to_rotmat, rotmat_to_euler_ZYX
+from .similarity import topological_order
 
 CM_PER_M = 100.0
 CHANNELS = "Xposition Yposition Zposition Zrotation Yrotation Xrotation"
@@ -24,11 +25,7 @@ CHANNELS = "Xposition Yposition Zposition Zrotation Yrotation Xrotation"
 
 def euler_zyx_degrees(q: np.ndarray) -> np.ndarray:
     """Angles (z, y, x) in degrees [..., 3] with R(q) = Rz Ry Rx, unwrapped along the first axis."""
-    m = quat_matrix(q)
-    y = -np.arcsin(np.clip(m[..., 2, 0], -1.0, 1.0))
-    x = np.arctan2(m[..., 2, 1], m[..., 2, 2])
-    z = np.arctan2(m[..., 1, 0], m[..., 0, 0])
-    ang = np.degrees(np.stack([z, y, x], -1))
+    ang = np.degrees(rotmat_to_euler_ZYX(quat_xyzw_to_rotmat(q)))
     return np.unwrap(ang, period=360.0, axis=0) if ang.shape[0] > 1 else ang
 
 

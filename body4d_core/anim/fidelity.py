@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .motion import CM, PersonMotion
-from .quat import forward_kinematics, similarity_matrix
+from .similarity import forward_kinematics, similarity_matrix
 
 
 @dataclass

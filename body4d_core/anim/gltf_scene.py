@@ -23,8 +23,9 @@ import numpy as np
 
 from ..data import Camera
 from ..palette import object_color_float
-from .motion import FLAG_NAMES, PersonMotion, continuous, frame_flags
-from .quat import matrix_quat, similarity_matrix
+from .motion import FLAG_NAMES, PersonMotion, frame_flags
+from ..rotations import quat_continuous, rotmat_to_quat
+from .similarity import similarity_matrix
 from .world_input import SceneWorld
 
 STATIC_EPS = 1e-7  # a channel changing less than this (metres / unit scale) is written once, on the node
@@ -206,7 +207,7 @@ class _SceneBuilder:
         node = self.node(name="camera", camera=0)
         self.roots.append(node)
         if poses is not None:
-            self.trs(node, poses[:, :3, 3], continuous(matrix_quat(poses[:, :3, :3])), None)
+            self.trs(node, poses[:, :3, 3], quat_continuous(rotmat_to_quat(poses[:, :3, :3])), None)
 
     def floor(self, world: SceneWorld) -> None:
         """A square quad on the world's floor plane."""

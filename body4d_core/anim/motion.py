@@ -17,7 +17,9 @@ import numpy as np
 
 from ..data import PARAM_DIMS, Bodies, BodyFlag
 from ..errors import InputError
-from .quat import euler_xyz_quat, forward_kinematics, matrix_quat, normalize, quat_mul, quat_rotate
+from ..rotations import (euler_xyz_to_quat_np, quat_canonical, quat_continuous, quat_mul_np, quat_rotate_np,
+                         rotmat_to_quat)
+from .similarity import forward_kinematics
 from .world_input import CV_TO_GL, SceneWorld
 
 CM = 0.01  # rig units -> metres
@@ -137,7 +139,7 @@ def local_transforms(rig: RigData, params: np.ndarray) -> tuple[np.ndarray, np.n
     """[T, 204] model parameters -> local joint (t metres [T,J,3], q xyzw [T,J,4], s [T,J,1])."""
     jp = (params @ rig.param_transform[:, :params.shape[1]].T).reshape(params.shape[0], rig.num_joints, 7)
     t = (jp[..., :3] + rig.joint_offsets) * CM
-    q = quat_mul(np.broadcast_to(rig.prerotations, jp.shape[:-1] + (4,)), euler_xyz_quat(jp[..., 3:6]))
+    q = quat_mul_np(np.broadcast_to(rig.prerotations, jp.shape[:-1] + (4,)), euler_xyz_to_quat_np(jp[..., 3:6]))
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     return t, q, np.exp2(jp[..., 6:7])
 
@@ -171,15 +173,7 @@ def camera_roots(cam_t: np.ndarray, poses: np.ndarray | None) -> tuple[np.ndarra
     if poses is None:
         return t_gl, np.tile([0.0, 0.0, 0.0, 1.0], (cam_t.shape[0], 1))
     rot = poses[:, :3, :3]
-    return np.einsum("tij,tj->ti", rot, t_gl) + poses[:, :3, 3], matrix_quat(rot)
-
-
-def continuous(q: np.ndarray) -> np.ndarray:
-    """Flip quaternion signs along time [T, ..., 4] so consecutive keys are in one hemisphere (smooth slerp)."""
-    q = normalize(q)
-    for t in range(1, q.shape[0]):
-        q[t] = np.where((q[t] * q[t - 1]).sum(-1, keepdims=True) < 0, -q[t], q[t])
-    return q
+    return np.einsum("tij,tj->ti", rot, t_gl) + poses[:, :3, 3], rotmat_to_quat(rot)
 
 
 @dataclass
@@ -210,7 +204,7 @@ class PersonMotion:
     def inverse_bind(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inverse bind poses (t metres [J,3], q [J,4], s [J,1])."""
         ib = self.rig.inverse_bind
-        return ib[:, :3] * CM, normalize(ib[:, 3:7]), ib[:, 7:8]
+        return ib[:, :3] * CM, quat_canonical(ib[:, 3:7]), ib[:, 7:8]
 
     def expr_targets(self) -> np.ndarray:
         """Morph-target displacements [E', V, 3] (metres) of the used expression components."""
@@ -226,7 +220,7 @@ class PersonMotion:
         """World joint transforms (t [T,J,3], q, s) including the person root."""
         gt, gq, gs = self.rig_globals()
         rq = np.broadcast_to(self.root_q[:, None], gq.shape)
-        return self.root_t[:, None] + quat_rotate(rq, gt), quat_mul(rq, gq), gs
+        return self.root_t[:, None] + quat_rotate_np(rq, gt), quat_mul_np(rq, gq), gs
 
 
 def person_motion(rig: RigData, bodies: Bodies, i: int, params: np.ndarray, poses: np.ndarray | None = None,
@@ -242,8 +236,8 @@ def person_motion(rig: RigData, bodies: Bodies, i: int, params: np.ndarray, pose
     expr = bodies.params["expr"][i, src].astype(np.float64)
     used = np.flatnonzero(np.abs(expr[present[src]]).max(0) > expr_eps) if expressions else np.zeros(0, np.int64)
     used = used[used < rig.expr_basis.shape[0]]
-    return PersonMotion(int(bodies.obj_ids[i]), rig, present.copy(), bodies.flags[i].copy(), lt, continuous(lq), ls,
-                        root_t, continuous(root_q), bind, joints, weights, used, expr[:, used], shape)
+    return PersonMotion(int(bodies.obj_ids[i]), rig, present.copy(), bodies.flags[i].copy(), lt, quat_continuous(lq),
+                        ls, root_t, quat_continuous(root_q), bind, joints, weights, used, expr[:, used], shape)
 
 
 def scene_motions(rig: Any, bodies: Bodies, params: np.ndarray, world: SceneWorld | None = None,

@@ -1,12 +1,11 @@
-"""SAM-3 through transformers: loading, point/box propagation, people detection, core interop."""
+"""SAM-3 through transformers: loading, point/box propagation, people detection."""
 
-from .core_interop import tracks_from_core, tracks_to_core
 from .detect import SCAN, detect_people
 from .frames import FrameSource, as_frame_source
-from .loading import Sam3Bundle, build_processor, load_sam3, tiny_sam3, tiny_tracker_config
+from .loading import Sam3Bundle, build_processor, load_sam3
 from .propagate import DIRECTIONS, pack_bits_torch, propagate
 
 __all__ = [
-    "DIRECTIONS", "SCAN", "FrameSource", "detect_people", "tracks_from_core", "tracks_to_core", "Sam3Bundle", "as_frame_source", "build_processor", "load_sam3",
-    "pack_bits_torch", "propagate", "tiny_sam3", "tiny_tracker_config",
+    "DIRECTIONS", "SCAN", "FrameSource", "detect_people", "Sam3Bundle", "as_frame_source", "build_processor", "load_sam3",
+    "pack_bits_torch", "propagate",
 ]

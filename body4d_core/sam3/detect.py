@@ -107,32 +107,3 @@ def _to_prompts(boxes: np.ndarray, scores: np.ndarray, frame: int, source: Frame
     log.info("SAM-3 found %d person(s) on frame %d (scores %s)", len(items), frame,
              ", ".join(f"{scores[i]:.2f}" for i in order))
     return Prompts(items, source.image_size, source.num_frames)
-
-
-def tiny_detector(image_size: int = 112, seed: int = 0) -> tuple[Any, Any]:
-    """A small random Sam3Model (same tiny ViT as the tiny tracker) and a processor with a toy tokenizer."""
-    import transformers as tf
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    from .loading import tiny_tracker_config
-
-    torch.manual_seed(seed + 1)
-    hid = 128
-    vision = tiny_tracker_config(image_size).vision_config.to_dict()
-    text = dict(model_type="clip_text_model", vocab_size=64, hidden_size=32, intermediate_size=64, projection_dim=32,
-                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
-                pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    block = dict(hidden_size=hid, num_layers=1, num_attention_heads=2, intermediate_size=64)
-    cfg = tf.Sam3Config(vision_config=vision, text_config=text, geometry_encoder_config=block,
-                        detr_encoder_config=block, detr_decoder_config=dict(block, num_queries=10),
-                        mask_decoder_config=dict(hidden_size=hid, num_upsampling_stages=3, num_attention_heads=2))
-    model = tf.Sam3Model(cfg).eval()
-    vocab = {"<pad>": 0, "<|startoftext|>": 1, "<|endoftext|>": 2, "person": 3, "<unk>": 4}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                      bos_token="<|startoftext|>", eos_token="<|endoftext|>")
-    size = {"height": image_size, "width": image_size}
-    mask = {"height": image_size * 2 // 7, "width": image_size * 2 // 7}
-    image_proc = tf.Sam3ImageProcessor(size=size, mask_size=mask)
-    return model, tf.Sam3Processor(image_processor=image_proc, tokenizer=fast)

@@ -6,7 +6,8 @@ Public API: ``load_sam3d_body`` (official checkpoint folder -> model), ``estimat
 
 from .config import Sam3dBodyConfig, config_from_yaml, tiny_config
 from .infer import BodyItem, bodies_from_results, estimate_bodies
-from .loader import load_sam3d_body, read_checkpoint
+from .load import load_sam3d_body
+from .loader import read_checkpoint
 from .model import Sam3dBody
 
 __all__ = ["BodyItem", "Sam3dBody", "Sam3dBodyConfig", "bodies_from_results", "config_from_yaml",

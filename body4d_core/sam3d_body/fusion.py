@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import rotations as rot
+from .. import rotations as rot
 from .model import CropBatch, Sam3dBody
 
 WRIST_BODY_PARAMS = [41, 43, 42, 31, 33, 32]  # left then right wrist X, Z, Y entries of body_pose

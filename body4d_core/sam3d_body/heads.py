@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import rotations as rot
+from .. import rotations as rot
 from .layers import FFN
 
 NUM_SHAPE, NUM_SCALE, NUM_HAND, NUM_FACE, BODY_CONT = 45, 28, 54, 72, 260

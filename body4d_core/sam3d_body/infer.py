@@ -20,14 +20,14 @@ from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry, upload
 from . import crop as C
 from . import fusion
-from . import rotations as rot
+from .. import rotations as rot
 from .heads import camera_geometry, project
 from .model import CropBatch, Sam3dBody
 from .vit import fp8_unavailable
 
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
-# Bodies.extras name -> per-item result key (names follow body4d_core.mhr_pose)
+# Bodies.extras name -> per-item result key (names follow body4d_core.interop.mhr_pose_data)
 EXTRA_KEYS = {"model_params": "model_params", "joint_coords": "joints", "joint_global_rots": "joint_rots"}
 PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
               "scale": "scale", "expr": "face", "cam_t": "cam_t"}

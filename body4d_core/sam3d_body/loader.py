@@ -305,18 +305,14 @@ def _short(err: BaseException) -> str:
     return one_line(err, 300)
 
 
-def load_sam3d_body(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
-                    device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None,
-                    fast: bool = True) -> Sam3dBody:
-    """Build SAM-3D-Body from an official folder (or ComfyUI core's .safetensors file); clear errors if missing.
+def load_official_folder(model_dir: str | Path | None = None, search_dirs: Iterable[str | Path] | None = None,
+                         device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None,
+                         fast: bool = True) -> Sam3dBody:
+    """Build SAM-3D-Body from an official folder; clear errors if missing (``load.load_sam3d_body`` picks the format).
 
     ``fast`` (default): checkpoint tensors go to ``device`` first and are cast to fp32 there on a
     few threads (same values); False: cast on the CPU, then moved (the previous path, for A/B benches).
     """
-    if model_dir is not None and str(model_dir).lower().endswith(".safetensors"):
-        from .core_format import load_core_safetensors
-
-        return load_core_safetensors(model_dir, device=device, config=config)
     folder = resolve_model_dir("sam3d_body", search_dirs, explicit=model_dir)
     cfg = config or config_from_yaml(folder / CONFIG)
     sd = read_checkpoint(folder / CKPT)

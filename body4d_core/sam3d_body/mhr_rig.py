@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import WeightsMismatchError
+from ..rotations import euler_xyz_to_quat, euler_xyz_to_rot6d_delta, quat_conjugate, quat_mul, quat_rotate
 
 log = logging.getLogger(__name__)
 
@@ -50,53 +51,13 @@ RIG_TENSORS: Dict[str, Tuple[int, bool]] = {
 CORRECTIVE_SKIP = 2  # pose correctives read every joint's rotation except the first two
 
 
-def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of xyzw quaternions."""
-    ax, ay, az, aw = a.unbind(-1)
-    bx, by, bz, bw = b.unbind(-1)
-    return torch.stack([aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw,
-                        aw * bw - ax * bx - ay * by - az * bz], -1)
-
-
-def _quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Rotate v by the unit xyzw quaternion q."""
-    u, w = q[..., :3], q[..., 3:]
-    t = 2.0 * torch.cross(u, v, dim=-1)
-    return v + w * t + torch.cross(u, t, dim=-1)
-
-
-def _axis_quat(angle: torch.Tensor, axis: int) -> torch.Tensor:
-    """xyzw quaternion of a rotation by angle about coordinate axis 0, 1 or 2."""
-    half = angle * 0.5
-    zero = torch.zeros_like(half)
-    parts = [zero, zero, zero, half.cos()]
-    parts[axis] = half.sin()
-    return torch.stack(parts, -1)
-
-
-def euler_xyz_quat(e: torch.Tensor) -> torch.Tensor:
-    """XYZ Euler angles -> xyzw quaternion of Rz(e2) Ry(e1) Rx(e0)."""
-    return _quat_mul(_quat_mul(_axis_quat(e[..., 2], 2), _axis_quat(e[..., 1], 1)), _axis_quat(e[..., 0], 0))
-
-
 def compose(parent: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
     """Skeleton-state product parent * child of [..., 8] (t, q xyzw, s) transforms (quaternions renormalised)."""
     qp = parent[..., 3:7] / parent[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     qc = child[..., 3:7] / child[..., 3:7].norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     sp = parent[..., 7:8]
-    t = parent[..., :3] + sp * _quat_rotate(qp, child[..., :3])
-    return torch.cat([t, _quat_mul(qp, qc), sp * child[..., 7:8]], -1)
-
-
-def rotation_6d_features(e: torch.Tensor) -> torch.Tensor:
-    """XYZ Euler angles -> first two columns of Rz Ry Rx (6 values), minus those of the identity."""
-    cx, cy, cz = e[..., 0].cos(), e[..., 1].cos(), e[..., 2].cos()
-    sx, sy, sz = e[..., 0].sin(), e[..., 1].sin(), e[..., 2].sin()
-    col0 = torch.stack([cy * cz - 1.0, cy * sz, -sy], -1)
-    col1 = torch.stack([sx * sy * cz - cx * sz, cx * cz + sx * sy * sz - 1.0, sx * cy], -1)
-    return torch.cat([col0, col1], -1)
+    t = parent[..., :3] + sp * quat_rotate(qp, child[..., :3])
+    return torch.cat([t, quat_mul(qp, qc), sp * child[..., 7:8]], -1)
 
 
 def fk_levels(parents: torch.Tensor) -> List[torch.Tensor]:
@@ -239,14 +200,14 @@ class MhrRig(nn.Module):
     def skeleton(self, jp: torch.Tensor) -> torch.Tensor:
         """Joint parameters -> global skeleton state [B, J, 8] (forward kinematics in float64)."""
         t = jp[..., :3] + self.joint_offsets
-        q = _quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_quat(jp[..., 3:6]))
+        q = quat_mul(self.prerotations.expand(jp.shape[0], -1, -1), euler_xyz_to_quat(jp[..., 3:6]))
         s = torch.exp2(jp[..., 6:7])
         g = torch.cat([t, q, s], -1).double()
         return _run_schedule(g, self.fk_joints, self.fk_parents, self.level_sizes).to(jp.dtype)
 
     def correctives(self, jp: torch.Tensor) -> torch.Tensor:
         """Pose-dependent vertex offsets [B, V, 3] from the joints' rotations."""
-        feats = rotation_6d_features(jp[:, self.corrective_skip:, 3:6]).flatten(1)
+        feats = euler_xyz_to_rot6d_delta(jp[:, self.corrective_skip:, 3:6]).flatten(1)
         hidden = torch.relu(F.linear(feats, self.corr_in))
         return F.linear(hidden, self.corr_out).view(jp.shape[0], self.num_verts, 3)
 
@@ -257,7 +218,7 @@ class MhrRig(nn.Module):
         per = xf.index_select(1, self.skin_joints)
         qv = q.index_select(1, self.skin_joints)
         pts = rest.index_select(1, self.skin_verts)
-        moved = per[..., :3] + _quat_rotate(qv, per[..., 7:8] * pts)
+        moved = per[..., :3] + quat_rotate(qv, per[..., 7:8] * pts)
         out = torch.zeros_like(rest)
         return out.index_add(1, self.skin_verts, moved * self.skin_weights[:, None])
 
@@ -321,65 +282,6 @@ def rig_from_torchscript_tensors(tensors: Dict[str, torch.Tensor], attrs: Dict[s
 def invert(state: torch.Tensor) -> torch.Tensor:
     """Inverse of unit-quaternion skeleton states [..., 8]."""
     q = state[..., 3:7] / state[..., 3:7].norm(p=2, dim=-1, keepdim=True)
-    qi = torch.cat([-q[..., :3], q[..., 3:]], -1)
+    qi = quat_conjugate(q)
     s = 1.0 / state[..., 7:8]
-    return torch.cat([-s * _quat_rotate(qi, state[..., :3]), qi, s], -1)
-
-
-def _jump_schedule(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A log-depth prefix schedule (pointer jumping): level k pairs each joint with its 2^k-th ancestor."""
-    par = [int(p) for p in parents.tolist()]
-    n = len(par)
-    anc = [p if 0 <= p < n and p != j else -1 for j, p in enumerate(par)]  # ancestor at distance 2^k
-    pairs, sizes = [], []
-    while any(a >= 0 for a in anc):
-        level = [(j, a) for j, a in enumerate(anc) if a >= 0]
-        pairs += level
-        sizes.append(len(level))
-        anc = [anc[a] if a >= 0 else -1 for a in anc]
-    pmi = torch.tensor(pairs, dtype=torch.int64).t() if pairs else torch.zeros(2, 0, dtype=torch.int64)
-    return pmi.contiguous(), torch.tensor(sizes, dtype=torch.int64)
-
-
-def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, num_shape: int = 45,
-                       num_expr: int = 72, hidden: int = 16, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Plausible random MHR rig tensors in the file layout (for tests and benchmarks; no real data).
-
-    A random tree skeleton, unit prerotations, a small parameter transform, inverse bind poses that
-    make the zero pose reproduce the rest mesh, two skinning influences per vertex and sparse
-    correctives; ``skel_pmi`` lists (child, parent) pairs level by level, as the file does.
-    """
-    g = torch.Generator().manual_seed(seed)
-    v, j = num_verts, num_joints
-    parents = torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, j)], dtype=torch.int32)
-    pre = torch.randn(j, 4, generator=g)
-    pre = pre / pre.norm(p=2, dim=-1, keepdim=True)
-    offsets = torch.randn(j, 3, generator=g) * 10
-    rest_local = torch.cat([offsets, pre, torch.ones(j, 1)], -1)
-    rest_global = _run_schedule(rest_local[None].double(), *_depth_schedule(parents.long()))[0]
-    pmi, pmi_sizes = _jump_schedule(parents.long())
-    trip_v = torch.arange(v).repeat_interleave(2)
-    trip_j = torch.randint(0, j, (2 * v,), generator=g, dtype=torch.int32)
-    w = torch.rand(v, 2, generator=g) + 0.1
-    feats = 6 * (j - CORRECTIVE_SKIP)
-    nnz = max(1, feats * hidden // 4)
-    return {
-        "base_shape": torch.randn(v, 3, generator=g) * 30,
-        "identity_basis": torch.randn(num_shape, v, 3, generator=g),
-        "expr_basis": torch.randn(num_expr, v, 3, generator=g) * 0.1,
-        "param_transform": torch.randn(7 * j, num_params + num_shape, generator=g) * 0.05,
-        "skel_joint_translation_offsets": offsets,
-        "skel_joint_prerotations": pre,
-        "skel_joint_parents": parents,
-        "skel_pmi": pmi.long(),
-        "skel_pmi_buffer_sizes": pmi_sizes,
-        "lbs_inverse_bind_pose": invert(rest_global).float(),
-        "lbs_skin_weights": (w / w.sum(1, keepdim=True)).flatten(),
-        "lbs_skin_indices": trip_j,
-        "lbs_vert_indices": trip_v,
-        "pose_corr_sparse_indices": torch.stack([torch.randint(0, hidden, (nnz,), generator=g),
-                                                 torch.randint(0, feats, (nnz,), generator=g)]),
-        "pose_corr_sparse_weight": torch.randn(nnz, generator=g) * 0.5,
-        "pose_corr_sparse_shape": torch.tensor([hidden, feats], dtype=torch.int64),
-        "pose_corr_weight": torch.randn(3 * v, hidden, generator=g) * 0.5,
-    }
+    return torch.cat([-s * quat_rotate(qi, state[..., :3]), qi, s], -1)

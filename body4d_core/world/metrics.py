@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..rotations import rotation_angle
 from .keypoints import CONTACT_INDEX, HAND_KEYPOINTS
 
 
@@ -59,8 +60,7 @@ def camera_metrics(est_R: np.ndarray, est_p: np.ndarray, gt_R: np.ndarray, gt_p:
     camera poses relative to the first frame (world-from-camera rotations [T, 3, 3], centres [T, 3])."""
     rel_e = np.einsum("ji,tjk->tik", est_R[0], est_R)
     rel_g = np.einsum("ji,tjk->tik", gt_R[0], gt_R)
-    d = np.einsum("tji,tjk->tik", rel_e, rel_g)
-    ang = np.degrees(np.arccos(np.clip((np.trace(d, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    ang = np.degrees(rotation_angle(np.swapaxes(rel_e, 1, 2), np.swapaxes(rel_g, 1, 2)))  # angle of rel_e^T rel_g
     pe = (est_p - est_p[0]) @ est_R[0]
     pg = (gt_p - gt_p[0]) @ gt_R[0]
     path = float(np.linalg.norm(np.diff(gt_p, axis=0), axis=1).sum())

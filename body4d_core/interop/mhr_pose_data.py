@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .data import PARAM_DIMS, BodyFlag, Bodies, Camera
-from .errors import InputError
+from ..data import PARAM_DIMS, BodyFlag, Bodies, Camera
+from ..errors import InputError
 
 
 def nearest_present(present: np.ndarray) -> np.ndarray:
     """For each frame, the nearest frame where the identity is present (the earlier one on ties)."""
-    from .anim.motion import fill_index
+    from ..anim.motion import fill_index
 
     return fill_index(present)
 
@@ -99,7 +99,7 @@ def mesh_render_fields(model: Any, face_motion: float = 1e-4) -> dict[str, Any]:
     """
     import torch
 
-    from .render import vertex_normals
+    from ..render import vertex_normals
 
     rig = getattr(model, "mhr", None)
     if rig is None:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import OutputWriteError, write_bytes_atomic
-from .errors import Body4DError
+from ..atomic import OutputWriteError, write_bytes_atomic
+from ..errors import Body4DError
 
 log = logging.getLogger(__name__)
 LOAD_VIDEO = "SAMBody4D_LoadVideo"

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .weights import MODEL_SPECS, ModelSpec, verify
+from ..weights import MODEL_SPECS, ModelSpec, verify
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _cast_params(module: torch.nn.Module, dtype: torch.dtype | None) -> None:
 
 
 def _sam3(folder: Path, seed: int, ws: WriteSpec) -> None:
-    from .sam3.loading import save_real_size_checkpoint, save_tiny_checkpoint
+    from .sam3 import save_real_size_checkpoint, save_tiny_checkpoint
 
     if ws.preset == "real":
         save_real_size_checkpoint(folder, seed=seed, device=ws.device, weight_dtype=ws.weight_dtype or torch.float32)
@@ -91,7 +91,8 @@ def _body_like_rig(cfg, seed: int):
     shape / expression / corrective offsets are small, so meshes stay coherent (what the render
     stage's cost depends on).
     """
-    from .sam3d_body.mhr_rig import MhrRig, random_rig_tensors
+    from ..sam3d_body.mhr_rig import MhrRig
+    from .body import random_rig_tensors
 
     t = random_rig_tensors(cfg.num_verts, cfg.num_joints, hidden=RIG_HIDDEN_REAL, seed=seed)
     unit, _ = uv_sphere()
@@ -109,9 +110,9 @@ def _body_like_rig(cfg, seed: int):
 
 def _real_body_model(seed: int, device: str):
     """The released SAM-3D-Body sizes with random weights and a synthetic MHR-size rig, built on device."""
-    from .sam3d_body.config import Sam3dBodyConfig
-    from .sam3d_body.model import Sam3dBody
-    from .sam3d_body.synthetic import randomize
+    from ..sam3d_body.config import Sam3dBodyConfig
+    from ..sam3d_body.model import Sam3dBody
+    from .body import randomize
 
     cfg = Sam3dBodyConfig()
     torch.manual_seed(seed)
@@ -131,8 +132,8 @@ def _real_body_model(seed: int, device: str):
 
 
 def _sam3d_body(folder: Path, seed: int, ws: WriteSpec) -> None:
-    from .sam3d_body.config import tiny_config
-    from .sam3d_body.synthetic import OFFICIAL_YAML, random_model, save_official_layout
+    from ..sam3d_body.config import tiny_config
+    from .body import OFFICIAL_YAML, random_model, save_official_layout
 
     if ws.preset != "real":
         save_official_layout(random_model(tiny_config(), seed), folder)
@@ -143,7 +144,7 @@ def _sam3d_body(folder: Path, seed: int, ws: WriteSpec) -> None:
 
 
 def _vas(folder: Path, seed: int, ws: WriteSpec) -> None:
-    from .amodal.synthetic import build_vas_parts, save_vas_folder
+    from .amodal import build_vas_parts, save_vas_folder
 
     parts = build_vas_parts(ws.preset, seed, ws.device)
     for k in ("unet", "vae", "image_encoder"):
@@ -153,7 +154,7 @@ def _vas(folder: Path, seed: int, ws: WriteSpec) -> None:
 
 
 def _depth(folder: Path, seed: int, ws: WriteSpec) -> None:
-    from .amodal.synthetic import build_depth_model, save_depth_folder
+    from .amodal import build_depth_model, save_depth_folder
 
     model, prep = build_depth_model(ws.preset, seed, ws.device)
     _cast_params(model, ws.weight_dtype)
@@ -161,7 +162,8 @@ def _depth(folder: Path, seed: int, ws: WriteSpec) -> None:
 
 
 def _moge(folder: Path, seed: int, ws: WriteSpec) -> None:
-    from .fov import MOGE2_VITL_CONFIG, TINY_MOGE_CONFIG, build_moge
+    from ..fov import MOGE2_VITL_CONFIG, build_moge
+    from .moge import TINY_MOGE_CONFIG
 
     config = MOGE2_VITL_CONFIG if ws.preset == "real" else TINY_MOGE_CONFIG
     model = build_moge(config, seed)

@@ -1,4 +1,4 @@
-"""Random weights and a stand-in MHR rig with the official call signature, for tests and benchmarks.
+"""Random SAM-3D-Body weights, random MHR rig tensors and a stand-in rig with the official call signature, for tests and benchmarks.
 
 No real weights can be downloaded where the tests run, so these build the same architecture
 with random parameters and plausible MHR constants, and a native MHR rig (random tensors in the
@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import rotations as rot
-from .config import Sam3dBodyConfig
-from .heads import BODY_CONT
-from .mhr_rig import MhrRig, _quat_mul, _quat_rotate, compose, euler_xyz_quat, random_rig_tensors, rotation_6d_features
-from .model import Sam3dBody
+from .. import rotations as rot
+from ..sam3d_body.config import Sam3dBodyConfig
+from ..sam3d_body.heads import BODY_CONT
+from ..rotations import euler_xyz_to_quat as euler_xyz_quat
+from ..rotations import euler_xyz_to_rot6d_delta as rotation_6d_features
+from ..rotations import quat_mul as _quat_mul
+from ..rotations import quat_rotate as _quat_rotate
+from ..sam3d_body.mhr_rig import CORRECTIVE_SKIP, MhrRig, _depth_schedule, _run_schedule, compose, invert
+from ..sam3d_body.model import Sam3dBody
 
 OFFICIAL_YAML = """MODEL:
   IMAGE_SIZE: [512, 512]
@@ -245,3 +249,62 @@ def save_official_layout(model: Sam3dBody, folder: str | Path, yaml_text: str | 
         raise ValueError("model has no native MHR rig to save")
     save_mhr_asset(rig_file_tensors(model.mhr), folder / "assets" / "mhr_model.pt")
     return folder
+
+
+def _jump_schedule(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A log-depth prefix schedule (pointer jumping): level k pairs each joint with its 2^k-th ancestor."""
+    par = [int(p) for p in parents.tolist()]
+    n = len(par)
+    anc = [p if 0 <= p < n and p != j else -1 for j, p in enumerate(par)]  # ancestor at distance 2^k
+    pairs, sizes = [], []
+    while any(a >= 0 for a in anc):
+        level = [(j, a) for j, a in enumerate(anc) if a >= 0]
+        pairs += level
+        sizes.append(len(level))
+        anc = [anc[a] if a >= 0 else -1 for a in anc]
+    pmi = torch.tensor(pairs, dtype=torch.int64).t() if pairs else torch.zeros(2, 0, dtype=torch.int64)
+    return pmi.contiguous(), torch.tensor(sizes, dtype=torch.int64)
+
+
+def random_rig_tensors(num_verts: int, num_joints: int, num_params: int = 204, num_shape: int = 45,
+                       num_expr: int = 72, hidden: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Plausible random MHR rig tensors in the file layout (for tests and benchmarks; no real data).
+
+    A random tree skeleton, unit prerotations, a small parameter transform, inverse bind poses that
+    make the zero pose reproduce the rest mesh, two skinning influences per vertex and sparse
+    correctives; ``skel_pmi`` lists (child, parent) pairs level by level, as the file does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    v, j = num_verts, num_joints
+    parents = torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, j)], dtype=torch.int32)
+    pre = torch.randn(j, 4, generator=g)
+    pre = pre / pre.norm(p=2, dim=-1, keepdim=True)
+    offsets = torch.randn(j, 3, generator=g) * 10
+    rest_local = torch.cat([offsets, pre, torch.ones(j, 1)], -1)
+    rest_global = _run_schedule(rest_local[None].double(), *_depth_schedule(parents.long()))[0]
+    pmi, pmi_sizes = _jump_schedule(parents.long())
+    trip_v = torch.arange(v).repeat_interleave(2)
+    trip_j = torch.randint(0, j, (2 * v,), generator=g, dtype=torch.int32)
+    w = torch.rand(v, 2, generator=g) + 0.1
+    feats = 6 * (j - CORRECTIVE_SKIP)
+    nnz = max(1, feats * hidden // 4)
+    return {
+        "base_shape": torch.randn(v, 3, generator=g) * 30,
+        "identity_basis": torch.randn(num_shape, v, 3, generator=g),
+        "expr_basis": torch.randn(num_expr, v, 3, generator=g) * 0.1,
+        "param_transform": torch.randn(7 * j, num_params + num_shape, generator=g) * 0.05,
+        "skel_joint_translation_offsets": offsets,
+        "skel_joint_prerotations": pre,
+        "skel_joint_parents": parents,
+        "skel_pmi": pmi.long(),
+        "skel_pmi_buffer_sizes": pmi_sizes,
+        "lbs_inverse_bind_pose": invert(rest_global).float(),
+        "lbs_skin_weights": (w / w.sum(1, keepdim=True)).flatten(),
+        "lbs_skin_indices": trip_j,
+        "lbs_vert_indices": trip_v,
+        "pose_corr_sparse_indices": torch.stack([torch.randint(0, hidden, (nnz,), generator=g),
+                                                 torch.randint(0, feats, (nnz,), generator=g)]),
+        "pose_corr_sparse_weight": torch.randn(nnz, generator=g) * 0.5,
+        "pose_corr_sparse_shape": torch.tensor([hidden, feats], dtype=torch.int64),
+        "pose_corr_weight": torch.randn(3 * v, hidden, generator=g) * 0.5,
+    }

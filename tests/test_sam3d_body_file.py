@@ -15,13 +15,14 @@ import torch
 
 from body4d_core.errors import MissingWeightsError, WeightsMismatchError
 from body4d_core.sam3d_body import BodyItem, Sam3dBody, Sam3dBodyConfig, estimate_bodies, load_sam3d_body, tiny_config
-from body4d_core.sam3d_body import rotations as rot
-from body4d_core.sam3d_body.core_format import (LAYOUT_DINOV3, LAYOUT_HF, check_mapped, core_state_dict,
+from body4d_core import rotations as rot
+from body4d_core.interop.sam3d_body_file import (LAYOUT_DINOV3, LAYOUT_HF, check_mapped, core_state_dict,
                                                  detect_layout, is_core_file, load_core_safetensors,
                                                  map_core_state_dict, save_core_layout)
 from body4d_core.sam3d_body.loader import check_state_dict
-from body4d_core.sam3d_body.mhr_rig import RIG_TENSORS, MhrRig, random_rig_tensors
-from body4d_core.sam3d_body.synthetic import random_model, save_official_layout
+from body4d_core.sam3d_body.mhr_rig import RIG_TENSORS, MhrRig
+from body4d_core.testing.body import random_rig_tensors
+from body4d_core.testing.body import random_model, save_official_layout
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import OutputWriteError, write_text_atomic
-from .errors import Body4DError
+from ..atomic import OutputWriteError, write_text_atomic
+from ..errors import Body4DError
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ def load_object_info(source: str, timeout: float = 60.0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m body4d_core.workflow_convert WORKFLOW --object-info URL|FILE [-o OUT]``."""
+    """CLI: ``python -m body4d_core.interop.workflows WORKFLOW --object-info URL|FILE [-o OUT]``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workflow", help="UI-format workflow JSON")
     p.add_argument("--object-info", required=True, help="ComfyUI server URL or a saved /object_info JSON")

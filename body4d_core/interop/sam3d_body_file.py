@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingWeightsError, WeightsMismatchError
-from .config import Sam3dBodyConfig
-from .loader import OPTIONAL_SUFFIXES, RESHAPEABLE, _default_buffer
-from .mhr_rig import RIG_TENSORS, rig_from_state_dict
-from .model import Sam3dBody
+from ..sam3d_body.config import Sam3dBodyConfig
+from ..sam3d_body.loader import OPTIONAL_SUFFIXES, RESHAPEABLE, _default_buffer
+from ..sam3d_body.mhr_rig import RIG_TENSORS, rig_from_state_dict
+from ..sam3d_body.model import Sam3dBody
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _rig_sizes(cfg: Sam3dBodyConfig, sd: dict[str, torch.Tensor]) -> Sam3dBodyCo
 
 def _rig_beside(path: Path, rig_path: str | Path | None) -> Path:
     """The TorchScript rig for a core file without ``mhr.*`` tensors: explicit, beside it, or an error."""
-    from .loader import RIG
+    from ..sam3d_body.loader import RIG
 
     cands = [Path(rig_path)] if rig_path else [path.parent / "mhr_model.pt", path.parent / RIG]
     for cand in cands:
@@ -262,7 +262,7 @@ def _rig_beside(path: Path, rig_path: str | Path | None) -> Path:
 def load_core_safetensors(path: str | Path, device: torch.device | str = "cpu", config: Sam3dBodyConfig | None = None,
                           rig_path: str | Path | None = None) -> Sam3dBody:
     """Build SAM-3D-Body (float32, eval) from ComfyUI core's safetensors; the rig from its mhr.* tensors."""
-    from .loader import load_rig
+    from ..sam3d_body.loader import load_rig
 
     path = Path(path)
     if not path.is_file():

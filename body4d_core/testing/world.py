@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data import PARAM_DIMS, Bodies, BodyFlag
-from .keypoints import NUM_KEYPOINTS
+from ..world.keypoints import NUM_KEYPOINTS
 
 FPS = 30.0
 HIP_W, THIGH, SHIN, ANKLE_H, FOOT_L, SOLE = 0.1, 0.46, 0.45, 0.08, 0.22, 0.02

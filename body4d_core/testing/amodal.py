@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .unet import VASUNet
+from ..amodal.unet import VASUNet
 
 SVD_SCHEDULER = {
     "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "interpolation_type": "linear",
@@ -72,7 +72,7 @@ def build_vas_parts(preset: str = "tiny", seed: int = 0, device: str | torch.dev
 def build_vas_pipeline(preset: str = "tiny", seed: int = 0, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32):
     """A VASPipeline with random weights (weights cast to ``dtype`` only on CUDA)."""
-    from .pipeline import VASPipeline
+    from ..amodal.sampler import VASPipeline
 
     parts = build_vas_parts(preset, seed, device)
     if torch.device(device).type == "cuda":
