@@ -113,6 +113,7 @@ class Record:
     warm_peak_gib: dict[str, float] = field(default_factory=dict)
     warm_pipeline_s: float | None = None
     plan: str = ""  # the memory plan the run used (--vram-cap)
+    bodies_batch: int = 64  # SAM-3D-Body batch the run used (a memory cap may lower it)
     kept_models: list[str] = field(default_factory=list)  # --warm: the models the second run found loaded
     offloaded: list[str] = field(default_factory=list)  # what left the GPU between uses (plan + released models)
     notes: list[str] = field(default_factory=list)
@@ -261,7 +262,7 @@ def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dic
                    f"{c.get('completed', '?')} completed; {parts}" if not args.no_amodal else "off (--no-amodal)"),
         "camera": "MoGe-2 ViT-L, fov_mode first" if not args.tiny else "tiny MoGe-2, fov_mode first",
         "bodies": (f"{crops} body crops ({c.get('crops_visible', '?')} visible, {c.get('crops_occluded', '?')} "
-                   f"occluded), mode {args.body_mode}, batch 64, "
+                   f"occluded), mode {args.body_mode}, batch {rec.bodies_batch}, "
                    f"compile {'auto' if torch.cuda.is_available() and not args.no_compile else 'off'}"
                    f"{', FP8' if args.fp8 else ''}"),
         "smooth": "Kalman/RTS per person + rig refresh",
@@ -442,7 +443,7 @@ def note_memory(rec: Record, summary: Any) -> None:
     """What the memory plan chose and what was offloaded, from the run's summary."""
     plan = getattr(summary, "memory", None)
     if plan is not None:
-        rec.plan = plan.describe()
+        rec.plan, rec.bodies_batch = plan.describe(), plan.bodies_batch
         rec.offloaded = list(dict.fromkeys([*plan.offloaded(), *(f"released {n}" for n in summary.released)]))
     rec.notes += [n for n in summary.notes if n not in rec.notes]
 
