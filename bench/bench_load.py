@@ -56,7 +56,7 @@ def _imports(name: str) -> None:
         import diffusers  # noqa: F401
         import transformers
 
-        from body4d_core.amodal import models, pipeline  # noqa: F401
+        from body4d_core.amodal import models, sampler  # noqa: F401
         diffusers.AutoencoderKLTemporalDecoder, diffusers.EulerDiscreteScheduler  # noqa: B018
         transformers.CLIPVisionModelWithProjection, transformers.DepthAnythingForDepthEstimation  # noqa: B018
     elif name == "body":

@@ -238,8 +238,9 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     pf = opts.profile
     split = plan is not None and plan.offload_amodal
     vas = _model(models, ("amodal", str(opts.models_root), opts.device, opts.dtype, pf.amodal_accel, split),
-                 lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype, accel=pf.accel_config(),
-                                            **({"place": "cpu"} if split else {}), **pf.loader_kwargs()), pf)
+                 lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
+                                            accel=pf.accel_config(), **({"place": "cpu"} if split else {}),
+                                            **pf.loader_kwargs()), pf)
     if split:
         vas = offloaded(vas)
     budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
@@ -320,7 +321,7 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
     batch = plan.bodies_batch if plan is not None else opts.batch_size
     # CUDA only; equal up to rounding; compile 'auto' compiles only jobs large enough to win back the compile time
     opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
-    # TODO(integrator): once estimate_bodies takes crop_kernel (engineer plainmodel), pass crop_kernel=opts.profile.crop_kernel here
+    # TODO(integrator): estimate_bodies(..., crop_kernel=opts.profile.crop_kernel) once it takes it (plainmodel)
     results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
                                             batch_size=batch, hooks=hooks, return_vertices=True,
                                             **opts.profile.body_kwargs())

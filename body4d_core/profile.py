@@ -95,10 +95,12 @@ class RunProfile:
             raise InputError(f"profile device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if isinstance(self.load_threads, bool) or not isinstance(self.load_threads, int) \
                 or not 0 <= self.load_threads <= 64:
-            raise InputError(f"profile load_threads must be an integer in 0..64 (0 = default), got {self.load_threads!r}")
+            raise InputError(f"profile load_threads must be an integer in 0..64 (0 = default), "
+                             f"got {self.load_threads!r}")
         if isinstance(self.vram_gb, bool) or not isinstance(self.vram_gb, (int, float)) \
                 or not math.isfinite(self.vram_gb) or self.vram_gb < 0:
-            raise InputError(f"profile vram_gb must be a number of GB >= 0 (0 = the whole device), got {self.vram_gb!r}")
+            raise InputError(f"profile vram_gb must be a number of GB >= 0 (0 = the whole device), "
+                             f"got {self.vram_gb!r}")
         object.__setattr__(self, "vram_gb", float(self.vram_gb))
         if self.attention != "auto" and self.compile not in ("always", "max-autotune"):
             raise InputError(f"profile attention {self.attention!r} applies to the compiled SAM-3D-Body backbone "

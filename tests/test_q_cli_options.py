@@ -98,7 +98,8 @@ def _cases(tmp: Path) -> dict:
                               lambda s: str(s["opts"].profile.body_kwargs().get("decoder_dtype")) == "torch.bfloat16"),
         "backbone_fp8": (["--backbone_fp8"], lambda s: s["opts"].profile.body_kwargs().get("fp8") is True
                          and s["opts"].profile.decoder_precision == "fp32"),
-        "attention": (["--compile", "max-autotune", "--attention", "math"], lambda s: s["opts"].profile.attention == "math"),
+        "attention": (["--compile", "max-autotune", "--attention", "math"],
+                      lambda s: s["opts"].profile.attention == "math"),
         "crop_kernel": (["--crop_kernel", "grid_sample"], lambda s: s["opts"].profile.crop_kernel == "grid_sample"),
         "sam3_speed": (["--sam3_speed", "reference"], lambda s: not s["opts"].profile.speed_options().batch_objects),
         "amodal_accel": (["--amodal_accel", "reference"],
