@@ -67,7 +67,7 @@ from body4d_core.sam3d_body.config import BACKBONES
 from body4d_core.sam3d_body.infer import _dummy_prompt, _finish, _frames_tensor, _intrinsics, body_crops
 from body4d_core.sam3d_body.model import Sam3dBody
 from body4d_core.testing.body import randomize, scripted_rig
-from body4d_core.sam3d_body.vit import SDPA_BACKENDS, _sdpa_only
+from body4d_core.sam3d_body.runner import SDPA_BACKENDS, _sdpa_only
 
 
 def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> Sam3dBody:
@@ -105,7 +105,7 @@ def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tup
     """Set the model's compile / fp8 state for a variant; returns (decoder dtype, pipelining) to pass."""
     cbb, cdec, dec16, fp8, prefetch = VARIANTS[name]
     sdpa = name.split("-")[1] if name in ("cbb-cudnn", "cbb-flash") else ""
-    if sdpa or model.backbone.encoder.sdpa:  # the kernel is picked while tracing: drop graphs traced otherwise
+    if sdpa or model.runner.sdpa:  # the kernel is picked while tracing: drop graphs traced otherwise
         torch._dynamo.reset()
     parts, scaling, fast, fusing = (fp8.split(":") + ["", "", "", ""])[:4] if fp8 else ("all", "row", "", "")
     model.backbone.encoder.enable_fp8(bool(fp8), parts=parts, scaling=scaling or "row", fast_accum=fast == "fast",
@@ -115,23 +115,24 @@ def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tup
     return (torch.bfloat16 if dec16 and cuda else torch.float32), prefetch
 
 
-def _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe="prefetch"):
+def _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe="prefetch", crop_kernel="auto"):
     pipe, _, fp8 = pipe.partition(":")  # 'overlap:fp8': estimate_bodies(fp8=True), the node's own FP8 path
     return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype, decoder_dtype=dec_dtype,
-                           prefetch=pipe == "prefetch", overlap=pipe == "overlap", fp8=fp8 == "fp8")
+                           prefetch=pipe == "prefetch", overlap=pipe == "overlap", fp8=fp8 == "fp8",
+                           crop_kernel=crop_kernel)
 
 
 def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode: str, bs: int,
-              dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, pipe: str = "prefetch"
-              ) -> tuple[float, float, float, list]:
+              dtype: torch.dtype, dec_dtype: torch.dtype, reps: int, pipe: str = "prefetch",
+              crop_kernel: str = "auto") -> tuple[float, float, float, list]:
     """(crops/s, peak GiB, warm-up seconds incl. compile, first timed results) of estimate_bodies."""
     with Stopwatch() as warm:
-        _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe)
+        _run(model, frames, items[:bs], mode, bs, dtype, dec_dtype, pipe, crop_kernel)
     reset_gpu_peak()
     res = None
     with Stopwatch() as timed:
         for _ in range(reps):
-            out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe)
+            out = _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe, crop_kernel)
             res = res or out
     return reps * len(items) / timed.seconds, gpu_peak_gib(), warm.seconds, res
 
@@ -141,7 +142,8 @@ def time_backbone(model: Sam3dBody, bs: int, dtype: torch.dtype, reps: int) -> t
     """(crops/s, warm-up seconds incl. compile) of the backbone alone on one batch."""
     dev = next(model.parameters()).device
     x = torch.randn(bs, 3, model.cfg.image_size, model.cfg.image_size, device=dev)
-    with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32):
+    with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda" and dtype != torch.float32), \
+            model.runner.applied(model):  # the model's compile choice (optimize), as estimate_bodies runs it
         with Stopwatch() as warm:
             model.backbone(x)
         with Stopwatch() as timed:
@@ -165,37 +167,36 @@ def stage_breakdown(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem],
         t[key] += (now - t0) * 1000 / reps
         return now
 
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        batch = body_crops(model, ft, items, K)
-        t0 = lap("crops", t0)
-        feats = model.encode(batch, dtype)
-        t0 = lap("encode", t0)
-        body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
-        t0 = lap("decode", t0)
-        out = _finish(model, body, batch, False)
-        t0 = lap("finish", t0)
-        [v.float().cpu() for v in out.values()]
-        lap("to_host", t0)
+    with model.runner.applied(model):  # the model's compile choice (optimize), as estimate_bodies runs it
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            batch = body_crops(model, ft, items, K)
+            t0 = lap("crops", t0)
+            feats = model.encode(batch, dtype)
+            t0 = lap("encode", t0)
+            body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
+            t0 = lap("decode", t0)
+            out = _finish(model, body, batch, False)
+            t0 = lap("finish", t0)
+            [v.float().cpu() for v in out.values()]
+            lap("to_host", t0)
     return f"# body-mode stages ({label}), ms per batch of {len(items)}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
 
 
 def crops_ab(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], reps: int = 5) -> str:
     """One batch's body crops (images and masks) built by the Triton crop kernel and by grid_sample: ms
     (synchronised wall, host work included) and the largest pixel difference (0..1 scale)."""
-    from body4d_core.sam3d_body import infer
-
     dev = next(model.parameters()).device
     ft = _frames_tensor(frames)
     K = _intrinsics(None, *ft.shape[:3])
     ms, imgs = {}, {}
     for on in (True, False):
-        with patched(infer, "TRITON_CROPS", on):
-            imgs[on] = body_crops(model, ft, items, K)  # warm-up (kernel compile)
-            with Stopwatch() as sw:
-                for _ in range(reps):
-                    body_crops(model, ft, items, K)
-            ms[on] = sw.seconds * 1000 / reps
+        kernel = "auto" if on else "grid_sample"  # auto: the Triton kernel where it can run
+        imgs[on] = body_crops(model, ft, items, K, kernel)  # warm-up (kernel compile)
+        with Stopwatch() as sw:
+            for _ in range(reps):
+                body_crops(model, ft, items, K, kernel)
+        ms[on] = sw.seconds * 1000 / reps
     diff = float((imgs[True].img - imgs[False].img).abs().max())
     mdiff = float((imgs[True].mask - imgs[False].mask).abs().max())
     return (f"# crops of {len(items)} ({dev.type}): Triton kernel {ms[True]:.1f} ms, grid_sample {ms[False]:.1f} ms "
@@ -504,7 +505,7 @@ def run(args: argparse.Namespace) -> None:
             dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
             if var in ("eager", "cbb", "cbb-mat", "cbb-cg", "cbb-cudnn", "cbb-flash", "fp8", "fp8-mlp"):  # these leave the backbone as another row has it
                 rate, warm = time_backbone(model, args.batch, dtype, args.reps)
-                fell = VARIANTS[var][0] and not model.backbone.encoder.compiled
+                fell = VARIANTS[var][0] and not model.runner.in_effect()["backbone"]
                 rows.append(("ours", var, "backbone only" + (" (compile failed: eager)" if fell else ""), rate,
                              float("nan"), warm, ""))
             if var in ("eager", "dec16", "cbb"):
@@ -534,15 +535,12 @@ def run(args: argparse.Namespace) -> None:
                          float("nan"), ""))
     if args.crops_ab:
         notes.append(crops_ab(model, frames, items[: args.batch]))
-        from body4d_core.sam3d_body import infer
-
-        with patched(infer, "TRITON_CROPS", False):
-            for var in variants if args.crops_ab == "all" else [v for v in args.crops_ab.split(",") if v]:
-                dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
-                rate, peak, warm, res = time_ours(model, frames, items, "body", args.batch, dtype, dec_dtype,
-                                                  args.reps, pipe)
-                rows.append(("ours", var, "body, grid_sample crops", rate, peak, warm,
-                             f"max dev vs Triton crops: {max_dev(res, by_var[var]):.1e}" if var in by_var else ""))
+        for var in variants if args.crops_ab == "all" else [v for v in args.crops_ab.split(",") if v]:
+            dec_dtype, pipe = apply_variant(model, var, args.batch, args.backend)
+            rate, peak, warm, res = time_ours(model, frames, items, "body", args.batch, dtype, dec_dtype,
+                                              args.reps, pipe, crop_kernel="grid_sample")
+            rows.append(("ours", var, "body, grid_sample crops", rate, peak, warm,
+                         f"max dev vs Triton crops: {max_dev(res, by_var[var]):.1e}" if var in by_var else ""))
     print(f"# bench wall time {time.perf_counter() - t_start:.0f} s")
 
 

@@ -15,9 +15,14 @@ Configurations (``--configs``, comma list):
               mode 'auto': compiles only when the job is large enough or graphs are already warm)
 Each compiled configuration runs with an empty inductor cache ("cold": a first-ever run) and,
 where ``--warm`` is given, again in a new process with the cache the cold run left ("warm disk
-cache": a later ComfyUI start).
+cache": a later ComfyUI start). ``--runner-cache`` (implies ``--warm``) leaves the cache folder to
+the body runner (``sam3d_body.runner``: ``BODY4D_COMPILE_CACHE`` names the folder, the runner points
+inductor at it only while it compiles) instead of setting ``TORCHINDUCTOR_CACHE_DIR`` for the whole
+child, so the warm row measures the shipped cross-process cache; every row also reports inductor's
+FX graph cache hits / misses.
 
     python -m bench.bench_body_coldstart                       # H200, ~4-5 min
+    python -m bench.bench_body_coldstart --configs dynamic --modes body,full --runner-cache   # cold vs warm
     python -m bench.bench_body_coldstart --tiny                # CPU smoke test
 """
 
@@ -72,14 +77,20 @@ def child(args: argparse.Namespace) -> dict:
             "graphs": int(stats.get("unique_graphs", 0)),
             "limit_hits": int(sum(v for k, v in dutils.counters["recompiles"].items())) if "recompiles" in dutils.counters
             else 0,
-            "compiled": model.backbone.encoder.compiled or "eager",
+            "compiled": model.runner.in_effect()["backbone"] or "eager",
+            "fx_hits": int(dutils.counters["inductor"]["fxgraph_cache_hit"]),
+            "fx_misses": int(dutils.counters["inductor"]["fxgraph_cache_miss"]),
             "device": torch.cuda.get_device_name() if dev.type == "cuda" else "CPU", "torch": torch.__version__}
 
 
 def spawn(args: argparse.Namespace, config: str, cache: str) -> dict:
-    """One fresh process with its own inductor/triton cache folder."""
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
-               PYTHONUNBUFFERED="1")
+    """One fresh process with its own inductor/triton cache folder (``--runner-cache``: handed to the runner)."""
+    if args.runner_cache:
+        env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        env.update(BODY4D_COMPILE_CACHE=cache, PYTHONUNBUFFERED="1")
+    else:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
+                   PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "bench.bench_body_coldstart", "--child", config, "--items", str(args.items),
            "--people", str(args.people), "--size", args.size, "--batch", str(args.batch), "--mode", args.mode]
     cmd += ["--tiny"] if args.tiny else []
@@ -100,6 +111,8 @@ def main() -> None:
     ap.add_argument("--configs", default="eager,static,dynamic,auto")
     ap.add_argument("--modes", default="full,body", help="Body Batch modes to run (comma list)")
     ap.add_argument("--warm", action="store_true", help="also rerun compiled configs with the cold run's disk cache")
+    ap.add_argument("--runner-cache", action="store_true",
+                    help="cold vs warm with the runner's own compile cache (BODY4D_COMPILE_CACHE); implies --warm")
     ap.add_argument("--items", type=int, default=450)
     ap.add_argument("--people", type=int, default=5)
     ap.add_argument("--size", default="720x1280")
@@ -115,14 +128,16 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
+    args.warm = args.warm or args.runner_cache
     configs = [c for c in args.configs.split(",") if c]
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
         raise SystemExit(f"unknown config(s) {bad}; choose from {CONFIGS}")
     print(f"# SAM-3D-Body cold start: {args.items} crops ({args.people} people x "
           f"{-(-args.items // args.people)} frames of {args.size}), batch {args.batch}, one process per row")
-    print("| mode | config | disk cache | first call s | second call s | graphs | build s | process s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| mode | config | disk cache | first call s | second call s | graphs | FX cache hit/miss | build s | "
+          "process s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     t_start = time.perf_counter()
     last: dict = {}
     out = None  # made once a child has said which device it ran on
@@ -135,16 +150,17 @@ def main() -> None:
                 for kind in runs:
                     r = spawn(args, config, cache)
                     if "error" in r:
-                        print(f"| {mode} | {config} | {kind} | failed: {r['error']} | | | | {r['process_s']:.1f} |")
+                        print(f"| {mode} | {config} | {kind} | failed: {r['error']} | | | | | {r['process_s']:.1f} |")
                         continue
                     last = r
                     out = out or RowWriter.from_args("bench_body_coldstart", args, "cpu")  # (no CUDA in this process)
                     out.device = r["device"] if r["device"] != "CPU" else "cpu"  # the card the child ran on
                     for metric in ("first_s", "second_s", "build_s", "process_s"):
                         out.add(f"{mode} {config} {kind} cache", metric, r[metric], "s", graphs=r["graphs"],
-                                items=args.items, batch=args.batch, size=args.size)
+                                items=args.items, batch=args.batch, size=args.size, fx_hits=r["fx_hits"],
+                                fx_misses=r["fx_misses"], runner_cache=args.runner_cache)
                     print(f"| {mode} | {config} | {kind} | {r['first_s']:.1f} | {r['second_s']:.1f} | {r['graphs']} | "
-                          f"{r['build_s']:.1f} | {r['process_s']:.1f} |", flush=True)
+                          f"{r['fx_hits']}/{r['fx_misses']} | {r['build_s']:.1f} | {r['process_s']:.1f} |", flush=True)
     print(f"# device {last.get('device', '?')}, torch {last.get('torch', '?')}; wall {time.perf_counter() - t_start:.0f} s")
 
 

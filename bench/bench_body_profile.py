@@ -100,7 +100,8 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
         model.optimize("", compile_mode, backend="inductor" if cuda else "eager")
 
         def run() -> dict:
-            with torch.inference_mode(), patched(torch.backends.cuda.matmul, "allow_tf32", allow):
+            with torch.inference_mode(), patched(torch.backends.cuda.matmul, "allow_tf32", allow), \
+                    model.runner.applied(model):  # the compiled decoder layers chosen by optimize
                 p = model.decode("body", feats, batch, _dummy_prompt(bs, dev), with_verts=False, dtype=dtype)
                 return _finish(model, p, batch, False)
 

@@ -11,22 +11,35 @@ torch.compile'd vision backbone (compile time reported).
     python -m bench.bench_sam3                 # the full table on a GPU (~4-5 min on an H200)
     python -m bench.bench_sam3 --tiny          # a CPU smoke run with the tiny test model
     python -m bench.bench_sam3 --lengths 100 500 --reference-max 500 --fps-frames 60
+    python -m bench.bench_sam3 --pipeline-path --pipeline-detect   # the pipeline's SAM-3 stage beside the bench
+
+``--pipeline-path`` times, on one 720p clip per object count, the bench's own call (``propagate``,
+forward, box prompts) next to the pipeline's SAM-3 stage exactly as ``run_pipeline`` calls it in a
+warm process (the model already loaded): ``stage_prompts`` (the points JSON, or people detection
+with ``--pipeline-detect``), ``stage_tracks``, the release after it, and the mask overlay video
+the run then writes in the background; once more with the garbage collector frozen for the stage
+(what ``gc.freeze`` around the run's stages saves in the release's full collection); ``--pipeline-load
+DIR`` also times loading a real-size checkpoint (what a run without a model cache pays inside its
+"sam3" stage). Both paths run with torch's default TF32 flags, as the pipeline leaves them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bench.clips import LoopedClip, box_prompts
+from bench.patching import patched
 from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import Stopwatch, sync
@@ -117,6 +130,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time all speed-ups + a torch.compile'd backbone")
     ap.add_argument("--json", type=str, default="",
                     help="also write the rows to this JSON file (this bench's own form)")
+    add_pipeline_path_args(ap)
     add_rows_args(ap)
     args = ap.parse_args()
 
@@ -137,6 +151,9 @@ def main() -> None:
     for speed in (VARIANTS["baseline (per object, synced)"], VARIANTS["all (default)"]):  # warm-up (kernels, allocator, pinned host blocks)
         run_ours(bundle, LoopedClip(8, side, side), 2, device, speed)
 
+    if args.pipeline_path:
+        pipeline_path_main(bundle, args, device, dtype, hd)
+        return
     rows: list[dict] = []
     out = RowWriter.from_args("bench_sam3", args, device)
 
@@ -213,6 +230,209 @@ def print_table(rows: list[dict], device: torch.device, dtype: torch.dtype, n_pa
         diff = f"{100 * r['diff_px']:.4f}" if "diff_px" in r else "-"
         print(f"{r['case']:<22} {r['path']:<31} {r['frames']:>6} {r['seconds']:>9.2f} {r['fps']:>9.2f} "
               f"{r['peak_gib']:>14.2f} {diff:>10}", flush=True)
+
+
+# --------------------------------------------------------------------------- the pipeline's SAM-3 stage
+
+
+def add_pipeline_path_args(ap: argparse.ArgumentParser) -> None:
+    """Options of the pipeline-path comparison (the bench's propagate beside run_pipeline's SAM-3 stage)."""
+    g = ap.add_argument_group("pipeline path")
+    g.add_argument("--pipeline-path", action="store_true",
+                   help="time the pipeline's SAM-3 stage as run_pipeline calls it beside the bench's propagate "
+                        "on the same 720p clip (--fps-frames frames, each --objects count); only these rows")
+    g.add_argument("--pipeline-detect", action="store_true",
+                   help="also time the pipeline's default prompts: people detection on the clip (a random "
+                        "detector finds nobody at the default threshold, so threshold 0, --objects people)")
+    g.add_argument("--pipeline-load", default="", metavar="DIR",
+                   help="also time load_sam3 of a real-size checkpoint in DIR (written there first if missing): "
+                        "the load a run without a model cache pays inside its sam3 stage")
+
+
+def pipeline_frames(clip: LoopedClip) -> tuple[np.ndarray, Any]:
+    """The clip as the pipeline holds it after decoding: uint8 [T, H, W, 3] in one array, and its Clip."""
+    from body4d_core.data import Clip
+
+    frames = np.stack([clip[i] for i in range(clip.n)])
+    return frames, Clip(fps=30.0, num_frames=clip.n, image_size=(clip.h, clip.w))
+
+
+def run_pipeline_path(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torch.device,
+                      detect: bool = False, overlay_dir: Path | None = None,
+                      freeze_gc: bool = False) -> tuple[dict, Any]:
+    """run_pipeline's sam3 stage on this clip in a warm process (model loaded), each part synchronised.
+
+    Prompts: the bench's box prompts through the points JSON (``detect``: people detection at
+    threshold 0, ``n_obj`` people). Parts: prompts (``stage_prompts``), propagate
+    (``stage_tracks``), release (the library caches, a full garbage collection and the CUDA cache
+    emptied after the stage), overlay (the mask overlay MP4 the run then writes on a background
+    thread; skipped without ``overlay_dir``). ``stage`` is what the run's "sam3" timing holds
+    (prompts + propagate + release). ``freeze_gc``: the objects alive before the stage (libraries,
+    the loaded model) are moved out of the collector's reach for it (``gc.freeze``), so its
+    collections only walk what the stage allocated.
+    """
+    if freeze_gc:
+        gc.freeze()
+        try:
+            return run_pipeline_path(bundle, clip, n_obj, device, detect, overlay_dir)
+        finally:
+            gc.unfreeze()
+    import body4d_core.sam3 as sam3_pkg
+    from body4d_core import pipeline as pl
+    from body4d_core.prompts import prompts_to_json
+    from body4d_core.runtime import NULL_HOOKS
+
+    frames, meta = pipeline_frames(clip)
+    points = None if detect else prompts_to_json(box_prompts(clip, n_obj))
+    opts = pl.PipelineOptions(points_json=points, detect_threshold=0.0, max_people=n_obj, amodal=False,
+                              device=str(device))
+    r: dict = {}
+    reset_gpu_peak(device, empty_cache=True)
+    with patched(sam3_pkg, "load_sam3", lambda **_: bundle):  # warm process: stage_prompts finds it loaded
+        with Stopwatch(device) as sw:
+            prompts, model = pl.stage_prompts(frames, meta, opts, NULL_HOOKS)
+        r["prompts_s"] = sw.seconds
+        with Stopwatch(device) as sw:
+            tracks = pl.stage_tracks(model, frames, prompts, opts, NULL_HOOKS)
+        r["propagate_s"] = sw.seconds
+        r["peak_gib"] = gpu_peak_gib(device)
+        del model
+        with Stopwatch(device) as sw:
+            pl.release_library_caches()
+            pl._free()
+        r["release_s"] = sw.seconds
+    r["stage_s"] = r["prompts_s"] + r["propagate_s"] + r["release_s"]
+    if overlay_dir is not None:
+        with Stopwatch(device) as sw:
+            pl._write_mask_overlay(frames, tracks, meta, overlay_dir / "mask_overlay.mp4")
+        r["overlay_s"] = sw.seconds
+    r.update(objects=len(prompts.items), fps=clip.n / r["propagate_s"],
+             stage_fps=clip.n / r["stage_s"])
+    return r, tracks
+
+
+def time_load(root: Path, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> dict:
+    """Seconds of load_sam3 (points only, no detector) from a checkpoint under root (real-size, or tiny), written
+    there first if missing."""
+    from body4d_core.sam3 import load_sam3
+    from body4d_core.testing.sam3 import save_real_size_checkpoint, save_tiny_checkpoint
+
+    folder = root / "sam3" / "sam3"
+    if not (folder / "model.safetensors").is_file():
+        t0 = time.perf_counter()
+        save_tiny_checkpoint(folder) if tiny else save_real_size_checkpoint(folder, device=device)
+        print(f"SAM-3 checkpoint written to {folder} in {time.perf_counter() - t0:.1f} s (not counted)", flush=True)
+    for _ in range(2):  # the first read warms the page cache; the second is a warm process's reload
+        with Stopwatch(device) as sw:
+            loaded = load_sam3(search_dirs=[root], device=device, dtype=dtype, with_detector=False)
+        del loaded
+        sync(device)
+    return {"seconds": sw.seconds}
+
+
+def add_detector(bundle: Sam3Bundle, device: torch.device, dtype: torch.dtype, real_size: bool = True) -> None:
+    """A random text detector sharing the tracker's backbone (facebook/sam3's sizes, or the tiny test one)."""
+    import transformers as tf
+
+    from body4d_core.sam3.loading import share_backbone
+    from body4d_core.testing.sam3 import tiny_detector
+
+    tiny, processor = tiny_detector(bundle.image_size)  # its toy tokenizer knows "person"; image sizes as the tracker
+    if real_size:
+        torch.manual_seed(1)
+        with torch.device(device):
+            detector = tf.Sam3Model(tf.Sam3Config()).eval()
+        detector.to(dtype)
+    else:
+        detector = tiny.to(device, dtype)
+    share_backbone(bundle.tracker, detector)
+    bundle.detector, bundle.detector_processor = detector, processor
+
+
+def pipeline_path_main(bundle: Sam3Bundle, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                       hd: tuple[int, int]) -> list[dict]:
+    """--pipeline-path: bench propagate vs the pipeline's stage, per object count, printed and written as rows.
+
+    Everything runs with torch's default TF32 flags, as the pipeline leaves them (main() turns TF32
+    on for the bench's own table); one bench-path row per object count repeats it with main()'s flags.
+    """
+    import tempfile
+
+    out = RowWriter.from_args("bench_sam3", args, device)
+    rows: list[dict] = []
+
+    def keep(case: str, path: str, frames: int, r: dict) -> None:
+        rows.append({"case": case, "path": path, "frames": frames, **r})
+        for metric, unit in PIPELINE_METRICS:
+            if metric in r:
+                out.add(f"{case}, {path}", metric, r[metric], unit, frames=frames, dtype=str(dtype))
+
+    if args.pipeline_detect and bundle.detector is None:
+        add_detector(bundle, device, dtype, real_size=not args.tiny)
+    bench_flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tempfile.TemporaryDirectory() as tmp, pipeline_flags():
+        run_pipeline_path(bundle, LoopedClip(8, *hd), 1, device, detect=args.pipeline_detect)  # warm-up
+        for n_obj in args.objects:
+            clip = LoopedClip(args.fps_frames, *hd)
+            case = f"{hd[1]}x{hd[0]}, {n_obj} obj"
+            with pipeline_flags(*bench_flags):
+                r, _ = run_ours(bundle, clip, n_obj, device)
+            keep(case, "bench: propagate, bench's TF32", clip.n, r)
+            r, packed = run_ours(bundle, clip, n_obj, device)
+            keep(case, "bench: propagate (forward)", clip.n, r)
+            r, tracks = run_pipeline_path(bundle, clip, n_obj, device, overlay_dir=Path(tmp))
+            keep(case, "pipeline: points JSON", clip.n, {**r, "diff_px": diff_share(packed, tracks.packed)})
+            r, tracks = run_pipeline_path(bundle, clip, n_obj, device, freeze_gc=True)
+            keep(case, "pipeline: points, gc frozen", clip.n, {**r, "diff_px": diff_share(packed, tracks.packed)})
+            if args.pipeline_detect:
+                try:
+                    r, _ = run_pipeline_path(bundle, clip, n_obj, device, detect=True)
+                except Exception as err:  # noqa: BLE001 - random detector weights: report, keep the other rows
+                    print(f"pipeline detection path failed: {type(err).__name__}: {err}", flush=True)
+                else:
+                    keep(case, "pipeline: detection", clip.n, r)
+        if args.pipeline_load:
+            keep("load", "load_sam3 (points, no detector)", 0,
+                 time_load(Path(args.pipeline_load), device, dtype, tiny=args.tiny))
+    print_pipeline_table(rows, device, dtype)
+    if args.json:
+        gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+        Path(args.json).write_text(json.dumps({"device": gpu, "dtype": str(dtype), "rows": rows}, indent=2))
+    return rows
+
+
+@contextlib.contextmanager
+def pipeline_flags(matmul_tf32: bool = False, cudnn_tf32: bool = True) -> Any:
+    """TF32 flags for the block (default: torch's own defaults, which the pipeline keeps), restored afterwards."""
+    with patched(torch.backends.cuda.matmul, "allow_tf32", matmul_tf32), \
+            patched(torch.backends.cudnn, "allow_tf32", cudnn_tf32):
+        yield
+
+
+PIPELINE_METRICS = (("fps", "frames/s"), ("seconds", "s"), ("prompts_s", "s"), ("propagate_s", "s"),
+                    ("release_s", "s"), ("stage_s", "s"), ("stage_fps", "frames/s"), ("overlay_s", "s"),
+                    ("peak_gib", "GiB"), ("diff_px", "share"))
+
+
+def print_pipeline_table(rows: list[dict], device: torch.device, dtype: torch.dtype) -> None:
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"\nSAM-3: bench propagate vs the pipeline's sam3 stage (warm process): {gpu}, torch {torch.__version__}, "
+          f"dtype {dtype}, {time.strftime('%Y-%m-%d')}")
+    cols = (("prompts s", "prompts_s", 9), ("propagate s", "propagate_s", 11), ("frames/s", "fps", 8),
+            ("release s", "release_s", 9), ("stage s", "stage_s", 7), ("stage f/s", "stage_fps", 9),
+            ("overlay s", "overlay_s", 9), ("load s", "seconds", 6), ("diff px %", "diff_px", 9))
+    print(f"{'case':<20} {'path':<30} {'frames':>6} " + " ".join(f"{name:>{w}}" for name, _, w in cols))
+    for r in rows:
+        cells = []
+        for _, key, width in cols:
+            value = r.get(key)
+            if key == "seconds" and r["case"] != "load":
+                value = None  # the bench path's seconds are its propagate time
+            if key == "propagate_s" and value is None and r["case"] != "load":
+                value = r.get("seconds")
+            text = "-" if value is None else (f"{100 * value:.4f}" if key == "diff_px" else f"{value:.2f}")
+            cells.append(f"{text:>{width}}")
+        print(f"{r['case']:<20} {r['path']:<30} {r['frames']:>6} " + " ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from bench.rows import RowWriter, add_rows_args
 from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.testing.body import random_model
-from body4d_core.sam3d_body.vit import FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS
+from body4d_core.sam3d_body.fp8 import FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS
 
 
 def main() -> None:

@@ -408,3 +408,57 @@ def _clear_for(folder: Path, old: dict[str, Any] | None, reuse: dict[str, dict[s
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+# --------------------------------------------------------------------------- for callers running many folders
+
+
+def plain_options(options: Any) -> dict[str, Any]:
+    """Options as run.json records them (JSON values), to compare with a manifest's ``options``."""
+    return json.loads(json.dumps(_plain(options), default=str))
+
+
+def lock_busy(folder: Path) -> str | None:
+    """Why ``folder`` is being written by a live run (its lock's owner), or None; never removes a lock."""
+    lock = RunLock(Path(folder))
+    if not lock.path.exists():
+        return None
+    owner = lock._owner()
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return None  # stale: the next run takes it over
+    return lock._busy_message()
+
+
+def same_run(old: dict[str, Any], video: str | Path, options: Any) -> bool:
+    """True when the manifest ``old`` was made from this video (same contents) with these options."""
+    opts = plain_options(options)
+    return old.get("options") == opts and old.get("stage_keys") == stage_keys(video_fingerprint(video), opts)
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in ``folder`` that no run writes (not an output, the manifest, the lock or a temporary)."""
+    from .atomic import TMP_TAG
+
+    if not Path(folder).is_dir():
+        return []
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.name not in KNOWN_OUTPUTS and p.name != LOCK_NAME and TMP_TAG not in p.name)
+
+
+def add_record(folder: Path, key: str, value: Any) -> bool:
+    """Store ``value`` under ``key`` in a finished folder's run.json (under its lock); False when busy or absent."""
+    lock = RunLock(Path(folder))
+    try:
+        lock.acquire()
+    except OutputFolderError:
+        return False
+    try:
+        data = read_manifest(Path(folder))
+        if data is None:
+            return False
+        data[key] = value
+        write_text_atomic(Path(folder) / MANIFEST_NAME, json.dumps(data, indent=1, default=str) + "\n")
+        return True
+    finally:
+        lock.release()

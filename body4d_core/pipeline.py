@@ -150,6 +150,19 @@ class _Timer:
         self.summary.timings[self.name] = time.perf_counter() - self.t0
 
 
+class _Part:
+    """Times one part of a stage into summary.timings (no log line, no run.json entry: the stage has those)."""
+
+    def __init__(self, summary: RunSummary, name: str) -> None:
+        self.summary, self.name = summary, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.summary.timings[self.name] = time.perf_counter() - self.t0
+
+
 def _search(opts: PipelineOptions) -> list[Path] | None:
     return [opts.models_root] if opts.models_root else None
 
@@ -321,7 +334,6 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
     batch = plan.bodies_batch if plan is not None else opts.batch_size
     # CUDA only; equal up to rounding; compile 'auto' compiles only jobs large enough to win back the compile time
     opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
-    # TODO(integrator): estimate_bodies(..., crop_kernel=opts.profile.crop_kernel) once it takes it (plainmodel)
     results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
                                             batch_size=batch, hooks=hooks, return_vertices=True,
                                             **opts.profile.body_kwargs())
@@ -361,11 +373,15 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
             summary.manifest = start_run(out, video, opts, [*required_models(opts), "moge"], _search(opts),
                                          overwrite=overwrite, resume=resume)
         writes = BackgroundWrites(summary)
+        gc.collect()  # once per run; then what lives now (libraries, cached models) is left out of the
+        gc.freeze()  # stages' collections (_free), which walk only what the run allocated
         try:
             _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate)
         except BaseException:
             writes.close()  # the stage's error wins; finished or running writes are still completed
             raise
+        finally:
+            gc.unfreeze()
         t0 = time.perf_counter()
         writes.join()
         summary.timings["write_wait"] = time.perf_counter() - t0
@@ -466,13 +482,16 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         prompts, tracks = reused
     else:
         with _Stage(summary, "sam3", check):
-            prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"), models)
+            with _Part(summary, "sam3_prompts"):  # the load (without a model cache), then detection or the JSON
+                prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"), models)
             writes.save("prompts", prompts, out / "prompts.npz")
-            tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
-            del bundle
-            summary.released += release_cached(models, plan)
-            release_library_caches()  # SAM-3's position embeddings stay cached in transformers otherwise
-            _free()
+            with _Part(summary, "sam3_propagate"):  # what bench_sam3 measures
+                tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
+            with _Part(summary, "sam3_release"):
+                del bundle
+                summary.released += release_cached(models, plan)
+                release_library_caches()  # SAM-3's position embeddings stay cached in transformers otherwise
+                _free()
         writes.save("tracks", tracks, out / "tracks.npz")
         _done(summary, "sam3", ["prompts", "tracks"])
     summary.obj_ids = tracks.obj_ids.tolist()

@@ -201,7 +201,8 @@ class RunProfile:
         return DEFAULT_ACCEL
 
     def body_kwargs(self) -> dict[str, Any]:
-        """``estimate_bodies`` keyword arguments that differ from its defaults (precision, decoder dtype, fp8)."""
+        """``estimate_bodies`` keyword arguments that differ from its defaults (precision, decoder dtype, fp8, crop
+        kernel)."""
         out: dict[str, Any] = {}
         if self.precision != "auto":
             out["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
@@ -209,6 +210,8 @@ class RunProfile:
             out["decoder_dtype"] = torch.bfloat16
         if self.backbone_fp8:
             out["fp8"] = True
+        if self.crop_kernel != "auto":
+            out["crop_kernel"] = self.crop_kernel
         return out
 
     def compile_body(self, model: Any, batch_size: int, crops: int, body_mode: str) -> dict[str, str] | None:

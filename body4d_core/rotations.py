@@ -294,6 +294,16 @@ def rotvec_to_euler_xyz(rotvec: Array) -> Array:
     return xp.stack([alpha, beta, gamma], -1)
 
 
+def premultiply_euler_xyz(m: np.ndarray, euler: np.ndarray) -> np.ndarray:
+    """MHR Euler "xyz" angles [N, 3] of the rotations M @ R(euler) for matrices M [N, 3, 3] (numpy, float64).
+
+    Goes through rotation vectors and scipy's matrix conversions (the world stage's original rounding)."""
+    from scipy.spatial.transform import Rotation
+
+    r = Rotation.from_rotvec(euler_xyz_to_rotvec(euler)).as_matrix()
+    return rotvec_to_euler_xyz(Rotation.from_matrix(m @ r).as_rotvec())
+
+
 def unwrap_rotvecs(rv: np.ndarray) -> np.ndarray:
     """Make a sequence of rotation vectors [T, 3] continuous in time (numpy, float64).
 

@@ -72,7 +72,7 @@ class LoadSAM3DBody(io.ComfyNode):
         with profile.loading():
             model = load_sam3d_body(model_dir, device="cpu", **profile.loader_kwargs())
         dtype = glue.choose_dtype(profile.precision)
-        # crop_kernel travels in the handle; TODO(integrator): BodyBatch passes it once estimate_bodies takes it
+        # the profile travels in the handle: BodyBatch reads its attention and crop kernel
         return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir,
                                              compile=profile.compile_mode, profile=profile))
 
@@ -155,7 +155,9 @@ class BodyBatch(io.ComfyNode):
         dec_dtype = torch.bfloat16 if decoder_precision == "bf16" else torch.float32
         results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
                                   hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
-                                  return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8)
+                                  return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8,
+                                  **({"crop_kernel": profile.crop_kernel} if profile and profile.crop_kernel != "auto"
+                                     else {}))
         faces = model.faces.detach().cpu().numpy()
         bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
         return io.NodeOutput(bodies, to_mhr_pose(bodies, cam, model=model))

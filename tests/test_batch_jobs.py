@@ -7,8 +7,8 @@ import json
 import pytest
 
 from body4d_core.batch.jobs import collect_jobs, job_options
-from body4d_core.batch.outputs import (DONE, FAILED, OK, STARTED, Row, finish_folder, options_record, resume_state,
-                                       start_folder, summary_csv, write_summary)
+from body4d_core.batch.outputs import (FAILED, FRESH, KEEP, OK, OVERWRITE, RESUME, Row, plan_folder, record_row,
+                                       summary_csv, write_summary)
 from body4d_core.batch.shard import shard_ranges
 from body4d_core.errors import InputError
 from body4d_core.pipeline import PipelineOptions
@@ -88,27 +88,66 @@ def test_nothing_found_is_one_clear_error(tmp_path):
 
 
 def test_resume_rules(tmp_path):
+    """Folders follow run.json: fresh, partial (resume), complete (keep), other options, foreign, overwrite."""
+    from body4d_core.manifest import start_run
+
+    video = touch(tmp_path / "v.mp4", b"not decoded here")
     opts = PipelineOptions(max_people=2)
-    record = options_record(opts)
     out = tmp_path / "v"
-    assert resume_state(out, record, False) == ("run", None)  # new folder
-    start_folder(out, "v.mp4", record)
+    assert plan_folder(out, video, opts, False) == (FRESH, None)  # new folder
+    out.mkdir()
+    manifest = start_run(out, video, opts, [], None)
     (out / "tracks.npz").write_bytes(b"partial")
-    assert resume_state(out, record, False) == ("run", None)  # killed mid-run: run again
-    start_folder(out, "v.mp4", record)
-    assert sorted(p.name for p in out.iterdir()) == [STARTED]  # the partial file is gone, nothing mixes
-    row = Row("v.mp4", "v", OK, str(out), frames=3, people=[1], seconds={"sam3": 1.5, "total": 2.0})
-    finish_folder(out, record, row)
-    assert (out / DONE).is_file() and not (out / STARTED).exists()
-    state, kept = resume_state(out, record, False)
-    assert state == "keep" and kept.status == "done earlier" and kept.frames == 3 and kept.seconds["sam3"] == 1.5
-    with pytest.raises(InputError, match="finished with other options: pass --overwrite"):
-        resume_state(out, options_record(PipelineOptions(max_people=3)), False)
-    assert resume_state(out, record, True) == ("run", None)
+    manifest.file_written("tracks", out / "tracks.npz")
+    assert plan_folder(out, video, opts, False) == (RESUME, None)  # killed mid-run: resume its finished stages
+    manifest.finish("failed", "boom")
+    assert plan_folder(out, video, opts, False) == (RESUME, None)
+    manifest.finish("complete")
+    record_row(out, Row("v.mp4", "v", OK, str(out), frames=3, people=[1], seconds={"sam3": 1.5, "total": 2.0}))
+    state, kept = plan_folder(out, video, opts, False)
+    assert state == KEEP and kept.status == "done earlier" and kept.frames == 3 and kept.seconds["sam3"] == 1.5
+    with pytest.raises(InputError, match="other options: pass --overwrite"):
+        plan_folder(out, video, PipelineOptions(max_people=3), False)
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)
     foreign = tmp_path / "foreign"
     touch(foreign / "mine.txt")
     with pytest.raises(InputError, match="not written by a batch"):
-        resume_state(foreign, record, True)
+        plan_folder(foreign, video, opts, True)
+
+
+def test_resume_rules_other_video_results_without_manifest_and_a_live_lock(tmp_path):
+    """A finished folder of other video contents, results without run.json, a live or stale lock."""
+    import socket
+
+    from body4d_core.manifest import LOCK_NAME, MANIFEST_NAME, RunLock, start_run
+
+    video = touch(tmp_path / "v.mp4", b"first contents")
+    opts = PipelineOptions()
+    out = tmp_path / "v"
+    out.mkdir()
+    start_run(out, video, opts, [], None).finish("complete")
+    assert plan_folder(out, video, opts, False)[0] == KEEP
+    kept = plan_folder(out, video, opts, False)[1]  # no row stored by a batch: what run.json says
+    assert kept.status == "done earlier" and kept.name == "v" and kept.error == ""
+    touch(video, b"other contents, same name")
+    with pytest.raises(InputError, match="another video or with other options"):
+        plan_folder(out, video, opts, False)
+    lock = RunLock(out)
+    lock.acquire()  # a live writer (this process)
+    try:
+        with pytest.raises(InputError, match="another run .* is writing into"):
+            plan_folder(out, video, opts, True)  # refused even with --overwrite
+    finally:
+        lock.release()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname()}))
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)  # a dead process's lock does not count
+    assert (out / LOCK_NAME).is_file()  # planning never removes a lock
+    (out / MANIFEST_NAME).unlink()
+    assert plan_folder(out, video, opts, False) == (FRESH, None)  # a lock alone is no result
+    touch(out / "tracks.npz")
+    with pytest.raises(InputError, match="results without a run.json: pass --overwrite"):
+        plan_folder(out, video, opts, False)
+    assert plan_folder(out, video, opts, True) == (OVERWRITE, None)
 
 
 def test_summary_csv_and_json(tmp_path):
@@ -158,3 +197,72 @@ def test_batch_command_stops_on_bad_input_before_starting_ray(tmp_path):
     with pytest.raises(InputError, match="no video found"):
         cmd_batch(parse_args([str(tmp_path), "-o", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
+
+
+class FakeRunner:
+    """A sampler stand-in with the attributes the amodal split reads (VAE scale, skip_unkept)."""
+
+    def __init__(self, skip=False):
+        from types import SimpleNamespace
+
+        self.vae_scale = 8
+        self.accel = SimpleNamespace(skip_unkept=skip)
+
+    def run_jobs(self, jobs, sampler, hooks=None, budget_px=0):
+        return [f"local {job.obj_id}" for job in jobs]
+
+
+def fake_job(n, key, size=(16, 24), keep=None):
+    import numpy as np
+    import torch
+
+    from body4d_core.amodal.job import VideoJob
+
+    return VideoJob(torch.zeros(n, 1, *size), torch.zeros(n, 1, *size), key, np.arange(n), key,
+                    keep=None if keep is None else np.asarray(keep, bool))
+
+
+def test_amodal_cuts_only_where_every_sampler_batch_ends():
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.batch.shard import batch_boundaries, job_ranges
+
+    sampler = SamplerConfig(window=4, overlap=2, people_batch=2)
+    jobs = [fake_job(4, 1), fake_job(4, 2), fake_job(6, 3), fake_job(4, 4)]  # windows: 1, 1, 2, 1 (all 4 long)
+    assert batch_boundaries(jobs, sampler, FakeRunner(), 1 << 20) == [2, 3]
+    assert job_ranges([1, 1, 2, 1], 2, [2, 3]) == [(0, 2), (2, 4)]
+    assert job_ranges([1, 1, 2, 1], 2, []) == [(0, 4)]  # no clean cut: one worker
+    # two sizes are two groups: a cut must end a batch in both
+    mixed = [fake_job(4, 1), fake_job(4, 2, (32, 48)), fake_job(4, 3), fake_job(4, 4, (32, 48))]
+    assert batch_boundaries(mixed, sampler, FakeRunner(), 1 << 20) == []
+    # the pixel budget caps a batch at one window (2 x 4 frames x 2 x 3 latent pixels = 48 > 47)
+    assert batch_boundaries(jobs, sampler, FakeRunner(), 47) == [1, 2, 3]
+    # skip_unkept: a job without a kept frame adds no window, so it does not break a batch
+    skipped = [fake_job(4, 1), fake_job(4, 2, keep=[False] * 4), fake_job(4, 3), fake_job(4, 4)]
+    assert batch_boundaries(skipped, sampler, FakeRunner(skip=True), 1 << 20) == [3]
+    assert batch_boundaries(skipped, sampler, FakeRunner(skip=False), 1 << 20) == [2]
+
+
+def test_split_video_sees_amodal_samplers_that_split_and_the_worker_cache_underneath():
+    import dataclasses
+
+    from body4d_core.amodal.models import AmodalModels
+    from body4d_core.batch.shard import SplitJobRunner
+    from body4d_core.batch.worker import _SplitCache
+
+    store = {("amodal", "m", None, "auto"): AmodalModels(FakeRunner(), None, depth=lambda f, h=None: f),
+             ("moge", "m", None): "moge"}
+    view = _SplitCache(store, ["w1", "w2"], PipelineOptions())
+    seen = view[("amodal", "m", None, "auto")]
+    assert isinstance(seen.mask, SplitJobRunner) and seen.content is None and seen.mask.workers == ["w1", "w2"]
+    assert seen.mask.local is store[("amodal", "m", None, "auto")].mask and seen.mask.vae_scale == 8
+    assert dataclasses.replace(seen, mask=None).depth is store[("amodal", "m", None, "auto")].depth
+    assert view[("moge", "m", None)] == "moge" and ("sam3", 1) not in view
+    view[("sam3", 1)] = "loaded"
+    assert store[("sam3", 1)] == "loaded"  # loads land in the worker's own cache
+    one = _SplitCache(store, ["w1"], PipelineOptions())
+    assert one[("amodal", "m", None, "auto")] is store[("amodal", "m", None, "auto")]
+    # one job or one range: the local sampler runs it (no Ray needed)
+    solo = SplitJobRunner(["w1", "w2"], "mask", FakeRunner(), PipelineOptions())
+    from body4d_core.amodal.config import SamplerConfig
+
+    assert solo.run_jobs([fake_job(4, 5)], SamplerConfig(window=4, overlap=2)) == ["local 5"]

@@ -1,9 +1,10 @@
 """The batch command on an embedded local Ray with two CPU workers and tiny checkpoints.
 
 Three short clips cut from the bundled sample plus one corrupt file: three succeed, one is
-reported; a batch stopped after its first video resumes without running any video twice and
-with the same outputs; per-video overrides reach the pipeline; one video's body stage split over
-both workers equals the single-worker result exactly.
+reported; a batch stopped after its first video resumes from the folders' run.json without
+running any video twice and with the same outputs; per-video overrides reach the pipeline; one
+video's body stage and its amodal jobs split over both workers equal the single-worker result
+exactly.
 """
 
 import csv
@@ -19,9 +20,10 @@ ray = pytest.importorskip("ray", reason="the batch engine needs Ray (pip install
 from body4d_core.batch.cli import cmd_batch, options_from_args, parse_args  # noqa: E402
 from body4d_core.batch.engine import WorkerPool, WorkerSpec, init_ray, run_batch  # noqa: E402
 from body4d_core.batch.jobs import collect_jobs  # noqa: E402
-from body4d_core.batch.outputs import DONE, STARTED, SUMMARY_CSV, SUMMARY_JSON  # noqa: E402
+from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON  # noqa: E402
 from body4d_core.data import Bodies, Clip, Tracks  # noqa: E402
 from body4d_core.export import write_mp4  # noqa: E402
+from body4d_core.manifest import read_manifest  # noqa: E402
 from body4d_core.testing.checkpoints import write_tiny_checkpoints  # noqa: E402
 from body4d_core.video import LoadOptions, load_video  # noqa: E402
 
@@ -35,7 +37,8 @@ POINTS = {"version": 1, "objects": [{"id": 7, "points": [{"frame": 0, "x": 32, "
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    write_tiny_checkpoints(root, ["sam3", "sam3d_body"])
+    write_tiny_checkpoints(root, ["sam3", "sam3d_body", "diffusion_vas_amodal", "diffusion_vas_completion",
+                                  "depth_anything"])
     return root
 
 
@@ -79,6 +82,11 @@ def first_batch(pool, clips, models, tmp_path_factory):
     return rc, out
 
 
+def complete(folder):
+    """True when the folder's run.json says its run finished (what a batch keeps)."""
+    return (read_manifest(folder) or {}).get("status") == "complete"
+
+
 def rows_of(out):
     with open(out / SUMMARY_CSV, newline="") as f:
         return {r["name"]: r for r in csv.DictReader(f)}
@@ -90,9 +98,9 @@ def test_three_succeed_and_the_corrupt_file_is_reported(first_batch, clips):
     rows = rows_of(out)
     assert [rows[n]["status"] for n in ("clip_a", "clip_b", "broken", "third")] == ["done", "done", "failed", "done"]
     assert "broken.mp4" in rows["broken"]["error"] and "\n" not in rows["broken"]["error"]
-    assert not (out / "broken" / DONE).exists()
+    assert not complete(out / "broken")
     for name in ("clip_a", "clip_b", "third"):
-        assert (out / name / DONE).is_file() and (out / name / "render_4d.mp4").is_file()
+        assert complete(out / name) and (out / name / "render_4d.mp4").is_file()
         assert float(rows[name]["sam3_s"]) > 0 and float(rows[name]["bodies_s"]) > 0
         assert rows[name]["amodal_s"] == ""  # --no_amodal reached every worker
         assert not (out / name / "amodal.npz").exists() and not (out / name / "glb").exists()
@@ -130,15 +138,16 @@ def test_stopped_batch_resumes_without_running_a_video_twice(first_batch, pool, 
     stopped = rows_of(tmp_path / "out")
     first = [n for n, r in stopped.items() if r["status"] == "done"]
     assert len(first) == 1 and sorted(r["status"] for r in stopped.values()) == ["done", "not run", "not run"]
-    finished = sorted(p.parent.name for p in (tmp_path / "out").glob(f"*/{DONE}"))  # the video in flight was killed,
+    started = [p.parent for p in (tmp_path / "out").glob("*/run.json")]
+    finished = sorted(f.name for f in started if complete(f))  # the video in flight was killed,
     assert first[0] in finished and len(finished) < 3  # unless it finished in the same instant
-    killed = sorted(p.parent.name for p in (tmp_path / "out").glob(f"*/{STARTED}"))  # left half-written
+    killed = sorted(f.name for f in started if not complete(f))  # left half-written
     assert len(finished) + len(killed) == 2 and not set(finished) & set(killed)  # two workers, two videos started
     kept = {p: p.stat().st_mtime_ns for name in finished for p in (tmp_path / "out" / name).rglob("*")}
 
     rows = run_batch(jobs, opts, args.out, pool=pool)
     assert {r.name for r in rows if r.status == "done earlier"} == set(finished)
-    assert all(r.status == "done" for r in rows if r.name not in finished)
+    assert all(r.status == "done" for r in rows if r.name not in finished), [(r.name, r.error) for r in rows]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished videos were not run again
     for name in ("clip_b", "clip_c"):  # identical to the uninterrupted batch (clip_c was named 'third' there)
         ref = out1 / ("third" if name == "clip_c" else name)
@@ -209,3 +218,70 @@ def test_workers_keep_their_models_across_videos(first_batch, pool):
         pytest.skip("run_pipeline has no models= argument yet (each video loads its models)")
     held = [s["models"] for s in ray.get([a.stats.remote() for a in pool.actors])]
     assert any("sam3" in m and "sam3d_body" in m for m in held)
+
+
+def amodal_split(pool, models):
+    """Tiny amodal models here and the same models split over both workers (their own copies, same weights)."""
+    import dataclasses
+
+    from body4d_core.amodal.models import load_amodal_models
+    from body4d_core.batch.shard import SplitJobRunner
+    from body4d_core.pipeline import PipelineOptions
+
+    opts = PipelineOptions(models_root=models, device="cpu")
+    local = load_amodal_models([models], device="cpu")
+    split = dataclasses.replace(local, mask=SplitJobRunner(pool.actors, "mask", local.mask, opts),
+                                content=SplitJobRunner(pool.actors, "content", local.content, opts))
+    return local, split
+
+
+def amodal_shards(pool):
+    return [s["amodal_shards"] for s in ray.get([a.stats.remote() for a in pool.actors])]
+
+
+def test_amodal_jobs_split_at_whole_batches_equal_one_worker(pool, models):
+    import torch
+
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.amodal.job import VideoJob
+
+    local, split = amodal_split(pool, models)
+    g = torch.Generator().manual_seed(0)
+    # 4, 4, 6 (two windows) and 4 frames; windows of 4, batches of 2: the sampler's batches end after jobs 2 and 3
+    jobs = [VideoJob(torch.rand(n, 1, 16, 24, generator=g) * 2 - 1, torch.rand(n, 1, 16, 24, generator=g) * 2 - 1,
+                     key, np.arange(n), key) for key, n in enumerate((4, 4, 6, 4), 1)]
+    sampler = SamplerConfig(steps=2, window=4, overlap=2, people_batch=2)
+    before = amodal_shards(pool)
+    one = local.mask.run_jobs(jobs, sampler)
+    two = split.mask.run_jobs(jobs, sampler)
+    assert [b - a for a, b in zip(before, amodal_shards(pool))] == [1, 1]  # both workers ran a share
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_amodal_stage_split_over_two_workers_equals_one(first_batch, pool, models):
+    import dataclasses
+
+    from body4d_core.amodal.config import OcclusionConfig, SamplerConfig
+    from body4d_core.amodal.stage import run_amodal
+
+    _, out = first_batch
+    clip_tracks = Tracks.load_npz(out / "clip_b" / "tracks.npz")
+    frames, _ = load_video(Clip.load_npz(out / "clip_b" / "clip.npz").source, LoadOptions(frame_load_cap=CAP))
+    vis = clip_tracks.masks_of(int(clip_tracks.obj_ids[0]))
+    masks = np.stack([vis, np.roll(vis, 9, axis=2), np.roll(vis, -7, axis=1)])  # three people
+    tracks = Tracks.from_masks([1, 2, 3], masks)
+    local, split = amodal_split(pool, models)
+    occ = OcclusionConfig(detection_resolution=(16, 24), completion_resolution=(32, 48))
+    sampler = SamplerConfig(steps=2, window=4, overlap=2, people_batch=1)
+    before = amodal_shards(pool)
+    one, _ = run_amodal(frames, tracks, local, occ, sampler)
+    two, _ = run_amodal(frames, tracks, split, occ, sampler)
+    assert all(b > a for a, b in zip(before, amodal_shards(pool)))  # the detection pass went to both workers
+    for f in dataclasses.fields(one):
+        a, b = getattr(one, f.name), getattr(two, f.name)
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=True), f.name
+        else:
+            assert a == b, f.name

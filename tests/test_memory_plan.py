@@ -117,8 +117,9 @@ def test_stage_bodies_uses_the_planned_batch(monkeypatch):
     masks[0, :, 2:6, 3:8] = True
     plan = MemoryPlan(8.0, 5, 1, 1, offload_amodal=False, release_cached=False)
     pipeline.stage_bodies(np.zeros((2, 8, 10, 3), np.uint8), Tracks.from_masks([1], masks), None,
-                          Camera.default((8, 10), 2), pipeline.PipelineOptions(batch_size=64), None, plan=plan)
-    assert seen["batch_size"] == 5 and model.compiled[1] == 5
+                          Camera.default((8, 10), 2), pipeline.PipelineOptions(
+                              batch_size=64, profile=RunProfile(crop_kernel="grid_sample")), None, plan=plan)
+    assert seen["batch_size"] == 5 and model.compiled[1] == 5 and seen["crop_kernel"] == "grid_sample"
 
 
 def test_amodal_offload_moves_each_part_only_while_it_runs():

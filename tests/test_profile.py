@@ -82,6 +82,10 @@ def test_derived_stage_options():
     assert RunProfile(loader="legacy").loader_kwargs() == {"fast": False}
     kw = RunProfile(precision="bf16", decoder_precision="bf16", backbone_fp8=True).body_kwargs()
     assert kw == {"dtype": torch.bfloat16, "decoder_dtype": torch.bfloat16, "fp8": True}
+    assert RunProfile(crop_kernel="grid_sample").body_kwargs() == {"crop_kernel": "grid_sample"}
+    from body4d_core.sam3d_body.infer import CROP_KERNELS  # the kernels estimate_bodies takes
+
+    assert FIELDS["crop_kernel"].choices == CROP_KERNELS
     assert RunProfile(compile="off").compile_mode == "" and RunProfile(compile="always").compile_mode == "default"
     assert RunProfile(precision="fp32").moge_fp16 is False
 

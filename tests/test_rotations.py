@@ -255,3 +255,13 @@ def test_quat_continuous_keeps_one_hemisphere() -> None:
     assert ((out[1:] * out[:-1]).sum(-1) > 0).all()
     np.testing.assert_allclose(np.abs((out * q).sum(-1)), 1.0, atol=1e-12)  # same rotations
     assert not ((flipped[1:] * flipped[:-1]).sum(-1) > 0).all()
+
+
+def test_premultiply_euler_is_the_matrix_product() -> None:
+    e = _rng_euler(200, torch.float64, seed=3).numpy()
+    m = _rotmats(200, torch.float64, seed=4).numpy()
+    out = R.premultiply_euler_xyz(m, e)
+    want = np.stack([m[i] @ _rz(e[i, 2]) @ _ry(e[i, 1]) @ _rx(e[i, 0]) for i in range(len(e))])
+    got = np.stack([_rz(a[2]) @ _ry(a[1]) @ _rx(a[0]) for a in out])
+    assert np.abs(got - want).max() < 1e-10
+    assert not np.allclose(out, e)  # the rotation was applied

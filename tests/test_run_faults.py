@@ -212,3 +212,20 @@ def test_amodal_statistics_are_logged_as_a_sentence():
     assert text == ("amodal: 3 occluded person-frame(s) found, 2 segment(s) completed (7 frames); "
                     "depth 1.2 s, detect 3.5 s")
     assert "AmodalStats(" not in text
+
+
+def test_stages_collect_only_what_the_run_allocated(tmp_path, quick_stages, monkeypatch):
+    import gc
+
+    seen = []
+    tracks = pl.stage_tracks
+
+    def counting(*a):
+        seen.append(gc.get_freeze_count())  # what lived before the run is frozen: _free() skips it
+        return tracks(*a)
+
+    monkeypatch.setattr(pl, "stage_tracks", counting)
+    summary = pl.run_pipeline(SAMPLE, tmp_path / "out", opts(tmp_path))
+    assert seen and seen[0] > 1000
+    assert gc.get_freeze_count() == 0  # unfrozen after the run
+    assert {"sam3_prompts", "sam3_propagate", "sam3_release"} <= set(summary.timings)

@@ -17,9 +17,9 @@ from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core.sam3d_body.infer import CropPrefetcher, _mask_windows, _warp_masks
 from body4d_core.testing.body import random_model
-from body4d_core.sam3d_body.fp8 import fused_unavailable, register_ops
-from body4d_core.sam3d_body.vit import (FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS, DinoV3ViT, PatchEmbed, fp8_linear,
-                                        fp8_quantize_rows, fp8_quantize_tensor, run_block)
+from body4d_core.sam3d_body.fp8 import (FP8_BLOCK_ATTRS, FP8_LINEAR_ATTRS, fp8_linear, fp8_quantize_rows,
+                                        fp8_quantize_tensor, fused_unavailable, register_ops)
+from body4d_core.sam3d_body.vit import DinoV3ViT, PatchEmbed, run_block
 
 from .triton_interpreter import run_interpreted
 

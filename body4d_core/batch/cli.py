@@ -1,4 +1,4 @@
-"""``python -m body4d_core batch``: the run command's options over many videos, on Ray workers."""
+"""``python -m body4d_core batch``: the run command's options over many videos, on Ray workers or in this process."""
 
 from __future__ import annotations
 
@@ -30,14 +30,18 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "manual_fov=; or .json) or videos")
     p.add_argument("--out", "-o", default="outputs/batch",
                    help="output root; one folder per video (default: outputs/batch)")
+    p.add_argument("--engine", choices=("auto", "ray", "local"), default="auto",
+                   help="ray: one worker per GPU (pip install ray); local: the videos one after another in this "
+                        "process, models loaded once (no Ray needed); auto: ray when it is installed, else local")
     p.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray")
     p.add_argument("--workers", type=int, default=0,
                    help="workers, each with one GPU (0 = one per GPU; on a machine without GPU 0 means 1 CPU worker)")
     p.add_argument("--overwrite", action="store_true",
-                   help="run videos again even when their folder is finished "
-                        "(default: keep finished ones, resume the rest)")
+                   help="replace each video's earlier results (default: keep finished videos, resume the others "
+                        "from their finished stages; see run.json in each folder)")
     p.add_argument("--split", action="store_true",
-                   help="one video at a time, its body stage split over every worker (fewer videos than GPUs)")
+                   help="one video at a time, its body and amodal stages split over every worker "
+                        "(fewer videos than GPUs)")
     p.add_argument("--object_store_mb", type=int, default=0,
                    help="local Ray's shared-memory store for decoded frames (0 = Ray's default, 30%% of RAM)")
     for action in run._actions:
@@ -65,20 +69,41 @@ def print_event(kind: str, data: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
+def pick_engine(args: argparse.Namespace, pool: Any = None) -> str:
+    """'ray' or 'local' for ``--engine`` (auto: Ray when a pool is given or Ray is installed); errors name the fix."""
+    import importlib.util
+
+    from ..errors import InputError
+
+    engine = getattr(args, "engine", "auto")
+    if engine == "auto":
+        engine = "ray" if pool is not None or args.address or importlib.util.find_spec("ray") else "local"
+    if engine == "local" and (args.address or args.split or args.workers > 1):
+        raise InputError("--address, --split and --workers > 1 need the Ray engine (--engine ray, pip install ray)")
+    return engine
+
+
 def cmd_batch(args: argparse.Namespace, pool: Any = None) -> int:
     """Run the batch; 0 when every video is done, 1 when some failed, 130 when interrupted."""
-    from .engine import init_ray, run_batch
     from .jobs import collect_jobs
     from .outputs import FAILED, SUMMARY_CSV, SUMMARY_JSON, format_table
 
     jobs = collect_jobs(args.inputs)
     opts = options_from_args(args)
     out = Path(args.out)
-    print(f"batch: {len(jobs)} video(s) -> {out}", file=sys.stderr)
-    init_ray(args.address, object_store_mb=args.object_store_mb)
+    engine = pick_engine(args, pool)
+    print(f"batch: {len(jobs)} video(s) -> {out} ({engine} engine)", file=sys.stderr)
     try:
-        rows = run_batch(jobs, opts, out, pool=pool, workers=args.workers, overwrite=args.overwrite,
-                         split=args.split, on_event=print_event)
+        if engine == "local":
+            from .local import run_local
+
+            rows = run_local(jobs, opts, out, overwrite=args.overwrite, on_event=print_event)
+        else:
+            from .engine import init_ray, run_batch
+
+            init_ray(args.address, object_store_mb=args.object_store_mb)
+            rows = run_batch(jobs, opts, out, pool=pool, workers=args.workers, overwrite=args.overwrite,
+                             split=args.split, on_event=print_event)
     except KeyboardInterrupt:
         print(f"batch stopped; finished videos are kept, run the same command to resume ({out / SUMMARY_CSV})",
               file=sys.stderr)

@@ -6,9 +6,10 @@ worker is a long-lived actor holding one GPU (on a machine without GPUs: one CPU
 Where the pipeline takes decoded frames, each video is decoded ahead by a CPU task of its own
 (at most one per worker waits in Ray's object store), so a GPU worker goes from one video's
 last stage straight to the next video's first. With ``split`` the videos run one at a time and
-each one's body stage is shared by every worker. A video whose worker dies is reported failed
-and the worker is replaced; Ctrl-C stops the workers, writes the summary and leaves finished
-videos marked done, so the next batch resumes.
+each one's body and amodal stages are shared by every worker. A video whose worker dies is
+reported failed and the worker is replaced; Ctrl-C stops the workers and writes the summary;
+every video folder keeps its run.json, so the next batch skips finished videos and resumes the
+others from their finished stages.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import Body4DError, InputError
+from ..errors import Body4DError
 from ..pipeline import PipelineOptions
-from .jobs import VideoJob, job_options
-from .outputs import FAILED, NOT_RUN, Row, options_record, resume_state, write_summary
+from .jobs import VideoJob
+from .local import Event, plan_jobs
+from .outputs import FAILED, NOT_RUN, Row, write_summary
 from .worker import VideoWorker, one_line
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,16 @@ def plan_workers(requested: int = 0) -> WorkerSpec:
     return WorkerSpec(max(1, requested), 0.0, 1.0)
 
 
+def _wait_dead(ray: Any, actor: Any, timeout: float = 30.0) -> None:
+    """Wait until Ray reports ``actor`` dead, so the folder lock of the video it ran names a finished process."""
+    try:
+        ray.get(actor.ready.remote(), timeout=timeout)
+    except ray.exceptions.RayActorError:
+        return
+    except ray.exceptions.GetTimeoutError:
+        log.warning("worker %s did not stop within %.0f s", actor, timeout)
+
+
 class WorkerPool:
     """The batch's Ray actors; a dead or stopped one is replaced on demand."""
 
@@ -101,6 +113,7 @@ class WorkerPool:
         """Kill ``actor`` (if alive) and start another in its place."""
         ray = import_ray()
         ray.kill(actor)
+        _wait_dead(ray, actor)
         new = self._new()
         self.actors[self.actors.index(actor)] = new
         return new
@@ -110,29 +123,6 @@ class WorkerPool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-
-
-Event = Callable[[str, dict[str, Any]], None]  # ("row", {"row": Row}) | ("progress", {...})
-
-
-def _plan_jobs(jobs: list[VideoJob], base: PipelineOptions, out_root: Path, overwrite: bool
-               ) -> tuple[dict[int, Row], list[tuple[int, PipelineOptions]]]:
-    """Rows of videos already settled (finished earlier, or refused) and the (index, options) to run."""
-    rows: dict[int, Row] = {}
-    todo: list[tuple[int, PipelineOptions]] = []
-    for i, job in enumerate(jobs):
-        out = out_root / job.name
-        try:
-            opts = job_options(base, job)
-            state, row = resume_state(out, options_record(opts), overwrite)
-        except InputError as err:
-            rows[i] = Row(str(job.video), job.name, FAILED, str(out), error=str(err))
-            continue
-        if state == "keep":
-            rows[i] = row
-        else:
-            todo.append((i, opts))
-    return rows, todo
 
 
 def _status_line(jobs: list[VideoJob], rows: dict[int, Row], stages: list[dict[str, Any]]) -> str:
@@ -173,13 +163,13 @@ def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path,
               on_event: Event | None = None) -> list[Row]:
     """Run every job on the pool (made here when not given; Ray must be initialised); returns one row per job.
 
-    split: one video at a time, its body stage shared by every worker (for fewer videos than GPUs).
+    split: one video at a time, its body and amodal stages shared by every worker (for fewer videos than GPUs).
     """
     ray = import_ray()
     decode = _decoder(ray)
     out_root = Path(out_root)
     on_event = on_event or (lambda kind, data: None)
-    rows, todo = _plan_jobs(jobs, base, out_root, overwrite)
+    rows, todo = plan_jobs(jobs, base, out_root, overwrite)
     for i in sorted(rows):
         on_event("row", {"row": rows[i]})
     own = pool is None
@@ -192,15 +182,15 @@ def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path,
             pool = pool or WorkerPool(plan_workers(workers))
         idle = (pool.actors[:1] if split else list(pool.actors)) if queue else []
         while queue or running:
-            for i, opts in list(queue)[:len(pool.actors)] if decode is not None else []:
+            for i, opts, _ in list(queue)[:len(pool.actors)] if decode is not None else []:
                 if i not in decoded:
                     decoded[i] = decode.remote(str(jobs[i].video), opts.video)
             while idle and queue:
-                i, opts = queue.popleft()
+                i, opts, mode = queue.popleft()
                 actor = idle.pop(0)
                 ref = actor.run_video.remote(jobs[i], opts, str(out_root / jobs[i].name),
                                              [decoded.pop(i)] if i in decoded else None,
-                                             list(pool.actors) if split else None)
+                                             list(pool.actors) if split else None, mode)
                 running[ref] = (i, actor)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             for ref in ready:

@@ -1,11 +1,14 @@
-"""Per-video output folders of a batch: start and completion markers, resume rules, the summary table.
+"""Per-video output folders of a batch: the run's own manifest and lock, resume rules, the summary table.
 
-A video's folder holds ``batch_started.json`` while it runs and ``batch_done.json`` (written
-atomically, last) once every output is complete. On a new batch over the same output root:
-a folder with ``batch_done.json`` made with the same options is kept (the video is not run
-again); one made with other options is an error for that video unless ``--overwrite``; a
-folder with only ``batch_started.json`` (a killed run) is cleared and its video runs again; a
-non-empty folder without either marker is not ours and is never touched.
+Each video's folder follows the rules of the ``run`` command: ``run.json`` records the run as it
+goes and ``.body4d.lock`` refuses a second writer (see ``body4d_core.manifest``). On a new batch
+over the same output root, per video: a folder whose run.json says complete, made from the same
+video with the same options, is kept (not run again); complete with other options or another
+video is an error unless ``--overwrite``; a partial run (killed, failed, interrupted) resumes its
+finished stages whose inputs and options are unchanged and redoes the rest; a folder being
+written by a live run (its lock) is refused; results without run.json are an error unless
+``--overwrite``; a non-empty folder holding none of our outputs is not ours and is never touched.
+The batch-level summary (CSV and JSON) is written atomically into the output root.
 """
 
 from __future__ import annotations
@@ -14,36 +17,23 @@ import csv
 import dataclasses
 import io
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
 from ..errors import InputError
+from ..manifest import (MANIFEST_NAME, OutputFolderError, add_record, existing_results, foreign_entries, lock_busy,
+                        read_manifest, same_run)
 from ..pipeline import PipelineOptions
 
-DONE = "batch_done.json"
-STARTED = "batch_started.json"
 SUMMARY_CSV = "batch_summary.csv"
 SUMMARY_JSON = "batch_summary.json"
+ROW_KEY = "batch_row"  # where a batch stores its summary row in a finished folder's run.json
+FRESH, RESUME, OVERWRITE, KEEP = "fresh", "resume", "overwrite", "keep"  # what to do with a video's folder
 STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render", "write_wait")
 # statuses of a row
 OK, KEPT, FAILED, NOT_RUN = "done", "done earlier", "failed", "not run"
-
-
-def options_record(opts: PipelineOptions) -> dict[str, Any]:
-    """The options as plain JSON values (what a finished folder was made with)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(opts))
 
 
 @dataclass
@@ -66,45 +56,56 @@ class Row:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
-def read_done(out_dir: Path) -> dict[str, Any] | None:
-    """The completion marker of a folder (None when the video has not finished there)."""
-    path = out_dir / DONE
-    if not path.is_file():
-        return None
+def _kept_row(out_dir: Path, video: str, name: str, manifest: dict[str, Any]) -> Row:
+    """The summary row of a finished folder: the batch's own row when one was stored, else what run.json says."""
+    stored = manifest.get(ROW_KEY)
+    if isinstance(stored, dict):
+        row = Row.from_dict(stored)
+    else:
+        seconds = {s: float(e["seconds"]) for s, e in (manifest.get("stages") or {}).items()
+                   if isinstance(e, dict) and isinstance(e.get("seconds"), (int, float))}
+        outputs = {n: e.get("path", "") for n, e in (manifest.get("files") or {}).items()}
+        row = Row(video, name, OK, str(out_dir), seconds=seconds, outputs=outputs)
+    row.status, row.out_dir, row.error = KEPT, str(out_dir), ""
+    return row
+
+
+def plan_folder(out_dir: Path, video: str | Path, opts: PipelineOptions, overwrite: bool,
+                name: str | None = None) -> tuple[str, Row | None]:
+    """FRESH, RESUME or OVERWRITE (run the video so) or KEEP (finished earlier, with its row); InputError why not."""
+    out_dir = Path(out_dir)
+    busy = lock_busy(out_dir)
+    if busy:
+        raise InputError(busy)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        old = read_manifest(out_dir)
+    except OutputFolderError as err:
+        if not overwrite:
+            raise InputError(str(err)) from None
+        old = None
+    found = existing_results(out_dir)
+    if not found:
+        foreign = foreign_entries(out_dir)
+        if foreign:
+            raise InputError(f"{out_dir} exists and was not written by a batch or run ({', '.join(foreign[:3])}): "
+                             "remove it or choose another output folder")
+        return FRESH, None
+    if overwrite:
+        return OVERWRITE, None
+    if old is None:
+        raise InputError(f"{out_dir} holds results without a {MANIFEST_NAME}: pass --overwrite to replace them "
+                         "or choose another output folder")
+    if old.get("status") != "complete":
+        return RESUME, None
+    if not same_run(old, video, opts):
+        raise InputError(f"{out_dir} was finished from another video or with other options: pass --overwrite to run "
+                         "it again or choose another output folder")
+    return KEEP, _kept_row(out_dir, str(video), name or out_dir.name, old)
 
 
-def resume_state(out_dir: Path, record: dict[str, Any], overwrite: bool) -> tuple[str, Row | None]:
-    """'run' (run the video) or 'keep' (finished earlier, with its row), or raise InputError why not."""
-    done = read_done(out_dir)
-    if done is not None and not overwrite:
-        if done.get("options") != record:
-            raise InputError(f"{out_dir} was finished with other options: pass --overwrite to run it again "
-                             "or choose another output folder")
-        row = Row.from_dict(done["row"])
-        row.status = KEPT
-        return "keep", row
-    if out_dir.exists() and any(out_dir.iterdir()) and done is None and not (out_dir / STARTED).is_file():
-        raise InputError(f"{out_dir} exists and was not written by a batch: remove it or choose another output folder")
-    return "run", None
-
-
-def start_folder(out_dir: Path, video: str, record: dict[str, Any]) -> None:
-    """Clear what an earlier (killed or overwritten) batch left and mark the folder as running."""
-    if out_dir.exists() and ((out_dir / STARTED).is_file() or (out_dir / DONE).is_file()):
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / STARTED, json.dumps({"video": video, "options": record}, indent=1))
-
-
-def finish_folder(out_dir: Path, record: dict[str, Any], row: Row) -> None:
-    """Write the completion marker (last, atomically): the folder now counts as done."""
-    write_text_atomic(out_dir / DONE, json.dumps({"video": row.video, "options": record,
-                                                  "row": dataclasses.asdict(row)}, indent=1))
-    (out_dir / STARTED).unlink(missing_ok=True)
+def record_row(out_dir: Path, row: Row) -> None:
+    """Store the finished video's summary row in its run.json (a later batch that keeps the folder reports it)."""
+    add_record(Path(out_dir), ROW_KEY, dataclasses.asdict(row))
 
 
 def _stage_columns(rows: list[Row]) -> list[str]:

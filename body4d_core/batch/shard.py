@@ -1,8 +1,16 @@
-"""One video's body stage over every worker: crop items split in whole batches, results merged in order.
+"""One video's body and amodal stages over every worker: work split, results merged in order.
 
-Items are sorted as ``estimate_bodies`` sorts them (frame, then object id) and cut only at
-multiples of the batch size, so every worker runs exactly the batches a single worker would
-have run: the merged results equal a one-worker run.
+Body stage: items are sorted as ``estimate_bodies`` sorts them (frame, then object id) and cut
+only at multiples of the batch size, so every worker runs exactly the batches a single worker
+would have run: the merged results equal a one-worker run.
+
+Amodal stage: its jobs (one per person, or per occluded segment) are cut into contiguous runs,
+one per worker, of near-equal window counts. Each window's noise comes from its own seed, so a
+job's numbers do not depend on the worker; the UNet batch a window shares with others would
+still change GEMM rounding, so jobs are cut only where the sampler's own batches end (in
+every batch group, as ``run_jobs`` forms them): every worker then runs exactly the batches a
+single worker would have run, and the merged results equal a one-worker run. Where no such cut
+exists the jobs stay on one worker.
 """
 
 from __future__ import annotations
@@ -52,3 +60,107 @@ def estimate_bodies_sharded(workers: Sequence[Any], frames: np.ndarray, items: S
     for pos, i in enumerate(order):
         out[i] = flat[pos]
     return out
+
+
+def job_ranges(costs: Sequence[int], n_workers: int, clean: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) job ranges, one per worker with work, of near-equal total cost.
+
+    clean: the positions where a cut is allowed (default: any); fewer ranges when too few are.
+    """
+    if n_workers < 1:
+        raise InputError(f"need at least one worker, got {n_workers}")
+    n = len(costs)
+    if n == 0:
+        return []
+    prefix = np.concatenate([[0], np.cumsum([max(1, int(c)) for c in costs])])
+    allowed = sorted({int(c) for c in (range(1, n) if clean is None else clean) if 0 < int(c) < n})
+    total, parts, cuts = float(prefix[-1]), min(n_workers, n), [0]
+    for k in range(1, parts):
+        later = [c for c in allowed if c > cuts[-1]]
+        target = total * k / parts
+        if not later:
+            break
+        best = min(later, key=lambda c: (abs(prefix[c] - target), c))
+        if abs(prefix[best] - target) < abs(prefix[-1] - target):
+            cuts.append(best)
+    cuts.append(n)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def batch_boundaries(jobs: Sequence[Any], sampler: Any, runner: Any, budget_px: int) -> list[int]:
+    """Job positions where every batch group of ``runner.run_jobs`` ends a whole batch (exact cut points).
+
+    Mirrors the sampler's batching: windows grouped by (length, frame size) in job order, windows
+    with no kept frame left out under ``skip_unkept``, ``per`` windows a batch within the pixel budget.
+    """
+    from ..amodal.occlusion import blend_weights, plan_windows
+
+    scale = int(getattr(runner, "vae_scale", 8))
+    skip = bool(getattr(getattr(runner, "accel", None), "skip_unkept", False))
+    counts: dict[tuple, int] = {}
+    per: dict[tuple, int] = {}
+    clean = []
+    for pos, job in enumerate(jobs):
+        if pos and all(counts[g] % per[g] == 0 for g in counts):
+            clean.append(pos)
+        windows = plan_windows(0, job.length, sampler.window, sampler.overlap)
+        for (a, b), weight in zip(windows, blend_weights(windows, 0, job.length)):
+            if skip and not (job.kept[a:b] & (np.asarray(weight) > 0)).any():
+                continue
+            h, w = (int(x) for x in job.cond_a.shape[-2:])
+            group = (b - a, (h, w))
+            lat_px = (h // scale) * (w // scale)
+            per[group] = max(1, min(int(sampler.people_batch), budget_px // max(1, 2 * (b - a) * lat_px)))
+            counts[group] = counts.get(group, 0) + 1
+    return clean
+
+
+def job_windows(job: Any, sampler: Any) -> int:
+    """Windows the sampler runs for one job (its share of the work)."""
+    from ..amodal.occlusion import plan_windows
+
+    return len(plan_windows(0, job.length, sampler.window, sampler.overlap))
+
+
+class SplitJobRunner:
+    """A Diffusion-VAS job runner whose ``run_jobs`` splits the jobs over Ray workers (``VideoWorker.amodal_jobs``).
+
+    Cuts only at whole sampler batches (``batch_boundaries``); ``local`` (this worker's own sampler)
+    runs the jobs when they make one range. Results come back in job order, like the sampler's own.
+    """
+
+    def __init__(self, workers: Sequence[Any], part: str, local: Any, opts: Any) -> None:
+        self.workers, self.part, self.local, self.opts = list(workers), part, local, opts
+
+    def __getattr__(self, name: str) -> Any:  # the sampler's other attributes (device, models, ...)
+        return getattr(self.local, name)
+
+    def run_jobs(self, jobs: Sequence[Any], sampler: Any, hooks: Any = None, budget_px: int = 1 << 20) -> list[Any]:
+        """Every job's frames, the jobs shared by the workers in contiguous ranges."""
+        import ray
+
+        from ..runtime import NULL_HOOKS
+
+        hooks = hooks or NULL_HOOKS
+        jobs = list(jobs)
+        clean = batch_boundaries(jobs, sampler, self.local, budget_px)
+        ranges = job_ranges([job_windows(j, sampler) for j in jobs], len(self.workers), clean)
+        if len(ranges) < 2:
+            return self.local.run_jobs(list(jobs), sampler, hooks, budget_px)
+        hooks.check_interrupt()
+        futures = [w.amodal_jobs.remote(self.part, list(jobs[a:b]), sampler, budget_px, self.opts)
+                   for w, (a, b) in zip(self.workers, ranges)]
+        pending, done = list(futures), 0
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                hooks.check_interrupt()
+                done += sum(b - a for f, (a, b) in zip(futures, ranges) if f in ready)
+                if ready:
+                    hooks.progress(done, len(jobs))
+        except BaseException:
+            for f in pending:
+                ray.cancel(f)
+            raise
+        parts = ray.get(futures)
+        return [frames for part in parts for frames in part]

@@ -5,14 +5,17 @@ so the worker's device is simply ``cuda``). It runs several threads so the drive
 its current video and stage while a video runs, and so a video's body stage can use this worker
 as one of its shards. Where ``run_pipeline`` accepts them, the worker passes its model cache
 (models stay loaded across videos), frames decoded by a separate CPU task, and the sharded body
-estimator (one video over every worker).
+estimator and amodal job runners (one video over every worker). Without Ray it runs videos in
+this process (``local``), keeping the same model cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
+from collections import UserDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +24,7 @@ import numpy as np
 from ..errors import Body4DError
 from ..pipeline import PipelineOptions, run_pipeline
 from .jobs import VideoJob
-from .outputs import FAILED, OK, Row, finish_folder, options_record, start_folder
+from .outputs import FAILED, FRESH, OK, OVERWRITE, RESUME, Row, record_row
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +59,16 @@ class VideoWorker:
         self._status: dict[str, Any] = {}
         self._models: dict[tuple, Any] = {}  # loaded once, kept for the worker's life (the pipeline's model cache)
         self._shards = 0
+        self._amodal_shards = 0
 
     def ready(self) -> str:
         """Answers once the worker process is up (the driver waits for every worker before timing)."""
         return self.label
 
     def stats(self) -> dict[str, Any]:
-        """Which models this worker holds and how many body-stage shards it ran."""
-        return {"models": sorted(str(k[0]) for k in self._models), "shards": self._shards}
+        """Which models this worker holds and how many body-stage and amodal shards it ran."""
+        return {"models": sorted(str(k[0]) for k in self._models), "shards": self._shards,
+                "amodal_shards": self._amodal_shards}
 
     def set_status(self, video: str, stage: str, done: int, total: int) -> None:
         self._status = {"video": video, "stage": stage, "done": int(done), "total": int(total)}
@@ -77,7 +82,7 @@ class VideoWorker:
         params = inspect.signature(run_pipeline).parameters
         extras: dict[str, Any] = {}
         if "models" in params:
-            extras["models"] = self._models
+            extras["models"] = _SplitCache(self._models, shard_over, opts) if shard_over else self._models
         if decoded and "decoded" in params:
             import ray
 
@@ -87,21 +92,23 @@ class VideoWorker:
         return extras
 
     def run_video(self, job: VideoJob, opts: PipelineOptions, out_dir: str, decoded: list | None = None,
-                  shard_over: list | None = None) -> Row:
+                  shard_over: list | None = None, mode: str = FRESH) -> Row:
         """The whole pipeline on one video into out_dir; a failure becomes a 'failed' row, never an exception.
 
         decoded: [ref] to (frames, clip) from ``decode_video`` (a list, so Ray hands over the reference);
-        shard_over: worker handles (this one included) that share the video's body stage.
+        shard_over: worker handles (this one included) that share the video's body and amodal stages;
+        mode: FRESH, RESUME (reuse the finished stages run.json allows) or OVERWRITE (replace the old run).
         """
+        if mode not in (FRESH, RESUME, OVERWRITE):
+            raise ValueError(f"unknown folder mode {mode!r}")
         out = Path(out_dir)
-        record = options_record(opts)
         base = Row(video=str(job.video), name=job.name, status=FAILED, out_dir=str(out), worker=self.label)
         t0 = time.perf_counter()
         self.set_status(job.name, "start", 0, 0)
         try:
-            start_folder(out, str(job.video), record)
             extras = self._extras(opts, decoded, shard_over)
-            summary = run_pipeline(job.video, out, opts, lambda stage: _StageHooks(self, job.name, stage), **extras)
+            summary = run_pipeline(job.video, out, opts, lambda stage: _StageHooks(self, job.name, stage),
+                                   overwrite=mode == OVERWRITE, resume=mode == RESUME, **extras)
         except Exception as err:  # noqa: BLE001 - one video's failure is reported, the batch goes on
             log.warning("video %s failed: %s", job.video, err, exc_info=not isinstance(err, Body4DError))
             base.error = one_line(err)
@@ -115,7 +122,7 @@ class VideoWorker:
                   outputs={k: str(Path(v).relative_to(out)) if Path(v).is_relative_to(out) else str(v)
                            for k, v in summary.files.items()},
                   worker=self.label)
-        finish_folder(out, record, row)
+        record_row(out, row)
         return row
 
     def _body_model(self, models_root: str | None, device: str | None) -> Any:
@@ -137,6 +144,48 @@ class VideoWorker:
         model = self._body_model(models_root, device)
         self._shards += 1
         return estimate_bodies(model, frames, items, intrinsics, **kwargs)
+
+    def amodal_jobs(self, part: str, jobs: Sequence[Any], sampler: Any, budget_px: int, opts: PipelineOptions
+                    ) -> list[Any]:
+        """One shard of a video's amodal jobs through this worker's own ``part`` ("mask" or "content") sampler."""
+        from ..runtime import NULL_HOOKS
+
+        runner = getattr(self._amodal_models(opts), part)
+        self._amodal_shards += 1
+        return runner.run_jobs(list(jobs), sampler, NULL_HOOKS, budget_px)
+
+    def _amodal_models(self, opts: PipelineOptions) -> Any:
+        """The amodal models under the pipeline's own cache key (loaded once, shared with this worker's videos)."""
+        from ..amodal.models import load_amodal_models
+
+        key = ("amodal", str(opts.models_root), opts.device, opts.dtype)
+        if key not in self._models:
+            dirs = [Path(opts.models_root)] if opts.models_root else None
+            self._models[key] = load_amodal_models(dirs, device=opts.device, dtype=opts.dtype)
+        return self._models[key]
+
+
+class _SplitCache(UserDict):
+    """The worker's model cache as one split video sees it: the amodal models hand their jobs to every worker.
+
+    The entries are the worker's own (loads land in its cache); only what the amodal stage reads
+    is a view whose samplers split their job lists over ``workers`` (see ``shard.SplitJobRunner``).
+    """
+
+    def __init__(self, store: dict, workers: list, opts: PipelineOptions) -> None:
+        super().__init__()
+        self.data = store  # shared, not copied
+        self.workers, self.opts = workers, opts
+
+    def __getitem__(self, key: Any) -> Any:
+        from .shard import SplitJobRunner
+
+        value = self.data[key]
+        if not (isinstance(key, tuple) and key and key[0] == "amodal") or len(self.workers) < 2:
+            return value
+        split = {part: SplitJobRunner(self.workers, part, getattr(value, part), self.opts)
+                 for part in ("mask", "content") if getattr(value, part) is not None}
+        return dataclasses.replace(value, **split)
 
 
 def decode_video(video: str, opts: Any) -> tuple[np.ndarray, Any]:

@@ -45,8 +45,9 @@ def detect_boxes(bundle: Any, source: FrameSource, frame: int, text_state: tuple
     pixels = proc.image_processor(images=chw, device=bundle.device, return_tensors="pt")["pixel_values"]
     text_embeds, text_mask = text_state
     out = det(pixel_values=pixels.to(bundle.dtype), text_embeds=text_embeds, attention_mask=text_mask)
-    res = proc.post_process_instance_segmentation(out, threshold=score_threshold, mask_threshold=0.5,
-                                                  target_sizes=[(h, w)])[0]
+    # boxes and scores only: the instance-segmentation post-processing gives the same boxes but also
+    # upsamples every kept query's mask to the full frame (as int64), which the prompts never use
+    res = proc.post_process_object_detection(out, threshold=score_threshold, target_sizes=[(h, w)])[0]
     boxes, scores = res["boxes"].float().cpu(), res["scores"].float().cpu()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)

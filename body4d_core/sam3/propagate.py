@@ -42,8 +42,9 @@ def pack_bits_torch(masks: torch.Tensor) -> torch.Tensor:
         m = F.pad(m, (0, pad))
     m = m.reshape(*m.shape[:-1], -1, 8)
     # bit shifts made on the device: a host-built weight tensor would be a synced upload every frame
-    shifts = torch.arange(7, -1, -1, dtype=torch.int32, device=m.device)  # numpy.packbits order (big-endian)
-    return (m.to(torch.int32) << shifts).sum(-1).to(torch.uint8)
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=m.device)  # numpy.packbits order (big-endian)
+    # the 8 shifted bits are disjoint, so a uint8 sum cannot overflow: no int32/int64 intermediates
+    return (m << shifts).sum(-1, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -282,12 +283,17 @@ def _prune(session: Any, frame: int, reverse: bool, keep: int) -> None:
 
 
 def _steps(plan: _Plan, num_frames: int, direction: str) -> list[tuple[int, bool]]:
-    """The (frame, reverse) steps of the propagation passes, in order."""
+    """The (frame, reverse) steps of the propagation passes, in order.
+
+    A pass that would only visit its starting frame is left out: every prompt then sits on that
+    frame, whose masks the prompts gave already (e.g. the backward pass of ``both`` when all
+    prompts are on frame 0, as after people detection on the first frame).
+    """
     first, last = min(plan.by_frame), max(plan.by_frame)
     steps: list[tuple[int, bool]] = []
-    if direction in ("both", "forward"):
+    if direction in ("both", "forward") and first < num_frames - 1:
         steps += [(f, False) for f in range(first, num_frames)]
-    if direction in ("both", "backward"):
+    if direction in ("both", "backward") and last > 0:
         steps += [(f, True) for f in range(last, -1, -1)]
     return steps
 
@@ -326,7 +332,7 @@ def propagate(
     try:
         with torch.inference_mode(), autocast(dev, bundle.dtype):
             for frame, items in plan.by_frame.items():
-                pixels = _encode(bundle, source, frame)
+                pixels = _encode(bundle, source, frame, upload=speed.async_io)
                 for item in items:
                     hooks.check_interrupt()
                     _add_prompt(bundle, session, item, source.image_size)

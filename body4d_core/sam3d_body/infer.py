@@ -17,16 +17,18 @@ import torch
 
 from ..data import BodyFlag, Bodies, Camera
 from ..errors import InputError
-from ..runtime import NULL_HOOKS, Hooks, run_with_oom_retry, upload
+from ..runtime import NULL_HOOKS, Hooks, upload
 from . import crop as C
 from . import fusion
 from .. import rotations as rot
 from .heads import camera_geometry, project
+from .fp8 import fp8_unavailable
 from .model import CropBatch, Sam3dBody
-from .vit import fp8_unavailable
+from .runner import BodyRunner
 
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
+CROP_KERNELS = ("auto", "triton", "grid_sample")  # estimate_bodies(crop_kernel=...)
 # Bodies.extras name -> per-item result key (names follow body4d_core.interop.mhr_pose_data)
 EXTRA_KEYS = {"model_params": "model_params", "joint_coords": "joints", "joint_global_rots": "joint_rots"}
 PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
@@ -194,19 +196,24 @@ def _warp_masks(items: Sequence[BodyItem], affine: torch.Tensor, size: int, wind
     return C.warp(src[:, None].float(), g), scores
 
 
-TRITON_CROPS = True  # CUDA: crops by crop_triton's kernel where it can run (False: grid_sample; bench A/B)
-
-
-def _crop_kernel_usable(dev: torch.device) -> bool:
-    """Whether this batch's crops and masks go through crop_triton's kernel (CUDA with triton)."""
-    if not TRITON_CROPS or dev.type != "cuda":
+def _crop_kernel_usable(dev: torch.device, crop_kernel: str = "auto") -> bool:
+    """Whether crops and masks go through crop_triton's kernel: 'auto' where it can run (CUDA with triton),
+    'triton' always (an error where it cannot), 'grid_sample' never."""
+    if crop_kernel not in CROP_KERNELS:
+        raise InputError(f"crop_kernel must be one of {CROP_KERNELS}, got {crop_kernel!r}")
+    if crop_kernel == "grid_sample":
         return False
-    try:
-        from . import crop_triton  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
-        log.debug("crops by grid_sample: the crop kernel needs triton (%s)", err)
-        return False
-    return True
+    why = "" if dev.type == "cuda" else f"the crop kernel needs a CUDA device (this model is on {dev.type})"
+    if not why:
+        try:
+            from . import crop_triton  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - e.g. torch wheels without triton (Windows)
+            why = f"the crop kernel needs triton ({type(err).__name__}: {err})"
+    if why and crop_kernel == "triton":
+        raise InputError(f"crop_kernel='triton': {why}; use 'auto' or 'grid_sample'")
+    if why:
+        log.debug("crops by grid_sample: %s", why)
+    return not why
 
 
 def _triton_crops(sources: dict[Any, torch.Tensor], keys: list[Any], affine: torch.Tensor, size: int, flip: bool,
@@ -259,12 +266,13 @@ def _crop_images(frames: torch.Tensor, items: Sequence[BodyItem], affine: torch.
 
 
 def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
-                boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True) -> CropBatch:
+                boxes: torch.Tensor, padding: float, flip: bool = False, use_masks: bool = True,
+                crop_kernel: str = "auto") -> CropBatch:
     """Crop ``items`` (boxes [B, 4] on device, in the possibly mirrored image) into a CropBatch.
 
     Sync-free on CUDA (pinned uploads, no device->host reads): its GPU work queues behind
     whatever is running, so it can be built ahead for the next batch. use_masks takes the mask
-    windows from the items' own boxes (body crops), not from ``boxes``.
+    windows from the items' own boxes (body crops), not from ``boxes``. crop_kernel: see ``estimate_bodies``.
     """
     dev = boxes.device
     s = model.cfg.image_size
@@ -272,7 +280,7 @@ def build_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem
     centre, side = C.crop_boxes(boxes, padding)
     affine = C.affine_matrices(centre, side, s)
     n = len(items)
-    kernel = _crop_kernel_usable(dev)
+    kernel = _crop_kernel_usable(dev, crop_kernel)
     grid = None if kernel else C.sample_grid(affine, s, (h, w), flip=flip)  # grid_sample's, shared by both warps
     img = _crop_images(frames, items, affine, s, flip, dev, kernel, grid)
     if use_masks:
@@ -290,10 +298,11 @@ def item_boxes(items: Sequence[BodyItem], device: torch.device) -> torch.Tensor:
     return upload(_host_boxes(items), device)
 
 
-def body_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor) -> CropBatch:
+def body_crops(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor,
+               crop_kernel: str = "auto") -> CropBatch:
     """The body crops (with masks) of ``items``."""
     dev = next(model.parameters()).device
-    return build_crops(model, frames, items, K, item_boxes(items, dev), C.BODY_PADDING)
+    return build_crops(model, frames, items, K, item_boxes(items, dev), C.BODY_PADDING, crop_kernel=crop_kernel)
 
 
 def _dummy_prompt(n: int, device: torch.device) -> torch.Tensor:
@@ -317,13 +326,14 @@ def _cat_batches(a: CropBatch, b: CropBatch) -> CropBatch:
 
 def _run_full(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, batch: CropBatch,
               feats: torch.Tensor, body: dict, dtype: torch.dtype,
-              dec_dtype: torch.dtype = torch.float32) -> tuple[dict, torch.Tensor, torch.Tensor]:
+              dec_dtype: torch.dtype = torch.float32, crop_kernel: str = "auto") -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Hand refinement on top of a body pass; returns the merged params and the two hand boxes."""
     n, dev = batch.n, batch.img.device
     width = batch.img_wh[:, 0]
     lbox, rbox = fusion.hand_boxes(body, batch, model.cfg.image_size)
-    lb = build_crops(model, frames, items, K, fusion.mirror_boxes(lbox, width), C.HAND_PADDING, True, False)
-    rb = build_crops(model, frames, items, K, rbox, C.HAND_PADDING, False, False)
+    lb = build_crops(model, frames, items, K, fusion.mirror_boxes(lbox, width), C.HAND_PADDING, True, False,
+                     crop_kernel)
+    rb = build_crops(model, frames, items, K, rbox, C.HAND_PADDING, False, False, crop_kernel)
     hb = _cat_batches(lb, rb)
     ph = model.decode("hand", model.encode(hb, dtype), hb, _dummy_prompt(2 * n, dev), with_verts=False,
                       dtype=dec_dtype)
@@ -349,18 +359,19 @@ def _finish(model: Sam3dBody, p: dict, batch: CropBatch, with_verts: bool) -> di
 def _run_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
                dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype, batch: CropBatch,
                after_encode: Callable[[], None] | None = None, feats: torch.Tensor | None = None,
-               ready: Any = None, stream: Any = None) -> list[dict[str, np.ndarray]]:
+               ready: Any = None, stream: Any = None, crop_kernel: str = "auto") -> list[dict[str, np.ndarray]]:
     """One batch end to end from its crops. ``feats``: its encoding if already built (``ready``: the
     CUDA event after that encoding); ``after_encode``: called once the backbone is queued (the
     prefetcher builds the next batch there, while the GPU is busy); ``stream``: a side CUDA stream
-    for everything after the encoding (it then overlaps the next batch's backbone)."""
+    for everything after the encoding (it then overlaps the next batch's backbone); crop_kernel: the hand crops'."""
     with torch.inference_mode():
         if feats is None:
             feats, ready = model.encode(batch, dtype), _event(batch.img.device)
         if after_encode is not None:
             after_encode()
         with _on_stream(stream, ready):
-            return _decode_batch(model, frames, items, K, mode, dtype, with_verts, dec_dtype, batch, feats)
+            return _decode_batch(model, frames, items, K, mode, dtype, with_verts, dec_dtype, batch, feats,
+                                 crop_kernel)
 
 
 def _event(device: torch.device) -> Any:
@@ -386,13 +397,13 @@ def _on_stream(stream: Any, ready: Any) -> Iterator[None]:
 
 def _decode_batch(model: Sam3dBody, frames: torch.Tensor, items: Sequence[BodyItem], K: torch.Tensor, mode: str,
                   dtype: torch.dtype, with_verts: bool, dec_dtype: torch.dtype, batch: CropBatch,
-                  feats: torch.Tensor) -> list[dict[str, np.ndarray]]:
+                  feats: torch.Tensor, crop_kernel: str = "auto") -> list[dict[str, np.ndarray]]:
     """Body decode (+ hand refinement), final rig, results to the host (syncs the current stream)."""
     dev = feats.device
     body = model.decode("body", feats, batch, _dummy_prompt(batch.n, dev), with_verts=False, dtype=dec_dtype)
     lbox = rbox = None
     if mode == "full":
-        body, lbox, rbox = _run_full(model, frames, items, K, batch, feats, body, dtype, dec_dtype)
+        body, lbox, rbox = _run_full(model, frames, items, K, batch, feats, body, dtype, dec_dtype, crop_kernel)
     out = _finish(model, body, batch, with_verts)
     res = {name: out[key] for name, key in PARAM_KEYS.items()}
     res.update(keypoints_3d=out["kp3d"], keypoints_2d=out["kp2d"], model_params=out["model_params"],
@@ -434,14 +445,16 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     mode: str = "body", batch_size: int = 64, hooks: Hooks = NULL_HOOKS,
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
-                    overlap: bool = True, fp8: bool = False) -> list[dict[str, np.ndarray]]:
+                    overlap: bool = True, fp8: bool = False, crop_kernel: str = "auto",
+                    runner: BodyRunner | None = None) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
     (body decoder only) or 'full' (hand refinement). dtype is the backbone's autocast dtype on GPU
     (default bf16 where supported); decoder_dtype the decoders' matmul autocast dtype on GPU (default
     float32, as upstream; heads, norms and the rig always run float32); CPU always runs float32.
-    Compiled backbone/decoder: ``model.optimize(...)`` once before calling. prefetch: build the next
+    runner: how the networks run (compile policy, padded buckets, OOM halving: ``runner.BodyRunner``);
+    default ``model.runner`` (set by ``model.optimize`` / ``model.compile_for``). prefetch: build the next
     batch's crops while the current backbone runs (identical results; hides the crop time on GPU).
     overlap (default; implies prefetch): also encode the next batch before decoding this one, and
     decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results;
@@ -449,7 +462,8 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     fp8 (opt-in, lossy): the backbone's block linears run E4M3 matmuls with per-row scales and fast
     accumulation for this call (weights quantised on entry, dropped on exit; activations quantised by
     the fused kernels of ``fp8_triton``); where the GPU cannot (see ``fp8.fp8_unavailable``) it logs
-    why and runs without.
+    why and runs without. crop_kernel: 'auto' (crop_triton's kernel on CUDA where triton runs, else
+    grid_sample), 'triton' (the kernel; an error where it cannot run) or 'grid_sample'.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -461,9 +475,11 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     t, h, w = (int(x) for x in frames_t.shape[:3])
     K = _intrinsics(intrinsics, t, h, w)
     check_items(items, t, h, w)
+    dev = next(model.parameters()).device
+    kernel = "triton" if _crop_kernel_usable(dev, crop_kernel) else "grid_sample"
     if not items:
         return []
-    dev = next(model.parameters()).device
+    runner = model.runner if runner is None else runner
     if dtype is None:
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == "cuda" \
             else torch.float32
@@ -475,7 +491,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     side = torch.cuda.Stream(device=dev, priority=-1) if overlap and dev.type == "cuda" else None
 
     def build(start: int, stop: int) -> tuple[CropBatch, torch.Tensor | None, Any]:
-        batch = body_crops(model, frames_t, ordered[start:stop], K)
+        batch = body_crops(model, frames_t, ordered[start:stop], K, kernel)
         if not overlap:
             return batch, None, None
         return batch, model.encode(batch, dtype), _event(dev)
@@ -488,13 +504,14 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
             batch, feats, ready = pre.take(start, stop)
         return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
                           decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
-                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None)
+                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None,
+                          crop_kernel=kernel)
 
     why = fp8_unavailable(dev) if fp8 else ""
     if why:
         log.warning("SAM-3D-Body: FP8 backbone requested but %s; running %s", why, dtype)
     with model.backbone.encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True):
-        chunks = run_with_oom_retry(run, len(ordered), int(batch_size), hooks)
+        chunks = runner.run(model, run, len(ordered), int(batch_size), hooks)
     if side is not None:
         _release_side_stream(side, dev)
     flat = [r for chunk in chunks for r in chunk]

@@ -156,23 +156,6 @@ def run_layer(layer: DecoderLayer, x: torch.Tensor, ctx_hat: torch.Tensor, x_pe:
     return layer(x, ctx_hat, x_pe, ctx_pe)
 
 
-def mark_dynamic_sizes(tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor) -> None:
-    """Let a compiled layer call treat the crop batch and the token count as symbolic sizes.
-
-    Body, hand and partial batches, and the prompt tokens the full-mode re-run adds, then share one
-    graph per layer kind instead of recompiling each (a 90-frame clip hit torch's recompile limit).
-    Tensors broadcast over the batch (dim 0 of 1) stay static; a batch of 1 is specialised by torch.
-    """
-    batch = tokens.shape[0]
-    for t in (tokens, tok_pe):
-        torch._dynamo.maybe_mark_dynamic(t, 1)
-    if batch < 2:
-        return
-    for t in (tokens, ctx, tok_pe, ctx_pe):
-        if t.shape[0] == batch:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-
-
 class PromptableDecoder(nn.Module):
     """Stack of DecoderLayers; calls ``between(layer_idx, normed_tokens, tokens, pe)`` after each but the last."""
 
@@ -180,18 +163,15 @@ class PromptableDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(dim, ctx_dim, heads, head_dim, mlp, i == 0) for i in range(depth))
         self.norm_final = LayerNorm32(dim, eps=1e-6)
-        self.layer_fn: Callable[..., torch.Tensor] = run_layer  # torch.compile'd by Sam3dBody.optimize
-        self.dynamic_sizes = False  # compiled layer_fn: mark batch and token sizes symbolic (mark_dynamic_sizes)
+        self.ctx_eps = self.layers[0].ln2_2.eps  # the image tokens' shared normalisation (every layer's ln2_2)
 
     def forward(self, tokens: torch.Tensor, ctx: torch.Tensor, tok_pe: torch.Tensor, ctx_pe: torch.Tensor,
                 between: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
         """ctx: image tokens [B, HW, C]; ctx_pe: their positional encoding [1 (shared) or B, HW, C]."""
-        ctx_hat = normalise_context(ctx, self.layers[0].ln2_2.eps)
+        ctx_hat = normalise_context(ctx, self.ctx_eps)
         for i, layer in enumerate(self.layers):
-            if self.dynamic_sizes:
-                mark_dynamic_sizes(tokens, ctx_hat, tok_pe, ctx_pe)
-            tokens = self.layer_fn(layer, tokens, ctx_hat, tok_pe, ctx_pe)
+            tokens = layer(tokens, ctx_hat, tok_pe, ctx_pe)
             if i < len(self.layers) - 1:
                 tokens, tok_pe = between(i, self.norm_final(tokens), tokens, tok_pe)
         return self.norm_final(tokens)

@@ -16,18 +16,13 @@ import torch.nn.functional as F
 
 from .config import Sam3dBodyConfig
 from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
-from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder, run_layer
-from .vit import DinoV3ViT, compile_call
+from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder
+from .runner import AUTO_COMPILE_MIN_CROPS, BodyRunner  # noqa: F401 - AUTO_COMPILE_MIN_CROPS: former home
+from .vit import DinoV3ViT
 
 log = logging.getLogger(__name__)
 
 PELVIS = (9, 10)  # MHR70 left/right hip
-# compile='auto': person crops from which torch.compile wins back its own time within one call.
-# H200, first-ever compile (bench/bench_body_coldstart.py, 450 crops of 720p): full mode costs ~18 s
-# more than an eager first call and then saves ~5.1 ms a crop (break-even ~3600 crops); body mode
-# saves ~1.6 ms a crop against a compile of 18 s (full mode's) to 28 s (measured with static decoder
-# shapes): break-even 11000-18000 crops.
-AUTO_COMPILE_MIN_CROPS = {"body": 15000, "full": 4000}
 
 
 @dataclass
@@ -73,7 +68,7 @@ class Sam3dBody(nn.Module):
     def __init__(self, cfg: Sam3dBodyConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self._compiled_for: tuple[str, int] = ("", 0)  # (compile mode, batch size) in effect; see compile_for
+        self.runner = BodyRunner()  # how estimate_bodies runs this model by default (optimize / compile_for)
         d, c, k = cfg.dec_dim, cfg.vit_dim, cfg.num_keypoints
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -117,31 +112,23 @@ class Sam3dBody(nn.Module):
         return self.head_pose.faces
 
     # ------------------------------------------------------------------ speed options
+    # Thin entry points: the policy and the compiled graphs are a ``runner.BodyRunner`` (``self.runner``),
+    # applied to the plain modules only while a job runs.
 
     def optimize(self, compile_backbone: str = "", compile_decoder: str = "", bucket: int = 0,
                  backend: str = "inductor", sdpa: str = "", decoder_dynamic: bool = True) -> dict[str, str]:
         """torch.compile the ViT blocks and/or decoder layers (mode names, '' = eager); logs, never fails.
 
-        bucket: the backbone then runs fixed-size padded chunks (no recompiles for a partial batch).
-        sdpa: attention kernel baked into the compiled backbone ('' = torch's choice; see vit.SDPA_BACKENDS).
-        decoder_dynamic: the compiled decoder layers take any batch size in one graph (default); False =
-        one static graph per batch size (body, hand and partial batches each recompile).
+        bucket: the backbone then runs padded chunks of at most this size (no recompiles for a partial
+        batch; an OOM-halved batch uses its own size). sdpa: attention kernel baked into the compiled
+        backbone ('' = torch's choice; see runner.SDPA_BACKENDS). decoder_dynamic: the compiled decoder
+        layers take any batch size in one graph (default); False = one static graph per batch size.
         Returns what is in effect: {'backbone': mode or '', 'decoder': mode or ''}.
         """
-        # what compile_for compares against (a mixed or non-default request never matches it)
-        same = compile_backbone == compile_decoder and backend == "inductor" and not sdpa and decoder_dynamic
-        self._compiled_for = (compile_backbone, int(bucket) if compile_backbone else 0) if same else ("custom", -1)
-        enc = self.backbone.encoder
-        enc.uncompile()
-        if compile_backbone:
-            enc.compile_blocks(compile_backbone, backend, bucket, sdpa)
-        fn = compile_call(run_layer, self.init_pose.weight.device, compile_decoder, backend,
-                          "decoder stays eager", dynamic=None if decoder_dynamic else False) \
-            if compile_decoder else None
-        for dec in (self.decoder, self.decoder_hand):
-            dec.layer_fn, dec.dynamic_sizes = fn or run_layer, fn is not None and decoder_dynamic
-        dec_mode = compile_decoder if fn is not None else ""
-        return {"backbone": enc.compiled.split(":")[-1] if enc.compiled else "", "decoder": dec_mode}
+        runner = BodyRunner(compile_backbone, compile_decoder, int(bucket) if compile_backbone else 0, backend,
+                            sdpa, decoder_dynamic, cache_dir=self.runner.cache_dir)
+        self.runner = runner.prepared(self.init_pose.weight.device)
+        return self.runner.in_effect()
 
     def compile_for(self, mode: str, batch_size: int, crops: int | None = None,
                     body_mode: str = "body") -> dict[str, str] | None:
@@ -149,28 +136,31 @@ class Sam3dBody(nn.Module):
 
         ``mode`` '' (or a model off CUDA) = eager; 'auto' = compile only where it pays: the job
         (``crops`` person crops in ``body_mode``) is large enough to win back the compile time
-        (``AUTO_COMPILE_MIN_CROPS``), or this model is already compiled for this batch size; else
+        (``runner.AUTO_COMPILE_MIN_CROPS``), or this model is already compiled for this batch size; else
         eager. A no-op when the same (mode, batch size) is already in effect, so callers may ask on
         every run; returns what changed, else None.
         """
-        on_cuda = self.init_pose.weight.device.type == "cuda"
-        if mode == "auto":
-            mode = self._auto_compile_mode(int(batch_size), crops, body_mode) if on_cuda else ""
-        want = (mode, int(batch_size)) if mode and on_cuda else ("", 0)
-        if self._compiled_for == want:
+        dev = self.init_pose.weight.device
+        runner = self.runner.for_job(mode, batch_size, dev, crops, body_mode)
+        if runner is self.runner:
             return None
-        return self.optimize(want[0], want[0], bucket=want[1])
+        self.runner = runner.prepared(dev)
+        return runner.in_effect()
 
     def _auto_compile_mode(self, batch_size: int, crops: int | None, body_mode: str) -> str:
         """'default' where compiling pays for this job (see ``compile_for``), else ''."""
-        if self._compiled_for == ("default", batch_size):
-            return "default"
-        need = AUTO_COMPILE_MIN_CROPS.get(body_mode, AUTO_COMPILE_MIN_CROPS["body"])
-        if crops is None or crops >= need:
-            return "default"
-        log.info("SAM 3D Body: %d crops in %s mode run eager (compiling pays from ~%d crops; compile=always "
-                 "forces it)", crops, body_mode, need)
-        return ""
+        return self.runner.auto_mode(batch_size, crops, body_mode)
+
+    @property
+    def _compiled_for(self) -> tuple[str, int]:
+        """(compile mode, batch size) in effect (``BodyRunner.compiled_for``)."""
+        return self.runner.compiled_for
+
+    @_compiled_for.setter
+    def _compiled_for(self, value: tuple[str, int]) -> None:
+        mode, bucket = value
+        self.runner = BodyRunner(mode, mode, bucket=bucket, cache_dir=self.runner.cache_dir) if mode else \
+            BodyRunner(cache_dir=self.runner.cache_dir)
 
     # ------------------------------------------------------------------ encoding
 

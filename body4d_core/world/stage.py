@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import OutputWriteError, atomic_path, describe_os_error, write_bytes_atomic, write_text_atomic
 from ..data import Bodies, BodyFlag, Camera, Tracks, write_npz
 from ..errors import InputError
-from ..rotations import euler_xyz_to_rotvec, rotvec_to_euler_xyz
+from ..rotations import premultiply_euler_xyz
 from .camera_motion import CameraTrajectory, estimate_camera_motion
 from .floor import Floor, feet_on, floor_from_depth, floor_from_feet, world_axes
 from .inputs import moge_depth, people_from_tracks
@@ -261,8 +261,6 @@ WORLD_TO_BODIES = np.diag([1.0, -1.0, -1.0])
 def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: np.ndarray) -> Bodies:
     """Bodies in the world (see WORLD_TO_BODIES): cam_t = world root, global_rot and vertices rotated
     into the world, keypoints root-relative; missing frames stay missing and zero."""
-    from scipy.spatial.transform import Rotation
-
     F = WORLD_TO_BODIES
     keep = bodies.present
     params = dict(bodies.params)
@@ -271,8 +269,7 @@ def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: n
     M = np.einsum("ij,tjk->tik", F, cam_R)  # world-bodies axes from camera-t axes
     if keep.any():
         rows, cols = np.nonzero(keep)
-        Rb = Rotation.from_rotvec(euler_xyz_to_rotvec(bodies.params["global_rot"][rows, cols])).as_matrix()
-        rot[rows, cols] = rotvec_to_euler_xyz(Rotation.from_matrix(M[cols] @ Rb).as_rotvec())
+        rot[rows, cols] = premultiply_euler_xyz(M[cols], bodies.params["global_rot"][rows, cols])
     params["global_rot"] = rot.astype(np.float32)
     kp = np.where(keep[..., None, None], (joints - root[:, :, None]) @ F.T, 0.0).astype(np.float32)
     verts = None
