@@ -169,9 +169,9 @@ def _search(opts: PipelineOptions) -> list[Path] | None:
 
 def _model(models: ModelCache | None, key: tuple, load: Callable[[], T], profile: RunProfile | None = None) -> T:
     """A stage's model: loaded once and kept in ``models`` when the caller gives one, else loaded for this stage
-    (the profile's loader path and load threads)."""
+    (the profile's loader path and load threads). Keys of the default profile are the ones a batch worker uses."""
     profile = profile or RunProfile()
-    key = (*key, profile.loader)
+    key = (*key, profile.loader) if profile.loader != "fast" else key
     if models is None or key not in models:
         with profile.loading():
             model = load()
@@ -250,7 +250,9 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     occ, sampler = configs_from_mapping(opts.amodal_settings)
     pf = opts.profile
     split = plan is not None and plan.offload_amodal
-    vas = _model(models, ("amodal", str(opts.models_root), opts.device, opts.dtype, pf.amodal_accel, split),
+    key = ("amodal", str(opts.models_root), opts.device, opts.dtype)  # + what differs from the default profile
+    key += ((pf.amodal_accel,) if pf.amodal_accel != "default" else ()) + (("offloaded",) if split else ())
+    vas = _model(models, key,
                  lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
                                             accel=pf.accel_config(), **({"place": "cpu"} if split else {}),
                                             **pf.loader_kwargs()), pf)

@@ -280,3 +280,21 @@ def test_node_profile_inputs_reach_the_stages(pack, monkeypatch):
     assert "fast" not in loads[1] and "speed" not in plain.args[0].info
     with pytest.raises(Exception, match="profile sam3_speed must be one of fast, reference"):  # the pack's InputError
         sam3_node.LoadSAM3.execute("c", sam3_speed="fastest")
+
+
+def test_default_profile_keeps_the_cache_keys_a_batch_worker_fills(monkeypatch):
+    """A long-lived caller's models are found under the keys it used before the profile (no second load)."""
+    import body4d_core.amodal.models as amodal_models
+    import body4d_core.amodal.stage as amodal_stage
+
+    monkeypatch.setattr(amodal_models, "load_amodal_models", lambda *a, **k: pytest.fail("loaded again"))
+    run = _Recorder(("amodal", "stats"))
+    monkeypatch.setattr(amodal_stage, "run_amodal", run)
+    cache = {("amodal", "None", None, None): "cached models"}
+    pipeline.stage_amodal(np.zeros((2, 8, 8, 3), np.uint8), "tracks", pipeline.PipelineOptions(), None, cache)
+    assert run.calls[0][0][2] == "cached models"
+    loads = []
+    monkeypatch.setattr(amodal_models, "load_amodal_models", lambda *a, **k: loads.append(k) or "reference models")
+    opts = pipeline.PipelineOptions(profile=RunProfile(amodal_accel="reference"))
+    pipeline.stage_amodal(np.zeros((2, 8, 8, 3), np.uint8), "tracks", opts, None, cache)
+    assert run.calls[1][0][2] == "reference models" and loads[0]["accel"] == AccelConfig() and len(cache) == 2
