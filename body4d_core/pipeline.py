@@ -250,9 +250,7 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     occ, sampler = configs_from_mapping(opts.amodal_settings)
     pf = opts.profile
     split = plan is not None and plan.offload_amodal
-    key = ("amodal", str(opts.models_root), opts.device, opts.dtype)  # + what differs from the default profile
-    key += ((pf.amodal_accel,) if pf.amodal_accel != "default" else ()) + (("offloaded",) if split else ())
-    vas = _model(models, key,
+    vas = _model(models, amodal_cache_key(opts, split),
                  lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
                                             accel=pf.accel_config(), **({"place": "cpu"} if split else {}),
                                             **pf.loader_kwargs()), pf)
@@ -266,6 +264,14 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
+
+
+def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
+    """The amodal models' key in a model cache (a batch worker fills the same one): the default profile's key
+    plus what differs from it (``_model`` adds a non-default loader)."""
+    pf = opts.profile
+    key = ("amodal", str(opts.models_root), opts.device, opts.dtype)
+    return key + ((pf.amodal_accel,) if pf.amodal_accel != "default" else ()) + (("offloaded",) if offloaded else ())
 
 
 def describe_amodal(stats: object) -> str:
