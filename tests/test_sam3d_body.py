@@ -14,6 +14,7 @@ from body4d_core.errors import InputError
 from body4d_core.sam3d_body import BodyItem, bodies_from_results, estimate_bodies, tiny_config
 from body4d_core.sam3d_body import crop as C
 from body4d_core import rotations as R
+from body4d_core.sam3d_body import pose_packing as pp
 from body4d_core.testing.body import random_model
 from body4d_core.sam3d_body.vit import DinoV3ViT
 
@@ -77,10 +78,10 @@ def test_rotations_match_roma() -> None:
 
 def test_body_pose_packing_round_trip() -> None:
     p = (torch.rand(3, 133, dtype=torch.float64) - 0.5) * 2
-    assert torch.allclose(R.body_cont_to_params(R.body_params_to_cont(p)), p, atol=1e-9)
+    assert torch.allclose(pp.body_cont_to_params(pp.body_params_to_cont(p)), p, atol=1e-9)
     hand = torch.zeros(2, 54)
     hand[:, [0, 4]] = 1.0  # identity 6D blocks / zero angles -> all-zero hand params
-    assert R.hand_cont_to_params(hand).shape == (2, 27)
+    assert pp.hand_cont_to_params(hand).shape == (2, 27)
 
 
 def test_crop_boxes_square_and_affine() -> None:

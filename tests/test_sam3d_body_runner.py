@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from body4d_core.errors import InputError
-from body4d_core.sam3d_body import BodyItem, estimate_bodies, tiny_config
+from body4d_core.sam3d_body import estimate_bodies, tiny_config
 from body4d_core.sam3d_body import infer
 from body4d_core.sam3d_body.layers import DecoderLayer
 from body4d_core.sam3d_body.runner import BodyRunner, CompiledBlocks, CompiledLayer, run_block
@@ -21,6 +21,7 @@ from body4d_core.testing.body import random_model
 from body4d_core.sam3d_body.vit import BlockStack
 
 from .media import REPO
+from .test_sam3d_body_speed import three_people
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def scene():
-    rng = np.random.default_rng(1)
-    frames = rng.integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
-    items = []
-    for t in range(2):
-        for p, (x0, x1) in enumerate([(10, 50), (60, 110), (70, 100)]):
-            m = np.zeros((96, 128), bool)
-            m[15:80, x0:x1] = True
-            items.append(BodyItem(t, p + 1, [x0, 15, x1, 80], m))
+    frames, items = three_people(1)
     return frames, items[:5]
 
 

@@ -57,9 +57,9 @@ def model():
     return random_model(tiny_config(), seed=0)
 
 
-@pytest.fixture(scope="module")
-def scene():
-    rng = np.random.default_rng(0)
+def three_people(seed: int) -> tuple[np.ndarray, list[BodyItem]]:
+    """Two random 96x128 frames with three boxed people each (one overlapping): 6 body items."""
+    rng = np.random.default_rng(seed)
     frames = rng.integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
     items = []
     for t in range(2):
@@ -68,6 +68,11 @@ def scene():
             m[15:80, x0:x1] = True
             items.append(BodyItem(t, p + 1, [x0, 15, x1, 80], m))
     return frames, items
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return three_people(0)
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from ..errors import Body4DError
 from ..pipeline import PipelineOptions
 from .jobs import VideoJob
 from .local import Event, plan_jobs
-from .outputs import FAILED, NOT_RUN, Row, write_summary
+from .outputs import FAILED, Row, finish_summary
 from .worker import VideoWorker, one_line
 
 log = logging.getLogger(__name__)
@@ -214,11 +214,7 @@ def run_batch(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path,
                 pool.replace(actor)
         raise
     finally:
-        for i, job in enumerate(jobs):
-            if i not in rows:
-                rows[i] = Row(str(job.video), job.name, NOT_RUN, str(out_root / job.name), error="batch stopped")
-        ordered = [rows[i] for i in range(len(jobs))]
-        write_summary(out_root, ordered)
+        ordered = finish_summary(out_root, jobs, rows)
         if own and pool is not None:
             pool.shutdown()
     return ordered

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..errors import InputError
 from ..pipeline import PipelineOptions
 from .jobs import VideoJob, job_options
-from .outputs import FAILED, KEEP, NOT_RUN, Row, plan_folder, write_summary
+from .outputs import FAILED, KEEP, Row, finish_summary, plan_folder
 
 log = logging.getLogger(__name__)
 Event = Callable[[str, dict[str, Any]], None]  # ("row", {"row": Row}) | ("progress", {"line": str})
@@ -58,9 +58,5 @@ def run_local(jobs: list[VideoJob], base: PipelineOptions, out_root: str | Path,
             rows[i] = worker.run_video(jobs[i], opts, str(out_root / jobs[i].name), mode=mode)
             on_event("row", {"row": rows[i]})
     finally:
-        for i, job in enumerate(jobs):
-            if i not in rows:
-                rows[i] = Row(str(job.video), job.name, NOT_RUN, str(out_root / job.name), error="batch stopped")
-        ordered = [rows[i] for i in range(len(jobs))]
-        write_summary(out_root, ordered)
+        ordered = finish_summary(out_root, jobs, rows)
     return ordered

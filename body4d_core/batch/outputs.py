@@ -127,6 +127,16 @@ def summary_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+def finish_summary(out_root: Path, jobs: list, rows: dict[int, Row]) -> list[Row]:
+    """Rows in job order (a job with no row is "not run": the batch stopped first), written as the summary."""
+    for i, job in enumerate(jobs):
+        if i not in rows:
+            rows[i] = Row(str(job.video), job.name, NOT_RUN, str(out_root / job.name), error="batch stopped")
+    ordered = [rows[i] for i in range(len(jobs))]
+    write_summary(out_root, ordered)
+    return ordered
+
+
 def write_summary(out_root: Path, rows: list[Row]) -> tuple[Path, Path]:
     """batch_summary.csv and batch_summary.json in the output root (atomically)."""
     out_root.mkdir(parents=True, exist_ok=True)

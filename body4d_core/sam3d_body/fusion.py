@@ -12,6 +12,7 @@ import torch
 
 from .. import rotations as rot
 from .model import CropBatch, Sam3dBody
+from .pose_packing import fix_wrist_euler
 
 WRIST_BODY_PARAMS = [41, 43, 42, 31, 33, 32]  # left then right wrist X, Z, Y entries of body_pose
 LOWARM_JOINTS, WRIST_JOINTS = [76, 40], [77, 41]  # (left, right) MHR joint indices
@@ -103,7 +104,7 @@ def merge_hands(model: Sam3dBody, body: dict, pl: dict, pr: dict, valid: torch.T
     probe = dict(p, hand=new_hand, scale=new_scale, shape=new_shape)
     joint_rots = model.head_pose.run_rig(model.mhr, probe).joint_rots
     fused = _local_wrists(model, joint_rots, pl, pr)
-    wrist = rot.fix_wrist_euler(rot.rotmat_to_euler_XZY(fused))
+    wrist = fix_wrist_euler(rot.rotmat_to_euler_XZY(fused))
     ok = ((rot.rotation_angle(ori_wrist, fused) < WRIST_ANGLE_MAX) & valid)[..., None]
     body_pose = p["body_pose"].clone()
     cur = body_pose[:, WRIST_BODY_PARAMS].unflatten(1, (2, 3))

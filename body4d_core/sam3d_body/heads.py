@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .. import rotations as rot
 from .layers import FFN
+from .pose_packing import BODY_HAND_PARAMS, body_cont_to_params, hand_cont_to_params
 
 NUM_SHAPE, NUM_SCALE, NUM_HAND, NUM_FACE, BODY_CONT = 45, 28, 54, 72, 260
 NPOSE = 6 + BODY_CONT + NUM_SHAPE + NUM_SCALE + 2 * NUM_HAND + NUM_FACE  # 519
@@ -57,8 +58,8 @@ class MHRHead(nn.Module):
         shape, scale = pred[:, i:i + NUM_SHAPE], pred[:, i + NUM_SHAPE:i + NUM_SHAPE + NUM_SCALE]
         i += NUM_SHAPE + NUM_SCALE
         hand = pred[:, i:i + 2 * NUM_HAND]
-        body = rot.body_cont_to_params(cont)
-        body[:, list(rot.BODY_HAND_PARAMS)] = 0
+        body = body_cont_to_params(cont)
+        body[:, list(BODY_HAND_PARAMS)] = 0
         body[:, -3:] = 0
         return {
             "pose_raw": torch.cat([rot6d, cont], 1),
@@ -69,7 +70,7 @@ class MHRHead(nn.Module):
 
     def _hand_params(self, hand: torch.Tensor) -> torch.Tensor:
         full = self.hand_pose_mean + hand @ self.hand_pose_comps
-        return rot.hand_cont_to_params(full)
+        return hand_cont_to_params(full)
 
     def model_params(self, global_rot: torch.Tensor, body: torch.Tensor, hand: torch.Tensor,
                      scale: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import Sam3dBodyConfig
 from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project

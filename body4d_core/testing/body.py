@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import rotations as rot
 from ..sam3d_body.config import Sam3dBodyConfig
 from ..sam3d_body.heads import BODY_CONT
+from ..sam3d_body.pose_packing import body_params_to_cont
 from ..rotations import euler_xyz_to_quat as euler_xyz_quat
 from ..rotations import euler_xyz_to_rot6d_delta as rotation_6d_features
 from ..rotations import quat_mul as _quat_mul
@@ -200,7 +200,7 @@ def randomize(model: Sam3dBody, seed: int = 0) -> Sam3dBody:
     for init in (model.init_pose, model.init_pose_hand):
         init.weight.zero_()
         init.weight[0, :6] = torch.tensor([1.0, 0, 0, 0, 1, 0])
-        init.weight[0, 6:6 + BODY_CONT] = rot.body_params_to_cont(torch.zeros(1, 133))[0]
+        init.weight[0, 6:6 + BODY_CONT] = body_params_to_cont(torch.zeros(1, 133))[0]
     for cam in (model.init_camera, model.init_camera_hand):
         cam.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0]]))  # s = 1 after the sign flip
     return model

@@ -177,7 +177,6 @@ def person(kind: str, t: int, start=(0.0, 0.0), yaw0: float = np.pi / 2, phase: 
 
 def camera_path(kind: str, t: int, target: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """World-from-camera rotations [T, 3, 3] (OpenCV axes) and centres [T, 3] of a camera path."""
-    time = np.arange(t) / FPS
     rng = np.random.default_rng(seed)
     base = np.array([0.0, 1.6, 6.5]) + np.array([target[0], 0.0, target[2]])
     c = np.repeat(base[None], t, 0)
