@@ -244,16 +244,12 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
     networks on the CPU between their passes."""
     from .amodal.config import configs_from_mapping
-    from .amodal.models import load_amodal_models, offloaded
+    from .amodal.models import offloaded
     from .amodal.stage import run_amodal
 
     occ, sampler = configs_from_mapping(opts.amodal_settings)
-    pf = opts.profile
     split = plan is not None and plan.offload_amodal
-    vas = _model(models, amodal_cache_key(opts, split),
-                 lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
-                                            accel=pf.accel_config(), **({"place": "cpu"} if split else {}),
-                                            **pf.loader_kwargs()), pf)
+    vas = amodal_models(opts, models, split)
     if split:
         vas = offloaded(vas)
     budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
@@ -272,6 +268,18 @@ def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
     pf = opts.profile
     key = ("amodal", str(opts.models_root), opts.device, opts.dtype)
     return key + ((pf.amodal_accel,) if pf.amodal_accel != "default" else ()) + (("offloaded",) if offloaded else ())
+
+
+def amodal_models(opts: PipelineOptions, models: ModelCache | None = None, offload: bool = False) -> Any:
+    """The Diffusion-VAS models as the profile says (kept in ``models`` under ``amodal_cache_key``); offload:
+    loaded onto the CPU, for a memory plan that moves each network to the GPU only for its own pass."""
+    from .amodal.models import load_amodal_models
+
+    pf = opts.profile
+    return _model(models, amodal_cache_key(opts, offload),
+                  lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
+                                             accel=pf.accel_config(), **({"place": "cpu"} if offload else {}),
+                                             **pf.loader_kwargs()), pf)
 
 
 def describe_amodal(stats: object) -> str:
