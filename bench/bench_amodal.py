@@ -47,7 +47,8 @@ from bench.rows import RowWriter, add_rows_args  # noqa: E402
 from bench.timers import sync  # noqa: E402
 from body4d_core.amodal.config import OcclusionConfig, SamplerConfig  # noqa: E402
 from body4d_core.amodal.accel import AccelConfig  # noqa: E402
-from body4d_core.amodal.models import DEFAULT_ACCEL, VAE_CALL_PX, AmodalModels, DepthEstimator  # noqa: E402
+from body4d_core.amodal.models import VAE_CALL_PX, AmodalModels, DepthEstimator  # noqa: E402
+from body4d_core.profile import RunProfile  # noqa: E402
 from body4d_core.amodal.occlusion import detection_size  # noqa: E402
 from body4d_core.amodal.stage import run_amodal  # noqa: E402
 from body4d_core.testing.amodal import build_depth_model, build_vas_pipeline  # noqa: E402
@@ -135,8 +136,9 @@ def upstream_style(models: AmodalModels, mask_pipe, content_pipe, rgb: torch.Ten
     return time.perf_counter() - t0
 
 
-def _accel(cfg: AccelConfig = DEFAULT_ACCEL, **over) -> dict:
-    """AccelConfig fields as kwargs (backend chosen per device later), with overrides."""
+def _accel(cfg: AccelConfig | None = None, **over) -> dict:
+    """AccelConfig fields as kwargs (backend chosen per device later), with overrides; default: the run profile's."""
+    cfg = RunProfile().accel_config() if cfg is None else cfg
     out = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "compile_backend"}
     out.update(over)
     return out

@@ -5,7 +5,8 @@ pipeline stage, and memory given back between loaders), which reports the second
 importing the loader's libraries (and making the CUDA context), loading (ending with a device
 sync on CUDA), the parameter count and the peak RSS; ``--profile N`` adds cProfile's N hottest
 functions per load (``--in-process``: all in this process, for quick checks). The
-variants: ``legacy`` (the loaders' previous path, kept behind ``fast=False``) and ``fast``.
+variants: ``legacy`` (the run profile's ``loader=legacy``: the loaders' previous path) and ``fast``
+(``fast-Nt``: the profile's ``load_threads=N``).
 Checkpoints are random real-size ones in the official layouts (body4d_core.testing.checkpoints, preset
 ``real``); ``--write`` writes the missing ones under ``--root`` first (on the GPU when there is one).
 
@@ -24,12 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from bench.patching import patched_env
 from bench.peak_memory import gpu_peak_gib, rss_peak_gib
 from bench.rows import REPO, RowWriter, add_rows_args
 from bench.timers import sync
+
+if TYPE_CHECKING:
+    from body4d_core.profile import RunProfile
 
 LOADERS = ("sam3", "amodal", "body", "moge")
 VARIANTS = ("legacy", "fast", "fast-1t", "fast-2t")  # fast-Nt: fast with N placing threads (fast: 8)
@@ -53,7 +56,7 @@ def _imports(name: str) -> None:
         import diffusers  # noqa: F401
         import transformers
 
-        from body4d_core.amodal import models, pipeline  # noqa: F401
+        from body4d_core.amodal import models, sampler  # noqa: F401
         diffusers.AutoencoderKLTemporalDecoder, diffusers.EulerDiscreteScheduler  # noqa: B018
         transformers.CLIPVisionModelWithProjection, transformers.DepthAnythingForDepthEstimation  # noqa: B018
     elif name == "body":
@@ -71,24 +74,41 @@ def _count(obj: Any) -> int:
     return sum(p.numel() for p in obj.parameters())
 
 
-def _loader(name: str, root: Path, device: str, fast: bool, completion: bool) -> Callable[[], Any]:
-    """The pipeline's call for ``name`` (body4d_core/pipeline.py), with ``fast`` passed through."""
-    search = [root]
+def variant_profile(variant: str) -> "RunProfile":
+    """The run profile of a variant: legacy = loader legacy; fast-Nt = the fast loader with N placing threads."""
+    from body4d_core.profile import RunProfile
+
+    if variant == "legacy":
+        return RunProfile(loader="legacy")
+    threads = int(variant[len("fast-"):-1]) if variant.startswith("fast-") else 0
+    return RunProfile(loader="fast", load_threads=threads)
+
+
+def _loader(name: str, root: Path, device: str, profile: "RunProfile", completion: bool) -> Callable[[], Any]:
+    """The pipeline's call for ``name`` (body4d_core/pipeline.py) with the profile's loader path and threads."""
+    search, kw = [root], profile.loader_kwargs()
+
+    def loading(load: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with profile.loading():
+                return load()
+        return run
+
     if name == "sam3":
         from body4d_core.sam3 import load_sam3
 
-        return lambda: load_sam3(search_dirs=search, device=device, with_detector=False, fast=fast)
+        return loading(lambda: load_sam3(search_dirs=search, device=device, with_detector=False, **kw))
     if name == "amodal":
         from body4d_core.amodal.models import load_amodal_models
 
-        return lambda: load_amodal_models(search, device=device, with_completion=completion, fast=fast)
+        return loading(lambda: load_amodal_models(search, device=device, with_completion=completion, **kw))
     if name == "body":
         from body4d_core.sam3d_body import load_sam3d_body
 
-        return lambda: load_sam3d_body(search_dirs=search, device=device, fast=fast)
+        return loading(lambda: load_sam3d_body(search_dirs=search, device=device, **kw))
     from body4d_core.fov import load_moge
 
-    return lambda: load_moge(search, device=device, fast=fast)
+    return loading(lambda: load_moge(search, device=device, **kw))
 
 
 def _top(profile: Any, n: int) -> list[str]:
@@ -124,13 +144,11 @@ def measure(args: argparse.Namespace, loader: str, variant: str) -> dict[str, An
         torch.zeros(1, device=args.device)
         sync(args.device)
     res["import_s"] = time.perf_counter() - t0
-    threads = variant[len("fast-"):-1] if variant.startswith("fast-") else os.environ.get("BODY4D_LOAD_THREADS")
-    with patched_env("BODY4D_LOAD_THREADS", threads):  # --in-process: the next variant sees the caller's setting
-        return _measure_load(args, loader, variant, res)
+    return _measure_load(args, loader, variant, res)
 
 
 def _measure_load(args: argparse.Namespace, loader: str, variant: str, res: dict[str, Any]) -> dict[str, Any]:
-    fn = _loader(loader, Path(args.root), args.device, variant.startswith("fast"), not args.no_completion)
+    fn = _loader(loader, Path(args.root), args.device, variant_profile(variant), not args.no_completion)
     prof = None
     if args.profile:
         import cProfile

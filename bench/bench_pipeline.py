@@ -25,6 +25,15 @@ correspond to.
     python -m bench.bench_pipeline --amodal-steps 4            # quicker; the amodal row is then at 4 steps
     python -m bench.bench_pipeline --no-world                  # without the world stage (as before it existed)
     python -m bench.bench_pipeline --tiny                      # CPU smoke test (tiny checkpoints, tiny clip)
+    python -m bench.bench_pipeline --warm                      # + a second run with the models kept loaded
+    python -m bench.bench_pipeline --vram-cap 12               # a 12 GB card: cap simulated, batches/offload planned
+    python -m bench.bench_pipeline --profile loader=legacy     # any run-profile field (body4d_core/profile.py)
+
+``--warm``: after the first (cold) run, a second run in the same process reuses the loaded models
+(``run_pipeline(models=...)``); a second table gives every stage's cold and warm seconds and peaks.
+``--vram-cap GB``: the run profile's ``vram_gb`` (batch sizes and offloads from ``memory_plan``) and, on
+CUDA, ``torch.cuda.set_per_process_memory_fraction`` so the allocator cannot use more; the table
+then says what the plan chose and what was offloaded. Without CUDA the cap is ignored (a note says so).
 
 Every stage's seconds and peak GPU memory, and the pipeline total, are also written as rows
 (``bench/rows.py``: bench/results/bench_pipeline.jsonl, and ``--jsonl PATH``).
@@ -66,6 +75,8 @@ from bench.rows import RowWriter, add_rows_args  # noqa: E402
 from bench.timers import sync  # noqa: E402
 from body4d_core import pipeline as pl  # noqa: E402
 from body4d_core.data import Amodal, Bodies, BodyFlag, Tracks, unpack_masks  # noqa: E402
+from body4d_core.errors import Body4DError  # noqa: E402
+from body4d_core.profile import RunProfile  # noqa: E402
 from body4d_core.runtime import CallbackHooks  # noqa: E402
 from body4d_core.video import LoadOptions  # noqa: E402
 
@@ -98,6 +109,14 @@ class Record:
     import_s: float | None = None  # the model libraries, imported before the clock (see import_model_libraries)
     stopped: str = ""
     after_runs: list[dict[str, float]] = field(default_factory=list)  # --repeat: memory held after each run
+    warm_seconds: dict[str, float] = field(default_factory=dict)  # --warm: the second run, models kept loaded
+    warm_peak_gib: dict[str, float] = field(default_factory=dict)
+    warm_pipeline_s: float | None = None
+    plan: str = ""  # the memory plan the run used (--vram-cap)
+    bodies_batch: int = 64  # SAM-3D-Body batch the run used (a memory cap may lower it)
+    kept_models: list[str] = field(default_factory=list)  # --warm: the models the second run found loaded
+    offloaded: list[str] = field(default_factory=list)  # what left the GPU between uses (plan + released models)
+    notes: list[str] = field(default_factory=list)
 
 
 def import_model_libraries() -> float:
@@ -243,7 +262,7 @@ def stage_notes(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> dic
                    f"{c.get('completed', '?')} completed; {parts}" if not args.no_amodal else "off (--no-amodal)"),
         "camera": "MoGe-2 ViT-L, fov_mode first" if not args.tiny else "tiny MoGe-2, fov_mode first",
         "bodies": (f"{crops} body crops ({c.get('crops_visible', '?')} visible, {c.get('crops_occluded', '?')} "
-                   f"occluded), mode {args.body_mode}, batch 64, "
+                   f"occluded), mode {args.body_mode}, batch {rec.bodies_batch}, "
                    f"compile {'auto' if torch.cuda.is_available() and not args.no_compile else 'off'}"
                    f"{', FP8' if args.fp8 else ''}"),
         "smooth": "Kalman/RTS per person + rig refresh",
@@ -289,9 +308,34 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
                                               if args.occlusion == "truth" else "masks as the random networks gave them."),
               f"Script wall time {time.perf_counter() - _T0:.1f} s.",
               "Random weights: masks, completions and bodies are meaningless; only time and memory count."]
+    if args.vram_cap:
+        released = [o for o in rec.offloaded if o.startswith("released ")]
+        lines.append(f"Memory cap: {args.vram_cap:g} GB ({cap_how(args)}); {rec.plan or 'no plan (the run did not start)'}"
+                     + (f"; between stages: {', '.join(released)}" if released else "") + ".")
+    lines += [f"Note: {n}" for n in rec.notes]
+    if rec.warm_seconds:
+        lines += warm_table(rec)
     if rec.stopped:
         lines.append(f"STOPPED: {rec.stopped}")
     return "\n".join(lines)
+
+
+def cap_how(args: argparse.Namespace) -> str:
+    return ("simulated with torch.cuda.set_per_process_memory_fraction" if torch.cuda.is_available()
+            else "ignored: no CUDA device")
+
+
+def warm_table(rec: Record) -> list[str]:
+    """--warm: every stage's cold and warm seconds and peaks side by side."""
+    lines = ["", "## Cold and warm (models kept loaded) runs", "",
+             f"Models kept loaded for the warm run: {', '.join(rec.kept_models) or 'none'}.", "",
+             "| stage | cold s | warm s | cold peak GiB | warm peak GiB |", "| --- | ---: | ---: | ---: | ---: |"]
+    for s in STAGES:
+        if s in rec.seconds or s in rec.warm_seconds:
+            lines.append(f"| {s} | {_fmt(rec.seconds.get(s))} | {_fmt(rec.warm_seconds.get(s))} | "
+                         f"{_fmt(rec.peak_gib.get(s))} | {_fmt(rec.warm_peak_gib.get(s))} |")
+    lines.append(f"| **pipeline total** | **{_fmt(rec.pipeline_s)}** | **{_fmt(rec.warm_pipeline_s)}** | | |")
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -322,8 +366,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the pipeline N times in this process and report the memory held after each run "
                          "(CUDA allocated/reserved, RSS): it must not grow from the second run on")
+    ap.add_argument("--warm", action="store_true",
+                    help="then run again in this process with the models kept loaded; report cold and warm per stage")
+    ap.add_argument("--vram-cap", type=float, default=0.0, metavar="GB",
+                    help="GPU memory cap in GB: the run profile's vram_gb, enforced on CUDA with "
+                         "torch.cuda.set_per_process_memory_fraction (ignored without CUDA)")
+    ap.add_argument("--profile", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a run-profile field (body4d_core/profile.py), e.g. loader=legacy (repeatable)")
     add_rows_args(ap)
     args = ap.parse_args(argv)
+    if args.vram_cap < 0:
+        ap.error(f"--vram-cap must be >= 0 GB, got {args.vram_cap:g}")
+    try:
+        args.run_profile = run_profile(args)
+    except (ValueError, Body4DError) as err:
+        ap.error(str(err))
     tiny = args.tiny
     args.frames = args.frames or (6 if tiny else 90)
     args.people = args.people or (2 if tiny else 5)
@@ -345,12 +402,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_profile(args: argparse.Namespace) -> RunProfile:
+    """The run profile from --profile FIELD=VALUE, --no-compile, --fp8 and --vram-cap."""
+    values: dict[str, Any] = {}
+    for item in args.profile:
+        if "=" not in item:
+            raise ValueError(f"--profile takes FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        values[key.strip()] = value.strip()
+    if args.no_compile:
+        values["compile"] = "off"
+    if args.fp8:
+        values.update(backbone_fp8=True, decoder_precision="bf16")
+    if args.vram_cap:
+        values["vram_gb"] = args.vram_cap
+    return RunProfile.from_dict(values)
+
+
 def options(args: argparse.Namespace, clip: SyntheticClip, models: Path) -> pl.PipelineOptions:
     amodal = {"steps": args.amodal_steps, "detection_resolution": args.amodal_res[0],
               "completion_resolution": args.amodal_res[1]}
+    profile = getattr(args, "run_profile", None) or run_profile(args)
     return pl.PipelineOptions(video=LoadOptions(), points_json=json.dumps(clip.prompts), amodal=not args.no_amodal,
                               amodal_settings=amodal, body_mode=args.body_mode, batch_size=64,
-                              compile=not args.no_compile, fp8=args.fp8, world=not args.no_world, models_root=models)
+                              world=not args.no_world, models_root=models, profile=profile)
+
+
+def apply_cap(args: argparse.Namespace, rec: Record) -> None:
+    """--vram-cap on CUDA: the caching allocator may use at most that many GB of the device."""
+    if not args.vram_cap:
+        return
+    if not torch.cuda.is_available():
+        rec.notes.append(f"--vram-cap {args.vram_cap:g} ignored: no CUDA device (the run uses the CPU)")
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_cap * 1e9 / total))
+
+
+def note_memory(rec: Record, summary: Any) -> None:
+    """What the memory plan chose and what was offloaded, from the run's summary."""
+    plan = getattr(summary, "memory", None)
+    if plan is not None:
+        rec.plan, rec.bodies_batch = plan.describe(), plan.bodies_batch
+        rec.offloaded = list(dict.fromkeys([*plan.offloaded(), *(f"released {n}" for n in summary.released)]))
+    rec.notes += [n for n in summary.notes if n not in rec.notes]
 
 
 def ensure_checkpoints(root: Path, args: argparse.Namespace, rec: Record, deadline: float) -> None:
@@ -430,13 +525,30 @@ def repeat_lines(rec: Record) -> list[str]:
             for i, m in enumerate(rec.after_runs)]
 
 
+def warm_run(rec: Record, run: Any) -> Any:
+    """The second run (models kept loaded): its stage times go to rec.warm_*, the cold run's stay."""
+    cold = rec.seconds, rec.peak_gib
+    rec.seconds, rec.peak_gib = {}, {}
+    try:
+        t0 = time.perf_counter()
+        summary = run()
+        rec.warm_pipeline_s = time.perf_counter() - t0
+        note_memory(rec, summary)
+        return summary
+    finally:
+        rec.warm_seconds, rec.warm_peak_gib = rec.seconds, rec.peak_gib
+        rec.seconds, rec.peak_gib = cold
+
+
 def write_rows(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> None:
     """The table's figures as rows: seconds and peak GPU GiB per finished stage, the pipeline total."""
     w = RowWriter.from_args("bench_pipeline", args)
     case = (f"{args.frames}f {args.height}x{args.width}, {args.people} people, "
             f"{'tiny' if args.tiny else 'real-size'} random weights, occlusion {args.occlusion}")
     extra = {"amodal": not args.no_amodal, "amodal_steps": args.amodal_steps, "world": not args.no_world,
-             "body_mode": args.body_mode, "fp8": args.fp8, "compile": not args.no_compile, "counts": c}
+             "body_mode": args.body_mode, "fp8": args.fp8, "compile": not args.no_compile, "counts": c,
+             "profile": args.run_profile.to_dict(), "vram_cap_gb": args.vram_cap, "plan": rec.plan,
+             "offloaded": rec.offloaded}
     for s in STAGES:
         if s in rec.seconds:
             w.add(case, f"{s}_seconds", rec.seconds[s], "s", **extra)
@@ -445,6 +557,12 @@ def write_rows(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> None
         w.add(case, "pipeline_seconds", rec.pipeline_s, "s", write_wait_s=rec.write_wait_s, **extra)
         peak = max([v for v in rec.peak_gib.values() if v == v] or [float("nan")])
         w.add(case, "pipeline_peak_gpu", peak, "GiB", **extra)
+    for s in STAGES:
+        if s in rec.warm_seconds:
+            w.add(case, f"{s}_warm_seconds", rec.warm_seconds[s], "s", **extra)
+            w.add(case, f"{s}_warm_peak_gpu", rec.warm_peak_gib.get(s, float("nan")), "GiB", **extra)
+    if rec.warm_pipeline_s is not None and not rec.stopped:
+        w.add(case, "pipeline_warm_seconds", rec.warm_pipeline_s, "s", **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,15 +600,25 @@ def main(argv: list[str] | None = None) -> int:
                 truth_patches(stack, clip, rec)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
+            apply_cap(args, rec)
+            cache: pl.ModelCache | None = {} if args.warm else None  # --warm: the models stay loaded
             for _ in range(max(1, args.repeat)):
                 t0 = time.perf_counter()
                 summary = pl.run_pipeline(video, out, options(args, clip, models),
-                                          hooks_for=lambda name: CallbackHooks(on_check=check), overwrite=True)
+                                          hooks_for=lambda name: CallbackHooks(on_check=check), overwrite=True,
+                                          models=cache)
                 rec.pipeline_s = time.perf_counter() - t0
                 rec.write_wait_s = summary.timings.get("write_wait")
+                note_memory(rec, summary)
                 if args.repeat > 1:
                     rec.after_runs.append(memory_after_run())
                     log.info(repeat_lines(rec)[-1])
+            if args.warm:
+                rec.kept_models = sorted({str(k[0]) for k in cache})
+                summary = warm_run(rec, lambda: pl.run_pipeline(
+                    video, out, options(args, clip, models), hooks_for=lambda name: CallbackHooks(on_check=check),
+                    overwrite=True, models=cache))
+                cache.clear()
         for n in summary.notes:
             log.warning("pipeline note: %s", n)
     except TimeLimitReached as stop:

@@ -44,9 +44,10 @@ from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import Stopwatch, sync
 from body4d_core.sam3 import propagate
+from body4d_core.profile import RunProfile
 from body4d_core.sam3.loading import Sam3Bundle, build_processor
+from body4d_core.sam3.propagate import SpeedOptions
 from body4d_core.testing.sam3 import tiny_sam3
-from body4d_core.sam3.propagate import BASELINE, SpeedOptions
 
 
 def real_size_bundle(device: torch.device, dtype: torch.dtype) -> Sam3Bundle:
@@ -63,11 +64,11 @@ def real_size_bundle(device: torch.device, dtype: torch.dtype) -> Sam3Bundle:
 
 
 VARIANTS = {
-    "baseline (per object, synced)": BASELINE,
+    "baseline (per object, synced)": RunProfile(sam3_speed="reference").speed_options(),
     "batched objects": SpeedOptions(batch_objects=True, async_io=False, prefetch=False),
     "async io (pinned, deferred)": SpeedOptions(batch_objects=False, async_io=True, prefetch=False),
     "async io + prefetch": SpeedOptions(batch_objects=False, async_io=True, prefetch=True),
-    "all (default)": SpeedOptions(),
+    "all (default)": RunProfile().speed_options(),  # the run profile's sam3_speed fast
 }
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -147,7 +148,7 @@ def main() -> None:
         bundle = real_size_bundle(device, dtype)
         side, hd = int(bundle.image_size), (720, 1280)
     n_params = sum(p.numel() for p in bundle.parameters())
-    for speed in (BASELINE, SpeedOptions()):  # warm-up (kernels, allocator, pinned host blocks)
+    for speed in (VARIANTS["baseline (per object, synced)"], VARIANTS["all (default)"]):  # warm-up (kernels, allocator, pinned host blocks)
         run_ours(bundle, LoopedClip(8, side, side), 2, device, speed)
 
     if args.pipeline_path:

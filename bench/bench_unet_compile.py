@@ -29,7 +29,7 @@ from bench.peak_memory import gpu_peak_gib
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import first_then_mean
 from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel
-from body4d_core.amodal.models import DEFAULT_ACCEL
+from body4d_core.profile import RunProfile
 from body4d_core.testing.amodal import build_vas_parts
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     t0 = time.perf_counter()
     parts = build_vas_parts("tiny" if a.tiny else "real", seed=0, device=dev)
     unet, vae = parts["unet"].to(dtype), parts["vae"].to(dtype)
-    cfg = replace(DEFAULT_ACCEL, native_dtype=a.native)
+    cfg = replace(RunProfile().accel_config(), native_dtype=a.native)  # the run profile's amodal options
     base = dict(unet.attn_processors)  # the reference processors, before any option wraps them
     apply_accel(unet, cfg, base)
     apply_vae_accel(vae, cfg)

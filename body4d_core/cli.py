@@ -217,8 +217,10 @@ def pipeline_options(args: argparse.Namespace):
     from .config import load_config, models_root, section
     from .pipeline import PipelineOptions
     from .preflight import read_points
+    from .profile import RunProfile
 
     cfg = load_config(args.config)
+    profile = RunProfile.from_args(args, RunProfile.from_dict(section(cfg, "profile")))
     smooth = section(cfg, "smooth")
     if args.smooth_mode:
         smooth["mode"] = args.smooth_mode
@@ -227,13 +229,12 @@ def pipeline_options(args: argparse.Namespace):
         detect_threshold=args.detect_threshold, max_people=args.max_people, direction=args.direction,
         amodal=not args.no_amodal, amodal_settings=_amodal_settings(args, cfg), fov_mode=args.fov,
         manual_fov=args.manual_fov, body_mode=args.body_mode,
-        batch_size=args.batch_size, compile=not args.no_compile, fp8=args.fp8, smooth=not args.no_smooth,
+        batch_size=args.batch_size, smooth=not args.no_smooth,
         smooth_settings=smooth,
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         world=not args.no_world, world_camera=args.world_camera, world_floor=args.world_floor,
         world_depth_every=args.world_depth_every, write_anim=not args.no_anim,
-        models_root=Path(args.models_root) if args.models_root else models_root(cfg), device=args.device,
-        dtype=args.dtype)
+        models_root=Path(args.models_root) if args.models_root else models_root(cfg), profile=profile)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -321,6 +322,7 @@ def _models_root_default() -> str:
 
 
 def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
+    from .profile import add_cli_flags
     from .render import MODES
 
     p = sub.add_parser("run", help="the whole pipeline on a video: masks, amodal, camera, bodies, smoothing, render",
@@ -353,12 +355,9 @@ def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
     p.add_argument("--body_mode", default="full", choices=["full", "body"],
                    help="full: body, hands and face; body: body only (faster)")
     p.add_argument("--batch_size", type=int, default=64, help="SAM-3D-Body crops per batch (halved on out-of-memory)")
-    p.add_argument("--no_compile", action="store_true",
-                   help="run SAM-3D-Body eager (otherwise on CUDA: torch.compile where the job is large enough to "
-                        "win the compile time back, 4000 crops in full mode or 15000 in body mode)")
+    p.add_argument("--no_compile", action="store_true", help="the same as --compile off (SAM-3D-Body runs eager)")
     p.add_argument("--fp8", action="store_true",
-                   help="experimental, lossy: FP8 backbone linears and bf16 decoders in SAM-3D-Body (GPUs with "
-                        "compute capability 8.9+)")
+                   help="shorthand for --backbone_fp8 with --decoder_precision bf16 (experimental, lossy)")
     p.add_argument("--no_smooth", action="store_true", help="skip Kalman/RTS smoothing (write the raw bodies only)")
     p.add_argument("--smooth_mode", choices=["offline", "causal"], help="smoother (default: the config's smooth.mode)")
     p.add_argument("--config", help="OmegaConf YAML file (default: the pack's configs/body4d.yaml)")
@@ -380,9 +379,9 @@ def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
     p.add_argument("--no_anim", action="store_true",
                    help="do not write anim/ (the skinned glTF scene, BVH files with per-frame flags, anim npz)")
     p.add_argument("--models_root", help=f"folder holding one sub-folder per model (default: {root_default})")
-    p.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: CUDA when available)")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute precision (default: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU)")
+    g = p.add_argument_group("run profile", "how the stages run (also the config file's profile: section; "
+                                            "the loader nodes take the same names and choices)")
+    add_cli_flags(g)
     p.set_defaults(func=cmd_run)
 
 

@@ -13,7 +13,7 @@ the ordinary path (tests compare them); loading stays strict about keys and shap
 from __future__ import annotations
 
 import contextlib
-import os
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -81,14 +81,26 @@ def read_safetensors(path: str | Path, rename: Callable[[str], str | None], devi
     return place_all(raw, device, dtype)
 
 
+_LOAD_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("body4d_load_threads", default=0)
+DEFAULT_LOAD_THREADS = 8
+
+
+@contextlib.contextmanager
+def load_threads_set(threads: int) -> Iterator[None]:
+    """Loads inside this block place tensors with ``threads`` threads (0: the default); the run profile's
+    ``load_threads`` (RunProfile.loading)."""
+    token = _LOAD_THREADS.set(int(threads))
+    try:
+        yield
+    finally:
+        _LOAD_THREADS.reset(token)
+
+
 def load_threads(device: torch.device) -> int:
     """Threads placing tensors: 8 (casts into fresh memory and uploads wait mostly on page faults and
     copies, which overlap even on 2 cores: 1.0-1.7x faster than one thread on the 2-core CPU,
-    BENCHMARKS.md); ``BODY4D_LOAD_THREADS`` overrides it (A/B benches)."""
-    env = os.environ.get("BODY4D_LOAD_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return 8
+    BENCHMARKS.md), or the run profile's ``load_threads`` (``load_threads_set``)."""
+    return _LOAD_THREADS.get() or DEFAULT_LOAD_THREADS
 
 
 def place_all(state: Mapping[str, torch.Tensor], device: torch.device | str,

@@ -39,17 +39,19 @@ KNOWN_OUTPUTS = ("clip.npz", "prompts.npz", "tracks.npz", "mask_overlay.mp4", "a
 STAGES = ("decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render")
 ALWAYS_RUN = ("world", "render")  # stages --resume runs again (their results are not loaded back)
 # the options each stage's result depends on (besides those of the stages before it)
-STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
+STAGE_OPTIONS: dict[str, tuple[str, ...]] = {  # "profile.x": field x of the run profile
     "decode": ("video",),
-    "sam3": ("points_json", "detect_frame", "detect_threshold", "max_people", "direction", "models_root", "device",
-             "dtype"),
-    "amodal": ("amodal", "amodal_settings"),
+    "sam3": ("points_json", "detect_frame", "detect_threshold", "max_people", "direction", "models_root",
+             "profile.device", "profile.precision"),
+    "amodal": ("amodal", "amodal_settings", "profile.amodal_accel"),
     "camera": ("fov_mode", "manual_fov"),
-    "bodies": ("body_mode", "fp8"),
+    "bodies": ("body_mode", "profile.backbone_fp8", "profile.decoder_precision", "profile.compile",
+               "profile.attention", "profile.crop_kernel"),
     "smooth": ("smooth", "smooth_settings"),
     "world": ("world", "world_camera", "world_floor", "world_depth_every"),
     "render": ("render_mode", "write_meshes", "write_glb", "write_anim", "anim_fidelity"),
 }
+
 PACKAGES = ("torch", "numpy", "transformers", "diffusers", "av", "trimesh")
 
 
@@ -124,11 +126,19 @@ def model_files(names: Iterable[str], search: list[Path] | None) -> dict[str, An
     return out
 
 
+def _option(options: dict[str, Any], key: str) -> Any:
+    """options[key], or for "a.b" options[a][b] (None where missing)."""
+    value: Any = options
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def stage_keys(video: dict[str, Any], options: dict[str, Any]) -> dict[str, str]:
     """A key per stage from its own options and the key of the stage before it (a change re-runs what follows)."""
     keys, prev = {}, _hash({"video": {k: video.get(k) for k in ("size", "sha256_ends")}})
     for stage in STAGES:
-        prev = keys[stage] = _hash([prev, {k: options.get(k) for k in STAGE_OPTIONS[stage]}])
+        prev = keys[stage] = _hash([prev, {k: _option(options, k) for k in STAGE_OPTIONS[stage]}])
     return keys
 
 

@@ -24,7 +24,7 @@ import gc
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -35,6 +35,8 @@ from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
 from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
+from .memory_plan import MemoryPlan, Work, plan_memory
+from .profile import RunProfile
 from .runtime import (NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, release_host_memory,
                       release_library_caches)
 from .frame_store import FrameStore, decode_to_store, remove_stale
@@ -45,6 +47,7 @@ HooksFactory = Callable[[str], Hooks]
 ModelCache = dict  # (model name, where, device, ...) -> loaded model; kept by a long-lived caller across runs
 T = TypeVar("T")
 WRITE_WORKERS = 2  # background writer threads (zlib, x264 and file I/O release the GIL)
+RENDER_BATCH = 16  # frames a render batch when no memory plan sets it (each encoded while the next renders)
 VIDEO_PRESET = "veryfast"  # x264 preset of the pipeline's videos: ~2.3x faster than "medium", same crf quality
 
 
@@ -63,9 +66,7 @@ class PipelineOptions:
     fov_mode: str = "first"  # first | every_n | all | none (f = sqrt(H^2 + W^2))
     manual_fov: float = 0.0  # vertical degrees; > 0 overrides the model
     body_mode: str = "full"
-    batch_size: int = 64
-    compile: bool = True  # SAM-3D-Body compile 'auto' on CUDA (large jobs only, see Sam3dBody.compile_for); False: eager
-    fp8: bool = False  # opt-in, lossy: FP8 backbone linears + bf16 decoders on GPUs that support it
+    batch_size: int = 64  # SAM-3D-Body crops per batch (a memory cap may lower it: memory_plan)
     smooth: bool = True
     smooth_settings: dict = field(default_factory=dict)  # SmoothSettings fields
     render_mode: str = "overlay"
@@ -78,10 +79,36 @@ class PipelineOptions:
     write_anim: bool = True  # skinned glTF scene + BVH + flags (out/anim), when the rig supports it
     anim_fidelity: bool = True  # measure the skinned export against the full rig (logged, stored in the GLB)
     models_root: Path | None = None
-    device: str | None = None
-    dtype: str | None = None
+    profile: RunProfile = field(default_factory=RunProfile)  # how every stage runs: device, precision, compile, ...
+    # older shorthands, folded into ``profile`` (read back as properties below): compile (False = profile compile
+    # off), fp8 (FP8 backbone + bf16 decoders), device, dtype (= profile precision)
+    compile: InitVar[bool | None] = None
+    fp8: InitVar[bool | None] = None
+    device: InitVar[str | None] = None
+    dtype: InitVar[str | None] = None
     frames_on_disk: bool = True  # decoded frames in a file inside out_dir (host RAM flat in the clip's length)
-    render_batch: int = 16  # frames rendered per batch, each encoded on a background thread while the next renders
+
+    def __post_init__(self, compile: bool | None, fp8: bool | None, device: str | None, dtype: str | None) -> None:
+        legacy: dict[str, Any] = {}
+        if compile is not None:
+            legacy["compile"] = "auto" if compile else "off"
+        if fp8:
+            legacy.update(backbone_fp8=True, decoder_precision="bf16")
+        if device is not None:
+            legacy["device"] = str(device) or "auto"
+        if dtype is not None:
+            legacy["precision"] = _PRECISION_NAMES.get(str(dtype), str(dtype))
+        if legacy:
+            self.profile = RunProfile.from_dict(legacy, self.profile)
+
+
+_PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "": "auto",
+                    "torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+# the shorthands read back from the profile (what run.json and older callers read)
+PipelineOptions.compile = property(lambda self: self.profile.compile != "off")
+PipelineOptions.fp8 = property(lambda self: self.profile.backbone_fp8)
+PipelineOptions.device = property(lambda self: None if self.profile.device == "auto" else self.profile.device)
+PipelineOptions.dtype = property(lambda self: self.profile.dtype_name)
 
 
 @dataclass
@@ -96,6 +123,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     manifest: Manifest | None = field(default=None, repr=False)  # run.json of this run (None: not recorded)
     reused: list[str] = field(default_factory=list)  # stages loaded from an earlier run (--resume)
+    memory: MemoryPlan | None = None  # batch sizes and offloads the run used (memory_plan)
+    released: list[str] = field(default_factory=list)  # cached models dropped from the GPU between stages (a cap)
 
     def describe(self) -> str:
         lines = [f"{self.num_frames} frames, people {self.obj_ids} -> {self.out_dir}"]
@@ -146,13 +175,49 @@ def _search(opts: PipelineOptions) -> list[Path] | None:
     return [opts.models_root] if opts.models_root else None
 
 
-def _model(models: ModelCache | None, key: tuple, load: Callable[[], T]) -> T:
-    """A stage's model: loaded once and kept in ``models`` when the caller gives one, else loaded for this stage."""
-    if models is None:
-        return load()
-    if key not in models:
-        models[key] = load()
+def _model(models: ModelCache | None, key: tuple, load: Callable[[], T], profile: RunProfile | None = None) -> T:
+    """A stage's model: loaded once and kept in ``models`` when the caller gives one, else loaded for this stage
+    (the profile's loader path and load threads). Keys of the default profile are the ones a batch worker uses."""
+    profile = profile or RunProfile()
+    key = (*key, profile.loader) if profile.loader != "fast" else key
+    if models is None or key not in models:
+        with profile.loading():
+            model = load()
+        if models is None:
+            return model
+        models[key] = model
     return models[key]
+
+
+def release_cached(models: ModelCache | None, plan: MemoryPlan | None) -> list[str]:
+    """A memory cap: drop the models a long-lived caller keeps, so none stays on the GPU into the next stage;
+    returns their names (reloaded when next needed)."""
+    if not models or plan is None or not plan.release_cached:
+        return []
+    names = sorted({str(k[0]) for k in models})
+    models.clear()
+    _free()
+    log.info("memory plan: released the cached %s", ", ".join(names))
+    return names
+
+
+def memory_plan(opts: PipelineOptions, clip: Clip) -> MemoryPlan:
+    """The run's batch sizes and offloads from the profile's memory cap (``memory_plan.plan_memory``)."""
+    from .amodal.config import configs_from_mapping
+
+    device = opts.profile.torch_device()
+    occ, sampler = configs_from_mapping(opts.amodal_settings) if opts.amodal else (None, None)
+    h, w = clip.image_size
+    work = Work(height=h, width=w, body_mode=opts.body_mode, body_batch=opts.batch_size, fp8=opts.profile.backbone_fp8,
+                amodal=opts.amodal, amodal_window=sampler.window if sampler else 64,
+                completion_resolution=occ.completion_resolution if occ else (512, 1024),
+                camera_model=(opts.fov_mode != "none" and not opts.manual_fov)
+                or (opts.world and opts.world_depth_every > 0))
+    free = None
+    if device.type == "cuda" and opts.profile.vram_gb and torch.cuda.is_available():
+        free = torch.cuda.mem_get_info(device)[0] / 2**30 + torch.cuda.memory_reserved(device) / 2**30
+    return plan_memory(work, opts.profile.vram_gb, opts.profile.offload, on_cuda=device.type == "cuda",
+                       free_gib=free)
 
 
 def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,
@@ -163,7 +228,7 @@ def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: 
     detector = opts.points_json is None
     bundle = _model(models, ("sam3", str(opts.models_root), opts.device, opts.dtype, detector),
                     lambda: load_sam3(search_dirs=_search(opts), device=opts.device, dtype=opts.dtype,
-                                      with_detector=detector))
+                                      with_detector=detector, **opts.profile.loader_kwargs()), opts.profile)
     if opts.points_json is not None:
         from .prompts import parse_prompts
 
@@ -178,25 +243,51 @@ def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: 
 def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: PipelineOptions, hooks: Hooks) -> Tracks:
     from .sam3 import propagate
 
-    return propagate(bundle, frames, prompts, direction=opts.direction, hooks=hooks)
+    return propagate(bundle, frames, prompts, direction=opts.direction, hooks=hooks,
+                     speed=opts.profile.speed_options())
 
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
-                 models: ModelCache | None = None) -> Amodal:
+                 models: ModelCache | None = None, plan: MemoryPlan | None = None) -> Amodal:
+    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
+    networks on the CPU between their passes."""
     from .amodal.config import configs_from_mapping
-    from .amodal.models import load_amodal_models
+    from .amodal.models import offloaded
     from .amodal.stage import run_amodal
 
     occ, sampler = configs_from_mapping(opts.amodal_settings)
-    vas = _model(models, ("amodal", str(opts.models_root), opts.device, opts.dtype),
-                 lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype))
+    split = plan is not None and plan.offload_amodal
+    vas = amodal_models(opts, models, split)
+    if split:
+        vas = offloaded(vas)
+    budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks)
+        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, **budget)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
+
+
+def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
+    """The amodal models' key in a model cache (a batch worker fills the same one): the default profile's key
+    plus what differs from it (``_model`` adds a non-default loader)."""
+    pf = opts.profile
+    key = ("amodal", str(opts.models_root), opts.device, opts.dtype)
+    return key + ((pf.amodal_accel,) if pf.amodal_accel != "default" else ()) + (("offloaded",) if offloaded else ())
+
+
+def amodal_models(opts: PipelineOptions, models: ModelCache | None = None, offload: bool = False) -> Any:
+    """The Diffusion-VAS models as the profile says (kept in ``models`` under ``amodal_cache_key``); offload:
+    loaded onto the CPU, for a memory plan that moves each network to the GPU only for its own pass."""
+    from .amodal.models import load_amodal_models
+
+    pf = opts.profile
+    return _model(models, amodal_cache_key(opts, offload),
+                  lambda: load_amodal_models(_search(opts), device=opts.device, dtype=opts.dtype,
+                                             accel=pf.accel_config(), **({"place": "cpu"} if offload else {}),
+                                             **pf.loader_kwargs()), pf)
 
 
 def describe_amodal(stats: object) -> str:
@@ -226,7 +317,8 @@ def stage_camera(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: H
                 notes.append(msg)
             return Camera.default(clip.image_size, clip.num_frames)
         try:
-            return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks)
+            return estimate_camera(model, frames, mode=opts.fov_mode, hooks=hooks,
+                                   **({"use_fp16": False} if opts.profile.moge_fp16 is False else {}))
         finally:
             del model
             _free()
@@ -241,7 +333,8 @@ def _moge(opts: PipelineOptions, models: ModelCache | None = None) -> torch.nn.M
     from .fov import load_moge
 
     return _model(models, ("moge", str(opts.models_root), opts.device),
-                  lambda: load_moge(_search(opts), device=pick_device(opts.device)))
+                  lambda: load_moge(_search(opts), device=pick_device(opts.device), **opts.profile.loader_kwargs()),
+                  opts.profile)
 
 
 def _body_model(opts: PipelineOptions, models: ModelCache | None = None) -> Any:
@@ -249,23 +342,25 @@ def _body_model(opts: PipelineOptions, models: ModelCache | None = None) -> Any:
     from .sam3d_body import load_sam3d_body
 
     return _model(models, ("sam3d_body", str(opts.models_root), opts.device),
-                  lambda: load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device)))
+                  lambda: load_sam3d_body(search_dirs=_search(opts), device=pick_device(opts.device),
+                                          **opts.profile.loader_kwargs()), opts.profile)
 
 
 def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,
                  hooks: Hooks, models: ModelCache | None = None,
-                 estimate: Callable[..., list] | None = None) -> tuple[Bodies, object]:
+                 estimate: Callable[..., list] | None = None, plan: MemoryPlan | None = None) -> tuple[Bodies, object]:
     """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig)."""
     from .body_inputs import body_items
     from .sam3d_body import bodies_from_results, estimate_bodies
 
     model = _body_model(opts, models)
     items = body_items(tracks, amodal)
-    # CUDA only; equal up to rounding; 'auto' compiles only jobs large enough to win back the compile time
-    model.compile_for("auto" if opts.compile else "", opts.batch_size, crops=len(items), body_mode=opts.body_mode)
-    fast = {"fp8": True, "decoder_dtype": torch.bfloat16} if opts.fp8 else {}
+    batch = plan.bodies_batch if plan is not None else opts.batch_size
+    # CUDA only; equal up to rounding; compile 'auto' compiles only jobs large enough to win back the compile time
+    opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
     results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
-                                            batch_size=opts.batch_size, hooks=hooks, return_vertices=True, **fast)
+                                            batch_size=batch, hooks=hooks, return_vertices=True,
+                                            **opts.profile.body_kwargs())
     faces = model.faces.detach().cpu().numpy()
     bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
                                  obj_ids=tracks.obj_ids.tolist())
@@ -406,6 +501,10 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.num_frames = clip.num_frames
     writes.save("clip", clip, out / "clip.npz")
     _done(summary, "decode", ["clip"])
+    plan = summary.memory = memory_plan(opts, clip)
+    summary.notes += list(plan.notes)
+    if plan.cap_gib:
+        log.info("%s", plan.describe())
 
     reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
     if reused is not None:
@@ -419,6 +518,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
                 tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
             with _Part(summary, "sam3_release"):
                 del bundle
+                summary.released += release_cached(models, plan)
                 release_library_caches()  # SAM-3's position embeddings stay cached in transformers otherwise
                 _free()
         writes.save("tracks", tracks, out / "tracks.npz")
@@ -431,16 +531,18 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     amodal = None
     if opts.amodal:
         amodal = _one_file_stage(summary, writes, out, "amodal", Amodal, check,
-                                 lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models))
+                                 lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models, plan))
+        summary.released += release_cached(models, plan)
         amodal.packed_amodal = _off_ram(stores, amodal.packed_amodal)
         amodal.completed_rgb = _off_ram(stores, amodal.completed_rgb)
     else:
         _done(summary, "amodal", [])
     camera = _one_file_stage(summary, writes, out, "camera", Camera, check,
                              lambda: stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes, models))
+    summary.released += release_cached(models, plan)
 
     raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
-                                          models, estimate)
+                                          models, estimate, plan)
     for b in {id(raw): raw, id(bodies): bodies}.values():
         if b.vertices is not None:
             b.vertices = _off_ram(stores, b.vertices)
@@ -450,6 +552,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         writes.check()
         with _Stage(summary, "world", check):
             world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models)
+        summary.released += release_cached(models, plan)
         if world is not None:
             if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
                 world.bodies.vertices = _off_ram(stores, world.bodies.vertices)
@@ -462,7 +565,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     with _Stage(summary, "render", check):
         if opts.write_anim:
             _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
-        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes)
+        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes, plan)
     _done(summary, "render", [n for n in ("params", "meshes", "glb", "anim", "render") if n in summary.files])
 
 
@@ -492,7 +595,8 @@ class AnimRig:
 def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera,
                        opts: PipelineOptions, out: Path, summary: RunSummary, writes: "BackgroundWrites",
                        hooks_for: HooksFactory, models: ModelCache | None = None,
-                       estimate: Callable[..., list] | None = None) -> tuple[Bodies, Bodies, AnimRig | None]:
+                       estimate: Callable[..., list] | None = None,
+                       plan: MemoryPlan | None = None) -> tuple[Bodies, Bodies, AnimRig | None]:
     """SAM-3D-Body then the smoother (each reused from an earlier run when --resume allows).
 
     Returns the raw bodies, the final (smoothed unless --no_smooth) bodies and, for the animation export,
@@ -508,7 +612,7 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
             writes.check()
             with _Stage(summary, "bodies", check):
                 raw, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"), models,
-                                               estimate)
+                                               estimate, plan)
             writes.save("bodies_raw", raw, out / "bodies_raw.npz")
             _done(summary, "bodies", ["bodies_raw"])
         bodies = raw
@@ -535,6 +639,7 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
         return raw, bodies, AnimRig(body_model) if opts.write_anim else None
     finally:
         del body_model
+        summary.released += release_cached(models, plan)
         _free()
 
 
@@ -709,7 +814,8 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
 
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
-                       out: Path, summary: RunSummary, hooks: Hooks, writes: BackgroundWrites | None = None) -> None:
+                       out: Path, summary: RunSummary, hooks: Hooks, writes: BackgroundWrites | None = None,
+                       plan: MemoryPlan | None = None) -> None:
     """Render the overlay video while params, meshes and GLBs are written (they need only the bodies)."""
     from . import export
 
@@ -727,7 +833,8 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
         if on_gpu:
             exports()
         path = out / "render_4d.mp4"
-        _stream_render(frames, clip, bodies, camera, opts, path, hooks, None if on_gpu else exports)
+        _stream_render(frames, clip, bodies, camera, opts, path, hooks, None if on_gpu else exports,
+                       plan.render_batch if plan is not None else RENDER_BATCH)
         writes.record("render", path)
     except BaseException:
         if own:
@@ -738,14 +845,15 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
 
 
 def _stream_render(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
-                   path: Path, hooks: Hooks, after_render: Callable[[], None] | None = None) -> None:
+                   path: Path, hooks: Hooks, after_render: Callable[[], None] | None = None,
+                   batch_size: int = 16) -> None:
     """Render batch by batch into the MP4: each batch is encoded on a background thread while the next one
     renders, and no more than a few batches are held (memory flat in the clip's length). ``after_render``
     runs once the last batch is rendered (the exports' submission on a CPU run)."""
     from . import export, render
 
     with export.Mp4Stream(path, clip.fps, clip.image_size, preset=VIDEO_PRESET) as stream:
-        sink = render.BatchSink(hooks, stream.put, max(1, opts.render_batch))
+        sink = render.BatchSink(hooks, stream.put, max(1, batch_size))
         rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=sink)
         images = rendered[0] if isinstance(rendered, tuple) else rendered
         if len(images):  # a renderer that returned its frames instead of handing them to the sink

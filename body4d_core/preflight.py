@@ -187,6 +187,15 @@ def check_points(text: str, image_size: tuple[int, int], source_size: tuple[int,
     return []
 
 
+def check_memory_cap(opts: PipelineOptions, size: tuple[int, int]) -> None:
+    """A --vram_gb cap no batch size can meet is refused here, before anything is decoded (memory_plan)."""
+    from .data import Clip
+    from .pipeline import memory_plan
+
+    if opts.profile.vram_gb:
+        memory_plan(opts, Clip(30.0, 1, size))
+
+
 def run_preflight(video: str | Path, out: Path, opts: PipelineOptions, check_out: bool = True) -> Preflight:
     """Every check, cheapest first; nothing is decoded (the video is only probed)."""
     from .video import plan
@@ -200,6 +209,7 @@ def run_preflight(video: str | Path, out: Path, opts: PipelineOptions, check_out
     size, source = (sel.height, sel.width), (info.height, info.width)
     warnings = check_points(points, size, source, int(sel.indices.size)) if points is not None else []
     warnings += check_models(opts)
+    check_memory_cap(opts, size)
     if check_out:
         check_output_dir(out)
     for w in warnings:

@@ -47,19 +47,32 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
-    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (or what was asked)."""
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+               "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def pick_dtype(device: torch.device, requested: str | torch.dtype | None = None, *, bf16_ok: bool | None = None,
+               fp16_ok: bool | None = None) -> torch.dtype:
+    """The one precision policy: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (or what was asked).
+
+    ``bf16_ok``/``fp16_ok`` say what the device supports (default: torch's bf16 check; fp16 everywhere on
+    CUDA); ComfyUI's model management passes its own answers. An fp16 request where fp16 is not
+    supported runs fp32.
+    """
     if isinstance(requested, torch.dtype):
         return requested
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if requested not in (None, "", "auto"):
-        if requested not in names:
-            raise ValueError(f"unknown dtype {requested!r}; use one of auto, {', '.join(names)}")
-        return names[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        if requested not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {requested!r}; use one of auto, {', '.join(DTYPE_NAMES)}")
+        dt = DTYPE_NAMES[requested]
+        if dt == torch.float16 and fp16_ok is False:
+            return torch.float32
+        return dt
+    if device.type != "cuda":
+        return torch.float32
+    if bf16_ok if bf16_ok is not None else torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if fp16_ok is not False else torch.float32
 
 
 @contextlib.contextmanager

@@ -58,21 +58,27 @@ class LoadAmodal(io.ComfyNode):
                 io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto", advanced=True,
                                tooltip="Weight and compute precision on the GPU (auto: bf16 where supported). "
                                        "The CPU always runs fp32."),
+                glue.profile_input("loader"),
+                glue.profile_input("amodal_accel"),
             ],
             outputs=[t.AmodalModel.Output("amodal_model")],
         )
 
     @classmethod
     def execute(cls, amodal_checkpoint, completion_checkpoint, depth_checkpoint, content_completion=True,
-                precision="auto") -> io.NodeOutput:
+                precision="auto", loader="fast", amodal_accel="default") -> io.NodeOutput:
+        profile = glue.node_profile(precision=precision, loader=loader, amodal_accel=amodal_accel)
         mdir = glue.resolve_checkpoint("diffusion_vas_amodal", amodal_checkpoint)
         cdir = glue.resolve_checkpoint("diffusion_vas_completion", completion_checkpoint) if content_completion \
             else None
         ddir = glue.resolve_checkpoint("depth_anything", depth_checkpoint)
         device = mm.get_torch_device()
-        dtype = glue.choose_dtype(precision, device)
-        models = load_amodal_models(device=device, dtype=dtype, mask_dir=mdir, content_dir=cdir, depth_dir=ddir,
-                                    with_completion=content_completion, place="cpu")
+        dtype = glue.choose_dtype(profile.precision, device)
+        extra = {"accel": profile.accel_config()} if profile.amodal_accel != "default" else {}
+        with profile.loading():
+            models = load_amodal_models(device=device, dtype=dtype, mask_dir=mdir, content_dir=cdir, depth_dir=ddir,
+                                        with_completion=content_completion, place="cpu", **extra,
+                                        **profile.loader_kwargs())
         handle = glue.wrap_model(models.module_dict(), dtype, name="amodal", path=mdir)
         handle.info["models"] = models
         return io.NodeOutput(handle)

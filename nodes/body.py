@@ -53,20 +53,28 @@ class LoadSAM3DBody(io.ComfyNode):
                                        "~18-28 s on an H200), or once this process has compiled for this batch "
                                        "size; eager otherwise or without Triton. always: compile for every job. "
                                        "max-autotune: always, slower to compile, sometimes faster. off: eager."),
+                glue.profile_input("attention"),
+                glue.profile_input("crop_kernel"),
+                glue.profile_input("loader"),
             ],
             outputs=[t.BodyModel.Output("sam3d_body_model")],
         )
 
     @classmethod
-    def execute(cls, checkpoint, precision="auto", compile="auto") -> io.NodeOutput:
+    def execute(cls, checkpoint, precision="auto", compile="auto", attention="auto", crop_kernel="auto",
+                loader="fast") -> io.NodeOutput:
+        profile = glue.node_profile(precision=precision, compile=compile, attention=attention, crop_kernel=crop_kernel,
+                                    loader=loader)
         if glue.is_detection_choice(checkpoint):
             model_dir = glue.resolve_detection_file(checkpoint)
         else:
             model_dir = glue.resolve_checkpoint("sam3d_body", checkpoint)
-        model = load_sam3d_body(model_dir, device="cpu")
-        dtype = glue.choose_dtype(precision)
-        mode = {"auto": "auto", "always": "default", "off": "", "max-autotune": "max-autotune-no-cudagraphs"}[compile]
-        return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir, compile=mode))
+        with profile.loading():
+            model = load_sam3d_body(model_dir, device="cpu", **profile.loader_kwargs())
+        dtype = glue.choose_dtype(profile.precision)
+        # the profile travels in the handle: BodyBatch reads its attention and crop kernel
+        return io.NodeOutput(glue.wrap_model(model, dtype, name="sam3d_body", path=model_dir,
+                                             compile=profile.compile_mode, profile=profile))
 
 
 class BodyBatch(io.ComfyNode):
@@ -134,15 +142,22 @@ class BodyBatch(io.ComfyNode):
         if not items:
             log.warning("no object has a mask on any frame; returning empty bodies")
         model = sam3d_body_model.ready()
-        in_effect = model.compile_for(sam3d_body_model.info.get("compile", ""), batch_size, crops=len(items),
-                                      body_mode=mode)
+        profile = sam3d_body_model.info.get("profile")
+        if profile is not None and profile.attention != "auto":  # a pinned attention kernel: the profile compiles
+            in_effect = profile.compile_body(model, batch_size, crops=len(items), body_mode=mode)
+        else:
+            in_effect = model.compile_for(sam3d_body_model.info.get("compile", ""), batch_size, crops=len(items),
+                                          body_mode=mode)
         if in_effect is not None:
             log.info("SAM 3D Body: backbone %s, decoder %s", in_effect["backbone"] or "eager",
                      in_effect["decoder"] or "eager")
+        glue.node_profile(decoder_precision=decoder_precision, backbone_fp8=bool(backbone_fp8))  # checks the choices
         dec_dtype = torch.bfloat16 if decoder_precision == "bf16" else torch.float32
         results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
                                   hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
-                                  return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8)
+                                  return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8,
+                                  **({"crop_kernel": profile.crop_kernel} if profile and profile.crop_kernel != "auto"
+                                     else {}))
         faces = model.faces.detach().cpu().numpy()
         bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
         return io.NodeOutput(bodies, to_mhr_pose(bodies, cam, model=model))

@@ -22,7 +22,8 @@ import folder_paths
 
 from ..body4d_core import weights
 from ..body4d_core.errors import InputError, MissingWeightsError, VideoError
-from ..body4d_core.runtime import CallbackHooks
+from ..body4d_core.profile import FIELDS, RunProfile
+from ..body4d_core.runtime import CallbackHooks, pick_dtype
 
 log = logging.getLogger(__name__)
 CATEGORY = "SAM-Body4D"
@@ -122,15 +123,29 @@ class ModelHandle:
 
 
 def choose_dtype(requested: str, device: torch.device | None = None) -> torch.dtype:
-    """bf16/fp16 where the device supports it, else fp32 (or what the user asked)."""
+    """The library's precision policy (``runtime.pick_dtype``) with ComfyUI's answers for what the device
+    supports; the nodes compute fp32 on the CPU."""
     device = device or mm.get_torch_device()
-    if requested == "fp32" or device.type == "cpu":
+    if device.type == "cpu":
         return torch.float32
-    if requested == "bf16" or (requested == "auto" and mm.should_use_bf16(device)):
-        return torch.bfloat16
-    if requested in ("fp16", "auto") and mm.should_use_fp16(device):
-        return torch.float16
-    return torch.float32
+    return pick_dtype(device, requested, bf16_ok=mm.should_use_bf16(device), fp16_ok=mm.should_use_fp16(device))
+
+
+def profile_input(name: str, tooltip: str | None = None) -> Any:
+    """A loader node's input for a run-profile field: the CLI flag's name, choices and default (body4d_core.profile)."""
+    from comfy_api.latest import io
+
+    spec, default = FIELDS[name], getattr(RunProfile(), name)
+    if spec.choices == (False, True):
+        return io.Boolean.Input(name, default=default, advanced=True, tooltip=tooltip or f"{spec.help[0].upper()}"
+                                f"{spec.help[1:]}.")
+    return io.Combo.Input(name, options=list(spec.choices), default=default, advanced=True,
+                          tooltip=tooltip or f"{spec.help[0].upper()}{spec.help[1:]}.")
+
+
+def node_profile(**inputs: Any) -> RunProfile:
+    """The run profile a node's inputs ask for (bad values: one InputError naming the input and its choices)."""
+    return RunProfile.from_node_inputs(inputs)
 
 
 def wrap_model(module: torch.nn.Module, dtype: torch.dtype, **info: Any) -> ModelHandle:

@@ -58,15 +58,16 @@ class LoadMoGe(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=[*glue.checkpoint_choices("moge"), *_core_moge_files()],
                                tooltip="A folder inside models/moge holding the official model.pt, or ComfyUI "
                                        "core's MoGe-2 file in models/geometry_estimation (ViT-L)."),
-                io.Combo.Input("precision", options=["auto", "fp16", "fp32"], default="auto", advanced=True,
-                               tooltip="auto/fp16: MoGe's own fp16 autocast on the GPU (weights stay fp32); "
-                                       "fp32: full precision. The CPU always runs fp32."),
+                io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto", advanced=True,
+                               tooltip="auto/bf16/fp16: MoGe's own fp16 autocast on the GPU (weights stay fp32; "
+                                       "MoGe-2 has no bf16 path); fp32: full precision. The CPU always runs fp32."),
             ],
             outputs=[t.MoGeModel.Output("moge_model")],
         )
 
     @classmethod
     def execute(cls, checkpoint, precision="auto") -> io.NodeOutput:
+        precision = glue.node_profile(precision=precision).precision
         path = _checkpoint_path(checkpoint)
         model = bf.load_moge_checkpoint(path, device="cpu")
         dtype = torch.float32 if precision == "fp32" else torch.float16

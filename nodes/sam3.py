@@ -104,17 +104,26 @@ class LoadSAM3(io.ComfyNode):
                 io.Boolean.Input("people_detector", default=True, advanced=True,
                                  tooltip="Also load the text detector (needed by Detect People); it shares the "
                                          "tracker's image encoder, adding ~0.4 GB in bf16."),
+                glue.profile_input("loader"),
+                glue.profile_input("sam3_speed"),
             ],
             outputs=[t.Sam3Model.Output("sam3_model")],
         )
 
     @classmethod
-    def execute(cls, checkpoint, precision="auto", people_detector=True) -> io.NodeOutput:
+    def execute(cls, checkpoint, precision="auto", people_detector=True, loader="fast",
+                sam3_speed="fast") -> io.NodeOutput:
+        profile = glue.node_profile(precision=precision, loader=loader, sam3_speed=sam3_speed)
         model_dir = glue.resolve_checkpoint("sam3", checkpoint)
         device = mm.get_torch_device()
-        dtype = glue.choose_dtype(precision, device)
-        bundle = load_sam3(model_dir, device=device, dtype=dtype, with_detector=people_detector, move=False)
-        return io.NodeOutput(glue.wrap_model(bundle, dtype, name="sam3", path=model_dir))
+        dtype = glue.choose_dtype(profile.precision, device)
+        with profile.loading():
+            bundle = load_sam3(model_dir, device=device, dtype=dtype, with_detector=people_detector, move=False,
+                               **profile.loader_kwargs())
+        handle = glue.wrap_model(bundle, dtype, name="sam3", path=model_dir)
+        if profile.sam3_speed != "fast":  # read by Propagate
+            handle.info["speed"] = profile.speed_options()
+        return io.NodeOutput(handle)
 
 
 class DetectPeople(io.ComfyNode):
@@ -200,7 +209,9 @@ class Propagate(io.ComfyNode):
         n, size = int(frames.shape[0]), (int(frames.shape[1]), int(frames.shape[2]))
         bundle = sam3_model.ready()
         steps = len(prompts.items) + n * (2 if direction == "both" else 1)
-        tracks = propagate(bundle, frames, prompts, direction, hooks=glue.hooks(steps))
+        speed = getattr(sam3_model, "info", {}).get("speed")  # the loader's sam3_speed (absent: the default)
+        tracks = propagate(bundle, frames, prompts, direction, hooks=glue.hooks(steps),
+                           **({"speed": speed} if speed is not None else {}))
         ids = parse_ids(object_ids, tracks)
         if not image_outputs:
             empty = glue.masks_to_tensor(np.zeros((1, *size), bool))

@@ -47,3 +47,25 @@ def test_table_and_medians_compare_each_repeat_with_its_legacy_run():
     assert "sam3     fast    FAILED exit 1: boom" in text
     med = bench.summary(results).splitlines()
     assert med[1].split() == ["moge", "legacy", "3", "5.00"] and med[2].split() == ["moge", "fast", "3", "2.00", "2.50x"]
+
+
+def test_variants_set_the_run_profile_not_the_environment(monkeypatch, tmp_path):
+    """legacy = the profile's loader legacy; fast-Nt = load_threads N, in effect while the loader runs."""
+    import os
+
+    import torch
+
+    import body4d_core.fov as fov
+    from bench import bench_load
+    from body4d_core import fastload
+
+    assert bench_load.variant_profile("legacy").loader_kwargs() == {"fast": False}
+    assert bench_load.variant_profile("fast-2t").load_threads == 2 and bench_load.variant_profile("fast").load_threads == 0
+    seen = []
+    monkeypatch.setattr(fov, "load_moge", lambda search, device, **kw: seen.append(
+        (kw, fastload.load_threads(torch.device("cpu")))))
+    monkeypatch.delenv("BODY4D_LOAD_THREADS", raising=False)
+    bench_load._loader("moge", tmp_path, "cpu", bench_load.variant_profile("fast-1t"), True)()
+    bench_load._loader("moge", tmp_path, "cpu", bench_load.variant_profile("legacy"), True)()
+    assert seen == [({}, 1), ({"fast": False}, fastload.DEFAULT_LOAD_THREADS)]
+    assert "BODY4D_LOAD_THREADS" not in os.environ

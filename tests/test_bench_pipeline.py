@@ -141,3 +141,55 @@ def test_no_world_leaves_the_world_stage_out():
     assert bp.options(args, clip, REPO).world is False
     assert bp.options(bp.parse_args(["--tiny"]), clip, REPO).world is True
     assert "off (--no-world)" in bp.table(args, bp.Record(), {})
+
+
+def test_warm_and_vram_cap_flags_are_honoured(tmp_path):
+    """--warm runs twice with the models kept loaded (cold and warm per stage, rows too); --vram-cap on a machine
+    without CUDA is ignored with a note (the run profile still records it)."""
+    from bench.rows import read_rows
+
+    rows_path = tmp_path / "rows.jsonl"
+    res = subprocess.run([*BENCH, "--tiny", "--no-amodal", "--no-world", "--frames", "3", "--warm", "--vram-cap", "8",
+                          "--models", str(tmp_path / "m"), "--jsonl", str(rows_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    warm = res.stdout.split("## Cold and warm (models kept loaded) runs")[1]
+    assert "Models kept loaded for the warm run: moge, sam3, sam3d_body." in warm
+    table = _rows(warm)
+    for stage in ("decode", "sam3", "camera", "bodies", "smooth", "render"):
+        assert float(table[stage][0]) > 0 and float(table[stage][1]) > 0, stage
+    assert "amodal" not in table and "world" not in table
+    assert "Note: --vram-cap 8 ignored: no CUDA device" in res.stdout
+    assert "Memory cap: 8 GB (ignored: no CUDA device); memory plan (no memory cap)" in res.stdout
+    got = {r["metric"]: r for r in read_rows(rows_path)}
+    assert got["sam3_warm_seconds"]["value"] == pytest.approx(float(table["sam3"][1]), abs=0.006)
+    assert got["pipeline_warm_seconds"]["value"] > 0 and got["pipeline_seconds"]["value"] > 0
+    assert got["sam3_seconds"]["extra"]["profile"]["vram_gb"] == 8.0
+
+
+def test_profile_and_cap_arguments():
+    import bench.bench_pipeline as bp
+
+    args = bp.parse_args(["--tiny", "--profile", "loader=legacy", "--profile", "sam3_speed=reference", "--no-compile",
+                          "--fp8", "--vram-cap", "12"])
+    p = args.run_profile
+    assert (p.loader, p.sam3_speed, p.compile, p.backbone_fp8, p.decoder_precision, p.vram_gb) == \
+        ("legacy", "reference", "off", True, "bf16", 12.0)
+    assert bp.options(args, bp.make_clip(2, 1, 64, 64), REPO).profile == p
+    for bad, text in ((["--profile", "turbo=1"], "unknown profile setting"), (["--profile", "loader"], "FIELD=VALUE"),
+                      (["--vram-cap", "-2"], "--vram-cap must be >= 0")):
+        res = subprocess.run([*BENCH, "--tiny", *bad], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and text in res.stderr, res.stderr[-2000:]
+
+
+def test_cap_without_cuda_is_a_note_not_a_limit(monkeypatch):
+    import bench.bench_pipeline as bp
+
+    monkeypatch.setattr(bp.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bp.torch.cuda, "set_per_process_memory_fraction",
+                        lambda *a, **k: pytest.fail("no cap may be set without CUDA"))
+    rec = bp.Record()
+    bp.apply_cap(bp.parse_args(["--tiny", "--vram-cap", "8"]), rec)
+    assert rec.notes == ["--vram-cap 8 ignored: no CUDA device (the run uses the CPU)"]
+    bp.apply_cap(bp.parse_args(["--tiny"]), rec)
+    assert len(rec.notes) == 1

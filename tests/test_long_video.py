@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def _options(models: Path, disk: bool, **kw) -> pipeline.PipelineOptions:
                           {"id": 2, "points": [{"frame": 6, "x": 120, "y": 250, "label": 1}]}]}
     base = dict(video=CLIP, points_json=json.dumps(points), amodal=False, fov_mode="none", models_root=models,
                 batch_size=4, world=False, write_anim=False, write_meshes=False, write_glb=False,
-                frames_on_disk=disk, render_batch=5)
+                frames_on_disk=disk)
     base.update(kw)
     return pipeline.PipelineOptions(**base)
 
@@ -148,6 +149,8 @@ def test_disk_path_equals_ram_path(models, tmp_path, monkeypatch):
         return store, clip
 
     monkeypatch.setattr(pipeline, "decode_to_store", spy)
+    plan = pipeline.memory_plan
+    monkeypatch.setattr(pipeline, "memory_plan", lambda o, c: dataclasses.replace(plan(o, c), render_batch=5))
     every = dict(world=True, write_anim=True, write_meshes=True, write_glb=True)  # every output, both paths
     ram = pipeline.run_pipeline(SAMPLE, tmp_path / "ram", _options(models, False, **every))
     assert used == []

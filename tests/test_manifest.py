@@ -109,6 +109,22 @@ def test_stage_keys_change_from_the_changed_stage_on():
     assert mf.stage_keys({"size": 2, "sha256_ends": "a"}, base)["decode"] != keys["decode"]
 
 
+def test_stage_keys_follow_the_run_profile():
+    from body4d_core.profile import RunProfile
+
+    video = {"size": 1, "sha256_ends": "a"}
+    keys = mf.stage_keys(video, mf._plain(PipelineOptions()))
+
+    def changed(**profile):
+        other = mf.stage_keys(video, mf._plain(PipelineOptions(profile=RunProfile(**profile))))
+        return [keys[s] != other[s] for s in mf.STAGES]
+
+    assert changed(backbone_fp8=True) == [False] * 4 + [True] * 4  # bodies and what follows
+    assert changed(precision="fp32") == [False] + [True] * 7  # SAM-3 on
+    assert changed(amodal_accel="reference") == [False, False] + [True] * 6
+    assert changed(load_threads=3) == [False] * 8  # how weights are read changes no result
+
+
 # --------------------------------------------------------------------------- refuse / overwrite / resume
 
 

@@ -91,7 +91,24 @@ def _cases(tmp: Path) -> dict:
         "resume": (["--resume"], lambda s: s.get("resume") is True),
         "models_root": (["--models_root", str(tmp / "m")], lambda s: Path(s["opts"].models_root) == tmp / "m"),
         "device": (["--device", "cpu"], lambda s: s["opts"].device == "cpu"),
-        "dtype": (["--dtype", "bf16"], lambda s: s["opts"].dtype == "bf16"),
+        "precision": (["--dtype", "bf16"], lambda s: s["opts"].dtype == "bf16"),  # --dtype: --precision's old name
+        # the run profile's other flags (body4d_core/profile.py)
+        "compile": (["--compile", "always"], lambda s: s["opts"].profile.compile_mode == "default"),
+        "decoder_precision": (["--decoder_precision", "bf16"],
+                              lambda s: str(s["opts"].profile.body_kwargs().get("decoder_dtype")) == "torch.bfloat16"),
+        "backbone_fp8": (["--backbone_fp8"], lambda s: s["opts"].profile.body_kwargs().get("fp8") is True
+                         and s["opts"].profile.decoder_precision == "fp32"),
+        "attention": (["--compile", "max-autotune", "--attention", "math"],
+                      lambda s: s["opts"].profile.attention == "math"),
+        "crop_kernel": (["--crop_kernel", "grid_sample"],
+                        lambda s: s["opts"].profile.body_kwargs().get("crop_kernel") == "grid_sample"),
+        "sam3_speed": (["--sam3_speed", "reference"], lambda s: not s["opts"].profile.speed_options().batch_objects),
+        "amodal_accel": (["--amodal_accel", "reference"],
+                         lambda s: not s["opts"].profile.accel_config().cross_attn_shortcut),
+        "loader": (["--loader", "legacy"], lambda s: s["opts"].profile.loader_kwargs() == {"fast": False}),
+        "load_threads": (["--load_threads", "3"], lambda s: s["opts"].profile.load_threads == 3),
+        "vram_gb": (["--vram_gb", "12"], lambda s: s["opts"].profile.vram_gb == 12.0),
+        "offload": (["--offload", "never"], lambda s: s["opts"].profile.offload == "never"),
     }
 
 

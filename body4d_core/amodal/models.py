@@ -92,6 +92,49 @@ class AmodalModels:
         return self
 
 
+class OnDemand:
+    """A sampler or depth estimator kept on the CPU and moved to the compute device only while it runs
+    (a memory cap: one network set on the GPU at a time instead of all three)."""
+
+    def __init__(self, part: Any, device: torch.device) -> None:
+        self.part, self.compute_device = part, torch.device(device)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.part, name)
+
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        self.part.to(self.compute_device)
+        try:
+            yield
+        finally:
+            self.part.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def run_jobs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        with self._on_device():
+            return self.part.run_jobs(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._on_device():
+            return self.part(*args, **kwargs)
+
+    def to(self, device: torch.device | str) -> "OnDemand":
+        self.compute_device = torch.device(device)
+        return self
+
+
+def offloaded(models: AmodalModels) -> AmodalModels:
+    """The same models held on the CPU, each moved to ``models.device`` only for its own pass."""
+    dev = models.device
+    for part in (models.mask, models.content, models.depth):
+        if hasattr(part, "to"):
+            part.to("cpu")
+    wrap = (lambda part: None if part is None else OnDemand(part, dev))  # noqa: E731
+    return AmodalModels(wrap(models.mask), wrap(models.content), wrap(models.depth), dev, models.dtype)
+
+
 # Frame-pixels per VAE call: upstream's 8-frame chunk at the completion resolution (512x1024), so the
 # VAE's activation peak there is unchanged while smaller frames share calls (256x512: 4 videos a call).
 VAE_CALL_PX = 8 * 512 * 1024
@@ -116,14 +159,16 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
                        dtype: str | torch.dtype | None = None, mask_dir: str | Path | None = None,
                        content_dir: str | Path | None = None, depth_dir: str | Path | None = None,
                        with_completion: bool = True, place: str | torch.device | None = None,
-                       fast: bool = True) -> AmodalModels:
+                       fast: bool = True, accel: AccelConfig | None = None) -> AmodalModels:
     """Resolve and load the three models; MissingWeightsError names any missing files and the command.
 
     ``device``/``dtype`` say where and in which precision they will compute; ``place`` puts
     the weights elsewhere first (e.g. the CPU, for ComfyUI's model management to move).
     ``fast`` (default): UNet and CLIP encoder weights are cast where they will live, into
     modules built without random init (same values); False: the previous loaders (A/B benches).
+    ``accel``: the UNet/VAE speed options (default ``DEFAULT_ACCEL``; the run profile's ``accel_config``).
     """
+    accel = DEFAULT_ACCEL if accel is None else accel
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     wdt = dt if dev.type == "cuda" else torch.float32
@@ -140,12 +185,12 @@ def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: 
     with quiet_library_logs():
         with clear_load_errors(mdir, "diffusion_vas_amodal"):
             check_vas_folder(mdir, "diffusion_vas_amodal")
-            mask = VASPipeline.from_pretrained(mdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
+            mask = VASPipeline.from_pretrained(mdir, where, dt, wdt, fast=fast).accelerate(accel)
         content = None
         if cdir:
             with clear_load_errors(cdir, "diffusion_vas_completion"):
                 check_vas_folder(cdir, "diffusion_vas_completion")
-                content = VASPipeline.from_pretrained(cdir, where, dt, wdt, fast=fast).accelerate(DEFAULT_ACCEL)
+                content = VASPipeline.from_pretrained(cdir, where, dt, wdt, fast=fast).accelerate(accel)
         # Depth Anything's files use DINOv2 names that transformers renames on load: no fast path (tests)
         with clear_load_errors(ddir, "depth_anything"):
             check_weights_folder(ddir, _fix("depth_anything"), DEPTH_REQUIRED)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MissingWeightsError, WeightsMismatchError
-from ..runtime import NULL_HOOKS, Hooks, autocast, is_oom
+from ..runtime import NULL_HOOKS, Hooks, autocast, run_with_oom_retry
 from .accel import AccelConfig, apply_accel, apply_vae_accel
 from .config import SamplerConfig
 from .job import VideoJob
@@ -348,28 +348,20 @@ class VASPipeline:
             for (length, (h, w)), items in groups.items():
                 lat_px = (h // self.vae_scale) * (w // self.vae_scale)
                 per = max(1, min(sampler.people_batch, budget_px // max(1, 2 * length * lat_px)))
-                k = 0
-                while k < len(items):
-                    hooks.check_interrupt()
-                    batch = items[k:k + per]
-                    noise.prefetch(items[k + per:k + 2 * per])
-                    try:
-                        res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch), weights)
-                    except Exception as err:  # noqa: BLE001 - only OOM is retried
-                        if not is_oom(err) or per == 1:
-                            raise
-                        per = max(1, per // 2)
-                        log.warning("amodal: out of memory; retrying with %d videos per batch", per)
-                        torch.cuda.empty_cache()
-                        continue
+
+                def run(start: int, stop: int, items: list = items) -> None:
+                    batch = items[start:stop]
+                    noise.prefetch(items[stop:stop + len(batch)])
+                    res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch), weights)
                     t0 = time.perf_counter()
                     for (j, s, e), frames in zip(batch, res):
                         outs[j][s:e] += frames * torch.from_numpy(weights[j][(s, e)]).view(-1, 1, 1, 1)
                     self._tick("blend", t0)
                     noise.forget(batch)
-                    k += len(batch)
-                    done += len(batch)
-                    hooks.progress(done, total)
+
+                # the library's one OOM policy: a CUDA OOM halves the videos per batch, down to one
+                run_with_oom_retry(run, len(items), per, _Offset(hooks, done, total))
+                done += len(items)
         return outs
 
     def window_seed(self, job: VideoJob, start: int, sampler: SamplerConfig) -> int:
@@ -516,3 +508,16 @@ def load_vas_unet(directory: Path, dtype: torch.dtype = torch.float32) -> VASUNe
     except RuntimeError as err:
         raise WeightsMismatchError(f"{weights} does not match its config.json: {err}") from err
     return unet.to(dtype)
+
+
+class _Offset:
+    """Hooks for one group of windows: progress counted on from the windows before it."""
+
+    def __init__(self, hooks: Hooks, before: int, total: int) -> None:
+        self.hooks, self.before, self.total = hooks, before, total
+
+    def progress(self, done: int, total: int) -> None:
+        self.hooks.progress(self.before + done, self.total)
+
+    def check_interrupt(self) -> None:
+        self.hooks.check_interrupt()

@@ -156,13 +156,9 @@ class VideoWorker:
 
     def _amodal_models(self, opts: PipelineOptions) -> Any:
         """The amodal models under the pipeline's own cache key (loaded once, shared with this worker's videos)."""
-        from ..amodal.models import load_amodal_models
+        from ..pipeline import amodal_models
 
-        key = ("amodal", str(opts.models_root), opts.device, opts.dtype)
-        if key not in self._models:
-            dirs = [Path(opts.models_root)] if opts.models_root else None
-            self._models[key] = load_amodal_models(dirs, device=opts.device, dtype=opts.dtype)
-        return self._models[key]
+        return amodal_models(opts, self._models)
 
 
 class _SplitCache(UserDict):

@@ -1,0 +1,159 @@
+"""Memory policy in one place: a GPU memory cap -> batch sizes and model offload, decided before a run starts.
+
+``plan_memory`` turns the run profile's ``vram_gb`` (and the memory free on the device) into the
+SAM-3D-Body batch, the amodal sampler's per-call budget (how many people/windows are denoised
+together), the render batch and whether models leave the GPU between uses; a cap that no batch
+size can meet is refused with one sentence naming the stage, what it needs and what to change.
+The per-stage needs are estimates (GiB) from the whole-pipeline bench's peaks
+(bench/bench_pipeline.py ``--vram-cap`` measures them again). ``check_host_ram`` is the one
+host-RAM check (frames, packed masks, render outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .errors import MemoryBudgetError
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+MARGIN_GIB = 0.5  # allocator fragmentation and small buffers outside the estimates
+SAM3_GIB = 2.5  # SAM-3 tracker + detector weights (bf16) and one frame's working memory
+MOGE_GIB = 4.2  # MoGe-2 ViT-L (fp32 weights) on one frame
+BODY_WEIGHTS_GIB = 3.6  # SAM-3D-Body (fp32 weights, autocast compute)
+BODY_CROP_GIB = {"full": 0.10, "body": 0.065}  # per crop of a batch (backbone + decoders, overlap on)
+FP8_EXTRA_GIB = 1.2  # FP8 copies of the backbone linears during a call
+VAS_WEIGHTS_GIB = 4.2  # one Diffusion-VAS pipeline (UNet + VAE + CLIP image encoder, bf16)
+DEPTH_WEIGHTS_GIB = 0.7  # Depth Anything V2 Large (bf16)
+AMODAL_GIB_PER_MPX = 10.7  # UNet/VAE working memory per 2**20 latent pixel-frames of one call (CFG included)
+RENDER_GIB_PER_MPX = 0.11  # rasteriser buffers per frame-megapixel of a render batch
+DEFAULT_BUDGET_PX = 1 << 20  # run_amodal's default per-call budget (latent pixels x frames x 2)
+
+
+@dataclass(frozen=True)
+class Work:
+    """The sizes of a run that the plan depends on."""
+
+    height: int
+    width: int
+    body_mode: str = "full"
+    body_batch: int = 64
+    fp8: bool = False
+    amodal: bool = True
+    amodal_window: int = 64
+    completion_resolution: tuple[int, int] = (512, 1024)
+    render_batch: int = 16
+    camera_model: bool = True  # MoGe-2 runs (camera or world depth)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Batch sizes and offload decisions for one run; ``cap_gib`` 0 = no cap (the requested sizes)."""
+
+    cap_gib: float
+    bodies_batch: int
+    amodal_budget_px: int
+    render_batch: int
+    offload_amodal: bool  # the amodal networks stay on the CPU; each moves to the GPU for its own pass
+    release_cached: bool  # models kept by a long-lived caller leave the GPU after their stage
+    notes: tuple[str, ...] = ()
+
+    def offloaded(self) -> list[str]:
+        """What leaves the GPU between uses (for logs and the bench)."""
+        return [name for name, on in (("amodal networks per pass", self.offload_amodal),
+                                      ("cached models after each stage", self.release_cached)) if on]
+
+    def describe(self) -> str:
+        cap = f"cap {self.cap_gib:g} GiB" if self.cap_gib else "no memory cap"
+        off = ", ".join(self.offloaded()) or "nothing"
+        return (f"memory plan ({cap}): bodies batch {self.bodies_batch}, amodal budget {self.amodal_budget_px} px, "
+                f"render batch {self.render_batch}, offloaded: {off}")
+
+
+def plan_memory(work: Work, cap_gb: float = 0.0, offload: str = "auto", on_cuda: bool = True,
+                free_gib: float | None = None) -> MemoryPlan:
+    """The plan for ``work`` under a cap of ``cap_gb`` GB (0: none) and ``free_gib`` free on the device.
+
+    offload: auto (only where the cap needs it), always, never. Off CUDA the cap is ignored (a note
+    says so). Raises MemoryBudgetError when a stage cannot run within the cap at any batch size.
+    """
+    requested = MemoryPlan(0.0, work.body_batch, DEFAULT_BUDGET_PX, work.render_batch,
+                           offload_amodal=offload == "always", release_cached=offload == "always")
+    if not cap_gb:
+        return requested
+    if not on_cuda:
+        return _with_note(requested, f"--vram_gb {cap_gb:g} ignored: the run is not on a CUDA GPU")
+    cap = float(cap_gb) * 1e9 / GIB  # the flag is in GB (as GPUs are sold), the plan in GiB
+    notes = []
+    if free_gib is not None and free_gib < cap:
+        notes.append(f"only {free_gib:.1f} GiB free on the GPU: planning for that, not the {cap:.1f} GiB cap")
+        cap = free_gib
+    room = cap - MARGIN_GIB
+    _require(room >= SAM3_GIB, "SAM-3 tracking", SAM3_GIB + MARGIN_GIB, cap, "a larger --vram_gb")
+    if work.camera_model:
+        _require(room >= MOGE_GIB, "MoGe-2 (camera, world depth)", MOGE_GIB + MARGIN_GIB, cap,
+                 "--fov none and --world_depth_every 0, or a larger --vram_gb")
+    bodies = _bodies_batch(work, room, cap)
+    budget, offload_amodal = _amodal_budget(work, room, cap, offload) if work.amodal else (DEFAULT_BUDGET_PX, False)
+    px = work.height * work.width / 2**20
+    render = max(1, min(work.render_batch, int(room / max(RENDER_GIB_PER_MPX * px, 1e-6))))
+    plan = MemoryPlan(cap, bodies, budget, render, offload_amodal or offload == "always", offload != "never",
+                      tuple(notes))
+    log.info("%s", plan.describe())
+    return plan
+
+
+def _bodies_batch(work: Work, room: float, cap: float) -> int:
+    """The largest SAM-3D-Body batch (at most the requested one) that fits."""
+    per = BODY_CROP_GIB.get(work.body_mode, BODY_CROP_GIB["full"])
+    fixed = BODY_WEIGHTS_GIB + (FP8_EXTRA_GIB if work.fp8 else 0.0)
+    _require(room >= fixed + per, "SAM-3D-Body", fixed + per + MARGIN_GIB, cap,
+             "a larger --vram_gb" + (" (or no --backbone_fp8)" if work.fp8 else ""))
+    return max(1, min(work.body_batch, int((room - fixed) / per)))
+
+
+def _amodal_budget(work: Work, room: float, cap: float, offload: str) -> tuple[int, bool]:
+    """The amodal per-call budget (latent pixel-frames) and whether its networks must be offloaded per pass."""
+    h, w = work.completion_resolution
+    one_window = 2 * work.amodal_window * (h // 8) * (w // 8)  # the smallest call: one video window, CFG
+    one_gib = AMODAL_GIB_PER_MPX * one_window / 2**20
+    resident = 2 * VAS_WEIGHTS_GIB + DEPTH_WEIGHTS_GIB
+    offload_amodal = offload == "always" or (offload == "auto" and room < resident + one_gib)
+    weights = VAS_WEIGHTS_GIB if offload_amodal else resident
+    if room < weights + one_gib:
+        fix = ("--no_amodal, a smaller --amodal_resolution, or a larger --vram_gb" if offload_amodal else
+               "--offload auto, --no_amodal or a larger --vram_gb")
+        _require(False, f"amodal completion (one {work.amodal_window}-frame window at {w}x{h})",
+                 weights + one_gib + MARGIN_GIB, cap, fix)
+    budget = int((room - weights) / AMODAL_GIB_PER_MPX * 2**20)
+    return max(one_window, min(DEFAULT_BUDGET_PX, budget)), offload_amodal
+
+
+def _require(ok: bool, stage: str, need_gib: float, cap: float, fix: str) -> None:
+    if not ok:
+        raise MemoryBudgetError(f"{stage} needs about {need_gib:.1f} GiB of GPU memory but the cap leaves "
+                                f"{cap:.1f} GiB; use {fix}")
+
+
+def _with_note(plan: MemoryPlan, note: str) -> MemoryPlan:
+    log.warning("%s", note)
+    return MemoryPlan(plan.cap_gib, plan.bodies_batch, plan.amodal_budget_px, plan.render_batch, plan.offload_amodal,
+                      plan.release_cached, (*plan.notes, note))
+
+
+def check_host_ram(need_bytes: int, what: str, advice: str, fraction: float = 1.0,
+                   free_bytes: int | None = None) -> int:
+    """Refuse, before allocating, ``need_bytes`` of host RAM above ``fraction`` of what is free now.
+
+    Returns the bytes needed. The message names ``what`` needs it, both sizes and ``advice``.
+    """
+    if free_bytes is None:
+        from .video import available_ram
+
+        free_bytes = available_ram()
+    limit = fraction * free_bytes
+    if need_bytes > limit:
+        raise MemoryBudgetError(f"{what} needs {need_bytes / GIB:.1f} GiB but only {limit / GIB:.1f} GiB of RAM "
+                                f"{'is free' if fraction == 1.0 else 'is allowed'}; {advice}")
+    return need_bytes

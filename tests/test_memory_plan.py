@@ -1,0 +1,168 @@
+"""Memory plan decisions (CPU only): a GPU memory cap -> batch sizes, offloads, or a clear refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from body4d_core import memory_plan as mp
+from body4d_core import pipeline
+from body4d_core.data import Clip
+from body4d_core.errors import MemoryBudgetError
+from body4d_core.memory_plan import MemoryPlan, Work, check_host_ram, plan_memory
+from body4d_core.profile import RunProfile
+
+HD = Work(height=720, width=1280)
+
+
+def test_no_cap_keeps_the_requested_sizes():
+    plan = plan_memory(HD)
+    assert (plan.bodies_batch, plan.amodal_budget_px, plan.render_batch) == (64, mp.DEFAULT_BUDGET_PX, 16)
+    assert not plan.offload_amodal and not plan.release_cached and plan.cap_gib == 0
+    always = plan_memory(HD, offload="always")
+    assert always.offload_amodal and always.release_cached
+
+
+def test_a_generous_cap_changes_nothing_but_releases_cached_models():
+    plan = plan_memory(HD, cap_gb=80)
+    assert (plan.bodies_batch, plan.amodal_budget_px, plan.render_batch) == (64, mp.DEFAULT_BUDGET_PX, 16)
+    assert not plan.offload_amodal and plan.release_cached
+    assert not plan_memory(HD, cap_gb=80, offload="never").release_cached
+
+
+def test_batches_shrink_monotonically_with_the_cap():
+    work = Work(height=720, width=1280, amodal=False, camera_model=False)
+    batches = [plan_memory(work, cap_gb=c).bodies_batch for c in (5, 6, 8, 12, 24)]
+    assert batches == sorted(batches) and batches[0] < batches[-1] == 64 and batches[0] >= 1
+    # the formula: what is left after the weights, per crop
+    room = 8e9 / 2**30 - mp.MARGIN_GIB
+    assert plan_memory(work, cap_gb=8).bodies_batch == int((room - mp.BODY_WEIGHTS_GIB) / mp.BODY_CROP_GIB["full"])
+    body = plan_memory(Work(height=720, width=1280, amodal=False, body_mode="body"), cap_gb=8).bodies_batch
+    assert body > plan_memory(work, cap_gb=8).bodies_batch  # body mode needs less per crop
+    fp8 = plan_memory(Work(height=720, width=1280, amodal=False, fp8=True), cap_gb=8).bodies_batch
+    assert fp8 < plan_memory(work, cap_gb=8).bodies_batch
+
+
+def test_amodal_offloads_before_it_refuses():
+    small = Work(height=720, width=1280, completion_resolution=(256, 512))
+    resident = plan_memory(small, cap_gb=24)
+    assert not resident.offload_amodal
+    tight = plan_memory(small, cap_gb=10)  # both pipelines do not fit with one window; one does
+    assert tight.offload_amodal and "amodal networks per pass" in tight.describe()
+    one_window = 2 * 64 * (256 // 8) * (512 // 8)
+    assert one_window <= tight.amodal_budget_px <= mp.DEFAULT_BUDGET_PX
+    with pytest.raises(MemoryBudgetError, match=r"amodal completion .* --offload auto"):
+        plan_memory(small, cap_gb=10, offload="never")
+
+
+def test_caps_that_cannot_work_are_refused_naming_the_stage_and_the_fix():
+    with pytest.raises(MemoryBudgetError, match=r"^amodal completion \(one 64-frame window at 1024x512\) needs about "
+                                                r"\d+\.\d GiB .* use --no_amodal, a smaller --amodal_resolution"):
+        plan_memory(HD, cap_gb=8)
+    with pytest.raises(MemoryBudgetError, match=r"^MoGe-2 .* --fov none"):
+        plan_memory(Work(height=720, width=1280, amodal=False), cap_gb=4)
+    with pytest.raises(MemoryBudgetError, match="^SAM-3 tracking"):
+        plan_memory(Work(height=720, width=1280, amodal=False, camera_model=False), cap_gb=2)
+    with pytest.raises(MemoryBudgetError, match=r"^SAM-3D-Body .*no --backbone_fp8"):
+        plan_memory(Work(height=720, width=1280, amodal=False, camera_model=False, fp8=True), cap_gb=5)
+
+
+def test_render_batch_follows_the_frame_size():
+    big = plan_memory(Work(height=4320, width=7680, amodal=False, render_batch=64), cap_gb=8).render_batch
+    small = plan_memory(Work(height=360, width=640, amodal=False, render_batch=64), cap_gb=8).render_batch
+    assert 1 <= big < small == 64
+
+
+def test_free_memory_below_the_cap_is_what_counts():
+    work = Work(height=720, width=1280, amodal=False)
+    plan = plan_memory(work, cap_gb=24, free_gib=6.0)
+    assert plan.bodies_batch == plan_memory(work, cap_gb=6e0 * 2**30 / 1e9).bodies_batch
+    assert "only 6.0 GiB free" in plan.notes[0]
+
+
+def test_a_cap_off_cuda_is_ignored_with_a_note():
+    plan = plan_memory(HD, cap_gb=8, on_cuda=False)
+    assert plan.bodies_batch == 64 and not plan.offload_amodal
+    assert plan.notes == ("--vram_gb 8 ignored: the run is not on a CUDA GPU",)
+
+
+def test_pipeline_plan_on_cpu_and_cached_models_released():
+    opts = pipeline.PipelineOptions(amodal=False, profile=RunProfile(device="cpu", vram_gb=8))
+    plan = pipeline.memory_plan(opts, Clip(10.0, 4, (64, 80)))
+    assert plan.notes and "ignored" in plan.notes[0] and plan.bodies_batch == opts.batch_size
+    cache = {("moge", "x"): torch.nn.Linear(2, 2)}
+    keep = MemoryPlan(8.0, 8, 1, 1, offload_amodal=False, release_cached=False)
+    assert pipeline.release_cached(cache, keep) == [] and cache
+    drop = MemoryPlan(8.0, 8, 1, 1, offload_amodal=False, release_cached=True)
+    assert pipeline.release_cached(cache, drop) == ["moge"] and cache == {}
+
+
+def test_stage_bodies_uses_the_planned_batch(monkeypatch):
+    import body4d_core.sam3d_body as sb
+    from body4d_core.data import Camera, Tracks
+
+    class Model:
+        faces = torch.zeros(1, 3, dtype=torch.int64)
+
+        def compile_for(self, *a, **k):
+            self.compiled = a
+
+    model = Model()
+    monkeypatch.setattr(sb, "load_sam3d_body", lambda **k: model)
+    seen = {}
+    monkeypatch.setattr(sb, "estimate_bodies", lambda *a, **k: seen.update(k) or [])
+    monkeypatch.setattr(sb, "bodies_from_results", lambda *a, **k: "bodies")
+    masks = np.zeros((1, 2, 8, 10), bool)
+    masks[0, :, 2:6, 3:8] = True
+    plan = MemoryPlan(8.0, 5, 1, 1, offload_amodal=False, release_cached=False)
+    pipeline.stage_bodies(np.zeros((2, 8, 10, 3), np.uint8), Tracks.from_masks([1], masks), None,
+                          Camera.default((8, 10), 2), pipeline.PipelineOptions(
+                              batch_size=64, profile=RunProfile(crop_kernel="grid_sample")), None, plan=plan)
+    assert seen["batch_size"] == 5 and model.compiled[1] == 5 and seen["crop_kernel"] == "grid_sample"
+
+
+def test_amodal_offload_moves_each_part_only_while_it_runs():
+    from body4d_core.amodal.models import AmodalModels, offloaded
+
+    class Part:
+        def __init__(self):
+            self.where, self.log = "cuda", []
+
+        def to(self, device):
+            self.where = str(device)
+            return self
+
+        def run_jobs(self, *a, **k):
+            self.log.append(self.where)
+            return ["done"]
+
+        def __call__(self, *a, **k):
+            self.log.append(self.where)
+            return "depth"
+
+    mask, content, depth = Part(), Part(), Part()
+    models = offloaded(AmodalModels(mask, content, depth, torch.device("meta")))
+    assert (mask.where, content.where, depth.where) == ("cpu", "cpu", "cpu")
+    assert models.mask.run_jobs([]) == ["done"] and models.depth() == "depth"
+    assert mask.log == ["meta"] and depth.log == ["meta"] and mask.where == "cpu" and content.log == []
+    assert models.device == torch.device("meta")
+
+
+def test_check_host_ram_refuses_in_one_sentence():
+    assert check_host_ram(10, "x", "fix", free_bytes=100) == 10
+    with pytest.raises(MemoryBudgetError, match=r"^tracking needs 2\.0 GiB but only 1\.0 GiB of RAM is free; load "):
+        check_host_ram(2 * 2**30, "tracking", "load fewer frames", free_bytes=2**30)
+    with pytest.raises(MemoryBudgetError, match="is allowed"):
+        check_host_ram(2**30, "frames", "fix", fraction=0.5, free_bytes=2**30 + 1)
+
+
+def test_preflight_refuses_an_impossible_cap_before_decoding(tmp_path):
+    from body4d_core import preflight
+
+    fits = pipeline.PipelineOptions(amodal=False, fov_mode="none", world=False,
+                                    profile=RunProfile(device="cuda", vram_gb=8))
+    preflight.check_memory_cap(fits, (720, 1280))  # planned as for a CUDA device: fits
+    with pytest.raises(MemoryBudgetError, match="^amodal completion"):
+        preflight.check_memory_cap(pipeline.PipelineOptions(profile=RunProfile(device="cuda", vram_gb=8)), (720, 1280))
+    preflight.check_memory_cap(pipeline.PipelineOptions(profile=RunProfile(device="cpu", vram_gb=8)), (720, 1280))
