@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from .errors import Body4DError, InterruptedError_
+from .runtime import limit_malloc_arenas
 
 log = logging.getLogger("body4d_core")
 
@@ -453,6 +454,7 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit_malloc_arenas()  # this process may run the pipeline many times (batch): keep its heap from creeping
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -191,6 +191,31 @@ def release_host_memory() -> bool:
         return False
 
 
+MALLOC_ARENAS = 2  # glibc arenas for a process that runs the pipeline many times (glibc's default: 8 per core)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap the number of glibc malloc arenas for threads started from now on; returns whether it was set.
+
+    Each run starts short-lived threads (background writes, encoders, prefetch); every new thread may get
+    an arena of its own that keeps its freed pages, so without a cap a long-lived process grows run after
+    run. A cap the user set (``MALLOC_ARENA_MAX``) is left alone. Called by the headless commands, which own
+    their process; a ComfyUI server is started with ``MALLOC_ARENA_MAX`` instead (README).
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, int(arenas)))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def release_library_caches(prefixes: tuple[str, ...] = LIBRARY_CACHE_MODULES) -> int:
     """Clear the functools caches of already imported library modules (nothing is imported); returns how many."""
     import sys

@@ -7,6 +7,7 @@ holding SAM-3 position embeddings were the leak), and traced Python memory may g
 
 from __future__ import annotations
 
+import os
 import gc
 import logging
 import sys
@@ -18,6 +19,7 @@ import torch
 from body4d_core.pipeline import run_pipeline
 from body4d_core.runtime import release_library_caches
 
+from .media import REPO
 from .tiny_runs import SAMPLE, small_options, tiny_models
 
 
@@ -98,3 +100,39 @@ def test_release_library_caches_clears_functools_caches(monkeypatch):
     assert embed.cache_info().currsize == 2
     assert release_library_caches() >= 1
     assert embed.cache_info().currsize == 0
+
+
+ARENA_PROBE = r"""
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from body4d_core.runtime import limit_malloc_arenas
+print(limit_malloc_arenas() if sys.argv[1] == "cap" else "none")
+barrier = threading.Barrier(12)
+def work():
+    barrier.wait()
+    blobs = [bytearray(4096) for _ in range(200)]  # small blocks: malloc from this thread's arena
+    del blobs
+threads = [threading.Thread(target=work) for _ in range(12)]
+[t.start() for t in threads]; [t.join() for t in threads]
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+fp = libc.fopen(path.encode(), b"w"); libc.malloc_info(0, ctypes.c_void_p(fp)); libc.fclose(ctypes.c_void_p(fp))
+print(open(path).read().count("<heap nr="))
+os.remove(path)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc arenas are Linux-only")
+def test_the_commands_cap_malloc_arenas():
+    import subprocess
+
+    def heaps(mode: str, **env: str) -> tuple[str, int]:
+        run_env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True,
+                             cwd=REPO, env=run_env).stdout.split()
+        return out[0], int(out[1])
+
+    assert heaps("cap") == ("True", 2)  # the main arena and one more: threads share them
+    flag, uncapped = heaps("none")
+    assert uncapped > 2  # without the cap each new thread took an arena of its own
+    assert heaps("cap", MALLOC_ARENA_MAX="4")[0] == "False"  # the user's own setting is left alone

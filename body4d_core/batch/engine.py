@@ -17,7 +17,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +85,36 @@ def plan_workers(requested: int = 0) -> WorkerSpec:
     return WorkerSpec(max(1, requested), 0.0, 1.0)
 
 
-def _wait_dead(ray: Any, actor: Any, timeout: float = 30.0) -> None:
-    """Wait until Ray reports ``actor`` dead, so the folder lock of the video it ran names a finished process."""
+def _process_of(ray: Any, actor: Any) -> tuple[str, int] | None:
+    """The actor's (host, pid), or None when it does not answer (already dead)."""
+    try:
+        return tuple(ray.get(actor.process.remote(), timeout=10.0))
+    except Exception:  # noqa: BLE001 - a dead or stuck actor: nothing to wait for by pid
+        return None
+
+
+def _wait_dead(ray: Any, actor: Any, process: tuple[str, int] | None, timeout: float = 30.0) -> None:
+    """Wait until Ray reports ``actor`` dead and, on this host, its process has exited, so the folder lock of
+    the video it ran names a finished process (a lock of a live pid is another run's)."""
+    deadline = time.monotonic() + timeout
     try:
         ray.get(actor.ready.remote(), timeout=timeout)
     except ray.exceptions.RayActorError:
-        return
+        pass
     except ray.exceptions.GetTimeoutError:
         log.warning("worker %s did not stop within %.0f s", actor, timeout)
+        return
+    if process is None or process[0] != socket.gethostname():
+        return
+    while time.monotonic() < deadline:
+        try:
+            os.kill(process[1], 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(0.05)
+    log.warning("worker process %d did not exit within %.0f s", process[1], timeout)
 
 
 class WorkerPool:
@@ -112,8 +136,9 @@ class WorkerPool:
     def replace(self, actor: Any) -> Any:
         """Kill ``actor`` (if alive) and start another in its place."""
         ray = import_ray()
+        process = _process_of(ray, actor)
         ray.kill(actor)
-        _wait_dead(ray, actor)
+        _wait_dead(ray, actor, process)
         new = self._new()
         self.actors[self.actors.index(actor)] = new
         return new

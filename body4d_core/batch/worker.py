@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
+import socket
 import time
 from collections import UserDict
 from pathlib import Path
@@ -55,6 +57,9 @@ class VideoWorker:
     """Runs videos one after another; keeps the SAM-3D-Body model loaded for body-stage shards."""
 
     def __init__(self, label: str) -> None:
+        from ..runtime import limit_malloc_arenas
+
+        limit_malloc_arenas()  # a worker process runs video after video (see runtime.limit_malloc_arenas)
         self.label = label
         self._status: dict[str, Any] = {}
         self._models: dict[tuple, Any] = {}  # loaded once, kept for the worker's life (the pipeline's model cache)
@@ -64,6 +69,10 @@ class VideoWorker:
     def ready(self) -> str:
         """Answers once the worker process is up (the driver waits for every worker before timing)."""
         return self.label
+
+    def process(self) -> tuple[str, int]:
+        """This worker's host name and process id (the driver waits for the process to end when it replaces it)."""
+        return socket.gethostname(), os.getpid()
 
     def stats(self) -> dict[str, Any]:
         """Which models this worker holds and how many body-stage and amodal shards it ran."""
