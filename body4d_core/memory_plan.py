@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import MemoryBudgetError
+
+if TYPE_CHECKING:
+    from .data import Clip
+    from .pipeline import PipelineOptions
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -26,7 +31,7 @@ BODY_CROP_GIB = {"full": 0.10, "body": 0.065}  # per crop of a batch (backbone +
 FP8_EXTRA_GIB = 1.2  # FP8 copies of the backbone linears during a call
 VAS_WEIGHTS_GIB = 4.2  # one Diffusion-VAS pipeline (UNet + VAE + CLIP image encoder, bf16)
 DEPTH_WEIGHTS_GIB = 0.7  # Depth Anything V2 Large (bf16)
-AMODAL_GIB_PER_MPX = 10.7  # UNet/VAE working memory per 2**20 latent pixel-frames of one call (CFG included)
+AMODAL_GIB_PER_MPX = 10.0  # UNet/VAE working memory per 2**20 latent pixel-frames of one call (CFG included; measured)
 RENDER_GIB_PER_MPX = 0.11  # rasteriser buffers per frame-megapixel of a render batch
 DEFAULT_BUDGET_PX = 1 << 20  # run_amodal's default per-call budget (latent pixels x frames x 2)
 
@@ -157,3 +162,24 @@ def check_host_ram(need_bytes: int, what: str, advice: str, fraction: float = 1.
         raise MemoryBudgetError(f"{what} needs {need_bytes / GIB:.1f} GiB but only {limit / GIB:.1f} GiB of RAM "
                                 f"{'is free' if fraction == 1.0 else 'is allowed'}; {advice}")
     return need_bytes
+
+
+def plan_for_run(opts: "PipelineOptions", clip: "Clip") -> MemoryPlan:
+    """The run's batch sizes and offloads from the profile's memory cap (``plan_memory``)."""
+    import torch
+
+    from .amodal.config import configs_from_mapping
+
+    device = opts.profile.torch_device()
+    occ, sampler = configs_from_mapping(opts.amodal_settings) if opts.amodal else (None, None)
+    h, w = clip.image_size
+    work = Work(height=h, width=w, body_mode=opts.body_mode, body_batch=opts.batch_size, fp8=opts.profile.backbone_fp8,
+                amodal=opts.amodal, amodal_window=sampler.window if sampler else 64,
+                completion_resolution=occ.completion_resolution if occ else (512, 1024),
+                camera_model=(opts.fov_mode != "none" and not opts.manual_fov)
+                or (opts.world and opts.world_depth_every > 0))
+    free = None
+    if device.type == "cuda" and opts.profile.vram_gb and torch.cuda.is_available():
+        free = torch.cuda.mem_get_info(device)[0] / 2**30 + torch.cuda.memory_reserved(device) / 2**30
+    return plan_memory(work, opts.profile.vram_gb, opts.profile.offload, on_cuda=device.type == "cuda",
+                       free_gib=free)

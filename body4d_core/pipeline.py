@@ -35,7 +35,7 @@ from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
 from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
 from .manifest import Manifest, RunLock, start_run
-from .memory_plan import MemoryPlan, Work, plan_memory
+from .memory_plan import MemoryPlan, plan_for_run as memory_plan
 from .profile import RunProfile
 from .runtime import (NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, release_host_memory,
                       release_library_caches)
@@ -199,25 +199,6 @@ def release_cached(models: ModelCache | None, plan: MemoryPlan | None) -> list[s
     _free()
     log.info("memory plan: released the cached %s", ", ".join(names))
     return names
-
-
-def memory_plan(opts: PipelineOptions, clip: Clip) -> MemoryPlan:
-    """The run's batch sizes and offloads from the profile's memory cap (``memory_plan.plan_memory``)."""
-    from .amodal.config import configs_from_mapping
-
-    device = opts.profile.torch_device()
-    occ, sampler = configs_from_mapping(opts.amodal_settings) if opts.amodal else (None, None)
-    h, w = clip.image_size
-    work = Work(height=h, width=w, body_mode=opts.body_mode, body_batch=opts.batch_size, fp8=opts.profile.backbone_fp8,
-                amodal=opts.amodal, amodal_window=sampler.window if sampler else 64,
-                completion_resolution=occ.completion_resolution if occ else (512, 1024),
-                camera_model=(opts.fov_mode != "none" and not opts.manual_fov)
-                or (opts.world and opts.world_depth_every > 0))
-    free = None
-    if device.type == "cuda" and opts.profile.vram_gb and torch.cuda.is_available():
-        free = torch.cuda.mem_get_info(device)[0] / 2**30 + torch.cuda.memory_reserved(device) / 2**30
-    return plan_memory(work, opts.profile.vram_gb, opts.profile.offload, on_cuda=device.type == "cuda",
-                       free_gib=free)
 
 
 def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: Hooks,

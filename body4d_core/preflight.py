@@ -190,10 +190,10 @@ def check_points(text: str, image_size: tuple[int, int], source_size: tuple[int,
 def check_memory_cap(opts: PipelineOptions, size: tuple[int, int]) -> None:
     """A --vram_gb cap no batch size can meet is refused here, before anything is decoded (memory_plan)."""
     from .data import Clip
-    from .pipeline import memory_plan
+    from .memory_plan import plan_for_run
 
     if opts.profile.vram_gb:
-        memory_plan(opts, Clip(30.0, 1, size))
+        plan_for_run(opts, Clip(30.0, 1, size))
 
 
 def run_preflight(video: str | Path, out: Path, opts: PipelineOptions, check_out: bool = True) -> Preflight:
