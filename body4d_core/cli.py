@@ -235,6 +235,7 @@ def pipeline_options(args: argparse.Namespace):
         render_mode=args.render_mode, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
         world=not args.no_world, world_camera=args.world_camera, world_floor=args.world_floor,
         world_depth_every=args.world_depth_every, write_anim=not args.no_anim,
+        frames_on_disk=not getattr(args, "frames_in_ram", False),
         models_root=Path(args.models_root) if args.models_root else models_root(cfg), profile=profile)
 
 
@@ -379,6 +380,9 @@ def _add_run_parser(sub: argparse._SubParsersAction, root_default: str) -> None:
                         "(0 = no depth: floor from the feet, camera rotation only)")
     p.add_argument("--no_anim", action="store_true",
                    help="do not write anim/ (the skinned glTF scene, BVH files with per-frame flags, anim npz)")
+    p.add_argument("--frames_in_ram", action="store_true",
+                   help="hold the decoded frames in RAM instead of a temporary file in the output folder "
+                        "(the default keeps host memory flat in the video's length)")
     p.add_argument("--models_root", help=f"folder holding one sub-folder per model (default: {root_default})")
     g = p.add_argument_group("run profile", "how the stages run (also the config file's profile: section; "
                                             "the loader nodes take the same names and choices)")

@@ -87,6 +87,7 @@ def _cases(tmp: Path) -> dict:
         "world_floor": (["--world_floor", "feet"], lambda s: s["opts"].world_floor == "feet"),
         "world_depth_every": (["--world_depth_every", "3"], lambda s: s["opts"].world_depth_every == 3),
         "no_anim": (["--no_anim"], lambda s: s["opts"].write_anim is False),
+        "frames_in_ram": (["--frames_in_ram"], lambda s: s["opts"].frames_on_disk is False),
         "overwrite": (["--overwrite"], lambda s: s.get("overwrite") is True),
         "resume": (["--resume"], lambda s: s.get("resume") is True),
         "models_root": (["--models_root", str(tmp / "m")], lambda s: Path(s["opts"].models_root) == tmp / "m"),
