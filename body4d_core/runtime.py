@@ -98,11 +98,13 @@ def run_with_oom_retry(
     batch_size: int,
     hooks: Hooks = NULL_HOOKS,
     min_batch: int = 1,
+    before_batch: Callable[[int], None] | None = None,
 ) -> list[T]:
     """Call fn(start, stop) over [0, n_items) in batches, halving the batch on CUDA OOM.
 
     Returns the list of per-batch results in order. Progress is reported per batch and
-    the interrupt flag is checked before each batch.
+    the interrupt flag is checked before each batch. before_batch(batch_size) runs before every
+    attempt with the batch size in force (a compiled caller sizes its buckets from it).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -112,6 +114,8 @@ def run_with_oom_retry(
     while start < n_items:
         hooks.check_interrupt()
         stop = min(start + bs, n_items)
+        if before_batch is not None:
+            before_batch(bs)
         try:
             results.append(fn(start, stop))
         except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised

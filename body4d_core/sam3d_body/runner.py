@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.nn as nn
 
-from ..runtime import NULL_HOOKS, Hooks, is_oom
+from ..runtime import NULL_HOOKS, Hooks, is_oom, run_with_oom_retry
 from .layers import run_layer
 
 log = logging.getLogger(__name__)
@@ -342,29 +342,12 @@ class BodyRunner:
             hooks: Hooks = NULL_HOOKS) -> list[T]:
         """fn(start, stop) over [0, n_items) in batches with this runner's modules in ``model``, halving the
         batch (and the backbone's bucket with it) on out-of-memory; per-batch results in order."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        results: list[T] = []
-        start, bs = 0, int(batch_size)
         with self.applied(model) as stack:
-            while start < n_items:
-                hooks.check_interrupt()
-                stop = min(start + bs, n_items)
+            def size_bucket(bs: int) -> None:  # the bucket follows the batch in force, also after a halving
                 if stack is not None:
                     stack.bucket = self.chunk_size(bs)
-                try:
-                    results.append(fn(start, stop))
-                except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-                    if not is_oom(err) or bs <= 1:
-                        raise
-                    bs = max(1, bs // 2)
-                    log.warning("out of memory at batch size %d; retrying with %d", stop - start, bs)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    continue
-                start = stop
-                hooks.progress(start, n_items)
-        return results
+
+            return run_with_oom_retry(fn, n_items, int(batch_size), hooks, before_batch=size_bucket)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[CompiledBlocks | None]:
