@@ -179,7 +179,8 @@ def test_shards_are_whole_batches_in_order(n, workers, bs, expected):
 
 
 def test_batch_parser_takes_every_run_option(tmp_path):
-    from body4d_core.batch.cli import options_from_args, parse_args
+    from body4d_core.batch.cli import options_from_args
+    from body4d_core.cli import parse_batch_args as parse_args
 
     args = parse_args([str(tmp_path), "-o", str(tmp_path / "out"), "--workers", "3", "--no_amodal", "--max_side", "96",
                        "--body_mode", "body", "--frame_load_cap", "7", "--max_people", "2", "--manual_fov", "50",
@@ -192,7 +193,8 @@ def test_batch_parser_takes_every_run_option(tmp_path):
 
 
 def test_batch_command_stops_on_bad_input_before_starting_ray(tmp_path):
-    from body4d_core.batch.cli import cmd_batch, parse_args
+    from body4d_core.batch.cli import cmd_batch
+    from body4d_core.cli import parse_batch_args as parse_args
 
     with pytest.raises(InputError, match="no video found"):
         cmd_batch(parse_args([str(tmp_path), "-o", str(tmp_path / "out")]))

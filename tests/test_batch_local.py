@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from body4d_core.batch.cli import cmd_batch, options_from_args, parse_args
+from body4d_core.batch.cli import cmd_batch, options_from_args
 from body4d_core.batch.jobs import collect_jobs
+from body4d_core.cli import parse_batch_args as parse_args
 from body4d_core.batch.local import run_local
 from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON
 from body4d_core.batch.worker import VideoWorker
@@ -122,7 +123,11 @@ def test_killed_batch_resumes_from_its_manifest(reference, clips, models, worker
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 240
-        while "sam3" not in ((read_manifest(out / "clip_a") or {}).get("stages") or {}):
+        def sam3_on_disk() -> bool:  # the stage is done and its files are recorded as written
+            m = read_manifest(out / "clip_a") or {}
+            return "sam3" in (m.get("stages") or {}) and {"prompts", "tracks"} <= set(m.get("files") or {})
+
+        while not sam3_on_disk():
             assert killed.poll() is None and time.monotonic() < deadline, "the batch ended before its sam3 stage"
             time.sleep(0.05)
     finally:

@@ -17,7 +17,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the batch engine needs Ray (pip install ray)")
 
-from body4d_core.batch.cli import cmd_batch, options_from_args, parse_args  # noqa: E402
+from body4d_core.batch.cli import cmd_batch, options_from_args  # noqa: E402
+
+from body4d_core.cli import parse_batch_args as parse_args
 from body4d_core.batch.engine import WorkerPool, WorkerSpec, init_ray, run_batch  # noqa: E402
 from body4d_core.batch.jobs import collect_jobs  # noqa: E402
 from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON  # noqa: E402

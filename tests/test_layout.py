@@ -165,11 +165,7 @@ def test_sources_are_found_and_resolved(graph):
 
 # Cycles known and reported to their owners, each to be removed from here when it is fixed (the
 # test below fails while a listed cycle still exists elsewhere than here, and once it is gone).
-KNOWN_CYCLES = (
-    # run/batch options: batch.cli takes HelpFormatter, pipeline_options and build_parser from cli,
-    # cli adds the batch sub-command from batch.cli (both lazily, inside functions)
-    ("body4d_core.cli", "body4d_core.batch.cli"),
-)
+KNOWN_CYCLES: tuple[tuple[str, str], ...] = ()  # none left
 
 
 def test_no_import_cycles(graph):

@@ -20,7 +20,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     run = subparsers.choices.get("run")
     if run is None:
         raise RuntimeError("add the batch parser after the run parser: batch copies run's options")
-    from ..cli import HelpFormatter
+    from ..run_options import HelpFormatter
 
     p = subparsers.add_parser("batch", formatter_class=HelpFormatter, help="the whole pipeline on many videos (a folder, a glob or a list file), "
                                             "one output folder each, on every GPU (Ray)")
@@ -53,7 +53,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> "PipelineOptions":
     """PipelineOptions from the run options (exactly as the run command builds them)."""
-    from ..cli import pipeline_options
+    from ..run_options import pipeline_options
 
     return pipeline_options(args)
 
@@ -111,15 +111,4 @@ def cmd_batch(args: argparse.Namespace, pool: Any = None) -> int:
     print(format_table(rows))
     print(f"summary: {out / SUMMARY_CSV} and {out / SUMMARY_JSON}")
     return 1 if any(r.status == FAILED for r in rows) else 0
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse ``batch`` arguments with the package's parser (the run options included), batch wired or not."""
-    from ..cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "batch" not in sub.choices:
-        add_batch_parser(sub)
-    return parser.parse_args(["batch", *argv])
 
