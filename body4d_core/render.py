@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .data import BodyFlag, Bodies, Camera
-from .errors import InputError, MemoryBudgetError
+from .errors import InputError
 from .palette import object_color_float
 from .runtime import NULL_HOOKS, Hooks
 from .skeleton import draw_openpose
@@ -337,14 +337,10 @@ def _composite(job: _Job, bg: np.ndarray | None, pix: torch.Tensor, rgb: torch.T
 
 def _check_output_memory(t: int, h: int, w: int, with_ids: bool) -> None:
     """Refuse, before allocating, outputs (images, masks, ids) larger than the RAM available now."""
-    from .video import available_ram
+    from .memory_plan import check_host_ram
 
-    need = t * h * w * (3 + 4 + (2 if with_ids else 0))
-    free = available_ram()
-    if need > free:
-        raise MemoryBudgetError(f"rendering {t} frames of {w}x{h} needs {need / 2**30:.1f} GiB for its outputs but "
-                                f"only {free / 2**30:.1f} GiB of RAM is free; render fewer frames (frame_load_cap) "
-                                f"or a smaller size (max_side)")
+    check_host_ram(t * h * w * (3 + 4 + (2 if with_ids else 0)), f"rendering {t} frames of {w}x{h} (its outputs)",
+                   "render fewer frames (frame_load_cap) or a smaller size (max_side)")
 
 
 @dataclass
