@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..body4d_core.data import Camera, check_same_frames
 from ..body4d_core.errors import InputError
 from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
-from ..body4d_core.sam3d_body.model import AUTO_COMPILE_MIN_CROPS
+from ..body4d_core.sam3d_body.runner import AUTO_COMPILE_MIN_CROPS
 from ..body4d_core.body_inputs import body_items
 from ..body4d_core.interop.mhr_pose_data import to_mhr_pose
 from . import comfy_glue as glue

@@ -516,7 +516,7 @@ def test_dynamic_decoder_compiles_one_graph_per_layer_kind_for_any_batch(model, 
 
 
 def test_auto_compile_pays_only_for_large_jobs_or_warm_graphs(model) -> None:
-    from body4d_core.sam3d_body.model import AUTO_COMPILE_MIN_CROPS
+    from body4d_core.sam3d_body.runner import AUTO_COMPILE_MIN_CROPS
 
     assert model._auto_compile_mode(64, 450, "full") == ""
     assert model._auto_compile_mode(64, AUTO_COMPILE_MIN_CROPS["full"], "full") == "default"

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .config import Sam3dBodyConfig
 from .heads import NPOSE, CameraHead, MHRHead, camera_geometry, project
 from .layers import FFN, MLP, CameraEncoder, PositionEmbeddingRandom, PromptableDecoder, PromptEncoder
-from .runner import AUTO_COMPILE_MIN_CROPS, BodyRunner  # noqa: F401 - AUTO_COMPILE_MIN_CROPS: former home
+from .runner import BodyRunner
 from .vit import DinoV3ViT
 
 log = logging.getLogger(__name__)
