@@ -346,12 +346,14 @@ def _write_glb_file(bodies: Bodies, i: int, fps: float, path: Path, with_normals
     import struct
     import tempfile
 
-    with tempfile.TemporaryFile(dir=path.parent) as fh:
+    # every write, the binary chunk's temporary file included, inside atomic_path: a full disk is one
+    # sentence naming the GLB and leaves nothing (the temporary file has no name)
+    with atomic_path(path) as tmp, tempfile.TemporaryFile(dir=path.parent) as fh:
         blob = _Blob(fh)
         gltf = _glb_document(bodies, i, fps, with_normals, blob)
         doc = gltf.gltf_to_json(separators=(",", ":"), indent=None).encode("utf-8")
         doc += b" " * (-(12 + len(doc)) % gltf.required_alignment())
-        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        with open(tmp, "wb") as out:
             out.write(b"glTF" + struct.pack("<II", 2, 12 + 8 + len(doc) + 8 + blob.size))
             out.write(struct.pack("<I", len(doc)) + b"JSON" + doc)
             out.write(struct.pack("<I", blob.size) + b"BIN\0")

@@ -155,14 +155,37 @@ def test_meshes_disk_full_leaves_only_complete_files(tmp_path: Path, monkeypatch
     assert _leftovers(tmp_path) == []
 
 
-def test_glb_disk_full_leaves_no_glb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = Path.write_bytes
+@pytest.mark.parametrize("fill", ["binary chunk", "final file"])
+def test_glb_disk_full_leaves_no_glb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fill: str) -> None:
+    import tempfile
 
-    def write_bytes(self, data):
-        real(self, data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_open, real_tmp = open, tempfile.TemporaryFile
 
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    class Full:  # a file on a disk that fills after half of what is written to it
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 64:
+                self.fh.write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fh.__exit__(*exc)
+
+    if fill == "binary chunk":
+        monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: Full(real_tmp(*a, **k)))
+    else:
+        monkeypatch.setattr("builtins.open", lambda f, mode="r", *a, **k: Full(real_open(f, mode, *a, **k))
+                            if ".glb" in str(f) and "w" in mode else real_open(f, mode, *a, **k))
     with pytest.raises(OutputWriteError, match=r"disk is full while writing .*body4d_person_3\.glb"):
         export.write_glb(_bodies(), tmp_path / "glb")
     assert list((tmp_path / "glb").iterdir()) == []
