@@ -105,10 +105,9 @@ class AmodalComplete(io.ComfyNode):
                 t.Sam3TrackData.Input("sam3_track_data", optional=True,
                                       tooltip="Core SAM3 Video Track output, used when tracks is not connected."),
                 io.Int.Input("steps", default=25, min=1, max=200,
-                             tooltip="Sampler steps (upstream 25). Time grows with the steps: 5 people x 90 "
-                                     "frames at 720p take ~180-207 s at 25 steps and about 60 s at 4 on an H200. "
-                                     "Fewer steps have not been checked for quality (no real weights were "
-                                     "available to measure it)."),
+                             tooltip="Sampler steps (upstream 25). Time grows with the steps. Fewer than 25 "
+                                     "is lossy: completions differ from upstream's, and their quality is "
+                                     "unchecked."),
                 io.Float.Input("iou_occluded", default=0.55, min=0.0, max=1.0, step=0.01,
                                tooltip="Detection pass: occluded when IoU(visible, amodal) is below this."),
                 io.Float.Input("iou_final", default=0.65, min=0.0, max=1.0, step=0.01,

@@ -49,8 +49,8 @@ class LoadSAM3DBody(io.ComfyNode):
                                        "(equal up to floating-point rounding; ~1.2-1.3x faster per crop once "
                                        "compiled, compiled once per process). auto: only where it pays: jobs of at "
                                        f"least {AUTO_COMPILE_MIN_CROPS['body']} crops in body mode or "
-                                       f"{AUTO_COMPILE_MIN_CROPS['full']} in full mode (a first compile costs "
-                                       "~18-28 s on an H200), or once this process has compiled for this batch "
+                                       f"{AUTO_COMPILE_MIN_CROPS['full']} in full mode (a first compile takes "
+                                       "tens of seconds, less with a warm compile cache), or once this process has compiled for this batch "
                                        "size; eager otherwise or without Triton. always: compile for every job. "
                                        "max-autotune: always, slower to compile, sometimes faster. off: eager."),
                 glue.profile_input("attention"),
@@ -115,10 +115,9 @@ class BodyBatch(io.ComfyNode):
                 io.Boolean.Input("backbone_fp8", default=False, advanced=True,
                                  tooltip="Experimental: the backbone's linear layers run FP8 (E4M3, per-row scales, "
                                          "activations quantised by fused Triton kernels) on GPUs that support it (Ada, "
-                                         "Hopper or newer; elsewhere ignored with a log line). Body mode about 1.6x "
-                                         "the defaults on an H200 together with bf16 decoders (~1.4x bf16 decoders "
-                                         "alone); results deviate slightly from the bf16 backbone (not yet measured on "
-                                         "real weights)."),
+                                         "Hopper or newer; elsewhere ignored with a log line). Faster body mode, "
+                                         "especially together with bf16 decoders; lossy: results deviate slightly "
+                                         "from the bf16 backbone."),
                 io.Float.Input("min_box", default=2.0, min=1.0, max=10000.0, advanced=True,
                                tooltip="Frames where a mask's box is narrower or lower than this (pixels) are "
                                        "left missing."),

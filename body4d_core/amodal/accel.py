@@ -16,15 +16,14 @@
 - ``split_geglu`` (exact up to GEMM rounding): each GEGLU projects its value and gate halves as two
   matmuls into contiguous tensors, then GELU and the product run in place on them. diffusers
   chunks one projection into two strided halves, which sends GELU and the product to PyTorch's
-  slow non-contiguous kernels (GELU alone was 8% of a native UNet call on an H200) and allocates
-  two more GEGLU-sized tensors.
+  slow non-contiguous kernels and allocates two more GEGLU-sized tensors.
 - ``contiguous_temporal`` (exact): diffusers' SpatioTemporalResBlock (UNet and VAE decoder) hands
   its temporal resnet and the spatial/temporal blend a permuted [B, C, T, H, W] view of the spatial
   output, so GroupNorm copies it anyway and the residual add and the blend run on mixed layouts
   through PyTorch's non-vectorised kernels. This copies it once and runs the temporal half on the
   contiguous copy (same operations, same order). ``vae_contiguous_temporal``: the same in the VAE
-  decoder. On an H200 (native bf16) a VAE decode chunk went from 404 to 309 ms, bit-identical; the UNet
-  calls did not change (1209 -> 1216 ms), so only the VAE option is on by default.
+  decoder. It speeds up the VAE decoder and not the UNet (BENCHMARKS.md, Amodal completion), so only
+  the VAE option is on by default.
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
   GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,

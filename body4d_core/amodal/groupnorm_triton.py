@@ -2,7 +2,7 @@
 
 PyTorch's CUDA GroupNorm reduces each (sample, group) with one thread block: at the VAE's full
 resolution a group holds 4 x 512 x 1024 values, so a frame chunk gets a few hundred blocks for the
-whole GPU (29% of a 512x1024 decode chunk on an H200). Here each program reduces CHUNK values of
+whole GPU. Here each program reduces CHUNK values of
 one group to (mean, M2); the partial results are combined exactly (Chan's parallel formula, fp64)
 and folded with the affine weights into one per-(sample, channel) scale and shift, applied by a
 second elementwise kernel. Imported only on CUDA (CPU tests run it in Triton's interpreter).

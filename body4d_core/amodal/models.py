@@ -139,17 +139,13 @@ def offloaded(models: AmodalModels) -> AmodalModels:
 # VAE's activation peak there is unchanged while smaller frames share calls (256x512: 4 videos a call).
 VAE_CALL_PX = 8 * 512 * 1024
 
-# Exact options measured on an H200 (BENCHMARKS.md): the single-token cross-attention shortcut
-# (-9% time) and feed-forward in row chunks (peak 25.0 -> 24.0 GiB at the bench configuration).
-# Exact VAE options (issue 5, step-independent cost): decode only chunks holding a kept frame;
-# VAE decode/encode batched across videos/frames up to VAE_CALL_PX frame-pixels per call.
+# The default options (each measured in BENCHMARKS.md, Amodal completion): exact ones are the
+# single-token cross-attention shortcut, feed-forward in row chunks (a lower peak), decoding only the
+# VAE chunks that hold a kept frame, VAE calls batched across videos/frames up to VAE_CALL_PX
+# frame-pixels, GEGLU on contiguous halves and the VAE decoder's temporal half on one contiguous copy.
 # Precision: the networks compute natively in their weights' dtype (bf16 on a GPU, no autocast), the
-# way upstream runs its fp16 weights and ComfyUI core runs its models. Close, not exact, next to bf16
-# autocast (norms then write bf16, not fp32): 180.4 s instead of 211.1 s and a peak of 18.0 instead
-# of 23.65 GiB at the bench configuration on an H200. The CPU computes fp32 either way.
-# GEGLU on contiguous halves (exact up to GEMM rounding): GELU and the product stop running on strided
-# views through PyTorch's slow non-contiguous kernels. The VAE decoder's spatio-temporal resblocks run
-# their temporal half on one contiguous copy (exact; a decode chunk 404 -> 309 ms on an H200).
+# way upstream runs its fp16 weights and ComfyUI core runs its models: close, not exact, next to bf16
+# autocast (norms then write bf16, not fp32), and faster with a lower peak. The CPU computes fp32.
 DEFAULT_ACCEL = AccelConfig(cross_attn_shortcut=True, ff_rows=1 << 18, skip_unkept=True, decode_px=VAE_CALL_PX,
                             encode_px=VAE_CALL_PX, native_dtype=True, split_geglu=True,
                             vae_contiguous_temporal=True)

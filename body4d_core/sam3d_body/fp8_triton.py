@@ -138,12 +138,12 @@ Config = tuple[int, int]  # (rows per program, warps per program)
 
 
 def launch_config(kernel: str, n_cols: int) -> Config:
-    """Rows per program and warps per kernel and row width (the fastest of a sweep on an H200 at the
-    backbone's sizes, ``bench/bench_fp8_kernels.py --sweep``; other widths get the same shape)."""
+    """Rows per program and warps per kernel and row width (the fastest of a sweep at the backbone's
+    sizes, ``bench/bench_fp8_kernels.py --sweep``; other widths get the same shape)."""
     block = triton.next_power_of_2(n_cols)
-    if kernel == "layer_norm":  # 1280 wide: 1 row x 1 warp 0.118 ms (with the residual add 0.168), 4 x 4 0.127
+    if kernel == "layer_norm":
         return (1, 1) if block <= 2048 else (1, 4 if block <= 8192 else 8)
-    if kernel == "swiglu":  # 5120 wide: 1 x 4 0.388 ms, 1 x 16 0.466 ms; several rows per program spill
+    if kernel == "swiglu":  # several rows per program spill registers at the backbone's width
         return (max(1, min(4, 2048 // block)), 4 if block <= 8192 else 8)
     return max(1, min(8, 2048 // block)), (4 if block <= 2048 else (8 if block <= 4096 else 16))
 

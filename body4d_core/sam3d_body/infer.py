@@ -458,7 +458,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     batch's crops while the current backbone runs (identical results; hides the crop time on GPU).
     overlap (default; implies prefetch): also encode the next batch before decoding this one, and
     decode on a side CUDA stream, so the decoders run alongside the next backbone (identical results;
-    +13% body-mode crops/s on an H200, about 0.6 GiB more VRAM at batch 64).
+    faster, at a little more VRAM: BENCHMARKS.md, SAM-3D-Body).
     fp8 (opt-in, lossy): the backbone's block linears run E4M3 matmuls with per-row scales and fast
     accumulation for this call (weights quantised on entry, dropped on exit; activations quantised by
     the fused kernels of ``fp8_triton``); where the GPU cannot (see ``fp8.fp8_unavailable``) it logs

@@ -160,8 +160,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> tokens [B, (H/p)(W/p), D] in row-major patch order (the conv's, flattened).
 
-        The same sums as the conv, but cuDNN runs this conv shape with a slow generic kernel
-        (9 ms per batch of 64 at 512 px on an H200); as a matmul it takes well under 1 ms.
+        The same sums as the conv, but cuDNN runs this conv shape with a slow generic kernel; as a
+        matmul it is much faster (BENCHMARKS.md, SAM-3D-Body).
         """
         b, c, h, w = x.shape
         p = self.patch
