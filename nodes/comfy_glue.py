@@ -136,11 +136,12 @@ def profile_input(name: str, tooltip: str | None = None) -> Any:
     from comfy_api.latest import io
 
     spec, default = FIELDS[name], getattr(RunProfile(), name)
+    text = tooltip or f"{spec.help[0].upper()}{spec.help[1:]}."
+    # optional: a workflow saved before the input existed still validates and runs with the default
     if spec.choices == (False, True):
-        return io.Boolean.Input(name, default=default, advanced=True, tooltip=tooltip or f"{spec.help[0].upper()}"
-                                f"{spec.help[1:]}.")
-    return io.Combo.Input(name, options=list(spec.choices), default=default, advanced=True,
-                          tooltip=tooltip or f"{spec.help[0].upper()}{spec.help[1:]}.")
+        return io.Boolean.Input(name, default=default, advanced=True, optional=True, tooltip=text)
+    return io.Combo.Input(name, options=list(spec.choices), default=default, advanced=True, optional=True,
+                          tooltip=text)
 
 
 def node_profile(**inputs: Any) -> RunProfile:
