@@ -4,7 +4,10 @@ at several clip lengths; with the frame store and the streamed render they must 
 Each length runs in a fresh child process (its own peaks) on a synthetic 1280x720 H.264 clip written
 to a temporary folder. A sampler thread reads /proc/self/status (RssAnon: heap and tensors; VmRSS:
 that plus resident file pages such as the frame store's mapping) every few milliseconds; VRAM is
-``torch.cuda.max_memory_allocated``. Examples:
+``torch.cuda.max_memory_allocated``. Each peak is also kept per pipeline stage (the stage running when
+it was sampled; "after <stage>" is the time between stages, e.g. the final wait for the writes), printed
+as a second table. ``--max-seconds`` bounds the whole invocation: a length that would run past it is
+stopped and reported, the lengths done so far stay. Examples:
 
     python -m bench.bench_long --models /tmp/tiny --lengths 300 1800 9000            # CPU, tiny models
     python -m bench.bench_long --device cuda --preset real --lengths 300 1800 9000   # GPU, real-size random weights
@@ -13,16 +16,18 @@ that plus resident file pages such as the frame store's mapping) every few milli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bench.rows import RowWriter, add_rows_args
 
@@ -42,17 +47,22 @@ def status_kib() -> dict[str, int]:
 
 
 class RssSampler:
-    """Peaks of VmRSS / RssAnon / RssFile sampled on a thread every ``every`` seconds."""
+    """Peaks of VmRSS / RssAnon / RssFile sampled on a thread every ``every`` seconds, overall and per
+    ``stage`` (the label set by whoever drives the run, see ``stage_labels``)."""
 
     def __init__(self, every: float = 0.005) -> None:
         self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self.stage = "start"
+        self.by_stage: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
 
     def _run(self, every: float) -> None:
         while True:
+            here = self.by_stage.setdefault(self.stage, {"VmRSS": 0, "RssAnon": 0, "RssFile": 0})
             for k, v in status_kib().items():
                 self.peak[k] = max(self.peak[k], v)
+                here[k] = max(here[k], v)
             if self._stop.wait(every):
                 return
 
@@ -102,8 +112,34 @@ def ensure_models(root: Path, preset: str, device: str) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def stage_labels(rss: RssSampler, device: str, vram: dict[str, float]) -> Iterator[None]:
+    """Inside, every pipeline stage (``pipeline._Stage``) labels the sampler while it runs and, on CUDA, records
+    its own VRAM peak in ``vram`` (the allocator's peak window is restarted at each stage's start)."""
+    from bench.patching import patched
+    from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
+    from body4d_core import pipeline
+
+    enter, leave = pipeline._Stage.__enter__, pipeline._Stage.__exit__
+
+    def on_enter(stage: Any) -> None:
+        rss.stage = stage.name
+        reset_gpu_peak(device)
+        enter(stage)
+
+    def on_exit(stage: Any, *exc: object) -> None:
+        leave(stage, *exc)
+        vram[stage.name] = max(vram.get(stage.name, 0.0), gpu_peak_gib(device))
+        rss.stage = f"after {stage.name}"
+        reset_gpu_peak(device)
+
+    with patched(pipeline._Stage, "__enter__", on_enter), patched(pipeline._Stage, "__exit__", on_exit):
+        yield
+
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
-    """One headless run on args.clip; returns its peaks and timings."""
+    """One headless run on args.clip; returns its peaks (overall and per stage) and timings."""
+    import math
     import resource
 
     from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
@@ -119,14 +155,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                            models_root=Path(args.models), device=args.device, batch_size=args.batch_size,
                            frames_on_disk=not args.frames_in_ram)
     reset_gpu_peak(args.device, empty_cache=True)
+    stage_vram: dict[str, float] = {}
     t0 = time.perf_counter()
-    with RssSampler() as rss:
+    with RssSampler() as rss, stage_labels(rss, args.device, stage_vram):
         summary = run_pipeline(args.clip, args.out, opts, overwrite=True)
     wall = time.perf_counter() - t0
-    vram = gpu_peak_gib(args.device)
+    vram = max([gpu_peak_gib(args.device), *stage_vram.values()])  # each stage restarted the peak window
+    stages = {name: {"rss_anon_gib": p["RssAnon"] / 2**20, "rss_gib": p["VmRSS"] / 2**20,
+                     "vram_gib": stage_vram.get(name, float("nan"))} for name, p in rss.by_stage.items()}
     return {"frames": summary.num_frames, "wall_s": wall, "rss_anon_gib": rss.peak["RssAnon"] / 2**20,
             "rss_gib": rss.peak["VmRSS"] / 2**20, "rss_file_gib": rss.peak["RssFile"] / 2**20,
-            "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "vram_gib": vram,
+            "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "vram_gib": vram if not math.isnan(vram) else float("nan"), "stages": stages,
             "timings": {k: round(v, 2) for k, v in summary.timings.items()}}
 
 
@@ -180,6 +220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-meshes", action="store_true")
     ap.add_argument("--no-glb", action="store_true")
     ap.add_argument("--batch-size", type=int, default=64, help="SAM-3D-Body batch")
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="stop the invocation after this many seconds in all (a length still running is killed "
+                         "and reported; 0: no limit)")
     ap.add_argument("--store-only", action="store_true",
                     help="no model: decode into the frame store and read every frame back (the frame path alone)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -208,16 +251,65 @@ def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:
     return cmd
 
 
+def run_length(args: argparse.Namespace, work: Path, n: int, budget: float | None) -> dict[str, Any] | str:
+    """One length in a child process: its result, or a one-line reason it has none (failed, out of time)."""
+    clip = write_clip(work / f"synthetic_{args.size}_{n}.mp4", n, args.width, args.height)
+    try:
+        proc = subprocess.run(child_command(args, clip, work / f"out_{n}"), capture_output=True, text=True,
+                              timeout=budget)
+    except subprocess.TimeoutExpired:
+        return f"{n} frames: stopped, the run went past --max-seconds"
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return f"{n} frames: the run failed (exit {proc.returncode})"
+    return json.loads(line[7:])
+
+
+def print_stages(results: dict[int, dict[str, Any]], device: str) -> None:
+    """Peak RssAnon / RSS (and VRAM on CUDA) per stage and length, stages in the order they ran."""
+    names: list[str] = []
+    for r in results.values():
+        names += [k for k in r.get("stages", {}) if k not in names]
+    if not names:
+        return
+    cols = [f"{n} fr" for n in results]
+    print("\nper-stage peaks, GiB: RssAnon / RSS" + (" / VRAM" if device == "cuda" else ""))
+    print(f"{'stage':>16} " + " ".join(f"{c:>22}" for c in cols))
+    for name in names:
+        cells = []
+        for r in results.values():
+            p = r.get("stages", {}).get(name)
+            cell = "-" if p is None else f"{p['rss_anon_gib']:.3f} / {p['rss_gib']:.3f}" + (
+                f" / {p['vram_gib']:.2f}" if device == "cuda" else "")
+            cells.append(f"{cell:>22}")
+        print(f"{name:>16} " + " ".join(cells))
+
+
+def add_rows(rows: RowWriter, args: argparse.Namespace, case: str, n: int, r: dict[str, Any]) -> None:
+    extra = {"frames": n, "size": args.size, "path": case, "timings": r["timings"], "preset": args.preset,
+             "stages_off": [f for f in FLAGS if getattr(args, f[2:].replace("-", "_"))],
+             "stages": r.get("stages", {})}
+    rows.add(f"{case}-{n}", "peak_rss_anon", r["rss_anon_gib"], "GiB", **extra)
+    rows.add(f"{case}-{n}", "peak_rss", r["rss_gib"], "GiB", **extra)
+    rows.add(f"{case}-{n}", "peak_rss_file", r["rss_file_gib"], "GiB", **extra)
+    rows.add(f"{case}-{n}", "peak_vram", r["vram_gib"], "GiB", **extra)
+    rows.add(f"{case}-{n}", "wall", r["wall_s"], "s", **extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.child:
         print("RESULT " + json.dumps(child_store(args) if args.store_only else child(args)), flush=True)
         return 0
+    t0 = time.perf_counter()
     rows = RowWriter.from_args(BENCH, args, device=args.device)
     own = not args.work
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_long_"))
     work.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    status = 0
     try:
         if not args.store_only:
             args.models = str(ensure_models(Path(args.models) if args.models else work / "models", args.preset,
@@ -226,33 +318,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.size} clip, {case} path, {args.preset} checkpoints on {args.device}", flush=True)
         print(f"{'frames':>7} {'RssAnon GiB':>12} {'RSS GiB':>8} {'RssFile GiB':>12} {'VRAM GiB':>9} {'wall s':>8}")
         for n in args.lengths:
-            clip = write_clip(work / f"synthetic_{args.size}_{n}.mp4", n, args.width, args.height)
-            proc = subprocess.run(child_command(args, clip, work / f"out_{n}"), capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                print(f"{n} frames: the run failed (exit {proc.returncode})")
-                return 1
-            r = json.loads(line[7:])
-            extra = {"frames": n, "size": args.size, "path": case, "timings": r["timings"], "preset": args.preset,
-                     "stages_off": [f for f in FLAGS if getattr(args, f[2:].replace("-", "_"))]}
-            rows.add(f"{case}-{n}", "peak_rss_anon", r["rss_anon_gib"], "GiB", **extra)
-            rows.add(f"{case}-{n}", "peak_rss", r["rss_gib"], "GiB", **extra)
-            rows.add(f"{case}-{n}", "peak_rss_file", r["rss_file_gib"], "GiB", **extra)
-            rows.add(f"{case}-{n}", "peak_vram", r["vram_gib"], "GiB", **extra)
-            rows.add(f"{case}-{n}", "wall", r["wall_s"], "s", **extra)
+            budget = args.max_seconds - (time.perf_counter() - t0) if args.max_seconds > 0 else None
+            r = run_length(args, work, n, budget) if budget is None or budget > 0 else \
+                f"{n} frames: not started, --max-seconds reached"
+            if isinstance(r, str):
+                print(r, flush=True)
+                status = 0 if "max-seconds" in r else 1
+                break
+            results[n] = r
+            add_rows(rows, args, case, n, r)
             print(f"{n:7d} {r['rss_anon_gib']:12.3f} {r['rss_gib']:8.3f} {r['rss_file_gib']:12.3f} "
                   f"{r['vram_gib']:9.3f} {r['wall_s']:8.1f}", flush=True)
             if own:
-                import shutil
-
                 shutil.rmtree(work / f"out_{n}", ignore_errors=True)
+        print_stages(results, args.device)
+        print(f"\ntotal {time.perf_counter() - t0:.1f} s for {len(results)} length(s)", flush=True)
     finally:
         if own:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ also after a failure; a folder left by a killed run is removed by ``remove_stale
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -106,8 +107,17 @@ class FrameStore:
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8) -> np.ndarray:
         """A zero-filled array in a new file of the store, paged like the frames: for a stage that fills a
-        per-frame output (e.g. a tracker's packed masks) without holding it in RAM."""
+        per-frame output (e.g. a tracker's packed masks) without holding it in RAM. The file's blocks are
+        reserved up front where the system can (a full disk is then a clear error here, not a crash on a write
+        through the mapping)."""
         return self._mapped(np.zeros(0, dtype).dtype, tuple(int(v) for v in shape), None)
+
+    def holds(self, arr: np.ndarray) -> bool:
+        """Whether ``arr`` (or the array it is a view of) lives in one of the store's files."""
+        base = arr
+        while isinstance(base, np.ndarray):
+            base = base.base
+        return base is not None and any(base is mm for mm in [self._mm, *self._extra] if mm is not None)
 
     def keep(self, arr: np.ndarray) -> np.ndarray:
         """A copy of ``arr`` in a new file of the store (same shape, dtype and values), paged like the frames:
@@ -125,12 +135,18 @@ class FrameStore:
         if nbytes == 0:
             return np.zeros(shape, dtype)
         path = self.dir / f"{uuid.uuid4().hex[:8]}.bin"
-        with open(path, "w+b") as f:
-            f.truncate(nbytes)
-            if data is not None:
-                f.write(memoryview(data.reshape(-1).view(np.uint8)))
-                f.flush()
-            mm = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+        try:
+            with open(path, "w+b") as f:
+                f.truncate(nbytes)
+                if data is None:
+                    _reserve(f.fileno(), nbytes, self.dir)
+                else:
+                    f.write(memoryview(data.reshape(-1).view(np.uint8)))
+                    f.flush()
+                mm = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_WRITE)
+        except BaseException:
+            path.unlink(missing_ok=True)  # nothing half-written is left behind
+            raise
         self._extra.append(mm)
         self._start_pager()
         return np.ndarray(shape, dtype, buffer=mm)
@@ -170,11 +186,25 @@ class FrameStore:
             log.warning("could not remove the frame store %s (delete it by hand)", self.dir)
 
 
-def check_disk(folder: str | Path, need: int) -> None:
+def _reserve(fd: int, nbytes: int, folder: Path) -> None:
+    """Allocate a new file's blocks (writes through a mapping of a sparse file on a full disk kill the process
+    with SIGBUS); a file system that cannot reserve is left sparse after a free-space check."""
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except AttributeError:  # no posix_fallocate (Windows, macOS): check the free space at least
+        check_disk(folder, nbytes, "the run's per-frame outputs")
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise MemoryBudgetError(f"a per-frame output needs {nbytes / 2**30:.1f} GiB in {folder} but its disk "
+                                    f"is full; free some space or pick another output folder") from err
+        check_disk(folder, nbytes, "the run's per-frame outputs")  # EINVAL / EOPNOTSUPP: the file system cannot reserve blocks
+
+
+def check_disk(folder: str | Path, need: int, what: str = "the decoded frames") -> None:
     """Refuse, before decoding, a store larger than the free space of ``folder``'s disk (one clear sentence)."""
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise MemoryBudgetError(f"the decoded frames need {need / 2**30:.1f} GiB in {folder} but its disk has "
+        raise MemoryBudgetError(f"{what} need {need / 2**30:.1f} GiB in {folder} but its disk has "
                                 f"{free / 2**30:.1f} GiB free; free some space, pick another output folder, or load "
                                 f"fewer frames (frame_load_cap, select_every_nth) or a smaller size (max_side)")
 

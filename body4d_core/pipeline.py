@@ -13,14 +13,16 @@ mask overlay video, the meshes and GLBs) run on background threads while the nex
 computes; run_pipeline waits for them before it returns and raises the first one that failed.
 
 Long videos: by default the decoded frames live in a frame store (a file inside the output folder,
-``frame_store.py``) rather than RAM, the per-frame outputs (packed masks, amodal results, vertices)
-move into it after their stage, and the render streams batch by batch into a background MP4
+``frame_store.py``) rather than RAM, the stages write their whole-clip per-frame outputs (packed masks,
+amodal results, vertices, keypoints) straight into files of the store through its allocator
+(``FrameStore.empty``; ``alloc.py``), and the render streams batch by batch into a background MP4
 encoder; the store is deleted when the run ends, failed or not.
 """
 
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +33,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
+from .alloc import Alloc
 from .data import Amodal, Bodies, Camera, Clip, Prompts, Tracks
 from .atomic import atomic_path, remove_temporaries
 from .errors import InputError, InterruptedError_
@@ -221,17 +224,20 @@ def stage_prompts(frames: np.ndarray, clip: Clip, opts: PipelineOptions, hooks: 
     return prompts, bundle
 
 
-def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: PipelineOptions, hooks: Hooks) -> Tracks:
+def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: PipelineOptions, hooks: Hooks,
+                 alloc: Alloc | None = None) -> Tracks:
+    """SAM-3 propagation; ``alloc``: where the packed masks are written (the run's frame store; default RAM)."""
     from .sam3 import propagate
 
     return propagate(bundle, frames, prompts, direction=opts.direction, hooks=hooks,
-                     speed=opts.profile.speed_options())
+                     speed=opts.profile.speed_options(), alloc=alloc)
 
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
-                 models: ModelCache | None = None, plan: MemoryPlan | None = None) -> Amodal:
+                 models: ModelCache | None = None, plan: MemoryPlan | None = None,
+                 alloc: Alloc | None = None) -> Amodal:
     """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
-    networks on the CPU between their passes."""
+    networks on the CPU between their passes; ``alloc``: where the amodal masks and completed RGB go."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -243,7 +249,8 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
         vas = offloaded(vas)
     budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, **budget)
+        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, alloc=alloc,
+                                   **budget)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
@@ -329,8 +336,11 @@ def _body_model(opts: PipelineOptions, models: ModelCache | None = None) -> Any:
 
 def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, camera: Camera, opts: PipelineOptions,
                  hooks: Hooks, models: ModelCache | None = None,
-                 estimate: Callable[..., list] | None = None, plan: MemoryPlan | None = None) -> tuple[Bodies, object]:
-    """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig)."""
+                 estimate: Callable[..., list] | None = None, plan: MemoryPlan | None = None,
+                 alloc: Alloc | None = None) -> tuple[Bodies, object]:
+    """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig).
+    ``alloc``: where the per-frame results go (the run's frame store; default RAM); a caller's ``estimate``
+    (e.g. sharded over workers) gets no allocator and returns its results in RAM."""
     from .body_inputs import body_items
     from .sam3d_body import bodies_from_results, estimate_bodies
 
@@ -339,12 +349,13 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
     batch = plan.bodies_batch if plan is not None else opts.batch_size
     # CUDA only; equal up to rounding; compile 'auto' compiles only jobs large enough to win back the compile time
     opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
+    own = {"alloc": alloc} if estimate is None and alloc is not None else {}
     results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
                                             batch_size=batch, hooks=hooks, return_vertices=True,
-                                            **opts.profile.body_kwargs())
+                                            **opts.profile.body_kwargs(), **own)
     faces = model.faces.detach().cpu().numpy()
     bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
-                                 obj_ids=tracks.obj_ids.tolist())
+                                 obj_ids=tracks.obj_ids.tolist(), alloc=alloc)
     return bodies, model
 
 
@@ -483,6 +494,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     writes.save("clip", clip, out / "clip.npz")
     _done(summary, "decode", ["clip"])
     plan = summary.memory = memory_plan(opts, clip)
+    alloc = _alloc(stores)  # the stages' whole-clip per-frame outputs go straight into the frame store
     summary.notes += list(plan.notes)
     if plan.cap_gib:
         log.info("%s", plan.describe())
@@ -496,7 +508,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
                 prompts, bundle = stage_prompts(frames, clip, opts, hooks_for("detect"), models)
             writes.save("prompts", prompts, out / "prompts.npz")
             with _Part(summary, "sam3_propagate"):  # what bench_sam3 measures
-                tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"))
+                tracks = stage_tracks(bundle, frames, prompts, opts, hooks_for("propagate"),
+                                      **_with_alloc(stage_tracks, alloc))
             with _Part(summary, "sam3_release"):
                 del bundle
                 summary.released += release_cached(models, plan)
@@ -512,7 +525,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     amodal = None
     if opts.amodal:
         amodal = _one_file_stage(summary, writes, out, "amodal", Amodal, check,
-                                 lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models, plan))
+                                 lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models, plan,
+                                                      **_with_alloc(stage_amodal, alloc)))
         summary.released += release_cached(models, plan)
         amodal.packed_amodal = _off_ram(stores, amodal.packed_amodal)
         amodal.completed_rgb = _off_ram(stores, amodal.completed_rgb)
@@ -523,7 +537,7 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.released += release_cached(models, plan)
 
     raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
-                                          models, estimate, plan)
+                                          models, estimate, plan, alloc)
     for b in {id(raw): raw, id(bodies): bodies}.values():
         if b.vertices is not None:
             b.vertices = _off_ram(stores, b.vertices)
@@ -532,7 +546,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     if opts.world:
         writes.check()
         with _Stage(summary, "world", check):
-            world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models)
+            world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models,
+                                **_with_alloc(stage_world, alloc))
         summary.released += release_cached(models, plan)
         if world is not None:
             if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
@@ -561,8 +576,29 @@ def _decode(video: str | Path, out: Path, opts: PipelineOptions, hooks: Hooks,
 
 
 def _off_ram(stores: list[FrameStore] | None, arr: np.ndarray) -> np.ndarray:
-    """A stage's per-frame output moved into the run's frame store (a file) when there is one, else as is."""
-    return stores[0].keep(arr) if stores else arr
+    """A stage's per-frame output moved into the run's frame store (a file) when there is one, else as is;
+    one the stage already wrote into the store (through ``_alloc``) stays where it is."""
+    if not stores or stores[0].holds(arr):
+        return arr
+    return stores[0].keep(arr)
+
+
+def _alloc(stores: list[FrameStore] | None) -> Alloc | None:
+    """The allocator the stages write their whole-clip per-frame outputs through: the run's frame store
+    (zero-filled files, paged out like the frames) when there is one, else None (RAM)."""
+    return stores[0].empty if stores else None
+
+
+def _with_alloc(fn: Callable[..., Any], alloc: Alloc | None) -> dict[str, Any]:
+    """``{"alloc": alloc}`` for a stage function that takes it; {} for none or a stand-in without the keyword
+    (tests and callers may replace stages with functions of the older signatures)."""
+    if alloc is None:
+        return {}
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: pass nothing it may not take
+        return {}
+    return {"alloc": alloc} if any(p.name == "alloc" or p.kind is p.VAR_KEYWORD for p in params) else {}
 
 
 class AnimRig:
@@ -577,11 +613,13 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
                        opts: PipelineOptions, out: Path, summary: RunSummary, writes: "BackgroundWrites",
                        hooks_for: HooksFactory, models: ModelCache | None = None,
                        estimate: Callable[..., list] | None = None,
-                       plan: MemoryPlan | None = None) -> tuple[Bodies, Bodies, AnimRig | None]:
+                       plan: MemoryPlan | None = None,
+                       alloc: Alloc | None = None) -> tuple[Bodies, Bodies, AnimRig | None]:
     """SAM-3D-Body then the smoother (each reused from an earlier run when --resume allows).
 
     Returns the raw bodies, the final (smoothed unless --no_smooth) bodies and, for the animation export,
-    the model's rig and pose head (the rest of the model is freed here).
+    the model's rig and pose head (the rest of the model is freed here). ``alloc``: where both stages write
+    their per-frame outputs (default RAM).
     """
     check = hooks_for("check")
     body_model = None
@@ -593,7 +631,7 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
             writes.check()
             with _Stage(summary, "bodies", check):
                 raw, body_model = stage_bodies(frames, tracks, amodal, camera, opts, hooks_for("bodies"), models,
-                                               estimate, plan)
+                                               estimate, plan, **_with_alloc(stage_bodies, alloc))
             writes.save("bodies_raw", raw, out / "bodies_raw.npz")
             _done(summary, "bodies", ["bodies_raw"])
         bodies = raw
@@ -607,7 +645,7 @@ def _bodies_and_smooth(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None
                 if body_model is None:  # the smoother's rig comes from the model
                     body_model = _body_model(opts, models)
                 with _Stage(summary, "smooth", check):
-                    bodies = _smooth(raw, opts, body_model, camera)
+                    bodies = _smooth(raw, opts, body_model, camera, **_with_alloc(_smooth, alloc))
                 writes.save("bodies", bodies, out / "bodies.npz")
                 _done(summary, "smooth", ["bodies"])
         if opts.write_anim and body_model is None:  # the animation's skeleton comes from the model's rig
@@ -645,16 +683,18 @@ def _world_moge(opts: PipelineOptions, notes: list[str], models: ModelCache | No
 
 
 def stage_world(frames: np.ndarray, tracks: Tracks, camera: Camera, raw: Bodies, bodies: Bodies, clip: Clip,
-                opts: PipelineOptions, notes: list[str], models: ModelCache | None = None) -> Any:
+                opts: PipelineOptions, notes: list[str], models: ModelCache | None = None,
+                alloc: Alloc | None = None) -> Any:
     """People, camera and floor in one world frame (``body4d_core.world``): the raw bodies' keypoints place
-    them, the final bodies give the meshes."""
+    them, the final bodies give the meshes; ``alloc``: where its whole-clip arrays go (default RAM)."""
     from .world import WorldOptions, ground_clip
 
     options = WorldOptions(camera_motion=opts.world_camera, floor=opts.world_floor, fps=float(clip.fps))
     moge = _world_moge(opts, notes, models)
     try:
         result = ground_clip(frames, tracks, camera, raw, mesh_bodies=bodies, moge_model=moge,
-                             depth_every=opts.world_depth_every, options=options)
+                             depth_every=opts.world_depth_every, options=options,
+                             **({"alloc": alloc} if alloc is not None else {}))
     except InputError as err:  # the world frame is an addition: the run's other outputs still come
         msg = f"world stage skipped: {err}"
         log.warning(msg)
@@ -775,12 +815,15 @@ def _save_npz_atomic(obj: object, path: Path) -> Path:
     return path
 
 
-def _smooth(bodies: Bodies, opts: PipelineOptions, body_model: object, camera: Camera) -> Bodies:
-    """Kalman/RTS per identity, then the rig regenerates meshes and keypoints from the smoothed parameters."""
+def _smooth(bodies: Bodies, opts: PipelineOptions, body_model: object, camera: Camera,
+            alloc: Alloc | None = None) -> Bodies:
+    """Kalman/RTS per identity, then the rig regenerates meshes and keypoints from the smoothed parameters
+    (written through ``alloc`` when given: the run's frame store)."""
     from .sam3d_body.refresh import refresher
     from .smoothing import SmoothSettings, smooth_bodies
 
-    return smooth_bodies(bodies, SmoothSettings(**opts.smooth_settings), refresh=refresher(body_model, camera))
+    refresh = refresher(body_model, camera, **({"alloc": alloc} if alloc is not None else {}))
+    return smooth_bodies(bodies, SmoothSettings(**opts.smooth_settings), refresh=refresh)
 
 
 def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Path) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alloc import Alloc, zeros
 from ..data import Amodal, Tracks, pack_masks, unpack_masks
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks
@@ -167,8 +168,13 @@ def check_inputs(frames: torch.Tensor, tracks: Tracks) -> None:
 
 def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: AmodalModels,
                occ: OcclusionConfig | None = None, sampler: SamplerConfig | None = None,
-               hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20) -> tuple[Amodal, AmodalStats]:
-    """Occlusion flags, amodal masks and completed RGB for every tracked person (see module doc)."""
+               hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20, *,
+               alloc: Alloc | None = None) -> tuple[Amodal, AmodalStats]:
+    """Occlusion flags, amodal masks and completed RGB for every tracked person (see module doc).
+
+    ``alloc(shape, dtype)``: returns the zero-filled arrays the packed amodal masks and the completed RGB are
+    written into (e.g. ``FrameStore.empty``: a long clip's outputs stay out of RAM); default ``np.zeros``.
+    """
     occ, sampler = occ or OcclusionConfig(), sampler or SamplerConfig()
     frames = _as_frames(frames)
     check_inputs(frames, tracks)
@@ -194,7 +200,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     del jobs, depth_det
     occluded = np.zeros((len(ids), n_t), bool)
     iou = np.full((len(ids), n_t), np.nan, np.float32)
-    amodal = np.zeros((len(ids), n_t, h, (w + 7) // 8), np.uint8)
+    amodal = zeros(alloc, (len(ids), n_t, h, (w + 7) // 8), np.uint8)
     det_packed: dict[int, np.ndarray] = {}  # detection-pass amodal masks, kept only without refinement
     for k, (o, pred) in enumerate(zip(ids, preds)):
         vis = tracks.masks_of(o)
@@ -247,7 +253,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
 
     t0 = time.perf_counter()
     done = [(k, o, a, b) for k, o, a, b in segs if occluded[k, a:b].any()] if models.content is not None else []
-    rows, rgbs = [], []
+    rows: list[tuple[int, int]] = []
+    completed_rgb = zeros(alloc, (sum(int(occluded[k, a:b].sum()) for k, _, a, b in done), h, w, 3), np.uint8)
     if segs and models.content is None:
         log.warning("amodal: no content-completion model loaded; occluded frames get masks but no completed RGB")
     if done:
@@ -270,12 +277,13 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
                 sel = keep[s:s + _CHUNK]
                 up = F.interpolate(pred[torch.as_tensor(sel)].float().to(dev), size=(h, w), mode="bilinear",
                                    align_corners=False)
-                rgbs.append((up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+                rgb = (up.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                completed_rgb[len(rows):len(rows) + len(sel)] = rgb
                 rows += [(k, a + int(j)) for j in sel]
     stats.timings["complete"] = time.perf_counter() - t0
     stats.completed_frames = len(rows)
     hooks.progress(1000, 1000)
-    completed_rgb = np.concatenate(rgbs) if rgbs else np.zeros((0, h, w, 3), np.uint8)
+    completed_rgb = completed_rgb[:len(rows)]  # every row is filled (the count above is the rows'); never longer
     completed_index = np.array(rows, np.int64).reshape(-1, 2)
     out = Amodal(np.array(ids, np.int64), occluded, amodal, (h, w), iou, completed_index, completed_rgb)
     return out, stats

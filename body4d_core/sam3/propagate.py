@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alloc import Alloc, zeros
 from ..data import ObjectPrompt, Prompts, Tracks, check_same_frames
 from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
@@ -133,9 +134,14 @@ def _take(x: torch.Tensor, picks: list[int]) -> torch.Tensor:
 
 
 class _Recorder:
-    """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt."""
+    """Collects packed masks and scores; per (object, frame) keeps the result nearest a prompt.
 
-    def __init__(self, plan: _Plan, num_frames: int, size: tuple[int, int], deferred: bool = False):
+    ``alloc(shape, dtype)`` (a zero-filled array, e.g. ``FrameStore.empty``) holds the packed masks when given:
+    they are then written straight into it (a file) rather than into RAM; default ``np.zeros``.
+    """
+
+    def __init__(self, plan: _Plan, num_frames: int, size: tuple[int, int], deferred: bool = False,
+                 alloc: Alloc | None = None):
         self.plan = plan
         self.size = size
         self.deferred = deferred  # copy masks down non-blocking and land them a few frames later
@@ -143,8 +149,10 @@ class _Recorder:
         self.row = {obj: i for i, obj in enumerate(plan.obj_ids)}
         n = len(plan.obj_ids)
         h, w = size
-        check_tracks_memory(n, num_frames, size)
-        self.packed = np.zeros((n, num_frames, h, (w + 7) // 8), np.uint8)
+        shape = (n, num_frames, h, (w + 7) // 8)
+        if alloc is None:  # RAM: refuse what cannot fit (an allocator's own storage is its caller's to check)
+            check_tracks_memory(n, num_frames, size)
+        self.packed = zeros(alloc, shape, np.uint8)
         self.scores = np.zeros((n, num_frames), np.float32)
         self.dist = np.full((n, num_frames), np.iinfo(np.int64).max, np.int64)
 
@@ -306,13 +314,17 @@ def propagate(
     hooks: Hooks = NULL_HOOKS,
     mask_threshold: float = 0.0,
     speed: SpeedOptions = SpeedOptions(),
+    *,
+    alloc: Alloc | None = None,
 ) -> Tracks:
     """Track every prompted object through the clip; returns Tracks keyed by the prompts' ids.
 
     ``direction``: ``forward`` fills each object from its first prompted frame to the end,
     ``backward`` from its last prompted frame to the start, ``both`` the whole clip (on frames
     between prompts the result tracked from the nearer prompt wins). Frames an object is not
-    tracked on stay empty with score 0. ``speed`` picks the speed-ups (see SpeedOptions).
+    tracked on stay empty with score 0. ``speed`` picks the speed-ups (see SpeedOptions). ``alloc(shape,
+    dtype)``: returns the zero-filled array the packed masks are written into (e.g. ``FrameStore.empty``, so a
+    long clip's masks never sit in RAM); default ``np.zeros``.
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -321,7 +333,7 @@ def propagate(
     plan = make_plan(prompts)
     steps = _steps(plan, source.num_frames, direction)
     total = len(prompts.items) + len(steps)
-    recorder = _Recorder(plan, source.num_frames, source.image_size, deferred=speed.async_io)
+    recorder = _Recorder(plan, source.num_frames, source.image_size, deferred=speed.async_io, alloc=alloc)
     cfg = bundle.tracker.config
     keep = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
     dev = bundle.device

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..alloc import Alloc, zeros
 from ..data import BodyFlag, Bodies, Camera
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks, upload
@@ -446,7 +447,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
                     overlap: bool = True, fp8: bool = False, crop_kernel: str = "auto",
-                    runner: BodyRunner | None = None) -> list[dict[str, np.ndarray]]:
+                    runner: BodyRunner | None = None, *, alloc: Alloc | None = None) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -464,6 +465,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     the fused kernels of ``fp8_triton``); where the GPU cannot (see ``fp8.fp8_unavailable``) it logs
     why and runs without. crop_kernel: 'auto' (crop_triton's kernel on CUDA where triton runs, else
     grid_sample), 'triton' (the kernel; an error where it cannot run) or 'grid_sample'.
+    alloc(shape, dtype): when given, each batch's results are written as it finishes into zero-filled arrays
+    [len(items), ...] per result key from it (e.g. ``FrameStore.empty``: a long clip's vertices never pile up
+    in RAM) and each item's dict holds views of their rows; same values as without.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -497,15 +501,17 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
         return batch, model.encode(batch, dtype), _event(dev)
 
     pre = CropPrefetcher(build)
+    sink = _ResultSink(alloc, len(ordered)) if alloc is not None else None
 
     def run(start: int, stop: int) -> list[dict[str, np.ndarray]]:
         nxt = (stop, min(len(ordered), 2 * stop - start))
         with torch.inference_mode():
             batch, feats, ready = pre.take(start, stop)
-        return _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
-                          decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
-                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None,
-                          crop_kernel=kernel)
+        res = _run_batch(model, frames_t, ordered[start:stop], K, mode, dtype, return_vertices,
+                         decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
+                         after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None,
+                         crop_kernel=kernel)
+        return res if sink is None else sink.put(start, res)
 
     why = fp8_unavailable(dev) if fp8 else ""
     if why:
@@ -519,6 +525,29 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     for pos, i in enumerate(order):
         out[i] = flat[pos]
     return out
+
+
+class _ResultSink:
+    """Per result key one zero-filled array [N, ...] from ``alloc``: each batch's results are copied into their
+    rows (positions ``start..``) and the returned dicts hold views of those rows, so the batch's own arrays
+    are freed once it is done (with a file-backed allocator nothing of a finished batch stays in RAM)."""
+
+    def __init__(self, alloc: Alloc, n: int) -> None:
+        self.alloc, self.n = alloc, n
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, start: int, results: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        out = []
+        for i, res in enumerate(results):
+            row = {}
+            for key, value in res.items():
+                arr = self.arrays.get(key)
+                if arr is None:
+                    arr = self.arrays[key] = zeros(self.alloc, (self.n,) + value.shape, value.dtype)
+                arr[start + i] = value
+                row[key] = arr[start + i]
+            out.append(row)
+        return out
 
 
 def _release_side_stream(side: torch.cuda.Stream, dev: torch.device) -> None:
@@ -536,14 +565,18 @@ def _release_side_stream(side: torch.cuda.Stream, dev: torch.device) -> None:
 
 def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, np.ndarray]], num_frames: int,
                         image_size: tuple[int, int], faces: np.ndarray | None = None,
-                        obj_ids: Sequence[int] | None = None) -> Bodies:
-    """Fill a ``Bodies`` (keyed by object id) from per-item results; frames without an item stay MISSING."""
+                        obj_ids: Sequence[int] | None = None, *, alloc: Alloc | None = None) -> Bodies:
+    """Fill a ``Bodies`` (keyed by object id) from per-item results; frames without an item stay MISSING.
+
+    ``alloc(shape, dtype)``: returns the zero-filled arrays the keypoints, extras and vertices [N, T, ...] are
+    filled into (e.g. ``FrameStore.empty``: out of RAM); default ``np.zeros``.
+    """
     ids = sorted({int(it.obj_id) for it in items} | {int(i) for i in (obj_ids or [])})
     bodies = Bodies.empty(ids, num_frames, image_size)
     row = {oid: i for i, oid in enumerate(ids)}
     n = len(ids)
-    kp3 = np.zeros((n, num_frames, 70, 3), np.float32)
-    kp2 = np.zeros((n, num_frames, 70, 2), np.float32)
+    kp3 = zeros(alloc, (n, num_frames, 70, 3), np.float32)
+    kp2 = zeros(alloc, (n, num_frames, 70, 2), np.float32)
     extras: dict[str, np.ndarray] = {}
     verts = None
     for it, res in zip(items, results):
@@ -554,11 +587,11 @@ def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, n
         for name, key in EXTRA_KEYS.items():
             if key in res:
                 if name not in extras:
-                    extras[name] = np.zeros((n, num_frames) + res[key].shape, np.float32)
+                    extras[name] = zeros(alloc, (n, num_frames) + res[key].shape, np.float32)
                 extras[name][r, f] = res[key]
         if "vertices" in res:
             if verts is None:
-                verts = np.zeros((n, num_frames) + res["vertices"].shape, np.float32)
+                verts = zeros(alloc, (n, num_frames) + res["vertices"].shape, np.float32)
             verts[r, f] = res["vertices"]
         bodies.flags[r, f] = BodyFlag.OCCLUDED if it.occluded else BodyFlag.VISIBLE
     return bodies.replace(keypoints_3d=kp3, keypoints_2d=kp2, vertices=verts,

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..alloc import Alloc, zeros, zeros_like
 from ..data import Bodies, Camera
 from .heads import camera_geometry, project
 from .infer import EXTRA_KEYS, PARAM_KEYS
@@ -26,17 +27,22 @@ def _run(model: Sam3dBody, p: dict[str, torch.Tensor], K: torch.Tensor, with_ver
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
-def refresh_geometry(model: Sam3dBody, bodies: Bodies, camera: Camera, batch_size: int = 256) -> Bodies:
-    """Bodies whose vertices, keypoints and joint extras come from the rig on their own parameters."""
+def refresh_geometry(model: Sam3dBody, bodies: Bodies, camera: Camera, batch_size: int = 256, *,
+                     alloc: Alloc | None = None) -> Bodies:
+    """Bodies whose vertices, keypoints and joint extras come from the rig on their own parameters.
+
+    ``alloc(shape, dtype)``: returns the zero-filled arrays they are written into (e.g. ``FrameStore.empty``:
+    a long clip's vertices stay out of RAM); default ``np.zeros``.
+    """
     camera = camera.check_frames(bodies.num_frames)
     dev = next(model.parameters()).device
     rows, frames = np.nonzero(bodies.present)
     n, t = bodies.num_objects, bodies.num_frames
-    kp3 = np.zeros((n, t, model.cfg.num_keypoints, 3), np.float32)
-    kp2 = np.zeros((n, t, model.cfg.num_keypoints, 2), np.float32)
+    kp3 = zeros(alloc, (n, t, model.cfg.num_keypoints, 3), np.float32)
+    kp2 = zeros(alloc, (n, t, model.cfg.num_keypoints, 2), np.float32)
     with_verts = bodies.vertices is not None
-    verts = np.zeros_like(bodies.vertices) if with_verts else None
-    extras = {k: np.zeros_like(v) for k, v in bodies.extras.items()}
+    verts = zeros_like(alloc, bodies.vertices) if with_verts else None
+    extras = {k: zeros_like(alloc, v) for k, v in bodies.extras.items()}
     for s in range(0, rows.size, batch_size):
         r, f = rows[s:s + batch_size], frames[s:s + batch_size]
         p = {key: torch.as_tensor(bodies.params[name][r, f], device=dev) for name, key in PARAM_KEYS.items()}
@@ -51,6 +57,6 @@ def refresh_geometry(model: Sam3dBody, bodies: Bodies, camera: Camera, batch_siz
     return bodies.replace(keypoints_3d=kp3, keypoints_2d=kp2, vertices=verts, extras=extras)
 
 
-def refresher(model: Sam3dBody, camera: Camera) -> Callable[[Bodies], Bodies]:
-    """The ``refresh`` callable for ``smoothing.smooth_bodies``."""
-    return lambda bodies: refresh_geometry(model, bodies, camera)
+def refresher(model: Sam3dBody, camera: Camera, *, alloc: Alloc | None = None) -> Callable[[Bodies], Bodies]:
+    """The ``refresh`` callable for ``smoothing.smooth_bodies`` (``alloc``: see ``refresh_geometry``)."""
+    return lambda bodies: refresh_geometry(model, bodies, camera, alloc=alloc)

@@ -6,12 +6,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..alloc import Alloc, full, zeros
 from ..data import Tracks
 from ..errors import InputError
 
 
-def people_from_tracks(tracks: Tracks | None, num_frames: int, image_size: tuple[int, int]) -> np.ndarray | None:
-    """bool [T, H, W]: pixels covered by any tracked person (resized to the frames when needed)."""
+def people_from_tracks(tracks: Tracks | None, num_frames: int, image_size: tuple[int, int], *,
+                       alloc: Alloc | None = None) -> np.ndarray | None:
+    """bool [T, H, W]: pixels covered by any tracked person (resized to the frames when needed), in an array
+    from ``alloc`` (zero-filled, e.g. ``FrameStore.empty``; default RAM)."""
     if tracks is None:
         return None
     import cv2
@@ -19,7 +22,7 @@ def people_from_tracks(tracks: Tracks | None, num_frames: int, image_size: tuple
     if tracks.num_frames != num_frames:
         raise InputError(f"World Ground: the tracks have {tracks.num_frames} frames but the clip has {num_frames}")
     h, w = image_size
-    out = np.zeros((num_frames, h, w), bool)
+    out = zeros(alloc, (num_frames, h, w), bool)
     for t in range(num_frames):
         m = tracks.frame_masks(t).any(0) if tracks.num_objects else np.zeros(tracks.image_size, bool)
         if m.shape != (h, w):
@@ -69,9 +72,10 @@ def depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, ima
 
 
 def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int = 4,
-               resolution_level: int = 9) -> np.ndarray:
+               resolution_level: int = 9, *, alloc: Alloc | None = None) -> np.ndarray:
     """Metric depth [T, H, W] from MoGe-2 ``infer`` on every ``every_n``-th frame (NaN on the others
-    and where MoGe's mask is off), for the world stage's floor and camera translation."""
+    and where MoGe's mask is off), for the world stage's floor and camera translation; in an array from
+    ``alloc`` (zero-filled, then NaN-filled here; default RAM)."""
     import torch
 
     from ..fov import _frames_to_batch
@@ -82,7 +86,7 @@ def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int
     t, h, w = frames.shape[:3]
     param = next(model.parameters())
     idx = list(range(0, t, every_n))
-    out = np.full((t, h, w), np.nan, np.float32)
+    out = full(alloc, (t, h, w), np.nan, np.float32)
     for s in range(0, len(idx), batch_size):
         chunk = idx[s:s + batch_size]
         with torch.inference_mode():

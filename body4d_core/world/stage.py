@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..alloc import Alloc, zeros
 from ..atomic import OutputWriteError, atomic_path, describe_os_error, write_bytes_atomic, write_text_atomic
 from ..data import Bodies, BodyFlag, Camera, Tracks, write_npz
 from ..errors import InputError
@@ -181,7 +182,8 @@ def choose_floor(points: np.ndarray | None, feet: np.ndarray, up: np.ndarray, mo
 
 def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None,
                 people: np.ndarray | None = None, depth: np.ndarray | None = None,
-                options: WorldOptions | None = None, mesh_bodies: Bodies | None = None) -> WorldResult:
+                options: WorldOptions | None = None, mesh_bodies: Bodies | None = None, *,
+                alloc: Alloc | None = None) -> WorldResult:
     """Ground camera-space bodies in the world (see module docstring).
 
     bodies: camera-space Bodies with keypoints_3d (MHR70 for floor/contacts); camera: the
@@ -190,7 +192,9 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
     [T, H, W] (MoGe-2 point map z, NaN where unknown), used for the floor and to scale the
     camera translation (None: floor from feet, rotation-only camera). ``mesh_bodies``
     (e.g. the camera-space smoothed, rig-refreshed bodies of the same clip) supply the pose
-    parameters and vertices of the world bodies; by default ``bodies`` do.
+    parameters and vertices of the world bodies; by default ``bodies`` do. ``alloc(shape, dtype)``: returns
+    the zero-filled array the world bodies' vertices are written into (e.g. ``FrameStore.empty``); default
+    ``np.zeros``.
     """
     opts = options or WorldOptions()
     if bodies.keypoints_3d is None:
@@ -239,7 +243,7 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
                                     not np.array_equal(mesh_bodies.obj_ids, bodies.obj_ids)):
         raise InputError("World Ground: the mesh bodies must have the same ids and frames as the bodies")
     world_bodies = _world_bodies(mesh_bodies if mesh_bodies is not None else bodies, sm["joints"], sm["root"],
-                                 cam_R)
+                                 cam_R, alloc)
     present = sm["present"]
     plot = trajectory_plot(sm["root"], present, bodies.obj_ids, cam_p, opts.plot_size,
                            tick_every=int(round(opts.fps)), contacts=sm["contacts"],
@@ -258,9 +262,14 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
 WORLD_TO_BODIES = np.diag([1.0, -1.0, -1.0])
 
 
-def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: np.ndarray) -> Bodies:
+VERTEX_CHUNK = 64  # frames of vertices rotated at once (float64 temporaries of the chunk only)
+
+
+def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: np.ndarray,
+                  alloc: Alloc | None = None) -> Bodies:
     """Bodies in the world (see WORLD_TO_BODIES): cam_t = world root, global_rot and vertices rotated
-    into the world, keypoints root-relative; missing frames stay missing and zero."""
+    into the world, keypoints root-relative; missing frames stay missing and zero. The vertices are
+    rotated a chunk of frames at a time into an array from ``alloc`` (default RAM)."""
     F = WORLD_TO_BODIES
     keep = bodies.present
     params = dict(bodies.params)
@@ -274,21 +283,25 @@ def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: n
     kp = np.where(keep[..., None, None], (joints - root[:, :, None]) @ F.T, 0.0).astype(np.float32)
     verts = None
     if bodies.vertices is not None:
-        verts = np.einsum("tij,ntvj->ntvi", M, bodies.vertices.astype(np.float64))
-        verts = np.where(keep[..., None, None], verts, 0.0).astype(np.float32)
+        verts = zeros(alloc, bodies.vertices.shape, np.float32)
+        for a in range(0, verts.shape[1], VERTEX_CHUNK):
+            b = a + VERTEX_CHUNK
+            v = np.einsum("tij,ntvj->ntvi", M[a:b], bodies.vertices[:, a:b].astype(np.float64))
+            verts[:, a:b] = np.where(keep[:, a:b, None, None], v, 0.0).astype(np.float32)
     return bodies.replace(params=params, keypoints_3d=kp, vertices=verts)
 
 
 def ground_clip(frames: np.ndarray, tracks: Tracks | None, camera: Camera, bodies: Bodies,
                 mesh_bodies: Bodies | None = None, moge_model: object | None = None, depth_every: int = 10,
-                options: WorldOptions | None = None) -> WorldResult:
+                options: WorldOptions | None = None, *, alloc: Alloc | None = None) -> WorldResult:
     """The pipeline's world stage in one call: person masks from the tracks, MoGe-2 depth on every
     ``depth_every``-th frame when a model is given (none: floor from the feet, rotation-only
-    camera), then ``world_stage`` on the raw ``bodies`` with ``mesh_bodies`` for the meshes."""
+    camera), then ``world_stage`` on the raw ``bodies`` with ``mesh_bodies`` for the meshes.
+    ``alloc``: where the person masks and world vertices go (see ``world_stage``; default RAM)."""
     frames = np.asarray(frames)
     size = tuple(frames.shape[1:3])
-    people = people_from_tracks(tracks, len(frames), size)
+    people = people_from_tracks(tracks, len(frames), size, alloc=alloc)
     depth = None
     if moge_model is not None and depth_every > 0:
-        depth = moge_depth(moge_model, frames, every_n=depth_every)
-    return world_stage(bodies, camera, frames, people, depth, options, mesh_bodies=mesh_bodies)
+        depth = moge_depth(moge_model, frames, every_n=depth_every, alloc=alloc)
+    return world_stage(bodies, camera, frames, people, depth, options, mesh_bodies=mesh_bodies, alloc=alloc)

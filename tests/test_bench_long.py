@@ -1,0 +1,86 @@
+"""bench_long's own logic: per-stage peaks, the --max-seconds bound and the stage labels of the sampler."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from bench import bench_long
+
+
+def _result(n: int, anon: float) -> dict:
+    return {"frames": n, "wall_s": 1.5, "rss_anon_gib": anon, "rss_gib": anon + 1, "rss_file_gib": 0.5,
+            "vram_gib": float("nan"), "timings": {"sam3": 1.0},
+            "stages": {"sam3": {"rss_anon_gib": anon, "rss_gib": anon + 1, "vram_gib": float("nan")},
+                       "render": {"rss_anon_gib": anon / 2, "rss_gib": anon, "vram_gib": float("nan")}}}
+
+
+def test_lengths_print_their_peaks_per_stage_and_stop_at_max_seconds(monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def fake(args, work, n, budget):
+        seen.append((n, budget))
+        if n == 900:
+            return f"{n} frames: stopped, the run went past --max-seconds"
+        return _result(n, 0.25)
+
+    monkeypatch.setattr(bench_long, "run_length", fake)
+    monkeypatch.setattr(bench_long, "ensure_models", lambda root, preset, device: root)
+    rc = bench_long.main(["--lengths", "300", "900", "1800", "--work", str(tmp_path), "--models", str(tmp_path),
+                          "--max-seconds", "100", "--no-results"])
+    out = capsys.readouterr().out
+    assert rc == 0  # stopped by the time bound: the lengths done are the result
+    assert [n for n, _ in seen] == [300, 900]  # 1800 never started
+    assert 0 < seen[0][1] <= 100 and seen[1][1] <= seen[0][1]
+    assert "900 frames: stopped" in out and "total" in out
+    lines = [ln.split() for ln in out.splitlines()]
+    assert ["sam3", "0.250", "/", "1.250"] in lines and ["render", "0.125", "/", "0.250"] in lines
+
+
+def test_a_failed_length_fails_the_invocation(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_long, "run_length", lambda *a: "300 frames: the run failed (exit 1)")
+    monkeypatch.setattr(bench_long, "ensure_models", lambda root, preset, device: root)
+    assert bench_long.main(["--lengths", "300", "--work", str(tmp_path), "--no-results"]) == 1
+    assert "the run failed" in capsys.readouterr().out
+
+
+def test_run_length_reports_a_child_past_its_budget(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench_long, "write_clip", lambda path, *a: path)
+
+    def slow(cmd, **kw):
+        assert kw["timeout"] == 3.0
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    args = bench_long.parse_args(["--lengths", "10"])
+    assert bench_long.run_length(args, tmp_path, 10, 3.0) == "10 frames: stopped, the run went past --max-seconds"
+
+
+def _sampled(rss, label: str) -> None:
+    """Wait (at most 10 s, the machine may be busy) until the sampler thread has sampled under ``label``."""
+    end = time.monotonic() + 10
+    while label not in rss.by_stage and time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def test_stage_labels_follow_the_pipeline_stages():
+    from body4d_core import pipeline
+
+    with bench_long.RssSampler(every=0.001) as rss:
+        vram: dict = {}
+        with bench_long.stage_labels(rss, "cpu", vram):
+            summary = pipeline.RunSummary(out_dir=None)
+            with pipeline._Stage(summary, "sam3", pipeline.NULL_HOOKS):
+                assert rss.stage == "sam3"
+                _sampled(rss, "sam3")
+            assert rss.stage == "after sam3" and "sam3" in summary.timings
+            _sampled(rss, "after sam3")
+        with pytest.raises(RuntimeError):
+            with bench_long.stage_labels(rss, "cpu", vram):
+                with pipeline._Stage(summary, "render", pipeline.NULL_HOOKS):
+                    _sampled(rss, "render")
+                    raise RuntimeError("boom")
+    assert pipeline._Stage.__enter__.__name__ == "__enter__"  # restored after the block, also after an error
+    assert {"sam3", "after sam3", "render"} <= set(rss.by_stage) and rss.by_stage["sam3"]["RssAnon"] > 0
