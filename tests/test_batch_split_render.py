@@ -140,6 +140,7 @@ def test_split_batch_render_mp4_equals_one_worker(runs):
     a, b = decoded(one / "render_4d.mp4"), decoded(two / "render_4d.mp4")
     assert a.shape[0] == b.shape[0] == FRAMES
     assert np.array_equal(a, b)
+    assert (one / "render_4d.mp4").read_bytes() == (two / "render_4d.mp4").read_bytes()  # one encoder, same frames
     assert outputs(one) == outputs(two)
     for name in ("params.npz", "bodies.npz"):
         x, y = np.load(one / name), np.load(two / name)

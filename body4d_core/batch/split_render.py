@@ -9,6 +9,7 @@ ranges per worker are in flight, so memory is a few ranges whatever the clip's l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -72,6 +73,7 @@ def render_split(workers: Sequence[Any], frames: Any, bodies: Bodies, camera: Ca
     if len(ranges) < 2:
         return render_bodies(frames, bodies, camera, mode, hooks, batch_size, **kwargs)
     opts = dict(opacity=opacity, device=device, chunk=chunk)
+    log.info("render: %d ranges of %d frames over %d workers", len(ranges), batch, len(workers))
 
     def submit(i: int) -> Any:
         a, b = ranges[i]
@@ -108,8 +110,9 @@ def _stream_in_order(ranges: list[tuple[int, int]], submit: Callable[[int], Any]
             sink.put(images)
             sink.progress(stop, total)
     except BaseException:
-        for _, ref in pending:
-            ray.cancel(ref)
+        for _, ref in pending:  # the ranges not handed over yet: nobody will read them
+            with contextlib.suppress(Exception):  # a dead worker's: the original error matters
+                ray.cancel(ref)
         raise
 
 
