@@ -366,10 +366,10 @@ def test_headless_run_writes_every_per_frame_output_into_the_store(models, tmp_p
     monkeypatch.setattr(FrameStore, "keep", spy_keep)
     render = pipeline._render_and_export
 
-    def check_render(frames, clip, bodies, camera, opts, out, summary, hooks, writes=None, plan=None):
+    def check_render(frames, clip, bodies, camera, opts, out, summary, hooks, *rest):
         if opts.frames_on_disk:  # what the render and the exports read: all in the store
             held.update(verts=stores_hold(bodies.vertices), kp=stores_hold(bodies.keypoints_3d))
-        return render(frames, clip, bodies, camera, opts, out, summary, hooks, writes, plan)
+        return render(frames, clip, bodies, camera, opts, out, summary, hooks, *rest)
 
     stores: list[FrameStore] = []
     decode = pipeline.decode_to_store
