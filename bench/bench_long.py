@@ -153,7 +153,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                            fov_mode="none" if args.no_fov else "first", world=not args.no_world,
                            write_anim=not args.no_anim, write_meshes=not args.no_meshes, write_glb=not args.no_glb,
                            models_root=Path(args.models), device=args.device, batch_size=args.batch_size,
-                           frames_on_disk=not args.frames_in_ram)
+                           frames_on_disk=not args.frames_in_ram, render_mode=args.render_mode)
     reset_gpu_peak(args.device, empty_cache=True)
     stage_vram: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -220,6 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-meshes", action="store_true")
     ap.add_argument("--no-glb", action="store_true")
     ap.add_argument("--batch-size", type=int, default=64, help="SAM-3D-Body batch")
+    ap.add_argument("--render-mode", default="overlay",
+                    help="the overlay video's render mode (openpose: no mesh rasteriser, for long CPU runs)")
     ap.add_argument("--max-seconds", type=float, default=0.0,
                     help="stop the invocation after this many seconds in all (a length still running is killed "
                          "and reported; 0: no limit)")
@@ -238,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-FORWARD = ("--device", "--models", "--batch-size", "--size")
+FORWARD = ("--device", "--models", "--batch-size", "--size", "--render-mode")
 FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes",
          "--no-glb")
 
@@ -288,6 +290,7 @@ def print_stages(results: dict[int, dict[str, Any]], device: str) -> None:
 
 def add_rows(rows: RowWriter, args: argparse.Namespace, case: str, n: int, r: dict[str, Any]) -> None:
     extra = {"frames": n, "size": args.size, "path": case, "timings": r["timings"], "preset": args.preset,
+             "render_mode": args.render_mode,
              "stages_off": [f for f in FLAGS if getattr(args, f[2:].replace("-", "_"))],
              "stages": r.get("stages", {})}
     rows.add(f"{case}-{n}", "peak_rss_anon", r["rss_anon_gib"], "GiB", **extra)
@@ -315,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             args.models = str(ensure_models(Path(args.models) if args.models else work / "models", args.preset,
                                             args.device))
         case = ("store-only-" if args.store_only else "") + ("ram" if args.frames_in_ram else "disk")
-        print(f"{args.size} clip, {case} path, {args.preset} checkpoints on {args.device}", flush=True)
+        off = " ".join(f for f in FLAGS if getattr(args, f[2:].replace("-", "_")))
+        print(f"{args.size} clip, {case} path, {args.preset} checkpoints on {args.device}, render {args.render_mode}"
+              + (f", {off}" if off else ""), flush=True)
         print(f"{'frames':>7} {'RssAnon GiB':>12} {'RSS GiB':>8} {'RssFile GiB':>12} {'VRAM GiB':>9} {'wall s':>8}")
         for n in args.lengths:
             budget = args.max_seconds - (time.perf_counter() - t0) if args.max_seconds > 0 else None
