@@ -129,7 +129,8 @@ def stage_labels(rss: RssSampler, device: str, vram: dict[str, float]) -> Iterat
 
     def on_exit(stage: Any, *exc: object) -> None:
         leave(stage, *exc)
-        vram[stage.name] = max(vram.get(stage.name, 0.0), gpu_peak_gib(device))
+        if device == "cuda":  # off CUDA the table shows nan, not a zero peak
+            vram[stage.name] = max(vram.get(stage.name, 0.0), gpu_peak_gib(device))
         rss.stage = f"after {stage.name}"
         reset_gpu_peak(device)
 
@@ -139,7 +140,6 @@ def stage_labels(rss: RssSampler, device: str, vram: dict[str, float]) -> Iterat
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One headless run on args.clip; returns its peaks (overall and per stage) and timings."""
-    import math
     import resource
 
     from bench.peak_memory import gpu_peak_gib, reset_gpu_peak
@@ -160,13 +160,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     with RssSampler() as rss, stage_labels(rss, args.device, stage_vram):
         summary = run_pipeline(args.clip, args.out, opts, overwrite=True)
     wall = time.perf_counter() - t0
-    vram = max([gpu_peak_gib(args.device), *stage_vram.values()])  # each stage restarted the peak window
+    vram = max([gpu_peak_gib(args.device), *stage_vram.values()]) if stage_vram else gpu_peak_gib(args.device)
     stages = {name: {"rss_anon_gib": p["RssAnon"] / 2**20, "rss_gib": p["VmRSS"] / 2**20,
                      "vram_gib": stage_vram.get(name, float("nan"))} for name, p in rss.by_stage.items()}
     return {"frames": summary.num_frames, "wall_s": wall, "rss_anon_gib": rss.peak["RssAnon"] / 2**20,
             "rss_gib": rss.peak["VmRSS"] / 2**20, "rss_file_gib": rss.peak["RssFile"] / 2**20,
             "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "vram_gib": vram if not math.isnan(vram) else float("nan"), "stages": stages,
+            "vram_gib": vram, "stages": stages,
             "timings": {k: round(v, 2) for k, v in summary.timings.items()}}
 
 
