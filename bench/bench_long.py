@@ -268,11 +268,19 @@ def run_length(args: argparse.Namespace, work: Path, n: int, budget: float | Non
     return json.loads(line[7:])
 
 
+STAGE_ORDER = ("start", "decode", "sam3", "amodal", "camera", "bodies", "smooth", "world", "render")
+
+
+def _stage_order(name: str) -> tuple[int, int, str]:
+    """Pipeline order: each stage, then the gap after it ("after <stage>"); unknown labels last."""
+    base = name.removeprefix("after ")
+    pos = STAGE_ORDER.index(base) if base in STAGE_ORDER else len(STAGE_ORDER)
+    return pos, int(base != name), name
+
+
 def print_stages(results: dict[int, dict[str, Any]], device: str) -> None:
     """Peak RssAnon / RSS (and VRAM on CUDA) per stage and length, stages in the order they ran."""
-    names: list[str] = []
-    for r in results.values():
-        names += [k for k in r.get("stages", {}) if k not in names]
+    names = sorted({k for r in results.values() for k in r.get("stages", {})}, key=_stage_order)
     if not names:
         return
     cols = [f"{n} fr" for n in results]

@@ -13,8 +13,8 @@ from bench import bench_long
 def _result(n: int, anon: float) -> dict:
     return {"frames": n, "wall_s": 1.5, "rss_anon_gib": anon, "rss_gib": anon + 1, "rss_file_gib": 0.5,
             "vram_gib": float("nan"), "timings": {"sam3": 1.0},
-            "stages": {"sam3": {"rss_anon_gib": anon, "rss_gib": anon + 1, "vram_gib": float("nan")},
-                       "render": {"rss_anon_gib": anon / 2, "rss_gib": anon, "vram_gib": float("nan")}}}
+            "stages": {"render": {"rss_anon_gib": anon / 2, "rss_gib": anon, "vram_gib": float("nan")},
+                       "sam3": {"rss_anon_gib": anon, "rss_gib": anon + 1, "vram_gib": float("nan")}}}
 
 
 def test_lengths_print_their_peaks_per_stage_and_stop_at_max_seconds(monkeypatch, tmp_path, capsys):
@@ -37,6 +37,7 @@ def test_lengths_print_their_peaks_per_stage_and_stop_at_max_seconds(monkeypatch
     assert "900 frames: stopped" in out and "total" in out
     lines = [ln.split() for ln in out.splitlines()]
     assert ["sam3", "0.250", "/", "1.250"] in lines and ["render", "0.125", "/", "0.250"] in lines
+    assert lines.index(["sam3", "0.250", "/", "1.250"]) < lines.index(["render", "0.125", "/", "0.250"])
 
 
 def test_a_failed_length_fails_the_invocation(monkeypatch, tmp_path, capsys):
