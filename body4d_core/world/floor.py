@@ -75,6 +75,20 @@ def ransac_plane(points: np.ndarray, up: np.ndarray, max_tilt_deg: float = 30.0,
     return n, float(d), inl
 
 
+def near_feet(pts: np.ndarray, feet: np.ndarray, up: np.ndarray, lateral_max: float = 4.0,
+              above_max: float = 0.5, chunk: int = 1024) -> np.ndarray:
+    """bool [M]: points [M, 3] within ``lateral_max`` (across ``up``) of some foot [F, 3] and less than
+    ``above_max`` above it. Computed in blocks of ``chunk`` points (the same arithmetic per point-foot
+    pair as one [M, F, 3] broadcast, so the same result, without its hundreds of MB of temporaries)."""
+    near = np.empty(len(pts), bool)
+    for s in range(0, len(pts), chunk):
+        rel = pts[s:s + chunk, None, :] - feet[None]
+        along = rel @ up
+        lateral = np.linalg.norm(rel - along[..., None] * up, axis=-1)
+        near[s:s + chunk] = ((lateral < lateral_max) & (along < above_max)).any(1)
+    return near
+
+
 def floor_from_depth(points: np.ndarray, up: np.ndarray, feet: np.ndarray | None = None,
                      threshold: float = 0.03) -> Floor | None:
     """Floor from background depth points [M, 3] (first-camera axes) near the people's feet.
@@ -85,10 +99,7 @@ def floor_from_depth(points: np.ndarray, up: np.ndarray, feet: np.ndarray | None
     pts = np.asarray(points, np.float64)
     pts = pts[np.isfinite(pts).all(1)]
     if feet is not None and len(feet):
-        rel = pts[:, None, :] - feet[None, ::max(1, len(feet) // 64)]
-        along = rel @ up
-        lateral = np.linalg.norm(rel - along[..., None] * up, axis=-1)
-        near = ((lateral < 4.0) & (along < 0.5)).any(1)
+        near = near_feet(pts, feet[::max(1, len(feet) // 64)], up)
         if near.sum() >= 200:
             pts = pts[near]
     if len(pts) > 20000:
