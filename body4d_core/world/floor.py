@@ -7,6 +7,8 @@ Planes live in the first camera's axes (OpenCV: x right, y down, z forward) as
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,16 +78,30 @@ def ransac_plane(points: np.ndarray, up: np.ndarray, max_tilt_deg: float = 30.0,
 
 
 def near_feet(pts: np.ndarray, feet: np.ndarray, up: np.ndarray, lateral_max: float = 4.0,
-              above_max: float = 0.5, chunk: int = 1024) -> np.ndarray:
+              above_max: float = 0.5, chunk: int = 1024, workers: int | None = None) -> np.ndarray:
     """bool [M]: points [M, 3] within ``lateral_max`` (across ``up``) of some foot [F, 3] and less than
-    ``above_max`` above it. Computed in blocks of ``chunk`` points (the same arithmetic per point-foot
-    pair as one [M, F, 3] broadcast, so the same result, without its hundreds of MB of temporaries)."""
+    ``above_max`` above it.
+
+    Computed in blocks of ``chunk`` points, on up to ``workers`` threads (default: up to 4 cores;
+    numpy releases the GIL): per point-foot pair the same arithmetic as one [M, F, 3] broadcast, so
+    the same result, without its hundreds of MB of temporaries.
+    """
     near = np.empty(len(pts), bool)
-    for s in range(0, len(pts), chunk):
+
+    def block(s: int) -> None:
         rel = pts[s:s + chunk, None, :] - feet[None]
         along = rel @ up
         lateral = np.linalg.norm(rel - along[..., None] * up, axis=-1)
         near[s:s + chunk] = ((lateral < lateral_max) & (along < above_max)).any(1)
+
+    starts = range(0, len(pts), chunk)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or len(starts) < 2 * workers:
+        for s in starts:
+            block(s)
+        return near
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="body4d-floor") as pool:
+        list(pool.map(block, starts))  # list: re-raises a block's error
     return near
 
 
