@@ -290,6 +290,11 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
         elif s == "world" and args.no_world:
             lines.append("| world | – | – | off (--no-world) |")
     timed = sum(rec.seconds.values())
+    start = rec.parts.get("world_start")
+    if start is not None:  # the world stage's depth, run before the bodies stage (pipeline.WORLD_EARLY)
+        lines.append(f"| world_start (before bodies) | {start:.2f} | – | the world stage's MoGe-2 depth; its camera "
+                     f"motion then runs on a thread during the bodies stage |")
+        timed += start
     if rec.pipeline_s is not None:
         if rec.write_wait_s is None:  # run_pipeline before the fifth session: every write on the main thread
             lines.append(f"| untimed (npz saves, mask overlay video) | {rec.pipeline_s - timed:.2f} | – | |")

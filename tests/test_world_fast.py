@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,7 +9,6 @@ import torch
 from body4d_core.data import Camera, Tracks
 from body4d_core.errors import InputError
 from body4d_core.world import WorldOptions, ground_clip
-from body4d_core.world.camera_motion import _as_uint8, _downscale
 from body4d_core.world.floor import floor_from_depth, near_feet
 from body4d_core.world.prepare import WorldPrep
 from body4d_core.testing.world import corrupt, make_scene, noisy_depth
@@ -60,32 +58,6 @@ def test_floor_from_depth_unchanged_on_a_floor():
     near = _broadcast_near(pts, feet, up)
     assert 200 <= near.sum() < len(pts)
     assert got is not None and got.source == "depth" and abs(got.offset - 1.5) < 0.02
-
-
-def test_as_uint8_views_bool_masks():
-    m = np.random.default_rng(1).random((5, 6)) > 0.5
-    u = _as_uint8(m)
-    assert u.dtype == np.uint8 and np.shares_memory(u, m) and np.array_equal(u, m.astype(np.uint8))
-    assert np.array_equal(_as_uint8(m.astype(np.int32) * 3), (m * 3).astype(np.uint8))
-
-
-def test_downscale_same_as_resizing_every_frame():
-    rng = np.random.default_rng(2)
-    frames = rng.integers(0, 255, (4, 90, 160, 3), dtype=np.uint8)
-    people = rng.random((4, 90, 160)) > 0.7
-    depth = np.full((4, 90, 160), np.nan, np.float32)
-    depth[0] = rng.uniform(1, 5, (90, 160))
-    depth[2, 40:45, 10:20] = 2.0  # a frame with a little depth: resized, not taken for empty
-    depth[3, 0, 0] = np.inf  # non-finite but not NaN: resized as before
-    intr = np.tile([100.0, 100.0, 80.0, 45.0], (4, 1))
-    grays, p, d, k, s = _downscale(frames, people, depth, intr, 80)
-    size = (80, 45)
-    for t in range(4):
-        assert np.array_equal(p[t], cv2.resize(people[t].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0)
-        want = cv2.resize(depth[t], size, interpolation=cv2.INTER_NEAREST)
-        assert np.array_equal(d[t], want, equal_nan=True) and d[t].dtype == np.float32
-    assert np.isnan(d[1]).all() and np.isfinite(d[2]).any() and np.isinf(d[3]).any()
-    assert np.allclose(k[0], [50.0, 50.0, 40.0, 22.5]) and s == pytest.approx(0.5)
 
 
 class _DepthOracle(torch.nn.Module):
@@ -233,3 +205,48 @@ def test_pipeline_failing_in_the_bodies_stage_joins_the_world_thread(models, tmp
         pl.run_pipeline(SAMPLE, tmp_path, small_options(models, anim_fidelity=False), estimate=failing)
     assert seen["alive"]  # the world thread was running when the bodies stage failed
     assert done and not [t for t in threading.enumerate() if t.name.startswith("body4d-world") and t.is_alive()]
+
+
+# --------------------------------------------------------------------------- PLY meshes
+
+
+def _mesh_bodies(frames: int = 4):
+    from body4d_core.data import Bodies, BodyFlag
+
+    rng = np.random.default_rng(5)
+    b = Bodies.empty([1, 4], frames, (64, 48))
+    params = {k: v.copy() for k, v in b.params.items()}
+    params["cam_t"][:] = rng.normal(0, 1, (2, frames, 3))
+    flags = np.full((2, frames), BodyFlag.VISIBLE, np.uint8)
+    flags[1, 1] = BodyFlag.MISSING  # a missing frame: no file
+    faces = np.array([[0, 1, 2], [2, 3, 4], [5, 6, 7], [7, 8, 29]], np.int32)
+    return b.replace(params=params, flags=flags, vertices=rng.normal(0, 1, (2, frames, 30, 3)).astype(np.float32),
+                     faces=faces)
+
+
+def test_meshes_are_trimesh_bytes(tmp_path):
+    """Every PLY (the first frame by trimesh, the rest packed) has trimesh's exact bytes."""
+    import trimesh
+
+    from body4d_core.export import object_color_float, world_vertices, write_meshes
+
+    bodies = _mesh_bodies()
+    root = write_meshes(bodies, tmp_path / "m")
+    files = sorted(root.rglob("*.ply"))
+    assert len(files) == int(bodies.present.sum()) == 7
+    for i, oid in enumerate(bodies.obj_ids.tolist()):
+        color = (np.append(object_color_float(oid), 1.0) * 255).astype(np.uint8)
+        for t in np.flatnonzero(bodies.present[i]):
+            mesh = trimesh.Trimesh(world_vertices(bodies, i, int(t)), bodies.faces, process=False,
+                                   vertex_colors=np.tile(color, (30, 1)))
+            assert (root / f"person_{oid}" / f"{int(t):08d}.ply").read_bytes() == mesh.export(file_type="ply")
+
+
+def test_ply_packer_refuses_a_layout_it_does_not_write():
+    from body4d_core.export import _ply_packer
+
+    verts = np.zeros((3, 3), np.float32)
+    faces = np.array([[0, 1, 2]])
+    color = np.array([1, 2, 3, 255], np.uint8)
+    assert _ply_packer(b"ply\nformat ascii 1.0\nend_header\n0 0 0\n", verts, faces, color) is None
+    assert _ply_packer(b"no header", verts, faces, color) is None

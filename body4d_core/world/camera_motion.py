@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -170,9 +169,8 @@ def _bearings(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: np.ndarray | None, intr: np.ndarray,
-               max_side: int) -> tuple[list[np.ndarray], Any, Any, np.ndarray, float]:
-    """Gray frames, masks, depth and intrinsics at most ``max_side`` pixels on the long side, and the scale
-    (masks and depth downscaled are per-frame lists: they are only indexed by frame)."""
+               max_side: int) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None, np.ndarray, float]:
+    """Gray frames, masks, depth and intrinsics at most ``max_side`` pixels on the long side, and the scale."""
     import cv2
 
     h, w = frames.shape[1:3]
@@ -183,26 +181,11 @@ def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: np.ndarray 
     sx, sy = size[0] / w, size[1] / h
     grays = [cv2.resize(_gray(f), size, interpolation=cv2.INTER_AREA) for f in frames]
     if people is not None:
-        people = [cv2.resize(_as_uint8(m), size, interpolation=cv2.INTER_NEAREST) > 0 for m in people]
+        people = np.stack([cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+                           for m in people])
     if depth is not None:
-        depth = [_resize_depth(d, size) for d in depth]
+        depth = np.stack([cv2.resize(np.asarray(d, np.float32), size, interpolation=cv2.INTER_NEAREST) for d in depth])
     return grays, people, depth, intr * np.array([sx, sy, sx, sy]), float(np.sqrt(sx * sy))
-
-
-def _as_uint8(mask: np.ndarray) -> np.ndarray:
-    """A mask as uint8 0/1 (a bool mask is viewed, not copied)."""
-    m = np.asarray(mask)
-    return np.ascontiguousarray(m).view(np.uint8) if m.dtype == bool else np.asarray(m, np.uint8)
-
-
-def _resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of one depth map; an all-NaN map (a frame without depth) is not resampled."""
-    import cv2
-
-    d = np.asarray(depth, np.float32)
-    if np.isnan(d[::max(1, d.shape[0] // 8)]).all() and np.isnan(d).all():  # the cheap look decides most frames
-        return np.full((size[1], size[0]), np.nan, np.float32)
-    return cv2.resize(d, size, interpolation=cv2.INTER_NEAREST)
 
 
 def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: np.ndarray | None = None,
