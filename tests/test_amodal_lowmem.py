@@ -1,0 +1,182 @@
+"""Low-memory sampling modes (amodal/lowmem.py): each gives the default path's frames and is really in force."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from body4d_core.amodal.config import SamplerConfig
+from body4d_core.amodal.job import VideoJob
+from body4d_core.amodal.lowmem import MODES, LowMemory, chunked, low_memory_mode, mode_name
+from body4d_core.amodal.models import OnDemand
+from body4d_core.amodal.sampler import VASPipeline
+from body4d_core.errors import InputError
+from body4d_core.testing.amodal import build_vas_parts
+
+T, H, W = 5, 16, 24
+FAST = SamplerConfig(steps=2, decode_chunk_size=4)
+# fp32 on the CPU, frames in [0, 1]: only GEMM/conv batch rounding differs. One UNet call deviates ~1e-6
+# (test_one_unet_call_...); two Euler steps from sigma 700 amplify that to ~2e-5 in the frames, so the frames
+# are held to the tolerance the exact AccelConfig options are held to (tests/test_amodal_accel.py).
+TOL = 1e-4
+CALL_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_vas_parts("tiny", seed=4)
+    return VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+
+
+def conds(b: int = 2, t: int = T, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 1, H, W, generator=g) * 2 - 1, torch.rand(b, t, 3, H, W, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    a, b = conds()
+    return pipe.generate(a, b, [11, 12], FAST)
+
+
+class Calls:
+    """Forward pre-hooks recording the leading-dim size of each call of named module classes, or of their child
+    ``CHILD[name]`` (a routed forward calls the class's forward directly, past the block's own hooks)."""
+
+    CHILD = {"ResnetBlock2D": "conv1", "BasicTransformerBlock": "norm1", "Upsample2D": "conv"}
+
+    def __init__(self, root: torch.nn.Module, names: tuple[str, ...], child: bool = True) -> None:
+        self.rows: dict[str, list[int]] = {}
+        mods = [(type(m).__name__, m) for m in root.modules() if type(m).__name__ in names]
+        self.handles = [(getattr(m, self.CHILD[n]) if child and n in self.CHILD else m).register_forward_pre_hook(
+            self._hook(n), with_kwargs=True) for n, m in mods]
+
+    def _hook(self, name: str):
+        def hook(_m, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.rows.setdefault(name, []).append(int(x.shape[0]))
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def generate(pipe: VASPipeline, mem: LowMemory) -> torch.Tensor:
+    a, b = conds()
+    return pipe.generate(a, b, [11, 12], FAST, memory=mem)
+
+
+def test_default_mode_is_the_default_path(pipe, reference):
+    assert not LowMemory().active and mode_name(LowMemory()) == "default"
+    assert torch.equal(generate(pipe, LowMemory()), reference)
+
+
+def test_sequential_cfg_same_frames_and_two_unet_calls_of_half_the_batch(pipe, reference):
+    calls = Calls(pipe.unet, ("VASUNet",))
+    try:
+        out = generate(pipe, low_memory_mode("sequential_cfg"))
+    finally:
+        calls.close()
+    dev = (out - reference).abs().max().item()
+    print(f"sequential_cfg max abs deviation {dev:.3g}")
+    assert dev <= TOL
+    assert calls.rows["VASUNet"] == [2] * (2 * FAST.steps)  # B videos per call, two calls a step (default: one of 2B)
+
+
+def test_one_unet_call_split_in_cfg_halves_is_exact_to_rounding(pipe):
+    g = torch.Generator().manual_seed(0)
+    x, ctx, ids = torch.randn(4, 5, 12, 8, 12, generator=g), torch.randn(20, 1, 32, generator=g), torch.randn(4, 3)
+    t = torch.tensor(500.0)
+    with torch.no_grad():
+        one = pipe._unet_cfg(x, t, ctx, ids, 1)
+        two = pipe._unet_cfg(x, t, ctx, ids, 2)
+        swapped = pipe._unet_cfg(x, t, ctx.flip(0), ids, 2)
+    dev = (one - two).abs().max().item()
+    print(f"one UNet call vs two CFG halves: max abs deviation {dev:.3g} (values up to {one.abs().max():.3g})")
+    assert dev <= CALL_TOL
+    assert (one - swapped).abs().max().item() > 1e-3  # the halves really get their own context rows
+
+
+def test_unet_batch_of_default_mode_is_2b(pipe):
+    calls = Calls(pipe.unet, ("VASUNet",))
+    try:
+        generate(pipe, LowMemory())
+    finally:
+        calls.close()
+    assert calls.rows["VASUNet"] == [4] * FAST.steps
+
+
+def test_chunked_same_frames_and_blocks_see_chunks(pipe, reference):
+    mem = LowMemory(sequential_cfg=True, frame_chunk=3, encode_frames=1)
+    names = ("ResnetBlock2D", "BasicTransformerBlock", "Upsample2D")
+    calls = Calls(pipe.unet, names)
+    vae = Calls(pipe.vae.encoder, ("Encoder",))
+    dec = Calls(pipe.vae.decoder, ("ResnetBlock2D", "Upsample2D"))
+    try:
+        out = generate(pipe, mem)
+    finally:
+        calls.close(), vae.close(), dec.close()
+    dev = (out - reference).abs().max().item()
+    print(f"chunked max abs deviation {dev:.3g}")
+    assert dev <= TOL
+    # B*T = 10 frames per UNet call -> spatial blocks see chunks of at most 3 frames (3, 3, 3, 1)
+    for name in ("ResnetBlock2D", "BasicTransformerBlock", "Upsample2D"):
+        assert max(calls.rows[name]) <= 3 and 1 in calls.rows[name], name
+    assert max(dec.rows["ResnetBlock2D"]) <= 3 and max(dec.rows["Upsample2D"]) <= 3
+    assert vae.rows["Encoder"] == [1] * (2 * 2 * T)  # one frame per encode call, both conditions
+    assert "forward" not in pipe.unet.down_blocks[0].resnets[0].spatial_res_block.__dict__  # restored after
+
+
+def test_temporal_blocks_run_over_position_slices(pipe):
+    seen: list[tuple[int, ...]] = []
+    blocks = [m for m in pipe.unet.modules() if type(m).__name__ == "TemporalBasicTransformerBlock"]
+    # the block's first LayerNorm sees [batch * positions, frames, C]: its rows tell the positions per call
+    handles = [b.norm1.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape))) for b in blocks]
+    try:
+        x = torch.randn(10, 6, blocks[0].norm1.normalized_shape[0])
+        ctx = torch.randn(2 * 6, 1, pipe.unet.config.cross_attention_dim)
+        with torch.no_grad():
+            ref = blocks[0](x, num_frames=5, encoder_hidden_states=ctx)
+            with chunked([pipe.unet], LowMemory(frame_chunk=4)):
+                seen.clear()
+                got = blocks[0](x, num_frames=5, encoder_hidden_states=ctx)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == [(4, 5, x.shape[-1])] * 3  # 10 rows / chunk 4 -> 3 parts of the 6 positions, 2 videos each
+    assert (got - ref).abs().max().item() <= 1e-6
+
+
+def test_per_network_moves_each_network_for_its_part_only(pipe, reference, monkeypatch):
+    moved: list[str] = []
+    names = {id(pipe.unet): "unet", id(pipe.vae): "vae", id(pipe.image_encoder): "clip"}
+    real_to = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        if id(self) in names:
+            moved.append(f"{names[id(self)]}->{args[0] if args else kwargs}")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    runner = OnDemand(pipe, torch.device("cpu"))
+    job = VideoJob(conds(1)[0][0], conds(1)[1][0], 3, None, 1)
+    base = pipe.run_jobs([job], FAST)
+    moved.clear()
+    out = runner.run_jobs([job], FAST, memory=low_memory_mode("per_network", 3))
+    assert (out[0] - base[0]).abs().max().item() <= TOL
+    assert [m.split("->")[0] for m in moved] == ["clip", "clip", "vae", "vae", "unet", "unet", "vae", "vae"]
+    assert pipe.compute_device is None
+
+
+def test_modes_are_cumulative_and_checked():
+    levels = [low_memory_mode(m) for m in MODES]
+    assert [mode_name(m) for m in levels] == list(MODES)
+    assert levels[1].sequential_cfg and not levels[1].frame_chunk
+    assert levels[2].sequential_cfg and levels[2].frame_chunk and not levels[2].per_network
+    assert levels[3].per_network and levels[3].frame_chunk
+    with pytest.raises(InputError, match="mode must be one of"):
+        low_memory_mode("tiny")
+    with pytest.raises(InputError, match="frame_chunk must be >= 0"):
+        LowMemory(frame_chunk=-1)
+    assert mode_name(LowMemory(frame_chunk=5)) == "custom"
