@@ -230,8 +230,8 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
                  models: ModelCache | None = None, plan: MemoryPlan | None = None) -> Amodal:
-    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
-    networks on the CPU between their passes."""
+    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
+    and may keep the networks on the CPU between their passes."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -241,7 +241,7 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     vas = amodal_models(opts, models, split)
     if split:
         vas = offloaded(vas)
-    budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
+    budget = {"budget_px": plan.amodal_budget_px, "memory": plan.amodal_memory} if plan is not None else {}
     try:
         amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, **budget)
     finally:
@@ -486,6 +486,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.notes += list(plan.notes)
     if plan.cap_gib:
         log.info("%s", plan.describe())
+        if summary.manifest is not None:  # uncapped runs: run.json unchanged
+            summary.manifest.record_memory_plan(plan.describe())
 
     reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
     if reused is not None:

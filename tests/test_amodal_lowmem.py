@@ -7,7 +7,8 @@ import torch
 
 from body4d_core.amodal.config import SamplerConfig
 from body4d_core.amodal.job import VideoJob
-from body4d_core.amodal.lowmem import MODES, LowMemory, chunked, low_memory_mode, mode_name
+from body4d_core.amodal import lowmem
+from body4d_core.amodal.lowmem import SEQUENTIAL, LowMemory, chunked, chunked_mode
 from body4d_core.amodal.models import OnDemand
 from body4d_core.amodal.sampler import VASPipeline
 from body4d_core.errors import InputError
@@ -68,14 +69,14 @@ def generate(pipe: VASPipeline, mem: LowMemory) -> torch.Tensor:
 
 
 def test_default_mode_is_the_default_path(pipe, reference):
-    assert not LowMemory().active and mode_name(LowMemory()) == "default"
+    assert not LowMemory().active and LowMemory().describe() == "default"
     assert torch.equal(generate(pipe, LowMemory()), reference)
 
 
 def test_sequential_cfg_same_frames_and_two_unet_calls_of_half_the_batch(pipe, reference):
     calls = Calls(pipe.unet, ("VASUNet",))
     try:
-        out = generate(pipe, low_memory_mode("sequential_cfg"))
+        out = generate(pipe, SEQUENTIAL)
     finally:
         calls.close()
     dev = (out - reference).abs().max().item()
@@ -163,20 +164,76 @@ def test_per_network_moves_each_network_for_its_part_only(pipe, reference, monke
     job = VideoJob(conds(1)[0][0], conds(1)[1][0], 3, None, 1)
     base = pipe.run_jobs([job], FAST)
     moved.clear()
-    out = runner.run_jobs([job], FAST, memory=low_memory_mode("per_network", 3))
+    out = runner.run_jobs([job], FAST, memory=LowMemory(per_network=True))
     assert (out[0] - base[0]).abs().max().item() <= TOL
     assert [m.split("->")[0] for m in moved] == ["clip", "clip", "vae", "vae", "unet", "unet", "vae", "vae"]
     assert pipe.compute_device is None
 
 
-def test_modes_are_cumulative_and_checked():
-    levels = [low_memory_mode(m) for m in MODES]
-    assert [mode_name(m) for m in levels] == list(MODES)
-    assert levels[1].sequential_cfg and not levels[1].frame_chunk
-    assert levels[2].sequential_cfg and levels[2].frame_chunk and not levels[2].per_network
-    assert levels[3].per_network and levels[3].frame_chunk
-    with pytest.raises(InputError, match="mode must be one of"):
-        low_memory_mode("tiny")
+def test_streamed_unet_copies_each_block_in_for_its_own_call_only(pipe, reference, monkeypatch):
+    copies: list[int] = []
+    inside: list[bool] = []
+
+    def to_device(t, device):
+        copies.append(t.numel())
+        return t.clone()  # a distinct "device" copy, so a block's weights can be told apart from the host ones
+
+    monkeypatch.setattr(lowmem, "_to_device", to_device)
+    host = {id(p): p.data for p in pipe.unet.parameters()}
+    block = pipe.unet.up_blocks[0].resnets[0]  # inside a streamed block: runs after the block's own swap-in
+    probe = block.register_forward_pre_hook(lambda m, a: inside.append(all(
+        p.data.data_ptr() != host[id(p)].data_ptr() for p in m.parameters())))
+    runner = OnDemand(pipe, torch.device("cpu"))
+    job = VideoJob(conds(1)[0][0], conds(1)[1][0], 3, None, 1)
+    try:
+        base = pipe.run_jobs([job], FAST)
+        copies.clear(), inside.clear()
+        out = runner.run_jobs([job], FAST, memory=chunked_mode(3, per_network=True, stream_unet=True))
+    finally:
+        probe.remove()
+    assert (out[0] - base[0]).abs().max().item() <= TOL
+    n_unet = sum(p.numel() for p in pipe.unet.parameters()) + sum(b.numel() for b in pipe.unet.buffers())
+    calls = 2 * FAST.steps  # sequential CFG: two UNet calls a step, each copies every block in once
+    assert sum(copies) == n_unet - sum(p.numel() for b in [*pipe.unet.down_blocks, pipe.unet.mid_block,
+                                                          *pipe.unet.up_blocks] for p in lowmem._block_tensors(b)) \
+        + calls * sum(p.numel() for b in [*pipe.unet.down_blocks, pipe.unet.mid_block, *pipe.unet.up_blocks]
+                      for p in lowmem._block_tensors(b))
+    assert inside and all(inside)  # the probed block ran on its copies; afterwards the host weights are back
+    assert all(p.data.data_ptr() == host[id(p)].data_ptr() for p in pipe.unet.parameters())
+
+
+def test_low_memory_options_are_checked_and_described():
+    assert SEQUENTIAL.describe() == "sequential CFG"
+    mode = chunked_mode(8, per_network=True, stream_unet=True)
+    assert mode.describe() == ("sequential CFG, blocks over 8-frame chunks, VAE encode 1 frame(s) a call, "
+                               "networks on the GPU one at a time, UNet blocks streamed to the GPU")
     with pytest.raises(InputError, match="frame_chunk must be >= 0"):
         LowMemory(frame_chunk=-1)
-    assert mode_name(LowMemory(frame_chunk=5)) == "custom"
+    with pytest.raises(InputError, match="stream_unet needs per_network"):
+        LowMemory(stream_unet=True)
+
+
+def test_in_place_blend_is_bit_identical_and_falls_back_when_unsafe():
+    unet = build_vas_parts("tiny", seed=5)["unet"]  # its own UNet: the mix factors are changed below
+    blenders = [m for m in unet.modules() if type(m).__name__ == "AlphaBlender"]
+    g = torch.Generator().manual_seed(3)
+    for m in blenders[:2]:
+        with torch.no_grad():
+            m.mix_factor.fill_(0.3)
+        for shape, ind in (((2, 8, 5, 4, 6), torch.zeros(2, 5)), ((10, 24, 8), torch.zeros(2, 5))):
+            xs, xt = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+            ref = m(x_spatial=xs, x_temporal=xt.clone(), image_only_indicator=ind)
+            got_t = xt.clone()
+            got = lowmem._blend_in_place(2, m, xs, got_t, ind)
+            assert torch.equal(got, ref) and got is got_t  # written into the temporal input, same bits
+            view = xs[:, :]  # aliasing the spatial input: not safe in place, the module's own forward runs
+            assert torch.equal(lowmem._blend_in_place(2, m, xs, view, ind), m(x_spatial=xs, x_temporal=view,
+                                                                              image_only_indicator=ind))
+            assert torch.equal(view, xs)
+
+
+def test_chunking_alone_matches_the_default(pipe, reference):
+    out = generate(pipe, LowMemory(frame_chunk=3))  # the CFG batch of 2B, per-frame work in chunks of 3
+    dev = (out - reference).abs().max().item()
+    print(f"chunking alone: max abs deviation {dev:.3g}")
+    assert dev <= TOL

@@ -1,18 +1,25 @@
 """Low-memory sampling modes of Diffusion-VAS, chosen by the memory plan (not user flags); same numbers.
 
-Cheapest first (``MODES``; each adds to the one before):
+The options of ``LowMemory`` (memory_plan.py combines them cheapest first):
 
 - ``sequential_cfg``: classifier-free guidance runs the unconditional and conditional halves as two
   UNet calls of B videos instead of one batch of 2B (the rows are independent: equal up to GEMM
   batch rounding). Halves the UNet's activations.
-- ``chunked``: the UNet's and the VAE decoder's per-frame work runs over ``frame_chunk`` frames at a
-  time: the spatial resnets (GroupNorm per frame), the spatial transformer blocks (attention within
+- ``frame_chunk``: the UNet's and the VAE decoder's per-frame work runs over ``frame_chunk`` frames at
+  a time: the spatial resnets (GroupNorm per frame), the spatial transformer blocks (attention within
   a frame), the 2-D upsamplers; the temporal transformer blocks run over slices of spatial positions
   (attention over frames per position). All exact: only independent rows are split. The temporal
   resnets are not split (their GroupNorm spans all frames and positions). The feed-forward layers
-  inside see only a chunk's rows, and the VAE encoder takes ``encode_frames`` frames a call (exact).
+  inside see only a chunk's rows. The spatial/temporal blends (``AlphaBlender``,
+  ``a * spatial + (1 - a) * temporal``) are written into the temporal input slice by slice instead of
+  into two new full-size products and their sum: the same elementwise operations on the same values
+  (bit-identical); the temporal input is the block's own fresh output, which nothing reads afterwards.
+- ``encode_frames``: frames per VAE encode call (the encoder is per-frame 2-D: exact).
 - ``per_network``: UNet, VAE and CLIP encoder stay on the CPU and each moves to the GPU only for its
-  own part of a batch (with the plan's per-pass offload: one network's weights on the GPU at a time).
+  own part of a batch (the plan's per-pass offload keeps the whole pipeline there between passes).
+- ``stream_unet``: besides, the UNet's down/mid/up blocks are on the GPU one at a time during a call
+  (weights copied in from pinned host memory, dropped after): the UNet's weights on the GPU shrink to
+  its largest block, at the price of copying all of them once per UNet call.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-MODES = ("default", "sequential_cfg", "chunked", "per_network")
 _TAG = "_body4d_lowmem"
 
 
@@ -41,38 +47,36 @@ class LowMemory:
     frame_chunk: int = 0  # frames per call of the per-frame blocks (0 = all at once)
     encode_frames: int = 0  # frames per VAE encode call (0 = the AccelConfig's)
     per_network: bool = False  # UNet / VAE / CLIP on the GPU only for their own part
+    stream_unet: bool = False  # with per_network: the UNet's large blocks on the GPU one at a time
 
     def __post_init__(self) -> None:
         for name in ("frame_chunk", "encode_frames"):
             if getattr(self, name) < 0:
                 raise InputError(f"amodal low-memory {name} must be >= 0, got {getattr(self, name)}")
+        if self.stream_unet and not self.per_network:
+            raise InputError("amodal low-memory stream_unet needs per_network")
 
     @property
     def active(self) -> bool:
         return self != LowMemory()
 
     def describe(self) -> str:
-        """The mode's name as the plan prints it."""
-        return mode_name(self)
+        """What is on, as the plan prints it ('default' when nothing is)."""
+        parts = [name for name, on in (("sequential CFG", self.sequential_cfg),
+                                       (f"blocks over {self.frame_chunk}-frame chunks", self.frame_chunk),
+                                       (f"VAE encode {self.encode_frames} frame(s) a call", self.encode_frames),
+                                       ("networks on the GPU one at a time", self.per_network),
+                                       ("UNet blocks streamed to the GPU", self.stream_unet)) if on]
+        return ", ".join(parts) or "default"
 
 
-def low_memory_mode(name: str, frame_chunk: int = 8) -> LowMemory:
-    """The ``LowMemory`` of a mode in ``MODES`` (each includes the cheaper ones)."""
-    if name not in MODES:
-        raise InputError(f"amodal low-memory mode must be one of {', '.join(MODES)}, got {name!r}")
-    level = MODES.index(name)
-    if level == 0:
-        return LowMemory()
-    chunk = dict(frame_chunk=frame_chunk, encode_frames=1) if level >= 2 else {}
-    return LowMemory(sequential_cfg=True, per_network=level >= 3, **chunk)
+SEQUENTIAL = LowMemory(sequential_cfg=True)
 
 
-def mode_name(mem: LowMemory) -> str:
-    """The name of the cheapest mode in ``MODES`` that ``mem`` is (or 'custom')."""
-    for name in MODES:
-        if low_memory_mode(name, mem.frame_chunk or 8) == mem:
-            return name
-    return "custom"
+def chunked_mode(frame_chunk: int = 8, per_network: bool = False, stream_unet: bool = False) -> LowMemory:
+    """Sequential CFG + per-frame blocks over ``frame_chunk`` frames + one-frame VAE encodes (+ placement)."""
+    return LowMemory(sequential_cfg=True, frame_chunk=frame_chunk, encode_frames=1, per_network=per_network,
+                     stream_unet=stream_unet)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -109,6 +113,32 @@ def _positions_chunked(size: int, module: nn.Module, hidden: torch.Tensor, num_f
             ctx = ctx.reshape(batch, seq, *ctx.shape[1:])[:, s].reshape(-1, *ctx.shape[1:])
         outs.append(type(module).forward(module, hidden[:, s], num_frames, ctx))
     return torch.cat(outs, dim=1)
+
+
+def _blend_in_place(size: int, module: nn.Module, x_spatial: torch.Tensor, x_temporal: torch.Tensor,
+                    image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' AlphaBlender (``a * spatial + (1 - a) * temporal``) computed into ``x_temporal`` over slices of
+    positions (bit-identical elementwise operations); falls back to the module where that is not safe."""
+    alpha = module.get_alpha(image_only_indicator, x_spatial.ndim).to(x_spatial.dtype)
+    if module.switch_spatial_to_temporal_mix:
+        alpha = 1.0 - alpha
+    if alpha.ndim < x_spatial.ndim:  # the fixed / learned strategies: one value
+        alpha = alpha.reshape((1,) * (x_spatial.ndim - alpha.ndim) + tuple(alpha.shape))
+    beta = 1.0 - alpha
+    dim = 3 if x_spatial.ndim == 5 else 1  # [B, C, T, H, W]: rows of H; [B*T, S, C]: positions
+    safe = (x_temporal.shape == x_spatial.shape and x_temporal.is_contiguous() and x_temporal.ndim in (3, 5)
+            and torch.result_type(alpha, x_spatial) == x_temporal.dtype == x_spatial.dtype
+            and not torch._C._is_alias_of(x_temporal, x_spatial) and alpha.ndim == x_spatial.ndim
+            and alpha.shape[dim] == 1)
+    if not safe:
+        return type(module).forward(module, x_spatial, x_temporal, image_only_indicator)
+    frames = x_spatial.shape[0] * (x_spatial.shape[2] if x_spatial.ndim == 5 else 1)
+    n = x_spatial.shape[dim]
+    step = -(-n // max(1, -(-frames // size)))
+    for s in _chunks(n, step):
+        seg = x_temporal.narrow(dim, s.start, s.stop - s.start)
+        seg.mul_(beta).add_(alpha * x_spatial.narrow(dim, s.start, s.stop - s.start))
+    return x_temporal
 
 
 def _route(module: nn.Module, pick: Callable[[nn.Module], bool], fn: Callable[..., torch.Tensor], *args) -> int:
@@ -157,10 +187,68 @@ def chunked(modules: list[nn.Module], mem: LowMemory) -> Iterator[int]:
             n += _route(root, lambda m, s=spatial: id(m) in s, _rows_chunked, mem.frame_chunk)
             n += _route(root, _named("Upsample2D"), _rows_chunked, mem.frame_chunk)
             n += _route(root, _named("TemporalBasicTransformerBlock"), _positions_chunked, mem.frame_chunk)
+            n += _route(root, _named("AlphaBlender"), _blend_in_place, mem.frame_chunk)
         yield n
     finally:
         for root in modules:
             _unroute(root)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One weight's device copy (a function of its own so tests can see every copy)."""
+    return t.to(device, non_blocking=True)
+
+
+def _block_tensors(block: nn.Module) -> list[torch.Tensor]:
+    return [*block.parameters(), *block.buffers()]
+
+
+@contextlib.contextmanager
+def streamed(unet: nn.Module, device: torch.device) -> Iterator[int]:
+    """Inside, the UNet's small parts are on ``device`` and each of its down/mid/up blocks only during its own
+    forward (host copies pinned once, kept; the device copies dropped after each block). Yields the blocks."""
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    inside = {id(t) for b in blocks for t in _block_tensors(b)}
+    small = [t for t in [*unet.parameters(), *unet.buffers()] if id(t) not in inside]
+    host = {id(t): t.data for t in [*unet.parameters(), *unet.buffers()]}
+    if device.type == "cuda" and not getattr(unet, "_body4d_pinned", False):
+        for t in [*unet.parameters(), *unet.buffers()]:
+            t.data = host[id(t)] = t.data.pin_memory()
+        unet._body4d_pinned = True
+
+    def swap_in(block: nn.Module, *_: object) -> None:
+        for t in _block_tensors(block):
+            t.data = _to_device(host[id(t)], device)
+
+    def swap_out(block: nn.Module, *_: object) -> None:
+        for t in _block_tensors(block):
+            t.data = host[id(t)]
+
+    hooks = [h for b in blocks for h in (b.register_forward_pre_hook(swap_in), b.register_forward_hook(swap_out))]
+    for t in small:
+        t.data = _to_device(host[id(t)], device)
+    try:
+        yield len(blocks)
+    finally:
+        for h in hooks:
+            h.remove()
+        for b in blocks:
+            swap_out(b)
+        for t in small:
+            t.data = host[id(t)]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def unet_placed(unet: nn.Module, device: torch.device, mem: LowMemory) -> Iterator[None]:
+    """The UNet on ``device`` as ``mem`` says: streamed block by block, moved for the pass, or as it is."""
+    if mem.stream_unet:
+        with streamed(unet, device):
+            yield
+    else:
+        with placed(unet, device, mem.per_network):
+            yield
 
 
 @contextlib.contextmanager

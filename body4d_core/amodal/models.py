@@ -116,11 +116,7 @@ class OnDemand:
         """The part's run_jobs on the compute device; with a ``memory`` of LowMemory.per_network the part stays
         on the CPU and moves each network to the device only for its own pass (VASPipeline.generate)."""
         if getattr(kwargs.get("memory"), "per_network", False):
-            self.part.compute_device = self.compute_device
-            try:
-                return self.part.run_jobs(*args, **kwargs)
-            finally:
-                self.part.compute_device = None
+            return self.part.run_jobs(*args, device=self.compute_device, **kwargs)
         with self._on_device():
             return self.part.run_jobs(*args, **kwargs)
 

@@ -33,7 +33,7 @@ from ..runtime import NULL_HOOKS, Hooks, autocast, run_with_oom_retry
 from .accel import AccelConfig, apply_accel, apply_vae_accel
 from .config import SamplerConfig
 from .job import VideoJob
-from .lowmem import LowMemory, chunked, placed
+from .lowmem import LowMemory, chunked, placed, unet_placed
 from .occlusion import blend_weights, plan_windows
 from .unet import VASUNet
 
@@ -315,7 +315,7 @@ class VASPipeline:
         udtype = next(self.unet.parameters()).dtype
         t0 = self._tick("encode", t0)
         halves = 2 if memory.sequential_cfg else 1
-        with placed(self.unet, dev, split), chunked([self.unet], memory):
+        with unet_placed(self.unet, dev, memory), chunked([self.unet], memory):
             for i, tstep in enumerate(self.scheduler.timesteps):
                 hooks.check_interrupt()
                 inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
@@ -345,7 +345,8 @@ class VASPipeline:
                                     ids[k * n:(k + 1) * n])[0].float() for k in range(2)])
 
     def run_jobs(self, jobs: Sequence[VideoJob], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
-                 budget_px: int = 1 << 20, memory: LowMemory = LowMemory()) -> list[torch.Tensor]:
+                 budget_px: int = 1 << 20, memory: LowMemory = LowMemory(), device: torch.device | None = None
+                 ) -> list[torch.Tensor]:
         """Denoise many videos of any length: windows with cross-faded overlaps, videos batched.
 
         ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
@@ -353,8 +354,15 @@ class VASPipeline:
         so the numbers do not change) while the previous batch runs. Returns frames
         [T, 3, h, w] in [0, 1] on the CPU, one per job. With AccelConfig.skip_unkept, windows
         with no kept frame (``VideoJob.keep``) are not run and frames not kept may be zeros.
-        ``memory``: the memory plan's low-memory mode (``generate``).
+        ``memory``: the memory plan's low-memory mode (``generate``); ``device``: where to compute while the
+        networks are held on the CPU (LowMemory.per_network; None: where the UNet is).
         """
+        if device is not None:
+            self.compute_device = torch.device(device)
+            try:
+                return self.run_jobs(jobs, sampler, hooks, budget_px, memory)
+            finally:
+                self.compute_device = None
         plans = {j: plan_windows(0, job.length, sampler.window, sampler.overlap) for j, job in enumerate(jobs)}
         weights = {j: dict(zip(w, blend_weights(w, 0, jobs[j].length))) for j, w in plans.items()}
         outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
