@@ -211,9 +211,10 @@ def streamed(unet: nn.Module, device: torch.device) -> Iterator[int]:
     inside = {id(t) for b in blocks for t in _block_tensors(b)}
     small = [t for t in [*unet.parameters(), *unet.buffers()] if id(t) not in inside]
     host = {id(t): t.data for t in [*unet.parameters(), *unet.buffers()]}
-    if device.type == "cuda" and not getattr(unet, "_body4d_pinned", False):
+    if device.type == "cuda" and not getattr(unet, "_body4d_pinned", False):  # once: later copies are async
         for t in [*unet.parameters(), *unet.buffers()]:
-            t.data = host[id(t)] = t.data.pin_memory()
+            if t.device.type == "cpu":
+                t.data = host[id(t)] = t.data.pin_memory()
         unet._body4d_pinned = True
 
     def swap_in(block: nn.Module, *_: object) -> None:
@@ -253,14 +254,19 @@ def unet_placed(unet: nn.Module, device: torch.device, mem: LowMemory) -> Iterat
 
 @contextlib.contextmanager
 def placed(module: nn.Module, device: torch.device, on: bool) -> Iterator[None]:
-    """``on``: ``module`` on ``device`` inside, back on the CPU after (its cached memory freed); else nothing."""
+    """``on``: ``module``'s weights on ``device`` inside (copies of the host tensors, which stay as they are, so
+    nothing is copied back), the host tensors again after and the device copies freed; else nothing."""
     if not on:
         yield
         return
-    module.to(device)
+    tensors = [*module.parameters(), *module.buffers()]
+    host = [t.data for t in tensors]
+    for t, h in zip(tensors, host):
+        t.data = _to_device(h, device)
     try:
         yield
     finally:
-        module.to("cpu")
+        for t, h in zip(tensors, host):
+            t.data = h
         if device.type == "cuda":
             torch.cuda.empty_cache()
