@@ -2,8 +2,10 @@
 
 ``plan_memory`` turns the run profile's ``vram_gb`` (and the memory free on the device) into the
 SAM-3D-Body batch, the amodal sampler's per-call budget (how many people/windows are denoised
-together), the render batch and whether models leave the GPU between uses; a cap that no batch
-size can meet is refused with one sentence naming the stage, what it needs and what to change.
+together) and, where one window does not fit with the default sampler, its low-memory mode
+(amodal/lowmem.py: same frames, less memory, some speed), the render batch and whether models leave
+the GPU between uses; a cap that nothing can meet is refused with one sentence naming the stage,
+what it needs and what to change.
 The per-stage needs are estimates (GiB) from the whole-pipeline bench's peaks
 (bench/bench_pipeline.py ``--vram-cap`` measures them again). ``check_host_ram`` is the one
 host-RAM check (frames, packed masks, render outputs).
