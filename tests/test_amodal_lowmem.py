@@ -249,3 +249,38 @@ def test_chunking_alone_matches_the_default(pipe, reference):
     dev = (out - reference).abs().max().item()
     print(f"chunking alone: max abs deviation {dev:.3g}")
     assert dev <= TOL
+
+
+def test_whole_stage_in_the_lowest_memory_mode_matches_the_default(pipe):
+    """run_amodal with the networks held on the CPU (OnDemand) and every option on: the same flags, masks and
+    completed frames as the default path (TruthMask: known amodal masks, real completion and depth)."""
+    import numpy as np
+
+    from body4d_core.amodal.config import OcclusionConfig
+    from body4d_core.amodal.models import AmodalModels, DepthEstimator, offloaded
+    from body4d_core.amodal.stage import run_amodal
+    from body4d_core.data import Tracks
+    from body4d_core.testing.amodal import build_depth_model
+
+    from .test_amodal_pipeline import TruthMask, _clip
+
+    class Known(TruthMask):  # the known amodal masks; takes the plan's keywords like a real sampler
+        def run_jobs(self, jobs, sampler, hooks=None, budget_px=0, **low):
+            return super().run_jobs(jobs, sampler, hooks, budget_px)
+
+    frames, gt, vis = _clip(6)
+    tracks = Tracks.from_masks([4], vis[None])
+    depth, prep = build_depth_model("tiny", seed=2)
+    occ = OcclusionConfig(detection_resolution=(16, 24), completion_resolution=(32, 48))
+    models = AmodalModels(Known(gt), pipe, DepthEstimator(depth, prep))
+    ref, _ = run_amodal(frames, tracks, models, occ, FAST)
+    calls = Calls(pipe.unet, ("VASUNet",))
+    try:
+        low, _ = run_amodal(frames, tracks, offloaded(models), occ, FAST,
+                            memory=chunked_mode(2, per_network=True, stream_unet=True))
+    finally:
+        calls.close()
+    assert calls.rows["VASUNet"] == [1] * (2 * FAST.steps)  # one completion window, CFG halves of one video
+    assert np.array_equal(low.occluded, ref.occluded) and np.array_equal(low.packed_amodal, ref.packed_amodal)
+    assert np.array_equal(low.completed_index, ref.completed_index) and ref.completed_rgb.size
+    assert np.abs(low.completed_rgb.astype(int) - ref.completed_rgb.astype(int)).max() <= 1  # uint8 rounding

@@ -233,3 +233,15 @@ def test_pipeline_passes_the_planned_low_memory_mode_to_the_sampler(monkeypatch)
     with pytest.raises(RuntimeError, match="stop"):
         pipeline.stage_amodal(np.zeros((2, 8, 8, 3), np.uint8), None, pipeline.PipelineOptions(), None, plan=plan)
     assert seen == {"budget_px": 123, "memory": SEQUENTIAL}
+
+
+def test_the_plan_is_recorded_in_run_json(tmp_path):
+    import json
+
+    from body4d_core.manifest import Manifest
+
+    man = Manifest(tmp_path, {"status": "running"})
+    text = plan_memory(EX02, cap_gb=12).describe()
+    man.record_memory_plan(text)
+    data = json.loads((tmp_path / man.path.name).read_text())
+    assert data["memory_plan"] == text and "sequential CFG" in data["memory_plan"] and data["status"] == "running"
