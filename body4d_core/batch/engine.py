@@ -6,10 +6,10 @@ worker is a long-lived actor holding one GPU (on a machine without GPUs: one CPU
 Where the pipeline takes decoded frames, each video is decoded ahead by a CPU task of its own
 (at most one per worker waits in Ray's object store), so a GPU worker goes from one video's
 last stage straight to the next video's first. With ``split`` the videos run one at a time and
-each one's body and amodal stages are shared by every worker. A video whose worker dies is
-reported failed and the worker is replaced; Ctrl-C stops the workers and writes the summary;
-every video folder keeps its run.json, so the next batch skips finished videos and resumes the
-others from their finished stages.
+each one's body and amodal stages and its overlay render are shared by every worker. A video
+whose worker dies is reported failed and the worker is replaced; Ctrl-C stops the workers and
+writes the summary; every video folder keeps its run.json, so the next batch skips finished
+videos and resumes the others from their finished stages.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class WorkerPool:
         ray = import_ray()
         self.spec = spec
         # threads: the video, the driver's status questions, a body-stage shard of a video run by any worker
-        self._cls = ray.remote(VideoWorker).options(num_gpus=spec.gpus, num_cpus=spec.cpus, max_concurrency=3)
+        # (or a split render's two ranges: one rendering, one waiting for it)
+        self._cls = ray.remote(VideoWorker).options(num_gpus=spec.gpus, num_cpus=spec.cpus, max_concurrency=4)
         self._made = 0
         self.actors = [self._new() for _ in range(spec.count)]
         ray.get([a.ready.remote() for a in self.actors])
