@@ -80,6 +80,7 @@ class MemoryPlan:
     release_cached: bool  # models kept by a long-lived caller leave the GPU after their stage
     notes: tuple[str, ...] = ()
     amodal_memory: LowMemory = LowMemory()  # the amodal sampler's low-memory mode (default: none)
+    amodal_fallbacks: tuple[LowMemory, ...] = ()  # lower-memory modes to rerun the stage in after a CUDA OOM
 
     def offloaded(self) -> list[str]:
         """What leaves the GPU between uses (for logs and the bench)."""
@@ -91,7 +92,12 @@ class MemoryPlan:
         cap = f"cap {self.cap_gib:g} GiB" if self.cap_gib else "no memory cap"
         off = ", ".join(self.offloaded()) or "nothing"
         return (f"memory plan ({cap}): bodies batch {self.bodies_batch}, amodal budget {self.amodal_budget_px} px, "
-                f"amodal sampler: {self.amodal_memory.describe()}, render batch {self.render_batch}, offloaded: {off}")
+                f"amodal sampler: {self.amodal_memory.describe()}{self._fallbacks()}, render batch {self.render_batch}, "
+                f"offloaded: {off}")
+
+    def _fallbacks(self) -> str:
+        n = len(self.amodal_fallbacks)
+        return f" ({n} lower-memory mode{'s' if n > 1 else ''} to fall back to on out-of-memory)" if n else ""
 
 
 def plan_memory(work: Work, cap_gb: float = 0.0, offload: str = "auto", on_cuda: bool = True,
@@ -118,12 +124,12 @@ def plan_memory(work: Work, cap_gb: float = 0.0, offload: str = "auto", on_cuda:
         _require(room >= MOGE_GIB, "MoGe-2 (camera, world depth)", MOGE_GIB + MARGIN_GIB, cap,
                  "--fov none and --world_depth_every 0, or a larger --vram_gb")
     bodies = _bodies_batch(work, room, cap)
-    budget, offload_amodal, low = (_amodal_budget(work, room, cap, offload) if work.amodal
-                                   else (DEFAULT_BUDGET_PX, False, LowMemory()))
+    budget, offload_amodal, low, later = (_amodal_budget(work, room, cap, offload) if work.amodal
+                                          else (DEFAULT_BUDGET_PX, False, LowMemory(), ()))
     px = work.height * work.width / 2**20
     render = max(1, min(work.render_batch, int(room / max(RENDER_GIB_PER_MPX * px, 1e-6))))
     plan = MemoryPlan(cap, bodies, budget, render, offload_amodal or offload == "always", offload != "never",
-                      tuple(notes), low)
+                      tuple(notes), low, later)
     log.info("%s", plan.describe())
     return plan
 
@@ -137,10 +143,12 @@ def _bodies_batch(work: Work, room: float, cap: float) -> int:
     return max(1, min(work.body_batch, int((room - fixed) / per)))
 
 
-def _amodal_budget(work: Work, room: float, cap: float, offload: str) -> tuple[int, bool, LowMemory]:
-    """The amodal per-call budget (latent pixel-frames), whether its networks are offloaded per pass and the
-    sampler's low-memory mode: the default mode where one window fits (resident, else offloaded), else the
-    cheapest low-memory mode that fits (``_low_memory_modes``); refused when none does."""
+def _amodal_budget(work: Work, room: float, cap: float, offload: str
+                   ) -> tuple[int, bool, LowMemory, tuple[LowMemory, ...]]:
+    """The amodal per-call budget (latent pixel-frames), whether its networks are offloaded per pass, the
+    sampler's low-memory mode and the lower ones to fall back to: the default mode where one window fits
+    (resident, else offloaded), else the cheapest low-memory mode that fits (``_low_memory_modes``); refused
+    when none does."""
     h, w = work.completion_resolution
     one_window = 2 * work.amodal_window * (h // 8) * (w // 8)  # the smallest call: one video window, CFG
     one_gib = AMODAL_GIB_PER_MPX * one_window / 2**20
@@ -149,18 +157,26 @@ def _amodal_budget(work: Work, room: float, cap: float, offload: str) -> tuple[i
     weights = VAS_WEIGHTS_GIB if offload_amodal else resident
     if room >= weights + one_gib:
         budget = int((room - weights) / AMODAL_GIB_PER_MPX * 2**20)
-        return max(one_window, min(DEFAULT_BUDGET_PX, budget)), offload_amodal, LowMemory()
+        modes = _low_memory_modes(work, offload)
+        return (max(one_window, min(DEFAULT_BUDGET_PX, budget)), offload_amodal, LowMemory(),
+                _fallbacks(modes, weights + one_gib, offload_amodal))
     modes = _low_memory_modes(work, offload)
     for need, offloaded, low in modes:
         if room >= need:
             log.info("memory plan: amodal sampler in low-memory mode (%s), about %.1f GiB", low.describe(), need)
-            return one_window, offloaded, low
+            return one_window, offloaded, low, _fallbacks(modes, need, offloaded)
     least = min(need for need, _, _ in modes) if modes else weights + one_gib
     fix = ("--no_amodal, a smaller --amodal_resolution, or a larger --vram_gb" if offload != "never" else
            "--offload auto, --no_amodal or a larger --vram_gb")
     _require(False, f"amodal completion (one {work.amodal_window}-frame window at {w}x{h})", least + MARGIN_GIB, cap,
              fix)
     raise AssertionError("unreachable")
+
+
+def _fallbacks(modes: list[tuple[float, bool, LowMemory]], need: float, offloaded: bool) -> tuple[LowMemory, ...]:
+    """The modes needing less than ``need`` that run with the networks where the plan puts them (held on the
+    CPU when ``offloaded``, else resident: then only modes that place nothing), in the ladder's order."""
+    return tuple(m for n, off, m in modes if n < need and (off if offloaded else not m.per_network))
 
 
 def _low_memory_modes(work: Work, offload: str) -> list[tuple[float, bool, LowMemory]]:
@@ -203,7 +219,7 @@ def _require(ok: bool, stage: str, need_gib: float, cap: float, fix: str) -> Non
 def _with_note(plan: MemoryPlan, note: str) -> MemoryPlan:
     log.warning("%s", note)
     return MemoryPlan(plan.cap_gib, plan.bodies_batch, plan.amodal_budget_px, plan.render_batch, plan.offload_amodal,
-                      plan.release_cached, (*plan.notes, note), plan.amodal_memory)
+                      plan.release_cached, (*plan.notes, note), plan.amodal_memory, plan.amodal_fallbacks)
 
 
 def check_host_ram(need_bytes: int, what: str, advice: str, fraction: float = 1.0,

@@ -245,3 +245,37 @@ def test_the_plan_is_recorded_in_run_json(tmp_path):
     man.record_memory_plan(text)
     data = json.loads((tmp_path / man.path.name).read_text())
     assert data["memory_plan"] == text and "sequential CFG" in data["memory_plan"] and data["status"] == "running"
+
+
+def test_out_of_memory_reruns_the_amodal_stage_in_the_lower_modes(monkeypatch):
+    from body4d_core.amodal import stage as amodal_stage
+    from body4d_core.amodal.lowmem import SEQUENTIAL, LowMemory, chunked_mode
+
+    plan16 = plan_memory(EX02, cap_gb=16)
+    assert plan16.amodal_memory == LowMemory() and plan16.amodal_fallbacks[0] == SEQUENTIAL
+    assert "5 lower-memory modes to fall back to" in plan16.describe()
+    assert plan_memory(EX02, cap_gb=8).amodal_fallbacks == ()  # nothing below the lowest mode
+    assert all(not m.per_network for m in plan_memory(EX02, cap_gb=24).amodal_fallbacks)  # resident networks
+
+    seen: list[tuple[int, LowMemory]] = []
+    fail = {"left": 2}
+
+    def fake_run(frames, tracks, vas, occ, sampler, hooks=None, budget_px=0, memory=None):
+        seen.append((budget_px, memory))
+        if fail["left"]:
+            fail["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "amodal", type("S", (), {"segments": {}, "timings": {}, "detected": {}, "completed_frames": 0})()
+
+    monkeypatch.setattr(amodal_stage, "run_amodal", fake_run)
+    monkeypatch.setattr(pipeline, "amodal_models", lambda opts, models=None, offload=False: object())
+    monkeypatch.setattr("body4d_core.amodal.models.offloaded", lambda vas: vas)
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    out = pipeline.stage_amodal(frames, None, pipeline.PipelineOptions(), None, plan=plan16)
+    assert out == "amodal"
+    assert seen == [(plan16.amodal_budget_px, LowMemory()), (1, SEQUENTIAL),
+                    (1, LowMemory(sequential_cfg=True, per_network=True))]
+    fail["left"], seen[:] = 99, []  # out of memory in every mode: the last error reaches the caller
+    with pytest.raises(torch.OutOfMemoryError):
+        pipeline.stage_amodal(frames, None, pipeline.PipelineOptions(), None, plan=plan16)
+    assert seen[-1] == (1, chunked_mode(mp.FRAME_CHUNK, per_network=True, stream_unet=True)) and len(seen) == 6
