@@ -25,6 +25,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -242,8 +243,8 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     if split:
         vas = offloaded(vas)
     try:
-        amodal, stats = _amodal_in_plan(lambda **kw: run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler,
-                                                                hooks=hooks, **kw), plan)
+        amodal, stats = _amodal_in_plan(partial(run_amodal, torch.from_numpy(frames), tracks, vas, occ, sampler,
+                                                hooks=hooks), plan)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
