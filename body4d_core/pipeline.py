@@ -25,6 +25,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -230,8 +231,8 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
                  models: ModelCache | None = None, plan: MemoryPlan | None = None) -> Amodal:
-    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
-    networks on the CPU between their passes."""
+    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
+    and may keep the networks on the CPU between their passes."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -241,14 +242,35 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     vas = amodal_models(opts, models, split)
     if split:
         vas = offloaded(vas)
-    budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, **budget)
+        amodal, stats = _amodal_in_plan(partial(run_amodal, torch.from_numpy(frames), tracks, vas, occ, sampler,
+                                                hooks=hooks), plan)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
+
+
+def _amodal_in_plan(run: Callable[..., Any], plan: MemoryPlan | None) -> Any:
+    """``run(budget_px=, memory=)`` in the plan's amodal mode; after a CUDA out-of-memory error, again from the
+    start in each of the plan's lower-memory fallbacks (one window per call) until one completes (the same
+    frames: the modes change only how much is held at once)."""
+    if plan is None:
+        return run()
+    from .runtime import is_oom
+
+    tries = [(plan.amodal_budget_px, plan.amodal_memory), *((1, m) for m in plan.amodal_fallbacks)]
+    for k, (budget, mode) in enumerate(tries):
+        try:
+            return run(budget_px=budget, memory=mode)
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(err) or k == len(tries) - 1:
+                raise
+            log.warning("amodal: out of GPU memory in sampler mode '%s'; running the stage again in '%s'",
+                        mode.describe(), tries[k + 1][1].describe())
+            _free()
+    raise AssertionError("unreachable")
 
 
 def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
@@ -488,6 +510,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.notes += list(plan.notes)
     if plan.cap_gib:
         log.info("%s", plan.describe())
+        if summary.manifest is not None:  # uncapped runs: run.json unchanged
+            summary.manifest.record_memory_plan(plan.describe())
 
     reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
     if reused is not None:
