@@ -203,6 +203,7 @@ def copies(video: Path, folder: Path, count: int) -> list[Any]:
     from bench.bench_batch import make_clips
     from body4d_core.batch.jobs import VideoJob
 
+    shutil.rmtree(folder, ignore_errors=True)  # links of an earlier command's clip
     return [VideoJob(Path(p), Path(p).stem) for p in make_clips(video, folder, count)]
 
 

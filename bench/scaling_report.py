@@ -141,7 +141,7 @@ def markdown(state: dict[str, Any], workers: int, machine: str, command: str) ->
     frames = f"its first {s['batch_frames']} frames" if s.get("batch_frames") else "every frame"
     lines = [f"{machine}, `{command}`: one {s.get('people')}-person x {s.get('frames')}-frame {s.get('size')} clip, "
              f"{s.get('steps')} amodal steps, occlusion {s.get('occlusion')}, split over 1 and {workers} workers "
-             f"({warm}); batch: {s.get('one_copies')} copies on 1 worker, {s.get('copies')} on {workers}, "
+             f"({warm}); batch: copies of the clip, {s.get('one_copies')} on 1 worker and {s.get('copies')} on {workers}, "
              f"{frames} at {s.get('batch_steps')} steps.", ""]
     if one and many:
         rows = stage_rows(one["seconds"], many["seconds"], workers)
