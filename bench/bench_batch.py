@@ -2,7 +2,9 @@
 
 For each worker count, a fresh output root, the workers started (timed apart), then the batch
 timed end to end: videos per hour and the speed-up over one worker. ``--split`` also times one
-clip with its body and amodal stages split over all workers. Without real weights, ``--tiny``
+clip with its body and amodal stages and its overlay render split over all workers; ``render_s``
+is the render stage's seconds per video (the render and the exports beside it), to set the split
+render against one worker's. Without real weights, ``--tiny``
 writes tiny random checkpoints first (the scheduling then dominates; meaningful only with real
 weights). Every printed figure is also written as a JSON row (bench/rows.py).
 
@@ -65,8 +67,10 @@ def one_count(count: int, jobs, opts, out: Path, split: bool) -> dict:
     finally:
         pool.shutdown()
     done = sum(r.status == "done" for r in rows)
+    render = [r.seconds["render"] for r in rows if r.status == "done" and "render" in r.seconds]
     return {"workers": pool.spec.count, "split": split, "videos": len(rows),
             "done": done, "start_s": round(started, 2), "batch_s": round(wall, 2),
+            "render_s": round(sum(render) / len(render), 2) if render else None,
             "videos_per_hour": round(3600 * done / wall, 1) if wall > 0 else 0.0,
             "failed": [r.error for r in rows if r.status == "failed"]}
 
@@ -80,6 +84,8 @@ def write_rows(out: RowWriter, r: dict, speed: float | None, **setting: object) 
     out.add(case, "batch_s", r["batch_s"], "s", **extra)
     out.add(case, "done", r["done"], "videos", **extra)
     out.add(case, "videos_per_hour", r["videos_per_hour"], "videos/h", **extra)
+    if r["render_s"] is not None:
+        out.add(case, "render_s", r["render_s"], "s", **extra)
     if speed is not None:
         out.add(case, "speed_up", speed, "x", **extra)
 
@@ -256,12 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                "max_side": args.max_side, "amodal": not args.no_amodal, "tiny": args.tiny,
                "address": args.address or "local"}
     print(f"{'workers':>7s} {'split':>5s} {'videos':>6s} {'done':>4s} {'start_s':>7s} {'batch_s':>8s} "
-          f"{'videos/h':>9s} {'speed-up':>8s}")
+          f"{'videos/h':>9s} {'speed-up':>8s} {'render_s':>8s}")
     for r in results:
         ratio = base["batch_s"] / r["batch_s"] if base and r["batch_s"] and not r["split"] else None
         speed = f"{ratio:.2f}x" if ratio is not None else ""
+        render = f"{r['render_s']:.2f}" if r["render_s"] is not None else ""
         print(f"{r['workers']:7d} {str(r['split']):>5s} {r['videos']:6d} {r['done']:4d} {r['start_s']:7.1f} "
-              f"{r['batch_s']:8.1f} {r['videos_per_hour']:9.1f} {speed:>8s}")
+              f"{r['batch_s']:8.1f} {r['videos_per_hour']:9.1f} {speed:>8s} {render:>8s}")
         write_rows(out, r, ratio, **setting)
         for err in r["failed"][:3]:
             print(f"        failed: {err}")

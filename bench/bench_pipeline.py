@@ -179,11 +179,13 @@ class TruthMasks:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sampler, name)
 
-    def run_jobs(self, jobs: Any, sampler: Any, hooks: Any = None, budget_px: int = 1 << 20) -> list[torch.Tensor]:
+    def run_jobs(self, jobs: Any, sampler: Any, hooks: Any = None, budget_px: int = 1 << 20, **low: Any
+                 ) -> list[torch.Tensor]:
+        """``low``: the memory plan's low-memory keywords (memory, device), passed on."""
         import torch.nn.functional as F
 
-        out = self.sampler.run_jobs(jobs, sampler, hooks, budget_px) if hooks is not None else \
-            self.sampler.run_jobs(jobs, sampler, budget_px=budget_px)
+        out = self.sampler.run_jobs(jobs, sampler, hooks, budget_px, **low) if hooks is not None else \
+            self.sampler.run_jobs(jobs, sampler, budget_px=budget_px, **low)
         t0 = time.perf_counter()
         res = []
         for job, pred in zip(jobs, out):

@@ -25,6 +25,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -233,8 +234,8 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
                  models: ModelCache | None = None, plan: MemoryPlan | None = None) -> Amodal:
-    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
-    networks on the CPU between their passes."""
+    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
+    and may keep the networks on the CPU between their passes."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -244,14 +245,35 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     vas = amodal_models(opts, models, split)
     if split:
         vas = offloaded(vas)
-    budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, **budget)
+        amodal, stats = _amodal_in_plan(partial(run_amodal, torch.from_numpy(frames), tracks, vas, occ, sampler,
+                                                hooks=hooks), plan)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
+
+
+def _amodal_in_plan(run: Callable[..., Any], plan: MemoryPlan | None) -> Any:
+    """``run(budget_px=, memory=)`` in the plan's amodal mode; after a CUDA out-of-memory error, again from the
+    start in each of the plan's lower-memory fallbacks (one window per call) until one completes (the same
+    frames: the modes change only how much is held at once)."""
+    if plan is None:
+        return run()
+    from .runtime import is_oom
+
+    tries = [(plan.amodal_budget_px, plan.amodal_memory), *((1, m) for m in plan.amodal_fallbacks)]
+    for k, (budget, mode) in enumerate(tries):
+        try:
+            return run(budget_px=budget, memory=mode)
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(err) or k == len(tries) - 1:
+                raise
+            log.warning("amodal: out of GPU memory in sampler mode '%s'; running the stage again in '%s'",
+                        mode.describe(), tries[k + 1][1].describe())
+            _free()
+    raise AssertionError("unreachable")
 
 
 def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
@@ -355,7 +377,8 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
                  hooks_for: HooksFactory | None = None, overwrite: bool = False, resume: bool = False,
                  record: bool = True, models: ModelCache | None = None,
                  decoded: tuple[np.ndarray, Clip] | None = None,
-                 estimate: Callable[..., list] | None = None) -> RunSummary:
+                 estimate: Callable[..., list] | None = None,
+                 render: Callable[..., tuple] | None = None) -> RunSummary:
     """Run every stage on one video and write the results into out_dir.
 
     With ``record`` (default) the folder is locked for this run, a folder holding another run's
@@ -363,7 +386,8 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     models: a dict the caller keeps between runs (a long-lived worker): each model is loaded into it
     once and reused (never freed here). decoded: (frames, clip) already decoded with ``opts.video``
     (the decode is skipped). estimate: replaces ``estimate_bodies`` (same arguments), e.g. to split
-    the body stage over GPUs.
+    the body stage over GPUs. render: replaces ``render.render_bodies`` (same arguments and result) for
+    the overlay video, e.g. to render its batches on several GPUs.
     """
     from .preflight import required_models
 
@@ -386,7 +410,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         gc.collect()  # once per run; then what lives now (libraries, cached models) is left out of the
         gc.freeze()  # stages' collections (_free), which walk only what the run allocated
         try:
-            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate, stores)
+            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate, stores, render)
         except BaseException:
             writes.close()  # the stage's error wins; finished or running writes are still completed
             raise
@@ -477,7 +501,7 @@ def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type])
 def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: HooksFactory, summary: RunSummary,
                 writes: "BackgroundWrites", models: ModelCache | None = None,
                 decoded: tuple[np.ndarray, Clip] | None = None, estimate: Callable[..., list] | None = None,
-                stores: list[FrameStore] | None = None) -> None:
+                stores: list[FrameStore] | None = None, render: Callable[..., tuple] | None = None) -> None:
     """The stages in order; every file is written through ``writes`` (in the background)."""
     check = hooks_for("check")
     with _Stage(summary, "decode", check):
@@ -489,6 +513,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.notes += list(plan.notes)
     if plan.cap_gib:
         log.info("%s", plan.describe())
+        if summary.manifest is not None:  # uncapped runs: run.json unchanged
+            summary.manifest.record_memory_plan(plan.describe())
 
     reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
     if reused is not None:
@@ -554,7 +580,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     with _Stage(summary, "render", check):
         if opts.write_anim:
             _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
-        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes, plan)
+        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes, plan,
+                           render)
     _done(summary, "render", [n for n in ("params", "meshes", "glb", "anim", "render") if n in summary.files])
 
 
@@ -833,8 +860,10 @@ def _write_mask_overlay(frames: np.ndarray, tracks: Tracks, clip: Clip, path: Pa
 
 def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
                        out: Path, summary: RunSummary, hooks: Hooks, writes: BackgroundWrites | None = None,
-                       plan: MemoryPlan | None = None) -> None:
-    """Render the overlay video while params, meshes and GLBs are written (they need only the bodies)."""
+                       plan: MemoryPlan | None = None, render: Callable[..., tuple] | None = None) -> None:
+    """Render the overlay video while params, meshes and GLBs are written (they need only the bodies).
+
+    render: replaces ``render.render_bodies`` (see ``run_pipeline``)."""
     from . import export
 
     def exports() -> None:  # the longest first: GLB on one writer, params then meshes on the other
@@ -852,7 +881,7 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
             exports()
         path = out / "render_4d.mp4"
         _stream_render(frames, clip, bodies, camera, opts, path, hooks, None if on_gpu else exports,
-                       plan.render_batch if plan is not None else RENDER_BATCH)
+                       plan.render_batch if plan is not None else RENDER_BATCH, render)
         writes.record("render", path)
     except BaseException:
         if own:
@@ -864,15 +893,17 @@ def _render_and_export(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: C
 
 def _stream_render(frames: np.ndarray, clip: Clip, bodies: Bodies, camera: Camera, opts: PipelineOptions,
                    path: Path, hooks: Hooks, after_render: Callable[[], None] | None = None,
-                   batch_size: int = 16) -> None:
+                   batch_size: int = 16, render: Callable[..., tuple] | None = None) -> None:
     """Render batch by batch into the MP4: each batch is encoded on a background thread while the next one
     renders, and no more than a few batches are held (memory flat in the clip's length). ``after_render``
-    runs once the last batch is rendered (the exports' submission on a CPU run)."""
-    from . import export, render
+    runs once the last batch is rendered (the exports' submission on a CPU run); ``render`` replaces
+    ``render.render_bodies`` (it hands the sink its batches in frame order)."""
+    from . import export
+    from .render import BatchSink, render_bodies
 
     with export.Mp4Stream(path, clip.fps, clip.image_size, preset=VIDEO_PRESET) as stream:
-        sink = render.BatchSink(hooks, stream.put, max(1, batch_size))
-        rendered = render.render_bodies(frames, bodies, camera, mode=opts.render_mode, hooks=sink)
+        sink = BatchSink(hooks, stream.put, max(1, batch_size))
+        rendered = (render or render_bodies)(frames, bodies, camera, mode=opts.render_mode, hooks=sink)
         images = rendered[0] if isinstance(rendered, tuple) else rendered
         if len(images):  # a renderer that returned its frames instead of handing them to the sink
             stream.put(np.asarray(images))

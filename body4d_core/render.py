@@ -402,6 +402,21 @@ def _check_mode(mode: str, opacity: float) -> None:
         raise InputError(f"opacity must be within 0..1, got {opacity}")
 
 
+def check_inputs(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera: Camera, mode: str = "overlay",
+                 opacity: float = 0.85) -> tuple[np.ndarray | None, Camera]:
+    """The render's argument checks: (background frames as rendered, the camera with one row per frame).
+
+    Shared by ``iter_render`` and callers that cut a render into frame ranges first (the batch's split render).
+    """
+    _check_mode(mode, opacity)
+    t = bodies.num_frames
+    h, w = bodies.image_size
+    camera = camera.check_frames(t)
+    if tuple(camera.image_size) != (h, w):
+        raise InputError(f"camera image size {camera.image_size} does not match the bodies' {bodies.image_size}")
+    return _background(frames, t, (h, w)), camera
+
+
 def iter_render(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera: Camera, mode: str = "overlay",
                 hooks: Hooks = NULL_HOOKS, batch_size: int = 16, opacity: float = 0.85,
                 vertices_fn: VerticesFn | None = None, device: str | torch.device | None = None,
@@ -409,13 +424,8 @@ def iter_render(frames: np.ndarray | torch.Tensor | None, bodies: Bodies, camera
                 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray | None]]:
     """``render_bodies`` one batch at a time: yields (frame slice, uint8 images [B, H, W, 3], bool coverage
     [B, H, W], int16 owner ids [B, H, W] or None), so memory holds one batch whatever the clip's length."""
-    _check_mode(mode, opacity)
+    bg, camera = check_inputs(frames, bodies, camera, mode, opacity)
     t = bodies.num_frames
-    h, w = bodies.image_size
-    camera = camera.check_frames(t)
-    if tuple(camera.image_size) != (h, w):
-        raise InputError(f"camera image size {camera.image_size} does not match the bodies' {bodies.image_size}")
-    bg = _background(frames, t, (h, w))
     dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     if mode != "openpose" and bodies.faces is None:
         raise InputError("Render Mesh: the bodies carry no faces (mesh topology); run SAM3D Body with vertices on")

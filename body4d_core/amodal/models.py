@@ -29,7 +29,7 @@ class JobRunner(Protocol):
     """Anything that denoises VideoJobs into frames [T, 3, h, w] in [0, 1] (VASPipeline, test fakes)."""
 
     def run_jobs(self, jobs: Sequence["VideoJob"], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
-                 budget_px: int = 1 << 20) -> list[torch.Tensor]: ...
+                 budget_px: int = 1 << 20, **memory: Any) -> list[torch.Tensor]: ...
 
 
 class DepthFn(Protocol):
@@ -113,6 +113,10 @@ class OnDemand:
                 torch.cuda.empty_cache()
 
     def run_jobs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        """The part's run_jobs on the compute device; with a ``memory`` of LowMemory.per_network the part stays
+        on the CPU and moves each network to the device only for its own pass (VASPipeline.generate)."""
+        if getattr(kwargs.get("memory"), "per_network", False):
+            return self.part.run_jobs(*args, device=self.compute_device, **kwargs)
         with self._on_device():
             return self.part.run_jobs(*args, **kwargs)
 

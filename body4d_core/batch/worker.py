@@ -5,7 +5,7 @@ so the worker's device is simply ``cuda``). It runs several threads so the drive
 its current video and stage while a video runs, and so a video's body stage can use this worker
 as one of its shards. Where ``run_pipeline`` accepts them, the worker passes its model cache
 (models stay loaded across videos), frames decoded by a separate CPU task, and the sharded body
-estimator and amodal job runners (one video over every worker). Without Ray it runs videos in
+estimator, amodal job runners and overlay render (one video over every worker). Without Ray it runs videos in
 this process (``local``), keeping the same model cache.
 """
 
@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import socket
+import threading
 import time
 from collections import UserDict
 from pathlib import Path
@@ -65,6 +66,8 @@ class VideoWorker:
         self._models: dict[tuple, Any] = {}  # loaded once, kept for the worker's life (the pipeline's model cache)
         self._shards = 0
         self._amodal_shards = 0
+        self._render_shards = 0
+        self._render_lock = threading.Lock()  # one render range at a time on this device (the next one waits)
 
     def ready(self) -> str:
         """Answers once the worker process is up (the driver waits for every worker before timing)."""
@@ -75,9 +78,9 @@ class VideoWorker:
         return socket.gethostname(), os.getpid()
 
     def stats(self) -> dict[str, Any]:
-        """Which models this worker holds and how many body-stage and amodal shards it ran."""
+        """Which models this worker holds and how many body-stage, amodal and render shards it ran."""
         return {"models": sorted(str(k[0]) for k in self._models), "shards": self._shards,
-                "amodal_shards": self._amodal_shards}
+                "amodal_shards": self._amodal_shards, "render_shards": self._render_shards}
 
     def set_status(self, video: str, stage: str, done: int, total: int) -> None:
         self._status = {"video": video, "stage": stage, "done": int(done), "total": int(total)}
@@ -98,6 +101,8 @@ class VideoWorker:
             extras["decoded"] = ray.get(decoded[0])
         if shard_over and "estimate" in params:
             extras["estimate"] = _sharded_estimator(shard_over, opts)
+        if shard_over and len(shard_over) > 1 and "render" in params:
+            extras["render"] = _split_renderer(shard_over)
         return extras
 
     def run_video(self, job: VideoJob, opts: PipelineOptions, out_dir: str, decoded: list | None = None,
@@ -105,7 +110,7 @@ class VideoWorker:
         """The whole pipeline on one video into out_dir; a failure becomes a 'failed' row, never an exception.
 
         decoded: [ref] to (frames, clip) from ``decode_video`` (a list, so Ray hands over the reference);
-        shard_over: worker handles (this one included) that share the video's body and amodal stages;
+        shard_over: worker handles (this one included) that share the video's body, amodal and render stages;
         mode: FRESH, RESUME (reuse the finished stages run.json allows) or OVERWRITE (replace the old run).
         """
         if mode not in (FRESH, RESUME, OVERWRITE):
@@ -163,6 +168,15 @@ class VideoWorker:
         self._amodal_shards += 1
         return runner.run_jobs(list(jobs), sampler, NULL_HOOKS, budget_px)
 
+    def render_frames(self, frames: np.ndarray | None, bodies: Any, camera: Any, mode: str, batch_size: int,
+                      **kwargs: Any) -> np.ndarray:
+        """One contiguous frame range of a video's render on this worker's device (see ``split_render``)."""
+        from .split_render import render_range
+
+        with self._render_lock:
+            self._render_shards += 1
+            return render_range(frames, bodies, camera, mode, batch_size, **kwargs)
+
     def _amodal_models(self, opts: PipelineOptions) -> Any:
         """The amodal models under the pipeline's own cache key (loaded once, shared with this worker's videos)."""
         from ..pipeline import amodal_models
@@ -213,3 +227,14 @@ def _sharded_estimator(workers: list, opts: PipelineOptions) -> Any:
                                        **kwargs)
 
     return estimate
+
+
+def _split_renderer(workers: list) -> Any:
+    """A ``render_bodies`` stand-in whose streamed batches are rendered by ``workers`` (same frames, see
+    ``split_render``)."""
+    from .split_render import render_split
+
+    def render(*args: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+        return render_split(workers, *args, **kwargs)
+
+    return render
