@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 log = logging.getLogger("profile_host")
 PIECES = ("world", "world_early", "world_save", "world_params", "world_meshes", "world_glb", "anim", "params", "meshes", "glb")

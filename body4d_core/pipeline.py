@@ -694,12 +694,12 @@ def start_world(frames: np.ndarray, tracks: Tracks, camera: Camera, clip: Clip, 
 
     if not opts.world or not WORLD_EARLY:
         return None
+    try:
+        options = _world_options(opts, clip)
+    except InputError:
+        return None  # the world stage raises it
     with _Part(summary, "world_start"):  # MoGe-2 depth on the keyframes; the thread starts
         moge = _world_moge(opts, summary.notes, models)
-        try:
-            options = _world_options(opts, clip)
-        except InputError:
-            return None  # the world stage reports it
         try:
             return WorldPrep(frames, tracks, camera, moge, opts.world_depth_every, options)
         finally:
