@@ -446,6 +446,9 @@ def apply_cap(args: argparse.Namespace, rec: Record) -> None:
     """--vram-cap on CUDA: the caching allocator may use at most that many GB of the device."""
     if not args.vram_cap:
         return
+    from body4d_core.runtime import prefer_expandable_segments
+
+    prefer_expandable_segments()  # as the headless command does under --vram_gb
     if not torch.cuda.is_available():
         rec.notes.append(f"--vram-cap {args.vram_cap:g} ignored: no CUDA device (the run uses the CPU)")
         return

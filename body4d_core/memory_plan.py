@@ -48,6 +48,11 @@ UNET_BLOCK_GIB = 0.95  # its largest down/mid/up block (up_blocks.1, 489M in bf1
 VAE_WEIGHTS_GIB = 0.2  # temporal VAE, 98M in bf16
 CLIP_GIB = 1.5  # CLIP ViT-H image encoder (632M in bf16) + one window's 224x224 crops
 FRAME_CHUNK = 8  # frames per call of the per-frame blocks in the chunked modes
+# Depth Anything V2-L working memory per frame of one call (720p input -> 518x924 network input, bf16): a
+# 16-frame call ran out of memory under a 12 GB cap on an H100 with ~8 GiB live and 4.4 GiB fragmented
+# (BENCHMARKS.md, GPU memory caps); the low-memory modes give it half their room, the rest for fragmentation.
+DEPTH_GIB_PER_FRAME = 0.5
+DEPTH_BATCH = 16  # the estimator's own batch (amodal/models.py DepthEstimator)
 RENDER_GIB_PER_MPX = 0.11  # rasteriser buffers per frame-megapixel of a render batch
 DEFAULT_BUDGET_PX = 1 << 20  # run_amodal's default per-call budget (latent pixels x frames x 2)
 
@@ -198,16 +203,27 @@ def _low_memory_modes(work: Work, offload: str) -> list[tuple[float, bool, LowMe
     for name, mode in (("sequential", SEQUENTIAL), ("chunked", chunked_mode(FRAME_CHUNK))):
         unet, enc, dec = parts(name)
         if offload == "never":
-            out.append((resident + max(unet, enc, dec), False, mode))
+            need = resident + max(unet, enc, dec)
+            out.append((need, False, _with_depth(mode, need - resident)))
             continue
-        out.append((VAS_WEIGHTS_GIB + max(unet, enc, dec), True, mode))
+        need = VAS_WEIGHTS_GIB + max(unet, enc, dec)
+        out.append((need, True, _with_depth(mode, need - DEPTH_WEIGHTS_GIB)))
         split = LowMemory(**{**mode.__dict__, "per_network": True})
-        out.append((max(UNET_WEIGHTS_GIB + unet, VAE_WEIGHTS_GIB + max(enc, dec), CLIP_GIB), True, split))
+        need = max(UNET_WEIGHTS_GIB + unet, VAE_WEIGHTS_GIB + max(enc, dec), CLIP_GIB)
+        out.append((need, True, _with_depth(split, need - DEPTH_WEIGHTS_GIB)))
     if offload != "never":
         unet, enc, dec = parts("chunked")
-        out.append((max(UNET_BLOCK_GIB + unet, VAE_WEIGHTS_GIB + max(enc, dec), CLIP_GIB), True,
-                    chunked_mode(FRAME_CHUNK, per_network=True, stream_unet=True)))
+        need = max(UNET_BLOCK_GIB + unet, VAE_WEIGHTS_GIB + max(enc, dec), CLIP_GIB)
+        out.append((need, True, _with_depth(chunked_mode(FRAME_CHUNK, per_network=True, stream_unet=True),
+                                            need - DEPTH_WEIGHTS_GIB)))
     return out
+
+
+def _with_depth(mode: LowMemory, room: float) -> LowMemory:
+    """``mode`` with the depth estimator's frames per call fitted into half of ``room`` (GiB beside its weights
+    when it runs), between 1 and its own batch."""
+    frames = max(1, min(DEPTH_BATCH, int(room / (2 * DEPTH_GIB_PER_FRAME))))
+    return LowMemory(**{**mode.__dict__, "depth_frames": frames})
 
 
 def _require(ok: bool, stage: str, need_gib: float, cap: float, fix: str) -> None:

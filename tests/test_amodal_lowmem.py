@@ -275,12 +275,18 @@ def test_whole_stage_in_the_lowest_memory_mode_matches_the_default(pipe):
     models = AmodalModels(Known(gt), pipe, DepthEstimator(depth, prep))
     ref, _ = run_amodal(frames, tracks, models, occ, FAST)
     calls = Calls(pipe.unet, ("VASUNet",))
+    depth_rows: list[int] = []
+    hook = depth.register_forward_pre_hook(lambda m, a, kw: depth_rows.append(int(kw["pixel_values"].shape[0])),
+                                           with_kwargs=True)
     try:
         low, _ = run_amodal(frames, tracks, offloaded(models), occ, FAST,
-                            memory=chunked_mode(2, per_network=True, stream_unet=True))
+                            memory=LowMemory(**{**chunked_mode(2, per_network=True, stream_unet=True).__dict__,
+                                                "depth_frames": 4}))
     finally:
         calls.close()
+        hook.remove()
     assert calls.rows["VASUNet"] == [1] * (2 * FAST.steps)  # one completion window, CFG halves of one video
+    assert depth_rows == [4, 2]  # 6 frames, depth in calls of at most 4 (the estimator's own batch is 16)
     assert np.array_equal(low.occluded, ref.occluded) and np.array_equal(low.packed_amodal, ref.packed_amodal)
     assert np.array_equal(low.completed_index, ref.completed_index) and ref.completed_rgb.size
     assert np.abs(low.completed_rgb.astype(int) - ref.completed_rgb.astype(int)).max() <= 1  # uint8 rounding

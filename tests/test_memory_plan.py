@@ -172,12 +172,22 @@ def test_preflight_refuses_an_impossible_cap_before_decoding(tmp_path):
 EX02 = Work(height=720, width=1280)  # the 5 x 90 720p bench clip: completion at 512x1024, 64-frame windows
 
 
+def no_depth(mode):
+    """A low-memory mode without its depth batch (compared apart)."""
+    import dataclasses
+
+    return dataclasses.replace(mode, depth_frames=0)
+
+
 def test_low_memory_modes_let_8_and_12_gb_run_completion():
     from body4d_core.amodal.lowmem import LowMemory
 
     plans = {cap: plan_memory(EX02, cap_gb=cap) for cap in (8, 12, 16, 24)}
     p8, p12 = plans[8].amodal_memory, plans[12].amodal_memory
-    assert p12 == LowMemory(sequential_cfg=True, per_network=True)  # the cheapest mode that fits 12 GB
+    # the cheapest mode that fits 12 GB; depth in smaller calls (16 frames of 720p ran out of memory there)
+    assert p12 == LowMemory(sequential_cfg=True, per_network=True, depth_frames=p12.depth_frames)
+    assert 1 <= p8.depth_frames <= p12.depth_frames < mp.DEPTH_BATCH
+    assert p12.depth_frames * mp.DEPTH_GIB_PER_FRAME * 2 + mp.DEPTH_WEIGHTS_GIB <= mp._low_memory_modes(EX02, "auto")[1][0]
     assert p8.sequential_cfg and p8.frame_chunk == mp.FRAME_CHUNK and p8.per_network and p8.stream_unet
     assert plans[8].offload_amodal and plans[12].offload_amodal
     one_window = 2 * 64 * 64 * 128
@@ -252,7 +262,7 @@ def test_out_of_memory_reruns_the_amodal_stage_in_the_lower_modes(monkeypatch):
     from body4d_core.amodal.lowmem import SEQUENTIAL, LowMemory, chunked_mode
 
     plan16 = plan_memory(EX02, cap_gb=16)
-    assert plan16.amodal_memory == LowMemory() and plan16.amodal_fallbacks[0] == SEQUENTIAL
+    assert plan16.amodal_memory == LowMemory() and no_depth(plan16.amodal_fallbacks[0]) == SEQUENTIAL
     assert "5 lower-memory modes to fall back to" in plan16.describe()
     assert plan_memory(EX02, cap_gb=8).amodal_fallbacks == ()  # nothing below the lowest mode
     assert all(not m.per_network for m in plan_memory(EX02, cap_gb=24).amodal_fallbacks)  # resident networks
@@ -273,9 +283,11 @@ def test_out_of_memory_reruns_the_amodal_stage_in_the_lower_modes(monkeypatch):
     frames = np.zeros((2, 8, 8, 3), np.uint8)
     out = pipeline.stage_amodal(frames, None, pipeline.PipelineOptions(), None, plan=plan16)
     assert out == "amodal"
-    assert seen == [(plan16.amodal_budget_px, LowMemory()), (1, SEQUENTIAL),
-                    (1, LowMemory(sequential_cfg=True, per_network=True))]
+    assert [(b, no_depth(m)) for b, m in seen] == [(plan16.amodal_budget_px, LowMemory()), (1, SEQUENTIAL),
+                                                    (1, LowMemory(sequential_cfg=True, per_network=True))]
+    assert all(m.depth_frames for _, m in seen[1:])  # every fallback also runs depth in smaller calls
     fail["left"], seen[:] = 99, []  # out of memory in every mode: the last error reaches the caller
     with pytest.raises(torch.OutOfMemoryError):
         pipeline.stage_amodal(frames, None, pipeline.PipelineOptions(), None, plan=plan16)
-    assert seen[-1] == (1, chunked_mode(mp.FRAME_CHUNK, per_network=True, stream_unet=True)) and len(seen) == 6
+    assert seen[-1][0] == 1 and len(seen) == 6
+    assert no_depth(seen[-1][1]) == chunked_mode(mp.FRAME_CHUNK, per_network=True, stream_unet=True)

@@ -17,6 +17,9 @@ The options of ``LowMemory`` (memory_plan.py combines them cheapest first):
 - ``encode_frames``: frames per VAE encode call (the encoder is per-frame 2-D: exact).
 - ``per_network``: UNet, VAE and CLIP encoder stay on the CPU and each moves to the GPU only for its
   own part of a batch (the plan's per-pass offload keeps the whole pipeline there between passes).
+- ``depth_frames``: frames per Depth Anything call (0 = the estimator's own batch); its DPT head upsamples
+  every frame of a call at once, which a 16-frame batch of 720p frames does not fit under a 12 GB cap.
+  Frames are independent: equal up to GEMM batch rounding.
 - ``stream_unet``: besides, the UNet's down/mid/up blocks are on the GPU one at a time during a call
   (weights copied in from pinned host memory, dropped after): the UNet's weights on the GPU shrink to
   its largest block, at the price of copying all of them once per UNet call.
@@ -48,9 +51,10 @@ class LowMemory:
     encode_frames: int = 0  # frames per VAE encode call (0 = the AccelConfig's)
     per_network: bool = False  # UNet / VAE / CLIP on the GPU only for their own part
     stream_unet: bool = False  # with per_network: the UNet's large blocks on the GPU one at a time
+    depth_frames: int = 0  # frames per depth-estimator call (0 = its own batch)
 
     def __post_init__(self) -> None:
-        for name in ("frame_chunk", "encode_frames"):
+        for name in ("frame_chunk", "encode_frames", "depth_frames"):
             if getattr(self, name) < 0:
                 raise InputError(f"amodal low-memory {name} must be >= 0, got {getattr(self, name)}")
         if self.stream_unet and not self.per_network:
@@ -66,7 +70,8 @@ class LowMemory:
                                        (f"blocks over {self.frame_chunk}-frame chunks", self.frame_chunk),
                                        (f"VAE encode {self.encode_frames} frame(s) a call", self.encode_frames),
                                        ("networks on the GPU one at a time", self.per_network),
-                                       ("UNet blocks streamed to the GPU", self.stream_unet)) if on]
+                                       ("UNet blocks streamed to the GPU", self.stream_unet),
+                                       (f"depth {self.depth_frames} frame(s) a call", self.depth_frames)) if on]
         return ", ".join(parts) or "default"
 
 

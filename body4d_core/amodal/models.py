@@ -33,7 +33,8 @@ class JobRunner(Protocol):
 
 
 class DepthFn(Protocol):
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor: ...
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
+                 ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -45,8 +46,10 @@ class DepthEstimator:
     dtype: torch.dtype = torch.float32
     batch_size: int = 16
 
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
-        return estimate_depth(self.model, frames, self.prep, self.batch_size, self.dtype, hooks)
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
+                 ) -> torch.Tensor:
+        """``batch_size``: frames per network call for this call (a memory plan's), else the estimator's own."""
+        return estimate_depth(self.model, frames, self.prep, batch_size or self.batch_size, self.dtype, hooks)
 
     def to(self, device: torch.device | str) -> "DepthEstimator":
         self.model.to(device)

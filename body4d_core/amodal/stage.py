@@ -186,7 +186,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     low = {"memory": memory} if memory is not None and memory.active else {}  # fakes need not take it
 
     t0 = time.perf_counter()
-    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1)))
+    depth_kw = {"batch_size": memory.depth_frames} if memory is not None and memory.depth_frames else {}
+    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1), **depth_kw))
     stats.timings["depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
