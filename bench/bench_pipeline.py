@@ -115,6 +115,8 @@ class Record:
     plan: str = ""  # the memory plan the run used (--vram-cap)
     bodies_batch: int = 64  # SAM-3D-Body batch the run used (a memory cap may lower it)
     kept_models: list[str] = field(default_factory=list)  # --warm: the models the second run found loaded
+    parts: dict[str, float] = field(default_factory=dict)  # world stage parts and background writes (last run)
+    warm_parts: dict[str, float] = field(default_factory=dict)  # the same of the --warm run
     offloaded: list[str] = field(default_factory=list)  # what left the GPU between uses (plan + released models)
     notes: list[str] = field(default_factory=list)
 
@@ -177,11 +179,13 @@ class TruthMasks:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sampler, name)
 
-    def run_jobs(self, jobs: Any, sampler: Any, hooks: Any = None, budget_px: int = 1 << 20) -> list[torch.Tensor]:
+    def run_jobs(self, jobs: Any, sampler: Any, hooks: Any = None, budget_px: int = 1 << 20, **low: Any
+                 ) -> list[torch.Tensor]:
+        """``low``: the memory plan's low-memory keywords (memory, device), passed on."""
         import torch.nn.functional as F
 
-        out = self.sampler.run_jobs(jobs, sampler, hooks, budget_px) if hooks is not None else \
-            self.sampler.run_jobs(jobs, sampler, budget_px=budget_px)
+        out = self.sampler.run_jobs(jobs, sampler, hooks, budget_px, **low) if hooks is not None else \
+            self.sampler.run_jobs(jobs, sampler, budget_px=budget_px, **low)
         t0 = time.perf_counter()
         res = []
         for job, pred in zip(jobs, out):
@@ -288,6 +292,11 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
         elif s == "world" and args.no_world:
             lines.append("| world | – | – | off (--no-world) |")
     timed = sum(rec.seconds.values())
+    start = rec.parts.get("world_start")
+    if start is not None:  # the world stage's depth, run before the bodies stage (pipeline.WORLD_EARLY)
+        lines.append(f"| world_start (before bodies) | {start:.2f} | – | the world stage's MoGe-2 depth; its camera "
+                     f"motion then runs on a thread during the bodies stage |")
+        timed += start
     if rec.pipeline_s is not None:
         if rec.write_wait_s is None:  # run_pipeline before the fifth session: every write on the main thread
             lines.append(f"| untimed (npz saves, mask overlay video) | {rec.pipeline_s - timed:.2f} | – | |")
@@ -313,8 +322,10 @@ def table(args: argparse.Namespace, rec: Record, c: dict[str, Any]) -> str:
         lines.append(f"Memory cap: {args.vram_cap:g} GB ({cap_how(args)}); {rec.plan or 'no plan (the run did not start)'}"
                      + (f"; between stages: {', '.join(released)}" if released else "") + ".")
     lines += [f"Note: {n}" for n in rec.notes]
+    lines += parts_lines("cold run" if rec.warm_seconds else "run", rec.parts)
     if rec.warm_seconds:
         lines += warm_table(rec)
+        lines += parts_lines("warm run", rec.warm_parts)
     if rec.stopped:
         lines.append(f"STOPPED: {rec.stopped}")
     return "\n".join(lines)
@@ -371,6 +382,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vram-cap", type=float, default=0.0, metavar="GB",
                     help="GPU memory cap in GB: the run profile's vram_gb, enforced on CUDA with "
                          "torch.cuda.set_per_process_memory_fraction (ignored without CUDA)")
+    ap.add_argument("--world-late", action="store_true",
+                    help="solve the world stage's depth and camera motion inside that stage, not before / during the "
+                         "bodies stage (pipeline.WORLD_EARLY off: the before figure of that overlap)")
     ap.add_argument("--profile", action="append", default=[], metavar="FIELD=VALUE",
                     help="a run-profile field (body4d_core/profile.py), e.g. loader=legacy (repeatable)")
     add_rows_args(ap)
@@ -432,11 +446,39 @@ def apply_cap(args: argparse.Namespace, rec: Record) -> None:
     """--vram-cap on CUDA: the caching allocator may use at most that many GB of the device."""
     if not args.vram_cap:
         return
+    from body4d_core.runtime import prefer_expandable_segments
+
+    prefer_expandable_segments()  # as the headless command does under --vram_gb
     if not torch.cuda.is_available():
         rec.notes.append(f"--vram-cap {args.vram_cap:g} ignored: no CUDA device (the run uses the CPU)")
         return
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_cap * 1e9 / total))
+
+
+def note_parts(summary: Any) -> dict[str, float]:
+    """The world stage's parts (world_*, world_start: its depth before the bodies stage) and each background
+    write's seconds (write_*) of one run."""
+    parts = dict(getattr(summary, "parts", {}) or {})
+    if "world_start" in summary.timings:
+        parts["world_start"] = summary.timings["world_start"]
+    return parts
+
+
+def parts_lines(title: str, parts: dict[str, float]) -> list[str]:
+    """Two lines: the world stage's parts and the background writes, in seconds."""
+    world = {k[6:]: v for k, v in parts.items() if k.startswith("world_")}
+    writes = {k[6:]: v for k, v in parts.items() if k.startswith("write_")}
+    if not world and not writes:
+        return []
+    order = ["start", "depth", "people", "people_background", "camera_motion_background", "camera_motion", "floor",
+             "smooth", "contacts", "bodies", "plot"]
+    keys = [k for k in order if k in world] + sorted(k for k in world if k not in order)
+    return ["", f"{title}: world stage parts (s): " + (", ".join(f"{k} {world[k]:.3f}" for k in keys) or "none")
+            + " (start = depth before the bodies stage; *_background ran on a thread during the bodies stage; "
+              "camera_motion = the stage's wait for it)",
+            f"{title}: background writes (s, on {pl.WRITE_WORKERS} writer threads): "
+            + (", ".join(f"{k} {v:.2f}" for k, v in sorted(writes.items(), key=lambda kv: -kv[1])) or "none")]
 
 
 def note_memory(rec: Record, summary: Any) -> None:
@@ -533,6 +575,7 @@ def warm_run(rec: Record, run: Any) -> Any:
         t0 = time.perf_counter()
         summary = run()
         rec.warm_pipeline_s = time.perf_counter() - t0
+        rec.warm_parts = note_parts(summary)
         note_memory(rec, summary)
         return summary
     finally:
@@ -593,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
                  args.people, time.perf_counter() - t0)
         with contextlib.ExitStack() as stack:
             stack.enter_context(patched(pl, "_Timer", stage_timer(rec)))
+            if args.world_late:
+                stack.enter_context(patched(pl, "WORLD_EARLY", False))
             import body4d_core.amodal.stage as amodal_stage
 
             stack.enter_context(patched(amodal_stage, "run_amodal", amodal_recorder(rec, amodal_stage.run_amodal)))
@@ -609,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                                           models=cache)
                 rec.pipeline_s = time.perf_counter() - t0
                 rec.write_wait_s = summary.timings.get("write_wait")
+                rec.parts = note_parts(summary)
                 note_memory(rec, summary)
                 if args.repeat > 1:
                     rec.after_runs.append(memory_after_run())

@@ -19,7 +19,7 @@ from typing import Iterator, TextIO
 
 from .errors import Body4DError, InterruptedError_
 from .run_options import HelpFormatter, pipeline_options, video_options
-from .runtime import limit_malloc_arenas
+from .runtime import limit_malloc_arenas, prefer_expandable_segments
 
 log = logging.getLogger("body4d_core")
 
@@ -405,6 +405,8 @@ def parse_batch_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()  # this process may run the pipeline many times (batch): keep its heap from creeping
+    if getattr(args, "vram_gb", None):
+        prefer_expandable_segments()  # a capped run: less fragmentation (runtime.prefer_expandable_segments)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -269,15 +269,44 @@ def write_meshes(bodies: Bodies, out_dir: str | Path, fmt: str = "ply", hooks: H
         oid = int(bodies.obj_ids[i])
         folder = _writable_dir(root / f"person_{oid}")
         color = (np.append(object_color_float(oid), 1.0) * 255).astype(np.uint8)
+        pack = None  # trimesh's PLY bytes without trimesh, once the first frame showed they are the same
         for t in np.flatnonzero(bodies.present[i]):
             hooks.check_interrupt()
-            mesh = trimesh.Trimesh(world_vertices(bodies, i, int(t)), faces, process=False,
-                                   vertex_colors=np.tile(color, (bodies.vertices.shape[2], 1)))
-            with atomic_path(folder / f"{int(t):08d}.{fmt}") as tmp:  # trimesh picks the format from the suffix
-                mesh.export(str(tmp), file_type=fmt)
+            verts = world_vertices(bodies, i, int(t))
+            if pack is not None:
+                data = pack(verts)
+            else:
+                mesh = trimesh.Trimesh(verts, faces, process=False,
+                                       vertex_colors=np.tile(color, (bodies.vertices.shape[2], 1)))
+                data = mesh.export(file_type=fmt)
+                pack = _ply_packer(data, verts, faces, color) if fmt == "ply" else None
+            with atomic_path(folder / f"{int(t):08d}.{fmt}") as tmp:
+                tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
             done += 1
             hooks.progress(done, total)
     return root
+
+
+def _ply_packer(data: bytes, verts: np.ndarray, faces: np.ndarray, color: np.ndarray
+                ) -> Callable[[np.ndarray], bytes] | None:
+    """A function writing trimesh's binary PLY of these faces and colour for any vertices [V, 3], or None
+    when trimesh's bytes ``data`` of ``verts`` are not the layout it writes (then trimesh writes every
+    frame). Only the vertex block changes between frames: header and faces are built once."""
+    end = data.find(b"end_header\n")
+    if end < 0:
+        return None
+    header = data[:end + len(b"end_header\n")]
+    face_rows = np.zeros(len(faces), np.dtype([("count", "<u1"), ("index", "<i4", (3,))]))
+    face_rows["count"], face_rows["index"] = 3, faces
+    face_bytes = face_rows.tobytes()
+    vertex_dtype = np.dtype([("vertex", "<f4", (3,)), ("rgba", "<u1", (4,))])
+
+    def pack(v: np.ndarray) -> bytes:
+        rows = np.empty(len(v), vertex_dtype)
+        rows["vertex"], rows["rgba"] = v, color
+        return header + rows.tobytes() + face_bytes
+
+    return pack if pack(verts) == data else None
 
 
 # --------------------------------------------------------------------------- GLB

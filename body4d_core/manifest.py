@@ -303,6 +303,12 @@ class Manifest:
             text = json.dumps(self.data, indent=1, sort_keys=False, default=str)
             write_text_atomic(self.path, text + "\n")
 
+    def record_memory_plan(self, description: str) -> None:
+        """What a memory cap made the run do (batch sizes, offloads, the amodal sampler's low-memory mode)."""
+        with self._lock:
+            self.data["memory_plan"] = description
+        self.save()
+
     def set_stage(self, stage: str) -> None:
         """The stage now running (where a killed run stopped)."""
         with self._lock:

@@ -27,6 +27,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -50,6 +51,7 @@ HooksFactory = Callable[[str], Hooks]
 ModelCache = dict  # (model name, where, device, ...) -> loaded model; kept by a long-lived caller across runs
 T = TypeVar("T")
 WRITE_WORKERS = 2  # background writer threads (zlib, x264 and file I/O release the GIL)
+WORLD_EARLY = True  # the world stage's depth before, and its camera motion during, the bodies stage (start_world)
 RENDER_BATCH = 16  # frames a render batch when no memory plan sets it (each encoded while the next renders)
 VIDEO_PRESET = "veryfast"  # x264 preset of the pipeline's videos: ~2.3x faster than "medium", same crf quality
 
@@ -128,6 +130,8 @@ class RunSummary:
     reused: list[str] = field(default_factory=list)  # stages loaded from an earlier run (--resume)
     memory: MemoryPlan | None = None  # batch sizes and offloads the run used (memory_plan)
     released: list[str] = field(default_factory=list)  # cached models dropped from the GPU between stages (a cap)
+    parts: dict[str, float] = field(default_factory=dict)  # seconds of the world stage's parts and of each
+    # background write (write_<name>), for benches; not printed
 
     def describe(self) -> str:
         lines = [f"{self.num_frames} frames, people {self.obj_ids} -> {self.out_dir}"]
@@ -236,8 +240,9 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
                  models: ModelCache | None = None, plan: MemoryPlan | None = None,
                  alloc: Alloc | None = None) -> Amodal:
-    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and may keep the
-    networks on the CPU between their passes; ``alloc``: where the amodal masks and completed RGB go."""
+    """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
+    and may keep the networks on the CPU between their passes; ``alloc``: where the amodal masks and completed
+    RGB go."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -247,15 +252,36 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     vas = amodal_models(opts, models, split)
     if split:
         vas = offloaded(vas)
-    budget = {"budget_px": plan.amodal_budget_px} if plan is not None else {}
     try:
-        amodal, stats = run_amodal(torch.from_numpy(frames), tracks, vas, occ, sampler, hooks=hooks, alloc=alloc,
-                                   **budget)
+        amodal, stats = _amodal_in_plan(partial(run_amodal, torch.from_numpy(frames), tracks, vas, occ, sampler,
+                                                hooks=hooks, **({"alloc": alloc} if alloc is not None else {})),
+                                        plan)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
     log.info("%s", describe_amodal(stats))
     return amodal
+
+
+def _amodal_in_plan(run: Callable[..., Any], plan: MemoryPlan | None) -> Any:
+    """``run(budget_px=, memory=)`` in the plan's amodal mode; after a CUDA out-of-memory error, again from the
+    start in each of the plan's lower-memory fallbacks (one window per call) until one completes (the same
+    frames: the modes change only how much is held at once)."""
+    if plan is None:
+        return run()
+    from .runtime import is_oom
+
+    tries = [(plan.amodal_budget_px, plan.amodal_memory), *((1, m) for m in plan.amodal_fallbacks)]
+    for k, (budget, mode) in enumerate(tries):
+        try:
+            return run(budget_px=budget, memory=mode)
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(err) or k == len(tries) - 1:
+                raise
+            log.warning("amodal: out of GPU memory in sampler mode '%s'; running the stage again in '%s'",
+                        mode.describe(), tries[k + 1][1].describe())
+            _free()
+    raise AssertionError("unreachable")
 
 
 def amodal_cache_key(opts: PipelineOptions, offloaded: bool = False) -> tuple:
@@ -500,6 +526,8 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     summary.notes += list(plan.notes)
     if plan.cap_gib:
         log.info("%s", plan.describe())
+        if summary.manifest is not None:  # uncapped runs: run.json unchanged
+            summary.manifest.record_memory_plan(plan.describe())
 
     reused = _reuse(summary, "sam3", out, {"prompts": Prompts, "tracks": Tracks})
     if reused is not None:
@@ -536,21 +564,27 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
         _done(summary, "amodal", [])
     camera = _one_file_stage(summary, writes, out, "camera", Camera, check,
                              lambda: stage_camera(frames, clip, opts, hooks_for("fov"), summary.notes, models))
+    prep = start_world(frames, tracks, camera, clip, opts, summary, models,  # camera motion overlaps the bodies
+                       **_with_alloc(start_world, alloc))
     summary.released += release_cached(models, plan)
-
-    raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
-                                          models, estimate, plan, alloc)
-    for b in {id(raw): raw, id(bodies): bodies}.values():
-        if b.vertices is not None:
-            b.vertices = _off_ram(stores, b.vertices)
-
-    world = None
+    try:
+        raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
+                                              models, estimate, plan, alloc)
+        for b in {id(raw): raw, id(bodies): bodies}.values():
+            if b.vertices is not None:
+                b.vertices = _off_ram(stores, b.vertices)
+        world = None
+        if opts.world:
+            writes.check()
+            with _Stage(summary, "world", check):
+                world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models, prep,
+                                    **_with_alloc(stage_world, alloc))
+            summary.released += release_cached(models, plan)
+            summary.parts.update({f"world_{k}": v for k, v in getattr(world, "timings", {}).items()})
+    finally:
+        if prep is not None:
+            prep.close()  # joined on every path (a failed or interrupted run too)
     if opts.world:
-        writes.check()
-        with _Stage(summary, "world", check):
-            world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models,
-                                **_with_alloc(stage_world, alloc))
-        summary.released += release_cached(models, plan)
         if world is not None:
             if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
                 world.bodies.vertices = _off_ram(stores, world.bodies.vertices)
@@ -685,18 +719,49 @@ def _world_moge(opts: PipelineOptions, notes: list[str], models: ModelCache | No
         return None
 
 
+def _world_options(opts: PipelineOptions, clip: Clip) -> Any:
+    from .world import WorldOptions
+
+    return WorldOptions(camera_motion=opts.world_camera, floor=opts.world_floor, fps=float(clip.fps))
+
+
+def start_world(frames: np.ndarray, tracks: Tracks, camera: Camera, clip: Clip, opts: PipelineOptions,
+                summary: RunSummary, models: ModelCache | None = None, alloc: Alloc | None = None) -> Any:
+    """The world stage's MoGe-2 depth now (the model is still loaded from the camera stage), its person masks
+    and camera motion on a background thread during the bodies stage (``world.prepare``); None when the
+    world stage is off (or WORLD_EARLY is). An error surfaces in the world stage, as there before. ``alloc``:
+    where the depth and person masks go (default RAM)."""
+    from .world.prepare import WorldPrep
+
+    if not opts.world or not WORLD_EARLY:
+        return None
+    try:
+        options = _world_options(opts, clip)
+    except InputError:
+        return None  # the world stage raises it
+    with _Part(summary, "world_start"):  # MoGe-2 depth on the keyframes; the thread starts
+        moge = _world_moge(opts, summary.notes, models)
+        try:
+            return WorldPrep(frames, tracks, camera, moge, opts.world_depth_every, options,
+                             **({"alloc": alloc} if alloc is not None else {}))
+        finally:
+            del moge
+            _free()
+
+
 def stage_world(frames: np.ndarray, tracks: Tracks, camera: Camera, raw: Bodies, bodies: Bodies, clip: Clip,
-                opts: PipelineOptions, notes: list[str], models: ModelCache | None = None,
+                opts: PipelineOptions, notes: list[str], models: ModelCache | None = None, prep: Any = None,
                 alloc: Alloc | None = None) -> Any:
     """People, camera and floor in one world frame (``body4d_core.world``): the raw bodies' keypoints place
-    them, the final bodies give the meshes; ``alloc``: where its whole-clip arrays go (default RAM)."""
-    from .world import WorldOptions, ground_clip
+    them, the final bodies give the meshes. ``prep``: ``start_world``'s depth and camera motion; ``alloc``:
+    where its whole-clip arrays go (default RAM)."""
+    from .world import ground_clip
 
-    options = WorldOptions(camera_motion=opts.world_camera, floor=opts.world_floor, fps=float(clip.fps))
-    moge = _world_moge(opts, notes, models)
+    options = _world_options(opts, clip)
+    moge = _world_moge(opts, notes, models) if prep is None else None  # prep: the depth is made already
     try:
         result = ground_clip(frames, tracks, camera, raw, mesh_bodies=bodies, moge_model=moge,
-                             depth_every=opts.world_depth_every, options=options,
+                             depth_every=opts.world_depth_every, options=options, prepared=prep,
                              **({"alloc": alloc} if alloc is not None else {}))
     except InputError as err:  # the world frame is an addition: the run's other outputs still come
         msg = f"world stage skipped: {err}"
@@ -784,7 +849,8 @@ class BackgroundWrites:
     def _timed(self, name: str, fn: Callable[..., object], *args: object) -> None:
         t0 = time.perf_counter()
         fn(*args)
-        log.debug("wrote %s in %.2f s (background)", name, time.perf_counter() - t0)
+        self.summary.parts[f"write_{name}"] = seconds = time.perf_counter() - t0  # benches list them
+        log.debug("wrote %s in %.2f s (background)", name, seconds)
         if self.summary.manifest is not None:
             self.summary.manifest.file_written(name, self.summary.files[name])
 

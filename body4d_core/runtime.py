@@ -220,6 +220,28 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False
 
 
+def prefer_expandable_segments() -> bool:
+    """Ask PyTorch's CUDA allocator for expandable segments (unless the user configured it); returns whether set.
+
+    Under a memory cap a long run fragments the cache: a 12 GB-capped run ran out of memory with 4.4 GiB
+    reserved but unusable (BENCHMARKS.md, GPU memory caps). Expandable segments grow one mapping instead. The
+    setting is read when CUDA starts; where it already started, it is applied to the allocator directly.
+    """
+    import os
+
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
+        return False
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    try:
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (ImportError, AttributeError, RuntimeError):  # no torch / an older torch: the variable alone
+        pass
+    return True
+
+
 def release_library_caches(prefixes: tuple[str, ...] = LIBRARY_CACHE_MODULES) -> int:
     """Clear the functools caches of already imported library modules (nothing is imported); returns how many."""
     import sys

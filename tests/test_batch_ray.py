@@ -262,6 +262,28 @@ def test_amodal_jobs_split_at_whole_batches_equal_one_worker(pool, models):
         assert a.shape == b.shape and torch.equal(a, b)
 
 
+def test_amodal_jobs_split_in_a_low_memory_mode_use_it_on_every_worker(pool, models):
+    """The memory plan's low-memory mode reaches the workers' samplers (a capped split run), same frames."""
+    import torch
+
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.amodal.job import VideoJob
+    from body4d_core.amodal.lowmem import chunked_mode
+
+    local, split = amodal_split(pool, models)
+    g = torch.Generator().manual_seed(1)
+    jobs = [VideoJob(torch.rand(4, 1, 16, 24, generator=g) * 2 - 1, torch.rand(4, 1, 16, 24, generator=g) * 2 - 1,
+                     key, np.arange(4), key) for key in (1, 2, 3, 4)]
+    sampler = SamplerConfig(steps=2, window=4, overlap=2, people_batch=2)
+    mode = chunked_mode(2)
+    before = amodal_shards(pool)
+    one = local.mask.run_jobs(jobs, sampler, memory=mode)
+    two = split.mask.run_jobs(jobs, sampler, memory=mode)
+    assert [b - a for a, b in zip(before, amodal_shards(pool))] == [1, 1]
+    for a, b in zip(one, two):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
 def test_amodal_stage_split_over_two_workers_equals_one(first_batch, pool, models):
     import dataclasses
 

@@ -136,3 +136,22 @@ def test_the_commands_cap_malloc_arenas():
     flag, uncapped = heaps("none")
     assert uncapped > 2  # without the cap each new thread took an arena of its own
     assert heaps("cap", MALLOC_ARENA_MAX="4")[0] == "False"  # the user's own setting is left alone
+
+
+def test_a_capped_run_asks_for_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, tmp_path):
+    from body4d_core import cli
+    from body4d_core.runtime import prefer_expandable_segments
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    assert prefer_expandable_segments() and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert not prefer_expandable_segments() and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+    calls = []
+    monkeypatch.setattr(cli, "prefer_expandable_segments", lambda: calls.append(1) or True)
+    missing = str(tmp_path / "missing.mp4")
+    assert cli.main(["run", "-i", missing, "-o", str(tmp_path / "a"), "--vram_gb", "12"]) == cli.EXIT_ERROR
+    assert calls == [1]
+    assert cli.main(["run", "-i", missing, "-o", str(tmp_path / "b")]) == cli.EXIT_ERROR
+    assert calls == [1]  # no cap: the allocator is left as it is

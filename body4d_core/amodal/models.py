@@ -29,11 +29,12 @@ class JobRunner(Protocol):
     """Anything that denoises VideoJobs into frames [T, 3, h, w] in [0, 1] (VASPipeline, test fakes)."""
 
     def run_jobs(self, jobs: Sequence["VideoJob"], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
-                 budget_px: int = 1 << 20) -> list[torch.Tensor]: ...
+                 budget_px: int = 1 << 20, **memory: Any) -> list[torch.Tensor]: ...
 
 
 class DepthFn(Protocol):
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor: ...
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
+                 ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -45,8 +46,10 @@ class DepthEstimator:
     dtype: torch.dtype = torch.float32
     batch_size: int = 16
 
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS) -> torch.Tensor:
-        return estimate_depth(self.model, frames, self.prep, self.batch_size, self.dtype, hooks)
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
+                 ) -> torch.Tensor:
+        """``batch_size``: frames per network call for this call (a memory plan's), else the estimator's own."""
+        return estimate_depth(self.model, frames, self.prep, batch_size or self.batch_size, self.dtype, hooks)
 
     def to(self, device: torch.device | str) -> "DepthEstimator":
         self.model.to(device)
@@ -113,6 +116,10 @@ class OnDemand:
                 torch.cuda.empty_cache()
 
     def run_jobs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        """The part's run_jobs on the compute device; with a ``memory`` of LowMemory.per_network the part stays
+        on the CPU and moves each network to the device only for its own pass (VASPipeline.generate)."""
+        if getattr(kwargs.get("memory"), "per_network", False):
+            return self.part.run_jobs(*args, device=self.compute_device, **kwargs)
         with self._on_device():
             return self.part.run_jobs(*args, **kwargs)
 

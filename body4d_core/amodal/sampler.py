@@ -33,6 +33,7 @@ from ..runtime import NULL_HOOKS, Hooks, autocast, run_with_oom_retry
 from .accel import AccelConfig, apply_accel, apply_vae_accel
 from .config import SamplerConfig
 from .job import VideoJob
+from .lowmem import LowMemory, chunked, placed, unet_placed
 from .occlusion import blend_weights, plan_windows
 from .unet import VASUNet
 
@@ -78,6 +79,7 @@ class VASPipeline:
         self.latent_channels = int(vae.config.latent_channels)
         self._base_processors = dict(unet.attn_processors) if hasattr(unet, "attn_processors") else None
         self.profile: dict[str, float] | None = None  # set to {} to count UNet work and time the parts
+        self.compute_device: torch.device | None = None  # LowMemory.per_network: where the CPU-held networks run
 
     def accelerate(self, cfg: AccelConfig | None = None) -> "VASPipeline":
         """Apply speed/memory options to the UNet and VAE (None or AccelConfig() = the reference path)."""
@@ -155,7 +157,9 @@ class VASPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the sampler computes: the UNet's device, or ``compute_device`` while the networks are held
+        on the CPU (LowMemory.per_network)."""
+        return self.compute_device or next(self.unet.parameters()).device
 
     def models(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, self.image_encoder]
@@ -262,13 +266,14 @@ class VASPipeline:
     @torch.no_grad()
     def generate(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
                  hooks: Hooks = NULL_HOOKS, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
+                 keep: torch.Tensor | None = None, memory: LowMemory = LowMemory()) -> torch.Tensor:
         """Denoise B videos: conditions [B, T, C, h, w] in [-1, 1] -> frames [B, T, 3, h, w] in [0, 1].
 
         ``noise``: per video the output of ``draw_noise`` for its seed (drawn ahead, e.g. on a
         worker thread); None draws it here. Either way the numbers are the same. ``keep``
         (bool [B, T]): the frames the caller reads; with AccelConfig.skip_unkept the decode
         chunks without one are skipped and come back as zeros (kept frames are unchanged).
+        ``memory``: the memory plan's low-memory mode (amodal/lowmem.py; same numbers up to GEMM rounding).
         """
         t_start = time.perf_counter()
         dev = self.device
@@ -286,16 +291,19 @@ class VASPipeline:
         a = _rgb3(cond_a.to(dev))
         noise_a = torch.stack([n[0] for n in noise]).to(dev)
         t0 = self._tick("upload", t0)
-        with self._amp():
+        split = memory.per_network
+        with self._amp(), placed(self.image_encoder, dev, split):
             pos = self._clip_embeds(a.flatten(0, 1)).reshape(b, t, -1)
         t0 = self._tick("clip", t0)
-        lat_a = self._encode((a + aug * noise_a).flatten(0, 1)).reshape(b, t, *lat_shape[1:])
-        del a, noise_a
-        t0 = self._tick("encode", t0)
-        cond_b = _rgb3(cond_b.to(dev)) + aug * torch.stack([n[1] for n in noise]).to(dev)
-        t0 = self._tick("upload", t0)
-        lat_b = self._encode(cond_b.flatten(0, 1)).reshape(b, t, *lat_shape[1:])
-        del cond_b
+        enc = memory.encode_frames or None
+        with placed(self.vae, dev, split):
+            lat_a = self._encode((a + aug * noise_a).flatten(0, 1), enc).reshape(b, t, *lat_shape[1:])
+            del a, noise_a
+            t0 = self._tick("encode", t0)
+            cond_b = _rgb3(cond_b.to(dev)) + aug * torch.stack([n[1] for n in noise]).to(dev)
+            t0 = self._tick("upload", t0)
+            lat_b = self._encode(cond_b.flatten(0, 1), enc).reshape(b, t, *lat_shape[1:])
+            del cond_b
         cond_lat = torch.cat([torch.cat([torch.zeros_like(lat_a), lat_a]), torch.cat([torch.zeros_like(lat_b), lat_b])],
                              dim=2)
         ctx = self._context(pos, sampler.embed_order)
@@ -306,25 +314,39 @@ class VASPipeline:
         g = sampler.guidance
         udtype = next(self.unet.parameters()).dtype
         t0 = self._tick("encode", t0)
-        for i, tstep in enumerate(self.scheduler.timesteps):
-            hooks.check_interrupt()
-            inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
-            inp = torch.cat([inp, cond_lat], dim=2)
-            with self._amp():
-                pred = self.unet(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype))[0].float()
-            unc, con = pred.chunk(2)
-            eps = unc + g * (con - unc) if g != 1.0 else con
-            latents = self.scheduler.step(eps, tstep, latents).prev_sample.float()
+        halves = 2 if memory.sequential_cfg else 1
+        with unet_placed(self.unet, dev, memory), chunked([self.unet], memory):
+            for i, tstep in enumerate(self.scheduler.timesteps):
+                hooks.check_interrupt()
+                inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
+                inp = torch.cat([inp, cond_lat], dim=2)
+                with self._amp():
+                    pred = self._unet_cfg(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype), halves)
+                unc, con = pred.chunk(2)
+                eps = unc + g * (con - unc) if g != 1.0 else con
+                latents = self.scheduler.step(eps, tstep, latents).prev_sample.float()
         if self.profile is not None:
-            self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + len(self.scheduler.timesteps)
+            self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + halves * len(self.scheduler.timesteps)
             self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + 2 * b * t * len(self.scheduler.timesteps)
         t0 = self._tick("denoise", t0)
-        out = self._decode(latents, sampler.decode_chunk_size, keep)
+        with placed(self.vae, dev, split), chunked([self.vae.decoder], memory):
+            out = self._decode(latents, sampler.decode_chunk_size, keep)
         self._tick("decode", t0)
         return out
 
+    def _unet_cfg(self, inp: torch.Tensor, tstep: torch.Tensor, ctx: torch.Tensor, ids: torch.Tensor,
+                  halves: int) -> torch.Tensor:
+        """The UNet on the CFG batch [uncond B; cond B] in one call (halves 1) or one call per half (2: the
+        rows are independent, so the same numbers up to GEMM batch rounding, with half the activations)."""
+        if halves == 1:
+            return self.unet(inp, tstep, ctx, ids)[0].float()
+        n, rows = inp.shape[0] // 2, ctx.shape[0] // 2
+        return torch.cat([self.unet(inp[k * n:(k + 1) * n], tstep, ctx[k * rows:(k + 1) * rows],
+                                    ids[k * n:(k + 1) * n])[0].float() for k in range(2)])
+
     def run_jobs(self, jobs: Sequence[VideoJob], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
-                 budget_px: int = 1 << 20) -> list[torch.Tensor]:
+                 budget_px: int = 1 << 20, memory: LowMemory = LowMemory(), device: torch.device | None = None
+                 ) -> list[torch.Tensor]:
         """Denoise many videos of any length: windows with cross-faded overlaps, videos batched.
 
         ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
@@ -332,7 +354,15 @@ class VASPipeline:
         so the numbers do not change) while the previous batch runs. Returns frames
         [T, 3, h, w] in [0, 1] on the CPU, one per job. With AccelConfig.skip_unkept, windows
         with no kept frame (``VideoJob.keep``) are not run and frames not kept may be zeros.
+        ``memory``: the memory plan's low-memory mode (``generate``); ``device``: where to compute while the
+        networks are held on the CPU (LowMemory.per_network; None: where the UNet is).
         """
+        if device is not None:
+            self.compute_device = torch.device(device)
+            try:
+                return self.run_jobs(jobs, sampler, hooks, budget_px, memory)
+            finally:
+                self.compute_device = None
         plans = {j: plan_windows(0, job.length, sampler.window, sampler.overlap) for j, job in enumerate(jobs)}
         weights = {j: dict(zip(w, blend_weights(w, 0, jobs[j].length))) for j, w in plans.items()}
         outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
@@ -352,7 +382,7 @@ class VASPipeline:
                 def run(start: int, stop: int, items: list = items) -> None:
                     batch = items[start:stop]
                     noise.prefetch(items[stop:stop + len(batch)])
-                    res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch), weights)
+                    res = self._run_batch(jobs, batch, sampler, hooks, noise.take(batch), weights, memory)
                     t0 = time.perf_counter()
                     for (j, s, e), frames in zip(batch, res):
                         outs[j][s:e] += frames * torch.from_numpy(weights[j][(s, e)]).view(-1, 1, 1, 1)
@@ -370,14 +400,14 @@ class VASPipeline:
 
     def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
                    hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
-                   weights: dict | None = None) -> torch.Tensor:
+                   weights: dict | None = None, memory: LowMemory = LowMemory()) -> torch.Tensor:
         ca = torch.stack([jobs[j].cond_a[s:e] for j, s, e in batch])
         cb = torch.stack([jobs[j].cond_b[s:e] for j, s, e in batch])
         seeds = [self.window_seed(jobs[j], s, sampler) for j, s, _ in batch]
         keep = None
         if weights is not None:
             keep = torch.from_numpy(np.stack([window_keep(jobs[j], s, e, weights[j][(s, e)]) for j, s, e in batch]))
-        out = self.generate(ca, cb, seeds, sampler, hooks, noise, keep)
+        out = self.generate(ca, cb, seeds, sampler, hooks, noise, keep, memory)
         t0 = time.perf_counter()
         out = out.cpu()
         self._tick("download", t0)

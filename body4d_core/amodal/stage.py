@@ -31,6 +31,7 @@ from .models import AmodalModels
 from .occlusion import (binarize, detection_size, fill_single_gaps, occluded_flags, padded_segments,
                         plan_windows, score_frames)
 from .job import VideoJob
+from .lowmem import LowMemory
 
 log = logging.getLogger(__name__)
 _CHUNK = 16
@@ -168,10 +169,11 @@ def check_inputs(frames: torch.Tensor, tracks: Tracks) -> None:
 
 def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: AmodalModels,
                occ: OcclusionConfig | None = None, sampler: SamplerConfig | None = None,
-               hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20, *,
+               hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20, memory: LowMemory | None = None, *,
                alloc: Alloc | None = None) -> tuple[Amodal, AmodalStats]:
     """Occlusion flags, amodal masks and completed RGB for every tracked person (see module doc).
 
+    ``memory``: the memory plan's low-memory sampling mode (amodal/lowmem.py), passed to every sampler call.
     ``alloc(shape, dtype)``: returns the zero-filled arrays the packed amodal masks and the completed RGB are
     written into (e.g. ``FrameStore.empty``: a long clip's outputs stay out of RAM); default ``np.zeros``.
     """
@@ -184,9 +186,11 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     stats = AmodalStats()
     ids = [int(i) for i in tracks.obj_ids]
     dev = torch.device(getattr(models, "device", "cpu"))
+    low = {"memory": memory} if memory is not None and memory.active else {}  # fakes need not take it
 
     t0 = time.perf_counter()
-    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1)))
+    depth_kw = {"batch_size": memory.depth_frames} if memory is not None and memory.depth_frames else {}
+    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1), **depth_kw))
     stats.timings["depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -196,7 +200,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
             for o in ids]
     with _quiet_sampler():
         preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5, expected_steps=_expected_steps(
-            jobs, sampler)), budget_px)
+            jobs, sampler)), budget_px, **low)
     del jobs, depth_det
     occluded = np.zeros((len(ids), n_t), bool)
     iou = np.full((len(ids), n_t), np.nan, np.float32)
@@ -230,7 +234,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
                                      resize_depth(depth, comp, torch.as_tensor(idx)), _seed_key(o, 1, a), idx, o))
             with _quiet_sampler():
                 preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.5, 0.7, expected_steps=_expected_steps(
-                    jobs, sampler)), budget_px)
+                    jobs, sampler)), budget_px, **low)
             del jobs
         for n_seg, (k, o, a, b) in enumerate(segs):
             if occ.refine:
@@ -269,7 +273,7 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
                                  keep=occluded[k, a:b].copy()))  # only finally occluded frames are read
         with _quiet_sampler():
             preds = models.content.run_jobs(jobs, sampler, _SubHooks(hooks, 0.7, 1.0, expected_steps=_expected_steps(
-                jobs, sampler)), budget_px)
+                jobs, sampler)), budget_px, **low)
         del jobs
         for (k, o, a, b), pred in zip(done, preds):
             keep = np.flatnonzero(occluded[k, a:b])

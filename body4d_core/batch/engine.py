@@ -46,23 +46,26 @@ def import_ray() -> Any:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 0,
-             temp_dir: str | None = None) -> Any:
+             temp_dir: str | None = None, setup_hook: str | None = None, env: dict[str, str] | None = None) -> Any:
     """Start an embedded local Ray, or join the cluster at ``address``; reuse one already running here.
 
-    object_store_mb: the local Ray's shared-memory store for decoded frames (0: Ray's default, 30% of RAM).
+    object_store_mb: the local Ray's shared-memory store for decoded frames (0: Ray's default, 30% of RAM);
+    setup_hook: "module.function" every worker process runs first, env: variables it sees (benches only).
     """
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    extra: dict[str, Any] = {"worker_process_setup_hook": setup_hook} if setup_hook else {}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        runtime_env = {**extra, "env_vars": dict(env)} if env else extra
+        ray.init(address=address, log_to_driver=False, **({"runtime_env": runtime_env} if runtime_env else {}))
         return ray
     temp = temp_dir or os.path.join(tempfile.gettempdir(), "body4d_ray")
     package_parent = str(Path(__file__).resolve().parents[2])  # workers import this very copy of body4d_core
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              object_store_memory=int(object_store_mb) * 2**20 or None, _temp_dir=temp,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+             runtime_env={**extra, "env_vars": {**(env or {}), "PYTHONPATH": path}})
     return ray
 
 

@@ -135,8 +135,13 @@ class SplitJobRunner:
     def __getattr__(self, name: str) -> Any:  # the sampler's other attributes (device, models, ...)
         return getattr(self.local, name)
 
-    def run_jobs(self, jobs: Sequence[Any], sampler: Any, hooks: Any = None, budget_px: int = 1 << 20) -> list[Any]:
-        """Every job's frames, the jobs shared by the workers in contiguous ranges."""
+    def run_jobs(self, jobs: Sequence[Any], sampler: Any, hooks: Any = None, budget_px: int = 1 << 20,
+                 memory: Any = None, **local: Any) -> list[Any]:
+        """Every job's frames, the jobs shared by the workers in contiguous ranges.
+
+        ``memory``: the plan's low-memory sampler mode, applied on every worker; ``local``: further
+        keywords of the sampler's own ``run_jobs`` (e.g. its device), used only where the jobs stay here.
+        """
         import ray
 
         from ..runtime import NULL_HOOKS
@@ -146,9 +151,10 @@ class SplitJobRunner:
         clean = batch_boundaries(jobs, sampler, self.local, budget_px)
         ranges = job_ranges([job_windows(j, sampler) for j in jobs], len(self.workers), clean)
         if len(ranges) < 2:
-            return self.local.run_jobs(list(jobs), sampler, hooks, budget_px)
+            extra = dict(local, **({} if memory is None else {"memory": memory}))
+            return self.local.run_jobs(list(jobs), sampler, hooks, budget_px, **extra)
         hooks.check_interrupt()
-        futures = [w.amodal_jobs.remote(self.part, list(jobs[a:b]), sampler, budget_px, self.opts)
+        futures = [w.amodal_jobs.remote(self.part, list(jobs[a:b]), sampler, budget_px, self.opts, memory)
                    for w, (a, b) in zip(self.workers, ranges)]
         pending, done = list(futures), 0
         try:

@@ -159,14 +159,15 @@ class VideoWorker:
         self._shards += 1
         return estimate_bodies(model, frames, items, intrinsics, **kwargs)
 
-    def amodal_jobs(self, part: str, jobs: Sequence[Any], sampler: Any, budget_px: int, opts: PipelineOptions
-                    ) -> list[Any]:
+    def amodal_jobs(self, part: str, jobs: Sequence[Any], sampler: Any, budget_px: int, opts: PipelineOptions,
+                    memory: Any = None) -> list[Any]:
         """One shard of a video's amodal jobs through this worker's own ``part`` ("mask" or "content") sampler."""
         from ..runtime import NULL_HOOKS
 
         runner = getattr(self._amodal_models(opts), part)
         self._amodal_shards += 1
-        return runner.run_jobs(list(jobs), sampler, NULL_HOOKS, budget_px)
+        extra = {} if memory is None else {"memory": memory}  # the plan's low-memory mode, as on the driver
+        return runner.run_jobs(list(jobs), sampler, NULL_HOOKS, budget_px, **extra)
 
     def render_frames(self, frames: np.ndarray | None, bodies: Any, camera: Any, mode: str, batch_size: int,
                       **kwargs: Any) -> np.ndarray:

@@ -7,6 +7,8 @@ Planes live in the first camera's axes (OpenCV: x right, y down, z forward) as
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +77,34 @@ def ransac_plane(points: np.ndarray, up: np.ndarray, max_tilt_deg: float = 30.0,
     return n, float(d), inl
 
 
+def near_feet(pts: np.ndarray, feet: np.ndarray, up: np.ndarray, lateral_max: float = 4.0,
+              above_max: float = 0.5, chunk: int = 1024, workers: int | None = None) -> np.ndarray:
+    """bool [M]: points [M, 3] within ``lateral_max`` (across ``up``) of some foot [F, 3] and less than
+    ``above_max`` above it.
+
+    Computed in blocks of ``chunk`` points, on up to ``workers`` threads (default: up to 4 cores;
+    numpy releases the GIL): per point-foot pair the same arithmetic as one [M, F, 3] broadcast, so
+    the same result, without its hundreds of MB of temporaries.
+    """
+    near = np.empty(len(pts), bool)
+
+    def block(s: int) -> None:
+        rel = pts[s:s + chunk, None, :] - feet[None]
+        along = rel @ up
+        lateral = np.linalg.norm(rel - along[..., None] * up, axis=-1)
+        near[s:s + chunk] = ((lateral < lateral_max) & (along < above_max)).any(1)
+
+    starts = range(0, len(pts), chunk)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or len(starts) < 2 * workers:
+        for s in starts:
+            block(s)
+        return near
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="body4d-floor") as pool:
+        list(pool.map(block, starts))  # list: re-raises a block's error
+    return near
+
+
 def floor_from_depth(points: np.ndarray, up: np.ndarray, feet: np.ndarray | None = None,
                      threshold: float = 0.03) -> Floor | None:
     """Floor from background depth points [M, 3] (first-camera axes) near the people's feet.
@@ -85,10 +115,7 @@ def floor_from_depth(points: np.ndarray, up: np.ndarray, feet: np.ndarray | None
     pts = np.asarray(points, np.float64)
     pts = pts[np.isfinite(pts).all(1)]
     if feet is not None and len(feet):
-        rel = pts[:, None, :] - feet[None, ::max(1, len(feet) // 64)]
-        along = rel @ up
-        lateral = np.linalg.norm(rel - along[..., None] * up, axis=-1)
-        near = ((lateral < 4.0) & (along < 0.5)).any(1)
+        near = near_feet(pts, feet[::max(1, len(feet) // 64)], up)
         if near.sum() >= 200:
             pts = pts[near]
     if len(pts) > 20000:

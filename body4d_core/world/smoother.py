@@ -26,6 +26,7 @@ from scipy.ndimage import median_filter
 
 from ..errors import InputError
 from ..smoothing import kalman_smooth
+from .clock import timed
 from .contacts import ContactSettings, detect_contacts
 from .keypoints import CONTACT_INDEX, FOOT_GROUPS, LEGS, joint_windows
 
@@ -214,21 +215,24 @@ def knee_ik(hip: np.ndarray, knee: np.ndarray, ankle: np.ndarray, new_ankle: np.
 
 
 def world_smooth(joints: np.ndarray, root: np.ndarray, ray: np.ndarray, observed: np.ndarray, fps: float,
-                 settings: WorldSmoothSettings | None = None) -> dict[str, np.ndarray]:
+                 settings: WorldSmoothSettings | None = None, timings: dict[str, float] | None = None
+                 ) -> dict[str, np.ndarray]:
     """The whole contact-aware world smoother (see module docstring).
 
-    Returns joints [N, T, K, 3], root [N, T, 3], contacts bool [N, T, 4] and flight [N, T].
+    Returns joints [N, T, K, 3], root [N, T, 3], contacts bool [N, T, 4] and flight [N, T];
+    ``timings`` (optional) receives the wall seconds of smoothing and of contacts + pinning.
     """
     s = settings or WorldSmoothSettings()
     if joints.ndim != 4 or joints.shape[-1] != 3 or root.shape != joints.shape[:2] + (3,):
         raise InputError(f"world smoothing needs joints [N, T, K, 3] and root [N, T, 3], got "
                          f"{joints.shape} and {root.shape}")
-    joints = np.nan_to_num(np.asarray(joints, np.float64))
-    root = np.nan_to_num(np.asarray(root, np.float64))
-    flight = np.zeros(observed.shape, bool)
-    if s.ray_correction and joints.shape[2] > CONTACT_INDEX.max():
-        joints, root, flight = correct_along_rays(joints, root, ray, observed, s)
-    joints, root = smooth_world(joints, root, observed, s)
+    with timed(timings, "smooth"):
+        joints = np.nan_to_num(np.asarray(joints, np.float64))
+        root = np.nan_to_num(np.asarray(root, np.float64))
+        flight = np.zeros(observed.shape, bool)
+        if s.ray_correction and joints.shape[2] > CONTACT_INDEX.max():
+            joints, root, flight = correct_along_rays(joints, root, ray, observed, s)
+        joints, root = smooth_world(joints, root, observed, s)
     present = np.ones(observed.shape, bool)
     for i in range(observed.shape[0]):
         idx = np.flatnonzero(observed[i])
@@ -236,8 +240,9 @@ def world_smooth(joints: np.ndarray, root: np.ndarray, ray: np.ndarray, observed
         if idx.size:
             present[i, idx[0]:idx[-1] + 1] = True
     contacts = np.zeros(observed.shape + (len(CONTACT_INDEX),), bool)
-    if joints.shape[2] > CONTACT_INDEX.max():
-        contacts = detect_contacts(joints, present, fps, s.sole, s.contacts)
-        if s.pin_feet:
-            joints, root = pin_feet(joints, root, contacts, observed)
+    with timed(timings, "contacts"):
+        if joints.shape[2] > CONTACT_INDEX.max():
+            contacts = detect_contacts(joints, present, fps, s.sole, s.contacts)
+            if s.pin_feet:
+                joints, root = pin_feet(joints, root, contacts, observed)
     return {"joints": joints, "root": root, "contacts": contacts, "flight": flight, "present": present}

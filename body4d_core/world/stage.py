@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -24,10 +25,12 @@ from ..data import Bodies, BodyFlag, Camera, Tracks, write_npz
 from ..errors import InputError
 from ..rotations import premultiply_euler_xyz
 from .camera_motion import CameraTrajectory, estimate_camera_motion
+from .clock import timed
 from .floor import Floor, feet_on, floor_from_depth, floor_from_feet, world_axes
 from .inputs import moge_depth, people_from_tracks
 from .keypoints import CONTACT_INDEX, CONTACT_NAMES, LEFT_ANKLE, NECK, RIGHT_ANKLE
 from .plot import trajectory_plot
+from .prepare import WorldPrep
 from .smoother import WorldSmoothSettings, world_smooth
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class WorldResult:
     bodies: Bodies  # world bodies in WORLD_TO_BODIES axes (x, -y, -z of the world; exporters write y up)
     fps: float = 30.0
     plot: np.ndarray | None = None  # uint8 [H, W, 3] top-down trajectory plot
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per part (benches; not saved)
 
     @property
     def gravity(self) -> np.ndarray:
@@ -182,7 +186,9 @@ def choose_floor(points: np.ndarray | None, feet: np.ndarray, up: np.ndarray, mo
 
 def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None,
                 people: np.ndarray | None = None, depth: np.ndarray | None = None,
-                options: WorldOptions | None = None, mesh_bodies: Bodies | None = None, *,
+                options: WorldOptions | None = None, mesh_bodies: Bodies | None = None,
+                timings: dict[str, float] | None = None,
+                trajectory: Callable[[], CameraTrajectory] | None = None, *,
                 alloc: Alloc | None = None) -> WorldResult:
     """Ground camera-space bodies in the world (see module docstring).
 
@@ -192,10 +198,13 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
     [T, H, W] (MoGe-2 point map z, NaN where unknown), used for the floor and to scale the
     camera translation (None: floor from feet, rotation-only camera). ``mesh_bodies``
     (e.g. the camera-space smoothed, rig-refreshed bodies of the same clip) supply the pose
-    parameters and vertices of the world bodies; by default ``bodies`` do. ``alloc(shape, dtype)``: returns
-    the zero-filled array the world bodies' vertices are written into (e.g. ``FrameStore.empty``); default
-    ``np.zeros``.
+    parameters and vertices of the world bodies; by default ``bodies`` do. ``timings`` receives
+    each part's wall seconds (they are also kept on the result). ``trajectory``: returns the camera
+    motion of these frames, people and depth when it was solved already (``WorldPrep``).
+    ``alloc(shape, dtype)``: returns the zero-filled array the world bodies' vertices are written into
+    (e.g. ``FrameStore.empty``); default ``np.zeros``.
     """
+    timings = {} if timings is None else timings
     opts = options or WorldOptions()
     if bodies.keypoints_3d is None:
         raise InputError("World Ground: the bodies carry no 3D keypoints; run SAM 3D Body with keypoints")
@@ -206,54 +215,60 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
         raise InputError("World Ground: the bodies hold no observed frame")
     if frames is not None and len(frames) != t:
         raise InputError(f"World Ground: {len(frames)} frames but the bodies have {t}")
-    if frames is not None and opts.camera_motion == "auto":
-        traj = estimate_camera_motion(frames, camera.intrinsics, people, depth, opts.static_threshold,
-                                      opts.keyframe_every, max_side=opts.max_side)
-    else:
-        traj = CameraTrajectory.identity(t)
-    cam_t = bodies.params["cam_t"].astype(np.float64)
-    j_c = bodies.keypoints_3d.astype(np.float64) + cam_t[:, :, None]
-    j_c0 = np.einsum("tij,ntkj->ntki", traj.rotations, j_c) + traj.positions[None, :, None]
-    root_c0 = np.einsum("tij,ntj->nti", traj.rotations, cam_t) + traj.positions[None]
-    up = _up_prior(j_c0, observed)
-    feet = j_c0[:, :, CONTACT_INDEX].min(axis=2) if j_c0.shape[2] > CONTACT_INDEX.max() else root_c0
-    if j_c0.shape[2] > CONTACT_INDEX.max():  # the lowest contact point of each observed frame
-        h = j_c0[:, :, CONTACT_INDEX] @ up
-        low = np.argmin(h, axis=2)
-        feet = np.take_along_axis(j_c0[:, :, CONTACT_INDEX], low[..., None, None], axis=2)[:, :, 0]
-    feet = feet[observed]
-    points = None
-    if depth is not None and np.isfinite(depth[0]).any():
-        points = _depth_points(np.asarray(depth[0]), camera.K(0), None if people is None else people[0])
-    floor = choose_floor(points, feet, up, opts.floor, opts.smooth.sole)
-    first = int(np.argmax(observed.any(1)))
-    origin = root_c0[first, int(np.argmax(observed[first]))]
-    A, b = world_axes(floor, origin)
-    j_w = j_c0 @ A.T + b
-    root_w = root_c0 @ A.T + b
-    ray_w = np.einsum("ij,tjk,ntk->nti", A, traj.rotations, cam_t)
-    sm = world_smooth(j_w, root_w, ray_w, observed, opts.fps, opts.smooth)
+    if mesh_bodies is not None and (mesh_bodies.num_frames != t or
+                                    not np.array_equal(mesh_bodies.obj_ids, bodies.obj_ids)):
+        raise InputError("World Ground: the mesh bodies must have the same ids and frames as the bodies")
+    with timed(timings, "camera_motion"):
+        if frames is not None and opts.camera_motion == "auto" and trajectory is not None:
+            traj = trajectory()
+        elif frames is not None and opts.camera_motion == "auto":
+            traj = estimate_camera_motion(frames, camera.intrinsics, people, depth, opts.static_threshold,
+                                          opts.keyframe_every, max_side=opts.max_side)
+        else:
+            traj = CameraTrajectory.identity(t)
+    with timed(timings, "floor"):
+        cam_t = bodies.params["cam_t"].astype(np.float64)
+        j_c = bodies.keypoints_3d.astype(np.float64) + cam_t[:, :, None]
+        j_c0 = np.einsum("tij,ntkj->ntki", traj.rotations, j_c) + traj.positions[None, :, None]
+        root_c0 = np.einsum("tij,ntj->nti", traj.rotations, cam_t) + traj.positions[None]
+        up = _up_prior(j_c0, observed)
+        feet = j_c0[:, :, CONTACT_INDEX].min(axis=2) if j_c0.shape[2] > CONTACT_INDEX.max() else root_c0
+        if j_c0.shape[2] > CONTACT_INDEX.max():  # the lowest contact point of each observed frame
+            h = j_c0[:, :, CONTACT_INDEX] @ up
+            low = np.argmin(h, axis=2)
+            feet = np.take_along_axis(j_c0[:, :, CONTACT_INDEX], low[..., None, None], axis=2)[:, :, 0]
+        feet = feet[observed]
+        points = None
+        if depth is not None and np.isfinite(depth[0]).any():
+            points = _depth_points(np.asarray(depth[0]), camera.K(0), None if people is None else people[0])
+        floor = choose_floor(points, feet, up, opts.floor, opts.smooth.sole)
+        first = int(np.argmax(observed.any(1)))
+        origin = root_c0[first, int(np.argmax(observed[first]))]
+        A, b = world_axes(floor, origin)
+        j_w = j_c0 @ A.T + b
+        root_w = root_c0 @ A.T + b
+        ray_w = np.einsum("ij,tjk,ntk->nti", A, traj.rotations, cam_t)
+    sm = world_smooth(j_w, root_w, ray_w, observed, opts.fps, opts.smooth, timings=timings)
     shift = sm["root"][first, int(np.argmax(observed[first]))] * np.array([1.0, 0.0, 1.0])
     sm["joints"] = sm["joints"] - shift  # origin under the first person's first (smoothed) position
     sm["root"] = sm["root"] - shift
     b = b - shift
     cam_R = np.einsum("ij,tjk->tik", A, traj.rotations)
     cam_p = traj.positions @ A.T + b
-    if mesh_bodies is not None and (mesh_bodies.num_frames != t or
-                                    not np.array_equal(mesh_bodies.obj_ids, bodies.obj_ids)):
-        raise InputError("World Ground: the mesh bodies must have the same ids and frames as the bodies")
-    world_bodies = _world_bodies(mesh_bodies if mesh_bodies is not None else bodies, sm["joints"], sm["root"],
-                                 cam_R, alloc)
+    with timed(timings, "bodies"):
+        world_bodies = _world_bodies(mesh_bodies if mesh_bodies is not None else bodies, sm["joints"],
+                                     sm["root"], cam_R, alloc)
     present = sm["present"]
-    plot = trajectory_plot(sm["root"], present, bodies.obj_ids, cam_p, opts.plot_size,
-                           tick_every=int(round(opts.fps)), contacts=sm["contacts"],
-                           feet=sm["joints"][:, :, CONTACT_INDEX])
+    with timed(timings, "plot"):
+        plot = trajectory_plot(sm["root"], present, bodies.obj_ids, cam_p, opts.plot_size,
+                               tick_every=int(round(opts.fps)), contacts=sm["contacts"],
+                               feet=sm["joints"][:, :, CONTACT_INDEX])
     M = np.eye(4)
     M[:3, :3], M[:3, 3] = A, b
     log.info("world: floor from %s (confidence %.2f), camera %s (%s)", floor.source, floor.confidence,
              "static" if traj.static else "moving", traj.source)
     return WorldResult(bodies.obj_ids.copy(), sm["joints"], sm["root"], present, sm["contacts"], cam_R, cam_p,
-                       traj.static, traj.source, floor, M, world_bodies, opts.fps, plot)
+                       traj.static, traj.source, floor, M, world_bodies, opts.fps, plot, timings)
 
 
 # World bodies are stored in the axes of a virtual camera at the world origin looking along -z
@@ -293,15 +308,32 @@ def _world_bodies(bodies: Bodies, joints: np.ndarray, root: np.ndarray, cam_R: n
 
 def ground_clip(frames: np.ndarray, tracks: Tracks | None, camera: Camera, bodies: Bodies,
                 mesh_bodies: Bodies | None = None, moge_model: object | None = None, depth_every: int = 10,
-                options: WorldOptions | None = None, *, alloc: Alloc | None = None) -> WorldResult:
+                options: WorldOptions | None = None, prepared: WorldPrep | None = None, *,
+                alloc: Alloc | None = None) -> WorldResult:
     """The pipeline's world stage in one call: person masks from the tracks, MoGe-2 depth on every
     ``depth_every``-th frame when a model is given (none: floor from the feet, rotation-only
     camera), then ``world_stage`` on the raw ``bodies`` with ``mesh_bodies`` for the meshes.
-    ``alloc``: where the person masks and world vertices go (see ``world_stage``; default RAM)."""
+    ``prepared``: masks, depth and camera motion made early (``WorldPrep`` of the same frames,
+    tracks, camera, model and options); ``moge_model`` is then not used. ``alloc``: where the person
+    masks, the depth (made here) and the world vertices go (see ``world_stage``; default RAM)."""
+    timings: dict[str, float] = {}
     frames = np.asarray(frames)
     size = tuple(frames.shape[1:3])
-    people = people_from_tracks(tracks, len(frames), size, alloc=alloc)
+    if prepared is not None:
+        with timed(timings, "people"):
+            people = prepared.people()
+        if prepared.depth_error is not None:
+            raise prepared.depth_error
+        traj = prepared.trajectory if (options or WorldOptions()).camera_motion == "auto" else None
+        res = world_stage(bodies, camera, frames, people, prepared.depth, options, mesh_bodies=mesh_bodies,
+                          timings=timings, trajectory=traj, alloc=alloc)
+        res.timings.update(prepared.timings)  # depth and the background parts (camera_motion: the wait)
+        return res
+    with timed(timings, "people"):
+        people = people_from_tracks(tracks, len(frames), size, alloc=alloc)
     depth = None
     if moge_model is not None and depth_every > 0:
-        depth = moge_depth(moge_model, frames, every_n=depth_every, alloc=alloc)
-    return world_stage(bodies, camera, frames, people, depth, options, mesh_bodies=mesh_bodies, alloc=alloc)
+        with timed(timings, "depth"):
+            depth = moge_depth(moge_model, frames, every_n=depth_every, alloc=alloc)
+    return world_stage(bodies, camera, frames, people, depth, options, mesh_bodies=mesh_bodies, timings=timings,
+                       alloc=alloc)
