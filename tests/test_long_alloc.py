@@ -310,6 +310,28 @@ def test_world_people_masks_and_depth_into_the_allocator(store):
     assert np.isnan(got[1]).all() and np.isfinite(got[0]).any()
 
 
+@pytest.mark.parametrize("max_side", [100, 0])  # downscaled (gray, masks, depth copies) and full size (gray)
+def test_camera_motion_copies_into_the_allocator_and_the_same_trajectory(store, max_side):
+    from body4d_core.testing.world import make_scene, noisy_depth
+    from body4d_core.world.camera_motion import estimate_camera_motion
+
+    sc = make_scene("walk", "dolly", 1, frames=12, seed=3, image_size=(120, 160), focal=150.0)
+    intr = np.array([150.0, 150.0, 80.0, 60.0])
+    depth = noisy_depth(sc)
+    spy = Spy(store)
+    got = estimate_camera_motion(sc.frames, intr, sc.people_masks, depth, keyframe_every=4, max_side=max_side,
+                                 alloc=spy)
+    ref = estimate_camera_motion(sc.frames, intr, sc.people_masks, depth, keyframe_every=4, max_side=max_side)
+    assert not ref.static  # the solver really tracked every frame
+    for k in ("rotations", "positions", "inliers"):
+        _equal(getattr(got, k), getattr(ref, k))
+    if max_side:
+        assert spy.calls == [((12, 75, 100), np.dtype(np.uint8)), ((12, 75, 100), np.dtype(bool)),
+                             ((12, 75, 100), np.dtype(np.float32))]
+    else:
+        assert spy.calls == [((12, 120, 160), np.dtype(np.uint8))]
+
+
 # ------------------------------------------------------------------ the pipeline
 
 

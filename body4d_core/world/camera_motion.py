@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..alloc import Alloc, zeros
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -169,35 +170,48 @@ def _bearings(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: np.ndarray | None, intr: np.ndarray,
-               max_side: int) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None, np.ndarray, float]:
-    """Gray frames, masks, depth and intrinsics at most ``max_side`` pixels on the long side, and the scale."""
+               max_side: int, alloc: Alloc | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray, float]:
+    """Gray frames [T, h, w], masks, depth and intrinsics at most ``max_side`` pixels on the long side, and the
+    scale; the whole-clip arrays from ``alloc`` (zero-filled; default RAM), filled frame by frame."""
     import cv2
 
-    h, w = frames.shape[1:3]
+    t, h, w = frames.shape[:3]
     s = min(1.0, max_side / max(h, w)) if max_side and max_side > 0 else 1.0
     if s >= 1.0:
-        return [_gray(f) for f in frames], people, depth, intr, 1.0
+        grays = zeros(alloc, (t, h, w), np.uint8)
+        for i, f in enumerate(frames):
+            grays[i] = _gray(f)
+        return grays, people, depth, intr, 1.0
     size = (max(1, round(w * s)), max(1, round(h * s)))
     sx, sy = size[0] / w, size[1] / h
-    grays = [cv2.resize(_gray(f), size, interpolation=cv2.INTER_AREA) for f in frames]
+    grays = zeros(alloc, (t, size[1], size[0]), np.uint8)
+    for i, f in enumerate(frames):
+        grays[i] = cv2.resize(_gray(f), size, interpolation=cv2.INTER_AREA)
     if people is not None:
-        people = np.stack([cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-                           for m in people])
+        small = zeros(alloc, (t, size[1], size[0]), bool)
+        for i, m in enumerate(people):
+            small[i] = cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        people = small
     if depth is not None:
-        depth = np.stack([cv2.resize(np.asarray(d, np.float32), size, interpolation=cv2.INTER_NEAREST) for d in depth])
+        small_d = zeros(alloc, (t, size[1], size[0]), np.float32)
+        for i, d in enumerate(depth):
+            small_d[i] = cv2.resize(np.asarray(d, np.float32), size, interpolation=cv2.INTER_NEAREST)
+        depth = small_d
     return grays, people, depth, intr * np.array([sx, sy, sx, sy]), float(np.sqrt(sx * sy))
 
 
 def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: np.ndarray | None = None,
                            depth: np.ndarray | None = None, static_threshold: float = 0.75,
                            keyframe_every: int = 15, corners: int = 600, margin: int = 8,
-                           max_side: int = 640) -> CameraTrajectory:
+                           max_side: int = 640, *, alloc: Alloc | None = None) -> CameraTrajectory:
     """Camera trajectory of a clip from its background (see module docstring).
 
     frames: [T, H, W, 3] uint8 (or float in [0, 1]); intrinsics: [T, 4] (fx, fy, cx, cy) or [4];
     people: bool [T, H, W] person pixels to ignore; depth: [T, H, W] metric depth (NaN where
     unknown) or None. Frames larger than ``max_side`` are tracked downscaled (0 = never);
-    ``static_threshold`` is in pixels of the given frames.
+    ``static_threshold`` is in pixels of the given frames. ``alloc``: where the downscaled whole-clip
+    copies go (zero-filled arrays, e.g. ``FrameStore.empty``; default RAM).
     """
     import cv2
 
@@ -213,7 +227,7 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
         raise InputError(f"camera motion: people masks {np.shape(people)} do not match frames {frames.shape[:3]}")
     if depth is not None and np.shape(depth) != frames.shape[:3]:
         raise InputError(f"camera motion: depth {np.shape(depth)} does not match frames {frames.shape[:3]}")
-    grays, people, depth, intr, scale = _downscale(frames, people, depth, intr, max_side)
+    grays, people, depth, intr, scale = _downscale(frames, people, depth, intr, max_side, alloc)
     motion = background_motion(grays, people, margin=margin) / scale
     if motion < static_threshold:
         log.info("camera static (background moves %.2f px)", motion)

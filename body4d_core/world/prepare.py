@@ -40,6 +40,7 @@ class WorldPrep:
                     self.depth = moge_depth(moge_model, frames, every_n=depth_every, alloc=alloc)
             except Exception as err:  # noqa: BLE001 - raised where ground_clip would have raised it
                 self.depth_error = err
+        self._alloc = alloc
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="body4d-world")
         self._people: Future = self._pool.submit(self._timed, "people", partial(people_from_tracks, alloc=alloc),
                                                  tracks, len(frames), tuple(frames.shape[1:3]))
@@ -59,7 +60,8 @@ class WorldPrep:
         people = self._people.result()
         intrinsics = camera.check_frames(len(frames)).intrinsics
         return self._timed("camera_motion", estimate_camera_motion, frames, intrinsics, people, self.depth,
-                           options.static_threshold, options.keyframe_every, max_side=options.max_side)
+                           options.static_threshold, options.keyframe_every, max_side=options.max_side,
+                           alloc=self._alloc)
 
     def people(self) -> np.ndarray | None:
         """The person masks (what ``people_from_tracks`` returns), waiting for them."""

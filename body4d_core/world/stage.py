@@ -223,7 +223,7 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
             traj = trajectory()
         elif frames is not None and opts.camera_motion == "auto":
             traj = estimate_camera_motion(frames, camera.intrinsics, people, depth, opts.static_threshold,
-                                          opts.keyframe_every, max_side=opts.max_side)
+                                          opts.keyframe_every, max_side=opts.max_side, alloc=alloc)
         else:
             traj = CameraTrajectory.identity(t)
     with timed(timings, "floor"):
