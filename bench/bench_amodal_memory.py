@@ -36,6 +36,8 @@ from body4d_core.amodal.models import DEFAULT_ACCEL
 from body4d_core.amodal.sampler import VASPipeline
 from body4d_core.testing.amodal import build_vas_parts
 
+from bench.rows import RowWriter, add_rows_args
+
 log = logging.getLogger("bench_amodal_memory")
 GIB = 2**30
 
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", default="512x1024", help="HxW of the completion resolution")
     ap.add_argument("--decode-chunk", type=int, default=8)
     ap.add_argument("--frame-chunk", type=int, default=8, help="frames per call of the chunked modes")
+    add_rows_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dev = torch.device(args.device)
@@ -159,6 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         secs = " / ".join(f"{sec[k]:.3f}" for k in ("unet", "encode", "decode")) if sec else "-"
         print(f"| {name} | {r['unet']:.2f} | {r['encode']:.2f} | {r['decode']:.2f} | {max(r.values()):.2f} | {secs} |")
     print(f"\n({time.perf_counter() - t0:.1f} s)")
+    if dev.type == "cuda":  # meta figures are estimates without a device: printed, not recorded as measurements
+        out = RowWriter.from_args("bench_amodal_memory", args, dev)
+        for name, r, sec in rows:
+            for part in ("unet", "encode", "decode"):
+                out.add(name, f"{part}_gib", r[part], "GiB", frames=args.frames, size=args.size,
+                        frame_chunk=args.frame_chunk, decode_chunk=args.decode_chunk)
+                if sec:
+                    out.add(name, f"{part}_s", sec[part], "s", frames=args.frames, size=args.size)
 
 
 if __name__ == "__main__":

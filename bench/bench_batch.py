@@ -84,7 +84,7 @@ def write_rows(out: RowWriter, r: dict, speed: float | None, **setting: object) 
     out.add(case, "batch_s", r["batch_s"], "s", **extra)
     out.add(case, "done", r["done"], "videos", **extra)
     out.add(case, "videos_per_hour", r["videos_per_hour"], "videos/h", **extra)
-    if r["render_s"] is not None:
+    if r.get("render_s") is not None:  # only where the runs recorded the render stage's seconds
         out.add(case, "render_s", r["render_s"], "s", **extra)
     if speed is not None:
         out.add(case, "speed_up", speed, "x", **extra)

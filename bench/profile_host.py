@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.rows import RowWriter, add_rows_args
 
 log = logging.getLogger("profile_host")
 PIECES = ("world", "world_early", "world_save", "world_params", "world_meshes", "world_glb", "anim", "params", "meshes", "glb")
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="time each piece this many times (the best counts)")
     ap.add_argument("--out", default="", help="write the pieces' files here (default: WORK/pieces)")
     ap.add_argument("--cprofile", default="", help="comma-separated pieces to profile (top 25 by own+callee time)")
+    add_rows_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     prof = {n for n in args.cprofile.split(",") if n}
     calls["world"]()  # warm: imports, MoGe load
     rows = []
+    writer = RowWriter.from_args("profile_host", args, "cpu")
     for name in names:
         best = float("inf")
         for _ in range(max(1, args.repeat)):
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = world_parts(res) if name.startswith("world") and hasattr(res, "timings") else ""
         rows.append((name, best, extra))
         print(f"{name:14s} {best:7.3f} s  {extra}", flush=True)
+        writer.add(name, "best_s", best, "s", frames=args.frames, size=args.size, repeat=args.repeat)
         if name in prof:
             p = cProfile.Profile()
             p.runcall(calls[name])

@@ -144,7 +144,9 @@ def test_stopped_batch_resumes_without_running_a_video_twice(first_batch, pool, 
     finished = sorted(f.name for f in started if complete(f))  # the video in flight was killed,
     assert first[0] in finished and len(finished) < 3  # unless it finished in the same instant
     killed = sorted(f.name for f in started if not complete(f))  # left half-written
-    assert len(finished) + len(killed) == 2 and not set(finished) & set(killed)  # two workers, two videos started
+    # two workers: the second video may be in flight (killed, left half-written) or, on a loaded machine, not
+    # started yet when the first one finishes; either way no folder is both finished and half-written
+    assert len(finished) + len(killed) in (1, 2) and not set(finished) & set(killed)
     kept = {p: p.stat().st_mtime_ns for name in finished for p in (tmp_path / "out" / name).rglob("*")}
 
     rows = run_batch(jobs, opts, args.out, pool=pool)
