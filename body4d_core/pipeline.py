@@ -242,7 +242,7 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
                  alloc: Alloc | None = None) -> Amodal:
     """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
     and may keep the networks on the CPU between their passes; ``alloc``: where the amodal masks and completed
-    RGB go."""
+    RGB go, and the occlusion detection's whole-clip depth, conditions and predictions."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal

@@ -26,11 +26,16 @@ class Spy:
     """An allocator over a FrameStore that records every (shape, dtype) it was asked for."""
 
     def __init__(self, store: FrameStore) -> None:
-        self.store, self.calls = store, []
+        self.store, self.calls, self.arrays = store, [], []
 
     def __call__(self, shape, dtype):
         self.calls.append((tuple(shape), np.dtype(dtype)))
-        return self.store.empty(shape, dtype)
+        self.arrays.append(self.store.empty(shape, dtype))
+        return self.arrays[-1]
+
+    def gave(self, t: torch.Tensor) -> bool:
+        """Whether tensor ``t`` is a view of the start of one of the arrays handed out (torch.from_numpy)."""
+        return any(t.data_ptr() == a.ctypes.data and self.store.holds(a) for a in self.arrays)
 
 
 @pytest.fixture
@@ -173,11 +178,131 @@ def test_amodal_writes_masks_and_completed_rgb_into_the_allocator(store):
     h, w = tracks.image_size
     k = int(ref.occluded.sum())
     assert k == len(ref.completed_rgb) >= 5  # two occluded runs of person 2 completed
-    assert spy.calls == [((2, 16, h, (w + 7) // 8), np.dtype(np.uint8)), ((k, h, w, 3), np.dtype(np.uint8))]
+    f32 = np.dtype(np.float32)  # these fakes take no allocator: the stage's own detection inputs still use it
+    assert spy.calls == [((16, 1, h, w), f32)] * 3 + [((2, 16, h, (w + 7) // 8), np.dtype(np.uint8)),
+                                                       ((k, h, w, 3), np.dtype(np.uint8))]
     assert store.holds(got.packed_amodal) and store.holds(got.completed_rgb)
     for name in ("packed_amodal", "completed_rgb", "completed_index", "occluded", "iou"):
         _equal(getattr(got, name), getattr(ref, name))
     assert got.completed_rgb.any()
+
+
+class _AllocDepth:
+    """fake_depth that writes its result, one frame a batch, into the stage's allocator when given one."""
+
+    def __init__(self) -> None:
+        self.got = []
+
+    def to(self, device):  # OnDemand moves its part
+        return self
+
+    def __call__(self, frames, hooks=None, *, alloc=None):
+        self.got.append(alloc)
+        ref = fake_depth(frames)
+        if alloc is None:
+            return ref
+        out = alloc(tuple(ref.shape), np.float32)
+        for t in range(len(out)):
+            out[t] = ref[t].numpy()
+        return torch.from_numpy(out)
+
+
+class _AllocMask(FakeMaskRunner):
+    """FakeMaskRunner whose outputs are allocated through ``out_alloc`` when given one (like VASPipeline)."""
+
+    def to(self, device):
+        return self
+
+    def run_jobs(self, jobs, sampler, hooks=None, budget_px=0, out_alloc=None):
+        res = super().run_jobs(jobs, sampler, hooks, budget_px)
+        if out_alloc is None:
+            return res
+        outs = [torch.from_numpy(out_alloc(tuple(r.shape), np.float32)) for r in res]
+        for o, r in zip(outs, res):
+            o += r
+        return outs
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_amodal_detection_inputs_and_predictions_live_in_the_allocator(store, monkeypatch, refine):
+    """Depth, detection conditions and predictions come from the allocator, in chunks; every output is unchanged."""
+    from dataclasses import replace
+
+    from body4d_core.amodal import stage
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.amodal.models import AmodalModels, OnDemand
+
+    truth, tracks, frames = _amodal_case()
+    occ = replace(EXACT, refine=refine)
+
+    def run(alloc, depth, mask):
+        class Content(FakeContentRunner):
+            def run_jobs(self, jobs, sampler, hooks=None, budget_px=0):
+                return [torch.rand(j.length, 3, *j.cond_a.shape[-2:],
+                                   generator=torch.Generator().manual_seed(j.obj_id)) for j in jobs]
+
+        models = AmodalModels(mask, Content(), depth)
+        return stage.run_amodal(frames, tracks, models, occ, SamplerConfig(steps=1), alloc=alloc)
+
+    ref, ref_stats = run(None, fake_depth, FakeMaskRunner(truth))
+    monkeypatch.setattr(stage, "_CHUNK", 3)  # 16 frames in 6 chunks, the last one short
+    spy, depth, mask = Spy(store), _AllocDepth(), _AllocMask(truth)
+    got, stats = run(spy, OnDemand(depth, torch.device("cpu")), OnDemand(mask, torch.device("cpu")))
+    assert depth.got == [spy]
+    h, w = tracks.image_size
+    f32, u8 = np.dtype(np.float32), np.dtype(np.uint8)
+    k = int(ref.occluded.sum())
+    assert k >= 5
+    detect = [((16, 4, 6), f32), ((16, 1, h, w), f32), ((16, 1, h, w), f32), ((16, 1, h, w), f32),
+              ((16, 3, h, w), f32), ((16, 3, h, w), f32), ((2, 16, h, (w + 7) // 8), u8)]
+    packed = [] if refine else [((16, h, (w + 7) // 8), u8)] * 2  # the detection masks, reused without refinement
+    assert spy.calls == detect + packed + [((k, h, w, 3), u8)]
+    for name in ("packed_amodal", "completed_rgb", "completed_index", "occluded", "iou"):
+        _equal(getattr(got, name), getattr(ref, name))
+    for o in (1, 2):
+        _equal(stats.detection_iou[o], ref_stats.detection_iou[o])
+        _equal(stats.exempt[o], ref_stats.exempt[o])
+        assert stats.segments[o] == ref_stats.segments[o]
+
+
+def test_depth_with_an_allocator_equals_the_depth_in_ram(store):
+    from body4d_core.amodal.depth import estimate_depth, normalize_depth, resize_depth, resize_depth_into
+    from body4d_core.amodal.models import DepthEstimator
+    from body4d_core.testing.amodal import build_depth_model
+
+    model, prep = build_depth_model("tiny", seed=2)
+    frames = torch.rand(5, 32, 48, 3, generator=torch.Generator().manual_seed(0))
+    ref = estimate_depth(model, frames, prep, batch_size=2)
+    spy = Spy(store)
+    got = DepthEstimator(model, prep, batch_size=2)(frames, alloc=spy)
+    assert spy.calls == [((5, *ref.shape[1:]), np.dtype(np.float32))] and spy.gave(got)
+    assert torch.equal(got, ref)
+    norm = normalize_depth(ref)
+    assert normalize_depth(got, in_place=True, chunk=2) is got and torch.equal(got, norm) and not torch.equal(got, ref)
+    flat = torch.full((3, 4, 5), 2.5)
+    assert not normalize_depth(flat, in_place=True).any()
+    small = resize_depth_into(norm, (20, 30), spy, chunk=2)
+    assert spy.calls[-1] == ((5, 1, 20, 30), np.dtype(np.float32)) and spy.gave(small)
+    assert torch.equal(small, resize_depth(norm, (20, 30)))
+    assert torch.equal(resize_depth_into(norm, (20, 30), None, chunk=3), small)
+
+
+def test_sampler_outputs_from_an_allocator_equal_those_in_ram(store):
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.amodal.job import VideoJob
+    from body4d_core.testing.amodal import build_vas_pipeline
+
+    pipe = build_vas_pipeline("tiny")
+    g = torch.Generator().manual_seed(5)
+    jobs = [VideoJob(torch.rand(t, 1, 32, 48, generator=g) * 2 - 1, torch.rand(t, 3, 32, 48, generator=g) * 2 - 1,
+                     seed_key=k) for k, t in enumerate((7, 4))]
+    smp = SamplerConfig(steps=2, decode_chunk_size=4, window=4, overlap=1, seed=7)
+    ref = pipe.run_jobs(jobs, smp)
+    spy = Spy(store)
+    got = pipe.run_jobs(jobs, smp, out_alloc=spy)
+    assert spy.calls == [((7, 3, 32, 48), np.dtype(np.float32)), ((4, 3, 32, 48), np.dtype(np.float32))]
+    for a, b in zip(got, ref):
+        assert spy.gave(a) and torch.equal(a, b)
 
 
 def test_amodal_without_occlusion_allocates_an_empty_completed_rgb(store):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
+from ..alloc import Alloc
 from ..errors import Body4DError, MissingWeightsError, WeightsMismatchError
 from ..fastload import check_weights_folder, one_line
 from ..runtime import NULL_HOOKS, Hooks, pick_device, pick_dtype
@@ -33,8 +34,8 @@ class JobRunner(Protocol):
 
 
 class DepthFn(Protocol):
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
-                 ) -> torch.Tensor: ...
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None,
+                 **alloc: Any) -> torch.Tensor: ...
 
 
 @dataclass
@@ -46,10 +47,12 @@ class DepthEstimator:
     dtype: torch.dtype = torch.float32
     batch_size: int = 16
 
-    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None
-                 ) -> torch.Tensor:
-        """``batch_size``: frames per network call for this call (a memory plan's), else the estimator's own."""
-        return estimate_depth(self.model, frames, self.prep, batch_size or self.batch_size, self.dtype, hooks)
+    def __call__(self, frames: torch.Tensor, hooks: Hooks = NULL_HOOKS, batch_size: int | None = None, *,
+                 alloc: Alloc | None = None) -> torch.Tensor:
+        """``batch_size``: frames per network call for this call (a memory plan's), else the estimator's own;
+        ``alloc``: where the whole-clip depth is written (``estimate_depth``)."""
+        return estimate_depth(self.model, frames, self.prep, batch_size or self.batch_size, self.dtype, hooks,
+                              alloc=alloc)
 
     def to(self, device: torch.device | str) -> "DepthEstimator":
         self.model.to(device)

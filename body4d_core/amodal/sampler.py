@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alloc import Alloc, zeros
 from ..errors import MissingWeightsError, WeightsMismatchError
 from ..runtime import NULL_HOOKS, Hooks, autocast, run_with_oom_retry
 from .accel import AccelConfig, apply_accel, apply_vae_accel
@@ -345,8 +346,8 @@ class VASPipeline:
                                     ids[k * n:(k + 1) * n])[0].float() for k in range(2)])
 
     def run_jobs(self, jobs: Sequence[VideoJob], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
-                 budget_px: int = 1 << 20, memory: LowMemory = LowMemory(), device: torch.device | None = None
-                 ) -> list[torch.Tensor]:
+                 budget_px: int = 1 << 20, memory: LowMemory = LowMemory(), device: torch.device | None = None,
+                 out_alloc: Alloc | None = None) -> list[torch.Tensor]:
         """Denoise many videos of any length: windows with cross-faded overlaps, videos batched.
 
         ``budget_px`` caps latent pixels x frames x 2 (CFG) per UNet call; a CUDA OOM halves
@@ -355,17 +356,19 @@ class VASPipeline:
         [T, 3, h, w] in [0, 1] on the CPU, one per job. With AccelConfig.skip_unkept, windows
         with no kept frame (``VideoJob.keep``) are not run and frames not kept may be zeros.
         ``memory``: the memory plan's low-memory mode (``generate``); ``device``: where to compute while the
-        networks are held on the CPU (LowMemory.per_network; None: where the UNet is).
+        networks are held on the CPU (LowMemory.per_network; None: where the UNet is); ``out_alloc(shape, dtype)``:
+        where each job's zero-filled float32 output is allocated (e.g. ``FrameStore.empty``; None: RAM).
         """
         if device is not None:
             self.compute_device = torch.device(device)
             try:
-                return self.run_jobs(jobs, sampler, hooks, budget_px, memory)
+                return self.run_jobs(jobs, sampler, hooks, budget_px, memory, out_alloc=out_alloc)
             finally:
                 self.compute_device = None
         plans = {j: plan_windows(0, job.length, sampler.window, sampler.overlap) for j, job in enumerate(jobs)}
         weights = {j: dict(zip(w, blend_weights(w, 0, jobs[j].length))) for j, w in plans.items()}
-        outs = [torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
+        outs = [torch.from_numpy(zeros(out_alloc, (job.length, 3, *job.cond_a.shape[-2:]), np.float32))
+                if out_alloc is not None else torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
         skip = self.accel.skip_unkept
         groups: dict[tuple, list[tuple[int, int, int]]] = {}
         for j, w in plans.items():

@@ -11,6 +11,7 @@ Frames without occlusion never reach steps 3-4 (fast path).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 import warnings
@@ -26,8 +27,8 @@ from ..data import Amodal, Tracks, pack_masks, unpack_masks
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks
 from .config import OcclusionConfig, SamplerConfig
-from .depth import normalize_depth, resize_depth, unit_float
-from .models import AmodalModels
+from .depth import normalize_depth, resize_depth, resize_depth_into, unit_float
+from .models import AmodalModels, OnDemand
 from .occlusion import (binarize, detection_size, fill_single_gaps, occluded_flags, padded_segments,
                         plan_windows, score_frames)
 from .job import VideoJob
@@ -130,6 +131,27 @@ def _resize_masks(masks: np.ndarray, size: tuple[int, int], dev: torch.device) -
     return torch.cat(out)
 
 
+def _conditions(tracks: Tracks, obj_id: int, size: tuple[int, int], dev: torch.device, alloc: Alloc | None
+                ) -> torch.Tensor:
+    """``_resize_masks(tracks.masks_of(obj_id), size, dev) * 2 - 1`` built ``_CHUNK`` frames at a time into an array
+    from ``alloc`` (None: RAM): the same chunks as the whole-clip call, so the same values, and no whole-clip mask."""
+    n_t = tracks.num_frames
+    out = torch.from_numpy(zeros(alloc, (n_t, 1, *size), np.float32))
+    for s in range(0, n_t, _CHUNK):
+        out[s:s + _CHUNK] = _resize_masks(tracks.masks_of(obj_id, slice(s, s + _CHUNK)), size, dev) * 2 - 1
+    return out
+
+
+def _takes(part: object, keyword: str, method: str | None = None) -> bool:
+    """Whether ``part`` (or its ``method``; through OnDemand wrappers) names ``keyword`` (test fakes need not)."""
+    while isinstance(part, OnDemand):
+        part = part.part
+    try:
+        return keyword in inspect.signature(getattr(part, method) if method else part).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _gray_mask(pred: torch.Tensor, size: tuple[int, int], occ: OcclusionConfig, dev: torch.device) -> np.ndarray:
     """Predicted frames [n, 3, h, w] -> channel mean, resized (bicubic) to ``size``, binarised: bool [n, H, W]."""
     g = pred.float().mean(dim=1, keepdim=True)
@@ -155,6 +177,23 @@ def _seed_key(obj_id: int, stage: int, start: int) -> int:
     return (int(obj_id) * 3 + stage) * 100_000 + int(start)
 
 
+def _detect(tracks: Tracks, obj_id: int, pred: torch.Tensor, occ: OcclusionConfig, dev: torch.device,
+            pack: bool, alloc: Alloc | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One person's detection pass, ``_CHUNK`` frames at a time: IoU (float32 [T]) and exemption codes (int8 [T])
+    of the visible vs the predicted amodal masks, and with ``pack`` (no refinement to redo them) the amodal masks
+    packed into an array from ``alloc`` (None: RAM). Every step is per frame, so chunks change no value."""
+    n_t, (h, w) = tracks.num_frames, tracks.image_size
+    ious, exempt = np.zeros(n_t, np.float32), np.zeros(n_t, np.int8)
+    packed = zeros(alloc, (n_t, h, (w + 7) // 8), np.uint8) if pack else None
+    for s in range(0, n_t, _CHUNK):
+        am = _gray_mask(pred[s:s + _CHUNK], (h, w), occ, dev)
+        ious[s:s + _CHUNK], exempt[s:s + _CHUNK] = score_frames(tracks.masks_of(obj_id, slice(s, s + _CHUNK)), am,
+                                                                 occ, dev)
+        if packed is not None:
+            packed[s:s + _CHUNK] = pack_masks(am)
+    return ious, exempt, packed
+
+
 def check_inputs(frames: torch.Tensor, tracks: Tracks) -> None:
     """Frames and tracks must describe the same clip; at least one person."""
     if tracks.num_objects == 0:
@@ -175,7 +214,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
 
     ``memory``: the memory plan's low-memory sampling mode (amodal/lowmem.py), passed to every sampler call.
     ``alloc(shape, dtype)``: returns the zero-filled arrays the packed amodal masks and the completed RGB are
-    written into (e.g. ``FrameStore.empty``: a long clip's outputs stay out of RAM); default ``np.zeros``.
+    written into (e.g. ``FrameStore.empty``: a long clip's outputs stay out of RAM), and the detection pass's
+    whole-clip inputs and outputs (depth, conditions, predictions; where the models take it); default ``np.zeros``.
     """
     occ, sampler = occ or OcclusionConfig(), sampler or SamplerConfig()
     frames = _as_frames(frames)
@@ -190,26 +230,27 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
 
     t0 = time.perf_counter()
     depth_kw = {"batch_size": memory.depth_frames} if memory is not None and memory.depth_frames else {}
-    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1), **depth_kw))
+    in_alloc = alloc is not None and _takes(models.depth, "alloc")  # then the raw depth is ours to overwrite
+    if in_alloc:
+        depth_kw["alloc"] = alloc
+    depth = normalize_depth(models.depth(frames, _SubHooks(hooks, 0.0, 0.1), **depth_kw), in_place=in_alloc)
     stats.timings["depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     all_idx = np.arange(n_t)
-    depth_det = resize_depth(depth, det)
-    jobs = [VideoJob(_resize_masks(tracks.masks_of(o), det, dev) * 2 - 1, depth_det, _seed_key(o, 0, 0), all_idx, o)
-            for o in ids]
+    depth_det = resize_depth_into(depth, det, alloc, _CHUNK)
+    jobs = [VideoJob(_conditions(tracks, o, det, dev, alloc), depth_det, _seed_key(o, 0, 0), all_idx, o) for o in ids]
+    out_kw = {"out_alloc": alloc} if alloc is not None and _takes(models.mask, "out_alloc", "run_jobs") else {}
     with _quiet_sampler():
         preds = models.mask.run_jobs(jobs, sampler, _SubHooks(hooks, 0.1, 0.5, expected_steps=_expected_steps(
-            jobs, sampler)), budget_px, **low)
+            jobs, sampler)), budget_px, **low, **out_kw)
     del jobs, depth_det
     occluded = np.zeros((len(ids), n_t), bool)
     iou = np.full((len(ids), n_t), np.nan, np.float32)
     amodal = zeros(alloc, (len(ids), n_t, h, (w + 7) // 8), np.uint8)
     det_packed: dict[int, np.ndarray] = {}  # detection-pass amodal masks, kept only without refinement
     for k, (o, pred) in enumerate(zip(ids, preds)):
-        vis = tracks.masks_of(o)
-        am = _gray_mask(pred, (h, w), occ, dev)
-        ious, exempt = score_frames(vis, am, occ, dev)
+        ious, exempt, packed = _detect(tracks, o, pred, occ, dev, not occ.refine, alloc)
         flags = occluded_flags(ious, exempt, occ.iou_occluded)
         if occ.fill_single_gaps:
             flags = fill_single_gaps(flags)
@@ -217,8 +258,8 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
         stats.detected[o], stats.detection_iou[o], stats.exempt[o] = flags, ious, exempt
         stats.segments[o] = padded_segments(flags, occ.pad_frames)
         amodal[k] = tracks.packed[k]
-        if not occ.refine and stats.segments[o]:
-            det_packed[k] = pack_masks(am)
+        if packed is not None and stats.segments[o]:
+            det_packed[k] = packed
     del preds
     stats.timings["detect"] = time.perf_counter() - t0
 

@@ -136,12 +136,16 @@ class SplitJobRunner:
         return getattr(self.local, name)
 
     def run_jobs(self, jobs: Sequence[Any], sampler: Any, hooks: Any = None, budget_px: int = 1 << 20,
-                 memory: Any = None, **local: Any) -> list[Any]:
+                 memory: Any = None, out_alloc: Any = None, **local: Any) -> list[Any]:
         """Every job's frames, the jobs shared by the workers in contiguous ranges.
 
         ``memory``: the plan's low-memory sampler mode, applied on every worker; ``local``: further
-        keywords of the sampler's own ``run_jobs`` (e.g. its device), used only where the jobs stay here.
+        keywords of the sampler's own ``run_jobs`` (e.g. its device), used only where the jobs stay here;
+        ``out_alloc``: where the outputs are allocated, likewise only here (the workers' results arrive as
+        their own arrays).
         """
+        if out_alloc is not None:
+            local["out_alloc"] = out_alloc
         import ray
 
         from ..runtime import NULL_HOOKS
