@@ -580,3 +580,18 @@ def test_headless_run_with_amodal_writes_its_outputs_into_the_store(models, tmp_
     assert a["completed_rgb"].shape[0] > 0  # occluded frames were completed: the RGB path is exercised
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_split_runner_hands_the_allocator_to_its_own_sampler_when_the_jobs_stay_here(store):
+    from body4d_core.amodal.config import SamplerConfig
+    from body4d_core.amodal.job import VideoJob
+    from body4d_core.batch.shard import SplitJobRunner
+
+    truth, _, _ = _amodal_case()
+    local = _AllocMask(truth)
+    jobs = [VideoJob(torch.zeros(16, 1, 8, 12), torch.zeros(16, 1, 8, 12), 0, np.arange(16), o) for o in (1, 2)]
+    spy = Spy(store)
+    got = SplitJobRunner([object()], "mask", local, None).run_jobs(jobs, SamplerConfig(steps=1), out_alloc=spy)
+    assert spy.calls == [((16, 3, 8, 12), np.dtype(np.float32))] * 2 and all(spy.gave(g) for g in got)
+    for g, o in zip(got, (1, 2)):
+        assert torch.equal(g, local.run_jobs([jobs[o - 1]], SamplerConfig(steps=1))[0])
