@@ -10,7 +10,6 @@ exactly.
 import csv
 import json
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ ray = pytest.importorskip("ray", reason="the batch engine needs Ray (pip install
 from body4d_core.batch.cli import cmd_batch, options_from_args  # noqa: E402
 
 from body4d_core.cli import parse_batch_args as parse_args
-from body4d_core.batch.engine import WorkerPool, WorkerSpec, init_ray, run_batch  # noqa: E402
+from body4d_core.batch.engine import run_batch  # noqa: E402
 from body4d_core.batch.jobs import collect_jobs  # noqa: E402
 from body4d_core.batch.outputs import SUMMARY_CSV, SUMMARY_JSON  # noqa: E402
 from body4d_core.data import Bodies, Clip, Tracks  # noqa: E402
@@ -30,6 +29,7 @@ from body4d_core.testing.checkpoints import write_tiny_checkpoints  # noqa: E402
 from body4d_core.video import LoadOptions, load_video  # noqa: E402
 
 from .media import REPO  # noqa: E402
+from .ray_pool import two_worker_pool  # noqa: E402
 
 SAMPLE = REPO / "samples" / "cartoon_dancer_81f.mp4"
 CAP = 4
@@ -59,13 +59,7 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool():
     """One embedded Ray and two CPU workers for the whole module."""
-    temp = tempfile.mkdtemp(prefix="b4dray")  # short: Ray's socket paths must stay under ~100 characters
-    init_ray(num_cpus=2, object_store_mb=200, temp_dir=temp)
-    workers = WorkerPool(WorkerSpec(2, 0.0, 1.0))
-    yield workers
-    workers.shutdown()
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    yield from two_worker_pool()
 
 
 def batch_args(inputs, out, models, *extra):

@@ -7,8 +7,6 @@ one worker's render fails the video with one line and leaves no half-written MP4
 """
 
 import json
-import shutil
-import tempfile
 
 import av
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the batch engine needs Ray (pip install ray)")
 
 from body4d_core.atomic import TMP_TAG  # noqa: E402
-from body4d_core.batch.engine import WorkerPool, WorkerSpec, init_ray, run_batch  # noqa: E402
+from body4d_core.batch.engine import run_batch  # noqa: E402
 from body4d_core.batch.jobs import VideoJob  # noqa: E402
 from body4d_core.batch.split_render import frame_ranges, render_split, slice_bodies  # noqa: E402
 from body4d_core.data import Bodies, BodyFlag, Camera  # noqa: E402
@@ -25,6 +23,7 @@ from body4d_core.errors import InputError  # noqa: E402
 from body4d_core.manifest import read_manifest  # noqa: E402
 from body4d_core.render import BatchSink, render_bodies  # noqa: E402
 
+from .ray_pool import two_worker_pool  # noqa: E402
 from .tiny_runs import SAMPLE, small_options, tiny_models  # noqa: E402
 
 FRAMES = 18  # two render batches of 16 frames: a range for each worker
@@ -33,13 +32,7 @@ FRAMES = 18  # two render batches of 16 frames: a range for each worker
 @pytest.fixture(scope="module")
 def pool():
     """One embedded Ray and two CPU workers for the whole module."""
-    temp = tempfile.mkdtemp(prefix="b4dray")  # short: Ray's socket paths must stay under ~100 characters
-    init_ray(num_cpus=2, object_store_mb=200, temp_dir=temp)
-    workers = WorkerPool(WorkerSpec(2, 0.0, 1.0))
-    yield workers
-    workers.shutdown()
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    yield from two_worker_pool()
 
 
 def render_shards(actors):
