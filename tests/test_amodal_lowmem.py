@@ -12,7 +12,7 @@ from body4d_core.amodal.lowmem import SEQUENTIAL, LowMemory, chunked, chunked_mo
 from body4d_core.amodal.models import OnDemand
 from body4d_core.amodal.sampler import VASPipeline
 from body4d_core.errors import InputError
-from body4d_core.testing.amodal import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts, build_vas_pipeline, random_conditions
 
 T, H, W = 5, 16, 24
 FAST = SamplerConfig(steps=2, decode_chunk_size=4)
@@ -25,13 +25,11 @@ CALL_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = build_vas_parts("tiny", seed=4)
-    return VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+    return build_vas_pipeline("tiny", seed=4)
 
 
 def conds(b: int = 2, t: int = T, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, t, 1, H, W, generator=g) * 2 - 1, torch.rand(b, t, 3, H, W, generator=g) * 2 - 1
+    return random_conditions(b, t, H, W, seed)
 
 
 @pytest.fixture(scope="module")

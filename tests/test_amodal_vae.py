@@ -13,7 +13,7 @@ from body4d_core.amodal.job import VideoJob
 from body4d_core.amodal.models import DEFAULT_ACCEL, AmodalModels
 from body4d_core.amodal.sampler import VASPipeline, decode_calls, decode_items
 from body4d_core.amodal.stage import run_amodal
-from body4d_core.testing.amodal import build_vas_parts
+from body4d_core.testing.amodal import build_vas_parts, build_vas_pipeline, random_conditions
 from body4d_core.data import Tracks
 from body4d_core.errors import InputError
 from tests.test_amodal_pipeline import TruthMask  # the same ground-truth mask model
@@ -24,13 +24,11 @@ SMP = SamplerConfig(steps=2, decode_chunk_size=4)
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = build_vas_parts("tiny", seed=6)
-    return VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+    return build_vas_pipeline("tiny", seed=6)
 
 
 def conds(b: int = 2, t: int = T, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, t, 1, H, W, generator=g) * 2 - 1, torch.rand(b, t, 3, H, W, generator=g) * 2 - 1
+    return random_conditions(b, t, H, W, seed)
 
 
 class CallCounter:

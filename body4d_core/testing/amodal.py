@@ -81,6 +81,12 @@ def build_vas_pipeline(preset: str = "tiny", seed: int = 0, device: str | torch.
     return VASPipeline(parts["unet"], parts["vae"], parts["image_encoder"], parts["scheduler"], dtype=dtype)
 
 
+def random_conditions(b: int, t: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random sampler conditions in [-1, 1]: a 1-channel [b, t, 1, h, w] and a 3-channel [b, t, 3, h, w]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 1, h, w, generator=g) * 2 - 1, torch.rand(b, t, 3, h, w, generator=g) * 2 - 1
+
+
 def save_vas_folder(parts: dict, directory: str | Path) -> Path:
     """Write parts in the released diffusers folder layout (model_index.json + one folder per part)."""
     directory = Path(directory)
