@@ -40,8 +40,8 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="replace each video's earlier results (default: keep finished videos, resume the others "
                         "from their finished stages; see run.json in each folder)")
     p.add_argument("--split", action="store_true",
-                   help="one video at a time, its body and amodal stages split over every worker "
-                        "(fewer videos than GPUs)")
+                   help="one video at a time, its body stage, amodal jobs and overlay render split over every "
+                        "worker (fewer videos than GPUs)")
     p.add_argument("--object_store_mb", type=int, default=0,
                    help="local Ray's shared-memory store for decoded frames (0 = Ray's default, 30%% of RAM)")
     for action in run._actions:
