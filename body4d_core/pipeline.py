@@ -365,24 +365,34 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
                  estimate: Callable[..., list] | None = None, plan: MemoryPlan | None = None,
                  alloc: Alloc | None = None) -> tuple[Bodies, object]:
     """SAM-3D-Body on every person of every frame; returns the bodies and the loaded model (for its rig).
-    ``alloc``: where the per-frame results go (the run's frame store; default RAM); a caller's ``estimate``
-    (e.g. sharded over workers) gets no allocator and returns its results in RAM."""
+    ``alloc``: where the bodies' per-frame arrays go (the run's frame store; default RAM). Each batch's results
+    are written straight into them (``BodiesWriter``: one copy, no per-item arrays); a caller's ``estimate``
+    (e.g. sharded over workers) does the same where it takes ``into``, else its results are copied in after."""
     from .body_inputs import body_items
-    from .sam3d_body import bodies_from_results, estimate_bodies
+    from .sam3d_body import estimate_bodies
+    from .sam3d_body.writer import BodiesWriter
 
     model = _body_model(opts, models)
     items = body_items(tracks, amodal)
     batch = plan.bodies_batch if plan is not None else opts.batch_size
     # CUDA only; equal up to rounding; compile 'auto' compiles only jobs large enough to win back the compile time
     opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
-    own = {"alloc": alloc} if estimate is None and alloc is not None else {}
-    results = (estimate or estimate_bodies)(model, frames, items, camera.intrinsics, mode=opts.body_mode,
-                                            batch_size=batch, hooks=hooks, return_vertices=True,
-                                            **opts.profile.body_kwargs(), **own)
-    faces = model.faces.detach().cpu().numpy()
-    bodies = bodies_from_results(items, results, tracks.num_frames, tracks.image_size, faces=faces,
-                                 obj_ids=tracks.obj_ids.tolist(), alloc=alloc)
-    return bodies, model
+    est = estimate or estimate_bodies
+    writer = BodiesWriter(items, tracks.num_frames, tracks.image_size, tracks.obj_ids.tolist(), alloc)
+    fills = _names_param(est, "into")
+    results = est(model, frames, items, camera.intrinsics, mode=opts.body_mode, batch_size=batch, hooks=hooks,
+                  return_vertices=True, **opts.profile.body_kwargs(), **({"into": writer} if fills else {}))
+    if writer.written < len(items):  # an estimate that returns its results without writing them
+        writer.put(items, results)
+    return writer.result(model.faces.detach().cpu().numpy()), model
+
+
+def _names_param(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` has a parameter called ``name`` (not merely ``**kwargs``: a stand-in may not pass it on)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,

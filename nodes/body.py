@@ -10,8 +10,9 @@ from comfy_api.latest import io
 
 from ..body4d_core.data import Camera, check_same_frames
 from ..body4d_core.errors import InputError
-from ..body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+from ..body4d_core.sam3d_body import estimate_bodies, load_sam3d_body
 from ..body4d_core.sam3d_body.runner import AUTO_COMPILE_MIN_CROPS
+from ..body4d_core.sam3d_body.writer import BodiesWriter
 from ..body4d_core.body_inputs import body_items
 from ..body4d_core.interop.mhr_pose_data import to_mhr_pose
 from . import comfy_glue as glue
@@ -152,13 +153,13 @@ class BodyBatch(io.ComfyNode):
                      in_effect["decoder"] or "eager")
         glue.node_profile(decoder_precision=decoder_precision, backbone_fp8=bool(backbone_fp8))  # checks the choices
         dec_dtype = torch.bfloat16 if decoder_precision == "bf16" else torch.float32
-        results = estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
-                                  hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
-                                  return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8,
-                                  **({"crop_kernel": profile.crop_kernel} if profile and profile.crop_kernel != "auto"
-                                     else {}))
-        faces = model.faces.detach().cpu().numpy()
-        bodies = bodies_from_results(items, results, n, size, faces, obj_ids=trk.obj_ids.tolist())
+        writer = BodiesWriter(items, n, size, obj_ids=trk.obj_ids.tolist())  # each batch goes straight in
+        estimate_bodies(model, frames[..., :3], items, cam, mode=mode, batch_size=batch_size,
+                        hooks=glue.hooks(len(items)), dtype=sam3d_body_model.dtype,
+                        return_vertices=vertices, decoder_dtype=dec_dtype, fp8=backbone_fp8, into=writer,
+                        **({"crop_kernel": profile.crop_kernel} if profile and profile.crop_kernel != "auto"
+                           else {}))
+        bodies = writer.result(model.faces.detach().cpu().numpy())
         return io.NodeOutput(bodies, to_mhr_pose(bodies, cam, model=model))
 
 

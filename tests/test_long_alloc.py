@@ -366,6 +366,78 @@ def test_estimate_bodies_writes_each_batch_into_the_allocator(store, body_case):
     assert not bodies.vertices[2].any() and bodies.vertices[1, 0].any()  # id 7 has no item; id 5 on frame 0
 
 
+def _body_tracks(body_case) -> Tracks:
+    """body_case's people as tracks: ids 2 and 5 on the shifted photo mask (5 missing on frame 2), id 7 never seen."""
+    model, frames, items, cam = body_case
+    m = items[0].get_mask()
+    masks = np.zeros((3, 6) + m.shape, bool)
+    for t in range(6):
+        masks[0, t] = np.roll(m, 3 * t - 4, axis=1)
+        masks[1, t] = np.roll(m, 3 * t, axis=1) if t != 2 else False
+    return Tracks.from_masks([2, 5, 7], masks)
+
+
+def test_estimate_bodies_into_writes_each_batch_into_the_bodies_arrays(store, body_case):
+    from body4d_core.errors import InputError
+    from body4d_core.sam3d_body import bodies_from_results, estimate_bodies
+    from body4d_core.sam3d_body.writer import BodiesWriter
+
+    model, frames, items, cam = body_case
+    faces = model.faces.detach().cpu().numpy()
+    ref = estimate_bodies(model, frames, items, cam.intrinsics, mode="body", batch_size=4, return_vertices=True)
+    want = bodies_from_results(items, ref, 6, (120, 120), faces, obj_ids=[2, 5, 7])
+    spy = Spy(store)
+    writer = BodiesWriter(items, 6, (120, 120), obj_ids=[2, 5, 7], alloc=spy)
+    got = estimate_bodies(model, frames, items, cam.intrinsics, mode="body", batch_size=4, return_vertices=True,
+                          into=writer)
+    bodies = writer.result(faces)
+    _bodies_equal(bodies, want)
+    nv = ref[0]["vertices"].shape[0]
+    assert all(s[:2] == (3, 6) for s, _ in spy.calls)  # only [people, frames, ...] arrays, none per item
+    assert [s for s, _ in spy.calls].count((3, 6, nv, 3)) == 1 and len(spy.calls) == 6  # kp3, kp2, 3 extras, verts
+    assert store.holds(bodies.vertices) and all(store.holds(v) for v in bodies.extras.values())
+    for it, r, g in zip(items, ref, got):  # each item's dict: views of its cell in the bodies' arrays
+        assert np.shares_memory(g["vertices"], bodies.vertices[[2, 5, 7].index(it.obj_id), it.frame])
+        for key in g:
+            _equal(g[key], r[key])
+    with pytest.raises(InputError, match="not both"):
+        estimate_bodies(model, frames, items, cam.intrinsics, alloc=spy, into=writer)
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_body_stage_allocates_each_bodies_array_once(store, body_case, own):
+    """The stage's estimate (or a caller's stand-in that returns its results) fills the bodies' arrays: vertices
+    are asked of the allocator once, never per item, and the bodies equal bodies_from_results'."""
+    from body4d_core.body_inputs import body_items
+    from body4d_core.runtime import NULL_HOOKS
+    from body4d_core.sam3d_body import bodies_from_results, estimate_bodies
+
+    model, frames, _, cam = body_case
+    tracks = _body_tracks(body_case)
+    opts = pipeline.PipelineOptions(body_mode="body", batch_size=4, device="cpu")
+    cache = {("sam3d_body", str(opts.models_root), opts.device): model}
+    items = body_items(tracks)
+    ref = estimate_bodies(model, frames, items, cam.intrinsics, mode="body", batch_size=4, return_vertices=True,
+                          **opts.profile.body_kwargs())
+    want = bodies_from_results(items, ref, 6, (120, 120), model.faces.numpy(), obj_ids=[2, 5, 7])
+    seen = []
+
+    def stand_in(model, frames, items, intrinsics=None, **kw):  # no ``into``: returns its results in RAM
+        seen.append(sorted(kw))
+        return estimate_bodies(model, frames, items, intrinsics, **kw)
+
+    spy = Spy(store)
+    got, _ = pipeline.stage_bodies(frames, tracks, None, cam, opts, NULL_HOOKS, cache,
+                                   estimate=None if own else stand_in, alloc=spy)
+    _bodies_equal(got, want)
+    nv = want.vertices.shape[2]
+    assert [s for s, _ in spy.calls] == [(3, 6, 70, 3), (3, 6, 70, 2), *[(3, 6) + v.shape[2:] for v in
+                                         want.extras.values()], (3, 6, nv, 3)]
+    assert store.holds(got.vertices) and store.holds(got.keypoints_2d)
+    assert seen == ([] if own else [sorted(["mode", "batch_size", "hooks", "return_vertices",
+                                            *opts.profile.body_kwargs()])])
+
+
 def test_rig_refresh_and_smoothing_write_into_the_allocator(store, body_case):
     from body4d_core.sam3d_body import bodies_from_results, estimate_bodies
     from body4d_core.sam3d_body.refresh import refresh_geometry, refresher
@@ -542,6 +614,8 @@ def test_headless_run_writes_every_per_frame_output_into_the_store(models, tmp_p
     nv = np.load(tmp_path / "disk" / "bodies_raw.npz")["vertices"].shape[2]
     assert shapes.count((2, 12, nv, 3)) == 3  # raw, smoothed and world vertices
     assert shapes.count((2, 12, 70, 3)) == 2  # raw and smoothed 3D keypoints
+    # the body stage writes its batches straight into the bodies' arrays: no per-item [N_items, ...] results
+    assert [s for s in shapes if s[-2:] in ((nv, 3), (70, 3), (70, 2)) and s[:2] != (2, 12)] == []
     assert (12, h, w) in shapes  # the world stage's person masks
     for rel in ("tracks.npz", "bodies_raw.npz", "bodies.npz", "world/world_bodies.npz", "params.npz"):
         a, b = np.load(tmp_path / "ram" / rel), np.load(tmp_path / "disk" / rel)

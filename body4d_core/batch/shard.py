@@ -42,8 +42,12 @@ def shard_ranges(n_items: int, n_workers: int, batch_size: int) -> list[tuple[in
 
 def estimate_bodies_sharded(workers: Sequence[Any], frames: np.ndarray, items: Sequence[Any], intrinsics: Any = None,
                             *, models_root: str | None = None, device: str | None = None, batch_size: int = 64,
-                            **kwargs: Any) -> list[dict[str, np.ndarray]]:
-    """``estimate_bodies`` results for ``items`` (in their order), computed by the workers in parallel."""
+                            into: Any = None, **kwargs: Any) -> list[dict[str, np.ndarray]]:
+    """``estimate_bodies`` results for ``items`` (in their order), computed by the workers in parallel.
+
+    into: a ``BodiesWriter`` each worker's results are written into as they arrive (then dropped), as
+    ``estimate_bodies(into=...)`` does; the returned dicts are then views of its cells.
+    """
     import ray
 
     if not items:
@@ -55,11 +59,29 @@ def estimate_bodies_sharded(workers: Sequence[Any], frames: np.ndarray, items: S
     root = None if models_root is None else str(models_root)
     futures = [w.estimate_bodies.remote(frames_ref, ordered[a:b], intrinsics, root, device, batch_size=batch_size,
                                         **kwargs) for w, (a, b) in zip(workers, ranges)]
-    flat = [r for part in ray.get(futures) for r in part]
+    if into is None:
+        flat = [r for part in ray.get(futures) for r in part]
+    else:
+        flat = _write_parts(futures, [ordered[a:b] for a, b in ranges], into)
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
     for pos, i in enumerate(order):
         out[i] = flat[pos]
     return out
+
+
+def _write_parts(futures: list, parts: list[Sequence[Any]], into: Any) -> list[dict[str, np.ndarray]]:
+    """Each worker's results written into ``into`` as its future finishes (one part in RAM at a time);
+    the cells' views, in the items' sorted order."""
+    import ray
+
+    cells: list[list[dict[str, np.ndarray]]] = [[] for _ in futures]
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for f in ready:
+            k = futures.index(f)
+            cells[k] = into.put(parts[k], ray.get(f))
+    return [c for part in cells for c in part]
 
 
 def job_ranges(costs: Sequence[int], n_workers: int, clean: Sequence[int] | None = None) -> list[tuple[int, int]]:

@@ -222,10 +222,10 @@ def _sharded_estimator(workers: list, opts: PipelineOptions) -> Any:
     root = None if opts.models_root is None else str(opts.models_root)
 
     def estimate(model: Any, frames: np.ndarray, items: Sequence[Any], intrinsics: Any = None, hooks: Any = None,
-                 **kwargs: Any) -> list[dict[str, np.ndarray]]:
+                 *, into: Any = None, **kwargs: Any) -> list[dict[str, np.ndarray]]:
         del model, hooks  # each worker uses its own copy; progress stays with the stage as a whole
         return estimate_bodies_sharded(workers, frames, items, intrinsics, models_root=root, device=opts.device,
-                                       **kwargs)
+                                       into=into, **kwargs)
 
     return estimate
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..alloc import Alloc, zeros
-from ..data import BodyFlag, Bodies, Camera
+from ..data import Bodies, Camera
 from ..errors import InputError
 from ..runtime import NULL_HOOKS, Hooks, upload
 from . import crop as C
@@ -26,12 +26,11 @@ from .heads import camera_geometry, project
 from .fp8 import fp8_unavailable
 from .model import CropBatch, Sam3dBody
 from .runner import BodyRunner
+from .writer import BodiesWriter
 
 log = logging.getLogger(__name__)
 MODES = ("body", "full")
 CROP_KERNELS = ("auto", "triton", "grid_sample")  # estimate_bodies(crop_kernel=...)
-# Bodies.extras name -> per-item result key (names follow body4d_core.interop.mhr_pose_data)
-EXTRA_KEYS = {"model_params": "model_params", "joint_coords": "joints", "joint_global_rots": "joint_rots"}
 PARAM_KEYS = {"global_rot": "global_rot", "body_pose": "body_pose", "hand_pose": "hand", "shape": "shape",
               "scale": "scale", "expr": "face", "cam_t": "cam_t"}
 
@@ -447,7 +446,8 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     dtype: torch.dtype | None = None, return_vertices: bool = False,
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
                     overlap: bool = True, fp8: bool = False, crop_kernel: str = "auto",
-                    runner: BodyRunner | None = None, *, alloc: Alloc | None = None) -> list[dict[str, np.ndarray]]:
+                    runner: BodyRunner | None = None, *, alloc: Alloc | None = None,
+                    into: BodiesWriter | None = None) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -468,11 +468,16 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     alloc(shape, dtype): when given, each batch's results are written as it finishes into zero-filled arrays
     [len(items), ...] per result key from it (e.g. ``FrameStore.empty``: a long clip's vertices never pile up
     in RAM) and each item's dict holds views of their rows; same values as without.
+    into: a ``BodiesWriter``; each batch's results are written as it finishes straight into its ``Bodies``
+    arrays (row = person, column = frame; ``into.result(faces)`` gives the bodies) and each item's dict holds
+    views of its cell (the keys ``Bodies`` keeps), so the results are stored once; not with ``alloc``.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if alloc is not None and into is not None:
+        raise InputError("estimate_bodies takes alloc (per-item arrays) or into (the bodies' arrays), not both")
     if model.mhr is None:
         raise InputError("the SAM-3D-Body model has no MHR rig attached; load it with load_sam3d_body")
     frames_t = _frames_tensor(frames)
@@ -511,6 +516,8 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                          decoder_dtype or torch.float32, batch=batch, feats=feats, ready=ready, stream=side,
                          after_encode=(lambda: pre.ahead(*nxt)) if prefetch or overlap else None,
                          crop_kernel=kernel)
+        if into is not None:
+            return into.put(ordered[start:stop], res)
         return res if sink is None else sink.put(start, res)
 
     why = fp8_unavailable(dev) if fp8 else ""
@@ -569,30 +576,9 @@ def bodies_from_results(items: Sequence[BodyItem], results: Sequence[dict[str, n
     """Fill a ``Bodies`` (keyed by object id) from per-item results; frames without an item stay MISSING.
 
     ``alloc(shape, dtype)``: returns the zero-filled arrays the keypoints, extras and vertices [N, T, ...] are
-    filled into (e.g. ``FrameStore.empty``: out of RAM); default ``np.zeros``.
+    filled into (e.g. ``FrameStore.empty``: out of RAM); default ``np.zeros``. A run that has no use for the
+    per-item results passes a ``BodiesWriter`` to ``estimate_bodies(into=...)`` instead (one copy, not two).
     """
-    ids = sorted({int(it.obj_id) for it in items} | {int(i) for i in (obj_ids or [])})
-    bodies = Bodies.empty(ids, num_frames, image_size)
-    row = {oid: i for i, oid in enumerate(ids)}
-    n = len(ids)
-    kp3 = zeros(alloc, (n, num_frames, 70, 3), np.float32)
-    kp2 = zeros(alloc, (n, num_frames, 70, 2), np.float32)
-    extras: dict[str, np.ndarray] = {}
-    verts = None
-    for it, res in zip(items, results):
-        r, f = row[int(it.obj_id)], int(it.frame)
-        for name in bodies.params:
-            bodies.params[name][r, f] = res[name]
-        kp3[r, f], kp2[r, f] = res["keypoints_3d"], res["keypoints_2d"]
-        for name, key in EXTRA_KEYS.items():
-            if key in res:
-                if name not in extras:
-                    extras[name] = zeros(alloc, (n, num_frames) + res[key].shape, np.float32)
-                extras[name][r, f] = res[key]
-        if "vertices" in res:
-            if verts is None:
-                verts = zeros(alloc, (n, num_frames) + res["vertices"].shape, np.float32)
-            verts[r, f] = res["vertices"]
-        bodies.flags[r, f] = BodyFlag.OCCLUDED if it.occluded else BodyFlag.VISIBLE
-    return bodies.replace(keypoints_3d=kp3, keypoints_2d=kp2, vertices=verts,
-                          faces=None if faces is None else np.asarray(faces, np.int32), extras=extras)
+    writer = BodiesWriter(items, num_frames, image_size, obj_ids, alloc)
+    writer.put(items, results)
+    return writer.result(faces)

@@ -15,7 +15,8 @@ import torch
 from ..alloc import Alloc, zeros, zeros_like
 from ..data import Bodies, Camera
 from .heads import camera_geometry, project
-from .infer import EXTRA_KEYS, PARAM_KEYS
+from .infer import PARAM_KEYS
+from .writer import EXTRA_KEYS
 from .model import Sam3dBody
 
 
