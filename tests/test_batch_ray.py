@@ -187,6 +187,34 @@ def test_body_stage_split_over_two_workers_equals_one(first_batch, pool, models)
     assert np.allclose(raw.params["body_pose"][0], np.stack([r["body_pose"] for r in one]))
 
 
+def test_body_stage_split_writes_each_worker_part_into_the_bodies(first_batch, pool, models):
+    """estimate_bodies_sharded(into=...) fills the bodies' arrays from each worker's part: the same bodies as
+    bodies_from_results of a one-worker run, and the returned dicts are views of their cells."""
+    from body4d_core.body_inputs import body_items
+    from body4d_core.batch.shard import estimate_bodies_sharded
+    from body4d_core.sam3d_body import bodies_from_results, estimate_bodies, load_sam3d_body
+    from body4d_core.sam3d_body.writer import BodiesWriter
+
+    _, out = first_batch
+    tracks = Tracks.load_npz(out / "clip_b" / "tracks.npz")
+    clip = Clip.load_npz(out / "clip_b" / "clip.npz")
+    frames, _ = load_video(clip.source, LoadOptions(frame_load_cap=CAP))
+    items = body_items(tracks)[::-1]  # out of order: each part must land on its own frames
+    model = load_sam3d_body(search_dirs=[models], device="cpu")
+    faces = model.faces.numpy()
+    one = estimate_bodies(model, frames, items, None, mode="body", batch_size=2, return_vertices=True)
+    want = bodies_from_results(items, one, CAP, clip.image_size, faces, obj_ids=tracks.obj_ids.tolist())
+    writer = BodiesWriter(items, CAP, clip.image_size, tracks.obj_ids.tolist())
+    two = estimate_bodies_sharded(pool.actors, frames, items, None, models_root=models, device="cpu", mode="body",
+                                  batch_size=2, return_vertices=True, into=writer)
+    got = writer.result(faces)
+    for key, value in want.to_arrays().items():
+        assert np.array_equal(value, got.to_arrays()[key]), key
+    assert writer.written == len(items) == CAP
+    for it, cell in zip(items, two):
+        assert np.shares_memory(cell["vertices"], got.vertices[0, it.frame])
+
+
 def test_split_mode_runs_one_video_over_both_workers(first_batch, pool, clips, models, tmp_path):
     from inspect import signature
 
