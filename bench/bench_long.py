@@ -75,6 +75,53 @@ class RssSampler:
         self._thread.join()
 
 
+def smaps_groups() -> dict[str, int]:
+    """Resident KiB of this process's file mappings from /proc/self/smaps, grouped: the frame store's frames
+    file, its other files (per-frame outputs), shared libraries, other files."""
+    out = {"store frames": 0, "store outputs": 0, "libraries": 0, "other files": 0}
+    group = None
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if len(head) >= 5 and "-" in head[0] and not line.startswith(("Rss", "Pss")) and head[0][0] in "0123456789abcdef":
+                path = head[5].strip() if len(head) > 5 else ""
+                if not path.startswith("/"):
+                    group = None
+                elif ".frames." in path:
+                    group = "store frames" if path.endswith("frames.u8") else "store outputs"
+                else:
+                    group = "libraries" if ".so" in Path(path).name else "other files"
+            elif group is not None and line.startswith("Rss:"):
+                out[group] += int(line.split()[1])
+    return out
+
+
+class SmapsSampler:
+    """Per stage of ``rss`` (an ``RssSampler``), the peak resident KiB of each ``smaps_groups`` group, read every
+    ``every`` seconds (smaps is slow to read: a diagnostic, --smaps)."""
+
+    def __init__(self, rss: RssSampler, every: float = 0.2) -> None:
+        self.rss, self.by_stage = rss, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def _run(self, every: float) -> None:
+        while True:
+            here = self.by_stage.setdefault(self.rss.stage, {})
+            for k, v in smaps_groups().items():
+                here[k] = max(here.get(k, 0), v)
+            if self._stop.wait(every):
+                return
+
+    def __enter__(self) -> "SmapsSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def write_clip(path: Path, frames: int, width: int = 1280, height: int = 720) -> Path:
     """The synthetic H.264 clip (a panning texture; bench/clips.write_h264), written once per length."""
     from bench.clips import write_h264
@@ -157,12 +204,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     reset_gpu_peak(args.device, empty_cache=True)
     stage_vram: dict[str, float] = {}
     t0 = time.perf_counter()
-    with RssSampler() as rss, stage_labels(rss, args.device, stage_vram):
+    with RssSampler() as rss, stage_labels(rss, args.device, stage_vram), \
+            (SmapsSampler(rss) if args.smaps else contextlib.nullcontext()) as smaps:
         summary = run_pipeline(args.clip, args.out, opts, overwrite=True)
     wall = time.perf_counter() - t0
     vram = max([gpu_peak_gib(args.device), *stage_vram.values()]) if stage_vram else gpu_peak_gib(args.device)
     stages = {name: {"rss_anon_gib": p["RssAnon"] / 2**20, "rss_gib": p["VmRSS"] / 2**20,
-                     "vram_gib": stage_vram.get(name, float("nan"))} for name, p in rss.by_stage.items()}
+                     "rss_file_gib": p["RssFile"] / 2**20, "vram_gib": stage_vram.get(name, float("nan")),
+                     **({"file_mib": {k: v / 2**10 for k, v in smaps.by_stage.get(name, {}).items()}}
+                        if smaps is not None else {})} for name, p in rss.by_stage.items()}
     return {"frames": summary.num_frames, "wall_s": wall, "rss_anon_gib": rss.peak["RssAnon"] / 2**20,
             "rss_gib": rss.peak["VmRSS"] / 2**20, "rss_file_gib": rss.peak["RssFile"] / 2**20,
             "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -227,6 +277,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "and reported; 0: no limit)")
     ap.add_argument("--store-only", action="store_true",
                     help="no model: decode into the frame store and read every frame back (the frame path alone)")
+    ap.add_argument("--smaps", action="store_true",
+                    help="also the peak resident file pages per stage and mapping group (store frames, store "
+                         "outputs, libraries, other files) from /proc/self/smaps every 0.2 s (a diagnostic)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clip", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -242,7 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 FORWARD = ("--device", "--models", "--batch-size", "--size", "--render-mode")
 FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes",
-         "--no-glb")
+         "--no-glb", "--smaps")
 
 
 def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:
@@ -296,6 +349,22 @@ def print_stages(results: dict[int, dict[str, Any]], device: str) -> None:
         print(f"{name:>16} " + " ".join(cells))
 
 
+def print_files(results: dict[int, dict[str, Any]]) -> None:
+    """With --smaps: peak RssFile per stage and, per mapping group, its peak resident MiB."""
+    names = sorted({k for r in results.values() for k, p in r.get("stages", {}).items() if "file_mib" in p},
+                   key=_stage_order)
+    if not names:
+        return
+    groups = ("store frames", "store outputs", "libraries", "other files")
+    print("\nper-stage peak RssFile GiB, then peak resident MiB per mapping group: " + ", ".join(groups))
+    for n, r in results.items():
+        for name in names:
+            p = r["stages"].get(name)
+            if p is not None:
+                cells = " ".join(f"{p['file_mib'].get(g, 0.0):9.1f}" for g in groups)
+                print(f"{n:>6} fr {name:>16} {p['rss_file_gib']:7.3f}  {cells}")
+
+
 def add_rows(rows: RowWriter, args: argparse.Namespace, case: str, n: int, r: dict[str, Any]) -> None:
     extra = {"frames": n, "size": args.size, "path": case, "timings": r["timings"], "preset": args.preset,
              "render_mode": args.render_mode,
@@ -345,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             if own:
                 shutil.rmtree(work / f"out_{n}", ignore_errors=True)
         print_stages(results, args.device)
+        print_files(results)
         print(f"\ntotal {time.perf_counter() - t0:.1f} s for {len(results)} length(s)", flush=True)
     finally:
         if own:

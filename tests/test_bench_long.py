@@ -85,3 +85,38 @@ def test_stage_labels_follow_the_pipeline_stages():
                     raise RuntimeError("boom")
     assert pipeline._Stage.__enter__.__name__ == "__enter__"  # restored after the block, also after an error
     assert {"sam3", "after sam3", "render"} <= set(rss.by_stage) and rss.by_stage["sam3"]["RssAnon"] > 0
+
+
+def test_smaps_groups_count_the_store_pages_touched(tmp_path):
+    """--smaps: the frame store's frames file and its other files are counted apart, by what is resident."""
+    import numpy as np
+
+    from body4d_core.frame_store import FrameStore
+
+    import mmap
+    import os
+
+    if not (hasattr(mmap, "MADV_DONTNEED") and os.path.exists("/proc/self/smaps")):
+        pytest.skip("needs /proc/self/smaps and madvise (Linux)")
+    with FrameStore(tmp_path, 8, 64, 1024, interval=0) as store:
+        store.frames[:4] = 1  # 4 frames of 192 KiB: 768 KiB
+        out = store.empty((512, 1024), np.float32)
+        out[:256] = 2.0  # 1 MiB of 2
+        got = bench_long.smaps_groups()
+        assert 768 <= got["store frames"] < 768 + 256 and 1024 <= got["store outputs"] < 1024 + 256
+        assert got["libraries"] > 0
+        store.drop_pages()
+        got = bench_long.smaps_groups()
+        assert got["store frames"] == got["store outputs"] == 0
+
+
+def test_print_files_shows_each_stage_and_group(capsys):
+    stage = {"rss_anon_gib": 1.0, "rss_gib": 2.0, "rss_file_gib": 1.0, "vram_gib": float("nan"),
+             "file_mib": {"store frames": 500.0, "store outputs": 20.0, "libraries": 300.0, "other files": 1.0}}
+    bench_long.print_files({9000: {"stages": {"bodies": stage, "sam3": dict(stage, rss_file_gib=0.5)}}})
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert ["9000", "fr", "sam3", "0.500", "500.0", "20.0", "300.0", "1.0"] in lines
+    assert lines.index(["9000", "fr", "sam3", "0.500", "500.0", "20.0", "300.0", "1.0"]) < \
+        lines.index(["9000", "fr", "bodies", "1.000", "500.0", "20.0", "300.0", "1.0"])
+    bench_long.print_files({300: {"stages": {"bodies": {"rss_anon_gib": 1.0}}}})  # without --smaps: nothing
+    assert capsys.readouterr().out == ""
