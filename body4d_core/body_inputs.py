@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Amodal, Tracks, check_same_frames, mask_boxes, unpack_masks
+from .data import MASK_CHUNK, Amodal, Tracks, check_same_frames, mask_boxes, unpack_masks
+from .pages import drop_resident
 from .errors import InputError
 from .sam3d_body.infer import BodyItem
 
@@ -26,6 +27,15 @@ def _box(packed: np.ndarray, width: int, min_size: float) -> np.ndarray | None:
     if np.isnan(box).any() or min(box[2] - box[0], box[3] - box[1]) < min_size:
         return None
     return box
+
+
+def _drop_masks(tracks: Tracks, amodal: Amodal | None, i: int, a: int | None, stop: int) -> None:
+    """Drop the resident pages of one person's masks on the MASK_CHUNK frames before ``stop`` (a whole-clip pass
+    over masks in a frame store maps them faster than its pager drops them)."""
+    start = max(0, (stop - 1) // MASK_CHUNK * MASK_CHUNK)
+    drop_resident(tracks.packed[i, start:stop])
+    if a is not None:
+        drop_resident(amodal.packed_amodal[a, start:stop])
 
 
 def body_items(tracks: Tracks, amodal: Amodal | None = None, min_box: float = 2.0) -> list[BodyItem]:
@@ -42,6 +52,8 @@ def body_items(tracks: Tracks, amodal: Amodal | None = None, min_box: float = 2.
     for i, oid in enumerate(tracks.obj_ids.tolist()):
         a = amodal.index_of(oid) if amodal is not None and oid in amodal.obj_ids else None
         for t in range(tracks.num_frames):
+            if t and t % MASK_CHUNK == 0:  # the chunk before t is done
+                _drop_masks(tracks, amodal, i, a, t)
             occluded = a is not None and bool(amodal.occluded[a, t])
             if occluded:
                 packed = amodal.packed_amodal[a, t]
@@ -56,5 +68,6 @@ def body_items(tracks: Tracks, amodal: Amodal | None = None, min_box: float = 2.
                 continue
             items.append(BodyItem(frame=t, obj_id=oid, box=box.tolist(), mask=_mask_loader(packed, width),
                                   image=image, occluded=occluded))
+        _drop_masks(tracks, amodal, i, a, tracks.num_frames)
     items.sort(key=lambda it: (it.frame, it.obj_id))
     return items

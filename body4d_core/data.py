@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .pages import drop_resident
 
 FORMAT_VERSION = 1
 
@@ -92,6 +93,7 @@ def _obj_ids(ids: Iterable[int], what: str) -> np.ndarray:
     return arr
 
 
+MASK_CHUNK = 256  # frames of packed masks per chunk of a whole-clip pass (``Tracks.present``)
 NPZ_LEVEL = 1  # deflate level of compressed members: masks shrink ~100x at level 1 already, 3x faster than 6
 NPZ_STORE_RATIO = 0.85  # a member whose sample deflates to more than this is stored (float vertices: ~0.92)
 NPZ_SAMPLE = 1 << 18  # bytes per sampled chunk (4 chunks spread over the array)
@@ -475,7 +477,13 @@ class Tracks(_NpzMixin):
     def present(self) -> np.ndarray:
         """bool [N, T]: the object has at least one mask pixel on that frame."""
         n, t, h, wb = self.packed.shape
-        return self.packed.reshape(n, t, h * wb).any(axis=-1)
+        out = np.zeros((n, t), bool)
+        for i in range(n):  # in chunks, each dropped once read: a long clip's masks live in a file (frame store)
+            for a in range(0, t, MASK_CHUNK):
+                block = self.packed[i, a:a + MASK_CHUNK]
+                out[i, a:a + MASK_CHUNK] = block.reshape(len(block), h * wb).any(axis=-1)
+                drop_resident(block)
+        return out
 
     def index_of(self, obj_id: int) -> int:
         hits = np.flatnonzero(self.obj_ids == int(obj_id))
