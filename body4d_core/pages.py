@@ -19,12 +19,12 @@ def drop_resident(arr: np.ndarray) -> bool:
     and last page are dropped too (harmless: they are read back from the file)."""
     if not (hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")) or arr.size == 0:
         return False
-    root, base = arr, arr.base
+    base = arr.base
     while isinstance(base, np.ndarray):
-        root, base = base, base.base
-    if not isinstance(base, mmap.mmap):
+        base = base.base
+    if not isinstance(base, mmap.mmap) or base.closed:
         return False
-    start = arr.ctypes.data - root.ctypes.data
+    start = arr.ctypes.data - np.frombuffer(base, np.uint8, count=1).ctypes.data  # bytes from the mapping's start
     offsets = [(n - 1) * s for n, s in zip(arr.shape, arr.strides)]
     lo = start + sum(o for o in offsets if o < 0)
     hi = start + sum(o for o in offsets if o > 0) + arr.itemsize

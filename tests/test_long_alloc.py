@@ -669,3 +669,55 @@ def test_split_runner_hands_the_allocator_to_its_own_sampler_when_the_jobs_stay_
     assert spy.calls == [((16, 3, 8, 12), np.dtype(np.float32))] * 2 and all(spy.gave(g) for g in got)
     for g, o in zip(got, (1, 2)):
         assert torch.equal(g, local.run_jobs([jobs[o - 1]], SamplerConfig(steps=1))[0])
+
+
+# ------------------------------------------------------------------ whole-clip passes drop the pages they read
+
+
+def _store_resident_kib() -> int:
+    import mmap
+
+    if not (hasattr(mmap, "MADV_DONTNEED") and os.path.exists("/proc/self/smaps")):
+        pytest.skip("needs /proc/self/smaps and madvise (Linux)")
+    from bench.bench_long import smaps_groups
+
+    return smaps_groups()["store outputs"]
+
+
+def test_drop_resident_drops_a_store_slice_and_leaves_ram_arrays_alone(tmp_path):
+    from body4d_core.pages import drop_resident
+
+    with FrameStore(tmp_path, 1, 2, 2, interval=0) as s:
+        a = s.empty((2, 100, 16, 256), np.uint8)  # 4 KiB a frame
+        a[:] = 7
+        full = _store_resident_kib()
+        assert full >= 800 and drop_resident(a[0, 10:60])
+        assert full - 200 - 8 <= _store_resident_kib() <= full - 200 + 8  # 50 frames, +-1 page either end
+        assert drop_resident(a[1, ::-1]) and drop_resident(a[0]) and _store_resident_kib() == 0
+        assert (a == 7).all()  # the data stays in the file
+    assert not drop_resident(np.ones((4, 4))) and not drop_resident(np.ones((4, 4))[:2])
+
+
+def test_mask_passes_over_the_store_leave_no_page_resident(tmp_path):
+    """Tracks.present and body_items read every frame's mask: with the masks in the store (no pager running) they
+    drop what they read chunk by chunk (the kernel's fault-around may map a few neighbouring pages: 256 KiB of
+    slack), and give the same answers as in RAM."""
+    from body4d_core.body_inputs import body_items
+    from body4d_core.data import MASK_CHUNK
+
+    t = 2 * MASK_CHUNK + 17
+    masks = np.zeros((2, t, 64, 512), bool)  # 4 KiB a packed frame: 2 x 529 frames, 4.1 MiB
+    masks[0, :, 4:20, 8:300] = True
+    masks[1, ::3, 10:60, 30:500] = True
+    ram = Tracks.from_masks([1, 4], masks)
+    with FrameStore(tmp_path, 1, 2, 2, interval=0) as s:
+        disk = Tracks.from_masks([1, 4], masks)
+        disk.packed = s.keep(disk.packed)
+        assert _store_resident_kib() == 0  # keep writes the file without touching the mapping
+        _equal(disk.present, ram.present)
+        assert _store_resident_kib() <= 256
+        got, want = body_items(disk), body_items(ram)
+        assert _store_resident_kib() <= 256
+        assert [(i.frame, i.obj_id, i.box) for i in got] == [(i.frame, i.obj_id, i.box) for i in want]
+        _equal(got[5].get_mask(), want[5].get_mask())
+        assert int(disk.packed.sum()) == int(ram.packed.sum()) and _store_resident_kib() >= 4000  # a plain read
