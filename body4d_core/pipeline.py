@@ -16,7 +16,8 @@ Long videos: by default the decoded frames live in a frame store (a file inside 
 ``frame_store.py``) rather than RAM, the stages write their whole-clip per-frame outputs (packed masks,
 amodal results, vertices, keypoints) straight into files of the store through its allocator
 (``FrameStore.empty``; ``alloc.py``), and the render streams batch by batch into a background MP4
-encoder; the store is deleted when the run ends, failed or not.
+encoder; the store is deleted when the run ends, failed or not. Before any stage, the run checks that the
+output folder's disk has room for every store file and output it will write (``disk_plan.py``).
 """
 
 from __future__ import annotations
@@ -415,6 +416,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     try:
         remove_temporaries(out)
         remove_stale(out)
+        check_disk_plan(video, out, opts, decoded)  # a disk too small for the whole run: refused before run.json
         if record:
             summary.manifest = start_run(out, video, opts, [*required_models(opts), "moge"], _search(opts),
                                          overwrite=overwrite, resume=resume)
@@ -446,6 +448,17 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         if lock is not None:
             lock.release()
     return summary
+
+
+def check_disk_plan(video: str | Path, out: Path, opts: PipelineOptions,
+                    decoded: tuple[np.ndarray, Clip] | None = None) -> None:
+    """Refuse a run whose frame store files and outputs (``disk_plan``) need more than the free space of ``out``'s
+    disk (an earlier run's outputs there count as free: this run replaces them), before any stage runs."""
+    from .disk_plan import check_run_disk, existing_bytes, plan_for_run
+
+    plan = plan_for_run(video, opts, decoded)
+    if plan is not None:
+        check_run_disk(out, plan, existing_bytes(out))
 
 
 def _record_failure(manifest: Manifest | None, err: BaseException) -> None:
