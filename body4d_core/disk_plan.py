@@ -321,7 +321,8 @@ def existing_bytes(folder: str | Path) -> int:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes for a sentence: GiB, MiB below one GiB."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def check_run_disk(folder: str | Path, plan: DiskPlan, reclaim: int = 0) -> None:

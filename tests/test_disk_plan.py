@@ -230,7 +230,7 @@ def test_a_disk_too_small_is_refused_before_any_stage(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("the user's file")
-    with pytest.raises(MemoryBudgetError, match="this run needs about .* but its disk has 0.0 GiB free"):
+    with pytest.raises(MemoryBudgetError, match=r"this run needs about .* MiB in .* but its disk has 0\.0 MiB free"):
         pipeline.run_pipeline(SAMPLE, out, _opts())
     assert began == [] and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 40))
