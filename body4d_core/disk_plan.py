@@ -4,9 +4,14 @@ A run's frame store (``frame_store.py``) receives every whole-clip per-frame arr
 ``FrameStore.empty`` and keeps them all until the run ends, so its peak is their sum; the outputs stay. The
 estimate follows the shapes and dtypes the stages allocate (the functions named below) for the clip's frames,
 size and people, the run options and the models' sizes, each file rounded up to whole blocks. What depends on
-the content takes its upper bound: every person on every frame, every person-frame occluded (the completed
-RGB), and an MP4 allowance per pixel (the one figure not derived from an array: x264 at crf 18 stays below it
-on real footage). A refusal names the biggest parts and the options that remove them.
+the content takes its upper bound: every person on every frame and an MP4 allowance per pixel (the one figure
+not derived from an array: x264 at crf 18 stays below it on real footage). A refusal names the biggest parts
+and the options that remove them.
+
+The amodal completed RGB (in the store and in amodal.npz) scales with the occluded person-frames K, known only
+after the occlusion detection; its bound (every person-frame occluded) dwarfs the rest, so the start-up check
+(``check_start``) refuses only what the definite parts (K = 0) do not fit, warns when the bound does not fit, and
+``CompletionCheck`` checks the disk again with the real K before any completion work.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ EXPR_TARGETS = 72  # the skinned scene's expression morph targets (PARAM_DIMS["e
 BVH_VALUE = 16  # characters of one BVH channel value ("%.6f" and a space)
 BVH_JOINT = 512  # a joint's block in the BVH hierarchy (name, offset, channels, indentation)
 ANIM_JOINT_JSON = 2048  # a joint's node, T/R/S channels, samplers, accessors and views in the scene's JSON
+COMPLETED_BOUND = "amodal completed frames (at most)"  # the completed RGB at its bound (every person-frame)
+COMPLETED = "amodal completed frames"  # ... of the K person-frames the occlusion detection found
 
 
 @dataclass(frozen=True)
@@ -127,10 +134,12 @@ def sam3_parts(t: int, h: int, w: int, n: int) -> list[Part]:
     return [Part("SAM-3 masks", files(n * _packed(t, h, w)), True, PEOPLE)]
 
 
-def amodal_parts(t: int, h: int, w: int, n: int, settings: dict, m: ModelSizes) -> list[Part]:
+def amodal_parts(t: int, h: int, w: int, n: int, settings: dict, m: ModelSizes,
+                 completed: int | None = None) -> list[Part]:
     """amodal.stage.run_amodal: raw depth [T, h', w'] (depth.estimate_depth at DA-V2's input size), depth and
     per person conditions [T, 1, det] and predictions [T, 3, det] at the detection resolution, the packed amodal
-    masks (and, without refinement, each person's detection masks), the completed RGB [K, H, W, 3], K <= N T."""
+    masks (and, without refinement, each person's detection masks), the completed RGB [K, H, W, 3] of the
+    ``completed`` person-frames K (None: its bound N T)."""
     from .amodal.config import configs_from_mapping
     from .amodal.depth import network_size
     from .amodal.occlusion import detection_size
@@ -141,8 +150,12 @@ def amodal_parts(t: int, h: int, w: int, n: int, settings: dict, m: ModelSizes) 
     det = t * dh * dw * F32
     detect = files(t * rh * rw * F32, det, *[det] * n, *[3 * det] * n, n * _packed(t, h, w),
                    *([] if occ.refine else [_packed(t, h, w)] * n))
-    return [Part("amodal detection (depth, masks)", detect, True, "--no_amodal or a lower --amodal_resolution"),
-            Part("amodal completed frames (at most)", files(n * t * h * w * 3), True, "--no_amodal")]
+    k = n * t if completed is None else int(completed)
+    parts = [Part("amodal detection (depth, masks)", detect, True, "--no_amodal or a lower --amodal_resolution")]
+    if k:
+        parts.append(Part(COMPLETED_BOUND if completed is None else COMPLETED, files(k * h * w * 3), True,
+                          "--no_amodal"))
+    return parts
 
 
 def _result_floats(m: ModelSizes, hands: bool) -> list[int]:
@@ -170,22 +183,24 @@ def body_parts(t: int, n: int, m: ModelSizes, hands: bool, smooth: bool) -> list
 
 
 def world_parts(t: int, h: int, w: int, n: int, opts: PipelineOptions, m: ModelSizes) -> list[Part]:
-    """world.inputs: person masks bool [T, H, W] and MoGe-2 depth float32 [T, H, W] (when depth is asked and
-    the camera uses MoGe-2); camera_motion._downscale: gray frames, masks and depth at most ``max_side`` pixels
-    (gray frames only at full size); world.stage: the world vertices [N, T, V, 3]."""
+    """world.inputs: person masks bool [T, H, W] and MoGe-2 depth float32 [K, H, W] of its K keyframes (every
+    ``world_depth_every``-th frame, when depth is asked and the camera uses MoGe-2); camera_motion._downscale:
+    gray frames, masks and the keyframes' depth at most ``max_side`` pixels (gray frames only at full size);
+    world.stage: the world vertices [N, T, V, 3]."""
     from .preflight import uses_moge
     from .world import WorldOptions
 
-    depth = opts.world_depth_every > 0 and uses_moge(opts)
-    arrays = [t * h * w, *([t * h * w * F32] if depth else []), n * t * m.verts * 3 * F32]
+    every = opts.world_depth_every
+    k = -(-t // every) if every > 0 and uses_moge(opts) else 0  # moge_depth's frames 0, every, 2 every, ...
+    arrays = [t * h * w, *([k * h * w * F32] if k else []), n * t * m.verts * 3 * F32]
     if opts.world_camera == "auto":
         side = WorldOptions().max_side
         s = min(1.0, side / max(h, w)) if side and side > 0 else 1.0
         if s >= 1.0:
             arrays.append(t * h * w)
         else:
-            px = t * max(1, round(w * s)) * max(1, round(h * s))
-            arrays += [px, px, *([px * F32] if depth else [])]
+            px = max(1, round(w * s)) * max(1, round(h * s))
+            arrays += [t * px, t * px, *([k * px * F32] if k else [])]
     return [Part("world stage (masks, depth, vertices)", files(*arrays), True, "--no_world or --world_depth_every 0")]
 
 
@@ -229,15 +244,18 @@ def _anim(t: int, n: int, m: ModelSizes) -> int:
     return files(scene) + blocks(bvh) + blocks(flags) + _npz(n * t * m.joints * 3 * F32, n * t * 16)
 
 
-def output_parts(t: int, h: int, w: int, n: int, opts: PipelineOptions, m: ModelSizes) -> list[Part]:
-    """The run's files in the output folder (pipeline._run_stages), by the option that removes them."""
+def output_parts(t: int, h: int, w: int, n: int, opts: PipelineOptions, m: ModelSizes,
+                 completed: int | None = None) -> list[Part]:
+    """The run's files in the output folder (pipeline._run_stages), by the option that removes them; amodal.npz
+    with ``completed`` completed person-frames (None: N T)."""
     bodies = _bodies_npz(t, n, m)
     results = (_npz(t * 8) + _npz(n * 8, n * _packed(t, h, w), n * t * F32) + _npz(t * 4 * F32)
                + bodies * (3 if opts.smooth else 2) + _npz(t * 16 * F32) + SMALL_FILES)
     parts = [Part("stage results (.npz)", results, False, PEOPLE),
              Part("videos (render, mask overlay)", 2 * _mp4(t, h, w), False, "--max_side")]
     if opts.amodal:
-        parts.append(Part("amodal.npz", _npz(n * t, n * _packed(t, h, w), n * t * F32, n * t * 16, n * t * h * w * 3),
+        k = n * t if completed is None else int(completed)  # Amodal.completed_index [K, 2], completed_rgb
+        parts.append(Part("amodal.npz", _npz(n * t, n * _packed(t, h, w), n * t * F32, k * 16, k * h * w * 3),
                           False, "--no_amodal"))
     copies = 2 if opts.world else 1  # out/ and out/world/
     if opts.world:
@@ -258,18 +276,19 @@ def output_parts(t: int, h: int, w: int, n: int, opts: PipelineOptions, m: Model
 
 
 def plan_disk(num_frames: int, image_size: tuple[int, int], people: int, opts: PipelineOptions,
-              store: bool = True, models: ModelSizes | None = None) -> DiskPlan:
+              store: bool = True, models: ModelSizes | None = None, completed: int | None = None) -> DiskPlan:
     """The bytes a run of ``opts`` on ``num_frames`` frames of ``image_size`` with ``people`` tracked people writes:
-    its frame store's files (``store``: frames on disk) and its outputs."""
+    its frame store's files (``store``: frames on disk) and its outputs; ``completed``: the amodal completed
+    person-frames K (None: the bound, every person-frame; 0: the definite parts only)."""
     m = models or ModelSizes()
     t, (h, w), n = int(num_frames), (int(image_size[0]), int(image_size[1])), max(1, int(people))
     parts: list[Part] = []
     if store:
         parts += frame_parts(t, h, w) + sam3_parts(t, h, w, n)
-        parts += amodal_parts(t, h, w, n, opts.amodal_settings, m) if opts.amodal else []
+        parts += amodal_parts(t, h, w, n, opts.amodal_settings, m, completed) if opts.amodal else []
         parts += body_parts(t, n, m, opts.body_mode == "full", opts.smooth)
         parts += world_parts(t, h, w, n, opts, m) if opts.world else []
-    return DiskPlan(parts + output_parts(t, h, w, n, opts, m))
+    return DiskPlan(parts + output_parts(t, h, w, n, opts, m, completed))
 
 
 def count_people(opts: PipelineOptions, image_size: tuple[int, int], num_frames: int) -> int:
@@ -285,10 +304,24 @@ def count_people(opts: PipelineOptions, image_size: tuple[int, int], num_frames:
         prompts_log.disabled = quiet
 
 
-def plan_for_run(video: str | Path, opts: PipelineOptions, decoded: tuple[Any, Any] | None = None,
-                 models: ModelSizes | None = None) -> DiskPlan | None:
-    """``plan_disk`` for a run of ``video`` (probed, not decoded; ``decoded``: frames already in RAM, so no
-    frame store); None when the video or the points cannot be read (their stage says why in its own words)."""
+@dataclass(frozen=True)
+class RunShape:
+    """What a run's plan follows from its inputs: frames, frame size, people, and whether frames go to a store."""
+
+    frames: int
+    size: tuple[int, int]
+    people: int
+    store: bool
+
+    def plan(self, opts: PipelineOptions, models: ModelSizes | None = None,
+             completed: int | None = None) -> DiskPlan:
+        """``plan_disk`` of this clip (``completed``: see there)."""
+        return plan_disk(self.frames, self.size, self.people, opts, self.store, models, completed)
+
+
+def run_shape(video: str | Path, opts: PipelineOptions, decoded: tuple[Any, Any] | None = None) -> RunShape | None:
+    """The clip of a run of ``video`` (probed, not decoded; ``decoded``: frames already in RAM, so no frame store);
+    None when the video or the points cannot be read (their stage says why in its own words)."""
     from .errors import Body4DError
     from .video import plan
 
@@ -304,7 +337,14 @@ def plan_for_run(video: str | Path, opts: PipelineOptions, decoded: tuple[Any, A
     except (Body4DError, OSError, ValueError) as err:
         log.debug("disk plan skipped: %s", err)
         return None
-    return plan_disk(t, size, people, opts, store=opts.frames_on_disk and decoded is None, models=models)
+    return RunShape(t, (int(size[0]), int(size[1])), people, opts.frames_on_disk and decoded is None)
+
+
+def plan_for_run(video: str | Path, opts: PipelineOptions, decoded: tuple[Any, Any] | None = None,
+                 models: ModelSizes | None = None, completed: int | None = None) -> DiskPlan | None:
+    """``plan_disk`` for a run of ``video`` (see ``run_shape``; None when it cannot be read)."""
+    shape = run_shape(video, opts, decoded)
+    return None if shape is None else shape.plan(opts, models, completed)
 
 
 def existing_bytes(folder: str | Path) -> int:
@@ -318,6 +358,11 @@ def existing_bytes(folder: str | Path) -> int:
             if f.is_file() and not f.is_symlink():
                 total += f.stat().st_size
     return total
+
+
+def stored_bytes(folders: list[Path]) -> int:
+    """Bytes (whole blocks) of the files in ``folders`` (a run's frame stores, counted in its plan)."""
+    return sum(blocks(f.stat().st_size) for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file())
 
 
 def _gib(n: int) -> str:
@@ -340,3 +385,56 @@ def check_run_disk(folder: str | Path, plan: DiskPlan, reclaim: int = 0) -> None
         f"runs, {_gib(plan.outputs)} of outputs; biggest: {', '.join(f'{p.name} {_gib(p.nbytes)}' for p in big)}) "
         f"but its disk has {_gib(free)} free; free some space, pick another output folder, or shrink the run: "
         f"{'; '.join(hints)}")
+
+
+def check_start(folder: str | Path, video: str | Path, opts: PipelineOptions,
+                decoded: tuple[Any, Any] | None = None, reclaim: int = 0,
+                models: ModelSizes | None = None) -> CompletionCheck | None:
+    """The start-up check: refuse (``check_run_disk``) what the definite parts do not fit (no completed amodal
+    frame); warn, once, when the amodal completion's bound does not fit. Returns the check the amodal stage runs
+    with the real count (None: no amodal stage, or the video or points cannot be read)."""
+    shape = run_shape(video, opts, decoded)
+    if shape is None:
+        return None
+    check_run_disk(folder, shape.plan(opts, models, 0 if opts.amodal else None), reclaim)
+    if not opts.amodal:
+        return None
+    bound = shape.plan(opts, models)
+    free = shutil.disk_usage(folder).free + max(0, int(reclaim))
+    if bound.total > free:
+        log.warning("the amodal completion may not fit in %s: with every person-frame occluded this run would need "
+                    "%s but the disk has %s free; the run checks again once the occluded frames are known, before "
+                    "completing them (free some space or pick another output folder to be sure; --no_amodal skips "
+                    "it)", folder, _gib(bound.total), _gib(free))
+    return CompletionCheck(Path(folder), shape, opts, models)
+
+
+@dataclass
+class CompletionCheck:
+    """The disk check of the amodal completion once the occlusion detection found its K person-frames, before any
+    completion work: the rest of the run (the definite parts and K frames' completed RGB in the store and in
+    amodal.npz) against the disk's free space now."""
+
+    folder: Path
+    shape: RunShape
+    opts: PipelineOptions
+    models: ModelSizes | None = None
+
+    def __call__(self, completed: int, written: int = 0) -> None:
+        """Refuse with one sentence when the run with ``completed`` completed person-frames needs more than is free
+        now plus ``written`` (this run's bytes on the disk already: its store files and outputs so far)."""
+        plan = self.shape.plan(self.opts, self.models, completed)
+        base = self.shape.plan(self.opts, self.models, 0)
+        extra = plan.total - base.total
+        need = max(0, plan.total - max(0, int(written)))
+        free = shutil.disk_usage(self.folder).free
+        log.info("disk plan: %d completed amodal frames add %s; %s still needed in %s, %s free", completed,
+                 _gib(extra), _gib(need), self.folder, _gib(free))
+        if need <= free:
+            return
+        store = plan.get(COMPLETED)
+        raise MemoryBudgetError(
+            f"the amodal completion of {completed} occluded person-frames needs about {_gib(extra)} more in "
+            f"{self.folder} ({_gib(store)} of frame store files, {_gib(extra - store)} in amodal.npz), so the rest "
+            f"of this run needs {_gib(need)} but its disk has {_gib(free)} free; free some space, pick another "
+            f"output folder, or shrink the run: --no_amodal; {PEOPLE}; {FRAMES}")

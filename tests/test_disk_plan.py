@@ -241,7 +241,7 @@ def test_a_disk_too_small_is_refused_before_any_stage(tmp_path, monkeypatch):
 def test_an_earlier_runs_outputs_count_as_free(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "meshes").mkdir(parents=True)
-    plan = D.plan_for_run(SAMPLE, _opts())
+    plan = D.plan_for_run(SAMPLE, _opts(), completed=0)  # the start-up check refuses on the definite parts
     (out / "meshes" / "old.ply").write_bytes(b"\0" * 1000)
     (out / "render_4d.mp4").write_bytes(b"\0" * 24)
     (out / "mine.txt").write_bytes(b"\0" * 5000)  # not ours: not replaced, not counted
