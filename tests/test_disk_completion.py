@@ -96,13 +96,9 @@ def test_completion_check_counts_what_the_run_wrote(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from body4d_core.testing.checkpoints import write_tiny_checkpoints
-
-    root = tmp_path_factory.mktemp("disk_completion_models")
-    write_tiny_checkpoints(root, ["sam3", "sam3d_body", "moge", "diffusion_vas_amodal", "diffusion_vas_completion",
-                                  "depth_anything"])
-    return root
+def models(full_run_models):
+    """Every model of a full run as tiny checkpoints (conftest's session root)."""
+    return full_run_models
 
 
 def _run_opts(models: Path) -> pipeline.PipelineOptions:

@@ -128,14 +128,9 @@ def test_refusal_names_the_biggest_parts_and_the_options():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Every model of a full run (amodal and MoGe-2 too) as tiny checkpoints, in this module's own root."""
-    from body4d_core.testing.checkpoints import write_tiny_checkpoints
-
-    root = tmp_path_factory.mktemp("disk_plan_models")
-    write_tiny_checkpoints(root, ["sam3", "sam3d_body", "moge", "diffusion_vas_amodal", "diffusion_vas_completion",
-                                  "depth_anything"])
-    return root
+def models(full_run_models):
+    """Every model of a full run as tiny checkpoints (conftest's session root)."""
+    return full_run_models
 
 
 PACKAGES = {"sam3/": "SAM-3 masks", "sam3d_body/infer": "bodies (results, vertices)",
