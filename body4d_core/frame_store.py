@@ -113,8 +113,9 @@ class FrameStore:
         return self._mapped(np.zeros(0, dtype).dtype, tuple(int(v) for v in shape), None)
 
     def holds(self, arr: np.ndarray) -> bool:
-        """Whether ``arr`` (or the array it is a view of) lives in one of the store's files."""
-        base = arr
+        """Whether ``arr`` (or the array it is a view of; of a container such as ``KeyframeDepth``, its ``maps``)
+        lives in one of the store's files."""
+        base = getattr(arr, "maps", arr)
         while isinstance(base, np.ndarray):
             base = base.base
         return base is not None and any(base is mm for mm in [self._mm, *self._extra] if mm is not None)

@@ -16,7 +16,8 @@ Long videos: by default the decoded frames live in a frame store (a file inside 
 ``frame_store.py``) rather than RAM, the stages write their whole-clip per-frame outputs (packed masks,
 amodal results, vertices, keypoints) straight into files of the store through its allocator
 (``FrameStore.empty``; ``alloc.py``), and the render streams batch by batch into a background MP4
-encoder; the store is deleted when the run ends, failed or not.
+encoder; the store is deleted when the run ends, failed or not. Before any stage, the run checks that the
+output folder's disk has room for every store file and output it will write (``disk_plan.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from .runtime import (NULL_HOOKS, Hooks, pick_device, release_cuda_workspaces, r
                       release_library_caches)
 from .frame_store import FrameStore, decode_to_store, remove_stale
 from .video import LoadOptions, load_video
+
+if TYPE_CHECKING:
+    from .disk_plan import CompletionCheck
 
 log = logging.getLogger(__name__)
 HooksFactory = Callable[[str], Hooks]
@@ -239,10 +243,11 @@ def stage_tracks(bundle: object, frames: np.ndarray, prompts: Prompts, opts: Pip
 
 def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hooks: Hooks,
                  models: ModelCache | None = None, plan: MemoryPlan | None = None,
-                 alloc: Alloc | None = None) -> Amodal:
+                 alloc: Alloc | None = None, before_completion: Callable[[int], None] | None = None) -> Amodal:
     """Occlusion detection and completion; a memory plan sets the sampler's per-call budget and low-memory mode
     and may keep the networks on the CPU between their passes; ``alloc``: where the amodal masks and completed
-    RGB go, and the occlusion detection's whole-clip depth, conditions and predictions."""
+    RGB go, and the occlusion detection's whole-clip depth, conditions and predictions; ``before_completion``:
+    run_amodal's check of the completed person-frames' count (the disk), before any completion work."""
     from .amodal.config import configs_from_mapping
     from .amodal.models import offloaded
     from .amodal.stage import run_amodal
@@ -253,9 +258,10 @@ def stage_amodal(frames: np.ndarray, tracks: Tracks, opts: PipelineOptions, hook
     if split:
         vas = offloaded(vas)
     try:
+        extra = {**({"alloc": alloc} if alloc is not None else {}),
+                 **_with_kw(run_amodal, "before_completion", before_completion)}
         amodal, stats = _amodal_in_plan(partial(run_amodal, torch.from_numpy(frames), tracks, vas, occ, sampler,
-                                                hooks=hooks, **({"alloc": alloc} if alloc is not None else {})),
-                                        plan)
+                                                hooks=hooks, **extra), plan)
     finally:
         del vas  # a cached model stays in ``models``
         _free()
@@ -425,6 +431,7 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
     try:
         remove_temporaries(out)
         remove_stale(out)
+        disk = check_disk_plan(video, out, opts, decoded)  # a disk too small for the run: refused before run.json
         if record:
             summary.manifest = start_run(out, video, opts, [*required_models(opts), "moge"], _search(opts),
                                          overwrite=overwrite, resume=resume)
@@ -432,7 +439,8 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         gc.collect()  # once per run; then what lives now (libraries, cached models) is left out of the
         gc.freeze()  # stages' collections (_free), which walk only what the run allocated
         try:
-            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate, stores, render)
+            _run_stages(video, out, opts, hooks_for, summary, writes, models, decoded, estimate, stores, render,
+                        **_with_kw(_run_stages, "disk", disk))
         except BaseException:
             writes.close()  # the stage's error wins; finished or running writes are still completed
             raise
@@ -456,6 +464,27 @@ def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions |
         if lock is not None:
             lock.release()
     return summary
+
+
+def check_disk_plan(video: str | Path, out: Path, opts: PipelineOptions,
+                    decoded: tuple[np.ndarray, Clip] | None = None) -> CompletionCheck | None:
+    """Refuse a run whose frame store files and outputs (``disk_plan``) need more than the free space of ``out``'s
+    disk (an earlier run's outputs there count as free: this run replaces them), before any stage runs; the
+    amodal completed frames are checked once counted (the returned check, None without an amodal stage)."""
+    from .disk_plan import check_start, existing_bytes
+
+    return check_start(out, video, opts, decoded, existing_bytes(out))
+
+
+def _completion_check(disk: CompletionCheck | None, out: Path,
+                      stores: list[FrameStore] | None) -> Callable[[int], None] | None:
+    """``disk`` as run_amodal's ``before_completion``: the run's bytes already on the disk (its outputs so far and
+    its frame store files) are part of its plan, so they count as free."""
+    if disk is None:
+        return None
+    from .disk_plan import existing_bytes, stored_bytes
+
+    return lambda k: disk(k, existing_bytes(out) + stored_bytes([s.dir for s in stores or []]))
 
 
 def _record_failure(manifest: Manifest | None, err: BaseException) -> None:
@@ -523,8 +552,10 @@ def _reuse(summary: RunSummary, stage: str, out: Path, loaders: dict[str, type])
 def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: HooksFactory, summary: RunSummary,
                 writes: "BackgroundWrites", models: ModelCache | None = None,
                 decoded: tuple[np.ndarray, Clip] | None = None, estimate: Callable[..., list] | None = None,
-                stores: list[FrameStore] | None = None, render: Callable[..., tuple] | None = None) -> None:
-    """The stages in order; every file is written through ``writes`` (in the background)."""
+                stores: list[FrameStore] | None = None, render: Callable[..., tuple] | None = None,
+                disk: CompletionCheck | None = None) -> None:
+    """The stages in order; every file is written through ``writes`` (in the background); ``disk``: the start-up
+    check's amodal completion check."""
     check = hooks_for("check")
     with _Stage(summary, "decode", check):
         frames, clip = decoded if decoded is not None else _decode(video, out, opts, hooks_for("decode"), stores)
@@ -566,7 +597,9 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     if opts.amodal:
         amodal = _one_file_stage(summary, writes, out, "amodal", Amodal, check,
                                  lambda: stage_amodal(frames, tracks, opts, hooks_for("amodal"), models, plan,
-                                                      **_with_alloc(stage_amodal, alloc)))
+                                                      **_with_alloc(stage_amodal, alloc),
+                                                      **_with_kw(stage_amodal, "before_completion",
+                                                                 _completion_check(disk, out, stores))))
         summary.released += release_cached(models, plan)
         amodal.packed_amodal = _off_ram(stores, amodal.packed_amodal)
         amodal.completed_rgb = _off_ram(stores, amodal.completed_rgb)
@@ -639,13 +672,18 @@ def _alloc(stores: list[FrameStore] | None) -> Alloc | None:
 def _with_alloc(fn: Callable[..., Any], alloc: Alloc | None) -> dict[str, Any]:
     """``{"alloc": alloc}`` for a stage function that takes it; {} for none or a stand-in without the keyword
     (tests and callers may replace stages with functions of the older signatures)."""
-    if alloc is None:
+    return _with_kw(fn, "alloc", alloc)
+
+
+def _with_kw(fn: Callable[..., Any], name: str, value: Any) -> dict[str, Any]:
+    """``{name: value}`` for a function that takes the keyword; {} for None or a stand-in without it."""
+    if value is None:
         return {}
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable: pass nothing it may not take
         return {}
-    return {"alloc": alloc} if any(p.name == "alloc" or p.kind is p.VAR_KEYWORD for p in params) else {}
+    return {name: value} if any(p.name == name or p.kind is p.VAR_KEYWORD for p in params) else {}
 
 
 class AnimRig:

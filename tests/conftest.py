@@ -51,3 +51,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def full_run_models(tmp_path_factory):
+    """Every model of a full headless run (SAM-3, SAM-3D-Body, MoGe-2, both Diffusion-VAS, Depth Anything) as tiny
+    checkpoints in one root, written once per session."""
+    from body4d_core.testing.checkpoints import write_tiny_checkpoints
+
+    root = tmp_path_factory.mktemp("full_run_models")
+    write_tiny_checkpoints(root, ["sam3", "sam3d_body", "moge", "diffusion_vas_amodal", "diffusion_vas_completion",
+                                  "depth_anything"])
+    return root

@@ -16,7 +16,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -209,13 +209,16 @@ def check_inputs(frames: torch.Tensor, tracks: Tracks) -> None:
 def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: AmodalModels,
                occ: OcclusionConfig | None = None, sampler: SamplerConfig | None = None,
                hooks: Hooks = NULL_HOOKS, budget_px: int = 1 << 20, memory: LowMemory | None = None, *,
-               alloc: Alloc | None = None) -> tuple[Amodal, AmodalStats]:
+               alloc: Alloc | None = None,
+               before_completion: Callable[[int], None] | None = None) -> tuple[Amodal, AmodalStats]:
     """Occlusion flags, amodal masks and completed RGB for every tracked person (see module doc).
 
     ``memory``: the memory plan's low-memory sampling mode (amodal/lowmem.py), passed to every sampler call.
     ``alloc(shape, dtype)``: returns the zero-filled arrays the packed amodal masks and the completed RGB are
     written into (e.g. ``FrameStore.empty``: a long clip's outputs stay out of RAM), and the detection pass's
     whole-clip inputs and outputs (depth, conditions, predictions; where the models take it); default ``np.zeros``.
+    ``before_completion(K)``: called with the number of person-frames to complete once the detection found them,
+    before their RGB is allocated or any completion work runs (e.g. a disk check: it may raise to stop the run).
     """
     occ, sampler = occ or OcclusionConfig(), sampler or SamplerConfig()
     frames = _as_frames(frames)
@@ -299,7 +302,10 @@ def run_amodal(frames: torch.Tensor | np.ndarray, tracks: Tracks, models: Amodal
     t0 = time.perf_counter()
     done = [(k, o, a, b) for k, o, a, b in segs if occluded[k, a:b].any()] if models.content is not None else []
     rows: list[tuple[int, int]] = []
-    completed_rgb = zeros(alloc, (sum(int(occluded[k, a:b].sum()) for k, _, a, b in done), h, w, 3), np.uint8)
+    n_completed = sum(int(occluded[k, a:b].sum()) for k, _, a, b in done)
+    if before_completion is not None:
+        before_completion(n_completed)
+    completed_rgb = zeros(alloc, (n_completed, h, w, 3), np.uint8)
     if segs and models.content is None:
         log.warning("amodal: no content-completion model loaded; occluded frames get masks but no completed RGB")
     if done:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..alloc import Alloc, zeros
 from ..errors import InputError
+from .depth import KeyframeDepth, as_keyframe_depth
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +170,11 @@ def _bearings(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: np.ndarray | None, intr: np.ndarray,
+def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: KeyframeDepth | None, intr: np.ndarray,
                max_side: int, alloc: Alloc | None = None
-               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray, float]:
-    """Gray frames [T, h, w], masks, depth and intrinsics at most ``max_side`` pixels on the long side, and the
-    scale; the whole-clip arrays from ``alloc`` (zero-filled; default RAM), filled frame by frame."""
+               ) -> tuple[np.ndarray, np.ndarray | None, KeyframeDepth | None, np.ndarray, float]:
+    """Gray frames [T, h, w], masks, the keyframes' depth and intrinsics at most ``max_side`` pixels on the long
+    side, and the scale; the whole-clip arrays from ``alloc`` (zero-filled; default RAM), filled frame by frame."""
     import cv2
 
     t, h, w = frames.shape[:3]
@@ -194,22 +195,20 @@ def _downscale(frames: np.ndarray, people: np.ndarray | None, depth: np.ndarray 
             small[i] = cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         people = small
     if depth is not None:
-        small_d = zeros(alloc, (t, size[1], size[0]), np.float32)
-        for i, d in enumerate(depth):
-            small_d[i] = cv2.resize(np.asarray(d, np.float32), size, interpolation=cv2.INTER_NEAREST)
-        depth = small_d
+        depth = depth.mapped(lambda d: cv2.resize(d, size, interpolation=cv2.INTER_NEAREST), (size[1], size[0]),
+                             alloc)
     return grays, people, depth, intr * np.array([sx, sy, sx, sy]), float(np.sqrt(sx * sy))
 
 
 def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: np.ndarray | None = None,
-                           depth: np.ndarray | None = None, static_threshold: float = 0.75,
+                           depth: KeyframeDepth | np.ndarray | None = None, static_threshold: float = 0.75,
                            keyframe_every: int = 15, corners: int = 600, margin: int = 8,
                            max_side: int = 640, *, alloc: Alloc | None = None) -> CameraTrajectory:
     """Camera trajectory of a clip from its background (see module docstring).
 
     frames: [T, H, W, 3] uint8 (or float in [0, 1]); intrinsics: [T, 4] (fx, fy, cx, cy) or [4];
-    people: bool [T, H, W] person pixels to ignore; depth: [T, H, W] metric depth (NaN where
-    unknown) or None. Frames larger than ``max_side`` are tracked downscaled (0 = never);
+    people: bool [T, H, W] person pixels to ignore; depth: metric depth, the keyframes' (``KeyframeDepth``)
+    or [T, H, W] (NaN where unknown), or None. Frames larger than ``max_side`` are tracked downscaled (0 = never);
     ``static_threshold`` is in pixels of the given frames. ``alloc``: where the downscaled whole-clip
     copies go (zero-filled arrays, e.g. ``FrameStore.empty``; default RAM).
     """
@@ -225,8 +224,9 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
         raise InputError(f"camera motion: intrinsics must be [4] or [{t}, 4], got shape {np.shape(intrinsics)}")
     if people is not None and np.shape(people)[:3] != frames.shape[:3]:
         raise InputError(f"camera motion: people masks {np.shape(people)} do not match frames {frames.shape[:3]}")
-    if depth is not None and np.shape(depth) != frames.shape[:3]:
-        raise InputError(f"camera motion: depth {np.shape(depth)} does not match frames {frames.shape[:3]}")
+    depth = as_keyframe_depth(depth)
+    if depth is not None and depth.shape != frames.shape[:3]:
+        raise InputError(f"camera motion: depth {depth.shape} does not match frames {frames.shape[:3]}")
     grays, people, depth, intr, scale = _downscale(frames, people, depth, intr, max_side, alloc)
     motion = background_motion(grays, people, margin=margin) / scale
     if motion < static_threshold:
@@ -236,7 +236,7 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
     R = np.repeat(np.eye(3)[None], t, 0)
     p = np.zeros((t, 3))
     inliers = np.zeros(t, np.int64)
-    use_depth = depth is not None and np.isfinite(depth[0]).any()
+    use_depth = depth is not None and depth.has(0)
     if not use_depth:
         log.warning("camera moves (%.1f px) but no depth is given: solving rotation only", motion)
         for i in range(1, t):
@@ -294,7 +294,7 @@ def estimate_camera_motion(frames: np.ndarray, intrinsics: np.ndarray, people: n
         if not solved:
             log.warning("camera motion: frame %d could not be solved; holding the previous pose", i)
             R[i], p[i] = R[i - 1], p[i - 1]
-        has_depth = np.isfinite(depth[i]).any()
+        has_depth = depth.has(i)
         if has_depth and (not solved or len(cur) < 0.5 * n_start or i - kf >= keyframe_every):
             new_keyframe(i, Rt, tvec)
     # every keyframe's depth had its own scale error; the chain carries the first one's: use their mean

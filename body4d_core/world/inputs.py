@@ -6,9 +6,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..alloc import Alloc, full, zeros
+from ..alloc import Alloc, zeros
 from ..data import Tracks
 from ..errors import InputError
+from .depth import KeyframeDepth
 
 
 def people_from_tracks(tracks: Tracks | None, num_frames: int, image_size: tuple[int, int], *,
@@ -72,10 +73,10 @@ def depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, ima
 
 
 def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int = 4,
-               resolution_level: int = 9, *, alloc: Alloc | None = None) -> np.ndarray:
-    """Metric depth [T, H, W] from MoGe-2 ``infer`` on every ``every_n``-th frame (NaN on the others
-    and where MoGe's mask is off), for the world stage's floor and camera translation; in an array from
-    ``alloc`` (zero-filled, then NaN-filled here; default RAM)."""
+               resolution_level: int = 9, *, alloc: Alloc | None = None) -> KeyframeDepth:
+    """Metric depth of every ``every_n``-th frame from MoGe-2 ``infer`` (NaN where MoGe's mask is off; the other
+    frames read as NaN), for the world stage's floor and camera translation; only the K keyframes' maps are
+    kept, in an array [K, H, W] from ``alloc`` (zero-filled; default RAM)."""
     import torch
 
     from ..fov import _frames_to_batch
@@ -86,7 +87,7 @@ def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int
     t, h, w = frames.shape[:3]
     param = next(model.parameters())
     idx = list(range(0, t, every_n))
-    out = full(alloc, (t, h, w), np.nan, np.float32)
+    out = zeros(alloc, (len(idx), h, w), np.float32)
     for s in range(0, len(idx), batch_size):
         chunk = idx[s:s + batch_size]
         with torch.inference_mode():
@@ -94,6 +95,5 @@ def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int
                               resolution_level=resolution_level, force_projection=False, apply_mask=True,
                               use_fp16=param.device.type == "cuda")
         geo = {"depth": res["depth"], "mask": res.get("mask")}
-        d = depth_from_geometry(geo, len(chunk), (h, w))
-        out[chunk] = d
-    return out
+        out[s:s + len(chunk)] = depth_from_geometry(geo, len(chunk), (h, w))
+    return KeyframeDepth(idx, out, t)

@@ -18,6 +18,7 @@ from ..alloc import Alloc
 from ..data import Camera, Tracks
 from .camera_motion import CameraTrajectory, estimate_camera_motion
 from .clock import timed
+from .depth import KeyframeDepth
 from .inputs import moge_depth, people_from_tracks
 
 
@@ -31,7 +32,7 @@ class WorldPrep:
         """``alloc``: where the depth and the person masks go (zero-filled arrays, e.g. ``FrameStore.empty``;
         default RAM)."""
         self.timings: dict[str, float] = {}
-        self.depth: np.ndarray | None = None
+        self.depth: KeyframeDepth | None = None
         self.depth_error: BaseException | None = None
         frames = np.asarray(frames)
         if moge_model is not None and depth_every > 0:

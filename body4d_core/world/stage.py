@@ -27,6 +27,7 @@ from ..rotations import premultiply_euler_xyz
 from .camera_motion import CameraTrajectory, estimate_camera_motion
 from .clock import timed
 from .floor import Floor, feet_on, floor_from_depth, floor_from_feet, world_axes
+from .depth import KeyframeDepth
 from .inputs import moge_depth, people_from_tracks
 from .keypoints import CONTACT_INDEX, CONTACT_NAMES, LEFT_ANKLE, NECK, RIGHT_ANKLE
 from .plot import trajectory_plot
@@ -185,7 +186,7 @@ def choose_floor(points: np.ndarray | None, feet: np.ndarray, up: np.ndarray, mo
 
 
 def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None,
-                people: np.ndarray | None = None, depth: np.ndarray | None = None,
+                people: np.ndarray | None = None, depth: KeyframeDepth | np.ndarray | None = None,
                 options: WorldOptions | None = None, mesh_bodies: Bodies | None = None,
                 timings: dict[str, float] | None = None,
                 trajectory: Callable[[], CameraTrajectory] | None = None, *,
@@ -194,8 +195,8 @@ def world_stage(bodies: Bodies, camera: Camera, frames: np.ndarray | None = None
 
     bodies: camera-space Bodies with keypoints_3d (MHR70 for floor/contacts); camera: the
     clip's intrinsics; frames: uint8 [T, H, W, 3] for camera motion (None: static camera);
-    people: bool [T, H, W] person pixels (union of the tracks' masks); depth: metric depth
-    [T, H, W] (MoGe-2 point map z, NaN where unknown), used for the floor and to scale the
+    people: bool [T, H, W] person pixels (union of the tracks' masks); depth: metric depth of
+    the keyframes (``KeyframeDepth``) or [T, H, W] (MoGe-2 point map z, NaN where unknown), used for the floor and to scale the
     camera translation (None: floor from feet, rotation-only camera). ``mesh_bodies``
     (e.g. the camera-space smoothed, rig-refreshed bodies of the same clip) supply the pose
     parameters and vertices of the world bodies; by default ``bodies`` do. ``timings`` receives
