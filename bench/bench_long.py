@@ -360,8 +360,8 @@ def print_files(results: dict[int, dict[str, Any]]) -> None:
     for n, r in results.items():
         for name in names:
             p = r["stages"].get(name)
-            if p is not None:
-                cells = " ".join(f"{p['file_mib'].get(g, 0.0):9.1f}" for g in groups)
+            if p is not None:  # a stage shorter than the smaps interval has no sample: "-"
+                cells = " ".join(f"{p['file_mib'][g]:9.1f}" if g in p["file_mib"] else f"{'-':>9}" for g in groups)
                 print(f"{n:>6} fr {name:>16} {p['rss_file_gib']:7.3f}  {cells}")
 
 

@@ -118,5 +118,7 @@ def test_print_files_shows_each_stage_and_group(capsys):
     assert ["9000", "fr", "sam3", "0.500", "500.0", "20.0", "300.0", "1.0"] in lines
     assert lines.index(["9000", "fr", "sam3", "0.500", "500.0", "20.0", "300.0", "1.0"]) < \
         lines.index(["9000", "fr", "bodies", "1.000", "500.0", "20.0", "300.0", "1.0"])
+    bench_long.print_files({9000: {"stages": {"camera": dict(stage, file_mib={})}}})  # a stage with no sample
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["9000", "fr", "camera", "1.000", "-", "-", "-", "-"]
     bench_long.print_files({300: {"stages": {"bodies": {"rss_anon_gib": 1.0}}}})  # without --smaps: nothing
     assert capsys.readouterr().out == ""
