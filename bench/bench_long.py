@@ -7,10 +7,14 @@ that plus resident file pages such as the frame store's mapping) every few milli
 ``torch.cuda.max_memory_allocated``. Each peak is also kept per pipeline stage (the stage running when
 it was sampled; "after <stage>" is the time between stages, e.g. the final wait for the writes), printed
 as a second table. ``--max-seconds`` bounds the whole invocation: a length that would run past it is
-stopped and reported, the lengths done so far stay. Examples:
+stopped and reported, the lengths done so far stay. ``--resume`` (with ``--work``) reuses the finished stages of
+an earlier, stopped run of the same length in the work folder, so one long GPU run can span two device calls
+(each call's peaks are its own; the reused stages are named). Examples:
 
     python -m bench.bench_long --models /tmp/tiny --lengths 300 1800 9000            # CPU, tiny models
     python -m bench.bench_long --device cuda --preset real --lengths 300 1800 9000   # GPU, real-size random weights
+    python -m bench.bench_long --device cuda --models /tmp/models --work /tmp/long --lengths 9000 --max-seconds 560 \
+        --resume ...   # the same command again in a second call on the warm machine: the run goes on where it stopped
 """
 
 from __future__ import annotations
@@ -206,7 +210,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     with RssSampler() as rss, stage_labels(rss, args.device, stage_vram), \
             (SmapsSampler(rss) if args.smaps else contextlib.nullcontext()) as smaps:
-        summary = run_pipeline(args.clip, args.out, opts, overwrite=True)
+        summary = run_pipeline(args.clip, args.out, opts, overwrite=not args.resume, resume=args.resume)
     wall = time.perf_counter() - t0
     vram = max([gpu_peak_gib(args.device), *stage_vram.values()]) if stage_vram else gpu_peak_gib(args.device)
     stages = {name: {"rss_anon_gib": p["RssAnon"] / 2**20, "rss_gib": p["VmRSS"] / 2**20,
@@ -216,7 +220,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return {"frames": summary.num_frames, "wall_s": wall, "rss_anon_gib": rss.peak["RssAnon"] / 2**20,
             "rss_gib": rss.peak["VmRSS"] / 2**20, "rss_file_gib": rss.peak["RssFile"] / 2**20,
             "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "vram_gib": vram, "stages": stages,
+            "vram_gib": vram, "stages": stages, "reused": list(summary.reused),
             "timings": {k: round(v, 2) for k, v in summary.timings.items()}}
 
 
@@ -280,11 +284,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smaps", action="store_true",
                     help="also the peak resident file pages per stage and mapping group (store frames, store "
                          "outputs, libraries, other files) from /proc/self/smaps every 0.2 s (a diagnostic)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the finished stages of an earlier (stopped) run of each length in --work/out_N, "
+                         "e.g. a 9000-frame GPU run over two device calls; needs --work")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clip", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     add_rows_args(ap)
     args = ap.parse_args(argv)
+    if args.resume and not (args.work or args.child):
+        ap.error("--resume needs --work (the folder whose earlier runs are resumed)")
     args.preset = args.preset or ("real" if args.device == "cuda" else "tiny")
     try:
         args.height, args.width = (int(v) for v in args.size.lower().split("x"))
@@ -295,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 FORWARD = ("--device", "--models", "--batch-size", "--size", "--render-mode")
 FLAGS = ("--store-only", "--frames-in-ram", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes",
-         "--no-glb", "--smaps")
+         "--no-glb", "--smaps", "--resume")
 
 
 def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:
@@ -411,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             add_rows(rows, args, case, n, r)
             print(f"{n:7d} {r['rss_anon_gib']:12.3f} {r['rss_gib']:8.3f} {r['rss_file_gib']:12.3f} "
                   f"{r['vram_gib']:9.3f} {r['wall_s']:8.1f}", flush=True)
+            if r.get("reused"):
+                print(f"{'':7} reused from the earlier run: {', '.join(r['reused'])} (peaks are this run's only)",
+                      flush=True)
             if own:
                 shutil.rmtree(work / f"out_{n}", ignore_errors=True)
         print_stages(results, args.device)

@@ -122,3 +122,31 @@ def test_print_files_shows_each_stage_and_group(capsys):
     assert capsys.readouterr().out.splitlines()[-1].split() == ["9000", "fr", "camera", "1.000", "-", "-", "-", "-"]
     bench_long.print_files({300: {"stages": {"bodies": {"rss_anon_gib": 1.0}}}})  # without --smaps: nothing
     assert capsys.readouterr().out == ""
+
+
+def test_resume_reuses_the_stages_an_earlier_stopped_run_finished(tmp_path):
+    """--resume: a run whose later stages are missing (as after a stopped device call) reuses SAM-3's finished
+    stage and runs the body stage again; without it nothing is reused."""
+    from bench.clips import write_h264
+    from body4d_core.testing.checkpoints import write_tiny_checkpoints
+
+    models = tmp_path / "models"
+    write_tiny_checkpoints(models, ["sam3", "sam3d_body"])
+    clip = tmp_path / "clip.mp4"
+    write_h264(clip, 128, 96, 6)
+    out = tmp_path / "out_6"
+    base = ["--child", "--clip", str(clip), "--out", str(out), "--models", str(models), "--size", "96x128",
+            "--render-mode", "openpose", "--no-amodal", "--no-fov", "--no-world", "--no-anim", "--no-meshes",
+            "--no-glb"]
+    first = bench_long.child(bench_long.parse_args(base))
+    assert first["reused"] == [] and first["frames"] == 6
+    (out / "bodies_raw.npz").unlink()  # the body stage had not finished when the call stopped
+    again = bench_long.child(bench_long.parse_args(base + ["--resume"]))
+    assert again["reused"] == ["sam3", "camera"]  # the stages before the body stage
+    assert "sam3" not in again["timings"] and "bodies" in again["timings"]
+    assert (out / "bodies_raw.npz").is_file()
+
+
+def test_resume_needs_a_work_folder():
+    with pytest.raises(SystemExit):
+        bench_long.parse_args(["--resume", "--lengths", "10"])
