@@ -385,20 +385,12 @@ def stage_bodies(frames: np.ndarray, tracks: Tracks, amodal: Amodal | None, came
     opts.profile.compile_body(model, batch, crops=len(items), body_mode=opts.body_mode)
     est = estimate or estimate_bodies
     writer = BodiesWriter(items, tracks.num_frames, tracks.image_size, tracks.obj_ids.tolist(), alloc)
-    fills = _names_param(est, "into")
     results = est(model, frames, items, camera.intrinsics, mode=opts.body_mode, batch_size=batch, hooks=hooks,
-                  return_vertices=True, **opts.profile.body_kwargs(), **({"into": writer} if fills else {}))
+                  return_vertices=True, **opts.profile.body_kwargs(),
+                  **_with_kw(est, "into", writer, via_kwargs=False))  # a stand-in's **kwargs may not pass it on
     if writer.written < len(items):  # an estimate that returns its results without writing them
         writer.put(items, results)
     return writer.result(model.faces.detach().cpu().numpy()), model
-
-
-def _names_param(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` has a parameter called ``name`` (not merely ``**kwargs``: a stand-in may not pass it on)."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def run_pipeline(video: str | Path, out_dir: str | Path, opts: PipelineOptions | None = None,
@@ -675,15 +667,16 @@ def _with_alloc(fn: Callable[..., Any], alloc: Alloc | None) -> dict[str, Any]:
     return _with_kw(fn, "alloc", alloc)
 
 
-def _with_kw(fn: Callable[..., Any], name: str, value: Any) -> dict[str, Any]:
-    """``{name: value}`` for a function that takes the keyword; {} for None or a stand-in without it."""
+def _with_kw(fn: Callable[..., Any], name: str, value: Any, via_kwargs: bool = True) -> dict[str, Any]:
+    """``{name: value}`` for a function that takes the keyword (named, or through ``**kwargs`` when
+    ``via_kwargs``); {} for None or a stand-in without it."""
     if value is None:
         return {}
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable: pass nothing it may not take
         return {}
-    return {name: value} if any(p.name == name or p.kind is p.VAR_KEYWORD for p in params) else {}
+    return {name: value} if any(p.name == name or (via_kwargs and p.kind is p.VAR_KEYWORD) for p in params) else {}
 
 
 class AnimRig:
