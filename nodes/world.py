@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 from ..body4d_core.data import Camera
 from ..body4d_core.errors import InputError
 from ..body4d_core.world import WorldOptions, world_stage
-from ..body4d_core.world.inputs import depth_from_geometry, people_from_tracks
+from ..body4d_core.world.inputs import keyframe_depth_from_geometry, people_from_tracks
 from ..body4d_core.world.smoother import WorldSmoothSettings
 from . import comfy_glue as glue
 from . import sockets as t
@@ -90,7 +90,7 @@ class WorldGround(io.ComfyNode):
             if rgb.shape[0] != n_frames:
                 raise InputError(f"World Ground: {rgb.shape[0]} frames but the bodies have {n_frames}")
         people = people_from_tracks(tracks, n_frames, size) if rgb is not None else None
-        depth = depth_from_geometry(moge_geometry, n_frames, size)
+        depth = keyframe_depth_from_geometry(moge_geometry, n_frames, size)  # only the frames it has
         opts = WorldOptions(camera_motion=camera_motion, floor=floor, fps=float(fps),
                             static_threshold=float(static_threshold),
                             smooth=WorldSmoothSettings(root_window=float(root_strength),

@@ -137,3 +137,38 @@ def test_disk_plan_counts_the_keyframes_depth():
         s = min(1.0, 640 / max(h, w))
         small = [] if s >= 1.0 else [15 * round(w * s) * round(h * s) * 4]
         assert got - none == D.files(15 * h * w * 4, *small)  # frames 0, 7, ..., 98: 15 keyframes
+
+
+def test_one_moge_geometry_keeps_one_map_and_reads_as_the_dense_depth():
+    """World Ground's depth from one MoGe geometry: one [H, W] map kept (not T), equal to the dense form."""
+    import torch
+
+    from body4d_core.world.inputs import depth_from_geometry, keyframe_depth_from_geometry
+
+    pts = torch.zeros(1, 4, 6, 3)
+    pts[..., 2] = torch.arange(24, dtype=torch.float32).reshape(4, 6) + 1.0
+    mask = torch.ones(1, 4, 6, dtype=torch.bool)
+    mask[0, 1, 2] = False
+    geo = {"points": pts, "mask": mask}
+    kd = keyframe_depth_from_geometry(geo, 7, (8, 12))
+    assert kd.maps.shape == (1, 8, 12) and kd.shape == (7, 8, 12) and kd.frames.tolist() == [0]
+    dense = depth_from_geometry(geo, 7, (8, 12))
+    np.testing.assert_array_equal(np.asarray(kd), dense)
+    assert kd.has(0) and not kd.has(3) and np.isnan(kd[3]).all()
+    every = keyframe_depth_from_geometry({"depth": torch.rand(7, 8, 12) + 0.5}, 7, (8, 12))
+    assert every.maps.shape == (7, 8, 12) and every.frames.tolist() == list(range(7))
+    assert keyframe_depth_from_geometry(None, 7, (8, 12)) is None
+
+
+def test_world_stage_with_frame_0_depth_only_is_the_same_as_with_the_dense_array():
+    """World Ground's one-geometry case: a single keyframe at frame 0 gives the dense array's results."""
+    sc = make_scene("walk", "dolly", 2, frames=16, seed=5, image_size=(120, 160), focal=150.0)
+    bodies = corrupt(sc, seed=5)
+    cam = Camera.from_focal(150.0, sc.image_size, 16, "manual")
+    kd, dense = _sparse(noisy_depth(sc, seed=5), 16)
+    assert kd.frames.tolist() == [0]
+    got = world_stage(bodies, cam, sc.frames, sc.people_masks, kd)
+    ref = world_stage(bodies, cam, sc.frames, sc.people_masks, dense)
+    assert got.floor.source == ref.floor.source and got.camera_source == ref.camera_source
+    for k in ("joints", "root", "camera_rotations", "camera_positions", "world_from_camera0", "contacts"):
+        np.testing.assert_array_equal(getattr(got, k), getattr(ref, k))

@@ -45,6 +45,14 @@ def depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, ima
     One geometry (B = 1) gives frame 0's depth only (NaN elsewhere); B = T gives every frame.
     Invalid pixels (``mask`` false, non-finite, <= 0) are NaN.
     """
+    depth = keyframe_depth_from_geometry(geometry, num_frames, image_size)
+    return None if depth is None else np.asarray(depth)
+
+
+def keyframe_depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, image_size: tuple[int, int]
+                                 ) -> KeyframeDepth | None:
+    """``depth_from_geometry`` keeping only the frames the geometry has (frame 0 for one geometry, every frame
+    for T): a single MoGe geometry no longer costs a NaN map for every other frame of the clip."""
     if geometry is None:
         return None
     import cv2
@@ -66,10 +74,10 @@ def depth_from_geometry(geometry: Mapping[str, Any] | None, num_frames: int, ima
         d = np.where(m, d, np.nan)
     d = np.where(np.isfinite(d) & (d > 0), d, np.nan)
     h, w = image_size
-    out = np.full((num_frames, h, w), np.nan, np.float32)
+    maps = np.empty((d.shape[0], h, w), np.float32)
     for i in range(d.shape[0]):
-        out[i] = d[i] if d.shape[1:] == (h, w) else cv2.resize(d[i], (w, h), interpolation=cv2.INTER_NEAREST)
-    return out
+        maps[i] = d[i] if d.shape[1:] == (h, w) else cv2.resize(d[i], (w, h), interpolation=cv2.INTER_NEAREST)
+    return KeyframeDepth(np.arange(d.shape[0]), maps, num_frames)
 
 
 def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int = 4,
