@@ -50,7 +50,32 @@ def status_kib() -> dict[str, int]:
     return out
 
 
-class RssSampler:
+class _Sampler:
+    """Calls ``sample()`` on a daemon thread every ``every`` seconds while the ``with`` block runs."""
+
+    def __init__(self, every: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, every: float) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(every):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RssSampler(_Sampler):
     """Peaks of VmRSS / RssAnon / RssFile sampled on a thread every ``every`` seconds, overall and per
     ``stage`` (the label set by whoever drives the run, see ``stage_labels``)."""
 
@@ -58,25 +83,13 @@ class RssSampler:
         self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
         self.stage = "start"
         self.by_stage: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        super().__init__(every)
 
-    def _run(self, every: float) -> None:
-        while True:
-            here = self.by_stage.setdefault(self.stage, {"VmRSS": 0, "RssAnon": 0, "RssFile": 0})
-            for k, v in status_kib().items():
-                self.peak[k] = max(self.peak[k], v)
-                here[k] = max(here[k], v)
-            if self._stop.wait(every):
-                return
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        here = self.by_stage.setdefault(self.stage, {"VmRSS": 0, "RssAnon": 0, "RssFile": 0})
+        for k, v in status_kib().items():
+            self.peak[k] = max(self.peak[k], v)
+            here[k] = max(here[k], v)
 
 
 def smaps_groups() -> dict[str, int]:
@@ -100,30 +113,18 @@ def smaps_groups() -> dict[str, int]:
     return out
 
 
-class SmapsSampler:
+class SmapsSampler(_Sampler):
     """Per stage of ``rss`` (an ``RssSampler``), the peak resident KiB of each ``smaps_groups`` group, read every
     ``every`` seconds (smaps is slow to read: a diagnostic, --smaps)."""
 
     def __init__(self, rss: RssSampler, every: float = 0.2) -> None:
         self.rss, self.by_stage = rss, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        super().__init__(every)
 
-    def _run(self, every: float) -> None:
-        while True:
-            here = self.by_stage.setdefault(self.rss.stage, {})
-            for k, v in smaps_groups().items():
-                here[k] = max(here.get(k, 0), v)
-            if self._stop.wait(every):
-                return
-
-    def __enter__(self) -> "SmapsSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        here = self.by_stage.setdefault(self.rss.stage, {})
+        for k, v in smaps_groups().items():
+            here[k] = max(here.get(k, 0), v)
 
 
 def write_clip(path: Path, frames: int, width: int = 1280, height: int = 720) -> Path:
