@@ -385,6 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--world-late", action="store_true",
                     help="solve the world stage's depth and camera motion inside that stage, not before / during the "
                          "bodies stage (pipeline.WORLD_EARLY off: the before figure of that overlap)")
+    ap.add_argument("--sam3-eager-backbone", action="store_true",
+                    help="run SAM-3's backbone eagerly, not as a captured CUDA graph (the before figure of that "
+                         "speed-up; nothing else changes)")
     ap.add_argument("--profile", action="append", default=[], metavar="FIELD=VALUE",
                     help="a run-profile field (body4d_core/profile.py), e.g. loader=legacy (repeatable)")
     add_rows_args(ap)
@@ -638,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(patched(pl, "_Timer", stage_timer(rec)))
             if args.world_late:
                 stack.enter_context(patched(pl, "WORLD_EARLY", False))
+            if args.sam3_eager_backbone:
+                import body4d_core.sam3.graphs as sam3_graphs
+
+                stack.enter_context(patched(sam3_graphs, "capture_backbone", lambda *_: None))
             import body4d_core.amodal.stage as amodal_stage
 
             stack.enter_context(patched(amodal_stage, "run_amodal", amodal_recorder(rec, amodal_stage.run_amodal)))

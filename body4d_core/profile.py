@@ -50,7 +50,8 @@ FIELDS: dict[str, FieldSpec] = {
     "crop_kernel": FieldSpec(("auto", "triton", "grid_sample"), "SAM-3D-Body crop kernel (auto: triton where "
                                                                 "available)"),
     "sam3_speed": FieldSpec(("fast", "reference"), "SAM-3 propagation: fast (batched objects, async copies, "
-                                                   "prefetch; same masks) or the plain per-object reference path"),
+                                                   "prefetch, the backbone as a CUDA graph on GPUs; same masks) or "
+                                                   "the plain per-object reference path"),
     "amodal_accel": FieldSpec(("default", "reference", "compile"),
                               "Diffusion-VAS speed options: default (exact options + native precision), reference "
                               "(none), compile (default + torch.compile of the UNet blocks and the VAE decoder)"),
