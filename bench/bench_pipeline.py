@@ -385,8 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--world-late", action="store_true",
                     help="solve the world stage's depth and camera motion inside that stage, not before / during the "
                          "bodies stage (pipeline.WORLD_EARLY off: the before figure of that overlap)")
-    ap.add_argument("--sam3-eager-backbone", action="store_true",
-                    help="run SAM-3's backbone eagerly, not as a captured CUDA graph (the before figure of that "
+    ap.add_argument("--sam3-no-graphs", action="store_true",
+                    help="SAM-3 without CUDA graphs (its speed option cuda_graphs off: the before figure of that "
                          "speed-up; nothing else changes)")
     ap.add_argument("--profile", action="append", default=[], metavar="FIELD=VALUE",
                     help="a run-profile field (body4d_core/profile.py), e.g. loader=legacy (repeatable)")
@@ -417,6 +417,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.frames < 2 or args.people < 1 or args.height < 32 or args.width < 32 or args.amodal_steps < 1:
         ap.error("need --frames >= 2, --people >= 1, --size >= 32x32 and --amodal-steps >= 1")
     return args
+
+
+def no_sam3_graphs(speed_options: Any) -> Any:
+    """``RunProfile.speed_options`` with SAM-3's CUDA graphs off (``--sam3-no-graphs``)."""
+    from dataclasses import replace
+
+    return lambda self: replace(speed_options(self), cuda_graphs=False)
 
 
 def run_profile(args: argparse.Namespace) -> RunProfile:
@@ -641,10 +648,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(patched(pl, "_Timer", stage_timer(rec)))
             if args.world_late:
                 stack.enter_context(patched(pl, "WORLD_EARLY", False))
-            if args.sam3_eager_backbone:
-                import body4d_core.sam3.graphs as sam3_graphs
-
-                stack.enter_context(patched(sam3_graphs, "capture_backbone", lambda *_: None))
+            if args.sam3_no_graphs:
+                stack.enter_context(patched(RunProfile, "speed_options", no_sam3_graphs(RunProfile.speed_options)))
             import body4d_core.amodal.stage as amodal_stage
 
             stack.enter_context(patched(amodal_stage, "run_amodal", amodal_recorder(rec, amodal_stage.run_amodal)))

@@ -68,7 +68,7 @@ VARIANTS = {
     "batched objects": SpeedOptions(batch_objects=True, async_io=False, prefetch=False),
     "async io (pinned, deferred)": SpeedOptions(batch_objects=False, async_io=True, prefetch=False),
     "async io + prefetch": SpeedOptions(batch_objects=False, async_io=True, prefetch=True),
-    "all but the backbone graph": SpeedOptions(graph_backbone=False),
+    "all but CUDA graphs": SpeedOptions(cuda_graphs=False),
     "all (default)": RunProfile().speed_options(),  # the run profile's sam3_speed fast
 }
 

@@ -56,8 +56,8 @@ class _EagerStandIn:
 
 
 def test_graph_on_by_default_and_off_in_the_reference_profile():
-    assert SpeedOptions().graph_backbone and RunProfile().speed_options().graph_backbone
-    assert not BASELINE.graph_backbone and not RunProfile(sam3_speed="reference").speed_options().graph_backbone
+    assert SpeedOptions().cuda_graphs and RunProfile().speed_options().cuda_graphs
+    assert not BASELINE.cuda_graphs and not RunProfile(sam3_speed="reference").speed_options().cuda_graphs
 
 
 def test_no_graph_on_the_cpu(bundle):
@@ -87,9 +87,9 @@ def test_features_through_the_session_cache_give_identical_masks(bundle, frames,
 
 
 def test_graph_option_off_never_captures(bundle, frames, monkeypatch):
-    monkeypatch.setattr(graphs, "capture_backbone", lambda *a: pytest.fail("captured with graph_backbone off"))
+    monkeypatch.setattr(graphs, "capture_backbone", lambda *a: pytest.fail("captured with cuda_graphs off"))
     propagate(bundle, frames[:4], Prompts([ObjectPrompt(1, 0, [[40, 40]], [1])], (SIDE, SIDE), 4), "forward",
-              speed=replace(SpeedOptions(), graph_backbone=False))
+              speed=replace(SpeedOptions(), cuda_graphs=False))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -119,3 +119,98 @@ def test_failed_capture_falls_back_to_eager_on_cuda(monkeypatch, caplog):
     monkeypatch.setattr(graphs, "BackboneGraph", Broken)
     assert graphs.capture_backbone(object(), torch.zeros(3, 8, 8, device="cuda")) is None
     assert "not used" in caplog.text
+
+
+class _T:
+    """Just what GraphedDecoder reads of a tensor: shape, strides, dtype, device."""
+
+    def __init__(self, *shape: int, cuda: bool = True):
+        self.shape, self.dtype, self.is_cuda = shape, torch.bfloat16, cuda
+
+    def stride(self) -> tuple:
+        return (1,) * len(self.shape)
+
+
+def _decode_args(m: int, n_ptr: int = 4, cuda: bool = True) -> tuple:
+    return [_T(16, 1, 8, cuda=cuda)], [_T(16, 1, 8, cuda=cuda)], _T(m, 1, 64, cuda=cuda), _T(m, 1, 64, cuda=cuda), n_ptr
+
+
+def test_decoder_graphs_capture_a_shape_on_its_second_use_and_keep_a_few(monkeypatch):
+    eager, captured, replayed = [], [], []
+
+    class Graph:
+        def __init__(self, model, feats, pos, memory, memory_pos, n_ptr):
+            captured.append((memory.shape[0], n_ptr))
+
+        def __call__(self, feats, pos, memory, memory_pos):
+            replayed.append(memory.shape[0])
+            return "graph"
+
+    monkeypatch.setattr(graphs, "DecodeGraph", Graph)
+    monkeypatch.setattr(graphs, "decode_group", lambda model, f, p, m, mp, n: eager.append(m.shape[0]) or "eager")
+    dec = graphs.GraphedDecoder(True, keep=2)
+    growing = [dec(None, *_decode_args(m)) for m in (10, 20, 30)]  # the memory bank filling: each shape once
+    assert growing == ["eager"] * 3 and not captured
+    steady = [dec(None, *_decode_args(30)) for _ in range(3)]
+    assert steady == ["graph"] * 3 and captured == [(30, 4)] and replayed == [30, 30, 30]
+    assert dec(None, *_decode_args(30, n_ptr=5)) == "eager", "the pointer count is part of the shape"
+    dec(None, *_decode_args(10)), dec(None, *_decode_args(20))  # two more shapes captured: the oldest goes
+    assert list(k[0] for k in dec.graphs) == [4, 4] and len(dec.graphs) == 2 and len(captured) == 3
+    assert dec(None, *_decode_args(30)) == "graph" and len(captured) == 4, "an evicted shape is captured again"
+    assert dec(None, *_decode_args(30, cuda=False)) == "eager", "never on the CPU"
+    dec.close()
+    assert not dec.graphs
+
+
+def test_a_failed_decoder_capture_turns_the_graphs_off(monkeypatch, caplog):
+    class Broken:
+        def __init__(self, *a):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "DecodeGraph", Broken)
+    monkeypatch.setattr(graphs, "decode_group", lambda *a: "eager")
+    dec = graphs.GraphedDecoder(True)
+    assert [dec(None, *_decode_args(30)) for _ in range(4)] == ["eager"] * 4
+    assert not dec.enabled and "decoder CUDA graph not used" in caplog.text
+    assert caplog.text.count("not used") == 1, "logged once"
+    off = graphs.GraphedDecoder(False)
+    monkeypatch.setattr(graphs, "DecodeGraph", lambda *a: pytest.fail("captured while off"))
+    assert [off(None, *_decode_args(30)) for _ in range(3)] == ["eager"] * 3
+
+
+def test_propagate_runs_memory_attention_and_decoder_through_the_decoder(bundle, frames, monkeypatch):
+    """The batched step hands its decode to the propagation's decoder (the graphs' seam): same masks."""
+    from body4d_core.sam3 import tracker_step
+
+    calls = []
+
+    class Counting(graphs.GraphedDecoder):
+        def __call__(self, *args):
+            calls.append(args[3].shape)
+            return tracker_step.decode_group(*args)
+
+    eager = propagate(bundle, frames, _prompts(), "both")
+    prop = __import__("sys").modules["body4d_core.sam3.propagate"]
+    monkeypatch.setattr(prop, "GraphedDecoder", Counting)
+    through = propagate(bundle, frames, _prompts(), "both")
+    assert len(calls) >= T, "every tracked frame's decode went through the decoder"
+    np.testing.assert_array_equal(through.packed, eager.packed)
+    np.testing.assert_array_equal(through.scores, eager.scores)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_propagate_with_cuda_graphs_equals_without_on_cuda(frames, dtype, caplog):
+    """The whole propagation (30 frames, both directions, 3 objects, prompts on two frames) on the GPU."""
+    b = tiny_sam3(image_size=112, seed=0)
+    b.tracker.to("cuda", dtype)
+    b.dtype = dtype
+    long = np.concatenate([frames, frames[::-1], frames[:6]])
+    items = [ObjectPrompt(1, 3, [[48, 40], [10, 10]], [1, 0]), ObjectPrompt(2, 3, box=[5, 5, 40, 50]),
+             ObjectPrompt(3, 20, box=[30, 20, 70, 90])]
+    prompts = Prompts(items, (SIDE, SIDE), len(long))
+    graphed = propagate(b, long, prompts, "both")
+    plain = propagate(b, long, prompts, "both", speed=replace(SpeedOptions(), cuda_graphs=False))
+    assert "not used" not in caplog.text, "both captures worked"
+    np.testing.assert_array_equal(graphed.packed, plain.packed)
+    np.testing.assert_array_equal(graphed.scores, plain.scores)

@@ -1,20 +1,26 @@
-"""SAM-3's vision backbone replayed as one CUDA graph: a speed-up only, same kernels, same features.
+"""SAM-3 tracking replayed as CUDA graphs: a speed-up only, same kernels, same results.
 
-One frame through the backbone is about 2,300 kernel launches issued from Python (32 ViT
-layers, the FPN neck). On a fast GPU the host issues them more slowly than the device runs
-them, so tracking waits on the CPU. Captured once per propagation for the fixed input shape
-([1, 3, S, S] after the processor), each frame then costs one copy in and one graph launch.
-The features are handed to the tracker through its own session cache, so the tracker code is
-unchanged (docs/ARCHITECTURE.md, "exact speed-ups").
+One tracked frame is about 3,000 kernel launches issued from Python: ~2,300 in the vision
+backbone (32 ViT layers, the FPN neck), ~700 in the memory attention and mask decoder. On a fast
+GPU the host issues them more slowly than the device runs them, so tracking waits on the CPU.
+The backbone is captured once per propagation for its fixed input shape ([1, 3, S, S] after the
+processor) and its features are handed to the tracker through the session's own cache; the
+memory attention + mask decoder (``tracker_step.decode_group``, a pure function of its tensors)
+is captured per input shape once that shape comes back, i.e. once the memory bank is full
+(docs/ARCHITECTURE.md, "exact speed-ups"). Captures run in thread-local mode, so the frame
+prefetch thread may pin memory meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 import torch
+
+from .tracker_step import Decoded, decode_group
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ class BackboneGraph:
                 model.get_image_features(self.static_in, return_dict=True)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with _capture_autocast(), torch.cuda.graph(self.graph):
+        with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             out = model.get_image_features(self.static_in, return_dict=True)
         self.feats = list(out.fpn_hidden_states)
         self.pos = list(out.fpn_position_encoding)
@@ -98,3 +104,88 @@ class GraphedFeatures:
     def close(self) -> None:
         """Free the graph and its memory pool."""
         self.backbone = None
+
+
+class DecodeGraph:
+    """``decode_group`` captured for one set of input shapes; call it with tensors of those shapes."""
+
+    def __init__(self, model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
+                 memory_pos: torch.Tensor, n_ptr: int):
+        self.inputs = [t.detach().clone() for t in (*feats, *pos, memory, memory_pos)]
+        self.split = (len(feats), len(pos))
+        device = memory.device
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._run(model, n_ptr)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.outputs = self._run(model, n_ptr)
+
+    def _run(self, model: Any, n_ptr: int) -> Decoded:
+        nf, npos = self.split
+        x = self.inputs
+        return decode_group(model, x[:nf], x[nf:nf + npos], x[-2], x[-1], n_ptr)
+
+    def __call__(self, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
+                 memory_pos: torch.Tensor) -> Decoded:
+        for static, t in zip(self.inputs, (*feats, *pos, memory, memory_pos)):
+            static.copy_(t)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)  # type: ignore[return-value]
+
+
+def _key(feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor, memory_pos: torch.Tensor,
+         n_ptr: int) -> tuple:
+    """Everything a captured decode depends on besides tensor values: shapes, strides, dtypes, pointer count."""
+    return (n_ptr, *((tuple(t.shape), t.stride(), t.dtype) for t in (*feats, *pos, memory, memory_pos)))
+
+
+class GraphedDecoder:
+    """A ``tracker_step`` decoder: ``decode_group`` eagerly for a shape's first use, then from its captured graph.
+
+    The memory bank grows over a pass's first frames (one shape per frame), then keeps one shape:
+    capturing only shapes seen twice skips the growing phase. At most ``keep`` graphs are held
+    (their memory pools stay allocated while held). A failed capture turns the graphs off for the
+    rest of the propagation; the eager decode gives the same results.
+    """
+
+    def __init__(self, enabled: bool, keep: int = 2):
+        self.enabled = enabled
+        self.keep = keep
+        self.seen: set[tuple] = set()
+        self.graphs: OrderedDict[tuple, DecodeGraph] = OrderedDict()
+
+    def __call__(self, model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
+                 memory_pos: torch.Tensor, n_ptr: int) -> Decoded:
+        if not (self.enabled and memory.is_cuda):
+            return decode_group(model, feats, pos, memory, memory_pos, n_ptr)
+        key = _key(feats, pos, memory, memory_pos, n_ptr)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key not in self.seen:
+                self.seen.add(key)
+                return decode_group(model, feats, pos, memory, memory_pos, n_ptr)
+            graph = self._capture(key, model, feats, pos, memory, memory_pos, n_ptr)
+            if graph is None:
+                return decode_group(model, feats, pos, memory, memory_pos, n_ptr)
+        self.graphs.move_to_end(key)
+        return graph(feats, pos, memory, memory_pos)
+
+    def _capture(self, key: tuple, model: Any, *args: Any) -> DecodeGraph | None:
+        try:
+            graph = DecodeGraph(model, *args)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to the eager decode
+            log.warning("SAM-3 decoder CUDA graph not used (%s: %s); running it eagerly", type(err).__name__, err)
+            self.close()
+            self.enabled = False
+            return None
+        self.graphs[key] = graph
+        while len(self.graphs) > self.keep:
+            self.graphs.popitem(last=False)
+        return graph
+
+    def close(self) -> None:
+        """Free the graphs and their memory pools."""
+        self.graphs.clear()

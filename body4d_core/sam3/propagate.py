@@ -26,7 +26,7 @@ from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
 from ..runtime import upload as to_device
 from .frames import FrameSource, as_frame_source
-from .graphs import GraphedFeatures
+from .graphs import GraphedDecoder, GraphedFeatures
 from .loading import Sam3Bundle
 from .tracker_step import can_batch, tracked_step
 
@@ -57,15 +57,16 @@ class SpeedOptions:
     as one batch (the backbone runs once per frame either way). ``async_io``: frames go up
     through pinned memory without a sync, masks stay on the device until a few frames later
     and come down bit-packed in one non-blocking copy per frame. ``prefetch``: read and pin
-    the next frame on a worker thread while the device computes. ``graph_backbone``: on CUDA,
-    replay the vision backbone as one captured CUDA graph per frame instead of ~2,300 launches
-    from Python (graphs.py). Results are identical.
+    the next frame on a worker thread while the device computes. ``cuda_graphs``: on CUDA,
+    replay the vision backbone, and the memory attention + mask decoder once the memory bank is
+    full, as captured CUDA graphs instead of ~3,000 launches a frame from Python (graphs.py).
+    Results are identical.
     """
 
     batch_objects: bool = True
     async_io: bool = True
     prefetch: bool = True
-    graph_backbone: bool = True
+    cuda_graphs: bool = True
 
 
 BASELINE = SpeedOptions(False, False, False, False)
@@ -344,7 +345,8 @@ def propagate(
     session = bundle.processor.init_video_session(inference_device=dev, inference_state_device=dev,
                                                   video_storage_device=dev, dtype=bundle.dtype)
     reader = _Frames(source, [f for f, _ in steps], speed.prefetch, pin=speed.async_io and dev.type == "cuda")
-    features = GraphedFeatures(bundle.tracker, speed.graph_backbone)
+    features = GraphedFeatures(bundle.tracker, speed.cuda_graphs)
+    decoder = GraphedDecoder(speed.cuda_graphs)
     done = 0
     try:
         with torch.inference_mode(), autocast(dev, bundle.dtype):
@@ -369,7 +371,7 @@ def propagate(
                 pixels = _encode(bundle, source, frame, reader.get(step), upload=speed.async_io)
                 features(session, frame, pixels)
                 if speed.batch_objects and can_batch(bundle.tracker, session):
-                    out = tracked_step(bundle.tracker, session, frame, pixels, reverse)
+                    out = tracked_step(bundle.tracker, session, frame, pixels, reverse, decoder)
                 else:
                     out = bundle.tracker(inference_session=session, frame_idx=frame, frame=pixels, reverse=reverse)
                 recorder.record(out, frame, reverse, threshold=mask_threshold)
@@ -380,6 +382,7 @@ def propagate(
     finally:
         reader.close()
         features.close()
+        decoder.close()
         session.reset_inference_session()
         session.processed_frames = None
     log.info("SAM-3 tracked %d object(s) over %d frames (%s)", len(plan.obj_ids), source.num_frames, direction)

@@ -10,7 +10,7 @@ length go through both as one batch. Same session bookkeeping, same arithmetic p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -67,26 +67,41 @@ def _memory_of(model: Any, session: Any, obj_idx: int, frame_idx: int, reverse: 
     return torch.cat(memories, dim=0).to(dtype=session.dtype), torch.cat(positions, dim=0), n_ptr
 
 
-def _track_group(model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor],
-                 banks: list[tuple[torch.Tensor, torch.Tensor, int]]) -> Any:
-    """Memory attention + mask decoder for objects whose memory banks have one shape, as one batch."""
-    batch = len(banks)
+Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # pred, pointer, high-res, score logits
+Decoder = Callable[[Any, list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, int], Decoded]
+
+
+def decode_group(model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
+                 memory_pos: torch.Tensor, n_ptr: int) -> Decoded:
+    """Memory attention + mask decoder for a batch of objects (memory [M, B, 64]) on one frame's features.
+
+    Returns the decoder's pred_masks, object_pointer, high_res_masks and object_score_logits: a pure
+    function of its tensors (nothing read from or written to the session), so it can be graphed.
+    """
+    batch = memory.shape[1]
     channels = model.hidden_dim
     height, width = model.backbone_feature_sizes[-1]
-    memory = torch.cat([b[0] for b in banks], dim=1) if batch > 1 else banks[0][0]
-    memory_pos = torch.cat([b[1] for b in banks], dim=1) if batch > 1 else banks[0][1]
     fused = model.memory_attention(
         current_vision_features=feats[-1].expand(-1, batch, -1),
         current_vision_position_embeddings=pos[-1].expand(-1, batch, -1),
         memory=memory,
         memory_posision_embeddings=memory_pos,
-        num_object_pointer_tokens=banks[0][2],
+        num_object_pointer_tokens=n_ptr,
     )  # [1, B, HW, C]
     pix_feat = fused[0].transpose(1, 2).view(batch, channels, height, width)
     high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(batch, -1, -1, -1)
                 for x, s in zip(feats[:-1], model.backbone_feature_sizes[:-1])]
-    return model._single_frame_forward(pixel_values=None, image_embeddings=high_res + [pix_feat],
-                                       multimask_output=model._use_multimask(False, None))
+    out = model._single_frame_forward(pixel_values=None, image_embeddings=high_res + [pix_feat],
+                                      multimask_output=model._use_multimask(False, None))
+    return out.pred_masks, out.object_pointer, out.high_res_masks, out.object_score_logits
+
+
+def _track_group(model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor],
+                 banks: list[tuple[torch.Tensor, torch.Tensor, int]], decoder: Decoder = decode_group) -> Decoded:
+    """Memory attention + mask decoder for objects whose memory banks have one shape, as one batch."""
+    memory = torch.cat([b[0] for b in banks], dim=1) if len(banks) > 1 else banks[0][0]
+    memory_pos = torch.cat([b[1] for b in banks], dim=1) if len(banks) > 1 else banks[0][1]
+    return decoder(model, feats, pos, memory, memory_pos, banks[0][2])
 
 
 def _pick(x: torch.Tensor, i: int, batch: int) -> torch.Tensor:
@@ -106,8 +121,12 @@ def can_batch(model: Any, session: Any) -> bool:
     return model.num_maskmem > 0 and not session.obj_with_new_inputs and session.get_obj_num() > 0
 
 
-def tracked_step(model: Any, session: Any, frame_idx: int, frame: torch.Tensor, reverse: bool) -> StepOutput:
-    """``model(inference_session=session, frame_idx=frame_idx, frame=frame, reverse=reverse)``, batched."""
+def tracked_step(model: Any, session: Any, frame_idx: int, frame: torch.Tensor, reverse: bool,
+                 decoder: Decoder = decode_group) -> StepOutput:
+    """``model(inference_session=session, frame_idx=frame_idx, frame=frame, reverse=reverse)``, batched.
+
+    ``decoder``: runs memory attention + mask decoder (``decode_group``, or a graphed equivalent).
+    """
     frame_idx = session.add_new_frame(frame, frame_idx)
     feats, pos = model._prepare_vision_features(session, frame_idx, batch_size=1)  # the backbone, once
     device = feats[-1].device
@@ -126,14 +145,14 @@ def tracked_step(model: Any, session: Any, frame_idx: int, frame: torch.Tensor, 
         groups.setdefault((bank[0].shape[0], bank[2]), []).append((obj_idx, bank))
     tracked: dict[int, dict] = {}
     for members in groups.values():
-        out = _track_group(model, feats, pos, [bank for _, bank in members])
+        pred, pointer, high_res, score = _track_group(model, feats, pos, [bank for _, bank in members], decoder)
         b = len(members)
         for i, (obj_idx, _) in enumerate(members):
             tracked[obj_idx] = {
-                "pred_masks": _pick(out.pred_masks, i, b),
-                "object_pointer": _pick(out.object_pointer, i, b),
-                "high_res_masks": _pick(out.high_res_masks, i, b),
-                "object_score_logits": out.object_score_logits[i:i + 1],
+                "pred_masks": _pick(pred, i, b),
+                "object_pointer": _pick(pointer, i, b),
+                "high_res_masks": _pick(high_res, i, b),
+                "object_score_logits": score[i:i + 1],
             }
     order = sorted(tracked)
     for obj_idx in order:
