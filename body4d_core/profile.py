@@ -49,9 +49,11 @@ FIELDS: dict[str, FieldSpec] = {
                            "others need compile always or max-autotune)"),
     "crop_kernel": FieldSpec(("auto", "triton", "grid_sample"), "SAM-3D-Body crop kernel (auto: triton where "
                                                                 "available)"),
-    "sam3_speed": FieldSpec(("fast", "reference"), "SAM-3 propagation: fast (batched objects, async copies, "
-                                                   "prefetch, the backbone as a CUDA graph on GPUs; same masks) or "
-                                                   "the plain per-object reference path"),
+    "sam3_speed": FieldSpec(("fast", "reference", "compile"),
+                            "SAM-3 propagation: fast (batched objects, async copies, prefetch, CUDA graphs on GPUs; "
+                            "same masks), reference (the plain per-object path) or compile (fast + torch.compile of "
+                            "the vision backbone on GPUs: faster on long clips, compiles once per process and caches "
+                            "the kernels on disk; masks may differ in a few pixels)"),
     "amodal_accel": FieldSpec(("default", "reference", "compile"),
                               "Diffusion-VAS speed options: default (exact options + native precision), reference "
                               "(none), compile (default + torch.compile of the UNet blocks and the VAE decoder)"),
@@ -188,7 +190,9 @@ class RunProfile:
         """SAM-3's propagation ``SpeedOptions``."""
         from .sam3.propagate import BASELINE, SpeedOptions
 
-        return SpeedOptions() if self.sam3_speed == "fast" else BASELINE
+        if self.sam3_speed == "reference":
+            return BASELINE
+        return SpeedOptions(compile_backbone=self.sam3_speed == "compile")
 
     def accel_config(self) -> Any:
         """The Diffusion-VAS ``AccelConfig``."""

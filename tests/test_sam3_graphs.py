@@ -214,3 +214,72 @@ def test_propagate_with_cuda_graphs_equals_without_on_cuda(frames, dtype, caplog
     assert "not used" not in caplog.text, "both captures worked"
     np.testing.assert_array_equal(graphed.packed, plain.packed)
     np.testing.assert_array_equal(graphed.scores, plain.scores)
+
+
+def test_compile_profile_choice_turns_on_the_compiled_backbone_only():
+    from body4d_core.profile import FIELDS
+
+    assert "compile" in FIELDS["sam3_speed"].choices
+    comp = RunProfile(sam3_speed="compile").speed_options()
+    assert comp.compile_backbone and comp == replace(SpeedOptions(), compile_backbone=True)
+    assert not SpeedOptions().compile_backbone and not BASELINE.compile_backbone
+
+
+def test_compiled_backbone_stands_in_for_the_propagation_and_is_put_back(bundle, frames, monkeypatch):
+    """With compilation possible (patched: the CPU has no CUDA), the backbone is replaced by what
+    compile_call returns for the propagation only, even when it stops with an error."""
+    from body4d_core.errors import InterruptedError_ as Interrupted
+    from body4d_core.runtime import CallbackHooks
+    from body4d_core.sam3 import compiled as comp
+
+    encoder = bundle.tracker.vision_encoder
+    eager = encoder.backbone
+    used, compiled_for = [], []
+
+    class StandIn(torch.nn.Module):  # what torch.compile returns: a module calling the original
+        def __init__(self, mod):
+            super().__init__()
+            self.mod = mod
+
+        def forward(self, *a, **k):
+            used.append(1)
+            return self.mod(*a, **k)
+
+    monkeypatch.setattr(comp, "_compilable", lambda device: True)
+    monkeypatch.setattr(comp, "compile_call", lambda fn, *a, **k: compiled_for.append(fn) or StandIn(fn))
+    plain = propagate(bundle, frames, _prompts(), "both")
+    monkeypatch.setattr(graphs, "capture_backbone", lambda *a: pytest.fail("no backbone graph under compile"))
+    fast_compiled = propagate(bundle, frames, _prompts(), "both", speed=replace(SpeedOptions(), compile_backbone=True))
+    assert compiled_for == [eager] and len(used) == 3 + (T - 3) + (9 + 1), "the stand-in ran every frame's backbone"
+    assert encoder.backbone is eager, "the eager backbone is back after the propagation"
+    np.testing.assert_array_equal(fast_compiled.packed, plain.packed)
+
+    def stop(done, total):
+        if done == 3:
+            raise Interrupted("stop")
+
+    with pytest.raises(Interrupted):
+        propagate(bundle, frames, _prompts(), "both", hooks=CallbackHooks(on_progress=stop),
+                  speed=replace(SpeedOptions(), compile_backbone=True))
+    assert encoder.backbone is eager, "put back after an interruption too"
+
+
+def test_compile_option_is_off_on_the_cpu(bundle):
+    from body4d_core.sam3.compiled import CompiledBackbone
+
+    c = CompiledBackbone(bundle.tracker, True)
+    assert not c.active
+    with c:
+        assert bundle.tracker.vision_encoder.backbone is not None and c.eager is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the backbone runs on CUDA only")
+def test_compiled_backbone_tracks_like_the_eager_one_on_cuda(frames):
+    b = tiny_sam3(image_size=112, seed=0)
+    b.tracker.to("cuda")
+    eager = propagate(b, frames, _prompts(), "both")
+    comp = propagate(b, frames, _prompts(), "both", speed=replace(SpeedOptions(), compile_backbone=True))
+    assert comp.present.all() and comp.packed.shape == eager.packed.shape
+    differ = np.unpackbits(comp.packed ^ eager.packed).sum() / max(np.unpackbits(eager.packed | comp.packed).sum(), 1)
+    assert differ < 0.01, f"{differ:.4f} of the mask pixels differ"
+    np.testing.assert_allclose(comp.scores, eager.scores, atol=1e-3)

@@ -26,6 +26,7 @@ from ..errors import InputError, MemoryBudgetError
 from ..runtime import NULL_HOOKS, Hooks, autocast
 from ..runtime import upload as to_device
 from .frames import FrameSource, as_frame_source
+from .compiled import CompiledBackbone
 from .graphs import GraphedDecoder, GraphedFeatures
 from .loading import Sam3Bundle
 from .tracker_step import can_batch, tracked_step
@@ -60,13 +61,15 @@ class SpeedOptions:
     the next frame on a worker thread while the device computes. ``cuda_graphs``: on CUDA,
     replay the vision backbone, and the memory attention + mask decoder once the memory bank is
     full, as captured CUDA graphs instead of ~3,000 launches a frame from Python (graphs.py).
-    Results are identical.
+    Results are identical. ``compile_backbone`` (off by default; ``sam3_speed=compile``): on CUDA,
+    torch.compile the vision backbone for the propagation (compiled.py): faster, not bit-exact.
     """
 
     batch_objects: bool = True
     async_io: bool = True
     prefetch: bool = True
     cuda_graphs: bool = True
+    compile_backbone: bool = False
 
 
 BASELINE = SpeedOptions(False, False, False, False)
@@ -345,11 +348,12 @@ def propagate(
     session = bundle.processor.init_video_session(inference_device=dev, inference_state_device=dev,
                                                   video_storage_device=dev, dtype=bundle.dtype)
     reader = _Frames(source, [f for f, _ in steps], speed.prefetch, pin=speed.async_io and dev.type == "cuda")
-    features = GraphedFeatures(bundle.tracker, speed.cuda_graphs)
+    compiled = CompiledBackbone(bundle.tracker, speed.compile_backbone)
+    features = GraphedFeatures(bundle.tracker, speed.cuda_graphs and not compiled.active)  # compiled: no capture
     decoder = GraphedDecoder(speed.cuda_graphs)
     done = 0
     try:
-        with torch.inference_mode(), autocast(dev, bundle.dtype):
+        with compiled, torch.inference_mode(), autocast(dev, bundle.dtype):
             for frame, items in plan.by_frame.items():
                 pixels = _encode(bundle, source, frame, upload=speed.async_io)
                 for item in items:
