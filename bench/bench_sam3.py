@@ -135,6 +135,9 @@ def main() -> None:
                          "is reported; diff px against the first variant)")
     ap.add_argument("--json", type=str, default="",
                     help="also write the rows to this JSON file (this bench's own form)")
+    ap.add_argument("--profile-frames", type=int, default=0, metavar="N",
+                    help="only this: torch.profiler around one propagation of N 720p frames per --objects count "
+                         "(default speed options): wall time against GPU kernel time, and the top kernels")
     add_pipeline_path_args(ap)
     add_rows_args(ap)
     args = ap.parse_args()
@@ -158,6 +161,9 @@ def main() -> None:
 
     if args.pipeline_path:
         pipeline_path_main(bundle, args, device, dtype, hd)
+        return
+    if args.profile_frames:
+        profile_main(bundle, args, device, hd)
         return
     rows: list[dict] = []
     out = RowWriter.from_args("bench_sam3", args, device)
@@ -205,6 +211,24 @@ def try_reference(bundle: Sam3Bundle, clip: LoopedClip, n_obj: int, device: torc
         print(f"reference path failed at {clip.n} frames: {type(err).__name__}: {err}", flush=True)
         return
     add(case, "transformers whole-video", clip.n, r)
+
+
+def profile_main(bundle: Sam3Bundle, args: argparse.Namespace, device: torch.device, hd: tuple[int, int]) -> None:
+    """--profile-frames: is propagation host-bound (wall >> kernel time) or device-bound? Top kernels printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for n_obj in args.objects:
+        clip = LoopedClip(args.profile_frames, *hd)
+        run_ours(bundle, clip, n_obj, device)  # warm-up (graphs, allocator)
+        with profile(activities=acts) as prof:
+            r, _ = run_ours(bundle, clip, n_obj, device)
+        events = prof.key_averages()
+        kernel_s = sum(e.self_device_time_total for e in events) / 1e6
+        print(f"{n_obj} object(s), {clip.n} frames: wall {r['seconds']:.2f} s (profiler on), "
+              f"GPU kernel time {kernel_s:.2f} s", flush=True)
+        print(events.table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+                           row_limit=12, max_name_column_width=50), flush=True)
 
 
 def print_table(rows: list[dict], device: torch.device, dtype: torch.dtype, n_params: int) -> None:
