@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 GIB = 2**30
 MARGIN_GIB = 0.5  # allocator fragmentation and small buffers outside the estimates
-SAM3_GIB = 2.5  # SAM-3 tracker + detector weights (bf16) and one frame's working memory
+SAM3_GIB = 3.0  # SAM-3 tracker + detector weights (bf16), one frame's working memory and its CUDA graphs' pools
 MOGE_GIB = 4.2  # MoGe-2 ViT-L (fp32 weights) on one frame
 BODY_WEIGHTS_GIB = 3.6  # SAM-3D-Body (fp32 weights, autocast compute)
 BODY_CROP_GIB = {"full": 0.10, "body": 0.065}  # per crop of a batch (backbone + decoders, overlap on)

@@ -214,7 +214,10 @@ def test_low_memory_estimates_keep_the_default_calibration_and_shrink_in_order()
 
 
 def test_a_cap_nothing_fits_is_refused_in_one_sentence():
-    with pytest.raises(MemoryBudgetError, match=r"^SAM-3 tracking needs about 3\.0 GiB"):
+    from body4d_core.memory_plan import MARGIN_GIB, SAM3_GIB
+
+    need = f"{SAM3_GIB + MARGIN_GIB:.1f}".replace(".", r"\.")
+    with pytest.raises(MemoryBudgetError, match=rf"^SAM-3 tracking needs about {need} GiB"):
         plan_memory(EX02, cap_gb=2)
     no_moge = Work(height=720, width=1280, camera_model=False)
     with pytest.raises(MemoryBudgetError) as err:
