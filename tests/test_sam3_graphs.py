@@ -135,7 +135,7 @@ def _decode_args(m: int, n_ptr: int = 4, cuda: bool = True) -> tuple:
     return [_T(16, 1, 8, cuda=cuda)], [_T(16, 1, 8, cuda=cuda)], _T(m, 1, 64, cuda=cuda), _T(m, 1, 64, cuda=cuda), n_ptr
 
 
-def test_decoder_graphs_capture_a_shape_on_its_second_use_and_keep_a_few(monkeypatch):
+def test_decoder_graphs_capture_a_shape_on_its_third_use_and_keep_a_few(monkeypatch):
     eager, captured, replayed = [], [], []
 
     class Graph:
@@ -149,12 +149,12 @@ def test_decoder_graphs_capture_a_shape_on_its_second_use_and_keep_a_few(monkeyp
     monkeypatch.setattr(graphs, "DecodeGraph", Graph)
     monkeypatch.setattr(graphs, "decode_group", lambda model, f, p, m, mp, n: eager.append(m.shape[0]) or "eager")
     dec = graphs.GraphedDecoder(True, keep=2)
-    growing = [dec(None, *_decode_args(m)) for m in (10, 20, 30)]  # the memory bank filling: each shape once
-    assert growing == ["eager"] * 3 and not captured
-    steady = [dec(None, *_decode_args(30)) for _ in range(3)]
-    assert steady == ["graph"] * 3 and captured == [(30, 4)] and replayed == [30, 30, 30]
+    for _ in range(2):  # the memory bank filling, in a forward and a backward pass: each shape once a pass
+        assert [dec(None, *_decode_args(m)) for m in (10, 20)] == ["eager"] * 2 and not captured
+    steady = [dec(None, *_decode_args(30)) for _ in range(5)]
+    assert steady == ["eager"] * 2 + ["graph"] * 3 and captured == [(30, 4)] and replayed == [30, 30, 30]
     assert dec(None, *_decode_args(30, n_ptr=5)) == "eager", "the pointer count is part of the shape"
-    dec(None, *_decode_args(10)), dec(None, *_decode_args(20))  # two more shapes captured: the oldest goes
+    dec(None, *_decode_args(10)), dec(None, *_decode_args(20))  # their third use: captured, the oldest goes
     assert list(k[0] for k in dec.graphs) == [4, 4] and len(dec.graphs) == 2 and len(captured) == 3
     assert dec(None, *_decode_args(30)) == "graph" and len(captured) == 4, "an evicted shape is captured again"
     assert dec(None, *_decode_args(30, cuda=False)) == "eager", "never on the CPU"

@@ -6,7 +6,7 @@ GPU the host issues them more slowly than the device runs them, so tracking wait
 The backbone is captured once per propagation for its fixed input shape ([1, 3, S, S] after the
 processor) and its features are handed to the tracker through the session's own cache; the
 memory attention + mask decoder (``tracker_step.decode_group``, a pure function of its tensors)
-is captured per input shape once that shape comes back, i.e. once the memory bank is full
+is captured per input shape once that shape keeps coming back, i.e. once the memory bank is full
 (docs/ARCHITECTURE.md, "exact speed-ups"). Captures run in thread-local mode, so the frame
 prefetch thread may pin memory meanwhile.
 """
@@ -145,16 +145,19 @@ def _key(feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tenso
 class GraphedDecoder:
     """A ``tracker_step`` decoder: ``decode_group`` eagerly for a shape's first use, then from its captured graph.
 
-    The memory bank grows over a pass's first frames (one shape per frame), then keeps one shape:
-    capturing only shapes seen twice skips the growing phase. At most ``keep`` graphs are held
+    The memory bank grows over a pass's first frames (one shape per frame, so each such shape comes
+    once per pass, and a clip has at most two passes), then keeps one shape: capturing a shape on its
+    third use skips the growing phase of both passes. At most ``keep`` graphs are held
     (their memory pools stay allocated while held). A failed capture turns the graphs off for the
     rest of the propagation; the eager decode gives the same results.
     """
 
+    EAGER_USES = 2  # uses of a shape before it is captured
+
     def __init__(self, enabled: bool, keep: int = 2):
         self.enabled = enabled
         self.keep = keep
-        self.seen: set[tuple] = set()
+        self.uses: dict[tuple, int] = {}
         self.graphs: OrderedDict[tuple, DecodeGraph] = OrderedDict()
 
     def __call__(self, model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
@@ -164,8 +167,8 @@ class GraphedDecoder:
         key = _key(feats, pos, memory, memory_pos, n_ptr)
         graph = self.graphs.get(key)
         if graph is None:
-            if key not in self.seen:
-                self.seen.add(key)
+            self.uses[key] = self.uses.get(key, 0) + 1
+            if self.uses[key] <= self.EAGER_USES:
                 return decode_group(model, feats, pos, memory, memory_pos, n_ptr)
             graph = self._capture(key, model, feats, pos, memory, memory_pos, n_ptr)
             if graph is None:
