@@ -35,25 +35,33 @@ class BackboneGraph:
     """
 
     def __init__(self, model: Any, example: torch.Tensor, warmup: int = 2):
-        device = example.device
+        self.device = example.device
         self.static_in = example.detach().reshape(1, *example.shape[-3:]).clone()
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # lazy initialisation (cuBLAS handles, cached embeddings) outside the capture
-            for _ in range(warmup):
-                model.get_image_features(self.static_in, return_dict=True)
-        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            out = model.get_image_features(self.static_in, return_dict=True)
+        with torch.cuda.device(self.device):  # the model's GPU, whichever is current
+            _warm_up(self.device, lambda: model.get_image_features(self.static_in, return_dict=True), warmup)
+            with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                out = model.get_image_features(self.static_in, return_dict=True)
         self.feats = list(out.fpn_hidden_states)
         self.pos = list(out.fpn_position_encoding)
 
     def __call__(self, pixels: torch.Tensor) -> Features:
         self.static_in.copy_(pixels.reshape(self.static_in.shape))
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return {"vision_feats": [f.clone() for f in self.feats],
                 "vision_pos_embeds": [p.clone() for p in self.pos]}
+
+
+def _warm_up(device: torch.device, run: Callable[[], Any], times: int) -> None:
+    """Run ``run`` on a side stream first: lazy initialisation (cuBLAS handles, cached embeddings) stays out of
+    the capture."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(times):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
 
 
 @contextlib.contextmanager
@@ -113,15 +121,12 @@ class DecodeGraph:
                  memory_pos: torch.Tensor, n_ptr: int):
         self.inputs = [t.detach().clone() for t in (*feats, *pos, memory, memory_pos)]
         self.split = (len(feats), len(pos))
-        device = memory.device
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            self._run(model, n_ptr)
-        torch.cuda.current_stream(device).wait_stream(side)
+        self.device = memory.device
         self.graph = torch.cuda.CUDAGraph()
-        with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.outputs = self._run(model, n_ptr)
+        with torch.cuda.device(self.device):
+            _warm_up(self.device, lambda: self._run(model, n_ptr), 1)
+            with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.outputs = self._run(model, n_ptr)
 
     def _run(self, model: Any, n_ptr: int) -> Decoded:
         nf, npos = self.split
@@ -132,7 +137,8 @@ class DecodeGraph:
                  memory_pos: torch.Tensor) -> Decoded:
         for static, t in zip(self.inputs, (*feats, *pos, memory, memory_pos)):
             static.copy_(t)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return tuple(t.clone() for t in self.outputs)  # type: ignore[return-value]
 
 
