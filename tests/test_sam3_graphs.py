@@ -7,6 +7,8 @@ tracker's own backbone never running) gives the same masks. The capture itself i
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -190,7 +192,7 @@ def test_propagate_runs_memory_attention_and_decoder_through_the_decoder(bundle,
             return tracker_step.decode_group(*args)
 
     eager = propagate(bundle, frames, _prompts(), "both")
-    prop = __import__("sys").modules["body4d_core.sam3.propagate"]
+    prop = sys.modules["body4d_core.sam3.propagate"]
     monkeypatch.setattr(prop, "GraphedDecoder", Counting)
     through = propagate(bundle, frames, _prompts(), "both")
     assert len(calls) >= T, "every tracked frame's decode went through the decoder"
@@ -225,7 +227,7 @@ def test_compile_profile_choice_turns_on_the_compiled_backbone_only():
     assert not SpeedOptions().compile_backbone and not BASELINE.compile_backbone
 
 
-def test_compiled_backbone_stands_in_for_the_propagation_and_is_put_back(bundle, frames, monkeypatch):
+def test_compiled_backbone_stands_in_for_the_propagation_and_is_put_back(bundle, frames, monkeypatch, tmp_path):
     """With compilation possible (patched: the CPU has no CUDA), the backbone is replaced by what
     compile_call returns for the propagation only, even when it stops with an error."""
     from body4d_core.errors import InterruptedError_ as Interrupted
@@ -246,6 +248,8 @@ def test_compiled_backbone_stands_in_for_the_propagation_and_is_put_back(bundle,
             return self.mod(*a, **k)
 
     monkeypatch.setattr(comp, "_compilable", lambda device: True)
+    monkeypatch.setattr(comp, "default_cache_dir", lambda: tmp_path / "compile-cache")
+    inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setattr(comp, "compile_call", lambda fn, *a, **k: compiled_for.append(fn) or StandIn(fn))
     plain = propagate(bundle, frames, _prompts(), "both")
     monkeypatch.setattr(graphs, "capture_backbone", lambda *a: pytest.fail("no backbone graph under compile"))
@@ -262,6 +266,8 @@ def test_compiled_backbone_stands_in_for_the_propagation_and_is_put_back(bundle,
         propagate(bundle, frames, _prompts(), "both", hooks=CallbackHooks(on_progress=stop),
                   speed=replace(SpeedOptions(), compile_backbone=True))
     assert encoder.backbone is eager, "put back after an interruption too"
+    assert (tmp_path / "compile-cache").is_dir(), "the compile cache folder was used"
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == inductor_dir, "and left afterwards"
 
 
 def test_compile_option_is_off_on_the_cpu(bundle):
