@@ -10,6 +10,7 @@ module stands in for the backbone only while a propagation runs (docs/ARCHITECTU
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -41,8 +42,8 @@ class CompiledBackbone:
         self.encoder = tracker.vision_encoder
         device = next(tracker.parameters()).device
         self.active = bool(enabled) and _compilable(device)
-        self.eager: Any = None
-        self.cache: Any = None
+        self.eager: Any = None  # the eager backbone while the compiled one stands in
+        self.undo = contextlib.ExitStack()
 
     def __enter__(self) -> "CompiledBackbone":
         if not self.active:
@@ -52,15 +53,11 @@ class CompiledBackbone:
         if compiled is None:
             self.active = False
             return self
-        self.eager = eager
-        self.cache = compile_cache(default_cache_dir())
-        self.cache.__enter__()
-        self.encoder.backbone = compiled
+        self.undo.enter_context(compile_cache(default_cache_dir()))
+        self.undo.callback(setattr, self.encoder, "backbone", eager)
+        self.undo.callback(setattr, self, "eager", None)
+        self.encoder.backbone, self.eager = compiled, eager
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.eager is None:
-            return
-        self.encoder.backbone = self.eager
-        self.eager = None
-        self.cache.__exit__(*exc)
+        self.undo.close()
