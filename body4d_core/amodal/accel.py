@@ -24,6 +24,13 @@
   contiguous copy (same operations, same order). ``vae_contiguous_temporal``: the same in the VAE
   decoder. It speeds up the VAE decoder and not the UNet (BENCHMARKS.md, Amodal completion), so only
   the VAE option is on by default.
+- ``fused_resblocks`` (exact up to the GroupNorm statistics' summation order): the UNet's resblocks
+  (ResnetBlock2D, and SpatioTemporalResBlock with its temporal half) run on fused Triton kernels
+  (``fused_blocks``): time-embedding add + GroupNorm + SiLU in one pass, the temporal half read in
+  place from the spatial output, its residual add and the alpha blend one pass writing the
+  frame-major output. Each elementwise step rounds where diffusers' separate op did. CUDA only (the
+  CPU keeps diffusers' forwards); not with ``compile_blocks``. ``vae_fused_resblocks``: the same in the
+  VAE (encoder and temporal decoder).
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
   GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,
@@ -81,6 +88,8 @@ class AccelConfig:
     ff_rows: int = 0  # 0 = feed-forward over all rows at once
     split_geglu: bool = False  # GEGLU as two contiguous matmuls + in-place GELU and product
     contiguous_temporal: bool = False  # UNet spatio-temporal resblocks: temporal half on one contiguous copy
+    fused_resblocks: bool = False  # UNet resblocks on fused Triton GroupNorm/SiLU/blend kernels (CUDA)
+    vae_fused_resblocks: bool = False  # the same in the VAE
     vae_contiguous_temporal: bool = False  # the same in the VAE decoder
     native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
     skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
@@ -198,6 +207,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
         _route_forward(unet, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.temporal_2d:
         _temporal_as_2d(unet)
+    if cfg.fused_resblocks and not cfg.compile_blocks:
+        _fused_resblocks(unet)
     if cfg.fast_groupnorm and not cfg.compile_blocks:
         _fast_group_norms(unet)
     if cfg.channels_last:
@@ -219,6 +230,8 @@ def apply_vae_accel(vae: nn.Module, cfg: AccelConfig) -> None:
         _route_forward(vae, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.vae_temporal_2d:
         _temporal_as_2d(vae)
+    if cfg.vae_fused_resblocks and not cfg.compile_vae:
+        _fused_resblocks(vae)
     if cfg.fast_groupnorm and not cfg.compile_vae:
         _fast_group_norms(vae)
     if old.vae_channels_last:
@@ -285,6 +298,24 @@ def _fast_group_norms(module: nn.Module) -> int:
                         err)
             return 0
     return _route_forward(module, lambda m: isinstance(m, nn.GroupNorm), _group_norm)
+
+
+def _fused_resblocks(module: nn.Module) -> int:
+    """Route the resblocks ``fused_blocks`` reproduces through its forwards (CUDA modules where triton
+    imports, or Triton's interpreter); returns how many."""
+    from . import fused_blocks as fb
+
+    if not fb.INTERPRET:
+        if not next(module.parameters()).is_cuda:
+            return 0
+        try:
+            from . import fused_triton  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep diffusers' forwards
+            log.warning("amodal: fused resblocks need triton (%s: %s); resblocks stay diffusers'",
+                        type(err).__name__, err)
+            return 0
+    return (_route_forward(module, fb.resnet2d_applies, fb.resnet2d)
+            + _route_forward(module, fb.st_resblock_applies, fb.st_resblock))
 
 
 def _conv_layout(module: nn.Module, fmt: torch.memory_format) -> None:

@@ -1,0 +1,97 @@
+"""Resblock forwards on the fused Triton kernels (``AccelConfig.fused_resblocks`` / ``vae_fused_resblocks``).
+
+Same operations as diffusers' ResnetBlock2D, TemporalResnetBlock and SpatioTemporalResBlock, in the
+same order, with the elementwise chains around each GroupNorm (time-embedding add, GroupNorm, SiLU)
+and the temporal residual + alpha blend as single passes (``fused_triton``). Convolutions and
+linear layers are the modules' own. Inputs that are not on CUDA run the class's own forward, so a
+routed module still works after being moved to the CPU (Triton's interpreter excepted, for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernels(x: torch.Tensor):
+    """The Triton module when ``x`` can run it, else None (the caller runs the reference forward)."""
+    if not (x.is_cuda or INTERPRET):
+        return None
+    from . import fused_triton
+
+    return fused_triton
+
+
+def _gn(k, norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | None = None, silu: bool = True
+        ) -> torch.Tensor:
+    return k.group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, add=add, silu=silu)
+
+
+def resnet2d_applies(m: nn.Module) -> bool:
+    """A ResnetBlock2D the fused forward reproduces: plain SiLU, default time-embedding norm, no resampling."""
+    return (type(m).__name__ == "ResnetBlock2D" and type(m.nonlinearity).__name__ == "SiLU"
+            and m.upsample is None and m.downsample is None and m.time_embedding_norm == "default"
+            and isinstance(m.norm1, nn.GroupNorm) and isinstance(m.norm2, nn.GroupNorm))
+
+
+def st_resblock_applies(m: nn.Module) -> bool:
+    """A SpatioTemporalResBlock whose two halves the fused forwards reproduce."""
+    tr = getattr(m, "temporal_res_block", None)
+    return (type(m).__name__ == "SpatioTemporalResBlock" and resnet2d_applies(m.spatial_res_block)
+            and tr is not None and tr.conv_shortcut is None and type(tr.nonlinearity).__name__ == "SiLU")
+
+
+def resnet2d(module: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs
+             ) -> torch.Tensor:
+    """diffusers' ResnetBlock2D.forward (eval) with fused GroupNorm chains."""
+    k = _kernels(input_tensor)
+    if k is None or args or kwargs:
+        return type(module).forward(module, input_tensor, temb, *args, **kwargs)
+    h = module.conv1(_gn(k, module.norm1, input_tensor))
+    add = None
+    if module.time_emb_proj is not None and temb is not None:
+        if not module.skip_time_act:
+            temb = module.nonlinearity(temb)
+        add = module.time_emb_proj(temb)[:, :, None]  # [N, C, 1]
+    h = module.conv2(module.dropout(_gn(k, module.norm2, h, add=add)))
+    if module.conv_shortcut is not None:
+        input_tensor = module.conv_shortcut(input_tensor)
+    out = input_tensor + h
+    return out if module.output_scale_factor == 1.0 else out / module.output_scale_factor  # x / 1.0 == x
+
+
+def _temporal_branch(k, module: nn.Module, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+    """TemporalResnetBlock up to (not including) its residual add; x [B, C, T, H, W], any layout."""
+    h = module.conv1(_gn(k, module.norm1, x))
+    add = None
+    if module.time_emb_proj is not None and temb is not None:
+        add = module.time_emb_proj(module.nonlinearity(temb)).transpose(1, 2)  # [B, T, C] -> [B, C, T] view
+    return module.conv2(module.dropout(_gn(k, module.norm2, h, add=add)))
+
+
+def st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None = None,
+                image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' SpatioTemporalResBlock.forward: the temporal half reads the spatial output in place and
+    its residual add and the blend are one pass writing the frame-major output."""
+    k = _kernels(hidden_states)
+    if k is None:
+        return type(module).forward(module, hidden_states, temb, image_only_indicator)
+    frames = image_only_indicator.shape[-1]
+    xs = module.spatial_res_block(hidden_states, temb).contiguous()
+    bt, c, h, w = xs.shape
+    b = bt // frames
+    view = xs.reshape(b, frames, c, h, w).permute(0, 2, 1, 3, 4)
+    if temb is not None:
+        temb = temb.reshape(b, frames, -1)
+    branch = _temporal_branch(k, module.temporal_res_block, view, temb).contiguous()
+    mixer = module.time_mixer
+    alpha = mixer.get_alpha(image_only_indicator, 5).to(xs.dtype)
+    if mixer.switch_spatial_to_temporal_mix:
+        alpha = 1.0 - alpha
+    one_minus = 1.0 - alpha
+    alpha, one_minus = (a.expand(b, 1, frames, 1, 1).reshape(b, frames) for a in (alpha, one_minus))
+    return k.residual_blend(xs, branch, alpha, one_minus)

@@ -1,0 +1,215 @@
+"""Triton kernels for the spatio-temporal resblocks: GroupNorm (+ broadcast add, + SiLU) and the blend.
+
+diffusers runs each resblock as a chain of separate passes over the activations: broadcast add of
+the time embedding, GroupNorm statistics, GroupNorm apply, SiLU, and in the spatio-temporal block a
+permuted copy, a residual add, three passes of the alpha blend and a permuted copy back. Every pass
+reads and writes the whole tensor, and the ones on permuted layouts run in PyTorch's non-vectorised
+kernels. Here one GroupNorm is three launches (partial statistics, their exact combination, one
+apply pass that adds, normalises and activates) and the temporal residual plus blend is one pass
+writing the frame-major layout directly.
+
+Tensors are addressed as [N, C, T, S] with any strides but a contiguous innermost S, so the
+temporal block's [B, C, T, H, W] view of a frame-major [B*T, C, H, W] tensor is read in place.
+The elementwise steps round to the tensor's dtype where diffusers' separate ops did, so only the
+GroupNorm statistics' summation order differs from PyTorch (docs/ARCHITECTURE.md, amodal speed).
+Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 4096  # values per statistics program
+APPLY_BLOCK = 2048  # values of one row per apply/blend program
+COMBINE_BLOCK = 1024  # partials read per step of the combine loop
+
+
+@triton.jit
+def _round(x, dt: tl.constexpr):
+    """fp32 ``x`` rounded to ``dt`` (nearest even) and back: PyTorch's rounding of each separate op's output.
+    bf16 by bit arithmetic, because Triton's CPU interpreter truncates in ``.to``."""
+    if dt == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dt).to(tl.float32)
+
+
+@triton.jit
+def _partial_stats_kernel(x_ptr, add_ptr, mean_ptr, m2_ptr, cnt_ptr, C, T, S, Cg, G, lines, n_line_blocks,
+                          n_s_blocks, sxn, sxc, sxt, san, sac, sat,
+                          HAS_ADD: tl.constexpr, LINES: tl.constexpr, SBLOCK: tl.constexpr):
+    row = tl.program_id(0)  # n * G + g
+    part = tl.program_id(1)  # line block * n_s_blocks + s block
+    n = (row // G).to(tl.int64)
+    g = row % G
+    lb = part // n_s_blocks
+    sb = part % n_s_blocks
+    line = lb * LINES + tl.arange(0, LINES)  # line = c_local * T + t
+    s = sb * SBLOCK + tl.arange(0, SBLOCK)
+    c = (g * Cg + line // T).to(tl.int64)
+    t = (line % T).to(tl.int64)
+    lmask = line < lines
+    smask = s < S
+    mask = lmask[:, None] & smask[None, :]
+    base = n * sxn + c * sxc + t * sxt
+    x = tl.load(x_ptr + base[:, None] + s[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        a = tl.load(add_ptr + n * san + c * sac + t * sat, mask=lmask, other=0.0).to(tl.float32)
+        x = tl.where(mask, _round(x + a[:, None], x_ptr.dtype.element_ty), 0.0)  # the add's rounding
+    count = tl.sum(tl.sum(mask.to(tl.float32), 1), 0)
+    mean = tl.sum(tl.sum(x, 1), 0) / count
+    d = tl.where(mask, x - mean, 0.0)
+    out = row * (n_line_blocks * n_s_blocks) + part
+    tl.store(mean_ptr + out, mean)
+    tl.store(m2_ptr + out, tl.sum(tl.sum(d * d, 1), 0))
+    tl.store(cnt_ptr + out, count)
+
+
+@triton.jit
+def _combine_kernel(mean_ptr, m2_ptr, cnt_ptr, out_mean_ptr, out_rstd_ptr, n_parts, group_len, eps,
+                    BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_parts, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        m = tl.load(mean_ptr + row * n_parts + i, mask=i < n_parts, other=0.0)
+        k = tl.load(cnt_ptr + row * n_parts + i, mask=i < n_parts, other=0.0)
+        acc += m * k
+    mean = tl.sum(acc, 0) / group_len
+    acc2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_parts, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        m = tl.load(mean_ptr + row * n_parts + i, mask=i < n_parts, other=0.0)
+        k = tl.load(cnt_ptr + row * n_parts + i, mask=i < n_parts, other=0.0)
+        q = tl.load(m2_ptr + row * n_parts + i, mask=i < n_parts, other=0.0)
+        acc2 += q + k * (m - mean) * (m - mean)  # Chan's combination of partial (mean, M2)
+    var = tl.maximum(tl.sum(acc2, 0) / group_len, 0.0)
+    tl.store(out_mean_ptr + row, mean)
+    tl.store(out_rstd_ptr + row, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def _apply_kernel(x_ptr, add_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, y_ptr, C, T, S, Cg, G,
+                  sxn, sxc, sxt, san, sac, sat, HAS_ADD: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                  SILU: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # (n * C + c) * T + t of the contiguous output
+    s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = s < S
+    t = row % T
+    c = (row // T) % C
+    n = row // (T * C)
+    x = tl.load(x_ptr + n * sxn + c * sxc + t * sxt + s, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        x = _round(x + tl.load(add_ptr + n * san + c * sac + t * sat).to(tl.float32), x_ptr.dtype.element_ty)
+    grp = n * G + c // Cg
+    scale = tl.load(rstd_ptr + grp)
+    shift = -tl.load(mean_ptr + grp) * scale
+    if HAS_AFFINE:
+        w = tl.load(w_ptr + c).to(tl.float32)
+        shift = shift * w + tl.load(b_ptr + c).to(tl.float32)
+        scale = scale * w
+    y = x * scale + shift
+    if SILU:
+        y = _round(y, y_ptr.dtype.element_ty)  # GroupNorm's output, then SiLU on it
+        y = y / (1.0 + tl.exp(-y))
+    tl.store(y_ptr + row * S + s, _round(y, y_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _blend_kernel(xs_ptr, a_ptr, alpha_ptr, om_ptr, y_ptr, C, T, S, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # bt * C + c of the frame-major output
+    s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = s < S
+    c = row % C
+    bt = row // C
+    b = bt // T
+    t = bt % T
+    dt = y_ptr.dtype.element_ty
+    xs = tl.load(xs_ptr + row * S + s, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + ((b * C + c) * T + t) * S + s, mask=mask, other=0.0).to(tl.float32)
+    al = tl.load(alpha_ptr + bt).to(tl.float32)
+    om = tl.load(om_ptr + bt).to(tl.float32)
+    xt = _round(xs + a, dt)  # the temporal resnet's residual add
+    y = _round(al * xs, dt) + _round(om * xt, dt)
+    tl.store(y_ptr + row * S + s, _round(y, dt).to(dt), mask=mask)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _as_ncts(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A [N, C, (T,) *spatial] tensor as (itself, (N, C, T, S)) with strides checked for in-place reads."""
+    if x.dim() < 3:
+        raise ValueError(f"expected [N, C, ...], got shape {tuple(x.shape)}")
+    return x, (x.shape[0], x.shape[1], x.shape[2] if x.dim() == 5 else 1,
+               x.shape[-2] * x.shape[-1] if x.dim() >= 4 else x.shape[-1])
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int] | None:
+    """(n, c, t) strides of x read as [N, C, T, S], or None where S is not one contiguous block."""
+    if x.dim() == 5:
+        ok = x.stride(4) == 1 and (x.shape[3] == 1 or x.stride(3) == x.shape[4])
+        sn, sc, st = x.stride(0), x.stride(1), x.stride(2)
+    else:
+        ok = x.stride(-1) == 1 and (x.dim() == 3 or x.shape[-2] == 1 or x.stride(-2) == x.shape[-1])
+        sn, sc, st = x.stride(0), x.stride(1), 0
+    return (sn, sc, st) if ok else None
+
+
+def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float, add: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
+    """``silu(group_norm(x + add))`` as one chain: x [N, C, (T,) H, W] (read in place when H*W is one
+    contiguous block, else copied once),
+    ``add`` broadcast over space as [N, C, T] (any strides, 0 allowed); output contiguous, x's dtype."""
+    x, (n, c, t, s) = _as_ncts(x)
+    if c % groups:
+        raise ValueError(f"{c} channels do not split into {groups} groups")
+    strides = _strides(x)
+    if strides is None:  # e.g. channels_last: one copy, then read as usual
+        x = x.contiguous()
+        strides = _strides(x)
+    sxn, sxc, sxt = strides
+    san, sac, sat = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
+    cg, lines = c // groups, (c // groups) * t
+    sblock = min(_pow2(s), 1024)
+    lines_per = min(max(1, TILE // sblock), _pow2(lines))
+    n_lb, n_sb = triton.cdiv(lines, lines_per), triton.cdiv(s, sblock)
+    rows, parts = n * groups, n_lb * n_sb
+    means = torch.empty((rows, parts), device=x.device, dtype=torch.float32)
+    m2s, cnts = torch.empty_like(means), torch.empty_like(means)
+    ptr_add = x if add is None else add
+    _partial_stats_kernel[(rows, parts)](x, ptr_add, means, m2s, cnts, c, t, s, cg, groups, lines, n_lb, n_sb,
+                                         sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None, LINES=lines_per,
+                                         SBLOCK=sblock, num_warps=8)
+    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    _combine_kernel[(rows,)](means, m2s, cnts, mean, rstd, parts, float(cg * t * s), float(eps),
+                             BLOCK=min(COMBINE_BLOCK, _pow2(parts)), num_warps=4)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    block = min(APPLY_BLOCK, _pow2(s))
+    _apply_kernel[(n * c * t, triton.cdiv(s, block))](
+        x, ptr_add, mean, rstd, x if weight is None else weight, x if bias is None else bias, y, c, t, s, cg, groups,
+        sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None, HAS_AFFINE=weight is not None, SILU=silu,
+        BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    return y
+
+
+def residual_blend(spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor
+                   ) -> torch.Tensor:
+    """``alpha * xs + one_minus * (xs + temporal)`` written frame-major: spatial [B*T, C, H, W] contiguous,
+    temporal [B, C, T, H, W] contiguous, alpha / one_minus [B, T] in the dtype (each product and sum rounded
+    to it, as the separate ops were)."""
+    b, c, t = temporal.shape[:3]
+    s = spatial.shape[-2] * spatial.shape[-1]
+    if not (spatial.is_contiguous() and temporal.is_contiguous()) or spatial.shape[0] != b * t:
+        raise ValueError(f"residual_blend: shapes {tuple(spatial.shape)} / {tuple(temporal.shape)} or layout do not fit")
+    y = torch.empty_like(spatial)
+    block = min(APPLY_BLOCK, _pow2(s))
+    _blend_kernel[(b * t * c, triton.cdiv(s, block))](spatial, temporal, alpha.contiguous(), one_minus.contiguous(),
+                                                      y, c, t, s, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    return y

@@ -1,0 +1,155 @@
+"""Fused resblock kernels (``fused_resblocks`` / ``vae_fused_resblocks``): same values as diffusers' blocks.
+
+The kernels run in Triton's CPU interpreter (a subprocess: the mode is read at import). bf16 rounding
+is done by the kernels' own bit arithmetic, so the interpreter reproduces the GPU's rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from body4d_core.amodal.accel import AccelConfig, apply_accel
+from body4d_core.testing.amodal import build_vas_parts
+
+from .triton_interpreter import run_interpreted
+
+BLOCKS_CHECK = r"""
+import torch, torch.nn.functional as F
+from diffusers.models.resnet import SpatioTemporalResBlock
+from body4d_core.amodal import fused_blocks as fb, fused_triton as ft
+
+torch.manual_seed(0)
+
+
+def randomise(m):
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return m
+
+
+# (in, out, temb channels, merge strategy, switch): UNet-style with and without a channel change, VAE-style
+cases = ((32, 32, 16, "learned_with_images", False), (32, 64, 16, "learned_with_images", False),
+         (64, 64, None, "learned", True))
+for dtype in (torch.float32, torch.bfloat16):
+    for cin, cout, temb_ch, strategy, switch in cases:
+        b, t, h, w = 2, 3, 5, 7
+        m = randomise(SpatioTemporalResBlock(cin, cout, temb_channels=temb_ch, merge_strategy=strategy,
+                                             switch_spatial_to_temporal_mix=switch)).to(dtype).eval()
+        x = torch.randn(b * t, cin, h, w, dtype=dtype)
+        temb = None if temb_ch is None else torch.randn(b * t, temb_ch, dtype=dtype)
+        ind = torch.zeros(b, t, dtype=dtype)
+        with torch.no_grad():
+            pairs = ((fb.st_resblock(m, x, temb, ind), m(x, temb, ind)),
+                     (fb.resnet2d(m.spatial_res_block, x, temb), m.spatial_res_block(x, temb)))
+        for got, ref in pairs:
+            assert got.shape == ref.shape and got.dtype == ref.dtype and got.is_contiguous()
+            dev = (got.float() - ref.float()).abs()
+            scale = float(ref.float().abs().max())
+            if dtype == torch.float32:
+                assert float(dev.max()) < 1e-5 * scale, (cin, cout, float(dev.max()))
+            else:  # one-ulp flips where the statistics' last bit differs, and nowhere a larger error
+                assert float((dev > 0).float().mean()) < 0.05, (cin, cout, float((dev > 0).float().mean()))
+                assert float(dev.max()) <= scale * 2 ** -6, (cin, cout, float(dev.max()))
+print("blocks ok")
+
+# GroupNorm + add on a permuted 5-D view (read in place), affine and not, silu and not
+x = torch.randn(12, 64, 9, 11) * 3 + 20.0
+view = x.reshape(3, 4, 64, 9, 11).permute(0, 2, 1, 3, 4)
+add = torch.randn(3, 4, 64).transpose(1, 2)
+w, bias = torch.randn(64), torch.randn(64)
+for weight, shift, silu in ((w, bias, False), (None, None, True)):
+    y = ft.group_norm_act(view, 8, weight, shift, 1e-5, add=add, silu=silu)
+    ref = F.group_norm((view + add[..., None, None]).double(), 8, None if weight is None else weight.double(),
+                       None if shift is None else shift.double(), 1e-5)
+    ref = F.silu(ref) if silu else ref
+    assert y.is_contiguous() and y.shape == view.shape
+    assert float((y.double() - ref).abs().max()) < 1e-4, float((y.double() - ref).abs().max())
+
+# the blend in bf16: every product and sum rounded as the separate ops round them -> bit-identical
+xs = torch.randn(6, 32, 4, 5).bfloat16()
+temporal = torch.randn(2, 32, 3, 4, 5).bfloat16()
+alpha = torch.rand(2, 3).bfloat16()
+one_minus = 1.0 - alpha
+got = ft.residual_blend(xs, temporal, alpha, one_minus)
+view = xs.reshape(2, 3, 32, 4, 5).permute(0, 2, 1, 3, 4)
+ref = alpha[:, None, :, None, None] * view + one_minus[:, None, :, None, None] * (view + temporal)
+assert torch.equal(got, ref.permute(0, 2, 1, 3, 4).reshape(6, 32, 4, 5))
+
+# a layout whose spatial block is not contiguous (channels_last) is copied once, same values
+nhwc = torch.randn(2, 32, 4, 6).contiguous(memory_format=torch.channels_last)
+assert torch.allclose(ft.group_norm_act(nhwc, 8, None, None, 1e-5, silu=False),
+                      F.group_norm(nhwc, 8, None, None, 1e-5), atol=1e-5)
+try:
+    ft.group_norm_act(torch.randn(2, 30, 4, 4), 8, None, None, 1e-5)
+except ValueError as err:
+    print("refused:", err)
+else:
+    raise AssertionError("channels that do not split into groups were accepted")
+print("kernels ok")
+"""
+
+PIPELINE_CHECK = r"""
+import torch
+from body4d_core.amodal.accel import AccelConfig
+from body4d_core.amodal.config import SamplerConfig
+from body4d_core.amodal.sampler import VASPipeline
+from body4d_core.testing.amodal import build_vas_parts
+
+p = build_vas_parts("tiny", seed=4)
+pipe = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+g = torch.Generator().manual_seed(9)
+a, b = torch.rand(1, 2, 1, 16, 16, generator=g) * 2 - 1, torch.rand(1, 2, 3, 16, 16, generator=g) * 2 - 1
+cfg = SamplerConfig(steps=1, decode_chunk_size=2)
+ref = pipe.generate(a, b, [11], cfg)
+pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True))
+routed = sum("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))
+got = pipe.generate(a, b, [11], cfg)
+pipe.accelerate(None)
+assert not any("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))
+dev = float((got - ref).abs().max())
+print("routed", routed, "dev", dev)
+assert routed > 0 and dev < 1e-3, (routed, dev)
+"""
+
+
+def test_fused_kernels_match_diffusers_blocks_in_the_interpreter():
+    """Fused UNet/VAE-style resblocks against diffusers' own (fp32 within 1e-5, bf16 one-ulp flips only),
+    GroupNorm + add on a permuted view against fp64, the blend bit-identical in bf16, channels_last copied, bad channel counts refused."""
+    out = run_interpreted(BLOCKS_CHECK)
+    assert "blocks ok" in out and "kernels ok" in out and out.count("refused:") == 1
+
+
+def test_fused_resblocks_in_the_whole_pipeline_in_the_interpreter():
+    """With both options the tiny pipeline routes its resblocks to the kernels and gives the reference
+    output (fp32); ``accelerate(None)`` undoes the routing."""
+    assert "routed" in run_interpreted(PIPELINE_CHECK)
+
+
+def test_fused_resblocks_leave_cpu_modules_alone():
+    """Off CUDA (no interpreter) nothing is routed: the CPU keeps diffusers' forwards, bit for bit."""
+    pytest.importorskip("triton")
+    unet = build_vas_parts("tiny", seed=1)["unet"]
+    apply_accel(unet, AccelConfig(fused_resblocks=True))
+    assert not any("forward" in m.__dict__ for m in unet.modules())
+    apply_accel(unet, AccelConfig())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_resblocks_on_cuda_match_in_bf16():
+    """On the GPU (bf16, native): the fused blocks' output against diffusers' within one-ulp flips."""
+    from diffusers.models.resnet import SpatioTemporalResBlock
+
+    from body4d_core.amodal import fused_blocks as fb
+
+    torch.manual_seed(0)
+    m = SpatioTemporalResBlock(320, 320, temb_channels=1280).cuda().bfloat16().eval()
+    x = torch.randn(2 * 16, 320, 32, 64, device="cuda", dtype=torch.bfloat16)
+    temb = torch.randn(2 * 16, 1280, device="cuda", dtype=torch.bfloat16)
+    ind = torch.zeros(2, 16, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, ref = fb.st_resblock(m, x, temb, ind), m(x, temb, ind)
+    dev = (got.float() - ref.float()).abs()
+    assert float((dev > 0).float().mean()) < 0.05
+    assert float(dev.max()) <= float(ref.float().abs().max()) * 2 ** -6
