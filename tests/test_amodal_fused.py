@@ -87,6 +87,14 @@ except ValueError as err:
     print("refused:", err)
 else:
     raise AssertionError("channels that do not split into groups were accepted")
+# GEGLU: value * gelu(gate) in one pass, bit-identical to the two ops in bf16 except where 1 + erf(gate)
+# cancels (gate < -3: GELU below 4e-3, where the interpreter's erf and PyTorch's differ in the last fp32 bit)
+value, gate = (torch.randn(37, 50) * 3).bfloat16(), (torch.randn(37, 50) * 3).bfloat16()
+ref = value * F.gelu(gate)
+got = ft.geglu_(value.clone(), gate)
+tail = gate < -3
+assert torch.equal(got[~tail], ref[~tail]) and int((~tail).sum()) > 1000
+assert float((got[tail].float() - ref[tail].float()).abs().max()) < 1e-3 * float(value.float().abs().max())
 print("kernels ok")
 """
 
@@ -103,7 +111,8 @@ g = torch.Generator().manual_seed(9)
 a, b = torch.rand(1, 2, 1, 16, 16, generator=g) * 2 - 1, torch.rand(1, 2, 3, 16, 16, generator=g) * 2 - 1
 cfg = SamplerConfig(steps=1, decode_chunk_size=2)
 ref = pipe.generate(a, b, [11], cfg)
-pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True))
+pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True))
+assert all(m.forward.func.__name__ == "_split_geglu_fused" for m in pipe.unet.modules() if type(m).__name__ == "GEGLU")
 routed = sum("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))
 got = pipe.generate(a, b, [11], cfg)
 pipe.accelerate(None)
@@ -116,14 +125,14 @@ assert routed > 0 and dev < 1e-3, (routed, dev)
 
 def test_fused_kernels_match_diffusers_blocks_in_the_interpreter():
     """Fused UNet/VAE-style resblocks against diffusers' own (fp32 within 1e-5, bf16 one-ulp flips only),
-    GroupNorm + add on a permuted view against fp64, the blend bit-identical in bf16, channels_last copied, bad channel counts refused."""
+    GroupNorm + add on a permuted view against fp64, the blend and GEGLU bit-identical in bf16, channels_last copied, bad channel counts refused."""
     out = run_interpreted(BLOCKS_CHECK)
     assert "blocks ok" in out and "kernels ok" in out and out.count("refused:") == 1
 
 
 def test_fused_resblocks_in_the_whole_pipeline_in_the_interpreter():
-    """With both options the tiny pipeline routes its resblocks to the kernels and gives the reference
-    output (fp32); ``accelerate(None)`` undoes the routing."""
+    """With the fused options the tiny pipeline routes its resblocks and GEGLUs to the kernels and gives the
+    reference output (fp32); ``accelerate(None)`` undoes the routing."""
     assert "routed" in run_interpreted(PIPELINE_CHECK)
 
 

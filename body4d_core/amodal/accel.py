@@ -31,6 +31,8 @@
   frame-major output. Each elementwise step rounds where diffusers' separate op did. CUDA only (the
   CPU keeps diffusers' forwards); not with ``compile_blocks``. ``vae_fused_resblocks``: the same in the
   VAE (encoder and temporal decoder).
+- ``fused_geglu`` (with ``split_geglu``; exact: the same roundings): GEGLU's GELU and product as one
+  Triton pass over the two halves, with no GELU-sized temporary. CUDA only; not with ``compile_blocks``.
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
   GroupNorm/LayerNorm writes fp32 (and SiLU then runs in fp32) before the next conv casts back,
@@ -90,6 +92,7 @@ class AccelConfig:
     contiguous_temporal: bool = False  # UNet spatio-temporal resblocks: temporal half on one contiguous copy
     fused_resblocks: bool = False  # UNet resblocks on fused Triton GroupNorm/SiLU/blend kernels (CUDA)
     vae_fused_resblocks: bool = False  # the same in the VAE
+    fused_geglu: bool = False  # with split_geglu: GELU and product as one Triton pass (CUDA)
     vae_contiguous_temporal: bool = False  # the same in the VAE decoder
     native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
     skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
@@ -150,6 +153,21 @@ def _split_geglu(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> to
     return value.mul_(F.gelu(gate))
 
 
+def _split_geglu_fused(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``_split_geglu`` with GELU and the product as one Triton pass (``fused_triton.geglu_``) where it runs."""
+    from .fused_blocks import INTERPRET
+
+    if not (hidden.is_cuda or INTERPRET):
+        return _split_geglu(module, hidden, *args, **kwargs)
+    from .fused_triton import geglu_
+
+    weight, bias = module.proj.weight, module.proj.bias
+    half = weight.shape[0] // 2
+    value = F.linear(hidden, weight[:half], None if bias is None else bias[:half])
+    gate = F.linear(hidden, weight[half:], None if bias is None else bias[half:])
+    return geglu_(value, gate)
+
+
 def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None = None,
                             image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
     """diffusers' SpatioTemporalResBlock.forward with its temporal half on a contiguous [B, C, T, H, W] copy."""
@@ -202,7 +220,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
     if cfg.ff_rows:
         _route_forward(unet, _named("FeedForward"), _chunked_ff, cfg.ff_rows)
     if cfg.split_geglu:
-        _route_forward(unet, _named("GEGLU"), _split_geglu)
+        fused = cfg.fused_geglu and not cfg.compile_blocks and _fused_ready(unet)
+        _route_forward(unet, _named("GEGLU"), _split_geglu_fused if fused else _split_geglu)
     if cfg.contiguous_temporal:
         _route_forward(unet, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
     if cfg.temporal_2d:
@@ -300,20 +319,29 @@ def _fast_group_norms(module: nn.Module) -> int:
     return _route_forward(module, lambda m: isinstance(m, nn.GroupNorm), _group_norm)
 
 
+def _fused_ready(module: nn.Module) -> bool:
+    """Can ``fused_triton`` run for ``module``: CUDA weights and triton importable, or Triton's interpreter."""
+    from .fused_blocks import INTERPRET
+
+    if INTERPRET:
+        return True
+    if not next(module.parameters()).is_cuda:
+        return False
+    try:
+        from . import fused_triton  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep diffusers' forwards
+        log.warning("amodal: the fused kernels need triton (%s: %s); diffusers' forwards stay", type(err).__name__,
+                    err)
+        return False
+    return True
+
+
 def _fused_resblocks(module: nn.Module) -> int:
-    """Route the resblocks ``fused_blocks`` reproduces through its forwards (CUDA modules where triton
-    imports, or Triton's interpreter); returns how many."""
+    """Route the resblocks ``fused_blocks`` reproduces through its forwards where ``_fused_ready``; how many."""
     from . import fused_blocks as fb
 
-    if not fb.INTERPRET:
-        if not next(module.parameters()).is_cuda:
-            return 0
-        try:
-            from . import fused_triton  # noqa: F401
-        except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep diffusers' forwards
-            log.warning("amodal: fused resblocks need triton (%s: %s); resblocks stay diffusers'",
-                        type(err).__name__, err)
-            return 0
+    if not _fused_ready(module):
+        return 0
     return (_route_forward(module, fb.resnet2d_applies, fb.resnet2d)
             + _route_forward(module, fb.st_resblock_applies, fb.st_resblock))
 

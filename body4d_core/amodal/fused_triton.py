@@ -6,7 +6,7 @@ permuted copy, a residual add, three passes of the alpha blend and a permuted co
 reads and writes the whole tensor, and the ones on permuted layouts run in PyTorch's non-vectorised
 kernels. Here one GroupNorm is three launches (partial statistics, their exact combination, one
 apply pass that adds, normalises and activates) and the temporal residual plus blend is one pass
-writing the frame-major layout directly.
+writing the frame-major layout directly. GEGLU's GELU and product are one pass as well.
 
 Tensors are addressed as [N, C, T, S] with any strides but a contiguous innermost S, so the
 temporal block's [B, C, T, H, W] view of a frame-major [B*T, C, H, W] tensor is read in place.
@@ -138,6 +138,17 @@ def _blend_kernel(xs_ptr, a_ptr, alpha_ptr, om_ptr, y_ptr, C, T, S, BLOCK: tl.co
     tl.store(y_ptr + row * S + s, _round(y, dt).to(dt), mask=mask)
 
 
+@triton.jit
+def _geglu_kernel(v_ptr, g_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    dt = v_ptr.dtype.element_ty
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    gelu = _round(0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476)), dt)  # F.gelu (erf form), rounded
+    tl.store(v_ptr + offs, _round(v * gelu, dt).to(dt), mask=mask)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -213,3 +224,12 @@ def residual_blend(spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.T
     _blend_kernel[(b * t * c, triton.cdiv(s, block))](spatial, temporal, alpha.contiguous(), one_minus.contiguous(),
                                                       y, c, t, s, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return y
+
+
+def geglu_(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``value.mul_(F.gelu(gate))`` in one pass (no GELU-sized temporary); both contiguous, same shape."""
+    if value.shape != gate.shape or not (value.is_contiguous() and gate.is_contiguous()):
+        raise ValueError(f"geglu_: shapes {tuple(value.shape)} / {tuple(gate.shape)} or layout do not fit")
+    n, block = value.numel(), 4096
+    _geglu_kernel[(triton.cdiv(n, block),)](value, gate, n, BLOCK=block, num_warps=8)
+    return value
