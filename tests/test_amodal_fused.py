@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from body4d_core.amodal.accel import AccelConfig, apply_accel
+from body4d_core.amodal.accel import AccelConfig
+from body4d_core.amodal.config import SamplerConfig
+from body4d_core.amodal.sampler import VASPipeline
 from body4d_core.testing.amodal import build_vas_parts
 
 from .triton_interpreter import run_interpreted
@@ -136,13 +138,23 @@ def test_fused_resblocks_in_the_whole_pipeline_in_the_interpreter():
     assert "routed" in run_interpreted(PIPELINE_CHECK)
 
 
-def test_fused_resblocks_leave_cpu_modules_alone():
-    """Off CUDA (no interpreter) nothing is routed: the CPU keeps diffusers' forwards, bit for bit."""
+def test_fused_options_on_cpu_route_but_give_diffusers_results():
+    """Weights on the CPU at accelerate time are still routed (they may run on the GPU later), and CPU
+    inputs take diffusers' own forwards: output bit-identical to split_geglu's alone."""
     pytest.importorskip("triton")
-    unet = build_vas_parts("tiny", seed=1)["unet"]
-    apply_accel(unet, AccelConfig(fused_resblocks=True))
-    assert not any("forward" in m.__dict__ for m in unet.modules())
-    apply_accel(unet, AccelConfig())
+    p = build_vas_parts("tiny", seed=4)
+    pipe = VASPipeline(p["unet"], p["vae"], p["image_encoder"], p["scheduler"])
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.rand(1, 2, 1, 16, 16, generator=g) * 2 - 1, torch.rand(1, 2, 3, 16, 16, generator=g) * 2 - 1
+    cfg = SamplerConfig(steps=1, decode_chunk_size=2)
+    ref = pipe.accelerate(AccelConfig(split_geglu=True)).generate(a, b, [11], cfg)
+    pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True))
+    names = {m.forward.func.__name__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules())
+             if "forward" in m.__dict__}
+    got = pipe.generate(a, b, [11], cfg)
+    pipe.accelerate(None)
+    assert {"resnet2d", "st_resblock", "_split_geglu_fused"} <= names
+    assert torch.equal(got, ref)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

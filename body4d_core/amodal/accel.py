@@ -220,7 +220,7 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
     if cfg.ff_rows:
         _route_forward(unet, _named("FeedForward"), _chunked_ff, cfg.ff_rows)
     if cfg.split_geglu:
-        fused = cfg.fused_geglu and not cfg.compile_blocks and _fused_ready(unet)
+        fused = cfg.fused_geglu and not cfg.compile_blocks and _fused_ready()
         _route_forward(unet, _named("GEGLU"), _split_geglu_fused if fused else _split_geglu)
     if cfg.contiguous_temporal:
         _route_forward(unet, _named("SpatioTemporalResBlock"), _contiguous_st_resblock)
@@ -319,14 +319,10 @@ def _fast_group_norms(module: nn.Module) -> int:
     return _route_forward(module, lambda m: isinstance(m, nn.GroupNorm), _group_norm)
 
 
-def _fused_ready(module: nn.Module) -> bool:
-    """Can ``fused_triton`` run for ``module``: CUDA weights and triton importable, or Triton's interpreter."""
-    from .fused_blocks import INTERPRET
-
-    if INTERPRET:
-        return True
-    if not next(module.parameters()).is_cuda:
-        return False
+def _fused_ready() -> bool:
+    """Can ``fused_triton`` be imported (triton present)? Where it runs is decided per call: the fused
+    forwards take CUDA inputs (or Triton's interpreter) and give anything else diffusers' own forwards, so
+    weights placed on the CPU first (ComfyUI's model management, offloading) still get them on the GPU."""
     try:
         from . import fused_triton  # noqa: F401
     except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep diffusers' forwards
@@ -340,7 +336,7 @@ def _fused_resblocks(module: nn.Module) -> int:
     """Route the resblocks ``fused_blocks`` reproduces through its forwards where ``_fused_ready``; how many."""
     from . import fused_blocks as fb
 
-    if not _fused_ready(module):
+    if not _fused_ready():
         return 0
     return (_route_forward(module, fb.resnet2d_applies, fb.resnet2d)
             + _route_forward(module, fb.st_resblock_applies, fb.st_resblock))
