@@ -54,6 +54,21 @@ for dtype in (torch.float32, torch.bfloat16):
             else:  # one-ulp flips where the statistics' last bit differs, and nowhere a larger error
                 assert float((dev > 0).float().mean()) < 0.05, (cin, cout, float((dev > 0).float().mean()))
                 assert float(dev.max()) <= scale * 2 ** -6, (cin, cout, float(dev.max()))
+
+# the spatio-temporal transformer: its layout steps fused; diffusers feeds proj_in a transposed view where
+# the fused forward feeds a contiguous copy, so the GEMM may round differently (as with split_geglu)
+from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2 ** -5)):
+    m = randomise(TransformerSpatioTemporalModel(num_attention_heads=2, attention_head_dim=16, in_channels=32,
+                                                 num_layers=1, cross_attention_dim=24)).to(dtype).eval()
+    x, ctx = torch.randn(6, 32, 4, 5, dtype=dtype), torch.randn(6, 1, 24, dtype=dtype)
+    ind = torch.zeros(2, 3, dtype=dtype)
+    with torch.no_grad():
+        got, ref = fb.st_transformer(m, x, ctx, ind, return_dict=False)[0], m(x, ctx, ind, return_dict=False)[0]
+    assert got.shape == ref.shape and got.is_contiguous()
+    dev = float((got.float() - ref.float()).abs().max())
+    assert dev < tol * float(ref.float().abs().max()), (dtype, dev)
 print("blocks ok")
 
 # GroupNorm + add on a permuted 5-D view (read in place), affine and not, silu and not
@@ -97,6 +112,20 @@ got = ft.geglu_(value.clone(), gate)
 tail = gate < -3
 assert torch.equal(got[~tail], ref[~tail]) and int((~tail).sum()) > 1000
 assert float((got[tail].float() - ref[tail].float()).abs().max()) < 1e-3 * float(value.float().abs().max())
+# the transformer's reorderings, each bit-identical to the ops it replaces (bf16)
+w, bias = torch.randn(32).bfloat16(), torch.randn(32).bfloat16()
+x = (torch.randn(6, 32, 4, 5) * 2 + 1).bfloat16()
+assert torch.equal(ft.group_norm_tokens(x, 8, w, bias, 1e-6),
+                   ft.group_norm_act(x, 8, w, bias, 1e-6, silu=False).permute(0, 2, 3, 1).reshape(6, 20, 32))
+h, emb = torch.randn(6, 20, 32).bfloat16(), torch.randn(6, 32).bfloat16()
+mixed = ft.token_major_add(h, emb, 3)
+assert torch.equal(mixed, (h + emb[:, None]).reshape(2, 3, 20, 32).permute(0, 2, 1, 3).reshape(40, 3, 32))
+alpha = torch.rand(6).bfloat16()
+back = mixed.reshape(2, 20, 3, 32).permute(0, 2, 1, 3).reshape(6, 20, 32)
+assert torch.equal(ft.frame_major_blend(h, mixed, alpha, 1.0 - alpha),
+                   alpha[:, None, None] * h + (1.0 - alpha)[:, None, None] * back)
+res = torch.randn(6, 32, 4, 5).bfloat16()
+assert torch.equal(ft.channels_add(h, res), h.reshape(6, 4, 5, 32).permute(0, 3, 1, 2) + res)
 print("kernels ok")
 """
 
@@ -113,7 +142,8 @@ g = torch.Generator().manual_seed(9)
 a, b = torch.rand(1, 2, 1, 16, 16, generator=g) * 2 - 1, torch.rand(1, 2, 3, 16, 16, generator=g) * 2 - 1
 cfg = SamplerConfig(steps=1, decode_chunk_size=2)
 ref = pipe.generate(a, b, [11], cfg)
-pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True))
+pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True,
+                               fused_transformers=True))
 assert all(m.forward.func.__name__ == "_split_geglu_fused" for m in pipe.unet.modules() if type(m).__name__ == "GEGLU")
 routed = sum("forward" in m.__dict__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules()))
 got = pipe.generate(a, b, [11], cfg)
@@ -126,7 +156,8 @@ assert routed > 0 and dev < 1e-3, (routed, dev)
 
 
 def test_fused_kernels_match_diffusers_blocks_in_the_interpreter():
-    """Fused UNet/VAE-style resblocks against diffusers' own (fp32 within 1e-5, bf16 one-ulp flips only),
+    """Fused UNet/VAE-style resblocks and the spatio-temporal transformer against diffusers' own (resblocks:
+    fp32 within 1e-5, bf16 one-ulp flips only; transformer: up to GEMM rounding), the reorderings bit-identical,
     GroupNorm + add on a permuted view against fp64, the blend and GEGLU bit-identical in bf16, channels_last copied, bad channel counts refused."""
     out = run_interpreted(BLOCKS_CHECK)
     assert "blocks ok" in out and "kernels ok" in out and out.count("refused:") == 1
@@ -148,12 +179,13 @@ def test_fused_options_on_cpu_route_but_give_diffusers_results():
     a, b = torch.rand(1, 2, 1, 16, 16, generator=g) * 2 - 1, torch.rand(1, 2, 3, 16, 16, generator=g) * 2 - 1
     cfg = SamplerConfig(steps=1, decode_chunk_size=2)
     ref = pipe.accelerate(AccelConfig(split_geglu=True)).generate(a, b, [11], cfg)
-    pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True))
+    pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, split_geglu=True, fused_geglu=True,
+                               fused_transformers=True))
     names = {m.forward.func.__name__ for m in list(pipe.unet.modules()) + list(pipe.vae.modules())
              if "forward" in m.__dict__}
     got = pipe.generate(a, b, [11], cfg)
     pipe.accelerate(None)
-    assert {"resnet2d", "st_resblock", "_split_geglu_fused"} <= names
+    assert {"resnet2d", "st_resblock", "st_transformer", "_split_geglu_fused"} <= names
     assert torch.equal(got, ref)
 
 
@@ -174,3 +206,22 @@ def test_fused_resblocks_on_cuda_match_in_bf16():
     dev = (got.float() - ref.float()).abs()
     assert float((dev > 0).float().mean()) < 0.05
     assert float(dev.max()) <= float(ref.float().abs().max()) * 2 ** -6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_transformer_on_cuda_close_in_bf16():
+    """On the GPU (bf16): the fused spatio-temporal transformer against diffusers' up to GEMM rounding."""
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    from body4d_core.amodal import fused_blocks as fb
+
+    torch.manual_seed(0)
+    m = TransformerSpatioTemporalModel(num_attention_heads=5, attention_head_dim=64, in_channels=320,
+                                       num_layers=1, cross_attention_dim=1024).cuda().bfloat16().eval()
+    x = torch.randn(2 * 16, 320, 32, 64, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(2 * 16, 1, 1024, device="cuda", dtype=torch.bfloat16)
+    ind = torch.zeros(2, 16, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = fb.st_transformer(m, x, ctx, ind, return_dict=False)[0]
+        ref = m(x, ctx, ind, return_dict=False)[0]
+    assert float((got.float() - ref.float()).abs().max()) < 2 ** -5 * float(ref.float().abs().max())

@@ -31,6 +31,11 @@
   frame-major output. Each elementwise step rounds where diffusers' separate op did. CUDA only (the
   CPU keeps diffusers' forwards); not with ``compile_blocks``. ``vae_fused_resblocks``: the same in the
   VAE (encoder and temporal decoder).
+- ``fused_transformers`` (exact up to GEMM rounding: ``proj_in`` reads a contiguous copy where diffusers
+  hands it a transposed view): the UNet's spatio-temporal transformers with their reorderings fused
+  into the neighbouring passes - GroupNorm writes tokens, the frame-embedding add writes the temporal
+  block's [B*S, T, C] order, the alpha blend reads it back, the output reordering carries the residual
+  add. CUDA only; not with ``compile_blocks``.
 - ``fused_geglu`` (with ``split_geglu``; exact: the same roundings): GEGLU's GELU and product as one
   Triton pass over the two halves, with no GELU-sized temporary. CUDA only; not with ``compile_blocks``.
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
@@ -93,6 +98,7 @@ class AccelConfig:
     fused_resblocks: bool = False  # UNet resblocks on fused Triton GroupNorm/SiLU/blend kernels (CUDA)
     vae_fused_resblocks: bool = False  # the same in the VAE
     fused_geglu: bool = False  # with split_geglu: GELU and product as one Triton pass (CUDA)
+    fused_transformers: bool = False  # UNet spatio-temporal transformers: reorderings fused with adds/blend (CUDA)
     vae_contiguous_temporal: bool = False  # the same in the VAE decoder
     native_dtype: bool = False  # no autocast: networks compute in their weights' dtype (bf16 norms)
     skip_unkept: bool = False  # decode/denoise only chunks/windows holding a kept frame
@@ -228,6 +234,8 @@ def apply_accel(unet: nn.Module, cfg: AccelConfig, base_processors: dict | None 
         _temporal_as_2d(unet)
     if cfg.fused_resblocks and not cfg.compile_blocks:
         _fused_resblocks(unet)
+    if cfg.fused_transformers and not cfg.compile_blocks:
+        _fused_transformers(unet)
     if cfg.fast_groupnorm and not cfg.compile_blocks:
         _fast_group_norms(unet)
     if cfg.channels_last:
@@ -340,6 +348,13 @@ def _fused_resblocks(module: nn.Module) -> int:
         return 0
     return (_route_forward(module, fb.resnet2d_applies, fb.resnet2d)
             + _route_forward(module, fb.st_resblock_applies, fb.st_resblock))
+
+
+def _fused_transformers(module: nn.Module) -> int:
+    """Route the spatio-temporal transformers through ``fused_blocks.st_transformer`` where ``_fused_ready``."""
+    from . import fused_blocks as fb
+
+    return _route_forward(module, fb.st_transformer_applies, fb.st_transformer) if _fused_ready() else 0
 
 
 def _conv_layout(module: nn.Module, fmt: torch.memory_format) -> None:

@@ -95,3 +95,68 @@ def st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tens
     one_minus = 1.0 - alpha
     alpha, one_minus = (a.expand(b, 1, frames, 1, 1).reshape(b, frames) for a in (alpha, one_minus))
     return k.residual_blend(xs, branch, alpha, one_minus)
+
+
+def st_transformer_applies(m: nn.Module) -> bool:
+    """A TransformerSpatioTemporalModel whose layout steps the fused forward reproduces."""
+    return (type(m).__name__ == "TransformerSpatioTemporalModel" and isinstance(m.norm, nn.GroupNorm)
+            and m.norm.affine and all(type(b).__name__ == "TemporalBasicTransformerBlock"
+                                      for b in m.temporal_transformer_blocks))
+
+
+def _temporal_block(block: nn.Module, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """diffusers' TemporalBasicTransformerBlock.forward between its two reorderings: h [B*S, T, C]."""
+    from diffusers.models.attention import _chunked_feed_forward
+
+    def ff(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if block._chunk_size is not None:
+            return _chunked_feed_forward(module, x, block._chunk_dim, block._chunk_size)
+        return module(x)
+
+    residual = h
+    h = ff(block.ff_in, block.norm_in(h))
+    if block.is_res:
+        h = h + residual
+    h = block.attn1(block.norm1(h), encoder_hidden_states=None) + h
+    if block.attn2 is not None:
+        h = block.attn2(block.norm2(h), encoder_hidden_states=context) + h
+    out = ff(block.ff, block.norm3(h))
+    return out + h if block.is_res else out
+
+
+def st_transformer(module: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                   image_only_indicator: torch.Tensor | None = None, return_dict: bool = True):
+    """diffusers' TransformerSpatioTemporalModel.forward with its layout steps fused: GroupNorm writing tokens,
+    the frame embedding add writing the temporal block's [B*S, T, C] order, the blend reading it back, and the
+    output reordering with the residual add."""
+    k = _kernels(hidden_states)
+    if k is None:
+        return type(module).forward(module, hidden_states, encoder_hidden_states, image_only_indicator, return_dict)
+    bt, _, height, width = hidden_states.shape
+    frames = image_only_indicator.shape[-1]
+    b = bt // frames
+    ctx = encoder_hidden_states
+    first = ctx[None, :].reshape(b, frames, -1, ctx.shape[-1])[:, 0]
+    time_context = first[:, None].broadcast_to(b, height * width, ctx.shape[-2], ctx.shape[-1])
+    time_context = time_context.reshape(b * height * width, -1, ctx.shape[-1])
+    residual = hidden_states.contiguous()
+    norm = module.norm
+    h = module.proj_in(k.group_norm_tokens(residual, norm.num_groups, norm.weight, norm.bias, norm.eps))
+    frame_ids = torch.arange(frames, device=h.device).repeat(b, 1).reshape(-1)
+    emb = module.time_pos_embed(module.time_proj(frame_ids).to(dtype=h.dtype)).contiguous()
+    mixer = module.time_mixer
+    alpha = mixer.get_alpha(image_only_indicator, 3).to(h.dtype)
+    if mixer.switch_spatial_to_temporal_mix:
+        alpha = 1.0 - alpha
+    one_minus = 1.0 - alpha
+    alpha, one_minus = (a.expand(bt, 1, 1).reshape(bt) for a in (alpha, one_minus))
+    for block, temporal in zip(module.transformer_blocks, module.temporal_transformer_blocks):
+        h = block(h, encoder_hidden_states=encoder_hidden_states).contiguous()
+        mixed = _temporal_block(temporal, k.token_major_add(h, emb, frames), time_context).contiguous()
+        h = k.frame_major_blend(h, mixed, alpha, one_minus)
+    out = k.channels_add(module.proj_out(h).contiguous(), residual)
+    if not return_dict:
+        return (out,)
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
+
+    return TransformerTemporalModelOutput(sample=out)

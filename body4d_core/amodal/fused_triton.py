@@ -172,19 +172,11 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int] | None:
     return (sn, sc, st) if ok else None
 
 
-def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                   eps: float, add: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
-    """``silu(group_norm(x + add))`` as one chain: x [N, C, (T,) H, W] (read in place when H*W is one
-    contiguous block, else copied once),
-    ``add`` broadcast over space as [N, C, T] (any strides, 0 allowed); output contiguous, x's dtype."""
+def _group_stats(x: torch.Tensor, groups: int, eps: float, add: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) per (sample, group) of ``x + add`` as [N*G] fp32; x as ``_as_ncts`` reads it, in place."""
     x, (n, c, t, s) = _as_ncts(x)
-    if c % groups:
-        raise ValueError(f"{c} channels do not split into {groups} groups")
-    strides = _strides(x)
-    if strides is None:  # e.g. channels_last: one copy, then read as usual
-        x = x.contiguous()
-        strides = _strides(x)
-    sxn, sxc, sxt = strides
+    sxn, sxc, sxt = _strides(x)
     san, sac, sat = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
     cg, lines = c // groups, (c // groups) * t
     sblock = min(_pow2(s), 1024)
@@ -193,20 +185,35 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bi
     rows, parts = n * groups, n_lb * n_sb
     means = torch.empty((rows, parts), device=x.device, dtype=torch.float32)
     m2s, cnts = torch.empty_like(means), torch.empty_like(means)
-    ptr_add = x if add is None else add
-    _partial_stats_kernel[(rows, parts)](x, ptr_add, means, m2s, cnts, c, t, s, cg, groups, lines, n_lb, n_sb,
-                                         sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None, LINES=lines_per,
-                                         SBLOCK=sblock, num_warps=8)
+    _partial_stats_kernel[(rows, parts)](x, x if add is None else add, means, m2s, cnts, c, t, s, cg, groups, lines,
+                                         n_lb, n_sb, sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None,
+                                         LINES=lines_per, SBLOCK=sblock, num_warps=8)
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     _combine_kernel[(rows,)](means, m2s, cnts, mean, rstd, parts, float(cg * t * s), float(eps),
                              BLOCK=min(COMBINE_BLOCK, _pow2(parts)), num_warps=4)
+    return mean, rstd
+
+
+def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float, add: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
+    """``silu(group_norm(x + add))`` as one chain: x [N, C, (T,) H, W] (read in place when H*W is one
+    contiguous block, else copied once), ``add`` broadcast over space as [N, C, T] (any strides, 0 allowed);
+    output contiguous, x's dtype."""
+    x, (n, c, t, s) = _as_ncts(x)
+    if c % groups:
+        raise ValueError(f"{c} channels do not split into {groups} groups")
+    if _strides(x) is None:  # e.g. channels_last: one copy, then read as usual
+        x = x.contiguous()
+    sxn, sxc, sxt = _strides(x)
+    san, sac, sat = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
+    mean, rstd = _group_stats(x, groups, eps, add)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     block = min(APPLY_BLOCK, _pow2(s))
     _apply_kernel[(n * c * t, triton.cdiv(s, block))](
-        x, ptr_add, mean, rstd, x if weight is None else weight, x if bias is None else bias, y, c, t, s, cg, groups,
-        sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None, HAS_AFFINE=weight is not None, SILU=silu,
-        BLOCK=block, num_warps=4 if block <= 1024 else 8)
+        x, x if add is None else add, mean, rstd, x if weight is None else weight, x if bias is None else bias, y,
+        c, t, s, c // groups, groups, sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None,
+        HAS_AFFINE=weight is not None, SILU=silu, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return y
 
 
@@ -233,3 +240,131 @@ def geglu_(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     n, block = value.numel(), 4096
     _geglu_kernel[(triton.cdiv(n, block),)](value, gate, n, BLOCK=block, num_warps=8)
     return value
+
+
+@triton.jit
+def _apply_tokens_kernel(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, y_ptr, C, S, Cg, G,
+                         CB: tl.constexpr, SB: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * CB + tl.arange(0, CB)
+    s = tl.program_id(2) * SB + tl.arange(0, SB)
+    cmask = c < C
+    mask = cmask[:, None] & (s < S)[None, :]
+    x = tl.load(x_ptr + (n * C + c)[:, None] * S + s[None, :], mask=mask, other=0.0).to(tl.float32)
+    grp = n * G + c // Cg
+    rstd = tl.load(rstd_ptr + grp, mask=cmask, other=0.0)
+    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+    shift = -tl.load(mean_ptr + grp, mask=cmask, other=0.0) * rstd * w + tl.load(b_ptr + c, mask=cmask,
+                                                                               other=0.0).to(tl.float32)
+    scale = rstd * w  # the same arithmetic as _apply_kernel
+    y = x * scale[:, None] + shift[:, None]
+    dt = y_ptr.dtype.element_ty
+    tl.store(y_ptr + (n * S + s[None, :]) * C + c[:, None], _round(y, dt).to(dt), mask=mask)
+
+
+@triton.jit
+def _token_major_add_kernel(h_ptr, emb_ptr, y_ptr, T, S, C, SB: tl.constexpr, CB: tl.constexpr):
+    bt = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * SB + tl.arange(0, SB)
+    c = tl.program_id(2) * CB + tl.arange(0, CB)
+    cmask = c < C
+    mask = (s < S)[:, None] & cmask[None, :]
+    b = bt // T
+    t = bt % T
+    dt = y_ptr.dtype.element_ty
+    h = tl.load(h_ptr + (bt * S + s)[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    e = tl.load(emb_ptr + bt * C + c, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + ((b * S + s) * T + t)[:, None] * C + c[None, :], _round(h + e[None, :], dt).to(dt), mask=mask)
+
+
+@triton.jit
+def _frame_major_blend_kernel(xs_ptr, mix_ptr, alpha_ptr, om_ptr, y_ptr, T, S, C, SB: tl.constexpr,
+                              CB: tl.constexpr):
+    bt = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * SB + tl.arange(0, SB)
+    c = tl.program_id(2) * CB + tl.arange(0, CB)
+    mask = (s < S)[:, None] & (c < C)[None, :]
+    b = bt // T
+    t = bt % T
+    dt = y_ptr.dtype.element_ty
+    frame = (bt * S + s)[:, None] * C + c[None, :]
+    xs = tl.load(xs_ptr + frame, mask=mask, other=0.0).to(tl.float32)
+    mix = tl.load(mix_ptr + ((b * S + s) * T + t)[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    al = tl.load(alpha_ptr + bt).to(tl.float32)
+    om = tl.load(om_ptr + bt).to(tl.float32)
+    y = _round(al * xs, dt) + _round(om * mix, dt)
+    tl.store(y_ptr + frame, _round(y, dt).to(dt), mask=mask)
+
+
+@triton.jit
+def _channels_add_kernel(y_ptr, r_ptr, out_ptr, C, S, SB: tl.constexpr, CB: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * SB + tl.arange(0, SB)
+    c = tl.program_id(2) * CB + tl.arange(0, CB)
+    mask = (s < S)[:, None] & (c < C)[None, :]
+    dt = out_ptr.dtype.element_ty
+    y = tl.load(y_ptr + (n * S + s)[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    chan = (n * C + c)[None, :] * S + s[:, None]
+    r = tl.load(r_ptr + chan, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + chan, _round(y + r, dt).to(dt), mask=mask)
+
+
+def _tiles(s: int, c: int) -> tuple[int, int]:
+    """(SB, CB) tile of a [S, C] transpose-style kernel: 64 x 64 at most."""
+    return min(64, _pow2(s)), min(64, _pow2(c))
+
+
+def group_norm_tokens(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+                      ) -> torch.Tensor:
+    """``group_norm(x).permute(0, 2, 3, 1).reshape(N, H*W, C)`` (contiguous) in one apply pass; x [N, C, H, W]
+    contiguous, affine GroupNorm."""
+    n, c, h, w = x.shape
+    if not x.is_contiguous() or c % groups:
+        raise ValueError(f"group_norm_tokens: {tuple(x.shape)} with {groups} groups, contiguous={x.is_contiguous()}")
+    mean, rstd = _group_stats(x, groups, eps)
+    s = h * w
+    y = torch.empty((n, s, c), device=x.device, dtype=x.dtype)
+    sb, cb = _tiles(s, c)
+    _apply_tokens_kernel[(n, triton.cdiv(c, cb), triton.cdiv(s, sb))](x, mean, rstd, weight, bias, y, c, s,
+                                                                      c // groups, groups, CB=cb, SB=sb, num_warps=4)
+    return y
+
+
+def token_major_add(h: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(h + emb[:, None])`` reordered [B*T, S, C] -> [B*S, T, C] (the temporal block's layout) in one pass."""
+    bt, s, c = h.shape
+    if not (h.is_contiguous() and emb.is_contiguous()) or emb.shape != (bt, c) or bt % frames:
+        raise ValueError(f"token_major_add: {tuple(h.shape)} / {tuple(emb.shape)} with {frames} frames")
+    y = torch.empty((bt // frames * s, frames, c), device=h.device, dtype=h.dtype)
+    sb, cb = _tiles(s, c)
+    _token_major_add_kernel[(bt, triton.cdiv(s, sb), triton.cdiv(c, cb))](h, emb, y, frames, s, c, SB=sb, CB=cb,
+                                                                          num_warps=4)
+    return y
+
+
+def frame_major_blend(spatial: torch.Tensor, mixed: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor
+                      ) -> torch.Tensor:
+    """``alpha * spatial + one_minus * mixed`` with ``mixed`` [B*S, T, C] read back in the frame-major
+    [B*T, S, C] layout of ``spatial``; alpha / one_minus [B*T] in the dtype (each product and sum rounded)."""
+    bt, s, c = spatial.shape
+    frames = mixed.shape[1]
+    if not (spatial.is_contiguous() and mixed.is_contiguous()) or mixed.numel() != spatial.numel() or bt % frames:
+        raise ValueError(f"frame_major_blend: {tuple(spatial.shape)} / {tuple(mixed.shape)}")
+    y = torch.empty_like(spatial)
+    sb, cb = _tiles(s, c)
+    _frame_major_blend_kernel[(bt, triton.cdiv(s, sb), triton.cdiv(c, cb))](
+        spatial, mixed, alpha.contiguous(), one_minus.contiguous(), y, frames, s, c, SB=sb, CB=cb, num_warps=4)
+    return y
+
+
+def channels_add(tokens: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``tokens.reshape(N, H, W, C).permute(0, 3, 1, 2) + residual`` in one pass; tokens [N, H*W, C] and
+    residual [N, C, H, W], both contiguous."""
+    n, c, h, w = residual.shape
+    if not (tokens.is_contiguous() and residual.is_contiguous()) or tokens.shape != (n, h * w, c):
+        raise ValueError(f"channels_add: {tuple(tokens.shape)} / {tuple(residual.shape)}")
+    out = torch.empty_like(residual)
+    sb, cb = _tiles(h * w, c)
+    _channels_add_kernel[(n, triton.cdiv(h * w, sb), triton.cdiv(c, cb))](tokens, residual, out, c, h * w, SB=sb,
+                                                                          CB=cb, num_warps=4)
+    return out
