@@ -13,6 +13,7 @@ kernel-category profile of the eager call.
     python -m bench.bench_unet_compile --compile dynamic           # H200, compile time is the question
     python -m bench.bench_unet_compile --native --vae --groupnorm-ab   # fast_groupnorm off vs on
     python -m bench.bench_unet_compile --native --ab split_geglu       # any boolean AccelConfig option
+    python -m bench.bench_unet_compile --native --ab fused_resblocks --truth   # + each side's error vs fp32
     python -m bench.bench_unet_compile --tiny                      # CPU smoke test
 """
 
@@ -28,7 +29,8 @@ from bench.kernel_profile import timed_profile
 from bench.peak_memory import gpu_peak_gib
 from bench.rows import RowWriter, add_rows_args
 from bench.timers import first_then_mean
-from body4d_core.amodal.accel import COMPILED_BLOCKS, _raise_recompile_limit, apply_accel, apply_vae_accel
+from body4d_core.amodal.accel import (COMPILED_BLOCKS, AccelConfig, _raise_recompile_limit, apply_accel,
+                                      apply_vae_accel)
 from body4d_core.profile import RunProfile
 from body4d_core.testing.amodal import build_vas_parts
 
@@ -58,7 +60,35 @@ def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: 
     def run() -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             return unet(x, torch.tensor(500.0, device=dev), ctx, ids)[0]
+    run.inputs = (x, ctx, ids)  # for --truth: the same call in fp32
     return run
+
+
+def fp32_truth(unet, calls: dict) -> dict:
+    """Each UNet call's output from an fp32 copy of the UNet on the same inputs (reference for the bf16 error)."""
+    import copy
+
+    unet32 = copy.deepcopy(unet).float()
+    apply_accel(unet32, AccelConfig(), None)
+    truth = {}
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            for name, run in calls.items():
+                if hasattr(run, "inputs"):
+                    x, ctx, ids = (t.float() for t in run.inputs)
+                    truth[name] = unet32(x, torch.tensor(500.0, device=x.device), ctx, ids)[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        del unet32
+    return truth
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max abs error / max abs value, mean abs error / mean abs value) of ``out`` against ``ref``."""
+    d = (out.float() - ref.float()).abs()
+    return float(d.max() / ref.abs().max()), float(d.mean() / ref.abs().mean())
 
 
 def first_and_ms(run, reps: int) -> tuple[float, float]:
@@ -91,14 +121,18 @@ def vae_rows(vae, dev: torch.device, dtype: torch.dtype, a, out: RowWriter) -> d
     return calls
 
 
-def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str, out: RowWriter) -> None:
-    """Each call with the boolean AccelConfig ``option`` off, then on (same process): ms and deviation."""
+def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str, rows: RowWriter,
+              truth: dict | None = None) -> None:
+    """Each call with the boolean AccelConfig ``option`` off, then on (same process): ms and deviation; with
+    ``truth`` also each side's error against the fp32 UNet (max / mean, relative)."""
     off, on = replace(cfg, **{option: False}), replace(cfg, **{option: True})
     apply_accel(unet, off, base)
     apply_vae_accel(vae, off)
     with torch.inference_mode():
         ref = {name: run().float() for name, run in calls.items()}
-    print(f"\n| call | ms, {option} off | ms, {option} on | max abs dev / max abs value |\n|---|---:|---:|---:|")
+    truth = truth or {}
+    print(f"\n| call | ms, {option} off | ms, {option} on | max abs dev / max abs value | error vs fp32, off "
+          f"(max / mean) | error vs fp32, on (max / mean) |\n|---|---:|---:|---:|---:|---:|")
     for name, run in calls.items():
         apply_accel(unet, off, base)
         apply_vae_accel(vae, off)
@@ -107,11 +141,12 @@ def option_ab(unet, vae, cfg, base: dict, calls: dict, reps: int, option: str, o
         apply_vae_accel(vae, on)
         fast = first_and_ms(run, reps)[1]
         with torch.inference_mode():
-            out = run().float()
-        dev = float((out - ref[name]).abs().max() / ref[name].abs().max())
-        print(f"| {name} | {plain:.0f} | {fast:.0f} | {dev:.1e} |", flush=True)
-        out.add(f"{name}, {option} off", "ms_per_call", plain, "ms")
-        out.add(f"{name}, {option} on", "ms_per_call", fast, "ms", rel_dev=dev)
+            got = run().float()
+        dev = float((got - ref[name]).abs().max() / ref[name].abs().max())
+        errs = ["%.1e / %.1e" % rel_err(o, truth[name]) if name in truth else "-" for o in (ref[name], got)]
+        print(f"| {name} | {plain:.0f} | {fast:.0f} | {dev:.1e} | {errs[0]} | {errs[1]} |", flush=True)
+        rows.add(f"{name}, {option} off", "ms_per_call", plain, "ms")
+        rows.add(f"{name}, {option} on", "ms_per_call", fast, "ms", rel_dev=dev)
     apply_accel(unet, cfg, base)
     apply_vae_accel(vae, cfg)
 
@@ -129,6 +164,8 @@ def main() -> None:
     ap.add_argument("--ab", default="", metavar="OPTIONS",
                     help="comma list of boolean AccelConfig options: each call with the option off, then on, "
                          "with the deviation")
+    ap.add_argument("--truth", action="store_true",
+                    help="with --ab: each UNet call's error against an fp32 copy of the UNet (off and on)")
     add_rows_args(ap)
     a = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,8 +200,9 @@ def main() -> None:
     if a.vae:
         calls.update(vae_rows(vae, dev, dtype, a, out))
     options = [o for o in a.ab.split(",") if o] + (["fast_groupnorm"] if a.groupnorm_ab else [])
+    truth = fp32_truth(unet, calls) if a.truth and options else None
     for option in options:
-        option_ab(unet, vae, cfg, base, calls, a.reps, option, out)
+        option_ab(unet, vae, cfg, base, calls, a.reps, option, out, truth)
     if dev.type == "cuda":
         print(f"# peak {gpu_peak_gib(dev):.2f} GiB")
         out.add("whole run", "peak_vram", gpu_peak_gib(dev), "GiB")

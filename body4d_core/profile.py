@@ -54,9 +54,10 @@ FIELDS: dict[str, FieldSpec] = {
                             "same masks), reference (the plain per-object path) or compile (fast + torch.compile of "
                             "the vision backbone on GPUs: faster on long clips, compiles once per process and caches "
                             "the kernels on disk; masks may differ in a few pixels)"),
-    "amodal_accel": FieldSpec(("default", "reference", "compile"),
-                              "Diffusion-VAS speed options: default (exact options + native precision), reference "
-                              "(none), compile (default + torch.compile of the UNet blocks and the VAE decoder)"),
+    "amodal_accel": FieldSpec(("default", "reference", "compile", "unfused"),
+                              "Diffusion-VAS speed options: default (exact options, fused GPU kernels, native "
+                              "precision), reference (none), compile (default + torch.compile of the UNet blocks and "
+                              "the VAE decoder), unfused (default without the fused kernels: diffusers' own blocks)"),
     "loader": FieldSpec(("fast", "legacy"), "weight loading: fast (no random init, cast where the weights live) or "
                                             "the libraries' own loaders (same values, slower)"),
     "load_threads": FieldSpec(None, "threads placing weights on the device (0 = the default, 8)"),
@@ -197,10 +198,12 @@ class RunProfile:
     def accel_config(self) -> Any:
         """The Diffusion-VAS ``AccelConfig``."""
         from .amodal.accel import AccelConfig
-        from .amodal.models import DEFAULT_ACCEL
+        from .amodal.models import DEFAULT_ACCEL, UNFUSED_ACCEL
 
         if self.amodal_accel == "reference":
             return AccelConfig()
+        if self.amodal_accel == "unfused":
+            return UNFUSED_ACCEL
         if self.amodal_accel == "compile":
             return dataclasses.replace(DEFAULT_ACCEL, compile_blocks=True, compile_vae=True)
         return DEFAULT_ACCEL

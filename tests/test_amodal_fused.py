@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from body4d_core.amodal.accel import AccelConfig
 from body4d_core.amodal.config import SamplerConfig
@@ -154,6 +155,36 @@ print("routed", routed, "dev", dev)
 assert routed > 0 and dev < 1e-3, (routed, dev)
 """
 
+UNET_ERROR_CHECK = r"""
+import copy, torch
+from body4d_core.amodal.accel import AccelConfig, apply_accel
+from body4d_core.testing.amodal import build_vas_parts
+
+unet = build_vas_parts("tiny", seed=3)["unet"].bfloat16().eval()
+base = dict(unet.attn_processors)
+u64 = copy.deepcopy(unet).double()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1, 3, 12, 16, 16, generator=g)
+ctx = torch.randn(3, 1, unet.config.cross_attention_dim, generator=g)
+ids = torch.tensor([[7.0, 127.0, 0.02]])
+with torch.inference_mode():
+    truth = u64(x.double(), torch.tensor(500.0), ctx.double(), ids.double())[0]
+
+
+def error(cfg):
+    apply_accel(unet, cfg, base)
+    with torch.inference_mode():
+        out = unet(x.bfloat16(), torch.tensor(500.0), ctx.bfloat16(), ids.bfloat16())[0].double()
+    d = (out - truth).abs()
+    return float(d.mean() / truth.abs().mean()), float(d.max() / truth.abs().max())
+
+
+plain = error(AccelConfig(split_geglu=True))
+fused = error(AccelConfig(split_geglu=True, fused_geglu=True, fused_resblocks=True, fused_transformers=True))
+print("plain", plain, "fused", fused)
+assert 0 < plain[0] < 0.05 and fused[0] < 1.1 * plain[0] and fused[1] < 1.25 * plain[1], (plain, fused)
+"""
+
 
 def test_fused_kernels_match_diffusers_blocks_in_the_interpreter():
     """Fused UNet/VAE-style resblocks and the spatio-temporal transformer against diffusers' own (resblocks:
@@ -167,6 +198,12 @@ def test_fused_resblocks_in_the_whole_pipeline_in_the_interpreter():
     """With the fused options the tiny pipeline routes its resblocks and GEGLUs to the kernels and gives the
     reference output (fp32); ``accelerate(None)`` undoes the routing."""
     assert "routed" in run_interpreted(PIPELINE_CHECK)
+
+
+def test_fused_unet_in_bf16_is_as_close_to_fp64_as_diffusers():
+    """The whole (tiny) UNet in bf16 with every fused option: its error against the fp64 UNet is no larger
+    than diffusers' own bf16 forward's (mean within 10%, max within 25%) - within bf16 tolerance."""
+    assert "fused" in run_interpreted(UNET_ERROR_CHECK)
 
 
 def test_fused_options_on_cpu_route_but_give_diffusers_results():
@@ -189,9 +226,24 @@ def test_fused_options_on_cpu_route_but_give_diffusers_results():
     assert torch.equal(got, ref)
 
 
+def _bf16_errors(module: nn.Module, fused, reference, *inputs: torch.Tensor) -> tuple[float, float]:
+    """(error of the fused forward, error of diffusers' forward), both bf16, each as the mean absolute
+    deviation from the fp64 module's output over its mean absolute value."""
+    import copy
+
+    m64 = copy.deepcopy(module).double()
+    with torch.no_grad():
+        truth = reference(m64, *(t.double() for t in inputs))
+        got, ref = fused(module, *inputs), reference(module, *inputs)
+    scale = truth.abs().mean()
+    return float((got.double() - truth).abs().mean() / scale), float((ref.double() - truth).abs().mean() / scale)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_resblocks_on_cuda_match_in_bf16():
-    """On the GPU (bf16, native): the fused blocks' output against diffusers' within one-ulp flips."""
+def test_fused_resblocks_on_cuda_within_bf16_error():
+    """On the GPU (bf16): the fused spatio-temporal resblock is as close to the fp64 result as diffusers'
+    bf16 forward is (the kernels' exp and statistics differ from PyTorch's in the last fp32 bits, so the
+    outputs are not bit-identical there)."""
     from diffusers.models.resnet import SpatioTemporalResBlock
 
     from body4d_core.amodal import fused_blocks as fb
@@ -201,16 +253,13 @@ def test_fused_resblocks_on_cuda_match_in_bf16():
     x = torch.randn(2 * 16, 320, 32, 64, device="cuda", dtype=torch.bfloat16)
     temb = torch.randn(2 * 16, 1280, device="cuda", dtype=torch.bfloat16)
     ind = torch.zeros(2, 16, device="cuda", dtype=torch.bfloat16)
-    with torch.no_grad():
-        got, ref = fb.st_resblock(m, x, temb, ind), m(x, temb, ind)
-    dev = (got.float() - ref.float()).abs()
-    assert float((dev > 0).float().mean()) < 0.05
-    assert float(dev.max()) <= float(ref.float().abs().max()) * 2 ** -6
+    fused, plain = _bf16_errors(m, fb.st_resblock, lambda mod, *a: mod(*a), x, temb, ind)
+    assert 0 < plain < 1e-2 and fused < 1.25 * plain, (fused, plain)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_transformer_on_cuda_close_in_bf16():
-    """On the GPU (bf16): the fused spatio-temporal transformer against diffusers' up to GEMM rounding."""
+def test_fused_transformer_on_cuda_within_bf16_error():
+    """On the GPU (bf16): the fused spatio-temporal transformer is as close to the fp64 result as diffusers'."""
     from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
     from body4d_core.amodal import fused_blocks as fb
@@ -221,7 +270,6 @@ def test_fused_transformer_on_cuda_close_in_bf16():
     x = torch.randn(2 * 16, 320, 32, 64, device="cuda", dtype=torch.bfloat16)
     ctx = torch.randn(2 * 16, 1, 1024, device="cuda", dtype=torch.bfloat16)
     ind = torch.zeros(2, 16, device="cuda", dtype=torch.bfloat16)
-    with torch.no_grad():
-        got = fb.st_transformer(m, x, ctx, ind, return_dict=False)[0]
-        ref = m(x, ctx, ind, return_dict=False)[0]
-    assert float((got.float() - ref.float()).abs().max()) < 2 ** -5 * float(ref.float().abs().max())
+    fused, plain = _bf16_errors(m, lambda mod, *a: fb.st_transformer(mod, *a, return_dict=False)[0],
+                                lambda mod, *a: mod(*a, return_dict=False)[0], x, ctx, ind)
+    assert 0 < plain < 1e-2 and fused < 1.25 * plain, (fused, plain)

@@ -162,6 +162,8 @@ def test_default_options_include_the_exact_vae_options():
     assert DEFAULT_ACCEL.native_dtype  # as upstream runs its half-precision weights: no autocast
     assert DEFAULT_ACCEL.split_geglu and DEFAULT_ACCEL.vae_contiguous_temporal  # exact layout options
     assert not DEFAULT_ACCEL.contiguous_temporal  # no gain measured in the UNet
+    assert DEFAULT_ACCEL.fused_resblocks and DEFAULT_ACCEL.vae_fused_resblocks  # fused kernels (CUDA only)
+    assert DEFAULT_ACCEL.fused_geglu and DEFAULT_ACCEL.fused_transformers
 
 
 def test_bad_keep_and_budgets():

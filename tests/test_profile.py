@@ -36,7 +36,7 @@ def test_defaults_derive_the_stages_current_options():
     ({"precision": "fp64"}, ["precision", "auto, bf16, fp16, fp32", "'fp64'"]),
     ({"compile": "yes"}, ["compile", "auto, off, max-autotune, always"]),
     ({"backbone_fp8": "maybe"}, ["backbone_fp8", "false, true"]),
-    ({"amodal_accel": "fastest"}, ["amodal_accel", "default, reference, compile"]),
+    ({"amodal_accel": "fastest"}, ["amodal_accel", "default, reference, compile, unfused"]),
     ({"device": "gpu0"}, ["device", "cuda:N"]),
     ({"vram_gb": -1}, ["vram_gb", ">= 0"]),
     ({"vram_gb": float("nan")}, ["vram_gb"]),
@@ -78,6 +78,10 @@ def test_derived_stage_options():
     assert RunProfile(amodal_accel="reference").accel_config() == AccelConfig()
     comp = RunProfile(amodal_accel="compile").accel_config()
     assert comp.compile_blocks and comp.compile_vae and comp.cross_attn_shortcut
+    fused = ("fused_resblocks", "vae_fused_resblocks", "fused_geglu", "fused_transformers")
+    unfused, default = RunProfile(amodal_accel="unfused").accel_config(), RunProfile().accel_config()
+    assert all(getattr(default, f) and not getattr(unfused, f) for f in fused)
+    assert dataclasses.replace(unfused, **{f: True for f in fused}) == default  # nothing else differs
     assert RunProfile(sam3_speed="reference").speed_options() == BASELINE
     assert RunProfile(loader="legacy").loader_kwargs() == {"fast": False}
     kw = RunProfile(precision="bf16", decoder_precision="bf16", backbone_fp8=True).body_kwargs()

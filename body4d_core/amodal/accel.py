@@ -334,8 +334,9 @@ def _fused_ready() -> bool:
     try:
         from . import fused_triton  # noqa: F401
     except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep diffusers' forwards
-        log.warning("amodal: the fused kernels need triton (%s: %s); diffusers' forwards stay", type(err).__name__,
-                    err)
+        level = logging.WARNING if torch.cuda.is_available() else logging.DEBUG  # CPU-only: nothing is lost
+        log.log(level, "amodal: the fused kernels need triton (%s: %s); diffusers' forwards stay",
+                type(err).__name__, err)
         return False
     return True
 

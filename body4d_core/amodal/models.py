@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,12 +154,19 @@ VAE_CALL_PX = 8 * 512 * 1024
 # single-token cross-attention shortcut, feed-forward in row chunks (a lower peak), decoding only the
 # VAE chunks that hold a kept frame, VAE calls batched across videos/frames up to VAE_CALL_PX
 # frame-pixels, GEGLU on contiguous halves and the VAE decoder's temporal half on one contiguous copy.
+# The fused Triton kernels (resblocks of the UNet and the VAE, the UNet's transformers, GEGLU) compute
+# the same operations with the same roundings on CUDA; their bf16 error against an fp64 network is
+# diffusers' own (tests/test_amodal_fused.py), the outputs are not bit-identical.
 # Precision: the networks compute natively in their weights' dtype (bf16 on a GPU, no autocast), the
 # way upstream runs its fp16 weights and ComfyUI core runs its models: close, not exact, next to bf16
 # autocast (norms then write bf16, not fp32), and faster with a lower peak. The CPU computes fp32.
 DEFAULT_ACCEL = AccelConfig(cross_attn_shortcut=True, ff_rows=1 << 18, skip_unkept=True, decode_px=VAE_CALL_PX,
                             encode_px=VAE_CALL_PX, native_dtype=True, split_geglu=True,
-                            vae_contiguous_temporal=True)
+                            vae_contiguous_temporal=True, fused_resblocks=True, vae_fused_resblocks=True,
+                            fused_geglu=True, fused_transformers=True)
+# The same without the Triton kernels (diffusers' own block forwards): the profile's ``amodal_accel=unfused``.
+UNFUSED_ACCEL = dataclasses.replace(DEFAULT_ACCEL, fused_resblocks=False, vae_fused_resblocks=False,
+                                    fused_geglu=False, fused_transformers=False)
 
 
 def load_amodal_models(search_dirs: Iterable[str | Path] | None = None, device: str | torch.device | None = None,
