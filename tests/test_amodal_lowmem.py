@@ -127,6 +127,31 @@ def test_chunked_same_frames_and_blocks_see_chunks(pipe, reference):
     assert "forward" not in pipe.unet.down_blocks[0].resnets[0].spatial_res_block.__dict__  # restored after
 
 
+def test_fused_forwards_are_suspended_while_chunking_and_restored(pipe, reference):
+    """With the fused-kernel options routed, chunking still reaches the spatial blocks (the fused block forwards
+    are taken off meanwhile, so the measured low-memory path runs) and the fused forwards are back afterwards."""
+    from body4d_core.amodal.accel import AccelConfig
+
+    pipe.accelerate(AccelConfig(fused_resblocks=True, vae_fused_resblocks=True, fused_transformers=True))
+    try:
+        roots = (pipe.unet, pipe.vae)
+        before = {id(m): m.__dict__["forward"] for r in roots for m in r.modules() if "forward" in m.__dict__}
+        assert len(before) > 0
+        calls = Calls(pipe.unet, ("ResnetBlock2D", "BasicTransformerBlock"))
+        temporal = Calls(pipe.unet, ("TemporalBasicTransformerBlock",), child=False)
+        try:
+            out = generate(pipe, LowMemory(sequential_cfg=True, frame_chunk=3, encode_frames=1))
+        finally:
+            calls.close(), temporal.close()
+        after = {id(m): m.__dict__["forward"] for r in roots for m in r.modules() if "forward" in m.__dict__}
+    finally:
+        pipe.accelerate(None)
+    assert (out - reference).abs().max().item() <= TOL
+    assert max(calls.rows["ResnetBlock2D"]) <= 3 and max(calls.rows["BasicTransformerBlock"]) <= 3
+    assert "TemporalBasicTransformerBlock" in temporal.rows  # called as a module: its position slices apply
+    assert after == before  # the same fused forwards, restored
+
+
 def test_temporal_blocks_run_over_position_slices(pipe):
     seen: list[tuple[int, ...]] = []
     blocks = [m for m in pipe.unet.modules() if type(m).__name__ == "TemporalBasicTransformerBlock"]

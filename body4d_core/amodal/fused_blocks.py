@@ -160,3 +160,7 @@ def st_transformer(module: nn.Module, hidden_states: torch.Tensor, encoder_hidde
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
 
     return TransformerTemporalModelOutput(sample=out)
+
+
+# The block forwards above: the low-memory mode (``lowmem.chunked``) suspends them while it chunks.
+FORWARDS = (resnet2d, st_resblock, st_transformer)

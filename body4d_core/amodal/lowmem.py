@@ -14,6 +14,7 @@ The options of ``LowMemory`` (memory_plan.py combines them cheapest first):
   ``a * spatial + (1 - a) * temporal``) are written into the temporal input slice by slice instead of
   into two new full-size products and their sum: the same elementwise operations on the same values
   (bit-identical); the temporal input is the block's own fresh output, which nothing reads afterwards.
+  The fused-kernel block forwards (``fused_blocks``) are suspended while chunking, so this measured path runs.
 - ``encode_frames``: frames per VAE encode call (the encoder is per-frame 2-D: exact).
 - ``per_network``: UNet, VAE and CLIP encoder stay on the CPU and each moves to the GPU only for its
   own part of a batch (the plan's per-pass offload keeps the whole pipeline there between passes).
@@ -178,14 +179,30 @@ def _spatial_parts(module: nn.Module) -> list[nn.Module]:
     return out
 
 
+def _suspend_fused(modules: list[nn.Module]) -> list[tuple[nn.Module, Callable]]:
+    """Take the fused-kernel block forwards (``fused_blocks.FORWARDS``) off ``modules`` and return them: they
+    run whole tensors past the chunked parts, so the measured low-memory path runs diffusers' blocks instead."""
+    from .fused_blocks import FORWARDS
+
+    out = []
+    for root in modules:
+        for m in root.modules():
+            fwd = m.__dict__.get("forward")
+            if getattr(fwd, "func", None) in FORWARDS:
+                out.append((m, m.__dict__.pop("forward")))
+    return out
+
+
 @contextlib.contextmanager
 def chunked(modules: list[nn.Module], mem: LowMemory) -> Iterator[int]:
     """Inside, the per-frame and per-position blocks of ``modules`` run in chunks as ``mem`` says; yields how
-    many blocks were routed (0 when ``mem.frame_chunk`` is 0). The forwards are restored on exit."""
+    many blocks were routed (0 when ``mem.frame_chunk`` is 0). The fused-kernel forwards are suspended meanwhile
+    (``_suspend_fused``). The forwards are restored on exit."""
     if not mem.frame_chunk:
         yield 0
         return
     n = 0
+    suspended = _suspend_fused(modules)
     try:
         for root in modules:
             spatial = {id(m) for m in _spatial_parts(root)}
@@ -197,6 +214,8 @@ def chunked(modules: list[nn.Module], mem: LowMemory) -> Iterator[int]:
     finally:
         for root in modules:
             _unroute(root)
+        for m, fwd in suspended:
+            m.forward = fwd
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
