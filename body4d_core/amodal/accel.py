@@ -24,7 +24,9 @@
   contiguous copy (same operations, same order). ``vae_contiguous_temporal``: the same in the VAE
   decoder. It speeds up the VAE decoder and not the UNet (BENCHMARKS.md, Amodal completion), so only
   the VAE option is on by default.
-- ``fused_resblocks`` (exact up to the GroupNorm statistics' summation order): the UNet's resblocks
+- ``fused_resblocks`` (close, not exact: the GroupNorm statistics are summed in another order and on the GPU
+  Triton's ``exp`` differs from PyTorch's in the last fp32 bits; the bf16 error against an fp64 network is
+  diffusers' own, tests/test_amodal_fused.py): the UNet's resblocks
   (ResnetBlock2D, and SpatioTemporalResBlock with its temporal half) run on fused Triton kernels
   (``fused_blocks``): time-embedding add + GroupNorm + SiLU in one pass, the temporal half read in
   place from the spatial output, its residual add and the alpha blend one pass writing the
@@ -36,7 +38,8 @@
   into the neighbouring passes - GroupNorm writes tokens, the frame-embedding add writes the temporal
   block's [B*S, T, C] order, the alpha blend reads it back, the output reordering carries the residual
   add. CUDA only; not with ``compile_blocks``.
-- ``fused_geglu`` (with ``split_geglu``; exact: the same roundings): GEGLU's GELU and product as one
+- ``fused_geglu`` (with ``split_geglu``; the same roundings: bit-identical in Triton's CPU interpreter except
+  where ``1 + erf`` cancels, GELU below 4e-3): GEGLU's GELU and product as one
   Triton pass over the two halves, with no GELU-sized temporary. CUDA only; not with ``compile_blocks``.
 - ``native_dtype`` (close, not exact): UNet, VAE and CLIP run in their weights' dtype with no
   autocast, as the released diffusers pipeline runs its fp16 weights. Under autocast every
