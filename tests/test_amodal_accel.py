@@ -213,7 +213,7 @@ def test_fast_groupnorm_is_wired_exact_off_cuda_and_undone(pipe, reference):
 
 GROUPNORM_CHECK = r"""
 import torch, torch.nn.functional as F
-from body4d_core.amodal import groupnorm_triton as gn
+from body4d_core.amodal import fused_triton as ft
 
 torch.manual_seed(0)
 worst = 0.0
@@ -222,11 +222,12 @@ for shape, groups, affine in cases:
     x = torch.randn(shape) * 2 + 40.0  # a large mean: the chunked statistics must not cancel
     w = torch.randn(shape[1]) if affine else None
     b = torch.randn(shape[1]) if affine else None
-    for chunk in (16, 64, 8192):  # several chunks per group, with a partial last one; and one chunk
-        mean, var = gn.group_stats(x, groups, chunk)
+    for tile in (16, 64, 8192):  # several partials per group, with partial last ones; and one partial
+        mean, rstd = ft._group_stats(ft._view(x), groups, 1e-5, tile=tile)
         xg = x.double().reshape(shape[0], groups, -1)
-        worst = max(worst, float((mean - xg.mean(-1)).abs().max()), float((var - xg.var(-1, unbiased=False)).abs().max()))
-        y = gn.group_norm(x, groups, w, b, 1e-5, chunk)
+        worst = max(worst, float((mean.view(shape[0], groups) - xg.mean(-1)).abs().max()),
+                    float((rstd.view(shape[0], groups) - (xg.var(-1, unbiased=False) + 1e-5).rsqrt()).abs().max()))
+        y = ft.group_norm_act(x, groups, w, b, 1e-5, silu=False, tile=tile)
         assert y.shape == x.shape and y.dtype == x.dtype
         worst = max(worst, float((y - F.group_norm(x, groups, w, b, 1e-5)).abs().max()))
 print("worst", worst)

@@ -60,9 +60,9 @@ VAE options (the step-independent cost; exact for every frame the caller reads):
 - ``vae_native`` (close, not exact): the VAE alone runs in its weights' dtype without autocast
   (as the released diffusers pipeline runs its fp16 VAE): bf16 GroupNorm/SiLU outputs instead
   of fp32 ones, half the traffic of the VAE's memory-bound layers at full resolution.
-- ``fast_groupnorm`` (close: fp32 statistics combined in fp64 instead of PyTorch's one-block
-  Welford): GroupNorm of contiguous CUDA tensors outside autocast (native dtype) runs as our
-  Triton kernels (``groupnorm_triton``), which spread each group's statistics over many programs;
+- ``fast_groupnorm`` (close: fp32 partial statistics combined exactly (Chan) instead of PyTorch's
+  one-block Welford): GroupNorm of CUDA tensors outside autocast (native dtype) runs as our
+  Triton kernels (``fused_triton``), which spread each group's statistics over many programs;
   UNet and VAE. Not with the compile options (inductor fuses its own GroupNorm there).
 - ``compile_vae``: ``torch.compile`` of the VAE decoder (``compile_backend``, mode default, static
   shapes) for full ``decode_chunk_size`` chunks; the short last chunk of a window runs eagerly, so
@@ -153,28 +153,28 @@ def _chunked_ff(module: nn.Module, rows: int, hidden: torch.Tensor, *args, **kwa
     return torch.cat(parts).reshape(*hidden.shape[:-1], parts[0].shape[-1])
 
 
-def _split_geglu(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """diffusers' GEGLU (``value * gelu(gate)`` of one projection's two halves) on contiguous halves."""
+def _geglu_halves(module: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GEGLU's value and gate projections as two matmuls into contiguous tensors."""
     weight, bias = module.proj.weight, module.proj.bias
     half = weight.shape[0] // 2
-    value = F.linear(hidden, weight[:half], None if bias is None else bias[:half])
-    gate = F.linear(hidden, weight[half:], None if bias is None else bias[half:])
+    return (F.linear(hidden, weight[:half], None if bias is None else bias[:half]),
+            F.linear(hidden, weight[half:], None if bias is None else bias[half:]))
+
+
+def _split_geglu(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """diffusers' GEGLU (``value * gelu(gate)`` of one projection's two halves) on contiguous halves."""
+    value, gate = _geglu_halves(module, hidden)
     return value.mul_(F.gelu(gate))
 
 
 def _split_geglu_fused(module: nn.Module, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """``_split_geglu`` with GELU and the product as one Triton pass (``fused_triton.geglu_``) where it runs."""
-    from .fused_blocks import INTERPRET
+    from .fused_blocks import _kernels
 
-    if not (hidden.is_cuda or INTERPRET):
+    k = _kernels(hidden)
+    if k is None:
         return _split_geglu(module, hidden, *args, **kwargs)
-    from .fused_triton import geglu_
-
-    weight, bias = module.proj.weight, module.proj.bias
-    half = weight.shape[0] // 2
-    value = F.linear(hidden, weight[:half], None if bias is None else bias[:half])
-    gate = F.linear(hidden, weight[half:], None if bias is None else bias[half:])
-    return geglu_(value, gate)
+    return k.geglu_(*_geglu_halves(module, hidden))
 
 
 def _contiguous_st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None = None,
@@ -310,23 +310,18 @@ def _temporal_as_2d(module: nn.Module) -> int:
 
 
 def _group_norm(m: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """``m(x)``; contiguous CUDA input outside autocast through the Triton statistics kernels."""
-    if x.is_cuda and x.is_contiguous() and x.dim() >= 3 and not torch.is_autocast_enabled(x.device.type):
-        from .groupnorm_triton import group_norm
+    """``m(x)``; CUDA input outside autocast through the Triton statistics kernels (``fused_triton``)."""
+    if x.is_cuda and x.dim() >= 3 and not torch.is_autocast_enabled(x.device.type):
+        from .fused_triton import group_norm_act
 
-        return group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+        return group_norm_act(x, m.num_groups, m.weight, m.bias, m.eps, silu=False)
     return torch.nn.functional.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
 
 
 def _fast_group_norms(module: nn.Module) -> int:
     """Route every GroupNorm of ``module`` through ``_group_norm`` (where triton imports); returns how many."""
-    if next(module.parameters()).is_cuda:
-        try:
-            from . import groupnorm_triton  # noqa: F401
-        except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels): keep PyTorch's GroupNorm
-            log.warning("amodal: fast_groupnorm needs triton (%s: %s); GroupNorm stays PyTorch's", type(err).__name__,
-                        err)
-            return 0
+    if next(module.parameters()).is_cuda and not _fused_ready():
+        return 0
     return _route_forward(module, lambda m: isinstance(m, nn.GroupNorm), _group_norm)
 
 

@@ -64,6 +64,16 @@ def resnet2d(module: nn.Module, input_tensor: torch.Tensor, temb: torch.Tensor |
     return out if module.output_scale_factor == 1.0 else out / module.output_scale_factor  # x / 1.0 == x
 
 
+def _mix_weights(mixer: nn.Module, indicator: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' AlphaBlender weights (``alpha``, ``1 - alpha``, each rounded to ``dtype`` as it rounds them),
+    broadcast to ``shape`` ([B, 1, T, 1, 1] or [B*T, 1, 1]) and flattened to one value per frame."""
+    alpha = mixer.get_alpha(indicator, len(shape)).to(dtype)
+    if mixer.switch_spatial_to_temporal_mix:
+        alpha = 1.0 - alpha
+    return alpha.expand(shape).reshape(-1), (1.0 - alpha).expand(shape).reshape(-1)
+
+
 def _temporal_branch(k, module: nn.Module, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
     """TemporalResnetBlock up to (not including) its residual add; x [B, C, T, H, W], any layout."""
     h = module.conv1(_gn(k, module.norm1, x))
@@ -88,12 +98,7 @@ def st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tens
     if temb is not None:
         temb = temb.reshape(b, frames, -1)
     branch = _temporal_branch(k, module.temporal_res_block, view, temb).contiguous()
-    mixer = module.time_mixer
-    alpha = mixer.get_alpha(image_only_indicator, 5).to(xs.dtype)
-    if mixer.switch_spatial_to_temporal_mix:
-        alpha = 1.0 - alpha
-    one_minus = 1.0 - alpha
-    alpha, one_minus = (a.expand(b, 1, frames, 1, 1).reshape(b, frames) for a in (alpha, one_minus))
+    alpha, one_minus = _mix_weights(module.time_mixer, image_only_indicator, (b, 1, frames, 1, 1), xs.dtype)
     return k.residual_blend(xs, branch, alpha, one_minus)
 
 
@@ -144,12 +149,7 @@ def st_transformer(module: nn.Module, hidden_states: torch.Tensor, encoder_hidde
     h = module.proj_in(k.group_norm_tokens(residual, norm.num_groups, norm.weight, norm.bias, norm.eps))
     frame_ids = torch.arange(frames, device=h.device).repeat(b, 1).reshape(-1)
     emb = module.time_pos_embed(module.time_proj(frame_ids).to(dtype=h.dtype)).contiguous()
-    mixer = module.time_mixer
-    alpha = mixer.get_alpha(image_only_indicator, 3).to(h.dtype)
-    if mixer.switch_spatial_to_temporal_mix:
-        alpha = 1.0 - alpha
-    one_minus = 1.0 - alpha
-    alpha, one_minus = (a.expand(bt, 1, 1).reshape(bt) for a in (alpha, one_minus))
+    alpha, one_minus = _mix_weights(module.time_mixer, image_only_indicator, (bt, 1, 1), h.dtype)
     for block, temporal in zip(module.transformer_blocks, module.temporal_transformer_blocks):
         h = block(h, encoder_hidden_states=encoder_hidden_states).contiguous()
         mixed = _temporal_block(temporal, k.token_major_add(h, emb, frames), time_context).contiguous()

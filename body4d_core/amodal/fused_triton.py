@@ -17,6 +17,8 @@ Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -153,74 +155,84 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _as_ncts(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """A [N, C, (T,) *spatial] tensor as (itself, (N, C, T, S)) with strides checked for in-place reads."""
-    if x.dim() < 3:
-        raise ValueError(f"expected [N, C, ...], got shape {tuple(x.shape)}")
-    return x, (x.shape[0], x.shape[1], x.shape[2] if x.dim() == 5 else 1,
-               x.shape[-2] * x.shape[-1] if x.dim() >= 4 else x.shape[-1])
+class _View(NamedTuple):
+    """A [N, C, (T,) H, W] tensor read as [N, C, T, S] (S = H*W contiguous) and a per-(n, c, t) add's strides."""
+
+    x: torch.Tensor
+    n: int
+    c: int
+    t: int
+    s: int
+    sx: tuple[int, int, int]  # x's (n, c, t) strides
+    sa: tuple[int, int, int]  # the add's (n, c, t) strides (0 = broadcast, or no add)
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int] | None:
     """(n, c, t) strides of x read as [N, C, T, S], or None where S is not one contiguous block."""
     if x.dim() == 5:
         ok = x.stride(4) == 1 and (x.shape[3] == 1 or x.stride(3) == x.shape[4])
-        sn, sc, st = x.stride(0), x.stride(1), x.stride(2)
-    else:
-        ok = x.stride(-1) == 1 and (x.dim() == 3 or x.shape[-2] == 1 or x.stride(-2) == x.shape[-1])
-        sn, sc, st = x.stride(0), x.stride(1), 0
-    return (sn, sc, st) if ok else None
+        return (x.stride(0), x.stride(1), x.stride(2)) if ok else None
+    ok = x.stride(-1) == 1 and (x.dim() == 3 or x.shape[-2] == 1 or x.stride(-2) == x.shape[-1])
+    return (x.stride(0), x.stride(1), 0) if ok else None
 
 
-def _group_stats(x: torch.Tensor, groups: int, eps: float, add: torch.Tensor | None = None
+def _view(x: torch.Tensor, add: torch.Tensor | None = None) -> _View:
+    """x read in place where its spatial block is contiguous, else copied once (e.g. channels_last)."""
+    if x.dim() < 3:
+        raise ValueError(f"expected [N, C, ...], got shape {tuple(x.shape)}")
+    if _strides(x) is None:
+        x = x.contiguous()
+    t = x.shape[2] if x.dim() == 5 else 1
+    s = x.shape[-2] * x.shape[-1] if x.dim() >= 4 else x.shape[-1]
+    sa = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
+    return _View(x, x.shape[0], x.shape[1], t, s, _strides(x), sa)
+
+
+def _group_stats(v: _View, groups: int, eps: float, add: torch.Tensor | None = None, tile: int = TILE
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, rstd) per (sample, group) of ``x + add`` as [N*G] fp32; x as ``_as_ncts`` reads it, in place."""
-    x, (n, c, t, s) = _as_ncts(x)
-    sxn, sxc, sxt = _strides(x)
-    san, sac, sat = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
-    cg, lines = c // groups, (c // groups) * t
-    sblock = min(_pow2(s), 1024)
-    lines_per = min(max(1, TILE // sblock), _pow2(lines))
-    n_lb, n_sb = triton.cdiv(lines, lines_per), triton.cdiv(s, sblock)
-    rows, parts = n * groups, n_lb * n_sb
-    means = torch.empty((rows, parts), device=x.device, dtype=torch.float32)
+    """(mean, rstd) per (sample, group) of ``x + add`` as [N*G] fp32, each program reducing ``tile`` values."""
+    if v.c % groups:
+        raise ValueError(f"{v.c} channels do not split into {groups} groups")
+    cg = v.c // groups
+    lines = cg * v.t
+    sblock = min(_pow2(v.s), 1024, tile)
+    lines_per = min(max(1, tile // sblock), _pow2(lines))
+    n_lb, n_sb = triton.cdiv(lines, lines_per), triton.cdiv(v.s, sblock)
+    rows, parts = v.n * groups, n_lb * n_sb
+    means = torch.empty((rows, parts), device=v.x.device, dtype=torch.float32)
     m2s, cnts = torch.empty_like(means), torch.empty_like(means)
-    _partial_stats_kernel[(rows, parts)](x, x if add is None else add, means, m2s, cnts, c, t, s, cg, groups, lines,
-                                         n_lb, n_sb, sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None,
+    _partial_stats_kernel[(rows, parts)](v.x, v.x if add is None else add, means, m2s, cnts, v.c, v.t, v.s, cg,
+                                         groups, lines, n_lb, n_sb, *v.sx, *v.sa, HAS_ADD=add is not None,
                                          LINES=lines_per, SBLOCK=sblock, num_warps=8)
-    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    mean = torch.empty(rows, device=v.x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    _combine_kernel[(rows,)](means, m2s, cnts, mean, rstd, parts, float(cg * t * s), float(eps),
+    _combine_kernel[(rows,)](means, m2s, cnts, mean, rstd, parts, float(cg * v.t * v.s), float(eps),
                              BLOCK=min(COMBINE_BLOCK, _pow2(parts)), num_warps=4)
     return mean, rstd
 
 
 def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                   eps: float, add: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
+                   eps: float, add: torch.Tensor | None = None, silu: bool = True, tile: int = TILE
+                   ) -> torch.Tensor:
     """``silu(group_norm(x + add))`` as one chain: x [N, C, (T,) H, W] (read in place when H*W is one
     contiguous block, else copied once), ``add`` broadcast over space as [N, C, T] (any strides, 0 allowed);
-    output contiguous, x's dtype."""
-    x, (n, c, t, s) = _as_ncts(x)
-    if c % groups:
-        raise ValueError(f"{c} channels do not split into {groups} groups")
-    if _strides(x) is None:  # e.g. channels_last: one copy, then read as usual
-        x = x.contiguous()
-    sxn, sxc, sxt = _strides(x)
-    san, sac, sat = (0, 0, 0) if add is None else (add.stride(0), add.stride(1), add.stride(2) if t > 1 else 0)
-    mean, rstd = _group_stats(x, groups, eps, add)
-    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    block = min(APPLY_BLOCK, _pow2(s))
-    _apply_kernel[(n * c * t, triton.cdiv(s, block))](
-        x, x if add is None else add, mean, rstd, x if weight is None else weight, x if bias is None else bias, y,
-        c, t, s, c // groups, groups, sxn, sxc, sxt, san, sac, sat, HAS_ADD=add is not None,
-        HAS_AFFINE=weight is not None, SILU=silu, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    output contiguous, x's dtype. ``silu=False``: plain GroupNorm (the ``fast_groupnorm`` option)."""
+    v = _view(x, add)
+    mean, rstd = _group_stats(v, groups, eps, add, tile)
+    y = torch.empty(v.x.shape, device=v.x.device, dtype=v.x.dtype)
+    block = min(APPLY_BLOCK, _pow2(v.s))
+    _apply_kernel[(v.n * v.c * v.t, triton.cdiv(v.s, block))](
+        v.x, v.x if add is None else add, mean, rstd, v.x if weight is None else weight,
+        v.x if bias is None else bias, y, v.c, v.t, v.s, v.c // groups, groups, *v.sx, *v.sa,
+        HAS_ADD=add is not None, HAS_AFFINE=weight is not None, SILU=silu, BLOCK=block,
+        num_warps=4 if block <= 1024 else 8)
     return y
 
 
 def residual_blend(spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor
                    ) -> torch.Tensor:
     """``alpha * xs + one_minus * (xs + temporal)`` written frame-major: spatial [B*T, C, H, W] contiguous,
-    temporal [B, C, T, H, W] contiguous, alpha / one_minus [B, T] in the dtype (each product and sum rounded
+    temporal [B, C, T, H, W] contiguous, alpha / one_minus [B*T] in the dtype (each product and sum rounded
     to it, as the separate ops were)."""
     b, c, t = temporal.shape[:3]
     s = spatial.shape[-2] * spatial.shape[-1]
@@ -321,7 +333,7 @@ def group_norm_tokens(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: 
     n, c, h, w = x.shape
     if not x.is_contiguous() or c % groups:
         raise ValueError(f"group_norm_tokens: {tuple(x.shape)} with {groups} groups, contiguous={x.is_contiguous()}")
-    mean, rstd = _group_stats(x, groups, eps)
+    mean, rstd = _group_stats(_view(x), groups, eps)
     s = h * w
     y = torch.empty((n, s, c), device=x.device, dtype=x.dtype)
     sb, cb = _tiles(s, c)
