@@ -69,6 +69,7 @@ VARIANTS = {
     "async io (pinned, deferred)": SpeedOptions(batch_objects=False, async_io=True, prefetch=False),
     "async io + prefetch": SpeedOptions(batch_objects=False, async_io=True, prefetch=True),
     "all but CUDA graphs": SpeedOptions(cuda_graphs=False),
+    "all but fused backbone": RunProfile(sam3_speed="unfused").speed_options(),
     "all (default)": RunProfile().speed_options(),  # the run profile's sam3_speed fast
     "all + compiled backbone": RunProfile(sam3_speed="compile").speed_options(),  # opt-in, not bit-exact
 }

@@ -49,9 +49,9 @@ FIELDS: dict[str, FieldSpec] = {
                            "others need compile always or max-autotune)"),
     "crop_kernel": FieldSpec(("auto", "triton", "grid_sample"), "SAM-3D-Body crop kernel (auto: triton where "
                                                                 "available)"),
-    "sam3_speed": FieldSpec(("fast", "reference", "compile"),
-                            "SAM-3 propagation: fast (batched objects, async copies, prefetch, CUDA graphs on GPUs; "
-                            "same masks), reference (the plain per-object path) or compile (fast + torch.compile of "
+    "sam3_speed": FieldSpec(("fast", "reference", "compile", "unfused"),
+                            "SAM-3 propagation: fast (batched objects, async copies, prefetch, CUDA graphs and fused "
+                            "backbone kernels on GPUs; same masks), unfused (fast without the fused kernels), reference (the plain per-object path) or compile (fast + torch.compile of "
                             "the vision backbone on GPUs: faster on long clips, compiles once per process and caches "
                             "the kernels on disk; masks may differ in a few pixels)"),
     "amodal_accel": FieldSpec(("default", "reference", "compile", "unfused"),
@@ -193,7 +193,8 @@ class RunProfile:
 
         if self.sam3_speed == "reference":
             return BASELINE
-        return SpeedOptions(compile_backbone=self.sam3_speed == "compile")
+        return SpeedOptions(compile_backbone=self.sam3_speed == "compile",
+                            fused_backbone=self.sam3_speed != "unfused")
 
     def accel_config(self) -> Any:
         """The Diffusion-VAS ``AccelConfig``."""

@@ -23,21 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_round import round_to as _round
+
 TILE = 4096  # values per statistics program
 APPLY_BLOCK = 2048  # values of one row per apply/blend program
 COMBINE_BLOCK = 1024  # partials read per step of the combine loop
-
-
-@triton.jit
-def _round(x, dt: tl.constexpr):
-    """fp32 ``x`` rounded to ``dt`` (nearest even) and back: PyTorch's rounding of each separate op's output.
-    bf16 by bit arithmetic, because Triton's CPU interpreter truncates in ``.to``."""
-    if dt == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        return x.to(dt).to(tl.float32)
 
 
 @triton.jit

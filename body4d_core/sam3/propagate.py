@@ -27,6 +27,7 @@ from ..runtime import NULL_HOOKS, Hooks, autocast
 from ..runtime import upload as to_device
 from .frames import FrameSource, as_frame_source
 from .compiled import CompiledBackbone
+from .fused_backbone import FusedBackbone
 from .graphs import GraphedDecoder, GraphedFeatures
 from .loading import Sam3Bundle
 from .tracker_step import can_batch, tracked_step
@@ -61,8 +62,10 @@ class SpeedOptions:
     the next frame on a worker thread while the device computes. ``cuda_graphs``: on CUDA,
     replay the vision backbone, and the memory attention + mask decoder once the memory bank is
     full, as captured CUDA graphs instead of ~3,000 launches a frame from Python (graphs.py).
-    Results are identical. ``compile_backbone`` (off by default; ``sam3_speed=compile``): on CUDA,
-    torch.compile the vision backbone for the propagation (compiled.py): faster, not bit-exact.
+    Results are identical. ``fused_backbone``: on CUDA, the ViT layers' rotary embedding, window
+    partition and window merge run as single Triton passes (fused_backbone.py); identical features.
+    ``compile_backbone`` (off by default; ``sam3_speed=compile``): on CUDA, torch.compile the vision
+    backbone for the propagation (compiled.py): faster, not bit-exact.
     """
 
     batch_objects: bool = True
@@ -70,9 +73,10 @@ class SpeedOptions:
     prefetch: bool = True
     cuda_graphs: bool = True
     compile_backbone: bool = False
+    fused_backbone: bool = True
 
 
-BASELINE = SpeedOptions(False, False, False, False)
+BASELINE = SpeedOptions(False, False, False, False, compile_backbone=False, fused_backbone=False)
 _LAG = 4  # frames a packed mask may stay in flight before the host waits for it
 
 
@@ -349,11 +353,12 @@ def propagate(
                                                   video_storage_device=dev, dtype=bundle.dtype)
     reader = _Frames(source, [f for f, _ in steps], speed.prefetch, pin=speed.async_io and dev.type == "cuda")
     compiled = CompiledBackbone(bundle.tracker, speed.compile_backbone)
+    fused = FusedBackbone(bundle.tracker, speed.fused_backbone and not compiled.active)
     features = GraphedFeatures(bundle.tracker, speed.cuda_graphs and not compiled.active)  # compiled: no capture
     decoder = GraphedDecoder(speed.cuda_graphs)
     done = 0
     try:
-        with compiled, torch.inference_mode(), autocast(dev, bundle.dtype):
+        with compiled, fused, torch.inference_mode(), autocast(dev, bundle.dtype):
             for frame, items in plan.by_frame.items():
                 pixels = _encode(bundle, source, frame, upload=speed.async_io)
                 for item in items:

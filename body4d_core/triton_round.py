@@ -1,0 +1,21 @@
+"""Rounding shared by the fused Triton kernels: each fused step rounds where PyTorch's separate op did.
+
+Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def round_to(x, dt: tl.constexpr):
+    """fp32 ``x`` rounded to ``dt`` (nearest even) and back: PyTorch's rounding of a separate op's output.
+    bf16 by bit arithmetic, because Triton's CPU interpreter truncates in ``.to``."""
+    if dt == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dt).to(tl.float32)
