@@ -11,7 +11,7 @@ writing the frame-major layout directly. GEGLU's GELU and product are one pass a
 Tensors are addressed as [N, C, T, S] with any strides but a contiguous innermost S, so the
 temporal block's [B, C, T, H, W] view of a frame-major [B*T, C, H, W] tensor is read in place.
 The elementwise steps round to the tensor's dtype where diffusers' separate ops did, so only the
-GroupNorm statistics' summation order differs from PyTorch (docs/ARCHITECTURE.md, amodal speed).
+GroupNorm statistics' summation order differs from PyTorch (docs/ARCHITECTURE.md, "exact speed-ups").
 Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
 """
 

@@ -5,7 +5,7 @@ the window partition (with the one cast to the projections' precision that autoc
 times) and the window merge + residual add run as single passes (``fused_triton``), and each layer's
 rotary cos/sin tables are computed once per propagation instead of every frame. GEMMs, attention, the
 LayerNorms and the MLP are the modules' own calls on the same inputs, so the features are bit-identical
-(docs/ARCHITECTURE.md, SAM-3 speed). Inputs that are not on CUDA run the class's own forward (Triton's
+(docs/ARCHITECTURE.md, "exact speed-ups"). Inputs that are not on CUDA run the class's own forward (Triton's
 interpreter excepted, for tests).
 """
 

@@ -5,7 +5,7 @@ negated pairwise swap, a stack, a sum, a downcast), the window partition as a pa
 copy of the fp32 LayerNorm output (then cast to bf16 once per projection), and the window merge as a
 permuted copy before the residual add. Here each is one pass. Every value is computed as the separate
 ops compute it (fp32 products and sum without fused multiply-add, nearest-even rounding where they
-round), so the results are bit-identical (docs/ARCHITECTURE.md, SAM-3 speed). Imported only where Triton
+round), so the results are bit-identical (docs/ARCHITECTURE.md, "exact speed-ups"). Imported only where Triton
 is (CUDA, or its CPU interpreter in the tests).
 """
 
