@@ -71,6 +71,23 @@ for size in (112, 126):  # 8x8 patches (whole 4x4 windows) and 9x9 (padded windo
         for a, b in zip(got.fpn_hidden_states + got.fpn_position_encoding,
                         want.fpn_hidden_states + want.fpn_position_encoding):
             assert torch.equal(a, b), (size, dtype, amp)
+
+# a kernel that rounds differently (here: one ulp off in one value) is caught by the self-check
+import sys, types
+from body4d_core.sam3 import fused_backbone, fused_triton as ft
+reference = sys.modules[type(layers[0].attention).__module__]
+assert fused_backbone.self_check(ft, reference, torch.device("cpu")) == ""
+real = ft.rope_qk
+def off(q, k, *args):
+    out = real(q, k, *args)
+    v = out[0][0, 0, 0, 0]
+    out[0][0, 0, 0, 0] = torch.nextafter(v.float(), torch.tensor(float("inf"))).to(v.dtype) \
+        if v.dtype == torch.float32 else v + v.abs() * 2 ** -7
+    return out
+bad = types.SimpleNamespace(rope_qk=off, window_partition=ft.window_partition, merge_add=ft.merge_add)
+assert fused_backbone.self_check(bad, reference, torch.device("cpu")) == "rotary embedding differs in torch.float32"
+ft.rope_qk = off
+assert not FusedBackbone(tracker, True).active
 print("ok")
 """
 
