@@ -76,7 +76,8 @@ for size in (112, 126):  # 8x8 patches (whole 4x4 windows) and 9x9 (padded windo
 import sys, types
 from body4d_core.sam3 import fused_backbone, fused_triton as ft
 reference = sys.modules[type(layers[0].attention).__module__]
-assert fused_backbone.self_check(ft, reference, torch.device("cpu")) == ""
+for dt in (torch.float32, torch.bfloat16):
+    assert fused_backbone.self_check(ft, reference, torch.device("cpu"), dt) == ""
 real = ft.rope_qk
 def off(q, k, *args):
     out = real(q, k, *args)
@@ -85,7 +86,8 @@ def off(q, k, *args):
         if v.dtype == torch.float32 else v + v.abs() * 2 ** -7
     return out
 bad = types.SimpleNamespace(rope_qk=off, window_partition=ft.window_partition, merge_add=ft.merge_add)
-assert fused_backbone.self_check(bad, reference, torch.device("cpu")) == "rotary embedding differs in torch.float32"
+for dt in (torch.float32, torch.bfloat16):
+    assert fused_backbone.self_check(bad, reference, torch.device("cpu"), dt) == f"rotary embedding differs in {dt}"
 ft.rope_qk = off
 assert not FusedBackbone(tracker, True).active
 print("ok")

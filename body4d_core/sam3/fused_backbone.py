@@ -35,15 +35,16 @@ def _kernels(x: torch.Tensor):
     return fused_triton
 
 
-def kernels_available(device: torch.device, reference: Any) -> bool:
+def kernels_available(device: torch.device, dtype: torch.dtype, reference: Any) -> bool:
     """Whether the fused layers can run for weights on ``device`` (CUDA with Triton, or the interpreter) and
-    give, there, the bits of ``reference`` (the transformers module whose functions they replace)."""
+    give, there and in ``dtype``, the bits of ``reference`` (the transformers module whose functions they
+    replace)."""
     if device.type != "cuda" and not INTERPRET:
         return False
     try:
         from . import fused_triton
 
-        bad = self_check(fused_triton, reference, device)
+        bad = self_check(fused_triton, reference, device, dtype)
     except Exception as err:  # noqa: BLE001 - no triton (e.g. Windows wheels), a Triton too old: transformers' layers
         bad = f"{type(err).__name__}: {err}"
     if bad:
@@ -51,27 +52,27 @@ def kernels_available(device: torch.device, reference: Any) -> bool:
     return not bad
 
 
-def self_check(k, reference: Any, device: torch.device) -> str:
-    """Run each kernel once on small random inputs against transformers' own function, in fp32 and bf16:
-    '' when every output is bit-identical, else what differed. Guards a GPU, driver or Triton version that
-    rounds differently (a few small launches per propagation)."""
+def self_check(k, reference: Any, device: torch.device, dtype: torch.dtype) -> str:
+    """Run each kernel once on small random inputs against transformers' own function, as a layer computing
+    in ``dtype`` calls it (fp32 LayerNorm output and residual stream, q / k / windows in ``dtype``): '' when
+    every output is bit-identical, else what differed. Guards a GPU, driver or Triton version that rounds
+    differently (a few small launches per propagation)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     cos, sin = (torch.randn(1, 12, 8, generator=g).to(device) for _ in range(2))
     x = torch.randn(2, 5, 7, 16, generator=g).to(device)
-    for dt in (torch.float32, torch.bfloat16):
-        q, key = (torch.randn(3, 12, 32, generator=g).to(device, dt) for _ in range(2))
-        want = reference.apply_rotary_pos_emb_2d(q.view(3, 12, 4, 8).transpose(1, 2),
-                                                 key.view(3, 12, 4, 8).transpose(1, 2), cos=cos, sin=sin)
-        got = k.rope_qk(q, key, cos, sin, 4)
-        if not all(torch.equal(a, b) and a.stride() == b.stride() for a, b in zip(got, want)):
-            return f"rotary embedding differs in {dt}"
-        windows, padded = reference.window_partition(x, 3)
-        if not torch.equal(k.window_partition(x, 3, dt)[0], windows.to(dt)):
-            return f"window partition differs in {dt}"
-        win = windows.to(dt)
-        want = x + reference.window_unpartition(win, 3, padded, (5, 7))
-        if not torch.equal(k.merge_add(x, win, 3), want):
-            return f"window merge differs in {dt}"
+    q, key = (torch.randn(3, 12, 32, generator=g).to(device, dtype) for _ in range(2))
+    want = reference.apply_rotary_pos_emb_2d(q.view(3, 12, 4, 8).transpose(1, 2),
+                                             key.view(3, 12, 4, 8).transpose(1, 2), cos=cos, sin=sin)
+    got = k.rope_qk(q, key, cos, sin, 4)
+    if not all(torch.equal(a, b) and a.stride() == b.stride() for a, b in zip(got, want)):
+        return f"rotary embedding differs in {dtype}"
+    windows, padded = reference.window_partition(x, 3)
+    if not torch.equal(k.window_partition(x, 3, dtype)[0], windows.to(dtype)):
+        return f"window partition differs in {dtype}"
+    win = windows.to(dtype)
+    want = x + reference.window_unpartition(win, 3, padded, (5, 7))
+    if not torch.equal(k.merge_add(x, win, 3), want):
+        return f"window merge differs in {dtype}"
     return ""
 
 
@@ -141,12 +142,13 @@ class FusedBackbone:
     class forwards are back when the block ends, however it ends.
     """
 
-    def __init__(self, tracker: Any, enabled: bool):
+    def __init__(self, tracker: Any, enabled: bool, dtype: torch.dtype | None = None):
         self.layers = [m for m in tracker.modules() if layer_applies(m)] if enabled else []
         params = next(tracker.parameters(), None)
         self.device = params.device if params is not None else torch.device("cpu")
+        dtype = dtype or (params.dtype if params is not None else torch.float32)  # what the layers compute in
         self.active = bool(self.layers) and kernels_available(
-            self.device, sys.modules[type(self.layers[0].attention).__module__])
+            self.device, dtype, sys.modules[type(self.layers[0].attention).__module__])
         self.undo = contextlib.ExitStack()
 
     def __enter__(self) -> "FusedBackbone":

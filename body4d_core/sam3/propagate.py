@@ -353,7 +353,7 @@ def propagate(
                                                   video_storage_device=dev, dtype=bundle.dtype)
     reader = _Frames(source, [f for f, _ in steps], speed.prefetch, pin=speed.async_io and dev.type == "cuda")
     compiled = CompiledBackbone(bundle.tracker, speed.compile_backbone)
-    fused = FusedBackbone(bundle.tracker, speed.fused_backbone and not compiled.active)
+    fused = FusedBackbone(bundle.tracker, speed.fused_backbone and not compiled.active, bundle.dtype)
     features = GraphedFeatures(bundle.tracker, speed.cuda_graphs and not compiled.active)  # compiled: no capture
     decoder = GraphedDecoder(speed.cuda_graphs)
     done = 0
