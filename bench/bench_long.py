@@ -316,9 +316,13 @@ def child_command(args: argparse.Namespace, clip: Path, out: Path) -> list[str]:
     return cmd
 
 
-def run_length(args: argparse.Namespace, work: Path, n: int, budget: float | None) -> dict[str, Any] | str:
-    """One length in a child process: its result, or a one-line reason it has none (failed, out of time)."""
+def run_length(args: argparse.Namespace, work: Path, n: int, deadline: float | None) -> dict[str, Any] | str:
+    """One length in a child process: its result, or a one-line reason it has none (failed, out of time).
+    ``deadline`` (``time.perf_counter()`` seconds) also counts the time spent writing the clip."""
     clip = write_clip(work / f"synthetic_{args.size}_{n}.mp4", n, args.width, args.height)
+    budget = None if deadline is None else deadline - time.perf_counter()
+    if budget is not None and budget <= 0:
+        return f"{n} frames: not started, --max-seconds reached while writing its clip"
     try:
         proc = subprocess.run(child_command(args, clip, work / f"out_{n}"), capture_output=True, text=True,
                               timeout=budget)
@@ -410,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f", {off}" if off else ""), flush=True)
         print(f"{'frames':>7} {'RssAnon GiB':>12} {'RSS GiB':>8} {'RssFile GiB':>12} {'VRAM GiB':>9} {'wall s':>8}")
         for n in args.lengths:
-            budget = args.max_seconds - (time.perf_counter() - t0) if args.max_seconds > 0 else None
-            r = run_length(args, work, n, budget) if budget is None or budget > 0 else \
+            deadline = t0 + args.max_seconds if args.max_seconds > 0 else None
+            r = run_length(args, work, n, deadline) if deadline is None or deadline > time.perf_counter() else \
                 f"{n} frames: not started, --max-seconds reached"
             if isinstance(r, str):
                 print(r, flush=True)

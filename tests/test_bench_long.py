@@ -20,8 +20,8 @@ def _result(n: int, anon: float) -> dict:
 def test_lengths_print_their_peaks_per_stage_and_stop_at_max_seconds(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def fake(args, work, n, budget):
-        seen.append((n, budget))
+    def fake(args, work, n, deadline):
+        seen.append((n, deadline))
         if n == 900:
             return f"{n} frames: stopped, the run went past --max-seconds"
         return _result(n, 0.25)
@@ -33,7 +33,7 @@ def test_lengths_print_their_peaks_per_stage_and_stop_at_max_seconds(monkeypatch
     out = capsys.readouterr().out
     assert rc == 0  # stopped by the time bound: the lengths done are the result
     assert [n for n, _ in seen] == [300, 900]  # 1800 never started
-    assert 0 < seen[0][1] <= 100 and seen[1][1] <= seen[0][1]
+    assert seen[0][1] == seen[1][1] and 0 < seen[0][1] - time.perf_counter() <= 100  # one deadline for all
     assert "900 frames: stopped" in out and "total" in out
     lines = [ln.split() for ln in out.splitlines()]
     assert ["sam3", "0.250", "/", "1.250"] in lines and ["render", "0.125", "/", "0.250"] in lines
@@ -51,12 +51,30 @@ def test_run_length_reports_a_child_past_its_budget(monkeypatch, tmp_path):
     monkeypatch.setattr(bench_long, "write_clip", lambda path, *a: path)
 
     def slow(cmd, **kw):
-        assert kw["timeout"] == 3.0
+        assert 0 < kw["timeout"] <= 3.0
         raise subprocess.TimeoutExpired(cmd, kw["timeout"])
 
     monkeypatch.setattr(subprocess, "run", slow)
     args = bench_long.parse_args(["--lengths", "10"])
-    assert bench_long.run_length(args, tmp_path, 10, 3.0) == "10 frames: stopped, the run went past --max-seconds"
+    deadline = time.perf_counter() + 3.0
+    assert bench_long.run_length(args, tmp_path, 10, deadline) == "10 frames: stopped, the run went past --max-seconds"
+
+
+def test_the_clip_writing_counts_against_max_seconds(monkeypatch, tmp_path):
+    """A clip that takes the rest of the budget to write: the child is not started (it would overrun)."""
+    deadline = time.perf_counter() + 0.2
+
+    def slow_clip(path, *a):
+        time.sleep(0.3)
+        return path
+
+    def never(*a, **kw):
+        raise AssertionError("the child must not start past the deadline")
+
+    monkeypatch.setattr(bench_long, "write_clip", slow_clip)
+    monkeypatch.setattr(subprocess, "run", never)
+    args = bench_long.parse_args(["--lengths", "10"])
+    assert "not started" in bench_long.run_length(args, tmp_path, 10, deadline)
 
 
 def _sampled(rss, label: str) -> None:
