@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, TypeVar
 
@@ -73,6 +74,15 @@ def pick_dtype(device: torch.device, requested: str | torch.dtype | None = None,
     if bf16_ok if bf16_ok is not None else torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16 if fp16_ok is not False else torch.float32
+
+
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests), read at import as Triton does
+
+
+def runs_triton(device: torch.device) -> bool:
+    """Whether our Triton kernels can take tensors on ``device``: CUDA, or any device under Triton's CPU
+    interpreter (the tests)."""
+    return device.type == "cuda" or TRITON_INTERPRET
 
 
 @contextlib.contextmanager

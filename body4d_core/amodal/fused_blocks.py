@@ -9,17 +9,14 @@ routed module still works after being moved to the CPU (Triton's interpreter exc
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
+from ..runtime import runs_triton
 
 def _kernels(x: torch.Tensor):
     """The Triton module when ``x`` can run it, else None (the caller runs the reference forward)."""
-    if not (x.is_cuda or INTERPRET):
+    if not runs_triton(x.device):
         return None
     from . import fused_triton
 

@@ -14,21 +14,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import sys
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..runtime import runs_triton
+
 log = logging.getLogger(__name__)
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def _kernels(x: torch.Tensor):
     """The Triton module when ``x`` can run it, else None (the caller runs the reference forward)."""
-    if not (x.is_cuda or INTERPRET):
+    if not runs_triton(x.device):
         return None
     from . import fused_triton
 
@@ -39,7 +37,7 @@ def kernels_available(device: torch.device, dtype: torch.dtype, reference: Any) 
     """Whether the fused layers can run for weights on ``device`` (CUDA with Triton, or the interpreter) and
     give, there and in ``dtype``, the bits of ``reference`` (the transformers module whose functions they
     replace)."""
-    if device.type != "cuda" and not INTERPRET:
+    if not runs_triton(device):
         return False
     try:
         from . import fused_triton
