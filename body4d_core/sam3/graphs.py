@@ -27,28 +27,44 @@ log = logging.getLogger(__name__)
 Features = dict[str, list[torch.Tensor]]  # the tracker's cache entry: vision_feats, vision_pos_embeds
 
 
-class BackboneGraph:
+class CapturedCall:
+    """``fn(*inputs)`` captured once as a CUDA graph on static copies of ``inputs``.
+
+    ``replay(*values)`` copies new values into the static inputs and replays; ``outputs`` then holds the
+    results, which the next replay overwrites (callers hand out clones). The warm-up runs first on a side
+    stream, the capture under the caller's autocast without its cast cache.
+    """
+
+    def __init__(self, fn: Callable[..., Any], inputs: list[torch.Tensor], warmup: int):
+        self.inputs = [t.detach().clone() for t in inputs]
+        self.device = self.inputs[0].device
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(self.device):  # the model's GPU, whichever is current
+            _warm_up(self.device, lambda: fn(*self.inputs), warmup)
+            with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.outputs = fn(*self.inputs)
+
+    def replay(self, *values: torch.Tensor) -> None:
+        for static, t in zip(self.inputs, values):
+            static.copy_(t)
+        with torch.cuda.device(self.device):
+            self.graph.replay()
+
+
+class BackboneGraph(CapturedCall):
     """``get_image_features`` of one [1, 3, S, S] frame captured as a CUDA graph; call it per frame.
 
-    Each call copies the frame into the graph's input, replays the graph and returns clones of its
-    outputs (the next replay overwrites them), shaped and strided as the eager call returns them.
+    Each call returns clones of the graph's outputs, shaped and strided as the eager call returns them.
     """
 
     def __init__(self, model: Any, example: torch.Tensor, warmup: int = 2):
-        self.device = example.device
-        self.static_in = example.detach().reshape(1, *example.shape[-3:]).clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.device):  # the model's GPU, whichever is current
-            _warm_up(self.device, lambda: model.get_image_features(self.static_in, return_dict=True), warmup)
-            with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                out = model.get_image_features(self.static_in, return_dict=True)
-        self.feats = list(out.fpn_hidden_states)
-        self.pos = list(out.fpn_position_encoding)
+        frame = example.reshape(1, *example.shape[-3:])
+        super().__init__(lambda x: model.get_image_features(x, return_dict=True), [frame], warmup)
+        self.feats = list(self.outputs.fpn_hidden_states)
+        self.pos = list(self.outputs.fpn_position_encoding)
 
     def __call__(self, pixels: torch.Tensor) -> Features:
-        self.static_in.copy_(pixels.reshape(self.static_in.shape))
-        with torch.cuda.device(self.device):
-            self.graph.replay()
+        self.replay(pixels.reshape(self.inputs[0].shape))
         return {"vision_feats": [f.clone() for f in self.feats],
                 "vision_pos_embeds": [p.clone() for p in self.pos]}
 
@@ -114,31 +130,21 @@ class GraphedFeatures:
         self.backbone = None
 
 
-class DecodeGraph:
+class DecodeGraph(CapturedCall):
     """``decode_group`` captured for one set of input shapes; call it with tensors of those shapes."""
 
     def __init__(self, model: Any, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
                  memory_pos: torch.Tensor, n_ptr: int):
-        self.inputs = [t.detach().clone() for t in (*feats, *pos, memory, memory_pos)]
-        self.split = (len(feats), len(pos))
-        self.device = memory.device
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.device):
-            _warm_up(self.device, lambda: self._run(model, n_ptr), 1)
-            with _capture_autocast(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.outputs = self._run(model, n_ptr)
+        nf, npos = len(feats), len(pos)
 
-    def _run(self, model: Any, n_ptr: int) -> Decoded:
-        nf, npos = self.split
-        x = self.inputs
-        return decode_group(model, x[:nf], x[nf:nf + npos], x[-2], x[-1], n_ptr)
+        def run(*x: torch.Tensor) -> Decoded:
+            return decode_group(model, list(x[:nf]), list(x[nf:nf + npos]), x[-2], x[-1], n_ptr)
+
+        super().__init__(run, [*feats, *pos, memory, memory_pos], 1)
 
     def __call__(self, feats: list[torch.Tensor], pos: list[torch.Tensor], memory: torch.Tensor,
                  memory_pos: torch.Tensor) -> Decoded:
-        for static, t in zip(self.inputs, (*feats, *pos, memory, memory_pos)):
-            static.copy_(t)
-        with torch.cuda.device(self.device):
-            self.graph.replay()
+        self.replay(*feats, *pos, memory, memory_pos)
         return tuple(t.clone() for t in self.outputs)  # type: ignore[return-value]
 
 
