@@ -7,6 +7,9 @@ Random weights at real size; nothing here changes a default.
 
     python -m bench.bench_body_profile                 # H200, about 2-3 minutes
     python -m bench.bench_body_profile --tiny          # CPU smoke test
+    # the short clip's body stage: 100 crops of one person in 720p, full mode, eager, profiled
+    python -m bench.bench_body_profile --no-backbone --no-decoder --body-mode eager --mode full --body-crops 100 \
+        --body-size 720x1280 --body-people 1
 """
 
 from __future__ import annotations
@@ -119,26 +122,26 @@ def decoder_rows(model, bs: int, reps: int, profile: bool, compile_mode: str, si
 
 
 def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: list[str], backend: str,
-                   out: RowWriter, top: int = 20) -> None:
-    """Whole body-mode calls (crops, backbone, decoder, overlap) as shipped by each bench_body variant:
+                   out: RowWriter, top: int = 20, mode: str = "body", people: int = 4) -> None:
+    """Whole calls in ``mode`` (crops, backbone, decoders, overlap) as shipped by each bench_body variant:
     crops/s, then a kernel profile of one call, whose kernel time against the wall time says whether
     the GPU or the host sets the rate (two streams: kernel time may exceed the wall)."""
     from body4d_core.sam3d_body import estimate_bodies
 
-    frames, items = body_inputs(crops, *size, people=4)
+    frames, items = body_inputs(crops, *size, people=people)
     for name in variants:
         dec_dtype, pipe = apply_variant(model, name, bs, backend)
 
         def run():
-            return estimate_bodies(model, frames, items, batch_size=bs, decoder_dtype=dec_dtype,
+            return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, decoder_dtype=dec_dtype,
                                    prefetch=bool(pipe), overlap=pipe == "overlap")
 
         run()
         sec = timed(run, 1)
-        print(f"\n| body mode, {name} | {len(items) / sec:.1f} crops/s | {sec * 1000 / (len(items) / bs):.1f} ms "
-              f"per batch of {bs} |", flush=True)
-        out.add(f"body mode {name}", "crops_per_s", len(items) / sec, "crops/s", batch=bs, crops=len(items))
-        timed_profile(run, f"body mode {name} ({len(items)} crops)", top=top)
+        print(f"\n| {mode} mode, {name} | {len(items) / sec:.1f} crops/s | {sec:.3f} s a call | "
+              f"{sec * 1000 / (len(items) / bs):.1f} ms per batch of {bs} |", flush=True)
+        out.add(f"{mode} mode {name}", "crops_per_s", len(items) / sec, "crops/s", batch=bs, crops=len(items))
+        timed_profile(run, f"{mode} mode {name} ({len(items)} crops)", top=top)
     model.backbone.encoder.enable_fp8(False)
     model.optimize("", "")
 
@@ -154,6 +157,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--body-mode", default="", help="bench_body variants to profile as whole body-mode calls")
     ap.add_argument("--body-crops", type=int, default=256, help="crops per body-mode call")
+    ap.add_argument("--mode", choices=("body", "full"), default="body", help="--body-mode calls: body or full mode")
+    ap.add_argument("--body-size", default="1080x1920", help="--body-mode calls: frame HxW")
+    ap.add_argument("--body-people", type=int, default=4, help="--body-mode calls: people per frame")
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--top", type=int, default=20, help="kernels listed per profile")
     ap.add_argument("--decoders", default="fp32,tf32,bf16", help="decoder precisions timed (comma list)")
@@ -170,8 +176,9 @@ def main() -> None:
     if not args.no_backbone:
         backbone_rows(model, bs, args.reps, variants, set(args.profile.split(",")), args.compile, out)
     if args.body_mode:
-        body_mode_rows(model, bs, 8 if args.tiny else args.body_crops, (256, 448) if args.tiny else (1080, 1920),
-                       args.body_mode.split(","), "inductor" if dev.type == "cuda" else "eager", out, args.top)
+        size = (256, 448) if args.tiny else tuple(int(v) for v in args.body_size.split("x"))
+        body_mode_rows(model, bs, 8 if args.tiny else args.body_crops, size, args.body_mode.split(","),
+                       "inductor" if dev.type == "cuda" else "eager", out, args.top, args.mode, args.body_people)
     if not args.no_decoder:
         decoder_rows(model, bs, args.reps, True, args.compile, (256, 448) if args.tiny else (1080, 1920), out,
                      tuple(args.decoders.split(",")), args.top)
