@@ -22,6 +22,7 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     fp8        cbb + E4M3 row-wise-scaled matmuls in all backbone linears (opt-in, lossy)
     fp8-mlp    cbb + E4M3 in the backbone MLPs only (attention projections stay bf16)
     fp8-ovl    fp8 + overlap
+    eager-ovl  eager backbone and decoders with overlap: what the pipeline runs for small jobs (compile=auto)
     cdec32-ovl the defaults as shipped: compiled backbone and fp32 decoder layers, overlap
     fp8f-cdec-ovl  E4M3 row-wise with Hopper fast accumulation + compiled bf16 decoders + overlap
                    (activations quantised by the fused Triton kernels; what ``fp8=True`` runs)
@@ -78,6 +79,7 @@ def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> S
 
 VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf16, fp8 parts, pipelining)
     "eager": ("", "", False, "", "prefetch"),
+    "eager-ovl": ("", "", False, "", "overlap"),  # the pipeline's small jobs (compile=auto runs them eager)
     "dec16": ("", "", True, "", "prefetch"),
     "cbb": ("default", "", True, "", "prefetch"),
     "cbb-nopf": ("default", "", True, "", ""),
