@@ -385,6 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--world-late", action="store_true",
                     help="solve the world stage's depth and camera motion inside that stage, not before / during the "
                          "bodies stage (pipeline.WORLD_EARLY off: the before figure of that overlap)")
+    ap.add_argument("--world-before-render", action="store_true",
+                    help="run the world stage before the render, not on a thread beside it (pipeline.WORLD_BESIDE_RENDER "
+                         "off: the before figure of that overlap; with it on, the two stages' seconds overlap)")
     ap.add_argument("--sam3-no-graphs", action="store_true",
                     help="SAM-3 without CUDA graphs (its speed option cuda_graphs off: the before figure of that "
                          "speed-up; nothing else changes)")
@@ -648,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(patched(pl, "_Timer", stage_timer(rec)))
             if args.world_late:
                 stack.enter_context(patched(pl, "WORLD_EARLY", False))
+            if args.world_before_render:
+                stack.enter_context(patched(pl, "WORLD_BESIDE_RENDER", False))
             if args.sam3_no_graphs:
                 stack.enter_context(patched(RunProfile, "speed_options", no_sam3_graphs(RunProfile.speed_options)))
             import body4d_core.amodal.stage as amodal_stage

@@ -56,6 +56,7 @@ ModelCache = dict  # (model name, where, device, ...) -> loaded model; kept by a
 T = TypeVar("T")
 WRITE_WORKERS = 2  # background writer threads (zlib, x264 and file I/O release the GIL)
 WORLD_EARLY = True  # the world stage's depth before, and its camera motion during, the bodies stage (start_world)
+WORLD_BESIDE_RENDER = True  # on CUDA the world stage runs on a thread while the render runs (_world_beside_render)
 RENDER_BATCH = 16  # frames a render batch when no memory plan sets it (each encoded while the next renders)
 VIDEO_PRESET = "veryfast"  # x264 preset of the pipeline's videos: ~2.3x faster than "medium", same crf quality
 
@@ -602,39 +603,104 @@ def _run_stages(video: str | Path, out: Path, opts: PipelineOptions, hooks_for: 
     prep = start_world(frames, tracks, camera, clip, opts, summary, models,  # camera motion overlaps the bodies
                        **_with_alloc(start_world, alloc))
     summary.released += release_cached(models, plan)
+    world_job = None
     try:
         raw, bodies, rig = _bodies_and_smooth(frames, tracks, amodal, camera, opts, out, summary, writes, hooks_for,
                                               models, estimate, plan, alloc)
         for b in {id(raw): raw, id(bodies): bodies}.values():
             if b.vertices is not None:
                 b.vertices = _off_ram(stores, b.vertices)
-        world = None
-        if opts.world:
-            writes.check()
-            with _Stage(summary, "world", check):
-                world = stage_world(frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models, prep,
-                                    **_with_alloc(stage_world, alloc))
-            summary.released += release_cached(models, plan)
-            summary.parts.update({f"world_{k}": v for k, v in getattr(world, "timings", {}).items()})
-    finally:
-        if prep is not None:
-            prep.close()  # joined on every path (a failed or interrupted run too)
-    if opts.world:
-        if world is not None:
-            if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
-                world.bodies.vertices = _off_ram(stores, world.bodies.vertices)
-            _submit_world(world, opts, clip, out, writes)
-        _done(summary, "world", [n for n in WORLD_FILES if n in summary.files])
-    else:
-        _done(summary, "world", [])
 
-    writes.check()
-    with _Stage(summary, "render", check):
-        if opts.write_anim:
-            _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
-        _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes, plan,
-                           render)
+        def exports(world: Any) -> None:  # the world's files and the animation, to the writers once it is made
+            if world is not None:
+                if getattr(world, "bodies", None) is not None and world.bodies.vertices is not None:
+                    world.bodies.vertices = _off_ram(stores, world.bodies.vertices)
+                _submit_world(world, opts, clip, out, writes)
+            _done(summary, "world", [n for n in WORLD_FILES if n in summary.files] if opts.world else [])
+            if opts.write_anim:
+                _submit_anim(bodies, rig, camera, world, clip, opts, out, summary, writes)
+
+        writes.check()
+        if opts.world:
+            world_job = _WorldJob(summary, check, lambda free: stage_world(
+                frames, tracks, camera, raw, bodies, clip, opts, summary.notes, models, prep, free=free,
+                **_with_alloc(stage_world, alloc)), exports)
+            world_job.start(beside_render=prep is not None and _world_beside_render(plan))
+            summary.released += release_cached(models, plan)  # the world stage uses no cached model once prep ran
+        else:
+            exports(None)
+        writes.check()
+        with _Stage(summary, "render", check):
+            _render_and_export(frames, clip, bodies, camera, opts, out, summary, hooks_for("render"), writes, plan,
+                               render)
+        if world_job is not None:
+            world_job.result()
+    finally:
+        if world_job is not None:
+            world_job.close()  # joined on every path (a failed or interrupted render too)
+        if prep is not None:
+            prep.close()
     _done(summary, "render", [n for n in ("params", "meshes", "glb", "anim", "render") if n in summary.files])
+
+
+def _world_beside_render(plan: MemoryPlan | None) -> bool:
+    """Whether the world stage (host work: floor, contacts, world frame; its depth and camera motion ran early,
+    see ``start_world``) runs on a thread while the render runs: on CUDA, where the render's GPU work and
+    encoder threads leave the host's cores free (a CPU render needs them), and not under a memory cap."""
+    return WORLD_BESIDE_RENDER and torch.cuda.is_available() and not (plan is not None and plan.cap_gib)
+
+
+class _WorldJob:
+    """The world stage, run in place or on a thread beside the render (``start(beside_render=True)``), then
+    ``then(world)`` (its exports) on the same thread.
+
+    Either way it is the stage ``world`` in run.json and the timings (its own seconds) and its parts go to
+    ``summary.parts``; ``result()`` waits for it and raises its error (run.json's current stage set back to
+    ``world``); ``close()`` waits for the thread on every path."""
+
+    def __init__(self, summary: RunSummary, check: Hooks, run: Callable[[bool], Any],
+                 then: Callable[[Any], None]) -> None:
+        self.summary, self.check, self.run, self.then = summary, check, run, then
+        self.pool: ThreadPoolExecutor | None = None
+        self.future: Future | None = None
+
+    def start(self, beside_render: bool) -> None:
+        stage = _Stage(self.summary, "world", self.check)
+        if not beside_render:
+            with stage:
+                world = self._parts(self.run(True))
+            self.then(world)
+            return
+        stage.__enter__()  # run.json's current stage, the interrupt check, the timer's start
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="body4d-world")
+        self.future = self.pool.submit(self._beside, stage)
+        log.info("world stage on a thread beside the render")
+
+    def _beside(self, stage: _Stage) -> None:
+        try:
+            world = self._parts(self.run(False))  # its memory is freed after the render (result)
+        finally:
+            stage.__exit__(None, None, None)
+        self.then(world)
+
+    def _parts(self, world: Any) -> Any:
+        self.summary.parts.update({f"world_{k}": v for k, v in getattr(world, "timings", {}).items()})
+        return world
+
+    def result(self) -> None:
+        if self.future is None:
+            return
+        try:
+            self.future.result()
+        except BaseException:
+            if self.summary.manifest is not None:
+                self.summary.manifest.set_stage("world")
+            raise
+        _free()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 def _decode(video: str | Path, out: Path, opts: PipelineOptions, hooks: Hooks,
@@ -792,10 +858,11 @@ def start_world(frames: np.ndarray, tracks: Tracks, camera: Camera, clip: Clip, 
 
 def stage_world(frames: np.ndarray, tracks: Tracks, camera: Camera, raw: Bodies, bodies: Bodies, clip: Clip,
                 opts: PipelineOptions, notes: list[str], models: ModelCache | None = None, prep: Any = None,
-                alloc: Alloc | None = None) -> Any:
+                alloc: Alloc | None = None, free: bool = True) -> Any:
     """People, camera and floor in one world frame (``body4d_core.world``): the raw bodies' keypoints place
     them, the final bodies give the meshes. ``prep``: ``start_world``'s depth and camera motion; ``alloc``:
-    where its whole-clip arrays go (default RAM)."""
+    where its whole-clip arrays go (default RAM); ``free``: collect garbage and empty the CUDA cache at the end
+    (off on a thread beside the render, whose GPU memory it would release mid-batch)."""
     from .world import ground_clip
 
     options = _world_options(opts, clip)
@@ -811,7 +878,8 @@ def stage_world(frames: np.ndarray, tracks: Tracks, camera: Camera, raw: Bodies,
         return None
     finally:
         del moge
-        _free()
+        if free:
+            _free()
     return result
 
 

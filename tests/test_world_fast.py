@@ -207,6 +207,129 @@ def test_pipeline_failing_in_the_bodies_stage_joins_the_world_thread(models, tmp
     assert done and not [t for t in threading.enumerate() if t.name.startswith("body4d-world") and t.is_alive()]
 
 
+def _same_outputs(a_dir, b_dir):
+    a, b = _files(a_dir), _files(b_dir)
+    assert set(a) == set(b) and any(str(k).startswith("world") for k in a) and any(str(k).startswith("anim") for k in a)
+    for rel in a:
+        if rel.suffix == ".npz":
+            with np.load(a[rel]) as x, np.load(b[rel]) as y:
+                assert sorted(x.files) == sorted(y.files), rel
+                for k in x.files:
+                    assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), (rel, k)
+        elif rel.name != "clip.npz":
+            assert a[rel].read_bytes() == b[rel].read_bytes(), rel
+
+
+def _world_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("body4d-world") and t.is_alive()]
+
+
+def _on_world_thread(pl, monkeypatch, before=None):
+    """stage_world wrapped: records the thread it ran on (and its start / end), runs ``before`` first."""
+    import threading
+    import time
+
+    real, seen = pl.stage_world, {}
+
+    def wrapped(*args, **kwargs):
+        seen["thread"], seen["free"], seen["start"] = threading.current_thread().name, kwargs.get("free"), \
+            time.perf_counter()
+        if before is not None:
+            before()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            seen["end"] = time.perf_counter()
+
+    monkeypatch.setattr(pl, "stage_world", wrapped)
+    return seen
+
+
+def test_world_stage_beside_the_render_writes_the_same_files(models, tmp_path, monkeypatch):
+    """On a thread while the render runs (the CUDA default) or before it: the same files, value for value
+    (world, its exports, the animation); run.json records both stages, the world stage with its own seconds."""
+    import json
+
+    from body4d_core import pipeline as pl
+
+    from .tiny_runs import SAMPLE, small_options
+
+    opts = dict(anim_fidelity=False, write_meshes=True, write_glb=True)
+    seen = _on_world_thread(pl, monkeypatch)
+    before = pl.run_pipeline(SAMPLE, tmp_path / "before", small_options(models, **opts))
+    assert seen["thread"] == "MainThread" and seen["free"] is True  # on a CPU: in place, as before
+    monkeypatch.setattr(pl, "_world_beside_render", lambda plan: True)
+    render_span = {}
+    real_render = pl._render_and_export
+
+    def render(*args, **kwargs):
+        import time
+
+        render_span["start"] = time.perf_counter()
+        real_render(*args, **kwargs)
+        render_span["end"] = time.perf_counter()
+
+    monkeypatch.setattr(pl, "_render_and_export", render)
+    beside = pl.run_pipeline(SAMPLE, tmp_path / "beside", small_options(models, **opts))
+    assert seen["thread"].startswith("body4d-world") and seen["free"] is False
+    assert seen["start"] < render_span["end"] and render_span["start"] < seen["end"], "the two ran at once"
+    assert not _world_threads()
+    _same_outputs(tmp_path / "before", tmp_path / "beside")
+    for summary, name in ((before, "before"), (beside, "beside")):
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        assert run["status"] == "complete" and {"world", "render"} <= set(run["stages"])
+        assert run["stages"]["world"]["files"] and run["stages"]["world"]["seconds"] == summary.timings["world"]
+        assert "world_floor" in summary.parts
+    assert set(before.files) == set(beside.files)
+
+
+def test_world_stage_failing_beside_the_render_fails_the_run(models, tmp_path, monkeypatch):
+    """Its error is the run's, run.json says it stopped in the world stage, no thread is left, and nothing is
+    half-written (no temporary files, no world files)."""
+    import json
+
+    from body4d_core import pipeline as pl
+
+    from .tiny_runs import SAMPLE, small_options
+
+    monkeypatch.setattr(pl, "_world_beside_render", lambda plan: True)
+
+    def broken():
+        raise RuntimeError("floor solver crashed")
+
+    _on_world_thread(pl, monkeypatch, before=broken)
+    with pytest.raises(RuntimeError, match="floor solver crashed"):
+        pl.run_pipeline(SAMPLE, tmp_path, small_options(models, anim_fidelity=False))
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "failed" and run["stopped_at"] == "world" and "floor solver" in run["error"]
+    assert "world" not in run["stages"]
+    assert not (tmp_path / "world").exists() and not (tmp_path / "anim").exists()
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    assert not _world_threads()
+
+
+def test_render_failing_beside_the_world_stage_waits_for_it(models, tmp_path, monkeypatch):
+    """A render that fails while the world thread still runs: the run raises the render's error once that
+    thread is done (none is left behind writing into the output folder)."""
+    import time
+
+    from body4d_core import pipeline as pl
+
+    from .tiny_runs import SAMPLE, small_options
+
+    monkeypatch.setattr(pl, "_world_beside_render", lambda plan: True)
+    seen = _on_world_thread(pl, monkeypatch, before=lambda: time.sleep(1.0))
+
+    def failing_render(*args, **kwargs):
+        raise RuntimeError("renderer lost the GPU")
+
+    with pytest.raises(RuntimeError, match="renderer lost the GPU"):
+        pl.run_pipeline(SAMPLE, tmp_path, small_options(models, anim_fidelity=False), render=failing_render)
+    assert "end" in seen and not _world_threads()
+
+
 # --------------------------------------------------------------------------- PLY meshes
 
 
