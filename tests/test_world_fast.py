@@ -150,6 +150,20 @@ def _files(out):
     return {p.relative_to(out): p for p in out.rglob("*") if p.is_file() and p.name != "run.json"}
 
 
+def _same_outputs(a_dir, b_dir):
+    """The two output folders hold the same files (world ones among them), value for value."""
+    a, b = _files(a_dir), _files(b_dir)
+    assert set(a) == set(b) and any(str(k).startswith("world") for k in a)
+    for rel in a:
+        if rel.suffix == ".npz":
+            with np.load(a[rel]) as x, np.load(b[rel]) as y:
+                assert sorted(x.files) == sorted(y.files), rel
+                for k in x.files:
+                    assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), (rel, k)
+        elif rel.name != "clip.npz":
+            assert a[rel].read_bytes() == b[rel].read_bytes(), rel
+
+
 def test_pipeline_world_early_or_late_writes_the_same_files(models, tmp_path, monkeypatch):
     """Depth before, camera motion during the bodies stage (WORLD_EARLY) or both inside the world stage:
     the same world files, value for value; the parts are reported."""
@@ -164,16 +178,7 @@ def test_pipeline_world_early_or_late_writes_the_same_files(models, tmp_path, mo
     assert "world_start" in early.timings and "world_start" not in late.timings
     assert "world_camera_motion" in early.parts and "world_floor" in late.parts
     assert any(k.startswith("write_") for k in early.parts)
-    a, b = _files(tmp_path / "early"), _files(tmp_path / "late")
-    assert set(a) == set(b) and any(str(k).startswith("world") for k in a)
-    for rel in a:
-        if rel.suffix == ".npz":
-            with np.load(a[rel]) as x, np.load(b[rel]) as y:
-                assert sorted(x.files) == sorted(y.files), rel
-                for k in x.files:
-                    assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), (rel, k)
-        elif rel.name != "clip.npz":
-            assert a[rel].read_bytes() == b[rel].read_bytes(), rel
+    _same_outputs(tmp_path / "early", tmp_path / "late")
 
 
 def test_pipeline_failing_in_the_bodies_stage_joins_the_world_thread(models, tmp_path, monkeypatch):
@@ -206,18 +211,6 @@ def test_pipeline_failing_in_the_bodies_stage_joins_the_world_thread(models, tmp
     assert seen["alive"]  # the world thread was running when the bodies stage failed
     assert done and not [t for t in threading.enumerate() if t.name.startswith("body4d-world") and t.is_alive()]
 
-
-def _same_outputs(a_dir, b_dir):
-    a, b = _files(a_dir), _files(b_dir)
-    assert set(a) == set(b) and any(str(k).startswith("world") for k in a) and any(str(k).startswith("anim") for k in a)
-    for rel in a:
-        if rel.suffix == ".npz":
-            with np.load(a[rel]) as x, np.load(b[rel]) as y:
-                assert sorted(x.files) == sorted(y.files), rel
-                for k in x.files:
-                    assert np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), (rel, k)
-        elif rel.name != "clip.npz":
-            assert a[rel].read_bytes() == b[rel].read_bytes(), rel
 
 
 def _world_threads():
@@ -277,6 +270,7 @@ def test_world_stage_beside_the_render_writes_the_same_files(models, tmp_path, m
     assert seen["start"] < render_span["end"] and render_span["start"] < seen["end"], "the two ran at once"
     assert not _world_threads()
     _same_outputs(tmp_path / "before", tmp_path / "beside")
+    assert any(p.name.endswith(".bvh") for p in (tmp_path / "beside" / "anim").iterdir())
     for summary, name in ((before, "before"), (beside, "beside")):
         run = json.loads((tmp_path / name / "run.json").read_text())
         assert run["status"] == "complete" and {"world", "render"} <= set(run["stages"])
