@@ -22,7 +22,9 @@ baseline (fp32 decoders, as upstream). Variants (``--variants``, comma list):
     fp8        cbb + E4M3 row-wise-scaled matmuls in all backbone linears (opt-in, lossy)
     fp8-mlp    cbb + E4M3 in the backbone MLPs only (attention projections stay bf16)
     fp8-ovl    fp8 + overlap
-    eager-ovl  eager backbone and decoders with overlap: what the pipeline runs for small jobs (compile=auto)
+    eager-ovl  eager backbone and decoders with overlap: what the pipeline runs for small jobs (compile=auto),
+               its blocks on the fused rotary / layer-scale kernels (sam3d_body/fused_vit.py)
+    eager-ovl-unfused  the same with the blocks' plain ops (the before figure of those kernels)
     cdec32-ovl the defaults as shipped: compiled backbone and fp32 decoder layers, overlap
     fp8f-cdec-ovl  E4M3 row-wise with Hopper fast accumulation + compiled bf16 decoders + overlap
                    (activations quantised by the fused Triton kernels; what ``fp8=True`` runs)
@@ -80,6 +82,7 @@ def build_ours(cfg: Sam3dBodyConfig, device: torch.device, rig_hidden: int) -> S
 VARIANTS = {  # name -> (backbone compile mode, decoder compile mode, decoder bf16, fp8 parts, pipelining)
     "eager": ("", "", False, "", "prefetch"),
     "eager-ovl": ("", "", False, "", "overlap"),  # the pipeline's small jobs (compile=auto runs them eager)
+    "eager-ovl-unfused": ("", "", False, "", "overlap:unfused"),  # the same without the fused eager blocks
     "dec16": ("", "", True, "", "prefetch"),
     "cbb": ("default", "", True, "", "prefetch"),
     "cbb-nopf": ("default", "", True, "", ""),
@@ -118,10 +121,10 @@ def apply_variant(model: Sam3dBody, name: str, bucket: int, backend: str) -> tup
 
 
 def _run(model, frames, items, mode, bs, dtype, dec_dtype, pipe="prefetch", crop_kernel="auto"):
-    pipe, _, fp8 = pipe.partition(":")  # 'overlap:fp8': estimate_bodies(fp8=True), the node's own FP8 path
+    pipe, _, flag = pipe.partition(":")  # 'overlap:fp8': estimate_bodies(fp8=True), the node's own FP8 path
     return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, dtype=dtype, decoder_dtype=dec_dtype,
-                           prefetch=pipe == "prefetch", overlap=pipe == "overlap", fp8=fp8 == "fp8",
-                           crop_kernel=crop_kernel)
+                           prefetch=pipe == "prefetch", overlap=pipe == "overlap", fp8=flag == "fp8",
+                           crop_kernel=crop_kernel, fused_backbone=flag != "unfused")
 
 
 def time_ours(model: Sam3dBody, frames: np.ndarray, items: list[BodyItem], mode: str, bs: int,

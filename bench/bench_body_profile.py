@@ -133,8 +133,10 @@ def body_mode_rows(model, bs: int, crops: int, size: tuple[int, int], variants: 
         dec_dtype, pipe = apply_variant(model, name, bs, backend)
 
         def run():
+            flow, _, flag = pipe.partition(":")
             return estimate_bodies(model, frames, items, mode=mode, batch_size=bs, decoder_dtype=dec_dtype,
-                                   prefetch=bool(pipe), overlap=pipe == "overlap")
+                                   prefetch=bool(flow), overlap=flow == "overlap", fp8=flag == "fp8",
+                                   fused_backbone=flag != "unfused")
 
         run()
         sec = timed(run, 1)

@@ -24,6 +24,7 @@ from . import fusion
 from .. import rotations as rot
 from .heads import camera_geometry, project
 from .fp8 import fp8_unavailable
+from .fused_vit import FusedBlocks
 from .model import CropBatch, Sam3dBody
 from .runner import BodyRunner
 from .writer import BodiesWriter
@@ -447,7 +448,7 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
                     decoder_dtype: torch.dtype | None = None, prefetch: bool = True,
                     overlap: bool = True, fp8: bool = False, crop_kernel: str = "auto",
                     runner: BodyRunner | None = None, *, alloc: Alloc | None = None,
-                    into: BodiesWriter | None = None) -> list[dict[str, np.ndarray]]:
+                    into: BodiesWriter | None = None, fused_backbone: bool = True) -> list[dict[str, np.ndarray]]:
     """Per-item MHR parameters, camera translation and keypoints, in the order of ``items``.
 
     frames: uint8 (or float 0..1) [T, H, W, 3]; intrinsics: see ``_intrinsics``; mode 'body'
@@ -471,6 +472,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     into: a ``BodiesWriter``; each batch's results are written as it finishes straight into its ``Bodies``
     arrays (row = person, column = frame; ``into.result(faces)`` gives the bodies) and each item's dict holds
     views of its cell (the keys ``Bodies`` keeps), so the results are stored once; not with ``alloc``.
+    fused_backbone (default): where the backbone runs eagerly (not compiled, not FP8) on a GPU with Triton, its
+    blocks run the rotary embedding and layer-scale adds as single passes (``fused_vit``; identical results,
+    checked against the plain ops on the device first).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -523,7 +527,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     why = fp8_unavailable(dev) if fp8 else ""
     if why:
         log.warning("SAM-3D-Body: FP8 backbone requested but %s; running %s", why, dtype)
-    with model.backbone.encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True):
+    encoder = model.backbone.encoder
+    fused = FusedBlocks(encoder, fused_backbone and not runner.backbone and not (fp8 and not why), dtype)
+    with encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True), fused:
         chunks = runner.run(model, run, len(ordered), int(batch_size), hooks)
     if side is not None:
         _release_side_stream(side, dev)

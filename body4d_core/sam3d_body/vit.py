@@ -52,6 +52,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], -1)
 
 
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """RoPE on the last ``len(sin)`` tokens of ``x`` [B, heads, N, head_dim] (the patches; the prefix tokens
+    pass unchanged), in ``x``'s dtype."""
+    n, p = x.shape[2], sin.shape[0]
+    sin, cos = sin.to(x.dtype), cos.to(x.dtype)
+    return torch.cat([x[:, :, : n - p], x[:, :, n - p:] * cos + _rotate_half(x[:, :, n - p:]) * sin], 2)
+
+
 class Attention(nn.Module):
     """Self-attention with a fused qkv (key bias masked out) and RoPE on patch tokens only."""
 
@@ -67,11 +75,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         sin, cos = rope
-        p = sin.shape[0]
-        sin, cos = sin.to(q.dtype), cos.to(q.dtype)
-        q = torch.cat([q[:, :, : n - p], q[:, :, n - p:] * cos + _rotate_half(q[:, :, n - p:]) * sin], 2)
-        k = torch.cat([k[:, :, : n - p], k[:, :, n - p:] * cos + _rotate_half(k[:, :, n - p:]) * sin], 2)
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(apply_rope(q, sin, cos), apply_rope(k, sin, cos), v)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         out = self.attend(x, rope)
