@@ -72,6 +72,7 @@ def rope_qk(qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, heads: int)
     """``apply_rope`` of q and k read from the fused projection ``qkv`` ([B, N, 3C] contiguous), the tables
     ``sin``, ``cos`` ([P, D], already in ``qkv``'s dtype) on the last P tokens: q, k [B, heads, N, D]
     contiguous, as ``apply_rope``'s concatenation returns them."""
+    qkv = qkv.contiguous()  # a no-op for the projection's output
     b, n, c3 = qkv.shape
     c = c3 // 3
     d = c // heads
@@ -87,6 +88,7 @@ def scale_add(x: torch.Tensor, a: torch.Tensor, gamma: torch.Tensor) -> torch.Te
     ``a`` [..., C] contiguous, ``gamma`` [C]."""
     prod = torch.promote_types(a.dtype, gamma.dtype)
     dtype = torch.promote_types(x.dtype, prod)
+    x, a, gamma = x.contiguous(), a.contiguous(), gamma.contiguous()  # no-ops for the block's tensors
     out = torch.empty(x.shape, device=x.device, dtype=dtype)
     c = x.shape[-1]
     rows = x.numel() // c
