@@ -1,12 +1,16 @@
-"""Rounding shared by the fused Triton kernels: each fused step rounds where PyTorch's separate op did.
+"""Rounding and launch settings shared by the fused Triton kernels: each fused step rounds where PyTorch's separate op did.
 
 Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+EXACT = {"enable_fp_fusion": False}  # launch option: a*b + c*d as two products and a sum, as separate ops do
 
 
 @triton.jit

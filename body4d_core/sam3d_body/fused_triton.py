@@ -14,11 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_round import EXACT as _EXACT
+from ..triton_round import TL_DTYPES as _DT
 from ..triton_round import round_to
 
 ROWS = 4  # token rows per program
-_DT = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_EXACT = {"enable_fp_fusion": False}  # a*b + c*d as two products and a sum, as the separate ops do
 
 
 @triton.jit
