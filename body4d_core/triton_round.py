@@ -1,4 +1,4 @@
-"""Rounding and launch settings shared by the fused Triton kernels: each fused step rounds where PyTorch's separate op did.
+"""Rounding and launch settings shared by the fused Triton kernels: each step rounds where PyTorch's op did.
 
 Imported only where Triton is (CUDA, or its CPU interpreter in the tests).
 """
