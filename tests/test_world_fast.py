@@ -249,8 +249,10 @@ def test_world_stage_beside_the_render_writes_the_same_files(models, tmp_path, m
 
     from .tiny_runs import SAMPLE, small_options
 
+    import time
+
     opts = dict(anim_fidelity=False, write_meshes=True, write_glb=True)
-    seen = _on_world_thread(pl, monkeypatch)
+    seen = _on_world_thread(pl, monkeypatch, before=lambda: time.sleep(0.5))  # a world stage the render overlaps
     before = pl.run_pipeline(SAMPLE, tmp_path / "before", small_options(models, **opts))
     assert seen["thread"] == "MainThread" and seen["free"] is True  # on a CPU: in place, as before
     monkeypatch.setattr(pl, "_world_beside_render", lambda plan: True)
@@ -258,8 +260,6 @@ def test_world_stage_beside_the_render_writes_the_same_files(models, tmp_path, m
     real_render = pl._render_and_export
 
     def render(*args, **kwargs):
-        import time
-
         render_span["start"] = time.perf_counter()
         real_render(*args, **kwargs)
         render_span["end"] = time.perf_counter()
