@@ -527,9 +527,9 @@ def estimate_bodies(model: Sam3dBody, frames: Any, items: Sequence[BodyItem], in
     why = fp8_unavailable(dev) if fp8 else ""
     if why:
         log.warning("SAM-3D-Body: FP8 backbone requested but %s; running %s", why, dtype)
-    encoder = model.backbone.encoder
-    fused = FusedBlocks(encoder, fused_backbone and not runner.backbone and not (fp8 and not why), dtype)
-    with encoder.fp8_scope(fp8 and not why, scaling="row", fast_accum=True), fused:
+    use_fp8, encoder = fp8 and not why, model.backbone.encoder
+    fused = FusedBlocks(encoder, fused_backbone and not runner.backbone and not use_fp8, dtype)
+    with encoder.fp8_scope(use_fp8, scaling="row", fast_accum=True), fused:
         chunks = runner.run(model, run, len(ordered), int(batch_size), hooks)
     if side is not None:
         _release_side_stream(side, dev)
