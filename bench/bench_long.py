@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.size} clip, {case} path, {args.preset} checkpoints on {args.device}, render {args.render_mode}"
               + (f", {off}" if off else ""), flush=True)
         print(f"{'frames':>7} {'RssAnon GiB':>12} {'RSS GiB':>8} {'RssFile GiB':>12} {'VRAM GiB':>9} {'wall s':>8}")
+        deadline = t0 + args.max_seconds if args.max_seconds > 0 else None
         for n in args.lengths:
-            deadline = t0 + args.max_seconds if args.max_seconds > 0 else None
             r = run_length(args, work, n, deadline) if deadline is None or deadline > time.perf_counter() else \
                 f"{n} frames: not started, --max-seconds reached"
             if isinstance(r, str):
