@@ -24,8 +24,9 @@ from .runtime import limit_malloc_arenas, prefer_expandable_segments
 log = logging.getLogger("body4d_core")
 
 
-STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "frames", "fov": "frames", "world": "frames",
-               "bodies": "crops", "render": "frames", "amodal": None}  # None: the stage reports per mille
+STAGE_UNITS = {"decode": "frames", "detect": "frames", "propagate": "steps", "fov": "frames", "world": "frames",
+               "bodies": "crops", "render": "frames", "amodal": None}  # None: the stage reports per mille;
+# propagate counts steps: each prompt once, then every frame of each pass (a pass starts on its prompt frame)
 
 
 class StopFlag:

@@ -460,6 +460,17 @@ def _frames_to_batch(frames: np.ndarray | torch.Tensor, idx: Sequence[int], devi
     return t.permute(0, 3, 1, 2).contiguous()
 
 
+MOGE_CPU_AUTOCAST_WARNING = "In CPU autocast, but the target dtype is not supported"
+
+
+@contextlib.contextmanager
+def quiet_cpu_autocast() -> Iterator[None]:
+    """Hide the one warning MoGe's ``infer`` gives on every CPU call (its fp32 autocast block, harmless)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=MOGE_CPU_AUTOCAST_WARNING, category=UserWarning)
+        yield
+
+
 def estimate_normalized_intrinsics(model: torch.nn.Module, images: torch.Tensor, resolution_level: int = 9,
                                    use_fp16: bool = False) -> torch.Tensor:
     """MoGe-2 ``infer`` on images [B,3,H,W] in 0..1 -> normalised intrinsics [B,3,3] (float32, CPU).
@@ -467,8 +478,7 @@ def estimate_normalized_intrinsics(model: torch.nn.Module, images: torch.Tensor,
     ``use_fp16`` enables MoGe's own scoped fp16 autocast; only meaningful on CUDA.
     """
     use_fp16 = bool(use_fp16 and images.device.type == "cuda")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MoGe warns about its CPU fp32 autocast block
+    with quiet_cpu_autocast():
         out = model.infer(images, resolution_level=resolution_level, force_projection=False,
                           apply_mask=True, use_fp16=use_fp16)
     if "intrinsics" not in out:

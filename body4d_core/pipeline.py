@@ -140,8 +140,10 @@ class RunSummary:
 
     def describe(self) -> str:
         lines = [f"{self.num_frames} frames, people {self.obj_ids} -> {self.out_dir}"]
-        lines += [f"  {k:14s} {v}" for k, v in self.files.items()]
-        lines += [f"  time {k:9s} {v:7.1f} s" for k, v in self.timings.items()]
+        width = max((len(k) for k in self.files), default=0)  # columns line up whatever the names
+        lines += [f"  {k:{width}s} {v}" for k, v in self.files.items()]
+        width = max((len(k) for k in self.timings), default=0)
+        lines += [f"  time {k:{width}s} {v:7.1f} s" for k, v in self.timings.items()]
         lines += [f"  reused  {', '.join(self.reused)} (from the earlier run in this folder)"] if self.reused else []
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -127,6 +127,17 @@ def test_text_progress_is_throttled_but_always_shows_the_end():
     assert stream.getvalue().count("\r") == 2 and "100/100 frames" in stream.getvalue()
 
 
+def test_run_summary_columns_line_up_whatever_the_names(tmp_path):
+    from body4d_core.pipeline import RunSummary
+
+    summary = RunSummary(tmp_path, files={"glb": tmp_path / "glb", "world_contacts": tmp_path / "c.csv"},
+                         timings={"decode": 0.04, "sam3_propagate": 1.25, "render": 12.5})
+    times = [ln for ln in summary.describe().splitlines() if ln.startswith("  time ")]
+    assert [ln.index(" s", len(ln) - 3) for ln in times] == [len(times[0]) - 2] * 3  # the seconds end together
+    files = [ln for ln in summary.describe().splitlines()[1:3]]
+    assert files[0].index(str(tmp_path)) == files[1].index(str(tmp_path))
+
+
 def test_stop_flag_stops_at_the_next_check():
     flag = cli.StopFlag()
     bar = cli.TextProgress("bodies", "crops", stop=flag)

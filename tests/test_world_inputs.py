@@ -64,3 +64,23 @@ def test_moge_depth_runs_on_sampled_frames():
             assert np.isnan(d[i]).all()
         else:
             assert np.allclose(d[i], 2.0 + 25 * i / 255.0, atol=1e-5)
+
+
+def test_moge_depth_hides_only_moges_cpu_autocast_warning():
+    """MoGe's infer warns about its fp32 CPU autocast block on every CPU call: that one warning is hidden, others
+    still reach the user."""
+    import warnings
+
+    from body4d_core.fov import MOGE_CPU_AUTOCAST_WARNING
+
+    class Noisy(_FakeMoGe):
+        def infer(self, *args, **kwargs):
+            warnings.warn(MOGE_CPU_AUTOCAST_WARNING + ". Disabling autocast.", UserWarning)
+            warnings.warn("something else", UserWarning)
+            return super().infer(*args, **kwargs)
+
+    frames = np.zeros((2, 6, 8, 3), np.uint8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        moge_depth(Noisy(), frames)
+    assert [str(w.message) for w in seen] == ["something else"]

@@ -87,7 +87,7 @@ def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int
     kept, in an array [K, H, W] from ``alloc`` (zero-filled; default RAM)."""
     import torch
 
-    from ..fov import _frames_to_batch
+    from ..fov import _frames_to_batch, quiet_cpu_autocast
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or every_n < 1:
@@ -98,7 +98,7 @@ def moge_depth(model: Any, frames: np.ndarray, every_n: int = 1, batch_size: int
     out = zeros(alloc, (len(idx), h, w), np.float32)
     for s in range(0, len(idx), batch_size):
         chunk = idx[s:s + batch_size]
-        with torch.inference_mode():
+        with torch.inference_mode(), quiet_cpu_autocast():
             res = model.infer(_frames_to_batch(frames, chunk, param.device, param.dtype),
                               resolution_level=resolution_level, force_projection=False, apply_mask=True,
                               use_fp16=param.device.type == "cuda")
