@@ -14,7 +14,12 @@ kernel-category profile of the eager call.
     python -m bench.bench_unet_compile --native --vae --groupnorm-ab   # fast_groupnorm off vs on
     python -m bench.bench_unet_compile --native --ab split_geglu       # any boolean AccelConfig option
     python -m bench.bench_unet_compile --native --ab fused_resblocks --truth   # + each side's error vs fp32
+    python -m bench.bench_unet_compile --frames 8,16,32,64 --shapes hi   # ms per frame against the window length
     python -m bench.bench_unet_compile --tiny                      # CPU smoke test
+
+``--frames`` times the call of one video at several window lengths: the stage batches only windows of one
+length, so short occluded segments of different lengths make small calls; the ms per frame says what
+batching them together could gain.
 """
 
 from __future__ import annotations
@@ -47,6 +52,15 @@ def compile_blocks(unet: torch.nn.Module, how: str) -> int:
             m.compile(backend=backend, dynamic=how == "dynamic")
             n += 1
     return n
+
+
+def frame_sweep(shapes: dict[str, tuple[int, int, int, int]], frames: str) -> dict[str, tuple[int, int, int, int]]:
+    """Each shape's latent size with one video of each window length in ``frames`` ("8,16,64")."""
+    lengths = [int(f) for f in frames.split(",") if f.strip()]
+    if not lengths or min(lengths) < 1:
+        raise SystemExit(f"--frames needs positive window lengths, got {frames!r}")
+    return {f"{name.split(',')[0]}, 1 video x {t} frames": (1, t, h, w)
+            for name, (_, _, h, w) in shapes.items() for t in lengths}
 
 
 def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: torch.dtype, native: bool = False):
@@ -160,6 +174,8 @@ def main() -> None:
     ap.add_argument("--vae", action="store_true", help="also time VAE decode chunks")
     ap.add_argument("--shapes", default="all", choices=["all", "hi"], help="hi: only the 512x1024 UNet call")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--frames", default="", metavar="T,T,...",
+                    help="window lengths: each shape's call with 1 video of each length instead of 64 frames")
     ap.add_argument("--groupnorm-ab", action="store_true", help="the same as --ab fast_groupnorm")
     ap.add_argument("--ab", default="", metavar="OPTIONS",
                     help="comma list of boolean AccelConfig options: each call with the option off, then on, "
@@ -186,15 +202,19 @@ def main() -> None:
         shapes = dict(list(shapes.items())[:1])
     if a.tiny:
         shapes = {"tiny 64x128, 1 video": (1, 8, 8, 16)}
-    print("| shape (CFG x videos x 64 frames) | first call s (incl. compile) | ms / call |\n|---|---:|---:|")
+    if a.frames:
+        shapes = frame_sweep(shapes, a.frames)
+    print("| shape (CFG x videos x frames) | first call s (incl. compile) | ms / call | ms / frame |\n"
+          "|---|---:|---:|---:|")
     calls = {}
     out = RowWriter.from_args("bench_unet_compile", a, dev)
     for name, shape in shapes.items():
         run = calls[f"UNet {name}"] = unet_call(unet, shape, dev, dtype, a.native)
         first, ms = first_and_ms(run, a.reps)
-        print(f"| {name} | {first:.1f} | {ms:.0f} |", flush=True)
+        per_frame = ms / (2 * shape[0] * shape[1])  # CFG doubles the frames of a call
+        print(f"| {name} | {first:.1f} | {ms:.0f} | {per_frame:.2f} |", flush=True)
         out.add(f"UNet {name}", "ms_per_call", ms, "ms", first_call_s=first, compile=a.compile or "eager",
-                native=a.native)
+                native=a.native, ms_per_frame=per_frame)
         if a.profile:
             timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
     if a.vae:

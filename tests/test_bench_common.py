@@ -321,3 +321,14 @@ def test_batch_bench_rows_of_one_printed_line(tmp_path):
     assert rows[0]["extra"] == {"workers": 2, "split": False, "videos": 4, "failed": 1, "copies": 4}
     split = [r["metric"] for r in rows if r["case"] == "2 workers, split (1 clip)"]
     assert split == ["start_s", "batch_s", "done", "videos_per_hour"]
+
+
+def test_unet_bench_frame_sweep_times_one_video_per_window_length():
+    from bench.bench_unet_compile import frame_sweep
+
+    shapes = {"512x1024, 1 video": (1, 64, 64, 128), "256x512, 4 videos": (4, 64, 32, 64)}
+    got = frame_sweep(shapes, "8,24")
+    assert got == {"512x1024, 1 video x 8 frames": (1, 8, 64, 128), "512x1024, 1 video x 24 frames": (1, 24, 64, 128),
+                   "256x512, 1 video x 8 frames": (1, 8, 32, 64), "256x512, 1 video x 24 frames": (1, 24, 32, 64)}
+    with pytest.raises(SystemExit, match="positive"):
+        frame_sweep(shapes, "0")
