@@ -187,6 +187,8 @@ VARIANTS = {
                  "default without the fused kernels (amodal_accel=unfused; the default before)"),
     "native+t2d+vae-cl": (_accel(native_dtype=True, temporal_2d=True, vae_temporal_2d=True, vae_channels_last=True),
                           None, 1, "default+native + temporal convs as 2-D + channels_last VAE"),
+    "mixed": (_accel(mixed_lengths=True), None, 1,
+              "default + windows of different lengths in one UNet call (amodal_accel=mixed; up to GEMM rounding)"),
     "xattn+ff+batch2x": ({"cross_attn_shortcut": True, "ff_rows": 1 << 18}, None, 2, "2x people per UNet batch"),
 }
 DEFAULT_VARIANTS = "baseline,xattn,cl,xattn+ff,xattn+fp16,xattn+compile"

@@ -15,11 +15,13 @@ kernel-category profile of the eager call.
     python -m bench.bench_unet_compile --native --ab split_geglu       # any boolean AccelConfig option
     python -m bench.bench_unet_compile --native --ab fused_resblocks --truth   # + each side's error vs fp32
     python -m bench.bench_unet_compile --frames 8,16,32,64 --shapes hi   # ms per frame against the window length
+    python -m bench.bench_unet_compile --mixed 12,17,30 --shapes hi   # one call per length vs one forward_runs call
     python -m bench.bench_unet_compile --tiny                      # CPU smoke test
 
 ``--frames`` times the call of one video at several window lengths: the stage batches only windows of one
 length, so short occluded segments of different lengths make small calls; the ms per frame says what
-batching them together could gain.
+batching them together could gain. ``--mixed`` measures it: one CFG call per window length (one video each)
+against one ``VASUNet.forward_runs`` call over all of them (amodal/mixed.py), with their deviation.
 """
 
 from __future__ import annotations
@@ -76,6 +78,34 @@ def unet_call(unet, shape: tuple[int, int, int, int], dev: torch.device, dtype: 
             return unet(x, torch.tensor(500.0, device=dev), ctx, ids)[0]
     run.inputs = (x, ctx, ids)  # for --truth: the same call in fp32
     return run
+
+
+def mixed_rows(unet, name: str, lengths: list[int], latent: tuple[int, int], dev: torch.device, dtype: torch.dtype,
+               a, out: RowWriter) -> None:
+    """One CFG call per window length (one video each) against one ``forward_runs`` call over all of them."""
+    if not lengths or min(lengths) < 1:
+        raise SystemExit(f"--mixed needs positive window lengths, got {a.mixed!r}")
+    calls = [unet_call(unet, (1, t, *latent), dev, dtype, a.native) for t in lengths]
+    xs, ctxs, ids = zip(*(c.inputs for c in calls))
+    amp = dev.type == "cuda" and not a.native
+
+    def separate() -> list[torch.Tensor]:
+        return [c() for c in calls]
+
+    def together() -> list[torch.Tensor]:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            return unet.forward_runs(xs, torch.tensor(500.0, device=dev), ctxs, ids)
+
+    _, ms_sep = first_and_ms(separate, a.reps)
+    _, ms_mix = first_and_ms(together, a.reps)
+    dev_max = max(float((m.float() - s.float()).abs().max() / s.float().abs().max())
+                  for m, s in zip(together(), separate()))
+    frames = ",".join(map(str, lengths))
+    print(f"\n| {name.split(',')[0]}, windows of {frames} frames | one call per length ms | one forward_runs call ms "
+          f"| max abs dev / max abs value |\n|---|---:|---:|---:|\n| CFG x 1 video each | {ms_sep:.0f} | {ms_mix:.0f} "
+          f"| {dev_max:.1e} |", flush=True)
+    out.add(f"UNet {name.split(',')[0]} windows {frames}, one call per length", "ms_per_call", ms_sep, "ms")
+    out.add(f"UNet {name.split(',')[0]} windows {frames}, forward_runs", "ms_per_call", ms_mix, "ms", rel_dev=dev_max)
 
 
 def fp32_truth(unet, calls: dict) -> dict:
@@ -174,6 +204,8 @@ def main() -> None:
     ap.add_argument("--vae", action="store_true", help="also time VAE decode chunks")
     ap.add_argument("--shapes", default="all", choices=["all", "hi"], help="hi: only the 512x1024 UNet call")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--mixed", default="", metavar="T,T,...",
+                    help="window lengths: one call per length against one forward_runs call over all of them")
     ap.add_argument("--frames", default="", metavar="T,T,...",
                     help="window lengths: each shape's call with 1 video of each length instead of 64 frames")
     ap.add_argument("--groupnorm-ab", action="store_true", help="the same as --ab fast_groupnorm")
@@ -217,6 +249,10 @@ def main() -> None:
                 native=a.native, ms_per_frame=per_frame)
         if a.profile:
             timed_profile(run, f"UNet {name}, {a.compile or 'eager'}{', native' if a.native else ''}", top=15)
+    if a.mixed:
+        latents = {(h, w): name.split(",")[0] for name, (_, _, h, w) in shapes.items()}  # once per size (--frames)
+        for (h, w), name in latents.items():
+            mixed_rows(unet, name, [int(t) for t in a.mixed.split(",") if t.strip()], (h, w), dev, dtype, a, out)
     if a.vae:
         calls.update(vae_rows(vae, dev, dtype, a, out))
     options = [o for o in a.ab.split(",") if o] + (["fast_groupnorm"] if a.groupnorm_ab else [])

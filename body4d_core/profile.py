@@ -54,10 +54,12 @@ FIELDS: dict[str, FieldSpec] = {
                             "backbone kernels on GPUs; same masks), unfused (fast without the fused kernels), reference (the plain per-object path) or compile (fast + torch.compile of "
                             "the vision backbone on GPUs: faster on long clips, compiles once per process and caches "
                             "the kernels on disk; masks may differ in a few pixels)"),
-    "amodal_accel": FieldSpec(("default", "reference", "compile", "unfused"),
+    "amodal_accel": FieldSpec(("default", "reference", "compile", "unfused", "mixed"),
                               "Diffusion-VAS speed options: default (exact options, fused GPU kernels, native "
                               "precision), reference (none), compile (default + torch.compile of the UNet blocks and "
-                              "the VAE decoder), unfused (default without the fused kernels: diffusers' own blocks)"),
+                              "the VAE decoder), unfused (default without the fused kernels: diffusers' own blocks), "
+                              "mixed (experimental: default + windows of different lengths in one UNet call; the "
+                              "same frames up to rounding)"),
     "loader": FieldSpec(("fast", "legacy"), "weight loading: fast (no random init, cast where the weights live) or "
                                             "the libraries' own loaders (same values, slower)"),
     "load_threads": FieldSpec(None, "threads placing weights on the device (0 = the default, 8)"),
@@ -207,6 +209,8 @@ class RunProfile:
             return UNFUSED_ACCEL
         if self.amodal_accel == "compile":
             return dataclasses.replace(DEFAULT_ACCEL, compile_blocks=True, compile_vae=True)
+        if self.amodal_accel == "mixed":
+            return dataclasses.replace(DEFAULT_ACCEL, mixed_lengths=True)
         return DEFAULT_ACCEL
 
     def body_kwargs(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def test_defaults_derive_the_stages_current_options():
     ({"precision": "fp64"}, ["precision", "auto, bf16, fp16, fp32", "'fp64'"]),
     ({"compile": "yes"}, ["compile", "auto, off, max-autotune, always"]),
     ({"backbone_fp8": "maybe"}, ["backbone_fp8", "false, true"]),
-    ({"amodal_accel": "fastest"}, ["amodal_accel", "default, reference, compile, unfused"]),
+    ({"amodal_accel": "fastest"}, ["amodal_accel", "default, reference, compile, unfused, mixed"]),
     ({"device": "gpu0"}, ["device", "cuda:N"]),
     ({"vram_gb": -1}, ["vram_gb", ">= 0"]),
     ({"vram_gb": float("nan")}, ["vram_gb"]),
@@ -82,6 +82,9 @@ def test_derived_stage_options():
     unfused, default = RunProfile(amodal_accel="unfused").accel_config(), RunProfile().accel_config()
     assert all(getattr(default, f) and not getattr(unfused, f) for f in fused)
     assert dataclasses.replace(unfused, **{f: True for f in fused}) == default  # nothing else differs
+    mixed = RunProfile(amodal_accel="mixed").accel_config()
+    assert mixed.mixed_lengths and not default.mixed_lengths
+    assert dataclasses.replace(mixed, mixed_lengths=False) == default
     assert RunProfile(sam3_speed="reference").speed_options() == BASELINE
     assert RunProfile(loader="legacy").loader_kwargs() == {"fast": False}
     kw = RunProfile(precision="bf16", decoder_precision="bf16", backbone_fp8=True).body_kwargs()

@@ -113,6 +113,7 @@ class AccelConfig:
     vae_native: bool = False  # no autocast in the VAE: it computes in its weights' dtype (close, not exact)
     compile_vae: bool = False
     fast_groupnorm: bool = False  # Triton GroupNorm statistics for large groups (UNet and VAE, native dtype)
+    mixed_lengths: bool = False  # windows of different lengths share a UNet call (amodal/mixed.py; experimental)
 
     def __post_init__(self) -> None:
         for name in ("ff_rows", "decode_px", "encode_px"):

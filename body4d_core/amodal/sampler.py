@@ -276,6 +276,29 @@ class VASPipeline:
         chunks without one are skipped and come back as zeros (kept frames are unchanged).
         ``memory``: the memory plan's low-memory mode (amodal/lowmem.py; same numbers up to GEMM rounding).
         """
+        return self.generate_runs([(cond_a, cond_b, seeds, noise, keep)], sampler, hooks, memory)[0]
+
+    def generate_runs(self, runs: Sequence[tuple], sampler: SamplerConfig, hooks: Hooks = NULL_HOOKS,
+                      memory: LowMemory = LowMemory()) -> list[torch.Tensor]:
+        """``generate`` for several video batches of different lengths, each (cond_a, cond_b, seeds, noise,
+        keep) as ``generate`` takes them: their UNet calls are one ``VASUNet.forward_runs`` call per step
+        (AccelConfig.mixed_lengths; the same numbers as one ``generate`` each, up to GEMM batch rounding)."""
+        preps = [self._prepare(ca, cb, seeds, sampler, noise, memory) for ca, cb, seeds, noise, _ in runs]
+        t0 = time.perf_counter()
+        latents = self._denoise(preps, sampler, hooks, memory)
+        t0 = self._tick("denoise", t0)
+        split = memory.per_network
+        outs = []
+        with placed(self.vae, self.device, split), chunked([self.vae.decoder], memory):
+            for lat, (*_, keep) in zip(latents, runs):
+                outs.append(self._decode(lat, sampler.decode_chunk_size, keep))
+        self._tick("decode", t0)
+        return outs
+
+    def _prepare(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
+                 noise: Sequence[tuple[torch.Tensor, ...]] | None, memory: LowMemory) -> dict:
+        """One batch's noise, CLIP embeddings and condition latents, before denoising: its CFG condition
+        latents [2B, T, 8, h, w], context, added time ids and initial latents [B, T, 4, h, w]."""
         t_start = time.perf_counter()
         dev = self.device
         cond_a, cond_b = cond_a.float(), cond_b.float()  # 1-channel conditions travel as 1 channel
@@ -307,33 +330,53 @@ class VASPipeline:
             del cond_b
         cond_lat = torch.cat([torch.cat([torch.zeros_like(lat_a), lat_a]), torch.cat([torch.zeros_like(lat_b), lat_b])],
                              dim=2)
-        ctx = self._context(pos, sampler.embed_order)
         ids = torch.tensor([[sampler.fps - 1, sampler.motion_bucket_id, aug]], dtype=torch.float32, device=dev)
-        ids = ids.repeat(2 * b, 1)
         self.scheduler.set_timesteps(sampler.steps, device=dev)
-        latents = torch.stack([n[2] for n in noise]).to(dev) * self.scheduler.init_noise_sigma
-        g = sampler.guidance
+        prep = {"cond_lat": cond_lat, "ctx": self._context(pos, sampler.embed_order), "ids": ids.repeat(2 * b, 1),
+                "latents": torch.stack([n[2] for n in noise]).to(dev) * self.scheduler.init_noise_sigma}
+        self._tick("encode", t0)
+        return prep
+
+    def _denoise(self, preps: list[dict], sampler: SamplerConfig, hooks: Hooks, memory: LowMemory
+                 ) -> list[torch.Tensor]:
+        """The sampling loop over prepared batches -> their final latents. One batch: one UNet call per step
+        (two with sequential CFG), as ever; several: one ``forward_runs`` call per step, and the scheduler's
+        elementwise step over all their latents at once (it steps once per timestep)."""
+        dev, g = self.device, sampler.guidance
         udtype = next(self.unet.parameters()).dtype
-        t0 = self._tick("encode", t0)
         halves = 2 if memory.sequential_cfg else 1
+        self.scheduler.set_timesteps(sampler.steps, device=dev)
+        latents = [p["latents"] for p in preps]
         with unet_placed(self.unet, dev, memory), chunked([self.unet], memory):
             for i, tstep in enumerate(self.scheduler.timesteps):
                 hooks.check_interrupt()
-                inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), tstep)
-                inp = torch.cat([inp, cond_lat], dim=2)
+                inps = [torch.cat([self.scheduler.scale_model_input(torch.cat([lat, lat]), tstep), p["cond_lat"]],
+                                  dim=2) for lat, p in zip(latents, preps)]
                 with self._amp():
-                    pred = self._unet_cfg(inp.to(udtype), tstep, ctx.to(udtype), ids.to(udtype), halves)
-                unc, con = pred.chunk(2)
-                eps = unc + g * (con - unc) if g != 1.0 else con
-                latents = self.scheduler.step(eps, tstep, latents).prev_sample.float()
+                    if len(preps) == 1:
+                        preds = [self._unet_cfg(inps[0].to(udtype), tstep, preps[0]["ctx"].to(udtype),
+                                                preps[0]["ids"].to(udtype), halves)]
+                    else:
+                        preds = [o.float() for o in self.unet.forward_runs(
+                            [x.to(udtype) for x in inps], tstep, [p["ctx"].to(udtype) for p in preps],
+                            [p["ids"].to(udtype) for p in preps])]
+                eps = []
+                for pred in preds:
+                    unc, con = pred.chunk(2)
+                    eps.append(unc + g * (con - unc) if g != 1.0 else con)
+                if len(preps) == 1:
+                    latents = [self.scheduler.step(eps[0], tstep, latents[0]).prev_sample.float()]
+                else:
+                    flat = self.scheduler.step(torch.cat([e.flatten(0, 1) for e in eps]), tstep,
+                                               torch.cat([lat.flatten(0, 1) for lat in latents])).prev_sample.float()
+                    latents = [f.reshape(lat.shape) for f, lat in
+                               zip(flat.split([lat.shape[0] * lat.shape[1] for lat in latents]), latents)]
         if self.profile is not None:
-            self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + halves * len(self.scheduler.timesteps)
-            self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + 2 * b * t * len(self.scheduler.timesteps)
-        t0 = self._tick("denoise", t0)
-        with placed(self.vae, dev, split), chunked([self.vae.decoder], memory):
-            out = self._decode(latents, sampler.decode_chunk_size, keep)
-        self._tick("decode", t0)
-        return out
+            calls = halves if len(preps) == 1 else 1
+            self.profile["unet_calls"] = self.profile.get("unet_calls", 0) + calls * len(self.scheduler.timesteps)
+            self.profile["unet_frames"] = self.profile.get("unet_frames", 0) + sum(
+                2 * lat.shape[0] * lat.shape[1] for lat in latents) * len(self.scheduler.timesteps)
+        return latents
 
     def _unet_cfg(self, inp: torch.Tensor, tstep: torch.Tensor, ctx: torch.Tensor, ids: torch.Tensor,
                   halves: int) -> torch.Tensor:
@@ -370,16 +413,21 @@ class VASPipeline:
         outs = [torch.from_numpy(zeros(out_alloc, (job.length, 3, *job.cond_a.shape[-2:]), np.float32))
                 if out_alloc is not None else torch.zeros(job.length, 3, *job.cond_a.shape[-2:]) for job in jobs]
         skip = self.accel.skip_unkept
+        # the low-memory modes and compiled blocks keep one length a call
+        mixed = self.accel.mixed_lengths and not memory.active and not self.accel.compile_blocks
         groups: dict[tuple, list[tuple[int, int, int]]] = {}
         for j, w in plans.items():
             for s, e in w:
                 if skip and not window_keep(jobs[j], s, e, weights[j][(s, e)]).any():
                     continue
-                groups.setdefault((e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append((j, s, e))
+                groups.setdefault((0 if mixed else e - s, tuple(jobs[j].cond_a.shape[-2:])), []).append((j, s, e))
+        if mixed:  # longest windows first, so each call's videos have similar lengths
+            groups = {k: sorted(v, key=lambda it: it[1] - it[2]) for k, v in groups.items()}
         total, done = sum(len(v) for v in groups.values()), 0
         with NoisePrefetcher(self, jobs, sampler) as noise:
-            for (length, (h, w)), items in groups.items():
+            for (_, (h, w)), items in groups.items():
                 lat_px = (h // self.vae_scale) * (w // self.vae_scale)
+                length = max(e - s for _, s, e in items)  # the budget as if every window were the longest
                 per = max(1, min(sampler.people_batch, budget_px // max(1, 2 * length * lat_px)))
 
                 def run(start: int, stop: int, items: list = items) -> None:
@@ -404,17 +452,27 @@ class VASPipeline:
     def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
                    hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
                    weights: dict | None = None, memory: LowMemory = LowMemory()) -> torch.Tensor:
-        ca = torch.stack([jobs[j].cond_a[s:e] for j, s, e in batch])
-        cb = torch.stack([jobs[j].cond_b[s:e] for j, s, e in batch])
-        seeds = [self.window_seed(jobs[j], s, sampler) for j, s, _ in batch]
-        keep = None
-        if weights is not None:
-            keep = torch.from_numpy(np.stack([window_keep(jobs[j], s, e, weights[j][(s, e)]) for j, s, e in batch]))
-        out = self.generate(ca, cb, seeds, sampler, hooks, noise, keep, memory)
+        runs: dict[int, list[int]] = {}  # window length -> positions in the batch (one run per length)
+        for k, (_, s, e) in enumerate(batch):
+            runs.setdefault(e - s, []).append(k)
+        args = []
+        for ks in runs.values():
+            part = [batch[k] for k in ks]
+            keep = None
+            if weights is not None:
+                keep = torch.from_numpy(np.stack([window_keep(jobs[j], s, e, weights[j][(s, e)]) for j, s, e in part]))
+            args.append((torch.stack([jobs[j].cond_a[s:e] for j, s, e in part]),
+                         torch.stack([jobs[j].cond_b[s:e] for j, s, e in part]),
+                         [self.window_seed(jobs[j], s, sampler) for j, s, _ in part],
+                         None if noise is None else [noise[k] for k in ks], keep))
+        outs = self.generate_runs(args, sampler, hooks, memory)
         t0 = time.perf_counter()
-        out = out.cpu()
+        res: list[torch.Tensor | None] = [None] * len(batch)
+        for ks, out in zip(runs.values(), outs):
+            for k, frames in zip(ks, out.cpu()):
+                res[k] = frames
         self._tick("download", t0)
-        return out
+        return res
 
 
 def window_keep(job: VideoJob, start: int, stop: int, weight: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ unlike diffusers' class they are not repeated over frames.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 from diffusers import UNetSpatioTemporalConditionModel
@@ -44,16 +46,40 @@ class VASUNet(UNetSpatioTemporalConditionModel):
                              f"{batch * frames}")
         h = self.conv_in2(sample.flatten(0, 1))
         indicator = torch.zeros(batch, frames, dtype=h.dtype, device=h.device)
+        h = self._blocks(h, emb, encoder_hidden_states, indicator)
+        return (h.reshape(batch, frames, *h.shape[1:]),)
+
+    def forward_runs(self, samples: Sequence[torch.Tensor], timestep: torch.Tensor | float,
+                     contexts: Sequence[torch.Tensor], added_time_ids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Videos of several lengths in one call: ``samples[i]`` [B_i, T_i, 12, h, w], ``contexts[i]``
+        [B_i*T_i, tokens, dim], ``added_time_ids[i]`` [B_i, 3] -> [B_i, T_i, 4, h, w] each. The per-frame
+        layers run once over every frame, the temporal ones once per entry (amodal/mixed.py); the same
+        numbers as ``forward`` on each entry, up to the GEMMs' batch-size rounding."""
+        from .mixed import routed_runs
+
+        runs = [(s.shape[0], s.shape[1]) for s in samples]
+        for (b, t), ctx in zip(runs, contexts):
+            if ctx.shape[0] != b * t:
+                raise ValueError(f"context has {ctx.shape[0]} rows, expected batch*frames={b * t}")
+        emb = torch.cat([self._embed_time(s, timestep, ids).repeat_interleave(s.shape[1], dim=0)
+                         for s, ids in zip(samples, added_time_ids)])
+        h = self.conv_in2(torch.cat([s.flatten(0, 1) for s in samples]))
+        with routed_runs(self, runs):
+            h = self._blocks(h, emb, torch.cat(list(contexts)), None)
+        return [o.reshape(b, t, *o.shape[1:]) for o, (b, t) in zip(h.split([b * t for b, t in runs]), runs)]
+
+    def _blocks(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                indicator: torch.Tensor | None) -> torch.Tensor:
+        """conv_in2's output [frames, C, h, w] through the down, mid and up blocks and the output conv."""
         skips: tuple[torch.Tensor, ...] = (h,)
         for block in self.down_blocks:
-            kw = {"encoder_hidden_states": encoder_hidden_states} if getattr(block, "has_cross_attention", False) else {}
+            kw = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             h, res = block(hidden_states=h, temb=emb, image_only_indicator=indicator, **kw)
             skips += res
-        h = self.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=encoder_hidden_states,
+        h = self.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=context,
                            image_only_indicator=indicator)
         for block in self.up_blocks:
             res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            kw = {"encoder_hidden_states": encoder_hidden_states} if getattr(block, "has_cross_attention", False) else {}
+            kw = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, image_only_indicator=indicator, **kw)
-        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
-        return (h.reshape(batch, frames, *h.shape[1:]),)
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
