@@ -21,16 +21,9 @@ BLOCKS_CHECK = r"""
 import torch, torch.nn.functional as F
 from diffusers.models.resnet import SpatioTemporalResBlock
 from body4d_core.amodal import fused_blocks as fb, fused_triton as ft
+from body4d_core.testing.amodal import randomise
 
 torch.manual_seed(0)
-
-
-def randomise(m):
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return m
-
 
 # (in, out, temb channels, merge strategy, switch): UNet-style with and without a channel change, VAE-style
 cases = ((32, 32, 16, "learned_with_images", False), (32, 64, 16, "learned_with_images", False),

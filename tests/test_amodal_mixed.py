@@ -63,15 +63,9 @@ from diffusers.models.resnet import SpatioTemporalResBlock
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 from body4d_core.amodal import fused_blocks as fb
 from body4d_core.amodal.mixed import resblock_runs, transformer_runs
+from body4d_core.testing.amodal import randomise
 
 torch.manual_seed(0)
-
-
-def randomise(m):
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return m
 
 
 runs = ((2, 3), (1, 2))  # 2 videos of 3 frames, then 1 of 2: rows 0-5 and 6-7

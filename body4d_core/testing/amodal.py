@@ -137,3 +137,12 @@ def save_depth_folder(model, prep: dict, directory: str | Path) -> Path:
         "keep_aspect_ratio": True, "image_mean": list(prep["mean"]), "image_std": list(prep["std"]),
         "image_processor_type": "DPTImageProcessor"}))
     return directory
+
+
+def randomise(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+    """Every parameter of ``module`` redrawn from N(0, scale^2) (torch's global generator): blocks whose default
+    initialisation is degenerate (zero-initialised outputs, alpha blends at 0.5) compute something to compare."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return module
