@@ -162,3 +162,17 @@ def test_sampler_mixed_lengths_makes_one_unet_call_a_step_with_the_same_frames()
     # a low-memory mode keeps one length a call
     _, low = run(AccelConfig(mixed_lengths=True), LowMemory(sequential_cfg=True))
     assert low["unet_calls"] == 2 * 2 * smp.steps
+
+
+def test_blend_kernels_write_into_a_given_output_or_refuse_it():
+    pytest.importorskip("triton")
+    from body4d_core.amodal.fused_triton import _out_like
+
+    x = torch.zeros(4, 3, 2, 2)
+    y = torch.empty(8, 3, 2, 2)
+    assert _out_like(x, y[4:]).data_ptr() == y[4:].data_ptr()  # a run's rows of the block's output
+    assert _out_like(x, None).shape == x.shape
+    for bad in (torch.empty(4, 3, 2, 2, dtype=torch.float16), torch.empty(3, 4, 2, 2).transpose(0, 1),
+                torch.empty(5, 3, 2, 2)):
+        with pytest.raises(ValueError, match="out must be contiguous"):
+            _out_like(x, bad)

@@ -219,16 +219,25 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bi
     return y
 
 
-def residual_blend(spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor
-                   ) -> torch.Tensor:
+def _out_like(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """A kernel's output: ``out`` (checked: contiguous, x's shape and dtype), else a new tensor like ``x``."""
+    if out is None:
+        return torch.empty_like(x)
+    if not out.is_contiguous() or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must be contiguous {tuple(x.shape)} {x.dtype}, got {tuple(out.shape)} {out.dtype}")
+    return out
+
+
+def residual_blend(spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """``alpha * xs + one_minus * (xs + temporal)`` written frame-major: spatial [B*T, C, H, W] contiguous,
     temporal [B, C, T, H, W] contiguous, alpha / one_minus [B*T] in the dtype (each product and sum rounded
-    to it, as the separate ops were)."""
+    to it, as the separate ops were); into ``out`` (contiguous, like ``spatial``) when given."""
     b, c, t = temporal.shape[:3]
     s = spatial.shape[-2] * spatial.shape[-1]
     if not (spatial.is_contiguous() and temporal.is_contiguous()) or spatial.shape[0] != b * t:
         raise ValueError(f"residual_blend: shapes {tuple(spatial.shape)} / {tuple(temporal.shape)} or layout do not fit")
-    y = torch.empty_like(spatial)
+    y = _out_like(spatial, out)
     block = min(APPLY_BLOCK, _pow2(s))
     _blend_kernel[(b * t * c, triton.cdiv(s, block))](spatial, temporal, alpha.contiguous(), one_minus.contiguous(),
                                                       y, c, t, s, BLOCK=block, num_warps=4 if block <= 1024 else 8)
@@ -344,15 +353,16 @@ def token_major_add(h: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Te
     return y
 
 
-def frame_major_blend(spatial: torch.Tensor, mixed: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor
-                      ) -> torch.Tensor:
+def frame_major_blend(spatial: torch.Tensor, mixed: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """``alpha * spatial + one_minus * mixed`` with ``mixed`` [B*S, T, C] read back in the frame-major
-    [B*T, S, C] layout of ``spatial``; alpha / one_minus [B*T] in the dtype (each product and sum rounded)."""
+    [B*T, S, C] layout of ``spatial``; alpha / one_minus [B*T] in the dtype (each product and sum rounded);
+    into ``out`` (contiguous, like ``spatial``) when given."""
     bt, s, c = spatial.shape
     frames = mixed.shape[1]
     if not (spatial.is_contiguous() and mixed.is_contiguous()) or mixed.numel() != spatial.numel() or bt % frames:
         raise ValueError(f"frame_major_blend: {tuple(spatial.shape)} / {tuple(mixed.shape)}")
-    y = torch.empty_like(spatial)
+    y = _out_like(spatial, out)
     sb, cb = _tiles(s, c)
     _frame_major_blend_kernel[(bt, triton.cdiv(s, sb), triton.cdiv(c, cb))](
         spatial, mixed, alpha.contiguous(), one_minus.contiguous(), y, frames, s, c, SB=sb, CB=cb, num_warps=4)

@@ -39,8 +39,9 @@ def _indicator(videos: int, frames: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _resblock_tail(module: nn.Module, xs: torch.Tensor, temb: torch.Tensor | None, videos: int, frames: int,
-                   fused: bool) -> torch.Tensor:
-    """A SpatioTemporalResBlock after its spatial half, for one run: xs [videos*frames, C, H, W] contiguous."""
+                   fused: bool, out: torch.Tensor) -> None:
+    """A SpatioTemporalResBlock after its spatial half, for one run: xs [videos*frames, C, H, W] contiguous,
+    written into ``out`` (the run's rows of the block's output)."""
     indicator = _indicator(videos, frames, xs)
     _, c, h, w = xs.shape
     view = xs.reshape(videos, frames, c, h, w).permute(0, 2, 1, 3, 4)
@@ -50,19 +51,21 @@ def _resblock_tail(module: nn.Module, xs: torch.Tensor, temb: torch.Tensor | Non
     if k is not None:
         branch = fb._temporal_branch(k, module.temporal_res_block, view, temb).contiguous()
         alpha, one_minus = fb._mix_weights(module.time_mixer, indicator, (videos, 1, frames, 1, 1), xs.dtype)
-        return k.residual_blend(xs, branch, alpha, one_minus)
+        k.residual_blend(xs, branch, alpha, one_minus, out=out)
+        return
     mixed = module.temporal_res_block(view, temb)
-    out = module.time_mixer(x_spatial=view, x_temporal=mixed, image_only_indicator=indicator)
-    return out.permute(0, 2, 1, 3, 4).reshape(videos * frames, c, h, w)
+    blended = module.time_mixer(x_spatial=view, x_temporal=mixed, image_only_indicator=indicator)
+    out.copy_(blended.permute(0, 2, 1, 3, 4).reshape(videos * frames, c, h, w))
 
 
 def resblock_runs(module: nn.Module, runs: Sequence[Run], fused: bool, hidden_states: torch.Tensor,
                   temb: torch.Tensor | None = None, image_only_indicator: object = None) -> torch.Tensor:
     """SpatioTemporalResBlock.forward over runs: the spatial half on every row at once, the rest per run."""
     xs = module.spatial_res_block(hidden_states, temb).contiguous()
-    parts = [_resblock_tail(module, xs[a:b], None if temb is None else temb[a:b], v, f, fused)
-             for v, f, a, b in run_rows(runs)]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    y = torch.empty_like(xs)  # each run writes its own rows: no concatenation pass
+    for v, f, a, b in run_rows(runs):
+        _resblock_tail(module, xs[a:b], None if temb is None else temb[a:b], v, f, fused, y[a:b])
+    return y
 
 
 def _frame_emb(module: nn.Module, videos: int, frames: int, like: torch.Tensor) -> torch.Tensor:
@@ -97,16 +100,16 @@ def transformer_runs(module: nn.Module, runs: Sequence[Run], fused: bool, hidden
                 _indicator(v, f, h)) for v, f, a, b in rows]
     for block, temporal in zip(module.transformer_blocks, module.temporal_transformer_blocks):
         h = block(h, encoder_hidden_states=ctx).contiguous()
-        parts = []
+        y = torch.empty_like(h)  # each run writes its own rows: no concatenation pass
         for v, f, a, b, emb, tctx, ind in per_run:
             if k is not None:
                 mixed = fb._temporal_block(temporal, k.token_major_add(h[a:b], emb, f), tctx).contiguous()
                 alpha, one_minus = fb._mix_weights(module.time_mixer, ind, (v * f, 1, 1), h.dtype)
-                parts.append(k.frame_major_blend(h[a:b], mixed, alpha, one_minus))
+                k.frame_major_blend(h[a:b], mixed, alpha, one_minus, out=y[a:b])
             else:
                 mixed = temporal(h[a:b] + emb[:, None, :], num_frames=f, encoder_hidden_states=tctx)
-                parts.append(module.time_mixer(x_spatial=h[a:b], x_temporal=mixed, image_only_indicator=ind))
-        h = torch.cat(parts) if len(parts) > 1 else parts[0]
+                y[a:b] = module.time_mixer(x_spatial=h[a:b], x_temporal=mixed, image_only_indicator=ind)
+        h = y
     out = module.proj_out(h)
     if k is not None:
         out = k.channels_add(out.contiguous(), residual)
