@@ -298,7 +298,7 @@ class VASPipeline:
     def _prepare(self, cond_a: torch.Tensor, cond_b: torch.Tensor, seeds: Sequence[int], sampler: SamplerConfig,
                  noise: Sequence[tuple[torch.Tensor, ...]] | None, memory: LowMemory) -> dict:
         """One batch's noise, CLIP embeddings and condition latents, before denoising: its CFG condition
-        latents [2B, T, 8, h, w], context, added time ids and initial latents [B, T, 4, h, w]."""
+        latents [2B, T, 8, h, w], context, added time ids and latent noise [B, T, 4, h, w]."""
         t_start = time.perf_counter()
         dev = self.device
         cond_a, cond_b = cond_a.float(), cond_b.float()  # 1-channel conditions travel as 1 channel
@@ -331,9 +331,8 @@ class VASPipeline:
         cond_lat = torch.cat([torch.cat([torch.zeros_like(lat_a), lat_a]), torch.cat([torch.zeros_like(lat_b), lat_b])],
                              dim=2)
         ids = torch.tensor([[sampler.fps - 1, sampler.motion_bucket_id, aug]], dtype=torch.float32, device=dev)
-        self.scheduler.set_timesteps(sampler.steps, device=dev)
         prep = {"cond_lat": cond_lat, "ctx": self._context(pos, sampler.embed_order), "ids": ids.repeat(2 * b, 1),
-                "latents": torch.stack([n[2] for n in noise]).to(dev) * self.scheduler.init_noise_sigma}
+                "noise": torch.stack([n[2] for n in noise]).to(dev)}
         self._tick("encode", t0)
         return prep
 
@@ -346,7 +345,7 @@ class VASPipeline:
         udtype = next(self.unet.parameters()).dtype
         halves = 2 if memory.sequential_cfg else 1
         self.scheduler.set_timesteps(sampler.steps, device=dev)
-        latents = [p["latents"] for p in preps]
+        latents = [p["noise"] * self.scheduler.init_noise_sigma for p in preps]
         with unet_placed(self.unet, dev, memory), chunked([self.unet], memory):
             for i, tstep in enumerate(self.scheduler.timesteps):
                 hooks.check_interrupt()
@@ -451,7 +450,9 @@ class VASPipeline:
 
     def _run_batch(self, jobs: Sequence[VideoJob], batch: list[tuple[int, int, int]], sampler: SamplerConfig,
                    hooks: Hooks, noise: Sequence[tuple[torch.Tensor, ...]] | None = None,
-                   weights: dict | None = None, memory: LowMemory = LowMemory()) -> torch.Tensor:
+                   weights: dict | None = None, memory: LowMemory = LowMemory()) -> list[torch.Tensor]:
+        """The batch's windows denoised, one [T, 3, h, w] CPU tensor each, in the batch's order (windows of one
+        length share a ``generate_runs`` run)."""
         runs: dict[int, list[int]] = {}  # window length -> positions in the batch (one run per length)
         for k, (_, s, e) in enumerate(batch):
             runs.setdefault(e - s, []).append(k)
