@@ -87,16 +87,22 @@ def st_resblock(module: nn.Module, hidden_states: torch.Tensor, temb: torch.Tens
     k = _kernels(hidden_states)
     if k is None:
         return type(module).forward(module, hidden_states, temb, image_only_indicator)
-    frames = image_only_indicator.shape[-1]
     xs = module.spatial_res_block(hidden_states, temb).contiguous()
-    bt, c, h, w = xs.shape
-    b = bt // frames
+    return resblock_temporal(k, module, xs, temb, image_only_indicator)
+
+
+def resblock_temporal(k, module: nn.Module, xs: torch.Tensor, temb: torch.Tensor | None, indicator: torch.Tensor,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """A SpatioTemporalResBlock after its spatial half: xs [B*T, C, H, W] contiguous, indicator [B, T]; the
+    temporal branch, then its residual add and the blend as one pass (into ``out`` when given)."""
+    b, frames = indicator.shape
+    _, c, h, w = xs.shape
     view = xs.reshape(b, frames, c, h, w).permute(0, 2, 1, 3, 4)
     if temb is not None:
         temb = temb.reshape(b, frames, -1)
     branch = _temporal_branch(k, module.temporal_res_block, view, temb).contiguous()
-    alpha, one_minus = _mix_weights(module.time_mixer, image_only_indicator, (b, 1, frames, 1, 1), xs.dtype)
-    return k.residual_blend(xs, branch, alpha, one_minus)
+    alpha, one_minus = _mix_weights(module.time_mixer, indicator, (b, 1, frames, 1, 1), xs.dtype)
+    return k.residual_blend(xs, branch, alpha, one_minus, out=out)
 
 
 def st_transformer_applies(m: nn.Module) -> bool:
@@ -126,6 +132,16 @@ def _temporal_block(block: nn.Module, h: torch.Tensor, context: torch.Tensor | N
     return out + h if block.is_res else out
 
 
+def transformer_temporal(k, temporal: nn.Module, h: torch.Tensor, emb: torch.Tensor, frames: int,
+                         time_context: torch.Tensor, alpha: torch.Tensor, one_minus: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """One temporal block of a spatio-temporal transformer after its spatial block: h [B*T, S, C] frame-major;
+    the frame-embedding add writing the temporal block's order, the block, and the blend read back frame-major
+    (into ``out`` when given)."""
+    mixed = _temporal_block(temporal, k.token_major_add(h, emb, frames), time_context).contiguous()
+    return k.frame_major_blend(h, mixed, alpha, one_minus, out=out)
+
+
 def st_transformer(module: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                    image_only_indicator: torch.Tensor | None = None, return_dict: bool = True):
     """diffusers' TransformerSpatioTemporalModel.forward with its layout steps fused: GroupNorm writing tokens,
@@ -149,8 +165,7 @@ def st_transformer(module: nn.Module, hidden_states: torch.Tensor, encoder_hidde
     alpha, one_minus = _mix_weights(module.time_mixer, image_only_indicator, (bt, 1, 1), h.dtype)
     for block, temporal in zip(module.transformer_blocks, module.temporal_transformer_blocks):
         h = block(h, encoder_hidden_states=encoder_hidden_states).contiguous()
-        mixed = _temporal_block(temporal, k.token_major_add(h, emb, frames), time_context).contiguous()
-        h = k.frame_major_blend(h, mixed, alpha, one_minus)
+        h = transformer_temporal(k, temporal, h, emb, frames, time_context, alpha, one_minus)
     out = k.channels_add(module.proj_out(h).contiguous(), residual)
     if not return_dict:
         return (out,)

@@ -43,16 +43,14 @@ def _resblock_tail(module: nn.Module, xs: torch.Tensor, temb: torch.Tensor | Non
     """A SpatioTemporalResBlock after its spatial half, for one run: xs [videos*frames, C, H, W] contiguous,
     written into ``out`` (the run's rows of the block's output)."""
     indicator = _indicator(videos, frames, xs)
+    k = fb._kernels(xs) if fused else None
+    if k is not None:
+        fb.resblock_temporal(k, module, xs, temb, indicator, out=out)
+        return
     _, c, h, w = xs.shape
     view = xs.reshape(videos, frames, c, h, w).permute(0, 2, 1, 3, 4)
     if temb is not None:
         temb = temb.reshape(videos, frames, -1)
-    k = fb._kernels(xs) if fused else None
-    if k is not None:
-        branch = fb._temporal_branch(k, module.temporal_res_block, view, temb).contiguous()
-        alpha, one_minus = fb._mix_weights(module.time_mixer, indicator, (videos, 1, frames, 1, 1), xs.dtype)
-        k.residual_blend(xs, branch, alpha, one_minus, out=out)
-        return
     mixed = module.temporal_res_block(view, temb)
     blended = module.time_mixer(x_spatial=view, x_temporal=mixed, image_only_indicator=indicator)
     out.copy_(blended.permute(0, 2, 1, 3, 4).reshape(videos * frames, c, h, w))
@@ -103,9 +101,8 @@ def transformer_runs(module: nn.Module, runs: Sequence[Run], fused: bool, hidden
         y = torch.empty_like(h)  # each run writes its own rows: no concatenation pass
         for v, f, a, b, emb, tctx, ind in per_run:
             if k is not None:
-                mixed = fb._temporal_block(temporal, k.token_major_add(h[a:b], emb, f), tctx).contiguous()
                 alpha, one_minus = fb._mix_weights(module.time_mixer, ind, (v * f, 1, 1), h.dtype)
-                k.frame_major_blend(h[a:b], mixed, alpha, one_minus, out=y[a:b])
+                fb.transformer_temporal(k, temporal, h[a:b], emb, f, tctx, alpha, one_minus, out=y[a:b])
             else:
                 mixed = temporal(h[a:b] + emb[:, None, :], num_frames=f, encoder_hidden_states=tctx)
                 y[a:b] = module.time_mixer(x_spatial=h[a:b], x_temporal=mixed, image_only_indicator=ind)
